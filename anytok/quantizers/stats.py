@@ -1,0 +1,91 @@
+"""Codebook statistics: perplexity, usage fraction and dead codes, per level.
+
+Counts come from ``bincount`` (never a one-hot ``N x K`` matrix) and are summed over ranks,
+so every rank reports, and acts on, the same numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from anytok.quantizers.distributed import all_reduce_sum_
+
+#: Codebooks larger than this keep no per-code buffer (LFQ with 2^32 codes would need 32 GiB);
+#: their metrics are computed on the batch alone with ``torch.unique``.
+MAX_TRACKED_CODEBOOK = 1 << 20
+
+
+def code_counts(codes: Tensor, codebook_size: int) -> Tensor:
+    """Histogram of ``codes`` (any shape, values in ``[0, codebook_size)``) summed over ranks.
+
+    Returns float32 ``(codebook_size,)``.
+    """
+    counts = torch.bincount(codes.reshape(-1).long(), minlength=codebook_size).float()
+    return all_reduce_sum_(counts)
+
+
+def perplexity(counts: Tensor) -> Tensor:
+    """``exp(entropy)`` of the empirical code distribution given by ``counts`` (any shape)."""
+    probs = counts / counts.sum().clamp_min(1e-12)
+    entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum()
+    return entropy.exp()
+
+
+def batch_code_metrics(codes: Tensor, codebook_size: int) -> dict[str, Tensor]:
+    """Perplexity and usage fraction of one level's codes in this batch.
+
+    ``usage`` is the fraction of the codebook used, capped by the number of vectors (a batch of
+    100 vectors can use at most 100 codes).
+    """
+    codes = codes.detach().reshape(-1)
+    if codebook_size <= MAX_TRACKED_CODEBOOK:
+        counts = code_counts(codes, codebook_size)
+    else:  # huge codebooks: count only what occurs (local to this rank)
+        _, counts = torch.unique(codes, return_counts=True)
+        counts = counts.float()
+    used = (counts > 0).sum().float()
+    possible = min(codebook_size, max(int(counts.sum().item()), 1))
+    return {"perplexity": perplexity(counts), "usage": used / possible}
+
+
+class CodeUsageTracker(nn.Module):
+    """Windowed usage of one codebook: an exponential moving average of code counts.
+
+    With ``window`` W, counts decay by ``1 - 1/W`` per update, so a code that has not been
+    chosen for about W batches falls below ``dead_threshold`` (in expected hits per batch)
+    and is reported dead. Quantizers use :meth:`dead_mask` to choose codes to revive.
+    """
+
+    def __init__(self, codebook_size: int, window: int = 100, dead_threshold: float = 1e-2):
+        super().__init__()
+        if codebook_size > MAX_TRACKED_CODEBOOK:
+            raise ValueError(
+                f"CodeUsageTracker keeps one float per code; codebook_size {codebook_size} "
+                f"exceeds {MAX_TRACKED_CODEBOOK}: use batch_code_metrics instead"
+            )
+        self.codebook_size = codebook_size
+        self.decay = 1.0 - 1.0 / max(window, 1)
+        self.dead_threshold = dead_threshold
+        self.register_buffer("ema_counts", torch.zeros(codebook_size), persistent=False)
+        self.register_buffer("initted", torch.zeros((), dtype=torch.bool), persistent=False)
+
+    @torch.no_grad()
+    def update(self, codes: Tensor) -> dict[str, Tensor]:
+        """Add one batch of codes; return ``perplexity``, ``usage`` and ``dead_codes``."""
+        counts = code_counts(codes.detach(), self.codebook_size)
+        if not bool(self.initted):
+            self.ema_counts.copy_(counts)
+            self.initted.fill_(True)
+        else:
+            self.ema_counts.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        dead = self.dead_mask()
+        return {
+            "perplexity": perplexity(counts),
+            "usage": 1.0 - dead.float().mean(),
+            "dead_codes": dead.sum().float(),
+        }
+
+    def dead_mask(self) -> Tensor:
+        """Bool ``(codebook_size,)``: codes whose windowed usage is below the threshold."""
+        return self.ema_counts < self.dead_threshold
