@@ -1,0 +1,40 @@
+# anytok — the README's commands. Every target creates .venv when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# pytest workers: 2 by default (CI machines have 2 cores)
+WORKERS ?= 2
+
+.PHONY: setup demo test test-fast lint format bench-cpu clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/anytok demo --out demo_out
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n $(WORKERS) --durations=15 tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -x -q -n $(WORKERS) -m "not slow" tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench-cpu: $(STAMP)
+	$(BIN)/python benchmarks/quantizers_cpu.py
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache .hypothesis

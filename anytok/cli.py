@@ -1,0 +1,279 @@
+"""The ``anytok`` command: list, info, encode, decode, demo.
+
+User mistakes (unknown model, missing file, bad media) end with one line on stderr and exit
+code 2; a batch job that skipped files exits 1 after writing everything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+EXIT_OK, EXIT_SKIPPED, EXIT_USAGE = 0, 1, 2
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for: reported in one line, no traceback."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from anytok.checkpoint import CheckpointError
+    from anytok.media import MediaError
+    from anytok.registry import UnknownModelError, WeightsNotFoundError
+
+    return (UserError, UnknownModelError, WeightsNotFoundError, CheckpointError, MediaError)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
+
+
+# --------------------------------------------------------------------------- list / info
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from anytok.registry import DEFAULT_MODELS, get_arch, list_models
+
+    names = list_models(args.modality)
+    if args.json:
+        print(json.dumps(list_models(args.modality, tags=True) if args.tags else names))
+        return EXIT_OK
+    table = Table(title="anytok tokenizers")
+    for column in ("name", "modality", "tags", "description"):
+        table.add_column(column)
+    defaults = set(DEFAULT_MODELS.values())
+    for name in names:
+        info = get_arch(name)
+        tags = ", ".join(
+            f"[bold]{t}[/bold]" if t == info.default_tag else t for t in sorted(info.pretrained)
+        )
+        label = f"{name} (default)" if name in defaults else name
+        table.add_row(label, info.modality, tags, info.description)
+    console.print(table)
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from anytok.nn.conv import count_parameters
+    from anytok.registry import create_model, resolve
+
+    info, cfg = resolve(args.name)
+    model = create_model(info.name)
+    spec = model.spec
+    details = {
+        "name": f"{info.name}.{cfg.tag}",
+        "modality": info.modality,
+        "description": info.description,
+        "paper": info.paper,
+        "weights": "untrained (random initialisation)"
+        if not cfg.trained
+        else (cfg.hf_hub_id or "local"),
+        "license": cfg.license,
+        "parameters": count_parameters(model),
+        "token_spec": {
+            "codebook_sizes": list(spec.codebook_sizes),
+            "layout": ["level", *spec.layout],
+            "frame_rate": spec.frame_rate,
+            "sample_rate": spec.sample_rate,
+            "channels": spec.channels,
+            "resolution": spec.resolution,
+            "fps": spec.fps,
+            "bits_per_position": spec.bits_per_position,
+        },
+        "tags": sorted(info.pretrained),
+        "default_config": info.default_config,
+    }
+    if args.json:
+        print(json.dumps(details, indent=2))
+        return EXIT_OK
+    table = Table(show_header=False, title=details["name"])
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in details.items():
+        text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+        table.add_row(key, text)
+    console.print(table)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- encode / decode
+
+
+def _load_model(name: str, device: str):
+    import anytok
+
+    model = anytok.load(name, device=device)
+    tag = getattr(model, "anytok_tag", "")
+    if tag == "untrained":
+        err_console.print(f"[yellow]note:[/yellow] {name} has untrained (random) weights")
+    return model
+
+
+def _print_failures(failures: Sequence, what: str) -> None:
+    if not failures:
+        return
+    err_console.print(f"[red]skipped {len(failures)} {what}:[/red]")
+    for failure in failures:
+        err_console.print(f"  {failure.path}: {failure.error}")
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from anytok.media import find_media
+    from anytok.pipeline import encode_files
+    from anytok.registry import DEFAULT_MODELS
+
+    name = args.model or DEFAULT_MODELS.get(args.modality or "", None)
+    if name is None:
+        raise UserError("name a tokenizer with -m/--model (see `anytok list`)")
+    model = _load_model(name, args.device)
+    total = sum(
+        len(find_media([Path(p)], modality=model.modality, recursive=True))
+        if Path(p).exists()
+        else 0
+        for p in args.inputs
+    )
+    with _progress() as progress:
+        task = progress.add_task("encoding", total=total)
+        report = encode_files(
+            model,
+            args.inputs,
+            args.output,
+            batch_size=args.batch_size,
+            fmt=args.format,
+            on_item=lambda _p, _f: progress.advance(task),
+        )
+    rate = report.items / report.elapsed if report.elapsed else 0.0
+    summary = f"encoded {report.items} file(s) to {args.output}: {report.tokens} tokens"
+    if report.media_seconds:
+        summary += f", {report.media_seconds:.1f} s of media"
+    console.print(f"{summary} in {report.elapsed:.1f} s ({rate:.1f} files/s)")
+    _print_failures(report.failures, "input(s)")
+    return EXIT_OK if report.ok else EXIT_SKIPPED
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from anytok.pipeline import decode_files, find_token_files
+
+    files = find_token_files(args.inputs)
+    if not files:
+        raise UserError(f"no token files (*.tokens.safetensors / *.tokens.npz) in {args.inputs}")
+    cache: dict[str, object] = {}
+
+    def model_for(tokens):
+        name = args.model or tokens.spec.name
+        if not name:
+            raise ValueError("the token file does not name its tokenizer: pass -m/--model")
+        if name not in cache:
+            cache[name] = _load_model(name, args.device)
+        return cache[name]
+
+    with _progress() as progress:
+        task = progress.add_task("decoding", total=len(files))
+        report = decode_files(
+            files, Path(args.output), model_for, on_item=lambda _p, _f: progress.advance(task)
+        )
+    console.print(f"decoded {report.items} file(s) to {args.output} in {report.elapsed:.1f} s")
+    _print_failures(report.failures, "token file(s)")
+    return EXIT_OK if report.ok else EXIT_SKIPPED
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from anytok.demo import run_demo
+
+    run_demo(Path(args.out), device=args.device, console=console)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anytok", description="Audio, image and video tokenizers for language models."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for every error")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list registered tokenizers")
+    p.add_argument("--modality", choices=["audio", "image", "video"])
+    p.add_argument("--tags", action="store_true", help="list every arch.tag (with --json)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("info", help="describe one tokenizer")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("encode", help="encode media files or folders to token files")
+    p.add_argument("inputs", nargs="+", help="files or folders (searched recursively)")
+    p.add_argument(
+        "-m", "--model", help="tokenizer name, arch.tag, checkpoint dir or hf-hub:org/name"
+    )
+    p.add_argument(
+        "--modality",
+        choices=["audio", "image", "video"],
+        help="use this modality's default tokenizer",
+    )
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--format", choices=["safetensors", "npz"], default="safetensors")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="decode token files back to media")
+    p.add_argument("inputs", nargs="+", help="token files or folders")
+    p.add_argument("-m", "--model", help="tokenizer (default: the one named in each token file)")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("demo", help="encode and decode bundled samples with each default tokenizer")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "batch_size", 1) < 1:
+        parser.error("--batch-size must be >= 1")
+    try:
+        return int(args.func(args))
+    except _user_errors() as err:
+        if args.debug:
+            raise
+        message = str(err).strip().splitlines()
+        err_console.print(
+            f"[red]anytok: error:[/red] {message[0] if message else type(err).__name__}",
+            highlight=False,
+        )
+        for line in message[1:]:
+            err_console.print(line, highlight=False)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        err_console.print("anytok: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Audio tokenizer families (one file each)."""

@@ -1,0 +1,264 @@
+"""The tokenizer contract: ``encode(media, lengths) -> Tokens``, ``decode(tokens) -> media``,
+``forward`` for training. Modality base classes handle the input rules (padding to the
+stride, lengths) once, so each family file holds only its architecture.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from anytok.quantizers import QuantizerOutput, build
+from anytok.tokens import Tokens, TokenSpec
+
+
+@dataclass
+class TokenizerOutput:
+    """What a tokenizer's ``forward`` returns (used in training).
+
+    Attributes:
+        reconstruction: media of the input's shape.
+        tokens: the codes of this batch.
+        losses: named auxiliary losses, already weighted (e.g. ``quantizer``).
+        metrics: detached scalars for logging (codebook perplexity, usage ...).
+        latent: the continuous latent before quantization, channel-first, for losses that
+            need it (e.g. latent perturbation, distillation).
+    """
+
+    reconstruction: Tensor
+    tokens: Tokens
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+    latent: Tensor | None = None
+
+
+def build_quantizer(quantizer: dict[str, Any], dim: int) -> nn.Module:
+    """Build a quantizer from a recipe-style dict ``{"name": ..., **kwargs}`` for ``dim``."""
+    if "name" not in quantizer:
+        raise ValueError(f"quantizer config needs a 'name' entry, got {quantizer!r}")
+    kwargs = {k: v for k, v in quantizer.items() if k != "name"}
+    return build(quantizer["name"], dim=dim, **kwargs)
+
+
+def quantize_channel_first(quantizer: nn.Module, latent: Tensor) -> tuple[Tensor, QuantizerOutput]:
+    """Quantize a channel-first latent ``(b, d, *positions)``.
+
+    Returns the quantized latent ``(b, d, *positions)`` and the quantizer output whose codes
+    are rearranged to ``(b, levels, *positions)``.
+    """
+    channel_last = torch.movedim(latent, 1, -1)
+    out = quantizer(channel_last)
+    quantized = torch.movedim(out.quantized, -1, 1)
+    out.codes = torch.movedim(out.codes, -1, 1)
+    return quantized, out
+
+
+def decode_codes(quantizer: nn.Module, codes: Tensor) -> Tensor:
+    """Codes ``(b, levels, *positions)`` -> quantized latent ``(b, d, *positions)``."""
+    return torch.movedim(quantizer.decode(torch.movedim(codes, 1, -1)), -1, 1)
+
+
+class Tokenizer(nn.Module):
+    """Base of every tokenizer. Subclasses set ``modality`` and implement ``spec``,
+    ``encode``, ``decode`` and ``forward``."""
+
+    modality: ClassVar[str]
+    #: True when a position's codes depend only on past input (right padding is harmless).
+    causal: bool = False
+
+    @property
+    def spec(self) -> TokenSpec:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def encode(self, media: Tensor, lengths: Tensor | None = None) -> Tokens:  # pragma: no cover
+        raise NotImplementedError
+
+    def decode(self, tokens: Tokens | Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    @property
+    def registry_name(self) -> str:
+        """``arch.tag`` or checkpoint directory this model was loaded from (written into token
+        files, so ``anytok decode`` can find the same weights)."""
+        source = getattr(self, "anytok_source", None)
+        if source:
+            return source
+        arch = getattr(self, "anytok_arch", None)
+        if arch is None:
+            return type(self).__name__
+        return f"{arch}.{getattr(self, 'anytok_tag', 'untrained')}"
+
+    @staticmethod
+    def codes_of(tokens: Tokens | Tensor) -> Tensor:
+        """The code tensor of ``tokens`` (accepts a bare ``(b, levels, *positions)`` tensor)."""
+        return tokens.codes if isinstance(tokens, Tokens) else tokens
+
+    def _check_media(self, media: Tensor, ndim: int, what: str) -> None:
+        if not isinstance(media, Tensor):
+            raise TypeError(
+                f"{type(self).__name__}.encode: expected a tensor {what}, got {type(media)}"
+            )
+        if media.ndim != ndim:
+            raise ValueError(
+                f"{type(self).__name__}.encode: expected {what}, got shape {tuple(media.shape)}"
+            )
+        if not media.is_floating_point():
+            raise TypeError(f"{type(self).__name__}.encode: media must be float in [-1, 1]")
+
+
+class AudioTokenizer(Tokenizer):
+    """Audio ``(batch, channels, samples)`` at ``sample_rate`` -> codes ``(b, levels, time)``.
+
+    Inputs are right-padded with zeros to a multiple of ``hop_length``; ``lengths`` (samples)
+    become token lengths ``ceil(lengths / hop_length)``. ``decode`` returns
+    ``frames * hop_length`` samples.
+    """
+
+    modality = "audio"
+    sample_rate: int
+    channels: int
+    hop_length: int
+    quantizer: nn.Module
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    @property
+    def spec(self) -> TokenSpec:
+        return TokenSpec(
+            modality="audio",
+            codebook_sizes=tuple(self.quantizer.codebook_sizes),
+            layout=("time",),
+            frame_rate=self.frame_rate,
+            sample_rate=self.sample_rate,
+            channels=self.channels,
+            name=self.registry_name,
+        )
+
+    def pad_input(self, audio: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Check and right-pad ``audio``; return it and token lengths ``(batch,)``."""
+        self._check_media(audio, 3, "audio (batch, channels, samples)")
+        if audio.shape[1] != self.channels:
+            raise ValueError(
+                f"{type(self).__name__}: expects {self.channels} channel(s), got {audio.shape[1]}; "
+                "convert with anytok.media.to_channels"
+            )
+        samples = audio.shape[-1]
+        if samples == 0:
+            raise ValueError(f"{type(self).__name__}.encode: empty audio (0 samples)")
+        frames = math.ceil(samples / self.hop_length)
+        audio = F.pad(audio, (0, frames * self.hop_length - samples))
+        if lengths is None:
+            lengths = torch.full((audio.shape[0],), samples, device=audio.device)
+        token_lengths = torch.div(
+            lengths.to(audio.device) + self.hop_length - 1, self.hop_length, rounding_mode="floor"
+        )
+        return audio, token_lengths.long()
+
+
+class ImageTokenizer(Tokenizer):
+    """Images ``(batch, 3, H, W)`` with H, W multiples of ``downsample_factor``."""
+
+    modality = "image"
+    resolution: tuple[int, int]
+    downsample_factor: int
+    quantizer: nn.Module
+
+    @property
+    def spec(self) -> TokenSpec:
+        return TokenSpec(
+            modality="image",
+            codebook_sizes=tuple(self.quantizer.codebook_sizes),
+            layout=("height", "width"),
+            resolution=tuple(self.resolution),
+            name=self.registry_name,
+        )
+
+    def check_input(self, image: Tensor) -> None:
+        self._check_media(image, 4, "images (batch, 3, height, width)")
+        h, w = image.shape[-2:]
+        f = self.downsample_factor
+        if image.shape[1] != 3 or h % f or w % f or h == 0 or w == 0:
+            raise ValueError(
+                f"{type(self).__name__}: expects (batch, 3, H, W) with H and W multiples of {f}, "
+                f"got {tuple(image.shape)}; resize or crop first (anytok.media.load_image(size=...))"
+            )
+
+
+class VideoTokenizer(Tokenizer):
+    """Video ``(batch, 3, frames, H, W)``; causal in time with the first frame alone.
+
+    A clip of ``1 + k * temporal_factor`` frames gives ``1 + k`` latent frames. Other frame
+    counts are right-padded by repeating the last frame up to the next such count;
+    ``lengths`` (frames) become ``1 + ceil((lengths - 1) / temporal_factor)``.
+    """
+
+    modality = "video"
+    causal = True
+    resolution: tuple[int, int]
+    fps: float
+    spatial_factor: int
+    temporal_factor: int
+    quantizer: nn.Module
+
+    @property
+    def spec(self) -> TokenSpec:
+        return TokenSpec(
+            modality="video",
+            codebook_sizes=tuple(self.quantizer.codebook_sizes),
+            layout=("frame", "height", "width"),
+            frame_rate=self.fps / self.temporal_factor,
+            resolution=tuple(self.resolution),
+            fps=self.fps,
+            name=self.registry_name,
+        )
+
+    def latent_frames(self, frames: Tensor | int) -> Tensor | int:
+        """Latent frames for a clip of ``frames`` frames (>= 1)."""
+        s = self.temporal_factor
+        if isinstance(frames, Tensor):
+            return 1 + torch.div(frames - 1 + s - 1, s, rounding_mode="floor")
+        return 1 + math.ceil((frames - 1) / s)
+
+    def pad_input(self, video: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Check and pad ``video`` in time; return it and latent lengths ``(batch,)``."""
+        self._check_media(video, 5, "video (batch, 3, frames, height, width)")
+        b, c, t, h, w = video.shape
+        f = self.spatial_factor
+        if c != 3 or t == 0 or h % f or w % f or h == 0 or w == 0:
+            raise ValueError(
+                f"{type(self).__name__}: expects (batch, 3, frames>=1, H, W) with H and W "
+                f"multiples of {f}, got {tuple(video.shape)}"
+            )
+        target = 1 + (self.latent_frames(t) - 1) * self.temporal_factor
+        if target > t:
+            video = torch.cat([video, video[:, :, -1:].expand(-1, -1, target - t, -1, -1)], dim=2)
+        if lengths is None:
+            lengths = torch.full((b,), t, device=video.device)
+        return video, self.latent_frames(lengths.to(video.device).long())
+
+
+def to_tokens(codes: Tensor, spec: TokenSpec, lengths: Tensor | None) -> Tokens:
+    """Wrap ``(b, levels, *positions)`` codes; ``lengths`` equal to the full size become None."""
+    if lengths is not None and bool((lengths == codes.shape[2]).all()):
+        lengths = None
+    return Tokens(codes=codes.long(), spec=spec, lengths=lengths)
+
+
+__all__ = [
+    "AudioTokenizer",
+    "ImageTokenizer",
+    "Tokenizer",
+    "TokenizerOutput",
+    "VideoTokenizer",
+    "build_quantizer",
+    "decode_codes",
+    "quantize_channel_first",
+    "to_tokens",
+]

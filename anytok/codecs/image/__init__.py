@@ -1,0 +1,1 @@
+"""Image tokenizer families (one file each)."""

@@ -1,0 +1,1 @@
+"""Video tokenizer families (one file each)."""

@@ -1,0 +1,1 @@
+"""Shared layers: causal / weight-norm convs, SEANet, 2D ResNet and causal 3D conv stacks."""

@@ -1,0 +1,285 @@
+"""File-level encode / decode: media files in, token files out, and back.
+
+Used by the CLI and by dataset jobs. A bad file never stops a batch job: it is reported as an
+:class:`ItemFailure` and everything else is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+from torchvision.transforms.v2 import functional as TF
+
+from anytok.codecs.base import AudioTokenizer, ImageTokenizer, Tokenizer, VideoTokenizer
+from anytok.media import (
+    MediaError,
+    find_media,
+    load_audio,
+    load_image,
+    load_video,
+    save_audio,
+    save_image,
+    save_video,
+)
+from anytok.tokens import Tokens
+
+TOKEN_SUFFIXES = (".tokens.safetensors", ".tokens.npz")
+OUTPUT_EXTENSION = {"audio": ".wav", "image": ".png", "video": ".mp4"}
+
+
+@dataclass
+class ItemFailure:
+    """A file that could not be processed, and why (one line for people)."""
+
+    path: Path
+    error: str
+
+
+@dataclass
+class JobReport:
+    """What a batch job did."""
+
+    written: list[Path] = field(default_factory=list)
+    failures: list[ItemFailure] = field(default_factory=list)
+    tokens: int = 0
+    media_seconds: float = 0.0
+    items: int = 0
+    elapsed: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """bf16 autocast on CUDA (the default for encoders/decoders), nothing elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(iter(model.parameters())).device
+
+
+def resize_and_crop(media: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize so the image covers ``size`` (aspect kept), then centre-crop to it.
+
+    ``media`` is ``(..., H, W)``; returns ``(..., size[0], size[1])``.
+    """
+    h, w = media.shape[-2:]
+    if (h, w) == tuple(size):
+        return media
+    scale = max(size[0] / h, size[1] / w)
+    new = (max(size[0], round(h * scale)), max(size[1], round(w * scale)))
+    lead = media.shape[:-3]
+    flat = media.reshape(-1, *media.shape[-3:]) if media.ndim > 3 else media
+    resized = TF.resize(flat, list(new), antialias=True)
+    cropped = TF.center_crop(resized, list(size))
+    return cropped.reshape(*lead, *cropped.shape[-3:]) if media.ndim > 3 else cropped
+
+
+def load_for_model(model: Tokenizer, path: Path) -> Tensor:
+    """Load one file as the model expects it: audio ``(C, S)`` at its rate and channels,
+    an image ``(3, H, W)`` at its resolution, a video ``(3, T, H, W)`` at its fps and size."""
+    if isinstance(model, AudioTokenizer):
+        return load_audio(path, sample_rate=model.sample_rate, channels=model.channels).waveform
+    if isinstance(model, ImageTokenizer):
+        return resize_and_crop(load_image(path).image, model.resolution)
+    if isinstance(model, VideoTokenizer):
+        clip = load_video(path, fps=model.fps)
+        frames = clip.video.transpose(0, 1)  # (T, 3, H, W) for resizing frame by frame
+        return resize_and_crop(frames, model.resolution).transpose(0, 1).contiguous()
+    raise TypeError(f"unsupported tokenizer type {type(model).__name__}")
+
+
+def collate(items: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Stack items of different lengths along their first axis after channels, padding at
+    the end: returns the batch and ``(batch,)`` lengths. Audio pads with zeros, video by
+    repeating the last frame (what the tokenizer itself does)."""
+    lengths = torch.tensor([item.shape[1] if item.ndim > 1 else 0 for item in items])
+    if items[0].ndim == 3:  # images: all the same size
+        return torch.stack(list(items)), lengths
+    longest = int(lengths.max())
+    padded = []
+    for item in items:
+        missing = longest - item.shape[1]
+        if item.ndim == 2:
+            padded.append(F.pad(item, (0, missing)))
+        else:
+            tail = item[:, -1:].expand(-1, missing, -1, -1)
+            padded.append(torch.cat([item, tail], dim=1))
+    return torch.stack(padded), lengths
+
+
+def split_tokens(tokens: Tokens) -> list[Tokens]:
+    """One :class:`Tokens` per batch item, trimmed to its valid length."""
+    out = []
+    for i in range(tokens.codes.shape[0]):
+        codes = tokens.codes[i : i + 1]
+        if tokens.lengths is not None:
+            codes = codes[:, :, : int(tokens.lengths[i])]
+        out.append(Tokens(codes=codes.contiguous(), spec=tokens.spec, lengths=None))
+    return out
+
+
+def token_path(source: Path, root: Path | None, out_dir: Path, fmt: str = "safetensors") -> Path:
+    """``out_dir / <path relative to root> + .tokens.<fmt>``, keeping the source extension so
+    ``a.wav`` and ``a.flac`` do not collide."""
+    rel = Path(source.name) if root is None or not root.is_dir() else source.relative_to(root)
+    return out_dir / rel.parent / f"{rel.name}.tokens.{fmt}"
+
+
+def media_seconds(model: Tokenizer, item: Tensor) -> float:
+    if isinstance(model, AudioTokenizer):
+        return item.shape[-1] / model.sample_rate
+    if isinstance(model, VideoTokenizer):
+        return item.shape[1] / model.fps
+    return 0.0
+
+
+def _batches(seq: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]
+
+
+def encode_files(
+    model: Tokenizer,
+    inputs: Iterable[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    batch_size: int = 8,
+    fmt: str = "safetensors",
+    recursive: bool = True,
+    on_item: Callable[[Path, ItemFailure | None], None] | None = None,
+) -> JobReport:
+    """Encode files and folders to token files under ``out_dir``.
+
+    Bad files are skipped and listed in the report; everything else is written.
+    ``on_item`` is called after each file (for progress bars).
+    """
+    if fmt not in ("safetensors", "npz"):
+        raise ValueError(f"format must be 'safetensors' or 'npz', got {fmt!r}")
+    out_root = Path(out_dir)
+    report = JobReport()
+    start = time.perf_counter()
+    device = model_device(model)
+    jobs: list[tuple[Path, Path | None]] = []
+    for raw in inputs:
+        root = Path(raw)
+        if not root.exists():
+            report.failures.append(ItemFailure(root, "no such file or folder"))
+            continue
+        for path in find_media([root], modality=model.modality, recursive=recursive):
+            jobs.append((path, root if root.is_dir() else None))
+    if not jobs and not report.failures:
+        report.failures.append(
+            ItemFailure(Path(", ".join(map(str, inputs))), f"no {model.modality} files found")
+        )
+    roots = dict(jobs)
+    for batch_paths in _batches([p for p, _ in jobs], batch_size):
+        loaded: list[tuple[Path, Tensor]] = []
+        for path in batch_paths:
+            try:
+                loaded.append((path, load_for_model(model, path)))
+            except MediaError as err:
+                failure = ItemFailure(path, err.problem)
+                report.failures.append(failure)
+                if on_item:
+                    on_item(path, failure)
+        if not loaded:
+            continue
+        batch, lengths = collate([t for _, t in loaded])
+        with torch.inference_mode(), autocast_for(device):
+            item_lengths = None if isinstance(model, ImageTokenizer) else lengths.to(device)
+            tokens = model.encode(batch.to(device), item_lengths)
+        for (path, item), item_tokens in zip(loaded, split_tokens(tokens.to("cpu"))):
+            target = token_path(path, roots[path], out_root, fmt)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            item_tokens.save(target)
+            report.written.append(target)
+            report.tokens += item_tokens.codes.numel()
+            report.media_seconds += media_seconds(model, item)
+            report.items += 1
+            if on_item:
+                on_item(path, None)
+    report.elapsed = time.perf_counter() - start
+    return report
+
+
+def find_token_files(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Token files named directly or found (recursively) in folders, sorted."""
+    found: list[Path] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.name.endswith(TOKEN_SUFFIXES))
+        else:
+            found.append(path)
+    return found
+
+
+def media_path_for(token_file: Path, out_dir: Path, modality: str) -> Path:
+    """Where ``decode`` writes the media of ``token_file``: its stem with the modality's
+    extension (``speech.wav.tokens.safetensors`` -> ``speech.wav``)."""
+    name = token_file.name
+    for suffix in TOKEN_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return out_dir / Path(name).with_suffix(OUTPUT_EXTENSION[modality])
+
+
+def save_media(model: Tokenizer, media: Tensor, path: Path) -> None:
+    """Write one decoded item (no batch axis) in the model's modality."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    media = media.float().clamp(-1, 1).cpu()
+    if isinstance(model, AudioTokenizer):
+        save_audio(path, media, model.sample_rate)
+    elif isinstance(model, ImageTokenizer):
+        save_image(path, media)
+    elif isinstance(model, VideoTokenizer):
+        save_video(path, media, model.fps)
+    else:
+        raise TypeError(f"unsupported tokenizer type {type(model).__name__}")
+
+
+def decode_files(
+    token_files: Sequence[Path],
+    out_dir: str | os.PathLike[str],
+    model_for: Callable[[Tokens], Tokenizer],
+    *,
+    on_item: Callable[[Path, ItemFailure | None], None] | None = None,
+) -> JobReport:
+    """Decode token files to media files under ``out_dir``; bad files are reported."""
+    report = JobReport()
+    start = time.perf_counter()
+    for path in token_files:
+        try:
+            tokens = Tokens.load(path)
+            model = model_for(tokens)
+            device = model_device(model)
+            with torch.inference_mode(), autocast_for(device):
+                media = model.decode(tokens.to(device))
+            target = media_path_for(path, Path(out_dir), tokens.spec.modality)
+            save_media(model, media[0], target)
+        except (ValueError, OSError, MediaError) as err:
+            failure = ItemFailure(path, str(err).splitlines()[0])
+            report.failures.append(failure)
+            if on_item:
+                on_item(path, failure)
+            continue
+        report.written.append(target)
+        report.items += 1
+        report.tokens += tokens.codes.numel()
+        if on_item:
+            on_item(path, None)
+    report.elapsed = time.perf_counter() - start
+    return report

@@ -1,0 +1,740 @@
+"""Fused Triton nearest-codeword search: GEMM + running argmin, exact w.r.t. fp32 distances.
+
+Shapes: ``x`` is ``(G, N, D)`` (``G = 1`` for a plain ``(K, D)`` codebook), ``codebook`` is
+``(G, K, D)``; the result is int64 ``(G, N)``. Every metric is written as one *score to
+minimise* per codeword ``k``::
+
+    s_k(x) = b_k + a_k * <x, c_k>
+    euclidean: a_k = -2,                     b_k = ||c_k||^2   (||x||^2 is the same for all k)
+    dot:       a_k = -1,                     b_k = 0
+    cosine:    a_k = -1 / max(||c_k||, eps), b_k = 0           (||x|| does not change the argmin)
+
+so the kernels only ever need the dot product plus two ``(K,)`` vectors ``a`` and ``b``.
+
+Pipeline (four launches, no host synchronisation, extra memory O(N + K), never N x K):
+
+1. ``_codeword_stats_kernel`` — one pass over the codebook: ``a``, ``b`` and, per group, the
+   maxima used by the error bound below (``(G, 4)`` floats).
+2. ``_search_kernel`` (autotuned) — the fused pass. Each program owns ``BLOCK_N`` rows and
+   streams the codebook in ``BLOCK_K`` tiles; ``tl.dot`` computes the ``BLOCK_N x BLOCK_K``
+   dot tile from 16-bit operands with fp32 accumulation (looping over ``D`` in ``BLOCK_D``
+   chunks, or keeping the whole row block in registers when ``D <= BLOCK_D``). The epilogue
+   turns the tile into scores and folds them into a per-row running state: best score,
+   its index and the *second-best* score. At the end each row either carries a certificate
+   (see below) and is final, or is appended to a compact per-group list of ambiguous rows
+   together with a threshold.
+3. ``_candidates_kernel`` — only for the ambiguous rows (programs past the list's length
+   exit at once): recompute the low-precision scores and collect, per row, the indices of
+   all codewords whose score is within the threshold (at most ``MAX_CANDIDATES``).
+4. ``_rerank_kernel`` — for each ambiguous row, the exact fp32 score of every candidate
+   (plain fp32 multiply-adds, no tensor cores); the lowest score wins, ties to the lowest
+   index. A row with no candidate or too many of them (zero vectors, huge duplicate
+   clusters, non-finite input) falls back to an exact fp32 scan over all K codewords.
+
+Exactness argument
+------------------
+Let ``x~ = lp(x)`` and ``c~ = lp(c)`` be the operands fed to the tensor cores (``lp`` is
+bf16, or fp16 when both inputs are fp16; for 16-bit inputs ``lp`` is the identity), and
+``r_x = x - x~``, ``r_c = c - c~`` the rounding residuals (exact in fp32 by Sterbenz's lemma).
+The kernel computes ``d~ = fl(<x~, c~>)``: every product of two 16-bit floats is exact in
+fp32, so the only error of the MMA is its fp32 accumulation, ``|fl(<x~,c~>) - <x~,c~>| <=
+gamma * sum_i |x~_i c~_i| <= gamma ||x~|| ||c~||`` with ``gamma = D * 2^-23`` — twice the
+classical ``D * u32`` bound, which also covers tensor cores that truncate instead of rounding
+when they accumulate (measured on NVIDIA parts). Since
+``<x, c> - <x~, c~> = <x~, r_c> + <r_x, c>``, Cauchy-Schwarz gives for every row ``n`` and
+codeword ``k``::
+
+    |d~ - <x, c_k>| <= ||x~|| ||r_c_k|| + ||r_x|| ||c_k|| + gamma ||x~|| ||c~_k||
+
+The score ``s~ = fl(b + a d~)`` adds at most two fp32 roundings. With the per-group maxima
+``P = max_k |a_k| ||r_c_k||``, ``Q = max_k |a_k| ||c_k||``, ``T = max_k |a_k| ||c~_k||`` and
+``B = max_k |b_k|`` (step 1) this yields a per-row bound, valid for every ``k``::
+
+    |s~_k - s_k| <= E_n = (1 + 2^-8) * ( ||x~|| (P + gamma T) + ||r_x|| Q
+                                         + 4 u32 (B + (1 + gamma) T ||x~||) )
+
+(``4 u32`` covers the two epilogue roundings plus the rounding of ``s~ + 2E`` itself; the
+``1 + 2^-8`` factor absorbs the fp32 error of computing norms and ``E`` — ``D * u32`` is far
+below ``2^-8`` for ``D <= 2^15``.) Residual norms are *measured* from the actual
+conversions, so the bound holds whatever rounding mode ``lp`` uses.
+
+*Certificate.* Let ``i1`` be the low-precision argmin with score ``s~1`` and ``s~2`` the
+smallest low-precision score of any other codeword. If ``s~2 > s~1 + 2E`` then for every
+``k != i1``: ``s_k >= s~_k - E >= s~2 - E > s~1 + E >= s_i1``, so ``i1`` is the exact argmin.
+*Candidates.* Otherwise the exact argmin ``k*`` satisfies ``s~_k* <= s_k* + E <= s_i1 + E <=
+s~1 + 2E``: every codeword that can be the exact argmin has a recomputed low-precision score
+within the threshold ``s~1 + 2E`` (the recomputation obeys the same bound, whatever its
+summation order), so re-ranking exactly among those candidates returns the exact argmin.
+The re-ranking is done in fp32, so the result equals the argmin of fp32 distances; two
+codewords whose exact scores differ by less than fp32's own rounding are an "fp32 tie",
+which no fp32 implementation (the reference included) can order reliably.
+
+For bf16/fp16 inputs ``E`` is tiny (only ``gamma`` and ``u32`` terms), so almost every row is
+certified and steps 3-4 do no work. For fp32 inputs the bf16 operand rounding dominates
+``E`` (about ``4e-3 |a| ||x|| ||c||``); on unstructured data (random Gaussians) a sizeable
+fraction of rows is ambiguous and pays one more low-precision GEMM over their rows only —
+``nearest_codeword_triton(..., return_stats=True)`` reports the fraction.
+
+Non-finite inputs give unspecified indices (the media contract rejects NaN/Inf earlier).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from anytok.quantizers.kernels.reference import METRICS, _check
+
+try:  # Triton ships with CUDA builds of torch; CPU-only installs may lack it.
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover - exercised only on installs without Triton
+    triton = None
+    tl = None
+    HAS_TRITON = False
+
+#: Candidate slots per ambiguous row; a row with more candidates falls back to a full scan.
+MAX_CANDIDATES = 16
+
+#: dtypes the kernels read directly (anything else goes to the reference).
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+_METRIC_IDS = {name: i for i, name in enumerate(METRICS)}  # euclidean 0, cosine 1, dot 2
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels with its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    if not HAS_TRITON:
+        return False
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")  # pragma: no cover
+
+
+# The decorators below decide between compiled and interpreted kernels at import time, so the
+# configuration is fixed then too: the interpreter gets one small tile shape (no autotuning;
+# tiles of 16 exercise multi-tile, ragged and chunked-D paths on tiny tensors).
+_INTERPRET = interpreting()
+
+
+def _fix_interpreter_for_numpy_2_4() -> None:
+    """Let the Triton 3.6 interpreter run ``range(0, runtime_int, ...)`` under NumPy >= 2.4.
+
+    The interpreter wraps scalars in 1-element arrays and converts them with ``int(array)``,
+    which NumPy 2.4 rejects (triton-lang/triton#9171, fixed upstream the same way). Only the
+    CPU interpreter is touched, and only when the bug is present.
+    """
+    import numpy as np
+
+    try:
+        int(np.zeros(1, dtype=np.int32))
+        return  # older NumPy: nothing to fix
+    except TypeError:
+        pass
+    from triton.runtime import interpreter
+
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    if original is None or getattr(original, "_anytok_fixed", False):
+        return
+
+    def patched(tensor, scope):  # type: ignore[no-untyped-def]
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched._anytok_fixed = True  # type: ignore[attr-defined]
+    interpreter._patch_lang_tensor = patched
+
+
+if _INTERPRET:
+    _fix_interpreter_for_numpy_2_4()
+
+
+def _next_pow2(v: int) -> int:
+    return 1 << max(int(v) - 1, 0).bit_length()
+
+
+def _d_block(d: int, cap: int = 128) -> int:
+    """``BLOCK_D`` that holds all of ``D`` when ``D <= cap`` (one chunk), else ``cap``."""
+    return max(16, min(_next_pow2(d), cap))
+
+
+if HAS_TRITON:
+
+    def _search_configs() -> list[triton.Config]:
+        if _INTERPRET:
+            return [triton.Config({"BLOCK_N": 16, "BLOCK_K": 16, "BLOCK_D": 16}, num_warps=4)]
+        configs = []
+        # (BLOCK_N, BLOCK_K, num_warps, num_stages): GEMM-like shapes for large D, wider K tiles
+        # (more epilogue work per program, fewer loop trips) for the argmin-bound small-D case.
+        tiles = [
+            (128, 128, 8, 3),
+            (128, 64, 4, 4),
+            (64, 128, 4, 4),
+            (128, 256, 8, 3),
+            (64, 256, 8, 3),
+            (256, 128, 8, 3),
+            (64, 64, 4, 4),
+            (128, 128, 4, 3),
+        ]
+        for block_d in (16, 32, 64, 128, 256):
+            for bn, bk, warps, stages in tiles:
+                configs.append(
+                    triton.Config(
+                        {"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": block_d},
+                        num_warps=warps,
+                        num_stages=stages,
+                    )
+                )
+        return configs
+
+    def _prune_search_configs(configs: list[triton.Config], named_args: dict, **_: object):
+        """Keep the tiles that fit ``D``: one chunk when ``D <= 128``, else chunks of 64/128."""
+        d = int(named_args["D"])
+        wanted = {_d_block(d)} if d <= 128 else {64, 128}
+        kept = [c for c in configs if c.kwargs["BLOCK_D"] in wanted]
+        if d <= 32:  # argmin-bound: tiny MMAs, so favour many rows per program
+            kept = [c for c in kept if c.kwargs["BLOCK_N"] >= 64]
+        if d > 128:  # a (BLOCK_N + BLOCK_K) x BLOCK_D tile per stage must fit shared memory
+            kept = [
+                c
+                for c in kept
+                if (c.kwargs["BLOCK_N"] + c.kwargs["BLOCK_K"]) * c.kwargs["BLOCK_D"] <= 256 * 128
+            ]
+        return kept or configs[:1]
+
+    def _candidate_configs() -> list[triton.Config]:
+        if _INTERPRET:
+            return [triton.Config({"BLOCK_N": 16, "BLOCK_K": 16}, num_warps=4)]
+        return [
+            triton.Config({"BLOCK_N": 32, "BLOCK_K": 128}, num_warps=4, num_stages=3),
+            triton.Config({"BLOCK_N": 64, "BLOCK_K": 128}, num_warps=4, num_stages=3),
+            triton.Config({"BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
+            triton.Config({"BLOCK_N": 128, "BLOCK_K": 128}, num_warps=8, num_stages=3),
+        ]
+
+    @triton.jit
+    def _lp_dot(a, b, acc, INTERPRET: tl.constexpr):
+        """``acc + a @ b`` for 16-bit ``a`` ``(BN, BD)`` and ``b`` ``(BD, BK)``, fp32 accumulate.
+
+        The interpreter multiplies 16-bit bit patterns as integers, so there the (exactly
+        representable) 16-bit values are widened to fp32 first: the same products, exact in
+        either case, and the same fp32 accumulation.
+        """
+        if INTERPRET:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        return tl.dot(a, b, acc)
+
+    @triton.jit
+    def _codeword_stats_kernel(
+        c_ptr,  # (G, K, D) any float dtype, strided
+        scale_ptr,  # (G, K) fp32 out: a_k
+        bias_ptr,  # (G, K) fp32 out: b_k
+        maxes_ptr,  # (G, 4) fp32 in/out (zeroed): P, Q, T, B
+        K,
+        D,
+        s_cg,
+        s_ck,
+        s_cd,
+        METRIC: tl.constexpr,
+        LP: tl.constexpr,
+        C_EXACT: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        g = tl.program_id(1)
+        offs_k = pid * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+        base = c_ptr + g.to(tl.int64) * s_cg + offs_k.to(tl.int64)[:, None] * s_ck
+        c2 = tl.zeros((BLOCK_K,), dtype=tl.float32)  # ||c||^2
+        t2 = tl.zeros((BLOCK_K,), dtype=tl.float32)  # ||lp(c)||^2
+        r2 = tl.zeros((BLOCK_K,), dtype=tl.float32)  # ||c - lp(c)||^2
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            m = mask_k[:, None] & (offs_d[None, :] < D)
+            c = tl.load(base + offs_d[None, :] * s_cd, mask=m, other=0.0).to(tl.float32)
+            c2 += tl.sum(c * c, axis=1)
+            if C_EXACT:
+                t2 += tl.sum(c * c, axis=1)
+            else:
+                ct = c.to(LP).to(tl.float32)
+                r = c - ct
+                t2 += tl.sum(ct * ct, axis=1)
+                r2 += tl.sum(r * r, axis=1)
+        nrm = tl.sqrt(c2)
+        if METRIC == 0:  # euclidean
+            scale = tl.full((BLOCK_K,), -2.0, tl.float32)
+            bias = c2
+        elif METRIC == 1:  # cosine: same eps as torch.nn.functional.normalize
+            scale = -1.0 / tl.maximum(nrm, 1e-12)
+            bias = tl.zeros((BLOCK_K,), dtype=tl.float32)
+        else:  # dot
+            scale = tl.full((BLOCK_K,), -1.0, tl.float32)
+            bias = tl.zeros((BLOCK_K,), dtype=tl.float32)
+        out = g.to(tl.int64) * K + offs_k
+        tl.store(scale_ptr + out, scale, mask=mask_k)
+        tl.store(bias_ptr + out, bias, mask=mask_k)
+        a = tl.abs(scale)
+        zero = tl.zeros((BLOCK_K,), dtype=tl.float32)
+        # Maxima of non-negative floats: float atomic_max is exact and order-independent.
+        tl.atomic_max(maxes_ptr + g * 4 + 0, tl.max(tl.where(mask_k, a * tl.sqrt(r2), zero), 0))
+        tl.atomic_max(maxes_ptr + g * 4 + 1, tl.max(tl.where(mask_k, a * nrm, zero), 0))
+        tl.atomic_max(maxes_ptr + g * 4 + 2, tl.max(tl.where(mask_k, a * tl.sqrt(t2), zero), 0))
+        tl.atomic_max(maxes_ptr + g * 4 + 3, tl.max(tl.where(mask_k, tl.abs(bias), zero), 0))
+
+    @triton.jit
+    def _lp_scores(
+        x_rows,  # (BLOCK_N,) int64 element offsets of the rows
+        x_lp,  # (BLOCK_N, BLOCK_D) rows in LP when ONE_D, else unused
+        row_mask,
+        c_ptr,
+        g,
+        k0,
+        K,
+        D,
+        s_cg,
+        s_ck,
+        s_cd,
+        x_ptr,
+        s_xd,
+        scale_ptr,
+        bias_ptr,
+        LP: tl.constexpr,
+        ONE_D: tl.constexpr,
+        INTERPRET: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        """Low-precision scores ``b + a * <lp(x), lp(c)>`` of one ``BLOCK_N x BLOCK_K`` tile.
+
+        Columns past ``K`` score ``+inf`` (their bias loads as inf, their codewords as 0).
+        """
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+        c_cols = c_ptr + g.to(tl.int64) * s_cg + offs_k.to(tl.int64)[None, :] * s_ck
+        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        if ONE_D:
+            offs_d = tl.arange(0, BLOCK_D)
+            c = tl.load(
+                c_cols + offs_d[:, None] * s_cd,
+                mask=(offs_d[:, None] < D) & mask_k[None, :],
+                other=0.0,
+            )
+            acc = _lp_dot(x_lp, c.to(LP), acc, INTERPRET)
+        else:
+            for d0 in range(0, D, BLOCK_D):
+                offs_d = d0 + tl.arange(0, BLOCK_D)
+                mask_d = offs_d < D
+                xs = tl.load(
+                    x_ptr + x_rows[:, None] + offs_d[None, :] * s_xd,
+                    mask=row_mask[:, None] & mask_d[None, :],
+                    other=0.0,
+                )
+                c = tl.load(
+                    c_cols + offs_d[:, None] * s_cd,
+                    mask=mask_d[:, None] & mask_k[None, :],
+                    other=0.0,
+                )
+                acc = _lp_dot(xs.to(LP), c.to(LP), acc, INTERPRET)
+        cols = g.to(tl.int64) * K + offs_k
+        scale = tl.load(scale_ptr + cols, mask=mask_k, other=0.0)
+        bias = tl.load(bias_ptr + cols, mask=mask_k, other=float("inf"))
+        return bias[None, :] + scale[None, :] * acc
+
+    @triton.autotune(
+        configs=_search_configs(),
+        key=["D_BUCKET", "K_BUCKET", "METRIC"],
+        prune_configs_by={"early_config_prune": _prune_search_configs},
+        reset_to_zero=["counter_ptr"],  # benchmarking runs append to the ambiguous-row list
+        cache_results=True,
+    )
+    @triton.heuristics({"ONE_D": lambda a: a["BLOCK_D"] >= a["D"]})
+    @triton.jit
+    def _search_kernel(
+        x_ptr,  # (G, N, D) strided
+        c_ptr,  # (G, K, D) strided
+        scale_ptr,  # (G, K) fp32
+        bias_ptr,  # (G, K) fp32
+        maxes_ptr,  # (G, 4) fp32
+        idx_ptr,  # (G, N) int64 out
+        list_ptr,  # (G, N) int32 out: ambiguous rows, compacted per group
+        thr_ptr,  # (G, N) fp32 out: their thresholds s~1 + 2E
+        counter_ptr,  # (G,) int32 in/out (zeroed): ambiguous rows per group
+        N,
+        K,
+        D,
+        s_xg,
+        s_xn,
+        s_xd,
+        s_cg,
+        s_ck,
+        s_cd,
+        gamma,
+        D_BUCKET,  # autotuning keys only
+        K_BUCKET,
+        METRIC: tl.constexpr,  # only part of the autotuning key; the scores come from a, b
+        LP: tl.constexpr,
+        X_EXACT: tl.constexpr,
+        CERTIFY: tl.constexpr,  # False only in tests: skip steps 3-4 to expose raw lp argmin
+        INTERPRET: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        ONE_D: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        g = tl.program_id(1)
+        offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        x_rows = g.to(tl.int64) * s_xg + offs_n.to(tl.int64) * s_xn
+
+        # Prologue: ||lp(x)|| and ||x - lp(x)|| per row for the error bound. With one D chunk
+        # the converted rows stay in registers for the whole K loop.
+        xt2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        rx2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        x_lp = tl.zeros((BLOCK_N, BLOCK_D), dtype=LP)
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            xs = tl.load(
+                x_ptr + x_rows[:, None] + offs_d[None, :] * s_xd,
+                mask=mask_n[:, None] & (offs_d[None, :] < D),
+                other=0.0,
+            ).to(tl.float32)
+            x_lp = xs.to(LP)
+            xt = x_lp.to(tl.float32)
+            xt2 += tl.sum(xt * xt, axis=1)
+            if not X_EXACT:
+                rx = xs - xt
+                rx2 += tl.sum(rx * rx, axis=1)
+
+        best = tl.full((BLOCK_N,), float("inf"), tl.float32)
+        second = tl.full((BLOCK_N,), float("inf"), tl.float32)
+        best_idx = tl.zeros((BLOCK_N,), dtype=tl.int32)
+        cols = tl.arange(0, BLOCK_K)
+        for k0 in range(0, K, BLOCK_K):
+            s = _lp_scores(
+                x_rows, x_lp, mask_n, c_ptr, g, k0, K, D, s_cg, s_ck, s_cd, x_ptr, s_xd,
+                scale_ptr, bias_ptr, LP, ONE_D, INTERPRET, BLOCK_N, BLOCK_K, BLOCK_D,
+            )  # fmt: skip
+            # Tile minimum (first index on ties, like torch.argmin) and the tile's runner-up:
+            # the smallest score at any other column.
+            m1, i1 = tl.min(s, axis=1, return_indices=True)
+            t2 = tl.min(tl.where(cols[None, :] == i1[:, None], float("inf"), s), axis=1)
+            better = m1 < best  # strict: an equal later score keeps the earlier index
+            second = tl.where(better, tl.minimum(best, t2), tl.minimum(second, m1))
+            best_idx = tl.where(better, i1 + k0, best_idx)
+            best = tl.where(better, m1, best)
+
+        tl.store(idx_ptr + g.to(tl.int64) * N + offs_n, best_idx.to(tl.int64), mask=mask_n)
+        if CERTIFY:
+            p = tl.load(maxes_ptr + g * 4 + 0)
+            q = tl.load(maxes_ptr + g * 4 + 1)
+            t = tl.load(maxes_ptr + g * 4 + 2)
+            b = tl.load(maxes_ptr + g * 4 + 3)
+            xt_n = tl.sqrt(xt2)
+            err = xt_n * (p + gamma * t) + tl.sqrt(rx2) * q
+            err += 4.0 * 5.960464477539063e-08 * (b + (1.0 + gamma) * t * xt_n)  # 4 * 2^-24
+            err *= 1.00390625  # 1 + 2^-8
+            thr = best + 2.0 * err
+            # NaN/inf thresholds compare False: such rows are re-ranked, never trusted.
+            ambiguous = mask_n & ~(second > thr)
+            amb = ambiguous.to(tl.int32)
+            n_amb = tl.sum(amb, axis=0)
+            if n_amb > 0:
+                start = tl.atomic_add(counter_ptr + g, n_amb)
+                pos = g.to(tl.int64) * N + start + tl.cumsum(amb, axis=0) - 1
+                tl.store(list_ptr + pos, offs_n, mask=ambiguous)
+                tl.store(thr_ptr + pos, thr, mask=ambiguous)
+
+    @triton.autotune(configs=_candidate_configs(), key=["D_BUCKET", "K_BUCKET"])
+    @triton.jit
+    def _candidates_kernel(
+        x_ptr,
+        c_ptr,
+        scale_ptr,
+        bias_ptr,
+        list_ptr,
+        thr_ptr,
+        counter_ptr,
+        cand_ptr,  # (G, N, M) int32 out, by list slot
+        count_ptr,  # (G, N) int32 out, by list slot
+        N,
+        K,
+        D,
+        s_xg,
+        s_xn,
+        s_xd,
+        s_cg,
+        s_ck,
+        s_cd,
+        D_BUCKET,
+        K_BUCKET,
+        M: tl.constexpr,
+        LP: tl.constexpr,
+        INTERPRET: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        g = tl.program_id(1)
+        n_amb = tl.load(counter_ptr + g)
+        if pid * BLOCK_N < n_amb:  # the grid covers the worst case; most programs exit here
+            slots = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+            mask_s = slots < n_amb
+            at = g.to(tl.int64) * N + slots
+            rows = tl.load(list_ptr + at, mask=mask_s, other=0)
+            thr = tl.load(thr_ptr + at, mask=mask_s, other=float("-inf"))
+            x_rows = g.to(tl.int64) * s_xg + rows.to(tl.int64) * s_xn
+            x_unused = tl.zeros((BLOCK_N, BLOCK_D), dtype=LP)
+            count = tl.zeros((BLOCK_N,), dtype=tl.int32)
+            for k0 in range(0, K, BLOCK_K):
+                s = _lp_scores(
+                    x_rows, x_unused, mask_s, c_ptr, g, k0, K, D, s_cg, s_ck, s_cd, x_ptr,
+                    s_xd, scale_ptr, bias_ptr, LP, False, INTERPRET, BLOCK_N, BLOCK_K, BLOCK_D,
+                )  # fmt: skip
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                # Padding rows have thr = -inf; padding columns are masked explicitly because
+                # an infinite threshold (overflowing norms) would admit their +inf scores.
+                hit = ((s <= thr[:, None]) & (offs_k[None, :] < K)).to(tl.int32)
+                if tl.sum(tl.sum(hit, axis=1), axis=0) > 0:  # rare after the first tiles
+                    pos = count[:, None] + tl.cumsum(hit, axis=1) - 1
+                    tl.store(
+                        cand_ptr + at[:, None] * M + pos,
+                        tl.broadcast_to(offs_k[None, :], (BLOCK_N, BLOCK_K)),
+                        mask=(hit > 0) & (pos < M),
+                    )
+                    count += tl.sum(hit, axis=1)
+            tl.store(count_ptr + at, count, mask=mask_s)
+
+    @triton.jit
+    def _rerank_kernel(
+        x_ptr,
+        c_ptr,
+        scale_ptr,
+        bias_ptr,
+        list_ptr,
+        counter_ptr,
+        cand_ptr,
+        count_ptr,
+        idx_ptr,
+        N,
+        K,
+        D,
+        s_xg,
+        s_xn,
+        s_xd,
+        s_cg,
+        s_ck,
+        s_cd,
+        M: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        slot = tl.program_id(0)
+        g = tl.program_id(1)
+        n_amb = tl.load(counter_ptr + g)
+        if slot < n_amb:
+            at = g.to(tl.int64) * N + slot
+            row = tl.load(list_ptr + at)
+            out = idx_ptr + g.to(tl.int64) * N + row
+            cnt = tl.load(count_ptr + at)
+            x_row = x_ptr + g.to(tl.int64) * s_xg + row.to(tl.int64) * s_xn
+            c_grp = c_ptr + g.to(tl.int64) * s_cg
+            if (cnt > 0) & (cnt <= M):
+                # Exact fp32 scores of the (few) candidates, in increasing index order.
+                offs_m = tl.arange(0, M)
+                mask_m = offs_m < cnt
+                ks = tl.load(cand_ptr + at * M + offs_m, mask=mask_m, other=0)
+                acc = tl.zeros((M,), dtype=tl.float32)
+                for d0 in range(0, D, BLOCK_D):
+                    offs_d = d0 + tl.arange(0, BLOCK_D)
+                    mask_d = offs_d < D
+                    xv = tl.load(x_row + offs_d * s_xd, mask=mask_d, other=0.0).to(tl.float32)
+                    cv = tl.load(
+                        c_grp + ks.to(tl.int64)[:, None] * s_ck + offs_d[None, :] * s_cd,
+                        mask=mask_m[:, None] & mask_d[None, :],
+                        other=0.0,
+                    ).to(tl.float32)
+                    acc += tl.sum(cv * xv[None, :], axis=1)
+                scale = tl.load(scale_ptr + g.to(tl.int64) * K + ks, mask=mask_m, other=0.0)
+                bias = tl.load(bias_ptr + g.to(tl.int64) * K + ks, mask=mask_m, other=0.0)
+                s = tl.where(mask_m, bias + scale * acc, float("inf"))
+                m = tl.min(s, axis=0)
+                best = tl.min(tl.where(mask_m & (s == m), ks, K), axis=0)
+                # An all-NaN row matches nothing above: keep the first-pass answer then.
+                if best < K:
+                    tl.store(out, best.to(tl.int64))
+            else:
+                # Too many (or no) candidates: an exact fp32 scan of the whole codebook.
+                best_s = tl.full((), float("inf"), tl.float32)
+                best_k = tl.full((), 0, tl.int32)
+                for k0 in range(0, K, BLOCK_K):
+                    offs_k = k0 + tl.arange(0, BLOCK_K)
+                    mask_k = offs_k < K
+                    acc = tl.zeros((BLOCK_K,), dtype=tl.float32)
+                    for d0 in range(0, D, BLOCK_D):
+                        offs_d = d0 + tl.arange(0, BLOCK_D)
+                        mask_d = offs_d < D
+                        xv = tl.load(x_row + offs_d * s_xd, mask=mask_d, other=0.0)
+                        cv = tl.load(
+                            c_grp + offs_k.to(tl.int64)[:, None] * s_ck + offs_d[None, :] * s_cd,
+                            mask=mask_k[:, None] & mask_d[None, :],
+                            other=0.0,
+                        )
+                        acc += tl.sum(cv.to(tl.float32) * xv.to(tl.float32)[None, :], axis=1)
+                    cols = g.to(tl.int64) * K + offs_k
+                    scale = tl.load(scale_ptr + cols, mask=mask_k, other=0.0)
+                    bias = tl.load(bias_ptr + cols, mask=mask_k, other=float("inf"))
+                    s = bias + scale * acc
+                    m, i = tl.min(s, axis=0, return_indices=True)
+                    better = m < best_s  # strict: ties keep the earlier (lower) index
+                    best_k = tl.where(better, k0 + i, best_k)
+                    best_s = tl.where(better, m, best_s)
+                if best_s < float("inf"):
+                    tl.store(out, best_k.to(tl.int64))
+
+
+@dataclass
+class SearchStats:
+    """Diagnostics of one :func:`nearest_codeword_triton` call (costs a host sync)."""
+
+    rows: int  #: G * N
+    ambiguous: int  #: rows without a certificate (re-ranked exactly)
+    full_scans: int  #: ambiguous rows with 0 or > MAX_CANDIDATES candidates
+    config: str  #: the search kernel's autotuned configuration
+
+    @property
+    def ambiguous_fraction(self) -> float:
+        return self.ambiguous / max(self.rows, 1)
+
+
+def unsupported_reason(x: Tensor, codebook: Tensor) -> str | None:
+    """Why the Triton path cannot take these tensors, or ``None`` if it can."""
+    if not HAS_TRITON:
+        return "triton is not installed"
+    if x.device != codebook.device:
+        return f"x is on {x.device} but the codebook is on {codebook.device}"
+    if x.device.type != "cuda" and not _INTERPRET:
+        return (
+            f"tensors are on {x.device.type}; Triton kernels need CUDA tensors "
+            "(or TRITON_INTERPRET=1 set before triton is imported, for CPU testing)"
+        )
+    if x.device.type == "cuda" and _INTERPRET:
+        return "TRITON_INTERPRET=1 runs kernels on the CPU; got CUDA tensors"
+    for name, t in (("x", x), ("codebook", codebook)):
+        if t.dtype not in SUPPORTED_DTYPES:
+            return f"{name} has dtype {t.dtype}; the kernels take float32, bfloat16 or float16"
+    groups = codebook.shape[0] if codebook.ndim == 3 else 1
+    rows = x.numel() // max(x.shape[-1], 1)
+    if rows * MAX_CANDIDATES >= 2**31 or groups * codebook.shape[-2] >= 2**31:
+        return "more than 2^31 rows or codewords"
+    return None
+
+
+def nearest_codeword_triton(
+    x: Tensor,
+    codebook: Tensor,
+    *,
+    metric: str = "euclidean",
+    return_stats: bool = False,
+    certify: bool = True,
+) -> Tensor | tuple[Tensor, SearchStats]:
+    """Fused search: int64 indices of shape ``x.shape[:-1]``, exact w.r.t. fp32 distances.
+
+    Args:
+        x: ``(..., D)`` vectors, or ``(G, ..., D)`` with a grouped codebook; fp32/bf16/fp16,
+            any strides.
+        codebook: ``(K, D)`` or ``(G, K, D)``; fp32/bf16/fp16, any strides.
+        metric: ``"euclidean"``, ``"cosine"`` or ``"dot"`` (as the reference).
+        return_stats: also return :class:`SearchStats` (synchronises the device).
+        certify: ``False`` skips the certificate and re-ranking and returns the raw
+            low-precision argmin — only for tests that show the re-ranking matters.
+    """
+    _check(x, codebook, metric)
+    reason = unsupported_reason(x, codebook)
+    if reason is not None:
+        raise RuntimeError(f"nearest_codeword_triton: {reason}")
+    grouped = codebook.ndim == 3
+    lead = x.shape[:-1]
+    d = x.shape[-1]
+    groups = codebook.shape[0] if grouped else 1
+    k = codebook.shape[-2]
+    # reshape is a view for every layout whose rows can be addressed with one stride (all
+    # 2-D slices included); otherwise it copies x once (input-sized, never N x K).
+    xs = x.detach().reshape(groups, -1, d)
+    cb = codebook.detach() if grouped else codebook.detach().unsqueeze(0)
+    n = xs.shape[1]
+    device = x.device
+    idx = torch.empty(groups, n, dtype=torch.long, device=device)
+    if n == 0 or k == 0 or d == 0:
+        if k == 0 and n > 0:
+            raise ValueError("nearest_codeword: the codebook has no codewords")
+        idx.zero_()
+        return (idx.reshape(lead), SearchStats(0, 0, 0, "")) if return_stats else idx.reshape(lead)
+
+    both_fp16 = x.dtype == torch.float16 and codebook.dtype == torch.float16
+    lp = tl.float16 if both_fp16 else tl.bfloat16
+    lp_torch = torch.float16 if both_fp16 else torch.bfloat16
+    metric_id = _METRIC_IDS[metric]
+    gamma = d * 2.0**-23 + 2.0**-20  # see module docstring
+    block_d = _d_block(d) if not _INTERPRET else 16
+    d_bucket = _next_pow2(d)
+    k_bucket = min(_next_pow2(k), 1 << 20)
+
+    scale = torch.empty(groups, k, dtype=torch.float32, device=device)
+    bias = torch.empty(groups, k, dtype=torch.float32, device=device)
+    # One zeroed int32 workspace: (G, 4) float maxima (0.0f has all bits zero) + (G,) counter.
+    work = torch.zeros(groups * 5, dtype=torch.int32, device=device)
+    maxes = work[: groups * 4].view(torch.float32)
+    counter = work[groups * 4 :]
+    rows_list = torch.empty(groups, n, dtype=torch.int32, device=device)
+    thr = torch.empty(groups, n, dtype=torch.float32, device=device)
+
+    stats_block = 16 if _INTERPRET else 64
+    _codeword_stats_kernel[(triton.cdiv(k, stats_block), groups)](
+        cb, scale, bias, maxes, k, d, *cb.stride(),
+        METRIC=metric_id, LP=lp, C_EXACT=cb.dtype == lp_torch,
+        BLOCK_K=stats_block, BLOCK_D=block_d if d <= 128 else 64,
+    )  # fmt: skip
+    _search_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), groups)](
+        xs, cb, scale, bias, maxes, idx, rows_list, thr, counter, n, k, d,
+        *xs.stride(), *cb.stride(), gamma, d_bucket, k_bucket,
+        METRIC=metric_id, LP=lp, X_EXACT=xs.dtype == lp_torch, CERTIFY=certify,
+        INTERPRET=_INTERPRET,
+    )  # fmt: skip
+    config = str(getattr(_search_kernel, "best_config", ""))
+
+    if certify:
+        m = MAX_CANDIDATES
+        cand = torch.empty(groups, n, m, dtype=torch.int32, device=device)
+        count = torch.empty(groups, n, dtype=torch.int32, device=device)
+        _candidates_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), groups)](
+            xs, cb, scale, bias, rows_list, thr, counter, cand, count, n, k, d,
+            *xs.stride(), *cb.stride(), d_bucket, k_bucket,
+            M=m, LP=lp, INTERPRET=_INTERPRET, BLOCK_D=block_d,
+        )  # fmt: skip
+        _rerank_kernel[(n, groups)](
+            xs, cb, scale, bias, rows_list, counter, cand, count, idx, n, k, d,
+            *xs.stride(), *cb.stride(),
+            M=m, BLOCK_K=16 if _INTERPRET else 128, BLOCK_D=16 if _INTERPRET else 64,
+        )  # fmt: skip
+
+    out = idx.reshape(lead)
+    if not return_stats:
+        return out
+    ambiguous = int(counter.sum()) if certify else 0
+    full = 0
+    if ambiguous:
+        valid = torch.arange(n, device=device)[None, :] < counter[:, None]
+        full = int((valid & ((count == 0) | (count > MAX_CANDIDATES))).sum())
+    return out, SearchStats(groups * n, ambiguous, full, config)
+
+

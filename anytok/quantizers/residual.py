@@ -1,0 +1,292 @@
+"""Residual vector quantization: :class:`ResidualVQ` and :class:`GroupedResidualVQ`.
+
+Axis legend: ``b`` batch, ``n`` positions, ``d`` channels, ``l`` residual levels (stages),
+``g`` groups of channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from anytok.quantizers.base import (
+    Quantizer,
+    QuantizerOutput,
+    check_codes,
+    check_last_dim,
+    register_quantizer,
+    zero_loss,
+)
+from anytok.quantizers.distributed import broadcast_
+from anytok.quantizers.vq import VectorQuantize, fp32_region, level_metrics, relevel_metrics
+
+
+def synced_num_levels(num_quantizers: int, cutoff_index: int, device: torch.device) -> int:
+    """Quantizer dropout: how many levels this step uses, ``cutoff_index + 1`` to
+    ``num_quantizers``, uniformly, drawn on rank 0 and broadcast.
+
+    Every rank must use the same count: each level all-reduces its codebook statistics, and a
+    rank skipping a level would leave the others waiting in that all-reduce.
+    """
+    count = torch.randint(cutoff_index + 1, num_quantizers + 1, (), device=device)
+    return int(broadcast_(count))
+
+
+def _pad_dropped_levels(codes: Tensor, num_quantizers: int) -> Tensor:
+    """Codes ``(..., used)`` -> ``(..., num_quantizers)``, ``-1`` marking levels not run."""
+    return F.pad(codes, (0, num_quantizers - codes.shape[-1]), value=-1)
+
+
+@register_quantizer("rvq")
+class ResidualVQ(Quantizer):
+    """Residual vector quantization (Zeghidour et al. 2021, SoundStream, Algorithm 1,
+    https://arxiv.org/abs/2107.03312): stage ``i`` quantizes what stages ``0 .. i-1`` left.
+
+    Each stage is a :class:`VectorQuantize` built with ``vq_kwargs`` (e.g. ``codebook_dim=8,
+    use_cosine_sim=True, learnable_codebook=True`` for DAC-style factorized stages,
+    https://arxiv.org/abs/2306.06546). The residual passed on is ``r - q`` with the stage's
+    straight-through output, so the sum of the stages has an identity gradient to the input
+    and each stage's commitment loss trains that stage (as in DAC).
+
+    Args:
+        dim: channels of the channel-last input ``(..., dim)``.
+        num_quantizers: number of stages (levels).
+        codebook_size: codes per stage, one int or one per stage.
+        shared_codebook: one codebook (one :class:`VectorQuantize`) for every stage; its
+            statistics are updated once per step from every stage's inputs.
+        quantize_dropout: in training, use a random number of leading stages per batch (the
+            same on every rank), so that fewer levels decode well (bitrate choice at inference).
+        quantize_dropout_cutoff_index: the last stage used is at least this one (0-based).
+        **vq_kwargs: forwarded to every :class:`VectorQuantize`.
+
+    Codes: ``(..., num_quantizers)`` int64, level ``i`` in column ``i``. When training with
+    quantizer dropout (or ``forward(z, n_levels=k)``) the columns of levels not run hold ``-1``.
+    ``encode(z, n_levels=k)`` returns ``(..., k)`` and ``decode`` accepts any ``k`` leading levels.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_quantizers: int,
+        codebook_size: int | Sequence[int],
+        *,
+        shared_codebook: bool = False,
+        quantize_dropout: bool = False,
+        quantize_dropout_cutoff_index: int = 0,
+        **vq_kwargs: Any,
+    ):
+        super().__init__()
+        if num_quantizers < 1:
+            raise ValueError(f"ResidualVQ: num_quantizers must be >= 1, got {num_quantizers}")
+        sizes = (
+            (codebook_size,) * num_quantizers
+            if isinstance(codebook_size, int)
+            else tuple(int(k) for k in codebook_size)
+        )
+        if len(sizes) != num_quantizers:
+            raise ValueError(
+                f"ResidualVQ: codebook_size has {len(sizes)} entries for {num_quantizers} stages"
+            )
+        if shared_codebook and len(set(sizes)) != 1:
+            raise ValueError(f"ResidualVQ: shared_codebook needs one codebook size, got {sizes}")
+        if not 0 <= quantize_dropout_cutoff_index < num_quantizers:
+            raise ValueError(
+                "ResidualVQ: quantize_dropout_cutoff_index must be in [0, num_quantizers), "
+                f"got {quantize_dropout_cutoff_index} for {num_quantizers} stages"
+            )
+        self.dim = dim
+        self.num_quantizers = num_quantizers
+        self.codebook_sizes = sizes
+        self.shared_codebook = shared_codebook
+        self.quantize_dropout = quantize_dropout and num_quantizers > 1
+        self.quantize_dropout_cutoff_index = quantize_dropout_cutoff_index
+        distinct = sizes[:1] if shared_codebook else sizes
+        self.layers = nn.ModuleList(VectorQuantize(dim, k, **vq_kwargs) for k in distinct)
+
+    def stage(self, level: int) -> VectorQuantize:
+        """The quantizer of stage ``level`` (the same module for all with a shared codebook)."""
+        return self.layers[0 if self.shared_codebook else level]
+
+    def _check_levels(self, n_levels: int | None) -> int:
+        if n_levels is None:
+            return self.num_quantizers
+        if not 1 <= n_levels <= self.num_quantizers:
+            raise ValueError(
+                f"{type(self).__name__}: n_levels must be in [1, {self.num_quantizers}], "
+                f"got {n_levels}"
+            )
+        return n_levels
+
+    def forward(self, z: Tensor, *, n_levels: int | None = None) -> QuantizerOutput:
+        """Quantize ``z (..., dim)`` with every stage, or the first ``n_levels``.
+
+        Without ``n_levels``, training with ``quantize_dropout`` draws the count per batch.
+        Metrics are per level: ``perplexity/i``, ``usage/i``, ... (``.../shared`` for the
+        usage statistics of a shared codebook).
+        """
+        check_last_dim(z, self.dim, type(self).__name__)
+        if n_levels is None and self.training and self.quantize_dropout:
+            n_levels = synced_num_levels(
+                self.num_quantizers, self.quantize_dropout_cutoff_index, z.device
+            )
+        n_levels = self._check_levels(n_levels)
+        update_each_stage = not self.shared_codebook
+        with fp32_region(z):
+            residual = z.float()
+            quantized = torch.zeros_like(residual)
+            loss = zero_loss(z)
+            codes, metrics, stage_inputs = [], {}, []
+            if self.training and self.shared_codebook:
+                shared = self.stage(0)
+                shared.prepare_codebook_(
+                    rearrange(shared.to_codebook_space(residual), "... c -> (...) c").detach()
+                )
+            for level in range(n_levels):
+                layer = self.stage(level)
+                if self.training and self.shared_codebook:
+                    with torch.no_grad():
+                        stage_inputs.append(layer.to_codebook_space(residual))
+                out = layer(residual, update_codebook=update_each_stage)
+                residual = residual - out.quantized
+                quantized = quantized + out.quantized
+                loss = loss + out.loss
+                codes.append(out.codes)
+                metrics.update(relevel_metrics(out.metrics, level))
+            if stage_inputs:
+                inputs = torch.cat([rearrange(x, "... c -> (...) c") for x in stage_inputs])
+                indices = torch.cat([c.reshape(-1) for c in codes])
+                metrics.update(level_metrics(shared.update_codebook_(inputs, indices), "shared"))
+        codes = _pad_dropped_levels(torch.cat(codes, dim=-1), self.num_quantizers)
+        return QuantizerOutput(quantized.to(z.dtype), codes, loss, metrics)
+
+    def encode(self, z: Tensor, n_levels: int | None = None) -> Tensor:
+        """``(..., dim)`` -> int64 codes ``(..., n_levels)`` (default: every level)."""
+        check_last_dim(z, self.dim, type(self).__name__)
+        n_levels = self._check_levels(n_levels)
+        with fp32_region(z):
+            residual = z.float()
+            codes = []
+            for level in range(n_levels):
+                layer = self.stage(level)
+                level_codes = layer.encode(residual)
+                residual = residual - layer.decode(level_codes)
+                codes.append(level_codes)
+        return torch.cat(codes, dim=-1)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes ``(..., k)`` of the first ``k <= num_quantizers`` levels -> fp32 ``(..., dim)``."""
+        name = type(self).__name__
+        if codes.ndim < 1 or not 1 <= codes.shape[-1] <= self.num_quantizers:
+            raise ValueError(
+                f"{name}.decode: expected codes (..., k) with 1 <= k <= {self.num_quantizers}, "
+                f"got {tuple(codes.shape)}"
+            )
+        levels = codes.shape[-1]
+        check_codes(codes, self.codebook_sizes[:levels], name)
+        with fp32_region(codes):
+            quantized = torch.zeros(*codes.shape[:-1], self.dim, device=codes.device)
+            for level in range(levels):
+                quantized = quantized + self.stage(level).decode(codes[..., level : level + 1])
+        return quantized
+
+
+@register_quantizer("grvq")
+class GroupedResidualVQ(Quantizer):
+    """Grouped residual VQ (Yang et al. 2023, HiFi-Codec, https://arxiv.org/abs/2305.02765):
+    the channels are split into ``groups`` equal slices, each with its own :class:`ResidualVQ`.
+
+    Codes: ``(..., groups * num_quantizers)`` in group-major order, column
+    ``g * num_quantizers + i`` = group ``g``, level ``i``
+    (``rearrange(codes, '... (g l) -> ... g l', g=groups)`` recovers the grid).
+    ``encode(z, n_levels=k)`` returns ``(..., groups * k)`` in the same order, and ``decode``
+    accepts it. Quantizer dropout draws one level count per batch for every group.
+
+    Args:
+        dim: channels, divisible by ``groups``.
+        groups: number of channel groups.
+        num_quantizers: residual stages per group.
+        codebook_size: codes per stage (one int or one per stage), the same for every group.
+        quantize_dropout: random number of leading levels per batch in training.
+        quantize_dropout_cutoff_index: the last level used is at least this one (0-based).
+        **rvq_kwargs: forwarded to every :class:`ResidualVQ` (and on to its stages).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        groups: int,
+        num_quantizers: int,
+        codebook_size: int | Sequence[int],
+        *,
+        quantize_dropout: bool = False,
+        quantize_dropout_cutoff_index: int = 0,
+        **rvq_kwargs: Any,
+    ):
+        super().__init__()
+        if groups < 1 or dim % groups:
+            raise ValueError(f"GroupedResidualVQ: dim {dim} must split into {groups} equal groups")
+        self.dim = dim
+        self.groups = groups
+        self.num_quantizers = num_quantizers
+        self.quantize_dropout = quantize_dropout and num_quantizers > 1
+        self.quantize_dropout_cutoff_index = quantize_dropout_cutoff_index
+        self.rvqs = nn.ModuleList(
+            ResidualVQ(
+                dim // groups,
+                num_quantizers,
+                codebook_size,
+                quantize_dropout_cutoff_index=quantize_dropout_cutoff_index,
+                **rvq_kwargs,
+            )
+            for _ in range(groups)
+        )
+        self.codebook_sizes = tuple(k for rvq in self.rvqs for k in rvq.codebook_sizes)
+
+    def forward(self, z: Tensor, *, n_levels: int | None = None) -> QuantizerOutput:
+        """Quantize ``z (..., dim)``; codes ``(..., groups * num_quantizers)``, group-major."""
+        check_last_dim(z, self.dim, type(self).__name__)
+        if n_levels is None and self.training and self.quantize_dropout:
+            n_levels = synced_num_levels(
+                self.num_quantizers, self.quantize_dropout_cutoff_index, z.device
+            )
+        outputs = [
+            rvq(chunk, n_levels=n_levels)
+            for rvq, chunk in zip(self.rvqs, z.chunk(self.groups, dim=-1))
+        ]
+        metrics = {}
+        for group, out in enumerate(outputs):
+            for name, value in out.metrics.items():
+                base, level = name.rsplit("/", 1)
+                column = (
+                    f"shared.{group}"
+                    if level == "shared"
+                    else group * self.num_quantizers + int(level)
+                )
+                metrics[f"{base}/{column}"] = value
+        return QuantizerOutput(
+            quantized=torch.cat([out.quantized for out in outputs], dim=-1),
+            codes=torch.cat([out.codes for out in outputs], dim=-1),
+            loss=sum((out.loss for out in outputs), zero_loss(z)),
+            metrics=metrics,
+        )
+
+    def encode(self, z: Tensor, n_levels: int | None = None) -> Tensor:
+        """``(..., dim)`` -> codes ``(..., groups * n_levels)``, group-major."""
+        check_last_dim(z, self.dim, type(self).__name__)
+        chunks = z.chunk(self.groups, dim=-1)
+        return torch.cat([rvq.encode(c, n_levels) for rvq, c in zip(self.rvqs, chunks)], dim=-1)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes ``(..., groups * k)``, group-major, ``k <= num_quantizers`` -> ``(..., dim)``."""
+        if codes.ndim < 1 or codes.shape[-1] % self.groups:
+            raise ValueError(
+                f"{type(self).__name__}.decode: expected codes (..., groups * k) with "
+                f"groups={self.groups}, got {tuple(codes.shape)}"
+            )
+        per_group = rearrange(codes, "... (g l) -> g ... l", g=self.groups)
+        return torch.cat([rvq.decode(c) for rvq, c in zip(self.rvqs, per_group)], dim=-1)

@@ -1,0 +1,512 @@
+"""Vector quantization with a learned codebook: :class:`VectorQuantize` and :class:`SimVQ`.
+
+Axis legend used in shapes and einops patterns:
+
+* ``b`` batch, ``n`` flattened positions (all leading axes of the input),
+* ``d`` input channels (``dim``), ``c`` codebook-space channels (``codebook_dim``),
+* ``k`` codebook entries (``codebook_size``).
+
+Every search goes through :func:`anytok.quantizers.kernels.nearest_codeword` (chunked, never an
+``n x k`` matrix on the heap), and every codebook statistic is a ``bincount``/``index_add_``
+summed over ranks, so all ranks hold the same codebook.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from einops import rearrange
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from anytok.quantizers.base import (
+    Quantizer,
+    QuantizerOutput,
+    check_codes,
+    check_last_dim,
+    register_quantizer,
+    zero_loss,
+)
+from anytok.quantizers.distributed import all_reduce_sum_, broadcast_, is_distributed
+from anytok.quantizers.kernels import nearest_codeword
+from anytok.quantizers.kernels.reference import DEFAULT_MEMORY_BUDGET
+from anytok.quantizers.stats import CodeUsageTracker, code_counts, perplexity
+
+# --------------------------------------------------------------------------- helpers
+# Shared by vq.py, residual.py and multiscale.py (one definition each).
+
+
+def fp32_region(like: Tensor) -> torch.autocast:
+    """Context that turns autocast off on ``like``'s device: quantization math runs in fp32."""
+    return torch.autocast(device_type=like.device.type, enabled=False)
+
+
+def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """Unit vectors along the last axis."""
+    return F.normalize(x, p=2, dim=-1, eps=eps)
+
+
+def straight_through(source: Tensor, target: Tensor) -> Tensor:
+    """Value of ``target``, gradient of the identity to ``source`` (Bengio et al. 2013)."""
+    return source + (target - source).detach()
+
+
+def rotation_trick(source: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+    """Value of ``target``; gradient to ``source`` through a fixed rotation and rescaling.
+
+    The rotation trick of Fifty et al. 2024, "Restructuring Vector Quantization with the
+    Rotation Trick" (https://arxiv.org/abs/2410.06424): ``target = s * R @ source`` where ``R``
+    rotates ``source``'s direction onto ``target``'s and ``s = |target| / |source|``; ``R`` and
+    ``s`` are treated as constants, so the gradient keeps the angle between the input and its
+    codeword. ``R = I - 2 r r^T + 2 t u^T`` with unit vectors ``u`` (source), ``t`` (target)
+    and ``r = (u + t) / |u + t|``, applied without forming the ``d x d`` matrix.
+
+    Shapes: ``source`` and ``target`` ``(..., d)``; returns ``(..., d)``.
+    """
+    source_norm = source.norm(dim=-1, keepdim=True).clamp_min(eps)
+    target_norm = target.norm(dim=-1, keepdim=True).clamp_min(eps)
+    u = (source / source_norm).detach()
+    t = (target / target_norm).detach()
+    r = l2norm(u + t).detach()
+    rotated = (
+        source
+        - 2 * (source * r).sum(-1, keepdim=True) * r
+        + 2 * (source * u).sum(-1, keepdim=True) * t
+    )
+    return rotated * (target_norm / source_norm).detach()
+
+
+def local_code_metrics(indices: Tensor, codebook_size: int) -> dict[str, Tensor]:
+    """Perplexity and usage fraction of this rank's batch, without any collective.
+
+    Used in eval mode: a rank-0-only validation loop cannot hang on an all-reduce, and the
+    ``index_add_`` histogram has a static shape, so it compiles with ``fullgraph=True``.
+    """
+    flat = indices.reshape(-1)
+    counts = torch.zeros(codebook_size, device=flat.device, dtype=torch.float32)
+    counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
+    possible = max(min(codebook_size, flat.numel()), 1)
+    return {"perplexity": perplexity(counts), "usage": (counts > 0).sum().float() / possible}
+
+
+def level_metrics(metrics: dict[str, Tensor], level: int | str) -> dict[str, Tensor]:
+    """Suffix metric names with their level: ``perplexity`` -> ``perplexity/3``."""
+    return {f"{name}/{level}": value for name, value in metrics.items()}
+
+
+def relevel_metrics(metrics: dict[str, Tensor], level: int | str) -> dict[str, Tensor]:
+    """Replace the level suffix: ``perplexity/0`` -> ``perplexity/3``."""
+    return {f"{name.rsplit('/', 1)[0]}/{level}": value for name, value in metrics.items()}
+
+
+def _is_rank_zero() -> bool:
+    return not is_distributed() or dist.get_rank() == 0
+
+
+def sample_rows_synced(x: Tensor, num: int) -> Tensor:
+    """``num`` random rows of ``x`` ``(n, c)`` drawn on rank 0 and broadcast to every rank.
+
+    Without replacement when ``n >= num``. Every rank must call this with the same ``num``.
+    """
+    out = x.new_zeros(num, x.shape[-1])
+    if _is_rank_zero() and x.shape[0] > 0:
+        n = x.shape[0]
+        if n >= num:
+            pick = torch.randperm(n, device=x.device)[:num]
+        else:
+            pick = torch.randint(0, n, (num,), device=x.device)
+        out.copy_(x[pick])
+    return broadcast_(out)
+
+
+@torch.no_grad()
+def kmeans(samples: Tensor, num_clusters: int, num_iters: int, metric: str) -> Tensor:
+    """Lloyd's k-means over the vectors of every rank; returns ``(num_clusters, c)`` centroids
+    identical on all ranks.
+
+    Initial centroids are drawn on rank 0 and broadcast; each iteration all-reduces the
+    per-cluster sums and counts. Assignment uses :func:`nearest_codeword` (chunked), sums use
+    ``index_add_`` — never an ``n x k`` one-hot. Clusters left empty keep their centroid.
+    With ``metric="cosine"`` the centroids are renormalised (spherical k-means).
+    """
+    means = sample_rows_synced(samples, num_clusters)
+    for _ in range(num_iters):
+        assignment = nearest_codeword(samples, means, metric=metric)
+        counts = code_counts(assignment, num_clusters)
+        sums = samples.new_zeros(num_clusters, samples.shape[-1])
+        all_reduce_sum_(sums.index_add_(0, assignment, samples))
+        updated = sums / counts.clamp_min(1.0).unsqueeze(-1)
+        if metric == "cosine":
+            updated = l2norm(updated)
+        means = torch.where((counts > 0).unsqueeze(-1), updated, means)
+    return means
+
+
+# --------------------------------------------------------------------------- VectorQuantize
+
+
+@register_quantizer("vq")
+class VectorQuantize(Quantizer):
+    """Vector quantization with a learned codebook (van den Oord et al. 2017, VQ-VAE,
+    https://arxiv.org/abs/1711.00937).
+
+    The codebook is learned either by exponential moving averages of the vectors assigned to
+    each code (VQ-VAE-2, https://arxiv.org/abs/1906.00446; the default) or, with
+    ``learnable_codebook=True``, by gradient through the codebook loss
+    ``|sg(z) - q|^2``. The encoder side is pulled toward its codes by the commitment loss
+    ``commitment_weight * |z - sg(q)|^2``. Gradients reach the input by the straight-through
+    estimator, or with ``rotation_trick=True`` by the rotation trick
+    (https://arxiv.org/abs/2410.06424).
+
+    Factorized codes (Yu et al. 2021, ViT-VQGAN, https://arxiv.org/abs/2110.04627; DAC,
+    https://arxiv.org/abs/2306.06546): ``codebook_dim < dim`` projects the input to a small
+    codebook space and back with linear maps; ``use_cosine_sim=True`` l2-normalises inputs and
+    codes there, so the search is by cosine similarity.
+
+    Args:
+        dim: channels of the channel-last input ``(..., dim)``.
+        codebook_size: number of codes ``k``.
+        codebook_dim: channels of the codebook space (default ``dim``: no projections).
+        use_cosine_sim: l2-normalise inputs and codes; search by cosine similarity.
+        learnable_codebook: learn the codebook by gradient instead of EMA.
+        decay: EMA decay of the code counts and code sums (as vector-quantize-pytorch).
+        eps: Laplace smoothing of the EMA code counts.
+        commitment_weight: weight of ``|z - sg(q)|^2``.
+        codebook_weight: weight of the codebook loss ``|sg(z) - q|^2`` (learnable codebook).
+        kmeans_init: initialise the codebook by k-means on the first training batch (every
+            rank's vectors, all-reduced).
+        kmeans_iters: Lloyd iterations of that k-means.
+        threshold_ema_dead_code: codes whose EMA count (expected hits per batch, with
+            ``decay``) falls below this are replaced by random vectors of the current batch
+            (drawn on rank 0 and broadcast); ``0`` turns revival off.
+        rotation_trick: rotation-trick gradients instead of straight-through.
+        usage_window: batches over which :class:`CodeUsageTracker` reports usage metrics.
+        memory_budget: bytes of one chunk of the distance search (see ``nearest_codeword``).
+
+    Shapes: ``forward(z)`` with ``z (..., dim)`` returns quantized ``(..., dim)`` and codes
+    ``(..., 1)``; ``decode`` takes codes ``(..., 1)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int,
+        *,
+        codebook_dim: int | None = None,
+        use_cosine_sim: bool = False,
+        learnable_codebook: bool = False,
+        decay: float = 0.8,
+        eps: float = 1e-5,
+        commitment_weight: float = 1.0,
+        codebook_weight: float = 1.0,
+        kmeans_init: bool = False,
+        kmeans_iters: int = 10,
+        threshold_ema_dead_code: float = 0.0,
+        rotation_trick: bool = False,
+        usage_window: int = 100,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    ):
+        super().__init__()
+        name = type(self).__name__
+        if dim < 1 or codebook_size < 1:
+            raise ValueError(
+                f"{name}: dim and codebook_size must be >= 1, got {dim}, {codebook_size}"
+            )
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"{name}: decay must be in [0, 1), got {decay}")
+        codebook_dim = dim if codebook_dim is None else codebook_dim
+        if codebook_dim < 1:
+            raise ValueError(f"{name}: codebook_dim must be >= 1, got {codebook_dim}")
+        self.dim = dim
+        self.codebook_size = codebook_size
+        self.codebook_sizes = (codebook_size,)
+        self.codebook_dim = codebook_dim
+        self.use_cosine_sim = use_cosine_sim
+        self.metric = "cosine" if use_cosine_sim else "euclidean"
+        self.learnable_codebook = learnable_codebook
+        self.decay = decay
+        self.eps = eps
+        self.commitment_weight = commitment_weight
+        self.codebook_weight = codebook_weight
+        self.kmeans_init = kmeans_init
+        self.kmeans_iters = kmeans_iters
+        self.threshold_ema_dead_code = threshold_ema_dead_code
+        self.rotation_trick = rotation_trick
+        self.memory_budget = memory_budget
+
+        self.has_projections = codebook_dim != dim
+        self.project_in = nn.Linear(dim, codebook_dim) if self.has_projections else nn.Identity()
+        self.project_out = nn.Linear(codebook_dim, dim) if self.has_projections else nn.Identity()
+
+        # Random codes of about unit norm; k-means (if asked) replaces them on the first batch.
+        embedding = torch.randn(codebook_size, codebook_dim) * codebook_dim**-0.5
+        if use_cosine_sim:
+            embedding = l2norm(embedding)
+        if learnable_codebook:
+            self.embedding = nn.Parameter(embedding)
+        else:
+            self.register_buffer("embedding", embedding)
+            self.register_buffer("ema_embedding_sum", embedding.clone())
+        self.register_buffer("ema_cluster_size", torch.ones(codebook_size))
+        self.register_buffer("initted", torch.tensor(not kmeans_init))
+        self.usage = CodeUsageTracker(codebook_size, window=usage_window)
+
+    # ----------------------------------------------------------------- codebook access
+
+    @property
+    def codebook(self) -> Tensor:
+        """The codes the search uses, ``(k, c)`` (l2-normalised with ``use_cosine_sim``)."""
+        return l2norm(self.embedding) if self.use_cosine_sim else self.embedding
+
+    @torch.no_grad()
+    def set_codebook_(self, codebook: Tensor) -> None:
+        """Replace the codebook ``(k, c)`` (keeps EMA statistics consistent; no k-means after)."""
+        if tuple(codebook.shape) != tuple(self.embedding.shape):
+            raise ValueError(
+                f"{type(self).__name__}.set_codebook_: expected {tuple(self.embedding.shape)}, "
+                f"got {tuple(codebook.shape)}"
+            )
+        self.embedding.data.copy_(codebook)
+        if not self.learnable_codebook:
+            self.ema_embedding_sum.copy_(codebook * self._smoothed_cluster_size().unsqueeze(-1))
+        self.initted.fill_(True)
+
+    def to_codebook_space(self, z: Tensor) -> Tensor:
+        """``(..., dim)`` -> fp32 ``(..., codebook_dim)``, normalised with ``use_cosine_sim``."""
+        x = self.project_in(z.float())
+        return l2norm(x) if self.use_cosine_sim else x
+
+    def search(self, x: Tensor) -> Tensor:
+        """Nearest code of codebook-space vectors ``(..., c)`` -> int64 ``(...)``."""
+        return nearest_codeword(
+            x.detach(), self.codebook.detach(), metric=self.metric, memory_budget=self.memory_budget
+        )
+
+    def lookup(self, indices: Tensor) -> Tensor:
+        """Codes ``(...)`` -> codewords in the input space ``(..., dim)``, fp32."""
+        return self.project_out(F.embedding(indices, self.codebook))
+
+    # ----------------------------------------------------------------- contract
+
+    def forward(self, z: Tensor, *, update_codebook: bool = True) -> QuantizerOutput:
+        """Quantize ``z (..., dim)``.
+
+        In training, ``update_codebook=False`` leaves every codebook statistic alone (no
+        k-means, revival, EMA or usage update): :class:`~anytok.quantizers.ResidualVQ` with a
+        shared codebook uses it and updates once per step with :meth:`update_codebook_`.
+        """
+        check_last_dim(z, self.dim, type(self).__name__)
+        with fp32_region(z):
+            x = self.to_codebook_space(z)
+            flat = rearrange(x, "... c -> (...) c")
+            if self.training and update_codebook:
+                self.prepare_codebook_(flat.detach())
+            codebook = self.codebook
+            indices = self.search(flat)
+            codewords = F.embedding(indices, codebook)
+            if self.training:
+                commitment = F.mse_loss(flat, codewords.detach())
+                loss = self.commitment_weight * commitment
+                metrics = {"commitment": commitment.detach()}
+                if self.learnable_codebook:
+                    loss = loss + self.codebook_weight * F.mse_loss(codewords, flat.detach())
+                if update_codebook:
+                    metrics.update(self.update_codebook_(flat.detach(), indices))
+                transfer = rotation_trick if self.rotation_trick else straight_through
+                codewords = transfer(flat, codewords)
+            else:
+                loss = zero_loss(z)
+                metrics = local_code_metrics(indices, self.codebook_size)
+            quantized = self.project_out(codewords.reshape(x.shape)).to(z.dtype)
+        codes = indices.reshape(*z.shape[:-1], 1)
+        return QuantizerOutput(quantized, codes, loss, level_metrics(metrics, 0))
+
+    def encode(self, z: Tensor) -> Tensor:
+        """``(..., dim)`` -> int64 codes ``(..., 1)``."""
+        check_last_dim(z, self.dim, type(self).__name__)
+        with fp32_region(z):
+            return self.search(self.to_codebook_space(z)).unsqueeze(-1)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes ``(..., 1)`` -> quantized fp32 ``(..., dim)``."""
+        check_codes(codes, self.codebook_sizes, type(self).__name__)
+        with fp32_region(codes):
+            return self.lookup(codes[..., 0].long())
+
+    # ----------------------------------------------------------------- training updates
+
+    def _smoothed_cluster_size(self) -> Tensor:
+        """EMA counts with Laplace smoothing (no code has a zero count), same total."""
+        counts = self.ema_cluster_size
+        total = counts.sum()
+        return (counts + self.eps) / (total + self.codebook_size * self.eps) * total
+
+    @torch.no_grad()
+    def prepare_codebook_(self, x: Tensor) -> None:
+        """Before the search of a training step: k-means init (first batch), then dead-code
+        revival from this batch. ``x``: codebook-space vectors ``(n, c)`` of this rank."""
+        if self.kmeans_init and not bool(self.initted):
+            means = kmeans(x.float(), self.codebook_size, self.kmeans_iters, self.metric)
+            counts = code_counts(nearest_codeword(x, means, metric=self.metric), self.codebook_size)
+            self.embedding.data.copy_(means)
+            self.ema_cluster_size.copy_(counts)
+            if not self.learnable_codebook:
+                self.ema_embedding_sum.copy_(means * self._smoothed_cluster_size().unsqueeze(-1))
+            self.initted.fill_(True)
+        if self.threshold_ema_dead_code > 0:
+            self.revive_dead_codes_(x)
+
+    @torch.no_grad()
+    def revive_dead_codes_(self, x: Tensor) -> int:
+        """Replace codes whose EMA count is below ``threshold_ema_dead_code`` with random rows of
+        ``x (n, c)``; returns how many codes were replaced.
+
+        Every rank sees the same EMA counts (all-reduced), hence the same dead codes; rank 0
+        draws the replacements and broadcasts them. With fewer vectors than dead codes only a
+        random subset is replaced now (no duplicated codes); the rest wait for later batches.
+        """
+        dead = self.ema_cluster_size < self.threshold_ema_dead_code
+        num_dead = int(dead.sum())
+        if num_dead == 0:
+            return 0
+        dead_indices = dead.nonzero().squeeze(-1)
+        rows = self.embedding.data[dead_indices].clone()
+        chosen = torch.zeros(num_dead, device=x.device, dtype=rows.dtype)
+        if _is_rank_zero():
+            count = min(num_dead, x.shape[0])
+            which = torch.randperm(num_dead, device=x.device)[:count]
+            rows[which] = x[torch.randperm(x.shape[0], device=x.device)[:count]].to(rows.dtype)
+            chosen[which] = 1.0
+        broadcast_(rows)
+        broadcast_(chosen)
+        keep = chosen.unsqueeze(-1) == 0
+        self.embedding.data[dead_indices] = rows
+        reset = torch.full_like(chosen, float(self.threshold_ema_dead_code))
+        sizes = self.ema_cluster_size[dead_indices]
+        self.ema_cluster_size[dead_indices] = torch.where(chosen > 0, reset, sizes)
+        if not self.learnable_codebook:
+            sums = self.ema_embedding_sum[dead_indices]
+            self.ema_embedding_sum[dead_indices] = torch.where(
+                keep, sums, rows * reset.unsqueeze(-1)
+            )
+        return int(chosen.sum())
+
+    @torch.no_grad()
+    def update_codebook_(self, x: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        """After the search of a training step: EMA of code counts (both modes) and, for EMA
+        codebooks, of code sums; then the usage tracker. ``x (n, c)``, ``indices (n,)``.
+
+        Counts are a ``bincount`` and sums an ``index_add_``, both all-reduced.
+        Returns the usage metrics (``perplexity``, ``usage``, ``dead_codes``).
+        """
+        x = x.reshape(-1, self.codebook_dim).float()
+        indices = indices.reshape(-1)
+        counts = code_counts(indices, self.codebook_size)
+        self.ema_cluster_size.lerp_(counts, 1.0 - self.decay)
+        if not self.learnable_codebook:
+            sums = x.new_zeros(self.codebook_size, self.codebook_dim).index_add_(0, indices, x)
+            self.ema_embedding_sum.lerp_(all_reduce_sum_(sums), 1.0 - self.decay)
+            updated = self.ema_embedding_sum / self._smoothed_cluster_size().unsqueeze(-1)
+            self.embedding.copy_(l2norm(updated) if self.use_cosine_sim else updated)
+        return self.usage.update(indices)
+
+
+# --------------------------------------------------------------------------- SimVQ
+
+
+@register_quantizer("simvq")
+class SimVQ(Quantizer):
+    """SimVQ: a frozen random codebook seen through a learned linear map (Zhu et al. 2024,
+    "Addressing Representation Collapse in Vector Quantized Models with One Linear Layer",
+    https://arxiv.org/abs/2411.02038).
+
+    The codes are ``W @ c_i`` for frozen Gaussian ``c_i``; training the one matrix ``W`` moves
+    the whole codebook at once, so no code is left behind (no dead-code revival needed).
+    Loss: ``codebook_weight * |sg(z) - q|^2 + commitment_weight * |z - sg(q)|^2``.
+
+    Args:
+        dim: channels of the channel-last input ``(..., dim)``.
+        codebook_size: number of codes.
+        frozen_codebook_dim: channels of the frozen codebook (default ``dim``).
+        commitment_weight: weight of ``|z - sg(q)|^2`` (trains the encoder).
+        codebook_weight: weight of ``|sg(z) - q|^2`` (trains the linear map).
+        rotation_trick: rotation-trick gradients (https://arxiv.org/abs/2410.06424) instead of
+            straight-through.
+        usage_window: batches over which usage metrics are reported.
+        memory_budget: bytes of one chunk of the distance search.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int,
+        *,
+        frozen_codebook_dim: int | None = None,
+        commitment_weight: float = 0.25,
+        codebook_weight: float = 1.0,
+        rotation_trick: bool = True,
+        usage_window: int = 100,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    ):
+        super().__init__()
+        if dim < 1 or codebook_size < 1:
+            raise ValueError(
+                f"SimVQ: dim and codebook_size must be >= 1, got {dim}, {codebook_size}"
+            )
+        frozen_codebook_dim = dim if frozen_codebook_dim is None else frozen_codebook_dim
+        self.dim = dim
+        self.codebook_size = codebook_size
+        self.codebook_sizes = (codebook_size,)
+        self.commitment_weight = commitment_weight
+        self.codebook_weight = codebook_weight
+        self.rotation_trick = rotation_trick
+        self.memory_budget = memory_budget
+        frozen = torch.randn(codebook_size, frozen_codebook_dim) * frozen_codebook_dim**-0.5
+        self.register_buffer("frozen_codebook", frozen)
+        self.code_transform = nn.Linear(frozen_codebook_dim, dim, bias=False)
+        self.usage = CodeUsageTracker(codebook_size, window=usage_window)
+
+    @property
+    def codebook(self) -> Tensor:
+        """The implicit codebook ``W @ frozen``, ``(k, dim)``, differentiable in ``W``."""
+        return self.code_transform(self.frozen_codebook)
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        """Quantize ``z (..., dim)``; codes ``(..., 1)``."""
+        check_last_dim(z, self.dim, "SimVQ")
+        with fp32_region(z):
+            x = z.float()
+            codebook = self.codebook
+            indices = nearest_codeword(
+                x.detach(), codebook.detach(), memory_budget=self.memory_budget
+            )
+            codewords = F.embedding(indices, codebook)
+            if self.training:
+                commitment = F.mse_loss(x, codewords.detach())
+                loss = self.commitment_weight * commitment + self.codebook_weight * F.mse_loss(
+                    codewords, x.detach()
+                )
+                metrics = {"commitment": commitment.detach(), **self.usage.update(indices)}
+                transfer = rotation_trick if self.rotation_trick else straight_through
+                codewords = transfer(x, codewords)
+            else:
+                loss = zero_loss(z)
+                metrics = local_code_metrics(indices, self.codebook_size)
+        return QuantizerOutput(
+            codewords.to(z.dtype), indices.unsqueeze(-1), loss, level_metrics(metrics, 0)
+        )
+
+    def encode(self, z: Tensor) -> Tensor:
+        """``(..., dim)`` -> int64 codes ``(..., 1)``."""
+        check_last_dim(z, self.dim, "SimVQ")
+        with fp32_region(z):
+            codebook = self.codebook.detach()
+            return nearest_codeword(z.float(), codebook, memory_budget=self.memory_budget)[
+                ..., None
+            ]
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes ``(..., 1)`` -> quantized fp32 ``(..., dim)``."""
+        check_codes(codes, self.codebook_sizes, "SimVQ")
+        with fp32_region(codes):
+            return F.embedding(codes[..., 0].long(), self.codebook)

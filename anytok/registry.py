@@ -1,0 +1,348 @@
+"""One registry for every tokenizer: architectures and their named checkpoints.
+
+Names follow timm's ``arch.tag`` convention: the architecture (a variant with a full default
+configuration), then which weights. ``anytok.load("arch")`` uses the architecture's default
+tag; ``anytok.load("arch.tag")`` a specific one; ``anytok.load("path/to/dir")`` a checkpoint
+directory; ``anytok.load("hf-hub:org/name")`` a checkpoint on the Hugging Face Hub.
+
+Weights of a tag are searched, in order, in
+
+1. ``$ANYTOK_HOME/checkpoints/<arch>.<tag>/`` (default ``~/.cache/anytok``),
+2. the Hugging Face cache (``huggingface_hub``; respects ``HF_HOME`` / ``HF_HUB_CACHE``),
+3. the Hugging Face Hub, unless offline (``HF_HUB_OFFLINE=1`` or ``ANYTOK_OFFLINE=1``).
+
+The built-in tag ``untrained`` builds the architecture with a fixed-seed random
+initialisation: it exists for smoke tests and demos, and everything that reports on a model
+says "untrained" plainly when it is used.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+UNTRAINED = "untrained"
+MODALITIES = ("audio", "image", "video")
+
+#: The tokenizer each modality uses when none is named (CLI, demo).
+DEFAULT_MODELS: dict[str, str] = {
+    "audio": "seanet_fsq_24khz",
+    "image": "cnn_fsq_256",
+    "video": "cnn3d_fsq_4x8x8",
+}
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """The weights of a named checkpoint are nowhere this machine can reach."""
+
+
+class UnknownModelError(KeyError):
+    """A name that is neither a registered architecture, a tag of one, nor a directory."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; people should read plain text
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class PretrainedCfg:
+    """Where one named set of weights lives and what it expects.
+
+    Attributes:
+        tag: the part after the dot in ``arch.tag``.
+        hf_hub_id: ``"org/repo"`` on the Hugging Face Hub holding ``config.json`` and
+            ``model.safetensors`` (anytok format), or ``None``.
+        revision: Hub revision (branch, tag or commit).
+        subfolder: folder inside the Hub repository.
+        description: what these weights were trained on and how.
+        license: the weights' license.
+        importer: name of a converter when the weights are in another project's format.
+    """
+
+    tag: str
+    hf_hub_id: str | None = None
+    revision: str | None = None
+    subfolder: str | None = None
+    description: str = ""
+    license: str | None = None
+    importer: str | None = None
+
+    @property
+    def trained(self) -> bool:
+        return self.tag != UNTRAINED
+
+
+@dataclass
+class ArchInfo:
+    """A registered architecture: a builder plus its full default configuration.
+
+    Attributes:
+        name: architecture name (the part before the dot).
+        modality: ``"audio"``, ``"image"`` or ``"video"``.
+        builder: class or function called with the configuration as keyword arguments.
+        default_config: the architecture's real, full-size configuration.
+        description: one line saying what it is.
+        paper: link to the paper or source the design follows.
+        tiny_config: overrides that make a tiny variant for fast tests (same code paths).
+        pretrained: named weights, by tag; ``untrained`` is always present.
+        default_tag: the tag ``anytok.load(name)`` uses.
+    """
+
+    name: str
+    modality: str
+    builder: Callable[..., nn.Module]
+    default_config: dict[str, Any]
+    description: str
+    paper: str = ""
+    tiny_config: dict[str, Any] = field(default_factory=dict)
+    pretrained: dict[str, PretrainedCfg] = field(default_factory=dict)
+    default_tag: str = UNTRAINED
+
+    def config(self, tiny: bool = False, **overrides: Any) -> dict[str, Any]:
+        """The default configuration, with the tiny overrides and then ``overrides`` applied."""
+        config = copy.deepcopy(self.default_config)
+        if tiny:
+            config.update(copy.deepcopy(self.tiny_config))
+        config.update(overrides)
+        return config
+
+
+_ARCHS: dict[str, ArchInfo] = {}
+
+
+def register(
+    name: str,
+    *,
+    modality: str,
+    description: str,
+    default_config: Mapping[str, Any],
+    paper: str = "",
+    tiny_config: Mapping[str, Any] | None = None,
+    pretrained: list[PretrainedCfg] | None = None,
+    default_tag: str | None = None,
+    builder: Callable[..., nn.Module] | None = None,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register an architecture; usable as a decorator or, with ``builder=``, directly.
+
+    Example::
+
+        @anytok.register("my_codec_24khz", modality="audio", description="...",
+                         default_config={"channels": 32}, tiny_config={"channels": 4})
+        class MyCodec(Tokenizer): ...
+    """
+    if modality not in MODALITIES:
+        raise ValueError(f"register({name!r}): modality must be one of {MODALITIES}")
+    if "." in name or "/" in name or not name:
+        raise ValueError(f"register({name!r}): names may not be empty or contain '.' or '/'")
+    tags = {cfg.tag: cfg for cfg in (pretrained or [])}
+    tags.setdefault(UNTRAINED, PretrainedCfg(UNTRAINED, description="random initialisation"))
+    chosen_default = default_tag or next((t for t in tags if t != UNTRAINED), UNTRAINED)
+    if chosen_default not in tags:
+        raise ValueError(f"register({name!r}): default_tag {chosen_default!r} is not a tag")
+
+    def decorate(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _ARCHS and _ARCHS[name].builder is not fn:
+            raise ValueError(f"architecture {name!r} is already registered")
+        _ARCHS[name] = ArchInfo(
+            name=name,
+            modality=modality,
+            builder=fn,
+            default_config=dict(default_config),
+            description=description,
+            paper=paper,
+            tiny_config=dict(tiny_config or {}),
+            pretrained=tags,
+            default_tag=chosen_default,
+        )
+        return fn
+
+    if builder is not None:
+        decorate(builder)
+    return decorate
+
+
+def _ensure_families_imported() -> None:
+    """Import the codec packages so their ``register`` calls have run."""
+    import anytok.codecs  # noqa: F401
+
+
+def list_models(modality: str | None = None, *, tags: bool = False) -> list[str]:
+    """Registered architecture names (or every ``arch.tag`` with ``tags=True``), sorted."""
+    _ensure_families_imported()
+    if modality is not None and modality not in MODALITIES:
+        raise ValueError(f"list_models: modality must be one of {MODALITIES}, got {modality!r}")
+    archs = [a for a in _ARCHS.values() if modality is None or a.modality == modality]
+    if not tags:
+        return sorted(a.name for a in archs)
+    return sorted(f"{a.name}.{t}" for a in archs for t in a.pretrained)
+
+
+def get_arch(name: str) -> ArchInfo:
+    """The :class:`ArchInfo` of an architecture name (a ``.tag`` suffix is ignored)."""
+    _ensure_families_imported()
+    arch, _, _ = name.partition(".")
+    if arch not in _ARCHS:
+        close = [n for n in _ARCHS if arch.split("_")[0] in n][:5]
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise UnknownModelError(
+            f"unknown model {name!r}: not a registered architecture nor a checkpoint "
+            f"directory.{hint} Run `anytok list` to see every name."
+        )
+    return _ARCHS[arch]
+
+
+def resolve(name: str) -> tuple[ArchInfo, PretrainedCfg]:
+    """Split ``arch[.tag]`` and look both up; the tag defaults to the arch's default tag."""
+    info = get_arch(name)
+    _, _, tag = name.partition(".")
+    tag = tag or info.default_tag
+    if tag not in info.pretrained:
+        raise UnknownModelError(
+            f"{info.name!r} has no checkpoint tagged {tag!r}; its tags are: "
+            f"{', '.join(sorted(info.pretrained))}"
+        )
+    return info, info.pretrained[tag]
+
+
+def create_model(name: str, *, tiny: bool = False, seed: int = 0, **overrides: Any) -> nn.Module:
+    """Build an architecture with random weights (fixed ``seed``), without loading anything.
+
+    ``tiny=True`` applies the architecture's tiny test overrides.
+    """
+    info = get_arch(name)
+    config = info.config(tiny=tiny, **overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = info.builder(**config)
+    attach_identity(model, info.name, config, tag=UNTRAINED)
+    return model
+
+
+def attach_identity(
+    model: nn.Module, arch: str, config: dict[str, Any], tag: str, source: str | None = None
+) -> None:
+    """Record on the model what it is, so checkpoints, token files and reports can say so.
+
+    ``source`` is the checkpoint directory a model was loaded from (``None`` for registry
+    names); token files name it so ``anytok decode`` finds the same weights.
+    """
+    model.anytok_arch = arch  # type: ignore[assignment]
+    model.anytok_config = copy.deepcopy(config)  # type: ignore[assignment]
+    model.anytok_tag = tag  # type: ignore[assignment]
+    model.anytok_source = source  # type: ignore[assignment]
+
+
+def anytok_home() -> Path:
+    """Root of anytok's local files: ``$ANYTOK_HOME`` or ``~/.cache/anytok``."""
+    return Path(os.environ.get("ANYTOK_HOME", Path.home() / ".cache" / "anytok"))
+
+
+def is_offline() -> bool:
+    """True when the Hub must not be contacted."""
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("ANYTOK_OFFLINE", ""))
+    return any(v.strip().lower() in {"1", "true", "yes", "on"} for v in flags)
+
+
+def find_weights(info: ArchInfo, cfg: PretrainedCfg) -> Path:
+    """Return the directory holding ``config.json`` + ``model.safetensors`` for a tag.
+
+    Raises:
+        WeightsNotFoundError: naming the checkpoint, every place searched, and what to do.
+    """
+    full_name = f"{info.name}.{cfg.tag}"
+    searched: list[str] = []
+    local = anytok_home() / "checkpoints" / full_name
+    searched.append(f"local directory {local}")
+    if (local / "config.json").is_file() and (local / "model.safetensors").is_file():
+        return local
+    if cfg.hf_hub_id:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        patterns = ["config.json", "model.safetensors"]
+        if cfg.subfolder:
+            patterns = [f"{cfg.subfolder}/{p}" for p in patterns]
+        searched.append(f"Hugging Face cache for {cfg.hf_hub_id}")
+        try:
+            path = snapshot_download(
+                cfg.hf_hub_id,
+                revision=cfg.revision,
+                allow_patterns=patterns,
+                local_files_only=True,
+            )
+            return Path(path) / (cfg.subfolder or "")
+        except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+            pass
+        if not is_offline():
+            searched.append(f"Hugging Face Hub {cfg.hf_hub_id}")
+            try:
+                path = snapshot_download(
+                    cfg.hf_hub_id, revision=cfg.revision, allow_patterns=patterns
+                )
+                return Path(path) / (cfg.subfolder or "")
+            except Exception as err:  # network errors come in many types
+                searched[-1] += f" (failed: {type(err).__name__}: {err})"
+        else:
+            searched.append("Hugging Face Hub skipped: offline (HF_HUB_OFFLINE/ANYTOK_OFFLINE)")
+    places = "\n  - ".join(searched)
+    raise WeightsNotFoundError(
+        f"no weights found for checkpoint {full_name!r}. Searched:\n  - {places}\n"
+        f"To fix: put config.json and model.safetensors in {local}, "
+        + (f"or download {cfg.hf_hub_id} while online, " if cfg.hf_hub_id else "")
+        + f"or use '{info.name}.{UNTRAINED}' for random weights."
+    )
+
+
+def load(
+    name_or_path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    eval_mode: bool = True,
+) -> nn.Module:
+    """Load a tokenizer by registry name (``arch`` or ``arch.tag``), directory, or Hub id.
+
+    Args:
+        name_or_path: ``"arch"``, ``"arch.tag"``, a checkpoint directory, or
+            ``"hf-hub:org/name"``.
+        device: where to put the model.
+        dtype: parameter dtype (``None`` keeps fp32; bf16 autocast is applied at run time).
+        eval_mode: put the model in eval mode (the default for encoding).
+    """
+    from anytok.checkpoint import load_checkpoint
+
+    text = os.fspath(name_or_path)
+    if text.startswith("hf-hub:"):
+        from huggingface_hub import snapshot_download
+
+        repo = text.removeprefix("hf-hub:")
+        try:
+            path = snapshot_download(
+                repo,
+                allow_patterns=["config.json", "model.safetensors"],
+                local_files_only=is_offline(),
+            )
+        except Exception as err:
+            raise WeightsNotFoundError(
+                f"could not get checkpoint {text!r} from the Hugging Face cache or Hub: {err}"
+            ) from err
+        model = load_checkpoint(path)
+    elif Path(text).is_dir() or os.sep in text or text.startswith("."):
+        model = load_checkpoint(text)
+    else:
+        info, cfg = resolve(text)
+        if cfg.tag == UNTRAINED:
+            model = create_model(info.name)
+        else:
+            model = load_checkpoint(find_weights(info, cfg))
+            attach_identity(model, info.name, model.anytok_config, tag=cfg.tag)
+    model = model.to(device=device)
+    if dtype is not None:
+        model = model.to(dtype=dtype)
+    return model.eval() if eval_mode else model.train()

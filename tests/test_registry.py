@@ -1,0 +1,165 @@
+"""Registry names, resolution, weight lookup errors, and checkpoint strictness."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import anytok
+from anytok.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from anytok.registry import (
+    PretrainedCfg,
+    UnknownModelError,
+    WeightsNotFoundError,
+    get_arch,
+    register,
+    resolve,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_list_models_by_modality() -> None:
+    everything = anytok.list_models()
+    assert everything == sorted(everything)
+    for modality in ("audio", "image", "video"):
+        names = anytok.list_models(modality)
+        assert names, f"no {modality} tokenizer registered"
+        assert all(get_arch(n).modality == modality for n in names)
+    assert set(everything) == {
+        n for m in ("audio", "image", "video") for n in anytok.list_models(m)
+    }
+    tags = anytok.list_models(tags=True)
+    assert all("." in t for t in tags)
+    with pytest.raises(ValueError, match="modality"):
+        anytok.list_models("smell")
+
+
+def test_resolve_default_and_explicit_tag() -> None:
+    name = anytok.DEFAULT_MODELS["audio"]
+    info, cfg = resolve(name)
+    assert cfg.tag == info.default_tag
+    _, cfg = resolve(f"{name}.untrained")
+    assert cfg.tag == "untrained" and not cfg.trained
+    with pytest.raises(UnknownModelError, match="no checkpoint tagged 'nope'"):
+        resolve(f"{name}.nope")
+
+
+def test_unknown_model_error_is_readable() -> None:
+    with pytest.raises(UnknownModelError) as err:
+        anytok.load("definitely_not_a_model")
+    assert "definitely_not_a_model" in str(err.value)
+    assert "anytok list" in str(err.value)
+
+
+def _register_with_weights(tmp_name: str) -> None:
+    info = get_arch(anytok.DEFAULT_MODELS["image"])
+    register(
+        tmp_name,
+        modality="image",
+        description="test arch with a missing checkpoint",
+        paper="test",
+        default_config=info.config(tiny=True),
+        pretrained=[PretrainedCfg("trained", hf_hub_id="anytok-test/does-not-exist")],
+        builder=info.builder,
+    )
+
+
+def test_missing_weights_offline_names_places_and_fix(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("ANYTOK_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    _register_with_weights("test_missing_weights")
+    with pytest.raises(WeightsNotFoundError) as err:
+        anytok.load("test_missing_weights")
+    text = str(err.value)
+    assert "test_missing_weights.trained" in text
+    assert str(tmp_path / "home" / "checkpoints" / "test_missing_weights.trained") in text
+    assert "Hugging Face cache" in text and "offline" in text
+    assert "To fix" in text and "untrained" in text
+
+
+def test_weights_found_in_local_directory(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("ANYTOK_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _register_with_weights("test_local_weights")
+    model = anytok.create_model("test_local_weights", seed=7)
+    save_checkpoint(model, tmp_path / "checkpoints" / "test_local_weights.trained")
+    loaded = anytok.load("test_local_weights")
+    assert loaded.anytok_tag == "trained"
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_load_device_and_dtype() -> None:
+    model = anytok.load(anytok.DEFAULT_MODELS["audio"] + ".untrained", dtype=torch.float64)
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    assert not model.training
+
+
+def test_create_model_is_deterministic_per_seed() -> None:
+    name = anytok.list_models("image")[0]
+    a = anytok.create_model(name, tiny=True, seed=3).state_dict()
+    b = anytok.create_model(name, tiny=True, seed=3).state_dict()
+    c = anytok.create_model(name, tiny=True, seed=4).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+
+
+def test_strict_loading_lists_missing_and_unexpected_keys(tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    model = anytok.create_model(anytok.list_models("image")[0], tiny=True)
+    save_checkpoint(model, tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    removed = sorted(state)[0]
+    del state[removed]
+    state["bogus.weight"] = torch.zeros(1)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(tmp_path)
+    assert f"missing keys: {removed}" in str(err.value)
+    assert "unexpected keys: bogus.weight" in str(err.value)
+
+
+def test_checkpoint_errors_name_the_problem(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "cnn_fsq_256", "config": {}}))
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="cannot read safetensors"):
+        load_checkpoint(tmp_path)
+
+
+def test_checkpoint_config_records_architecture(tmp_path) -> None:
+    name = anytok.list_models("audio")[0]
+    model = anytok.create_model(name, tiny=True)
+    save_checkpoint(model, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architecture"] == name
+    assert config["config"] == get_arch(name).config(tiny=True)
+    assert not list(tmp_path.glob("*.tmp")), "temporary files left behind"
+
+
+def test_no_pickle_in_the_package() -> None:
+    """The issue's check: nothing in anytok/ unpickles."""
+    result = subprocess.run(
+        [
+            "grep",
+            "-rnE",
+            r"torch\.load|allow_pickle=True|import pickle|pickle\.",
+            str(REPO / "anytok"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.stdout == "", f"unsafe deserialisation found:\n{result.stdout}"

@@ -1,0 +1,183 @@
+"""Registry-driven tests: every registered architecture, at its tiny configuration, gets
+shape, range, round-trip, save/load, batch-consistency and NaN checks for free."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import anytok
+from anytok.checkpoint import save_checkpoint
+from anytok.codecs import AudioTokenizer, ImageTokenizer, Tokenizer, VideoTokenizer
+from anytok.registry import get_arch
+
+ARCHS = anytok.list_models()
+
+
+def tiny(name: str) -> Tokenizer:
+    return anytok.create_model(name, tiny=True, seed=0).eval()
+
+
+def sample_batch(
+    model: Tokenizer, batch: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Random media the model accepts, with varied valid lengths where time exists."""
+    gen = torch.Generator().manual_seed(seed)
+    if isinstance(model, AudioTokenizer):
+        samples = model.hop_length * 12 + 5  # deliberately not a multiple of the hop
+        audio = torch.rand(batch, model.channels, samples, generator=gen) * 1.6 - 0.8
+        lengths = torch.tensor([samples - 3 * model.hop_length * (i % 3) for i in range(batch)])
+        for i, n in enumerate(lengths):
+            audio[i, :, n:] = 0
+        return audio, lengths
+    if isinstance(model, ImageTokenizer):
+        h, w = model.resolution
+        return torch.rand(batch, 3, h, w, generator=gen) * 2 - 1, None
+    if isinstance(model, VideoTokenizer):
+        h, w = model.resolution
+        frames = 1 + 2 * model.temporal_factor + 1  # not of the form 1 + k*s: padding rule
+        video = torch.rand(batch, 3, frames, h, w, generator=gen) * 2 - 1
+        lengths = torch.tensor([frames - (i % 2) * model.temporal_factor for i in range(batch)])
+        for i, n in enumerate(lengths):
+            video[i, :, n:] = video[i, :, n - 1 : n]
+        return video, lengths
+    raise TypeError(type(model))
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_registered_metadata(name: str) -> None:
+    info = get_arch(name)
+    assert info.modality in ("audio", "image", "video")
+    assert info.description and info.paper
+    assert "untrained" in info.pretrained
+    assert info.default_tag in info.pretrained
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_encode_decode_shapes_range_and_nan(name: str) -> None:
+    model = tiny(name)
+    media, lengths = sample_batch(model, batch=2)
+    with torch.inference_mode():
+        tokens = model.encode(media, lengths)
+        recon = model.decode(tokens)
+    spec = tokens.spec
+    assert tokens.codes.dtype == torch.int64
+    assert tokens.codes.shape[:2] == (2, spec.num_levels)
+    assert tokens.codes.ndim == 2 + len(spec.layout)
+    sizes = torch.tensor(spec.codebook_sizes).view(1, -1, *([1] * len(spec.layout)))
+    assert bool((tokens.codes >= 0).all()) and bool((tokens.codes < sizes).all())
+    assert torch.isfinite(recon).all()
+    if isinstance(model, AudioTokenizer):
+        frames = math.ceil(media.shape[-1] / model.hop_length)
+        assert tokens.codes.shape[-1] == frames
+        assert recon.shape == (2, model.channels, frames * model.hop_length)
+        assert tokens.lengths is not None
+        assert tokens.lengths.tolist() == [math.ceil(int(n) / model.hop_length) for n in lengths]
+    elif isinstance(model, ImageTokenizer):
+        f = model.downsample_factor
+        assert tokens.codes.shape[-2:] == (media.shape[-2] // f, media.shape[-1] // f)
+        assert recon.shape == media.shape
+    else:
+        latent_t = model.latent_frames(media.shape[2])
+        assert tokens.codes.shape[2] == latent_t
+        assert recon.shape[2] == 1 + (latent_t - 1) * model.temporal_factor
+        assert recon.shape[-2:] == media.shape[-2:]
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_forward_matches_encode_and_has_losses(name: str) -> None:
+    model = tiny(name)
+    media, lengths = sample_batch(model, batch=2, seed=1)
+    with torch.inference_mode():
+        out = model(media, lengths)
+        tokens = model.encode(media, lengths)
+    assert out.reconstruction.shape == media.shape
+    assert torch.equal(out.tokens.codes, tokens.codes)
+    assert all(v.ndim == 0 for v in out.losses.values())
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_training_step_backpropagates(name: str) -> None:
+    model = tiny(name).train()
+    media, lengths = sample_batch(model, batch=2, seed=2)
+    out = model(media, lengths)
+    loss = (out.reconstruction - media).abs().mean() + sum(out.losses.values())
+    loss.backward()
+    grads = [p.grad for p in model.encoder.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads), (
+        "no gradient reached the encoder"
+    )
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_save_load_gives_identical_tokens(name: str, tmp_path) -> None:
+    model = tiny(name)
+    media, lengths = sample_batch(model, batch=2, seed=3)
+    save_checkpoint(model, tmp_path / "ckpt")
+    loaded = anytok.load(tmp_path / "ckpt")
+    assert type(loaded) is type(model)
+    with torch.inference_mode():
+        a = model.encode(media, lengths)
+        b = loaded.encode(media, lengths)
+    assert torch.equal(a.codes, b.codes)
+    tokens_file = tmp_path / "t.tokens.safetensors"
+    a.save(tokens_file)
+    again = anytok.Tokens.load(tokens_file)
+    assert again.spec == a.spec
+    if a.lengths is None:
+        assert again.lengths is None and torch.equal(again.codes, a.codes)
+    else:  # positions past an item's length carry no meaning; only valid ones must survive
+        assert torch.equal(again.lengths, a.lengths)
+        for i, n in enumerate(a.lengths.tolist()):
+            assert torch.equal(again.codes[i, :, :n], a.codes[i, :, :n])
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_batch_of_one_equals_batch_of_four(name: str) -> None:
+    model = tiny(name)
+    media, lengths = sample_batch(model, batch=4, seed=4)
+    if not model.causal and lengths is not None:
+        # Non-causal models: right padding changes the tail; compare equal-length items.
+        lengths = torch.full_like(lengths, media.shape[2] if media.ndim == 5 else media.shape[-1])
+    with torch.inference_mode():
+        batched = model.encode(media, lengths)
+        for i in range(4):
+            if lengths is None:
+                single = model.encode(media[i : i + 1])
+                assert torch.equal(single.codes[0], batched.codes[i])
+                continue
+            n = int(lengths[i])
+            item = media[i : i + 1, :, :n]
+            single = model.encode(item)
+            valid = (
+                int(batched.lengths[i]) if batched.lengths is not None else batched.codes.shape[2]
+            )
+            assert single.codes.shape[2] == valid
+            assert torch.equal(single.codes[0], batched.codes[i, :, :valid]), f"item {i} differs"
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_full_default_config_builds(name: str) -> None:
+    """The real configuration (not only the tiny one) builds and has a sane spec."""
+    model = anytok.create_model(name)
+    spec = model.spec
+    assert spec.modality == get_arch(name).modality
+    assert sum(p.numel() for p in model.parameters()) > 100_000
+    if isinstance(model, AudioTokenizer):
+        assert spec.frame_rate == model.sample_rate / model.hop_length
+        media = torch.rand(1, model.channels, model.sample_rate // 4) - 0.5
+    elif isinstance(model, ImageTokenizer):
+        media = torch.rand(1, 3, 2 * model.downsample_factor, 2 * model.downsample_factor) - 0.5
+    else:
+        side = 2 * model.spatial_factor
+        media = torch.rand(1, 3, 1 + model.temporal_factor, side, side) - 0.5
+    with torch.inference_mode():
+        recon = model.decode(model.encode(media))
+    assert torch.isfinite(recon).all()
+
+
+def test_default_models_are_registered() -> None:
+    for modality, name in anytok.DEFAULT_MODELS.items():
+        assert get_arch(name).modality == modality
