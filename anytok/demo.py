@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.table import Table
 
 import anytok
-from anytok.media import samples
+from anytok.media import resize_cover, samples
 from anytok.metrics import mel_distance, psnr, stoi
-from anytok.pipeline import autocast_for, resize_and_crop, save_media
+from anytok.pipeline import autocast_for, save_media
 from anytok.registry import DEFAULT_MODELS, UNTRAINED
 
 
@@ -80,10 +80,10 @@ def _run_one(modality: str, out_dir: Path, device: str) -> DemoResult:
             f"speech, {media.shape[-1] / model.sample_rate:.2f} s at {model.sample_rate} Hz"
         )
     elif modality == "image":
-        media = resize_and_crop(samples.sample_image().image, model.resolution)
+        media = resize_cover(samples.sample_image().image, model.resolution)
         description = f"photo (skimage astronaut), {media.shape[-1]}x{media.shape[-2]}"
     else:
-        clip = samples.sample_video()
+        clip = samples.sample_video(fps=model.fps)
         media = clip.video
         description = f"{media.shape[1]} frames {media.shape[-1]}x{media.shape[-2]} @ {clip.fps:g} fps, built from photos"
     batch = media.unsqueeze(0).to(dev)

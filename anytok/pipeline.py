@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torch.nn import functional as F
-from torchvision.transforms.v2 import functional as TF
 
 from anytok.codecs.base import AudioTokenizer, ImageTokenizer, Tokenizer, VideoTokenizer
 from anytok.media import (
@@ -25,6 +24,7 @@ from anytok.media import (
     load_audio,
     load_image,
     load_video,
+    resize_cover,
     save_audio,
     save_image,
     save_video,
@@ -70,34 +70,17 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(iter(model.parameters())).device
 
 
-def resize_and_crop(media: Tensor, size: tuple[int, int]) -> Tensor:
-    """Resize so the image covers ``size`` (aspect kept), then centre-crop to it.
-
-    ``media`` is ``(..., H, W)``; returns ``(..., size[0], size[1])``.
-    """
-    h, w = media.shape[-2:]
-    if (h, w) == tuple(size):
-        return media
-    scale = max(size[0] / h, size[1] / w)
-    new = (max(size[0], round(h * scale)), max(size[1], round(w * scale)))
-    lead = media.shape[:-3]
-    flat = media.reshape(-1, *media.shape[-3:]) if media.ndim > 3 else media
-    resized = TF.resize(flat, list(new), antialias=True)
-    cropped = TF.center_crop(resized, list(size))
-    return cropped.reshape(*lead, *cropped.shape[-3:]) if media.ndim > 3 else cropped
-
-
 def load_for_model(model: Tokenizer, path: Path) -> Tensor:
     """Load one file as the model expects it: audio ``(C, S)`` at its rate and channels,
     an image ``(3, H, W)`` at its resolution, a video ``(3, T, H, W)`` at its fps and size."""
     if isinstance(model, AudioTokenizer):
         return load_audio(path, sample_rate=model.sample_rate, channels=model.channels).waveform
     if isinstance(model, ImageTokenizer):
-        return resize_and_crop(load_image(path).image, model.resolution)
+        return resize_cover(load_image(path).image, model.resolution)
     if isinstance(model, VideoTokenizer):
         clip = load_video(path, fps=model.fps)
         frames = clip.video.transpose(0, 1)  # (T, 3, H, W) for resizing frame by frame
-        return resize_and_crop(frames, model.resolution).transpose(0, 1).contiguous()
+        return resize_cover(frames, model.resolution).transpose(0, 1).contiguous()
     raise TypeError(f"unsupported tokenizer type {type(model).__name__}")
 
 

@@ -45,6 +45,10 @@ _FILE_FORMAT = "anytok.tokens/1"
 SAVE_EXTENSIONS = (".safetensors", ".npz")
 
 
+def _is_int_dtype(dtype: torch.dtype) -> bool:
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+
+
 def _int(value: Any, what: str) -> int:
     """``value`` as a Python int (numpy / 0-d tensor ints accepted; bool, float and str not)."""
     if isinstance(value, (bool, float, str, bytes)):
@@ -75,6 +79,8 @@ def _positive_float(value: Any, what: str) -> float | None:
 def _positive_int(value: Any, what: str) -> int | None:
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():  # 16000.0 is fine
+        value = int(value)
     out = _int(value, what)
     if out <= 0:
         raise ValueError(f"{what} must be a positive integer or None, got {value!r}")
@@ -184,7 +190,7 @@ class TokenSpec:
         reads them from the codes.
         """
         return (
-            self.frame_rate_or_raise("tokens_per_second")
+            self._frame_rate_or_raise("tokens_per_second")
             * self.num_levels
             * self._spatial(spatial_shape)
         )
@@ -192,10 +198,10 @@ class TokenSpec:
     def bits_per_second(self, spatial_shape: Sequence[int] = ()) -> float:
         """Bitrate ``frame_rate × bits_per_position × prod(spatial_shape)``; see
         :meth:`tokens_per_second` for ``spatial_shape``."""
-        rate = self.frame_rate_or_raise("bits_per_second")
+        rate = self._frame_rate_or_raise("bits_per_second")
         return rate * self.bits_per_position * self._spatial(spatial_shape)
 
-    def frame_rate_or_raise(self, what: str) -> float:
+    def _frame_rate_or_raise(self, what: str) -> float:
         if self.frame_rate is None:
             raise ValueError(
                 f"TokenSpec.{what}: {self.modality} spec {self.name or self.layout} has no "
@@ -389,9 +395,10 @@ class LMVocab:
         return self.codebook_sizes[level]
 
     def _ranges(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        """Per-level first id and end id, each ``(levels,)`` int64."""
+        """Per-level first and last code id, each ``(levels,)`` int64 (``last`` fits int64)."""
         lo = torch.tensor(self.level_offsets, dtype=torch.long, device=device)
-        return lo, lo + torch.tensor(self.codebook_sizes, dtype=torch.long, device=device)
+        top = torch.tensor([k - 1 for k in self.codebook_sizes], dtype=torch.long, device=device)
+        return lo, lo + top
 
 
 # Cell kinds of a parallel / delay id array.
@@ -463,7 +470,7 @@ class Tokens:
         codes = self.codes
         if not isinstance(codes, Tensor):
             raise TypeError(f"Tokens: codes must be a torch.Tensor, got {type(codes).__name__}")
-        if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
+        if not _is_int_dtype(codes.dtype):
             raise TypeError(f"Tokens: codes must be an integer tensor (int64), got {codes.dtype}")
         layout = self.spec.layout
         if codes.ndim != 2 + len(layout):
@@ -482,11 +489,7 @@ class Tokens:
             lengths = self.lengths
             if not isinstance(lengths, Tensor):
                 lengths = torch.as_tensor(lengths)
-            if (
-                lengths.dtype.is_floating_point
-                or lengths.dtype.is_complex
-                or lengths.dtype == torch.bool
-            ):
+            if not _is_int_dtype(lengths.dtype):
                 raise TypeError(f"Tokens: lengths must be an integer tensor, got {lengths.dtype}")
             if lengths.shape != (codes.shape[0],):
                 raise ValueError(
@@ -572,9 +575,10 @@ class Tokens:
         """Raise if a valid code is outside its level's codebook."""
         batch, levels = self.codes.shape[:2]
         flat = self.codes.reshape(batch, levels, math.prod(self.positions_shape))
-        sizes = torch.tensor(self.spec.codebook_sizes, dtype=torch.long, device=flat.device)
+        top = [k - 1 for k in self.spec.codebook_sizes]  # a size of 2**63 overflows int64
+        top = torch.tensor(top, dtype=torch.long, device=flat.device)
         valid = self.valid_mask().reshape(batch, 1, math.prod(self.positions_shape))
-        bad = valid & ((flat < 0) | (flat >= sizes[None, :, None]))
+        bad = valid & ((flat < 0) | (flat > top[None, :, None]))
         if bool(bad.any()):
             item, level, p = _first_true(bad)
             pos = tuple(int(i) for i in np.unravel_index(p, self.positions_shape))
@@ -816,7 +820,7 @@ def _resolve_shape(
 def _int_ids(x: Any, where: str, what: str) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{where}: {what} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+    if not _is_int_dtype(x.dtype):
         raise TypeError(f"{where}: {what} must be an integer tensor, got {x.dtype}")
     return x.long()
 
@@ -887,9 +891,9 @@ def _from_flat(
         padded = pad_sequence(cores, batch_first=True, padding_value=vocab.pad)
         flat[:, : padded.shape[1]] = padded
     grid = flat.reshape(batch, num_pos, levels).transpose(1, 2)  # (B, L, N)
-    lo, hi = vocab._ranges(device)
+    lo, last = vocab._ranges(device)
     valid = (torch.arange(num_pos, device=device)[None, :] < n[:, None]).unsqueeze(1)
-    bad = valid & ((grid < lo[None, :, None]) | (grid >= hi[None, :, None]))
+    bad = valid & ((grid < lo[None, :, None]) | (grid > last[None, :, None]))
     if bool(bad.any()):
         item, level, p = _first_true(bad)
         got = _bad_id(vocab, int(grid[item, level, p]), _level_range(vocab, level))
@@ -935,10 +939,10 @@ def _from_streams(
     else:
         n = _first_column(stream0 == vocab.pad).clamp(max=num_pos)
     _, kind = _grid(n, levels, num_pos, pattern, add_special)
-    lo, hi = vocab._ranges(ids.device)
-    lo, hi = lo[None, :, None], hi[None, :, None]
+    lo, last = vocab._ranges(ids.device)
+    lo, last = lo[None, :, None], last[None, :, None]
     special = torch.where(kind == _BOS, vocab.bos, torch.where(kind == _EOS, vocab.eos, vocab.pad))
-    ok = torch.where(kind == _CODE, (ids >= lo) & (ids < hi), ids == special)
+    ok = torch.where(kind == _CODE, (ids >= lo) & (ids <= last), ids == special)
     if not bool(ok.all()):
         item, level, col = _first_true(~ok)
         kinds = {_BOS: "the bos token", _EOS: "the eos token", _PAD: "the pad token"}

@@ -394,9 +394,12 @@ def test_spec_validation() -> None:
         TokenSpec.from_dict(
             {"modality": "audio", "codebook_sizes": [4], "layout": ["time"], "bogus": 1}
         )
-    spec = TokenSpec("audio", [1024, np.int64(1024)], ["time"], resolution=None)  # lists normalised
-    assert spec.codebook_sizes == (1024, 1024) and spec.layout == ("time",)
-    assert hash(spec) == hash(TokenSpec("audio", (1024, 1024), ("time",)))
+    spec = TokenSpec("audio", [1024, np.int64(1024)], ["time"], sample_rate=16000.0)
+    assert spec.codebook_sizes == (1024, 1024) and spec.layout == ("time",)  # normalised
+    assert spec.sample_rate == 16000 and isinstance(spec.sample_rate, int)
+    with pytest.raises(TypeError, match="sample_rate must be an integer"):
+        TokenSpec("audio", (4,), ("time",), sample_rate=16000.5)
+    assert hash(spec) == hash(TokenSpec("audio", (1024, 1024), ("time",), sample_rate=16000))
 
 
 def test_tokens_validation() -> None:
@@ -574,3 +577,15 @@ def test_module_never_uses_pickle() -> None:
     }
     assert "allow_pickle=True" not in source
     assert "torch.load" not in source and "torch.save" not in source
+
+
+@pytest.mark.parametrize("ext", SAVE_EXTENSIONS)
+def test_save_load_largest_codebook(tmp_path: Path, ext: str) -> None:
+    """A 2**63-entry codebook: codes up to 2**63 - 1 stored as uint64, loaded back as int64."""
+    spec = TokenSpec("image", (2**63, 2), ("sequence",))
+    tokens = Tokens(torch.tensor([[[2**63 - 1, 0], [1, 0]]]), spec)
+    path = tokens.save(tmp_path / f"big{ext}")
+    assert stored_codes_dtype(path) == np.uint64
+    assert Tokens.load(path).codes.tolist() == [[[2**63 - 1, 0], [1, 0]]]
+    with pytest.raises(ValueError, match="do not fit in int64"):
+        LMVocab.from_spec(spec)

@@ -14,6 +14,7 @@ The two also hold the helpers the rest of the scalar / lookup-free family shares
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -72,11 +73,13 @@ def module_dtype(module: nn.Module, default: torch.dtype = torch.float32) -> tor
 
 def check_levels(levels: Sequence[int], name: str, allow_two: bool) -> list[int]:
     """Validate FSQ ``levels``: a non-empty list of integers >= 2 (>= 3 unless ``allow_two``)."""
-    levels = list(levels)
-    if not levels or not all(
-        isinstance(level, int) and not isinstance(level, bool) for level in levels
-    ):
-        raise ValueError(f"{name}: levels must be a non-empty list of integers, got {levels!r}")
+    given = list(levels)
+    try:  # operator.index accepts Python, NumPy and 0-d tensor integers, refuses floats
+        levels = [operator.index(level) for level in given]
+    except TypeError:
+        levels = []
+    if not levels or any(isinstance(level, bool) for level in given):
+        raise ValueError(f"{name}: levels must be a non-empty list of integers, got {given!r}")
     smallest = 2 if allow_two else 3
     if min(levels) < smallest:
         hint = "" if allow_two else " (a level of 2 needs preserve_symmetry=True)"

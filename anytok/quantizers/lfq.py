@@ -43,6 +43,9 @@ from anytok.quantizers.fsq import level_metrics, module_dtype, straight_through
 #: int64 codes hold at most this many bits per codebook (sign bit excluded, one spare).
 MAX_BITS_PER_CODE = 62
 
+#: Largest entropy group: ``2^16`` sub-codes per group and sample is already a lot of memory.
+MAX_ENTROPY_GROUP_BITS = 16
+
 
 def entropy(probs: Tensor, eps: float = 1e-5) -> Tensor:
     """Entropy in nats over the last axis, with ``log`` clamped at ``eps`` (as MAGVIT-v2 code)."""
@@ -65,25 +68,27 @@ def bit_patterns(num_bits: int) -> Tensor:
     return ((torch.arange(2**num_bits).unsqueeze(-1) >> shifts) & 1).float()
 
 
-def factorized_entropies(logits: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
-    """Per-sample and codebook entropy of independent-bit soft codes, grouped by ``group_size``.
+def factorized_entropies(logits: Tensor, patterns: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sample and codebook entropy of independent-bit soft codes, grouped by ``g`` bits.
 
     ``logits`` ``(n, c, d)``: per-bit log-odds ``log p(bit=1) - log p(bit=0)`` of ``n`` samples
-    in ``c`` codebooks of ``d`` bits. Bits are split into groups of ``group_size`` (the last
-    group may be shorter); the joint over a group's ``2^g`` sub-codes is
-    ``softmax_j(logits · pattern_j)``.
+    in ``c`` codebooks of ``d`` bits. ``patterns`` ``(2^g, g)``: :func:`bit_patterns` of the
+    group size ``g``. Bits are split into groups of ``g`` (the last group may be shorter); the
+    joint over a group's ``2^g`` sub-codes is ``softmax_j(logits · pattern_j)``.
 
     Returns ``(per_sample_entropy, codebook_entropy)``, scalars: the per-sample entropy summed
     over groups and averaged over samples and codebooks; the entropy of the batch-mean
     distribution summed over groups and averaged over codebooks.
     """
+    group_size = patterns.shape[-1]
     per_sample = logits.new_zeros(())
     codebook = logits.new_zeros(())
-    num_bits = logits.shape[-1]
-    for start in range(0, num_bits, group_size):
+    for start in range(0, logits.shape[-1], group_size):
         chunk = logits[..., start : start + group_size]  # (n, c, g)
-        patterns = bit_patterns(chunk.shape[-1]).to(chunk)  # (2^g, g)
-        probs = torch.einsum("ncg,jg->ncj", chunk, patterns).softmax(dim=-1)
+        # a shorter last group of r bits: the rows of `patterns` whose low g - r bits are 0
+        short = group_size - chunk.shape[-1]
+        chunk_patterns = patterns[:: 2**short, : chunk.shape[-1]].to(chunk.dtype)
+        probs = torch.einsum("ncg,jg->ncj", chunk, chunk_patterns).softmax(dim=-1)
         per_sample = per_sample + entropy(probs).mean()
         batch_probs = distributed_mean(reduce(probs, "n c j -> c j", "mean"))
         codebook = codebook + entropy(batch_probs).mean()
@@ -156,11 +161,19 @@ class SignQuantizer(Quantizer):
         self.diversity_gamma = diversity_gamma
         self.inv_temperature = inv_temperature
         self.entropy_group_size = min(entropy_group_size or codebook_dim, codebook_dim)
+        if self.entropy_group_size > MAX_ENTROPY_GROUP_BITS:
+            raise ValueError(
+                f"{name}: entropy groups of {self.entropy_group_size} bits need "
+                f"2^{self.entropy_group_size} probabilities per vector; set entropy_group_size "
+                f"<= {MAX_ENTROPY_GROUP_BITS} (e.g. 8) to factorize the entropy"
+            )
         self.codebook_size = 2**codebook_dim
         self.codebook_sizes = (self.codebook_size,) * num_codebooks
         shifts = torch.arange(codebook_dim - 1, -1, -1, dtype=torch.int64)
         self.register_buffer("_shifts", shifts, persistent=False)
         self.register_buffer("_bit_weights", torch.ones_like(shifts) << shifts, persistent=False)
+        patterns = bit_patterns(self.entropy_group_size)
+        self.register_buffer("_entropy_patterns", patterns, persistent=False)
 
     # ---------------------------------------------------------------- helpers
 
@@ -180,7 +193,7 @@ class SignQuantizer(Quantizer):
         """Weighted entropy + commitment loss of fp32 ``x`` ``(..., c, d)`` and its code values."""
         logits = (4 * self.inv_temperature * self.code_value) * x  # per-bit log-odds
         logits = rearrange(logits, "... c d -> (...) c d")
-        per_sample, codebook = factorized_entropies(logits, self.entropy_group_size)
+        per_sample, codebook = factorized_entropies(logits, self._entropy_patterns)
         entropy_loss = per_sample - self.diversity_gamma * codebook
         commitment = F.mse_loss(x, values.detach())
         loss = self.entropy_loss_weight * entropy_loss + self.commitment_loss_weight * commitment

@@ -136,6 +136,9 @@ class ResidualVQ(Quantizer):
             )
         n_levels = self._check_levels(n_levels)
         update_each_stage = not self.shared_codebook
+        if self.training:  # every stage, also those quantizer dropout skips this time
+            for layer in self.layers:
+                layer.broadcast_codebook_once_()
         with fp32_region(z):
             residual = z.float()
             quantized = torch.zeros_like(residual)
@@ -174,7 +177,7 @@ class ResidualVQ(Quantizer):
             for level in range(n_levels):
                 layer = self.stage(level)
                 level_codes = layer.encode(residual)
-                residual = residual - layer.decode(level_codes)
+                residual = residual - layer.lookup(level_codes[..., 0])  # == layer.decode
                 codes.append(level_codes)
         return torch.cat(codes, dim=-1)
 
@@ -191,7 +194,7 @@ class ResidualVQ(Quantizer):
         with fp32_region(codes):
             quantized = torch.zeros(*codes.shape[:-1], self.dim, device=codes.device)
             for level in range(levels):
-                quantized = quantized + self.stage(level).decode(codes[..., level : level + 1])
+                quantized = quantized + self.stage(level).lookup(codes[..., level].long())
         return quantized
 
 
@@ -204,7 +207,9 @@ class GroupedResidualVQ(Quantizer):
     ``g * num_quantizers + i`` = group ``g``, level ``i``
     (``rearrange(codes, '... (g l) -> ... g l', g=groups)`` recovers the grid).
     ``encode(z, n_levels=k)`` returns ``(..., groups * k)`` in the same order, and ``decode``
-    accepts it. Quantizer dropout draws one level count per batch for every group.
+    accepts it. Quantizer dropout draws one level count per batch for every group. Metrics
+    are keyed by code column (``perplexity/5`` is group 1, level 2 with 3 levels), and
+    ``.../shared.g`` for group ``g``'s shared codebook.
 
     Args:
         dim: channels, divisible by ``groups``.

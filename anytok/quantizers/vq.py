@@ -28,7 +28,7 @@ from anytok.quantizers.base import (
     zero_loss,
 )
 from anytok.quantizers.distributed import all_reduce_sum_, broadcast_, is_distributed
-from anytok.quantizers.kernels import nearest_codeword
+from anytok.quantizers.kernels import codeword_counts_and_sums, nearest_codeword
 from anytok.quantizers.kernels.reference import DEFAULT_MEMORY_BUDGET
 from anytok.quantizers.stats import CodeUsageTracker, code_counts, perplexity
 
@@ -103,6 +103,23 @@ def _is_rank_zero() -> bool:
     return not is_distributed() or dist.get_rank() == 0
 
 
+def broadcast_once_(module: nn.Module, tensors: list[Tensor]) -> None:
+    """Copy rank 0's ``tensors`` to every rank, the first time only (per module instance).
+
+    DDP already syncs parameters and buffers when it wraps a model; this covers training
+    without DDP (or ranks that built the model from different seeds), so codebook state that
+    is later only updated by all-reduced statistics starts out identical everywhere.
+    """
+    if is_distributed() and not getattr(module, "_broadcast_done", False):
+        for tensor in tensors:
+            if tensor.dtype == torch.bool:  # gloo has no bool collectives
+                as_bytes = broadcast_(tensor.data.to(torch.uint8))
+                tensor.data.copy_(as_bytes.bool())
+            else:
+                broadcast_(tensor.data)
+        module._broadcast_done = True
+
+
 def sample_rows_synced(x: Tensor, num: int) -> Tensor:
     """``num`` random rows of ``x`` ``(n, c)`` drawn on rank 0 and broadcast to every rank.
 
@@ -119,22 +136,33 @@ def sample_rows_synced(x: Tensor, num: int) -> Tensor:
     return broadcast_(out)
 
 
+def counts_and_sums_synced(x: Tensor, indices: Tensor, num_codes: int) -> tuple[Tensor, Tensor]:
+    """Per-code hit counts ``(k,)`` and vector sums ``(k, c)`` of ``x (n, c)``, summed over
+    ranks (a ``bincount`` and an ``index_add_``: never an ``n x k`` one-hot)."""
+    counts, sums = codeword_counts_and_sums(x, indices, num_codes)
+    return all_reduce_sum_(counts.float()), all_reduce_sum_(sums.float())
+
+
 @torch.no_grad()
-def kmeans(samples: Tensor, num_clusters: int, num_iters: int, metric: str) -> Tensor:
+def kmeans(
+    samples: Tensor,
+    num_clusters: int,
+    num_iters: int,
+    metric: str,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> Tensor:
     """Lloyd's k-means over the vectors of every rank; returns ``(num_clusters, c)`` centroids
     identical on all ranks.
 
     Initial centroids are drawn on rank 0 and broadcast; each iteration all-reduces the
-    per-cluster sums and counts. Assignment uses :func:`nearest_codeword` (chunked), sums use
-    ``index_add_`` — never an ``n x k`` one-hot. Clusters left empty keep their centroid.
+    per-cluster sums and counts. Assignment uses :func:`nearest_codeword` (chunked), sums
+    :func:`counts_and_sums_synced` — never an ``n x k`` one-hot. Clusters left empty keep their centroid.
     With ``metric="cosine"`` the centroids are renormalised (spherical k-means).
     """
     means = sample_rows_synced(samples, num_clusters)
     for _ in range(num_iters):
-        assignment = nearest_codeword(samples, means, metric=metric)
-        counts = code_counts(assignment, num_clusters)
-        sums = samples.new_zeros(num_clusters, samples.shape[-1])
-        all_reduce_sum_(sums.index_add_(0, assignment, samples))
+        assignment = nearest_codeword(samples, means, metric=metric, memory_budget=memory_budget)
+        counts, sums = counts_and_sums_synced(samples, assignment, num_clusters)
         updated = sums / counts.clamp_min(1.0).unsqueeze(-1)
         if metric == "cosine":
             updated = l2norm(updated)
@@ -176,15 +204,20 @@ class VectorQuantize(Quantizer):
         kmeans_init: initialise the codebook by k-means on the first training batch (every
             rank's vectors, all-reduced).
         kmeans_iters: Lloyd iterations of that k-means.
-        threshold_ema_dead_code: codes whose EMA count (expected hits per batch, with
-            ``decay``) falls below this are replaced by random vectors of the current batch
-            (drawn on rank 0 and broadcast); ``0`` turns revival off.
+        threshold_ema_dead_code: codes whose EMA count (expected hits per batch, summed
+            over ranks, with ``decay``) falls below this are replaced by random vectors of the
+            current batch (drawn on rank 0 and broadcast); ``0`` turns revival off.
         rotation_trick: rotation-trick gradients instead of straight-through.
         usage_window: batches over which :class:`CodeUsageTracker` reports usage metrics.
         memory_budget: bytes of one chunk of the distance search (see ``nearest_codeword``).
 
     Shapes: ``forward(z)`` with ``z (..., dim)`` returns quantized ``(..., dim)`` and codes
     ``(..., 1)``; ``decode`` takes codes ``(..., 1)``.
+
+    Distributed: code counts and sums are all-reduced, k-means seeds and revived codes are
+    drawn on rank 0 and broadcast, and the first training step copies rank 0's codebook state
+    to every rank, so all ranks hold the same codebook. In eval mode the metrics describe
+    this rank's batch only (no collective, so rank-0-only validation cannot hang).
     """
 
     def __init__(
@@ -344,10 +377,20 @@ class VectorQuantize(Quantizer):
     @torch.no_grad()
     def prepare_codebook_(self, x: Tensor) -> None:
         """Before the search of a training step: k-means init (first batch), then dead-code
-        revival from this batch. ``x``: codebook-space vectors ``(n, c)`` of this rank."""
+        revival from this batch. ``x``: codebook-space vectors ``(n, c)`` of this rank.
+
+        Under torch.distributed the first call also copies rank 0's codebook state to every
+        rank (see :func:`broadcast_once_`).
+        """
+        self.broadcast_codebook_once_()
         if self.kmeans_init and not bool(self.initted):
-            means = kmeans(x.float(), self.codebook_size, self.kmeans_iters, self.metric)
-            counts = code_counts(nearest_codeword(x, means, metric=self.metric), self.codebook_size)
+            means = kmeans(
+                x.float(), self.codebook_size, self.kmeans_iters, self.metric, self.memory_budget
+            )
+            assignment = nearest_codeword(
+                x, means, metric=self.metric, memory_budget=self.memory_budget
+            )
+            counts = code_counts(assignment, self.codebook_size)
             self.embedding.data.copy_(means)
             self.ema_cluster_size.copy_(counts)
             if not self.learnable_codebook:
@@ -355,6 +398,13 @@ class VectorQuantize(Quantizer):
             self.initted.fill_(True)
         if self.threshold_ema_dead_code > 0:
             self.revive_dead_codes_(x)
+
+    def broadcast_codebook_once_(self) -> None:
+        """Under torch.distributed, copy rank 0's codebook state to every rank (first call only)."""
+        state = [self.embedding, self.ema_cluster_size, self.initted]
+        if not self.learnable_codebook:
+            state.append(self.ema_embedding_sum)
+        broadcast_once_(self, state)
 
     @torch.no_grad()
     def revive_dead_codes_(self, x: Tensor) -> int:
@@ -401,11 +451,12 @@ class VectorQuantize(Quantizer):
         """
         x = x.reshape(-1, self.codebook_dim).float()
         indices = indices.reshape(-1)
-        counts = code_counts(indices, self.codebook_size)
-        self.ema_cluster_size.lerp_(counts, 1.0 - self.decay)
-        if not self.learnable_codebook:
-            sums = x.new_zeros(self.codebook_size, self.codebook_dim).index_add_(0, indices, x)
-            self.ema_embedding_sum.lerp_(all_reduce_sum_(sums), 1.0 - self.decay)
+        if self.learnable_codebook:
+            self.ema_cluster_size.lerp_(code_counts(indices, self.codebook_size), 1.0 - self.decay)
+        else:
+            counts, sums = counts_and_sums_synced(x, indices, self.codebook_size)
+            self.ema_cluster_size.lerp_(counts, 1.0 - self.decay)
+            self.ema_embedding_sum.lerp_(sums, 1.0 - self.decay)
             updated = self.ema_embedding_sum / self._smoothed_cluster_size().unsqueeze(-1)
             self.embedding.copy_(l2norm(updated) if self.use_cosine_sim else updated)
         return self.usage.update(indices)
@@ -476,6 +527,8 @@ class SimVQ(Quantizer):
         check_last_dim(z, self.dim, "SimVQ")
         with fp32_region(z):
             x = z.float()
+            if self.training:
+                broadcast_once_(self, [self.frozen_codebook])
             codebook = self.codebook
             indices = nearest_codeword(
                 x.detach(), codebook.detach(), memory_budget=self.memory_budget

@@ -1,4 +1,11 @@
-"""Pure-torch nearest-codeword search: chunked, bounded memory, the test oracle."""
+"""Pure-torch nearest-codeword search: chunked, bounded memory, the test oracle.
+
+It is also the CPU backend, so it is tuned for speed there: one fused ``addmm`` per chunk
+(``||c||^2 - 2 x c^T`` in a single pass instead of matmul, scale and add), a score buffer
+reused across chunks, and chunks sized to stay in the last-level cache while keeping enough
+rows for an efficient GEMM. ``torch.cdist(x, c).argmin(-1)`` does strictly more work (norms of
+``x``, clamp, sqrt, one N x K matrix), and ``docs/kernels.md`` records the measured timings.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,12 @@ METRICS = ("euclidean", "cosine", "dot")
 
 #: Default bound on the size of one chunk's distance block, in bytes.
 DEFAULT_MEMORY_BUDGET = 256 * 1024 * 1024
+
+#: Preferred size of one chunk's score block: about half a server L3, so the argmin reads
+#: what the GEMM just wrote from cache. Chunks never go below ``_MIN_ROWS`` rows on its account
+#: (a GEMM with a handful of rows re-reads the codebook for little work).
+_CACHE_BLOCK = 16 * 1024 * 1024
+_MIN_ROWS = 256
 
 
 def _check(x: Tensor, codebook: Tensor, metric: str) -> None:
@@ -29,14 +42,15 @@ def _check(x: Tensor, codebook: Tensor, metric: str) -> None:
             f"nearest_codeword: grouped codebook {tuple(codebook.shape)} needs x (G, ..., D) "
             f"with G={codebook.shape[0]}, got {tuple(x.shape)}"
         )
+    if codebook.shape[-2] == 0 and x.numel() > 0:
+        raise ValueError(f"nearest_codeword: the codebook has no codewords {tuple(codebook.shape)}")
 
 
-def _scores(x: Tensor, codebook: Tensor, code_sq: Tensor | None, metric: str) -> Tensor:
-    """Score to *minimise*: ``||c||^2 - 2 x.c`` (euclidean, ``||x||^2`` dropped), ``-x.c``."""
-    dots = x @ codebook.transpose(-1, -2)
-    if metric == "euclidean":
-        return code_sq.unsqueeze(-2) - 2 * dots
-    return -dots
+def chunk_rows(n: int, row_bytes: int, memory_budget: int) -> int:
+    """Rows per chunk: cache-sized if possible, never over ``memory_budget``, at least 1."""
+    rows = max(_CACHE_BLOCK // max(row_bytes, 1), _MIN_ROWS)
+    rows = min(rows, memory_budget // max(row_bytes, 1))
+    return max(1, min(n, rows))
 
 
 def nearest_codeword_reference(
@@ -56,41 +70,40 @@ def nearest_codeword_reference(
         memory_budget: bound in bytes on one chunk's ``chunk x K`` score block.
 
     Returns:
-        int64 indices of shape ``x.shape[:-1]``.
+        int64 indices of shape ``x.shape[:-1]``; ties go to the lowest index.
     """
     _check(x, codebook, metric)
     compute = torch.float64 if torch.float64 in (x.dtype, codebook.dtype) else torch.float32
     grouped = codebook.ndim == 3
     lead = x.shape[:-1]
     dim = x.shape[-1]
-    xs = x.reshape(codebook.shape[0], -1, dim) if grouped else x.reshape(1, -1, dim)
-    cb = codebook if grouped else codebook.unsqueeze(0)
+    xs = x.detach().reshape(codebook.shape[0], -1, dim) if grouped else x.detach().reshape(1, -1, dim)
+    cb = codebook.detach() if grouped else codebook.detach().unsqueeze(0)
     cb = cb.to(compute)
     if metric == "cosine":
         cb = torch.nn.functional.normalize(cb, dim=-1)
-    code_sq = cb.pow(2).sum(-1) if metric == "euclidean" else None
     groups, n, _ = xs.shape
     k = cb.shape[1]
-    bytes_per_row = k * groups * torch.finfo(compute).bits // 8
-    chunk = max(1, min(n, memory_budget // max(bytes_per_row, 1)))
     out = torch.empty(groups, n, dtype=torch.long, device=x.device)
+    if n == 0:
+        return out.reshape(lead)
+    cbt = cb.transpose(1, 2)
+    # Euclidean: minimise ||c||^2 - 2 x.c (||x||^2 is the same for every codeword), fused into
+    # one baddbmm. Cosine/dot: maximise x.c directly — argmax keeps the first maximum, exactly
+    # as argmin of the negated scores would, without a negation pass.
+    bias = cb.pow(2).sum(-1).unsqueeze(1) if metric == "euclidean" else None
+    row_bytes = k * groups * torch.finfo(compute).bits // 8
+    chunk = chunk_rows(n, row_bytes, memory_budget)
+    scores = torch.empty(groups, chunk, k, dtype=compute, device=x.device)
     for start in range(0, n, chunk):
         xc = xs[:, start : start + chunk].to(compute)
+        block = scores[:, : xc.shape[1]]
         if metric == "cosine":
             xc = torch.nn.functional.normalize(xc, dim=-1)
-        out[:, start : start + chunk] = _scores(xc, cb, code_sq, metric).argmin(-1)
+        if bias is not None:
+            torch.baddbmm(bias, xc, cbt, beta=1, alpha=-2, out=block)
+            out[:, start : start + chunk] = block.argmin(-1)
+        else:
+            torch.bmm(xc, cbt, out=block)
+            out[:, start : start + chunk] = block.argmax(-1)
     return out.reshape(lead)
-
-
-def nearest_codeword(
-    x: Tensor,
-    codebook: Tensor,
-    *,
-    metric: str = "euclidean",
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-) -> Tensor:
-    """The search every VQ-style quantizer calls (dispatches to the fastest exact backend).
-
-    Same arguments and result as :func:`nearest_codeword_reference`.
-    """
-    return nearest_codeword_reference(x, codebook, metric=metric, memory_budget=memory_budget)

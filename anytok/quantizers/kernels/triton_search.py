@@ -736,5 +736,3 @@ def nearest_codeword_triton(
         valid = torch.arange(n, device=device)[None, :] < counter[:, None]
         full = int((valid & ((count == 0) | (count > MAX_CANDIDATES))).sum())
     return out, SearchStats(groups * n, ambiguous, full, config)
-
-

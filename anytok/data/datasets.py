@@ -1,0 +1,322 @@
+"""Training datasets: random audio segments, image crops and video clips, padded batches, and
+a resumable distributed sampler.
+
+Randomness (crop positions, flips, gains, replacement of bad files) comes only from a seed
+that the sampler hands to each item, so a batch is a pure function of ``(seed, epoch, rank,
+position)``: the same with any number of loader workers, and the same after a resume.
+
+A file that fails to load never stops a run: :class:`MediaDataset` draws another item in its
+place (from the same seed) and reports the bad file in the batch (``Batch.bad_files``), so
+the training loop can count and log it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, DistributedSampler
+from torchvision.transforms.v2 import functional as TF
+
+from anytok.data.sources import MediaItem
+from anytok.media import MediaError, load_audio, load_image, load_video
+from anytok.pipeline import collate as pad_collate
+
+
+class DataError(RuntimeError):
+    """Too many consecutive files failed to load: the data folder is probably wrong."""
+
+
+@dataclass
+class Augment:
+    """Random augmentation of training items (validation items get none of it).
+
+    Attributes:
+        random_crop: random segment / crop / clip position (else the start or the centre).
+        hflip: probability of a horizontal flip (images, video).
+        gain_db: ``(low, high)``: a uniform random gain in dB (audio); ``(0, 0)`` for none.
+        scale: ``(low, high)``: before cropping, the short side is resized to the crop side
+            times a uniform factor in this range (images, video); ``(1, 1)`` crops at the
+            scale that just covers the crop.
+    """
+
+    random_crop: bool = True
+    hflip: float = 0.0
+    gain_db: tuple[float, float] = (0.0, 0.0)
+    scale: tuple[float, float] = (1.0, 1.0)
+
+
+def item_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (BLAKE2b), stable across machines and processes."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def _uniform(gen: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=gen))
+
+
+def _randint(gen: torch.Generator, high: int) -> int:
+    """Uniform integer in ``[0, high)`` (``high >= 1``)."""
+    return int(torch.randint(high, (), generator=gen))
+
+
+@dataclass
+class Batch:
+    """A padded batch.
+
+    Attributes:
+        media: ``(b, c, samples)`` audio, ``(b, 3, H, W)`` images or ``(b, 3, T, H, W)``
+            video; audio is zero-padded and video repeats its last frame past each length.
+        lengths: ``(b,)`` valid samples (audio) or frames (video); the height for images.
+        bad_files: ``"path: problem"`` for each file replaced while building this batch.
+    """
+
+    media: Tensor
+    lengths: Tensor
+    bad_files: list[str] = field(default_factory=list)
+
+    def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
+        return Batch(self.media.pin_memory(), self.lengths.pin_memory(), self.bad_files)
+
+    def __len__(self) -> int:
+        return self.media.shape[0]
+
+
+def collate(examples: Sequence[dict[str, Any]]) -> Batch:
+    """Pad examples from :class:`MediaDataset` into a :class:`Batch` (the padding rule is
+    :func:`anytok.pipeline.collate`, the one encoding uses)."""
+    media, lengths = pad_collate([ex["media"] for ex in examples])
+    bad = [entry for ex in examples for entry in ex["bad_files"]]
+    return Batch(media=media, lengths=lengths, bad_files=bad)
+
+
+class MediaDataset(Dataset):
+    """Base of the three datasets: item loading with replacement of bad files.
+
+    ``dataset[i]`` and ``dataset[(i, seed)]`` return ``{"media": tensor, "bad_files": [...]}``;
+    the seed drives every random choice (an int index alone uses a seed derived from it and
+    no augmentation: the validation path).
+
+    Args:
+        items: the files.
+        augment: random augmentation for seeded (training) access.
+        max_attempts: files tried for one item before :class:`DataError`.
+    """
+
+    modality: str = ""
+
+    def __init__(
+        self, items: Sequence[MediaItem], augment: Augment | None = None, max_attempts: int = 16
+    ):
+        if not items:
+            raise ValueError(f"{type(self).__name__}: no {self.modality} files to train on")
+        self.items = list(items)
+        self.augment = augment or Augment()
+        self.max_attempts = max_attempts
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(
+        self, item: MediaItem, gen: torch.Generator, augment: bool
+    ) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        if isinstance(key, tuple):
+            index, seed = key
+            augment = True
+        else:
+            index, seed, augment = key, item_seed(key), False
+        gen = torch.Generator().manual_seed(seed)
+        bad: list[str] = []
+        for _ in range(self.max_attempts):
+            item = self.items[index]
+            try:
+                return {"media": self.load(item, gen, augment), "bad_files": bad}
+            except (MediaError, OSError, RuntimeError, ValueError) as err:
+                # MediaError covers what the loaders recognise; the others guard against a
+                # decoder failing in a way they did not foresee. Either way: another item.
+                problem = (
+                    err.problem if isinstance(err, MediaError) else f"{type(err).__name__}: {err}"
+                )
+                bad.append(f"{item.path}: {problem}")
+                index = _randint(gen, len(self.items))
+        raise DataError(
+            f"{self.max_attempts} files in a row failed to load; the last ones:\n  "
+            + "\n  ".join(bad[-3:])
+            + "\nIs the data path right, and are these files of the right modality?"
+        )
+
+
+class AudioSegments(MediaDataset):
+    """Random segments of ``segment`` samples at ``sample_rate`` with ``channels`` channels.
+
+    Files shorter than a segment are returned whole (the batch pads them and records their
+    length). Items are ``(channels, samples)``.
+    """
+
+    modality = "audio"
+
+    def __init__(
+        self,
+        items: Sequence[MediaItem],
+        sample_rate: int,
+        channels: int,
+        segment: int,
+        augment: Augment | None = None,
+        max_attempts: int = 16,
+    ):
+        super().__init__(items, augment, max_attempts)
+        self.sample_rate, self.channels, self.segment = sample_rate, channels, segment
+
+    def load(self, item: MediaItem, gen: torch.Generator, augment: bool) -> Tensor:
+        wave = load_audio(item.path, sample_rate=self.sample_rate, channels=self.channels).waveform
+        extra = wave.shape[-1] - self.segment
+        start = (
+            _randint(gen, extra + 1) if extra > 0 and augment and self.augment.random_crop else 0
+        )
+        wave = wave[:, start : start + self.segment]
+        low, high = self.augment.gain_db
+        if augment and (low or high):
+            wave = (wave * 10 ** (_uniform(gen, low, high) / 20)).clamp(-1, 1)
+        return wave.contiguous()
+
+
+def _random_resized_crop(
+    media: Tensor, size: tuple[int, int], gen: torch.Generator, augment: Augment | None
+) -> Tensor:
+    """``(..., H, W)`` -> ``(..., size)``: cover ``size`` (times a random scale), then crop at a
+    random (training) or central (validation, ``augment=None``) position and maybe flip."""
+    h, w = media.shape[-2:]
+    zoom = _uniform(gen, *augment.scale) if augment else 1.0
+    scale = max(size[0] / h, size[1] / w) * zoom
+    new = (max(size[0], round(h * scale)), max(size[1], round(w * scale)))
+    if new != (h, w):
+        media = TF.resize(media, list(new), antialias=True)
+    if augment and augment.random_crop:
+        top = _randint(gen, new[0] - size[0] + 1)
+        left = _randint(gen, new[1] - size[1] + 1)
+        media = media[..., top : top + size[0], left : left + size[1]]
+    else:
+        media = TF.center_crop(media, list(size))
+    if augment and augment.hflip and float(torch.rand((), generator=gen)) < augment.hflip:
+        media = media.flip(-1)
+    return media.contiguous()
+
+
+class ImageCrops(MediaDataset):
+    """Random crops of ``size = (height, width)``; items are ``(3, height, width)``."""
+
+    modality = "image"
+
+    def __init__(
+        self,
+        items: Sequence[MediaItem],
+        size: Sequence[int],
+        augment: Augment | None = None,
+        max_attempts: int = 16,
+    ):
+        super().__init__(items, augment, max_attempts)
+        self.size = (int(size[0]), int(size[1]))
+
+    def load(self, item: MediaItem, gen: torch.Generator, augment: bool) -> Tensor:
+        image = load_image(item.path).image
+        return _random_resized_crop(image, self.size, gen, self.augment if augment else None)
+
+
+class VideoClips(MediaDataset):
+    """Random clips of ``frames`` frames at ``fps``, cropped to ``size``; items are
+    ``(3, frames, height, width)`` (fewer frames when a file is shorter).
+
+    With a manifest ``duration`` the decoder seeks to a random start, so long videos cost only
+    their clip; without one the file is decoded from its start, so keep such files short.
+    """
+
+    modality = "video"
+
+    def __init__(
+        self,
+        items: Sequence[MediaItem],
+        fps: float,
+        frames: int,
+        size: Sequence[int],
+        augment: Augment | None = None,
+        max_attempts: int = 16,
+    ):
+        super().__init__(items, augment, max_attempts)
+        self.fps, self.frames = float(fps), int(frames)
+        self.size = (int(size[0]), int(size[1]))
+
+    def load(self, item: MediaItem, gen: torch.Generator, augment: bool) -> Tensor:
+        random_start = augment and self.augment.random_crop
+        start = 0.0
+        clip_seconds = self.frames / self.fps
+        if item.duration is not None and random_start and item.duration > clip_seconds:
+            # Whole frames, so a clip is the same whatever the seek precision.
+            start = (
+                _randint(gen, math.floor((item.duration - clip_seconds) * self.fps) + 1) / self.fps
+            )
+        max_frames = None if item.duration is None and random_start else self.frames
+        video = load_video(item.path, fps=self.fps, start=start, max_frames=max_frames).video
+        extra = video.shape[1] - self.frames
+        offset = _randint(gen, extra + 1) if extra > 0 and random_start else 0
+        video = video[:, offset : offset + self.frames]
+        frames = video.transpose(0, 1)  # (T, 3, H, W): one crop for every frame
+        frames = _random_resized_crop(frames, self.size, gen, self.augment if augment else None)
+        return frames.transpose(0, 1).contiguous()
+
+
+class ResumableSampler(DistributedSampler):
+    """:class:`~torch.utils.data.DistributedSampler` that yields ``(index, seed)`` and can
+    start in the middle of an epoch.
+
+    The split over ranks and the shuffle per epoch are DistributedSampler's own (rank ``r``
+    takes every ``world``-th index of the epoch's permutation, padded to equal counts), so
+    ranks see disjoint data and the same number of batches. ``seed`` in each pair comes from
+    ``(seed, epoch, rank, position)``: augmentation does not depend on loader workers.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.start = 0
+
+    def set_position(self, epoch: int, start: int) -> None:
+        """Begin epoch ``epoch`` at this rank's ``start``-th index."""
+        self.set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        indices = list(super().__iter__())
+        for position in range(self.start, len(indices)):
+            yield indices[position], item_seed(self.seed, self.epoch, self.rank, position)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+__all__ = [
+    "AudioSegments",
+    "Augment",
+    "Batch",
+    "DataError",
+    "ImageCrops",
+    "MediaDataset",
+    "ResumableSampler",
+    "VideoClips",
+    "collate",
+    "item_seed",
+]

@@ -1,0 +1,140 @@
+"""Where training media come from: folders (searched recursively) and JSONL manifests, and
+a deterministic train/validation split by hash of each item's key.
+
+A manifest is a JSON Lines file, one object per line::
+
+    {"path": "clips/a.wav", "duration": 3.2, "text": "optional transcript"}
+
+``path`` is relative to the manifest's folder (or absolute); ``duration`` (seconds) and
+``text`` are optional. Blank lines and lines starting with ``#`` are ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from anytok.media import find_media
+
+MANIFEST_SUFFIXES = (".jsonl",)
+
+
+@dataclass(frozen=True)
+class MediaItem:
+    """One training file.
+
+    Attributes:
+        path: the file.
+        key: a stable name for the split: the path relative to the folder it was found in, or
+            the path as the manifest spells it. Moving a dataset folder keeps its split.
+        duration: seconds, when a manifest gives it (lets video windows be seeked to).
+        text: an optional transcript or caption from a manifest.
+    """
+
+    path: Path
+    key: str
+    duration: float | None = None
+    text: str | None = None
+
+
+class ManifestError(ValueError):
+    """A manifest line that is not a JSON object with a ``path``."""
+
+
+def read_manifest(manifest: str | os.PathLike[str]) -> list[MediaItem]:
+    """Items of a JSONL manifest (see the module docstring for the format).
+
+    Raises:
+        ManifestError: naming the file and line of the first bad entry.
+    """
+    manifest = Path(manifest)
+    items = []
+    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{manifest}, line {number}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ManifestError(f"{where}: not valid JSON ({err.msg})") from err
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise ManifestError(f'{where}: expected an object with a "path" string, got {line!r}')
+        duration = entry.get("duration")
+        if duration is not None and not isinstance(duration, (int, float)):
+            raise ManifestError(f'{where}: "duration" must be a number of seconds')
+        path = Path(entry["path"])
+        items.append(
+            MediaItem(
+                path=path if path.is_absolute() else manifest.parent / path,
+                key=entry["path"],
+                duration=float(duration) if duration is not None else None,
+                text=entry.get("text"),
+            )
+        )
+    return items
+
+
+def scan_sources(
+    sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    modality: str,
+    recursive: bool = True,
+) -> list[MediaItem]:
+    """Items of every folder (media files of ``modality``, recursively), JSONL manifest and
+    single file in ``sources``, in a deterministic order.
+
+    Raises:
+        FileNotFoundError: a source does not exist (the message names it).
+    """
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    items: list[MediaItem] = []
+    for source in sources:
+        root = Path(source)
+        if not root.exists():
+            raise FileNotFoundError(f"training data not found: {root} (no such file or folder)")
+        if root.is_file() and root.suffix.lower() in MANIFEST_SUFFIXES:
+            items += read_manifest(root)
+        elif root.is_dir():
+            for path in find_media([root], modality=modality, recursive=recursive):  # type: ignore[arg-type]
+                items.append(MediaItem(path=path, key=path.relative_to(root).as_posix()))
+        else:
+            items.append(MediaItem(path=root, key=root.name))
+    return items
+
+
+def split_value(key: str) -> float:
+    """A number in [0, 1) fixed by ``key`` alone (SHA-1), the same on every machine."""
+    digest = hashlib.sha1(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_items(
+    items: Sequence[MediaItem], val_fraction: float
+) -> tuple[list[MediaItem], list[MediaItem]]:
+    """``(train, val)``: an item is in validation when ``split_value(key) < val_fraction``.
+
+    Hashing keys (not shuffling a list) keeps an item on the same side when files are added
+    or removed, so a validation score stays comparable as a dataset grows.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    train, val = [], []
+    for item in items:
+        (val if split_value(item.key) < val_fraction else train).append(item)
+    return train, val
+
+
+__all__ = [
+    "MANIFEST_SUFFIXES",
+    "ManifestError",
+    "MediaItem",
+    "read_manifest",
+    "scan_sources",
+    "split_items",
+    "split_value",
+]

@@ -1,0 +1,107 @@
+"""Adversarial and feature-matching losses over :class:`DiscriminatorOutput` lists.
+
+Every loss takes one tensor (or list of feature maps) per sub-discriminator and averages
+over sub-discriminators, so adding a discriminator does not change the loss scale
+(EnCodec, https://arxiv.org/abs/2210.13438, section 3.4).
+
+Kinds:
+
+* ``"hinge"``: ``D: relu(1 - D(x)) + relu(1 + D(G(z)))``, ``G: relu(1 - D(G(z)))``
+  (the MelGAN / EnCodec form of the generator hinge loss, bounded below by zero).
+* ``"least_squares"``: ``D: (1 - D(x))^2 + D(G(z))^2``, ``G: (1 - D(G(z)))^2`` (LSGAN,
+  https://arxiv.org/abs/1611.04076; HiFi-GAN, DAC).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+GAN_LOSSES = ("hinge", "least_squares")
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in GAN_LOSSES:
+        raise ValueError(f"unknown GAN loss {kind!r}; choose one of {GAN_LOSSES}")
+
+
+def discriminator_loss(
+    real: Sequence[Tensor], fake: Sequence[Tensor], kind: str = "hinge"
+) -> Tensor:
+    """Loss of the discriminator: real logits pushed up, fake logits pushed down.
+
+    Args:
+        real: logits on real media, one tensor (any shape) per sub-discriminator.
+        fake: logits on reconstructions (detached from the generator), same structure.
+        kind: ``"hinge"`` or ``"least_squares"``.
+
+    Returns:
+        Scalar: mean over sub-discriminators.
+    """
+    _check_kind(kind)
+    if len(real) != len(fake) or not real:
+        raise ValueError(
+            f"expected matching non-empty logit lists, got {len(real)} and {len(fake)}"
+        )
+    total = real[0].new_zeros((), dtype=torch.float32)
+    for r, f in zip(real, fake):
+        r, f = r.float(), f.float()
+        if kind == "hinge":
+            total = total + F.relu(1 - r).mean() + F.relu(1 + f).mean()
+        else:
+            total = total + (1 - r).pow(2).mean() + f.pow(2).mean()
+    return total / len(real)
+
+
+def generator_loss(fake: Sequence[Tensor], kind: str = "hinge") -> Tensor:
+    """Adversarial loss of the generator: fake logits pushed toward "real".
+
+    Args:
+        fake: logits on reconstructions (with gradient to the generator), one per
+            sub-discriminator.
+        kind: ``"hinge"`` or ``"least_squares"``.
+
+    Returns:
+        Scalar: mean over sub-discriminators.
+    """
+    _check_kind(kind)
+    if not fake:
+        raise ValueError("generator_loss: no logits")
+    total = fake[0].new_zeros((), dtype=torch.float32)
+    for f in fake:
+        f = f.float()
+        total = total + (F.relu(1 - f).mean() if kind == "hinge" else (1 - f).pow(2).mean())
+    return total / len(fake)
+
+
+def feature_matching_loss(
+    real: Sequence[Sequence[Tensor]], fake: Sequence[Sequence[Tensor]]
+) -> Tensor:
+    """L1 between the discriminator's feature maps on real and reconstructed media.
+
+    Each layer's L1 is divided by the mean magnitude of the real features, so layers of very
+    different scales weigh alike (EnCodec's relative feature loss); the result is the mean
+    over layers and sub-discriminators.
+
+    Args:
+        real: per sub-discriminator, its feature maps on real media (treated as constants).
+        fake: the same on reconstructions.
+    """
+    if len(real) != len(fake) or not real:
+        raise ValueError(
+            f"expected matching non-empty feature lists, got {len(real)} and {len(fake)}"
+        )
+    total = fake[0][0].new_zeros((), dtype=torch.float32)
+    count = 0
+    for real_maps, fake_maps in zip(real, fake):
+        for r, f in zip(real_maps, fake_maps):
+            r = r.detach().float()
+            total = total + F.l1_loss(f.float(), r) / r.abs().mean().clamp_min(1e-8)
+            count += 1
+    return total / max(count, 1)
+
+
+__all__ = ["GAN_LOSSES", "discriminator_loss", "feature_matching_loss", "generator_loss"]

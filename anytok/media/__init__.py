@@ -1,0 +1,151 @@
+"""Media files in and out: load, save, validate, resample.
+
+Tensors for one file (callers add the batch axis):
+
+- audio ``(channels, samples)`` float32 in [-1, 1] (:func:`load_audio`, soundfile)
+- image ``(3, height, width)`` float32 in [-1, 1] (:func:`load_image`, Pillow)
+- video ``(3, frames, height, width)`` float32 in [-1, 1] (:func:`load_video`, PyAV)
+
+Every problem with an input file raises :class:`MediaError`, which names the file and the
+problem. Bundled sample media live in :mod:`anytok.media.samples`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from anytok.media.audio import AudioClip, load_audio, resample, save_audio, to_channels
+from anytok.media.errors import DEFAULT_LIMITS, MediaError, MediaLimits, Modality
+from anytok.media.image import ImageData, load_image, resize_cover, save_image
+from anytok.media.video import VideoClip, load_video, save_video
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "DEFAULT_LIMITS",
+    "IMAGE_EXTENSIONS",
+    "MEDIA_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
+    "AudioClip",
+    "ImageData",
+    "MediaError",
+    "MediaLimits",
+    "Modality",
+    "VideoClip",
+    "find_media",
+    "load_audio",
+    "load_image",
+    "load_media",
+    "load_video",
+    "modality_of",
+    "resample",
+    "resize_cover",
+    "save_audio",
+    "save_image",
+    "save_video",
+    "to_channels",
+]
+
+AUDIO_EXTENSIONS = frozenset(
+    {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au"}
+    | {".snd", ".w64", ".rf64", ".caf"}
+)
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+    | {".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".qoi", ".avif", ".jp2"}
+)
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts"}
+    | {".m2ts", ".flv", ".wmv", ".ogv", ".3gp"}
+)
+MEDIA_EXTENSIONS: dict[Modality, frozenset[str]] = {
+    "audio": AUDIO_EXTENSIONS,
+    "image": IMAGE_EXTENSIONS,
+    "video": VIDEO_EXTENSIONS,
+}
+_MODALITIES = tuple(MEDIA_EXTENSIONS)
+
+
+def modality_of(path: str | os.PathLike[str]) -> Modality | None:
+    """``"audio"``, ``"image"`` or ``"video"`` from the extension (case-insensitive);
+    None for an extension that is none of them. A ``.gif`` counts as an image."""
+    suffix = Path(path).suffix.lower()
+    for modality, extensions in MEDIA_EXTENSIONS.items():
+        if suffix in extensions:
+            return modality
+    return None
+
+
+def _check_modality(modality: str) -> Modality:
+    if modality not in _MODALITIES:
+        raise ValueError(f"modality must be one of {', '.join(_MODALITIES)}, got {modality!r}")
+    return modality  # type: ignore[return-value]
+
+
+def load_media(
+    path: str | os.PathLike[str], modality: Modality | None = None, **kwargs: Any
+) -> AudioClip | ImageData | VideoClip:
+    """Load a file with :func:`load_audio`, :func:`load_image` or :func:`load_video`,
+    chosen by ``modality`` or else by the extension; ``kwargs`` go to that loader."""
+    if modality is None:
+        modality = modality_of(path)
+        if modality is None:
+            raise MediaError(
+                path,
+                f"unknown media extension {Path(path).suffix or '(none)'!r}; "
+                "pass modality='audio', 'image' or 'video'",
+            )
+    loaders = {"audio": load_audio, "image": load_image, "video": load_video}
+    return loaders[_check_modality(modality)](path, **kwargs)
+
+
+def find_media(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    modality: Modality | None = None,
+    recursive: bool = True,
+) -> list[Path]:
+    """Media files among ``paths``: files as given, folders searched for files whose
+    extension belongs to ``modality`` (any media when None).
+
+    A file named directly is always returned, whatever its extension, so that the loader can
+    say what is wrong with it. Hidden files and folders (a leading dot) are skipped inside
+    folders. Each folder's files are sorted by relative path; the result follows the order
+    of ``paths`` and holds no duplicates, so it is the same on every machine.
+
+    Raises:
+        MediaError: a path does not exist.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    wanted = (
+        MEDIA_EXTENSIONS[_check_modality(modality)]
+        if modality is not None
+        else frozenset().union(*MEDIA_EXTENSIONS.values())
+    )
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        root = Path(raw)
+        if root.is_dir():
+            candidates = root.rglob("*") if recursive else root.glob("*")
+            matches = sorted(
+                (
+                    path
+                    for path in candidates
+                    if path.suffix.lower() in wanted
+                    and not any(part.startswith(".") for part in path.relative_to(root).parts)
+                    and path.is_file()
+                ),
+                key=lambda path: path.relative_to(root).as_posix(),
+            )
+        elif root.exists():
+            matches = [root]
+        else:
+            raise MediaError(root, "no such file or folder")
+        for path in matches:
+            if path not in seen:
+                seen.add(path)
+                found.append(path)
+    return found

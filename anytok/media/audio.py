@@ -1,0 +1,266 @@
+"""Audio files in and out: soundfile decodes and encodes, torchaudio resamples.
+
+One file is a ``(channels, samples)`` float32 tensor in [-1, 1]; callers add the batch axis.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from torch import Tensor
+
+from anytok.media.errors import (
+    DEFAULT_LIMITS,
+    MediaError,
+    MediaLimits,
+    check_file,
+    unreadable,
+    wrong_modality,
+)
+
+__all__ = ["AudioClip", "load_audio", "resample", "save_audio", "to_channels"]
+
+
+@dataclass
+class AudioClip:
+    """A decoded audio file.
+
+    Attributes:
+        waveform: ``(channels, samples)`` float32 in [-1, 1], at ``sample_rate``.
+        sample_rate: samples per second of ``waveform``.
+        path: the file it came from (None when built in memory).
+        original_sample_rate: the file's own sample rate.
+        original_channels: the file's own channel count.
+    """
+
+    waveform: Tensor
+    sample_rate: int
+    path: Path | None = None
+    original_sample_rate: int = 0
+    original_channels: int = 0
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds."""
+        return self.waveform.shape[-1] / self.sample_rate
+
+    @property
+    def channels(self) -> int:
+        return self.waveform.shape[0]
+
+
+def to_channels(waveform: Tensor, channels: int) -> Tensor:
+    """Convert ``(..., C, S)`` to ``(..., channels, S)``.
+
+    Mono goes to any count by repetition, any count goes to mono by the mean, and a matching
+    count is returned as is. Anything else (say 6 -> 2) has no single right answer and raises
+    ``ValueError``: downmix it yourself.
+    """
+    if waveform.ndim < 2:
+        raise ValueError(f"expected (..., channels, samples), got shape {tuple(waveform.shape)}")
+    if channels < 1:
+        raise ValueError(f"channels must be at least 1, got {channels}")
+    have = waveform.shape[-2]
+    if have == channels:
+        return waveform
+    if have == 1:
+        return waveform.expand(*waveform.shape[:-2], channels, waveform.shape[-1]).contiguous()
+    if channels == 1:
+        return waveform.mean(dim=-2, keepdim=True)
+    raise ValueError(
+        f"cannot convert {have} channels to {channels}: only mono to N and N to mono are "
+        "supported; downmix explicitly"
+    )
+
+
+def resample(waveform: Tensor, orig_sample_rate: int, new_sample_rate: int) -> Tensor:
+    """Resample ``(..., samples)`` from one integer rate to another (windowed-sinc,
+    ``torchaudio.functional.resample``); the identity when the rates match."""
+    orig, new = int(orig_sample_rate), int(new_sample_rate)
+    if orig <= 0 or new <= 0:
+        raise ValueError(
+            f"sample rates must be positive, got {orig_sample_rate} -> {new_sample_rate}"
+        )
+    if orig == new:
+        return waveform
+    return AF.resample(waveform, orig, new)
+
+
+# libsndfile fixes up a WAV/AIFF whose header promises more data than the file holds and
+# notes it in its log ("data : 96000 (should be 47960)"); that note is how a truncated file
+# is told apart from a short one.
+_SHORT_CHUNK = re.compile(r"^(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+_UNKNOWN_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF, 0xFFFFFFFFFFFFFFFF}
+
+
+def load_audio(
+    path: str | os.PathLike[str],
+    sample_rate: int | None = None,
+    channels: int | None = None,
+    limits: MediaLimits | None = None,
+) -> AudioClip:
+    """Read an audio file as ``(channels, samples)`` float32 in [-1, 1].
+
+    Args:
+        path: any file soundfile reads (WAV, FLAC, Ogg/Vorbis/Opus, MP3, AIFF ...).
+        sample_rate: resample to this rate; None keeps the file's rate.
+        channels: convert to this many channels (see :func:`to_channels`); None keeps them.
+        limits: sanity limits; :data:`DEFAULT_LIMITS` when None.
+
+    Raises:
+        MediaError: the file is missing, empty, truncated, corrupt, not audio, has no samples,
+            holds NaN/Inf samples, exceeds ``limits``, or cannot take the channel conversion.
+    """
+    limits = limits or DEFAULT_LIMITS
+    p = check_file(path)
+    mismatch = wrong_modality(p, "audio")
+    if mismatch is not None:
+        raise mismatch
+    try:
+        info = sf.info(str(p))
+    except (sf.SoundFileError, RuntimeError, OSError) as err:
+        raise unreadable(p, "audio", _sf_detail(err)) from err
+
+    if info.samplerate <= 0:
+        raise MediaError(p, f"invalid sample rate {info.samplerate} Hz in the header")
+    if info.channels < 1 or info.channels > limits.max_audio_channels:
+        raise MediaError(
+            p,
+            f"has {info.channels} channels; the limit is {limits.max_audio_channels} "
+            "(a corrupt header or not a normal audio file)",
+        )
+    seconds = info.frames / info.samplerate
+    if seconds > limits.max_audio_seconds:
+        raise MediaError(
+            p,
+            f"too long: {_hms(seconds)} of audio, more than the limit of "
+            f"{_hms(limits.max_audio_seconds)} (raise MediaLimits.max_audio_seconds)",
+        )
+    short = _SHORT_CHUNK.search(info.extra_info or "")
+    if short and int(short.group(1)) not in _UNKNOWN_SIZES:
+        promised, present = int(short.group(1)), int(short.group(2))
+        # A few missing bytes are sloppy writers, not lost audio.
+        if promised - present > max(1024, promised // 1000):
+            raise MediaError(
+                p,
+                f"file is truncated: its header announces {promised} bytes of audio data "
+                f"but only {present} are present",
+            )
+
+    try:
+        data, _ = sf.read(str(p), dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, OSError) as err:
+        raise MediaError(
+            p,
+            f"audio data cannot be decoded ({_sf_detail(err)}); the file is probably "
+            "truncated or corrupt",
+        ) from err
+    if data.shape[0] < info.frames:
+        raise MediaError(
+            p,
+            f"file is truncated: the header announces {info.frames} samples but only "
+            f"{data.shape[0]} could be read",
+        )
+    if data.shape[0] == 0:
+        raise MediaError(p, "contains no audio samples (zero length)")
+    if data.shape[0] < limits.min_audio_samples:
+        raise MediaError(
+            p,
+            f"too short: {data.shape[0]} samples, fewer than the minimum of "
+            f"{limits.min_audio_samples}",
+        )
+
+    waveform = torch.from_numpy(data.T.copy())  # (C, S)
+    _check_finite(p, waveform)
+    # Integer PCM decodes into [-1, 1) already; float files may overshoot.
+    waveform = waveform.clamp_(-1.0, 1.0)
+    if channels is not None:
+        try:
+            waveform = to_channels(waveform, channels)
+        except ValueError as err:
+            raise MediaError(p, str(err)) from err
+    rate = info.samplerate
+    if sample_rate is not None and sample_rate != rate:
+        waveform = resample(waveform, rate, sample_rate).clamp_(-1.0, 1.0)
+        rate = int(sample_rate)
+    return AudioClip(
+        waveform=waveform.contiguous(),
+        sample_rate=rate,
+        path=p,
+        original_sample_rate=info.samplerate,
+        original_channels=info.channels,
+    )
+
+
+def save_audio(
+    path: str | os.PathLike[str],
+    waveform: Tensor,
+    sample_rate: int,
+    subtype: str | None = None,
+) -> Path:
+    """Write ``(channels, samples)`` (or ``(samples,)`` for mono) as an audio file.
+
+    The format follows the extension (``.wav``, ``.flac``, or any other soundfile knows);
+    ``subtype`` defaults to 16-bit PCM where the format has it. Values are clipped to [-1, 1]
+    first, so loud samples saturate instead of wrapping around.
+
+    Raises:
+        ValueError: the waveform has the wrong shape or holds NaN/Inf.
+        MediaError: the extension is unknown or the file cannot be written.
+    """
+    p = Path(path)
+    wav = waveform.detach().to("cpu", torch.float32)
+    if wav.ndim == 1:
+        wav = wav.unsqueeze(0)
+    if wav.ndim != 2:
+        raise ValueError(f"save_audio expects (channels, samples), got {tuple(waveform.shape)}")
+    if not torch.isfinite(wav).all():
+        raise ValueError(f"refusing to write {p}: the waveform contains NaN or Inf")
+    fmt = p.suffix.lstrip(".").upper()
+    formats = sf.available_formats()
+    if fmt not in formats:
+        raise MediaError(
+            p, f"unknown audio extension {p.suffix!r}; use .wav or .flac (soundfile formats)"
+        )
+    if subtype is None and sf.check_format(fmt, "PCM_16"):
+        subtype = "PCM_16"
+    try:
+        sf.write(str(p), wav.clamp(-1.0, 1.0).T.numpy(), int(sample_rate), subtype=subtype)
+    except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
+        raise MediaError(p, f"cannot write audio ({_sf_detail(err)})") from err
+    return p
+
+
+def _check_finite(p: Path, waveform: Tensor) -> None:
+    finite = torch.isfinite(waveform)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        first = int((~finite).any(dim=0).nonzero()[0, 0])
+        raise MediaError(
+            p,
+            f"contains {bad} NaN or Inf samples (first at sample {first}); "
+            "the file holds invalid float data",
+        )
+
+
+def _sf_detail(err: BaseException) -> str:
+    text = str(err).strip()
+    # soundfile's messages repeat the path ("Error opening '/x/y.wav': ..."); keep the rest.
+    text = re.sub(r"^Error opening '.*?':\s*|^Error\s*:\s*", "", text)
+    return text.rstrip(".") or "soundfile does not recognise the format"
+
+
+def _hms(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return str(seconds)
+    s = round(seconds)
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"

@@ -1,0 +1,178 @@
+"""Errors and limits shared by the media loaders.
+
+Every problem with an input file surfaces as a :class:`MediaError` that names the file and says
+what is wrong in words a person understands; a batch job records it and goes on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Modality = Literal["audio", "image", "video"]
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "MediaError",
+    "MediaLimits",
+    "Modality",
+    "check_file",
+    "sniff",
+]
+
+
+class MediaError(Exception):
+    """A media file that cannot be used: ``str(err)`` is ``"{path}: {problem}"``."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, problem: str) -> None:
+        self.path = Path(path) if path is not None else None
+        self.problem = problem
+        super().__init__(f"{self.path if self.path is not None else '<tensor>'}: {problem}")
+
+    def __reduce__(self) -> tuple[type[MediaError], tuple[Path | None, str]]:
+        # Keeps the two-argument constructor working when the error crosses processes.
+        return (type(self), (self.path, self.problem))
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """Sanity limits that refuse absurd inputs before they are decoded.
+
+    They guard against decompression bombs and mislabelled files, not against running out of
+    memory on a legitimately long file: use ``max_frames`` or shorter clips for that.
+    """
+
+    max_audio_seconds: float = 4 * 3600.0
+    max_audio_channels: int = 64
+    min_audio_samples: int = 1
+    max_image_pixels: int = 100_000_000
+    min_image_side: int = 1
+    max_video_frames: int = 10_000
+    max_video_pixels_per_frame: int = 7680 * 4320  # 8K UHD
+    min_video_side: int = 1
+
+
+DEFAULT_LIMITS = MediaLimits()
+
+
+def check_file(path: str | os.PathLike[str]) -> Path:
+    """The path as a :class:`Path` if it names a non-empty regular file, else MediaError."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError as err:
+        raise MediaError(p, "file not found (no such file or folder)") from err
+    except OSError as err:
+        raise MediaError(p, f"cannot be read ({err.strerror or err})") from err
+    if p.is_dir():
+        raise MediaError(p, "is a folder, not a file")
+    if st.st_size == 0:
+        raise MediaError(p, "file is empty (0 bytes)")
+    if not os.access(p, os.R_OK):
+        raise MediaError(p, "cannot be read (permission denied)")
+    return p
+
+
+# What a file's first bytes say it is: (description, modality or None when ambiguous).
+# Hand-written because it is a dozen well-known signatures and only feeds error messages
+# ("looks like a PNG image"); decoding itself is always left to soundfile / Pillow / FFmpeg.
+_SIGNATURES: tuple[tuple[int, bytes, str, Modality | None], ...] = (
+    (0, b"\x89PNG\r\n\x1a\n", "a PNG image", "image"),
+    (0, b"\xff\xd8\xff", "a JPEG image", "image"),
+    (0, b"GIF87a", "a GIF image", "image"),
+    (0, b"GIF89a", "a GIF image", "image"),
+    (0, b"BM", "a BMP image", "image"),
+    (0, b"II*\x00", "a TIFF image", "image"),
+    (0, b"MM\x00*", "a TIFF image", "image"),
+    (0, b"fLaC", "FLAC audio", "audio"),
+    (0, b"ID3", "MP3 audio", "audio"),
+    (0, b"FORM", "AIFF audio", "audio"),
+    (0, b"OggS", "an Ogg file", None),
+    (0, b"\x1aE\xdf\xa3", "a Matroska/WebM video", "video"),
+    (0, b"%PDF", "a PDF document", None),
+    (0, b"PK\x03\x04", "a ZIP archive", None),
+    (0, b"\x1f\x8b", "a gzip archive", None),
+)
+_RIFF_KINDS: dict[bytes, tuple[str, Modality]] = {
+    b"WAVE": ("WAV audio", "audio"),
+    b"WEBP": ("a WebP image", "image"),
+    b"AVI ": ("an AVI video", "video"),
+}
+_IMAGE_BRANDS = (b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1")
+_AUDIO_BRANDS = (b"M4A ", b"M4B ", b"M4P ")
+
+
+def sniff(path: str | os.PathLike[str]) -> tuple[str, Modality | None] | None:
+    """Guess what a file is from its first bytes: ``("a PNG image", "image")``, or None.
+
+    Cheap (reads 16 bytes) and only used to explain errors such as a PNG named ``.wav``.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head[:4] in (b"RIFF", b"RF64") and head[8:12] in _RIFF_KINDS:
+        return _RIFF_KINDS[head[8:12]]
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in _IMAGE_BRANDS:
+            return ("an AVIF/HEIF image", "image")
+        if brand in _AUDIO_BRANDS:
+            return ("MP4 (M4A) audio", "audio")
+        return ("an MP4/QuickTime video", "video")
+    if head[:2] == b"\xff\xfb" or head[:2] == b"\xff\xf3" or head[:2] == b"\xff\xf2":
+        return ("MP3 audio", "audio")
+    for offset, magic, what, modality in _SIGNATURES:
+        if head[offset : offset + len(magic)] == magic:
+            return (what, modality)
+    if head.lstrip()[:1] in (b"<", b"{") or _looks_like_text(head):
+        return ("a text file", None)
+    return None
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head:
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(ch.isprintable() or ch in "\r\n\t" for ch in text)
+
+
+_NOUNS: dict[Modality, str] = {"audio": "audio", "image": "an image", "video": "a video"}
+
+
+def wrong_modality(path: Path, modality: Modality) -> MediaError | None:
+    """A MediaError when the first bytes clearly belong to another modality, else None."""
+    kind = sniff(path)
+    if kind is None or kind[1] is None or kind[1] == modality:
+        return None
+    return MediaError(
+        path,
+        f"wrong extension or wrong file: the content looks like {kind[0]}, not {_NOUNS[modality]}",
+    )
+
+
+def unreadable(path: Path, modality: Modality, detail: str) -> MediaError:
+    """The error for a file its decoder refused, saying what the file seems to be instead.
+
+    ``detail`` is the decoder's own message, kept in parentheses for whoever debugs it.
+    """
+    mismatch = wrong_modality(path, modality)
+    if mismatch is not None:
+        return mismatch
+    kind = sniff(path)
+    if kind is not None and kind[1] == modality:
+        problem = (
+            f"looks like {kind[0]} but its data cannot be decoded; the file is probably "
+            f"truncated or corrupt ({detail})"
+        )
+    elif kind is not None:
+        problem = f"cannot be decoded as {_NOUNS[modality]}: the content looks like {kind[0]}"
+    else:
+        problem = f"not a readable {modality} file: unknown format or corrupt data ({detail})"
+    return MediaError(path, problem)

@@ -1,0 +1,210 @@
+"""Image files in and out with Pillow.
+
+One image is a ``(3, height, width)`` float32 tensor in [-1, 1]; callers add the batch axis.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
+
+from anytok.media.errors import (
+    DEFAULT_LIMITS,
+    MediaError,
+    MediaLimits,
+    check_file,
+    unreadable,
+    wrong_modality,
+)
+
+__all__ = [
+    "ImageData",
+    "from_uint8",
+    "load_image",
+    "resize_cover",
+    "save_image",
+    "to_uint8",
+]
+
+Size = int | tuple[int, int]
+
+
+@dataclass
+class ImageData:
+    """A decoded image.
+
+    Attributes:
+        image: ``(3, H, W)`` float32 in [-1, 1] (resized if ``size`` was asked for).
+        original_size: ``(height, width)`` of the file, after EXIF rotation.
+        path: the file it came from (None when built in memory).
+    """
+
+    image: Tensor
+    original_size: tuple[int, int]
+    path: Path | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(height, width)`` of :attr:`image`."""
+        return (self.image.shape[-2], self.image.shape[-1])
+
+
+def from_uint8(x: Tensor) -> Tensor:
+    """uint8 ``[0, 255]`` to float32 ``[-1, 1]`` (any shape)."""
+    return x.to(torch.float32).div_(127.5).sub_(1.0)
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """float ``[-1, 1]`` to uint8 ``[0, 255]`` (any shape; clipped, rounded)."""
+    return ((x.detach().to(torch.float32) + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _as_hw(size: Size) -> tuple[int, int]:
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if h < 1 or w < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    return h, w
+
+
+def resize_cover(x: Tensor, size: Size) -> Tensor:
+    """Resize ``(..., H, W)`` so it covers ``size`` with its aspect ratio kept, then crop the
+    centre: returns ``(..., size_h, size_w)``. ``size`` is ``(height, width)`` or one int for
+    a square. Bilinear with antialiasing (torchvision); uint8 stays uint8."""
+    h, w = _as_hw(size)
+    in_h, in_w = x.shape[-2:]
+    if (in_h, in_w) == (h, w):
+        return x
+    scale = max(h / in_h, w / in_w)
+    new = [max(h, round(in_h * scale)), max(w, round(in_w * scale))]
+    resized = TF.resize(x, new, antialias=True)
+    return TF.center_crop(resized, [h, w])
+
+
+def load_image(
+    path: str | os.PathLike[str],
+    size: Size | None = None,
+    limits: MediaLimits | None = None,
+) -> ImageData:
+    """Read an image as ``(3, H, W)`` float32 in [-1, 1].
+
+    Grayscale, palette, CMYK and 16-bit images become RGB; transparent ones are composited
+    on white; EXIF rotation is applied; multi-frame files (GIF, TIFF) give their first frame.
+    The size in the header is checked against ``limits`` before any pixel is decoded.
+
+    Args:
+        path: anything Pillow decodes.
+        size: ``(height, width)`` or an int for a square: resize to cover it and crop the
+            centre (aspect kept). None keeps the file's size.
+        limits: sanity limits; :data:`DEFAULT_LIMITS` when None.
+
+    Raises:
+        MediaError: the file is missing, empty, truncated, corrupt, not an image, or its size
+            is outside ``limits`` (Pillow's own ``Image.MAX_IMAGE_PIXELS`` bomb check also
+            applies).
+    """
+    limits = limits or DEFAULT_LIMITS
+    p = check_file(path)
+    mismatch = wrong_modality(p, "image")
+    if mismatch is not None:
+        raise mismatch
+    try:
+        with warnings.catch_warnings():
+            # We apply our own, configurable limit below, before decoding.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(p)
+    except Image.DecompressionBombError as err:
+        raise MediaError(
+            p, f"image is too large to decode safely ({str(err).rstrip('.')})"
+        ) from err
+    except (OSError, ValueError, SyntaxError) as err:
+        detail = str(err).replace(f" '{p}'", "") or type(err).__name__  # we name the file
+        raise unreadable(p, "image", detail) from err
+    with im:
+        width, height = im.size
+        _check_size(p, width, height, limits)
+        try:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            rgb = _to_rgb(im)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise _decode_error(p, err) from err
+    array = np.asarray(rgb)
+    tensor = from_uint8(torch.from_numpy(array.copy()).permute(2, 0, 1))
+    original = (tensor.shape[-2], tensor.shape[-1])
+    if size is not None:
+        tensor = resize_cover(tensor, size).clamp_(-1.0, 1.0)
+    return ImageData(image=tensor.contiguous(), original_size=original, path=p)
+
+
+def save_image(path: str | os.PathLike[str], image: Tensor, quality: int = 95) -> Path:
+    """Write ``(3, H, W)`` (or ``(1, H, W)``) float in [-1, 1] as an image file.
+
+    The format follows the extension (``.png``, ``.jpg``, ``.webp`` ...); values are clipped
+    to [-1, 1]; ``quality`` applies to lossy formats.
+
+    Raises:
+        ValueError: the tensor has the wrong shape or holds NaN/Inf.
+        MediaError: the extension is unknown or the file cannot be written.
+    """
+    p = Path(path)
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"save_image expects (3, H, W), got {tuple(image.shape)}")
+    if not torch.isfinite(image).all():
+        raise ValueError(f"refusing to write {p}: the image contains NaN or Inf")
+    array = to_uint8(image.cpu()).permute(1, 2, 0).numpy()
+    pil = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    try:
+        pil.save(p, quality=quality)
+    except (OSError, ValueError, KeyError) as err:
+        raise MediaError(p, f"cannot write image ({err})") from err
+    return p
+
+
+def _check_size(p: Path, width: int, height: int, limits: MediaLimits) -> None:
+    if min(width, height) < limits.min_image_side:
+        raise MediaError(
+            p,
+            f"image is {width}x{height} pixels, too small (the minimum side is "
+            f"{limits.min_image_side})",
+        )
+    pixels = width * height
+    if pixels > limits.max_image_pixels:
+        raise MediaError(
+            p,
+            f"image is {width}x{height} pixels ({pixels / 1e6:.1f} megapixels), too large: "
+            f"the limit is {limits.max_image_pixels / 1e6:g} megapixels "
+            "(raise MediaLimits.max_image_pixels)",
+        )
+
+
+def _decode_error(p: Path, err: BaseException) -> MediaError:
+    text = str(err) or type(err).__name__
+    if "truncated" in text.lower():
+        return MediaError(p, f"file is truncated: the image data ends early ({text})")
+    return MediaError(p, f"image data is corrupt and cannot be decoded ({text})")
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB."""
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I") or im.mode == "F":
+        # Pillow's own I;16 -> RGB conversion clips at 255 instead of scaling.
+        values = np.asarray(im, dtype=np.float32)
+        peak = float(values.max(initial=0.0))
+        scale = 1.0 if (im.mode == "F" and peak <= 1.0) else 255.0 if peak <= 255 else 65535.0
+        gray = np.clip(values / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")

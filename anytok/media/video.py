@@ -1,0 +1,335 @@
+"""Video files in and out with PyAV (FFmpeg).
+
+One clip is a ``(3, frames, height, width)`` float32 tensor in [-1, 1]; callers add the batch
+axis. Only the first video stream is read; audio streams are ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from torch import Tensor
+
+from anytok.media.errors import (
+    DEFAULT_LIMITS,
+    MediaError,
+    MediaLimits,
+    check_file,
+    sniff,
+    unreadable,
+    wrong_modality,
+)
+from anytok.media.image import Size, from_uint8, resize_cover, to_uint8
+
+__all__ = ["VideoClip", "load_video", "save_video"]
+
+_FFMPEG_ERRORS = (av.error.FFmpegError, OSError, ValueError)
+_ANIMATED_IMAGES = ("a GIF image", "a WebP image")  # FFmpeg decodes these as video
+
+
+@dataclass
+class VideoClip:
+    """A decoded video.
+
+    Attributes:
+        video: ``(3, T, H, W)`` float32 in [-1, 1], ``fps`` frames per second.
+        fps: frame rate of ``video`` (the requested one, or the file's).
+        path: the file it came from (None when built in memory).
+        original_fps: the file's own frame rate.
+        original_frames: frames in the file's video stream as its header states (0 when the
+            container does not say, e.g. Matroska).
+        original_size: ``(height, width)`` of the file's frames.
+    """
+
+    video: Tensor
+    fps: float
+    path: Path | None = None
+    original_fps: float = 0.0
+    original_frames: int = 0
+    original_size: tuple[int, int] = (0, 0)
+
+    @property
+    def num_frames(self) -> int:
+        """T, the frames in :attr:`video`."""
+        return self.video.shape[1]
+
+    @property
+    def duration(self) -> float:
+        """Seconds covered by :attr:`video` (``num_frames / fps``)."""
+        return self.num_frames / self.fps
+
+
+def load_video(
+    path: str | os.PathLike[str],
+    fps: float | None = None,
+    max_frames: int | None = None,
+    start: float = 0.0,
+    size: Size | None = None,
+    limits: MediaLimits | None = None,
+) -> VideoClip:
+    """Read a video as ``(3, T, H, W)`` float32 in [-1, 1].
+
+    Args:
+        path: anything PyAV/FFmpeg decodes (MP4, MKV, WebM, MOV, AVI, GIF ...).
+        fps: resample to this frame rate: output frame ``k`` is the source frame whose
+            timestamp is nearest to ``start + k / fps``. None keeps every frame.
+        max_frames: stop after this many output frames (decoding stops there too).
+        start: first timestamp in seconds (seeks to the keyframe before it).
+        size: ``(height, width)`` or an int for a square: each frame is resized to cover it
+            and centre-cropped. None keeps the file's size.
+        limits: sanity limits; :data:`DEFAULT_LIMITS` when None.
+
+    Raises:
+        MediaError: the file is missing, empty, truncated, corrupt, not a video, has no
+            frames (at or after ``start``), or exceeds ``limits``.
+    """
+    limits = limits or DEFAULT_LIMITS
+    if fps is not None and fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be at least 1, got {max_frames}")
+    if start < 0:
+        raise ValueError(f"start must be >= 0 seconds, got {start}")
+    p = check_file(path)
+    kind = sniff(p)
+    if kind is None or kind[0] not in _ANIMATED_IMAGES:
+        mismatch = wrong_modality(p, "video")
+        if mismatch is not None:
+            raise mismatch
+    try:
+        container = av.open(str(p))
+    except _FFMPEG_ERRORS as err:
+        raise unreadable(p, "video", _av_detail(err)) from err
+    with container:
+        if not container.streams.video:
+            raise MediaError(p, "has no video stream (audio only or not a video)")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width and height:
+            _check_frame_size(p, width, height, limits)
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        src_fps = float(rate) if rate else 0.0
+        header_frames = int(stream.frames or 0)
+        origin = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+        if start > 0:
+            try:
+                container.seek(int((start + origin) * av.time_base), backward=True)
+            except _FFMPEG_ERRORS:  # not seekable: decode from the start and skip ahead
+                with contextlib.suppress(*_FFMPEG_ERRORS):
+                    container.seek(0)
+        selector = _FrameSelector(p, start, fps, src_fps, max_frames, size, limits.max_video_frames)
+        decoded = 0
+        reached_end = False
+        try:
+            for frame in container.decode(stream):
+                if decoded == 0:
+                    width, height = frame.width, frame.height
+                    _check_frame_size(p, width, height, limits)
+                t = (
+                    float(frame.time) - origin
+                    if frame.time is not None
+                    else decoded / (src_fps or 25.0)
+                )
+                decoded += 1
+                if not selector.push(t, frame, width, height):
+                    break
+            else:
+                reached_end = True
+                selector.finish()
+        except _FFMPEG_ERRORS as err:
+            if decoded == 0:
+                raise unreadable(p, "video", _av_detail(err)) from err
+            raise MediaError(
+                p,
+                f"video data stops decoding after {decoded} frames ({_av_detail(err)}); "
+                "the file is probably truncated or corrupt",
+            ) from err
+    if decoded == 0:
+        if start > 0:
+            raise MediaError(p, f"has no video frames at or after start={start:g} s")
+        raise MediaError(p, "contains no video frames (zero frames)")
+    missing = header_frames - decoded
+    if reached_end and start == 0 and missing > max(2, header_frames // 100):
+        raise MediaError(
+            p,
+            f"file is truncated: the header announces {header_frames} frames but only "
+            f"{decoded} could be decoded",
+        )
+    if not selector.frames:
+        raise MediaError(p, f"has no video frames at or after start={start:g} s")
+    video = from_uint8(torch.stack(selector.frames, dim=1))  # (3, T, H, W)
+    return VideoClip(
+        video=video,
+        fps=float(fps) if fps is not None else (src_fps or 25.0),
+        path=p,
+        original_fps=src_fps,
+        original_frames=header_frames,
+        original_size=(height, width),
+    )
+
+
+class _FrameSelector:
+    """Picks output frames from a stream of ``(time, frame)`` in presentation order.
+
+    With a target rate, output frame ``k`` is the source frame nearest to
+    ``start + k / fps``: a frame is chosen for every target before the midpoint between it
+    and the next frame, and after the last frame for targets inside its display interval.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        start: float,
+        fps: float | None,
+        src_fps: float,
+        max_frames: int | None,
+        size: Size | None,
+        limit: int,
+    ) -> None:
+        self.path = path
+        self.start = start
+        self.step = 1.0 / fps if fps else None
+        self.src_dt = 1.0 / src_fps if src_fps else 1.0 / 25.0
+        self.max_frames = max_frames
+        self.size = size
+        self.limit = limit
+        self.frames: list[Tensor] = []
+        self.done = False
+        self._prev: tuple[float, av.VideoFrame, int, int] | None = None
+        self._prev_tensor: Tensor | None = None
+
+    def _target(self) -> float:
+        assert self.step is not None
+        return self.start + len(self.frames) * self.step
+
+    def _emit(self) -> bool:
+        """Append the held frame; False once no more frames are wanted."""
+        if self.max_frames is not None and len(self.frames) >= self.max_frames:
+            self.done = True
+            return False
+        if len(self.frames) >= self.limit:
+            raise MediaError(
+                self.path,
+                f"too many frames: more than the limit of {self.limit} (pass max_frames= "
+                "or a lower fps, or raise MediaLimits.max_video_frames)",
+            )
+        assert self._prev is not None
+        if self._prev_tensor is None:
+            _, frame, w, h = self._prev
+            self._prev_tensor = _frame_tensor(frame, w, h, self.size)
+        self.frames.append(self._prev_tensor)
+        if self.max_frames is not None and len(self.frames) >= self.max_frames:
+            self.done = True
+            return False
+        return True
+
+    def push(self, t: float, frame: av.VideoFrame, width: int, height: int) -> bool:
+        """Take the next decoded frame; False when enough frames have been collected."""
+        if self.step is None:
+            if t < self.start - 0.5 * self.src_dt:
+                return True
+            self._prev, self._prev_tensor = (t, frame, width, height), None
+            return self._emit()
+        if self._prev is not None:
+            midpoint = 0.5 * (self._prev[0] + t)
+            while self._target() <= midpoint:
+                if not self._emit():
+                    return False
+        self._prev, self._prev_tensor = (t, frame, width, height), None
+        return True
+
+    def finish(self) -> None:
+        """End of stream: the last frame serves every target inside its display interval."""
+        if self.step is None or self._prev is None:
+            return
+        end = self._prev[0] + self.src_dt
+        while self._target() < end - 1e-6:
+            if not self._emit():
+                return
+
+
+def _frame_tensor(frame: av.VideoFrame, width: int, height: int, size: Size | None) -> Tensor:
+    """One frame as uint8 ``(3, H, W)`` at the stream's first size (or ``size``)."""
+    array = frame.to_ndarray(format="rgb24", width=width, height=height)
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+    if size is not None:
+        tensor = resize_cover(tensor, size)
+    return tensor.contiguous()
+
+
+def _check_frame_size(p: Path, width: int, height: int, limits: MediaLimits) -> None:
+    if min(width, height) < limits.min_video_side:
+        raise MediaError(
+            p,
+            f"video frames are {width}x{height} pixels, too small (the minimum side is "
+            f"{limits.min_video_side})",
+        )
+    if width * height > limits.max_video_pixels_per_frame:
+        raise MediaError(
+            p,
+            f"video frames are {width}x{height} pixels, too large: the limit is "
+            f"{limits.max_video_pixels_per_frame / 1e6:g} megapixels per frame "
+            "(raise MediaLimits.max_video_pixels_per_frame)",
+        )
+
+
+def save_video(
+    path: str | os.PathLike[str],
+    video: Tensor,
+    fps: float | Fraction,
+    crf: int = 17,
+) -> Path:
+    """Write ``(3, T, H, W)`` float in [-1, 1] as an H.264 video (yuv420p).
+
+    The container follows the extension (``.mp4``, ``.mkv``, ``.mov``). Uses libx264 at
+    constant quality ``crf`` when FFmpeg has it, else MPEG-4 Part 2. yuv420p needs even
+    sizes: an odd height or width is padded by repeating the last row or column, so the file
+    is up to one pixel larger than the tensor.
+
+    Raises:
+        ValueError: the tensor has the wrong shape or holds NaN/Inf, or fps is not positive.
+        MediaError: the file cannot be written.
+    """
+    p = Path(path)
+    if video.ndim != 4 or video.shape[0] != 3 or video.shape[1] < 1:
+        raise ValueError(f"save_video expects (3, T, H, W) with T >= 1, got {tuple(video.shape)}")
+    if not torch.isfinite(video).all():
+        raise ValueError(f"refusing to write {p}: the video contains NaN or Inf")
+    rate = Fraction(fps).limit_denominator(1001) if not isinstance(fps, Fraction) else fps
+    if rate <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    frames = to_uint8(video.cpu()).permute(1, 2, 3, 0).numpy()  # (T, H, W, 3)
+    _, h, w, _ = frames.shape
+    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    try:
+        with av.open(str(p), "w") as container:
+            stream = container.add_stream(codec, rate=rate)
+            stream.width, stream.height = frames.shape[2], frames.shape[1]
+            stream.pix_fmt = "yuv420p"
+            if codec == "libx264":
+                stream.options = {"crf": str(crf)}
+            else:
+                stream.bit_rate = max(2_000_000, int(frames.shape[1] * frames.shape[2] * rate * 2))
+            for i, array in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+                frame.pts = i
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+    except _FFMPEG_ERRORS as err:
+        raise MediaError(p, f"cannot write video ({_av_detail(err)})") from err
+    return p
+
+
+def _av_detail(err: BaseException) -> str:
+    if isinstance(err, av.error.FFmpegError):
+        return err.strerror or type(err).__name__
+    return str(err) or type(err).__name__

@@ -1,0 +1,345 @@
+"""Recipes: YAML files (data, not code) checked against one schema.
+
+The dataclasses below are the schema and the defaults, the single source of truth for what a
+recipe may say; OmegaConf merges ``schema <- base recipe <- recipe <- command-line
+overrides`` and rejects unknown keys and wrong types with the key's full name.
+
+A recipe may start with ``base: other.yaml`` (relative to the recipe's folder) to override
+another recipe, e.g. a tiny CI variant of a full recipe. Values may use OmegaConf
+interpolation (``${train.steps}``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+PRECISIONS = ("bf16", "fp32")
+SCHEDULES = ("cosine", "constant")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be run as written: the message names the file and the key."""
+
+
+@dataclass
+class ModelConfig:
+    """The tokenizer to train: a registry architecture, its tiny variant, overrides."""
+
+    name: str = MISSING  # registry architecture, e.g. seanet_fsq_24khz
+    tiny: bool = False  # apply the architecture's tiny test configuration first
+    config: dict[str, Any] = field(default_factory=dict)  # constructor overrides
+
+
+@dataclass
+class AugmentConfig:
+    """Random augmentation of training items (see :class:`anytok.data.Augment`)."""
+
+    random_crop: bool = True  # random segment / crop / clip position
+    hflip: float = 0.0  # probability of a horizontal flip (image, video)
+    gain_db: list[float] = field(default_factory=lambda: [0.0, 0.0])  # audio gain range
+    scale: list[float] = field(default_factory=lambda: [1.0, 1.0])  # zoom range before cropping
+
+
+@dataclass
+class DataConfig:
+    """Training and validation data, and how items are cut."""
+
+    train: Any = MISSING  # folder, JSONL manifest or file, or a list of them
+    val: Any = None  # the same; None: take val_fraction of train by hash of path
+    val_fraction: float = 0.0
+    segment_seconds: float = 1.0  # audio segment length
+    crop_size: list[int] | None = None  # image / video (height, width); None: the model's
+    clip_frames: int = 17  # video frames per clip (1 + k * temporal factor is exact)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    num_workers: int = 2
+    max_attempts: int = 16  # files tried per item before giving up (bad files are replaced)
+
+
+@dataclass
+class BalancerConfig:
+    """EnCodec's gradient balancer over the losses on the reconstruction."""
+
+    enabled: bool = False
+    total_norm: float = 1.0
+    ema_decay: float = 0.999
+
+
+@dataclass
+class LossConfig:
+    """Loss weights (0 switches a term off) and their settings.
+
+    Reconstruction terms: ``l1``, ``l2``, ``stft`` (multi-resolution STFT, audio), ``mel``
+    (multi-scale log-mel, audio), ``perceptual`` (VGG features, image / video; needs
+    ``perceptual_weights``). Adversarial terms (once the discriminator starts):
+    ``adversarial``, ``feature_matching``. Every entry of the model's
+    ``TokenizerOutput.losses`` (quantizer, diffusion ...) is added with weight
+    ``aux.get(name, 1.0)``.
+    """
+
+    l1: float = 0.0
+    l2: float = 0.0
+    stft: float = 0.0
+    mel: float = 0.0
+    perceptual: float = 0.0
+    adversarial: float = 0.0
+    feature_matching: float = 0.0
+    gan: str = "hinge"  # hinge | least_squares
+    aux: dict[str, float] = field(default_factory=dict)
+    stft_sizes: list[int] = field(default_factory=lambda: [2048, 1024, 512, 256, 128])
+    mel_windows: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])
+    mel_bins: list[int] = field(default_factory=lambda: [5, 10, 20, 40, 80, 160, 320])
+    perceptual_weights: str | None = None  # local safetensors of torchvision VGG16 features
+    balancer: BalancerConfig = field(default_factory=BalancerConfig)
+
+
+@dataclass
+class OptimizerConfig:
+    """A ``torch.optim`` optimizer with linear warmup and a cosine (or constant) schedule."""
+
+    name: str = "AdamW"  # any class in torch.optim
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    weight_decay: float = 0.0
+    kwargs: dict[str, Any] = field(default_factory=dict)  # more constructor arguments
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # cosine | constant
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    clip_grad_norm: float | None = None  # None: no clipping (the norm is still logged)
+
+
+@dataclass
+class DiscriminatorConfig:
+    """GAN discriminators (none: train with reconstruction losses alone)."""
+
+    networks: list[dict[str, Any]] = field(default_factory=list)  # [{name: msstft, ...}]
+    start_step: int = 0  # generator steps before the adversarial losses start
+    update_every: int = 1  # one discriminator update per this many generator steps
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+
+
+@dataclass
+class TrainConfig:
+    """Length, batch, precision and the rest of the optimisation set-up."""
+
+    steps: int = 100_000  # generator optimizer steps
+    batch_size: int = 8  # items per rank per micro-batch
+    grad_accum: int = 1  # micro-batches per step
+    precision: str = "bf16"  # bf16: autocast on CUDA (fp32 elsewhere) | fp32
+    compile: bool = False  # torch.compile the generator and discriminator
+    seed: int = 0
+    ema_decay: float = 0.999  # EMA of generator weights; 0 disables it
+    find_unused_parameters: bool = False  # DDP option for models with unused branches
+
+
+@dataclass
+class LogConfig:
+    """Logging cadence (in steps); 0 disables a periodic task."""
+
+    every: int = 50  # scalars (mean over the window) to log.jsonl and TensorBoard
+    val_every: int = 1000
+    val_batches: int = 8
+    samples_every: int = 1000  # reconstruction samples (WAV / PNG / MP4)
+    num_samples: int = 4
+    tensorboard: bool = True  # used when the tensorboard package is installed
+    progress: bool = True  # rich progress bar on a terminal (rank 0)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1000
+    keep: int = 3  # most recent checkpoints kept
+
+
+@dataclass
+class Recipe:
+    """A whole recipe. ``base`` is consumed while loading."""
+
+    description: str = ""
+    base: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+def _read_with_base(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
+    """The recipe at ``path`` merged over its ``base`` chain."""
+    path = path.resolve()
+    if path in chain:
+        raise RecipeError(f"{path}: 'base' recipes form a cycle: {' -> '.join(map(str, chain))}")
+    if not path.is_file():
+        raise RecipeError(f"recipe not found: {path}")
+    try:
+        cfg = OmegaConf.load(path)
+    except (OmegaConfBaseException, OSError, ValueError) as err:
+        raise RecipeError(f"{path}: not a readable YAML recipe ({err})") from err
+    if not isinstance(cfg, DictConfig):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections, not a list")
+    base = cfg.pop("base", None)
+    if base is None:
+        return cfg
+    parent = _read_with_base(path.parent / str(base), (*chain, path))
+    return OmegaConf.merge(parent, cfg)  # type: ignore[return-value]
+
+
+def load_recipe(
+    recipe: str | os.PathLike[str] | DictConfig | dict[str, Any],
+    overrides: Sequence[str] = (),
+) -> DictConfig:
+    """Load a recipe file (or a mapping), apply ``key=value`` overrides, check it.
+
+    Args:
+        recipe: a YAML path, or an already built mapping / DictConfig.
+        overrides: dotted overrides such as ``["data.train=/data/speech", "train.steps=500"]``.
+
+    Returns:
+        The merged recipe, with every key of the schema present.
+
+    Raises:
+        RecipeError: unreadable file, unknown key, wrong type, missing required value, or a
+            value outside its choices; the message names the source and the key.
+    """
+    source = str(recipe) if isinstance(recipe, (str, os.PathLike)) else "<recipe>"
+    try:
+        if isinstance(recipe, (str, os.PathLike)):
+            loaded: DictConfig = _read_with_base(Path(recipe))
+        else:
+            loaded = OmegaConf.create(recipe)  # type: ignore[assignment]
+            loaded.pop("base", None)
+        for item in overrides:
+            if "=" not in item:
+                raise RecipeError(f"override {item!r} is not of the form key=value")
+        cli = OmegaConf.from_dotlist(list(overrides))
+        merged = OmegaConf.merge(OmegaConf.structured(Recipe), loaded, cli)
+    except OmegaConfBaseException as err:
+        raise RecipeError(f"{source}: {_omegaconf_message(err)}") from err
+    assert isinstance(merged, DictConfig)
+    validate(merged, source)
+    return merged
+
+
+def _omegaconf_message(err: OmegaConfBaseException) -> str:
+    # OmegaConf appends "full_key: ... object_type=..." lines; keep the sentence and the key.
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    key = getattr(err, "full_key", None)
+    text = lines[0] if lines else type(err).__name__
+    return f"{text} (key: {key})" if key else text
+
+
+def _check(condition: bool, source: str, key: str, problem: str) -> None:
+    if not condition:
+        raise RecipeError(f"{source}: {key}: {problem}")
+
+
+def validate(cfg: DictConfig, source: str = "<recipe>") -> None:
+    """Check what types alone cannot: choices, ranges, required values, known names."""
+    from anytok.decoders.gan import DISCRIMINATORS, GAN_LOSSES
+    from anytok.registry import UnknownModelError, get_arch
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    _check(not missing, source, ", ".join(missing), "required but not set (pass key=value)")
+    try:
+        get_arch(cfg.model.name)
+    except UnknownModelError as err:
+        raise RecipeError(f"{source}: model.name: {err}") from err
+    train = cfg.train
+    _check(train.steps > 0, source, "train.steps", "must be positive")
+    _check(train.batch_size > 0, source, "train.batch_size", "must be positive")
+    _check(train.grad_accum > 0, source, "train.grad_accum", "must be positive")
+    _check(train.precision in PRECISIONS, source, "train.precision", f"one of {PRECISIONS}")
+    _check(0 <= train.ema_decay < 1, source, "train.ema_decay", "must be in [0, 1)")
+    _check(cfg.loss.gan in GAN_LOSSES, source, "loss.gan", f"one of {GAN_LOSSES}")
+    for name in ("l1", "l2", "stft", "mel", "perceptual", "adversarial", "feature_matching"):
+        _check(cfg.loss[name] >= 0, source, f"loss.{name}", "weights cannot be negative")
+    _check(
+        cfg.loss.perceptual == 0 or cfg.loss.perceptual_weights is not None,
+        source,
+        "loss.perceptual_weights",
+        "the perceptual loss needs a local VGG16 weights file (see docs/training.md)",
+    )
+    _check(len(cfg.loss.mel_windows) == len(cfg.loss.mel_bins), source, "loss.mel_bins",
+           "needs one entry per loss.mel_windows entry")  # fmt: skip
+    _check(0 <= cfg.data.val_fraction < 1, source, "data.val_fraction", "must be in [0, 1)")
+    _check(cfg.data.segment_seconds > 0, source, "data.segment_seconds", "must be positive")
+    _check(cfg.data.clip_frames > 0, source, "data.clip_frames", "must be positive")
+    crop = cfg.data.crop_size
+    _check(crop is None or len(crop) == 2, source, "data.crop_size", "is [height, width]")
+    for key in ("gain_db", "scale"):
+        _check(len(cfg.data.augment[key]) == 2, source, f"data.augment.{key}", "is [low, high]")
+    optimizers = [("optimizer", cfg.optimizer)]
+    disc = cfg.discriminator
+    if disc.networks:
+        optimizers.append(("discriminator.optimizer", disc.optimizer))
+        _check(disc.update_every >= 1, source, "discriminator.update_every", "must be >= 1")
+        _check(disc.start_step >= 0, source, "discriminator.start_step", "must be >= 0")
+        for i, net in enumerate(disc.networks):
+            _check(
+                net.get("name") in DISCRIMINATORS,
+                source,
+                f"discriminator.networks[{i}].name",
+                f"one of {', '.join(sorted(DISCRIMINATORS))}, got {net.get('name')!r}",
+            )
+    for key, opt in optimizers:
+        cls = getattr(torch.optim, opt.name, None)
+        _check(
+            inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer),
+            source,
+            f"{key}.name",
+            f"{opt.name!r} is not an optimizer in torch.optim",
+        )
+        _check(opt.schedule in SCHEDULES, source, f"{key}.schedule", f"one of {SCHEDULES}")
+        _check(opt.lr > 0, source, f"{key}.lr", "must be positive")
+        _check(opt.warmup_steps >= 0, source, f"{key}.warmup_steps", "must be >= 0")
+    for key in ("every", "val_every", "samples_every", "val_batches", "num_samples"):
+        _check(cfg.log[key] >= 0, source, f"log.{key}", "must be >= 0")
+    _check(cfg.checkpoint.every >= 0, source, "checkpoint.every", "must be >= 0")
+    _check(cfg.checkpoint.keep >= 1, source, "checkpoint.keep", "must be >= 1")
+
+
+def data_sources(value: Any) -> list[str]:
+    """``data.train`` / ``data.val`` as a list of paths (a single string is one source)."""
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        return [str(value)]
+    return [str(v) for v in value]
+
+
+def to_dict(cfg: DictConfig) -> dict[str, Any]:
+    """A plain, resolved ``dict`` of (part of) a recipe."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+__all__ = [
+    "PRECISIONS",
+    "SCHEDULES",
+    "AugmentConfig",
+    "BalancerConfig",
+    "CheckpointConfig",
+    "DataConfig",
+    "DiscriminatorConfig",
+    "LogConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "Recipe",
+    "RecipeError",
+    "TrainConfig",
+    "data_sources",
+    "load_recipe",
+    "to_dict",
+    "validate",
+]

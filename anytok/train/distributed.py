@@ -1,0 +1,110 @@
+"""torch.distributed set-up for ``torchrun``: process group, device, rank helpers.
+
+``torchrun --nproc_per_node N -m anytok.cli train ...`` sets ``RANK``, ``WORLD_SIZE`` and
+``LOCAL_RANK``; one process per device then trains with DistributedDataParallel. NCCL on
+CUDA, gloo on the CPU. Without those variables everything here is a no-op on one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: ``rank`` of ``world_size``, its ``device``."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process that logs and writes files."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None = None) -> DistInfo:
+    """Join the process group torchrun describes (if any) and pick this process's device.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:K"``; None picks CUDA when available. Under
+            torchrun, CUDA means ``cuda:LOCAL_RANK``.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    wanted = torch.device(device) if device else None
+    use_cuda = torch.cuda.is_available() if wanted is None else wanted.type == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device}: CUDA is not available on this machine")
+    if use_cuda:
+        index = local_rank if world > 1 or wanted is None or wanted.index is None else wanted.index
+        resolved = torch.device("cuda", index)
+        torch.cuda.set_device(resolved)
+    else:
+        resolved = wanted or torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=resolved)
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group (safe to call when there is none)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def all_reduce_mean(values: Tensor, info: DistInfo) -> Tensor:
+    """Mean of ``values`` over ranks (a copy; identity on one process)."""
+    if not info.distributed:
+        return values
+    out = values.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / info.world_size
+
+
+def gather_bytes(data: bytes, info: DistInfo) -> list[bytes]:
+    """Every rank's ``data``, in rank order (on every rank).
+
+    Sent as uint8 tensors (padded to the longest), never pickled objects.
+    """
+    if not info.distributed:
+        return [data]
+    # NCCL only moves CUDA tensors; gloo moves CPU ones.
+    device = info.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    payload = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)
+    size = torch.tensor([payload.numel()], device=device)
+    sizes = [torch.zeros_like(size) for _ in range(info.world_size)]
+    dist.all_gather(sizes, size)
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros(longest, dtype=torch.uint8, device=device)
+    padded[: payload.numel()] = payload
+    gathered = [torch.zeros_like(padded) for _ in range(info.world_size)]
+    dist.all_gather(gathered, padded)
+    return [bytes(g[: int(s.item())].cpu().numpy()) for g, s in zip(gathered, sizes)]
+
+
+__all__ = [
+    "DistInfo",
+    "all_reduce_mean",
+    "barrier",
+    "cleanup_distributed",
+    "gather_bytes",
+    "init_distributed",
+]

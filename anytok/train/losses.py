@@ -1,0 +1,341 @@
+"""Reconstruction losses and EnCodec's gradient balancer.
+
+* :class:`MultiResolutionSTFTLoss`: spectral convergence + log-magnitude L1 at several FFT
+  sizes (Parallel WaveGAN, https://arxiv.org/abs/1910.11480).
+* :class:`MultiScaleMelLoss`: L1 between log-mel spectrograms at several window sizes (DAC,
+  https://arxiv.org/abs/2306.06546).
+* :class:`VGGPerceptualLoss`: LPIPS-style distance on VGG16 features
+  (https://arxiv.org/abs/1801.03924) from a local weights file, for images and video.
+* :class:`ReconstructionLoss`: the weighted set a recipe asks for.
+* :class:`LossBalancer`: EnCodec's balancer (https://arxiv.org/abs/2210.13438, section 3.4).
+
+Spectral losses run in fp32 with autocast off: cuFFT has no bf16 kernels and log-magnitudes
+need the range.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torchaudio
+from einops import rearrange
+from safetensors.torch import load_file
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from anytok.quantizers.distributed import all_reduce_mean_
+
+
+def _fp32(x: Tensor) -> Tensor:
+    return x.float()
+
+
+def _long_enough(audio: Tensor, n_fft: int) -> Tensor:
+    """Zero-pad so a centred STFT (reflect padding of ``n_fft // 2``) is defined."""
+    needed = n_fft // 2 + 1
+    return F.pad(audio, (0, needed - audio.shape[-1])) if audio.shape[-1] < needed else audio
+
+
+class MultiResolutionSTFTLoss(nn.Module):
+    """``mean over FFT sizes of [ ||S - Ŝ||_F / ||S||_F + mean |log S - log Ŝ| ]`` where
+    ``S`` are STFT magnitudes of ``(b, c, t)`` audio (hop = size / 4, Hann window)."""
+
+    def __init__(self, fft_sizes: Sequence[int] = (2048, 1024, 512, 256, 128)):
+        super().__init__()
+        self.fft_sizes = tuple(fft_sizes)
+        self.spectrograms = nn.ModuleList(
+            torchaudio.transforms.Spectrogram(n_fft=n, win_length=n, hop_length=n // 4, power=1.0)
+            for n in self.fft_sizes
+        )
+
+    def forward(self, reconstruction: Tensor, target: Tensor) -> Tensor:
+        total = reconstruction.new_zeros((), dtype=torch.float32)
+        with torch.autocast(reconstruction.device.type, enabled=False):
+            for n_fft, spec in zip(self.fft_sizes, self.spectrograms):
+                s_hat = spec(_long_enough(_fp32(reconstruction), n_fft)).clamp_min(1e-7)
+                s = spec(_long_enough(_fp32(target), n_fft)).clamp_min(1e-7)
+                convergence = torch.linalg.vector_norm(s - s_hat) / torch.linalg.vector_norm(
+                    s
+                ).clamp_min(1e-7)
+                total = total + convergence + F.l1_loss(s_hat.log(), s.log())
+        return total / len(self.fft_sizes)
+
+
+class MultiScaleMelLoss(nn.Module):
+    """``mean over windows of mean |log10 M - log10 M̂|`` for mel magnitudes ``M`` of
+    ``(b, c, t)`` audio (hop = window / 4, ``n_mels`` bins per window)."""
+
+    def __init__(
+        self,
+        sample_rate: int,
+        windows: Sequence[int] = (32, 64, 128, 256, 512, 1024, 2048),
+        n_mels: Sequence[int] = (5, 10, 20, 40, 80, 160, 320),
+    ):
+        super().__init__()
+        self.windows = tuple(windows)
+        self.mels = nn.ModuleList(
+            torchaudio.transforms.MelSpectrogram(
+                sample_rate=sample_rate,
+                n_fft=w,
+                win_length=w,
+                hop_length=w // 4,
+                n_mels=m,
+                power=1.0,
+            )
+            for w, m in zip(windows, n_mels)
+        )
+
+    def forward(self, reconstruction: Tensor, target: Tensor) -> Tensor:
+        total = reconstruction.new_zeros((), dtype=torch.float32)
+        with torch.autocast(reconstruction.device.type, enabled=False):
+            for window, mel in zip(self.windows, self.mels):
+                m_hat = mel(_long_enough(_fp32(reconstruction), window)).clamp_min(1e-5).log10()
+                m = mel(_long_enough(_fp32(target), window)).clamp_min(1e-5).log10()
+                total = total + F.l1_loss(m_hat, m)
+        return total / len(self.windows)
+
+
+class VGGPerceptualLoss(nn.Module):
+    """LPIPS-style perceptual distance on torchvision VGG16 features, weights from a file.
+
+    Nothing is downloaded: ``weights`` is a safetensors file with the ``features.*`` entries
+    of ``torchvision.models.vgg16`` (see docs/training.md for the one-line export), and
+    optionally LPIPS's linear heads as ``lin.<i>.weight`` ``(1, C_i, 1, 1)``; without them
+    every channel weighs alike. Features are unit-normalised per position, so the distance is
+    ``sum over layers of mean over positions of sum_c w_c (f̂ - f)^2``.
+
+    Images ``(b, 3, H, W)`` or video ``(b, 3, T, H, W)`` (frames are scored separately), in
+    [-1, 1].
+    """
+
+    # Outputs of relu1_2, relu2_2, relu3_3, relu4_3 and relu5_3 in vgg16().features.
+    TAPS = (3, 8, 15, 22, 29)
+    CHANNELS = (64, 128, 256, 512, 512)
+
+    def __init__(self, weights: str | os.PathLike[str]):
+        super().__init__()
+        from torchvision.models.vgg import cfgs, make_layers
+
+        self.features = make_layers(cfgs["D"])[: self.TAPS[-1] + 1]
+        state = load_file(os.fspath(weights))
+        features = {
+            k.removeprefix("features."): v for k, v in state.items() if not k.startswith("lin.")
+        }
+        features = {k: v for k, v in features.items() if int(k.split(".")[0]) <= self.TAPS[-1]}
+        self.features.load_state_dict(features, strict=True)
+        lin = [
+            state.get(f"lin.{i}.weight", torch.ones(1, c, 1, 1))
+            for i, c in enumerate(self.CHANNELS)
+        ]
+        self.register_buffer("lin", torch.cat([w.flatten() for w in lin]), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False
+        )
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> VGGPerceptualLoss:
+        return super().train(False)  # a fixed feature extractor: always in eval mode
+
+    def forward(self, reconstruction: Tensor, target: Tensor) -> Tensor:
+        if reconstruction.ndim == 5:
+            reconstruction = rearrange(reconstruction, "b c t h w -> (b t) c h w")
+            target = rearrange(target, "b c t h w -> (b t) c h w")
+        x = torch.cat([reconstruction, target]).float()
+        x = ((x + 1) / 2 - self.mean) / self.std
+        total = x.new_zeros(())
+        offset = 0
+        taps = iter(self.TAPS)
+        tap = next(taps)
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index != tap:
+                continue
+            f_hat, f = x.chunk(2)
+            f_hat = f_hat / f_hat.norm(dim=1, keepdim=True).clamp_min(1e-10)
+            f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-10)
+            weight = self.lin[offset : offset + x.shape[1]].view(1, -1, 1, 1)
+            total = total + ((f_hat - f) ** 2 * weight).sum(dim=1).mean()
+            offset += x.shape[1]
+            tap = next(taps, -1)
+        return total
+
+
+RECONSTRUCTION_TERMS = ("l1", "l2", "stft", "mel", "perceptual")
+
+
+class ReconstructionLoss(nn.Module):
+    """The reconstruction terms a recipe weights above zero.
+
+    Args:
+        weights: ``{"l1": w, "l2": w, "stft": w, "mel": w, "perceptual": w}``; terms with
+            weight 0 are not computed.
+        modality: ``"audio"``, ``"image"`` or ``"video"`` (spectral terms are audio only,
+            perceptual image / video only).
+        sample_rate: audio sample rate (mel filterbanks).
+        stft_sizes, mel_windows, mel_bins: see :class:`MultiResolutionSTFTLoss` and
+            :class:`MultiScaleMelLoss`.
+        perceptual_weights: VGG16 weights file for :class:`VGGPerceptualLoss`.
+    """
+
+    def __init__(
+        self,
+        weights: Mapping[str, float],
+        modality: str,
+        sample_rate: int | None = None,
+        *,
+        stft_sizes: Sequence[int] = (2048, 1024, 512, 256, 128),
+        mel_windows: Sequence[int] = (32, 64, 128, 256, 512, 1024, 2048),
+        mel_bins: Sequence[int] = (5, 10, 20, 40, 80, 160, 320),
+        perceptual_weights: str | os.PathLike[str] | None = None,
+    ):
+        super().__init__()
+        self.weights = {k: float(weights[k]) for k in RECONSTRUCTION_TERMS if weights.get(k, 0.0)}
+        self.modality = modality
+        if modality != "audio" and ({"stft", "mel"} & set(self.weights)):
+            raise ValueError(f"loss.stft and loss.mel apply to audio only, not {modality}")
+        if modality == "audio" and "perceptual" in self.weights:
+            raise ValueError("loss.perceptual applies to images and video only")
+        self.stft = MultiResolutionSTFTLoss(stft_sizes) if "stft" in self.weights else None
+        self.mel = None
+        if "mel" in self.weights:
+            if sample_rate is None:
+                raise ValueError("the mel loss needs the sample rate")
+            self.mel = MultiScaleMelLoss(sample_rate, mel_windows, mel_bins)
+        self.perceptual = None
+        if "perceptual" in self.weights:
+            if perceptual_weights is None:
+                raise ValueError("the perceptual loss needs perceptual_weights (a local file)")
+            self.perceptual = VGGPerceptualLoss(perceptual_weights)
+
+    def forward(
+        self, reconstruction: Tensor, target: Tensor, lengths: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Unweighted terms ``{name: scalar}`` for ``(b, ...)`` media.
+
+        For audio, samples past each item's ``lengths`` (padding) are zeroed in the
+        reconstruction too, so padding is neither learned nor penalised.
+        """
+        reconstruction = reconstruction.float()
+        target = target.float()
+        if self.modality == "audio" and lengths is not None:
+            positions = torch.arange(target.shape[-1], device=target.device)
+            mask = (positions[None, :] < lengths[:, None]).unsqueeze(1)
+            reconstruction = reconstruction * mask
+        terms: dict[str, Tensor] = {}
+        if "l1" in self.weights:
+            terms["l1"] = F.l1_loss(reconstruction, target)
+        if "l2" in self.weights:
+            terms["l2"] = F.mse_loss(reconstruction, target)
+        if self.stft is not None:
+            terms["stft"] = self.stft(reconstruction, target)
+        if self.mel is not None:
+            terms["mel"] = self.mel(reconstruction, target)
+        if self.perceptual is not None:
+            terms["perceptual"] = self.perceptual(reconstruction, target)
+        return terms
+
+    def total(self, terms: Mapping[str, Tensor]) -> Tensor:
+        """``sum_k weight_k * term_k``: the logged ``loss/reconstruction``."""
+        weighted = [self.weights[k] * v for k, v in terms.items() if k in self.weights]
+        # A 0-dim CPU zero adds to tensors on any device (e.g. a diffusion-only model).
+        return torch.stack(weighted).sum() if weighted else torch.zeros(())
+
+
+class LossBalancer:
+    """EnCodec's gradient balancer: each loss gets a share of the gradient on the model
+    output in proportion to its weight, whatever its scale.
+
+    For losses ``l_i`` with weights ``w_i`` on output ``y``, the gradient sent back is
+    ``sum_i (w_i / sum_j w_j) * total_norm * g_i / ema(||g_i||)`` with ``g_i = dl_i/dy`` and
+    ``||.||`` the per-item L2 norm averaged over the batch (and over ranks). Losses that do
+    not depend on ``y`` (quantizer, diffusion) are back-propagated unchanged alongside.
+
+    Args:
+        weights: ``{name: weight}`` of the balanced losses.
+        total_norm: norm of the combined gradient.
+        ema_decay: decay of the running gradient norms.
+    """
+
+    def __init__(
+        self, weights: Mapping[str, float], total_norm: float = 1.0, ema_decay: float = 0.999
+    ):
+        self.weights = dict(weights)
+        self.total_norm = total_norm
+        self.ema_decay = ema_decay
+        # Bias-corrected running means: sums and normalisers, as audiocraft's averager.
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+
+    def backward(
+        self,
+        losses: Mapping[str, Tensor],
+        output: Tensor,
+        other: Tensor | None = None,
+        scale: float = 1.0,
+    ) -> dict[str, float]:
+        """Back-propagate the balanced gradient (times ``scale``, e.g. ``1 / grad_accum``)
+        and ``other * scale``; return the gradient norms ``{name: float}``."""
+        active = {k: v for k, v in losses.items() if self.weights.get(k, 0.0) > 0}
+        if not active:
+            raise ValueError("LossBalancer.backward: no loss with a positive weight")
+        grads = {}
+        for name, loss in active.items():
+            (grads[name],) = torch.autograd.grad(loss, [output], retain_graph=True)
+        norms = torch.stack([g.flatten(1).norm(dim=1).mean() for g in grads.values()]).float()
+        norms = all_reduce_mean_(norms)
+        total_weight = sum(self.weights[k] for k in active)
+        combined = torch.zeros_like(output)
+        out_norms = {}
+        for (name, grad), norm in zip(grads.items(), norms.tolist()):
+            self.sums[name] = self.sums.get(name, 0.0) * self.ema_decay + norm
+            self.counts[name] = self.counts.get(name, 0.0) * self.ema_decay + 1.0
+            average = self.sums[name] / self.counts[name]
+            ratio = self.weights[name] / total_weight
+            combined.add_(grad, alpha=ratio * self.total_norm / (average + 1e-12))
+            out_norms[name] = norm
+        tensors, grad_tensors = [output], [combined * scale]
+        if other is not None and other.requires_grad:
+            tensors.append(other)
+            grad_tensors.append(torch.full_like(other, scale))
+        torch.autograd.backward(tensors, grad_tensors)
+        return out_norms
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.sums = {k: float(v) for k, v in state["sums"].items()}
+        self.counts = {k: float(v) for k, v in state["counts"].items()}
+
+
+def lr_of(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def finite_or_raise(value: Tensor, what: str, step: int) -> None:
+    """Stop with a clear message when a loss is NaN or infinite (training cannot recover)."""
+    if not math.isfinite(float(value)):
+        raise FloatingPointError(
+            f"step {step}: {what} is {float(value)}; lower the learning rate, enable "
+            "optimizer.clip_grad_norm, or use train.precision=fp32 to find the cause"
+        )
+
+
+__all__ = [
+    "RECONSTRUCTION_TERMS",
+    "LossBalancer",
+    "MultiResolutionSTFTLoss",
+    "MultiScaleMelLoss",
+    "ReconstructionLoss",
+    "VGGPerceptualLoss",
+    "finite_or_raise",
+    "lr_of",
+]
