@@ -16,10 +16,11 @@ from anytok.registry import (
     load,
     register,
 )
-from anytok.tokens import Tokens, TokenSpec
+from anytok.tokens import LMVocab, Tokens, TokenSpec
 
 __all__ = [
     "DEFAULT_MODELS",
+    "LMVocab",
     "PretrainedCfg",
     "TokenSpec",
     "Tokens",

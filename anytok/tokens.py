@@ -703,9 +703,12 @@ class Tokens:
         suffix = _suffix(path, "Tokens.save")
         self._check_codes(f"Tokens.save({path})")
         codes = torch.where(self.valid_mask().unsqueeze(1), self.codes, 0)
-        arrays = {"codes": codes.detach().cpu().numpy().astype(self.spec.storage_dtype)}
+        # C order: safetensors writes the raw buffer, and astype keeps a view's strides.
+        codes = codes.detach().cpu().contiguous().numpy()
+        arrays = {"codes": np.ascontiguousarray(codes.astype(self.spec.storage_dtype))}
         if self.lengths is not None:
-            arrays["lengths"] = self.lengths.detach().cpu().numpy().astype(np.int64)
+            lengths = self.lengths.detach().cpu().contiguous().numpy()
+            arrays["lengths"] = np.ascontiguousarray(lengths.astype(np.int64))
         spec_json = self.spec.to_json()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:

@@ -589,3 +589,19 @@ def test_save_load_largest_codebook(tmp_path: Path, ext: str) -> None:
     assert Tokens.load(path).codes.tolist() == [[[2**63 - 1, 0], [1, 0]]]
     with pytest.raises(ValueError, match="do not fit in int64"):
         LMVocab.from_spec(spec)
+
+
+@pytest.mark.parametrize("ext", SAVE_EXTENSIONS)
+def test_non_contiguous_codes(tmp_path: Path, ext: str) -> None:
+    """Codecs hand out transposed views (e.g. ``(b, t, levels)`` permuted): layout must not leak."""
+    spec = TokenSpec("audio", (125, 300), ("time",), frame_rate=50.0)
+    base = torch.stack([torch.arange(7), 100 + torch.arange(7)], dim=1)  # (t, levels)
+    codes = base.T.unsqueeze(0).expand(2, -1, -1)  # (2, 2, 7), strided view
+    assert not codes.is_contiguous()
+    tokens = Tokens(codes, spec, torch.tensor([7, 4]))
+    back = Tokens.load(tokens.save(tmp_path / f"v{ext}"))
+    assert_same_tokens(back, tokens, from_ids=False)
+    vocab = LMVocab.from_spec(spec)
+    for pattern in PATTERNS:
+        ids = tokens.to_lm_ids(vocab, pattern)
+        assert Tokens.from_lm_ids(ids, spec, vocab, pattern, shape=(7,)).equal(tokens)

@@ -37,6 +37,7 @@ class ModelConfig:
     name: str = MISSING  # registry architecture, e.g. seanet_fsq_24khz
     tiny: bool = False  # apply the architecture's tiny test configuration first
     config: dict[str, Any] = field(default_factory=dict)  # constructor overrides
+    init_from: str | None = None  # start from these weights: arch.tag, a folder, hf-hub:...
 
 
 @dataclass

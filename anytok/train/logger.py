@@ -88,7 +88,8 @@ class RunLogger:
             os.replace(tmp, path)
         elif path.exists():
             path.unlink()
-        self._file = open(path, "a", buffering=1)  # line-buffered: a kill loses at most a line
+        # Line-buffered: a killed run loses at most the line being written. Closed in close().
+        self._file = open(path, "a", buffering=1)  # noqa: SIM115
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -98,7 +99,9 @@ class RunLogger:
                     "(pip install tensorboard); log.jsonl has every scalar"
                 )
             else:
-                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_step)
+                self.writer = SummaryWriter(
+                    str(self.run_dir / "tensorboard"), purge_step=resume_step
+                )
 
     def scalars(self, step: int, values: Mapping[str, float | Tensor]) -> None:
         """Record scalars at ``step`` (NaN and infinities are written as JSON ``null``)."""
@@ -155,12 +158,16 @@ class StepProgress:
                 TextColumn("{task.fields[status]}"),
                 console=console,
             )
-            self.task = self.progress.add_task("train", total=total, completed=start, rate="", status="")
+            self.task = self.progress.add_task(
+                "train", total=total, completed=start, rate="", status=""
+            )
             self.progress.start()
 
     def update(self, step: int, items_per_s: float, status: str = "") -> None:
         if self.progress is not None:
-            self.progress.update(self.task, completed=step, rate=f"{items_per_s:.1f} items/s", status=status)
+            self.progress.update(
+                self.task, completed=step, rate=f"{items_per_s:.1f} items/s", status=status
+            )
 
     def line(self, step: int, total: int, status: str) -> None:
         """The per-log-step line when there is no live bar."""

@@ -38,6 +38,23 @@ def _spectrogram_input(audio: Tensor, n_fft: int, centred: bool) -> Tensor:
     return audio
 
 
+def _spectrogram(n_fft: int, hop_length: int, win_length: int, **kwargs: object) -> nn.Module:
+    """torchaudio's complex spectrogram with its Hann window kept out of the state dict: a
+    constant, and a view that safetensors would refuse to save."""
+    spec = torchaudio.transforms.Spectrogram(
+        n_fft=n_fft,
+        win_length=win_length,
+        hop_length=hop_length,
+        window_fn=torch.hann_window,
+        power=None,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    window = spec.window.clone()
+    del spec.window
+    spec.register_buffer("window", window, persistent=False)
+    return spec
+
+
 # --------------------------------------------------------------------------- multi-period
 
 
@@ -143,14 +160,8 @@ class STFTDiscriminator(nn.Module):
     ):
         super().__init__()
         self.n_fft = n_fft
-        self.spectrogram = torchaudio.transforms.Spectrogram(
-            n_fft=n_fft,
-            win_length=win_length,
-            hop_length=hop_length,
-            window_fn=torch.hann_window,
-            normalized=True,
-            center=False,
-            power=None,
+        self.spectrogram = _spectrogram(
+            n_fft, hop_length, win_length, normalized=True, center=False
         )
         kernel_size = tuple(kernel_size)
         square = (kernel_size[0], kernel_size[0])
@@ -258,14 +269,7 @@ class BandSTFTDiscriminator(nn.Module):
     ):
         super().__init__()
         self.n_fft = n_fft
-        self.spectrogram = torchaudio.transforms.Spectrogram(
-            n_fft=n_fft,
-            win_length=n_fft,
-            hop_length=n_fft // 4,
-            window_fn=torch.hann_window,
-            center=True,
-            power=None,
-        )
+        self.spectrogram = _spectrogram(n_fft, n_fft // 4, n_fft, center=True)
         bins = n_fft // 2 + 1
         self.bands = [(int(lo * bins), int(hi * bins)) for lo, hi in bands]
         if any(hi <= lo for lo, hi in self.bands):

@@ -1,0 +1,65 @@
+"""Export a training run's generator as a plain anytok checkpoint (``anytok.load`` opens it)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from anytok.checkpoint import load_checkpoint, save_checkpoint
+from anytok.train.loop import RECIPE_NAME
+from anytok.train.state import latest_checkpoint
+
+
+def export_run(
+    run_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    use_ema: bool = True,
+    checkpoint: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write the EMA (or raw) generator of a run's newest checkpoint to ``out_dir``.
+
+    Args:
+        run_dir: a folder ``anytok train`` wrote.
+        out_dir: destination; gets ``config.json`` and ``model.safetensors``. The config's
+            ``extra`` records the run, step, which weights, and the recipe.
+        use_ema: export the EMA weights (the usual choice) or the raw ones.
+        checkpoint: a specific ``checkpoints/step_*`` folder instead of the newest.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        FileNotFoundError: the run has no checkpoint yet.
+        ValueError: ``use_ema`` for a run trained without an EMA.
+    """
+    run = Path(run_dir)
+    source = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run)
+    if source is None or not (source / "state.json").is_file():
+        raise FileNotFoundError(
+            f"{run}: no complete checkpoint to export (see {run / 'checkpoints'})"
+        )
+    weights = source / "ema" if use_ema else source
+    if use_ema and not (weights / "config.json").is_file():
+        raise ValueError(
+            f"{source} has no EMA weights (trained with train.ema_decay: 0); export the raw "
+            "weights instead (use_ema=False, or --no-ema)"
+        )
+    model = load_checkpoint(weights)
+    summary = json.loads((source / "state.json").read_text())
+    step = int(summary["step"])
+    model.anytok_tag = f"{run.resolve().name}.step{step}"  # type: ignore[assignment]
+    recipe_file = run / RECIPE_NAME
+    recipe = OmegaConf.to_container(OmegaConf.load(recipe_file)) if recipe_file.is_file() else None
+    extra = {
+        "run_dir": str(run.resolve()),
+        "step": step,
+        "weights": "ema" if use_ema else "raw",
+        "recipe": recipe,
+    }
+    return save_checkpoint(model, out_dir, extra=extra)
+
+
+__all__ = ["export_run"]

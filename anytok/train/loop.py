@@ -1,0 +1,725 @@
+"""The training loop: one function that reads top to bottom (setup, train loop, save,
+cleanup), no trainer class and no callbacks.
+
+Each step:
+
+1. **Generator**: ``grad_accum`` micro-batches through the tokenizer; reconstruction terms,
+   then (once ``discriminator.start_step`` is reached) adversarial and feature-matching terms
+   through a frozen discriminator, plus every entry of ``TokenizerOutput.losses`` (quantizer
+   losses; ``"diffusion"`` for diffusion / flow-matching decoders). Backward (optionally
+   through EnCodec's gradient balancer), clip, optimizer and scheduler step, EMA update.
+2. **Discriminator**, every ``discriminator.update_every`` steps once started: real and
+   (detached) reconstructed media of the same micro-batches in one forward, hinge or
+   least-squares loss, clip, step.
+3. Log (``log.every``), validate (``log.val_every``), write samples (``log.samples_every``),
+   checkpoint (``checkpoint.every``); each also at the last step.
+
+Under ``torchrun`` the generator and discriminator are wrapped in DistributedDataParallel;
+every rank runs the same code and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import os
+import random
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim import lr_scheduler
+from torch.utils.data import DataLoader, DistributedSampler
+
+from anytok.checkpoint import load_state_dict_strict
+from anytok.codecs.base import Tokenizer
+from anytok.data import (
+    AudioSegments,
+    Augment,
+    Batch,
+    ImageCrops,
+    MediaDataset,
+    ResumableSampler,
+    VideoClips,
+    collate,
+    scan_sources,
+    split_items,
+)
+from anytok.decoders.gan import (
+    build_discriminator,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_loss,
+)
+from anytok.pipeline import OUTPUT_EXTENSION, autocast_for, save_media
+from anytok.registry import create_model
+from anytok.train.config import RecipeError, data_sources, load_recipe, to_dict
+from anytok.train.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    cleanup_distributed,
+    gather_bytes,
+    init_distributed,
+)
+from anytok.train.ema import make_ema, update_ema
+from anytok.train.logger import RunLogger, StepProgress
+from anytok.train.losses import LossBalancer, ReconstructionLoss, finite_or_raise
+from anytok.train.state import (
+    latest_checkpoint,
+    load_training_checkpoint,
+    rng_state,
+    save_training_checkpoint,
+    tree_bytes,
+)
+
+RECIPE_NAME = "recipe.yaml"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` leaves behind.
+
+    Attributes:
+        run_dir: the run's folder (log, samples, checkpoints).
+        step: steps completed.
+        model: the trained generator (unwrapped).
+        ema: the EMA generator, or None when ``train.ema_decay`` is 0.
+        checkpoint: the last checkpoint written (None on ranks other than 0).
+    """
+
+    run_dir: Path
+    step: int
+    model: Tokenizer
+    ema: Tokenizer | None
+    checkpoint: Path | None
+
+
+def default_run_dir(recipe: Any) -> Path:
+    """``runs/<recipe file name>`` for a recipe path (relative to the working directory)."""
+    if isinstance(recipe, (str, os.PathLike)):
+        return Path("runs") / Path(recipe).stem
+    raise RecipeError("a recipe given as a mapping needs an explicit run_dir")
+
+
+def train(
+    recipe: str | os.PathLike[str] | DictConfig | Mapping[str, Any],
+    run_dir: str | os.PathLike[str] | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+    device: str | None = None,
+) -> TrainResult:
+    """Train the tokenizer a recipe describes.
+
+    Args:
+        recipe: a YAML recipe path, or a recipe mapping.
+        run_dir: where the run writes (default ``runs/<recipe name>``).
+        overrides: dotted ``key=value`` overrides applied on top of the recipe.
+        resume: continue from the newest checkpoint in ``run_dir`` (a fresh start, with a
+            note, when there is none yet).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:K"``; default CUDA when available.
+
+    Raises:
+        RecipeError: the recipe is invalid, or ``run_dir`` holds a run and ``resume`` is off.
+        FileNotFoundError: the training data is missing.
+        anytok.data.DataError: too many files in a row failed to load.
+    """
+    # ====================================================================== setup
+    cfg = load_recipe(recipe if not isinstance(recipe, Mapping) else dict(recipe), overrides)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    info = init_distributed(device)
+    device_ = info.device
+    logger: RunLogger | None = None
+    progress: StepProgress | None = None
+    try:
+        checkpoint = latest_checkpoint(run_dir) if resume else None
+        if info.is_main:
+            _prepare_run_dir(run_dir, cfg, resume)
+        barrier(info)
+        start_step = _step_of(checkpoint)
+        logger = RunLogger(
+            run_dir,
+            enabled=info.is_main,
+            tensorboard=cfg.log.tensorboard,
+            resume_step=start_step if resume else None,
+        )
+        if resume and checkpoint is None:
+            logger.note(f"no checkpoint in {run_dir} yet: starting from step 0")
+        elif checkpoint is not None:
+            logger.note(f"resuming from {checkpoint}")
+        tc, lc, dc = cfg.train, cfg.loss, cfg.discriminator
+
+        # ---- models: generator (+ EMA), discriminator, losses
+        _seed_everything(tc.seed)
+        model: Tokenizer = create_model(
+            cfg.model.name, tiny=cfg.model.tiny, seed=tc.seed, **to_dict(cfg.model.config)
+        )  # type: ignore[assignment]
+        if cfg.model.init_from:
+            from anytok.registry import load
+
+            source = load(cfg.model.init_from)
+            load_state_dict_strict(
+                model, source.state_dict(), f"model.init_from={cfg.model.init_from}"
+            )
+        model.anytok_tag = f"run-{run_dir.resolve().name}"  # type: ignore[assignment]
+        model.to(device_).train()
+        ema = make_ema(model, tc.ema_decay) if tc.ema_decay > 0 else None
+        disc: nn.Module | None = None
+        if dc.networks:
+            channels = model.channels if model.modality == "audio" else 3  # type: ignore[attr-defined]
+            disc = build_discriminator(to_dict(dc.networks), channels=channels).to(device_).train()
+        recon_loss = ReconstructionLoss(
+            {k: lc[k] for k in ("l1", "l2", "stft", "mel", "perceptual")},
+            model.modality,
+            sample_rate=getattr(model, "sample_rate", None),
+            stft_sizes=list(lc.stft_sizes),
+            mel_windows=list(lc.mel_windows),
+            mel_bins=list(lc.mel_bins),
+            perceptual_weights=lc.perceptual_weights,
+        ).to(device_)
+        gan_weights = {"adversarial": lc.adversarial, "feature_matching": lc.feature_matching}
+        weights = {**recon_loss.weights, **{k: v for k, v in gan_weights.items() if v > 0}}
+        aux_weights: dict[str, float] = to_dict(lc.aux)
+        balancer = (
+            LossBalancer(weights, lc.balancer.total_norm, lc.balancer.ema_decay)
+            if lc.balancer.enabled
+            else None
+        )
+
+        # ---- optimizers and schedules (warmup + cosine, torch.optim.lr_scheduler)
+        g_opt = _optimizer(model.parameters(), cfg.optimizer)
+        g_sched = _scheduler(g_opt, cfg.optimizer, tc.steps)
+        d_opt = d_sched = None
+        if disc is not None:
+            d_updates = max(1, math.ceil((tc.steps - dc.start_step) / dc.update_every))
+            d_opt = _optimizer(disc.parameters(), dc.optimizer)
+            d_sched = _scheduler(d_opt, dc.optimizer, d_updates)
+
+        # ---- data
+        train_set, val_set = _datasets(cfg, model)
+        if len(train_set) < tc.batch_size * info.world_size:
+            raise RecipeError(
+                f"data.train has {len(train_set)} usable files, fewer than train.batch_size "
+                f"({tc.batch_size}) x ranks ({info.world_size}); add data or lower the batch"
+            )
+        sampler = ResumableSampler(
+            train_set, info.world_size, info.rank, shuffle=True, seed=tc.seed
+        )
+        loader = _loader(
+            train_set, sampler, tc.batch_size, cfg.data.num_workers, device_, drop_last=True
+        )
+        val_loader = None
+        if val_set is not None and cfg.log.val_every:
+            val_sampler = DistributedSampler(val_set, info.world_size, info.rank, shuffle=False)
+            val_loader = _loader(val_set, val_sampler, tc.batch_size, cfg.data.num_workers, device_)
+        sample_set = val_set if val_set is not None else train_set
+        samples = (
+            collate([sample_set[i % len(sample_set)] for i in range(cfg.log.num_samples)])
+            if cfg.log.num_samples
+            else None
+        )
+
+        # ---- resume: weights, optimizer / scheduler states, data position, RNG
+        state: dict[str, Any] = {"step": 0, "epoch": 0, "position": 0, "bad_files": 0}
+        if checkpoint is not None:
+            saved = load_training_checkpoint(
+                checkpoint,
+                model=model,
+                ema=ema.module if ema is not None else None,
+                discriminator=disc,
+                rank=info.rank,
+                warn=logger.note,
+            )
+            state.update(saved["loop"])
+            g_opt.load_state_dict(saved["optimizers"]["generator"])
+            g_sched.load_state_dict(saved["schedulers"]["generator"])
+            if d_opt is not None and d_sched is not None and "discriminator" in saved["optimizers"]:
+                d_opt.load_state_dict(saved["optimizers"]["discriminator"])
+                d_sched.load_state_dict(saved["schedulers"]["discriminator"])
+            if ema is not None and saved.get("ema_n_averaged") is not None:
+                ema.n_averaged.fill_(int(saved["ema_n_averaged"]))
+            if balancer is not None and saved.get("balancer"):
+                balancer.load_state_dict(saved["balancer"])
+
+        # ---- distributed wrappers and compilation (after weights are final)
+        gen: nn.Module = model
+        disc_train: nn.Module | None = disc
+        if info.distributed:
+            # Buffers are not broadcast: quantizers keep their codebooks in sync themselves
+            # (all-reduced statistics), and a broadcast per forward would hide a bug there.
+            ddp_args: dict[str, Any] = {
+                "broadcast_buffers": False,
+                "find_unused_parameters": tc.find_unused_parameters,
+                "device_ids": [device_.index] if device_.type == "cuda" else None,
+            }
+            gen = DDP(model, **ddp_args)
+            disc_train = DDP(disc, **ddp_args) if disc is not None else None
+        gen_forward, disc_forward, disc_train_forward = gen, disc, disc_train
+        if tc.compile:
+            gen_forward = torch.compile(gen)
+            disc_forward = torch.compile(disc) if disc is not None else None
+            disc_train_forward = torch.compile(disc_train) if disc_train is not None else None
+
+        def amp() -> contextlib.AbstractContextManager[None]:
+            return autocast_for(device_) if tc.precision == "bf16" else contextlib.nullcontext()
+
+        def batches() -> Iterator[Batch]:
+            """Batches forever, tracking (epoch, position) in ``state`` for resuming."""
+            while True:
+                sampler.set_position(state["epoch"], state["position"] * tc.batch_size)
+                for batch in loader:
+                    state["position"] += 1
+                    yield batch
+                state["epoch"] += 1
+                state["position"] = 0
+
+        data = batches()
+        takes_lengths = model.modality != "image"
+        window: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        items_per_step = tc.batch_size * tc.grad_accum * info.world_size
+        progress = StepProgress(
+            tc.steps, state["step"], info.is_main and cfg.log.progress, logger.console
+        )
+        last_checkpoint: Path | None = None
+
+        # ====================================================================== train loop
+        while state["step"] < tc.steps:
+            step = state["step"] + 1
+            started = time.perf_counter()
+            gan_on = disc is not None and state["step"] >= dc.start_step
+            scalars: dict[str, float] = {}
+            held: list[tuple[Tensor, Tensor]] = []  # (real, detached fake) for the D update
+
+            # ---- generator update
+            for micro in range(tc.grad_accum):
+                batch = next(data)
+                for entry in batch.bad_files:
+                    state["bad_files"] += 1
+                    logger.event(step, "bad_file", file=entry)
+                    logger.note(f"skipped a bad file (replaced by another): {entry}")
+                media = batch.media.to(device_, non_blocking=True)
+                lengths = batch.lengths.to(device_)
+                sync = micro == tc.grad_accum - 1
+                with _no_sync(gen, not sync):
+                    with amp():
+                        out = gen_forward(media, lengths if takes_lengths else None)
+                        terms = recon_loss(out.reconstruction, media, lengths)
+                        if gan_on:
+                            assert disc is not None and disc_forward is not None
+                            disc.requires_grad_(False)  # gradients reach the generator only
+                            fake = disc_forward(out.reconstruction)
+                            if lc.adversarial > 0:
+                                terms["adversarial"] = generator_loss(fake.logits, lc.gan)
+                            if lc.feature_matching > 0:
+                                with torch.no_grad():
+                                    real = disc_forward(media)
+                                terms["feature_matching"] = feature_matching_loss(
+                                    real.features, fake.features
+                                )
+                    # Auxiliary losses come weighted by the model; a recipe may rescale them.
+                    # A diffusion / flow-matching decoder reports losses["diffusion"] here.
+                    aux = {k: v * aux_weights.get(k, 1.0) for k, v in out.losses.items()}
+                    aux_total = (
+                        torch.stack([v.float() for v in aux.values()]).sum() if aux else None
+                    )
+                    weighted = [weights[k] * v for k, v in terms.items() if k in weights]
+                    total = (
+                        torch.stack(weighted).sum() if weighted else torch.zeros((), device=device_)
+                    )
+                    if aux_total is not None:
+                        total = total + aux_total
+                    if balancer is not None:
+                        norms = balancer.backward(
+                            terms, out.reconstruction, aux_total, scale=1 / tc.grad_accum
+                        )
+                        scalars.update({f"balancer/grad_norm/{k}": v for k, v in norms.items()})
+                    else:
+                        (total / tc.grad_accum).backward()
+                held.append((media, out.reconstruction.detach()))
+                _add(scalars, "loss/total", total, tc.grad_accum)
+                _add(scalars, "loss/reconstruction", recon_loss.total(terms), tc.grad_accum)
+                for key, value in [*terms.items(), *aux.items()]:
+                    _add(scalars, f"loss/{key}", value, tc.grad_accum)
+                for key, value in out.metrics.items():
+                    _add(scalars, f"codebook/{key}", value, tc.grad_accum)
+            scalars["grad_norm/generator"] = float(
+                torch.nn.utils.clip_grad_norm_(
+                    model.parameters(), cfg.optimizer.clip_grad_norm or math.inf
+                )
+            )
+            g_opt.step()
+            g_opt.zero_grad(set_to_none=True)
+            g_sched.step()
+            if ema is not None:
+                update_ema(ema, model)
+
+            # ---- discriminator update
+            if gan_on and (state["step"] - dc.start_step) % dc.update_every == 0:
+                assert (
+                    disc is not None
+                    and disc_train is not None
+                    and d_opt is not None
+                    and d_sched is not None
+                )
+                disc.requires_grad_(True)
+                for i, (real_media, fake_media) in enumerate(held):
+                    with _no_sync(disc_train, i < len(held) - 1):
+                        # Real and fake in one forward: DDP expects one forward per backward.
+                        with amp():
+                            both = disc_train_forward(torch.cat([real_media, fake_media]))
+                        n = real_media.shape[0]
+                        d_loss = discriminator_loss(
+                            [x[:n] for x in both.logits], [x[n:] for x in both.logits], lc.gan
+                        )
+                        (d_loss / len(held)).backward()
+                    _add(scalars, "loss/discriminator", d_loss, len(held))
+                scalars["grad_norm/discriminator"] = float(
+                    torch.nn.utils.clip_grad_norm_(
+                        disc.parameters(), dc.optimizer.clip_grad_norm or math.inf
+                    )
+                )
+                d_opt.step()
+                d_opt.zero_grad(set_to_none=True)
+                d_sched.step()
+
+            state["step"] = step
+            elapsed = time.perf_counter() - started
+            scalars["perf/step_seconds"] = elapsed
+            scalars["perf/items_per_second"] = items_per_step / max(elapsed, 1e-9)
+            for key, value in scalars.items():
+                window[key][0] += value
+                window[key][1] += 1
+
+            # ---- log, validate, samples, checkpoint
+            final = step == tc.steps
+            checkpoint_now = final or bool(
+                cfg.checkpoint.every and step % cfg.checkpoint.every == 0
+            )
+            if final or checkpoint_now or (cfg.log.every and step % cfg.log.every == 0):
+                # Flushing the window at checkpoints too makes a resumed run's log identical.
+                means = _mean_over_ranks({k: s / n for k, (s, n) in window.items()}, info)
+                bad_total = (
+                    all_reduce_mean(torch.tensor([float(state["bad_files"])]), info).item()
+                    * info.world_size
+                )
+                means.update(
+                    {
+                        "lr/generator": g_opt.param_groups[0]["lr"],
+                        "data/epoch": float(state["epoch"]),
+                        "data/bad_files": bad_total,
+                    }
+                )
+                if d_opt is not None:
+                    means["lr/discriminator"] = d_opt.param_groups[0]["lr"]
+                logger.scalars(step, means)
+                window.clear()
+                finite_or_raise(torch.tensor(means["loss/total"]), "loss/total", step)
+                progress.line(step, tc.steps, _status(means))
+            eval_model = ema.module if ema is not None else model
+            if val_loader is not None and (final or step % cfg.log.val_every == 0):
+                val = _evaluate(eval_model, val_loader, recon_loss, cfg.log.val_batches, amp, info)
+                logger.scalars(step, val)
+            if (
+                samples is not None
+                and cfg.log.samples_every
+                and (final or step % cfg.log.samples_every == 0)
+            ):
+                _write_samples(
+                    eval_model, samples, run_dir / "samples" / f"step_{step:06d}", amp, info
+                )
+            if checkpoint_now:
+                last_checkpoint = _save(
+                    run_dir, step, cfg, info, model, ema, disc, state,
+                    {"generator": g_opt, "discriminator": d_opt},
+                    {"generator": g_sched, "discriminator": d_sched},
+                    balancer,
+                )  # fmt: skip
+            progress.update(step, scalars["perf/items_per_second"], _status(scalars))
+
+        # ====================================================================== save (done above
+        # at the last step) and cleanup
+        progress.close()
+        if info.is_main:
+            logger.note(f"finished {tc.steps} steps; run folder {run_dir}")
+        barrier(info)
+        return TrainResult(
+            run_dir=run_dir,
+            step=state["step"],
+            model=model,
+            ema=ema.module if ema is not None else None,  # type: ignore[arg-type]
+            checkpoint=last_checkpoint,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
+        if logger is not None:
+            logger.close()
+        if owns_group:
+            cleanup_distributed()
+
+
+# ========================================================================== helpers
+
+
+def _prepare_run_dir(run_dir: Path, cfg: DictConfig, resume: bool) -> None:
+    """Create the run folder and write the recipe it runs; refuse to overwrite a run."""
+    recipe_path = run_dir / RECIPE_NAME
+    if not resume and ((run_dir / "log.jsonl").exists() or (run_dir / "checkpoints").exists()):
+        raise RecipeError(
+            f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
+            "--run-dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    if resume and recipe_path.is_file():
+        before = OmegaConf.load(recipe_path)
+        changed = sorted(
+            key
+            for key in cfg
+            if OmegaConf.to_yaml(before.get(key, {}), resolve=True)
+            != OmegaConf.to_yaml(cfg[key], resolve=True)
+        )
+        if changed:
+            print(f"anytok train: note: the recipe differs from the run's in: {', '.join(changed)}")
+    tmp = recipe_path.with_name(f".{RECIPE_NAME}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, recipe_path)
+
+
+def _step_of(checkpoint: Path | None) -> int:
+    return int(checkpoint.name.split("_")[-1]) if checkpoint is not None else 0
+
+
+def _seed_everything(seed: int) -> None:
+    # Every rank gets the same seed: the same initial weights (DDP broadcasts them anyway)
+    # and the same random choices inside models (e.g. codebook initialisation). Data
+    # randomness comes from per-item seeds, which include the rank.
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _optimizer(params: Any, cfg: DictConfig) -> torch.optim.Optimizer:
+    """``torch.optim.<name>(params, lr, weight_decay[, betas], **kwargs)``."""
+    cls = getattr(torch.optim, cfg.name)
+    kwargs: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, **to_dict(cfg.kwargs)}
+    if "betas" in inspect.signature(cls).parameters:
+        kwargs.setdefault("betas", tuple(cfg.betas))
+    return cls(params, **kwargs)
+
+
+def _scheduler(
+    optimizer: torch.optim.Optimizer, cfg: DictConfig, total_steps: int
+) -> lr_scheduler.LRScheduler:
+    """Linear warmup over ``warmup_steps``, then cosine decay to ``lr * min_lr_ratio`` at
+    ``total_steps`` (or a constant rate)."""
+    warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+    if cfg.schedule == "cosine":
+        main: lr_scheduler.LRScheduler = lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(total_steps - warmup, 1), eta_min=cfg.lr * cfg.min_lr_ratio
+        )
+    else:
+        main = lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if warmup == 0:
+        return main
+    ramp = lr_scheduler.LinearLR(optimizer, start_factor=1.0 / (warmup + 1), total_iters=warmup)
+    return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def _datasets(cfg: DictConfig, model: Tokenizer) -> tuple[MediaDataset, MediaDataset | None]:
+    """Training and validation datasets cut the way the model expects."""
+    data = cfg.data
+    modality = model.modality
+    items = scan_sources(data_sources(data.train), modality)
+    if data.val is not None:
+        val_items = scan_sources(data_sources(data.val), modality)
+    elif data.val_fraction > 0:
+        items, val_items = split_items(items, data.val_fraction)
+    else:
+        val_items = []
+    aug = data.augment
+    augment = Augment(aug.random_crop, aug.hflip, tuple(aug.gain_db), tuple(aug.scale))  # type: ignore[arg-type]
+
+    def build(subset: list, augment: Augment) -> MediaDataset:
+        if modality == "audio":
+            segment = round(data.segment_seconds * model.sample_rate)  # type: ignore[attr-defined]
+            return AudioSegments(
+                subset, model.sample_rate, model.channels, segment, augment, data.max_attempts
+            )  # type: ignore[attr-defined]
+        size = list(data.crop_size) if data.crop_size is not None else list(model.resolution)  # type: ignore[attr-defined]
+        factor = model.downsample_factor if modality == "image" else model.spatial_factor  # type: ignore[attr-defined]
+        if size[0] % factor or size[1] % factor:
+            raise RecipeError(
+                f"data.crop_size {size} must be multiples of the model's factor {factor}"
+            )
+        if modality == "image":
+            return ImageCrops(subset, size, augment, data.max_attempts)
+        return VideoClips(subset, model.fps, data.clip_frames, size, augment, data.max_attempts)  # type: ignore[attr-defined]
+
+    if not items:
+        raise RecipeError(f"data.train: no {modality} files in {data_sources(data.train)}")
+    return build(items, augment), (build(val_items, augment) if val_items else None)
+
+
+def _loader(
+    dataset: MediaDataset,
+    sampler: Any,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    drop_last: bool = False,
+) -> DataLoader:
+    # A private generator: creating a loader iterator draws a base seed, and drawing it from
+    # the global RNG would make a resumed run's random stream differ from an uninterrupted one.
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=drop_last,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def _no_sync(module: nn.Module | None, skip: bool) -> contextlib.AbstractContextManager[Any]:
+    """DDP's ``no_sync`` for all but the last micro-batch of an accumulated step."""
+    if skip and isinstance(module, DDP):
+        return module.no_sync()
+    return contextlib.nullcontext()
+
+
+def _add(scalars: dict[str, float], key: str, value: Tensor | float, count: int) -> None:
+    """Accumulate the mean over ``count`` micro-batches."""
+    scalars[key] = scalars.get(key, 0.0) + float(value.detach() if isinstance(value, Tensor) else value) / count
+
+
+def _mean_over_ranks(values: dict[str, float], info: DistInfo) -> dict[str, float]:
+    """Average each scalar over ranks (every rank logs the same keys, sorted for order)."""
+    keys = sorted(values)
+    if not info.distributed or not keys:
+        return {k: values[k] for k in keys}
+    device = info.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    reduced = all_reduce_mean(tensor, info).tolist()
+    return dict(zip(keys, reduced))
+
+
+def _status(values: Mapping[str, float]) -> str:
+    shown = [("loss", "loss/total"), ("rec", "loss/reconstruction"), ("disc", "loss/discriminator")]
+    return " ".join(f"{label} {values[key]:.4f}" for label, key in shown if key in values)
+
+
+@torch.no_grad()
+def _evaluate(
+    model: Tokenizer,
+    loader: DataLoader,
+    recon_loss: ReconstructionLoss,
+    max_batches: int,
+    amp: Any,
+    info: DistInfo,
+) -> dict[str, float]:
+    """Mean reconstruction terms over up to ``max_batches`` validation batches per rank.
+
+    Every rank runs it (quantizers all-reduce code statistics inside ``forward``), over its
+    share of the validation set.
+    """
+    was_training = model.training
+    model.eval()
+    device = info.device
+    sums: dict[str, float] = defaultdict(float)
+    count = 0
+    for index, batch in enumerate(loader):
+        if index >= max_batches:
+            break
+        media, lengths = batch.media.to(device), batch.lengths.to(device)
+        with amp():
+            out = model(media, lengths if model.modality != "image" else None)
+        terms = recon_loss(out.reconstruction, media, lengths)
+        sums["val/reconstruction"] += float(recon_loss.total(terms))
+        for key, value in terms.items():
+            sums[f"val/{key}"] += float(value)
+        count += 1
+    model.train(was_training)
+    return _mean_over_ranks({k: v / max(count, 1) for k, v in sums.items()}, info)
+
+
+@torch.no_grad()
+def _write_samples(model: Tokenizer, batch: Batch, folder: Path, amp: Any, info: DistInfo) -> None:
+    """Inputs and reconstructions as WAV / PNG / MP4 in ``folder`` (rank 0 writes; every
+    rank runs the forward pass, which may all-reduce codebook statistics)."""
+    was_training = model.training
+    model.eval()
+    media, lengths = batch.media.to(info.device), batch.lengths
+    with amp():
+        out = model(media, lengths.to(info.device) if model.modality != "image" else None)
+    model.train(was_training)
+    if not info.is_main:
+        return
+    extension = OUTPUT_EXTENSION[model.modality]
+    for i in range(media.shape[0]):
+        real, fake = media[i].float().cpu(), out.reconstruction[i].float().cpu()
+        if model.modality != "image":  # trim padding: samples (audio) or frames (video)
+            real, fake = real[:, : int(lengths[i])], fake[:, : int(lengths[i])]
+        save_media(model, real, folder / f"{i:02d}_input{extension}")
+        save_media(model, fake, folder / f"{i:02d}_output{extension}")
+
+
+def _save(
+    run_dir: Path,
+    step: int,
+    cfg: DictConfig,
+    info: DistInfo,
+    model: Tokenizer,
+    ema: Any,
+    disc: nn.Module | None,
+    state: Mapping[str, Any],
+    optimizers: Mapping[str, torch.optim.Optimizer | None],
+    schedulers: Mapping[str, lr_scheduler.LRScheduler | None],
+    balancer: LossBalancer | None,
+) -> Path | None:
+    """Gather every rank's RNG state and write a checkpoint on rank 0."""
+    rng_files = gather_bytes(tree_bytes(rng_state()), info)
+    path = None
+    if info.is_main:
+        train_state = {
+            "loop": dict(state),
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items() if o is not None},
+            "schedulers": {k: s.state_dict() for k, s in schedulers.items() if s is not None},
+            "balancer": balancer.state_dict() if balancer is not None else None,
+            "ema_n_averaged": int(ema.n_averaged) if ema is not None else None,
+        }
+        path = save_training_checkpoint(
+            run_dir,
+            step,
+            model=model,
+            ema=ema.module if ema is not None else None,
+            discriminator=disc,
+            train_state=train_state,
+            rng_files=dict(enumerate(rng_files)),
+            summary={
+                "epoch": state["epoch"],
+                "world_size": info.world_size,
+                "recipe": to_dict(cfg),
+            },
+            keep=cfg.checkpoint.keep,
+        )
+    barrier(info)
+    return path
+
+
+__all__ = ["RECIPE_NAME", "TrainResult", "default_run_dir", "train"]
