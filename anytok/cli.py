@@ -205,8 +205,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    more = "\n".join(f"  {name:<16}{help_}" for name, (_, _, help_) in DELEGATED.items())
     parser = argparse.ArgumentParser(
-        prog="anytok", description="Audio, image and video tokenizers for language models."
+        prog="anytok",
+        description="Audio, image and video tokenizers for language models.",
+        epilog=f"more commands (see `anytok COMMAND --help`):\n{more}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for every error")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -252,7 +256,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Subcommands whose own argument parsers live with their package: name -> (module, function).
+DELEGATED = {
+    "train": ("anytok.train", "run_from_cli", "train a codec from a YAML recipe"),
+    "export": ("anytok.train", "export_from_cli", "export a training run as a loadable checkpoint"),
+    "bench": ("anytok.bench", "bench_from_cli", "reconstruction and throughput benchmarks"),
+    "encode-dataset": (
+        "anytok.datasets",
+        "encode_dataset_from_cli",
+        "encode a dataset to token shards",
+    ),
+    "export-tokens": (
+        "anytok.datasets",
+        "export_tokens_from_cli",
+        "export token shards for LM trainers",
+    ),
+}
+
+
+def _run_delegated(name: str, argv: list[str]) -> int:
+    import importlib
+
+    module_name, function, _ = DELEGATED[name]
+    module = importlib.import_module(module_name)
+    return int(getattr(module, function)(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        try:
+            return _run_delegated(argv[0], argv[1:])
+        except _user_errors() as err:
+            err_console.print(f"[red]anytok: error:[/red] {err}", highlight=False)
+            return EXIT_USAGE
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "batch_size", 1) < 1:
