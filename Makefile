@@ -20,10 +20,10 @@ demo: $(STAMP)
 	$(BIN)/anytok demo --out demo_out
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(WORKERS) --durations=15 tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(WORKERS) --durations=15 tests
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -x -q -n $(WORKERS) -m "not slow" tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -x -q -n $(WORKERS) -m "not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -50,9 +50,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from anytok.media import MediaError
     from anytok.registry import UnknownModelError, WeightsNotFoundError
     from anytok.train.config import RecipeError
+    from anytok.train.distributed import DeviceError
 
     return (
         RecipeError,
+        DeviceError,
         ManifestError,
         DataError,
         FileNotFoundError,

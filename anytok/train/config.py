@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -156,8 +157,9 @@ class LogConfig:
 
 @dataclass
 class CheckpointConfig:
-    every: int = 1000
+    every: int = 1000  # 0: no periodic checkpoints
     keep: int = 3  # most recent checkpoints kept
+    final: bool = True  # also write one at the last step
 
 
 @dataclass
@@ -223,7 +225,13 @@ def load_recipe(
         for item in overrides:
             if "=" not in item:
                 raise RecipeError(f"override {item!r} is not of the form key=value")
-        cli = OmegaConf.from_dotlist(list(overrides))
+        try:
+            cli = OmegaConf.from_dotlist(list(overrides))
+        except yaml.YAMLError as err:  # OmegaConf parses override values as YAML
+            raise RecipeError(
+                f"cannot parse the overrides {list(overrides)} ({str(err).splitlines()[0]}); "
+                "YAML flow mappings need a space after each colon: key={a: 1, b: [2, 3]}"
+            ) from err
         merged = OmegaConf.merge(OmegaConf.structured(Recipe), loaded, cli)
     except OmegaConfBaseException as err:
         raise RecipeError(f"{source}: {_omegaconf_message(err)}") from err
@@ -271,8 +279,12 @@ def validate(cfg: DictConfig, source: str = "<recipe>") -> None:
         "loss.perceptual_weights",
         "the perceptual loss needs a local VGG16 weights file (see docs/training.md)",
     )
-    _check(len(cfg.loss.mel_windows) == len(cfg.loss.mel_bins), source, "loss.mel_bins",
-           "needs one entry per loss.mel_windows entry")  # fmt: skip
+    _check(
+        len(cfg.loss.mel_windows) == len(cfg.loss.mel_bins),
+        source,
+        "loss.mel_bins",
+        "needs one entry per loss.mel_windows entry",
+    )
     _check(0 <= cfg.data.val_fraction < 1, source, "data.val_fraction", "must be in [0, 1)")
     _check(cfg.data.segment_seconds > 0, source, "data.segment_seconds", "must be positive")
     _check(cfg.data.clip_frames > 0, source, "data.clip_frames", "must be positive")

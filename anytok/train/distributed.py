@@ -15,6 +15,10 @@ import torch.distributed as dist
 from torch import Tensor
 
 
+class DeviceError(RuntimeError):
+    """A device that this machine does not have."""
+
+
 @dataclass(frozen=True)
 class DistInfo:
     """Where this process stands: ``rank`` of ``world_size``, its ``device``."""
@@ -47,7 +51,7 @@ def init_distributed(device: str | None = None) -> DistInfo:
     wanted = torch.device(device) if device else None
     use_cuda = torch.cuda.is_available() if wanted is None else wanted.type == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device}: CUDA is not available on this machine")
+        raise DeviceError(f"--device {device}: CUDA is not available on this machine")
     if use_cuda:
         index = local_rank if world > 1 or wanted is None or wanted.index is None else wanted.index
         resolved = torch.device("cuda", index)
@@ -101,6 +105,7 @@ def gather_bytes(data: bytes, info: DistInfo) -> list[bytes]:
 
 
 __all__ = [
+    "DeviceError",
     "DistInfo",
     "all_reduce_mean",
     "barrier",

@@ -99,9 +99,9 @@ class RunLogger:
                     "(pip install tensorboard); log.jsonl has every scalar"
                 )
             else:
-                self.writer = SummaryWriter(
-                    str(self.run_dir / "tensorboard"), purge_step=resume_step
-                )
+                # Events after the checkpoint's step came from the killed run: hide them.
+                purge = resume_step + 1 if resume_step is not None else None
+                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
 
     def scalars(self, step: int, values: Mapping[str, float | Tensor]) -> None:
         """Record scalars at ``step`` (NaN and infinities are written as JSON ``null``)."""

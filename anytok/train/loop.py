@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import math
 import os
 import random
@@ -63,6 +64,7 @@ from anytok.decoders.gan import (
 )
 from anytok.pipeline import OUTPUT_EXTENSION, autocast_for, save_media
 from anytok.registry import create_model
+from anytok.registry import load as load_model
 from anytok.train.config import RecipeError, data_sources, load_recipe, to_dict
 from anytok.train.distributed import (
     DistInfo,
@@ -166,10 +168,8 @@ def train(
         model: Tokenizer = create_model(
             cfg.model.name, tiny=cfg.model.tiny, seed=tc.seed, **to_dict(cfg.model.config)
         )  # type: ignore[assignment]
-        if cfg.model.init_from:
-            from anytok.registry import load
-
-            source = load(cfg.model.init_from)
+        if cfg.model.init_from:  # fine-tuning: start from existing weights
+            source = load_model(cfg.model.init_from)
             load_state_dict_strict(
                 model, source.state_dict(), f"model.init_from={cfg.model.init_from}"
             )
@@ -227,7 +227,7 @@ def train(
         sample_set = val_set if val_set is not None else train_set
         samples = (
             collate([sample_set[i % len(sample_set)] for i in range(cfg.log.num_samples)])
-            if cfg.log.num_samples
+            if cfg.log.num_samples and cfg.log.samples_every
             else None
         )
 
@@ -404,7 +404,7 @@ def train(
 
             # ---- log, validate, samples, checkpoint
             final = step == tc.steps
-            checkpoint_now = final or bool(
+            checkpoint_now = (final and cfg.checkpoint.final) or bool(
                 cfg.checkpoint.every and step % cfg.checkpoint.every == 0
             )
             if final or checkpoint_now or (cfg.log.every and step % cfg.log.every == 0):
@@ -431,25 +431,28 @@ def train(
             if val_loader is not None and (final or step % cfg.log.val_every == 0):
                 val = _evaluate(eval_model, val_loader, recon_loss, cfg.log.val_batches, amp, info)
                 logger.scalars(step, val)
-            if (
-                samples is not None
-                and cfg.log.samples_every
-                and (final or step % cfg.log.samples_every == 0)
-            ):
+            if samples is not None and (final or step % cfg.log.samples_every == 0):
                 _write_samples(
                     eval_model, samples, run_dir / "samples" / f"step_{step:06d}", amp, info
                 )
             if checkpoint_now:
                 last_checkpoint = _save(
-                    run_dir, step, cfg, info, model, ema, disc, state,
-                    {"generator": g_opt, "discriminator": d_opt},
-                    {"generator": g_sched, "discriminator": d_sched},
-                    balancer,
-                )  # fmt: skip
+                    run_dir,
+                    step,
+                    cfg,
+                    info,
+                    model,
+                    ema,
+                    disc,
+                    state,
+                    optimizers={"generator": g_opt, "discriminator": d_opt},
+                    schedulers={"generator": g_sched, "discriminator": d_sched},
+                    balancer=balancer,
+                )
             progress.update(step, scalars["perf/items_per_second"], _status(scalars))
 
-        # ====================================================================== save (done above
-        # at the last step) and cleanup
+        # ====================================================================== cleanup
+        # (the last checkpoint was saved inside the loop, at the last step)
         progress.close()
         if info.is_main:
             logger.note(f"finished {tc.steps} steps; run folder {run_dir}")
@@ -484,13 +487,8 @@ def _prepare_run_dir(run_dir: Path, cfg: DictConfig, resume: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     text = OmegaConf.to_yaml(cfg, resolve=True)
     if resume and recipe_path.is_file():
-        before = OmegaConf.load(recipe_path)
-        changed = sorted(
-            key
-            for key in cfg
-            if OmegaConf.to_yaml(before.get(key, {}), resolve=True)
-            != OmegaConf.to_yaml(cfg[key], resolve=True)
-        )
+        before, now = to_dict(OmegaConf.load(recipe_path)), to_dict(cfg)  # type: ignore[arg-type]
+        changed = sorted(key for key in now if before.get(key) != now[key])
         if changed:
             print(f"anytok train: note: the recipe differs from the run's in: {', '.join(changed)}")
     tmp = recipe_path.with_name(f".{RECIPE_NAME}.tmp")
@@ -605,7 +603,10 @@ def _no_sync(module: nn.Module | None, skip: bool) -> contextlib.AbstractContext
 
 def _add(scalars: dict[str, float], key: str, value: Tensor | float, count: int) -> None:
     """Accumulate the mean over ``count`` micro-batches."""
-    scalars[key] = scalars.get(key, 0.0) + float(value.detach() if isinstance(value, Tensor) else value) / count
+    scalars[key] = (
+        scalars.get(key, 0.0)
+        + float(value.detach() if isinstance(value, Tensor) else value) / count
+    )
 
 
 def _mean_over_ranks(values: dict[str, float], info: DistInfo) -> dict[str, float]:
@@ -643,19 +644,21 @@ def _evaluate(
     device = info.device
     sums: dict[str, float] = defaultdict(float)
     count = 0
-    for index, batch in enumerate(loader):
-        if index >= max_batches:
-            break
+    for batch in itertools.islice(loader, max_batches):
         media, lengths = batch.media.to(device), batch.lengths.to(device)
         with amp():
             out = model(media, lengths if model.modality != "image" else None)
         terms = recon_loss(out.reconstruction, media, lengths)
+        sums["val/bad_files"] += len(batch.bad_files)
         sums["val/reconstruction"] += float(recon_loss.total(terms))
         for key, value in terms.items():
             sums[f"val/{key}"] += float(value)
         count += 1
     model.train(was_training)
-    return _mean_over_ranks({k: v / max(count, 1) for k, v in sums.items()}, info)
+    means = _mean_over_ranks({k: v / max(count, 1) for k, v in sums.items()}, info)
+    if "val/bad_files" in means:  # a count, not a mean: files replaced in this evaluation
+        means["val/bad_files"] *= max(count, 1) * info.world_size
+    return means
 
 
 @torch.no_grad()

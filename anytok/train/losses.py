@@ -284,8 +284,10 @@ class LossBalancer:
         """Back-propagate the balanced gradient (times ``scale``, e.g. ``1 / grad_accum``)
         and ``other * scale``; return the gradient norms ``{name: float}``."""
         active = {k: v for k, v in losses.items() if self.weights.get(k, 0.0) > 0}
-        if not active:
-            raise ValueError("LossBalancer.backward: no loss with a positive weight")
+        if not active:  # nothing on the output to balance (e.g. a diffusion-only model)
+            if other is not None and other.requires_grad:
+                (other * scale).backward()
+            return {}
         grads = {}
         for name, loss in active.items():
             (grads[name],) = torch.autograd.grad(loss, [output], retain_graph=True)

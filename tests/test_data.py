@@ -1,0 +1,193 @@
+"""Training data: sources, manifests, splits, datasets, bad files, sampler, synthetic data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from anytok.data import (
+    AudioSegments,
+    Augment,
+    DataError,
+    ImageCrops,
+    ManifestError,
+    MediaItem,
+    ResumableSampler,
+    VideoClips,
+    collate,
+    read_manifest,
+    scan_sources,
+    split_items,
+    split_value,
+)
+from anytok.data.synthetic import make_dataset
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    make_dataset("audio", root / "audio", 6, seconds=0.5)
+    make_dataset("image", root / "image", 4, size=48)
+    make_dataset("video", root / "video", 3, size=32, frames=9)
+    return root
+
+
+def test_make_dataset_is_deterministic_and_recursive(tmp_path: Path) -> None:
+    first = make_dataset("audio", tmp_path / "a", 3, seconds=0.2)
+    second = make_dataset("audio", tmp_path / "b", 3, seconds=0.2)
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+    assert {p.parent.name for p in first} == {"a", "b"}  # two subfolders
+    with pytest.raises(ValueError, match="modality"):
+        make_dataset("text", tmp_path / "c", 1)
+
+
+def test_scan_folder_recursive_manifest_and_missing(data_root: Path, tmp_path: Path) -> None:
+    items = scan_sources(data_root / "audio", "audio")
+    assert len(items) == 6
+    assert all(not Path(i.key).is_absolute() for i in items)  # keys relative to the folder
+    assert scan_sources(data_root / "audio", "image") == []
+    manifest = tmp_path / "m.jsonl"
+    rel = items[0].path.relative_to(data_root)  # audio/a/0000.wav, beside the manifest
+    lines = [
+        json.dumps({"path": str(items[1].path), "duration": 0.5, "text": "hello"}),
+        "",
+        "# a comment",
+        json.dumps({"path": str(rel)}),
+    ]
+    manifest.write_text("\n".join(lines))
+    (tmp_path / "audio").symlink_to(data_root / "audio")
+    read = read_manifest(manifest)
+    assert [r.text for r in read] == ["hello", None] and read[0].duration == 0.5
+    assert read[1].path == tmp_path / rel and read[1].path.is_file()  # manifest-relative
+    both = scan_sources([data_root / "audio", manifest], "audio")
+    assert len(both) == 8
+    with pytest.raises(FileNotFoundError, match="no-such"):
+        scan_sources(tmp_path / "no-such", "audio")
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"file": "a.wav"}', '"path" string'),
+        ('{"path": "a.wav", "duration": "long"}', "duration"),
+    ],
+)
+def test_manifest_errors_name_the_line(tmp_path: Path, line: str, problem: str) -> None:
+    manifest = tmp_path / "bad.jsonl"
+    manifest.write_text(json.dumps({"path": "ok.wav"}) + "\n" + line + "\n")
+    with pytest.raises(ManifestError, match=rf"bad.jsonl, line 2: .*{problem}"):
+        read_manifest(manifest)
+
+
+def test_split_is_deterministic_and_stable_when_data_grows() -> None:
+    items = [MediaItem(Path(f"/x/{i}.wav"), key=f"{i}.wav") for i in range(400)]
+    train, val = split_items(items, 0.25)
+    assert 60 < len(val) < 140 and len(train) + len(val) == 400
+    assert split_items(items, 0.25) == (train, val)
+    more = [*items, *(MediaItem(Path(f"/x/new{i}.wav"), key=f"new{i}.wav") for i in range(50))]
+    _, val_more = split_items(more, 0.25)
+    assert set(v.key for v in val) <= set(v.key for v in val_more)  # nobody changes sides
+    assert 0 <= split_value("anything") < 1
+    with pytest.raises(ValueError):
+        split_items(items, 1.0)
+
+
+def test_audio_segments_crop_gain_and_determinism(data_root: Path) -> None:
+    items = scan_sources(data_root / "audio", "audio")
+    ds = AudioSegments(
+        items, sample_rate=16000, channels=2, segment=1600, augment=Augment(gain_db=(-12.0, -6.0))
+    )
+    a, b = ds[(0, 7)]["media"], ds[(0, 7)]["media"]
+    assert a.shape == (2, 1600) and torch.equal(a, b)  # same seed, same item
+    assert not torch.equal(a, ds[(0, 8)]["media"])  # another seed: another crop / gain
+    plain = ds[0]["media"]  # validation access: the start, no gain
+    assert plain.abs().max() > a.abs().max()
+    long = AudioSegments(items, 16000, 1, segment=10**6)
+    assert long[0]["media"].shape == (1, 8000)  # shorter files come whole (0.5 s)
+
+
+def test_image_and_video_crops(data_root: Path) -> None:
+    images = ImageCrops(
+        scan_sources(data_root / "image", "image"), (32, 24), Augment(hflip=1.0, scale=(1.0, 1.5))
+    )
+    x = images[(1, 3)]["media"]
+    assert x.shape == (3, 32, 24) and x.min() >= -1 and x.max() <= 1
+    assert torch.equal(images[(1, 3)]["media"], x)
+    video = VideoClips(
+        scan_sources(data_root / "video", "video"),
+        fps=8,
+        frames=5,
+        size=(16, 16),
+        augment=Augment(hflip=0.5),
+    )
+    clip = video[(0, 1)]["media"]
+    assert clip.shape == (3, 5, 16, 16)
+    short = VideoClips(video.items, fps=8, frames=50, size=(16, 16))
+    assert short[0]["media"].shape == (3, 9, 16, 16)  # a shorter file keeps its frames
+    batch = collate([short[0], video[(0, 1)]])
+    assert batch.media.shape == (2, 3, 9, 16, 16) and batch.lengths.tolist() == [9, 5]
+    assert torch.equal(batch.media[1, :, 5:], batch.media[1, :, 4:5].expand(-1, 4, -1, -1))
+
+
+def test_video_manifest_duration_seeks(data_root: Path, tmp_path: Path) -> None:
+    path = scan_sources(data_root / "video", "video")[0].path
+    manifest = tmp_path / "v.jsonl"
+    manifest.write_text(json.dumps({"path": str(path), "duration": 9 / 8}) + "\n")
+    ds = VideoClips(read_manifest(manifest), fps=8, frames=3, size=(16, 16))
+    starts = {ds[(0, seed)]["media"][:, 0].sum().item() for seed in range(6)}
+    assert len(starts) > 1  # different seeds start at different frames
+
+
+def test_bad_files_are_replaced_and_reported(data_root: Path, tmp_path: Path) -> None:
+    good = scan_sources(data_root / "audio", "audio")[:2]
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not really a wav file")
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    items = [MediaItem(broken, "broken.wav"), MediaItem(empty, "empty.wav"), *good]
+    ds = AudioSegments(items, 24000, 1, 2400)
+    examples = [ds[(i, 11)] for i in range(len(items))]
+    assert all(ex["media"].shape == (1, 2400) for ex in examples)
+    batch = collate(examples)
+    assert len(batch.bad_files) >= 2
+    assert any(entry.startswith(str(broken)) for entry in batch.bad_files)
+    assert any("empty" in entry for entry in batch.bad_files)
+    all_bad = AudioSegments(items[:2], 24000, 1, 2400, max_attempts=4)
+    with pytest.raises(DataError, match="4 files in a row failed"):
+        all_bad[(0, 1)]
+
+
+def test_resumable_sampler_splits_ranks_and_resumes() -> None:
+    dataset = list(range(10))
+    ranks = [ResumableSampler(dataset, num_replicas=2, rank=r, seed=5) for r in (0, 1)]
+    for s in ranks:
+        s.set_position(epoch=3, start=0)
+    epochs = [[i for i, _ in s] for s in ranks]
+    assert sorted(epochs[0] + epochs[1]) == list(range(10))  # disjoint, complete
+    whole = list(ranks[0])
+    ranks[0].set_position(epoch=3, start=2)
+    assert list(ranks[0]) == whole[2:] and len(ranks[0]) == 3  # mid-epoch restart
+    ranks[0].set_position(epoch=4, start=0)
+    assert [i for i, _ in ranks[0]] != epochs[0]  # another epoch, another order
+    # Seeds differ between ranks even for the same position.
+    assert whole[0][1] != next(iter(ranks[1]))[1]
+
+
+def test_dataloader_batches_with_workers_match(data_root: Path) -> None:
+    ds = AudioSegments(
+        scan_sources(data_root / "audio", "audio"), 24000, 1, 2400, Augment(gain_db=(-6.0, 0.0))
+    )
+
+    def batches(workers: int) -> list[torch.Tensor]:
+        sampler = ResumableSampler(ds, seed=1)
+        loader = DataLoader(
+            ds, batch_size=2, sampler=sampler, num_workers=workers, collate_fn=collate
+        )
+        return [b.media for b in loader]
+
+    assert all(torch.equal(a, b) for a, b in zip(batches(0), batches(2)))

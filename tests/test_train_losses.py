@@ -1,0 +1,152 @@
+"""Reconstruction losses, the gradient balancer, the perceptual loss from local weights, EMA
+and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+
+from anytok.train.ema import make_ema, update_ema
+from anytok.train.loop import _scheduler
+from anytok.train.losses import (
+    LossBalancer,
+    MultiResolutionSTFTLoss,
+    MultiScaleMelLoss,
+    ReconstructionLoss,
+    VGGPerceptualLoss,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tone(freq: float, n: int = 4800, rate: int = 24000) -> torch.Tensor:
+    t = torch.arange(n) / rate
+    return (0.5 * torch.sin(2 * math.pi * freq * t)).view(1, 1, n)
+
+
+def test_spectral_losses_zero_on_identity_and_rank_distance() -> None:
+    target = tone(440)
+    for loss in (
+        MultiResolutionSTFTLoss((512, 256)),
+        MultiScaleMelLoss(24000, (256, 512), (20, 40)),
+    ):
+        assert loss(target, target).item() == pytest.approx(0.0, abs=1e-6)
+        near, far = loss(tone(460), target), loss(tone(3000), target)
+        assert 0 < near < far
+    short = torch.randn(2, 1, 100)  # shorter than the FFT: padded, not an error
+    assert torch.isfinite(MultiResolutionSTFTLoss((2048,))(short, short.flip(-1)))
+
+
+def test_reconstruction_loss_terms_masking_and_modality_checks() -> None:
+    loss = ReconstructionLoss(
+        {"l1": 1.0, "l2": 0.5, "mel": 1.0, "stft": 0.0},
+        "audio",
+        24000,
+        mel_windows=(256,),
+        mel_bins=(20,),
+    )
+    target = torch.cat([tone(440), tone(440)])
+    target[1, :, 2400:] = 0  # item 1 is padding after 2400 samples
+    lengths = torch.tensor([4800, 2400])
+    noisy_padding = target.clone()
+    noisy_padding[1, :, 2400:] = 1.0  # whatever the model puts in the padding is ignored
+    terms = loss(noisy_padding, target, lengths)
+    assert set(terms) == {"l1", "l2", "mel"}
+    assert terms["l1"].item() == pytest.approx(0.0, abs=1e-7)
+    assert loss.total(terms).item() == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(ValueError, match="audio only"):
+        ReconstructionLoss({"mel": 1.0}, "image")
+    with pytest.raises(ValueError, match="images and video only"):
+        ReconstructionLoss({"perceptual": 1.0}, "audio")
+
+
+def test_balancer_gives_each_loss_its_weight_share() -> None:
+    output = torch.zeros(2, 1, 8, requires_grad=True)
+    target = torch.ones(2, 1, 8)
+    big = ((output - target) ** 2).sum() * 1000  # gradient 1000x larger than ...
+    small = (output - target).abs().mean()  # ... this one
+    balancer = LossBalancer({"big": 1.0, "small": 3.0}, total_norm=1.0)
+    norms = balancer.backward({"big": big, "small": small}, output)
+    assert norms["big"] > 100 * norms["small"]
+    # Both gradients point the same way here, so the result has norm total_norm per item
+    # and the raw scales are gone.
+    per_item = output.grad.flatten(1).norm(dim=1)
+    torch.testing.assert_close(per_item, torch.ones(2), rtol=1e-4, atol=1e-4)
+    state = balancer.state_dict()
+    other = LossBalancer({"big": 1.0, "small": 3.0})
+    other.load_state_dict(state)
+    assert other.sums == balancer.sums
+    # Losses that do not depend on the output go back unchanged alongside.
+    param = torch.tensor(2.0, requires_grad=True)
+    output.grad = None
+    balancer.backward({"big": ((output - target) ** 2).sum()}, output, other=param * 3, scale=0.5)
+    assert param.grad.item() == pytest.approx(1.5)
+
+
+def test_perceptual_loss_from_local_weights(tmp_path: Path) -> None:
+    from torchvision.models.vgg import cfgs, make_layers
+
+    torch.manual_seed(0)
+    features = make_layers(cfgs["D"])
+    weights = tmp_path / "vgg16_features.safetensors"
+    save_file({f"features.{k}": v for k, v in features.state_dict().items()}, str(weights))
+    loss = VGGPerceptualLoss(weights)
+    image = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert loss(image, image).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(image.flip(-1), image) > 0
+    video = torch.rand(1, 3, 2, 32, 32) * 2 - 1
+    assert torch.isfinite(loss(video, video.flip(2)))
+    assert not any(p.requires_grad for p in loss.parameters())
+    combined = ReconstructionLoss(
+        {"l1": 1.0, "perceptual": 0.5}, "image", perceptual_weights=weights
+    )
+    assert set(combined(image, image)) == {"l1", "perceptual"}
+    with pytest.raises(ValueError, match="local file"):
+        ReconstructionLoss({"perceptual": 1.0}, "image")
+
+
+def test_ema_averages_parameters_and_copies_buffers() -> None:
+    model = torch.nn.BatchNorm1d(2)
+    ema = make_ema(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    model.running_mean.fill_(7.0)
+    model.num_batches_tracked.fill_(5)
+    update_ema(ema, model)  # the first update copies
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    update_ema(ema, model)
+    assert ema.module.weight.tolist() == [2.0, 2.0]  # 0.5 * 3 + 0.5 * 1
+    assert ema.module.running_mean.tolist() == [7.0, 7.0]
+    assert ema.module.num_batches_tracked.item() == 5  # integer buffers are copied, not averaged
+
+
+def test_warmup_then_cosine_schedule() -> None:
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    cfg = OmegaConf.create(
+        {"warmup_steps": 4, "schedule": "cosine", "lr": 1.0, "min_lr_ratio": 0.1}
+    )
+    scheduler = _scheduler(optimizer, cfg, total_steps=14)
+    rates = []
+    for _ in range(14):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    rates.append(optimizer.param_groups[0]["lr"])
+    assert rates[0] == pytest.approx(0.2) and rates[4] == pytest.approx(1.0)
+    assert all(a < b for a, b in itertools.pairwise(rates[:5]))  # warmup rises
+    assert all(a >= b for a, b in itertools.pairwise(rates[4:]))  # cosine falls
+    assert rates[-1] == pytest.approx(0.1)  # to lr * min_lr_ratio at the end
