@@ -1,13 +1,46 @@
-"""Audio fidelity: log-mel distance and STOI."""
+"""Audio fidelity: spectral distances, SI-SDR, PESQ and STOI, per item.
+
+Every function takes ``reference`` and ``reconstruction`` as ``(batch, channels, samples)``
+float tensors in [-1, 1] at the same sample rate, crops the longer to the shorter (codecs pad
+to their hop length) and returns a ``(batch,)`` float32 tensor. Names follow Codec-SUPERB /
+DASB: ``mel_distance``, ``stft_distance``, ``si_sdr``, ``pesq_wb``, ``pesq_nb``, ``stoi``.
+
+The model-based speech metrics (UTMOS, speaker similarity, WER) live in
+:mod:`anytok.metrics.speech_models`.
+"""
 
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
 import torchaudio
 from torch import Tensor
+
+from anytok.media.audio import resample
+
+#: PESQ is defined at 8 kHz (narrow-band) and 16 kHz (wide-band); other rates are resampled to
+#: this one first. Narrow-band mode is also computed at 16 kHz (P.862 allows both), so the two
+#: scores see the same signal, as Codec-SUPERB does.
+PESQ_SAMPLE_RATE = 16000
+
+
+def align(reference: Tensor, reconstruction: Tensor) -> tuple[Tensor, Tensor]:
+    """Crop both to the shorter length; float32 on the CPU. Shapes ``(batch, channels, n)``."""
+    if reference.ndim != 3 or reconstruction.ndim != 3:
+        raise ValueError(
+            "audio metrics expect (batch, channels, samples), got "
+            f"{tuple(reference.shape)} and {tuple(reconstruction.shape)}"
+        )
+    if reference.shape[:2] != reconstruction.shape[:2]:
+        raise ValueError(
+            f"audio metrics: batch/channels differ: {tuple(reference.shape[:2])} vs "
+            f"{tuple(reconstruction.shape[:2])}"
+        )
+    n = min(reference.shape[-1], reconstruction.shape[-1])
+    return reference[..., :n].float().cpu(), reconstruction[..., :n].float().cpu()
 
 
 @functools.lru_cache(maxsize=8)
@@ -36,9 +69,7 @@ def mel_distance(
     Returns:
         ``(batch,)`` mean over scales of ``mean |log10(mel_ref) - log10(mel_rec)|``.
     """
-    n = min(reference.shape[-1], reconstruction.shape[-1])
-    ref = reference[..., :n].float().cpu()
-    rec = reconstruction[..., :n].float().cpu()
+    ref, rec = align(reference, reconstruction)
     total = torch.zeros(ref.shape[0])
     for n_fft in scales:
         mel = _mel_transform(sample_rate, n_fft, n_fft // 4, n_mels)
@@ -48,6 +79,98 @@ def mel_distance(
     return total / len(scales)
 
 
+def stft_distance(
+    reference: Tensor,
+    reconstruction: Tensor,
+    window_lengths: tuple[int, ...] = (2048, 512),
+    clamp_eps: float = 1e-5,
+    power: float = 2.0,
+) -> Tensor:
+    """Multi-resolution STFT distance, per item (lower is better).
+
+    The definition of descript-audiotools' ``MultiScaleSTFTLoss`` (used by DAC and reported as
+    STFT distance by Codec-SUPERB): for each Hann window length ``w`` (hop ``w / 4``), the sum
+    of ``mean |log10(max(|X|, eps)^p) - log10(max(|Y|, eps)^p)|`` and ``mean ||X| - |Y||``,
+    summed over window lengths. Written out here (a few lines of ``torch.stft``) because
+    audiotools pulls in a large dependency tree for this one formula.
+
+    Returns:
+        ``(batch,)``.
+    """
+    ref, rec = align(reference, reconstruction)
+    ref, rec = ref.flatten(0, 1), rec.flatten(0, 1)  # (batch * channels, n)
+    batch, channels = reference.shape[:2]
+    total = torch.zeros(ref.shape[0])
+    for win in window_lengths:
+        if ref.shape[-1] <= win // 2:  # reflect padding needs more than half a window
+            continue
+        window = torch.hann_window(win)
+        spec = functools.partial(
+            torch.stft, n_fft=win, hop_length=win // 4, window=window, return_complex=True
+        )
+        mag_ref, mag_rec = spec(ref).abs(), spec(rec).abs()
+        log_ref = torch.log10(mag_ref.clamp_min(clamp_eps).pow(power))
+        log_rec = torch.log10(mag_rec.clamp_min(clamp_eps).pow(power))
+        total += (log_ref - log_rec).abs().flatten(1).mean(dim=1)
+        total += (mag_ref - mag_rec).abs().flatten(1).mean(dim=1)
+    return total.view(batch, channels).mean(dim=1)
+
+
+def si_sdr(reference: Tensor, reconstruction: Tensor) -> Tensor:
+    """Scale-invariant signal-to-distortion ratio in dB (Le Roux et al. 2019), per item.
+
+    Zero-mean SI-SDR from torchmetrics, computed per channel and averaged over channels.
+    Higher is better; a silent reference gives ``-inf`` / NaN as the formula does.
+
+    Returns:
+        ``(batch,)``.
+    """
+    from torchmetrics.functional.audio import scale_invariant_signal_distortion_ratio
+
+    ref, rec = align(reference, reconstruction)
+    values = scale_invariant_signal_distortion_ratio(rec.double(), ref.double(), zero_mean=True)
+    return values.mean(dim=1).float()
+
+
+def _mono_numpy(audio: Tensor) -> np.ndarray:
+    """``(batch, channels, n)`` -> ``(batch, n)`` float64, the channel mean."""
+    return audio.mean(dim=1).numpy().astype(np.float64)
+
+
+def pesq(reference: Tensor, reconstruction: Tensor, sample_rate: int, mode: str = "wb") -> Tensor:
+    """PESQ (ITU-T P.862) MOS-LQO with the ``pesq`` package, per item, on the channel mean.
+
+    Args:
+        reference, reconstruction: ``(batch, channels, samples)``.
+        sample_rate: their rate; resampled to 16 kHz unless it is 8 kHz (narrow-band only)
+            or 16 kHz.
+        mode: ``"wb"`` (wide-band, P.862.2, range about 1.04-4.64) or ``"nb"`` (narrow-band,
+            P.862.1, about 1.02-4.55).
+
+    Returns:
+        ``(batch,)``; NaN where PESQ finds no speech (silence) or the clip is too short.
+    """
+    from pesq import PesqError
+    from pesq import pesq as pesq_score
+
+    if mode not in ("wb", "nb"):
+        raise ValueError(f"pesq: mode must be 'wb' or 'nb', got {mode!r}")
+    ref, rec = align(reference, reconstruction)
+    rate = sample_rate
+    if not (rate == 16000 or (rate == 8000 and mode == "nb")):
+        ref = resample(ref, rate, PESQ_SAMPLE_RATE)
+        rec = resample(rec, rate, PESQ_SAMPLE_RATE)
+        rate = PESQ_SAMPLE_RATE
+    values = []
+    for r, d in zip(_mono_numpy(ref), _mono_numpy(rec)):
+        # RETURN_VALUES turns "no utterances detected" into a negative code instead of raising;
+        # on silence the package divides by a zero peak first, hence the errstate.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            score = pesq_score(rate, r, d, mode, on_error=PesqError.RETURN_VALUES)
+        values.append(float(score) if score >= 0 else math.nan)
+    return torch.tensor(values, dtype=torch.float32)
+
+
 def stoi(
     reference: Tensor, reconstruction: Tensor, sample_rate: int, extended: bool = False
 ) -> Tensor:
@@ -55,14 +178,19 @@ def stoi(
 
     Args:
         reference, reconstruction: ``(batch, channels, samples)``; the longer is cropped.
+        extended: ESTOI instead of STOI.
 
     Returns:
         ``(batch,)`` STOI in [0, 1] (higher is better).
     """
     from pystoi import stoi as pystoi_stoi
 
-    n = min(reference.shape[-1], reconstruction.shape[-1])
-    ref = reference[..., :n].float().mean(dim=1).cpu().numpy().astype(np.float64)
-    rec = reconstruction[..., :n].float().mean(dim=1).cpu().numpy().astype(np.float64)
-    values = [pystoi_stoi(r, d, sample_rate, extended=extended) for r, d in zip(ref, rec)]
+    ref, rec = align(reference, reconstruction)
+    values = [
+        pystoi_stoi(r, d, sample_rate, extended=extended)
+        for r, d in zip(_mono_numpy(ref), _mono_numpy(rec))
+    ]
     return torch.tensor(values, dtype=torch.float32)
+
+
+__all__ = ["align", "mel_distance", "pesq", "si_sdr", "stft_distance", "stoi"]

@@ -1,0 +1,245 @@
+"""``anytok bench``: reconstruction and throughput benchmarks from the command line.
+
+Exit codes: 0 when every file and tokenizer was benchmarked, 1 when files were skipped or a
+tokenizer failed (the report is written all the same), 2 for a usage mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from anytok.bench.report import fmt, metric_columns, write_reports
+from anytok.bench.runner import BenchInputError, BenchSettings, run_bench
+from anytok.bench.suite import MetricModels
+from anytok.bench.sweeps import LEVELS, parse_sweep
+from anytok.metrics.weights import MetricWeightsError, ModelWeights
+
+EXIT_OK, EXIT_SKIPPED, EXIT_USAGE = 0, 1, 2
+
+EXAMPLES = """examples:
+  anytok bench -m seanet_fsq_24khz -m ./my_codec speech/ -o bench_out --levels 1,2,4
+  anytok bench -m cnn_fsq_256 photos/ -o bench_img --lpips alex:lpips_alex.safetensors \\
+      --fid-inception pt_inception.safetensors --regions regions.json
+  anytok bench -m my_1d_tokenizer photos/ -o out --sweep prefix=32,64,128
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anytok bench",
+        description="Benchmark tokenizers on a folder of media: fidelity metrics, bitrate, "
+        "token statistics and throughput, written as JSON, Markdown and PNG plots.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("data", nargs="+", type=Path, help="media files or folders")
+    parser.add_argument(
+        "-m", "--model", action="append", required=True, dest="models", metavar="NAME",
+        help="tokenizer: name, arch.tag, checkpoint dir or hf-hub:org/name (repeat to compare)",
+    )  # fmt: skip
+    parser.add_argument("-o", "--output", required=True, type=Path, help="report folder")
+    parser.add_argument("--max-items", type=int, help="at most this many items per tokenizer")
+    parser.add_argument(
+        "--batch-size", type=int, default=4, help="items per call, also the throughput batch"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
+    parser.add_argument(
+        "--levels", help="residual levels to decode, e.g. 1,2,4,8 (same as --sweep levels=...)"
+    )
+    parser.add_argument(
+        "--sweep", action="append", default=[], metavar="AXIS=V1,V2",
+        help="operating points a tokenizer offers (e.g. prefix=32,64 or steps=1,4); repeatable",
+    )  # fmt: skip
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls for throughput")
+    parser.add_argument(
+        "--image-size",
+        help="encode images / video frames at HxW (or one number) instead of the model's size",
+    )
+    parser.add_argument("--max-seconds", type=float, help="crop audio / video items to this")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+
+    group = parser.add_argument_group(
+        "model-based metrics (safetensors weights; each is skipped with a note when absent)"
+    )
+    group.add_argument(
+        "--utmos", metavar="[ARCH:]PATH", help="UTMOS22 strong weights (ARCH: its SSL encoder)"
+    )
+    group.add_argument(
+        "--speaker-model", metavar="[ARCH:]PATH",
+        help="speaker encoder for spk_sim (ARCH: wavlm_base (default), wav2vec2_base, hubert_base ...)",
+    )  # fmt: skip
+    group.add_argument(
+        "--asr-model", metavar="[ARCH:]PATH",
+        help="CTC ASR model for wer / dwer (ARCH default wav2vec2_base)",
+    )  # fmt: skip
+    group.add_argument(
+        "--asr-labels", type=Path, metavar="JSON",
+        help="the ASR model's output symbols, a JSON list (default: English letters)",
+    )  # fmt: skip
+    group.add_argument(
+        "--transcripts", type=Path, metavar="JSON",
+        help="transcripts by file for wer (else a .txt of the same name beside each audio "
+        "file; else dwer against the ASR of the input)",
+    )  # fmt: skip
+    group.add_argument(
+        "--lpips", metavar="[NET:]PATH", help="LPIPS weights (NET: alex|vgg|squeeze)"
+    )
+    group.add_argument("--fid-inception", type=Path, metavar="PATH", help="FID Inception weights")
+    group.add_argument("--i3d", type=Path, metavar="PATH", help="I3D weights for FVD")
+    group.add_argument(
+        "--regions", type=Path, metavar="JSON", help="text / face region annotations (images)"
+    )
+    group.add_argument("--ocr-model", type=Path, metavar="PATH", help="CRNN OCR weights")
+    group.add_argument(
+        "--face-model", metavar="ARCH:PATH", help="face embedding model (torchvision ARCH)"
+    )
+    return parser
+
+
+def _image_size(text: str | None, parser: argparse.ArgumentParser) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        parts = [int(v) for v in text.lower().replace(",", "x").split("x")]
+    except ValueError:
+        parser.error(f"--image-size {text!r}: write HxW or one number")
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        parser.error(f"--image-size {text!r}: write HxW or one number")
+    return parts[0], parts[1]
+
+
+def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> BenchSettings:
+    """Check the arguments and build :class:`BenchSettings` (usage errors exit with 2)."""
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    if args.max_items is not None and args.max_items < 1:
+        parser.error("--max-items must be >= 1")
+    if args.warmup < 0 or args.repeats < 1:
+        parser.error("--warmup must be >= 0 and --repeats >= 1")
+    sweeps: dict[str, list[Any]] = {}
+    texts = list(args.sweep) + ([f"{LEVELS}={args.levels}"] if args.levels else [])
+    for text in texts:
+        try:
+            axis, values = parse_sweep(text)
+        except ValueError as err:
+            parser.error(str(err))
+        if axis == LEVELS and not all(isinstance(v, int) and v >= 1 for v in values):
+            parser.error(f"levels must be positive integers, got {values}")
+        sweeps.setdefault(axis, [])
+        sweeps[axis] += [v for v in values if v not in sweeps[axis]]
+    labels = None
+    if args.asr_labels is not None:
+        labels = tuple(json.loads(args.asr_labels.read_text()))
+    weights = MetricModels(
+        utmos=ModelWeights.parse(args.utmos) if args.utmos else None,
+        speaker=ModelWeights.parse(args.speaker_model) if args.speaker_model else None,
+        asr=ModelWeights.parse(args.asr_model) if args.asr_model else None,
+        asr_labels=labels,
+        lpips=ModelWeights.parse(args.lpips) if args.lpips else None,
+        fid_inception=args.fid_inception,
+        i3d=args.i3d,
+        ocr=args.ocr_model,
+        face=ModelWeights.parse(args.face_model) if args.face_model else None,
+    )
+    return BenchSettings(
+        models=args.models,
+        data=list(args.data),
+        max_items=args.max_items,
+        batch_size=args.batch_size,
+        device=args.device,
+        sweeps=sweeps,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        image_size=_image_size(args.image_size, parser),
+        max_seconds=args.max_seconds,
+        transcripts=args.transcripts,
+        regions=args.regions,
+        metric_models=weights,
+    )
+
+
+def _summary_table(report: dict[str, Any]) -> Table:
+    table = Table(title="anytok bench (means; full tables in report.md)")
+    for column in ("model", "point", "rate", "metrics"):
+        table.add_column(column)
+    for model in report["models"]:
+        if "error" in model:
+            table.add_row(model["label"], "", "", f"[red]failed: {model['error']}[/red]")
+            continue
+        columns = metric_columns([model], model["modality"])[:4]
+        for result in model["results"]:
+            rate = result["rate"]
+            text = (
+                f"{fmt(rate.get('bits_per_pixel'))} bpp"
+                if model["modality"] == "image"
+                else f"{fmt(rate.get('kbps'))} kbps"
+            )
+            metrics = ", ".join(
+                f"{c} {fmt(result['metrics'].get(c, {}).get('mean'))}" for c in columns
+            )
+            table.add_row(model["label"], result["label"], text, metrics)
+    return table
+
+
+def bench_from_cli(argv: list[str]) -> int:
+    """Entry point of ``anytok bench ARGS`` (wired by :mod:`anytok.cli`)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console(stderr=True, soft_wrap=True)
+    out = Console(soft_wrap=True)
+    try:
+        settings = settings_from_args(args, parser)
+    except (OSError, ValueError) as err:  # an unreadable --asr-labels file
+        console.print(f"[red]anytok bench: error:[/red] {err}", highlight=False)
+        return EXIT_USAGE
+    items: list[dict[str, Any]] = []
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+
+    def on_model(name: str, files: int) -> None:
+        limit = files if args.max_items is None else min(files, args.max_items)
+        tasks[name] = progress.add_task(name, total=limit)
+
+    def on_file(name: str, path: Path, error: str | None) -> None:
+        progress.advance(tasks[name])
+
+    try:
+        with progress:
+            report = run_bench(settings, on_model=on_model, on_file=on_file, item_rows=items)
+    except (MetricWeightsError, BenchInputError) as err:
+        console.print(f"[red]anytok bench: error:[/red] {err}", highlight=False)
+        return EXIT_USAGE
+    written = write_reports(report, args.output, items=items, plots=not args.no_plots)
+    out.print(_summary_table(report))
+    plots = sum(1 for key in written if key.startswith(("rate_", "usage_")))
+    out.print(
+        f"wrote {written['json']}, {written['markdown']} and {plots} plot(s) to {args.output}"
+    )
+    for note in report["notes"]:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+    if report["skipped"]:
+        console.print(f"[red]skipped {len(report['skipped'])} file(s):[/red]")
+        for failure in report["skipped"]:
+            console.print(f"  {failure['path']}: {failure['error']}", highlight=False)
+    failed = [m for m in report["models"] if "error" in m]
+    return EXIT_SKIPPED if report["skipped"] or failed else EXIT_OK
+
+
+__all__ = ["bench_from_cli", "build_parser", "settings_from_args"]

@@ -1,0 +1,171 @@
+"""Rate / quality sweeps: decode the same tokens at several operating points.
+
+A *sweep axis* is a knob that trades bits or compute for fidelity at decode time. One axis
+is built in:
+
+- ``levels``: for tokenizers whose quantizer's ``encode`` accepts ``n_levels`` (residual
+  quantizers: ``ResidualVQ``, ``ResidualFSQ`` ...), keep the first ``k`` levels of the codes
+  and decode them. Residual stages are sequential, so these are exactly the codes
+  ``encode(z, n_levels=k)`` gives, and the bitrate drops with ``k``.
+
+Any tokenizer can add axes of its own (prefix lengths of flexible 1D tokenizers, sampling
+steps of diffusion decoders ...) by implementing the :class:`Sweepable` protocol::
+
+    def sweep_options(self) -> dict[str, list]:
+        return {"prefix": [32, 64, 128, 256], "steps": [1, 4, 25]}
+
+    def sweep_decode(self, tokens: Tokens, axis: str, value) -> tuple[Tensor, Tensor]:
+        # the reconstruction, and the codes it used (b, levels, *positions): a prefix of the
+        # sequence for "prefix", all of them for "steps"; the benchmark counts bits from them
+        ...
+
+The benchmark always evaluates the tokenizer as it is (the ``full`` point) and then every
+requested value of every axis the tokenizer supports; requests it does not support become
+notes in the report, not errors.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor, nn
+
+from anytok.tokens import Tokens
+
+LEVELS = "levels"
+
+
+@runtime_checkable
+class Sweepable(Protocol):
+    """A tokenizer with decode-time operating points of its own."""
+
+    def sweep_options(self) -> dict[str, Sequence[Any]]: ...
+
+    def sweep_decode(self, tokens: Tokens, axis: str, value: Any) -> tuple[Tensor, Tensor]: ...
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One operating point: ``axis=None`` is the tokenizer as it is."""
+
+    axis: str | None = None
+    value: Any = None
+
+    @property
+    def label(self) -> str:
+        return "full" if self.axis is None else f"{self.axis}={self.value}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {} if self.axis is None else {self.axis: self.value}
+
+
+FULL = SweepPoint()
+
+
+def level_count(model: nn.Module) -> int | None:
+    """Levels of a tokenizer whose quantizer can encode a prefix of them, else None."""
+    quantizer = getattr(model, "quantizer", None)
+    encode = getattr(quantizer, "encode", None)
+    if encode is None:
+        return None
+    try:
+        accepts = "n_levels" in inspect.signature(encode).parameters
+    except (TypeError, ValueError):
+        return None
+    levels = len(getattr(quantizer, "codebook_sizes", ()))
+    return levels if accepts and levels > 1 else None
+
+
+def sweep_options(model: nn.Module) -> dict[str, list[Any]]:
+    """Every sweep axis ``model`` supports, with the values it allows."""
+    options: dict[str, list[Any]] = {}
+    levels = level_count(model)
+    if levels is not None:
+        options[LEVELS] = list(range(1, levels + 1))
+    if isinstance(model, Sweepable):
+        options.update({axis: list(values) for axis, values in model.sweep_options().items()})
+    return options
+
+
+def plan_sweep(
+    model: nn.Module, requested: dict[str, list[Any]]
+) -> tuple[list[SweepPoint], list[str]]:
+    """The points to evaluate for ``model`` and notes on requests it cannot serve.
+
+    ``full`` comes first; a requested value equal to the tokenizer as it is (all its levels)
+    is not repeated.
+    """
+    options = sweep_options(model)
+    points, notes = [FULL], []
+    name = getattr(model, "registry_name", type(model).__name__)
+    for axis, values in requested.items():
+        if axis not in options:
+            supported = ", ".join(sorted(options)) or "none"
+            notes.append(f"{name}: no '{axis}' sweep (its sweep axes: {supported}); skipped")
+            continue
+        allowed = options[axis]
+        skipped = [v for v in values if v not in allowed]
+        if skipped:
+            notes.append(
+                f"{name}: {axis} {', '.join(map(str, skipped))} not available "
+                f"(allowed: {', '.join(map(str, allowed))}); skipped"
+            )
+        for value in values:
+            if value in skipped or (axis == LEVELS and value == allowed[-1]):
+                continue
+            point = SweepPoint(axis, value)
+            if point not in points:
+                points.append(point)
+    return points, notes
+
+
+def decode_at(model: nn.Module, tokens: Tokens, point: SweepPoint) -> tuple[Tensor, Tensor]:
+    """Decode ``tokens`` at ``point``: the media and the codes ``(b, levels, *positions)`` used."""
+    if point.axis is None:
+        return model.decode(tokens), tokens.codes
+    if point.axis == LEVELS and (
+        not isinstance(model, Sweepable) or LEVELS not in model.sweep_options()
+    ):
+        codes = tokens.codes[:, : int(point.value)]
+        # Tokens validate codes against the spec's level count; a bare tensor goes through
+        # the quantizer's decode, which takes any prefix of levels.
+        return model.decode(codes), codes
+    return model.sweep_decode(tokens, point.axis, point.value)
+
+
+def parse_sweep(text: str) -> tuple[str, list[Any]]:
+    """``"axis=1,2,4"`` -> ``("axis", [1, 2, 4])``; values become int or float when they can.
+
+    Raises:
+        ValueError: for a malformed sweep.
+    """
+    axis, sep, values = text.partition("=")
+    axis = axis.strip()
+    if not sep or not axis or not values.strip():
+        raise ValueError(f"--sweep {text!r}: write AXIS=V1,V2,... (e.g. levels=1,2,4)")
+    return axis, [_number(v.strip()) for v in values.split(",") if v.strip()]
+
+
+def _number(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+__all__ = [
+    "FULL",
+    "LEVELS",
+    "SweepPoint",
+    "Sweepable",
+    "decode_at",
+    "level_count",
+    "parse_sweep",
+    "plan_sweep",
+    "sweep_options",
+]
