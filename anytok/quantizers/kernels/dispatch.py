@@ -94,12 +94,22 @@ def nearest_codeword(
     return nearest_codeword_reference(x, codebook, metric=metric, memory_budget=memory_budget)
 
 
-@torch.compiler.disable  # Triton launches with autotuning and atomics: keep them out of graphs
-def _triton(x: Tensor, codebook: Tensor, metric: str) -> Tensor:
-    from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
+_triton_search_fn = None
 
+
+def _triton(x: Tensor, codebook: Tensor, metric: str) -> Tensor:
+    """The Triton search, kept out of torch.compile graphs (autotuning, atomics).
+
+    ``torch.compiler.disable`` is applied on first use: applying it at import would import
+    torch._dynamo (and Triton) with every ``import anytok``.
+    """
+    global _triton_search_fn
+    if _triton_search_fn is None:
+        from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
+
+        _triton_search_fn = torch.compiler.disable(nearest_codeword_triton)
     with torch.no_grad():
-        return nearest_codeword_triton(x, codebook, metric=metric)  # type: ignore[return-value]
+        return _triton_search_fn(x, codebook, metric=metric)
 
 
 def codeword_counts_and_sums(

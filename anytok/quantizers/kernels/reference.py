@@ -27,15 +27,15 @@ _MIN_ROWS = 256
 def _check(x: Tensor, codebook: Tensor, metric: str) -> None:
     if metric not in METRICS:
         raise ValueError(f"nearest_codeword: metric must be one of {METRICS}, got {metric!r}")
-    if x.shape[-1] != codebook.shape[-1]:
-        raise ValueError(
-            f"nearest_codeword: vectors have dim {x.shape[-1]} but codewords have dim "
-            f"{codebook.shape[-1]} (x {tuple(x.shape)}, codebook {tuple(codebook.shape)})"
-        )
     if codebook.ndim not in (2, 3):
         raise ValueError(
             "nearest_codeword: codebook must be (K, D) or (G, K, D) for G groups, got "
             f"{tuple(codebook.shape)}"
+        )
+    if x.shape[-1] != codebook.shape[-1]:
+        raise ValueError(
+            f"nearest_codeword: vectors have dim {x.shape[-1]} but codewords have dim "
+            f"{codebook.shape[-1]} (x {tuple(x.shape)}, codebook {tuple(codebook.shape)})"
         )
     if codebook.ndim == 3 and (x.ndim < 2 or x.shape[0] != codebook.shape[0]):
         raise ValueError(
@@ -77,7 +77,11 @@ def nearest_codeword_reference(
     grouped = codebook.ndim == 3
     lead = x.shape[:-1]
     dim = x.shape[-1]
-    xs = x.detach().reshape(codebook.shape[0], -1, dim) if grouped else x.detach().reshape(1, -1, dim)
+    xs = (
+        x.detach().reshape(codebook.shape[0], -1, dim)
+        if grouped
+        else x.detach().reshape(1, -1, dim)
+    )
     cb = codebook.detach() if grouped else codebook.detach().unsqueeze(0)
     cb = cb.to(compute)
     if metric == "cosine":

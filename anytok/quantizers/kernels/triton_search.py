@@ -11,8 +11,12 @@ minimise* per codeword ``k``::
 
 so the kernels only ever need the dot product plus two ``(K,)`` vectors ``a`` and ``b``.
 
-Pipeline (four launches, no host synchronisation, extra memory O(N + K), never N x K):
+Pipeline (four launches, no host synchronisation, never an N x K buffer):
 
+0. Staging (:func:`stage_policy`, default ``auto``): a bf16/fp16 copy of the codebook, rows
+   zero-padded to a multiple of 16, unless it already is one; for ``D > 128`` also of ``x``.
+   With ``never`` the kernels convert fp32 tiles in registers instead and the extra memory is
+   strictly O(N + K); ``auto`` adds ``2 K D`` bytes (and ``2 N D`` for ``D > 128``).
 1. ``_codeword_stats_kernel`` — one pass over the codebook: ``a``, ``b`` and, per group, the
    maxima used by the error bound below (``(G, 4)`` floats).
 2. ``_search_kernel`` (autotuned) — the fused pass. Each program owns ``BLOCK_N`` rows and
@@ -165,57 +169,79 @@ def _d_block(d: int, cap: int = 128) -> int:
 
 
 if HAS_TRITON:
+    # Tile shapes (BLOCK_N, BLOCK_K, num_warps, num_stages) for D <= 128, where the whole row
+    # block stays in registers (ONE_D) and only codebook tiles stream; and (BLOCK_N, BLOCK_K,
+    # BLOCK_D, num_warps, num_stages) for D > 128, chunked over D. Every shape here compiles
+    # for sm_90 with bf16 operands without register spills (checked with ptxas/cuobjdump, no
+    # GPU at hand); the autotuner picks among them on the device.
+    _ONE_D_TILES = [
+        (128, 128, 8, 3),
+        (128, 128, 8, 4),
+        (128, 64, 4, 4),
+        (64, 128, 4, 4),
+        (64, 128, 8, 3),
+        (128, 256, 8, 3),
+        (64, 256, 8, 3),
+        (256, 64, 8, 3),
+        (64, 64, 4, 4),
+    ]
+    _CHUNKED_TILES = [
+        (128, 128, 64, 8, 3),
+        (128, 128, 64, 8, 4),
+        (128, 128, 32, 8, 4),
+        (64, 128, 64, 8, 3),
+        (128, 64, 64, 8, 4),
+        (256, 128, 32, 8, 3),
+        (256, 64, 64, 8, 3),
+        (64, 256, 32, 8, 3),
+        (64, 64, 64, 4, 4),
+    ]
 
     def _search_configs() -> list[triton.Config]:
         if _INTERPRET:
             return [triton.Config({"BLOCK_N": 16, "BLOCK_K": 16, "BLOCK_D": 16}, num_warps=4)]
-        configs = []
-        # (BLOCK_N, BLOCK_K, num_warps, num_stages): GEMM-like shapes for large D, wider K tiles
-        # (more epilogue work per program, fewer loop trips) for the argmin-bound small-D case.
-        tiles = [
-            (128, 128, 8, 3),
-            (128, 64, 4, 4),
-            (64, 128, 4, 4),
-            (128, 256, 8, 3),
-            (64, 256, 8, 3),
-            (256, 128, 8, 3),
-            (64, 64, 4, 4),
-            (128, 128, 4, 3),
+        configs = [
+            triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd}, num_warps=w, num_stages=st)
+            for bd in (16, 32, 64, 128)
+            for bn, bk, w, st in _ONE_D_TILES
         ]
-        for block_d in (16, 32, 64, 128, 256):
-            for bn, bk, warps, stages in tiles:
-                configs.append(
-                    triton.Config(
-                        {"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": block_d},
-                        num_warps=warps,
-                        num_stages=stages,
-                    )
-                )
+        configs += [
+            triton.Config(
+                {"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd, "CHUNKED": 1},
+                num_warps=w,
+                num_stages=st,
+            )
+            for bn, bk, bd, w, st in _CHUNKED_TILES
+        ]
         return configs
 
     def _prune_search_configs(configs: list[triton.Config], named_args: dict, **_: object):
-        """Keep the tiles that fit ``D``: one chunk when ``D <= 128``, else chunks of 64/128."""
+        """One D chunk (``BLOCK_D`` = D rounded up to a power of two) when ``D <= 128``."""
         d = int(named_args["D"])
-        wanted = {_d_block(d)} if d <= 128 else {64, 128}
-        kept = [c for c in configs if c.kwargs["BLOCK_D"] in wanted]
-        if d <= 32:  # argmin-bound: tiny MMAs, so favour many rows per program
-            kept = [c for c in kept if c.kwargs["BLOCK_N"] >= 64]
-        if d > 128:  # a (BLOCK_N + BLOCK_K) x BLOCK_D tile per stage must fit shared memory
+        if d <= 128:
             kept = [
                 c
-                for c in kept
-                if (c.kwargs["BLOCK_N"] + c.kwargs["BLOCK_K"]) * c.kwargs["BLOCK_D"] <= 256 * 128
+                for c in configs
+                if "CHUNKED" not in c.kwargs and c.kwargs["BLOCK_D"] == _d_block(d)
             ]
-        return kept or configs[:1]
+        else:
+            kept = [c for c in configs if "CHUNKED" in c.kwargs]
+        return [_strip_chunked(c) for c in kept] or [_strip_chunked(configs[0])]
+
+    def _strip_chunked(config: triton.Config) -> triton.Config:
+        """``CHUNKED`` only tags configs for pruning; the kernel has no such parameter."""
+        kwargs = {k: v for k, v in config.kwargs.items() if k != "CHUNKED"}
+        return triton.Config(kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
 
     def _candidate_configs() -> list[triton.Config]:
         if _INTERPRET:
             return [triton.Config({"BLOCK_N": 16, "BLOCK_K": 16}, num_warps=4)]
+        # Ambiguous rows only (few for 16-bit inputs); small tiles keep the cumsum/scatter
+        # of candidate indices free of spills.
         return [
-            triton.Config({"BLOCK_N": 32, "BLOCK_K": 128}, num_warps=4, num_stages=3),
-            triton.Config({"BLOCK_N": 64, "BLOCK_K": 128}, num_warps=4, num_stages=3),
             triton.Config({"BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
-            triton.Config({"BLOCK_N": 128, "BLOCK_K": 128}, num_warps=8, num_stages=3),
+            triton.Config({"BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=4),
+            triton.Config({"BLOCK_N": 64, "BLOCK_K": 128}, num_warps=8, num_stages=3),
         ]
 
     @triton.jit
@@ -233,6 +259,7 @@ if HAS_TRITON:
     @triton.jit
     def _codeword_stats_kernel(
         c_ptr,  # (G, K, D) any float dtype, strided
+        co_ptr,  # (G, K, D) the GEMM operand: c itself, or a staged lp copy
         scale_ptr,  # (G, K) fp32 out: a_k
         bias_ptr,  # (G, K) fp32 out: b_k
         maxes_ptr,  # (G, 4) fp32 in/out (zeroed): P, Q, T, B
@@ -241,9 +268,13 @@ if HAS_TRITON:
         s_cg,
         s_ck,
         s_cd,
+        s_cog,
+        s_cok,
+        s_cod,
         METRIC: tl.constexpr,
         LP: tl.constexpr,
         C_EXACT: tl.constexpr,
+        C_STAGED: tl.constexpr,
         BLOCK_K: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
@@ -252,6 +283,7 @@ if HAS_TRITON:
         offs_k = pid * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
         base = c_ptr + g.to(tl.int64) * s_cg + offs_k.to(tl.int64)[:, None] * s_ck
+        base_o = co_ptr + g.to(tl.int64) * s_cog + offs_k.to(tl.int64)[:, None] * s_cok
         c2 = tl.zeros((BLOCK_K,), dtype=tl.float32)  # ||c||^2
         t2 = tl.zeros((BLOCK_K,), dtype=tl.float32)  # ||lp(c)||^2
         r2 = tl.zeros((BLOCK_K,), dtype=tl.float32)  # ||c - lp(c)||^2
@@ -263,7 +295,13 @@ if HAS_TRITON:
             if C_EXACT:
                 t2 += tl.sum(c * c, axis=1)
             else:
-                ct = c.to(LP).to(tl.float32)
+                # The residual of exactly the operand the GEMM will read (a staged copy may
+                # round differently from an in-kernel conversion, e.g. in the interpreter).
+                if C_STAGED:
+                    ct = tl.load(base_o + offs_d[None, :] * s_cod, mask=m, other=0.0)
+                    ct = ct.to(tl.float32)
+                else:
+                    ct = c.to(LP).to(tl.float32)
                 r = c - ct
                 t2 += tl.sum(ct * ct, axis=1)
                 r2 += tl.sum(r * r, axis=1)
@@ -298,6 +336,8 @@ if HAS_TRITON:
         k0,
         K,
         D,
+        DX,  # row length of the x operand's storage (>= D; zero padding past D)
+        DC,  # row length of the codebook operand's storage (>= D; zero padding past D)
         s_cg,
         s_ck,
         s_cd,
@@ -324,22 +364,23 @@ if HAS_TRITON:
             offs_d = tl.arange(0, BLOCK_D)
             c = tl.load(
                 c_cols + offs_d[:, None] * s_cd,
-                mask=(offs_d[:, None] < D) & mask_k[None, :],
+                mask=(offs_d[:, None] < DC) & mask_k[None, :],
                 other=0.0,
             )
             acc = _lp_dot(x_lp, c.to(LP), acc, INTERPRET)
         else:
             for d0 in range(0, D, BLOCK_D):
                 offs_d = d0 + tl.arange(0, BLOCK_D)
-                mask_d = offs_d < D
+                # Masks on the operands' own (16-padded when staged) row lengths, so they are
+                # constant over 16 columns and the loads vectorise and pipeline.
                 xs = tl.load(
                     x_ptr + x_rows[:, None] + offs_d[None, :] * s_xd,
-                    mask=row_mask[:, None] & mask_d[None, :],
+                    mask=row_mask[:, None] & (offs_d[None, :] < DX),
                     other=0.0,
                 )
                 c = tl.load(
                     c_cols + offs_d[:, None] * s_cd,
-                    mask=mask_d[:, None] & mask_k[None, :],
+                    mask=(offs_d[:, None] < DC) & mask_k[None, :],
                     other=0.0,
                 )
                 acc = _lp_dot(xs.to(LP), c.to(LP), acc, INTERPRET)
@@ -358,8 +399,9 @@ if HAS_TRITON:
     @triton.heuristics({"ONE_D": lambda a: a["BLOCK_D"] >= a["D"]})
     @triton.jit
     def _search_kernel(
-        x_ptr,  # (G, N, D) strided
-        c_ptr,  # (G, K, D) strided
+        x_ptr,  # (G, N, D) strided: the input, for the prologue's norms
+        xo_ptr,  # (G, N, D) the GEMM operand: x itself, or a staged lp copy
+        co_ptr,  # (G, K, D) the GEMM operand: the codebook, or a staged lp copy
         scale_ptr,  # (G, K) fp32
         bias_ptr,  # (G, K) fp32
         maxes_ptr,  # (G, 4) fp32
@@ -370,18 +412,24 @@ if HAS_TRITON:
         N,
         K,
         D,
+        DX,
+        DC,
         s_xg,
         s_xn,
         s_xd,
-        s_cg,
-        s_ck,
-        s_cd,
+        s_xog,
+        s_xon,
+        s_xod,
+        s_cog,
+        s_cok,
+        s_cod,
         gamma,
         D_BUCKET,  # autotuning keys only
         K_BUCKET,
         METRIC: tl.constexpr,  # only part of the autotuning key; the scores come from a, b
         LP: tl.constexpr,
         X_EXACT: tl.constexpr,
+        X_STAGED: tl.constexpr,
         CERTIFY: tl.constexpr,  # False only in tests: skip steps 3-4 to expose raw lp argmin
         INTERPRET: tl.constexpr,
         BLOCK_N: tl.constexpr,
@@ -394,6 +442,7 @@ if HAS_TRITON:
         offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
         x_rows = g.to(tl.int64) * s_xg + offs_n.to(tl.int64) * s_xn
+        xo_rows = g.to(tl.int64) * s_xog + offs_n.to(tl.int64) * s_xon
 
         # Prologue: ||lp(x)|| and ||x - lp(x)|| per row for the error bound. With one D chunk
         # the converted rows stay in registers for the whole K loop.
@@ -407,7 +456,14 @@ if HAS_TRITON:
                 mask=mask_n[:, None] & (offs_d[None, :] < D),
                 other=0.0,
             ).to(tl.float32)
-            x_lp = xs.to(LP)
+            if X_STAGED:  # the operand copy, so the residual matches what the GEMM reads
+                x_lp = tl.load(
+                    xo_ptr + xo_rows[:, None] + offs_d[None, :] * s_xod,
+                    mask=mask_n[:, None] & (offs_d[None, :] < D),
+                    other=0.0,
+                ).to(LP)
+            else:
+                x_lp = xs.to(LP)
             xt = x_lp.to(tl.float32)
             xt2 += tl.sum(xt * xt, axis=1)
             if not X_EXACT:
@@ -420,7 +476,8 @@ if HAS_TRITON:
         cols = tl.arange(0, BLOCK_K)
         for k0 in range(0, K, BLOCK_K):
             s = _lp_scores(
-                x_rows, x_lp, mask_n, c_ptr, g, k0, K, D, s_cg, s_ck, s_cd, x_ptr, s_xd,
+                xo_rows, x_lp, mask_n, co_ptr, g, k0, K, D, DX, DC, s_cog, s_cok, s_cod, xo_ptr,
+                s_xod,
                 scale_ptr, bias_ptr, LP, ONE_D, INTERPRET, BLOCK_N, BLOCK_K, BLOCK_D,
             )  # fmt: skip
             # Tile minimum (first index on ties, like torch.argmin) and the tile's runner-up:
@@ -468,6 +525,8 @@ if HAS_TRITON:
         N,
         K,
         D,
+        DX,
+        DC,
         s_xg,
         s_xn,
         s_xd,
@@ -497,7 +556,7 @@ if HAS_TRITON:
             count = tl.zeros((BLOCK_N,), dtype=tl.int32)
             for k0 in range(0, K, BLOCK_K):
                 s = _lp_scores(
-                    x_rows, x_unused, mask_s, c_ptr, g, k0, K, D, s_cg, s_ck, s_cd, x_ptr,
+                    x_rows, x_unused, mask_s, c_ptr, g, k0, K, D, DX, DC, s_cg, s_ck, s_cd, x_ptr,
                     s_xd, scale_ptr, bias_ptr, LP, False, INTERPRET, BLOCK_N, BLOCK_K, BLOCK_D,
                 )  # fmt: skip
                 offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -616,6 +675,28 @@ class SearchStats:
         return self.ambiguous / max(self.rows, 1)
 
 
+STAGE_ENV = "ANYTOK_TRITON_STAGE"
+STAGE_POLICIES = ("auto", "always", "never")
+
+
+def stage_policy(stage: str | None = None) -> str:
+    """Whether to stage 16-bit copies of fp32 operands before the fused search.
+
+    * ``never``: the kernels convert fp32 tiles in registers — strictly O(N + K) extra memory,
+      but fp32 tiles double the shared memory of the software pipeline, and with D chunked
+      (``D > 128``) the conversions spill registers (measured by compiling for sm_90).
+    * ``always``: convert the codebook and x once up front (``2 K D`` and ``2 N D`` bytes).
+    * ``auto`` (default): stage the codebook (it is re-read by every row block, and usually
+      small) and stage x only when ``D > 128``.
+
+    ``ANYTOK_TRITON_STAGE`` sets the default. Exactness does not depend on the choice.
+    """
+    value = (stage or os.environ.get(STAGE_ENV, "auto")).strip().lower()
+    if value not in STAGE_POLICIES:
+        raise ValueError(f"{STAGE_ENV}={value!r} is not one of {STAGE_POLICIES}")
+    return value
+
+
 def unsupported_reason(x: Tensor, codebook: Tensor) -> str | None:
     """Why the Triton path cannot take these tensors, or ``None`` if it can."""
     if not HAS_TRITON:
@@ -639,6 +720,26 @@ def unsupported_reason(x: Tensor, codebook: Tensor) -> str | None:
     return None
 
 
+def _operand_ready(t: Tensor, lp: torch.dtype) -> bool:
+    """Whether ``t`` can feed the tensor cores as is: 16-bit, unit stride, rows of 16k."""
+    return t.dtype == lp and t.stride(-1) == 1 and t.shape[-1] % 16 == 0
+
+
+def _stage(t: Tensor, lp: torch.dtype) -> Tensor:
+    """A contiguous ``lp`` copy of ``(G, R, D)`` with rows zero-padded to a multiple of 16.
+
+    Zero columns add nothing to any dot product; the padding makes every row 32-byte aligned
+    and the column masks constant over 16 columns, which the loads need to vectorise.
+    """
+    d = t.shape[-1]
+    dp = -(-d // 16) * 16
+    out = torch.zeros(*t.shape[:-1], dp, dtype=lp, device=t.device) if dp != d else None
+    if out is None:
+        return t.to(lp, memory_format=torch.contiguous_format)
+    out[..., :d] = t
+    return out
+
+
 def nearest_codeword_triton(
     x: Tensor,
     codebook: Tensor,
@@ -646,6 +747,7 @@ def nearest_codeword_triton(
     metric: str = "euclidean",
     return_stats: bool = False,
     certify: bool = True,
+    stage: str | None = None,
 ) -> Tensor | tuple[Tensor, SearchStats]:
     """Fused search: int64 indices of shape ``x.shape[:-1]``, exact w.r.t. fp32 distances.
 
@@ -657,6 +759,8 @@ def nearest_codeword_triton(
         return_stats: also return :class:`SearchStats` (synchronises the device).
         certify: ``False`` skips the certificate and re-ranking and returns the raw
             low-precision argmin — only for tests that show the re-ranking matters.
+        stage: ``"auto"``, ``"always"`` or ``"never"`` (default: ``$ANYTOK_TRITON_STAGE``,
+            else ``"auto"``); see :func:`stage_policy`.
     """
     _check(x, codebook, metric)
     reason = unsupported_reason(x, codebook)
@@ -698,17 +802,28 @@ def nearest_codeword_triton(
     rows_list = torch.empty(groups, n, dtype=torch.int32, device=device)
     thr = torch.empty(groups, n, dtype=torch.float32, device=device)
 
+    # Staging: 16-bit copies of the GEMM operands (see stage_policy). Residuals are always
+    # measured against the operand actually read, so staging never affects exactness.
+    policy = stage_policy(stage)
+    stage_c = policy == "always" or (policy == "auto" and not _operand_ready(cb, lp_torch))
+    stage_x = policy == "always" or (
+        policy == "auto" and d > 128 and not _operand_ready(xs, lp_torch)
+    )
+    co = _stage(cb, lp_torch) if stage_c else cb
+    xo = _stage(xs, lp_torch) if stage_x else xs
+    dx, dc = xo.shape[-1], co.shape[-1]
+
     stats_block = 16 if _INTERPRET else 64
     _codeword_stats_kernel[(triton.cdiv(k, stats_block), groups)](
-        cb, scale, bias, maxes, k, d, *cb.stride(),
-        METRIC=metric_id, LP=lp, C_EXACT=cb.dtype == lp_torch,
+        cb, co, scale, bias, maxes, k, d, *cb.stride(), *co.stride(),
+        METRIC=metric_id, LP=lp, C_EXACT=cb.dtype == lp_torch, C_STAGED=stage_c,
         BLOCK_K=stats_block, BLOCK_D=block_d if d <= 128 else 64,
     )  # fmt: skip
     _search_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), groups)](
-        xs, cb, scale, bias, maxes, idx, rows_list, thr, counter, n, k, d,
-        *xs.stride(), *cb.stride(), gamma, d_bucket, k_bucket,
-        METRIC=metric_id, LP=lp, X_EXACT=xs.dtype == lp_torch, CERTIFY=certify,
-        INTERPRET=_INTERPRET,
+        xs, xo, co, scale, bias, maxes, idx, rows_list, thr, counter, n, k, d, dx, dc,
+        *xs.stride(), *xo.stride(), *co.stride(), gamma, d_bucket, k_bucket,
+        METRIC=metric_id, LP=lp, X_EXACT=xs.dtype == lp_torch, X_STAGED=stage_x,
+        CERTIFY=certify, INTERPRET=_INTERPRET,
     )  # fmt: skip
     config = str(getattr(_search_kernel, "best_config", ""))
 
@@ -717,14 +832,16 @@ def nearest_codeword_triton(
         cand = torch.empty(groups, n, m, dtype=torch.int32, device=device)
         count = torch.empty(groups, n, dtype=torch.int32, device=device)
         _candidates_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), groups)](
-            xs, cb, scale, bias, rows_list, thr, counter, cand, count, n, k, d,
-            *xs.stride(), *cb.stride(), d_bucket, k_bucket,
-            M=m, LP=lp, INTERPRET=_INTERPRET, BLOCK_D=block_d,
+            xo, co, scale, bias, rows_list, thr, counter, cand, count, n, k, d, dx, dc,
+            *xo.stride(), *co.stride(), d_bucket, k_bucket,
+            M=m, LP=lp, INTERPRET=_INTERPRET, BLOCK_D=min(block_d, 64),
         )  # fmt: skip
+        # One program per list slot; 64 x 32 fp32 tiles keep the full-scan fallback spill-free
+        # (128 x 64 spilled 368 B when compiled for sm_90).
         _rerank_kernel[(n, groups)](
             xs, cb, scale, bias, rows_list, counter, cand, count, idx, n, k, d,
             *xs.stride(), *cb.stride(),
-            M=m, BLOCK_K=16 if _INTERPRET else 128, BLOCK_D=16 if _INTERPRET else 64,
+            M=m, BLOCK_K=16 if _INTERPRET else 64, BLOCK_D=16 if _INTERPRET else 32,
         )  # fmt: skip
 
     out = idx.reshape(lead)

@@ -1,0 +1,410 @@
+"""Nearest-codeword search: correctness and speed of anytok's kernels against the baselines.
+
+One call measures everything in the same process, on one GPU::
+
+    python benchmarks/nearest_codeword.py --out benchmarks/results/nearest_codeword
+
+For every anchor size (N, D, K) and input dtype it checks the anytok result against the fp64
+reference on a row sample, then times (``triton.testing.do_bench``, median, warmed up, inputs
+rotated between calls so no run reads the previous run's cached rows):
+
+* ``anytok``    — ``anytok.quantizers.kernels.nearest_codeword`` (Triton on CUDA); also its
+  extra memory (``max_memory_allocated`` above the inputs), TFLOP/s (``2 N K D / t``), the
+  fraction of rows that needed exact re-ranking, and the time as a multiple of the bare GEMM;
+  for fp32/fp16 inputs also ``anytok_nostage`` (no 16-bit operand copies: strict O(N + K))
+* ``gemm``      — bare bf16 ``x @ c.T`` on pre-converted operands (the speed-of-light)
+* ``torch_bf16`` — bf16 ``addmm(||c||^2, x, c.T, alpha=-2).argmin(-1)`` (not exact)
+* ``compiled``  — ``torch.compile``'d ``(||c||^2 - 2 x c^T).argmin(-1)`` in the input dtype
+* ``vqp_eval`` / ``vqp_train`` — vector-quantize-pytorch ``VectorQuantize`` with the same
+  codebook: eval forward, and a training step (forward + backward, EMA update)
+* ``anytok_train`` — ``anytok.quantizers.vq.VectorQuantize`` training step (skipped if that
+  module is absent)
+
+and prints a Markdown table (with ``torch.cuda.get_device_name()``) and writes
+``nearest_codeword.json`` and ``nearest_codeword.md`` to ``--out``.
+
+``--smoke`` runs on the CPU with tiny sizes: the reference, ``torch.cdist``, and the Triton
+kernels under ``TRITON_INTERPRET=1`` (the script re-executes itself with that variable set,
+since it must be set before Triton is imported). It checks the script end to end, not speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ANCHORS = [  # (N, D, K)
+    (48000, 128, 1024),
+    (48000, 512, 4096),
+    (65536, 256, 16384),
+    (65536, 8, 16384),
+    (16384, 256, 262144),
+]
+SMOKE = [(37, 16, 40), (50, 8, 300), (20, 40, 24)]
+CHECK_ROWS = 4096  # rows checked against the fp64 reference per size
+
+
+def _reexec_with_interpreter() -> None:
+    """``--smoke`` needs TRITON_INTERPRET=1 before Triton is imported: restart if unset."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def _ms_cpu(fn: Callable[[], Any], reps: int = 3) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _rotating(tensors: list[Any]) -> Callable[[], Any]:
+    """Return a function yielding the next of ``tensors`` on every call (input rotation)."""
+    state = {"i": 0}
+
+    def nxt() -> Any:
+        state["i"] = (state["i"] + 1) % len(tensors)
+        return tensors[state["i"]]
+
+    return nxt
+
+
+def _mismatches(got: Any, x: Any, c: Any, metric: str) -> int:
+    """Rows of ``got`` whose fp64 score is worse than the fp64 optimum beyond fp32 ties."""
+    import torch
+
+    from anytok.quantizers.kernels import nearest_codeword_reference
+
+    ref = nearest_codeword_reference(x.double(), c.double(), metric=metric)
+    diff = got != ref
+    if not bool(diff.any()):
+        return 0
+    xd, cd = x.double()[diff], c.double()
+    if metric == "euclidean":
+        s_got = ((xd - cd[got[diff]]) ** 2).sum(-1)
+        s_ref = ((xd - cd[ref[diff]]) ** 2).sum(-1)
+        scale = xd.norm(dim=-1) * cd.norm(dim=-1).max() + cd.norm(dim=-1).max() ** 2
+    else:
+        if metric == "cosine":
+            xd = torch.nn.functional.normalize(xd, dim=-1)
+            cd = torch.nn.functional.normalize(cd, dim=-1)
+        s_got = -(xd * cd[got[diff]]).sum(-1)
+        s_ref = -(xd * cd[ref[diff]]).sum(-1)
+        scale = xd.norm(dim=-1) * cd.norm(dim=-1).max()
+    return int(((s_got - s_ref) > 1e-5 * scale).sum())
+
+
+# --------------------------------------------------------------------------- CPU smoke
+
+
+def run_smoke(metric: str) -> tuple[list[dict[str, Any]], str]:
+    import torch
+
+    from anytok.quantizers.kernels import nearest_codeword_reference
+    from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
+
+    rows = []
+    for n, d, k in SMOKE:
+        g = torch.Generator().manual_seed(n + d + k)
+        x, c = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
+        got, stats = nearest_codeword_triton(x, c, metric=metric, return_stats=True)
+        rows.append(
+            {
+                "N": n,
+                "D": d,
+                "K": k,
+                "dtype": "float32",
+                "mismatches": _mismatches(got, x, c, metric),
+                "ambiguous_fraction": stats.ambiguous_fraction,
+                "interpreter_ms": _ms_cpu(lambda x=x, c=c: nearest_codeword_triton(x, c), 1),
+                "reference_ms": _ms_cpu(lambda x=x, c=c: nearest_codeword_reference(x, c)),
+                "cdist_ms": _ms_cpu(lambda x=x, c=c: torch.cdist(x, c).argmin(-1)),
+            }
+        )
+    return rows, f"CPU smoke ({platform.processor() or platform.machine()}, Triton interpreter)"
+
+
+# --------------------------------------------------------------------------- GPU
+
+
+def _bench(fn: Callable[[], Any]) -> float:
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median"))
+
+
+def _try(fn: Callable[[], float]) -> float | str:
+    import torch
+
+    try:
+        return fn()
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return "OOM"
+    except Exception as exc:  # a baseline failing must not lose the other columns
+        torch.cuda.empty_cache()
+        return f"error: {type(exc).__name__}: {str(exc)[:120]}"
+
+
+def _vqp_module(d: int, k: int, codebook: Any, metric: str) -> Any:
+    from vector_quantize_pytorch import VectorQuantize as VQP
+
+    vq = VQP(dim=d, codebook_size=k, use_cosine_sim=metric == "cosine", decay=0.99).cuda()
+    vq._codebook.embed.data.copy_(codebook[None])  # (heads=1, K, D)
+    if hasattr(vq._codebook, "embed_avg"):
+        vq._codebook.embed_avg.data.copy_(codebook[None])
+    return vq
+
+
+def _anytok_vq_module(d: int, k: int, codebook: Any, metric: str) -> Any | None:
+    try:
+        from anytok.quantizers.vq import VectorQuantize
+    except ImportError:
+        return None
+    vq = VectorQuantize(d, k, use_cosine_sim=metric == "cosine").cuda()
+    if hasattr(vq, "set_codebook_"):
+        vq.set_codebook_(codebook)
+    return vq
+
+
+def run_gpu(
+    sizes: list[tuple[int, int, int]], dtypes: list[str], metric: str, skip: set[str]
+) -> tuple[list[dict[str, Any]], str]:
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 baselines stay fp32
+    rows = []
+    for n, d, k in sizes:
+        for dtype_name in dtypes:
+            row = measure(n, d, k, dtype_name, metric, skip)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            torch.cuda.empty_cache()
+    return rows, torch.cuda.get_device_name()
+
+
+def measure(n: int, d: int, k: int, dtype_name: str, metric: str, skip: set[str]) -> dict[str, Any]:
+    """Every column for one size and input dtype (GPU)."""
+    import torch
+
+    from anytok.quantizers.kernels import backend_for, nearest_codeword
+    from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
+
+    dtype = getattr(torch, dtype_name)
+    torch.manual_seed(0)
+    xs = [torch.randn(n, d, device="cuda").to(dtype) for _ in range(3)]
+    c = torch.randn(k, d, device="cuda").to(dtype)
+    nxt = _rotating(xs)
+    row: dict[str, Any] = {"N": n, "D": d, "K": k, "dtype": dtype_name, "metric": metric}
+    row["backend"] = backend_for(xs[0], c)
+    flops = 2.0 * n * k * d
+
+    # Correctness on a row sample; also how often plain bf16 matmul+argmin is wrong.
+    sample = xs[0][:CHECK_ROWS]
+    got, stats = nearest_codeword_triton(sample, c, metric=metric, return_stats=True)
+    row["mismatches"] = _mismatches(got, sample, c, metric)
+    row["config"] = stats.config
+    _, full_stats = nearest_codeword_triton(xs[0], c, metric=metric, return_stats=True)
+    row["ambiguous_fraction"] = full_stats.ambiguous_fraction
+    row["full_scans"] = full_stats.full_scans
+    cb = c.bfloat16()
+    csqb = cb.float().pow(2).sum(-1).bfloat16()
+    if metric == "euclidean":
+        naive = torch.addmm(csqb, sample.bfloat16(), cb.T, alpha=-2).argmin(-1)
+        row["torch_bf16_mismatches"] = _mismatches(naive, sample, c, metric)
+
+    # anytok: time (autotuned and compiled above), extra memory, throughput.
+    row["anytok_ms"] = _try(lambda: _bench(lambda: nearest_codeword(nxt(), c, metric=metric)))
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    nearest_codeword(xs[0], c, metric=metric)
+    torch.cuda.synchronize()
+    row["anytok_extra_gib"] = (torch.cuda.max_memory_allocated() - base) / 2**30
+    if isinstance(row["anytok_ms"], float):
+        row["anytok_tflops"] = flops / (row["anytok_ms"] * 1e-3) / 1e12
+    if dtype != torch.bfloat16 and "nostage" not in skip:
+        # Strict O(N + K) variant: fp32 tiles converted in registers (stage_policy "never").
+        def nostage() -> Any:
+            return nearest_codeword_triton(nxt(), c, metric=metric, stage="never")
+
+        row["anytok_nostage_ms"] = _try(lambda: (nostage(), _bench(nostage))[1])
+
+    # Bare bf16 GEMM on pre-converted operands, and bf16 matmul + argmin (N x K in memory).
+    nxb = _rotating([t.bfloat16() for t in xs])
+    row["gemm_ms"] = _try(lambda: _bench(lambda: nxb() @ cb.T))
+    if isinstance(row["gemm_ms"], float):
+        row["gemm_tflops"] = flops / (row["gemm_ms"] * 1e-3) / 1e12
+        if isinstance(row["anytok_ms"], float):
+            row["x_gemm"] = row["anytok_ms"] / row["gemm_ms"]
+    if "torch_bf16" not in skip:
+        if metric == "euclidean":
+            row["torch_bf16_ms"] = _try(
+                lambda: _bench(lambda: torch.addmm(csqb, nxb(), cb.T, alpha=-2).argmin(-1))
+            )
+        else:
+            row["torch_bf16_ms"] = _try(lambda: _bench(lambda: (nxb() @ cb.T).argmax(-1)))
+    torch.cuda.empty_cache()
+
+    # torch.compile'd distance + argmin in the input dtype.
+    if "compiled" not in skip:
+
+        def dist_argmin(x: torch.Tensor, cw: torch.Tensor) -> torch.Tensor:
+            if metric == "euclidean":
+                return (cw.pow(2).sum(-1) - 2 * x @ cw.T).argmin(-1)
+            if metric == "cosine":
+                cw = torch.nn.functional.normalize(cw, dim=-1)
+            return (x @ cw.T).argmax(-1)
+
+        compiled = torch.compile(dist_argmin, dynamic=False)
+
+        def time_compiled() -> float:
+            compiled(xs[0], c)  # compile outside the timing
+            return _bench(lambda: compiled(nxt(), c))
+
+        row["compiled_ms"] = _try(time_compiled)
+        torch.cuda.empty_cache()
+
+    # vector-quantize-pytorch and anytok VectorQuantize (fp32 modules, as in a model).
+    xf = [t.float()[None] for t in xs]
+    if "vqp" not in skip:
+        row.update(_time_vqp(d, k, c.float(), metric, xf))
+        torch.cuda.empty_cache()
+    if "anytok_train" not in skip:
+        row["anytok_train_ms"] = _time_anytok_vq(d, k, c.float(), metric, xf)
+        torch.cuda.empty_cache()
+
+    for name in ("vqp_eval", "compiled", "torch_bf16"):
+        t = row.get(f"{name}_ms")
+        if isinstance(t, float) and isinstance(row["anytok_ms"], float):
+            row[f"speedup_vs_{name}"] = t / row["anytok_ms"]
+    return row
+
+
+def _time_vqp(d: int, k: int, codebook: Any, metric: str, xf: list[Any]) -> dict[str, Any]:
+    import torch
+
+    out: dict[str, Any] = {}
+    try:
+        vqp = _vqp_module(d, k, codebook, metric)
+    except Exception as exc:
+        return {"vqp_eval_ms": f"error: {type(exc).__name__}: {str(exc)[:120]}"}
+    nxf = _rotating(xf)
+    vqp.eval()
+
+    def eval_fwd() -> None:
+        with torch.no_grad():
+            vqp(nxf())
+
+    out["vqp_eval_ms"] = _try(lambda: _bench(eval_fwd))
+    vqp.train()
+    nxg = _rotating([t.clone().requires_grad_(True) for t in xf])
+
+    def train_step() -> None:
+        q, _, loss = vqp(nxg())
+        (loss.sum() + q.square().mean()).backward()
+
+    out["vqp_train_ms"] = _try(lambda: _bench(train_step))
+    return out
+
+
+def _time_anytok_vq(d: int, k: int, codebook: Any, metric: str, xf: list[Any]) -> float | str:
+    vq = _anytok_vq_module(d, k, codebook, metric)
+    if vq is None:
+        return "n/a"
+    vq.train()
+    nxg = _rotating([t[0].clone().requires_grad_(True) for t in xf])
+
+    def train_step() -> None:
+        out = vq(nxg())
+        (out.loss + out.quantized.square().mean()).backward()
+
+    return _try(lambda: _bench(train_step))
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return "" if v is None else str(v)
+
+
+def markdown(rows: list[dict[str, Any]], device: str, smoke: bool) -> str:
+    if smoke:
+        cols = ["N", "D", "K", "mismatches", "ambiguous_fraction", "interpreter_ms",
+                "reference_ms", "cdist_ms"]  # fmt: skip
+    else:
+        cols = ["N", "D", "K", "dtype", "anytok_ms", "anytok_nostage_ms", "anytok_extra_gib",
+                "anytok_tflops",
+                "gemm_ms", "x_gemm", "torch_bf16_ms", "compiled_ms", "vqp_eval_ms",
+                "vqp_train_ms", "anytok_train_ms", "speedup_vs_vqp_eval",
+                "speedup_vs_compiled", "speedup_vs_torch_bf16", "ambiguous_fraction",
+                "mismatches", "torch_bf16_mismatches"]  # fmt: skip
+    lines = [f"Nearest-codeword search on **{device}**", ""]
+    lines.append("| " + " | ".join(cols) + " |")
+    lines.append("|" + "---|" * len(cols))
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(c)) for c in cols) + " |")
+    lines.append("")
+    lines.append(
+        "times in ms (median); x_gemm = anytok / bare bf16 GEMM; mismatches = rows worse than "
+        f"the fp64 optimum beyond fp32 ties, among the first {CHECK_ROWS} rows"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/nearest_codeword"))
+    parser.add_argument("--smoke", action="store_true", help="tiny CPU run (interpreter)")
+    parser.add_argument("--metric", default="euclidean", choices=["euclidean", "cosine", "dot"])
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated")
+    parser.add_argument("--sizes", default=None, help="N,D,K;N,D,K... (default: the anchor sizes)")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated: nostage,torch_bf16,compiled,vqp,anytok_train"
+    )
+    args = parser.parse_args(argv)
+
+    if args.smoke:
+        _reexec_with_interpreter()
+        rows, device = run_smoke(args.metric)
+    else:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("no CUDA device: run with --smoke on the CPU", file=sys.stderr)
+            return 2
+        sizes = ANCHORS
+        if args.sizes:
+            sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes.split(";")]
+        skip = {s for s in args.skip.split(",") if s}
+        rows, device = run_gpu(sizes, args.dtypes.split(","), args.metric, skip)  # type: ignore[arg-type]
+
+    table = markdown(rows, device, args.smoke)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {"device": device, "smoke": args.smoke, "metric": args.metric, "rows": rows}
+    (args.out / "nearest_codeword.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (args.out / "nearest_codeword.md").write_text(table)
+    bad = [r for r in rows if r.get("mismatches")]
+    if bad:
+        print(f"INCORRECT: {len(bad)} size(s) with mismatches", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
