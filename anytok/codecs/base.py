@@ -5,7 +5,9 @@ stride, lengths) once, so each family file holds only its architecture.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -13,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from anytok.codecs import long_audio
 from anytok.quantizers import QuantizerOutput, build
 from anytok.tokens import Tokens, TokenSpec
 
@@ -117,6 +120,12 @@ class AudioTokenizer(Tokenizer):
     Inputs are right-padded with zeros to a multiple of ``hop_length``; ``lengths`` (samples)
     become token lengths ``ceil(lengths / hop_length)``. ``decode`` returns
     ``frames * hop_length`` samples.
+
+    Long audio and streaming (:mod:`anytok.codecs.long_audio`, which states the guarantees):
+    :meth:`encode_long` / :meth:`decode_long` for files of any duration in bounded memory,
+    :meth:`stream_encoder` / :meth:`stream_decoder` for causal models, chunk by chunk.
+    They use ``encoder`` / ``decoder`` modules and :meth:`codes_from_latent` /
+    :meth:`latent_from_codes`, which families with other quantizer calls override.
     """
 
     modality = "audio"
@@ -160,6 +169,45 @@ class AudioTokenizer(Tokenizer):
             lengths.to(audio.device) + self.hop_length - 1, self.hop_length, rounding_mode="floor"
         )
         return audio, token_lengths.long()
+
+    def spec_with_levels(self, n_levels: int | None = None) -> TokenSpec:
+        """:attr:`spec` restricted to the first ``n_levels`` levels (bitrate choice)."""
+        spec = self.spec
+        if n_levels is None or n_levels == spec.num_levels:
+            return spec
+        return dataclasses.replace(spec, codebook_sizes=spec.codebook_sizes[:n_levels])
+
+    def codes_from_latent(self, latent: Tensor, **encode_kwargs: Any) -> Tensor:
+        """Encoder output ``(b, dim, t)`` -> codes ``(b, levels, t)``."""
+        return self.quantizer.encode(latent.movedim(1, -1), **encode_kwargs).movedim(-1, 1)
+
+    def latent_from_codes(self, codes: Tensor) -> Tensor:
+        """Codes ``(b, levels, t)`` -> decoder input ``(b, dim, t)``."""
+        return decode_codes(self.quantizer, codes)
+
+    def encode_long(self, audio: Tensor, **kwargs: Any) -> Tokens:
+        """:func:`anytok.codecs.long_audio.encode_long`: ``chunk_seconds``,
+        ``context_seconds``, ``lengths`` and ``encode``'s own keywords."""
+        return long_audio.encode_long(self, audio, **kwargs)
+
+    def decode_long(self, tokens: Tokens | Tensor, **kwargs: Any) -> Tensor:
+        """:func:`anytok.codecs.long_audio.decode_long`."""
+        return long_audio.decode_long(self, tokens, **kwargs)
+
+    def stream_encoder(self, **encode_kwargs: Any) -> AbstractContextManager[Any]:
+        """Context yielding an encoder stream (causal models); see
+        :func:`anytok.codecs.long_audio.stream_encoder`."""
+        return long_audio.stream_encoder(self, **encode_kwargs)
+
+    def stream_decoder(self) -> AbstractContextManager[Any]:
+        """Context yielding a decoder stream (causal models)."""
+        return long_audio.stream_decoder(self)
+
+    @property
+    def receptive_field(self) -> dict[str, Any]:
+        """Measured context of ``encoder`` and ``decoder`` in frames
+        (:func:`anytok.codecs.long_audio.receptive_field`)."""
+        return long_audio.receptive_field(self)
 
 
 class ImageTokenizer(Tokenizer):

@@ -1,0 +1,571 @@
+"""EnCodec: SEANet encoder / decoder with residual vector quantization and a bitrate chosen at
+encode time (Défossez et al. 2022, "High Fidelity Neural Audio Compression",
+https://arxiv.org/abs/2210.13438; reference code https://github.com/facebookresearch/encodec).
+
+Two published models, registered with their exact sizes so official weights convert with
+:func:`convert_encodec_state_dict`:
+
+- ``encodec_24khz``: mono, causal (streamable), weight-normalised convs, 75 Hz, 32 codebooks
+  of 1024 codes; 1.5 / 3 / 6 / 12 / 24 kbps = 2 / 4 / 8 / 16 / 32 levels.
+- ``encodec_48khz``: stereo, non-causal, convs followed by GroupNorm over time
+  ("time_group_norm"), 150 Hz, 16 codebooks; 3 / 6 / 12 / 24 kbps = 2 / 4 / 8 / 16 levels.
+
+Bitrate: ``encode(audio, n_levels=k)`` or ``encode(audio, bandwidth=6.0)`` (kbps, EnCodec's
+rule ``floor(bandwidth / kbps_per_level)``); the returned :class:`Tokens`' spec lists only
+the levels used, and ``decode`` takes any number of leading levels. Training draws one of
+``target_bandwidths`` per batch (the same on every rank), as EnCodec does.
+
+Differences from the reference, by design:
+
+- The 48 kHz model's reference ``encode`` cuts audio into 1 s segments with 1 % overlap and
+  divides each by its RMS, returning the scale next to the codes. :class:`Tokens` carries
+  codes only, so anytok encodes in one pass without that normalisation (the module-level
+  parity is exact; see ``tests/test_audio_encodec_dac.py``); long files go through
+  :meth:`encode_long`.
+- A batch of different lengths is encoded per distinct length (eval mode), so every item
+  gets the tokens it gets alone; EnCodec pads the batch.
+
+Streaming (``encodec_24khz``): :meth:`stream_encoder` / :meth:`stream_decoder` give one
+pass's codes and samples chunk by chunk (:mod:`anytok.codecs.long_audio`). The reflect
+padding of the first samples means the last encoder conv (kernel 7) and the first decoder
+conv wait for 7 frames (93 ms) before their first output; after that every hop of audio
+gives one frame of codes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from anytok.codecs.base import AudioTokenizer, TokenizerOutput, build_quantizer, to_tokens
+from anytok.codecs.long_audio import apply_per_length, mask_past_lengths
+from anytok.nn.conv import Conv1d, ConvTranspose1d
+from anytok.nn.seanet import SequenceLSTM
+from anytok.quantizers.distributed import broadcast_
+from anytok.registry import register
+from anytok.tokens import Tokens
+
+NORMS = ("weight_norm", "time_group_norm", "none")
+
+#: EnCodec's quantizer: EMA codebooks (decay 0.99), k-means initialisation on the first batch
+#: (50 iterations), codes used fewer than 2 times revived, commitment weight 1.
+DEFAULT_QUANTIZER: dict[str, Any] = {
+    "decay": 0.99,
+    "kmeans_init": True,
+    "kmeans_iters": 50,
+    "threshold_ema_dead_code": 2.0,
+    "commitment_weight": 1.0,
+}
+
+
+def _check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"EnCodec: norm must be one of {NORMS}, got {norm!r}")
+
+
+class EncodecConv1d(nn.Module):
+    """EnCodec's ``SConv1d``: a causal or centred :class:`~anytok.nn.conv.Conv1d` (weight
+    norm or none) then a normalisation (GroupNorm with one group over channels and time for
+    ``"time_group_norm"``). ``(b, c_in, t) -> (b, c_out, ceil(t / stride))``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        *,
+        causal: bool,
+        norm: str,
+        pad_mode: str,
+    ):
+        super().__init__()
+        _check_norm(norm)
+        self.conv = Conv1d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            dilation=dilation,
+            causal=causal,
+            use_weight_norm=norm == "weight_norm",
+            pad_mode=pad_mode,
+            short_input="extend",  # EnCodec's pad1d: reflect short inputs after zero-extending
+        )
+        self.norm: nn.Module = (
+            nn.GroupNorm(1, out_channels) if norm == "time_group_norm" else nn.Identity()
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.conv(x))
+
+
+class EncodecConvTranspose1d(nn.Module):
+    """EnCodec's ``SConvTranspose1d``: upsample by ``stride`` (output ``t * stride``); the
+    normalisation, if any, sees the untrimmed output as in EnCodec."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        *,
+        causal: bool,
+        norm: str,
+    ):
+        super().__init__()
+        _check_norm(norm)
+        self.convtr = ConvTranspose1d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            causal=causal,
+            use_weight_norm=norm == "weight_norm",
+        )
+        self.norm: nn.Module | None = (
+            nn.GroupNorm(1, out_channels) if norm == "time_group_norm" else None
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.norm is None:
+            return self.convtr(x)  # streams when causal
+        return self.convtr.trim_output(self.norm(self.convtr.conv(x)))
+
+
+class EncodecResnetBlock(nn.Module):
+    """SEANet residual block: ELU, conv (kernel, dilation) to ``dim / compress``, ELU, 1x1
+    conv back, plus a shortcut (identity with ``true_skip``, else a 1x1 conv).
+    ``(b, dim, t) -> (b, dim, t)``."""
+
+    def __init__(
+        self,
+        dim: int,
+        kernel_size: int,
+        dilation: int,
+        compress: int,
+        true_skip: bool,
+        **conv: Any,
+    ):
+        super().__init__()
+        hidden = dim // compress
+        self.block = nn.Sequential(
+            nn.ELU(),
+            EncodecConv1d(dim, hidden, kernel_size, dilation=dilation, **conv),
+            nn.ELU(),
+            EncodecConv1d(hidden, dim, 1, **conv),
+        )
+        self.shortcut: nn.Module = (
+            nn.Identity() if true_skip else EncodecConv1d(dim, dim, 1, **conv)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.shortcut(x) + self.block(x)
+
+
+class EncodecEncoder(nn.Module):
+    """Waveform ``(b, channels, samples)`` -> latent ``(b, dimension, ceil(samples / hop))``.
+
+    ``ratios`` are given in EnCodec's order (the decoder's, e.g. ``[8, 5, 4, 2]``); the
+    encoder applies them reversed. Module nesting mirrors EnCodec's ``SEANetEncoder``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        dimension: int,
+        n_filters: int,
+        ratios: Sequence[int],
+        n_residual_layers: int,
+        kernel_size: int,
+        last_kernel_size: int,
+        residual_kernel_size: int,
+        dilation_base: int,
+        compress: int,
+        true_skip: bool,
+        lstm_layers: int,
+        **conv: Any,
+    ):
+        super().__init__()
+        width = n_filters
+        layers: list[nn.Module] = [EncodecConv1d(channels, width, kernel_size, **conv)]
+        for ratio in reversed(ratios):
+            for j in range(n_residual_layers):
+                layers.append(
+                    EncodecResnetBlock(
+                        width, residual_kernel_size, dilation_base**j, compress, true_skip, **conv
+                    )
+                )
+            layers += [nn.ELU(), EncodecConv1d(width, 2 * width, 2 * ratio, ratio, **conv)]
+            width *= 2
+        if lstm_layers:
+            layers.append(SequenceLSTM(width, lstm_layers))
+        layers += [nn.ELU(), EncodecConv1d(width, dimension, last_kernel_size, **conv)]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+
+class EncodecDecoder(nn.Module):
+    """Latent ``(b, dimension, frames)`` -> waveform ``(b, channels, frames * hop)``; mirrors
+    EnCodec's ``SEANetDecoder`` (no final activation, as in both published models)."""
+
+    def __init__(
+        self,
+        channels: int,
+        dimension: int,
+        n_filters: int,
+        ratios: Sequence[int],
+        n_residual_layers: int,
+        kernel_size: int,
+        last_kernel_size: int,
+        residual_kernel_size: int,
+        dilation_base: int,
+        compress: int,
+        true_skip: bool,
+        lstm_layers: int,
+        **conv: Any,
+    ):
+        super().__init__()
+        causal, norm = conv["causal"], conv["norm"]
+        width = n_filters * 2 ** len(ratios)
+        layers: list[nn.Module] = [EncodecConv1d(dimension, width, kernel_size, **conv)]
+        if lstm_layers:
+            layers.append(SequenceLSTM(width, lstm_layers))
+        for ratio in ratios:
+            layers += [
+                nn.ELU(),
+                EncodecConvTranspose1d(
+                    width, width // 2, 2 * ratio, ratio, causal=causal, norm=norm
+                ),
+            ]
+            width //= 2
+            for j in range(n_residual_layers):
+                layers.append(
+                    EncodecResnetBlock(
+                        width, residual_kernel_size, dilation_base**j, compress, true_skip, **conv
+                    )
+                )
+        layers += [nn.ELU(), EncodecConv1d(width, channels, last_kernel_size, **conv)]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.model(z)
+
+
+class EnCodec(AudioTokenizer):
+    """EnCodec: waveform ``(b, channels, samples)`` -> codes ``(b, levels, ceil(samples / hop))``.
+
+    Args:
+        sample_rate / channels: the audio it takes.
+        n_filters: first conv width (doubles at every downsampling).
+        ratios: strides in EnCodec's (decoder) order; their product is the hop.
+        dimension: latent channels.
+        n_residual_layers / kernel_size / last_kernel_size / residual_kernel_size /
+            dilation_base / compress / true_skip: SEANet's block settings (EnCodec's names).
+        lstm_layers: LSTM layers at the bottleneck of encoder and decoder.
+        causal: causal convs (streamable) or centred.
+        norm: ``"weight_norm"``, ``"time_group_norm"`` or ``"none"``.
+        pad_mode: padding of every conv (EnCodec: ``"reflect"``).
+        n_q: residual codebooks.
+        bins: codes per codebook.
+        target_bandwidths: kbps the model is trained for (training draws one per batch).
+        bandwidth: kbps ``encode`` uses when given none (``None``: every level).
+        train_random_bandwidth: draw the bandwidth per training batch (else every level).
+        quantizer: overrides of :data:`DEFAULT_QUANTIZER` (``VectorQuantize`` arguments).
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 24000,
+        channels: int = 1,
+        n_filters: int = 32,
+        ratios: Sequence[int] = (8, 5, 4, 2),
+        dimension: int = 128,
+        n_residual_layers: int = 1,
+        kernel_size: int = 7,
+        last_kernel_size: int = 7,
+        residual_kernel_size: int = 3,
+        dilation_base: int = 2,
+        compress: int = 2,
+        true_skip: bool = False,
+        lstm_layers: int = 2,
+        causal: bool = True,
+        norm: str = "weight_norm",
+        pad_mode: str = "reflect",
+        n_q: int = 32,
+        bins: int = 1024,
+        target_bandwidths: Sequence[float] = (1.5, 3.0, 6.0, 12.0, 24.0),
+        bandwidth: float | None = None,
+        train_random_bandwidth: bool = True,
+        quantizer: Mapping[str, Any] | None = None,
+    ):
+        super().__init__()
+        ratios = tuple(int(r) for r in ratios)
+        if causal and norm == "time_group_norm":
+            raise ValueError("EnCodec: time_group_norm looks at the whole signal; use causal=False")
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.hop_length = math.prod(ratios)
+        self.causal = causal
+        self.latent_dim = dimension
+        self.bins = bins
+        self.target_bandwidths = tuple(float(b) for b in target_bandwidths)
+        self.train_random_bandwidth = train_random_bandwidth
+        sizes = dict(
+            channels=channels,
+            dimension=dimension,
+            n_filters=n_filters,
+            ratios=ratios,
+            n_residual_layers=n_residual_layers,
+            kernel_size=kernel_size,
+            last_kernel_size=last_kernel_size,
+            residual_kernel_size=residual_kernel_size,
+            dilation_base=dilation_base,
+            compress=compress,
+            true_skip=true_skip,
+            lstm_layers=lstm_layers,
+            causal=causal,
+            norm=norm,
+            pad_mode=pad_mode,
+        )
+        self.encoder = EncodecEncoder(**sizes)
+        vq = {**DEFAULT_QUANTIZER, **(quantizer or {})}
+        self.quantizer = build_quantizer(
+            {"name": "rvq", "num_quantizers": n_q, "codebook_size": bins, **vq}, dimension
+        )
+        self.decoder = EncodecDecoder(**sizes)
+        self._target_levels = tuple(self.levels_for_bandwidth(b) for b in self.target_bandwidths)
+        self.default_levels = n_q if bandwidth is None else self.levels_for_bandwidth(bandwidth)
+
+    # ----------------------------------------------------------------- bitrate
+
+    @property
+    def kbps_per_level(self) -> float:
+        """Bitrate of one level: ``ceil(frame rate) * log2(bins) / 1000`` (EnCodec's rule)."""
+        return math.ceil(self.sample_rate / self.hop_length) * math.log2(self.bins) / 1000
+
+    def levels_for_bandwidth(self, bandwidth: float) -> int:
+        """Levels for ``bandwidth`` kbps: ``max(1, floor(bandwidth / kbps_per_level))``."""
+        n_q = self.quantizer.num_quantizers
+        levels = max(1, math.floor(bandwidth / self.kbps_per_level + 1e-9))
+        if not bandwidth > 0 or levels > n_q:
+            top = n_q * self.kbps_per_level
+            raise ValueError(
+                f"EnCodec: bandwidth {bandwidth} kbps is outside (0, {top:g}]; this model "
+                f"has {n_q} levels of {self.kbps_per_level:g} kbps "
+                f"(trained for {', '.join(f'{b:g}' for b in self.target_bandwidths)} kbps)"
+            )
+        return levels
+
+    def resolve_levels(self, n_levels: int | None = None, bandwidth: float | None = None) -> int:
+        """The level count of an ``encode`` call (``n_levels`` or ``bandwidth``, not both)."""
+        if n_levels is not None and bandwidth is not None:
+            raise ValueError("EnCodec.encode: give n_levels or bandwidth, not both")
+        if bandwidth is not None:
+            return self.levels_for_bandwidth(bandwidth)
+        if n_levels is None:
+            return self.default_levels
+        n_q = self.quantizer.num_quantizers
+        if not 1 <= n_levels <= n_q:
+            raise ValueError(f"EnCodec.encode: n_levels must be in [1, {n_q}], got {n_levels}")
+        return int(n_levels)
+
+    def _training_levels(self, device: torch.device) -> int:
+        """One of the target bandwidths' level counts, drawn on rank 0 and broadcast."""
+        index = torch.randint(len(self._target_levels), (), device=device)
+        return self._target_levels[int(broadcast_(index))]
+
+    # ----------------------------------------------------------------- contract
+
+    def codes_from_latent(
+        self, latent: Tensor, n_levels: int | None = None, bandwidth: float | None = None
+    ) -> Tensor:
+        """Latent ``(b, dimension, t)`` -> codes ``(b, levels, t)``."""
+        levels = self.resolve_levels(n_levels, bandwidth)
+        return self.quantizer.encode(latent.movedim(1, -1), n_levels=levels).movedim(-1, 1)
+
+    def _latent(self, audio: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+        padded, token_lengths = self.pad_input(audio, lengths)
+        padded = mask_past_lengths(padded, lengths)
+        per_item = None if self.training else token_lengths * self.hop_length
+        return apply_per_length(self.encoder, padded, per_item, 1 / self.hop_length), token_lengths
+
+    def _decode_latent(self, latent: Tensor, lengths: Tensor | None) -> Tensor:
+        return apply_per_length(
+            self.decoder, latent, None if self.training else lengths, self.hop_length
+        )
+
+    def encode(
+        self,
+        audio: Tensor,
+        lengths: Tensor | None = None,
+        n_levels: int | None = None,
+        bandwidth: float | None = None,
+    ) -> Tokens:
+        """``audio (b, c, s)`` in [-1, 1] -> :class:`Tokens` with codes ``(b, levels, t)``.
+
+        ``n_levels`` or ``bandwidth`` (kbps) choose the bitrate (default: the configured
+        ``bandwidth``, else every level).
+        """
+        levels = self.resolve_levels(n_levels, bandwidth)
+        latent, token_lengths = self._latent(audio, lengths)
+        codes = self.codes_from_latent(latent, n_levels=levels)
+        return to_tokens(codes, self.spec_with_levels(levels), token_lengths)
+
+    def decode(self, tokens: Tokens | Tensor) -> Tensor:
+        """Codes ``(b, k, t)`` of the first ``k`` levels -> audio ``(b, c, t * hop)``; with
+        ``tokens.lengths`` each item is decoded at its own length (zeros after)."""
+        lengths = tokens.lengths if isinstance(tokens, Tokens) else None
+        return self._decode_latent(self.latent_from_codes(self.codes_of(tokens)), lengths)
+
+    def forward(self, audio: Tensor, lengths: Tensor | None = None) -> TokenizerOutput:
+        """Training pass: ``audio (b, c, s)`` -> reconstruction ``(b, c, s)`` and losses."""
+        latent, token_lengths = self._latent(audio, lengths)
+        if self.training and self.train_random_bandwidth:
+            levels = self._training_levels(latent.device)
+        else:
+            levels = self.default_levels
+        out = self.quantizer(latent.movedim(1, -1), n_levels=levels)
+        quantized = out.quantized.movedim(-1, 1)
+        codes = out.codes.movedim(-1, 1)[:, :levels]
+        reconstruction = self._decode_latent(quantized, token_lengths)[..., : audio.shape[-1]]
+        return TokenizerOutput(
+            reconstruction=reconstruction,
+            tokens=to_tokens(codes, self.spec_with_levels(levels), token_lengths),
+            losses={"quantizer": out.loss},
+            metrics=out.metrics,
+            latent=latent,
+        )
+
+
+# --------------------------------------------------------------------------- importer
+
+
+def _rename_weight_norm(key: str) -> str:
+    """Old-style weight-norm names -> torch parametrization names."""
+    key = re.sub(r"\.weight_g$", ".parametrizations.weight.original0", key)
+    return re.sub(r"\.weight_v$", ".parametrizations.weight.original1", key)
+
+
+_CODEBOOK_KEYS = {
+    "embed": "embedding",
+    "embed_avg": "ema_embedding_sum",
+    "cluster_size": "ema_cluster_size",
+    "inited": "initted",
+}
+
+
+def convert_encodec_state_dict(reference_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """An ``encodec.EncodecModel`` state dict (official checkpoint) -> :class:`EnCodec`'s.
+
+    Renames only: ``SConv1d``'s ``conv.conv`` / ``conv.norm`` -> ``conv.conv`` / ``norm``,
+    ``SConvTranspose1d``'s ``convtr.convtr`` -> ``convtr.conv``, old-style weight norm
+    (``weight_g`` / ``weight_v``) -> torch parametrizations (``original0`` / ``original1``),
+    and the quantizer's EMA codebooks ``vq.layers.i._codebook.{embed, embed_avg,
+    cluster_size, inited}`` -> ``layers.i.{embedding, ema_embedding_sum, ema_cluster_size,
+    initted}``. Load the result with ``load_state_dict(..., strict=True)`` into a model
+    built with the checkpoint's configuration (e.g. ``anytok.create_model("encodec_24khz")``).
+    """
+    out: dict[str, Tensor] = {}
+    for key, value in reference_state.items():
+        new = key.replace(".conv.norm.", ".norm.").replace(".convtr.norm.", ".norm.")
+        new = new.replace(".convtr.convtr.", ".convtr.conv.")
+        new = _rename_weight_norm(new)
+        match = re.fullmatch(r"quantizer\.vq\.layers\.(\d+)\._codebook\.(\w+)", new)
+        if match:
+            level, name = match.groups()
+            if name not in _CODEBOOK_KEYS:
+                raise KeyError(f"convert_encodec_state_dict: unexpected codebook key {key!r}")
+            new = f"quantizer.layers.{level}.{_CODEBOOK_KEYS[name]}"
+            if name == "inited":
+                value = value.reshape(()).bool()
+        out[new] = value
+    return out
+
+
+# --------------------------------------------------------------------------- registry
+
+_PAPER = "https://arxiv.org/abs/2210.13438"
+_TINY = {
+    "n_filters": 4,
+    "ratios": [4, 2],
+    "dimension": 8,
+    "lstm_layers": 1,
+    "n_q": 4,
+    "bins": 16,
+    # 3 kHz frames x 4 bits = 12 kbps per level in this toy configuration
+    "target_bandwidths": [12.0, 24.0, 48.0],
+    "quantizer": {"kmeans_iters": 2},
+}
+
+register(
+    "encodec_24khz",
+    modality="audio",
+    description="EnCodec 24 kHz mono, causal, 75 Hz x up to 32 levels of 1024 (1.5-24 kbps)",
+    paper=_PAPER,
+    default_config={
+        "sample_rate": 24000,
+        "channels": 1,
+        "n_filters": 32,
+        "ratios": [8, 5, 4, 2],
+        "dimension": 128,
+        "n_residual_layers": 1,
+        "lstm_layers": 2,
+        "causal": True,
+        "norm": "weight_norm",
+        "pad_mode": "reflect",
+        "true_skip": False,
+        "n_q": 32,
+        "bins": 1024,
+        "target_bandwidths": [1.5, 3.0, 6.0, 12.0, 24.0],
+        "bandwidth": None,
+    },
+    tiny_config=_TINY,
+    builder=EnCodec,
+)
+
+register(
+    "encodec_48khz",
+    modality="audio",
+    description="EnCodec 48 kHz stereo, non-causal, 150 Hz x up to 16 levels of 1024 (3-24 kbps)",
+    paper=_PAPER,
+    default_config={
+        "sample_rate": 48000,
+        "channels": 2,
+        "n_filters": 32,
+        "ratios": [8, 5, 4, 2],
+        "dimension": 128,
+        "n_residual_layers": 1,
+        "lstm_layers": 2,
+        "causal": False,
+        "norm": "time_group_norm",
+        "pad_mode": "reflect",
+        "true_skip": False,
+        "n_q": 16,
+        "bins": 1024,
+        "target_bandwidths": [3.0, 6.0, 12.0, 24.0],
+        "bandwidth": None,
+    },
+    tiny_config={**_TINY, "target_bandwidths": [24.0, 48.0]},
+    builder=EnCodec,
+)
+
+__all__ = [
+    "DEFAULT_QUANTIZER",
+    "EnCodec",
+    "EncodecConv1d",
+    "EncodecConvTranspose1d",
+    "EncodecDecoder",
+    "EncodecEncoder",
+    "EncodecResnetBlock",
+    "convert_encodec_state_dict",
+]

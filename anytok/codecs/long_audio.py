@@ -1,0 +1,558 @@
+"""Long audio, streaming and variable-length batches for every :class:`AudioTokenizer`.
+
+Three tools, one guarantee each:
+
+**Streaming** (:func:`stream_encoder`, :func:`stream_decoder`; causal models). The encoder
+runs chunk by chunk with its state carried between chunks (causal conv buffers, transposed
+conv overlap-add tails, LSTM hidden state; see :mod:`anytok.nn.streaming`). Input is cut
+into whole hops internally, and :meth:`AudioEncoderStream.flush` zero-pads the last partial
+hop exactly as :meth:`AudioTokenizer.pad_input` does, so the concatenated codes of a stream
+are the codes of one ``encode`` call over the whole signal, whatever the chunk sizes, and
+the decoder stream's concatenated samples are one ``decode`` call's. "Equal" means: the
+same arithmetic on the same samples, grouped differently, so latents and audio agree to
+float rounding (~1e-6) and codes are identical unless a latent lies within rounding of a
+boundary between two codewords. While a stream is open the network's ordinary calls are
+stream steps: do not call ``encode`` inside the ``with`` block.
+
+**Long files** (:func:`encode_long`, :func:`decode_long`). Memory is bounded by the chunk,
+not the file. Causal models stream (above), so tokens equal one pass exactly as above.
+Non-causal models encode windows of ``chunk`` frames with ``context`` frames of real audio
+on each side and keep the middle; the context is the model's measured *receptive field*
+(:func:`measure_context`), so every kept frame sees exactly the samples, and the same
+padding, that it sees in one pass: the same guarantee again. Where the receptive field is
+unbounded (a recurrence in a non-causal model, GroupNorm or attention over time), no finite
+context gives one-pass tokens: ``context_seconds`` (default
+:data:`DEFAULT_UNBOUNDED_CONTEXT_SECONDS`) is used, and codes may differ from one pass near
+chunk boundaries.
+
+**Batches of different lengths** (:func:`apply_per_length`). Non-causal families run their
+encoder (and decoder) once per distinct padded length, each item cropped to its own length,
+so a batch gives every item the tokens (and audio) it gets alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from anytok.nn.streaming import Stream, check_streamable, streaming
+from anytok.tokens import Tokens, TokenSpec
+
+if TYPE_CHECKING:
+    from anytok.codecs.base import AudioTokenizer
+
+#: Context on each side of a chunk when a model's receptive field is unbounded.
+DEFAULT_UNBOUNDED_CONTEXT_SECONDS = 2.0
+#: Probe sizes (in frames) tried when measuring a receptive field; past the last one a
+#: receptive field counts as unbounded.
+_PROBE_FRAMES = (32, 128, 512)
+#: Modules that make every output depend on the whole time axis.
+_GLOBAL_IN_TIME = (nn.GroupNorm, nn.InstanceNorm1d, nn.MultiheadAttention)
+
+
+# --------------------------------------------------------------------------- receptive field
+
+
+@dataclass(frozen=True)
+class Context:
+    """Frames of context one output window needs, measured in hops.
+
+    For the encoder: code frame ``t`` depends on input samples of hop windows
+    ``t - left .. t + right`` only. For the decoder: output samples of hop window ``u``
+    depend on code frames ``u - left .. u + right`` only. ``None``: unbounded on that side.
+    """
+
+    left: int | None
+    right: int | None
+
+    @property
+    def bounded(self) -> bool:
+        return self.left is not None and self.right is not None
+
+
+Perturb = Callable[[Tensor, slice], Tensor]
+
+
+def _add_noise(x: Tensor, where: slice) -> Tensor:
+    changed = x.clone()
+    changed[..., where] = changed[..., where] + torch.randn_like(changed[..., where])
+    return changed
+
+
+def _influence(
+    fn: Callable[[Tensor], Tensor],
+    x: Tensor,
+    centre: int,
+    in_unit: int,
+    out_unit: int,
+    perturb: Perturb,
+) -> tuple[int, int] | None:
+    """Output windows (of ``out_unit`` steps) that change when input window ``centre`` (of
+    ``in_unit`` steps) of ``x`` changes; ``None`` if nothing changed."""
+    base = fn(x)
+    changed = fn(perturb(x, slice(centre * in_unit, (centre + 1) * in_unit)))
+    diff = (changed != base).flatten(0, -2).any(0).nonzero().flatten()
+    if diff.numel() == 0:
+        return None
+    return int(diff.min()) // out_unit, int(diff.max()) // out_unit
+
+
+def measure_context(
+    fn: Callable[[Tensor], Tensor],
+    make_input: Callable[[int], Tensor],
+    in_unit: int,
+    out_unit: int,
+    *,
+    modules: Sequence[nn.Module] | None = None,
+    perturb: Perturb = _add_noise,
+) -> Context:
+    """Measure the context of a translation-equivariant network by perturbation.
+
+    Changes the centre window of a random probe and sees which output windows change; the
+    probe grows while the change reaches its edges. Exact for convolutional stacks (any
+    padding, dilation, stride) whatever the weights. Recurrences and layers that normalise
+    or attend over time are recognised by type in ``modules`` and reported unbounded on the
+    sides they reach (finite differences through an LSTM can round to zero far away).
+
+    Args:
+        fn: maps ``(1, channels, n * in_unit)`` to ``(1, channels', n * out_unit)`` (a module,
+            or e.g. ``model.decode`` over codes).
+        make_input: ``n -> (1, channels, n * in_unit)`` probe of ``n`` windows.
+        in_unit / out_unit: steps per window at the input / output (hop and 1 for an
+            encoder over samples, 1 and hop for a decoder over frames).
+        modules: the layers ``fn`` runs (default: ``fn``'s own, if it is a module); their
+            kinds mark unbounded contexts, and they are put in eval mode while probing.
+        perturb: ``(x, window) -> x`` with that window changed (default: add noise).
+    """
+    if modules is None:
+        modules = list(fn.modules()) if isinstance(fn, nn.Module) else []
+    if any(isinstance(m, _GLOBAL_IN_TIME) for m in modules):
+        return Context(None, None)
+    recurrent = any(isinstance(m, nn.RNNBase) for m in modules)
+    modes = [(m, m.training) for m in modules]
+    for m, _ in modes:
+        m.training = False
+    try:
+        with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            for frames in _PROBE_FRAMES:
+                centre = frames // 2
+                span = _influence(fn, make_input(frames), centre, in_unit, out_unit, perturb)
+                if span is None:  # the output ignores its input (e.g. a zeroed layer)
+                    return Context(0, 0)
+                lo, hi = span
+                reaches_start, reaches_end = lo <= 0, hi >= frames - 1
+                # Touching the probe's edges means the influence may reach farther.
+                if not reaches_start and (recurrent or not reaches_end):
+                    break
+            left = None if (recurrent or reaches_end) else hi - centre
+            right = None if reaches_start else centre - lo
+            if (left is not None and left < 0) or (right is not None and right < 0):
+                raise ValueError(
+                    "measure_context: the output does not follow the input in time "
+                    f"(influence {lo}..{hi} of window {centre}); units wrong?"
+                )
+            return Context(left, right)
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    param = next(model.parameters(), None)
+    if param is None:
+        return torch.device("cpu"), torch.float32
+    return param.device, param.dtype
+
+
+class UnsupportedModelError(NotImplementedError):
+    """A tokenizer whose codes are not one frame per hop of one encoder latent frame."""
+
+
+def _check_frame_per_hop(model: AudioTokenizer) -> None:
+    hop = model.hop_length
+    device, dtype = _device_and_dtype(model)
+    encoder = getattr(model, "encoder", None)
+    frames = None
+    if encoder is not None:
+        with torch.inference_mode():
+            probe = torch.zeros(1, model.channels, 4 * hop, device=device, dtype=dtype)
+            frames = encoder(probe).shape[-1]
+    if frames != 4:
+        raise UnsupportedModelError(
+            f"{type(model).__name__}: long-audio chunking needs an `encoder` module giving one "
+            f"latent frame per hop ({hop} samples); "
+            + ("there is none" if frames is None else f"it gives {frames / 4:g} per hop")
+            + ". Encode shorter pieces with encode(), or give the family its own encode_long"
+        )
+
+
+def receptive_field(model: AudioTokenizer) -> dict[str, Context]:
+    """``{"encoder": Context, "decoder": Context}`` of a model, measured once and cached on
+    the model (it depends on the architecture, not the weights).
+
+    The encoder's is measured on ``model.encoder`` (latent frames per hop window of audio);
+    the decoder's on ``model.decode`` itself, by changing one frame's codes to other valid
+    codes (output hop windows per code frame).
+
+    Raises:
+        UnsupportedModelError: the encoder does not give one latent frame per hop.
+    """
+    cached = getattr(model, "_anytok_context", None)
+    if cached is not None:
+        return cached
+    _check_frame_per_hop(model)
+    hop = model.hop_length
+    device, dtype = _device_and_dtype(model)
+
+    def audio(frames: int) -> Tensor:
+        return 0.1 * torch.randn(1, model.channels, frames * hop, device=device, dtype=dtype)
+
+    encoder_modules = list(model.encoder.modules())
+    encoder = measure_context(model.encoder, audio, hop, 1, modules=encoder_modules)
+    sizes = torch.tensor(model.spec.codebook_sizes, device=device).view(1, -1, 1)
+
+    def codes(frames: int) -> Tensor:
+        return (torch.rand(1, sizes.shape[1], frames, device=device) * sizes).long()
+
+    def other_codes(x: Tensor, where: slice) -> Tensor:
+        changed = x.clone()
+        window = changed[..., where]
+        changed[..., where] = (
+            window + 1 + (torch.rand_like(window.float()) * (sizes - 1)).long()
+        ) % sizes
+        return changed
+
+    in_encoder = {id(m) for m in encoder_modules}
+    decoder_modules = [m for m in model.modules() if id(m) not in in_encoder and m is not model]
+    decoder = measure_context(
+        model.decode, codes, 1, hop, modules=decoder_modules, perturb=other_codes
+    )
+    result = {"encoder": encoder, "decoder": decoder}
+    model._anytok_context = result  # plain attribute: not a buffer, not saved
+    return result
+
+
+def is_streamable(model: AudioTokenizer) -> bool:
+    """True when ``model`` is causal and its encoder and decoder can stream."""
+    if not getattr(model, "causal", False):
+        return False
+    try:
+        check_streamable(model.encoder)
+        check_streamable(model.decoder)
+    except (ValueError, AttributeError):
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+class AudioEncoderStream:
+    """Audio chunks of any length in, the code frames they complete out.
+
+    ``stream(chunk)`` with ``chunk (b, channels, n)`` returns codes ``(b, levels, k)``
+    (``k`` may be 0); ``stream.flush()`` ends the signal. See the module docs for the
+    guarantee. ``spec`` describes the codes.
+    """
+
+    def __init__(self, model: AudioTokenizer, encoder: Stream, **encode_kwargs: Any):
+        self.model = model
+        self._encoder = encoder
+        self._kwargs = encode_kwargs
+        self._pending: Tensor | None = None
+        self._last: Tensor | None = None
+        self._levels: int | None = None
+
+    @property
+    def spec(self) -> TokenSpec:
+        """The :class:`TokenSpec` of the codes (known once a chunk has been given)."""
+        if self._levels is None:
+            raise RuntimeError("AudioEncoderStream.spec: give a chunk first")
+        return self.model.spec_with_levels(self._levels)
+
+    def __call__(self, chunk: Tensor) -> Tensor:
+        model = self.model
+        model._check_media(chunk, 3, "audio chunk (batch, channels, samples)")
+        if chunk.shape[1] != model.channels:
+            raise ValueError(
+                f"{type(model).__name__} stream: expects {model.channels} channel(s), "
+                f"got {chunk.shape[1]}"
+            )
+        self._last = chunk
+        pending = chunk if self._pending is None else torch.cat([self._pending, chunk], -1)
+        whole = pending.shape[-1] // model.hop_length * model.hop_length
+        self._pending = pending[..., whole:]
+        return self._codes(self._encoder(pending[..., :whole]))
+
+    def flush(self) -> Tensor:
+        """Zero-pad the last partial hop (as ``encode`` does) and return the last codes."""
+        if self._last is None:
+            raise RuntimeError("AudioEncoderStream.flush: no audio was given")
+        parts = []
+        if self._pending is not None and self._pending.shape[-1]:
+            tail = F.pad(self._pending, (0, self.model.hop_length - self._pending.shape[-1]))
+            parts.append(self._encoder(tail))
+        parts.append(self._encoder.flush(self._last))
+        return self._codes(torch.cat(parts, dim=-1))
+
+    def _codes(self, latent: Tensor) -> Tensor:
+        codes = self.model.codes_from_latent(latent, **self._kwargs)
+        self._levels = codes.shape[1]
+        return codes
+
+
+class AudioDecoderStream:
+    """Code frames in, audio out: ``stream(codes (b, levels, k)) -> (b, channels, m)``;
+    ``stream.flush()`` returns the rest. The concatenation equals one ``decode`` call."""
+
+    def __init__(self, model: AudioTokenizer, decoder: Stream):
+        self.model = model
+        self._decoder = decoder
+        self._last: Tensor | None = None
+
+    def __call__(self, codes: Tensor | Tokens) -> Tensor:
+        codes = self.model.codes_of(codes)
+        latent = self.model.latent_from_codes(codes)
+        self._last = latent
+        return self._decoder(latent)
+
+    def flush(self) -> Tensor:
+        if self._last is None:
+            raise RuntimeError("AudioDecoderStream.flush: no codes were given")
+        return self._decoder.flush(self._last)
+
+
+def _require_streamable(model: AudioTokenizer, what: str) -> None:
+    name = type(model).__name__
+    if not getattr(model, "causal", False):
+        raise ValueError(
+            f"{name}.{what}: this model is not causal (its codes look ahead), so it cannot "
+            "stream; use encode_long / decode_long for long audio"
+        )
+    check_streamable(model.encoder if what == "stream_encoder" else model.decoder)
+
+
+@contextmanager
+def stream_encoder(model: AudioTokenizer, **encode_kwargs: Any) -> Iterator[AudioEncoderStream]:
+    """Context yielding an :class:`AudioEncoderStream` over ``model`` (causal models).
+
+    ``encode_kwargs`` are what ``encode`` takes besides audio (``n_levels``, ``bandwidth``).
+    """
+    _require_streamable(model, "stream_encoder")
+    with streaming(model.encoder) as stream:
+        yield AudioEncoderStream(model, stream, **encode_kwargs)
+
+
+@contextmanager
+def stream_decoder(model: AudioTokenizer) -> Iterator[AudioDecoderStream]:
+    """Context yielding an :class:`AudioDecoderStream` over ``model`` (causal models)."""
+    _require_streamable(model, "stream_decoder")
+    with streaming(model.decoder) as stream:
+        yield AudioDecoderStream(model, stream)
+
+
+# --------------------------------------------------------------------------- long files
+
+
+def _windows(frames: int, chunk: int, left: int, right: int) -> Iterator[tuple[int, int, int, int]]:
+    """``(keep_start, keep_end, window_start, window_end)`` in frames, chunk after chunk."""
+    for start in range(0, frames, chunk):
+        end = min(frames, start + chunk)
+        yield start, end, max(0, start - left), min(frames, end + right)
+
+
+def _context_frames(model: AudioTokenizer, side: int | None, context_seconds: float | None) -> int:
+    """Context in frames: the measured side (+1 frame of margin), or the fallback when
+    unbounded; ``context_seconds`` may ask for more, never for less than measured."""
+    asked = None if context_seconds is None else math.ceil(context_seconds * model.frame_rate)
+    if side is None:
+        seconds = DEFAULT_UNBOUNDED_CONTEXT_SECONDS if context_seconds is None else None
+        return asked if asked is not None else math.ceil(seconds * model.frame_rate)
+    return max(side + 1, asked or 0)
+
+
+def _chunk_frames(model: AudioTokenizer, chunk_seconds: float) -> int:
+    if not chunk_seconds > 0:
+        raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
+    return max(1, round(chunk_seconds * model.frame_rate))
+
+
+def encode_long(
+    model: AudioTokenizer,
+    audio: Tensor,
+    *,
+    chunk_seconds: float = 30.0,
+    context_seconds: float | None = None,
+    lengths: Tensor | None = None,
+    **encode_kwargs: Any,
+) -> Tokens:
+    """Encode audio of any duration with memory bounded by the chunk (see module docs).
+
+    Args:
+        model: any :class:`AudioTokenizer` with ``encoder`` / ``decoder`` modules.
+        audio: ``(batch, channels, samples)``; may stay on the CPU while the model is on a
+            GPU: one window at a time is moved to the model's device.
+        chunk_seconds: audio encoded per step (rounded to whole frames).
+        context_seconds: context on each side of a chunk where the receptive field is
+            unbounded (default :data:`DEFAULT_UNBOUNDED_CONTEXT_SECONDS`); elsewhere the
+            measured receptive field is used (a larger value here widens it).
+        lengths: valid samples per item; items are then encoded one by one.
+        **encode_kwargs: passed to ``encode`` (``n_levels``, ``bandwidth``).
+
+    Returns:
+        :class:`Tokens` on ``audio``'s device, as ``model.encode(audio, lengths)`` returns.
+    """
+    model._check_media(audio, 3, "audio (batch, channels, samples)")
+    if lengths is not None:
+        items = [
+            encode_long(
+                model,
+                audio[i : i + 1, :, : int(n)],
+                chunk_seconds=chunk_seconds,
+                context_seconds=context_seconds,
+                **encode_kwargs,
+            )
+            for i, n in enumerate(lengths.tolist())
+        ]
+        frames = max(t.codes.shape[-1] for t in items)
+        codes = torch.cat([F.pad(t.codes, (0, frames - t.codes.shape[-1])) for t in items])
+        token_lengths = torch.tensor([t.codes.shape[-1] for t in items], device=codes.device)
+        return Tokens(codes, items[0].spec, token_lengths)
+    device, _ = _device_and_dtype(model)
+    hop = model.hop_length
+    chunk = _chunk_frames(model, chunk_seconds)
+    with torch.inference_mode():
+        if is_streamable(model):
+            with stream_encoder(model, **encode_kwargs) as stream:
+                parts = [
+                    stream(piece.to(device)).to(audio.device)
+                    for piece in audio.split(chunk * hop, dim=-1)
+                ]
+                parts.append(stream.flush().to(audio.device))
+            return Tokens(torch.cat(parts, dim=-1), stream.spec)
+        context = receptive_field(model)["encoder"]
+        left = _context_frames(model, context.left, context_seconds)
+        right = _context_frames(model, context.right, context_seconds)
+        frames = math.ceil(audio.shape[-1] / hop)
+        parts, spec = [], None
+        for start, end, w_start, w_end in _windows(frames, chunk, left, right):
+            window = audio[..., w_start * hop : w_end * hop].to(device)
+            tokens = model.encode(window, **encode_kwargs)
+            spec = tokens.spec
+            parts.append(tokens.codes[..., start - w_start : end - w_start].to(audio.device))
+        assert spec is not None
+        return Tokens(torch.cat(parts, dim=-1), spec)
+
+
+def decode_long(
+    model: AudioTokenizer,
+    tokens: Tokens | Tensor,
+    *,
+    chunk_seconds: float = 30.0,
+    context_seconds: float | None = None,
+) -> Tensor:
+    """Decode codes of any duration with memory bounded by the chunk; the counterpart of
+    :func:`encode_long` with the same guarantee (the decoder's own receptive field).
+
+    Returns audio ``(batch, channels, frames * hop)`` on the codes' device; samples past an
+    item's valid length (``tokens.lengths``) are zero.
+    """
+    codes = model.codes_of(tokens)
+    device, _ = _device_and_dtype(model)
+    hop = model.hop_length
+    chunk = _chunk_frames(model, chunk_seconds)
+    with torch.inference_mode():
+        if is_streamable(model):
+            with stream_decoder(model) as stream:
+                parts = [
+                    stream(piece.to(device)).to(codes.device)
+                    for piece in codes.split(chunk, dim=-1)
+                ]
+                parts.append(stream.flush().to(codes.device))
+            audio = torch.cat(parts, dim=-1)
+        else:
+            context = receptive_field(model)["decoder"]
+            left = _context_frames(model, context.left, context_seconds)
+            right = _context_frames(model, context.right, context_seconds)
+            parts = []
+            for start, end, w_start, w_end in _windows(codes.shape[-1], chunk, left, right):
+                out = model.decode(codes[..., w_start:w_end].to(device))
+                parts.append(
+                    out[..., (start - w_start) * hop : (end - w_start) * hop].to(codes.device)
+                )
+            audio = torch.cat(parts, dim=-1)
+    lengths = tokens.lengths if isinstance(tokens, Tokens) else None
+    if lengths is not None:
+        keep = torch.arange(audio.shape[-1], device=audio.device) < (lengths[:, None] * hop)
+        audio = audio * keep[:, None, :]
+    return audio
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def apply_per_length(
+    fn: Callable[[Tensor], Tensor], x: Tensor, lengths: Tensor | None, out_per_step: float
+) -> Tensor:
+    """Run ``fn`` once per distinct valid length, each item cropped to its own length, and
+    reassemble ``(batch, channels', round(time * out_per_step))`` with zeros past each item's
+    output length.
+
+    A non-centred model then gives every item of a batch what it gives the item alone. With
+    ``lengths`` ``None`` (or all equal to the full length) ``fn`` runs once on ``x``.
+
+    Args:
+        fn: ``(b, c, t) -> (b, c', round(t * out_per_step))``.
+        x: ``(batch, c, time)``.
+        lengths: valid steps per item ``(batch,)``, each ``<= time``.
+        out_per_step: output steps per input step (``1 / hop`` for an encoder over samples,
+            ``hop`` for a decoder over frames).
+    """
+    time = x.shape[-1]
+    if lengths is None or bool((lengths == time).all()):
+        return fn(x)
+    lengths = lengths.to(x.device)
+    out: Tensor | None = None
+    for length in torch.unique(lengths).tolist():
+        items = (lengths == length).nonzero().flatten()
+        y = fn(x[items, :, : int(length)])
+        if out is None:
+            size = round(time * out_per_step)
+            out = y.new_zeros(x.shape[0], y.shape[1], size)
+        out[items, :, : y.shape[-1]] = y
+    assert out is not None
+    return out
+
+
+def mask_past_lengths(audio: Tensor, lengths: Tensor | None) -> Tensor:
+    """Zero samples at or past each item's length: ``(b, c, t)`` -> same."""
+    if lengths is None:
+        return audio
+    keep = torch.arange(audio.shape[-1], device=audio.device) < lengths.to(audio.device)[:, None]
+    return audio * keep[:, None, :]
+
+
+__all__ = [
+    "DEFAULT_UNBOUNDED_CONTEXT_SECONDS",
+    "AudioDecoderStream",
+    "AudioEncoderStream",
+    "Context",
+    "UnsupportedModelError",
+    "apply_per_length",
+    "decode_long",
+    "encode_long",
+    "is_streamable",
+    "mask_past_lengths",
+    "measure_context",
+    "receptive_field",
+    "stream_decoder",
+    "stream_encoder",
+]

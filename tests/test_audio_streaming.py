@@ -1,0 +1,226 @@
+"""Streaming: causal convs, transposed convs and LSTMs run chunk by chunk give one pass's
+outputs; causal tokenizers stream codes and audio identical to ``encode`` / ``decode``;
+``encode_long`` of causal models equals one pass; receptive fields are measured exactly."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+import anytok
+from anytok.codecs.long_audio import Context, measure_context
+from anytok.nn.conv import Conv1d, ConvTranspose1d
+from anytok.nn.streaming import check_streamable, streaming
+
+TOL = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    """One thread: these tensors are tiny, and threads only add synchronisation."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_stream(module: nn.Module, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Feed ``x`` to ``module`` in chunks of ``sizes`` (the rest in one chunk), then flush."""
+    with streaming(module) as stream:
+        outs, start = [], 0
+        for size in sizes:
+            outs.append(stream(x[..., start : start + size]))
+            start += size
+        outs.append(stream(x[..., start:]))
+        outs.append(stream.flush(x))
+    return torch.cat(outs, dim=-1)
+
+
+def random_sizes(rng: random.Random, total: int, largest: int) -> list[int]:
+    sizes = []
+    while sum(sizes) < total:
+        sizes.append(rng.randint(0, largest))  # empty chunks included
+    return sizes
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def test_conv1d_streams_like_one_pass() -> None:
+    rng = random.Random(0)
+    for _ in range(150):
+        kernel = rng.randint(1, 9)
+        dilation = rng.choice([1, 1, 2, 3])
+        stride = 1 if dilation > 1 else rng.randint(1, min(kernel, 4))
+        conv = Conv1d(
+            3,
+            5,
+            kernel,
+            stride,
+            dilation=dilation,
+            causal=True,
+            pad_mode=rng.choice(["constant", "reflect", "replicate"]),
+            short_input=rng.choice(["zeros", "extend"]),
+        )
+        x = torch.randn(2, 3, rng.randint(1, 50))
+        with torch.no_grad():
+            one_pass = conv(x)
+        streamed = run_stream(conv, x, random_sizes(rng, x.shape[-1], 7))
+        assert streamed.shape == one_pass.shape
+        assert (streamed - one_pass).abs().max() <= TOL
+        assert not conv.streaming
+
+
+def test_conv_transpose1d_streams_like_one_pass() -> None:
+    rng = random.Random(1)
+    for _ in range(50):
+        stride = rng.randint(1, 4)
+        conv = ConvTranspose1d(3, 4, rng.randint(stride, 3 * stride), stride, causal=True)
+        x = torch.randn(2, 3, rng.randint(1, 20))
+        with torch.no_grad():
+            one_pass = conv(x)
+        streamed = run_stream(conv, x, random_sizes(rng, x.shape[-1], 4))
+        assert streamed.shape == one_pass.shape
+        assert (streamed - one_pass).abs().max() <= TOL
+
+
+def test_lstm_carries_its_state_and_skips_empty_chunks() -> None:
+    lstm_net = anytok.nn.seanet.SequenceLSTM(6, num_layers=2)
+    x = torch.randn(2, 6, 17)
+    with torch.no_grad():
+        one_pass = lstm_net(x)
+    streamed = run_stream(lstm_net, x, [3, 0, 1, 5])
+    assert (streamed - one_pass).abs().max() <= TOL
+    assert "forward" not in vars(lstm_net.lstm)  # the stream's patch is gone
+
+
+@pytest.mark.parametrize(
+    ("module", "message"),
+    [
+        (nn.Sequential(Conv1d(2, 2, 3, causal=False)), "centred"),
+        (nn.Sequential(Conv1d(2, 2, 3), nn.GroupNorm(1, 2)), "GroupNorm"),
+        (nn.Sequential(nn.Conv1d(2, 2, 3, padding=1)), "bare Conv1d"),
+        (nn.LSTM(2, 2, bidirectional=True), "bidirectional"),
+    ],
+)
+def test_non_streamable_layers_are_named(module: nn.Module, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_streamable(module)
+
+
+def test_measure_context_of_known_convs() -> None:
+    def probe(frames: int) -> torch.Tensor:
+        return torch.randn(1, 1, frames)
+
+    assert measure_context(Conv1d(1, 1, 7, causal=True), probe, 1, 1) == Context(6, 0)
+    assert measure_context(Conv1d(1, 1, 7, causal=False), probe, 1, 1) == Context(3, 3)
+    assert measure_context(Conv1d(1, 1, 3, dilation=4, causal=True), probe, 1, 1) == Context(8, 0)
+    lstm = anytok.nn.seanet.SequenceLSTM(1, num_layers=1)
+    assert measure_context(lstm, probe, 1, 1) == Context(None, 0)
+
+
+# --------------------------------------------------------------------------- tokenizers
+
+
+def causal_models() -> list[tuple[str, dict]]:
+    return [
+        ("encodec_24khz", {}),
+        ("seanet_fsq_24khz", {"lstm_layers": 1}),  # the tiny variant has no LSTM: add one
+    ]
+
+
+@pytest.mark.parametrize(("name", "overrides"), causal_models(), ids=lambda v: str(v))
+@pytest.mark.parametrize("hops_per_chunk", [1, 3])
+def test_causal_stream_equals_one_pass(name: str, overrides: dict, hops_per_chunk: int) -> None:
+    model = anytok.create_model(name, tiny=True, **overrides).eval()
+    hop = model.hop_length
+    audio = 0.5 * torch.randn(2, model.channels, hop * 29 + 5)
+    with torch.inference_mode():
+        one_pass = model.encode(audio)
+        latent = model.encoder(torch.nn.functional.pad(audio, (0, -audio.shape[-1] % hop)))
+        with streaming(model.encoder) as stream:
+            whole = audio[..., : hop * 29]  # the encoder itself takes whole hops
+            pieces = [stream(c) for c in whole.split(hop * hops_per_chunk, dim=-1)]
+            pieces.append(stream(torch.nn.functional.pad(audio[..., hop * 29 :], (0, hop - 5))))
+            pieces.append(stream.flush(audio))
+        assert (torch.cat(pieces, -1) - latent).abs().max() <= TOL
+        with model.stream_encoder() as encoder:
+            codes = [encoder(c) for c in audio.split(hop * hops_per_chunk, dim=-1)]
+            codes.append(encoder.flush())
+            assert encoder.spec == one_pass.spec
+        assert torch.equal(torch.cat(codes, -1), one_pass.codes)
+        one_pass_audio = model.decode(one_pass)
+        with model.stream_decoder() as decoder:
+            samples = [decoder(c) for c in one_pass.codes.split(hops_per_chunk, dim=-1)]
+            samples.append(decoder.flush())
+        streamed = torch.cat(samples, -1)
+        assert streamed.shape == one_pass_audio.shape
+        assert (streamed - one_pass_audio).abs().max() <= TOL
+
+
+def test_stream_accepts_chunks_of_any_size() -> None:
+    model = anytok.create_model("encodec_24khz", tiny=True).eval()
+    audio = 0.5 * torch.randn(1, 1, model.hop_length * 17 + 3)
+    rng = random.Random(2)
+    with torch.inference_mode():
+        with model.stream_encoder(n_levels=2) as encoder:
+            codes, start = [], 0
+            for size in random_sizes(rng, audio.shape[-1], 3 * model.hop_length):
+                codes.append(encoder(audio[..., start : start + size]))
+                start += size
+            codes.append(encoder.flush())
+        assert torch.equal(torch.cat(codes, -1), model.encode(audio, n_levels=2).codes)
+
+
+def test_short_signal_waits_for_reflect_padding() -> None:
+    """EnCodec's reflect padding needs 7 frames before the last encoder conv can start; a
+    signal shorter than that comes out whole at flush, as one pass gives it."""
+    model = anytok.create_model("encodec_24khz", tiny=True).eval()
+    audio = 0.5 * torch.randn(1, 1, model.hop_length * 3)
+    with torch.inference_mode():
+        one_pass = model.encode(audio).codes
+        with model.stream_encoder() as encoder:
+            assert encoder(audio).shape[-1] == 0
+            assert torch.equal(encoder.flush(), one_pass)
+
+
+def test_full_size_encodec_streams_frame_by_frame() -> None:
+    model = anytok.create_model("encodec_24khz").eval()
+    audio = 0.3 * torch.randn(1, 1, model.hop_length * 12)
+    with torch.inference_mode():
+        one_pass = model.encode(audio, bandwidth=6.0)
+        with model.stream_encoder(bandwidth=6.0) as encoder:
+            codes = [encoder(c) for c in audio.split(model.hop_length, dim=-1)]
+            codes.append(encoder.flush())
+        assert torch.equal(torch.cat(codes, -1), one_pass.codes)
+        with model.stream_decoder() as decoder:
+            samples = [decoder(c) for c in one_pass.codes.split(1, dim=-1)] + [decoder.flush()]
+        assert (torch.cat(samples, -1) - model.decode(one_pass)).abs().max() <= TOL
+
+
+def test_encode_long_of_causal_model_equals_one_pass() -> None:
+    model = anytok.create_model("encodec_24khz", tiny=True).eval()
+    hop = model.hop_length
+    audio = 0.5 * torch.randn(2, 1, hop * 50 + 1)
+    lengths = torch.tensor([audio.shape[-1], hop * 31 + 4])
+    with torch.inference_mode():
+        one_pass = model.encode(audio, lengths)
+        long = model.encode_long(audio, chunk_seconds=4 * hop / model.sample_rate, lengths=lengths)
+        assert torch.equal(long.lengths, one_pass.lengths)
+        for i, n in enumerate(one_pass.lengths.tolist()):
+            assert torch.equal(long.codes[i, :, :n], one_pass.codes[i, :, :n])
+        decoded = model.decode_long(one_pass, chunk_seconds=4 * hop / model.sample_rate)
+        assert (decoded - model.decode(one_pass)).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("name", ["dac_24khz", "encodec_48khz"])
+def test_non_causal_models_refuse_to_stream(name: str) -> None:
+    model = anytok.create_model(name, tiny=True).eval()
+    with pytest.raises(ValueError, match="not causal"), model.stream_encoder():
+        pass
+    with pytest.raises(ValueError, match="not causal"), model.stream_decoder():
+        pass
