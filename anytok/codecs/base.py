@@ -185,6 +185,38 @@ class AudioTokenizer(Tokenizer):
         """Codes ``(b, levels, t)`` -> decoder input ``(b, dim, t)``."""
         return decode_codes(self.quantizer, codes)
 
+    def encode_latent(self, padded: Tensor) -> Tensor:
+        """Hop-padded audio ``(b, c, t * hop)`` -> continuous latent ``(b, dim, t')``."""
+        return self.encoder(padded)
+
+    def decode_latent(self, quantized: Tensor) -> Tensor:
+        """Quantized latent ``(b, dim, t')`` -> audio ``(b, c, t * hop)``."""
+        return self.decoder(quantized)
+
+    def forward(self, audio: Tensor, lengths: Tensor | None = None) -> TokenizerOutput:
+        """Training pass: ``audio (b, c, s)`` -> reconstruction ``(b, c, s)``, tokens, losses."""
+        padded, token_lengths = self.pad_input(audio, lengths)
+        latent = self.encode_latent(padded)
+        quantized, out = quantize_channel_first(self.quantizer, latent)
+        reconstruction = self.decode_latent(quantized)[..., : audio.shape[-1]]
+        return TokenizerOutput(
+            reconstruction=reconstruction,
+            tokens=to_tokens(out.codes, self.spec, token_lengths),
+            losses={"quantizer": out.loss},
+            metrics=out.metrics,
+            latent=latent,
+        )
+
+    def encode(self, audio: Tensor, lengths: Tensor | None = None) -> Tokens:
+        """``audio (b, c, s)`` in [-1, 1] -> :class:`Tokens` with codes ``(b, levels, t)``."""
+        padded, token_lengths = self.pad_input(audio, lengths)
+        codes = self.codes_from_latent(self.encode_latent(padded))
+        return to_tokens(codes, self.spec, token_lengths)
+
+    def decode(self, tokens: Tokens | Tensor) -> Tensor:
+        """Codes ``(b, levels, t)`` -> audio ``(b, c, t * hop_length)``."""
+        return self.decode_latent(self.latent_from_codes(self.codes_of(tokens)))
+
     def encode_long(self, audio: Tensor, **kwargs: Any) -> Tokens:
         """:func:`anytok.codecs.long_audio.encode_long`: ``chunk_seconds``,
         ``context_seconds``, ``lengths`` and ``encode``'s own keywords."""

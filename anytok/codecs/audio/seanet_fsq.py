@@ -12,19 +12,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from torch import Tensor
-
 from anytok.codecs.base import (
     AudioTokenizer,
-    TokenizerOutput,
     build_quantizer,
-    decode_codes,
-    quantize_channel_first,
-    to_tokens,
 )
 from anytok.nn.seanet import SEANetDecoder, SEANetEncoder
 from anytok.registry import register
-from anytok.tokens import Tokens
 
 
 class SEANetFSQ(AudioTokenizer):
@@ -72,30 +65,6 @@ class SEANetFSQ(AudioTokenizer):
         self.encoder = SEANetEncoder(**layer_args)
         self.quantizer = build_quantizer(quantizer, dimension)
         self.decoder = SEANetDecoder(**layer_args)
-
-    def forward(self, audio: Tensor, lengths: Tensor | None = None) -> TokenizerOutput:
-        """Training pass: ``audio (b, c, s)`` -> reconstruction ``(b, c, s)`` and losses."""
-        padded, token_lengths = self.pad_input(audio, lengths)
-        latent = self.encoder(padded)
-        quantized, out = quantize_channel_first(self.quantizer, latent)
-        reconstruction = self.decoder(quantized)[..., : audio.shape[-1]]
-        return TokenizerOutput(
-            reconstruction=reconstruction,
-            tokens=to_tokens(out.codes, self.spec, token_lengths),
-            losses={"quantizer": out.loss},
-            metrics=out.metrics,
-            latent=latent,
-        )
-
-    def encode(self, audio: Tensor, lengths: Tensor | None = None) -> Tokens:
-        """``audio (b, c, s)`` in [-1, 1] -> :class:`Tokens` with codes ``(b, levels, t)``."""
-        padded, token_lengths = self.pad_input(audio, lengths)
-        codes = self.quantizer.encode(self.encoder(padded).movedim(1, -1)).movedim(-1, 1)
-        return to_tokens(codes, self.spec, token_lengths)
-
-    def decode(self, tokens: Tokens | Tensor) -> Tensor:
-        """Codes ``(b, levels, t)`` -> audio ``(b, c, t * hop_length)``."""
-        return self.decoder(decode_codes(self.quantizer, self.codes_of(tokens)))
 
 
 _PAPER = (

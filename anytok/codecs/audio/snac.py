@@ -53,9 +53,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from anytok.codecs.base import (
     AudioTokenizer,
-    TokenizerOutput,
     decode_codes,
-    quantize_channel_first,
     to_tokens,
 )
 from anytok.nn.attention import LocalSelfAttention
@@ -520,32 +518,12 @@ class SNAC(AudioTokenizer):
         """Code rate of every SNAC level in Hz, coarse to fine (12, 23, 47 Hz at 24 kHz)."""
         return tuple(self.sample_rate / (self.latent_hop * s) for s in self.quantizer.strides)
 
-    def _latent(self, padded: Tensor) -> Tensor:
+    def encode_latent(self, padded: Tensor) -> Tensor:
         """Hop-padded audio -> latent ``(b, d, frames * vq_strides[0])``."""
         frames = padded.shape[-1] // self.hop_length
         extra = -padded.shape[-1] % self.pad_multiple
         latent = self.encoder(F.pad(padded, (0, extra)))
         return latent[..., : frames * self.quantizer.frame_stride]
-
-    def forward(self, audio: Tensor, lengths: Tensor | None = None) -> TokenizerOutput:
-        """Training pass: ``audio (b, 1, s)`` -> reconstruction ``(b, 1, s)`` and losses."""
-        padded, token_lengths = self.pad_input(audio, lengths)
-        latent = self._latent(padded)
-        quantized, out = quantize_channel_first(self.quantizer, latent)
-        reconstruction = self.decoder(quantized)[..., : audio.shape[-1]]
-        return TokenizerOutput(
-            reconstruction=reconstruction,
-            tokens=to_tokens(out.codes, self.spec, token_lengths),
-            losses={"quantizer": out.loss},
-            metrics=out.metrics,
-            latent=latent,
-        )
-
-    def encode(self, audio: Tensor, lengths: Tensor | None = None) -> Tokens:
-        """``audio (b, 1, s)`` in [-1, 1] -> :class:`Tokens` with codes ``(b, F, frames)``."""
-        padded, token_lengths = self.pad_input(audio, lengths)
-        codes = self.quantizer.encode(self._latent(padded).movedim(1, -1)).movedim(-1, 1)
-        return to_tokens(codes, self.spec, token_lengths)
 
     def decode(self, tokens: Tokens | Tensor, *, seed: int | None = None) -> Tensor:
         """Codes ``(b, F, frames)`` -> audio ``(b, 1, frames * hop_length)``.

@@ -32,11 +32,8 @@ from torch.nn import functional as F
 
 from anytok.codecs.base import (
     AudioTokenizer,
-    TokenizerOutput,
     build_quantizer,
     decode_codes,
-    quantize_channel_first,
-    to_tokens,
 )
 from anytok.nn.encodec_seanet import EncodecSEANetEncoder, convert_encodec_seanet_keys
 from anytok.nn.vocos import ISTFTHead, VocosBackbone
@@ -135,26 +132,6 @@ class WavTokenizer(AudioTokenizer):
     def decode_latent(self, latent: Tensor) -> Tensor:
         """Quantized latent ``(b, dimension, t)`` -> audio ``(b, 1, t * hop)``."""
         return self.head(self.backbone(latent, condition_id=0)).unsqueeze(1)
-
-    def forward(self, audio: Tensor, lengths: Tensor | None = None) -> TokenizerOutput:
-        """Training pass: ``audio (b, 1, s)`` -> reconstruction ``(b, 1, s)`` and losses."""
-        padded, token_lengths = self.pad_input(audio, lengths)
-        latent = self.encoder(padded)
-        quantized, out = quantize_channel_first(self.quantizer, latent)
-        reconstruction = self.decode_latent(quantized)[..., : audio.shape[-1]]
-        return TokenizerOutput(
-            reconstruction=reconstruction,
-            tokens=to_tokens(out.codes, self.spec, token_lengths),
-            losses={"quantizer": out.loss},
-            metrics=out.metrics,
-            latent=latent,
-        )
-
-    def encode(self, audio: Tensor, lengths: Tensor | None = None) -> Tokens:
-        """``audio (b, 1, s)`` in [-1, 1] -> :class:`Tokens` with codes ``(b, 1, t)``."""
-        padded, token_lengths = self.pad_input(audio, lengths)
-        codes = self.quantizer.encode(self.encoder(padded).movedim(1, -1)).movedim(-1, 1)
-        return to_tokens(codes, self.spec, token_lengths)
 
     def decode(self, tokens: Tokens | Tensor) -> Tensor:
         """Codes ``(b, 1, t)`` -> audio ``(b, 1, t * hop_length)``.
