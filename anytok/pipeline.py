@@ -70,18 +70,54 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(iter(model.parameters())).device
 
 
+@dataclass(frozen=True)
+class InputFormat:
+    """What a tokenizer expects at its input, without the model: data-loading workers (torch
+    DataLoader, Ray tasks) carry this small value instead of a copy of the weights.
+
+    Attributes:
+        modality: ``"audio"``, ``"image"`` or ``"video"``.
+        sample_rate, channels: audio input rate and channel count.
+        resolution: ``(height, width)`` of images and video frames.
+        fps: video frame rate.
+    """
+
+    modality: str
+    sample_rate: int | None = None
+    channels: int | None = None
+    resolution: tuple[int, int] | None = None
+    fps: float | None = None
+
+
+def input_format(model: Tokenizer) -> InputFormat:
+    """The :class:`InputFormat` of a tokenizer."""
+    if isinstance(model, AudioTokenizer):
+        return InputFormat("audio", sample_rate=model.sample_rate, channels=model.channels)
+    if isinstance(model, ImageTokenizer):
+        return InputFormat("image", resolution=tuple(model.resolution))
+    if isinstance(model, VideoTokenizer):
+        return InputFormat("video", resolution=tuple(model.resolution), fps=model.fps)
+    raise TypeError(f"unsupported tokenizer type {type(model).__name__}")
+
+
+def load_input(fmt: InputFormat, path: Path) -> Tensor:
+    """Load one file in ``fmt``: audio ``(C, S)`` at its rate and channels, an image
+    ``(3, H, W)`` at its resolution, a video ``(3, T, H, W)`` at its fps and size."""
+    if fmt.modality == "audio":
+        return load_audio(path, sample_rate=fmt.sample_rate, channels=fmt.channels).waveform
+    if fmt.modality == "image":
+        return resize_cover(load_image(path).image, fmt.resolution)
+    if fmt.modality == "video":
+        clip = load_video(path, fps=fmt.fps)
+        frames = clip.video.transpose(0, 1)  # (T, 3, H, W) for resizing frame by frame
+        return resize_cover(frames, fmt.resolution).transpose(0, 1).contiguous()
+    raise ValueError(f"unsupported modality {fmt.modality!r}")
+
+
 def load_for_model(model: Tokenizer, path: Path) -> Tensor:
     """Load one file as the model expects it: audio ``(C, S)`` at its rate and channels,
     an image ``(3, H, W)`` at its resolution, a video ``(3, T, H, W)`` at its fps and size."""
-    if isinstance(model, AudioTokenizer):
-        return load_audio(path, sample_rate=model.sample_rate, channels=model.channels).waveform
-    if isinstance(model, ImageTokenizer):
-        return resize_cover(load_image(path).image, model.resolution)
-    if isinstance(model, VideoTokenizer):
-        clip = load_video(path, fps=model.fps)
-        frames = clip.video.transpose(0, 1)  # (T, 3, H, W) for resizing frame by frame
-        return resize_cover(frames, model.resolution).transpose(0, 1).contiguous()
-    raise TypeError(f"unsupported tokenizer type {type(model).__name__}")
+    return load_input(input_format(model), path)
 
 
 def collate(items: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
