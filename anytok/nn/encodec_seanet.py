@@ -1,54 +1,115 @@
-"""EnCodec's SEANet encoder exactly as published (Défossez et al. 2022,
-https://arxiv.org/abs/2210.13438), for importing weights of models built on it (EnCodec,
-WavTokenizer, Vocos's EnCodec features).
+"""EnCodec's SEANet layers exactly as published (Défossez et al. 2022,
+https://arxiv.org/abs/2210.13438; reference code https://github.com/facebookresearch/encodec),
+for the models built on them and for importing their weights: EnCodec itself
+(:mod:`anytok.codecs.audio.encodec`), WavTokenizer's encoder
+(:mod:`anytok.codecs.audio.wavtokenizer`) and Vocos's EnCodec features.
 
 It differs from :class:`anytok.nn.seanet.SEANetEncoder` where official weights care:
-residual blocks may have a 1x1-conv shortcut (``true_skip=False``, EnCodec's default) and
-every conv uses EnCodec's padding (reflect by default, inputs shorter than the padding
-handled as EnCodec does). Module nesting mirrors EnCodec's, so a state dict maps by renaming
-alone (see :func:`convert_encodec_seanet_keys`).
+residual blocks may have a 1x1-conv shortcut (``true_skip=False``, EnCodec's default), every
+conv uses EnCodec's padding (reflect by default, inputs shorter than the padding handled as
+EnCodec does) and may be followed by a GroupNorm over time (``norm="time_group_norm"``).
+Module nesting mirrors EnCodec's, so a state dict maps by renaming alone (see
+:func:`convert_encodec_seanet_keys`).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
-from anytok.nn.conv import Conv1d
+from anytok.nn.conv import Conv1d, ConvTranspose1d
 from anytok.nn.seanet import SequenceLSTM
 
+#: The normalisations of EnCodec's convs.
+NORMS = ("weight_norm", "time_group_norm", "none")
 
-def encodec_conv1d(
-    in_channels: int,
-    out_channels: int,
-    kernel_size: int,
-    stride: int = 1,
-    dilation: int = 1,
-    causal: bool = False,
-    pad_mode: str = "reflect",
-) -> Conv1d:
-    """EnCodec's ``SConv1d``: a weight-normalised :class:`~anytok.nn.conv.Conv1d` with causal
-    or centred padding, the extra right padding that completes the last stride window, and
-    EnCodec's reflect padding of inputs shorter than the padding (``short_input="extend"``).
-    ``(b, in_channels, t) -> (b, out_channels, ceil(t / stride))``."""
-    return Conv1d(
-        in_channels,
-        out_channels,
-        kernel_size,
-        stride,
-        dilation=dilation,
-        causal=causal,
-        pad_mode=pad_mode,
-        short_input="extend",
-    )
+
+def check_norm(norm: str) -> None:
+    """Raise unless ``norm`` is one of :data:`NORMS`."""
+    if norm not in NORMS:
+        raise ValueError(f"EnCodec: norm must be one of {NORMS}, got {norm!r}")
+
+
+class EncodecConv1d(nn.Module):
+    """EnCodec's ``SConv1d``: a causal or centred :class:`~anytok.nn.conv.Conv1d` (weight
+    norm or none) with the extra right padding that completes the last stride window and
+    EnCodec's reflect padding of inputs shorter than the padding, then a normalisation
+    (GroupNorm with one group over channels and time for ``"time_group_norm"``).
+    ``(b, c_in, t) -> (b, c_out, ceil(t / stride))``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        *,
+        causal: bool = False,
+        norm: str = "weight_norm",
+        pad_mode: str = "reflect",
+    ):
+        super().__init__()
+        check_norm(norm)
+        self.conv = Conv1d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            dilation=dilation,
+            causal=causal,
+            use_weight_norm=norm == "weight_norm",
+            pad_mode=pad_mode,
+            short_input="extend",  # EnCodec's pad1d: reflect short inputs after zero-extending
+        )
+        self.norm: nn.Module = (
+            nn.GroupNorm(1, out_channels) if norm == "time_group_norm" else nn.Identity()
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.conv(x))
+
+
+class EncodecConvTranspose1d(nn.Module):
+    """EnCodec's ``SConvTranspose1d``: upsample by ``stride`` (output ``t * stride``); the
+    normalisation, if any, sees the untrimmed output as in EnCodec."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        *,
+        causal: bool = False,
+        norm: str = "weight_norm",
+    ):
+        super().__init__()
+        check_norm(norm)
+        self.convtr = ConvTranspose1d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            causal=causal,
+            use_weight_norm=norm == "weight_norm",
+        )
+        self.norm: nn.Module | None = (
+            nn.GroupNorm(1, out_channels) if norm == "time_group_norm" else None
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.norm is None:
+            return self.convtr(x)  # streams when causal
+        return self.convtr.trim_output(self.norm(self.convtr.conv(x)))
 
 
 class EncodecResnetBlock(nn.Module):
-    """SEANet residual block: ELU -> conv(k, dilation) to ``dim / compress`` -> ELU -> 1x1
-    conv back, plus a shortcut (identity with ``true_skip``, else a 1x1 conv)."""
+    """SEANet residual block: ELU, conv (kernel, dilation) to ``dim / compress``, ELU, 1x1
+    conv back, plus a shortcut (identity with ``true_skip``, else a 1x1 conv).
+    ``(b, dim, t) -> (b, dim, t)``."""
 
     def __init__(
         self,
@@ -58,53 +119,58 @@ class EncodecResnetBlock(nn.Module):
         compress: int = 2,
         true_skip: bool = False,
         causal: bool = False,
+        norm: str = "weight_norm",
         pad_mode: str = "reflect",
     ):
         super().__init__()
         hidden = dim // compress
-        conv = dict(causal=causal, pad_mode=pad_mode)
+        conv = dict(causal=causal, norm=norm, pad_mode=pad_mode)
         self.block = nn.Sequential(
             nn.ELU(),
-            encodec_conv1d(dim, hidden, kernel_size, dilation=dilation, **conv),
+            EncodecConv1d(dim, hidden, kernel_size, dilation=dilation, **conv),
             nn.ELU(),
-            encodec_conv1d(hidden, dim, 1, **conv),
+            EncodecConv1d(hidden, dim, 1, **conv),
         )
         self.shortcut: nn.Module = (
-            nn.Identity() if true_skip else encodec_conv1d(dim, dim, 1, **conv)
+            nn.Identity() if true_skip else EncodecConv1d(dim, dim, 1, **conv)
         )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.shortcut(x) + self.block(x)
 
 
-class EncodecSEANetEncoder(nn.Module):
-    """EnCodec's SEANet encoder: waveform ``(b, channels, samples)`` -> latent
-    ``(b, dimension, ceil(samples / prod(ratios)))``.
+class _EncodecSEANet(nn.Module):
+    """What EnCodec's ``SEANetEncoder`` and ``SEANetDecoder`` share: their arguments and the
+    layers they are made of; :attr:`decoder` says which of the two mirror images is built.
 
     Args:
         channels: audio channels.
         dimension: latent channels.
-        n_filters: channels of the first conv, doubled at every downsampling.
-        ratios: downsampling strides **in the order they are applied** (EnCodec's own
-            configs list them in decoder order, reversed: EnCodec ``[8, 5, 4, 2]`` is
-            ``(2, 4, 5, 8)`` here).
-        n_residual_layers: residual blocks before each downsampling (dilations
-            ``dilation_base ** j``).
+        n_filters: channels next to the waveform, doubled at every downsampling (the
+            decoder starts at ``n_filters * 2 ** len(ratios)`` and halves them).
+        ratios: resampling strides **in the order they are applied** (default: EnCodec's
+            ``(8, 5, 4, 2)`` for the decoder, reversed for the encoder). EnCodec's configs
+            list them in decoder order for both: EnCodec ``[8, 5, 4, 2]`` is the encoder's
+            ``(2, 4, 5, 8)`` here.
+        n_residual_layers: residual blocks per stride (dilations ``dilation_base ** j``).
         kernel_size / last_kernel_size / residual_kernel_size: conv kernels.
         dilation_base: dilation growth of successive residual blocks.
         compress: channel reduction inside residual blocks.
         true_skip: identity shortcuts (else 1x1 convs, EnCodec's default).
-        lstm_layers: LSTM layers before the last conv (0: none).
+        lstm_layers: LSTM layers at the latent end (0: none).
         causal: causal padding (streamable) or centred.
+        norm: ``"weight_norm"``, ``"time_group_norm"`` or ``"none"`` (every conv).
         pad_mode: padding of every conv (EnCodec: ``"reflect"``).
     """
+
+    decoder: bool
 
     def __init__(
         self,
         channels: int = 1,
         dimension: int = 128,
         n_filters: int = 32,
-        ratios: Sequence[int] = (2, 4, 5, 8),
+        ratios: Sequence[int] | None = None,
         n_residual_layers: int = 1,
         kernel_size: int = 7,
         last_kernel_size: int = 7,
@@ -114,41 +180,85 @@ class EncodecSEANetEncoder(nn.Module):
         true_skip: bool = False,
         lstm_layers: int = 2,
         causal: bool = False,
+        norm: str = "weight_norm",
         pad_mode: str = "reflect",
     ):
         super().__init__()
+        if ratios is None:
+            ratios = (8, 5, 4, 2) if self.decoder else (2, 4, 5, 8)
         self.hop_length = math.prod(ratios)
-        conv = dict(causal=causal, pad_mode=pad_mode)
-        width = n_filters
-        layers: list[nn.Module] = [encodec_conv1d(channels, width, kernel_size, **conv)]
-        for ratio in ratios:
-            for j in range(n_residual_layers):
-                layers.append(
-                    EncodecResnetBlock(
-                        width, residual_kernel_size, dilation_base**j, compress, true_skip, **conv
-                    )
+        conv = dict(causal=causal, norm=norm, pad_mode=pad_mode)
+
+        def resnet_blocks(width: int) -> list[nn.Module]:
+            return [
+                EncodecResnetBlock(
+                    width, residual_kernel_size, dilation_base**j, compress, true_skip, **conv
                 )
-            layers += [nn.ELU(), encodec_conv1d(width, 2 * width, 2 * ratio, ratio, **conv)]
-            width *= 2
-        if lstm_layers:
-            layers.append(SequenceLSTM(width, lstm_layers))
-        layers += [nn.ELU(), encodec_conv1d(width, dimension, last_kernel_size, **conv)]
+                for j in range(n_residual_layers)
+            ]
+
+        bottleneck = n_filters * 2 ** len(ratios)
+        lstm = [SequenceLSTM(bottleneck, lstm_layers)] if lstm_layers else []
+        if self.decoder:
+            width = bottleneck
+            layers: list[nn.Module] = [EncodecConv1d(dimension, width, kernel_size, **conv)]
+            layers += lstm
+            for ratio in ratios:
+                up = EncodecConvTranspose1d(
+                    width, width // 2, 2 * ratio, ratio, causal=causal, norm=norm
+                )
+                width //= 2
+                layers += [nn.ELU(), up, *resnet_blocks(width)]
+            out_channels = channels
+        else:
+            width = n_filters
+            layers = [EncodecConv1d(channels, width, kernel_size, **conv)]
+            for ratio in ratios:
+                down = EncodecConv1d(width, 2 * width, 2 * ratio, ratio, **conv)
+                layers += [*resnet_blocks(width), nn.ELU(), down]
+                width *= 2
+            layers += lstm
+            out_channels = dimension
+        layers += [nn.ELU(), EncodecConv1d(width, out_channels, last_kernel_size, **conv)]
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
 
-def convert_encodec_seanet_keys(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename EnCodec ``SEANetEncoder`` keys (``model.0.conv.conv.weight_g``) to
-    :class:`EncodecSEANetEncoder` keys (``model.0.conv.parametrizations.weight.original0``).
+class EncodecSEANetEncoder(_EncodecSEANet):
+    """EnCodec's ``SEANetEncoder``: waveform ``(b, channels, samples)`` -> latent
+    ``(b, dimension, ceil(samples / prod(ratios)))``. Residual blocks then a strided conv per
+    stride, the LSTM last; arguments as in :class:`_EncodecSEANet` (``ratios`` default
+    ``(2, 4, 5, 8)``, the order applied)."""
 
-    Accepts old-style weight norm (``weight_g`` / ``weight_v``) and torch's parametrization
-    (``parametrizations.weight.original0/1``); LSTM keys pass through.
+    decoder = False
+
+
+class EncodecSEANetDecoder(_EncodecSEANet):
+    """EnCodec's ``SEANetDecoder`` (no final activation, as in both published EnCodec
+    models): latent ``(b, dimension, frames)`` -> waveform ``(b, channels, frames * hop)``.
+    The LSTM first, then a transposed conv and residual blocks per stride; arguments as in
+    :class:`_EncodecSEANet` (``ratios`` default ``(8, 5, 4, 2)``, EnCodec's order)."""
+
+    decoder = True
+
+
+def convert_encodec_seanet_keys(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename EnCodec ``SEANetEncoder`` / ``SEANetDecoder`` keys to
+    :class:`EncodecSEANetEncoder` / :class:`EncodecSEANetDecoder` keys.
+
+    ``SConv1d``'s ``conv.conv`` / ``conv.norm`` -> ``conv.conv`` / ``norm``,
+    ``SConvTranspose1d``'s ``convtr.convtr`` / ``convtr.norm`` -> ``convtr.conv`` / ``norm``,
+    and old-style weight norm (``weight_g`` / ``weight_v``) -> torch's parametrization
+    (``parametrizations.weight.original0/1``; already-parametrized keys are kept). Other keys
+    (LSTMs, or whatever surrounds the SEANet in a larger state dict) pass through, so a whole
+    model's state dict can go through at once.
     """
     out = {}
     for key, value in state_dict.items():
-        key = re.sub(r"\.conv\.conv\.", ".conv.", key)
+        key = key.replace(".conv.norm.", ".norm.").replace(".convtr.norm.", ".norm.")
+        key = key.replace(".convtr.convtr.", ".convtr.conv.")
         out[rename_weight_norm(key)] = value
     return out
 
@@ -164,9 +274,13 @@ def rename_weight_norm(key: str) -> str:
 
 
 __all__ = [
+    "NORMS",
+    "EncodecConv1d",
+    "EncodecConvTranspose1d",
     "EncodecResnetBlock",
+    "EncodecSEANetDecoder",
     "EncodecSEANetEncoder",
+    "check_norm",
     "convert_encodec_seanet_keys",
-    "encodec_conv1d",
     "rename_weight_norm",
 ]

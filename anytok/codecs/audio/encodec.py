@@ -40,17 +40,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from anytok.codecs.base import AudioTokenizer, TokenizerOutput, build_quantizer, to_tokens
 from anytok.codecs.long_audio import apply_per_length, mask_past_lengths
-from anytok.nn.conv import Conv1d, ConvTranspose1d
-from anytok.nn.seanet import SequenceLSTM
+from anytok.nn.encodec_seanet import (
+    NORMS,
+    EncodecSEANetDecoder,
+    EncodecSEANetEncoder,
+    convert_encodec_seanet_keys,
+)
 from anytok.quantizers.distributed import broadcast_
 from anytok.registry import register
 from anytok.tokens import Tokens
-
-NORMS = ("weight_norm", "time_group_norm", "none")
 
 #: EnCodec's quantizer: EMA codebooks (decay 0.99), k-means initialisation on the first batch
 #: (50 iterations), codes used fewer than 2 times revived, commitment weight 1.
@@ -61,204 +63,6 @@ DEFAULT_QUANTIZER: dict[str, Any] = {
     "threshold_ema_dead_code": 2.0,
     "commitment_weight": 1.0,
 }
-
-
-def _check_norm(norm: str) -> None:
-    if norm not in NORMS:
-        raise ValueError(f"EnCodec: norm must be one of {NORMS}, got {norm!r}")
-
-
-class EncodecConv1d(nn.Module):
-    """EnCodec's ``SConv1d``: a causal or centred :class:`~anytok.nn.conv.Conv1d` (weight
-    norm or none) then a normalisation (GroupNorm with one group over channels and time for
-    ``"time_group_norm"``). ``(b, c_in, t) -> (b, c_out, ceil(t / stride))``."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        stride: int = 1,
-        dilation: int = 1,
-        *,
-        causal: bool,
-        norm: str,
-        pad_mode: str,
-    ):
-        super().__init__()
-        _check_norm(norm)
-        self.conv = Conv1d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride,
-            dilation=dilation,
-            causal=causal,
-            use_weight_norm=norm == "weight_norm",
-            pad_mode=pad_mode,
-            short_input="extend",  # EnCodec's pad1d: reflect short inputs after zero-extending
-        )
-        self.norm: nn.Module = (
-            nn.GroupNorm(1, out_channels) if norm == "time_group_norm" else nn.Identity()
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.norm(self.conv(x))
-
-
-class EncodecConvTranspose1d(nn.Module):
-    """EnCodec's ``SConvTranspose1d``: upsample by ``stride`` (output ``t * stride``); the
-    normalisation, if any, sees the untrimmed output as in EnCodec."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        stride: int,
-        *,
-        causal: bool,
-        norm: str,
-    ):
-        super().__init__()
-        _check_norm(norm)
-        self.convtr = ConvTranspose1d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride,
-            causal=causal,
-            use_weight_norm=norm == "weight_norm",
-        )
-        self.norm: nn.Module | None = (
-            nn.GroupNorm(1, out_channels) if norm == "time_group_norm" else None
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.norm is None:
-            return self.convtr(x)  # streams when causal
-        return self.convtr.trim_output(self.norm(self.convtr.conv(x)))
-
-
-class EncodecResnetBlock(nn.Module):
-    """SEANet residual block: ELU, conv (kernel, dilation) to ``dim / compress``, ELU, 1x1
-    conv back, plus a shortcut (identity with ``true_skip``, else a 1x1 conv).
-    ``(b, dim, t) -> (b, dim, t)``."""
-
-    def __init__(
-        self,
-        dim: int,
-        kernel_size: int,
-        dilation: int,
-        compress: int,
-        true_skip: bool,
-        **conv: Any,
-    ):
-        super().__init__()
-        hidden = dim // compress
-        self.block = nn.Sequential(
-            nn.ELU(),
-            EncodecConv1d(dim, hidden, kernel_size, dilation=dilation, **conv),
-            nn.ELU(),
-            EncodecConv1d(hidden, dim, 1, **conv),
-        )
-        self.shortcut: nn.Module = (
-            nn.Identity() if true_skip else EncodecConv1d(dim, dim, 1, **conv)
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.shortcut(x) + self.block(x)
-
-
-class EncodecEncoder(nn.Module):
-    """Waveform ``(b, channels, samples)`` -> latent ``(b, dimension, ceil(samples / hop))``.
-
-    ``ratios`` are given in EnCodec's order (the decoder's, e.g. ``[8, 5, 4, 2]``); the
-    encoder applies them reversed. Module nesting mirrors EnCodec's ``SEANetEncoder``.
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        dimension: int,
-        n_filters: int,
-        ratios: Sequence[int],
-        n_residual_layers: int,
-        kernel_size: int,
-        last_kernel_size: int,
-        residual_kernel_size: int,
-        dilation_base: int,
-        compress: int,
-        true_skip: bool,
-        lstm_layers: int,
-        **conv: Any,
-    ):
-        super().__init__()
-        width = n_filters
-        layers: list[nn.Module] = [EncodecConv1d(channels, width, kernel_size, **conv)]
-        for ratio in reversed(ratios):
-            for j in range(n_residual_layers):
-                layers.append(
-                    EncodecResnetBlock(
-                        width, residual_kernel_size, dilation_base**j, compress, true_skip, **conv
-                    )
-                )
-            layers += [nn.ELU(), EncodecConv1d(width, 2 * width, 2 * ratio, ratio, **conv)]
-            width *= 2
-        if lstm_layers:
-            layers.append(SequenceLSTM(width, lstm_layers))
-        layers += [nn.ELU(), EncodecConv1d(width, dimension, last_kernel_size, **conv)]
-        self.model = nn.Sequential(*layers)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
-
-
-class EncodecDecoder(nn.Module):
-    """Latent ``(b, dimension, frames)`` -> waveform ``(b, channels, frames * hop)``; mirrors
-    EnCodec's ``SEANetDecoder`` (no final activation, as in both published models)."""
-
-    def __init__(
-        self,
-        channels: int,
-        dimension: int,
-        n_filters: int,
-        ratios: Sequence[int],
-        n_residual_layers: int,
-        kernel_size: int,
-        last_kernel_size: int,
-        residual_kernel_size: int,
-        dilation_base: int,
-        compress: int,
-        true_skip: bool,
-        lstm_layers: int,
-        **conv: Any,
-    ):
-        super().__init__()
-        causal, norm = conv["causal"], conv["norm"]
-        width = n_filters * 2 ** len(ratios)
-        layers: list[nn.Module] = [EncodecConv1d(dimension, width, kernel_size, **conv)]
-        if lstm_layers:
-            layers.append(SequenceLSTM(width, lstm_layers))
-        for ratio in ratios:
-            layers += [
-                nn.ELU(),
-                EncodecConvTranspose1d(
-                    width, width // 2, 2 * ratio, ratio, causal=causal, norm=norm
-                ),
-            ]
-            width //= 2
-            for j in range(n_residual_layers):
-                layers.append(
-                    EncodecResnetBlock(
-                        width, residual_kernel_size, dilation_base**j, compress, true_skip, **conv
-                    )
-                )
-        layers += [nn.ELU(), EncodecConv1d(width, channels, last_kernel_size, **conv)]
-        self.model = nn.Sequential(*layers)
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self.model(z)
 
 
 class EnCodec(AudioTokenizer):
@@ -337,12 +141,13 @@ class EnCodec(AudioTokenizer):
             norm=norm,
             pad_mode=pad_mode,
         )
-        self.encoder = EncodecEncoder(**sizes)
+        # EnCodec lists the strides in decoder order; the encoder applies them reversed
+        self.encoder = EncodecSEANetEncoder(**{**sizes, "ratios": ratios[::-1]})
         vq = {**DEFAULT_QUANTIZER, **(quantizer or {})}
         self.quantizer = build_quantizer(
             {"name": "rvq", "num_quantizers": n_q, "codebook_size": bins, **vq}, dimension
         )
-        self.decoder = EncodecDecoder(**sizes)
+        self.decoder = EncodecSEANetDecoder(**sizes)
         self._target_levels = tuple(self.levels_for_bandwidth(b) for b in self.target_bandwidths)
         self.default_levels = n_q if bandwidth is None else self.levels_for_bandwidth(bandwidth)
 
@@ -450,12 +255,6 @@ class EnCodec(AudioTokenizer):
 # --------------------------------------------------------------------------- importer
 
 
-def _rename_weight_norm(key: str) -> str:
-    """Old-style weight-norm names -> torch parametrization names."""
-    key = re.sub(r"\.weight_g$", ".parametrizations.weight.original0", key)
-    return re.sub(r"\.weight_v$", ".parametrizations.weight.original1", key)
-
-
 _CODEBOOK_KEYS = {
     "embed": "embedding",
     "embed_avg": "ema_embedding_sum",
@@ -467,24 +266,22 @@ _CODEBOOK_KEYS = {
 def convert_encodec_state_dict(reference_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """An ``encodec.EncodecModel`` state dict (official checkpoint) -> :class:`EnCodec`'s.
 
-    Renames only: ``SConv1d``'s ``conv.conv`` / ``conv.norm`` -> ``conv.conv`` / ``norm``,
-    ``SConvTranspose1d``'s ``convtr.convtr`` -> ``convtr.conv``, old-style weight norm
-    (``weight_g`` / ``weight_v``) -> torch parametrizations (``original0`` / ``original1``),
-    and the quantizer's EMA codebooks ``vq.layers.i._codebook.{embed, embed_avg,
+    Renames only: the SEANet encoder and decoder by
+    :func:`~anytok.nn.encodec_seanet.convert_encodec_seanet_keys` (``SConv1d``'s
+    ``conv.conv`` / ``conv.norm`` -> ``conv.conv`` / ``norm``, ``SConvTranspose1d``'s
+    ``convtr.convtr`` -> ``convtr.conv``, old-style weight norm (``weight_g`` / ``weight_v``)
+    -> torch parametrizations (``original0`` / ``original1``)), and the quantizer's EMA codebooks ``vq.layers.i._codebook.{embed, embed_avg,
     cluster_size, inited}`` -> ``layers.i.{embedding, ema_embedding_sum, ema_cluster_size,
     initted}``. Load the result with ``load_state_dict(..., strict=True)`` into a model
     built with the checkpoint's configuration (e.g. ``anytok.create_model("encodec_24khz")``).
     """
     out: dict[str, Tensor] = {}
-    for key, value in reference_state.items():
-        new = key.replace(".conv.norm.", ".norm.").replace(".convtr.norm.", ".norm.")
-        new = new.replace(".convtr.convtr.", ".convtr.conv.")
-        new = _rename_weight_norm(new)
+    for new, value in convert_encodec_seanet_keys(reference_state).items():
         match = re.fullmatch(r"quantizer\.vq\.layers\.(\d+)\._codebook\.(\w+)", new)
         if match:
             level, name = match.groups()
             if name not in _CODEBOOK_KEYS:
-                raise KeyError(f"convert_encodec_state_dict: unexpected codebook key {key!r}")
+                raise KeyError(f"convert_encodec_state_dict: unexpected codebook key {new!r}")
             new = f"quantizer.layers.{level}.{_CODEBOOK_KEYS[name]}"
             if name == "inited":
                 value = value.reshape(()).bool()
@@ -561,11 +358,7 @@ register(
 
 __all__ = [
     "DEFAULT_QUANTIZER",
+    "NORMS",
     "EnCodec",
-    "EncodecConv1d",
-    "EncodecConvTranspose1d",
-    "EncodecDecoder",
-    "EncodecEncoder",
-    "EncodecResnetBlock",
     "convert_encodec_state_dict",
 ]

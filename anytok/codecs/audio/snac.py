@@ -58,6 +58,7 @@ from anytok.codecs.base import (
 )
 from anytok.nn.attention import LocalSelfAttention
 from anytok.nn.encodec_seanet import rename_weight_norm
+from anytok.nn.snake import Snake1d
 from anytok.quantizers.base import QuantizerOutput, check_codes, check_last_dim, zero_loss
 from anytok.quantizers.kernels import nearest_codeword
 from anytok.quantizers.vq import fp32_region, local_code_metrics
@@ -75,19 +76,6 @@ def wn_conv1d(*args: Any, **kwargs: Any) -> nn.Conv1d:
 def wn_conv_transpose1d(*args: Any, **kwargs: Any) -> nn.ConvTranspose1d:
     """``nn.ConvTranspose1d`` with weight normalisation (torch's parametrization)."""
     return weight_norm(nn.ConvTranspose1d(*args, **kwargs))
-
-
-class Snake1d(nn.Module):
-    """Snake activation ``x + sin^2(alpha x) / alpha`` with one learned ``alpha`` per channel
-    (Ziyin et al. 2020, https://arxiv.org/abs/2006.08195; used by BigVGAN, DAC and SNAC).
-    ``(b, c, t) -> (b, c, t)``."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
 
 
 class ResidualUnit(nn.Module):

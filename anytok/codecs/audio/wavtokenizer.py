@@ -181,7 +181,7 @@ def convert_wavtokenizer_state_dict(state_dict: Mapping[str, Tensor]) -> dict[st
     """An official WavTokenizer checkpoint's ``state_dict`` -> :class:`WavTokenizer`'s.
 
     Maps ``feature_extractor.encodec.encoder.*`` (EnCodec SEANet, old-style weight norm) to
-    ``encoder.*``, the codebook ``feature_extractor.encodec.quantizer.vq.layers.0._codebook.*``
+    ``encoder.*`` by :func:`~anytok.nn.encodec_seanet.convert_encodec_seanet_keys`, the codebook ``feature_extractor.encodec.quantizer.vq.layers.0._codebook.*``
     to ``quantizer.*`` (EMA buffers included), and ``backbone.*`` / ``head.*`` by
     :func:`convert_vocos_backbone_state_dict`. Unused parts (EnCodec's decoder, the
     discriminators, loss modules) are dropped.

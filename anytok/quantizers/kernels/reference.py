@@ -19,9 +19,10 @@ DEFAULT_MEMORY_BUDGET = 256 * 1024 * 1024
 
 #: Preferred size of one chunk's score block: about half a server L3, so the argmin reads
 #: what the GEMM just wrote from cache. Chunks never go below ``_MIN_ROWS`` rows on its account
-#: (a GEMM with a handful of rows re-reads the codebook for little work).
+#: (a GEMM with a handful of rows re-reads the codebook for little work; 2048 rows measured
+#: 1.1-2.2x faster than ``cdist + argmin`` on 2 threads, where 256 lost at K >= 16384).
 _CACHE_BLOCK = 16 * 1024 * 1024
-_MIN_ROWS = 256
+_MIN_ROWS = 2048
 
 
 def _check(x: Tensor, codebook: Tensor, metric: str) -> None:
