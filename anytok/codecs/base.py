@@ -164,9 +164,10 @@ class AudioTokenizer(Tokenizer):
         frames = math.ceil(samples / self.hop_length)
         audio = F.pad(audio, (0, frames * self.hop_length - samples))
         if lengths is None:
-            lengths = torch.full((audio.shape[0],), samples, device=audio.device)
+            # Built on the CPU: checking "all full" later then costs no device synchronisation.
+            lengths = torch.full((audio.shape[0],), samples)
         token_lengths = torch.div(
-            lengths.to(audio.device) + self.hop_length - 1, self.hop_length, rounding_mode="floor"
+            lengths + self.hop_length - 1, self.hop_length, rounding_mode="floor"
         )
         return audio, token_lengths.long()
 
@@ -320,12 +321,15 @@ class VideoTokenizer(Tokenizer):
         if target > t:
             video = torch.cat([video, video[:, :, -1:].expand(-1, -1, target - t, -1, -1)], dim=2)
         if lengths is None:
-            lengths = torch.full((b,), t, device=video.device)
-        return video, self.latent_frames(lengths.to(video.device).long())
+            lengths = torch.full((b,), t)  # on the CPU: see AudioTokenizer.pad_input
+        return video, self.latent_frames(lengths.long())
 
 
 def to_tokens(codes: Tensor, spec: TokenSpec, lengths: Tensor | None) -> Tokens:
-    """Wrap ``(b, levels, *positions)`` codes; ``lengths`` equal to the full size become None."""
+    """Wrap ``(b, levels, *positions)`` codes; ``lengths`` equal to the full size become None.
+
+    Lengths the model computed itself live on the CPU, so this check never waits on the GPU.
+    """
     if lengths is not None and bool((lengths == codes.shape[2]).all()):
         lengths = None
     return Tokens(codes=codes.long(), spec=spec, lengths=lengths)
