@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from anytok.media import find_media
 
@@ -45,6 +46,32 @@ class ManifestError(ValueError):
     """A manifest line that is not a JSON object with a ``path``."""
 
 
+def manifest_entries(
+    manifest: Path, error: type[Exception] = ManifestError
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``("<file>, line N", entry)`` for each JSON object of a JSONL manifest.
+
+    Blank lines and ``#`` comments are skipped. Raises ``error`` naming the file and line
+    when a line is not JSON or not an object with a ``"path"`` string.
+    """
+    try:
+        lines = manifest.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"{manifest}: cannot be read ({err})") from err
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{manifest}, line {number}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise error(f"{where}: not valid JSON ({err.msg})") from err
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise error(f'{where}: expected an object with a "path" string, got {line!r}')
+        yield where, entry
+
+
 def read_manifest(manifest: str | os.PathLike[str]) -> list[MediaItem]:
     """Items of a JSONL manifest (see the module docstring for the format).
 
@@ -53,17 +80,7 @@ def read_manifest(manifest: str | os.PathLike[str]) -> list[MediaItem]:
     """
     manifest = Path(manifest)
     items = []
-    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        where = f"{manifest}, line {number}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ManifestError(f"{where}: not valid JSON ({err.msg})") from err
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            raise ManifestError(f'{where}: expected an object with a "path" string, got {line!r}')
+    for where, entry in manifest_entries(manifest, ManifestError):
         duration = entry.get("duration")
         if duration is not None and not isinstance(duration, (int, float)):
             raise ManifestError(f'{where}: "duration" must be a number of seconds')

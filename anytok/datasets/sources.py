@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from anytok.data.sources import MANIFEST_SUFFIXES
+from anytok.data.sources import MANIFEST_SUFFIXES, manifest_entries
 from anytok.media import MEDIA_EXTENSIONS, MediaError, find_media
 from anytok.pipeline import InputFormat, load_input
 
@@ -164,21 +164,7 @@ def _manifest_items(manifest: Path) -> list[Item]:
     # Not anytok.data.read_manifest: that one keeps only the training fields (duration,
     # text); a dataset job keeps every key as the item's metadata and honours "id".
     items = []
-    try:
-        lines = manifest.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise DatasetError(f"{manifest}: cannot be read ({err})") from err
-    for number, line in enumerate(lines, start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        where = f"{manifest}, line {number}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DatasetError(f"{where}: not valid JSON ({err.msg})") from err
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            raise DatasetError(f'{where}: expected an object with a "path" string')
+    for where, entry in manifest_entries(manifest, DatasetError):
         written = entry.pop("path")
         item_id = entry.pop("id", written)
         if not isinstance(item_id, str) or not item_id:
