@@ -5,6 +5,7 @@ stride, lengths) once, so each family file holds only its architecture.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from contextlib import AbstractContextManager
@@ -66,7 +67,7 @@ def decode_codes(quantizer: nn.Module, codes: Tensor) -> Tensor:
     return torch.movedim(quantizer.decode(torch.movedim(codes, 1, -1)), -1, 1)
 
 
-class Tokenizer(nn.Module):
+class Tokenizer(nn.Module, abc.ABC):
     """Base of every tokenizer. Subclasses set ``modality`` and implement ``spec``,
     ``encode``, ``decode`` and ``forward``."""
 
@@ -75,14 +76,17 @@ class Tokenizer(nn.Module):
     causal: bool = False
 
     @property
-    def spec(self) -> TokenSpec:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def spec(self) -> TokenSpec:
+        """What this tokenizer's codes mean."""
 
-    def encode(self, media: Tensor, lengths: Tensor | None = None) -> Tokens:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def encode(self, media: Tensor, lengths: Tensor | None = None) -> Tokens:
+        """Media (batch first, in [-1, 1]) -> :class:`Tokens`."""
 
-    def decode(self, tokens: Tokens | Tensor) -> Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def decode(self, tokens: Tokens | Tensor) -> Tensor:
+        """:class:`Tokens` (or bare codes) -> media."""
 
     @property
     def registry_name(self) -> str:

@@ -12,6 +12,7 @@ the training loop can count and log it.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import math
 from collections.abc import Iterator, Sequence
@@ -96,7 +97,7 @@ def collate(examples: Sequence[dict[str, Any]]) -> Batch:
     return Batch(media=media, lengths=lengths, bad_files=bad)
 
 
-class MediaDataset(Dataset):
+class MediaDataset(Dataset, abc.ABC):
     """Base of the three datasets: item loading with replacement of bad files.
 
     ``dataset[i]`` and ``dataset[(i, seed)]`` return ``{"media": tensor, "bad_files": [...]}``;
@@ -123,10 +124,9 @@ class MediaDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def load(
-        self, item: MediaItem, gen: torch.Generator, augment: bool
-    ) -> Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def load(self, item: MediaItem, gen: torch.Generator, augment: bool) -> Tensor:
+        """One training example from ``item`` (random segment / crop drawn from ``gen``)."""
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         if isinstance(key, tuple):

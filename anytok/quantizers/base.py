@@ -12,6 +12,7 @@ and ``decode(encode(z)) == forward(z).quantized`` in eval mode.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -37,7 +38,7 @@ class QuantizerOutput:
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
-class Quantizer(nn.Module):
+class Quantizer(nn.Module, abc.ABC):
     """Base class: subclasses implement ``forward``, ``encode``, ``decode`` and set
     ``dim`` and ``codebook_sizes``."""
 
@@ -56,11 +57,13 @@ class Quantizer(nn.Module):
 
         return float(sum(math.log2(k) for k in self.codebook_sizes))
 
-    def encode(self, z: Tensor) -> Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def encode(self, z: Tensor) -> Tensor:
+        """``(..., dim)`` -> int64 codes ``(..., levels)``."""
 
-    def decode(self, codes: Tensor) -> Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes ``(..., levels)`` -> quantized ``(..., dim)``."""
 
 
 def zero_loss(like: Tensor) -> Tensor:
