@@ -135,7 +135,6 @@ def _print_failures(failures: Sequence, what: str) -> None:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from anytok.media import find_media
     from anytok.pipeline import encode_files
     from anytok.registry import DEFAULT_MODELS
 
@@ -143,14 +142,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if name is None:
         raise UserError("name a tokenizer with -m/--model (see `anytok list`)")
     model = _load_model(name, args.device)
-    total = sum(
-        len(find_media([Path(p)], modality=model.modality, recursive=True))
-        if Path(p).exists()
-        else 0
-        for p in args.inputs
-    )
     with _progress() as progress:
-        task = progress.add_task("encoding", total=total)
+        task = progress.add_task("encoding", total=None)
         report = encode_files(
             model,
             args.inputs,
@@ -158,6 +151,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             fmt=args.format,
             on_item=lambda _p, _f: progress.advance(task),
+            on_start=lambda total: progress.update(task, total=total),
         )
     rate = report.items / report.elapsed if report.elapsed else 0.0
     summary = f"encoded {report.items} file(s) to {args.output}: {report.tokens} tokens"

@@ -9,7 +9,6 @@ token rate, bitrate, fidelity, timings. A tokenizer without trained weights is r
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,12 +55,6 @@ def _layout(tokens: anytok.Tokens) -> str:
     return " x ".join(f"{n} {s}" for n, s in zip(names, tokens.codes.shape[1:]))
 
 
-def _bits(tokens: anytok.Tokens) -> float:
-    """Bits of one item's codes: positions x sum over levels of log2(codebook size)."""
-    positions = math.prod(tokens.codes.shape[2:])
-    return positions * tokens.spec.bits_per_position
-
-
 def _run_one(modality: str, out_dir: Path, device: str) -> DemoResult:
     name = DEFAULT_MODELS[modality]
     model = anytok.load(name, device=device)
@@ -93,12 +86,11 @@ def _run_one(modality: str, out_dir: Path, device: str) -> DemoResult:
     recon = recon.float()[..., : batch.shape[-1]] if modality == "audio" else recon.float()
     if modality == "video":
         recon = recon[:, :, : batch.shape[2]]
-    count = tokens.codes[0].numel()
-    bits = _bits(tokens)
+    count = int(tokens.tokens_per_item[0])
+    bits = float(tokens.bits_per_item[0])
     if modality == "audio":
-        seconds = batch.shape[-1] / model.sample_rate
-        rate = f"{count / seconds:.1f} tokens/s"
-        bitrate = f"{bits / seconds / 1000:.2f} kbps"
+        rate = f"{tokens.tokens_per_second:.1f} tokens/s"
+        bitrate = f"{tokens.bits_per_second / 1000:.2f} kbps"
         fidelity = (
             f"mel distance {mel_distance(batch, recon, model.sample_rate).item():.3f}, "
             f"STOI {stoi(batch, recon, model.sample_rate).item():.3f}"
@@ -108,9 +100,8 @@ def _run_one(modality: str, out_dir: Path, device: str) -> DemoResult:
         bitrate = f"{bits:.0f} bits/image ({bits / (batch.shape[-1] * batch.shape[-2]):.4f} bpp)"
         fidelity = f"PSNR {psnr(batch, recon).item():.2f} dB"
     else:
-        seconds = batch.shape[2] / model.fps
-        rate = f"{count / seconds:.1f} tokens/s"
-        bitrate = f"{bits / seconds / 1000:.2f} kbps"
+        rate = f"{tokens.tokens_per_second:.1f} tokens/s"
+        bitrate = f"{tokens.bits_per_second / 1000:.2f} kbps"
         fidelity = f"PSNR {psnr(batch, recon).item():.2f} dB"
     ext = {"audio": ".wav", "image": ".png", "video": ".mp4"}[modality]
     input_path = out_dir / f"{modality}_input{ext}"

@@ -179,11 +179,13 @@ def encode_files(
     fmt: str = "safetensors",
     recursive: bool = True,
     on_item: Callable[[Path, ItemFailure | None], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> JobReport:
     """Encode files and folders to token files under ``out_dir``.
 
     Bad files are skipped and listed in the report; everything else is written.
-    ``on_item`` is called after each file (for progress bars).
+    ``on_start`` receives the number of files found, ``on_item`` is called after each file
+    (for progress bars).
     """
     if fmt not in ("safetensors", "npz"):
         raise ValueError(f"format must be 'safetensors' or 'npz', got {fmt!r}")
@@ -203,6 +205,8 @@ def encode_files(
         report.failures.append(
             ItemFailure(Path(", ".join(map(str, inputs))), f"no {model.modality} files found")
         )
+    if on_start:
+        on_start(len(jobs))
     roots = dict(jobs)
     for batch_paths in _batches([p for p, _ in jobs], batch_size):
         loaded: list[tuple[Path, Tensor]] = []
