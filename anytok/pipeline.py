@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+from torchvision.transforms.v2 import functional as TF
 
 from anytok.codecs.base import AudioTokenizer, ImageTokenizer, Tokenizer, VideoTokenizer
 from anytok.media import (
@@ -80,6 +81,8 @@ class InputFormat:
         sample_rate, channels: audio input rate and channel count.
         resolution: ``(height, width)`` of images and video frames.
         fps: video frame rate.
+        resize: ``"cover_crop"`` or ``"native"`` (:attr:`anytok.tokens.TokenSpec.resize`).
+        multiple: spatial stride the native size is cropped to a multiple of.
     """
 
     modality: str
@@ -87,6 +90,8 @@ class InputFormat:
     channels: int | None = None
     resolution: tuple[int, int] | None = None
     fps: float | None = None
+    resize: str = "cover_crop"
+    multiple: int = 1
 
 
 def input_format(model: Tokenizer) -> InputFormat:
@@ -94,9 +99,20 @@ def input_format(model: Tokenizer) -> InputFormat:
     if isinstance(model, AudioTokenizer):
         return InputFormat("audio", sample_rate=model.sample_rate, channels=model.channels)
     if isinstance(model, ImageTokenizer):
-        return InputFormat("image", resolution=tuple(model.resolution))
+        return InputFormat(
+            "image",
+            resolution=tuple(model.resolution),
+            resize=model.resize,
+            multiple=model.downsample_factor,
+        )
     if isinstance(model, VideoTokenizer):
-        return InputFormat("video", resolution=tuple(model.resolution), fps=model.fps)
+        return InputFormat(
+            "video",
+            resolution=tuple(model.resolution),
+            fps=model.fps,
+            resize=model.resize,
+            multiple=model.spatial_factor,
+        )
     raise TypeError(f"unsupported tokenizer type {type(model).__name__}")
 
 
@@ -106,12 +122,24 @@ def load_input(fmt: InputFormat, path: Path) -> Tensor:
     if fmt.modality == "audio":
         return load_audio(path, sample_rate=fmt.sample_rate, channels=fmt.channels).waveform
     if fmt.modality == "image":
-        return resize_cover(load_image(path).image, fmt.resolution)
+        return _fit(load_image(path).image, fmt, path)
     if fmt.modality == "video":
         clip = load_video(path, fps=fmt.fps)
         frames = clip.video.transpose(0, 1)  # (T, 3, H, W) for resizing frame by frame
-        return resize_cover(frames, fmt.resolution).transpose(0, 1).contiguous()
+        return _fit(frames, fmt, path).transpose(0, 1).contiguous()
     raise ValueError(f"unsupported modality {fmt.modality!r}")
+
+
+def _fit(x: Tensor, fmt: InputFormat, path: Path) -> Tensor:
+    """Apply ``fmt.resize`` to ``(..., H, W)``: cover-and-crop to the resolution, or crop the
+    centre to the largest multiple of ``fmt.multiple`` (native size)."""
+    if fmt.resize == "cover_crop":
+        return resize_cover(x, fmt.resolution)
+    h, w = x.shape[-2:]
+    m = fmt.multiple
+    if h < m or w < m:
+        raise MediaError(path, f"is {w}x{h} pixels, smaller than the tokenizer's stride {m}")
+    return TF.center_crop(x, [h - h % m, w - w % m])
 
 
 def load_for_model(model: Tokenizer, path: Path) -> Tensor:

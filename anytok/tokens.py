@@ -40,6 +40,8 @@ Pattern = Literal["flatten", "delay", "parallel"]
 
 #: Codes are int64 in memory, so a codebook holds at most 2**63 entries.
 MAX_CODEBOOK_SIZE = 2**63
+#: How images / video frames are fitted to a tokenizer (see :attr:`TokenSpec.resize`).
+RESIZE_POLICIES = ("cover_crop", "native")
 _MAX_ID = 2**63 - 1
 _FILE_FORMAT = "anytok.tokens/1"
 SAVE_EXTENSIONS = (".safetensors", ".npz")
@@ -104,6 +106,11 @@ class TokenSpec:
         resolution: ``(height, width)`` the tokenizer was trained at (images / video).
         fps: video frame rate the tokenizer expects at its input.
         name: registry name of the tokenizer that produced the codes (``"arch.tag"``).
+        resize: how images / video frames of another size were fitted to the tokenizer, one
+            of :data:`RESIZE_POLICIES`: ``"cover_crop"`` (resize to cover ``resolution``,
+            keeping the aspect ratio, then crop the centre: fixed-size tokenizers) or
+            ``"native"`` (keep the size, crop the centre to a multiple of the stride: fully
+            convolutional tokenizers; the token grid then follows the input's shape).
 
     Lists are accepted for the tuple fields and stored as tuples; numbers are checked
     (codebook sizes in ``[2, 2**63]``, rates positive and finite).
@@ -118,6 +125,7 @@ class TokenSpec:
     resolution: tuple[int, int] | None = None
     fps: float | None = None
     name: str = ""
+    resize: str | None = None
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
@@ -152,6 +160,10 @@ class TokenSpec:
                 raise ValueError(
                     f"TokenSpec: resolution must be (height, width) > 0, got {self.resolution!r}"
                 )
+        if self.resize is not None and self.resize not in RESIZE_POLICIES:
+            raise ValueError(
+                f"TokenSpec: resize must be one of {RESIZE_POLICIES} or None, got {self.resize!r}"
+            )
         if not isinstance(self.name, str):
             raise TypeError(f"TokenSpec: name must be a str, got {self.name!r}")
         set_ = object.__setattr__  # frozen dataclass: normalise in place

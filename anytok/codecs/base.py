@@ -248,9 +248,15 @@ class AudioTokenizer(Tokenizer):
 
 
 class ImageTokenizer(Tokenizer):
-    """Images ``(batch, 3, H, W)`` with H, W multiples of ``downsample_factor``."""
+    """Images ``(batch, 3, H, W)`` with H, W multiples of ``downsample_factor``.
+
+    ``resize`` says how files of another size are fitted (:data:`anytok.tokens.RESIZE_POLICIES`):
+    fully convolutional families accept any multiple of their stride (``"native"``), fixed-size
+    ones (ViT tokenizers) resize to cover ``resolution`` and crop (``"cover_crop"``).
+    """
 
     modality = "image"
+    resize: str = "cover_crop"
     resolution: tuple[int, int]
     downsample_factor: int
     quantizer: nn.Module
@@ -263,6 +269,7 @@ class ImageTokenizer(Tokenizer):
             layout=("height", "width"),
             resolution=tuple(self.resolution),
             name=self.registry_name,
+            resize=self.resize,
         )
 
     def check_input(self, image: Tensor) -> None:
@@ -286,6 +293,7 @@ class VideoTokenizer(Tokenizer):
 
     modality = "video"
     causal = True
+    resize: str = "cover_crop"  # see ImageTokenizer
     resolution: tuple[int, int]
     fps: float
     spatial_factor: int
@@ -302,6 +310,7 @@ class VideoTokenizer(Tokenizer):
             resolution=tuple(self.resolution),
             fps=self.fps,
             name=self.registry_name,
+            resize=self.resize,
         )
 
     def latent_frames(self, frames: Tensor | int) -> Tensor | int:
