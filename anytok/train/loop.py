@@ -634,7 +634,8 @@ def _evaluate(
     amp: Any,
     info: DistInfo,
 ) -> dict[str, float]:
-    """Mean reconstruction terms over up to ``max_batches`` validation batches per rank.
+    """Mean reconstruction terms and the model's own losses (quantizer, diffusion ...) over
+    up to ``max_batches`` validation batches per rank.
 
     Every rank runs it (quantizers all-reduce code statistics inside ``forward``), over its
     share of the validation set.
@@ -651,7 +652,7 @@ def _evaluate(
         terms = recon_loss(out.reconstruction, media, lengths)
         sums["val/bad_files"] += len(batch.bad_files)
         sums["val/reconstruction"] += float(recon_loss.total(terms))
-        for key, value in terms.items():
+        for key, value in [*terms.items(), *out.losses.items()]:  # + quantizer, diffusion ...
             sums[f"val/{key}"] += float(value)
         count += 1
     model.train(was_training)
