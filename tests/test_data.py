@@ -191,3 +191,14 @@ def test_dataloader_batches_with_workers_match(data_root: Path) -> None:
         return [b.media for b in loader]
 
     assert all(torch.equal(a, b) for a, b in zip(batches(0), batches(2)))
+
+
+def test_manifest_texts_reach_the_batch(tmp_path: Path) -> None:
+    make_dataset("audio", tmp_path / "a", 3, seconds=0.2)
+    files = sorted((tmp_path / "a").rglob("*.wav"))
+    manifest = tmp_path / "m.jsonl"
+    lines = [{"path": str(files[0]), "text": "hello there"}, {"path": str(files[1])}]
+    manifest.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    ds = AudioSegments(read_manifest(manifest), sample_rate=16000, channels=1, segment=1600)
+    batch = collate([ds[0], ds[1]])
+    assert batch.texts == ["hello there", None]

@@ -76,14 +76,16 @@ class Batch:
             video; audio is zero-padded and video repeats its last frame past each length.
         lengths: ``(b,)`` valid samples (audio) or frames (video); the height for images.
         bad_files: ``"path: problem"`` for each file replaced while building this batch.
+        texts: each item's manifest ``text`` (transcript or caption), ``None`` where absent.
     """
 
     media: Tensor
     lengths: Tensor
     bad_files: list[str] = field(default_factory=list)
+    texts: list[str | None] = field(default_factory=list)
 
     def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
-        return Batch(self.media.pin_memory(), self.lengths.pin_memory(), self.bad_files)
+        return Batch(self.media.pin_memory(), self.lengths.pin_memory(), self.bad_files, self.texts)
 
     def __len__(self) -> int:
         return self.media.shape[0]
@@ -94,13 +96,15 @@ def collate(examples: Sequence[dict[str, Any]]) -> Batch:
     :func:`anytok.pipeline.collate`, the one encoding uses)."""
     media, lengths = pad_collate([ex["media"] for ex in examples])
     bad = [entry for ex in examples for entry in ex["bad_files"]]
-    return Batch(media=media, lengths=lengths, bad_files=bad)
+    texts = [ex.get("text") for ex in examples]
+    return Batch(media=media, lengths=lengths, bad_files=bad, texts=texts)
 
 
 class MediaDataset(Dataset, abc.ABC):
     """Base of the three datasets: item loading with replacement of bad files.
 
-    ``dataset[i]`` and ``dataset[(i, seed)]`` return ``{"media": tensor, "bad_files": [...]}``;
+    ``dataset[i]`` and ``dataset[(i, seed)]`` return ``{"media": tensor, "bad_files": [...],
+    "text": str | None}`` (the manifest's text of the file actually loaded);
     the seed drives every random choice (an int index alone uses a seed derived from it and
     no augmentation: the validation path).
 
@@ -139,7 +143,8 @@ class MediaDataset(Dataset, abc.ABC):
         for _ in range(self.max_attempts):
             item = self.items[index]
             try:
-                return {"media": self.load(item, gen, augment), "bad_files": bad}
+                media = self.load(item, gen, augment)
+                return {"media": media, "bad_files": bad, "text": item.text}
             except (MediaError, OSError, RuntimeError, ValueError) as err:
                 # MediaError covers what the loaders recognise; the others guard against a
                 # decoder failing in a way they did not foresee. Either way: another item.

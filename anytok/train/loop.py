@@ -287,6 +287,8 @@ def train(
 
         data = batches()
         takes_lengths = model.modality != "image"
+        # Text-conditioned models (e.g. a TaDiCodec-style decoder) get the manifest's texts.
+        takes_text = "text" in inspect.signature(model.forward).parameters
         window: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         items_per_step = tc.batch_size * tc.grad_accum * info.world_size
         progress = StepProgress(
@@ -314,7 +316,8 @@ def train(
                 sync = micro == tc.grad_accum - 1
                 with _no_sync(gen, not sync):
                     with amp():
-                        out = gen_forward(media, lengths if takes_lengths else None)
+                        text_kwargs = _text_kwargs(batch, takes_text)
+                        out = gen_forward(media, lengths if takes_lengths else None, **text_kwargs)
                         terms = recon_loss(out.reconstruction, media, lengths)
                         if gan_on:
                             assert disc is not None and disc_forward is not None
@@ -626,6 +629,13 @@ def _status(values: Mapping[str, float]) -> str:
 
 
 @torch.no_grad()
+def _text_kwargs(batch: Batch, takes_text: bool) -> dict[str, Any]:
+    """``{"text": [...]}`` for models whose ``forward`` takes text, when the batch has any."""
+    if takes_text and any(t is not None for t in batch.texts):
+        return {"text": list(batch.texts)}
+    return {}
+
+
 def _evaluate(
     model: Tokenizer,
     loader: DataLoader,
@@ -647,8 +657,13 @@ def _evaluate(
     count = 0
     for batch in itertools.islice(loader, max_batches):
         media, lengths = batch.media.to(device), batch.lengths.to(device)
+        takes_text = "text" in inspect.signature(model.forward).parameters
         with amp():
-            out = model(media, lengths if model.modality != "image" else None)
+            out = model(
+                media,
+                lengths if model.modality != "image" else None,
+                **_text_kwargs(batch, takes_text),
+            )
         terms = recon_loss(out.reconstruction, media, lengths)
         sums["val/bad_files"] += len(batch.bad_files)
         sums["val/reconstruction"] += float(recon_loss.total(terms))
