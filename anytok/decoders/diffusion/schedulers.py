@@ -1,0 +1,96 @@
+"""Samplers for the diffusion decoders: diffusers' schedulers, by name.
+
+Samplers are separate, swappable components (diffusers' design): the denoiser predicts a
+velocity (rectified flow) or noise / v (DDPM); a scheduler turns predictions into the next
+sample. Each entry of :data:`SCHEDULERS` builds a fresh scheduler for one call, so sampling
+never shares state between calls.
+
+Time convention everywhere in anytok: ``t`` in [0, 1] is the noise level, ``t = 1`` pure
+noise. diffusers' flow-matching schedulers use ``timestep = sigma * num_train_timesteps``
+with the same orientation, so the denoiser sees ``t = timestep / num_train_timesteps``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+
+NUM_TRAIN_TIMESTEPS = 1000
+OBJECTIVES = ("flow", "epsilon", "v")
+
+# DDPM noise schedule of the epsilon / v objectives (Stable Diffusion's scaled-linear betas).
+DDPM_SCHEDULE: dict[str, Any] = {
+    "num_train_timesteps": NUM_TRAIN_TIMESTEPS,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+}
+
+
+def _flow(name: str, shift: float) -> Any:
+    if name == "euler":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=shift)
+    if name == "heun":
+        return FlowMatchHeunDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=shift)
+    common = dict(
+        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        flow_shift=shift,
+        solver_order=2,
+    )
+    if name == "dpm++":
+        return DPMSolverMultistepScheduler(**common)
+    return UniPCMultistepScheduler(**common)
+
+
+def _ddpm(name: str, objective: str) -> Any:
+    prediction = "epsilon" if objective == "epsilon" else "v_prediction"
+    if name == "ddim":
+        return DDIMScheduler(
+            **DDPM_SCHEDULE, prediction_type=prediction, clip_sample=False, set_alpha_to_one=False
+        )
+    if name == "dpm++":
+        return DPMSolverMultistepScheduler(
+            **DDPM_SCHEDULE, prediction_type=prediction, solver_order=2
+        )
+    return UniPCMultistepScheduler(**DDPM_SCHEDULE, prediction_type=prediction, solver_order=2)
+
+
+#: ``name -> (objectives it serves, builder(objective, shift))``.
+SCHEDULERS: dict[str, tuple[tuple[str, ...], Callable[[str, float], Any]]] = {
+    "euler": (("flow",), lambda objective, shift: _flow("euler", shift)),
+    "heun": (("flow",), lambda objective, shift: _flow("heun", shift)),
+    "dpm++": (OBJECTIVES, lambda o, s: _flow("dpm++", s) if o == "flow" else _ddpm("dpm++", o)),
+    "unipc": (OBJECTIVES, lambda o, s: _flow("unipc", s) if o == "flow" else _ddpm("unipc", o)),
+    "ddim": (("epsilon", "v"), lambda objective, shift: _ddpm("ddim", objective)),
+}
+
+
+def make_scheduler(name: str, objective: str = "flow", shift: float = 1.0) -> Any:
+    """A fresh diffusers scheduler ``name`` for ``objective`` (``flow``: time ``shift`` as
+    SD3, https://arxiv.org/abs/2403.03206).
+
+    Raises:
+        ValueError: unknown name, or a scheduler that does not serve this objective.
+    """
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; choose from {sorted(SCHEDULERS)}")
+    objectives, build = SCHEDULERS[name]
+    if objective not in objectives:
+        usable = sorted(k for k, (objs, _) in SCHEDULERS.items() if objective in objs)
+        raise ValueError(
+            f"scheduler {name!r} does not sample the {objective!r} objective; use one of {usable}"
+        )
+    return build(objective, float(shift))
+
+
+__all__ = ["DDPM_SCHEDULE", "NUM_TRAIN_TIMESTEPS", "OBJECTIVES", "SCHEDULERS", "make_scheduler"]

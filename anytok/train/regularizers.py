@@ -1,0 +1,228 @@
+"""Training regularizers from the seed papers, used as tokenizer options.
+
+* **Semantic regularization** (GigaTok https://arxiv.org/abs/2504.08736, VA-VAE / VTP /
+  GloTok; REPA https://arxiv.org/abs/2410.06940 for diffusion decoders): align a model's
+  features with a frozen vision (or speech) model's, through a small trainable projector.
+  The frozen model is any local checkpoint directory (``transformers`` format; timm /
+  open_clip when installed) given by path: nothing is downloaded.
+* **Latent perturbation** ("Robust Latent Matters: Boosting Image Generation with Sampling
+  Error Synthesis"; "Image Tokenizer Needs Post-Training", https://arxiv.org/abs/2509.12474):
+  train the
+  decoder on tokens with some codes replaced at random, so it tolerates a generator's
+  mistakes.
+
+The frozen model is held outside the module tree (``object.__setattr__``): it is never
+saved in a tokenizer's ``state_dict``, never trained, and loaded on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchaudio
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class FrozenFeatureModel:
+    """Patch features of a frozen local model: images ``(b, 3, H, W)`` in [-1, 1] ->
+    ``(b, n, dim)`` on a grid ``(h, w)``; audio ``(b, 1, S)`` -> ``(b, n, dim)``, grid ``(n,)``.
+
+    Args:
+        path: a ``transformers`` checkpoint directory (``config.json`` + weights), e.g. a
+            DINOv2 / SigLIP vision tower / CLIP vision model, or a wav2vec2 / HuBERT model.
+        modality: ``"image"`` or ``"audio"``.
+        sample_rate: audio input rate (resampled to the model's, from its
+            ``preprocessor_config.json``, default 16 kHz).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], modality: str = "image", sample_rate: int = 16000
+    ):
+        self.path = Path(path)
+        if not (self.path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"semantic teacher {self.path}: not a model directory (no config.json); give the "
+                "path of a local transformers checkpoint (save_pretrained output)"
+            )
+        if modality not in ("image", "audio"):
+            raise ValueError(
+                f"FrozenFeatureModel: modality must be image or audio, got {modality!r}"
+            )
+        from transformers import AutoModel
+
+        try:
+            model = AutoModel.from_pretrained(self.path, local_files_only=True)
+        except Exception as err:  # transformers raises many types for unreadable checkpoints
+            raise OSError(f"semantic teacher {self.path}: cannot be loaded ({err})") from err
+        self.model = model.eval().requires_grad_(False)
+        self.modality = modality
+        self.input_rate = sample_rate
+        processor: dict[str, Any] = {}
+        if (self.path / "preprocessor_config.json").is_file():
+            processor = json.loads((self.path / "preprocessor_config.json").read_text())
+        config = getattr(model.config, "vision_config", model.config)
+        self.dim = int(config.hidden_size)
+        self.image_size = getattr(config, "image_size", None)
+        self.patch_size = getattr(config, "patch_size", None)
+        self.mean = torch.tensor(processor.get("image_mean", IMAGENET_MEAN)).view(1, 3, 1, 1)
+        self.std = torch.tensor(processor.get("image_std", IMAGENET_STD)).view(1, 3, 1, 1)
+        self.model_rate = int(processor.get("sampling_rate", 16000))
+
+    def to(self, device: torch.device) -> FrozenFeatureModel:
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, media: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+        device = media.device
+        if next(self.model.parameters()).device != device:
+            self.to(device)
+        if self.modality == "audio":
+            audio = media.float().mean(dim=1)
+            if self.input_rate != self.model_rate:
+                audio = torchaudio.functional.resample(audio, self.input_rate, self.model_rate)
+            hidden = self.model(input_values=audio).last_hidden_state
+            return hidden.float(), (hidden.shape[1],)
+        images = (media.float() + 1) / 2
+        if self.image_size is not None:
+            size = int(self.image_size)
+            if images.shape[-2:] != (size, size):
+                images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+        images = (images - self.mean.to(device)) / self.std.to(device)
+        hidden = self.model(pixel_values=images).last_hidden_state.float()
+        h, w = images.shape[-2:]
+        p = int(self.patch_size or 1)
+        grid = (h // p, w // p)
+        patches = grid[0] * grid[1]
+        return hidden[:, hidden.shape[1] - patches :], grid  # drop CLS / register tokens
+
+
+def resample_grid(features: Tensor, grid: Sequence[int], target: Sequence[int]) -> Tensor:
+    """Features ``(b, prod(grid), c)`` on ``grid`` -> ``(b, prod(target), c)`` on ``target``
+    (bilinear for 2D grids, linear for 1D; a 1D sequence against a 2D grid is treated as a
+    row-major sequence of the grid's length)."""
+    grid, target = tuple(grid), tuple(target)
+    if grid == target:
+        return features
+    b, _, c = features.shape
+    x = features.transpose(1, 2)
+    if len(grid) == 2 and len(target) == 2:
+        x = F.interpolate(x.reshape(b, c, *grid), size=target, mode="bilinear", align_corners=False)
+        return x.flatten(2).transpose(1, 2)
+    size = int(torch.tensor(target).prod())
+    return F.interpolate(x, size=size, mode="linear", align_corners=False).transpose(1, 2)
+
+
+class SemanticRegularizer(nn.Module):
+    """``weight * (1 - mean cosine similarity)`` between projected student features and a
+    frozen model's features of the same media (grids interpolated to the teacher's).
+
+    Args:
+        student_dim: channels of the student features.
+        teacher: path of the frozen model (:class:`FrozenFeatureModel`).
+        weight: loss weight.
+        hidden: projector width (a 2-layer SiLU MLP, as REPA).
+        modality: ``"image"`` or ``"audio"``.
+    """
+
+    def __init__(
+        self,
+        student_dim: int,
+        teacher: str | os.PathLike[str],
+        *,
+        weight: float = 1.0,
+        hidden: int = 1024,
+        modality: str = "image",
+    ):
+        super().__init__()
+        self.teacher_path = os.fspath(teacher)
+        self.modality = modality
+        self.weight = float(weight)
+        probe = FrozenFeatureModel(teacher, modality)  # fails early on a bad path
+        object.__setattr__(self, "_teacher", probe)  # not a submodule: never saved or trained
+        self.projector = nn.Sequential(
+            nn.Linear(student_dim, hidden), nn.SiLU(), nn.Linear(hidden, probe.dim)
+        )
+
+    @property
+    def teacher(self) -> FrozenFeatureModel:
+        return self._teacher  # type: ignore[no-any-return]
+
+    def forward(self, student: Tensor, student_grid: Sequence[int], media: Tensor) -> Tensor:
+        """``student (b, n, student_dim)`` on ``student_grid``; ``media`` the clean input."""
+        target, grid = self.teacher(media)
+        with torch.autocast(student.device.type, enabled=False):
+            projected = self.projector(student.float())
+            projected = resample_grid(projected, student_grid, grid)
+            cosine = F.cosine_similarity(projected, target.float(), dim=-1)
+            return self.weight * (1 - cosine.mean())
+
+
+def perturb_codes(
+    codes: Tensor,
+    codebook_sizes: Sequence[int],
+    rate: float,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Replace a ``rate`` fraction of ``codes (b, levels, *positions)`` by uniformly random
+    codes of the same level (the generator-error model of "Image Tokenizer Needs
+    Post-Training"). ``rate = 0`` returns ``codes`` unchanged."""
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"perturbation rate must be in [0, 1], got {rate}")
+    if rate == 0:
+        return codes
+    if len(codebook_sizes) != codes.shape[1]:
+        raise ValueError(
+            f"codes have {codes.shape[1]} levels but {len(codebook_sizes)} codebook sizes were given"
+        )
+    device = codes.device
+    shape = codes.shape
+    replace = torch.rand(
+        shape, generator=generator, device=generator.device if generator else device
+    )
+    sizes = torch.tensor(list(codebook_sizes), dtype=torch.float64).view(
+        1, -1, *[1] * (codes.ndim - 2)
+    )
+    random = torch.rand(
+        shape, generator=generator, device=generator.device if generator else device
+    )
+    random_codes = (
+        (random.double() * sizes.to(random.device))
+        .long()
+        .clamp_max(sizes.long().to(random.device) - 1)
+    )
+    return torch.where(replace.to(device) < rate, random_codes.to(device), codes)
+
+
+def perturb_latent(
+    latent: Tensor, strength: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """``latent + strength * std(latent) * N(0, 1)``: Gaussian latent perturbation scaled to the
+    latent's own spread (per item). ``strength = 0`` returns ``latent``."""
+    if strength < 0:
+        raise ValueError(f"perturbation strength must be >= 0, got {strength}")
+    if strength == 0:
+        return latent
+    noise = torch.randn(
+        latent.shape, generator=generator, device=generator.device if generator else latent.device
+    )
+    std = latent.detach().flatten(1).std(dim=1).view(-1, *[1] * (latent.ndim - 1))
+    return latent + strength * std * noise.to(latent.device, latent.dtype)
+
+
+__all__ = [
+    "FrozenFeatureModel",
+    "SemanticRegularizer",
+    "perturb_codes",
+    "perturb_latent",
+    "resample_grid",
+]
