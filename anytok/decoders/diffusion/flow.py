@@ -43,7 +43,6 @@ from anytok.decoders.diffusion.schedulers import (
 from anytok.nn.transformer import (
     Transformer,
     init_weights,
-    mark_zero_init,
     sincos_embedding,
     sincos_grid_embedding,
     timestep_features,
@@ -149,8 +148,10 @@ class FlowDecoder(nn.Module):
             gradient_checkpointing=gradient_checkpointing,
         )
         self.out_proj = nn.Linear(dim, target_dim)
+        # ViT init everywhere (adaLN-Zero gates stay zero). The output layer is not zeroed as
+        # in DiT: a small random one lets the very first step send gradient through the
+        # cross-attention into the token embeddings, so encoders train from step one.
         self.apply(init_weights)
-        mark_zero_init(self.out_proj)  # DiT: the network starts by predicting zero
         nn.init.normal_(self.null_cond, std=0.02)
         if self.null_extra is not None:
             nn.init.normal_(self.null_extra, std=0.02)
