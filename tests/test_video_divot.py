@@ -11,7 +11,7 @@ def test_decode_sampling_arguments_and_determinism() -> None:
     model = anytok.create_model("divot", tiny=True, seed=0).eval()
     video = torch.rand(2, 3, 5, 16, 16) * 2 - 1
     tokens = model.encode(video)
-    assert tokens.codes.shape == (2, 1, 3, 4, 4)  # 1 + (5 - 1) / 2 latent frames, 16 / 4
+    assert tokens.codes.shape == (2, 1, 3, 8, 8)  # 1 + (5 - 1) / 2 latent frames, 16 / 2
     a = model.decode(tokens)
     assert a.shape == video.shape and torch.isfinite(a).all()
     assert torch.equal(a, model.decode(tokens))  # fixed default seed
