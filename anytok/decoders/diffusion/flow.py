@@ -184,9 +184,11 @@ class FlowDecoder(nn.Module):
         drop_cond: Tensor | None,
         drop_extra: Tensor | None,
         drop_label: Tensor | None,
+        cond_positions: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
-        """Project conditions; dropped items (bool ``(b,)``) get the null embeddings.
-        Returns ``(cond_tokens, cond_mask, extra_tokens, extra_mask, label_embedding)``."""
+        """Project conditions; dropped items (bool ``(b,)``) get the null embeddings; condition
+        tokens get a sinusoidal embedding of ``cond_positions`` (in-context: ``0 .. m-1`` by
+        default). Returns ``(cond_tokens, cond_mask, extra_tokens, extra_mask, label)``."""
         if cond.ndim != 3 or cond.shape[-1] != self.cond_dim:
             raise ValueError(
                 f"cond must be (batch, positions, {self.cond_dim}), got {tuple(cond.shape)}"
@@ -196,6 +198,14 @@ class FlowDecoder(nn.Module):
             tokens = torch.where(drop_cond[:, None, None], self.null_cond.to(tokens.dtype), tokens)
             if cond_mask is not None:  # a dropped condition is fully visible null tokens
                 cond_mask = cond_mask | drop_cond[:, None]
+        if cond_positions is None and self.conditioning == "in_context":
+            cond_positions = torch.arange(tokens.shape[1], device=tokens.device)
+        if cond_positions is not None:
+            if cond_positions.shape != (tokens.shape[1],):
+                raise ValueError(
+                    f"cond_positions must be ({tokens.shape[1]},), got {tuple(cond_positions.shape)}"
+                )
+            tokens = tokens + sincos_embedding(cond_positions, self.dim).to(tokens.dtype)
         extra_tokens = None
         if extra is not None:
             if self.extra_proj is None or self.null_extra is None:
@@ -239,8 +249,6 @@ class FlowDecoder(nn.Module):
             mask_parts.append(cond_mask)
         else:
             m = tokens.shape[1]
-            positions = torch.arange(m, device=x.device)
-            tokens = tokens + sincos_embedding(positions, self.dim).to(tokens.dtype)
             h = torch.cat([tokens, h], dim=1)
             prefix = m
             if cond_mask is not None:
@@ -294,6 +302,7 @@ class FlowDecoder(nn.Module):
         cond: Tensor,
         *,
         cond_mask: Tensor | None = None,
+        cond_positions: Tensor | None = None,
         grid: Sequence[int] | None = None,
         target_mask: Tensor | None = None,
         extra: Tensor | None = None,
@@ -307,6 +316,8 @@ class FlowDecoder(nn.Module):
             target: clean targets.
             cond: condition tokens ``(b, m, cond_dim)`` (gradients flow into them).
             cond_mask: ``(b, m)`` bool, True = a valid condition position.
+            cond_positions: ``(m,)`` real positions of the condition tokens in target-position
+                units (e.g. the centre frame of each audio token), embedded like the target's.
             grid: the target's grid, ``prod(grid) == n`` (default ``(n,)``).
             target_mask: ``(b, n)`` bool, True = a valid target position (loss only there).
             extra, extra_mask: extra condition ``(b, l, extra_cond_dim)`` and its mask.
@@ -322,7 +333,9 @@ class FlowDecoder(nn.Module):
         drops: list[Tensor | None] = [None, None, None]
         if self.training and self.cond_dropout > 0:
             drops = [torch.rand(b, device=target.device) < self.cond_dropout for _ in range(3)]
-        conditions = self._conditions(cond, cond_mask, extra, extra_mask, labels, *drops)
+        conditions = self._conditions(
+            cond, cond_mask, extra, extra_mask, labels, *drops, cond_positions=cond_positions
+        )
         noise = torch.randn_like(target)
         if self.objective == "flow":
             t = self._train_times(b, target.device)
@@ -373,6 +386,7 @@ class FlowDecoder(nn.Module):
         num_positions: int | None = None,
         grid: Sequence[int] | None = None,
         cond_mask: Tensor | None = None,
+        cond_positions: Tensor | None = None,
         extra: Tensor | None = None,
         extra_mask: Tensor | None = None,
         labels: Tensor | None = None,
@@ -386,7 +400,7 @@ class FlowDecoder(nn.Module):
         """Sample targets ``(b, n, target_dim)`` from noise.
 
         Args:
-            cond, cond_mask, extra, extra_mask, labels: as in :meth:`loss`.
+            cond, cond_mask, cond_positions, extra, extra_mask, labels: as in :meth:`loss`.
             num_positions / grid: the target's length or grid (one of them).
             steps: sampler steps (>= 1).
             guidance_scale: classifier-free guidance; 1 runs the conditional path only.
@@ -415,13 +429,25 @@ class FlowDecoder(nn.Module):
             noise = torch.randn(b, n, self.target_dim, generator=gen, device=gen_device)
         elif noise.shape != (b, n, self.target_dim):
             raise ValueError(f"noise must be {(b, n, self.target_dim)}, got {tuple(noise.shape)}")
-        x = noise.to(device=device, dtype=torch.float32) * float(getattr(sched, "init_noise_sigma", 1.0))
+        x = noise.to(device=device, dtype=torch.float32) * float(
+            getattr(sched, "init_noise_sigma", 1.0)
+        )
         guided = guidance_scale != 1.0
-        conditions = self._conditions(cond, cond_mask, extra, extra_mask, labels, None, None, None)
+        conditions = self._conditions(
+            cond, cond_mask, extra, extra_mask, labels, None, None, None, cond_positions
+        )
         if guided:
             everything = torch.ones(b, dtype=torch.bool, device=device)
             uncond = self._conditions(
-                cond, cond_mask, extra, extra_mask, labels, everything, everything, everything
+                cond,
+                cond_mask,
+                extra,
+                extra_mask,
+                labels,
+                everything,
+                everything,
+                everything,
+                cond_positions,
             )
             conditions = tuple(  # type: ignore[assignment]
                 torch.cat([c, u]) if c is not None else None for c, u in zip(conditions, uncond)
