@@ -155,7 +155,7 @@ class GroupLFQTokenizer(ImageTokenizer):
         noise_seed: seed of the noise outside training (deterministic evaluation decodes).
         semantic_teacher: local frozen vision model (transformers / timm / open_clip directory)
             whose patch features the encoder latent is aligned to
-            (:class:`anytok.train.regularizers.SemanticRegularizer`); loss key ``"semantic"``.
+            (:class:`anytok.regularizers.SemanticRegularizer`); loss key ``"semantic"``.
         semantic_weight: weight of that loss.
         latent_perturbation: fraction of codes replaced by random ones in training, the
             decoder then learns to be robust to a generator's mistakes ("Robust Latent
@@ -211,7 +211,7 @@ class GroupLFQTokenizer(ImageTokenizer):
         self.train_decoder_only = bool(train_decoder_only)
         self.semantic: nn.Module | None = None
         if semantic_teacher is not None:
-            from anytok.train.regularizers import SemanticRegularizer
+            from anytok.regularizers import SemanticRegularizer
 
             self.semantic = SemanticRegularizer(
                 latent_dim, semantic_teacher, weight=semantic_weight, modality="image"
@@ -273,7 +273,7 @@ class GroupLFQTokenizer(ImageTokenizer):
         if self.train_decoder_only:
             quantized = quantized.detach()
         if self.training and self.latent_perturbation > 0:
-            from anytok.train.regularizers import perturb_codes
+            from anytok.regularizers import perturb_codes
 
             perturbed = perturb_codes(
                 out.codes, self.quantizer.codebook_sizes, self.latent_perturbation

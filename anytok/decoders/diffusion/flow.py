@@ -158,7 +158,7 @@ class FlowDecoder(nn.Module):
         self.repa_layer: int | None = None
         self.repa: nn.Module | None = None
         if repa:
-            from anytok.train.regularizers import SemanticRegularizer
+            from anytok.regularizers import SemanticRegularizer
 
             self.repa_layer = int(repa.get("layer", depth // 3))
             if not 0 <= self.repa_layer < depth:

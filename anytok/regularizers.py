@@ -219,9 +219,72 @@ def perturb_latent(
     return latent + strength * std * noise.to(latent.device, latent.dtype)
 
 
+class TrainingOptions(nn.Module):
+    """The seed papers' training options for a tokenizer, in one place (recipes set them
+    under ``model.config``).
+
+    Args:
+        feature_dim: channels of the encoder features the semantic loss aligns.
+        semantic_teacher: local frozen model directory (None: no semantic loss).
+        semantic_weight: its weight.
+        latent_perturbation: fraction of positions whose codes are replaced by random ones
+            before decoding, in training (0: off).
+        modality: ``"image"`` or ``"audio"`` (the teacher's input).
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        semantic_teacher: str | os.PathLike[str] | None = None,
+        semantic_weight: float = 0.5,
+        latent_perturbation: float = 0.0,
+        modality: str = "image",
+    ):
+        super().__init__()
+        if not 0.0 <= latent_perturbation <= 1.0:
+            raise ValueError(f"latent_perturbation must be in [0, 1], got {latent_perturbation}")
+        self.latent_perturbation = float(latent_perturbation)
+        self.semantic = (
+            SemanticRegularizer(
+                feature_dim, semantic_teacher, weight=semantic_weight, modality=modality
+            )
+            if semantic_teacher
+            else None
+        )
+
+    def perturb(self, quantizer: nn.Module, quantized: Tensor, codes: Tensor) -> Tensor:
+        """In training, swap a ``latent_perturbation`` fraction of positions of the channel-
+        first ``quantized (b, d, *positions)`` for the look-up of random codes; ``codes`` are
+        ``(b, levels, *positions)``. The swapped positions carry no gradient to the encoder."""
+        if not self.training or self.latent_perturbation == 0:
+            return quantized
+        noisy = perturb_codes(codes, quantizer.codebook_sizes, self.latent_perturbation)
+        changed = (noisy != codes).any(dim=1, keepdim=True)
+        with torch.no_grad():
+            replacement = torch.movedim(quantizer.decode(torch.movedim(noisy, 1, -1)), -1, 1)
+        return torch.where(changed, replacement.to(quantized.dtype), quantized)
+
+    def losses(self, features: Tensor, grid: Sequence[int], media: Tensor) -> dict[str, Tensor]:
+        """``{"semantic": ...}`` for channel-last ``features (b, n, feature_dim)`` on ``grid``
+        when a teacher is configured, else ``{}``."""
+        if self.semantic is None or not self.training:
+            return {}
+        return {"semantic": self.semantic(features, grid, media)}
+
+
+def freeze(*modules: nn.Module) -> None:
+    """Freeze modules for decoder post-training: no gradients, and kept in eval mode by the
+    owner's ``train()`` (so EMA codebooks stop updating)."""
+    for module in modules:
+        module.requires_grad_(False)
+        module.eval()
+
+
 __all__ = [
     "FrozenFeatureModel",
     "SemanticRegularizer",
+    "TrainingOptions",
+    "freeze",
     "perturb_codes",
     "perturb_latent",
     "resample_grid",

@@ -1,0 +1,115 @@
+"""Training regularizers: frozen local teachers, semantic alignment, code perturbation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from anytok.regularizers import (
+    FrozenFeatureModel,
+    SemanticRegularizer,
+    TrainingOptions,
+    perturb_codes,
+    perturb_latent,
+    resample_grid,
+)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    from transformers import Dinov2Config, Dinov2Model
+
+    path = tmp_path_factory.mktemp("teacher")
+    torch.manual_seed(0)
+    config = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+    )
+    Dinov2Model(config).save_pretrained(path)
+    return path
+
+
+def test_frozen_teacher_features_grid_and_errors(teacher: Path, tmp_path: Path) -> None:
+    model = FrozenFeatureModel(teacher)
+    features, grid = model(torch.rand(2, 3, 48, 64) * 2 - 1)  # resized to its 32x32
+    assert grid == (4, 4) and features.shape == (2, 16, 32)  # CLS dropped
+    assert not any(p.requires_grad for p in model.model.parameters())
+    with pytest.raises(FileNotFoundError, match=r"not a model directory \(no config.json\)"):
+        FrozenFeatureModel(tmp_path)
+
+
+def test_semantic_loss_trains_projector_and_student_only(teacher: Path) -> None:
+    reg = SemanticRegularizer(16, teacher, weight=0.5, hidden=32)
+    student = torch.randn(2, 9, 16, requires_grad=True)
+    loss = reg(student, (3, 3), torch.rand(2, 3, 32, 32) * 2 - 1)
+    assert 0 <= float(loss) <= 1.0  # weight * (1 - cos) with cos in [-1, 1]
+    loss.backward()
+    assert student.grad is not None and reg.projector[0].weight.grad is not None
+    assert set(reg.state_dict()) == {
+        f"projector.{i}.{k}" for i in (0, 2) for k in ("weight", "bias")
+    }
+
+
+def test_semantic_loss_falls_when_optimised(teacher: Path) -> None:
+    torch.manual_seed(0)
+    reg = SemanticRegularizer(8, teacher, weight=1.0, hidden=32)
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    student = torch.randn(4, 16, 8, requires_grad=True)
+    opt = torch.optim.Adam([student, *reg.parameters()], lr=1e-2)
+    first = None
+    for _ in range(60):
+        loss = reg(student, (4, 4), images)
+        first = first if first is not None else float(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.5 * first
+
+
+def test_resample_grid() -> None:
+    x = torch.arange(4.0).view(1, 4, 1)
+    assert torch.equal(resample_grid(x, (2, 2), (2, 2)), x)
+    up = resample_grid(x, (2, 2), (4, 4))
+    assert up.shape == (1, 16, 1)
+    assert resample_grid(torch.randn(2, 5, 3), (5,), (4, 4)).shape == (2, 16, 3)
+
+
+def test_perturb_codes_rate_and_range() -> None:
+    codes = torch.stack(
+        [torch.randint(0, 1000, (4, 64, 64)), torch.randint(0, 10, (4, 64, 64))], dim=1
+    )
+    gen = torch.Generator().manual_seed(0)
+    noisy = perturb_codes(codes, [1000, 10], 0.3, gen)
+    changed = (noisy != codes).float().mean().item()
+    assert 0.25 < changed < 0.31  # 30% replaced; 1/10 of level-1 draws repeat the code
+    assert int(noisy[:, 1].max()) < 10 and int(noisy.min()) >= 0
+    assert perturb_codes(codes, [1000, 10], 0.0) is codes
+    with pytest.raises(ValueError, match=r"rate must be in \[0, 1\]"):
+        perturb_codes(codes, [1000, 10], 1.5)
+
+
+def test_perturb_latent_scale() -> None:
+    latent = torch.randn(8, 4, 16, 16) * 3
+    noisy = perturb_latent(latent, 0.5, torch.Generator().manual_seed(0))
+    assert abs((noisy - latent).std().item() - 1.5) < 0.1
+    assert perturb_latent(latent, 0.0) is latent
+
+
+def test_training_options_perturb_only_in_training() -> None:
+    from anytok.quantizers import build
+
+    quantizer = build("fsq", dim=3, levels=[5, 5, 5]).eval()
+    options = TrainingOptions(4, latent_perturbation=0.5)
+    z = torch.randn(2, 3, 8, 8)
+    codes = quantizer.encode(z.movedim(1, -1)).movedim(-1, 1)
+    quantized = quantizer.decode(codes.movedim(1, -1)).movedim(-1, 1)
+    assert torch.equal(options.eval().perturb(quantizer, quantized, codes), quantized)
+    changed = options.train().perturb(quantizer, quantized, codes)
+    assert 0.3 < (changed != quantized).any(dim=1).float().mean() < 0.6
+    assert options.losses(torch.randn(2, 4, 4), (2, 2), torch.randn(2, 3, 8, 8)) == {}
