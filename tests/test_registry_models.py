@@ -76,8 +76,11 @@ def test_encode_decode_shapes_range_and_nan(name: str) -> None:
         assert tokens.lengths is not None
         assert tokens.lengths.tolist() == [math.ceil(int(n) / model.hop_length) for n in lengths]
     elif isinstance(model, ImageTokenizer):
-        f = model.downsample_factor
-        assert tokens.codes.shape[-2:] == (media.shape[-2] // f, media.shape[-1] // f)
+        if spec.layout == ("sequence",):  # 1D tokenizers (TiTok, FlexTok): a fixed length
+            assert tokens.codes.shape[-1] == model.num_tokens
+        else:
+            f = model.downsample_factor
+            assert tokens.codes.shape[-2:] == (media.shape[-2] // f, media.shape[-1] // f)
         assert recon.shape == media.shape
     else:
         latent_t = model.latent_frames(media.shape[2])
@@ -168,6 +171,8 @@ def test_full_default_config_builds(name: str) -> None:
     if isinstance(model, AudioTokenizer):
         assert spec.frame_rate == model.sample_rate / model.hop_length
         media = torch.rand(1, model.channels, model.sample_rate // 4) - 0.5
+    elif isinstance(model, ImageTokenizer) and spec.resize == "cover_crop":
+        media = torch.rand(1, 3, *model.resolution) - 0.5  # fixed-size models (ViTs)
     elif isinstance(model, ImageTokenizer):
         media = torch.rand(1, 3, 2 * model.downsample_factor, 2 * model.downsample_factor) - 0.5
     else:

@@ -83,7 +83,12 @@ class CNNFSQ(ImageTokenizer):
 
     def decode(self, tokens: Tokens | Tensor) -> Tensor:
         """Codes ``(b, levels, h, w)`` -> images ``(b, 3, h * f, w * f)``."""
-        return self.decoder(decode_codes(self.quantizer, self.codes_of(tokens)))
+        return self.decode_latent(decode_codes(self.quantizer, self.codes_of(tokens)))
+
+    def decode_latent(self, quantized: Tensor) -> Tensor:
+        """A (quantized or continuous) latent ``(b, latent_dim, h, w)`` -> images; lets a
+        1D tokenizer decode through this model as its proxy (TiTok's two-stage training)."""
+        return self.decoder(quantized)
 
 
 register(

@@ -129,7 +129,11 @@ class VQGAN(ImageTokenizer):
 
     def decode(self, tokens: Tokens | Tensor) -> Tensor:
         """Codes ``(b, levels, h, w)`` -> images ``(b, 3, h * f, w * f)``."""
-        quantized = decode_codes(self.quantizer, self.codes_of(tokens))
+        return self.decode_latent(decode_codes(self.quantizer, self.codes_of(tokens)))
+
+    def decode_latent(self, quantized: Tensor) -> Tensor:
+        """A (quantized or continuous) latent ``(b, embed_dim, h, w)`` -> images (TiTok's
+        proxy route)."""
         return self.decoder(self.post_quant_conv(quantized))
 
 
