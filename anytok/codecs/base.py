@@ -247,7 +247,26 @@ class AudioTokenizer(Tokenizer):
         return long_audio.receptive_field(self)
 
 
-class ImageTokenizer(Tokenizer):
+class SpatialTiling:
+    """Tiled encode / decode for image and video tokenizers (frames larger than the training
+    size, in bounded memory); see :mod:`anytok.codecs.tiling`."""
+
+    def encode_tiled(self, media: Tensor, tile: int = 256, overlap: int = 32) -> Tokens:
+        """Encode frames larger than the training size in overlapping spatial tiles, in
+        bounded memory (:func:`anytok.codecs.tiling.encode_tiled`)."""
+        from anytok.codecs import tiling
+
+        return tiling.encode_tiled(self, media, tile, overlap)
+
+    def decode_tiled(self, tokens: Tokens | Tensor, tile: int = 32, overlap: int = 8) -> Tensor:
+        """Decode a large latent grid in overlapping, blended latent tiles
+        (:func:`anytok.codecs.tiling.decode_tiled`)."""
+        from anytok.codecs import tiling
+
+        return tiling.decode_tiled(self, tokens, tile, overlap)
+
+
+class ImageTokenizer(SpatialTiling, Tokenizer):
     """Images ``(batch, 3, H, W)`` with H, W multiples of ``downsample_factor``.
 
     ``resize`` says how files of another size are fitted (:data:`anytok.tokens.RESIZE_POLICIES`):
@@ -283,7 +302,7 @@ class ImageTokenizer(Tokenizer):
             )
 
 
-class VideoTokenizer(Tokenizer):
+class VideoTokenizer(SpatialTiling, Tokenizer):
     """Video ``(batch, 3, frames, H, W)``; causal in time with the first frame alone.
 
     A clip of ``1 + k * temporal_factor`` frames gives ``1 + k`` latent frames. Other frame
@@ -337,6 +356,20 @@ class VideoTokenizer(Tokenizer):
             lengths = torch.full((b,), t)  # on the CPU: see AudioTokenizer.pad_input
         return video, self.latent_frames(lengths.long())
 
+    def encode_long(self, video: Tensor, **kwargs: Any) -> Tokens:
+        """Tokens of a clip of any length in bounded memory, equal to one pass
+        (:func:`anytok.codecs.long_video.encode_long`: ``chunk_frames``, ``lengths``)."""
+        from anytok.codecs import long_video
+
+        return long_video.encode_long(self, video, **kwargs)
+
+    def decode_long(self, tokens: Tokens | Tensor, **kwargs: Any) -> Tensor:
+        """Video from tokens of any length, chunk by chunk, equal to one pass
+        (:func:`anytok.codecs.long_video.decode_long`: ``chunk_latents``)."""
+        from anytok.codecs import long_video
+
+        return long_video.decode_long(self, tokens, **kwargs)
+
 
 def to_tokens(codes: Tensor, spec: TokenSpec, lengths: Tensor | None) -> Tokens:
     """Wrap ``(b, levels, *positions)`` codes; ``lengths`` equal to the full size become None.
@@ -351,6 +384,7 @@ def to_tokens(codes: Tensor, spec: TokenSpec, lengths: Tensor | None) -> Tokens:
 __all__ = [
     "AudioTokenizer",
     "ImageTokenizer",
+    "SpatialTiling",
     "Tokenizer",
     "TokenizerOutput",
     "VideoTokenizer",

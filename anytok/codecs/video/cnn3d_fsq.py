@@ -37,6 +37,7 @@ class CNN3DFSQ(VideoTokenizer):
         num_res_blocks: residual blocks per level.
         latent_dim: channels of the latent fed to the quantizer.
         quantizer: ``{"name": ..., **kwargs}`` for :func:`anytok.quantizers.build`.
+        factorized: (2+1)D convs (spatial 1x3x3 then temporal 3x1x1) instead of 3x3x3.
     """
 
     def __init__(
@@ -49,6 +50,7 @@ class CNN3DFSQ(VideoTokenizer):
         num_res_blocks: int = 2,
         latent_dim: int = 16,
         quantizer: dict[str, Any] | None = None,
+        factorized: bool = False,
     ):
         super().__init__()
         quantizer = quantizer or {"name": "fsq", "levels": [8, 8, 8, 5, 5, 5]}
@@ -60,6 +62,7 @@ class CNN3DFSQ(VideoTokenizer):
             temporal_downsample=tuple(bool(t) for t in temporal_downsample),
             num_res_blocks=num_res_blocks,
             z_channels=latent_dim,
+            factorized=factorized,
         )
         self.encoder = Encoder3d(in_channels=3, **layer_args)
         self.quantizer = build_quantizer(quantizer, latent_dim)

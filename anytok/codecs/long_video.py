@@ -1,0 +1,97 @@
+"""Videos of any length in bounded memory, with exactly the tokens of one pass.
+
+Causal video tokenizers (``cnn3d_fsq``, ``causal3d``, the encoder of ``divot``) compute
+latent frame ``j`` from input frames ``s*j - R .. s*j`` only (``s`` the temporal factor, ``R``
+the encoder's causal receptive field, read from ``encoder.temporal_context``), with
+per-frame normalisation. So a long clip can be cut into chunks that start at a multiple of
+``s`` and carry ``ceil(R / s)`` latent frames of *context* before the frames they keep: the
+kept latent frames see exactly the inputs they see in one pass, and the chunk's own start
+(which the model treats as a first frame) falls inside the discarded context. Decoding works
+the same way in latent frames, with ``decoder.temporal_context``.
+
+Padding rule (as :class:`~anytok.codecs.base.VideoTokenizer`): a clip of ``t`` frames is
+padded by repeating its last frame to ``1 + s * ceil((t - 1) / s)``; ``lengths`` say the
+valid latent frames. Memory is bounded by the chunk plus context, whatever the clip length.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from anytok.tokens import Tokens
+
+if TYPE_CHECKING:
+    from anytok.codecs.base import VideoTokenizer
+
+
+def _context(module: object, what: str, model: object) -> int:
+    context = getattr(module, "temporal_context", None)
+    if context is None:
+        raise ValueError(
+            f"{type(model).__name__}: its {what} has no bounded causal context "
+            "(temporal_context), so chunked processing cannot reproduce one pass; "
+            "encode / decode the clip whole"
+        )
+    return int(context)
+
+
+def encode_long(
+    model: VideoTokenizer,
+    video: Tensor,
+    *,
+    chunk_frames: int = 64,
+    lengths: Tensor | None = None,
+) -> Tokens:
+    """Tokens of ``video (b, 3, t, H, W)`` computed ``chunk_frames`` input frames at a time
+    (rounded down to a multiple of the temporal factor, at least one): equal to
+    ``model.encode(video, lengths)``."""
+    s = model.temporal_factor
+    padded, latent_lengths = model.pad_input(video, lengths)
+    total = padded.shape[2]
+    latent_total = int(model.latent_frames(total))
+    context = math.ceil(_context(model.encoder, "encoder", model) / s)  # latent frames
+    per_chunk = max(1, chunk_frames // s)
+    pieces: list[Tensor] = []
+    start = 0  # first latent frame this chunk keeps
+    while start < latent_total:
+        stop = min(latent_total, start + per_chunk + (1 if start == 0 else 0))
+        first = max(0, start - context)  # first latent frame the chunk computes
+        frames = padded[:, :, s * first : s * (stop - 1) + 1]
+        codes = model.encode(frames).codes
+        pieces.append(codes[:, :, start - first :])
+        start = stop
+    codes = torch.cat(pieces, dim=2)
+    from anytok.codecs.base import to_tokens
+
+    return to_tokens(codes, model.spec, latent_lengths)
+
+
+@torch.no_grad()
+def decode_long(
+    model: VideoTokenizer, tokens: Tokens | Tensor, *, chunk_latents: int = 16
+) -> Tensor:
+    """Video from codes ``(b, levels, T, h, w)``, ``chunk_latents`` latent frames at a time:
+    equal to ``model.decode(tokens)``."""
+    codes = model.codes_of(tokens)
+    s = model.temporal_factor
+    latent_total = codes.shape[2]
+    context = _context(model.decoder, "decoder", model) + 1
+    per_chunk = max(1, chunk_latents)
+    pieces: list[Tensor] = []
+    start = 0
+    while start < latent_total:
+        stop = min(latent_total, start + per_chunk)
+        first = max(0, start - context)
+        video = model.decode(codes[:, :, first:stop])
+        # Chunk latent 0 gives one frame, each later one gives s: keep latents >= start.
+        keep_from = 0 if start == first else 1 + s * (start - first - 1)
+        pieces.append(video[:, :, keep_from:])
+        start = stop
+    return torch.cat(pieces, dim=2)
+
+
+__all__ = ["decode_long", "encode_long"]
