@@ -386,3 +386,19 @@ def test_usage_errors_and_failed_tokenizers(checkpoints, speech_dir, tmp_path) -
     failed, ok = report["models"]
     assert "unknown model" in failed["error"] and ok["items"] == 1
     assert "## Tokenizers that failed" in md
+
+
+def test_perturb_sweep_is_the_pfid_style_robustness_point() -> None:
+    model = anytok.create_model("vqgan", tiny=True, seed=0).eval()
+    points, notes = plan_sweep(model, {"perturb": [0.2, 1.5]})
+    assert [p.label for p in points] == ["full", "perturb=0.2"]
+    assert any("perturb 1.5 not available" in n for n in notes)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.inference_mode():
+        tokens = model.encode(images)
+        clean, _ = decode_at(model, tokens, points[0])
+        noisy, codes = decode_at(model, tokens, points[1])
+        again, _ = decode_at(model, tokens, points[1])
+    assert torch.equal(codes, tokens.codes)  # the bits counted are the tokenizer's own
+    assert torch.equal(noisy, again)  # a fixed seed: reports are reproducible
+    assert not torch.allclose(noisy, clean)

@@ -18,7 +18,7 @@ from rich.table import Table
 from anytok.bench.report import fmt, metric_columns, write_reports
 from anytok.bench.runner import BenchInputError, BenchSettings, run_bench
 from anytok.bench.suite import MetricModels
-from anytok.bench.sweeps import LEVELS, parse_sweep
+from anytok.bench.sweeps import LEVELS, PERTURB, parse_sweep
 from anytok.metrics.weights import MetricWeightsError, ModelWeights
 
 EXIT_OK, EXIT_SKIPPED, EXIT_USAGE = 0, 1, 2
@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     parser.add_argument(
         "--levels", help="residual levels to decode, e.g. 1,2,4,8 (same as --sweep levels=...)"
+    )
+    parser.add_argument(
+        "--perturb",
+        help="pFID-style robustness: also decode with these fractions of codes replaced at "
+        "random, e.g. 0.05,0.1 (same as --sweep perturb=...)",
     )
     parser.add_argument(
         "--sweep", action="append", default=[], metavar="AXIS=V1,V2",
@@ -128,6 +133,7 @@ def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
         parser.error("--warmup must be >= 0 and --repeats >= 1")
     sweeps: dict[str, list[Any]] = {}
     texts = list(args.sweep) + ([f"{LEVELS}={args.levels}"] if args.levels else [])
+    texts += [f"{PERTURB}={args.perturb}"] if args.perturb else []
     for text in texts:
         try:
             axis, values = parse_sweep(text)

@@ -1,12 +1,17 @@
 """Rate / quality sweeps: decode the same tokens at several operating points.
 
-A *sweep axis* is a knob that trades bits or compute for fidelity at decode time. One axis
-is built in:
+A *sweep axis* is a knob that trades bits or compute for fidelity at decode time. Two axes
+are built in:
 
 - ``levels``: for tokenizers whose quantizer's ``encode`` accepts ``n_levels`` (residual
   quantizers: ``ResidualVQ``, ``ResidualFSQ`` ...), keep the first ``k`` levels of the codes
   and decode them. Residual stages are sequential, so these are exactly the codes
   ``encode(z, n_levels=k)`` gives, and the bitrate drops with ``k``.
+- ``perturb`` (every tokenizer; ``anytok bench --perturb 0.05,0.1``): replace a fraction of
+  the codes by random ones (fixed seed) before decoding, the generator-error model of
+  "Image Tokenizer Needs Post-Training" (https://arxiv.org/abs/2509.12474). FID and the
+  other metrics at a perturbation rate are its pFID-style robustness scores: how gracefully
+  a decoder handles the mistakes a generator will make.
 
 Any tokenizer can add axes of its own (prefix lengths of flexible 1D tokenizers, sampling
 steps of diffusion decoders ...) by implementing the :class:`Sweepable` protocol::
@@ -31,11 +36,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 
 from anytok.tokens import Tokens
 
 LEVELS = "levels"
+PERTURB = "perturb"
+PERTURB_SEED = 0
 
 
 @runtime_checkable
@@ -81,7 +89,7 @@ def level_count(model: nn.Module) -> int | None:
 
 def sweep_options(model: nn.Module) -> dict[str, list[Any]]:
     """Every sweep axis ``model`` supports, with the values it allows."""
-    options: dict[str, list[Any]] = {}
+    options: dict[str, list[Any]] = {PERTURB: []}  # any rate in [0, 1]; see plan_sweep
     levels = level_count(model)
     if levels is not None:
         options[LEVELS] = list(range(1, levels + 1))
@@ -107,11 +115,15 @@ def plan_sweep(
             notes.append(f"{name}: no '{axis}' sweep (its sweep axes: {supported}); skipped")
             continue
         allowed = options[axis]
-        skipped = [v for v in values if v not in allowed]
+        if axis == PERTURB:
+            skipped = [v for v in values if not (isinstance(v, (int, float)) and 0 < v <= 1)]
+        else:
+            skipped = [v for v in values if v not in allowed]
         if skipped:
+            what = "rates in (0, 1]" if axis == PERTURB else ", ".join(map(str, allowed))
             notes.append(
                 f"{name}: {axis} {', '.join(map(str, skipped))} not available "
-                f"(allowed: {', '.join(map(str, allowed))}); skipped"
+                f"(allowed: {what}); skipped"
             )
         for value in values:
             if value in skipped or (axis == LEVELS and value == allowed[-1]):
@@ -126,6 +138,15 @@ def decode_at(model: nn.Module, tokens: Tokens, point: SweepPoint) -> tuple[Tens
     """Decode ``tokens`` at ``point``: the media and the codes ``(b, levels, *positions)`` used."""
     if point.axis is None:
         return model.decode(tokens), tokens.codes
+    if point.axis == PERTURB:
+        from anytok.regularizers import perturb_codes
+
+        generator = torch.Generator().manual_seed(PERTURB_SEED)
+        noisy = perturb_codes(
+            tokens.codes.cpu(), tokens.spec.codebook_sizes, float(point.value), generator
+        ).to(tokens.codes.device)
+        perturbed = Tokens(codes=noisy, spec=tokens.spec, lengths=tokens.lengths)
+        return model.decode(perturbed), tokens.codes
     if point.axis == LEVELS and (
         not isinstance(model, Sweepable) or LEVELS not in model.sweep_options()
     ):

@@ -281,6 +281,14 @@ class TaDiCodec(AudioTokenizer):
             "boundaries and call decode() on each"
         )
 
+    def sweep_options(self) -> dict[str, list[int]]:
+        """Benchmark sweep axis (:mod:`anytok.bench.sweeps`): sampler steps."""
+        return {"steps": [1, 2, 4, 8, 16, 32, 64]}
+
+    def sweep_decode(self, tokens: Tokens, axis: str, value: int) -> tuple[Tensor, Tensor]:
+        """Decode with ``value`` sampler steps; the codes are all of them."""
+        return self.decode(tokens, steps=int(value)), tokens.codes
+
 
 def _config(token_rate_hz: float) -> dict[str, Any]:
     frames = round(100 / token_rate_hz)

@@ -292,6 +292,21 @@ class TiTok(ImageTokenizer):
         quantized = self.quantizer.decode(codes.transpose(1, 2))
         return self._pixels(self._decode_features(quantized, None))
 
+    def sweep_options(self) -> dict[str, list[int]]:
+        """Benchmark sweep axis: decodable prefix lengths (models trained with nested dropout)."""
+        if not self.nested_dropout:
+            return {}
+        return {
+            "prefix": sorted(
+                {2**i for i in range(self.num_tokens.bit_length())} | {self.num_tokens}
+            )
+        }
+
+    def sweep_decode(self, tokens: Tokens, axis: str, value: int) -> tuple[Tensor, Tensor]:
+        """Decode the first ``value`` tokens; they are the codes the rate counts."""
+        codes = self.codes_of(tokens)[..., : int(value)]
+        return self.decode(codes), codes
+
 
 def _config(width: int, depth: int, heads: int, tokens: int, token_dim: int = 12) -> dict[str, Any]:
     return {

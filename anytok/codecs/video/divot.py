@@ -165,6 +165,14 @@ class DivotTokenizer(VideoTokenizer):
         )
         return unpatchify(patches, grid, (1, self.patch_size, self.patch_size)).clamp(-1, 1)
 
+    def sweep_options(self) -> dict[str, list[int]]:
+        """Benchmark sweep axis (:mod:`anytok.bench.sweeps`): sampler steps."""
+        return {"steps": [1, 2, 4, 8, 16, 32, 64]}
+
+    def sweep_decode(self, tokens: Tokens, axis: str, value: int) -> tuple[Tensor, Tensor]:
+        """Decode with ``value`` sampler steps; the codes are all of them."""
+        return self.decode(tokens, steps=int(value)), tokens.codes
+
 
 register(
     "divot",
