@@ -178,7 +178,7 @@ def test_semantic_regularization_towards_a_local_teacher(tmp_path) -> None:
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
     # the projector is saved with the model, the frozen teacher is not
     keys = model.state_dict().keys()
-    assert any(k.startswith("semantic.projector") for k in keys)
+    assert any("semantic.projector" in k for k in keys)
     assert not any("teacher" in k for k in keys)
     model.eval()
     with torch.inference_mode():

@@ -105,13 +105,23 @@ def test_forward_matches_encode_and_has_losses(name: str) -> None:
 def test_training_step_backpropagates(name: str) -> None:
     model = tiny(name).train()
     media, lengths = sample_batch(model, batch=2, seed=2)
-    out = model(media, lengths)
-    loss = (out.reconstruction - media).abs().mean() + sum(out.losses.values())
-    loss.backward()
-    grads = [p.grad for p in model.encoder.parameters() if p.requires_grad]
-    assert any(g is not None and g.abs().sum() > 0 for g in grads), (
-        "no gradient reached the encoder"
-    )
+
+    def encoder_gradient() -> bool:
+        model.zero_grad(set_to_none=True)
+        out = model(media, lengths)
+        loss = (out.reconstruction - media).abs().mean() + sum(out.losses.values())
+        loss.backward()
+        grads = [p.grad for p in model.encoder.parameters() if p.requires_grad]
+        return any(g is not None and g.abs().sum() > 0 for g in grads)
+
+    if not encoder_gradient():
+        # adaLN-Zero / in-context decoders start with closed gates: the first step opens
+        # them, and from the second on the gradient must reach the encoder.
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.grad is not None:
+                    p -= 1e-2 * p.grad
+        assert encoder_gradient(), "no gradient reached the encoder"
 
 
 @pytest.mark.parametrize("name", ARCHS)

@@ -50,7 +50,7 @@ from anytok.codecs.base import (
     quantize_channel_first,
     to_tokens,
 )
-from anytok.decoders.diffusion import FlowDecoder
+from anytok.decoders.diffusion import FlowDecoder, SamplingDefaults
 from anytok.decoders.diffusion.vocoder import LogMel, MelConfig, MelVocoder
 from anytok.nn.transformer import Transformer, init_weights, sincos_embedding
 from anytok.registry import register
@@ -85,7 +85,7 @@ class ByteTextEncoder(nn.Module):
         return self.transformer(h, attn_mask=mask), mask  # type: ignore[return-value]
 
 
-class TaDiCodec(AudioTokenizer):
+class TaDiCodec(SamplingDefaults, AudioTokenizer):
     """Speech ``(b, 1, samples)`` -> codes ``(b, 1, ceil(samples / hop_length))``.
 
     Args:
@@ -261,10 +261,7 @@ class TaDiCodec(AudioTokenizer):
             cond_positions=self._token_positions(t, codes.device),
             extra=extra,
             extra_mask=extra_mask,
-            steps=steps or self.sample_steps,
-            guidance_scale=self.guidance_scale if guidance_scale is None else guidance_scale,
-            scheduler=scheduler or self.sample_scheduler,
-            seed=self.sample_seed if seed is None else seed,
+            **self.sampling(steps, guidance_scale, scheduler, seed),
         )
         log_mel = self.log_mel.denormalize(mel.transpose(1, 2))
         return self.vocoder(log_mel.to(next(self.vocoder.parameters()).dtype)).clamp(-1, 1)

@@ -56,6 +56,7 @@ from anytok.nn.transformer import (
     unpatchify,
 )
 from anytok.registry import register
+from anytok.regularizers import TrainingOptions, freeze
 from anytok.tokens import Tokens, TokenSpec
 
 
@@ -98,20 +99,28 @@ class RegisterEncoder(nn.Module):
         return mask[None]
 
     def forward(
-        self, image: Tensor, return_hidden: tuple[int, ...] = ()
+        self,
+        image: Tensor,
+        return_hidden: tuple[int, ...] = (),
+        num_registers: int | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
-        """``image (b, 3, H, W)`` -> registers ``(b, K, dim)`` and the patch features
-        ``(b, n, dim)`` of the blocks in ``return_hidden``."""
+        """``image (b, 3, H, W)`` -> registers ``(b, k, dim)`` and the patch features
+        ``(b, n, dim)`` of the blocks in ``return_hidden``.
+
+        ``num_registers=k`` runs only the first ``k`` registers (default all ``K``): the same
+        values as the first ``k`` of a full run, since no register sees a later one.
+        """
         p = self.patch_size
         grid = (image.shape[-2] // p, image.shape[-1] // p)
         patches = self.patch_embed(patchify(image, (p, p)))
         patches = patches + sincos_grid_embedding(grid, patches.shape[-1], patches.device).to(
             patches.dtype
         )
-        registers = self.registers.to(patches.dtype).expand(image.shape[0], -1, -1)
+        k = self.num_registers if num_registers is None else num_registers
+        registers = self.registers[:k].to(patches.dtype).expand(image.shape[0], -1, -1)
         n = patches.shape[1]
         x = torch.cat([patches, registers], dim=1)
-        mask = self.attention_mask(n, x.device)
+        mask = self.attention_mask(n, x.device)[:, : n + k, : n + k]
         if return_hidden:
             x, hidden = self.transformer(x, attn_mask=mask, return_hidden=return_hidden)
             return x[:, n:], [h[:, :n] for h in hidden]
@@ -143,12 +152,12 @@ class FlexTok(ImageTokenizer):
             :meth:`decode`); the fixed seed makes evaluation decodes deterministic.
         repa: REPA alignment of decoder features to a frozen vision model,
             ``{"teacher": path, "weight": float, "layer": int}`` (FlexTok uses DINOv2-L).
-        semantic_teacher: local frozen vision model the encoder's patch features are aligned
-            to (:class:`anytok.train.regularizers.SemanticRegularizer`); loss ``"semantic"``.
-        semantic_weight: weight of that loss.
+        semantic_teacher, semantic_weight, latent_perturbation: the seed papers' training
+            options (:class:`anytok.regularizers.TrainingOptions`): align the encoder's patch
+            features to a frozen local vision model (loss ``"semantic"``); replace a fraction
+            of the tokens the decoder sees by random codes in training ("Robust Latent
+            Matters", https://arxiv.org/abs/2503.08354).
         semantic_layer: encoder block whose patch features are aligned (default: the middle).
-        latent_perturbation: fraction of tokens replaced by random codes in training ("Robust
-            Latent Matters", https://arxiv.org/abs/2503.08354).
         train_decoder_only: freeze the encoder and quantizer (decoder post-training, "Image
             Tokenizer Needs Post-Training", https://arxiv.org/abs/2509.12474).
         gradient_checkpointing: recompute transformer activations in backward.
@@ -207,10 +216,6 @@ class FlexTok(ImageTokenizer):
             )
         if sample_steps < 1:
             raise ValueError(f"{name}: sample_steps must be >= 1, got {sample_steps}")
-        if not 0.0 <= latent_perturbation < 1.0:
-            raise ValueError(
-                f"{name}: latent_perturbation is a rate in [0, 1), got {latent_perturbation}"
-            )
         if semantic_layer is not None and not 0 <= semantic_layer < encoder_depth:
             raise ValueError(
                 f"{name}: semantic_layer must index an encoder block in [0, {encoder_depth}), "
@@ -224,7 +229,6 @@ class FlexTok(ImageTokenizer):
         self.guidance_scale = float(guidance_scale)
         self.scheduler = scheduler
         self.sample_seed = int(sample_seed)
-        self.latent_perturbation = float(latent_perturbation)
         self.train_decoder_only = bool(train_decoder_only)
 
         self.encoder = RegisterEncoder(
@@ -237,7 +241,9 @@ class FlexTok(ImageTokenizer):
             gradient_checkpointing,
         )
         self.quantizer = build_quantizer(quantizer, encoder_dim)
-        # The decoder's notion of "which register": quantized tokens carry no position.
+        # Which register each token is: cross-attention sees the tokens as a set, and equal
+        # codes at different registers mean different things (in context the decoder also
+        # adds index positions of its own).
         self.register_positions = nn.Parameter(torch.empty(num_registers, encoder_dim))
         nn.init.trunc_normal_(self.register_positions, std=0.02)
         self.decoder = FlowDecoder(
@@ -254,17 +260,12 @@ class FlexTok(ImageTokenizer):
             repa=repa,
             gradient_checkpointing=gradient_checkpointing,
         )
-        self.semantic: nn.Module | None = None
+        self.options = TrainingOptions(
+            encoder_dim, semantic_teacher, semantic_weight, latent_perturbation, modality="image"
+        )
         self.semantic_layer = encoder_depth // 2 if semantic_layer is None else semantic_layer
-        if semantic_teacher is not None:
-            from anytok.train.regularizers import SemanticRegularizer
-
-            self.semantic = SemanticRegularizer(
-                encoder_dim, semantic_teacher, weight=semantic_weight, modality="image"
-            )
         if self.train_decoder_only:
-            self.encoder.requires_grad_(False)
-            self.quantizer.requires_grad_(False)
+            freeze(self.encoder, self.quantizer)
 
     # ------------------------------------------------------------------ description
 
@@ -331,20 +332,13 @@ class FlexTok(ImageTokenizer):
         matching, + REPA), ``quantizer``, and ``semantic`` with a teacher."""
         self.check_input(image)
         b = image.shape[0]
-        wants_semantic = self.semantic is not None and self.training
+        wants_semantic = self.options.semantic is not None and self.training
         registers, hidden = self._registers(image, (self.semantic_layer,) if wants_semantic else ())
         out = self.quantizer(registers)
+        codes = out.codes.movedim(-1, 1)  # (b, levels, K)
         quantized = out.quantized.detach() if self.train_decoder_only else out.quantized
-        if self.training and self.latent_perturbation > 0:
-            from anytok.train.regularizers import perturb_codes
-
-            codes_first = out.codes.movedim(-1, 1)
-            perturbed = perturb_codes(
-                codes_first, self.quantizer.codebook_sizes, self.latent_perturbation
-            ).movedim(1, -1)
-            # the perturbed codes' values, with the gradient still through `quantized`
-            shift = self.quantizer.decode(perturbed) - self.quantizer.decode(out.codes)
-            quantized = quantized + shift.detach()
+        quantized = self.options.perturb(self.quantizer, quantized.movedim(-1, 1), codes)
+        quantized = quantized.movedim(1, -1)
         with self._eval_randomness(image.device):
             cond_mask = None
             if self.training and self.nested_dropout is not None:
@@ -362,11 +356,10 @@ class FlexTok(ImageTokenizer):
             )
         losses = {"diffusion": flow.loss, "quantizer": out.loss}
         if wants_semantic:
-            assert self.semantic is not None
-            losses["semantic"] = self.semantic(hidden[0], grid, image)
+            losses.update(self.options.losses(hidden[0], grid, image))
         return TokenizerOutput(
             reconstruction=unpatchify(flow.denoised, grid, (self.patch_size, self.patch_size)),
-            tokens=to_tokens(out.codes.movedim(-1, 1), self.spec, None),
+            tokens=to_tokens(codes, self.spec, None),
             losses=losses,
             metrics=out.metrics,
             latent=registers.movedim(-1, 1),
@@ -387,8 +380,8 @@ class FlexTok(ImageTokenizer):
                 f"{type(self).__name__}.encode: num_tokens must be in [1, {self.num_registers}], "
                 f"got {num_tokens}"
             )
-        registers, _ = self.encoder(image)
-        codes = self.quantizer.encode(registers[:, :k]).movedim(-1, 1)
+        registers, _ = self.encoder(image, num_registers=k)
+        codes = self.quantizer.encode(registers).movedim(-1, 1)
         return to_tokens(codes, self.spec, None)
 
     def decode(

@@ -41,6 +41,7 @@ from anytok.codecs.base import (
 )
 from anytok.nn.resnet2d import Decoder2d, Encoder2d
 from anytok.registry import register
+from anytok.regularizers import TrainingOptions, freeze
 from anytok.tokens import Tokens
 
 
@@ -153,15 +154,13 @@ class GroupLFQTokenizer(ImageTokenizer):
             (WeTok: as many as the latent); 0 disables it.
         noise_injection: StyleGAN per-pixel noise at every decoder resolution.
         noise_seed: seed of the noise outside training (deterministic evaluation decodes).
-        semantic_teacher: local frozen vision model (transformers / timm / open_clip directory)
-            whose patch features the encoder latent is aligned to
-            (:class:`anytok.regularizers.SemanticRegularizer`); loss key ``"semantic"``.
-        semantic_weight: weight of that loss.
-        latent_perturbation: fraction of codes replaced by random ones in training, the
-            decoder then learns to be robust to a generator's mistakes ("Robust Latent
-            Matters", https://arxiv.org/abs/2503.08354; "Image Tokenizer Needs
-            Post-Training", https://arxiv.org/abs/2509.12474).
-        train_decoder_only: freeze the encoder and quantizer (decoder post-training).
+        semantic_teacher, semantic_weight, latent_perturbation: the seed papers' training
+            options (:class:`anytok.regularizers.TrainingOptions`): align the encoder latent to
+            a frozen local vision model (loss ``"semantic"``); replace a fraction of codes by
+            random ones before decoding in training, so the decoder tolerates a generator's
+            mistakes ("Robust Latent Matters", https://arxiv.org/abs/2503.08354).
+        train_decoder_only: freeze the encoder and quantizer (decoder post-training, "Image
+            Tokenizer Needs Post-Training", https://arxiv.org/abs/2509.12474).
     """
 
     resize = "native"
@@ -184,10 +183,6 @@ class GroupLFQTokenizer(ImageTokenizer):
         train_decoder_only: bool = False,
     ):
         super().__init__()
-        if not 0.0 <= latent_perturbation < 1.0:
-            raise ValueError(
-                f"GroupLFQTokenizer: latent_perturbation is a rate in [0, 1), got {latent_perturbation}"
-            )
         quantizer = quantizer or {"name": "group_lfq", "codebook_dim": 32, "num_groups": 4}
         self.resolution = (int(resolution[0]), int(resolution[1]))
         layer_args = dict(
@@ -207,18 +202,12 @@ class GroupLFQTokenizer(ImageTokenizer):
         )
         self.downsample_factor = self.encoder.downsample_factor
         self.noise_seed = int(noise_seed)
-        self.latent_perturbation = float(latent_perturbation)
+        self.options = TrainingOptions(
+            latent_dim, semantic_teacher, semantic_weight, latent_perturbation, modality="image"
+        )
         self.train_decoder_only = bool(train_decoder_only)
-        self.semantic: nn.Module | None = None
-        if semantic_teacher is not None:
-            from anytok.regularizers import SemanticRegularizer
-
-            self.semantic = SemanticRegularizer(
-                latent_dim, semantic_teacher, weight=semantic_weight, modality="image"
-            )
         if self.train_decoder_only:
-            self.encoder.requires_grad_(False)
-            self.quantizer.requires_grad_(False)
+            freeze(self.encoder, self.quantizer)
 
     def train(self, mode: bool = True) -> GroupLFQTokenizer:
         """As ``nn.Module.train``; with ``train_decoder_only`` the encoder and quantizer stay in
@@ -272,22 +261,11 @@ class GroupLFQTokenizer(ImageTokenizer):
         quantized, out = quantize_channel_first(self.quantizer, latent)
         if self.train_decoder_only:
             quantized = quantized.detach()
-        if self.training and self.latent_perturbation > 0:
-            from anytok.regularizers import perturb_codes
-
-            perturbed = perturb_codes(
-                out.codes, self.quantizer.codebook_sizes, self.latent_perturbation
-            )
-            # same value as decoding the perturbed codes, gradient still through `quantized`
-            shift = decode_codes(self.quantizer, perturbed) - decode_codes(
-                self.quantizer, out.codes
-            )
-            quantized = quantized + shift.detach()
+        quantized = self.options.perturb(self.quantizer, quantized, out.codes)
         seed = None if self.training else self.noise_seed
         losses = {"quantizer": out.loss}
-        if self.semantic is not None and self.training:
-            student = rearrange(latent, "b c h w -> b (h w) c")
-            losses["semantic"] = self.semantic(student, tuple(latent.shape[-2:]), image)
+        student = rearrange(latent, "b c h w -> b (h w) c")
+        losses.update(self.options.losses(student, tuple(latent.shape[-2:]), image))
         return TokenizerOutput(
             reconstruction=self._decode_latent(quantized, seed, 1.0),
             tokens=to_tokens(out.codes, self.spec, None),

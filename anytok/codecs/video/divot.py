@@ -34,14 +34,14 @@ from anytok.codecs.base import (
     quantize_channel_first,
     to_tokens,
 )
-from anytok.decoders.diffusion import FlowDecoder
+from anytok.decoders.diffusion import FlowDecoder, SamplingDefaults
 from anytok.nn.causal3d import Encoder3d
 from anytok.nn.transformer import patchify, sincos_grid_embedding, unpatchify
 from anytok.registry import register
 from anytok.tokens import Tokens
 
 
-class DivotTokenizer(VideoTokenizer):
+class DivotTokenizer(SamplingDefaults, VideoTokenizer):
     """Video ``(b, 3, 1 + k*s_t, H, W)`` -> codes ``(b, levels, 1 + k, H/s, W/s)`` -> video by
     flow-matching sampling.
 
@@ -158,10 +158,7 @@ class DivotTokenizer(VideoTokenizer):
         patches = self.decoder.sample(
             self._condition(quantized),
             grid=grid,
-            steps=steps or self.sample_steps,
-            guidance_scale=self.guidance_scale if guidance_scale is None else guidance_scale,
-            scheduler=scheduler or self.sample_scheduler,
-            seed=self.sample_seed if seed is None else seed,
+            **self.sampling(steps, guidance_scale, scheduler, seed),
         )
         return unpatchify(patches, grid, (1, self.patch_size, self.patch_size)).clamp(-1, 1)
 

@@ -25,6 +25,7 @@ on their own grids, and ``decode(..., layers="coarse")`` for the coarse-only rec
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -115,18 +116,8 @@ class HierarchicalVideo(VideoTokenizer):
 
     @property
     def spec(self) -> TokenSpec:
-        base = super().spec
         sizes = (*self.coarse_quantizer.codebook_sizes, *self.fine_quantizer.codebook_sizes)
-        return TokenSpec(
-            modality="video",
-            codebook_sizes=sizes,
-            layout=base.layout,
-            frame_rate=base.frame_rate,
-            resolution=base.resolution,
-            fps=base.fps,
-            name=base.name,
-            resize=base.resize,
-        )
+        return dataclasses.replace(super().spec, codebook_sizes=sizes)
 
     def _combine(self, coarse: Tensor, fine: Tensor | None, drop: Tensor | None = None) -> Tensor:
         """Decoder input ``(b, width, T, h, w)`` from the coarse latent (upsampled 2x) and the

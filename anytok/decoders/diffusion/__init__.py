@@ -5,7 +5,19 @@
 * :class:`MelVocoder`: a Vocos-style mel -> waveform stage for speech decoders.
 """
 
-from anytok.decoders.diffusion.flow import CONDITIONINGS, FlowDecoder, FlowLossOutput
+from anytok.decoders.diffusion.flow import (
+    CONDITIONINGS,
+    FlowDecoder,
+    FlowLossOutput,
+    SamplingDefaults,
+)
 from anytok.decoders.diffusion.schedulers import SCHEDULERS, make_scheduler
 
-__all__ = ["CONDITIONINGS", "SCHEDULERS", "FlowDecoder", "FlowLossOutput", "make_scheduler"]
+__all__ = [
+    "CONDITIONINGS",
+    "SCHEDULERS",
+    "FlowDecoder",
+    "FlowLossOutput",
+    "SamplingDefaults",
+    "make_scheduler",
+]

@@ -471,6 +471,33 @@ class FlowDecoder(nn.Module):
         return x
 
 
+class SamplingDefaults:
+    """Decode-time sampling defaults of a diffusion tokenizer: ``sample_steps``,
+    ``sample_scheduler``, ``sample_seed``, ``guidance_scale`` attributes, and
+    :meth:`sampling` to merge a call's overrides into them."""
+
+    sample_steps: int
+    sample_scheduler: str
+    sample_seed: int
+    guidance_scale: float
+
+    def sampling(
+        self,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        scheduler: str | None = None,
+        seed: int | None = None,
+    ) -> dict[str, Any]:
+        """Keyword arguments for :meth:`FlowDecoder.sample`: each given value, else the
+        model's default."""
+        return {
+            "steps": self.sample_steps if steps is None else steps,
+            "guidance_scale": self.guidance_scale if guidance_scale is None else guidance_scale,
+            "scheduler": self.sample_scheduler if scheduler is None else scheduler,
+            "seed": self.sample_seed if seed is None else seed,
+        }
+
+
 def _check_grid(grid: Sequence[int] | None, n: int) -> tuple[int, ...]:
     if grid is None:
         return (n,)
@@ -487,4 +514,4 @@ def _ddpm_alphas_cumprod() -> Tensor:
     return DDPMScheduler(**DDPM_SCHEDULE).alphas_cumprod.float().clone()
 
 
-__all__ = ["CONDITIONINGS", "TIME_SAMPLING", "FlowDecoder", "FlowLossOutput"]
+__all__ = ["CONDITIONINGS", "TIME_SAMPLING", "FlowDecoder", "FlowLossOutput", "SamplingDefaults"]
