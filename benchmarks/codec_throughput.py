@@ -719,7 +719,8 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         f"- audio: batch {meta['batch']} × {meta['seconds']} s, EnCodec at {bandwidth}; "
         f"images: batch {meta['image_batch']} at {meta['image_size']}²; video: batch "
         f"{meta['video_batch']} × {meta['video_frames']} frames at {meta['video_size']}²; "
-        f"diffusion decoders at steps {meta['steps']}",
+        f"diffusion decoders at steps {meta['steps']}"
+        + (" (tiny image / video configs run at their own resolution)" if meta["tiny"] else ""),
         f"- warm-up {meta['warmup']}, median of {meta['repeats']}; "
         f"{'tiny' if meta['tiny'] else 'full-size'} configs, random weights",
         f"- torch {meta['torch']}, Python {meta['python']}, {meta['platform']}",
