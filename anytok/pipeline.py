@@ -246,22 +246,26 @@ def encode_files(
                 report.failures.append(failure)
                 if on_item:
                     on_item(path, failure)
-        if not loaded:
-            continue
-        batch, lengths = collate([t for _, t in loaded])
-        with torch.inference_mode(), autocast_for(device):
-            item_lengths = None if isinstance(model, ImageTokenizer) else lengths.to(device)
-            tokens = model.encode(batch.to(device), item_lengths)
-        for (path, item), item_tokens in zip(loaded, split_tokens(tokens.to("cpu"))):
-            target = token_path(path, roots[path], out_root, fmt)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            item_tokens.save(target)
-            report.written.append(target)
-            report.tokens += item_tokens.codes.numel()
-            report.media_seconds += media_seconds(model, item)
-            report.items += 1
-            if on_item:
-                on_item(path, None)
+        # Native-size images / frames of different sizes cannot share a batch: one batch per size.
+        groups: dict[tuple[int, ...], list[tuple[Path, Tensor]]] = {}
+        for path, item in loaded:
+            key = tuple(item.shape[-2:]) if model.modality != "audio" else ()
+            groups.setdefault(key, []).append((path, item))
+        for group in groups.values():
+            batch, lengths = collate([t for _, t in group])
+            with torch.inference_mode(), autocast_for(device):
+                item_lengths = None if isinstance(model, ImageTokenizer) else lengths.to(device)
+                tokens = model.encode(batch.to(device), item_lengths)
+            for (path, item), item_tokens in zip(group, split_tokens(tokens.to("cpu"))):
+                target = token_path(path, roots[path], out_root, fmt)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                item_tokens.save(target)
+                report.written.append(target)
+                report.tokens += item_tokens.codes.numel()
+                report.media_seconds += media_seconds(model, item)
+                report.items += 1
+                if on_item:
+                    on_item(path, None)
     report.elapsed = time.perf_counter() - start
     return report
 

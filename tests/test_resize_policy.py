@@ -48,3 +48,20 @@ def test_models_report_their_policy() -> None:
 
     model = anytok.create_model("cnn_fsq_256", tiny=True)
     assert model.spec.resize == "cover_crop"
+
+
+def test_native_size_folder_encodes_mixed_sizes_in_one_job(tmp_path: Path) -> None:
+    import anytok
+    from anytok.pipeline import encode_files
+    from anytok.tokens import Tokens
+
+    model = anytok.create_model("vqgan", tiny=True).eval()  # stride 4, native sizes
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _image(folder / "a.png", 32, 48)
+    _image(folder / "b.png", 41, 20)  # cropped to 40x20
+    _image(folder / "c.png", 32, 48)
+    report = encode_files(model, [folder], tmp_path / "tokens", batch_size=3)
+    assert not report.failures and report.items == 3
+    shapes = {p.name.split(".")[0]: Tokens.load(p).codes.shape for p in sorted(report.written)}
+    assert shapes == {"a": (1, 1, 8, 12), "b": (1, 1, 10, 5), "c": (1, 1, 8, 12)}
