@@ -4,7 +4,11 @@
 #
 #   bash benchmarks/gpu_owed.sh kernels throughput          # ~10 min
 #   bash benchmarks/gpu_owed.sh train-image train-video     # 15 min each
-#   bash benchmarks/gpu_owed.sh train-speech SPEECH_DIR     # 15 min; espeak-ng speech made offline
+#   bash benchmarks/gpu_owed.sh train-speech                # 15 min; espeak-ng speech + transcripts
+#
+# The GPU machine cannot download and may lack espeak-ng: make the speech here first and
+# carry it (about 30 MB):  python -c "from anytok.data.synthetic import make_speech_dataset as m;
+#   m('data/gpu_speech', 600); m('data/gpu_speech_val', 60, seed=1)"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
@@ -27,19 +31,20 @@ while [ -n "$stage" ]; do
         anytok bench -m runs/gpu_$recipe/export data/gpu_images_val -o benchmarks/results/train_$recipe --max-items 200 --device cuda
       done ;;
     train-video)
-      $PY -c "from anytok.data.synthetic import make_dataset as m; m('video', 'data/gpu_clips', 400, size=128, frames=17); m('video', 'data/gpu_clips_val', 50, size=128, frames=17, seed=1)"
+      $PY -c "from anytok.data.synthetic import make_dataset as m; m('video', 'data/gpu_clips', 400, size=128, frames=17, cuts=True); m('video', 'data/gpu_clips_val', 50, size=128, frames=17, seed=1, cuts=True)"
       timeout 960 anytok train recipes/video/causal3d_small.yaml data.train=data/gpu_clips \
         checkpoint.every=500 --run-dir runs/gpu_causal3d --device cuda || true
       anytok export runs/gpu_causal3d runs/gpu_causal3d/export
       anytok bench -m runs/gpu_causal3d/export data/gpu_clips_val -o benchmarks/results/train_causal3d --max-items 50 --device cuda ;;
     train-speech)
-      speech=${1:?give the folder of offline speech}; shift
+      speech=data/gpu_speech/manifest.jsonl
+      [ -f "$speech" ] || $PY -c "from anytok.data.synthetic import make_speech_dataset as m; m('data/gpu_speech', 600); m('data/gpu_speech_val', 60, seed=1)"
       timeout 960 anytok train recipes/audio/tadicodec.yaml data.train="$speech" train.steps=6000 \
         train.batch_size=16 checkpoint.every=500 --run-dir runs/gpu_tadicodec --device cuda || true
       anytok export runs/gpu_tadicodec runs/gpu_tadicodec/export
-      anytok bench -m runs/gpu_tadicodec/export "$speech" -o benchmarks/results/train_tadicodec \
+      anytok bench -m runs/gpu_tadicodec/export data/gpu_speech_val -o benchmarks/results/train_tadicodec \
         --max-items 50 --sweep steps=4,8,16,32 --device cuda ;;
-    *) echo "unknown stage $stage (kernels | throughput | train-image | train-video | train-speech DIR)"; exit 2 ;;
+    *) echo "unknown stage $stage (kernels | throughput | train-image | train-video | train-speech)"; exit 2 ;;
   esac
   stage=${1:-}
 done

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,31 @@ def test_manifest_texts_reach_the_batch(tmp_path: Path) -> None:
     ds = AudioSegments(read_manifest(manifest), sample_rate=16000, channels=1, segment=1600)
     batch = collate([ds[0], ds[1]])
     assert batch.texts == ["hello there", None]
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+def test_speech_dataset_has_transcripts(tmp_path: Path) -> None:
+    from anytok.data.synthetic import make_speech_dataset
+
+    manifest = make_speech_dataset(tmp_path / "speech", 2, sample_rate=16000)
+    items = read_manifest(manifest)
+    assert len(items) == 2 and all(item.text and item.text.endswith(".") for item in items)
+    assert all(item.path.is_file() and item.duration and item.duration > 0.5 for item in items)
+    assert make_speech_dataset(tmp_path / "again", 2, sample_rate=16000).read_text().replace(
+        "again", "speech"
+    ) == manifest.read_text().replace("again", "speech")  # same seed, same texts
+
+
+def test_video_cuts_switch_photos(tmp_path: Path) -> None:
+    from anytok.media import load_video
+
+    def largest_jump(paths: list[Path]) -> float:
+        jumps = []
+        for path in paths:
+            video = load_video(path).video  # (3, T, H, W)
+            jumps.append(float((video[:, 1:] - video[:, :-1]).abs().mean(dim=(0, 2, 3)).max()))
+        return max(jumps)
+
+    plain = make_dataset("video", tmp_path / "plain", 12, frames=9, size=16)
+    cut = make_dataset("video", tmp_path / "cut", 12, frames=9, size=16, cuts=True)
+    assert largest_jump(cut) > 1.5 * largest_jump(plain)

@@ -2,7 +2,9 @@
 
 * audio: tones, chirps and filtered noise bursts with envelopes (WAV);
 * images: random crops of the photos that scikit-image ships (PNG);
-* video: pans and zooms across those photos (MP4).
+* video: pans and zooms across those photos, optionally with cuts to another photo (MP4);
+* speech (:func:`make_speech_dataset`): sentences spoken by espeak-ng in many voices, with a
+  JSONL manifest of their transcripts (for text-aware speech tokenizers).
 
 ``make_dataset("audio", "data/audio", 32)`` writes 32 files; the same arguments always write
 the same files.
@@ -74,6 +76,7 @@ def make_dataset(
     size: int = 64,
     frames: int = 12,
     fps: float = 8.0,
+    cuts: bool = False,
 ) -> list[Path]:
     """Write ``n`` generated files of ``modality`` into ``out_dir`` (created) and return them.
 
@@ -86,6 +89,7 @@ def make_dataset(
         size: images are about ``size`` pixels on the short side (aspect varies); video
             frames are ``size x size``.
         frames, fps: video length and rate.
+        cuts: video: about a third of the clips cut to a pan over another photo mid-clip.
     """
     if modality not in ("audio", "image", "video"):
         raise ValueError(f"modality must be audio, image or video, got {modality!r}")
@@ -112,7 +116,17 @@ def make_dataset(
             save_image(path, _resize(crop, (size, width)).clamp(-1, 1))
         else:
             path = folder / f"{i:04d}.mp4"
-            save_video(path, _pan(photos[i % len(photos)], rng, frames, size), fps)
+            clip = _pan(photos[i % len(photos)], rng, frames, size)
+            if cuts and frames > 2 and rng.uniform() < 1 / 3:
+                at = int(rng.integers(1, frames))
+                other = _pan(
+                    photos[(i + 1 + int(rng.integers(len(photos) - 1))) % len(photos)],
+                    rng,
+                    frames,
+                    size,
+                )
+                clip = torch.cat([clip[:, :at], other[:, at:]], dim=1)
+            save_video(path, clip, fps)
         written.append(path)
     return written
 
@@ -133,4 +147,111 @@ def _pan(photo: torch.Tensor, rng: np.random.Generator, frames: int, size: int) 
     return torch.stack(out, dim=1).clamp(-1, 1)
 
 
-__all__ = ["PHOTOS", "make_dataset", "synthetic_audio"]
+WORDS = [
+    "the",
+    "a",
+    "small",
+    "large",
+    "quiet",
+    "bright",
+    "river",
+    "city",
+    "morning",
+    "evening",
+    "light",
+    "music",
+    "people",
+    "house",
+    "garden",
+    "window",
+    "street",
+    "train",
+    "station",
+    "market",
+    "story",
+    "voice",
+    "picture",
+    "paper",
+    "water",
+    "mountain",
+    "walks",
+    "opens",
+    "carries",
+    "finds",
+    "reads",
+    "sings",
+    "builds",
+    "watches",
+    "follows",
+    "remembers",
+    "slowly",
+    "today",
+    "again",
+    "together",
+    "under",
+    "over",
+    "near",
+    "behind",
+    "before",
+    "after",
+    "because",
+    "while",
+    "every",
+    "many",
+]
+VOICES = ("en", "en-us", "en-gb-x-rp", "en-029", "en-gb-scotland", "en-us-nyc")
+VARIANTS = ("", "+m1", "+m3", "+m5", "+f1", "+f2", "+f4")
+
+
+def make_speech_dataset(
+    out_dir: str | os.PathLike[str],
+    n: int,
+    *,
+    seed: int = 0,
+    sample_rate: int = 24000,
+    words: tuple[int, int] = (6, 16),
+) -> Path:
+    """Write ``n`` spoken sentences (espeak-ng, random voices, variants and speeds) as mono WAV
+    at ``sample_rate`` plus ``manifest.jsonl`` (``{"path", "text", "duration"}``) into
+    ``out_dir``; returns the manifest. Nothing is downloaded; espeak-ng must be installed
+    (Debian: ``apt-get install espeak-ng``).
+    """
+    import json
+    import shutil
+    import subprocess
+    import tempfile
+
+    from anytok.media import load_audio
+
+    if shutil.which("espeak-ng") is None:
+        raise FileNotFoundError("espeak-ng is not installed: apt-get install espeak-ng")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n):
+            count = int(rng.integers(words[0], words[1] + 1))
+            text = " ".join(rng.choice(WORDS, count)).capitalize() + "."
+            voice = str(rng.choice(VOICES)) + str(rng.choice(VARIANTS))
+            raw = Path(tmp) / "raw.wav"
+            speed = str(int(rng.integers(130, 200)))
+            subprocess.run(
+                ["espeak-ng", "-v", voice, "-s", speed, "-w", str(raw), text],
+                check=True,
+                capture_output=True,
+            )
+            audio = load_audio(raw, sample_rate=sample_rate, channels=1).waveform
+            path = out / f"{i:05d}.wav"
+            save_audio(path, audio, sample_rate)
+            lines.append(
+                json.dumps(
+                    {"path": path.name, "text": text, "duration": audio.shape[-1] / sample_rate}
+                )
+            )
+    manifest = out / "manifest.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+__all__ = ["PHOTOS", "make_dataset", "make_speech_dataset", "synthetic_audio"]
