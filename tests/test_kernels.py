@@ -79,8 +79,9 @@ def assert_same_argmin(
 def near_tie_inputs(
     n: int, d: int, k: int, seed: int = 0, equal_norms: bool = False
 ) -> tuple[Tensor, Tensor]:
-    """fp32 rows whose two nearest codewords are ~1e-4 apart: far above fp32 rounding,
-    far below bf16 rounding, so a bf16-only search gets many of them wrong.
+    """fp32 rows whose two nearest codewords score ~1e-3 apart: far above fp32 rounding,
+    below the rounding of 16-bit operands (bf16, or the kernels' scaled fp16), so a search
+    in 16-bit operands alone gets many of them wrong.
 
     With ``equal_norms`` every codeword has norm 4, so the dot-product and cosine orders equal
     the euclidean one (with half the gap).
@@ -92,9 +93,9 @@ def near_tie_inputs(
     j = torch.randint(k, (n,), generator=g)
     j2 = (j + 1 + torch.randint(k - 1, (n,), generator=g)) % k
     diff, mid = c[j] - c[j2], (c[j] + c[j2]) / 2
-    # score gap = 2 t ||c_j - c_j2||^2 ~ 4 t d: with |t| in [2e-5, 1e-4] and d = 16, 1e-3 to
-    # 6e-3 against an fp32 error ~1e-5 and a bf16 error ~5e-2.
-    t = torch.rand(n, generator=g) * 8e-5 + 2e-5
+    # score gap = 2 t ||c_j - c_j2||^2 ~ 4 t d: with |t| in [4e-6, 2e-5] and d = 16, 2.5e-4 to
+    # 1.3e-3 against an fp32 error ~1e-5, a scaled-fp16 error ~5e-3 and a bf16 error ~5e-2.
+    t = torch.rand(n, generator=g) * 1.6e-5 + 4e-6
     t = torch.where(torch.rand(n, generator=g) < 0.5, -t, t)
     return mid + t[:, None] * diff, c
 
@@ -239,14 +240,14 @@ def test_interp_matches_reference(shape: tuple[int, int, int], metric: str) -> N
 @interp_only
 @pytest.mark.parametrize("metric", ["euclidean", "cosine", "dot"])
 def test_interp_near_ties_are_exact(metric: str) -> None:
-    """bf16 operand rounding flips many of these rows; the certified result must not."""
+    """16-bit operand rounding flips many of these rows; the certified result must not."""
     from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
 
     x, c = near_tie_inputs(48, 16, 24, equal_norms=metric != "euclidean")
     ref64 = nearest_codeword_reference(x.double(), c.double(), metric=metric)
     ref32 = nearest_codeword_reference(x, c, metric=metric)
     raw = nearest_codeword_triton(x, c, metric=metric, certify=False)
-    assert int((raw != ref64).sum()) >= 3, "test inputs must defeat a bf16-only search"
+    assert int((raw != ref64).sum()) >= 3, "test inputs must defeat a 16-bit-only search"
     assert torch.equal(ref32, ref64)
     # every staging policy: in-kernel conversion (truncating in the interpreter) and torch's
     # round-to-nearest copies must both be covered by the measured residuals
@@ -300,6 +301,99 @@ def test_interp_dtypes(xdt: torch.dtype, cdt: torch.dtype) -> None:
     xn, cn = near_tie_inputs(40, 16, 24, seed=3)
     xb, cb = xn.to(xdt), cn.to(cdt)
     assert_same_argmin(nearest_codeword_triton(xb, cb), xb, cb, rel=1e-6)
+
+
+def test_operand_dtype() -> None:
+    pytest.importorskip("triton")
+    from anytok.quantizers.kernels.triton_search import operand_dtype
+
+    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    assert operand_dtype(bf16, bf16) == bf16  # exact operands, no copies
+    assert operand_dtype(fp16, fp16) == fp16
+    for pair in ((fp32, fp32), (bf16, fp32), (fp32, fp16), (bf16, fp16)):
+        assert operand_dtype(*pair) == fp16  # scaled fp16: 8x finer than bf16
+
+
+@interp_only
+def test_interp_scaled_staging() -> None:
+    """Rows become fp16(v * 2^e) with max |.| in [2^14, 2^15), zero padding, inv = 2^-e."""
+    from anytok.quantizers.kernels.triton_search import _stage
+
+    g = torch.Generator().manual_seed(11)
+    t = torch.randn(2, 21, 2 * 19, generator=g)[..., ::2]  # (2, 21, 19), strided
+    mags = torch.logspace(-30, 30, 21)  # far outside fp16's range at both ends
+    t = t * mags[None, :, None]
+    t[1, 3] = 0.0
+    out, inv = _stage(t, torch.float16, scaled=True)
+    assert out.shape == (2, 21, 32) and out.dtype == torch.float16 and inv.shape == (2, 21)
+    assert bool((out[..., 19:] == 0).all())
+    assert torch.equal(torch.exp2(torch.log2(inv).round()), inv)  # powers of two
+    peak = out[..., :19].float().abs().amax(-1)
+    nonzero = torch.ones(2, 21, dtype=torch.bool)
+    nonzero[1, 3] = False
+    assert bool(((peak >= 2**14) & (peak < 2**15))[nonzero].all())
+    back = out[..., :19].double() * inv[..., None].double()
+    err = (back - t.double()).abs().amax(-1) / t.double().abs().amax(-1).clamp_min(1e-300)
+    assert float(err[nonzero].max()) <= 2.0**-11  # fp16 rounding, relative to the row max
+    assert bool((back[1, 3] == 0).all())
+
+
+@interp_only
+@pytest.mark.parametrize("magnitude", [1e-15, 1e-3, 1e6, 1e15])
+def test_interp_scaled_operands_any_magnitude(magnitude: float) -> None:
+    """fp32 inputs outside fp16's range are exact and still certify in one pass."""
+    from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
+
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(64, 24, generator=g) * magnitude
+    c = torch.randn(48, 24, generator=g) * magnitude
+    for metric in ("euclidean", "cosine"):
+        for stage in ("auto", "always", "never"):
+            got, stats = nearest_codeword_triton(
+                x, c, metric=metric, return_stats=True, stage=stage
+            )
+            assert_same_argmin(got, x, c, metric)
+            assert stats.full_scans == 0, (metric, stage)
+            assert stats.ambiguous <= 16, (metric, stage, stats.ambiguous)
+
+
+def test_certificate_model() -> None:
+    """The torch model of the certificate: operand values, formats and errors."""
+    from anytok.quantizers.kernels.certificate import ambiguous_rows, scaled_fp16
+
+    g = torch.Generator().manual_seed(13)
+    t = torch.randn(6, 40, generator=g) * torch.tensor([1e-30, 1e-5, 1.0, 1e4, 1e9, 0.0])[:, None]
+    v = scaled_fp16(t)
+    rel = (v.double() - t.double()).abs().amax(-1) / t.double().abs().amax(-1).clamp_min(1e-300)
+    assert float(rel[:5].max()) <= 2.0**-11 and bool((v[5] == 0).all())
+    x, c = torch.randn(300, 16, generator=g), torch.randn(64, 16, generator=g)
+    assert not bool(ambiguous_rows(x.bfloat16(), c.bfloat16()).any())  # exact operands
+    scaled = int(ambiguous_rows(x, c).sum())
+    bf16 = int(ambiguous_rows(x, c, operand="bf16").sum())
+    assert 0 < scaled * 3 < bf16  # fp16 with 11 bits certifies far more rows than bf16
+    with pytest.raises(ValueError, match="operand must be one of"):
+        ambiguous_rows(x, c, operand="fp8")
+    with pytest.raises(ValueError, match="exact16"):
+        ambiguous_rows(x, c, operand="exact16")
+    with pytest.raises(ValueError, match="metric must be"):
+        ambiguous_rows(x, c, metric="l1")
+
+
+@interp_only
+def test_interp_certificate_model_matches_kernel() -> None:
+    """The torch model counts the same uncertified rows as the kernels do."""
+    from anytok.quantizers.kernels.certificate import ambiguous_rows
+    from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
+
+    g = torch.Generator().manual_seed(14)
+    for n, d, k in ((256, 32, 64), (200, 8, 128)):
+        x, c = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
+        for metric in ("euclidean", "cosine"):
+            for xd, cd in ((torch.float32, torch.float32), (torch.bfloat16, torch.float32)):
+                xx, cc = x.to(xd), c.to(cd)
+                _, stats = nearest_codeword_triton(xx, cc, metric=metric, return_stats=True)
+                model = int(ambiguous_rows(xx, cc, metric).sum())
+                assert abs(stats.ambiguous - model) <= 1, (n, d, k, metric, xd)
 
 
 @interp_only

@@ -257,11 +257,70 @@ if HAS_TRITON:
         return tl.dot(a, b, acc)
 
     @triton.jit
+    def _pow2_scales(maxabs):
+        """Powers of two ``(mult, inv)`` per row with ``maxabs * mult`` in ``[2^14, 2^15)``.
+
+        Scaling by a power of two is exact, so ``fp16(v * mult) * inv`` differs from ``v``
+        only by fp16 rounding: values of any magnitude use fp16's full 11-bit precision and
+        never overflow. Exponents are clamped to +-126 so both powers stay normal fp32 (zero
+        rows, fp32 subnormals).
+        """
+        bits = maxabs.to(tl.int32, bitcast=True)
+        shift = 14 - (((bits >> 23) & 0xFF) - 127)
+        shift = tl.minimum(tl.maximum(shift, -126), 126)
+        mult = ((shift + 127) << 23).to(tl.float32, bitcast=True)
+        inv = ((127 - shift) << 23).to(tl.float32, bitcast=True)
+        return mult, inv
+
+    @triton.jit
+    def _stage_scaled_kernel(
+        src_ptr,  # (G, R, D) any float dtype, strided
+        dst_ptr,  # (G, R, DP) fp16 out, contiguous; columns D..DP are zero
+        inv_ptr,  # (G, R) fp32 out: the power of two that undoes each row's scale
+        R,
+        D,
+        DP,
+        s_g,
+        s_r,
+        s_d,
+        LP: tl.constexpr,
+        BLOCK_R: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        """Scaled 16-bit copy: row ``r`` becomes ``lp(src[r] * 2^e_r)``, ``inv[r] = 2^-e_r``."""
+        pid = tl.program_id(0)
+        g = tl.program_id(1)
+        offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+        mask_r = offs_r < R
+        base = src_ptr + g.to(tl.int64) * s_g + offs_r.to(tl.int64)[:, None] * s_r
+        maxabs = tl.zeros((BLOCK_R,), dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            v = tl.load(base + offs_d[None, :] * s_d, mask=mask_r[:, None] & (offs_d[None, :] < D))
+            maxabs = tl.maximum(maxabs, tl.max(tl.abs(v.to(tl.float32)), axis=1))
+        mult, inv = _pow2_scales(maxabs)
+        rows = g.to(tl.int64) * R + offs_r.to(tl.int64)
+        for d0 in range(0, DP, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            v = tl.load(
+                base + offs_d[None, :] * s_d,
+                mask=mask_r[:, None] & (offs_d[None, :] < D),
+                other=0.0,
+            ).to(tl.float32)
+            tl.store(
+                dst_ptr + rows[:, None] * DP + offs_d[None, :],
+                (v * mult[:, None]).to(LP),
+                mask=mask_r[:, None] & (offs_d[None, :] < DP),
+            )
+        tl.store(inv_ptr + rows, inv, mask=mask_r)
+
+    @triton.jit
     def _codeword_stats_kernel(
         c_ptr,  # (G, K, D) any float dtype, strided
         co_ptr,  # (G, K, D) the GEMM operand: c itself, or a staged lp copy
         scale_ptr,  # (G, K) fp32 out: a_k
         bias_ptr,  # (G, K) fp32 out: b_k
+        cinv_ptr,  # (G, K) fp32: per-codeword operand scale (C_SCALED; out unless C_STAGED)
         maxes_ptr,  # (G, 4) fp32 in/out (zeroed): P, Q, T, B
         K,
         D,
@@ -275,6 +334,7 @@ if HAS_TRITON:
         LP: tl.constexpr,
         C_EXACT: tl.constexpr,
         C_STAGED: tl.constexpr,
+        C_SCALED: tl.constexpr,
         BLOCK_K: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
@@ -284,6 +344,20 @@ if HAS_TRITON:
         mask_k = offs_k < K
         base = c_ptr + g.to(tl.int64) * s_cg + offs_k.to(tl.int64)[:, None] * s_ck
         base_o = co_ptr + g.to(tl.int64) * s_cog + offs_k.to(tl.int64)[:, None] * s_cok
+        cmult = tl.full((BLOCK_K,), 1.0, tl.float32)
+        cinv = tl.full((BLOCK_K,), 1.0, tl.float32)
+        if C_SCALED:
+            if C_STAGED:
+                cinv = tl.load(cinv_ptr + g.to(tl.int64) * K + offs_k, mask=mask_k, other=1.0)
+            else:  # scaled in-kernel by the search: its scales are decided here
+                maxabs = tl.zeros((BLOCK_K,), dtype=tl.float32)
+                for d0 in range(0, D, BLOCK_D):
+                    offs_d = d0 + tl.arange(0, BLOCK_D)
+                    m = mask_k[:, None] & (offs_d[None, :] < D)
+                    c = tl.load(base + offs_d[None, :] * s_cd, mask=m, other=0.0)
+                    maxabs = tl.maximum(maxabs, tl.max(tl.abs(c.to(tl.float32)), axis=1))
+                cmult, cinv = _pow2_scales(maxabs)
+                tl.store(cinv_ptr + g.to(tl.int64) * K + offs_k, cinv, mask=mask_k)
         c2 = tl.zeros((BLOCK_K,), dtype=tl.float32)  # ||c||^2
         t2 = tl.zeros((BLOCK_K,), dtype=tl.float32)  # ||lp(c)||^2
         r2 = tl.zeros((BLOCK_K,), dtype=tl.float32)  # ||c - lp(c)||^2
@@ -296,12 +370,15 @@ if HAS_TRITON:
                 t2 += tl.sum(c * c, axis=1)
             else:
                 # The residual of exactly the operand the GEMM will read (a staged copy may
-                # round differently from an in-kernel conversion, e.g. in the interpreter).
+                # round differently from an in-kernel conversion, e.g. in the interpreter),
+                # in true units: lp(c * 2^e) * 2^-e.
                 if C_STAGED:
                     ct = tl.load(base_o + offs_d[None, :] * s_cod, mask=m, other=0.0)
                     ct = ct.to(tl.float32)
                 else:
-                    ct = c.to(LP).to(tl.float32)
+                    ct = (c * cmult[:, None]).to(LP).to(tl.float32)
+                if C_SCALED:
+                    ct = ct * cinv[:, None]
                 r = c - ct
                 t2 += tl.sum(ct * ct, axis=1)
                 r2 += tl.sum(r * r, axis=1)
@@ -330,6 +407,8 @@ if HAS_TRITON:
     def _lp_scores(
         x_rows,  # (BLOCK_N,) int64 element offsets of the rows
         x_lp,  # (BLOCK_N, BLOCK_D) rows in LP when ONE_D, else unused
+        x_mult,  # (BLOCK_N,) fp32 row scales for in-kernel conversion (X_SCALED, not staged)
+        x_inv,  # (BLOCK_N,) fp32 their inverses (X_SCALED)
         row_mask,
         c_ptr,
         g,
@@ -345,8 +424,13 @@ if HAS_TRITON:
         s_xd,
         scale_ptr,
         bias_ptr,
+        cinv_ptr,
         LP: tl.constexpr,
         ONE_D: tl.constexpr,
+        X_SCALED: tl.constexpr,
+        X_STAGED: tl.constexpr,
+        C_SCALED: tl.constexpr,
+        C_STAGED: tl.constexpr,
         INTERPRET: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
@@ -354,11 +438,17 @@ if HAS_TRITON:
     ):
         """Low-precision scores ``b + a * <lp(x), lp(c)>`` of one ``BLOCK_N x BLOCK_K`` tile.
 
-        Columns past ``K`` score ``+inf`` (their bias loads as inf, their codewords as 0).
+        Scaled operands hold ``lp(v * 2^e)``; the accumulator is scaled back per row and per
+        column (exact powers of two). Columns past ``K`` score ``+inf`` (their bias loads as
+        inf, their codewords as 0).
         """
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
+        cols = g.to(tl.int64) * K + offs_k
         c_cols = c_ptr + g.to(tl.int64) * s_cg + offs_k.to(tl.int64)[None, :] * s_ck
+        c_inv = tl.full((BLOCK_K,), 1.0, tl.float32)
+        if C_SCALED:
+            c_inv = tl.load(cinv_ptr + cols, mask=mask_k, other=1.0)
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         if ONE_D:
             offs_d = tl.arange(0, BLOCK_D)
@@ -367,6 +457,8 @@ if HAS_TRITON:
                 mask=(offs_d[:, None] < DC) & mask_k[None, :],
                 other=0.0,
             )
+            if C_SCALED and not C_STAGED:
+                c = c.to(tl.float32) * (1.0 / c_inv)[None, :]
             acc = _lp_dot(x_lp, c.to(LP), acc, INTERPRET)
         else:
             for d0 in range(0, D, BLOCK_D):
@@ -383,10 +475,17 @@ if HAS_TRITON:
                     mask=(offs_d[:, None] < DC) & mask_k[None, :],
                     other=0.0,
                 )
+                if X_SCALED and not X_STAGED:
+                    xs = xs.to(tl.float32) * x_mult[:, None]
+                if C_SCALED and not C_STAGED:
+                    c = c.to(tl.float32) * (1.0 / c_inv)[None, :]
                 acc = _lp_dot(xs.to(LP), c.to(LP), acc, INTERPRET)
-        cols = g.to(tl.int64) * K + offs_k
         scale = tl.load(scale_ptr + cols, mask=mask_k, other=0.0)
         bias = tl.load(bias_ptr + cols, mask=mask_k, other=float("inf"))
+        if C_SCALED:
+            scale = scale * c_inv
+        if X_SCALED:
+            acc = acc * x_inv[:, None]
         return bias[None, :] + scale[None, :] * acc
 
     @triton.autotune(
@@ -405,9 +504,12 @@ if HAS_TRITON:
         scale_ptr,  # (G, K) fp32
         bias_ptr,  # (G, K) fp32
         maxes_ptr,  # (G, 4) fp32
+        cinv_ptr,  # (G, K) fp32 per-codeword operand scales (C_SCALED)
+        xinv_ptr,  # (G, N) fp32 per-row operand scales of a staged x (X_SCALED and X_STAGED)
         idx_ptr,  # (G, N) int64 out
         list_ptr,  # (G, N) int32 out: ambiguous rows, compacted per group
         thr_ptr,  # (G, N) fp32 out: their thresholds s~1 + 2E
+        list_inv_ptr,  # (G, N) fp32 out: their row scales (X_SCALED)
         counter_ptr,  # (G,) int32 in/out (zeroed): ambiguous rows per group
         N,
         K,
@@ -430,6 +532,9 @@ if HAS_TRITON:
         LP: tl.constexpr,
         X_EXACT: tl.constexpr,
         X_STAGED: tl.constexpr,
+        X_SCALED: tl.constexpr,
+        C_STAGED: tl.constexpr,
+        C_SCALED: tl.constexpr,
         CERTIFY: tl.constexpr,  # False only in tests: skip steps 3-4 to expose raw lp argmin
         INTERPRET: tl.constexpr,
         BLOCK_N: tl.constexpr,
@@ -445,7 +550,25 @@ if HAS_TRITON:
         xo_rows = g.to(tl.int64) * s_xog + offs_n.to(tl.int64) * s_xon
 
         # Prologue: ||lp(x)|| and ||x - lp(x)|| per row for the error bound. With one D chunk
-        # the converted rows stay in registers for the whole K loop.
+        # the converted rows stay in registers for the whole K loop. Scaled rows (fp16
+        # operands for non-16-bit inputs) are lp(x * 2^e) with 2^e chosen per row here, or
+        # by the staging kernel; every norm below is in true units.
+        x_mult = tl.full((BLOCK_N,), 1.0, tl.float32)
+        x_inv = tl.full((BLOCK_N,), 1.0, tl.float32)
+        if X_SCALED:
+            if X_STAGED:
+                x_inv = tl.load(xinv_ptr + g.to(tl.int64) * N + offs_n, mask=mask_n, other=1.0)
+            else:
+                maxabs = tl.zeros((BLOCK_N,), dtype=tl.float32)
+                for d0 in range(0, D, BLOCK_D):
+                    offs_d = d0 + tl.arange(0, BLOCK_D)
+                    xs = tl.load(
+                        x_ptr + x_rows[:, None] + offs_d[None, :] * s_xd,
+                        mask=mask_n[:, None] & (offs_d[None, :] < D),
+                        other=0.0,
+                    )
+                    maxabs = tl.maximum(maxabs, tl.max(tl.abs(xs.to(tl.float32)), axis=1))
+                x_mult, x_inv = _pow2_scales(maxabs)
         xt2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
         rx2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
         x_lp = tl.zeros((BLOCK_N, BLOCK_D), dtype=LP)
@@ -463,8 +586,13 @@ if HAS_TRITON:
                     other=0.0,
                 ).to(LP)
             else:
-                x_lp = xs.to(LP)
+                if X_SCALED:
+                    x_lp = (xs * x_mult[:, None]).to(LP)
+                else:
+                    x_lp = xs.to(LP)
             xt = x_lp.to(tl.float32)
+            if X_SCALED:
+                xt = xt * x_inv[:, None]
             xt2 += tl.sum(xt * xt, axis=1)
             if not X_EXACT:
                 rx = xs - xt
@@ -476,9 +604,10 @@ if HAS_TRITON:
         cols = tl.arange(0, BLOCK_K)
         for k0 in range(0, K, BLOCK_K):
             s = _lp_scores(
-                xo_rows, x_lp, mask_n, co_ptr, g, k0, K, D, DX, DC, s_cog, s_cok, s_cod, xo_ptr,
-                s_xod,
-                scale_ptr, bias_ptr, LP, ONE_D, INTERPRET, BLOCK_N, BLOCK_K, BLOCK_D,
+                xo_rows, x_lp, x_mult, x_inv, mask_n, co_ptr, g, k0, K, D, DX, DC,
+                s_cog, s_cok, s_cod, xo_ptr, s_xod, scale_ptr, bias_ptr, cinv_ptr,
+                LP, ONE_D, X_SCALED, X_STAGED, C_SCALED, C_STAGED,
+                INTERPRET, BLOCK_N, BLOCK_K, BLOCK_D,
             )  # fmt: skip
             # Tile minimum (first index on ties, like torch.argmin) and the tile's runner-up:
             # the smallest score at any other column.
@@ -509,6 +638,8 @@ if HAS_TRITON:
                 pos = g.to(tl.int64) * N + start + tl.cumsum(amb, axis=0) - 1
                 tl.store(list_ptr + pos, offs_n, mask=ambiguous)
                 tl.store(thr_ptr + pos, thr, mask=ambiguous)
+                if X_SCALED:
+                    tl.store(list_inv_ptr + pos, x_inv, mask=ambiguous)
 
     @triton.autotune(configs=_candidate_configs(), key=["D_BUCKET", "K_BUCKET"])
     @triton.jit
@@ -517,8 +648,10 @@ if HAS_TRITON:
         c_ptr,
         scale_ptr,
         bias_ptr,
+        cinv_ptr,
         list_ptr,
         thr_ptr,
+        list_inv_ptr,
         counter_ptr,
         cand_ptr,  # (G, N, M) int32 out, by list slot
         count_ptr,  # (G, N) int32 out, by list slot
@@ -537,6 +670,10 @@ if HAS_TRITON:
         K_BUCKET,
         M: tl.constexpr,
         LP: tl.constexpr,
+        X_SCALED: tl.constexpr,
+        X_STAGED: tl.constexpr,
+        C_SCALED: tl.constexpr,
+        C_STAGED: tl.constexpr,
         INTERPRET: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_N: tl.constexpr,
@@ -553,11 +690,17 @@ if HAS_TRITON:
             thr = tl.load(thr_ptr + at, mask=mask_s, other=float("-inf"))
             x_rows = g.to(tl.int64) * s_xg + rows.to(tl.int64) * s_xn
             x_unused = tl.zeros((BLOCK_N, BLOCK_D), dtype=LP)
+            x_inv = tl.full((BLOCK_N,), 1.0, tl.float32)
+            if X_SCALED:  # the row scales the search used, by list slot
+                x_inv = tl.load(list_inv_ptr + at, mask=mask_s, other=1.0)
+            x_mult = 1.0 / x_inv
             count = tl.zeros((BLOCK_N,), dtype=tl.int32)
             for k0 in range(0, K, BLOCK_K):
                 s = _lp_scores(
-                    x_rows, x_unused, mask_s, c_ptr, g, k0, K, D, DX, DC, s_cg, s_ck, s_cd, x_ptr,
-                    s_xd, scale_ptr, bias_ptr, LP, False, INTERPRET, BLOCK_N, BLOCK_K, BLOCK_D,
+                    x_rows, x_unused, x_mult, x_inv, mask_s, c_ptr, g, k0, K, D, DX, DC,
+                    s_cg, s_ck, s_cd, x_ptr, s_xd, scale_ptr, bias_ptr, cinv_ptr,
+                    LP, False, X_SCALED, X_STAGED, C_SCALED, C_STAGED,
+                    INTERPRET, BLOCK_N, BLOCK_K, BLOCK_D,
                 )  # fmt: skip
                 offs_k = k0 + tl.arange(0, BLOCK_K)
                 # Padding rows have thr = -inf; padding columns are masked explicitly because
@@ -725,19 +868,44 @@ def _operand_ready(t: Tensor, lp: torch.dtype) -> bool:
     return t.dtype == lp and t.stride(-1) == 1 and t.shape[-1] % 16 == 0
 
 
-def _stage(t: Tensor, lp: torch.dtype) -> Tensor:
+def operand_dtype(x_dtype: torch.dtype, c_dtype: torch.dtype) -> torch.dtype:
+    """The tensor-core operand dtype: the inputs' own when both are bf16 or both fp16.
+
+    Anything else (fp32, mixed) gets fp16 operands scaled per row by powers of two: 11-bit
+    precision (8x finer than bf16's 8 bits, so far fewer rows need re-ranking) without
+    fp16's range limits.
+    """
+    if x_dtype == c_dtype and x_dtype in (torch.bfloat16, torch.float16):
+        return x_dtype
+    return torch.float16
+
+
+def _stage(t: Tensor, lp: torch.dtype, scaled: bool) -> tuple[Tensor, Tensor | None]:
     """A contiguous ``lp`` copy of ``(G, R, D)`` with rows zero-padded to a multiple of 16.
 
     Zero columns add nothing to any dot product; the padding makes every row 32-byte aligned
-    and the column masks constant over 16 columns, which the loads need to vectorise.
+    and the column masks constant over 16 columns, which the loads need to vectorise. With
+    ``scaled`` row ``r`` holds ``lp(t[r] * 2^e_r)`` (one Triton pass, no fp32 temporary) and
+    the second result is ``2^-e_r``, shape ``(G, R)``; otherwise it is ``None``.
     """
-    d = t.shape[-1]
+    g, r, d = t.shape
     dp = -(-d // 16) * 16
-    out = torch.zeros(*t.shape[:-1], dp, dtype=lp, device=t.device) if dp != d else None
-    if out is None:
-        return t.to(lp, memory_format=torch.contiguous_format)
+    if scaled:
+        out = torch.empty(g, r, dp, dtype=lp, device=t.device)
+        inv = torch.empty(g, r, dtype=torch.float32, device=t.device)
+        if r:
+            block_r = 16 if _INTERPRET else 32
+            _stage_scaled_kernel[(triton.cdiv(r, block_r), g)](
+                t, out, inv, r, d, dp, *t.stride(),
+                LP=tl.float16 if lp == torch.float16 else tl.bfloat16,
+                BLOCK_R=block_r, BLOCK_D=16 if _INTERPRET else 64,
+            )  # fmt: skip
+        return out, inv
+    if dp == d:
+        return t.to(lp, memory_format=torch.contiguous_format), None
+    out = torch.zeros(g, r, dp, dtype=lp, device=t.device)
     out[..., :d] = t
-    return out
+    return out, None
 
 
 def nearest_codeword_triton(
@@ -784,9 +952,11 @@ def nearest_codeword_triton(
         idx.zero_()
         return (idx.reshape(lead), SearchStats(0, 0, 0, "")) if return_stats else idx.reshape(lead)
 
-    both_fp16 = x.dtype == torch.float16 and codebook.dtype == torch.float16
-    lp = tl.float16 if both_fp16 else tl.bfloat16
-    lp_torch = torch.float16 if both_fp16 else torch.bfloat16
+    lp_torch = operand_dtype(x.dtype, codebook.dtype)
+    lp = tl.float16 if lp_torch == torch.float16 else tl.bfloat16
+    # Inputs that are not already the operand dtype are scaled per row / per codeword.
+    x_scaled = xs.dtype != lp_torch
+    c_scaled = cb.dtype != lp_torch
     metric_id = _METRIC_IDS[metric]
     gamma = d * 2.0**-23 + 2.0**-20  # see module docstring
     block_d = _d_block(d) if not _INTERPRET else 16
@@ -801,6 +971,7 @@ def nearest_codeword_triton(
     counter = work[groups * 4 :]
     rows_list = torch.empty(groups, n, dtype=torch.int32, device=device)
     thr = torch.empty(groups, n, dtype=torch.float32, device=device)
+    list_inv = torch.empty(groups, n if x_scaled else 1, dtype=torch.float32, device=device)
 
     # Staging: 16-bit copies of the GEMM operands (see stage_policy). Residuals are always
     # measured against the operand actually read, so staging never affects exactness.
@@ -809,21 +980,28 @@ def nearest_codeword_triton(
     stage_x = policy == "always" or (
         policy == "auto" and d > 128 and not _operand_ready(xs, lp_torch)
     )
-    co = _stage(cb, lp_torch) if stage_c else cb
-    xo = _stage(xs, lp_torch) if stage_x else xs
+    co, cinv = _stage(cb, lp_torch, c_scaled) if stage_c else (cb, None)
+    xo, xinv = _stage(xs, lp_torch, x_scaled) if stage_x else (xs, None)
+    if c_scaled and cinv is None:  # written by the statistics kernel
+        cinv = torch.empty(groups, k, dtype=torch.float32, device=device)
+    cinv = scale if cinv is None else cinv  # placeholders for pointers the kernels skip
+    xinv = thr if xinv is None else xinv
     dx, dc = xo.shape[-1], co.shape[-1]
+    flags = dict(  # the kernels' shared constexpr arguments
+        LP=lp, X_SCALED=x_scaled, X_STAGED=stage_x, C_SCALED=c_scaled, C_STAGED=stage_c,
+    )  # fmt: skip
 
     stats_block = 16 if _INTERPRET else 64
     _codeword_stats_kernel[(triton.cdiv(k, stats_block), groups)](
-        cb, co, scale, bias, maxes, k, d, *cb.stride(), *co.stride(),
+        cb, co, scale, bias, cinv, maxes, k, d, *cb.stride(), *co.stride(),
         METRIC=metric_id, LP=lp, C_EXACT=cb.dtype == lp_torch, C_STAGED=stage_c,
-        BLOCK_K=stats_block, BLOCK_D=block_d if d <= 128 else 64,
+        C_SCALED=c_scaled, BLOCK_K=stats_block, BLOCK_D=block_d if d <= 128 else 64,
     )  # fmt: skip
     _search_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), groups)](
-        xs, xo, co, scale, bias, maxes, idx, rows_list, thr, counter, n, k, d, dx, dc,
-        *xs.stride(), *xo.stride(), *co.stride(), gamma, d_bucket, k_bucket,
-        METRIC=metric_id, LP=lp, X_EXACT=xs.dtype == lp_torch, X_STAGED=stage_x,
-        CERTIFY=certify, INTERPRET=_INTERPRET,
+        xs, xo, co, scale, bias, maxes, cinv, xinv, idx, rows_list, thr, list_inv, counter,
+        n, k, d, dx, dc, *xs.stride(), *xo.stride(), *co.stride(), gamma, d_bucket, k_bucket,
+        METRIC=metric_id, X_EXACT=xs.dtype == lp_torch, CERTIFY=certify,
+        INTERPRET=_INTERPRET, **flags,
     )  # fmt: skip
     config = str(getattr(_search_kernel, "best_config", ""))
 
@@ -832,9 +1010,9 @@ def nearest_codeword_triton(
         cand = torch.empty(groups, n, m, dtype=torch.int32, device=device)
         count = torch.empty(groups, n, dtype=torch.int32, device=device)
         _candidates_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), groups)](
-            xo, co, scale, bias, rows_list, thr, counter, cand, count, n, k, d, dx, dc,
-            *xo.stride(), *co.stride(), d_bucket, k_bucket,
-            M=m, LP=lp, INTERPRET=_INTERPRET, BLOCK_D=min(block_d, 64),
+            xo, co, scale, bias, cinv, rows_list, thr, list_inv, counter, cand, count,
+            n, k, d, dx, dc, *xo.stride(), *co.stride(), d_bucket, k_bucket,
+            M=m, INTERPRET=_INTERPRET, BLOCK_D=min(block_d, 64), **flags,
         )  # fmt: skip
         # One program per list slot; 64 x 32 fp32 tiles keep the full-scan fallback spill-free
         # (128 x 64 spilled 368 B when compiled for sm_90).

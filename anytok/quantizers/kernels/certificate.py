@@ -1,0 +1,107 @@
+"""A pure-torch model of the Triton search's exactness certificate (CPU, no Triton needed).
+
+The fused kernels (:mod:`anytok.quantizers.kernels.triton_search`) rank codewords with 16-bit
+tensor-core operands and certify a row when its runner-up is more than ``2 E`` behind the
+winner, ``E`` being a rigorous bound on the operand and accumulation error. Rows without a
+certificate cost a second low-precision pass plus an exact re-rank. This module evaluates the
+same bound and the same test with torch on any device, so the fraction of rows that need the
+second pass can be predicted for a dataset, or for an operand format the kernels do not use
+(``"bf16"``), without a GPU. ``tests/test_kernels.py`` checks it against the kernels' own
+count under ``TRITON_INTERPRET=1``; ``benchmarks/certificate_rate.py`` tabulates it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from anytok.quantizers.kernels.reference import METRICS
+
+#: Operand formats: the inputs' own 16-bit dtype, bf16, or fp16 scaled per row by 2^e.
+OPERANDS = ("bf16", "fp16_scaled", "exact16")
+
+_U32 = 2.0**-24
+
+
+def scaled_fp16(t: Tensor) -> Tensor:
+    """``fp16(t * 2^e) * 2^-e`` per row (last dim), ``max |t * 2^e|`` in ``[2^14, 2^15)``.
+
+    The operand values the kernels read for non-16-bit inputs, in true units, fp32. Shapes
+    are kept. Powers of two are clamped to ``2^+-126``, as in the kernels.
+    """
+    t = t.float()
+    peak = t.abs().amax(-1, keepdim=True)
+    _, exponent = torch.frexp(peak)  # peak in [2^(e-1), 2^e)
+    shift = (15 - exponent.to(torch.int32)).clamp(-126, 126)
+    shift = torch.where(peak > 0, shift, torch.full_like(shift, 126))
+    mult = torch.ldexp(torch.ones_like(peak), shift.float())
+    return (t * mult).half().float() / mult
+
+
+def operand_values(t: Tensor, operand: str) -> Tensor:
+    """The values the tensor cores read for ``t`` under ``operand``, as fp32."""
+    if operand == "bf16":
+        return t.to(torch.bfloat16).float()
+    if operand == "fp16_scaled":
+        return scaled_fp16(t)
+    if operand == "exact16":
+        if t.dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"operand 'exact16' needs bf16/fp16 input, got {t.dtype}")
+        return t.float()
+    raise ValueError(f"operand must be one of {OPERANDS}, got {operand!r}")
+
+
+def kernel_operand(dtype_x: torch.dtype, dtype_c: torch.dtype) -> str:
+    """The operand format the Triton kernels use for these input dtypes."""
+    if dtype_x == dtype_c and dtype_x in (torch.bfloat16, torch.float16):
+        return "exact16"
+    return "fp16_scaled"
+
+
+def ambiguous_rows(
+    x: Tensor,
+    codebook: Tensor,
+    metric: str = "euclidean",
+    operand: str | None = None,
+    chunk: int = 4096,
+) -> Tensor:
+    """Rows of ``x`` ``(N, D)`` the kernels could not certify: bool ``(N,)``.
+
+    ``codebook`` is ``(K, D)``; ``operand`` defaults to what the kernels pick for the dtypes.
+    Follows the kernel's bound term by term (see ``docs/kernels.md``); only the summation
+    order of the low-precision dot products differs, which moves rows whose gap sits right at
+    the threshold.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if x.ndim != 2 or codebook.ndim != 2 or x.shape[1] != codebook.shape[1]:
+        raise ValueError(f"need x (N, D) and codebook (K, D), got {x.shape} and {codebook.shape}")
+    if codebook.shape[0] < 2:
+        return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    operand = operand or kernel_operand(x.dtype, codebook.dtype)
+    d = x.shape[1]
+    c = codebook.float()
+    ct = operand_values(codebook, operand)
+    c_norm = c.norm(dim=-1)
+    if metric == "euclidean":
+        a, b = torch.full_like(c_norm, -2.0), c_norm**2
+    elif metric == "cosine":
+        a, b = -1.0 / c_norm.clamp_min(1e-12), torch.zeros_like(c_norm)
+    else:
+        a, b = torch.full_like(c_norm, -1.0), torch.zeros_like(c_norm)
+    gamma = d * 2.0**-23 + 2.0**-20
+    p = (a.abs() * (c - ct).norm(dim=-1)).max()
+    q = (a.abs() * c_norm).max()
+    t = (a.abs() * ct.norm(dim=-1)).max()
+    big_b = b.abs().max()
+    out = []
+    for start in range(0, x.shape[0], chunk):
+        xf = x[start : start + chunk].float()
+        xt = operand_values(x[start : start + chunk], operand)
+        xt_norm, rx_norm = xt.norm(dim=-1), (xf - xt).norm(dim=-1)
+        err = xt_norm * (p + gamma * t) + rx_norm * q
+        err = (err + 4 * _U32 * (big_b + (1 + gamma) * t * xt_norm)) * (1 + 2.0**-8)
+        scores = torch.addmm(b, xt, (ct * a[:, None]).T)
+        best2 = scores.topk(2, dim=-1, largest=False).values
+        out.append(~(best2[:, 1] > best2[:, 0] + 2 * err))
+    return torch.cat(out)
