@@ -10,6 +10,7 @@ full shape grid against the fp64 reference.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -379,6 +380,20 @@ def test_certificate_model() -> None:
         ambiguous_rows(x, c, metric="l1")
 
 
+def test_certificate_rate_benchmark_smoke(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "certificate_rate.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--rows", "500", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "certificate_rate.json").read_text())
+    assert len(rows) == 8 and all(0 <= r["fp16_scaled"] <= r["bf16"] <= 1 for r in rows)
+    assert "| fp16 scaled (kernels) |" in (tmp_path / "certificate_rate.md").read_text()
+
+
 @interp_only
 def test_interp_certificate_model_matches_kernel() -> None:
     """The torch model counts the same uncertified rows as the kernels do."""
@@ -511,8 +526,9 @@ def test_gpu_memory_is_linear() -> None:
     nearest_codeword(x, c)
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
-    # idx 8 B + list/thr/count 12 B + candidates 64 B per row; scale/bias 8 B and the staged
-    # bf16 codebook 2 D B per codeword (stage policy "auto", D <= 128: x is not copied)
+    # idx 8 B + list/thr/row scale/count 16 B + candidates 64 B per row; scale/bias/codeword
+    # scale 12 B and the staged scaled-fp16 codebook 2 D B per codeword (stage policy "auto",
+    # D <= 128: x is not copied)
     assert extra < 100 * n + (16 + 2 * d) * k + (1 << 20), extra
     assert extra < n * k // 16  # nowhere near an N x K block
 

@@ -11,14 +11,24 @@ minimise* per codeword ``k``::
 
 so the kernels only ever need the dot product plus two ``(K,)`` vectors ``a`` and ``b``.
 
-Pipeline (four launches, no host synchronisation, never an N x K buffer):
+Operands (:func:`operand_dtype`): when both inputs are bf16, or both fp16, the tensor cores
+read them as they are (exact). Otherwise (fp32, mixed) they read fp16 scaled per row by a
+power of two, ``lp(v) = fp16(v * 2^e) * 2^-e`` with ``max |v * 2^e|`` in ``[2^14, 2^15)``:
+fp16's 11-bit significand (8x finer than bf16) without its range limits. The scales are
+exact, so they only move where the accumulator is rescaled (per row and per column in the
+epilogue); ``benchmarks/certificate_rate.py`` shows 5-8x fewer uncertified rows than bf16.
 
-0. Staging (:func:`stage_policy`, default ``auto``): a bf16/fp16 copy of the codebook, rows
+Pipeline (four or five launches, no host synchronisation, never an N x K buffer):
+
+0. Staging (:func:`stage_policy`, default ``auto``): a 16-bit copy of the codebook, rows
    zero-padded to a multiple of 16, unless it already is one; for ``D > 128`` also of ``x``.
-   With ``never`` the kernels convert fp32 tiles in registers instead and the extra memory is
-   strictly O(N + K); ``auto`` adds ``2 K D`` bytes (and ``2 N D`` for ``D > 128``).
-1. ``_codeword_stats_kernel`` — one pass over the codebook: ``a``, ``b`` and, per group, the
-   maxima used by the error bound below (``(G, 4)`` floats).
+   Scaled copies come from ``_stage_scaled_kernel`` (one pass, no fp32 temporary) with their
+   ``(R,)`` scales. With ``never`` the kernels convert and scale fp32 tiles in registers
+   instead and the extra memory is strictly O(N + K); ``auto`` adds ``2 K D`` bytes (and
+   ``2 N D`` for ``D > 128``).
+1. ``_codeword_stats_kernel`` — one pass over the codebook: ``a``, ``b``, per-codeword scales
+   when the kernels convert the codebook themselves, and, per group, the maxima used by the
+   error bound below (``(G, 4)`` floats).
 2. ``_search_kernel`` (autotuned) — the fused pass. Each program owns ``BLOCK_N`` rows and
    streams the codebook in ``BLOCK_K`` tiles; ``tl.dot`` computes the ``BLOCK_N x BLOCK_K``
    dot tile from 16-bit operands with fp32 accumulation (looping over ``D`` in ``BLOCK_D``
@@ -37,11 +47,11 @@ Pipeline (four launches, no host synchronisation, never an N x K buffer):
 
 Exactness argument
 ------------------
-Let ``x~ = lp(x)`` and ``c~ = lp(c)`` be the operands fed to the tensor cores (``lp`` is
-bf16, or fp16 when both inputs are fp16; for 16-bit inputs ``lp`` is the identity), and
-``r_x = x - x~``, ``r_c = c - c~`` the rounding residuals (exact in fp32 by Sterbenz's lemma).
-The kernel computes ``d~ = fl(<x~, c~>)``: every product of two 16-bit floats is exact in
-fp32, so the only error of the MMA is its fp32 accumulation, ``|fl(<x~,c~>) - <x~,c~>| <=
+Let ``x~ = lp(x)`` and ``c~ = lp(c)`` be the operand values in true units (the identity for
+16-bit inputs read as they are; scaled fp16 otherwise, see above), and ``r_x = x - x~``,
+``r_c = c - c~`` the rounding residuals (exact in fp32 by Sterbenz's lemma). The kernel
+computes ``d~ = fl(<x~, c~>)``: every product of two 16-bit floats is exact in fp32, power-of-
+two rescaling is exact, so the only error of the MMA is its fp32 accumulation, ``|fl(<x~,c~>) - <x~,c~>| <=
 gamma * sum_i |x~_i c~_i| <= gamma ||x~|| ||c~||`` with ``gamma = D * 2^-23`` — twice the
 classical ``D * u32`` bound, which also covers tensor cores that truncate instead of rounding
 when they accumulate (measured on NVIDIA parts). Since
@@ -74,10 +84,11 @@ codewords whose exact scores differ by less than fp32's own rounding are an "fp3
 which no fp32 implementation (the reference included) can order reliably.
 
 For bf16/fp16 inputs ``E`` is tiny (only ``gamma`` and ``u32`` terms), so almost every row is
-certified and steps 3-4 do no work. For fp32 inputs the bf16 operand rounding dominates
-``E`` (about ``4e-3 |a| ||x|| ||c||``); on unstructured data (random Gaussians) a sizeable
-fraction of rows is ambiguous and pays one more low-precision GEMM over their rows only —
-``nearest_codeword_triton(..., return_stats=True)`` reports the fraction.
+certified and steps 3-4 do no work. For fp32 inputs the fp16 operand rounding dominates
+``E`` (about ``5e-4 |a| ||x|| ||c||``); on unstructured data (random Gaussians at the anchor
+sizes) 4-12% of rows stay ambiguous (29-67% with bf16 operands) and pay one more
+low-precision pass over their rows only — ``nearest_codeword_triton(..., return_stats=True)``
+reports the fraction, :mod:`anytok.quantizers.kernels.certificate` predicts it on the CPU.
 
 Non-finite inputs give unspecified indices (the media contract rejects NaN/Inf earlier).
 """
@@ -409,6 +420,7 @@ if HAS_TRITON:
         x_lp,  # (BLOCK_N, BLOCK_D) rows in LP when ONE_D, else unused
         x_mult,  # (BLOCK_N,) fp32 row scales for in-kernel conversion (X_SCALED, not staged)
         x_inv,  # (BLOCK_N,) fp32 their inverses (X_SCALED)
+        x_inv_block,  # fp32 scalar: the one inverse all rows share (X_BLOCK)
         row_mask,
         c_ptr,
         g,
@@ -431,6 +443,7 @@ if HAS_TRITON:
         X_STAGED: tl.constexpr,
         C_SCALED: tl.constexpr,
         C_STAGED: tl.constexpr,
+        X_BLOCK: tl.constexpr,
         INTERPRET: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
@@ -438,8 +451,9 @@ if HAS_TRITON:
     ):
         """Low-precision scores ``b + a * <lp(x), lp(c)>`` of one ``BLOCK_N x BLOCK_K`` tile.
 
-        Scaled operands hold ``lp(v * 2^e)``; the accumulator is scaled back per row and per
-        column (exact powers of two). Columns past ``K`` score ``+inf`` (their bias loads as
+        Scaled operands hold ``lp(v * 2^e)``; the scales are undone exactly (powers of two)
+        through ``a`` per column, and per row on the accumulator unless the whole row block
+        shares one scale (``X_BLOCK``: no per-element work). Columns past ``K`` score ``+inf`` (their bias loads as
         inf, their codewords as 0).
         """
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -485,7 +499,10 @@ if HAS_TRITON:
         if C_SCALED:
             scale = scale * c_inv
         if X_SCALED:
-            acc = acc * x_inv[:, None]
+            if X_BLOCK:
+                scale = scale * x_inv_block
+            else:
+                acc = acc * x_inv[:, None]
         return bias[None, :] + scale[None, :] * acc
 
     @triton.autotune(
@@ -551,10 +568,13 @@ if HAS_TRITON:
 
         # Prologue: ||lp(x)|| and ||x - lp(x)|| per row for the error bound. With one D chunk
         # the converted rows stay in registers for the whole K loop. Scaled rows (fp16
-        # operands for non-16-bit inputs) are lp(x * 2^e) with 2^e chosen per row here, or
-        # by the staging kernel; every norm below is in true units.
+        # operands for non-16-bit inputs) are lp(x * 2^e): one 2^e for the whole row block
+        # when converted here (X_BLOCK; it rounds exactly as per-row scales would, barring
+        # fp16 subnormals 2^-28 below the block's largest entry), per row when staged.
+        # Every norm below is in true units.
         x_mult = tl.full((BLOCK_N,), 1.0, tl.float32)
         x_inv = tl.full((BLOCK_N,), 1.0, tl.float32)
+        x_inv_block = 1.0
         if X_SCALED:
             if X_STAGED:
                 x_inv = tl.load(xinv_ptr + g.to(tl.int64) * N + offs_n, mask=mask_n, other=1.0)
@@ -568,7 +588,9 @@ if HAS_TRITON:
                         other=0.0,
                     )
                     maxabs = tl.maximum(maxabs, tl.max(tl.abs(xs.to(tl.float32)), axis=1))
-                x_mult, x_inv = _pow2_scales(maxabs)
+                mult, x_inv_block = _pow2_scales(tl.max(maxabs, axis=0))
+                x_mult = x_mult * mult
+                x_inv = x_inv * x_inv_block
         xt2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
         rx2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
         x_lp = tl.zeros((BLOCK_N, BLOCK_D), dtype=LP)
@@ -604,9 +626,9 @@ if HAS_TRITON:
         cols = tl.arange(0, BLOCK_K)
         for k0 in range(0, K, BLOCK_K):
             s = _lp_scores(
-                xo_rows, x_lp, x_mult, x_inv, mask_n, co_ptr, g, k0, K, D, DX, DC,
+                xo_rows, x_lp, x_mult, x_inv, x_inv_block, mask_n, co_ptr, g, k0, K, D, DX, DC,
                 s_cog, s_cok, s_cod, xo_ptr, s_xod, scale_ptr, bias_ptr, cinv_ptr,
-                LP, ONE_D, X_SCALED, X_STAGED, C_SCALED, C_STAGED,
+                LP, ONE_D, X_SCALED, X_STAGED, C_SCALED, C_STAGED, X_SCALED and not X_STAGED,
                 INTERPRET, BLOCK_N, BLOCK_K, BLOCK_D,
             )  # fmt: skip
             # Tile minimum (first index on ties, like torch.argmin) and the tile's runner-up:
@@ -697,9 +719,9 @@ if HAS_TRITON:
             count = tl.zeros((BLOCK_N,), dtype=tl.int32)
             for k0 in range(0, K, BLOCK_K):
                 s = _lp_scores(
-                    x_rows, x_unused, x_mult, x_inv, mask_s, c_ptr, g, k0, K, D, DX, DC,
+                    x_rows, x_unused, x_mult, x_inv, 1.0, mask_s, c_ptr, g, k0, K, D, DX, DC,
                     s_cg, s_ck, s_cd, x_ptr, s_xd, scale_ptr, bias_ptr, cinv_ptr,
-                    LP, False, X_SCALED, X_STAGED, C_SCALED, C_STAGED,
+                    LP, False, X_SCALED, X_STAGED, C_SCALED, C_STAGED, False,
                     INTERPRET, BLOCK_N, BLOCK_K, BLOCK_D,
                 )  # fmt: skip
                 offs_k = k0 + tl.arange(0, BLOCK_K)
