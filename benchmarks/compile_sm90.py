@@ -107,10 +107,10 @@ def search_signature(case: dict) -> dict:
     }
 
 
-def search_rows() -> list[dict]:
+def search_rows(smoke: bool = False) -> list[dict]:
     rows = []
     for case_name, case in CASES.items():
-        for d in (16, 32, 64, 128, 256):
+        for d in (64, 256) if smoke else (16, 32, 64, 128, 256):
             one_d = d <= 128
             staged_x = case_name == "fp32 auto" and not one_d
             xo = "fp16" if staged_x else case["xo"]
@@ -120,7 +120,7 @@ def search_rows() -> list[dict]:
                 if ("CHUNKED" not in c.kwargs) == one_d
                 and (not one_d or c.kwargs["BLOCK_D"] == ts._d_block(d))
             ]
-            for config in configs:
+            for config in configs[:1] if smoke else configs:
                 kw = config.kwargs
                 consts = {
                     "s_xd": 1, "s_xod": 1, "s_cod": 1, "METRIC": 0, "LP": case["lp"],
@@ -140,10 +140,10 @@ def search_rows() -> list[dict]:
     return rows
 
 
-def other_rows() -> list[dict]:
+def other_rows(smoke: bool = False) -> list[dict]:
     rows = []
     for case_name, case in CASES.items():
-        for config in ts._candidate_configs():
+        for config in ts._candidate_configs()[: 1 if smoke else None]:
             kw = config.kwargs
             sig = {
                 "x_ptr": f"*{case['xo']}", "c_ptr": f"*{case['co']}", "scale_ptr": "*fp32",
@@ -164,6 +164,31 @@ def other_rows() -> list[dict]:
             rows.append({"kernel": "candidates", "case": case_name, "D": 256, "tile": tile,
                          "stages": config.num_stages, **res})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
+    for case_name, case in CASES.items():
+        sig = {
+            "c_ptr": "*fp32" if case["C_SCALED"] else "*bf16", "co_ptr": f"*{case['co']}",
+            "scale_ptr": "*fp32", "bias_ptr": "*fp32", "cinv_ptr": "*fp32", "maxes_ptr": "*fp32",
+            **{n: "i32" for n in ("K", "D", "s_cg", "s_ck", "s_cog", "s_cok")},
+        }  # fmt: skip
+        consts = {
+            "s_cd": 1, "s_cod": 1, "METRIC": 1, "LP": case["lp"],
+            "C_EXACT": not case["C_SCALED"], "C_STAGED": case["co"] != "fp32",
+            "C_SCALED": case["C_SCALED"], "BLOCK_K": 64, "BLOCK_D": 64,
+        }  # fmt: skip
+        res = _compile(ts._codeword_stats_kernel, sig, consts, 4, 3)
+        rows.append({"kernel": "codeword_stats", "case": case_name, "D": 256, "tile": "64x64 w4",
+                     "stages": 3, **res})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    sig = {
+        "x_ptr": "*fp32", "c_ptr": "*fp32", "scale_ptr": "*fp32", "bias_ptr": "*fp32",
+        "list_ptr": "*i32", "counter_ptr": "*i32", "cand_ptr": "*i32", "count_ptr": "*i32",
+        "idx_ptr": "*i64", **{n: "i32" for n in ("N", "K", "D", "s_xg", "s_xn", "s_cg", "s_ck")},
+    }  # fmt: skip
+    consts = {"s_xd": 1, "s_cd": 1, "M": ts.MAX_CANDIDATES, "BLOCK_K": 64, "BLOCK_D": 32}
+    res = _compile(ts._rerank_kernel, sig, consts, 4, 3)
+    rows.append({"kernel": "rerank", "case": "fp32", "D": 256, "tile": "64x32 w4", "stages": 3,
+                 **res})  # fmt: skip
+    print(json.dumps(rows[-1]), flush=True)
     sig = {
         "src_ptr": "*fp32", "dst_ptr": "*fp16", "inv_ptr": "*fp32",
         **{n: "i32" for n in ("R", "D", "DP", "s_g", "s_r")},
@@ -179,8 +204,9 @@ def other_rows() -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--smoke", action="store_true", help="one tile per kernel and case")
     args = parser.parse_args()
-    rows = search_rows() + other_rows()
+    rows = search_rows(args.smoke) + other_rows(args.smoke)
     head = "| kernel | case | D | tile | stages | regs | stack B | shared B | cp.async |\n"
     head += "|---|---|---|---|---|---|---|---|---|\n"
     body = "\n".join(

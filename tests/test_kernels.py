@@ -394,6 +394,27 @@ def test_certificate_rate_benchmark_smoke(tmp_path: Path) -> None:
     assert "| fp16 scaled (kernels) |" in (tmp_path / "certificate_rate.md").read_text()
 
 
+def test_kernels_compile_for_sm90(tmp_path: Path) -> None:
+    """Every kernel and operand case compiles for H100 (the interpreter never compiles)."""
+    pytest.importorskip("triton")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "compile_sm90.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**env, "TRITON_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "compile_sm90.json").read_text())
+    assert len(rows) == 14  # 3 operand cases x (2 search, 1 candidate, 1 statistics) + 2
+    for row in rows:
+        if row["kernel"] in ("search", "candidates"):
+            assert row["pipelined"], row  # cp.async software pipelining
+        assert row["stack"] <= 16, row
+
+
 @interp_only
 def test_interp_certificate_model_matches_kernel() -> None:
     """The torch model counts the same uncertified rows as the kernels do."""
