@@ -81,6 +81,9 @@ def _compile(
         "stack": field("STACK"),
         "shared": compiled.metadata.shared,
         "pipelined": "cp.async" in compiled.asm["ptx"],
+        "mma": "wgmma"
+        if "wgmma" in compiled.asm["ptx"]
+        else ("mma" if "mma.sync" in compiled.asm["ptx"] else "none"),
     }
 
 
@@ -207,11 +210,12 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="one tile per kernel and case")
     args = parser.parse_args()
     rows = search_rows(args.smoke) + other_rows(args.smoke)
-    head = "| kernel | case | D | tile | stages | regs | stack B | shared B | cp.async |\n"
-    head += "|---|---|---|---|---|---|---|---|---|\n"
+    head = "| kernel | case | D | tile | stages | regs | stack B | shared B | cp.async | MMA |\n"
+    head += "|---|---|---|---|---|---|---|---|---|---|\n"
     body = "\n".join(
         f"| {r['kernel']} | {r['case']} | {r['D']} | {r['tile']} | {r['stages']} "
-        f"| {r['registers']} | {r['stack']} | {r['shared']} | {'yes' if r['pipelined'] else 'no'} |"
+        f"| {r['registers']} | {r['stack']} | {r['shared']} | {'yes' if r['pipelined'] else 'no'} "
+        f"| {r['mma']} |"
         for r in rows
     )
     spills = sum(r["stack"] > 0 for r in rows)

@@ -157,6 +157,26 @@ def _try(fn: Callable[[], float]) -> float | str:
         return f"error: {type(exc).__name__}: {str(exc)[:120]}"
 
 
+def _extra_gib(fn: Callable[[], Any]) -> float | str:
+    """Peak device memory above what was allocated before one call of ``fn``, GiB.
+
+    ``fn`` runs once first, so lazily created state (gradients, autotuning, caches) counts
+    as allocated before, as it would in a training loop.
+    """
+    import torch
+
+    def run() -> float:
+        fn()
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**30
+
+    return _try(run)
+
+
 def _vqp_module(d: int, k: int, codebook: Any, metric: str) -> Any:
     from vector_quantize_pytorch import VectorQuantize as VQP
 
@@ -282,13 +302,20 @@ def measure(n: int, d: int, k: int, dtype_name: str, metric: str, skip: set[str]
         row.update(_time_vqp(d, k, c.float(), metric, xf))
         torch.cuda.empty_cache()
     if "anytok_train" not in skip:
-        row["anytok_train_ms"] = _time_anytok_vq(d, k, c.float(), metric, xf)
+        row.update(_time_anytok_vq(d, k, c.float(), metric, xf))
         torch.cuda.empty_cache()
 
     for name in ("vqp_eval", "compiled", "torch_bf16"):
         t = row.get(f"{name}_ms")
         if isinstance(t, float) and isinstance(row["anytok_ms"], float):
             row[f"speedup_vs_{name}"] = t / row["anytok_ms"]
+    # Training-step goals: >= 5x faster than vector-quantize-pytorch, <= 1/8 of its memory.
+    ours, theirs = row.get("anytok_train_ms"), row.get("vqp_train_ms")
+    if isinstance(ours, float) and isinstance(theirs, float):
+        row["train_speedup_vs_vqp"] = theirs / ours
+    ours, theirs = row.get("anytok_train_gib"), row.get("vqp_train_gib")
+    if isinstance(ours, float) and isinstance(theirs, float) and theirs > 0:
+        row["train_memory_vs_vqp"] = ours / theirs
     return row
 
 
@@ -308,6 +335,7 @@ def _time_vqp(d: int, k: int, codebook: Any, metric: str, xf: list[Any]) -> dict
             vqp(nxf())
 
     out["vqp_eval_ms"] = _try(lambda: _bench(eval_fwd))
+    out["vqp_eval_gib"] = _extra_gib(eval_fwd)
     vqp.train()
     nxg = _rotating([t.clone().requires_grad_(True) for t in xf])
 
@@ -316,13 +344,17 @@ def _time_vqp(d: int, k: int, codebook: Any, metric: str, xf: list[Any]) -> dict
         (loss.sum() + q.square().mean()).backward()
 
     out["vqp_train_ms"] = _try(lambda: _bench(train_step))
+    out["vqp_train_gib"] = _extra_gib(train_step)
     return out
 
 
-def _time_anytok_vq(d: int, k: int, codebook: Any, metric: str, xf: list[Any]) -> float | str:
+def _time_anytok_vq(
+    d: int, k: int, codebook: Any, metric: str, xf: list[Any]
+) -> dict[str, float | str]:
+    """anytok ``VectorQuantize`` training step: time and peak extra memory."""
     vq = _anytok_vq_module(d, k, codebook, metric)
     if vq is None:
-        return "n/a"
+        return {"anytok_train_ms": "n/a"}
     vq.train()
     nxg = _rotating([t[0].clone().requires_grad_(True) for t in xf])
 
@@ -330,7 +362,10 @@ def _time_anytok_vq(d: int, k: int, codebook: Any, metric: str, xf: list[Any]) -
         out = vq(nxg())
         (out.loss + out.quantized.square().mean()).backward()
 
-    return _try(lambda: _bench(train_step))
+    return {
+        "anytok_train_ms": _try(lambda: _bench(train_step)),
+        "anytok_train_gib": _extra_gib(train_step),
+    }
 
 
 # --------------------------------------------------------------------------- report
@@ -350,8 +385,10 @@ def markdown(rows: list[dict[str, Any]], device: str, smoke: bool) -> str:
         cols = ["N", "D", "K", "dtype", "anytok_ms", "anytok_nostage_ms", "anytok_extra_gib",
                 "anytok_tflops",
                 "gemm_ms", "x_gemm", "torch_bf16_ms", "compiled_ms", "vqp_eval_ms",
-                "vqp_train_ms", "anytok_train_ms", "speedup_vs_vqp_eval",
-                "speedup_vs_compiled", "speedup_vs_torch_bf16", "ambiguous_fraction",
+                "vqp_eval_gib", "vqp_train_ms", "vqp_train_gib", "anytok_train_ms",
+                "anytok_train_gib", "speedup_vs_vqp_eval", "speedup_vs_compiled",
+                "speedup_vs_torch_bf16", "train_speedup_vs_vqp", "train_memory_vs_vqp",
+                "ambiguous_fraction",
                 "mismatches", "torch_bf16_mismatches"]  # fmt: skip
     lines = [f"Nearest-codeword search on **{device}**", ""]
     lines.append("| " + " | ".join(cols) + " |")

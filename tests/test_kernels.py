@@ -412,6 +412,7 @@ def test_kernels_compile_for_sm90(tmp_path: Path) -> None:
     for row in rows:
         if row["kernel"] in ("search", "candidates"):
             assert row["pipelined"], row  # cp.async software pipelining
+            assert row["mma"] == "wgmma", row  # Hopper's asynchronous warpgroup MMA
         assert row["stack"] <= 16, row
 
 
