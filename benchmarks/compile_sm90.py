@@ -170,7 +170,8 @@ def other_rows(smoke: bool = False) -> list[dict]:
     for case_name, case in CASES.items():
         sig = {
             "c_ptr": "*fp32" if case["C_SCALED"] else "*bf16", "co_ptr": f"*{case['co']}",
-            "scale_ptr": "*fp32", "bias_ptr": "*fp32", "cinv_ptr": "*fp32", "maxes_ptr": "*fp32",
+            "scale_ptr": "*fp32", "bias_ptr": "*fp32", "cinv_ptr": "*fp32", "lp_scale_ptr": "*fp32",
+            "maxes_ptr": "*fp32",
             **{n: "i32" for n in ("K", "D", "s_cg", "s_ck", "s_cog", "s_cok")},
         }  # fmt: skip
         consts = {

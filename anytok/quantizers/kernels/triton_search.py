@@ -332,6 +332,7 @@ if HAS_TRITON:
         scale_ptr,  # (G, K) fp32 out: a_k
         bias_ptr,  # (G, K) fp32 out: b_k
         cinv_ptr,  # (G, K) fp32: per-codeword operand scale (C_SCALED; out unless C_STAGED)
+        lp_scale_ptr,  # (G, K) fp32 out (C_SCALED): a_k * cinv_k, for the scaled GEMM
         maxes_ptr,  # (G, 4) fp32 in/out (zeroed): P, Q, T, B
         K,
         D,
@@ -406,6 +407,8 @@ if HAS_TRITON:
         out = g.to(tl.int64) * K + offs_k
         tl.store(scale_ptr + out, scale, mask=mask_k)
         tl.store(bias_ptr + out, bias, mask=mask_k)
+        if C_SCALED:  # a power-of-two rescale of a_k: exact
+            tl.store(lp_scale_ptr + out, scale * cinv, mask=mask_k)
         a = tl.abs(scale)
         zero = tl.zeros((BLOCK_K,), dtype=tl.float32)
         # Maxima of non-negative floats: float atomic_max is exact and order-independent.
@@ -452,7 +455,7 @@ if HAS_TRITON:
         """Low-precision scores ``b + a * <lp(x), lp(c)>`` of one ``BLOCK_N x BLOCK_K`` tile.
 
         Scaled operands hold ``lp(v * 2^e)``; the scales are undone exactly (powers of two)
-        through ``a`` per column, and per row on the accumulator unless the whole row block
+        through ``a`` per column (``scale_ptr`` holds ``a_k`` times the codeword's scale), and per row on the accumulator unless the whole row block
         shares one scale (``X_BLOCK``: no per-element work). Columns past ``K`` score ``+inf`` (their bias loads as
         inf, their codewords as 0).
         """
@@ -461,7 +464,7 @@ if HAS_TRITON:
         cols = g.to(tl.int64) * K + offs_k
         c_cols = c_ptr + g.to(tl.int64) * s_cg + offs_k.to(tl.int64)[None, :] * s_ck
         c_inv = tl.full((BLOCK_K,), 1.0, tl.float32)
-        if C_SCALED:
+        if C_SCALED and not C_STAGED:
             c_inv = tl.load(cinv_ptr + cols, mask=mask_k, other=1.0)
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         if ONE_D:
@@ -496,8 +499,6 @@ if HAS_TRITON:
                 acc = _lp_dot(xs.to(LP), c.to(LP), acc, INTERPRET)
         scale = tl.load(scale_ptr + cols, mask=mask_k, other=0.0)
         bias = tl.load(bias_ptr + cols, mask=mask_k, other=float("inf"))
-        if C_SCALED:
-            scale = scale * c_inv
         if X_SCALED:
             if X_BLOCK:
                 scale = scale * x_inv_block
@@ -518,7 +519,7 @@ if HAS_TRITON:
         x_ptr,  # (G, N, D) strided: the input, for the prologue's norms
         xo_ptr,  # (G, N, D) the GEMM operand: x itself, or a staged lp copy
         co_ptr,  # (G, K, D) the GEMM operand: the codebook, or a staged lp copy
-        scale_ptr,  # (G, K) fp32
+        scale_ptr,  # (G, K) fp32: a_k, times the codeword's operand scale when C_SCALED
         bias_ptr,  # (G, K) fp32
         maxes_ptr,  # (G, 4) fp32
         cinv_ptr,  # (G, K) fp32 per-codeword operand scales (C_SCALED)
@@ -1007,6 +1008,8 @@ def nearest_codeword_triton(
     if c_scaled and cinv is None:  # written by the statistics kernel
         cinv = torch.empty(groups, k, dtype=torch.float32, device=device)
     cinv = scale if cinv is None else cinv  # placeholders for pointers the kernels skip
+    # a_k with the codeword's operand scale folded in, for the low-precision passes.
+    lp_scale = torch.empty_like(scale) if c_scaled else scale
     xinv = thr if xinv is None else xinv
     dx, dc = xo.shape[-1], co.shape[-1]
     flags = dict(  # the kernels' shared constexpr arguments
@@ -1015,12 +1018,12 @@ def nearest_codeword_triton(
 
     stats_block = 16 if _INTERPRET else 64
     _codeword_stats_kernel[(triton.cdiv(k, stats_block), groups)](
-        cb, co, scale, bias, cinv, maxes, k, d, *cb.stride(), *co.stride(),
+        cb, co, scale, bias, cinv, lp_scale, maxes, k, d, *cb.stride(), *co.stride(),
         METRIC=metric_id, LP=lp, C_EXACT=cb.dtype == lp_torch, C_STAGED=stage_c,
         C_SCALED=c_scaled, BLOCK_K=stats_block, BLOCK_D=block_d if d <= 128 else 64,
     )  # fmt: skip
     _search_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), groups)](
-        xs, xo, co, scale, bias, maxes, cinv, xinv, idx, rows_list, thr, list_inv, counter,
+        xs, xo, co, lp_scale, bias, maxes, cinv, xinv, idx, rows_list, thr, list_inv, counter,
         n, k, d, dx, dc, *xs.stride(), *xo.stride(), *co.stride(), gamma, d_bucket, k_bucket,
         METRIC=metric_id, X_EXACT=xs.dtype == lp_torch, CERTIFY=certify,
         INTERPRET=_INTERPRET, **flags,
@@ -1032,7 +1035,7 @@ def nearest_codeword_triton(
         cand = torch.empty(groups, n, m, dtype=torch.int32, device=device)
         count = torch.empty(groups, n, dtype=torch.int32, device=device)
         _candidates_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), groups)](
-            xo, co, scale, bias, cinv, rows_list, thr, list_inv, counter, cand, count,
+            xo, co, lp_scale, bias, cinv, rows_list, thr, list_inv, counter, cand, count,
             n, k, d, dx, dc, *xo.stride(), *co.stride(), d_bucket, k_bucket,
             M=m, INTERPRET=_INTERPRET, BLOCK_D=min(block_d, 64), **flags,
         )  # fmt: skip
