@@ -237,6 +237,11 @@ def measure(n: int, d: int, k: int, dtype_name: str, metric: str, skip: set[str]
     row["config"] = stats.config
     _, full_stats = nearest_codeword_triton(xs[0], c, metric=metric, return_stats=True)
     row["ambiguous_fraction"] = full_stats.ambiguous_fraction
+    # The CPU model of the same bound (anytok.quantizers.kernels.certificate) on the sample.
+    from anytok.quantizers.kernels.certificate import ambiguous_rows
+
+    model = ambiguous_rows(sample, c, metric, chunk=max(1, (1 << 26) // k))  # <= 256 MiB
+    row["ambiguous_model"] = float(model.float().mean())
     row["full_scans"] = full_stats.full_scans
     cb = c.bfloat16()
     csqb = cb.float().pow(2).sum(-1).bfloat16()
@@ -388,7 +393,7 @@ def markdown(rows: list[dict[str, Any]], device: str, smoke: bool) -> str:
                 "vqp_eval_gib", "vqp_train_ms", "vqp_train_gib", "anytok_train_ms",
                 "anytok_train_gib", "speedup_vs_vqp_eval", "speedup_vs_compiled",
                 "speedup_vs_torch_bf16", "train_speedup_vs_vqp", "train_memory_vs_vqp",
-                "ambiguous_fraction",
+                "ambiguous_fraction", "ambiguous_model",
                 "mismatches", "torch_bf16_mismatches"]  # fmt: skip
     lines = [f"Nearest-codeword search on **{device}**", ""]
     lines.append("| " + " | ".join(cols) + " |")

@@ -537,6 +537,40 @@ def test_gpu_grouped_noncontiguous_near_ties() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("magnitude", [1e-15, 1e-3, 1e6, 1e15])
+def test_gpu_scaled_operands_any_magnitude(magnitude: float) -> None:
+    from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
+
+    g = torch.Generator(device="cuda").manual_seed(5)
+    x = torch.randn(5000, 96, device="cuda", generator=g) * magnitude
+    c = torch.randn(3000, 96, device="cuda", generator=g) * magnitude
+    for metric in ("euclidean", "cosine"):
+        for stage in ("auto", "never"):
+            got, stats = nearest_codeword_triton(
+                x, c, metric=metric, return_stats=True, stage=stage
+            )
+            assert_same_argmin(got, x, c, metric)
+            assert stats.full_scans == 0
+            assert stats.ambiguous_fraction < 0.15, stats
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_gpu_certificate_model_matches_kernel() -> None:
+    """The CPU model of the bound predicts the kernels' re-ranked rows on real hardware."""
+    from anytok.quantizers.kernels.certificate import ambiguous_rows
+    from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
+
+    x, c = torch.randn(20000, 64, device="cuda"), torch.randn(4096, 64, device="cuda")
+    for metric in ("euclidean", "cosine"):
+        _, stats = nearest_codeword_triton(x, c, metric=metric, return_stats=True)
+        model = int(ambiguous_rows(x, c, metric).sum())
+        # summation order differs (tensor cores vs torch): rows at the threshold may move
+        assert abs(stats.ambiguous - model) <= max(5, model // 50), (stats.ambiguous, model)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
 def test_gpu_memory_is_linear() -> None:
     n, d, k = 65536, 64, 16384
     x = torch.randn(n, d, device="cuda")
