@@ -19,6 +19,8 @@ while [ -n "$stage" ]; do
   case "$stage" in
     kernels)
       $PY benchmarks/nearest_codeword.py --out benchmarks/results/nearest_codeword
+      $PY benchmarks/nearest_codeword.py --metric cosine --dtypes float32 \
+        --out benchmarks/results/nearest_codeword_cosine
       $PY -m pytest -q -m gpu tests/test_kernels.py ;;
     throughput)
       $PY benchmarks/codec_throughput.py --compile --out benchmarks/results/codec_throughput ;;
