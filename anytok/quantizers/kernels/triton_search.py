@@ -284,6 +284,17 @@ if HAS_TRITON:
         return mult, inv
 
     @triton.jit
+    def _row_maxabs(rows, row_mask, D, s_d, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+        """Largest ``|value|`` of each row, fp32 ``(BLOCK_R,)``; ``rows`` points at each row."""
+        maxabs = tl.zeros((BLOCK_R,), dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            mask = row_mask[:, None] & (offs_d[None, :] < D)
+            v = tl.load(rows[:, None] + offs_d[None, :] * s_d, mask=mask, other=0.0)
+            maxabs = tl.maximum(maxabs, tl.max(tl.abs(v.to(tl.float32)), axis=1))
+        return maxabs
+
+    @triton.jit
     def _stage_scaled_kernel(
         src_ptr,  # (G, R, D) any float dtype, strided
         dst_ptr,  # (G, R, DP) fp16 out, contiguous; columns D..DP are zero
@@ -303,13 +314,9 @@ if HAS_TRITON:
         g = tl.program_id(1)
         offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
         mask_r = offs_r < R
-        base = src_ptr + g.to(tl.int64) * s_g + offs_r.to(tl.int64)[:, None] * s_r
-        maxabs = tl.zeros((BLOCK_R,), dtype=tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            v = tl.load(base + offs_d[None, :] * s_d, mask=mask_r[:, None] & (offs_d[None, :] < D))
-            maxabs = tl.maximum(maxabs, tl.max(tl.abs(v.to(tl.float32)), axis=1))
-        mult, inv = _pow2_scales(maxabs)
+        rows_ptr = src_ptr + g.to(tl.int64) * s_g + offs_r.to(tl.int64) * s_r
+        mult, inv = _pow2_scales(_row_maxabs(rows_ptr, mask_r, D, s_d, BLOCK_R, BLOCK_D))
+        base = rows_ptr[:, None]
         rows = g.to(tl.int64) * R + offs_r.to(tl.int64)
         for d0 in range(0, DP, BLOCK_D):
             offs_d = d0 + tl.arange(0, BLOCK_D)
@@ -362,12 +369,8 @@ if HAS_TRITON:
             if C_STAGED:
                 cinv = tl.load(cinv_ptr + g.to(tl.int64) * K + offs_k, mask=mask_k, other=1.0)
             else:  # scaled in-kernel by the search: its scales are decided here
-                maxabs = tl.zeros((BLOCK_K,), dtype=tl.float32)
-                for d0 in range(0, D, BLOCK_D):
-                    offs_d = d0 + tl.arange(0, BLOCK_D)
-                    m = mask_k[:, None] & (offs_d[None, :] < D)
-                    c = tl.load(base + offs_d[None, :] * s_cd, mask=m, other=0.0)
-                    maxabs = tl.maximum(maxabs, tl.max(tl.abs(c.to(tl.float32)), axis=1))
+                rows_ptr = c_ptr + g.to(tl.int64) * s_cg + offs_k.to(tl.int64) * s_ck
+                maxabs = _row_maxabs(rows_ptr, mask_k, D, s_cd, BLOCK_K, BLOCK_D)
                 cmult, cinv = _pow2_scales(maxabs)
                 tl.store(cinv_ptr + g.to(tl.int64) * K + offs_k, cinv, mask=mask_k)
         c2 = tl.zeros((BLOCK_K,), dtype=tl.float32)  # ||c||^2
@@ -580,15 +583,7 @@ if HAS_TRITON:
             if X_STAGED:
                 x_inv = tl.load(xinv_ptr + g.to(tl.int64) * N + offs_n, mask=mask_n, other=1.0)
             else:
-                maxabs = tl.zeros((BLOCK_N,), dtype=tl.float32)
-                for d0 in range(0, D, BLOCK_D):
-                    offs_d = d0 + tl.arange(0, BLOCK_D)
-                    xs = tl.load(
-                        x_ptr + x_rows[:, None] + offs_d[None, :] * s_xd,
-                        mask=mask_n[:, None] & (offs_d[None, :] < D),
-                        other=0.0,
-                    )
-                    maxabs = tl.maximum(maxabs, tl.max(tl.abs(xs.to(tl.float32)), axis=1))
+                maxabs = _row_maxabs(x_ptr + x_rows, mask_n, D, s_xd, BLOCK_N, BLOCK_D)
                 mult, x_inv_block = _pow2_scales(tl.max(maxabs, axis=0))
                 x_mult = x_mult * mult
                 x_inv = x_inv * x_inv_block
