@@ -472,6 +472,30 @@ def test_interp_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @interp_only
+def test_interp_triton_search_compiles_fullgraph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Triton search is a custom op, so compiled code keeps ``fullgraph=True``."""
+    from anytok.quantizers.vq import VectorQuantize
+
+    monkeypatch.setenv(ENV_VAR, "triton")
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(15)
+    x, c = torch.randn(3, 11, 20, generator=g), torch.randn(30, 20, generator=g)
+
+    def search(x: Tensor, c: Tensor) -> Tensor:
+        return nearest_codeword(x * 2.0, c, metric="cosine") + 1
+
+    compiled = torch.compile(search, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(x, c), search(x, c))
+    # A quantizer's eval forward, as tests/test_quantizers_vq.py compiles it on the CPU (its
+    # training step has data-dependent branches in the usage statistics).
+    vq = VectorQuantize(20, 30, use_cosine_sim=True).eval()
+    with torch.no_grad():
+        out = torch.compile(vq, fullgraph=True, backend="aot_eager")(x)
+        assert torch.equal(out.codes, vq(x).codes)
+    assert_same_argmin(out.codes[..., 0], x, vq.codebook.detach(), "cosine")
+
+
+@interp_only
 def test_interp_benchmark_smoke(tmp_path: Path) -> None:
     """The benchmark script's CPU smoke mode (reference + interpreter, tiny sizes)."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "nearest_codeword.py"

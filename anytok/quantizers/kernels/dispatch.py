@@ -94,22 +94,27 @@ def nearest_codeword(
     return nearest_codeword_reference(x, codebook, metric=metric, memory_budget=memory_budget)
 
 
-_triton_search_fn = None
+@torch.library.custom_op("anytok::nearest_codeword_triton", mutates_args=())
+def _triton_op(x: Tensor, codebook: Tensor, metric: str) -> Tensor:
+    """The Triton search as a custom op: opaque to ``torch.compile``.
+
+    Dynamo and inductor see one op with a known output shape (the fake implementation
+    below), so compiled models keep ``fullgraph=True``; autotuning, atomics and the
+    device-side lists stay inside, out of the graph.
+    """
+    from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
+
+    return nearest_codeword_triton(x, codebook, metric=metric)  # type: ignore[return-value]
+
+
+@_triton_op.register_fake
+def _(x: Tensor, codebook: Tensor, metric: str) -> Tensor:
+    return x.new_empty(x.shape[:-1], dtype=torch.long)
 
 
 def _triton(x: Tensor, codebook: Tensor, metric: str) -> Tensor:
-    """The Triton search, kept out of torch.compile graphs (autotuning, atomics).
-
-    ``torch.compiler.disable`` is applied on first use: applying it at import would import
-    torch._dynamo (and Triton) with every ``import anytok``.
-    """
-    global _triton_search_fn
-    if _triton_search_fn is None:
-        from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
-
-        _triton_search_fn = torch.compiler.disable(nearest_codeword_triton)
-    with torch.no_grad():
-        return _triton_search_fn(x, codebook, metric=metric)
+    """The Triton search (indices carry no gradient, so inputs are detached)."""
+    return _triton_op(x.detach(), codebook.detach(), metric)
 
 
 def codeword_counts_and_sums(
