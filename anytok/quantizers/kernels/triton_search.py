@@ -137,6 +137,10 @@ def interpreting() -> bool:
 # tiles of 16 exercise multi-tile, ragged and chunked-D paths on tiny tensors).
 _INTERPRET = interpreting()
 
+#: Programs of the re-rank launch per group; each strides over the ambiguous-row list. Small
+#: under the interpreter so that its programs handle several rows each.
+RERANK_PROGRAMS = 3 if _INTERPRET else 2048
+
 
 def _fix_interpreter_for_numpy_2_4() -> None:
     """Let the Triton 3.6 interpreter run ``range(0, runtime_int, ...)`` under NumPy >= 2.4.
@@ -758,10 +762,11 @@ if HAS_TRITON:
         BLOCK_K: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
-        slot = tl.program_id(0)
         g = tl.program_id(1)
         n_amb = tl.load(counter_ptr + g)
-        if slot < n_amb:
+        # A bounded grid strides over the list: launching one program per row of x would
+        # schedule N mostly empty programs (tens of microseconds at N ~ 50k).
+        for slot in range(tl.program_id(0), n_amb, tl.num_programs(0)):
             at = g.to(tl.int64) * N + slot
             row = tl.load(list_ptr + at)
             out = idx_ptr + g.to(tl.int64) * N + row
@@ -1034,9 +1039,9 @@ def nearest_codeword_triton(
             n, k, d, dx, dc, *xo.stride(), *co.stride(), d_bucket, k_bucket,
             M=m, INTERPRET=_INTERPRET, BLOCK_D=min(block_d, 64), **flags,
         )  # fmt: skip
-        # One program per list slot; 64 x 32 fp32 tiles keep the full-scan fallback spill-free
-        # (128 x 64 spilled 368 B when compiled for sm_90).
-        _rerank_kernel[(n, groups)](
+        # Programs stride over the list slots; 64 x 32 fp32 tiles keep the full-scan fallback
+        # spill-free (128 x 64 spilled 368 B when compiled for sm_90).
+        _rerank_kernel[(min(n, RERANK_PROGRAMS), groups)](
             xs, cb, scale, bias, rows_list, counter, cand, count, idx, n, k, d,
             *xs.stride(), *cb.stride(),
             M=m, BLOCK_K=16 if _INTERPRET else 64, BLOCK_D=16 if _INTERPRET else 32,
