@@ -157,6 +157,26 @@ def _try(fn: Callable[[], float]) -> float | str:
         return f"error: {type(exc).__name__}: {str(exc)[:120]}"
 
 
+def _host_us(fn: Callable[[], Any], reps: int = 200) -> float | str:
+    """Host (Python + launch) time per call in microseconds, without waiting for the GPU.
+
+    When it exceeds the device time, the call is launch-bound: the GPU waits for the CPU.
+    """
+    import torch
+
+    def run() -> float:
+        fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        host = (time.perf_counter() - start) / reps * 1e6
+        torch.cuda.synchronize()
+        return host
+
+    return _try(run)
+
+
 def _extra_gib(fn: Callable[[], Any]) -> float | str:
     """Peak device memory above what was allocated before one call of ``fn``, GiB.
 
@@ -251,6 +271,7 @@ def measure(n: int, d: int, k: int, dtype_name: str, metric: str, skip: set[str]
 
     # anytok: time (autotuned and compiled above), extra memory, throughput.
     row["anytok_ms"] = _try(lambda: _bench(lambda: nearest_codeword(nxt(), c, metric=metric)))
+    row["anytok_host_us"] = _host_us(lambda: nearest_codeword(nxt(), c, metric=metric))
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
@@ -387,7 +408,8 @@ def markdown(rows: list[dict[str, Any]], device: str, smoke: bool) -> str:
         cols = ["N", "D", "K", "mismatches", "ambiguous_fraction", "interpreter_ms",
                 "reference_ms", "cdist_ms"]  # fmt: skip
     else:
-        cols = ["N", "D", "K", "dtype", "anytok_ms", "anytok_nostage_ms", "anytok_extra_gib",
+        cols = ["N", "D", "K", "dtype", "anytok_ms", "anytok_host_us", "anytok_nostage_ms",
+                "anytok_extra_gib",
                 "anytok_tflops",
                 "gemm_ms", "x_gemm", "torch_bf16_ms", "compiled_ms", "vqp_eval_ms",
                 "vqp_eval_gib", "vqp_train_ms", "vqp_train_gib", "anytok_train_ms",
