@@ -171,13 +171,11 @@ def other_rows(smoke: bool = False) -> list[dict]:
         sig = {
             "c_ptr": "*fp32" if case["C_SCALED"] else "*bf16", "co_ptr": f"*{case['co']}",
             "scale_ptr": "*fp32", "bias_ptr": "*fp32", "cinv_ptr": "*fp32", "lp_scale_ptr": "*fp32",
-            "maxes_ptr": "*fp32",
-            **{n: "i32" for n in ("K", "D", "s_cg", "s_ck", "s_cog", "s_cok")},
+            "maxes_ptr": "*fp32", **{n: "i32" for n in ("K", "D", "DC", "s_cg", "s_ck")},
         }  # fmt: skip
         consts = {
-            "s_cd": 1, "s_cod": 1, "METRIC": 1, "LP": case["lp"],
-            "C_EXACT": not case["C_SCALED"], "C_STAGED": case["co"] != "fp32",
-            "C_SCALED": case["C_SCALED"], "BLOCK_K": 64, "BLOCK_D": 64,
+            "s_cd": 1, "METRIC": 1, "LP": case["lp"], "C_STAGED": case["co"] != "fp32"
+            and case["C_SCALED"], "C_SCALED": case["C_SCALED"], "BLOCK_K": 64, "BLOCK_D": 64,
         }  # fmt: skip
         res = _compile(ts._codeword_stats_kernel, sig, consts, 4, 3)
         rows.append({"kernel": "codeword_stats", "case": case_name, "D": 256, "tile": "64x64 w4",

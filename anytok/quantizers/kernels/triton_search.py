@@ -18,17 +18,17 @@ fp16's 11-bit significand (8x finer than bf16) without its range limits. The sca
 exact, so they only move where the accumulator is rescaled (per row and per column in the
 epilogue); ``benchmarks/certificate_rate.py`` shows 5-8x fewer uncertified rows than bf16.
 
-Pipeline (four or five launches, no host synchronisation, never an N x K buffer):
+Pipeline (four launches, five when ``x`` is staged; no host synchronisation, never an
+N x K buffer):
 
 0. Staging (:func:`stage_policy`, default ``auto``): a 16-bit copy of the codebook, rows
-   zero-padded to a multiple of 16, unless it already is one; for ``D > 128`` also of ``x``.
-   Scaled copies come from ``_stage_scaled_kernel`` (one pass, no fp32 temporary) with their
-   ``(R,)`` scales. With ``never`` the kernels convert and scale fp32 tiles in registers
-   instead and the extra memory is strictly O(N + K); ``auto`` adds ``2 K D`` bytes (and
-   ``2 N D`` for ``D > 128``).
-1. ``_codeword_stats_kernel`` — one pass over the codebook: ``a``, ``b``, per-codeword scales
-   when the kernels convert the codebook themselves, and, per group, the maxima used by the
-   error bound below (``(G, 4)`` floats).
+   zero-padded to a multiple of 16, unless it already is one; for ``D > 128`` also of ``x``
+   (``_stage_scaled_kernel``: one pass, no fp32 temporary, ``(N,)`` scales). With ``never``
+   the kernels convert and scale fp32 tiles in registers instead and the extra memory is
+   strictly O(N + K); ``auto`` adds ``2 K D`` bytes (and ``2 N D`` for ``D > 128``).
+1. ``_codeword_stats_kernel`` — one pass over the codebook: ``a``, ``b``, the per-codeword
+   scales and the scaled copy of step 0 when the codebook is not in the operand dtype, and,
+   per group, the maxima used by the error bound below (``(G, 4)`` floats).
 2. ``_search_kernel`` (autotuned) — the fused pass. Each program owns ``BLOCK_N`` rows and
    streams the codebook in ``BLOCK_K`` tiles; ``tl.dot`` computes the ``BLOCK_N x BLOCK_K``
    dot tile from 16-bit operands with fp32 accumulation (looping over ``D`` in ``BLOCK_D``
@@ -339,68 +339,63 @@ if HAS_TRITON:
     @triton.jit
     def _codeword_stats_kernel(
         c_ptr,  # (G, K, D) any float dtype, strided
-        co_ptr,  # (G, K, D) the GEMM operand: c itself, or a staged lp copy
+        co_ptr,  # (G, K, DC) out when C_SCALED and C_STAGED: the scaled lp copy, 16-padded
         scale_ptr,  # (G, K) fp32 out: a_k
         bias_ptr,  # (G, K) fp32 out: b_k
-        cinv_ptr,  # (G, K) fp32: per-codeword operand scale (C_SCALED; out unless C_STAGED)
+        cinv_ptr,  # (G, K) fp32 out (C_SCALED): per-codeword operand scale 2^-e
         lp_scale_ptr,  # (G, K) fp32 out (C_SCALED): a_k * cinv_k, for the scaled GEMM
         maxes_ptr,  # (G, 4) fp32 in/out (zeroed): P, Q, T, B
         K,
         D,
+        DC,  # row length of co (>= D)
         s_cg,
         s_ck,
         s_cd,
-        s_cog,
-        s_cok,
-        s_cod,
         METRIC: tl.constexpr,
         LP: tl.constexpr,
-        C_EXACT: tl.constexpr,
         C_STAGED: tl.constexpr,
         C_SCALED: tl.constexpr,
         BLOCK_K: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
+        """One pass over the codebook: ``a``, ``b``, the bound's maxima and, for codebooks
+        not already in the operand dtype, the per-codeword scales and (``C_STAGED``) the
+        scaled 16-bit copy the GEMM reads, so staging costs no launch of its own."""
         pid = tl.program_id(0)
         g = tl.program_id(1)
         offs_k = pid * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
         base = c_ptr + g.to(tl.int64) * s_cg + offs_k.to(tl.int64)[:, None] * s_ck
-        base_o = co_ptr + g.to(tl.int64) * s_cog + offs_k.to(tl.int64)[:, None] * s_cok
+        base_o = co_ptr + (g.to(tl.int64) * K + offs_k.to(tl.int64))[:, None] * DC
         cmult = tl.full((BLOCK_K,), 1.0, tl.float32)
         cinv = tl.full((BLOCK_K,), 1.0, tl.float32)
         if C_SCALED:
-            if C_STAGED:
-                cinv = tl.load(cinv_ptr + g.to(tl.int64) * K + offs_k, mask=mask_k, other=1.0)
-            else:  # scaled in-kernel by the search: its scales are decided here
-                rows_ptr = c_ptr + g.to(tl.int64) * s_cg + offs_k.to(tl.int64) * s_ck
-                maxabs = _row_maxabs(rows_ptr, mask_k, D, s_cd, BLOCK_K, BLOCK_D)
-                cmult, cinv = _pow2_scales(maxabs)
-                tl.store(cinv_ptr + g.to(tl.int64) * K + offs_k, cinv, mask=mask_k)
+            rows_ptr = c_ptr + g.to(tl.int64) * s_cg + offs_k.to(tl.int64) * s_ck
+            cmult, cinv = _pow2_scales(_row_maxabs(rows_ptr, mask_k, D, s_cd, BLOCK_K, BLOCK_D))
+            tl.store(cinv_ptr + g.to(tl.int64) * K + offs_k, cinv, mask=mask_k)
         c2 = tl.zeros((BLOCK_K,), dtype=tl.float32)  # ||c||^2
         t2 = tl.zeros((BLOCK_K,), dtype=tl.float32)  # ||lp(c)||^2
         r2 = tl.zeros((BLOCK_K,), dtype=tl.float32)  # ||c - lp(c)||^2
-        for d0 in range(0, D, BLOCK_D):
+        # With a copy to write, the loop also covers its zero padding (columns D..DC).
+        d_end = DC if C_STAGED else D
+        for d0 in range(0, d_end, BLOCK_D):
             offs_d = d0 + tl.arange(0, BLOCK_D)
             m = mask_k[:, None] & (offs_d[None, :] < D)
             c = tl.load(base + offs_d[None, :] * s_cd, mask=m, other=0.0).to(tl.float32)
             c2 += tl.sum(c * c, axis=1)
-            if C_EXACT:
-                t2 += tl.sum(c * c, axis=1)
-            else:
-                # The residual of exactly the operand the GEMM will read (a staged copy may
-                # round differently from an in-kernel conversion, e.g. in the interpreter),
-                # in true units: lp(c * 2^e) * 2^-e.
+            if C_SCALED:
+                # The operand exactly as the GEMM reads it (the copy written here, or the
+                # search's identical in-kernel conversion), in true units: lp(c 2^e) 2^-e.
+                c_lp = (c * cmult[:, None]).to(LP)
                 if C_STAGED:
-                    ct = tl.load(base_o + offs_d[None, :] * s_cod, mask=m, other=0.0)
-                    ct = ct.to(tl.float32)
-                else:
-                    ct = (c * cmult[:, None]).to(LP).to(tl.float32)
-                if C_SCALED:
-                    ct = ct * cinv[:, None]
+                    mask_o = mask_k[:, None] & (offs_d[None, :] < DC)
+                    tl.store(base_o + offs_d[None, :], c_lp, mask=mask_o)
+                ct = c_lp.to(tl.float32) * cinv[:, None]
                 r = c - ct
                 t2 += tl.sum(ct * ct, axis=1)
                 r2 += tl.sum(r * r, axis=1)
+            else:  # already the operand dtype: exact (a padded copy holds the same values)
+                t2 += tl.sum(c * c, axis=1)
         nrm = tl.sqrt(c2)
         if METRIC == 0:  # euclidean
             scale = tl.full((BLOCK_K,), -2.0, tl.float32)
@@ -1003,24 +998,26 @@ def nearest_codeword_triton(
     stage_x = policy == "always" or (
         policy == "auto" and d > 128 and not _operand_ready(xs, lp_torch)
     )
-    co, cinv = _stage(cb, lp_torch, c_scaled) if stage_c else (cb, None)
+    if stage_c and c_scaled:  # written by the statistics kernel: no launch of its own
+        co = torch.empty(groups, k, -(-d // 16) * 16, dtype=lp_torch, device=device)
+    else:
+        co = _stage(cb, lp_torch, scaled=False)[0] if stage_c else cb
     xo, xinv = _stage(xs, lp_torch, x_scaled) if stage_x else (xs, None)
-    if c_scaled and cinv is None:  # written by the statistics kernel
-        cinv = torch.empty(groups, k, dtype=torch.float32, device=device)
-    cinv = scale if cinv is None else cinv  # placeholders for pointers the kernels skip
+    cinv = torch.empty_like(scale) if c_scaled else scale  # scale: a pointer never read
+    dc = co.shape[-1]
     # a_k with the codeword's operand scale folded in, for the low-precision passes.
     lp_scale = torch.empty_like(scale) if c_scaled else scale
     xinv = thr if xinv is None else xinv
-    dx, dc = xo.shape[-1], co.shape[-1]
+    dx = xo.shape[-1]
     flags = dict(  # the kernels' shared constexpr arguments
         LP=lp, X_SCALED=x_scaled, X_STAGED=stage_x, C_SCALED=c_scaled, C_STAGED=stage_c,
     )  # fmt: skip
 
     stats_block = 16 if _INTERPRET else 64
     _codeword_stats_kernel[(triton.cdiv(k, stats_block), groups)](
-        cb, co, scale, bias, cinv, lp_scale, maxes, k, d, *cb.stride(), *co.stride(),
-        METRIC=metric_id, LP=lp, C_EXACT=cb.dtype == lp_torch, C_STAGED=stage_c,
-        C_SCALED=c_scaled, BLOCK_K=stats_block, BLOCK_D=block_d if d <= 128 else 64,
+        cb, co, scale, bias, cinv, lp_scale, maxes, k, d, dc, *cb.stride(),
+        METRIC=metric_id, LP=lp, C_STAGED=stage_c and c_scaled, C_SCALED=c_scaled,
+        BLOCK_K=stats_block, BLOCK_D=block_d if d <= 128 else 64,
     )  # fmt: skip
     _search_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), groups)](
         xs, xo, co, lp_scale, bias, maxes, cinv, xinv, idx, rows_list, thr, list_inv, counter,
