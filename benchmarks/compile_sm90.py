@@ -95,7 +95,7 @@ def search_signature(case: dict) -> dict:
         "scale_ptr": "*fp32",
         "bias_ptr": "*fp32",
         "maxes_ptr": "*fp32",
-        "cinv_ptr": "*fp32",
+        "cmult_ptr": "*fp32",
         "xinv_ptr": "*fp32",
         "idx_ptr": "*i64",
         "list_ptr": "*i32",
@@ -150,7 +150,7 @@ def other_rows(smoke: bool = False) -> list[dict]:
             kw = config.kwargs
             sig = {
                 "x_ptr": f"*{case['xo']}", "c_ptr": f"*{case['co']}", "scale_ptr": "*fp32",
-                "bias_ptr": "*fp32", "cinv_ptr": "*fp32", "list_ptr": "*i32",
+                "bias_ptr": "*fp32", "cmult_ptr": "*fp32", "list_ptr": "*i32",
                 "thr_ptr": "*fp32", "list_inv_ptr": "*fp32", "counter_ptr": "*i32",
                 "cand_ptr": "*i32", "count_ptr": "*i32",
                 **{n: "i32" for n in ("N", "K", "D", "DX", "DC", "s_xg", "s_xn", "s_cg", "s_ck")},
@@ -170,7 +170,7 @@ def other_rows(smoke: bool = False) -> list[dict]:
     for case_name, case in CASES.items():
         sig = {
             "c_ptr": "*fp32" if case["C_SCALED"] else "*bf16", "co_ptr": f"*{case['co']}",
-            "scale_ptr": "*fp32", "bias_ptr": "*fp32", "cinv_ptr": "*fp32", "lp_scale_ptr": "*fp32",
+            "scale_ptr": "*fp32", "bias_ptr": "*fp32", "cmult_ptr": "*fp32", "lp_scale_ptr": "*fp32",
             "maxes_ptr": "*fp32", **{n: "i32" for n in ("K", "D", "DC", "s_cg", "s_ck")},
         }  # fmt: skip
         consts = {

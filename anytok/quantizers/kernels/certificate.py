@@ -51,11 +51,22 @@ def operand_values(t: Tensor, operand: str) -> Tensor:
     raise ValueError(f"operand must be one of {OPERANDS}, got {operand!r}")
 
 
+def operand_dtype(x_dtype: torch.dtype, c_dtype: torch.dtype) -> torch.dtype:
+    """The tensor-core operand dtype the kernels use: the inputs' own when both are bf16 or
+    both fp16.
+
+    Anything else (fp32, mixed) gets fp16 operands scaled per row by powers of two: 11-bit
+    precision (8x finer than bf16's 8 bits, so far fewer rows need re-ranking) without
+    fp16's range limits.
+    """
+    if x_dtype == c_dtype and x_dtype in (torch.bfloat16, torch.float16):
+        return x_dtype
+    return torch.float16
+
+
 def kernel_operand(dtype_x: torch.dtype, dtype_c: torch.dtype) -> str:
-    """The operand format the Triton kernels use for these input dtypes."""
-    if dtype_x == dtype_c and dtype_x in (torch.bfloat16, torch.float16):
-        return "exact16"
-    return "fp16_scaled"
+    """The operand format (one of :data:`OPERANDS`) the kernels use for these dtypes."""
+    return "exact16" if operand_dtype(dtype_x, dtype_c) == dtype_x == dtype_c else "fp16_scaled"
 
 
 def ambiguous_rows(

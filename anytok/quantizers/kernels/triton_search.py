@@ -101,6 +101,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from anytok.quantizers.kernels.certificate import operand_dtype
 from anytok.quantizers.kernels.reference import METRICS, _check
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs may lack it.
@@ -342,8 +343,8 @@ if HAS_TRITON:
         co_ptr,  # (G, K, DC) out when C_SCALED and C_STAGED: the scaled lp copy, 16-padded
         scale_ptr,  # (G, K) fp32 out: a_k
         bias_ptr,  # (G, K) fp32 out: b_k
-        cinv_ptr,  # (G, K) fp32 out (C_SCALED): per-codeword operand scale 2^-e
-        lp_scale_ptr,  # (G, K) fp32 out (C_SCALED): a_k * cinv_k, for the scaled GEMM
+        cmult_ptr,  # (G, K) fp32 out (C_SCALED, not C_STAGED): 2^e for in-kernel conversion
+        lp_scale_ptr,  # (G, K) fp32 out (C_SCALED): a_k * 2^-e, for the scaled GEMM
         maxes_ptr,  # (G, 4) fp32 in/out (zeroed): P, Q, T, B
         K,
         D,
@@ -372,7 +373,8 @@ if HAS_TRITON:
         if C_SCALED:
             rows_ptr = c_ptr + g.to(tl.int64) * s_cg + offs_k.to(tl.int64) * s_ck
             cmult, cinv = _pow2_scales(_row_maxabs(rows_ptr, mask_k, D, s_cd, BLOCK_K, BLOCK_D))
-            tl.store(cinv_ptr + g.to(tl.int64) * K + offs_k, cinv, mask=mask_k)
+            if not C_STAGED:  # the search converts the codebook tiles itself
+                tl.store(cmult_ptr + g.to(tl.int64) * K + offs_k, cmult, mask=mask_k)
         c2 = tl.zeros((BLOCK_K,), dtype=tl.float32)  # ||c||^2
         t2 = tl.zeros((BLOCK_K,), dtype=tl.float32)  # ||lp(c)||^2
         r2 = tl.zeros((BLOCK_K,), dtype=tl.float32)  # ||c - lp(c)||^2
@@ -441,7 +443,7 @@ if HAS_TRITON:
         s_xd,
         scale_ptr,
         bias_ptr,
-        cinv_ptr,
+        cmult_ptr,
         LP: tl.constexpr,
         ONE_D: tl.constexpr,
         X_SCALED: tl.constexpr,
@@ -456,18 +458,19 @@ if HAS_TRITON:
     ):
         """Low-precision scores ``b + a * <lp(x), lp(c)>`` of one ``BLOCK_N x BLOCK_K`` tile.
 
-        Scaled operands hold ``lp(v * 2^e)``; the scales are undone exactly (powers of two)
-        through ``a`` per column (``scale_ptr`` holds ``a_k`` times the codeword's scale), and per row on the accumulator unless the whole row block
-        shares one scale (``X_BLOCK``: no per-element work). Columns past ``K`` score ``+inf`` (their bias loads as
+        Scaled operands hold ``lp(v * 2^e)``; the scales are undone exactly (powers of two):
+        per column through ``a`` (``scale_ptr`` holds ``a_k * 2^-e_k``), per row on the
+        accumulator unless the whole row block shares one scale (``X_BLOCK``: folded into
+        ``a``, no per-element work). Columns past ``K`` score ``+inf`` (their bias loads as
         inf, their codewords as 0).
         """
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
         cols = g.to(tl.int64) * K + offs_k
         c_cols = c_ptr + g.to(tl.int64) * s_cg + offs_k.to(tl.int64)[None, :] * s_ck
-        c_inv = tl.full((BLOCK_K,), 1.0, tl.float32)
+        c_mult = tl.full((BLOCK_K,), 1.0, tl.float32)
         if C_SCALED and not C_STAGED:
-            c_inv = tl.load(cinv_ptr + cols, mask=mask_k, other=1.0)
+            c_mult = tl.load(cmult_ptr + cols, mask=mask_k, other=1.0)
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         if ONE_D:
             offs_d = tl.arange(0, BLOCK_D)
@@ -477,7 +480,7 @@ if HAS_TRITON:
                 other=0.0,
             )
             if C_SCALED and not C_STAGED:
-                c = c.to(tl.float32) * (1.0 / c_inv)[None, :]
+                c = c.to(tl.float32) * c_mult[None, :]
             acc = _lp_dot(x_lp, c.to(LP), acc, INTERPRET)
         else:
             for d0 in range(0, D, BLOCK_D):
@@ -497,7 +500,7 @@ if HAS_TRITON:
                 if X_SCALED and not X_STAGED:
                     xs = xs.to(tl.float32) * x_mult[:, None]
                 if C_SCALED and not C_STAGED:
-                    c = c.to(tl.float32) * (1.0 / c_inv)[None, :]
+                    c = c.to(tl.float32) * c_mult[None, :]
                 acc = _lp_dot(xs.to(LP), c.to(LP), acc, INTERPRET)
         scale = tl.load(scale_ptr + cols, mask=mask_k, other=0.0)
         bias = tl.load(bias_ptr + cols, mask=mask_k, other=float("inf"))
@@ -524,7 +527,7 @@ if HAS_TRITON:
         scale_ptr,  # (G, K) fp32: a_k, times the codeword's operand scale when C_SCALED
         bias_ptr,  # (G, K) fp32
         maxes_ptr,  # (G, 4) fp32
-        cinv_ptr,  # (G, K) fp32 per-codeword operand scales (C_SCALED)
+        cmult_ptr,  # (G, K) fp32 per-codeword operand scales (C_SCALED, not C_STAGED)
         xinv_ptr,  # (G, N) fp32 per-row operand scales of a staged x (X_SCALED and X_STAGED)
         idx_ptr,  # (G, N) int64 out
         list_ptr,  # (G, N) int32 out: ambiguous rows, compacted per group
@@ -622,7 +625,7 @@ if HAS_TRITON:
         for k0 in range(0, K, BLOCK_K):
             s = _lp_scores(
                 xo_rows, x_lp, x_mult, x_inv, x_inv_block, mask_n, co_ptr, g, k0, K, D, DX, DC,
-                s_cog, s_cok, s_cod, xo_ptr, s_xod, scale_ptr, bias_ptr, cinv_ptr,
+                s_cog, s_cok, s_cod, xo_ptr, s_xod, scale_ptr, bias_ptr, cmult_ptr,
                 LP, ONE_D, X_SCALED, X_STAGED, C_SCALED, C_STAGED, X_SCALED and not X_STAGED,
                 INTERPRET, BLOCK_N, BLOCK_K, BLOCK_D,
             )  # fmt: skip
@@ -665,7 +668,7 @@ if HAS_TRITON:
         c_ptr,
         scale_ptr,
         bias_ptr,
-        cinv_ptr,
+        cmult_ptr,
         list_ptr,
         thr_ptr,
         list_inv_ptr,
@@ -715,7 +718,7 @@ if HAS_TRITON:
             for k0 in range(0, K, BLOCK_K):
                 s = _lp_scores(
                     x_rows, x_unused, x_mult, x_inv, 1.0, mask_s, c_ptr, g, k0, K, D, DX, DC,
-                    s_cg, s_ck, s_cd, x_ptr, s_xd, scale_ptr, bias_ptr, cinv_ptr,
+                    s_cg, s_ck, s_cd, x_ptr, s_xd, scale_ptr, bias_ptr, cmult_ptr,
                     LP, False, X_SCALED, X_STAGED, C_SCALED, C_STAGED, False,
                     INTERPRET, BLOCK_N, BLOCK_K, BLOCK_D,
                 )  # fmt: skip
@@ -759,8 +762,8 @@ if HAS_TRITON:
     ):
         g = tl.program_id(1)
         n_amb = tl.load(counter_ptr + g)
-        # A bounded grid strides over the list: launching one program per row of x would
-        # schedule N mostly empty programs (tens of microseconds at N ~ 50k).
+        # A bounded grid strides over the list: one program per row of x would schedule N
+        # programs, nearly all of them empty (the list is short when most rows certify).
         for slot in range(tl.program_id(0), n_amb, tl.num_programs(0)):
             at = g.to(tl.int64) * N + slot
             row = tl.load(list_ptr + at)
@@ -886,18 +889,6 @@ def _operand_ready(t: Tensor, lp: torch.dtype) -> bool:
     return t.dtype == lp and t.stride(-1) == 1 and t.shape[-1] % 16 == 0
 
 
-def operand_dtype(x_dtype: torch.dtype, c_dtype: torch.dtype) -> torch.dtype:
-    """The tensor-core operand dtype: the inputs' own when both are bf16 or both fp16.
-
-    Anything else (fp32, mixed) gets fp16 operands scaled per row by powers of two: 11-bit
-    precision (8x finer than bf16's 8 bits, so far fewer rows need re-ranking) without
-    fp16's range limits.
-    """
-    if x_dtype == c_dtype and x_dtype in (torch.bfloat16, torch.float16):
-        return x_dtype
-    return torch.float16
-
-
 def _stage(t: Tensor, lp: torch.dtype, scaled: bool) -> tuple[Tensor, Tensor | None]:
     """A contiguous ``lp`` copy of ``(G, R, D)`` with rows zero-padded to a multiple of 16.
 
@@ -1003,7 +994,8 @@ def nearest_codeword_triton(
     else:
         co = _stage(cb, lp_torch, scaled=False)[0] if stage_c else cb
     xo, xinv = _stage(xs, lp_torch, x_scaled) if stage_x else (xs, None)
-    cinv = torch.empty_like(scale) if c_scaled else scale  # scale: a pointer never read
+    # Per-codeword multipliers, only when the search converts fp32 codebook tiles itself.
+    cmult = torch.empty_like(scale) if c_scaled and not stage_c else scale  # else never read
     dc = co.shape[-1]
     # a_k with the codeword's operand scale folded in, for the low-precision passes.
     lp_scale = torch.empty_like(scale) if c_scaled else scale
@@ -1015,12 +1007,12 @@ def nearest_codeword_triton(
 
     stats_block = 16 if _INTERPRET else 64
     _codeword_stats_kernel[(triton.cdiv(k, stats_block), groups)](
-        cb, co, scale, bias, cinv, lp_scale, maxes, k, d, dc, *cb.stride(),
+        cb, co, scale, bias, cmult, lp_scale, maxes, k, d, dc, *cb.stride(),
         METRIC=metric_id, LP=lp, C_STAGED=stage_c and c_scaled, C_SCALED=c_scaled,
         BLOCK_K=stats_block, BLOCK_D=block_d if d <= 128 else 64,
     )  # fmt: skip
     _search_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), groups)](
-        xs, xo, co, lp_scale, bias, maxes, cinv, xinv, idx, rows_list, thr, list_inv, counter,
+        xs, xo, co, lp_scale, bias, maxes, cmult, xinv, idx, rows_list, thr, list_inv, counter,
         n, k, d, dx, dc, *xs.stride(), *xo.stride(), *co.stride(), gamma, d_bucket, k_bucket,
         METRIC=metric_id, X_EXACT=xs.dtype == lp_torch, CERTIFY=certify,
         INTERPRET=_INTERPRET, **flags,
@@ -1032,7 +1024,7 @@ def nearest_codeword_triton(
         cand = torch.empty(groups, n, m, dtype=torch.int32, device=device)
         count = torch.empty(groups, n, dtype=torch.int32, device=device)
         _candidates_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), groups)](
-            xo, co, lp_scale, bias, cinv, rows_list, thr, list_inv, counter, cand, count,
+            xo, co, lp_scale, bias, cmult, rows_list, thr, list_inv, counter, cand, count,
             n, k, d, dx, dc, *xo.stride(), *co.stride(), d_bucket, k_bucket,
             M=m, INTERPRET=_INTERPRET, BLOCK_D=min(block_d, 64), **flags,
         )  # fmt: skip
