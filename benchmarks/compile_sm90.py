@@ -34,14 +34,17 @@ from anytok.quantizers.kernels import triton_search as ts  # noqa: E402
 TARGET = GPUTarget("cuda", 90, 64)
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 
-# Operand cases: (name, x pointer dtype, operand dtype, flags). "fp32 auto" is the default for
-# fp32 inputs: the codebook staged as scaled fp16, x scaled in-kernel for D <= 128 and
-# staged above; "fp32 never" converts everything in registers.
+# Operand cases: x and codebook operand pointer dtypes, operand dtype, flags. "fp32 auto" is
+# the default for fp32 inputs: the codebook staged as scaled fp16, x scaled in-kernel for
+# D <= 128 and staged above; "fp32 never" converts everything in registers.
 CASES = {
-    "bf16": dict(xo="bf16", co="bf16", lp=tl.bfloat16, X_SCALED=False, C_SCALED=False),
-    "fp32 auto": dict(xo="fp32", co="fp16", lp=tl.float16, X_SCALED=True, C_SCALED=True),
-    "fp32 never": dict(xo="fp32", co="fp32", lp=tl.float16, X_SCALED=True, C_SCALED=True),
-}
+    "bf16": dict(xo="bf16", co="bf16", lp=tl.bfloat16, X_SCALED=False, C_SCALED=False,
+                 C_STAGED=True),
+    "fp32 auto": dict(xo="fp32", co="fp16", lp=tl.float16, X_SCALED=True, C_SCALED=True,
+                      C_STAGED=True),
+    "fp32 never": dict(xo="fp32", co="fp32", lp=tl.float16, X_SCALED=True, C_SCALED=True,
+                       C_STAGED=False),
+}  # fmt: skip
 
 
 def _jit(kernel: object) -> triton.runtime.jit.JITFunction:
@@ -128,7 +131,7 @@ def search_rows(smoke: bool = False) -> list[dict]:
                 consts = {
                     "s_xd": 1, "s_xod": 1, "s_cod": 1, "METRIC": 0, "LP": case["lp"],
                     "X_EXACT": not case["X_SCALED"], "X_STAGED": staged_x,
-                    "X_SCALED": case["X_SCALED"], "C_STAGED": case["co"] != "fp32",
+                    "X_SCALED": case["X_SCALED"], "C_STAGED": case["C_STAGED"],
                     "C_SCALED": case["C_SCALED"], "CERTIFY": True, "INTERPRET": False,
                     "BLOCK_N": kw["BLOCK_N"], "BLOCK_K": kw["BLOCK_K"],
                     "BLOCK_D": kw["BLOCK_D"], "ONE_D": one_d,
@@ -159,7 +162,7 @@ def other_rows(smoke: bool = False) -> list[dict]:
             consts = {
                 "s_xd": 1, "s_cd": 1, "M": ts.MAX_CANDIDATES, "LP": case["lp"],
                 "X_SCALED": case["X_SCALED"], "X_STAGED": False, "C_SCALED": case["C_SCALED"],
-                "C_STAGED": case["co"] != "fp32", "INTERPRET": False, "BLOCK_D": 64,
+                "C_STAGED": case["C_STAGED"], "INTERPRET": False, "BLOCK_D": 64,
                 "BLOCK_N": kw["BLOCK_N"], "BLOCK_K": kw["BLOCK_K"],
             }  # fmt: skip
             res = _compile(ts._candidates_kernel, sig, consts, config.num_warps, config.num_stages)
@@ -174,7 +177,7 @@ def other_rows(smoke: bool = False) -> list[dict]:
             "maxes_ptr": "*fp32", **{n: "i32" for n in ("K", "D", "DC", "s_cg", "s_ck")},
         }  # fmt: skip
         consts = {
-            "s_cd": 1, "METRIC": 1, "LP": case["lp"], "C_STAGED": case["co"] != "fp32"
+            "s_cd": 1, "METRIC": 1, "LP": case["lp"], "C_STAGED": case["C_STAGED"]
             and case["C_SCALED"], "C_SCALED": case["C_SCALED"], "BLOCK_K": 64, "BLOCK_D": 64,
         }  # fmt: skip
         res = _compile(ts._codeword_stats_kernel, sig, consts, 4, 3)

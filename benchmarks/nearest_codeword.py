@@ -272,12 +272,7 @@ def measure(n: int, d: int, k: int, dtype_name: str, metric: str, skip: set[str]
     # anytok: time (autotuned and compiled above), extra memory, throughput.
     row["anytok_ms"] = _try(lambda: _bench(lambda: nearest_codeword(nxt(), c, metric=metric)))
     row["anytok_host_us"] = _host_us(lambda: nearest_codeword(nxt(), c, metric=metric))
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    nearest_codeword(xs[0], c, metric=metric)
-    torch.cuda.synchronize()
-    row["anytok_extra_gib"] = (torch.cuda.max_memory_allocated() - base) / 2**30
+    row["anytok_extra_gib"] = _extra_gib(lambda: nearest_codeword(xs[0], c, metric=metric))
     if isinstance(row["anytok_ms"], float):
         row["anytok_tflops"] = flops / (row["anytok_ms"] * 1e-3) / 1e12
     if dtype != torch.bfloat16 and "nostage" not in skip:
