@@ -21,6 +21,7 @@ while [ -n "$stage" ]; do
       $PY benchmarks/nearest_codeword.py --out benchmarks/results/nearest_codeword
       $PY benchmarks/nearest_codeword.py --metric cosine --dtypes float32 \
         --out benchmarks/results/nearest_codeword_cosine
+      $PY benchmarks/residual_encode.py --out benchmarks/results/residual_encode
       $PY -m pytest -q -m gpu tests/test_kernels.py ;;
     throughput)
       $PY benchmarks/codec_throughput.py --compile --out benchmarks/results/codec_throughput ;;

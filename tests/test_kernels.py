@@ -394,6 +394,28 @@ def test_certificate_rate_benchmark_smoke(tmp_path: Path) -> None:
     assert "| fp16 scaled (kernels) |" in (tmp_path / "certificate_rate.md").read_text()
 
 
+@pytest.mark.skipif(INTERPRET, reason="CPU reference path; the interpreter run covers Triton")
+def test_residual_encode_benchmark_smoke(tmp_path: Path) -> None:
+    """The residual-encoding benchmark end to end on the CPU: compiled codes equal eager
+    codes, and vector-quantize-pytorch with the same codebooks agrees with every code."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "residual_encode.py"
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", ENV_VAR)}
+    proc = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--device", "cpu", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    meta = json.loads((tmp_path / "residual_encode.json").read_text())
+    assert meta["device"].startswith("CPU") and len(meta["rows"]) == 2
+    for row in meta["rows"]:
+        assert row["compiled_equal"] is True and row["vqp_agree"] == 1.0
+        assert row["anytok_ms"] > 0 and row["compiled_ms"] > 0 and row["vqp_ms"] > 0
+    assert "| encodec | 37 |" in (tmp_path / "residual_encode.md").read_text()
+
+
 def test_kernels_compile_for_sm90(tmp_path: Path) -> None:
     """Every kernel and operand case compiles for H100 (the interpreter never compiles)."""
     pytest.importorskip("triton")
@@ -493,6 +515,37 @@ def test_interp_triton_search_compiles_fullgraph(monkeypatch: pytest.MonkeyPatch
         out = torch.compile(vq, fullgraph=True, backend="aot_eager")(x)
         assert torch.equal(out.codes, vq(x).codes)
     assert_same_argmin(out.codes[..., 0], x, vq.codebook.detach(), "cosine")
+
+
+@interp_only
+def test_interp_residual_encode_compiles_to_one_fused_update_per_stage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Compiled residual encoding: per stage one search call, and inductor fuses the residual
+    update ``r - c[codes]`` (gather + subtract) into a single in-place kernel."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    from anytok.quantizers.residual import ResidualVQ
+
+    monkeypatch.setenv(ENV_VAR, "triton")
+    torch._dynamo.reset()
+    torch.manual_seed(16)
+    levels = 4
+    rvq = ResidualVQ(32, levels, 50).eval()
+    z = torch.randn(2, 37, 32)
+    with torch.no_grad():
+        eager = rvq.encode(z)
+        got, code = run_and_get_code(torch.compile(rvq.encode, fullgraph=True), z)
+    assert torch.equal(got, eager)
+    call = "\n".join(code).split("def call", 1)[1]
+    assert call.count("nearest_codeword_triton.default(") == levels
+    kernels = re.findall(r"^\s+(\w*fused\w*)\(", call, re.M)
+    updates = [name for name in kernels if "embedding" in name and "sub" in name]
+    # The last stage's update is dead code (encode returns only codes); the codes' cat remains.
+    assert len(updates) == levels - 1, kernels
+    assert len(kernels) == levels, kernels
 
 
 @interp_only

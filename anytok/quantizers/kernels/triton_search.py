@@ -661,7 +661,7 @@ if HAS_TRITON:
                 if X_SCALED:
                     tl.store(list_inv_ptr + pos, x_inv, mask=ambiguous)
 
-    @triton.autotune(configs=_candidate_configs(), key=["D_BUCKET", "K_BUCKET"])
+    @triton.autotune(configs=_candidate_configs(), key=["D_BUCKET", "K_BUCKET"], cache_results=True)
     @triton.jit
     def _candidates_kernel(
         x_ptr,
