@@ -679,3 +679,43 @@ def test_gpu_stage_policies(stage: str, shape: tuple[int, int, int]) -> None:
     for metric in ("euclidean", "cosine"):
         got = nearest_codeword_triton(x, c, metric=metric, stage=stage)
         assert_same_argmin(got, x, c, metric)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_gpu_search_replays_in_a_cuda_graph() -> None:
+    """The search makes no host synchronisation, so a CUDA graph captures it; replays with
+    new data in the captured buffers stay exact (near ties force the re-rank path)."""
+    n, d, k = 3000, 48, 2000
+    x, c = near_tie_inputs(n, d, k, seed=21)
+    static_x, static_c = x.cuda(), c.cuda()
+    nearest_codeword(static_x, static_c)  # autotune before capturing
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_idx = nearest_codeword(static_x, static_c)
+    for seed in (22, 23):
+        x, c = (t.cuda() for t in near_tie_inputs(n, d, k, seed=seed))
+        static_x.copy_(x)
+        static_c.copy_(c)
+        graph.replay()
+        assert_same_argmin(static_idx, x, c, "euclidean")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_gpu_residual_encode_compiled_and_graphed() -> None:
+    from anytok.quantizers.residual import ResidualVQ
+
+    torch._dynamo.reset()
+    torch.manual_seed(24)
+    rvq = ResidualVQ(128, 8, 1024).eval().cuda()
+    z = torch.randn(4500, 128, device="cuda") * 128**-0.5
+    with torch.no_grad():
+        eager = rvq.encode(z)
+        assert torch.equal(torch.compile(rvq.encode, fullgraph=True)(z), eager)
+        graphed = torch.compile(rvq.encode, mode="reduce-overhead", fullgraph=True)
+        for _ in range(3):  # warm-up, record, replay
+            torch.compiler.cudagraph_mark_step_begin()
+            out = graphed(z)
+        assert torch.equal(out, eager)
