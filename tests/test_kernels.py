@@ -416,6 +416,24 @@ def test_residual_encode_benchmark_smoke(tmp_path: Path) -> None:
     assert "| encodec | 37 |" in (tmp_path / "residual_encode.md").read_text()
 
 
+@pytest.mark.skipif(INTERPRET, reason="measures the compiled-mode autotuner")
+def test_launch_overhead_benchmark_smoke(tmp_path: Path) -> None:
+    pytest.importorskip("triton")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "launch_overhead.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, str(script), "--calls", "200", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    meta = json.loads((tmp_path / "launch_overhead.json").read_text())
+    us = meta["us_per_launch"]
+    assert set(us) == {"autotuner", "direct"} and all(v > 0 for v in us.values())
+
+
 def test_kernels_compile_for_sm90(tmp_path: Path) -> None:
     """Every kernel and operand case compiles for H100 (the interpreter never compiles)."""
     pytest.importorskip("triton")
@@ -475,6 +493,32 @@ def test_interp_fallbacks_zero_rows_duplicates_clusters() -> None:
             assert 10 <= int(got[3]) < 10 + MAX_CANDIDATES + 4 or int(got[3]) == 5
         if metric != "dot":
             assert stats.full_scans >= 1  # the cluster row (and zero rows for cosine)
+
+
+@interp_only
+def test_interp_tuned_launches_skip_the_autotuner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the first call for a tuning key, both autotuned kernels launch directly with the
+    autotuner's choice (its per-call key building is host time), and stay exact."""
+    from triton.runtime.autotuner import Autotuner
+
+    from anytok.quantizers.kernels import triton_search as ts
+
+    monkeypatch.setattr(ts, "_TUNED", {})  # as in a new process
+    x, c = near_tie_inputs(40, 16, 30, seed=30)
+    assert_same_argmin(ts.nearest_codeword_triton(x, c), x, c)
+    assert {key[0] for key in ts._TUNED} >= {"search", "candidates"}
+
+    def autotuner_called(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Autotuner.run called for an already tuned key")
+
+    monkeypatch.setattr(Autotuner, "run", autotuner_called)
+    x, c = near_tie_inputs(40, 16, 30, seed=31)
+    got, stats = ts.nearest_codeword_triton(x, c, return_stats=True)
+    assert stats.ambiguous > 0  # the candidates kernel had work
+    assert stats.config == str(ts._search_kernel.best_config)
+    assert_same_argmin(got, x, c)
+    with pytest.raises(AssertionError, match="Autotuner.run called"):  # a new key tunes
+        ts.nearest_codeword_triton(x.half(), c.half())
 
 
 @interp_only
