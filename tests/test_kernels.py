@@ -380,15 +380,26 @@ def test_certificate_model() -> None:
         ambiguous_rows(x, c, metric="l1")
 
 
-def test_certificate_rate_benchmark_smoke(tmp_path: Path) -> None:
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "certificate_rate.py"
+def run_benchmark(
+    script: str, *args: str, env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run ``benchmarks/<script>`` with ``args`` (without ``TRITON_INTERPRET`` unless ``env``
+    sets it) and assert that it exits 0."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / script
+    base = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", ENV_VAR)}
     proc = subprocess.run(
-        [sys.executable, str(script), "--smoke", "--rows", "500", "--out", str(tmp_path)],
+        [sys.executable, str(path), *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
+        env={**base, **(env or {})},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_certificate_rate_benchmark_smoke(tmp_path: Path) -> None:
+    run_benchmark("certificate_rate.py", "--smoke", "--rows", "500", "--out", str(tmp_path))
     rows = json.loads((tmp_path / "certificate_rate.json").read_text())
     assert len(rows) == 8 and all(0 <= r["fp16_scaled"] <= r["bf16"] <= 1 for r in rows)
     assert "| fp16 scaled (kernels) |" in (tmp_path / "certificate_rate.md").read_text()
@@ -398,16 +409,7 @@ def test_certificate_rate_benchmark_smoke(tmp_path: Path) -> None:
 def test_residual_encode_benchmark_smoke(tmp_path: Path) -> None:
     """The residual-encoding benchmark end to end on the CPU: compiled codes equal eager
     codes, and vector-quantize-pytorch with the same codebooks agrees with every code."""
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "residual_encode.py"
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", ENV_VAR)}
-    proc = subprocess.run(
-        [sys.executable, str(script), "--smoke", "--device", "cpu", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_benchmark("residual_encode.py", "--smoke", "--device", "cpu", "--out", str(tmp_path))
     meta = json.loads((tmp_path / "residual_encode.json").read_text())
     assert meta["device"].startswith("CPU") and len(meta["rows"]) == 2
     for row in meta["rows"]:
@@ -419,16 +421,7 @@ def test_residual_encode_benchmark_smoke(tmp_path: Path) -> None:
 @pytest.mark.skipif(INTERPRET, reason="measures the compiled-mode autotuner")
 def test_launch_overhead_benchmark_smoke(tmp_path: Path) -> None:
     pytest.importorskip("triton")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "launch_overhead.py"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run(
-        [sys.executable, str(script), "--calls", "200", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_benchmark("launch_overhead.py", "--calls", "200", "--out", str(tmp_path))
     meta = json.loads((tmp_path / "launch_overhead.json").read_text())
     us = meta["us_per_launch"]
     assert set(us) == {"autotuner", "direct"} and all(v > 0 for v in us.values())
@@ -437,16 +430,8 @@ def test_launch_overhead_benchmark_smoke(tmp_path: Path) -> None:
 def test_kernels_compile_for_sm90(tmp_path: Path) -> None:
     """Every kernel and operand case compiles for H100 (the interpreter never compiles)."""
     pytest.importorskip("triton")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "compile_sm90.py"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run(
-        [sys.executable, str(script), "--smoke", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**env, "TRITON_CACHE_DIR": str(tmp_path / "cache")},
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cache = {"TRITON_CACHE_DIR": str(tmp_path / "cache")}
+    run_benchmark("compile_sm90.py", "--smoke", "--out", str(tmp_path), env=cache, timeout=600)
     rows = json.loads((tmp_path / "compile_sm90.json").read_text())
     assert len(rows) == 14  # 3 operand cases x (2 search, 1 candidate, 1 statistics) + 2
     for row in rows:
@@ -595,15 +580,9 @@ def test_interp_residual_encode_compiles_to_one_fused_update_per_stage(
 @interp_only
 def test_interp_benchmark_smoke(tmp_path: Path) -> None:
     """The benchmark script's CPU smoke mode (reference + interpreter, tiny sizes)."""
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "nearest_codeword.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), "--smoke", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "TRITON_INTERPRET": "1"},
+    run_benchmark(
+        "nearest_codeword.py", "--smoke", "--out", str(tmp_path), env={"TRITON_INTERPRET": "1"}
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (tmp_path / "nearest_codeword.json").exists()
     assert "| " in (tmp_path / "nearest_codeword.md").read_text()
 
