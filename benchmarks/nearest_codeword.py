@@ -39,7 +39,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 ANCHORS = [  # (N, D, K)
     (48000, 128, 1024),
@@ -144,7 +146,8 @@ def _bench(fn: Callable[[], Any]) -> float:
     return float(triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median"))
 
 
-def _try(fn: Callable[[], float]) -> float | str:
+def _try(fn: Callable[[], T]) -> T | str:
+    """``fn()``, or ``"OOM"`` / the error as a short string."""
     import torch
 
     try:
@@ -175,6 +178,30 @@ def _host_us(fn: Callable[[], Any], reps: int = 200) -> float | str:
         return host
 
     return _try(run)
+
+
+def _graph_ms(fn: Callable[[Any], Any], inputs: list[Any]) -> dict[str, Any]:
+    """Device time of ``fn`` replayed from CUDA graphs, one per input, rotated: what the
+    kernels cost without any host launch cost. Also whether a replay reproduces the eager
+    result (``graph_equal``)."""
+    import torch
+
+    def run() -> dict[str, Any]:
+        expected = fn(inputs[0])
+        graphs, outputs = [], []
+        for t in inputs:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                outputs.append(fn(t))
+            graphs.append(graph)
+        nxt = _rotating(graphs)
+        ms = _bench(lambda: nxt().replay())
+        graphs[0].replay()
+        torch.cuda.synchronize()
+        return {"anytok_graph_ms": ms, "graph_equal": bool(torch.equal(outputs[0], expected))}
+
+    result = _try(run)
+    return result if isinstance(result, dict) else {"anytok_graph_ms": result}
 
 
 def _extra_gib(fn: Callable[[], Any]) -> float | str:
@@ -272,6 +299,7 @@ def measure(n: int, d: int, k: int, dtype_name: str, metric: str, skip: set[str]
     # anytok: time (autotuned and compiled above), extra memory, throughput.
     row["anytok_ms"] = _try(lambda: _bench(lambda: nearest_codeword(nxt(), c, metric=metric)))
     row["anytok_host_us"] = _host_us(lambda: nearest_codeword(nxt(), c, metric=metric))
+    row.update(_graph_ms(lambda t: nearest_codeword(t, c, metric=metric), xs))
     row["anytok_extra_gib"] = _extra_gib(lambda: nearest_codeword(xs[0], c, metric=metric))
     if isinstance(row["anytok_ms"], float):
         row["anytok_tflops"] = flops / (row["anytok_ms"] * 1e-3) / 1e12
@@ -403,7 +431,8 @@ def markdown(rows: list[dict[str, Any]], device: str, smoke: bool) -> str:
         cols = ["N", "D", "K", "mismatches", "ambiguous_fraction", "interpreter_ms",
                 "reference_ms", "cdist_ms"]  # fmt: skip
     else:
-        cols = ["N", "D", "K", "dtype", "anytok_ms", "anytok_host_us", "anytok_nostage_ms",
+        cols = ["N", "D", "K", "dtype", "anytok_ms", "anytok_host_us", "anytok_graph_ms",
+                "graph_equal", "anytok_nostage_ms",
                 "anytok_extra_gib",
                 "anytok_tflops",
                 "gemm_ms", "x_gemm", "torch_bf16_ms", "compiled_ms", "vqp_eval_ms",
