@@ -246,19 +246,29 @@ def _anytok_vq_module(d: int, k: int, codebook: Any, metric: str) -> Any | None:
 
 
 def run_gpu(
-    sizes: list[tuple[int, int, int]], dtypes: list[str], metric: str, skip: set[str]
+    sizes: list[tuple[int, int, int]],
+    dtypes: list[str],
+    metric: str,
+    skip: set[str],
+    report: Callable[[list[dict[str, Any]], str], None],
 ) -> tuple[list[dict[str, Any]], str]:
+    """Measure every size and dtype; ``report(rows, device)`` after each row, so a run cut
+    short (the device machine's 10-minute limit, Ctrl-C) keeps what it measured."""
     import torch
 
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 baselines stay fp32
-    rows = []
-    for n, d, k in sizes:
-        for dtype_name in dtypes:
-            row = measure(n, d, k, dtype_name, metric, skip)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            torch.cuda.empty_cache()
-    return rows, torch.cuda.get_device_name()
+    device = torch.cuda.get_device_name()
+    rows: list[dict[str, Any]] = []
+    try:
+        for n, d, k in sizes:
+            for dtype_name in dtypes:
+                rows.append(measure(n, d, k, dtype_name, metric, skip))
+                print(json.dumps(rows[-1]), flush=True)
+                report(rows, device)
+                torch.cuda.empty_cache()
+    except KeyboardInterrupt:
+        print(f"interrupted after {len(rows)} row(s)", file=sys.stderr)
+    return rows, device
 
 
 def measure(n: int, d: int, k: int, dtype_name: str, metric: str, skip: set[str]) -> dict[str, Any]:
@@ -466,6 +476,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    def report(rows: list[dict[str, Any]], device: str) -> None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        meta = {"device": device, "smoke": args.smoke, "metric": args.metric, "rows": rows}
+        (args.out / "nearest_codeword.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (args.out / "nearest_codeword.md").write_text(markdown(rows, device, args.smoke))
+
     if args.smoke:
         _reexec_with_interpreter()
         rows, device = run_smoke(args.metric)
@@ -479,14 +495,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.sizes:
             sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes.split(";")]
         skip = {s for s in args.skip.split(",") if s}
-        rows, device = run_gpu(sizes, args.dtypes.split(","), args.metric, skip)  # type: ignore[arg-type]
+        dtypes = args.dtypes.split(",")
+        rows, device = run_gpu(sizes, dtypes, args.metric, skip, report)  # type: ignore[arg-type]
 
-    table = markdown(rows, device, args.smoke)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"device": device, "smoke": args.smoke, "metric": args.metric, "rows": rows}
-    (args.out / "nearest_codeword.json").write_text(json.dumps(meta, indent=2) + "\n")
-    (args.out / "nearest_codeword.md").write_text(table)
+    report(rows, device)
+    print(markdown(rows, device, args.smoke))
     bad = [r for r in rows if r.get("mismatches")]
     if bad:
         print(f"INCORRECT: {len(bad)} size(s) with mismatches", file=sys.stderr)

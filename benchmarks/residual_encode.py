@@ -157,18 +157,26 @@ def main(argv: list[str] | None = None) -> int:
     configs = SMOKE if args.smoke else CONFIGS
     rows_default = (37,) if args.smoke else (GPU_ROWS if args.device == "cuda" else CPU_ROWS)
     counts = [int(v) for v in args.rows.split(",")] if args.rows else list(rows_default)
-    results = []
-    for name, cfg in configs.items():
-        for n in counts:
-            result = measure(name, cfg, n, args.device)
-            print(json.dumps(result), flush=True)
-            results.append(result)
-    table = markdown(results, device_name)
-    print(table)
+    results: list[dict[str, Any]] = []
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"device": device_name, "torch": torch.__version__, "smoke": args.smoke, "rows": results}
-    (args.out / "residual_encode.json").write_text(json.dumps(meta, indent=2) + "\n")
-    (args.out / "residual_encode.md").write_text(table)
+
+    def report() -> None:  # after every row: a run cut short keeps what it measured
+        meta = {"device": device_name, "torch": torch.__version__, "smoke": args.smoke}
+        (args.out / "residual_encode.json").write_text(
+            json.dumps({**meta, "rows": results}, indent=2) + "\n"
+        )
+        (args.out / "residual_encode.md").write_text(markdown(results, device_name))
+
+    try:
+        for name, cfg in configs.items():
+            for n in counts:
+                results.append(measure(name, cfg, n, args.device))
+                print(json.dumps(results[-1]), flush=True)
+                report()
+    except KeyboardInterrupt:
+        print(f"interrupted after {len(results)} row(s)", file=sys.stderr)
+    report()
+    print(markdown(results, device_name))
     broken = [r for r in results if r.get("compiled_equal") is not True]
     if broken:
         print(f"compiled codes differ or failed in {len(broken)} row(s)", file=sys.stderr)

@@ -427,6 +427,18 @@ def test_launch_overhead_benchmark_smoke(tmp_path: Path) -> None:
     assert set(us) == {"autotuner", "direct"} and all(v > 0 for v in us.values())
 
 
+def test_gpu_owed_script_dispatches_stages(tmp_path: Path) -> None:
+    """The device-run script parses, runs its preamble anywhere, and rejects unknown stages
+    (its stages themselves need a GPU)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_owed.sh"
+    env = {**os.environ, "PY": sys.executable, "OUT": str(tmp_path), "WHEELS": str(tmp_path)}
+    proc = subprocess.run(
+        ["bash", str(script), "no-such-stage"], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 2 and "unknown stage no-such-stage" in proc.stdout, proc.stderr
+    assert f"torch {torch.__version__}" in proc.stdout
+
+
 def test_kernels_compile_for_sm90(tmp_path: Path) -> None:
     """Every kernel and operand case compiles for H100 (the interpreter never compiles)."""
     pytest.importorskip("triton")
