@@ -129,7 +129,7 @@ def search_rows(smoke: bool = False) -> list[dict]:
             for config in configs[:1] if smoke else configs:
                 kw = config.kwargs
                 consts = {
-                    "s_xd": 1, "s_xod": 1, "s_cod": 1, "METRIC": 0, "LP": case["lp"],
+                    "s_xd": 1, "s_xod": 1, "s_cod": 1, "LP": case["lp"],
                     "X_EXACT": not case["X_SCALED"], "X_STAGED": staged_x,
                     "X_SCALED": case["X_SCALED"], "C_STAGED": case["C_STAGED"],
                     "C_SCALED": case["C_SCALED"], "CERTIFY": True, "INTERPRET": False,

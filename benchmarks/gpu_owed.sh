@@ -52,7 +52,9 @@ while [ -n "$stage" ]; do
   shift
   case "$stage" in
     kernels-tests)
-      limit $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels.py \
+      # Untuned defaults (one compilation per new shape, not one per configuration);
+      # test_gpu_every_search_config_is_exact runs every configuration explicitly.
+      ANYTOK_TRITON_AUTOTUNE=0 limit $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels.py \
         -o addopts= --junitxml="$R/kernels_gpu_tests.xml" 2>&1 | tee "$R/kernels_gpu_tests.log"
       status=$((status | PIPESTATUS[0]))
       limit $PY benchmarks/residual_encode.py --out "$R/residual_encode" || status=1 ;;

@@ -519,6 +519,33 @@ def test_interp_tuned_launches_skip_the_autotuner(monkeypatch: pytest.MonkeyPatc
 
 
 @interp_only
+def test_interp_untuned_and_pinned_configs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ANYTOK_TRITON_AUTOTUNE=0`` and pinned configurations launch without the autotuner,
+    even for keys never seen; results stay exact."""
+    from triton.runtime.autotuner import Autotuner
+
+    from anytok.quantizers.kernels import triton_search as ts
+
+    def autotuner_called(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Autotuner.run called")
+
+    monkeypatch.setattr(ts, "_TUNED", {})
+    monkeypatch.setattr(Autotuner, "run", autotuner_called)
+    monkeypatch.setenv(ts.AUTOTUNE_ENV, "0")
+    x, c = near_tie_inputs(40, 16, 30, seed=32)
+    got, stats = ts.nearest_codeword_triton(x, c, return_stats=True)
+    assert_same_argmin(got, x, c)
+    assert stats.ambiguous > 0 and all(key[-1] for key in ts._TUNED)
+    monkeypatch.delenv(ts.AUTOTUNE_ENV)
+    config = ts._search_kernel.configs[0]
+    pins = {"search": config, "candidates": ts._candidates_kernel.configs[0]}
+    monkeypatch.setattr(ts, "_PINNED", pins)
+    got, stats = ts.nearest_codeword_triton(x.half(), c, return_stats=True)  # a new key
+    assert stats.config == str(config)
+    assert_same_argmin(got, x.half(), c)
+
+
+@interp_only
 def test_interp_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
     x, c = torch.randn(18, 6), torch.randn(21, 6)
     monkeypatch.setenv(ENV_VAR, "triton")
@@ -714,6 +741,24 @@ def test_gpu_stage_policies(stage: str, shape: tuple[int, int, int]) -> None:
     for metric in ("euclidean", "cosine"):
         got = nearest_codeword_triton(x, c, metric=metric, stage=stage)
         assert_same_argmin(got, x, c, metric)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("d", [40, 128, 200])
+def test_gpu_every_search_config_is_exact(d: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every tile configuration the autotuner may pick (pinned one by one), on ragged N and K,
+    fp32 and bf16, near ties included: the grid tests run only the untuned default."""
+    from anytok.quantizers.kernels import triton_search as ts
+
+    x, c = (t.cuda() for t in near_tie_inputs(1001, d, 777, seed=d))
+    configs = ts._prune_search_configs(ts._search_kernel.configs, {"D": d})
+    assert len(configs) >= 9
+    for config in configs:
+        monkeypatch.setattr(ts, "_PINNED", {"search": config})
+        for xx, cc in ((x, c), (x.bfloat16(), c.bfloat16())):
+            got = ts.nearest_codeword_triton(xx, cc)
+            assert_same_argmin(got, xx.float(), cc.float())
 
 
 @pytest.mark.gpu

@@ -516,7 +516,7 @@ if HAS_TRITON:
 
     @triton.autotune(
         configs=_search_configs(),
-        key=["D_BUCKET", "K_BUCKET", "METRIC"],
+        key=["D_BUCKET", "K_BUCKET"],  # the metric only changes a and b: same kernel
         prune_configs_by={"early_config_prune": _prune_search_configs},
         reset_to_zero=["counter_ptr"],  # benchmarking runs append to the ambiguous-row list
         cache_results=True,
@@ -554,7 +554,6 @@ if HAS_TRITON:
         gamma,
         D_BUCKET,  # autotuning keys only
         K_BUCKET,
-        METRIC: tl.constexpr,  # only part of the autotuning key; the scores come from a, b
         LP: tl.constexpr,
         X_EXACT: tl.constexpr,
         X_STAGED: tl.constexpr,
@@ -887,11 +886,17 @@ def unsupported_reason(x: Tensor, codebook: Tensor) -> str | None:
     return None
 
 
-#: tuning key -> (launch keywords of the autotuner's choice, its description)
+AUTOTUNE_ENV = "ANYTOK_TRITON_AUTOTUNE"
+
+#: tuning key -> (launch keywords of the chosen configuration, its description)
 _TUNED: dict[tuple, tuple[dict[str, Any], str]] = {}
+#: kernel name ("search", "candidates") -> configuration to use instead of tuning (tests)
+_PINNED: dict[str, Any] = {}
 
 
-def _launch_autotuned(kernel: Any, key: tuple, grid: Callable, *args: Any, **kwargs: Any) -> str:
+def _launch_autotuned(
+    kernel: Any, key: tuple, grid: Callable, untuned: Callable[[], Any], *args: Any, **kwargs: Any
+) -> str:
     """Launch an autotuned kernel; once it is tuned for ``key``, without the autotuner.
 
     Triton's ``Autotuner.run`` rebuilds its tuning key from every argument on each call (a
@@ -899,13 +904,22 @@ def _launch_autotuned(kernel: Any, key: tuple, grid: Callable, *args: Any, **kwa
     out, a launch through it took 22-24 us of host time on the 2-core build machine against
     5.4-5.8 us for a direct call (``benchmarks/launch_overhead.py``). The search makes two
     autotuned launches per call, so that is of the order of the smallest anchor's whole bare
-    GEMM (38 us on the issue's H200). The
-    configuration stays the autotuner's own (benchmarked, or read from its disk cache); only
-    the per-call lookup is done here. ``key`` must contain everything the autotuner keys on
-    (its ``key`` arguments and the tensor dtypes); more is harmless. Returns the description
-    of the configuration.
+    GEMM (38 us on the issue's H200). The configuration stays the autotuner's own
+    (benchmarked, or read from its disk cache); only the per-call lookup is done here.
+    ``key[0]`` names the kernel, and ``key`` must contain everything the autotuner keys on
+    (its ``key`` arguments and the tensor dtypes); more is harmless.
+
+    With ``ANYTOK_TRITON_AUTOTUNE=0`` (in ``key``) the kernel runs ``untuned()``, the first
+    configuration its pruning keeps, with no benchmarking: a new shape then costs one
+    compilation instead of one per candidate configuration (the GPU tests use it).
+    ``_PINNED`` overrides both for one kernel (tests run every configuration that way).
+    Returns the description of the configuration.
     """
-    tuned = _TUNED.get(key)
+    pinned = _PINNED.get(key[0])
+    tuned = _TUNED.get(key) if pinned is None else (pinned.all_kwargs(), str(pinned))
+    if tuned is None and key[-1]:  # autotuning off
+        config = untuned()
+        tuned = _TUNED[key] = (config.all_kwargs(), str(config))
     if tuned is None:
         kernel[grid](*args, **kwargs)
         best = kernel.best_config
@@ -1042,17 +1056,18 @@ def nearest_codeword_triton(
         METRIC=metric_id, LP=lp, C_STAGED=stage_c and c_scaled, C_SCALED=c_scaled,
         BLOCK_K=stats_block, BLOCK_D=block_d if d <= 128 else 64,
     )  # fmt: skip
-    # Everything the autotuners key on: the size buckets, the metric and the tensor dtypes
-    # (the fp32 workspaces are fixed); the flags follow from those except on the bf16/fp16
-    # staging corner cases, so they go in too.
-    tune_key = (d_bucket, k_bucket, metric_id, xs.dtype, xo.dtype, co.dtype, certify,
-                *flags.values())  # fmt: skip
+    # Everything the autotuners key on: the size buckets and the tensor dtypes (the fp32
+    # workspaces are fixed); the flags follow from those except on the bf16/fp16 staging
+    # corner cases, so they go in too. Not the metric: it only changes a and b.
+    tune_key = (d_bucket, k_bucket, xs.dtype, xo.dtype, co.dtype, certify, *flags.values(),
+                os.environ.get(AUTOTUNE_ENV, "1") == "0")  # fmt: skip
     config = _launch_autotuned(
         _search_kernel, ("search", *tune_key),
         lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), groups),
+        lambda: _prune_search_configs(_search_kernel.configs, {"D": d})[0],
         xs, xo, co, lp_scale, bias, maxes, cmult, xinv, idx, rows_list, thr, list_inv, counter,
         n, k, d, dx, dc, *xs.stride(), *xo.stride(), *co.stride(), gamma, d_bucket, k_bucket,
-        METRIC=metric_id, X_EXACT=xs.dtype == lp_torch, CERTIFY=certify,
+        X_EXACT=xs.dtype == lp_torch, CERTIFY=certify,
         INTERPRET=_INTERPRET, **flags,
     )  # fmt: skip
 
@@ -1063,6 +1078,7 @@ def nearest_codeword_triton(
         _launch_autotuned(
             _candidates_kernel, ("candidates", *tune_key),
             lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), groups),
+            lambda: _candidate_configs()[0],
             xo, co, lp_scale, bias, cmult, rows_list, thr, list_inv, counter, cand, count,
             n, k, d, dx, dc, *xo.stride(), *co.stride(), d_bucket, k_bucket,
             M=m, INTERPRET=_INTERPRET, BLOCK_D=min(block_d, 64), **flags,
