@@ -1,29 +1,40 @@
-"""Host time of launching the search kernel through Triton's autotuner vs directly.
+"""Host-side costs of the search that need no GPU to measure.
 
     python benchmarks/launch_overhead.py --out benchmarks/results/launch_overhead_cpu
 
-The launch itself (``JITFunction.run``: argument binding, driver call) is stubbed out, so
-this needs no GPU and measures only the Python dispatch in front of it, with the argument
-list of a real call at the first anchor (48000 x 128 x 1024, fp32 input):
+1. **Dispatch per launch.** The launch itself (``JITFunction.run``: argument binding,
+   driver call) is stubbed out, so this measures only the Python dispatch in front of it,
+   with the argument list of a real call at the first anchor (48000 x 128 x 1024, fp32):
 
-* ``autotuner`` — ``_search_kernel[grid](...)`` with the tuning result already cached:
-  ``Autotuner.run`` still builds its key from every argument on every call;
-* ``direct`` — what ``triton_search._launch_autotuned`` does once a key is tuned: the
-  heuristics wrapper called with the stored configuration.
+   * ``autotuner`` — ``_search_kernel[grid](...)`` with the tuning result already cached:
+     ``Autotuner.run`` still builds its key from every argument on every call;
+   * ``direct`` — what ``triton_search._launch_autotuned`` does once a key is tuned: the
+     heuristics wrapper called with the stored configuration.
 
-Medians of 7 rounds of 20000 calls, microseconds per launch. A GPU host CPU is faster than
-the build machine, so the absolute numbers there will be lower; the difference is what each
-call saves, twice per search (search and candidate kernels).
+   Medians of 7 rounds of ``--calls`` calls, microseconds per launch. The difference is what
+   each call saves, twice per search (search and candidate kernels).
+
+2. **First-call compilation.** Before the autotuner times the configurations of a new key
+   it must compile each of them. ``--compile-configs`` search configurations (D = 128, bf16
+   operands) are compiled for sm_90 with Triton's own ptxas into an empty cache, one after
+   another and then in a thread pool (compilation releases the GIL), as
+   ``triton_search._precompile`` does on the GPU.
+
+A GPU host's CPU differs from the build machine, so the absolute numbers there will too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
+import tempfile
+import time
 import timeit
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -41,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--compile-configs", type=int, default=9, help="0: skip part 2")
     args = parser.parse_args(argv)
     if ts.interpreting():
         print(
@@ -89,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, fn in (("autotuner", autotuner), ("direct", direct)):
             times[name].append(timeit.timeit(fn, number=args.calls) / args.calls * 1e6)
     result = {name: statistics.median(v) for name, v in times.items()}
-    cpu = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     lines = [
         f"Search-kernel launch dispatch, launch stubbed out, on **CPU: {cpu}**",
         "",
@@ -98,14 +110,70 @@ def main(argv: list[str] | None = None) -> int:
         *(f"| {name} | {value:.2f} |" for name, value in result.items()),
         "",
     ]
+    meta: dict = {"device": f"CPU: {cpu}", "us_per_launch": result, "rounds": times}
+    if args.compile_configs:
+        meta["compile_s"] = compile_times(args.compile_configs)
+        workers = meta["compile_s"]["workers"]
+        lines += [
+            f"First-call compilation of {args.compile_configs} search configurations for sm_90",
+            "",
+            "| how | seconds |",
+            "|---|---|",
+            f"| one after another | {meta['compile_s']['serial']:.2f} |",
+            f"| thread pool of {workers} | {meta['compile_s']['parallel']:.2f} |",
+            "",
+        ]
     table = "\n".join(lines)
     print(table)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "launch_overhead.md").write_text(table)
-        meta = {"device": f"CPU: {cpu}", "us_per_launch": result, "rounds": times}
         (args.out / "launch_overhead.json").write_text(json.dumps(meta, indent=2) + "\n")
     return 0
+
+
+def compile_times(count: int) -> dict[str, float]:
+    """Seconds to compile ``count`` search configurations serially and in a thread pool,
+    each time into an empty Triton cache."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import compile_sm90 as sm90
+    from triton.compiler import ASTSource
+
+    case = sm90.CASES["bf16"]
+    configs = [c for c in ts._search_configs() if c.kwargs.get("BLOCK_D") == 128]
+    configs = [c for c in configs if "CHUNKED" not in c.kwargs][:count]
+    fn = sm90._jit(ts._search_kernel)
+
+    def compile_one(config: triton.Config) -> None:
+        kw = config.kwargs
+        consts = {"s_xd": 1, "s_xod": 1, "s_cod": 1, "LP": case["lp"], "X_EXACT": True,
+                  "X_STAGED": False, "X_SCALED": False, "C_STAGED": True, "C_SCALED": False,
+                  "CERTIFY": True, "INTERPRET": False, "ONE_D": True,
+                  "BLOCK_N": kw["BLOCK_N"], "BLOCK_K": kw["BLOCK_K"], "BLOCK_D": 128}  # fmt: skip
+        sig = {**sm90.search_signature(case), **{name: "constexpr" for name in consts}}
+        attrs = {
+            (fn.arg_names.index(name),): [["tt.divisibility", 16]]
+            for name, kind in sig.items()
+            if kind.startswith("*") or kind == "i32"
+        }
+        src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
+        options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+        triton.compile(src, target=sm90.TARGET, options=options)
+
+    workers = min(len(configs), os.cpu_count() or 1)
+    result: dict[str, float] = {"workers": workers}
+    for how in ("serial", "parallel"):
+        with tempfile.TemporaryDirectory() as cache:
+            os.environ["TRITON_CACHE_DIR"] = cache
+            start = time.perf_counter()
+            if how == "serial":
+                for config in configs:
+                    compile_one(config)
+            else:
+                with ThreadPoolExecutor(workers) as pool:
+                    list(pool.map(compile_one, configs))
+            result[how] = time.perf_counter() - start
+    return result
 
 
 if __name__ == "__main__":

@@ -421,10 +421,47 @@ def test_residual_encode_benchmark_smoke(tmp_path: Path) -> None:
 @pytest.mark.skipif(INTERPRET, reason="measures the compiled-mode autotuner")
 def test_launch_overhead_benchmark_smoke(tmp_path: Path) -> None:
     pytest.importorskip("triton")
-    run_benchmark("launch_overhead.py", "--calls", "200", "--out", str(tmp_path))
+    args = ("--calls", "200", "--compile-configs", "2", "--out", str(tmp_path))
+    run_benchmark("launch_overhead.py", *args, env={"TRITON_CACHE_DIR": str(tmp_path / "c")})
     meta = json.loads((tmp_path / "launch_overhead.json").read_text())
     us = meta["us_per_launch"]
     assert set(us) == {"autotuner", "direct"} and all(v > 0 for v in us.values())
+    assert meta["compile_s"]["serial"] > 0 and meta["compile_s"]["parallel"] > 0
+
+
+@pytest.mark.skipif(INTERPRET, reason="the interpreter compiles nothing")
+def test_precompile_uses_async_compile_and_never_raises() -> None:
+    """``_precompile`` asks the autotuned kernel to compile its configurations under
+    Triton's AsyncCompileMode (a thread pool), and a failure there is not the caller's."""
+    pytest.importorskip("triton")
+    from triton.runtime import _async_compile
+
+    from anytok.quantizers.kernels import triton_search as ts
+
+    class FakeAutotuned:
+        configs = [object()] * 9
+
+        def __init__(self, fail: bool) -> None:
+            self.fail, self.calls = fail, []
+
+        def warmup(self, *args: object, grid: object, **kwargs: object) -> None:
+            mode = _async_compile.active_mode.get()
+            self.calls.append((args, grid, kwargs, mode))
+            if self.fail:
+                raise RuntimeError("0 active drivers")
+
+    def grid(meta: dict) -> tuple[int, int]:
+        return (1, 1)
+
+    ok = FakeAutotuned(fail=False)
+    ts._precompile(ok, grid, (1, 2), {"LP": "fp16"})
+    ((args, got_grid, kwargs, mode),) = ok.calls
+    assert args == (1, 2) and got_grid is grid and kwargs == {"LP": "fp16"}
+    assert isinstance(mode, _async_compile.AsyncCompileMode) and mode.ignore_errors
+    assert _async_compile.active_mode.get() is None  # left as found
+    failing = FakeAutotuned(fail=True)
+    ts._precompile(failing, grid, (), {})  # swallowed: the autotuner compiles as usual
+    assert len(failing.calls) == 1 and _async_compile.active_mode.get() is None
 
 
 def test_gpu_owed_script_dispatches_stages(tmp_path: Path) -> None:

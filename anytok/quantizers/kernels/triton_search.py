@@ -96,8 +96,10 @@ Non-finite inputs give unspecified indices (the media contract rejects NaN/Inf e
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,6 +118,8 @@ except ImportError:  # pragma: no cover - exercised only on installs without Tri
     triton = None
     tl = None
     HAS_TRITON = False
+
+_LOG = logging.getLogger(__name__)
 
 #: Candidate slots per ambiguous row; a row with more candidates falls back to a full scan.
 MAX_CANDIDATES = 16
@@ -901,8 +905,8 @@ def _launch_autotuned(
 
     Triton's ``Autotuner.run`` rebuilds its tuning key from every argument on each call (a
     dict of ~45 arguments, ``str`` of every tensor's dtype). With the launch itself stubbed
-    out, a launch through it took 22-24 us of host time on the 2-core build machine against
-    5.4-5.8 us for a direct call (``benchmarks/launch_overhead.py``). The search makes two
+    out, a launch through it took 21-23 us of host time on the 2-core build machine against
+    5-6 us for a direct call (``benchmarks/launch_overhead.py``). The search makes two
     autotuned launches per call, so that is of the order of the smallest anchor's whole bare
     GEMM (38 us on the issue's H200). The configuration stays the autotuner's own
     (benchmarked, or read from its disk cache); only the per-call lookup is done here.
@@ -921,12 +925,36 @@ def _launch_autotuned(
         config = untuned()
         tuned = _TUNED[key] = (config.all_kwargs(), str(config))
     if tuned is None:
+        _precompile(kernel, grid, args, kwargs)
         kernel[grid](*args, **kwargs)
         best = kernel.best_config
         tuned = _TUNED[key] = (best.all_kwargs(), str(best))
     else:
         kernel.fn[grid](*args, **kwargs, **tuned[0])
     return tuned[1]
+
+
+def _precompile(kernel: Any, grid: Callable, args: tuple, kwargs: dict) -> None:
+    """Compile every configuration the autotuner is about to time, in a thread pool.
+
+    The autotuner compiles its candidates one after another as it times them. Triton's
+    ``AsyncCompileMode`` hands the compilations to an executor instead, and compilation
+    releases the GIL: 9 search configurations took 4.9 s one after another and 2.6 s on two
+    threads on the 2-core build machine (``benchmarks/launch_overhead.py``); a GPU host has
+    more cores. The compiled kernels land in the same caches the timed launches read. Best
+    effort: on any failure the autotuner compiles as it would have.
+    """
+    if _INTERPRET:
+        return
+    try:
+        workers = max(1, min(len(kernel.configs), os.cpu_count() or 1, 16))
+        with (
+            ThreadPoolExecutor(workers) as pool,
+            triton.AsyncCompileMode(pool, ignore_errors=True),
+        ):
+            kernel.warmup(*args, grid=grid, **kwargs)
+    except Exception as exc:  # an optimisation only: the autotuner still compiles
+        _LOG.debug("parallel precompilation skipped: %s", exc)
 
 
 def _operand_ready(t: Tensor, lp: torch.dtype) -> bool:
