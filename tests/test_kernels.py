@@ -786,16 +786,25 @@ def test_gpu_stage_policies(stage: str, shape: tuple[int, int, int]) -> None:
 def test_gpu_every_search_config_is_exact(d: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every tile configuration the autotuner may pick (pinned one by one), on ragged N and K,
     fp32 and bf16, near ties included: the grid tests run only the untuned default."""
+    from triton.runtime.errors import OutOfResources
+
     from anytok.quantizers.kernels import triton_search as ts
 
     x, c = (t.cuda() for t in near_tie_inputs(1001, d, 777, seed=d))
     configs = ts._prune_search_configs(ts._search_kernel.configs, {"D": d})
     assert len(configs) >= 9
+    too_large = []
     for config in configs:
         monkeypatch.setattr(ts, "_PINNED", {"search": config})
         for xx, cc in ((x, c), (x.bfloat16(), c.bfloat16())):
-            got = ts.nearest_codeword_triton(xx, cc)
+            try:
+                got = ts.nearest_codeword_triton(xx, cc)
+            except OutOfResources:  # the autotuner would drop it: report, keep checking
+                too_large.append(f"{config} {xx.dtype}")
+                continue
             assert_same_argmin(got, xx.float(), cc.float())
+    # compile_sm90.py: with default staging every tile fits the H100's shared memory
+    assert not too_large, too_large
 
 
 @pytest.mark.gpu
