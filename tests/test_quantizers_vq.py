@@ -17,6 +17,7 @@ from anytok.quantizers import (
     build,
     list_quantizers,
 )
+from anytok.quantizers.base import squared_error_mean, straight_through
 from anytok.quantizers.vq import rotation_trick
 
 vqp = pytest.importorskip("vector_quantize_pytorch")
@@ -176,6 +177,67 @@ def test_straight_through_is_identity_gradient() -> None:
     weights = torch.randn(3, 7, DIM)
     (vq(z).quantized * weights).sum().backward()
     torch.testing.assert_close(z.grad, weights)
+
+
+def test_straight_through_is_a_view_with_scaled_identity_gradient() -> None:
+    target = torch.randn(6, 5, requires_grad=True)  # e.g. a learnable codebook's rows
+    source = torch.randn(6, 5, requires_grad=True)
+    codewords = target * 1.0
+    out = straight_through(codewords, source)
+    assert out.data_ptr() == codewords.data_ptr() and torch.equal(out, codewords)  # no copy
+    upstream = torch.randn(6, 5)
+    (out * upstream).sum().backward()
+    assert torch.equal(source.grad, upstream) and target.grad is None
+    (codewords * upstream).sum().backward()  # codewords' own graph was not consumed
+    assert torch.equal(target.grad, upstream)
+    scale = torch.rand(5)  # per-channel, as FSQ's step sizes
+    source.grad = None
+    (straight_through(codewords, source, scale) * upstream).sum().backward()
+    torch.testing.assert_close(source.grad, upstream * scale)
+    half = straight_through(codewords.detach().half(), source)  # promoted like `a + b`
+    assert half.dtype == torch.float32
+    with torch.no_grad():
+        assert straight_through(codewords, source) is codewords
+    with pytest.raises(ValueError, match=r"target \(6, 5\) and source \(5,\)"):
+        straight_through(codewords, source[0])
+
+
+@pytest.mark.parametrize("sides", ["both", "x", "y"])
+def test_squared_error_mean_equals_mse_loss(sides: str) -> None:
+    g = torch.Generator().manual_seed(3)
+    x0, y0 = torch.randn(9, 7, generator=g), torch.randn(9, 7, generator=g)
+    results = []
+    for loss_fn in (squared_error_mean, torch.nn.functional.mse_loss):
+        x = x0.clone().requires_grad_(sides in ("both", "x"))
+        y = y0.clone().requires_grad_(sides in ("both", "y"))
+        loss = loss_fn(x, y)
+        (loss * 3.0).backward()
+        results.append((loss.detach(), x.grad, y.grad))
+    for ours, theirs in zip(*results):
+        if theirs is None:
+            assert ours is None
+        else:
+            torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="shapes"):
+        squared_error_mean(x0, y0[:1])
+
+
+def test_vq_training_step_peak_memory() -> None:
+    """One training step (search, EMA, straight-through, commitment; forward + backward of
+    ``loss + quantized.square().mean()``) peaks at about 5 input-sized tensors besides the
+    search's O(N) workspace: the straight-through output is a view of the codewords, and the
+    commitment loss keeps one temporary per pass. It was 7 before; vector-quantize-pytorch's
+    step is 25 at this size (``benchmarks/vq_train_memory.py``)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from vq_train_memory import anytok_step, peak_bytes
+
+    n, d, k = 4096, 64, 256
+    step = anytok_step(n, d, k, search_stand_in=True)
+    step()
+    assert peak_bytes(step) <= 5.5 * n * d * 4
 
 
 def test_rvq_sum_of_stages_has_identity_gradient() -> None:

@@ -71,6 +71,83 @@ def zero_loss(like: Tensor) -> Tensor:
     return torch.zeros((), device=like.device, dtype=torch.float32)
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Forward: ``target`` itself (a view, no copy). Backward: ``scale * grad`` to ``source``."""
+
+    @staticmethod
+    def forward(ctx, target: Tensor, source: Tensor, scale: float | Tensor) -> Tensor:  # type: ignore[override]
+        ctx.source_dtype = source.dtype
+        ctx.scale_is_tensor = isinstance(scale, Tensor)
+        if ctx.scale_is_tensor:
+            ctx.save_for_backward(scale)
+        else:
+            ctx.scale = scale
+        return target.view_as(target)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:  # type: ignore[override]
+        scale = ctx.saved_tensors[0] if ctx.scale_is_tensor else ctx.scale
+        if not (isinstance(scale, float) and scale == 1.0):
+            grad = grad * scale
+        return None, grad.to(ctx.source_dtype), None
+
+
+def straight_through(
+    target: Tensor, source: Tensor, gradient_scale: float | Tensor = 1.0
+) -> Tensor:
+    """``target``'s value exactly, with ``gradient_scale`` times the identity gradient to
+    ``source`` (the straight-through estimator, Bengio et al. 2013); same shapes.
+
+    The usual ``source + (target - source).detach()`` rounds (its value is not bit-identical to
+    ``target``) and costs two tensors of the input's size in the forward pass. Here the output
+    is a view of ``target`` (no memory at all), so ``decode(encode(z)) == forward(z).quantized``
+    holds exactly, and the backward pass hands the incoming gradient on unchanged (a copy only
+    when scaled or cast to ``source``'s dtype). ``target`` gets no gradient from it.
+    """
+    if target.shape != source.shape:
+        raise ValueError(
+            f"straight_through: target {tuple(target.shape)} and source {tuple(source.shape)} "
+            "must have the same shape"
+        )
+    if not (torch.is_grad_enabled() and source.requires_grad):
+        return target
+    dtype = torch.promote_types(target.dtype, source.dtype)
+    # Detached, so that the node does not reach into target's graph at all (as with the
+    # usual formula): no undefined gradients sent there, and its saved tensors stay intact.
+    return _StraightThrough.apply(target.detach().to(dtype), source, gradient_scale)
+
+
+class _SquaredErrorMean(torch.autograd.Function):
+    """``mean((x - y)^2)`` with one input-sized temporary in each pass (``F.mse_loss`` has two)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, y)
+        return torch.sub(x, y).square_().mean()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        x, y = ctx.saved_tensors
+        need_x, need_y = ctx.needs_input_grad
+        if not (need_x or need_y):
+            return None, None
+        scaled = torch.sub(x, y).mul_(grad * (2.0 / max(x.numel(), 1)))  # d/dx; d/dy = -d/dx
+        if need_x and need_y:
+            return scaled, -scaled
+        return (scaled, None) if need_x else (None, scaled.neg_())
+
+
+def squared_error_mean(x: Tensor, y: Tensor) -> Tensor:
+    """``F.mse_loss(x, y)`` (mean reduction, same shapes) with half its temporaries: the
+    forward squares the difference in place, and the backward recomputes the difference
+    instead of keeping it. Pass ``y.detach()`` for a one-sided loss such as VQ's commitment."""
+    if x.shape != y.shape:
+        raise ValueError(f"squared_error_mean: shapes {tuple(x.shape)} and {tuple(y.shape)} differ")
+    if not (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)):
+        return torch.sub(x, y).square_().mean()
+    return _SquaredErrorMean.apply(x, y)
+
+
 def check_last_dim(z: Tensor, dim: int, name: str) -> None:
     """Raise a clear error when the channel-last input does not end in ``dim``."""
     if z.ndim < 1 or z.shape[-1] != dim:

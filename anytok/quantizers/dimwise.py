@@ -19,10 +19,10 @@ from anytok.quantizers.base import (
     check_codes,
     check_last_dim,
     register_quantizer,
+    straight_through,
     zero_loss,
 )
 from anytok.quantizers.distributed import all_reduce_sum_
-from anytok.quantizers.fsq import straight_through
 
 BINNINGS = ("gaussian", "uniform")
 

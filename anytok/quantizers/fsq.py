@@ -8,7 +8,7 @@
   https://arxiv.org/abs/2411.19842 (section 3.2), as in vector-quantize-pytorch.
 
 The two also hold the helpers the rest of the scalar / lookup-free family shares
-(:func:`straight_through`, :func:`level_metrics`, :func:`module_dtype`).
+(:func:`level_metrics`, :func:`module_dtype`; ``straight_through`` lives in ``base``).
 """
 
 from __future__ import annotations
@@ -27,26 +27,13 @@ from anytok.quantizers.base import (
     check_codes,
     check_last_dim,
     register_quantizer,
+    straight_through,
     zero_loss,
 )
 from anytok.quantizers.distributed import broadcast_
 from anytok.quantizers.stats import batch_code_metrics
 
 # --------------------------------------------------------------------------- shared helpers
-
-
-def straight_through(
-    target: Tensor, source: Tensor, gradient_scale: float | Tensor = 1.0
-) -> Tensor:
-    """``target``'s value exactly, with ``gradient_scale`` times the identity gradient to ``source``.
-
-    Written as ``target + (source - source.detach()) * scale`` rather than the usual
-    ``source + (target - source).detach()`` so that the value is bit-identical to ``target``
-    (``x - x`` is exactly zero), which makes ``decode(encode(z)) == forward(z).quantized`` exact.
-    """
-    if not (torch.is_grad_enabled() and source.requires_grad):
-        return target
-    return target.detach() + (source - source.detach()) * gradient_scale
 
 
 def level_metrics(codes: Tensor, codebook_sizes: Sequence[int]) -> dict[str, Tensor]:

@@ -35,10 +35,12 @@ from anytok.quantizers.base import (
     check_codes,
     check_last_dim,
     register_quantizer,
+    squared_error_mean,
+    straight_through,
     zero_loss,
 )
 from anytok.quantizers.distributed import is_distributed
-from anytok.quantizers.fsq import level_metrics, module_dtype, straight_through
+from anytok.quantizers.fsq import level_metrics, module_dtype
 
 #: int64 codes hold at most this many bits per codebook (sign bit excluded, one spare).
 MAX_BITS_PER_CODE = 62
@@ -195,7 +197,7 @@ class SignQuantizer(Quantizer):
         logits = rearrange(logits, "... c d -> (...) c d")
         per_sample, codebook = factorized_entropies(logits, self._entropy_patterns)
         entropy_loss = per_sample - self.diversity_gamma * codebook
-        commitment = F.mse_loss(x, values.detach())
+        commitment = squared_error_mean(x, values.detach())
         loss = self.entropy_loss_weight * entropy_loss + self.commitment_loss_weight * commitment
         metrics = {
             "entropy/per_sample": per_sample.detach(),

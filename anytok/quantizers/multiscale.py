@@ -21,6 +21,8 @@ from anytok.quantizers.base import (
     QuantizerOutput,
     check_codes,
     register_quantizer,
+    squared_error_mean,
+    straight_through,
     zero_loss,
 )
 from anytok.quantizers.vq import VectorQuantize, fp32_region, level_metrics, local_code_metrics
@@ -202,14 +204,14 @@ class MultiScaleResidualVQ(Quantizer):
                     inputs.append(rearrange(x, "... c -> (...) c"))
                     loss = (
                         loss
-                        + vq.commitment_weight * F.mse_loss(f_hat.detach(), f)
-                        + vq.codebook_weight * F.mse_loss(f_hat, f.detach())
+                        + vq.commitment_weight * squared_error_mean(f, f_hat.detach())
+                        + vq.codebook_weight * squared_error_mean(f_hat, f.detach())
                     )
             flat_codes = self.merge_scales(codes)
             if train:
                 loss = loss / len(self.scales)
                 metrics = vq.update_codebook_(torch.cat(inputs), flat_codes.reshape(-1))
-                quantized = f + (f_hat - f).detach()
+                quantized = straight_through(f_hat, f)
             else:
                 metrics = local_code_metrics(flat_codes, self.codebook_size)
                 quantized = f_hat

@@ -25,6 +25,8 @@ from anytok.quantizers.base import (
     check_codes,
     check_last_dim,
     register_quantizer,
+    squared_error_mean,
+    straight_through,
     zero_loss,
 )
 from anytok.quantizers.distributed import all_reduce_sum_, broadcast_, is_distributed
@@ -44,11 +46,6 @@ def fp32_region(like: Tensor) -> torch.autocast:
 def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
     """Unit vectors along the last axis."""
     return F.normalize(x, p=2, dim=-1, eps=eps)
-
-
-def straight_through(source: Tensor, target: Tensor) -> Tensor:
-    """Value of ``target``, gradient of the identity to ``source`` (Bengio et al. 2013)."""
-    return source + (target - source).detach()
 
 
 def rotation_trick(source: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
@@ -338,15 +335,19 @@ class VectorQuantize(Quantizer):
             indices = self.search(flat)
             codewords = F.embedding(indices, codebook)
             if self.training:
-                commitment = F.mse_loss(flat, codewords.detach())
+                commitment = squared_error_mean(flat, codewords.detach())
                 loss = self.commitment_weight * commitment
                 metrics = {"commitment": commitment.detach()}
                 if self.learnable_codebook:
-                    loss = loss + self.codebook_weight * F.mse_loss(codewords, flat.detach())
+                    loss = loss + self.codebook_weight * squared_error_mean(
+                        codewords, flat.detach()
+                    )
                 if update_codebook:
                     metrics.update(self.update_codebook_(flat.detach(), indices))
-                transfer = rotation_trick if self.rotation_trick else straight_through
-                codewords = transfer(flat, codewords)
+                if self.rotation_trick:
+                    codewords = rotation_trick(flat, codewords)
+                else:  # a view of the codewords: no copy
+                    codewords = straight_through(codewords, flat)
             else:
                 loss = zero_loss(z)
                 metrics = local_code_metrics(indices, self.codebook_size)
@@ -535,13 +536,15 @@ class SimVQ(Quantizer):
             )
             codewords = F.embedding(indices, codebook)
             if self.training:
-                commitment = F.mse_loss(x, codewords.detach())
-                loss = self.commitment_weight * commitment + self.codebook_weight * F.mse_loss(
-                    codewords, x.detach()
+                commitment = squared_error_mean(x, codewords.detach())
+                loss = self.commitment_weight * commitment + (
+                    self.codebook_weight * squared_error_mean(codewords, x.detach())
                 )
                 metrics = {"commitment": commitment.detach(), **self.usage.update(indices)}
-                transfer = rotation_trick if self.rotation_trick else straight_through
-                codewords = transfer(x, codewords)
+                if self.rotation_trick:
+                    codewords = rotation_trick(x, codewords)
+                else:
+                    codewords = straight_through(codewords, x)
             else:
                 loss = zero_loss(z)
                 metrics = local_code_metrics(indices, self.codebook_size)
