@@ -75,7 +75,9 @@ class _StraightThrough(torch.autograd.Function):
     """Forward: ``target`` itself (a view, no copy). Backward: ``scale * grad`` to ``source``."""
 
     @staticmethod
-    def forward(ctx, target: Tensor, source: Tensor, scale: float | Tensor) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, target: Tensor, source: Tensor, scale: float | Tensor
+    ) -> Tensor:
         ctx.source_dtype = source.dtype
         ctx.scale_is_tensor = isinstance(scale, Tensor)
         if ctx.scale_is_tensor:
@@ -126,7 +128,9 @@ class _SquaredErrorMean(torch.autograd.Function):
         return torch.sub(x, y).square_().mean()
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+    def backward(  # type: ignore[override]
+        ctx, grad: Tensor
+    ) -> tuple[Tensor | None, Tensor | None]:
         x, y = ctx.saved_tensors
         need_x, need_y = ctx.needs_input_grad
         if not (need_x or need_y):

@@ -899,7 +899,13 @@ _PINNED: dict[str, Any] = {}
 
 
 def _launch_autotuned(
-    kernel: Any, key: tuple, grid: Callable, untuned: Callable[[], Any], *args: Any, **kwargs: Any
+    kernel: Any,
+    name: str,
+    key: tuple,
+    grid: Callable,
+    untuned: Callable[[], Any],
+    *args: Any,
+    **kwargs: Any,
 ) -> str:
     """Launch an autotuned kernel; once it is tuned for ``key``, without the autotuner.
 
@@ -910,18 +916,19 @@ def _launch_autotuned(
     autotuned launches per call, so that is of the order of the smallest anchor's whole bare
     GEMM (38 us on the issue's H200). The configuration stays the autotuner's own
     (benchmarked, or read from its disk cache); only the per-call lookup is done here.
-    ``key[0]`` names the kernel, and ``key`` must contain everything the autotuner keys on
-    (its ``key`` arguments and the tensor dtypes); more is harmless.
+    ``name`` names the kernel, and ``key`` must contain everything the autotuner keys on (its
+    ``key`` arguments and the tensor dtypes); more is harmless.
 
-    With ``ANYTOK_TRITON_AUTOTUNE=0`` (in ``key``) the kernel runs ``untuned()``, the first
-    configuration its pruning keeps, with no benchmarking: a new shape then costs one
-    compilation instead of one per candidate configuration (the GPU tests use it).
-    ``_PINNED`` overrides both for one kernel (tests run every configuration that way).
-    Returns the description of the configuration.
+    With ``ANYTOK_TRITON_AUTOTUNE=0`` the kernel runs ``untuned()``, the first configuration
+    its pruning keeps, with no benchmarking: a new shape then costs one compilation instead
+    of one per candidate configuration (the GPU tests use it). ``_PINNED[name]`` overrides
+    both (tests run every configuration that way). Returns the configuration's description.
     """
-    pinned = _PINNED.get(key[0])
+    autotune = os.environ.get(AUTOTUNE_ENV, "1").strip() != "0"
+    key = (name, autotune, *key)
+    pinned = _PINNED.get(name)
     tuned = _TUNED.get(key) if pinned is None else (pinned.all_kwargs(), str(pinned))
-    if tuned is None and key[-1]:  # autotuning off
+    if tuned is None and not autotune:
         config = untuned()
         tuned = _TUNED[key] = (config.all_kwargs(), str(config))
     if tuned is None:
@@ -1087,10 +1094,9 @@ def nearest_codeword_triton(
     # Everything the autotuners key on: the size buckets and the tensor dtypes (the fp32
     # workspaces are fixed); the flags follow from those except on the bf16/fp16 staging
     # corner cases, so they go in too. Not the metric: it only changes a and b.
-    tune_key = (d_bucket, k_bucket, xs.dtype, xo.dtype, co.dtype, certify, *flags.values(),
-                os.environ.get(AUTOTUNE_ENV, "1") == "0")  # fmt: skip
+    tune_key = (d_bucket, k_bucket, xs.dtype, xo.dtype, co.dtype, certify, *flags.values())
     config = _launch_autotuned(
-        _search_kernel, ("search", *tune_key),
+        _search_kernel, "search", tune_key,
         lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), groups),
         lambda: _prune_search_configs(_search_kernel.configs, {"D": d})[0],
         xs, xo, co, lp_scale, bias, maxes, cmult, xinv, idx, rows_list, thr, list_inv, counter,
@@ -1104,7 +1110,7 @@ def nearest_codeword_triton(
         cand = torch.empty(groups, n, m, dtype=torch.int32, device=device)
         count = torch.empty(groups, n, dtype=torch.int32, device=device)
         _launch_autotuned(
-            _candidates_kernel, ("candidates", *tune_key),
+            _candidates_kernel, "candidates", tune_key,
             lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), groups),
             lambda: _candidate_configs()[0],
             xo, co, lp_scale, bias, cmult, rows_list, thr, list_inv, counter, cand, count,
