@@ -147,10 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         "|" + "---|" * len(COLUMNS),
         *("| " + " | ".join(fmt(r.get(key, "")) for key, _ in COLUMNS) + " |" for r in rows),
         "",
-        "Issue goal at these sizes: anytok's training step at most 1/8 of "
-        "vector-quantize-pytorch's peak memory (ratio <= 0.125).",
-        "",
     ]
+    if args.levels == 1:
+        lines += [
+            "Issue goal at these sizes: anytok's training step at most 1/8 of "
+            "vector-quantize-pytorch's peak memory (ratio <= 0.125).",
+            "",
+        ]
     table = "\n".join(lines)
     print(table)
     if args.out:
