@@ -578,3 +578,45 @@ def test_every_vq_family_name_is_buildable(name: str) -> None:
     case = next(key for key, (registered, _, _) in CASES.items() if registered == name)
     quantizer, z = make(case)
     assert quantizer.eval()(z).quantized.shape == z.shape
+
+
+class _HostSyncs(TorchDispatchMode):
+    """Counts the aten ops that copy a device value to the host (``.item()``, ``bool()``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in ("_local_scalar_dense", "is_nonzero", "item"):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+SYNC_FREE = {
+    "vq": dict(dim=16, codebook_size=32),
+    "rvq": dict(dim=16, num_quantizers=3, codebook_size=32),
+    "grvq": dict(dim=16, groups=2, num_quantizers=2, codebook_size=32),
+    "simvq": dict(dim=16, codebook_size=32),
+    "fsq": dict(levels=[8, 5, 5]),
+    "rfsq": dict(levels=[8, 5, 5], num_quantizers=2),
+    "lfq": dict(dim=10, codebook_size=2**10),
+    "bsq": dict(dim=8, codebook_dim=6),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SYNC_FREE))
+def test_steady_state_steps_never_wait_for_the_device(name: str) -> None:
+    """After the first batch, a training step (forward + backward) and an eval forward make
+    no host synchronisation: on a GPU each would stall the launch queue every step. (The
+    usage tracker used to branch on a device flag, and eval metrics called ``.item()``.)"""
+    quantizer = build(name, **SYNC_FREE[name])
+    z = torch.randn(4, 20, getattr(quantizer, "dim", 3), requires_grad=True)
+    for mode in ("train", "eval"):
+        getattr(quantizer, mode)()
+        quantizer(z)  # first batch: initialisation may synchronise
+        with _HostSyncs() as syncs:
+            out = quantizer(z)
+            if mode == "train":
+                (out.loss + out.quantized.square().mean()).backward()
+        assert syncs.count == 0, f"{name} {mode}: {syncs.count} host synchronisation(s)"

@@ -45,7 +45,8 @@ def batch_code_metrics(codes: Tensor, codebook_size: int) -> dict[str, Tensor]:
         _, counts = torch.unique(codes, return_counts=True)
         counts = counts.float()
     used = (counts > 0).sum().float()
-    possible = min(codebook_size, max(int(counts.sum().item()), 1))
+    # On the device (no host synchronisation): min(codebook_size, max(vectors, 1)).
+    possible = counts.sum().clamp(1, codebook_size)
     return {"perplexity": perplexity(counts), "usage": used / possible}
 
 
@@ -74,11 +75,11 @@ class CodeUsageTracker(nn.Module):
     def update(self, codes: Tensor) -> dict[str, Tensor]:
         """Add one batch of codes; return ``perplexity``, ``usage`` and ``dead_codes``."""
         counts = code_counts(codes.detach(), self.codebook_size)
-        if not bool(self.initted):
-            self.ema_counts.copy_(counts)
-            self.initted.fill_(True)
-        else:
-            self.ema_counts.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        # The first batch sets the average, later ones decay into it; chosen on the device,
+        # since branching on ``initted`` would synchronise with the host on every step.
+        decayed = torch.lerp(self.ema_counts, counts, 1 - self.decay)
+        self.ema_counts.copy_(torch.where(self.initted, decayed, counts))
+        self.initted.fill_(True)
         dead = self.dead_mask()
         return {
             "perplexity": perplexity(counts),
