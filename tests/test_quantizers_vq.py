@@ -595,6 +595,7 @@ class _HostSyncs(TorchDispatchMode):
 
 SYNC_FREE = {
     "vq": dict(dim=16, codebook_size=32),
+    "vq-kmeans": dict(dim=16, codebook_size=32, kmeans_init=True),  # EnCodec, WavTokenizer
     "rvq": dict(dim=16, num_quantizers=3, codebook_size=32),
     "grvq": dict(dim=16, groups=2, num_quantizers=2, codebook_size=32),
     "simvq": dict(dim=16, codebook_size=32),
@@ -610,7 +611,7 @@ def test_steady_state_steps_never_wait_for_the_device(name: str) -> None:
     """After the first batch, a training step (forward + backward) and an eval forward make
     no host synchronisation: on a GPU each would stall the launch queue every step. (The
     usage tracker used to branch on a device flag, and eval metrics called ``.item()``.)"""
-    quantizer = build(name, **SYNC_FREE[name])
+    quantizer = build(name.split("-")[0], **SYNC_FREE[name])
     z = torch.randn(4, 20, getattr(quantizer, "dim", 3), requires_grad=True)
     for mode in ("train", "eval"):
         getattr(quantizer, mode)()
@@ -620,3 +621,22 @@ def test_steady_state_steps_never_wait_for_the_device(name: str) -> None:
             if mode == "train":
                 (out.loss + out.quantized.square().mean()).backward()
         assert syncs.count == 0, f"{name} {mode}: {syncs.count} host synchronisation(s)"
+
+
+def test_kmeans_init_state_survives_host_caching() -> None:
+    """k-means runs on the first training batch, not again, and again after loading a state
+    whose codebook was never initialised (the host copy of ``initted`` is re-read)."""
+    torch.manual_seed(0)
+    fresh = VectorQuantize(DIM, 16, kmeans_init=True).state_dict()
+    vq = VectorQuantize(DIM, 16, kmeans_init=True).train()
+    z = torch.randn(256, DIM)
+    vq(z)
+    assert bool(vq.initted)
+    after_init = vq.embedding.clone()
+    vq(z + 5.0)  # no second k-means: only the EMA moves the codebook
+    assert not torch.allclose(vq.embedding, after_init + 5.0, atol=0.5)
+    vq.load_state_dict(fresh)
+    assert not bool(vq.initted)
+    vq(z + 5.0)  # k-means again, on the shifted batch
+    assert bool(vq.initted)
+    assert vq.embedding.mean() > 4.0

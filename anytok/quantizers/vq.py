@@ -279,7 +279,14 @@ class VectorQuantize(Quantizer):
             self.register_buffer("ema_embedding_sum", embedding.clone())
         self.register_buffer("ema_cluster_size", torch.ones(codebook_size))
         self.register_buffer("initted", torch.tensor(not kmeans_init))
+        # Host copy of "k-means still to run": ``initted`` lives on the device, and reading it
+        # every step would synchronise. None = not read yet (after construction or loading).
+        self._kmeans_pending: bool | None = None
         self.usage = CodeUsageTracker(codebook_size, window=usage_window)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(*args, **kwargs)
+        self._kmeans_pending = None  # ``initted`` may have changed: read it again once
 
     # ----------------------------------------------------------------- codebook access
 
@@ -300,6 +307,7 @@ class VectorQuantize(Quantizer):
         if not self.learnable_codebook:
             self.ema_embedding_sum.copy_(codebook * self._smoothed_cluster_size().unsqueeze(-1))
         self.initted.fill_(True)
+        self._kmeans_pending = False
 
     def to_codebook_space(self, z: Tensor) -> Tensor:
         """``(..., dim)`` -> fp32 ``(..., codebook_dim)``, normalised with ``use_cosine_sim``."""
@@ -384,7 +392,9 @@ class VectorQuantize(Quantizer):
         rank (see :func:`broadcast_once_`).
         """
         self.broadcast_codebook_once_()
-        if self.kmeans_init and not bool(self.initted):
+        if self.kmeans_init and self._kmeans_pending is None:
+            self._kmeans_pending = not bool(self.initted)  # one host read, after the broadcast
+        if self.kmeans_init and self._kmeans_pending:
             means = kmeans(
                 x.float(), self.codebook_size, self.kmeans_iters, self.metric, self.memory_budget
             )
@@ -397,6 +407,7 @@ class VectorQuantize(Quantizer):
             if not self.learnable_codebook:
                 self.ema_embedding_sum.copy_(means * self._smoothed_cluster_size().unsqueeze(-1))
             self.initted.fill_(True)
+            self._kmeans_pending = False
         if self.threshold_ema_dead_code > 0:
             self.revive_dead_codes_(x)
 
