@@ -54,13 +54,12 @@ def _jit(kernel: object) -> triton.runtime.jit.JITFunction:
     return kernel
 
 
-def _compile(
+def compile_sm90(
     kernel: object, signature: dict, constexprs: dict, num_warps: int, num_stages: int
-) -> dict:
+) -> triton.compiler.CompiledKernel:
     """Compile for sm_90; 16-divisibility on every pointer and non-constant integer."""
     fn = _jit(kernel)
-    for name in constexprs:
-        signature[name] = "constexpr"
+    signature = {**signature, **{name: "constexpr" for name in constexprs}}
     attrs = {
         (fn.arg_names.index(name),): [["tt.divisibility", 16]]
         for name, kind in signature.items()
@@ -68,7 +67,14 @@ def _compile(
     }
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     options = {"num_warps": num_warps, "num_stages": num_stages}
-    compiled = triton.compile(src, target=TARGET, options=options)
+    return triton.compile(src, target=TARGET, options=options)
+
+
+def _compile(
+    kernel: object, signature: dict, constexprs: dict, num_warps: int, num_stages: int
+) -> dict:
+    """Compile for sm_90 and read the resources the result uses."""
+    compiled = compile_sm90(kernel, signature, constexprs, num_warps, num_stages)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()
@@ -113,6 +119,19 @@ def search_signature(case: dict) -> dict:
     }
 
 
+def search_constexprs(case: dict, config: triton.Config, staged_x: bool, one_d: bool) -> dict:
+    """The search kernel's constexpr arguments for an operand case and a tile configuration."""
+    kw = config.kwargs
+    return {
+        "s_xd": 1, "s_xod": 1, "s_cod": 1, "LP": case["lp"],
+        "X_EXACT": not case["X_SCALED"], "X_STAGED": staged_x,
+        "X_SCALED": case["X_SCALED"], "C_STAGED": case["C_STAGED"],
+        "C_SCALED": case["C_SCALED"], "CERTIFY": True, "INTERPRET": False,
+        "BLOCK_N": kw["BLOCK_N"], "BLOCK_K": kw["BLOCK_K"], "BLOCK_D": kw["BLOCK_D"],
+        "ONE_D": one_d,
+    }  # fmt: skip
+
+
 def search_rows(smoke: bool = False) -> list[dict]:
     rows = []
     for case_name, case in CASES.items():
@@ -128,14 +147,7 @@ def search_rows(smoke: bool = False) -> list[dict]:
             ]
             for config in configs[:1] if smoke else configs:
                 kw = config.kwargs
-                consts = {
-                    "s_xd": 1, "s_xod": 1, "s_cod": 1, "LP": case["lp"],
-                    "X_EXACT": not case["X_SCALED"], "X_STAGED": staged_x,
-                    "X_SCALED": case["X_SCALED"], "C_STAGED": case["C_STAGED"],
-                    "C_SCALED": case["C_SCALED"], "CERTIFY": True, "INTERPRET": False,
-                    "BLOCK_N": kw["BLOCK_N"], "BLOCK_K": kw["BLOCK_K"],
-                    "BLOCK_D": kw["BLOCK_D"], "ONE_D": one_d,
-                }  # fmt: skip
+                consts = search_constexprs(case, config, staged_x, one_d)
                 sig = search_signature({**case, "xo": xo})
                 res = _compile(ts._search_kernel, sig, consts, config.num_warps, config.num_stages)
                 tile = f"{kw['BLOCK_N']}x{kw['BLOCK_K']}x{kw['BLOCK_D']} w{config.num_warps}"

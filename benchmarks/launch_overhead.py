@@ -137,28 +137,15 @@ def compile_times(count: int) -> dict[str, float]:
     each time into an empty Triton cache."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import compile_sm90 as sm90
-    from triton.compiler import ASTSource
 
     case = sm90.CASES["bf16"]
     configs = [c for c in ts._search_configs() if c.kwargs.get("BLOCK_D") == 128]
     configs = [c for c in configs if "CHUNKED" not in c.kwargs][:count]
-    fn = sm90._jit(ts._search_kernel)
 
     def compile_one(config: triton.Config) -> None:
-        kw = config.kwargs
-        consts = {"s_xd": 1, "s_xod": 1, "s_cod": 1, "LP": case["lp"], "X_EXACT": True,
-                  "X_STAGED": False, "X_SCALED": False, "C_STAGED": True, "C_SCALED": False,
-                  "CERTIFY": True, "INTERPRET": False, "ONE_D": True,
-                  "BLOCK_N": kw["BLOCK_N"], "BLOCK_K": kw["BLOCK_K"], "BLOCK_D": 128}  # fmt: skip
-        sig = {**sm90.search_signature(case), **{name: "constexpr" for name in consts}}
-        attrs = {
-            (fn.arg_names.index(name),): [["tt.divisibility", 16]]
-            for name, kind in sig.items()
-            if kind.startswith("*") or kind == "i32"
-        }
-        src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
-        options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
-        triton.compile(src, target=sm90.TARGET, options=options)
+        consts = sm90.search_constexprs(case, config, staged_x=False, one_d=True)
+        sig = sm90.search_signature(case)
+        sm90.compile_sm90(ts._search_kernel, sig, consts, config.num_warps, config.num_stages)
 
     workers = min(len(configs), os.cpu_count() or 1)
     result: dict[str, float] = {"workers": workers}

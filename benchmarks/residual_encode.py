@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from nearest_codeword import _bench, _ms_cpu, _try  # noqa: E402
 
 from anytok.quantizers.residual import ResidualVQ  # noqa: E402
 
@@ -63,25 +64,8 @@ def build(dim: int, size: int, stages: int, device: str) -> tuple[Any, Any]:
 
 
 def _median_ms(fn: Callable[[], Any], device: str) -> float:
-    if device == "cuda":
-        import triton.testing
-
-        return float(triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median"))
-    fn()
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-def _attempt(fn: Callable[[], Any]) -> Any:
-    """``fn()``, or the error as a short string: one failing column keeps the others."""
-    try:
-        return fn()
-    except Exception as exc:
-        return f"error: {type(exc).__name__}: {str(exc)[:160]}"
+    """Median ms: ``triton.testing.do_bench`` on CUDA, wall clock of 5 calls on the CPU."""
+    return _bench(fn) if device == "cuda" else _ms_cpu(fn, reps=5)
 
 
 def measure(name: str, cfg: tuple[int, int, int], rows: int, device: str) -> dict[str, Any]:
@@ -96,7 +80,7 @@ def measure(name: str, cfg: tuple[int, int, int], rows: int, device: str) -> dic
         codes = ours.encode(z)
         row["anytok_ms"] = _median_ms(lambda: ours.encode(z), device)
         compiled = torch.compile(ours.encode, fullgraph=True)
-        row["compiled_equal"] = _attempt(lambda: bool(torch.equal(compiled(z), codes)))
+        row["compiled_equal"] = _try(lambda: bool(torch.equal(compiled(z), codes)))
         if row["compiled_equal"] is True:
             row["compiled_ms"] = _median_ms(lambda: compiled(z), device)
         if device == "cuda":
@@ -111,7 +95,7 @@ def measure(name: str, cfg: tuple[int, int, int], rows: int, device: str) -> dic
                     out = replay()
                 return bool(torch.equal(out, codes))
 
-            row["graphs_equal"] = _attempt(graphed)
+            row["graphs_equal"] = _try(graphed)
             if row["graphs_equal"] is True:
                 row["graphs_ms"] = _median_ms(replay, device)
         _, vqp_codes, _ = theirs(z)

@@ -132,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         "--levels", type=int, default=1, help="> 1: ResidualVQ with this many stages"
     )
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = []
     for n, d, k in SMOKE if args.smoke else SIZES:
         rows.append(measure(n, d, k, args.levels))

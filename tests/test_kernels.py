@@ -529,23 +529,27 @@ def test_interp_fallbacks_zero_rows_duplicates_clusters() -> None:
             assert stats.full_scans >= 1  # the cluster row (and zero rows for cosine)
 
 
+def forbid_autotuner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any call of Triton's ``Autotuner.run`` fail the test."""
+    from triton.runtime.autotuner import Autotuner
+
+    def autotuner_called(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Autotuner.run called")
+
+    monkeypatch.setattr(Autotuner, "run", autotuner_called)
+
+
 @interp_only
 def test_interp_tuned_launches_skip_the_autotuner(monkeypatch: pytest.MonkeyPatch) -> None:
     """After the first call for a tuning key, both autotuned kernels launch directly with the
     autotuner's choice (its per-call key building is host time), and stay exact."""
-    from triton.runtime.autotuner import Autotuner
-
     from anytok.quantizers.kernels import triton_search as ts
 
     monkeypatch.setattr(ts, "_TUNED", {})  # as in a new process
     x, c = near_tie_inputs(40, 16, 30, seed=30)
     assert_same_argmin(ts.nearest_codeword_triton(x, c), x, c)
     assert {key[0] for key in ts._TUNED} >= {"search", "candidates"}
-
-    def autotuner_called(*args: object, **kwargs: object) -> None:
-        raise AssertionError("Autotuner.run called for an already tuned key")
-
-    monkeypatch.setattr(Autotuner, "run", autotuner_called)
+    forbid_autotuner(monkeypatch)
     x, c = near_tie_inputs(40, 16, 30, seed=31)
     got, stats = ts.nearest_codeword_triton(x, c, return_stats=True)
     assert stats.ambiguous > 0  # the candidates kernel had work
@@ -559,15 +563,10 @@ def test_interp_tuned_launches_skip_the_autotuner(monkeypatch: pytest.MonkeyPatc
 def test_interp_untuned_and_pinned_configs(monkeypatch: pytest.MonkeyPatch) -> None:
     """``ANYTOK_TRITON_AUTOTUNE=0`` and pinned configurations launch without the autotuner,
     even for keys never seen; results stay exact."""
-    from triton.runtime.autotuner import Autotuner
-
     from anytok.quantizers.kernels import triton_search as ts
 
-    def autotuner_called(*args: object, **kwargs: object) -> None:
-        raise AssertionError("Autotuner.run called")
-
     monkeypatch.setattr(ts, "_TUNED", {})
-    monkeypatch.setattr(Autotuner, "run", autotuner_called)
+    forbid_autotuner(monkeypatch)
     monkeypatch.setenv(ts.AUTOTUNE_ENV, "0")
     x, c = near_tie_inputs(40, 16, 30, seed=32)
     got, stats = ts.nearest_codeword_triton(x, c, return_stats=True)

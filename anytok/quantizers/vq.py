@@ -73,6 +73,12 @@ def rotation_trick(source: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
     return rotated * (target_norm / source_norm).detach()
 
 
+def codeword_output(source: Tensor, codewords: Tensor, rotate: bool) -> Tensor:
+    """The training output: ``codewords``' values with the rotation-trick gradient to
+    ``source`` (``rotate``) or the straight-through one (a view of ``codewords``, no copy)."""
+    return rotation_trick(source, codewords) if rotate else straight_through(codewords, source)
+
+
 def local_code_metrics(indices: Tensor, codebook_size: int) -> dict[str, Tensor]:
     """Perplexity and usage fraction of this rank's batch, without any collective.
 
@@ -352,10 +358,7 @@ class VectorQuantize(Quantizer):
                     )
                 if update_codebook:
                     metrics.update(self.update_codebook_(flat.detach(), indices))
-                if self.rotation_trick:
-                    codewords = rotation_trick(flat, codewords)
-                else:  # a view of the codewords: no copy
-                    codewords = straight_through(codewords, flat)
+                codewords = codeword_output(flat, codewords, self.rotation_trick)
             else:
                 loss = zero_loss(z)
                 metrics = local_code_metrics(indices, self.codebook_size)
@@ -394,7 +397,7 @@ class VectorQuantize(Quantizer):
         self.broadcast_codebook_once_()
         if self.kmeans_init and self._kmeans_pending is None:
             self._kmeans_pending = not bool(self.initted)  # one host read, after the broadcast
-        if self.kmeans_init and self._kmeans_pending:
+        if self._kmeans_pending:
             means = kmeans(
                 x.float(), self.codebook_size, self.kmeans_iters, self.metric, self.memory_budget
             )
@@ -552,10 +555,7 @@ class SimVQ(Quantizer):
                     self.codebook_weight * squared_error_mean(codewords, x.detach())
                 )
                 metrics = {"commitment": commitment.detach(), **self.usage.update(indices)}
-                if self.rotation_trick:
-                    codewords = rotation_trick(x, codewords)
-                else:
-                    codewords = straight_through(codewords, x)
+                codewords = codeword_output(x, codewords, self.rotation_trick)
             else:
                 loss = zero_loss(z)
                 metrics = local_code_metrics(indices, self.codebook_size)

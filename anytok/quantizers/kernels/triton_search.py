@@ -1112,7 +1112,7 @@ def nearest_codeword_triton(
         _launch_autotuned(
             _candidates_kernel, "candidates", tune_key,
             lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), groups),
-            lambda: _candidate_configs()[0],
+            lambda: _candidates_kernel.configs[0],
             xo, co, lp_scale, bias, cmult, rows_list, thr, list_inv, counter, cand, count,
             n, k, d, dx, dc, *xo.stride(), *co.stride(), d_bucket, k_bucket,
             M=m, INTERPRET=_INTERPRET, BLOCK_D=min(block_d, 64), **flags,
