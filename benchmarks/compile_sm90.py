@@ -54,16 +54,21 @@ def _jit(kernel: object) -> triton.runtime.jit.JITFunction:
     return kernel
 
 
+#: Integer arguments a real launch does not see as multiples of 16 (small counts).
+NOT_DIVISIBLE = {"SPLITS"}
+
+
 def compile_sm90(
     kernel: object, signature: dict, constexprs: dict, num_warps: int, num_stages: int
 ) -> triton.compiler.CompiledKernel:
-    """Compile for sm_90; 16-divisibility on every pointer and non-constant integer."""
+    """Compile for sm_90; 16-divisibility on every pointer and non-constant integer (except
+    the counts in ``NOT_DIVISIBLE``)."""
     fn = _jit(kernel)
     signature = {**signature, **{name: "constexpr" for name in constexprs}}
     attrs = {
         (fn.arg_names.index(name),): [["tt.divisibility", 16]]
         for name, kind in signature.items()
-        if kind.startswith("*") or kind == "i32"
+        if kind.startswith("*") or (kind == "i32" and name not in NOT_DIVISIBLE)
     }
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     options = {"num_warps": num_warps, "num_stages": num_stages}
@@ -111,18 +116,24 @@ def search_signature(case: dict) -> dict:
         "thr_ptr": "*fp32",
         "list_inv_ptr": "*fp32",
         "counter_ptr": "*i32",
+        "count_ptr": "*i32",
+        "part_ptr": "*fp32",
+        "part_idx_ptr": "*i32",
+        "row_err_ptr": "*fp32",
         **{name: "i32" for name in ("N", "K", "D", "DX", "DC")},
         **{name: "i32" for name in ("s_xg", "s_xn", "s_xog", "s_xon", "s_cog", "s_cok")},
         "gamma": "fp32",
-        "D_BUCKET": "i32",
-        "K_BUCKET": "i32",
+        **{name: "i32" for name in ("N_BUCKET", "D_BUCKET", "K_BUCKET")},
+        **({"SPLITS": "i32"} if case.get("split") else {}),
     }
 
 
 def search_constexprs(case: dict, config: triton.Config, staged_x: bool, one_d: bool) -> dict:
-    """The search kernel's constexpr arguments for an operand case and a tile configuration."""
+    """The search kernel's constexpr arguments for an operand case and a tile configuration
+    (``SPLITS`` is 1, which Triton specialises as a constant, unless ``case["split"]``)."""
     kw = config.kwargs
     return {
+        **({} if case.get("split") else {"SPLITS": 1}),
         "s_xd": 1, "s_xod": 1, "s_cod": 1, "LP": case["lp"],
         "X_EXACT": not case["X_SCALED"], "X_STAGED": staged_x,
         "X_SCALED": case["X_SCALED"], "C_STAGED": case["C_STAGED"],
@@ -155,6 +166,24 @@ def search_rows(smoke: bool = False) -> list[dict]:
                 row["stages"] = config.num_stages
                 rows.append({**row, **res})
                 print(json.dumps(rows[-1]), flush=True)
+    # The codebook-split variant (SPLITS > 1: partial results instead of the certificate),
+    # for the first tile of each D regime.
+    for case_name, case in CASES.items():
+        for d in (64, 256):
+            one_d = d <= 128
+            staged_x = case_name == "fp32 auto" and not one_d
+            config = ts._prune_search_configs(ts._search_configs(), {"D": d})[0]
+            split_case = {**case, "split": True, "xo": "fp16" if staged_x else case["xo"]}
+            consts = search_constexprs(split_case, config, staged_x, one_d)
+            sig = search_signature(split_case)
+            res = _compile(ts._search_kernel, sig, consts, config.num_warps, config.num_stages)
+            kw = config.kwargs
+            tile = f"{kw['BLOCK_N']}x{kw['BLOCK_K']}x{kw['BLOCK_D']} w{config.num_warps}"
+            rows.append({"kernel": "search split", "case": case_name, "D": d, "tile": tile,
+                         "stages": config.num_stages, **res})  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+            if smoke:
+                break
     return rows
 
 
@@ -169,7 +198,7 @@ def other_rows(smoke: bool = False) -> list[dict]:
                 "thr_ptr": "*fp32", "list_inv_ptr": "*fp32", "counter_ptr": "*i32",
                 "cand_ptr": "*i32", "count_ptr": "*i32",
                 **{n: "i32" for n in ("N", "K", "D", "DX", "DC", "s_xg", "s_xn", "s_cg", "s_ck")},
-                "D_BUCKET": "i32", "K_BUCKET": "i32",
+                "N_BUCKET": "i32", "D_BUCKET": "i32", "K_BUCKET": "i32", "MAX_SPLITS": "i32",
             }  # fmt: skip
             consts = {
                 "s_xd": 1, "s_cd": 1, "M": ts.MAX_CANDIDATES, "LP": case["lp"],
@@ -196,6 +225,16 @@ def other_rows(smoke: bool = False) -> list[dict]:
         rows.append({"kernel": "codeword_stats", "case": case_name, "D": 256, "tile": "64x64 w4",
                      "stages": 3, **res})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
+    sig = {
+        "part_ptr": "*fp32", "part_idx_ptr": "*i32", "row_err_ptr": "*fp32", "idx_ptr": "*i64",
+        "counter_ptr": "*i32", "list_ptr": "*i32", "thr_ptr": "*fp32", "list_inv_ptr": "*fp32",
+        "count_ptr": "*i32", "N": "i32", "SPLITS": "i32",
+    }  # fmt: skip
+    consts = {"X_SCALED": True, "CERTIFY": True, "BLOCK_N": 256}
+    res = _compile(ts._merge_splits_kernel, sig, consts, 4, 3)
+    rows.append({"kernel": "merge_splits", "case": "fp32", "D": 0, "tile": "256 w4", "stages": 3,
+                 **res})  # fmt: skip
+    print(json.dumps(rows[-1]), flush=True)
     sig = {
         "x_ptr": "*fp32", "c_ptr": "*fp32", "scale_ptr": "*fp32", "bias_ptr": "*fp32",
         "list_ptr": "*i32", "counter_ptr": "*i32", "cand_ptr": "*i32", "count_ptr": "*i32",

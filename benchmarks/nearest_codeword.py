@@ -224,6 +224,28 @@ def _extra_gib(fn: Callable[[], Any]) -> float | str:
     return _try(run)
 
 
+def compiled_dist_argmin(metric: str, backend: str = "inductor") -> Callable[[Any, Any], Any]:
+    """``torch.compile``'d distance + argmin, compiled afresh for the next size.
+
+    Every size recompiles the same code object, and dynamo stops compiling it after
+    ``recompile_limit`` (8) entries and runs it eagerly from then on: the ninth row of a
+    table would time eager code as "compiled". So the caches are reset first, and
+    ``fullgraph=True`` turns any fallback into an error instead of a silent eager run.
+    """
+    import torch
+
+    torch._dynamo.reset()
+
+    def dist_argmin(x: torch.Tensor, cw: torch.Tensor) -> torch.Tensor:
+        if metric == "euclidean":
+            return (cw.pow(2).sum(-1) - 2 * x @ cw.T).argmin(-1)
+        if metric == "cosine":
+            cw = torch.nn.functional.normalize(cw, dim=-1)
+        return (x @ cw.T).argmax(-1)
+
+    return torch.compile(dist_argmin, dynamic=False, fullgraph=True, backend=backend)
+
+
 def _vqp_module(d: int, k: int, codebook: Any, metric: str) -> Any:
     from vector_quantize_pytorch import VectorQuantize as VQP
 
@@ -300,6 +322,7 @@ def measure(n: int, d: int, k: int, dtype_name: str, metric: str, skip: set[str]
     model = ambiguous_rows(sample, c, metric, chunk=max(1, (1 << 26) // k))  # <= 256 MiB
     row["ambiguous_model"] = float(model.float().mean())
     row["full_scans"] = full_stats.full_scans
+    row["splits"] = full_stats.splits
     cb = c.bfloat16()
     csqb = cb.float().pow(2).sum(-1).bfloat16()
     if metric == "euclidean":
@@ -319,6 +342,12 @@ def measure(n: int, d: int, k: int, dtype_name: str, metric: str, skip: set[str]
             return nearest_codeword_triton(nxt(), c, metric=metric, stage="never")
 
         row["anytok_nostage_ms"] = _try(lambda: (nostage(), _bench(nostage))[1])
+    if full_stats.splits > 1 and "nosplit" not in skip:
+        # The same search without codebook slices: what the split buys at this size.
+        def nosplit() -> Any:
+            return nearest_codeword_triton(nxt(), c, metric=metric, splits=1)
+
+        row["anytok_nosplit_ms"] = _try(lambda: (nosplit(), _bench(nosplit))[1])
 
     # Bare bf16 GEMM on pre-converted operands, and bf16 matmul + argmin (N x K in memory).
     nxb = _rotating([t.bfloat16() for t in xs])
@@ -338,15 +367,7 @@ def measure(n: int, d: int, k: int, dtype_name: str, metric: str, skip: set[str]
 
     # torch.compile'd distance + argmin in the input dtype.
     if "compiled" not in skip:
-
-        def dist_argmin(x: torch.Tensor, cw: torch.Tensor) -> torch.Tensor:
-            if metric == "euclidean":
-                return (cw.pow(2).sum(-1) - 2 * x @ cw.T).argmin(-1)
-            if metric == "cosine":
-                cw = torch.nn.functional.normalize(cw, dim=-1)
-            return (x @ cw.T).argmax(-1)
-
-        compiled = torch.compile(dist_argmin, dynamic=False)
+        compiled = compiled_dist_argmin(metric)
 
         def time_compiled() -> float:
             compiled(xs[0], c)  # compile outside the timing
@@ -442,7 +463,7 @@ def markdown(rows: list[dict[str, Any]], device: str, smoke: bool) -> str:
                 "reference_ms", "cdist_ms"]  # fmt: skip
     else:
         cols = ["N", "D", "K", "dtype", "anytok_ms", "anytok_host_us", "anytok_graph_ms",
-                "graph_equal", "anytok_nostage_ms",
+                "graph_equal", "splits", "anytok_nosplit_ms", "anytok_nostage_ms",
                 "anytok_extra_gib",
                 "anytok_tflops",
                 "gemm_ms", "x_gemm", "torch_bf16_ms", "compiled_ms", "vqp_eval_ms",
@@ -472,7 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated")
     parser.add_argument("--sizes", default=None, help="N,D,K;N,D,K... (default: the anchor sizes)")
     parser.add_argument(
-        "--skip", default="", help="comma-separated: nostage,torch_bf16,compiled,vqp,anytok_train"
+        "--skip",
+        default="",
+        help="comma-separated: nostage,nosplit,torch_bf16,compiled,vqp,anytok_train",
     )
     args = parser.parse_args(argv)
 

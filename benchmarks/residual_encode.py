@@ -79,6 +79,9 @@ def measure(name: str, cfg: tuple[int, int, int], rows: int, device: str) -> dic
     with torch.no_grad():
         codes = ours.encode(z)
         row["anytok_ms"] = _median_ms(lambda: ours.encode(z), device)
+        # Dynamo compiles one code object (ResidualVQ.encode) per row and would stop after
+        # its recompile limit: start every row from empty caches.
+        torch._dynamo.reset()
         compiled = torch.compile(ours.encode, fullgraph=True)
         row["compiled_equal"] = _try(lambda: bool(torch.equal(compiled(z), codes)))
         if row["compiled_equal"] is True:

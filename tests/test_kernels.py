@@ -398,6 +398,29 @@ def run_benchmark(
     return proc
 
 
+def test_benchmark_compiled_baseline_compiles_every_row() -> None:
+    """nearest_codeword.py compiles its torch.compile baseline once per table row. One code
+    object recompiled for a tenth size would pass dynamo's recompile limit (8) and run
+    eagerly under the "compiled" label; every row must start from fresh caches instead."""
+    import importlib.util
+
+    from torch._dynamo.utils import counters
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "nearest_codeword.py"
+    spec = importlib.util.spec_from_file_location("nearest_codeword_bench", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    c = torch.randn(20, 8)
+    for n in range(1, 11):  # 10 rows: 5 anchor sizes x 2 dtypes
+        compiled = bench.compiled_dist_argmin("euclidean", backend="eager")
+        graphs = counters["stats"]["unique_graphs"]  # after the reset (it clears them)
+        x = torch.randn(n, 8)
+        assert torch.equal(compiled(x, c), (c.pow(2).sum(-1) - 2 * x @ c.T).argmin(-1))
+        assert counters["stats"]["unique_graphs"] == graphs + 1, f"row {n} was not compiled"
+    torch._dynamo.reset()
+
+
 def test_certificate_rate_benchmark_smoke(tmp_path: Path) -> None:
     run_benchmark("certificate_rate.py", "--smoke", "--rows", "500", "--out", str(tmp_path))
     rows = json.loads((tmp_path / "certificate_rate.json").read_text())
@@ -476,15 +499,54 @@ def test_gpu_owed_script_dispatches_stages(tmp_path: Path) -> None:
     assert f"torch {torch.__version__}" in proc.stdout
 
 
+def test_gpu_owed_kernels_stage_fits_one_device_call(tmp_path: Path) -> None:
+    """``gpu_owed.sh kernels`` is the whole owed check in one call: the table first, then the
+    GPU tests, cosine and residual encoding, within STAGE_SECONDS, and at most 8 result
+    files at most 2 folders down (what the device tool returns). A stand-in interpreter
+    records each command and writes a benchmark's two files."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_owed.sh"
+    log, out = tmp_path / "calls.log", tmp_path / "out"
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f'[ "$1" = -c ] && exec {sys.executable} "$@"\n'
+        f'echo "$*" >> {log}\n'
+        'while [ $# -gt 0 ]; do [ "$1" = --out ] && mkdir -p "$2" && touch "$2/r.json" "$2/r.md"; '
+        "shift; done\n"
+    )
+    fake.chmod(0o755)
+    env = {**os.environ, "PY": str(fake), "OUT": str(out), "WHEELS": str(tmp_path / "none")}
+    proc = subprocess.run(["bash", str(script), "kernels"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    calls = log.read_text().splitlines()
+    assert [c.split()[0] for c in calls] == [
+        "benchmarks/nearest_codeword.py", "-m", "benchmarks/nearest_codeword.py",
+        "benchmarks/residual_encode.py",
+    ]  # fmt: skip
+    assert "--dtypes float32,bfloat16" in calls[0] and "--metric cosine" in calls[2]
+    assert "-m gpu" in calls[1] and "tests/test_kernels.py" in calls[1]
+    files = [p.relative_to(out) for p in out.rglob("*") if p.is_file()]
+    assert 0 < len(files) <= 8 and all(len(p.parts) <= 3 for p in files), files
+    # Out of time: every part is skipped, none started.
+    log.unlink()
+    env["STAGE_SECONDS"] = "5"
+    proc = subprocess.run(["bash", str(script), "kernels"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 1 and proc.stdout.count("skipped, no time left") == 4
+    assert not log.exists()
+
+
 def test_kernels_compile_for_sm90(tmp_path: Path) -> None:
     """Every kernel and operand case compiles for H100 (the interpreter never compiles)."""
     pytest.importorskip("triton")
     cache = {"TRITON_CACHE_DIR": str(tmp_path / "cache")}
     run_benchmark("compile_sm90.py", "--smoke", "--out", str(tmp_path), env=cache, timeout=600)
     rows = json.loads((tmp_path / "compile_sm90.json").read_text())
-    assert len(rows) == 14  # 3 operand cases x (2 search, 1 candidate, 1 statistics) + 2
+    # 3 operand cases x (2 search, 1 split search, 1 candidate, 1 statistics) + merge, re-rank,
+    # staging
+    assert len(rows) == 18
+    assert {r["kernel"] for r in rows} >= {"search split", "merge_splits"}
     for row in rows:
-        if row["kernel"] in ("search", "candidates"):
+        if row["kernel"] in ("search", "search split", "candidates"):
             assert row["pipelined"], row  # cp.async software pipelining
             assert row["mma"] == "wgmma", row  # Hopper's asynchronous warpgroup MMA
         assert row["stack"] <= 16, row
@@ -529,6 +591,57 @@ def test_interp_fallbacks_zero_rows_duplicates_clusters() -> None:
             assert stats.full_scans >= 1  # the cluster row (and zero rows for cosine)
 
 
+def test_split_count_and_row_buckets() -> None:
+    """Codebook slices only when the row blocks cannot fill the GPU: powers of two up to
+    MAX_SPLITS, bounded by the codebook (each slice >= SPLIT_MIN_CODES codewords)."""
+    from anytok.quantizers.kernels import triton_search as ts
+
+    rows_per_block, min_codes = ts.SPLIT_BLOCK_ROWS, ts.SPLIT_MIN_CODES
+    sms = 132
+    assert ts.split_count(sms * rows_per_block, 1 << 20, sms) == 1  # one block per SM
+    assert ts.split_count(48000 * rows_per_block // 128, 1 << 20, sms) == 1
+    assert ts.split_count(128 * rows_per_block, 1 << 18, sms) == 2  # 128 blocks -> 256
+    assert ts.split_count(32 * rows_per_block, 1 << 18, sms) == 8
+    assert ts.split_count(1, 1 << 18, sms) == ts.MAX_SPLITS
+    assert ts.split_count(1, 3 * min_codes, sms) == 2  # slices keep >= min_codes codewords
+    assert ts.split_count(1, min_codes, sms) == 1
+    for rows in (1, 100, 5000, 17000, 10**6):
+        s = ts.split_count(rows, 1 << 16, sms)
+        assert s & (s - 1) == 0 and 1 <= s <= ts.MAX_SPLITS
+    assert ts._rows_bucket(1) == 1024 and ts._rows_bucket(1025) == 2048
+    assert ts._rows_bucket(48000) == 65536 and ts._rows_bucket(10**7) == 1 << 17
+
+
+@interp_only
+def test_interp_codebook_splits_are_exact() -> None:
+    """Splitting the codebook over programs changes nothing: the raw low-precision argmin is
+    identical for every split count (same tiles, merged in codebook order), and the
+    certified result equals the fp64 reference, ties to the lowest index across slices."""
+    from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
+
+    x, c = near_tie_inputs(70, 16, 200, seed=40)
+    c[170] = c[3]  # an exact duplicate in a later slice: the lower index must win
+    x[:4] = c[3] + 0.01
+    for metric in ("euclidean", "cosine", "dot"):
+        raw = nearest_codeword_triton(x, c, metric=metric, certify=False, splits=1)
+        for splits in (1, 2, 3, 7, 13, 40):  # 40 > tiles: empty slices
+            assert torch.equal(
+                nearest_codeword_triton(x, c, metric=metric, certify=False, splits=splits), raw
+            )
+            got, stats = nearest_codeword_triton(
+                x, c, metric=metric, return_stats=True, splits=splits
+            )
+            assert stats.splits == splits and stats.ambiguous > 0
+            assert_same_argmin(got, x, c, metric)
+            if metric == "euclidean":
+                assert got[:4].tolist() == [3, 3, 3, 3]
+    xg, cg = torch.randn(3, 30, 24), torch.randn(3, 90, 24)  # groups x slices
+    for xx, cc in ((xg, cg), (xg.bfloat16(), cg.bfloat16()), (xg.bfloat16(), cg)):
+        assert_same_argmin(nearest_codeword_triton(xx, cc, splits=4), xx.float(), cc.float())
+    with pytest.raises(ValueError, match="splits must be an int"):
+        nearest_codeword_triton(x, c, splits=0)
+
+
 def forbid_autotuner(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make any call of Triton's ``Autotuner.run`` fail the test."""
     from triton.runtime.autotuner import Autotuner
@@ -557,6 +670,13 @@ def test_interp_tuned_launches_skip_the_autotuner(monkeypatch: pytest.MonkeyPatc
     assert_same_argmin(got, x, c)
     with pytest.raises(AssertionError, match="Autotuner.run called"):  # a new key tunes
         ts.nearest_codeword_triton(x.half(), c.half())
+    # so does another row-count bucket (1500 rows: 2048, against 1024 above) ...
+    with pytest.raises(AssertionError, match="Autotuner.run called"):
+        ts.nearest_codeword_triton(torch.randn(1500, 16), c)
+    # ... and another split count; the same bucket and split count does not
+    with pytest.raises(AssertionError, match="Autotuner.run called"):
+        ts.nearest_codeword_triton(x, c, splits=2)
+    assert_same_argmin(ts.nearest_codeword_triton(x[:33], c), x[:33], c)
 
 
 @interp_only
@@ -691,6 +811,26 @@ def test_gpu_matches_reference(
     c = torch.randn(k, d, device="cuda", generator=g).to(dtype)
     assert backend_for(x, c) == "triton"
     assert_same_argmin(nearest_codeword(x, c, metric=metric), x, c, metric)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("shape", [(700, 64, 70000), (3000, 200, 9000), (129, 16, 1 << 18)])
+def test_gpu_codebook_splits_match_one_pass(shape: tuple[int, int, int]) -> None:
+    """Few rows and many codewords: the split search gives the one-pass raw argmin exactly
+    and the certified result equals fp64, near ties included (fp32 and bf16)."""
+    from anytok.quantizers.kernels.triton_search import nearest_codeword_triton, split_count
+
+    n, d, k = shape
+    x, c = (t.cuda() for t in near_tie_inputs(n, d, k, seed=n))
+    assert split_count(n, k, torch.cuda.get_device_properties(0).multi_processor_count) > 1
+    for xx, cc in ((x, c), (x.bfloat16(), c.bfloat16())):
+        one = nearest_codeword_triton(xx, cc, certify=False, splits=1)
+        for splits in (None, 3, 16):
+            assert torch.equal(nearest_codeword_triton(xx, cc, certify=False, splits=splits), one)
+            got, stats = nearest_codeword_triton(xx, cc, return_stats=True, splits=splits)
+            assert stats.splits > 1
+            assert_same_argmin(got, xx.float(), cc.float())
 
 
 @pytest.mark.gpu

@@ -148,6 +148,8 @@ _INTERPRET = interpreting()
 #: Programs of the re-rank launch per group; each strides over the ambiguous-row list. Small
 #: under the interpreter so that its programs handle several rows each.
 RERANK_PROGRAMS = 3 if _INTERPRET else 2048
+#: Programs of the candidates launch under the interpreter (on a GPU: 4 per multiprocessor).
+CANDIDATE_PROGRAMS = 6
 
 
 def _fix_interpreter_for_numpy_2_4() -> None:
@@ -518,9 +520,58 @@ if HAS_TRITON:
                 acc = acc * x_inv[:, None]
         return bias[None, :] + scale[None, :] * acc
 
+    @triton.jit
+    def _row_error(maxes_ptr, g, xt2, rx2, gamma):
+        """The per-row bound ``E_n`` of the module docstring, from the squared norms of
+        ``lp(x)`` and of its residual and the group's maxima ``P, Q, T, B``."""
+        p = tl.load(maxes_ptr + g * 4 + 0)
+        q = tl.load(maxes_ptr + g * 4 + 1)
+        t = tl.load(maxes_ptr + g * 4 + 2)
+        b = tl.load(maxes_ptr + g * 4 + 3)
+        xt_n = tl.sqrt(xt2)
+        err = xt_n * (p + gamma * t) + tl.sqrt(rx2) * q
+        err += 4.0 * 5.960464477539063e-08 * (b + (1.0 + gamma) * t * xt_n)  # 4 * 2^-24
+        return err * 1.00390625  # 1 + 2^-8
+
+    @triton.jit
+    def _append_ambiguous(
+        best,
+        second,
+        err,
+        x_inv,
+        offs_n,
+        mask_n,
+        g,
+        N,
+        counter_ptr,
+        list_ptr,
+        thr_ptr,
+        list_inv_ptr,
+        count_ptr,
+        X_SCALED: tl.constexpr,
+    ):
+        """The certificate: rows whose runner-up is not beyond ``best + 2E`` go to the group's
+        compact list of ambiguous rows, with that threshold (and their row scale), and their
+        candidate count is zeroed for the candidates kernel's atomic appends."""
+        thr = best + 2.0 * err
+        # NaN/inf thresholds compare False: such rows are re-ranked, never trusted.
+        ambiguous = mask_n & ~(second > thr)
+        amb = ambiguous.to(tl.int32)
+        n_amb = tl.sum(amb, axis=0)
+        if n_amb > 0:
+            start = tl.atomic_add(counter_ptr + g, n_amb)
+            pos = g.to(tl.int64) * N + start + tl.cumsum(amb, axis=0) - 1
+            tl.store(list_ptr + pos, offs_n, mask=ambiguous)
+            tl.store(thr_ptr + pos, thr, mask=ambiguous)
+            tl.store(count_ptr + pos, tl.zeros_like(amb), mask=ambiguous)
+            if X_SCALED:
+                tl.store(list_inv_ptr + pos, x_inv, mask=ambiguous)
+
     @triton.autotune(
         configs=_search_configs(),
-        key=["D_BUCKET", "K_BUCKET"],  # the metric only changes a and b: same kernel
+        # Size buckets (the best tile depends on how many row blocks fill the GPU); not the
+        # metric, which only changes a and b: one kernel and one tuning for all three.
+        key=["N_BUCKET", "D_BUCKET", "K_BUCKET", "SPLITS"],
         prune_configs_by={"early_config_prune": _prune_search_configs},
         reset_to_zero=["counter_ptr"],  # benchmarking runs append to the ambiguous-row list
         cache_results=True,
@@ -541,6 +592,10 @@ if HAS_TRITON:
         thr_ptr,  # (G, N) fp32 out: their thresholds s~1 + 2E
         list_inv_ptr,  # (G, N) fp32 out: their row scales (X_SCALED)
         counter_ptr,  # (G,) int32 in/out (zeroed): ambiguous rows per group
+        count_ptr,  # (G, N) int32 out: zeroed at the list slots the search fills
+        part_ptr,  # (S, G, N, 2) fp32 out when split: each slice's best and runner-up score
+        part_idx_ptr,  # (S, G, N) int32 out when split: each slice's best index
+        row_err_ptr,  # (2, G, N) fp32 out when split: the bound E and the row scale per row
         N,
         K,
         D,
@@ -556,8 +611,10 @@ if HAS_TRITON:
         s_cok,
         s_cod,
         gamma,
-        D_BUCKET,  # autotuning keys only
+        N_BUCKET,  # autotuning keys only
+        D_BUCKET,
         K_BUCKET,
+        SPLITS,  # codebook slices: the grid's third dimension
         LP: tl.constexpr,
         X_EXACT: tl.constexpr,
         X_STAGED: tl.constexpr,
@@ -628,7 +685,13 @@ if HAS_TRITON:
         second = tl.full((BLOCK_N,), float("inf"), tl.float32)
         best_idx = tl.zeros((BLOCK_N,), dtype=tl.int32)
         cols = tl.arange(0, BLOCK_K)
-        for k0 in range(0, K, BLOCK_K):
+        # This program's codebook slice: whole tiles, so slices never overlap (all of K
+        # when the grid has one slice).
+        split = tl.program_id(2)
+        tiles_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLITS)
+        k_lo = split * tiles_per_split * BLOCK_K
+        k_hi = tl.minimum(K, k_lo + tiles_per_split * BLOCK_K)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
             s = _lp_scores(
                 xo_rows, x_lp, x_mult, x_inv, x_inv_block, mask_n, co_ptr, g, k0, K, D, DX, DC,
                 s_cog, s_cok, s_cod, xo_ptr, s_xod, scale_ptr, bias_ptr, cmult_ptr,
@@ -644,30 +707,84 @@ if HAS_TRITON:
             best_idx = tl.where(better, i1 + k0, best_idx)
             best = tl.where(better, m1, best)
 
-        tl.store(idx_ptr + g.to(tl.int64) * N + offs_n, best_idx.to(tl.int64), mask=mask_n)
+        err = tl.zeros((BLOCK_N,), dtype=tl.float32)
         if CERTIFY:
-            p = tl.load(maxes_ptr + g * 4 + 0)
-            q = tl.load(maxes_ptr + g * 4 + 1)
-            t = tl.load(maxes_ptr + g * 4 + 2)
-            b = tl.load(maxes_ptr + g * 4 + 3)
-            xt_n = tl.sqrt(xt2)
-            err = xt_n * (p + gamma * t) + tl.sqrt(rx2) * q
-            err += 4.0 * 5.960464477539063e-08 * (b + (1.0 + gamma) * t * xt_n)  # 4 * 2^-24
-            err *= 1.00390625  # 1 + 2^-8
-            thr = best + 2.0 * err
-            # NaN/inf thresholds compare False: such rows are re-ranked, never trusted.
-            ambiguous = mask_n & ~(second > thr)
-            amb = ambiguous.to(tl.int32)
-            n_amb = tl.sum(amb, axis=0)
-            if n_amb > 0:
-                start = tl.atomic_add(counter_ptr + g, n_amb)
-                pos = g.to(tl.int64) * N + start + tl.cumsum(amb, axis=0) - 1
-                tl.store(list_ptr + pos, offs_n, mask=ambiguous)
-                tl.store(thr_ptr + pos, thr, mask=ambiguous)
+            err = _row_error(maxes_ptr, g, xt2, rx2, gamma)
+        if SPLITS == 1:
+            tl.store(idx_ptr + g.to(tl.int64) * N + offs_n, best_idx.to(tl.int64), mask=mask_n)
+            if CERTIFY:
+                _append_ambiguous(
+                    best, second, err, x_inv, offs_n, mask_n, g, N,
+                    counter_ptr, list_ptr, thr_ptr, list_inv_ptr, count_ptr, X_SCALED,
+                )  # fmt: skip
+        else:  # partial results; _merge_splits_kernel reduces them and certifies
+            groups = tl.num_programs(1)
+            at = (split * groups + g).to(tl.int64) * N + offs_n
+            tl.store(part_ptr + at * 2, best, mask=mask_n)
+            tl.store(part_ptr + at * 2 + 1, second, mask=mask_n)
+            tl.store(part_idx_ptr + at, best_idx, mask=mask_n)
+            if CERTIFY and split == 0:  # every slice computes the same per-row values
+                rows = g.to(tl.int64) * N + offs_n
+                tl.store(row_err_ptr + rows, err, mask=mask_n)
                 if X_SCALED:
-                    tl.store(list_inv_ptr + pos, x_inv, mask=ambiguous)
+                    tl.store(row_err_ptr + groups.to(tl.int64) * N + rows, x_inv, mask=mask_n)
 
-    @triton.autotune(configs=_candidate_configs(), key=["D_BUCKET", "K_BUCKET"], cache_results=True)
+    @triton.jit
+    def _merge_splits_kernel(
+        part_ptr,  # (S, G, N, 2) fp32: best and runner-up score of each codebook slice
+        part_idx_ptr,  # (S, G, N) int32
+        row_err_ptr,  # (2, G, N) fp32: E and the row scale
+        idx_ptr,  # (G, N) int64 out
+        counter_ptr,
+        list_ptr,
+        thr_ptr,
+        list_inv_ptr,
+        count_ptr,
+        N,
+        SPLITS,
+        X_SCALED: tl.constexpr,
+        CERTIFY: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
+        """Reduce the slices of a split search: the overall best, its index and the overall
+        runner-up (the best score of any other codeword), then the same certificate as an
+        unsplit search. Slices are in codebook order and the comparison is strict, so ties
+        keep the lowest index, as in one pass."""
+        pid = tl.program_id(0)
+        g = tl.program_id(1)
+        groups = tl.num_programs(1)
+        offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        best = tl.full((BLOCK_N,), float("inf"), tl.float32)
+        second = tl.full((BLOCK_N,), float("inf"), tl.float32)
+        best_idx = tl.zeros((BLOCK_N,), dtype=tl.int32)
+        for split in range(0, SPLITS):
+            at = (split * groups + g).to(tl.int64) * N + offs_n
+            m1 = tl.load(part_ptr + at * 2, mask=mask_n, other=float("inf"))
+            m2 = tl.load(part_ptr + at * 2 + 1, mask=mask_n, other=float("inf"))
+            i1 = tl.load(part_idx_ptr + at, mask=mask_n, other=0)
+            better = m1 < best
+            second = tl.where(better, tl.minimum(best, m2), tl.minimum(second, m1))
+            best_idx = tl.where(better, i1, best_idx)
+            best = tl.where(better, m1, best)
+        rows = g.to(tl.int64) * N + offs_n
+        tl.store(idx_ptr + rows, best_idx.to(tl.int64), mask=mask_n)
+        if CERTIFY:
+            err = tl.load(row_err_ptr + rows, mask=mask_n, other=0.0)
+            x_inv = tl.full((BLOCK_N,), 1.0, tl.float32)
+            if X_SCALED:
+                x_inv = tl.load(row_err_ptr + groups.to(tl.int64) * N + rows, mask=mask_n)
+            _append_ambiguous(
+                best, second, err, x_inv, offs_n, mask_n, g, N,
+                counter_ptr, list_ptr, thr_ptr, list_inv_ptr, count_ptr, X_SCALED,
+            )  # fmt: skip
+
+    @triton.autotune(
+        configs=_candidate_configs(),
+        key=["N_BUCKET", "D_BUCKET", "K_BUCKET"],
+        reset_to_zero=["count_ptr"],  # benchmarking runs append candidates
+        cache_results=True,
+    )
     @triton.jit
     def _candidates_kernel(
         x_ptr,
@@ -680,7 +797,7 @@ if HAS_TRITON:
         list_inv_ptr,
         counter_ptr,
         cand_ptr,  # (G, N, M) int32 out, by list slot
-        count_ptr,  # (G, N) int32 out, by list slot
+        count_ptr,  # (G, N) int32 in/out, by list slot: zeroed by the search, atomic adds
         N,
         K,
         D,
@@ -692,8 +809,10 @@ if HAS_TRITON:
         s_cg,
         s_ck,
         s_cd,
+        N_BUCKET,
         D_BUCKET,
         K_BUCKET,
+        MAX_SPLITS,
         M: tl.constexpr,
         LP: tl.constexpr,
         X_SCALED: tl.constexpr,
@@ -705,11 +824,31 @@ if HAS_TRITON:
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
     ):
+        """Candidates of the ambiguous rows: every codeword whose low-precision score is
+        within the row's threshold.
+
+        The list's length is known only on the device, so the grid is a fixed number of
+        programs that stride over work items (a block of list slots times a slice of the
+        codebook). The slices are chosen here from the length: a short list is split over
+        the codebook until the items fill the grid, so a few ambiguous rows never leave
+        the GPU idle while they scan all K codewords. Slices append to a row's candidates
+        with an atomic count, so candidates are in no particular order; the re-rank takes
+        the lowest score and, on equal scores, the lowest index, whatever the order.
+        """
         pid = tl.program_id(0)
         g = tl.program_id(1)
+        programs = tl.num_programs(0)
         n_amb = tl.load(counter_ptr + g)
-        if pid * BLOCK_N < n_amb:  # the grid covers the worst case; most programs exit here
-            slots = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        blocks = tl.cdiv(n_amb, BLOCK_N)
+        tiles = tl.cdiv(K, BLOCK_K)
+        splits = tl.minimum(tl.maximum(programs // tl.maximum(blocks, 1), 1), MAX_SPLITS)
+        splits = tl.minimum(splits, tiles)
+        tiles_per_split = tl.cdiv(tiles, splits)
+        for item in range(pid, blocks * splits, programs):
+            block = item // splits
+            k_lo = (item % splits) * tiles_per_split * BLOCK_K
+            k_hi = tl.minimum(K, k_lo + tiles_per_split * BLOCK_K)
+            slots = block * BLOCK_N + tl.arange(0, BLOCK_N)
             mask_s = slots < n_amb
             at = g.to(tl.int64) * N + slots
             rows = tl.load(list_ptr + at, mask=mask_s, other=0)
@@ -720,8 +859,7 @@ if HAS_TRITON:
             if X_SCALED:  # the row scales the search used, by list slot
                 x_inv = tl.load(list_inv_ptr + at, mask=mask_s, other=1.0)
             x_mult = 1.0 / x_inv
-            count = tl.zeros((BLOCK_N,), dtype=tl.int32)
-            for k0 in range(0, K, BLOCK_K):
+            for k0 in range(k_lo, k_hi, BLOCK_K):
                 s = _lp_scores(
                     x_rows, x_unused, x_mult, x_inv, 1.0, mask_s, c_ptr, g, k0, K, D, DX, DC,
                     s_cg, s_ck, s_cd, x_ptr, s_xd, scale_ptr, bias_ptr, cmult_ptr,
@@ -732,15 +870,15 @@ if HAS_TRITON:
                 # Padding rows have thr = -inf; padding columns are masked explicitly because
                 # an infinite threshold (overflowing norms) would admit their +inf scores.
                 hit = ((s <= thr[:, None]) & (offs_k[None, :] < K)).to(tl.int32)
-                if tl.sum(tl.sum(hit, axis=1), axis=0) > 0:  # rare after the first tiles
-                    pos = count[:, None] + tl.cumsum(hit, axis=1) - 1
+                n_hit = tl.sum(hit, axis=1)
+                if tl.sum(n_hit, axis=0) > 0:  # rare after the first tiles
+                    start = tl.atomic_add(count_ptr + at, n_hit, mask=n_hit > 0)
+                    pos = start[:, None] + tl.cumsum(hit, axis=1) - 1
                     tl.store(
                         cand_ptr + at[:, None] * M + pos,
                         tl.broadcast_to(offs_k[None, :], (BLOCK_N, BLOCK_K)),
                         mask=(hit > 0) & (pos < M),
                     )
-                    count += tl.sum(hit, axis=1)
-            tl.store(count_ptr + at, count, mask=mask_s)
 
     @triton.jit
     def _rerank_kernel(
@@ -839,6 +977,7 @@ class SearchStats:
     ambiguous: int  #: rows without a certificate (re-ranked exactly)
     full_scans: int  #: ambiguous rows with 0 or > MAX_CANDIDATES candidates
     config: str  #: the search kernel's autotuned configuration
+    splits: int = 1  #: codebook slices the search ran in (see :func:`split_count`)
 
     @property
     def ambiguous_fraction(self) -> float:
@@ -888,6 +1027,56 @@ def unsupported_reason(x: Tensor, codebook: Tensor) -> str | None:
     if rows * MAX_CANDIDATES >= 2**31 or groups * codebook.shape[-2] >= 2**31:
         return "more than 2^31 rows or codewords"
     return None
+
+
+#: Rows per block that :func:`split_count` assumes (the common tile), and the fewest
+#: codewords a slice may have (four 128-wide tiles, so each slice still pipelines).
+SPLIT_BLOCK_ROWS = 16 if _INTERPRET else 128
+SPLIT_MIN_CODES = 64 if _INTERPRET else 512
+#: At most this many codebook slices (per-row partial results: 12 bytes per slice).
+MAX_SPLITS = 16
+
+
+def multiprocessors(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (a small fixed number for the interpreter,
+    so that tests exercise the same decisions on tiny shapes)."""
+    if device.type != "cuda":
+        return 4
+    return _multiprocessors(device.index if device.index is not None else 0)
+
+
+def _multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+if HAS_TRITON:
+    import functools
+
+    _multiprocessors = functools.cache(_multiprocessors)
+
+
+def split_count(rows: int, k: int, sms: int) -> int:
+    """Codebook slices for the search: 1 when the row blocks alone fill the GPU, else a
+    power of two that brings the programs to about twice the multiprocessors.
+
+    The fused search parallelises over row blocks; with few rows (encoding one clip, a
+    small batch of images, a huge codebook) most multiprocessors would idle while a few
+    programs scan all K codewords. Each slice then scans ``K / S`` codewords and writes its
+    best and runner-up; a small kernel merges them (an O(S N) pass). ``rows`` counts every
+    group's rows.
+    """
+    blocks = -(-rows // SPLIT_BLOCK_ROWS)
+    if blocks >= sms:
+        return 1
+    want = min((2 * sms) // max(blocks, 1), k // SPLIT_MIN_CODES, MAX_SPLITS)
+    return 1 if want < 2 else 1 << (want.bit_length() - 1)
+
+
+def _rows_bucket(rows: int) -> int:
+    """Power-of-two bucket of the row count for the autotuning keys (1024 .. 2^17): the
+    best tile depends on how many row blocks there are, and a fine key would retune for
+    every batch size of variable-length inputs."""
+    return min(max(_next_pow2(rows), 1 << 10), 1 << 17)
 
 
 AUTOTUNE_ENV = "ANYTOK_TRITON_AUTOTUNE"
@@ -1005,6 +1194,7 @@ def nearest_codeword_triton(
     return_stats: bool = False,
     certify: bool = True,
     stage: str | None = None,
+    splits: int | None = None,
 ) -> Tensor | tuple[Tensor, SearchStats]:
     """Fused search: int64 indices of shape ``x.shape[:-1]``, exact w.r.t. fp32 distances.
 
@@ -1018,6 +1208,9 @@ def nearest_codeword_triton(
             low-precision argmin — only for tests that show the re-ranking matters.
         stage: ``"auto"``, ``"always"`` or ``"never"`` (default: ``$ANYTOK_TRITON_STAGE``,
             else ``"auto"``); see :func:`stage_policy`.
+        splits: codebook slices searched by separate programs and merged (default:
+            :func:`split_count`, 1 whenever the rows fill the GPU). Any value gives the
+            same indices; it only changes the parallelism.
     """
     _check(x, codebook, metric)
     reason = unsupported_reason(x, codebook)
@@ -1035,6 +1228,12 @@ def nearest_codeword_triton(
     n = xs.shape[1]
     device = x.device
     idx = torch.empty(groups, n, dtype=torch.long, device=device)
+    if splits is not None and (
+        isinstance(splits, bool) or not isinstance(splits, int) or not 1 <= splits <= 1024
+    ):
+        raise ValueError(
+            f"nearest_codeword_triton: splits must be an int in [1, 1024], got {splits!r}"
+        )
     if n == 0 or k == 0 or d == 0:
         if k == 0 and n > 0:
             raise ValueError("nearest_codeword: the codebook has no codewords")
@@ -1051,6 +1250,9 @@ def nearest_codeword_triton(
     block_d = _d_block(d) if not _INTERPRET else 16
     d_bucket = _next_pow2(d)
     k_bucket = min(_next_pow2(k), 1 << 20)
+    n_bucket = _rows_bucket(groups * n)
+    sms = multiprocessors(device)
+    n_splits = splits if splits is not None else split_count(groups * n, k, sms)
 
     scale = torch.empty(groups, k, dtype=torch.float32, device=device)
     bias = torch.empty(groups, k, dtype=torch.float32, device=device)
@@ -1061,6 +1263,14 @@ def nearest_codeword_triton(
     rows_list = torch.empty(groups, n, dtype=torch.int32, device=device)
     thr = torch.empty(groups, n, dtype=torch.float32, device=device)
     list_inv = torch.empty(groups, n if x_scaled else 1, dtype=torch.float32, device=device)
+    # Candidate counts by list slot; the search zeroes the slots it fills.
+    count = torch.empty(groups, n, dtype=torch.int32, device=device)
+    if n_splits > 1:  # per-slice partial results for _merge_splits_kernel
+        part = torch.empty(n_splits, groups, n, 2, dtype=torch.float32, device=device)
+        part_idx = torch.empty(n_splits, groups, n, dtype=torch.int32, device=device)
+        row_err = torch.empty(2, groups, n, dtype=torch.float32, device=device)
+    else:  # never read
+        part, part_idx, row_err = thr, rows_list, thr
 
     # Staging: 16-bit copies of the GEMM operands (see stage_policy). Residuals are always
     # measured against the operand actually read, so staging never affects exactness.
@@ -1094,28 +1304,42 @@ def nearest_codeword_triton(
     # Everything the autotuners key on: the size buckets and the tensor dtypes (the fp32
     # workspaces are fixed); the flags follow from those except on the bf16/fp16 staging
     # corner cases, so they go in too. Not the metric: it only changes a and b.
-    tune_key = (d_bucket, k_bucket, xs.dtype, xo.dtype, co.dtype, certify, *flags.values())
+    tune_key = (
+        n_bucket, d_bucket, k_bucket, n_splits, xs.dtype, xo.dtype, co.dtype, certify,
+        *flags.values(),
+    )  # fmt: skip
     config = _launch_autotuned(
         _search_kernel, "search", tune_key,
-        lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), groups),
+        lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), groups, n_splits),
         lambda: _prune_search_configs(_search_kernel.configs, {"D": d})[0],
         xs, xo, co, lp_scale, bias, maxes, cmult, xinv, idx, rows_list, thr, list_inv, counter,
-        n, k, d, dx, dc, *xs.stride(), *xo.stride(), *co.stride(), gamma, d_bucket, k_bucket,
+        count, part, part_idx, row_err,
+        n, k, d, dx, dc, *xs.stride(), *xo.stride(), *co.stride(), gamma,
+        n_bucket, d_bucket, k_bucket, n_splits,
         X_EXACT=xs.dtype == lp_torch, CERTIFY=certify,
         INTERPRET=_INTERPRET, **flags,
     )  # fmt: skip
+    if n_splits > 1:
+        merge_block = 16 if _INTERPRET else 256
+        _merge_splits_kernel[(triton.cdiv(n, merge_block), groups)](
+            part, part_idx, row_err, idx, counter, rows_list, thr, list_inv, count,
+            n, n_splits, X_SCALED=x_scaled, CERTIFY=certify, BLOCK_N=merge_block,
+        )  # fmt: skip
 
     if certify:
         m = MAX_CANDIDATES
         cand = torch.empty(groups, n, m, dtype=torch.int32, device=device)
-        count = torch.empty(groups, n, dtype=torch.int32, device=device)
+        # A fixed grid that strides over (slot block, codebook slice) items: the list's
+        # length is known only on the device (no host synchronisation).
+        programs = CANDIDATE_PROGRAMS if _INTERPRET else 4 * sms
         _launch_autotuned(
             _candidates_kernel, "candidates", tune_key,
-            lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), groups),
+            lambda meta: (max(1, min(triton.cdiv(n, meta["BLOCK_N"]) * MAX_SPLITS, programs)),
+                          groups),
             lambda: _candidates_kernel.configs[0],
             xo, co, lp_scale, bias, cmult, rows_list, thr, list_inv, counter, cand, count,
-            n, k, d, dx, dc, *xo.stride(), *co.stride(), d_bucket, k_bucket,
-            M=m, INTERPRET=_INTERPRET, BLOCK_D=min(block_d, 64), **flags,
+            n, k, d, dx, dc, *xo.stride(), *co.stride(), n_bucket, d_bucket, k_bucket,
+            MAX_SPLITS, M=m, INTERPRET=_INTERPRET, BLOCK_D=min(block_d, 64), **flags,
         )  # fmt: skip
         # Programs stride over the list slots; 64 x 32 fp32 tiles keep the full-scan fallback
         # spill-free (128 x 64 spilled 368 B when compiled for sm_90).
@@ -1133,4 +1357,4 @@ def nearest_codeword_triton(
     if ambiguous:
         valid = torch.arange(n, device=device)[None, :] < counter[:, None]
         full = int((valid & ((count == 0) | (count > MAX_CANDIDATES))).sum())
-    return out, SearchStats(groups * n, ambiguous, full, config)
+    return out, SearchStats(groups * n, ambiguous, full, config, n_splits)
