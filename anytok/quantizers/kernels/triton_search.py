@@ -96,6 +96,7 @@ Non-finite inputs give unspecified indices (the media contract rejects NaN/Inf e
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -1045,14 +1046,9 @@ def multiprocessors(device: torch.device) -> int:
     return _multiprocessors(device.index if device.index is not None else 0)
 
 
+@functools.cache
 def _multiprocessors(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-if HAS_TRITON:
-    import functools
-
-    _multiprocessors = functools.cache(_multiprocessors)
 
 
 def split_count(rows: int, k: int, sms: int) -> int:
