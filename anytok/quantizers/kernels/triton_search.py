@@ -1131,7 +1131,7 @@ def _precompile(kernel: Any, grid: Callable, args: tuple, kwargs: dict) -> None:
 
     The autotuner compiles its candidates one after another as it times them. Triton's
     ``AsyncCompileMode`` hands the compilations to an executor instead, and compilation
-    releases the GIL: 9 search configurations took 4.9 s one after another and 2.6 s on two
+    releases the GIL: 9 search configurations took 6.3 s one after another and 3.2 s on two
     threads on the 2-core build machine (``benchmarks/launch_overhead.py``); a GPU host has
     more cores. The compiled kernels land in the same caches the timed launches read. Best
     effort: on any failure the autotuner compiles as it would have.
