@@ -18,8 +18,8 @@ fp16's 11-bit significand (8x finer than bf16) without its range limits. The sca
 exact, so they only move where the accumulator is rescaled (per row and per column in the
 epilogue); ``benchmarks/certificate_rate.py`` shows 5-8x fewer uncertified rows than bf16.
 
-Pipeline (four launches, five when ``x`` is staged; no host synchronisation, never an
-N x K buffer):
+Pipeline (four launches, five when ``x`` is staged, one more when the codebook is split; no
+host synchronisation, never an N x K buffer):
 
 0. Staging (:func:`stage_policy`, default ``auto``): a 16-bit copy of the codebook, rows
    zero-padded to a multiple of 16, unless it already is one; for ``D > 128`` also of ``x``
@@ -36,10 +36,15 @@ N x K buffer):
    turns the tile into scores and folds them into a per-row running state: best score,
    its index and the *second-best* score. At the end each row either carries a certificate
    (see below) and is final, or is appended to a compact per-group list of ambiguous rows
-   together with a threshold.
-3. ``_candidates_kernel`` — only for the ambiguous rows (programs past the list's length
-   exit at once): recompute the low-precision scores and collect, per row, the indices of
-   all codewords whose score is within the threshold (at most ``MAX_CANDIDATES``).
+   together with a threshold. With few row blocks (:func:`split_count`) the codebook is cut
+   into slices searched by separate programs, and ``_merge_splits_kernel`` merges their
+   best and runner-up scores in codebook order before the same certificate: the result is
+   identical to one pass.
+3. ``_candidates_kernel`` — only for the ambiguous rows, on a fixed grid whose programs
+   stride over (slot block, codebook slice) items sized on the device from the list's
+   length: recompute the low-precision scores and collect, per row, the indices of all
+   codewords whose score is within the threshold (at most ``MAX_CANDIDATES``, appended
+   atomically, in no particular order).
 4. ``_rerank_kernel`` — for each ambiguous row, the exact fp32 score of every candidate
    (plain fp32 multiply-adds, no tensor cores); the lowest score wins, ties to the lowest
    index. A row with no candidate or too many of them (zero vectors, huge duplicate
