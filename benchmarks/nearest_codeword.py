@@ -51,6 +51,92 @@ ANCHORS = [  # (N, D, K)
     (16384, 256, 262144),
 ]
 SMOKE = [(37, 16, 40), (50, 8, 300), (20, 40, 24)]
+# The issue's own measurements on one H200 (torch 2.11): vector-quantize-pytorch eval ms /
+# extra GiB, its train step ms / GiB, torch bf16 matmul+argmin ms, bare bf16 GEMM ms. The
+# goals are judged against this run's baselines; these only show whether this run's
+# baselines look like the issue's.
+ISSUE_ANCHORS = {
+    (48000, 128, 1024): (1.53, 0.76, 3.56, 1.1, 0.30, 0.038),
+    (48000, 512, 4096): (8.08, 3.0, 20.9, 4.5, 1.20, 0.33),
+    (65536, 256, 16384): (32.6, 16.1, 58.3, 24.1, 5.93, 1.12),
+    (65536, 8, 16384): (22.5, 16.0, 28.7, 24.0, 5.59, 0.65),
+    (16384, 256, 262144): (127.0, 64.0, 216.0, 96.0, 22.4, 4.55),
+}
+ISSUE_COLUMNS = ("vqp_eval_ms", "vqp_eval_gib", "vqp_train_ms", "vqp_train_gib",
+                 "torch_bf16_ms", "gemm_ms")  # fmt: skip
+
+
+def _extra_bytes_bound(n: int, d: int, k: int) -> int:
+    """The search's own buffers, generously: per row the output, list, threshold, scales,
+    counts and 16 candidates (~100 B), up to 16 split slices (12 B each) and a staged 16-bit
+    x; per codeword a, b, scales and a staged 16-bit copy; 1 MiB for the allocator's
+    rounding. O(N + K) for a given D, and far below one N x K buffer."""
+    return n * (100 + 12 * 16 + 2 * d + 4) + k * (16 + 2 * d + 32) + (1 << 20)
+
+
+# Issue #4's goals, per row: (goal, whether it applies to the row, the column, its test of
+# the column's value given the row).
+GOALS: list[tuple[str, Callable[[dict], bool], str, Callable[[float, dict], bool]]] = [
+    ("exact: no row worse than the fp64 optimum", lambda r: True, "mismatches",
+     lambda v, r: v == 0),
+    ("extra memory O(N + K), no N x K buffer", lambda r: True, "anytok_extra_gib",
+     lambda v, r: v * 2**30 <= _extra_bytes_bound(r["N"], r["D"], r["K"])),
+    ("<= 1.5x the bare bf16 GEMM (D >= 64)", lambda r: r["D"] >= 64, "x_gemm",
+     lambda v, r: v <= 1.5),
+    (">= 10x vector-quantize-pytorch eval", lambda r: True, "speedup_vs_vqp_eval",
+     lambda v, r: v >= 10),
+    (">= 2x torch.compile'd distance + argmin", lambda r: True, "speedup_vs_compiled",
+     lambda v, r: v >= 2),
+    (">= 5x torch bf16 matmul + argmin (D <= 16, K >= 16384)",
+     lambda r: r["D"] <= 16 and r["K"] >= 16384, "speedup_vs_torch_bf16",
+     lambda v, r: v >= 5),
+    ("training step >= 5x faster than vector-quantize-pytorch's", lambda r: True,
+     "train_speedup_vs_vqp", lambda v, r: v >= 5),
+    ("training step <= 1/8 of its peak memory", lambda r: True, "train_memory_vs_vqp",
+     lambda v, r: v <= 0.125),
+]  # fmt: skip
+
+
+def goal_checks(row: dict[str, Any]) -> dict[str, str]:
+    """Each goal of the issue for one row: "pass", "FAIL", "n/a" (does not apply) or
+    "missing" (the column was not measured: an error, OOM or a skipped baseline)."""
+    out = {}
+    for goal, applies, column, test in GOALS:
+        value = row.get(column)
+        if not applies(row):
+            out[goal] = "n/a"
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            out[goal] = "missing"
+        else:
+            out[goal] = "pass" if test(float(value), row) else "FAIL"
+    return out
+
+
+def goals_markdown(rows: list[dict[str, Any]]) -> str:
+    """The goal table (one column per row of the results) and this run's baselines against
+    the issue's own H200 numbers."""
+    if not rows:
+        return ""
+    names = [f"{r['N']}x{r['D']}x{r['K']} {r['dtype']}" for r in rows]
+    checks = [goal_checks(r) for r in rows]
+    lines = ["## Goals of #4", "", "| goal | " + " | ".join(names) + " |"]
+    lines.append("|" + "---|" * (len(rows) + 1))
+    for goal, *_ in GOALS:
+        lines.append(f"| {goal} | " + " | ".join(c[goal] for c in checks) + " |")
+    anchored = [r for r in rows if (r["N"], r["D"], r["K"]) in ISSUE_ANCHORS]
+    if anchored:
+        lines += ["", "## This run's baselines / the issue's H200", ""]
+        lines.append("| size | dtype | " + " | ".join(ISSUE_COLUMNS) + " |")
+        lines.append("|" + "---|" * (len(ISSUE_COLUMNS) + 2))
+        for r in anchored:
+            ref = ISSUE_ANCHORS[(r["N"], r["D"], r["K"])]
+            cells = [f"{_fmt(r.get(col))} / {ref_v:.3g}" for col, ref_v in zip(ISSUE_COLUMNS, ref)]
+            lines.append(
+                f"| {r['N']}x{r['D']}x{r['K']} | {r['dtype']} | " + " | ".join(cells) + " |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 CHECK_ROWS = 4096  # rows checked against the fp64 reference per size
 
 
@@ -482,7 +568,8 @@ def markdown(rows: list[dict[str, Any]], device: str, smoke: bool) -> str:
         "times in ms (median); x_gemm = anytok / bare bf16 GEMM; mismatches = rows worse than "
         f"the fp64 optimum beyond fp32 ties, among the first {CHECK_ROWS} rows"
     )
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    return text if smoke else text + "\n" + goals_markdown(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -421,6 +421,40 @@ def test_benchmark_compiled_baseline_compiles_every_row() -> None:
     torch._dynamo.reset()
 
 
+def test_benchmark_goal_checks() -> None:
+    """The benchmark marks each of the issue's goals per row: pass, FAIL, n/a where a goal
+    does not apply (D < 64 for the GEMM bound, the argmin-bound goal only at D <= 16 and
+    K >= 16384), missing where a baseline failed."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "nearest_codeword.py"
+    spec = importlib.util.spec_from_file_location("nearest_codeword_goals", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    good = {
+        "N": 65536, "D": 8, "K": 16384, "dtype": "float32", "mismatches": 0,
+        "anytok_extra_gib": 0.02, "x_gemm": 3.0, "speedup_vs_vqp_eval": 40.0,
+        "speedup_vs_compiled": 4.0, "speedup_vs_torch_bf16": 6.0,
+        "train_speedup_vs_vqp": 7.0, "train_memory_vs_vqp": 0.1, "vqp_eval_ms": 20.0,
+    }  # fmt: skip
+    checks = bench.goal_checks(good)
+    assert checks["<= 1.5x the bare bf16 GEMM (D >= 64)"] == "n/a"
+    assert {v for k, v in checks.items() if "GEMM" not in k} == {"pass"}
+    bad = {**good, "D": 128, "K": 1024, "mismatches": 3, "anytok_extra_gib": 4.0, "x_gemm": 1.6,
+           "speedup_vs_compiled": "OOM", "train_memory_vs_vqp": 0.2}  # fmt: skip
+    checks = bench.goal_checks(bad)
+    assert checks["exact: no row worse than the fp64 optimum"] == "FAIL"
+    assert checks["extra memory O(N + K), no N x K buffer"] == "FAIL"  # 4 GiB for 65536 rows
+    assert checks["<= 1.5x the bare bf16 GEMM (D >= 64)"] == "FAIL"
+    assert checks[">= 2x torch.compile'd distance + argmin"] == "missing"
+    assert checks[">= 5x torch bf16 matmul + argmin (D <= 16, K >= 16384)"] == "n/a"
+    assert checks["training step <= 1/8 of its peak memory"] == "FAIL"
+    text = bench.goals_markdown([good])
+    assert "| >= 10x vector-quantize-pytorch eval | pass |" in text
+    assert "| 65536x8x16384 | float32 | 20 / 22.5 |" in text  # this run / the issue's H200
+
+
 def test_certificate_rate_benchmark_smoke(tmp_path: Path) -> None:
     run_benchmark("certificate_rate.py", "--smoke", "--rows", "500", "--out", str(tmp_path))
     rows = json.loads((tmp_path / "certificate_rate.json").read_text())
