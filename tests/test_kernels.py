@@ -175,6 +175,21 @@ def test_codeword_counts_and_sums() -> None:
         codeword_counts_and_sums(x, idx[:, :3], 9)
 
 
+def test_bin_counts_equal_bincount_without_reading_the_data() -> None:
+    """``bin_counts`` is ``torch.bincount`` with the size given instead of read from
+    ``max()`` (a device-to-host copy on CUDA): same counts, any shape, the bins past the
+    largest index included; float64 on request."""
+    from anytok.quantizers.kernels import bin_counts
+
+    g = torch.Generator().manual_seed(6)
+    idx = torch.randint(0, 700, (3, 40, 5), generator=g)
+    counts = bin_counts(idx, 1000)
+    assert counts.dtype == torch.float32 and counts.shape == (1000,)
+    assert torch.equal(counts, torch.bincount(idx.reshape(-1), minlength=1000).float())
+    assert bin_counts(idx.int(), 1000, torch.float64).dtype == torch.float64
+    assert torch.equal(bin_counts(idx[:0], 4), torch.zeros(4))
+
+
 # --------------------------------------------------------------------------- dispatch
 
 

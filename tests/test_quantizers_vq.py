@@ -580,17 +580,55 @@ def test_every_vq_family_name_is_buildable(name: str) -> None:
     assert quantizer.eval()(z).quantized.shape == z.shape
 
 
+#: aten ops that copy a device value to the host: directly (``.item()``, ``bool()``), or
+#: inside their CUDA kernel because their output's size depends on the data (``bincount``
+#: reads ``max()``, ``nonzero`` its count ...). The mode sees the op, never the copy inside.
+_SYNCING_OPS = {
+    "_local_scalar_dense", "is_nonzero", "item", "bincount", "nonzero", "masked_select",
+    "_unique", "_unique2", "unique_dim", "unique_consecutive",
+}  # fmt: skip
+
+
 class _HostSyncs(TorchDispatchMode):
-    """Counts the aten ops that copy a device value to the host (``.item()``, ``bool()``)."""
+    """Counts the aten ops that synchronise with a CUDA device (``_SYNCING_OPS``, boolean-mask
+    indexing, ``repeat_interleave`` with tensor repeats), by name in ``ops``."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.count = 0
+        self.ops: list[str] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.ops)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket.__name__ in ("_local_scalar_dense", "is_nonzero", "item"):
-            self.count += 1
+        name = func.overloadpacket.__name__
+        boolean_mask = name in ("index", "index_put", "index_put_") and any(
+            isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in args[1]
+        )
+        tensor_repeats = (  # repeat_interleave's output size is the sum of a tensor
+            name == "repeat_interleave"
+            and func._overloadname in ("Tensor", "self_Tensor")
+            and (kwargs or {}).get("output_size") is None
+        )
+        if name in _SYNCING_OPS or boolean_mask or tensor_repeats:
+            self.ops.append(name)
         return func(*args, **(kwargs or {}))
+
+
+def test_host_sync_detector_sees_syncs_inside_ops() -> None:
+    """The detector flags ops whose CUDA kernels copy a value to the host, not only
+    ``.item()``; ordinary indexing and scatter-adds pass."""
+    x = torch.randn(10)
+    with _HostSyncs() as syncs:
+        torch.bincount(torch.tensor([1, 3]), minlength=5)
+        x[x > 0]
+        torch.repeat_interleave(torch.tensor([1, 2]))
+        float(x.sum())
+        x[torch.tensor([1, 2])]
+        torch.zeros(5).index_add_(0, torch.tensor([1, 1]), torch.ones(2))
+        torch.repeat_interleave(x, 2)
+    assert syncs.ops == ["bincount", "index", "repeat_interleave", "_local_scalar_dense"]
 
 
 SYNC_FREE = {
@@ -620,7 +658,7 @@ def test_steady_state_steps_never_wait_for_the_device(name: str) -> None:
             out = quantizer(z)
             if mode == "train":
                 (out.loss + out.quantized.square().mean()).backward()
-        assert syncs.count == 0, f"{name} {mode}: {syncs.count} host synchronisation(s)"
+        assert syncs.count == 0, f"{name} {mode}: host synchronisations {syncs.ops}"
 
 
 def test_kmeans_init_state_survives_host_caching() -> None:

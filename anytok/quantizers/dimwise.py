@@ -23,6 +23,7 @@ from anytok.quantizers.base import (
     zero_loss,
 )
 from anytok.quantizers.distributed import all_reduce_sum_
+from anytok.quantizers.kernels import bin_counts
 
 BINNINGS = ("gaussian", "uniform")
 
@@ -195,9 +196,9 @@ class DimensionWiseQuantizer(Quantizer):
     def _metrics(self, codes: Tensor) -> dict[str, Tensor]:
         if torch.compiler.is_compiling():
             return {}
-        # one bincount for all channels: channel i's bins are offset by i * num_bins
+        # one histogram for all channels: channel i's bins are offset by i * num_bins
         flat = rearrange(codes.detach() + self._offsets, "... d -> (...) d").reshape(-1)
-        counts = all_reduce_sum_(torch.bincount(flat, minlength=self.dim * self.num_bins).float())
+        counts = all_reduce_sum_(bin_counts(flat, self.dim * self.num_bins))
         counts = rearrange(counts, "(d b) -> d b", d=self.dim)
         total = counts.sum(dim=-1, keepdim=True)
         probs = counts / total.clamp_min(1e-12)

@@ -1,6 +1,7 @@
 """Codebook statistics: perplexity, usage fraction and dead codes, per level.
 
-Counts come from ``bincount`` (never a one-hot ``N x K`` matrix) and are summed over ranks,
+Counts come from :func:`~anytok.quantizers.kernels.bin_counts` (never a one-hot ``N x K``
+matrix, never a host synchronisation) and are summed over ranks,
 so every rank reports, and acts on, the same numbers.
 """
 
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from anytok.quantizers.distributed import all_reduce_sum_
+from anytok.quantizers.kernels import bin_counts
 
 #: Codebooks larger than this keep no per-code buffer (LFQ with 2^32 codes would need 32 GiB);
 #: their metrics are computed on the batch alone with ``torch.unique``.
@@ -21,8 +23,7 @@ def code_counts(codes: Tensor, codebook_size: int) -> Tensor:
 
     Returns float32 ``(codebook_size,)``.
     """
-    counts = torch.bincount(codes.reshape(-1).long(), minlength=codebook_size).float()
-    return all_reduce_sum_(counts)
+    return all_reduce_sum_(bin_counts(codes, codebook_size))
 
 
 def perplexity(counts: Tensor) -> Tensor:

@@ -7,8 +7,8 @@ Axis legend used in shapes and einops patterns:
 * ``k`` codebook entries (``codebook_size``).
 
 Every search goes through :func:`anytok.quantizers.kernels.nearest_codeword` (chunked, never an
-``n x k`` matrix on the heap), and every codebook statistic is a ``bincount``/``index_add_``
-summed over ranks, so all ranks hold the same codebook.
+``n x k`` matrix on the heap), and every codebook statistic is an ``index_add_`` summed over
+ranks, so all ranks hold the same codebook.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def sample_rows_synced(x: Tensor, num: int) -> Tensor:
 
 def counts_and_sums_synced(x: Tensor, indices: Tensor, num_codes: int) -> tuple[Tensor, Tensor]:
     """Per-code hit counts ``(k,)`` and vector sums ``(k, c)`` of ``x (n, c)``, summed over
-    ranks (a ``bincount`` and an ``index_add_``: never an ``n x k`` one-hot)."""
+    ranks (two ``index_add_`` passes: never an ``n x k`` one-hot)."""
     counts, sums = codeword_counts_and_sums(x, indices, num_codes)
     return all_reduce_sum_(counts.float()), all_reduce_sum_(sums.float())
 
@@ -461,7 +461,7 @@ class VectorQuantize(Quantizer):
         """After the search of a training step: EMA of code counts (both modes) and, for EMA
         codebooks, of code sums; then the usage tracker. ``x (n, c)``, ``indices (n,)``.
 
-        Counts are a ``bincount`` and sums an ``index_add_``, both all-reduced.
+        Counts and sums are ``index_add_`` passes, both all-reduced.
         Returns the usage metrics (``perplexity``, ``usage``, ``dead_codes``).
         """
         x = x.reshape(-1, self.codebook_dim).float()

@@ -9,6 +9,7 @@ bounded memory, which is also the test oracle (``nearest_codeword_reference``). 
 
 from anytok.quantizers.kernels.dispatch import (
     backend_for,
+    bin_counts,
     codeword_counts_and_sums,
     nearest_codeword,
 )
@@ -16,6 +17,7 @@ from anytok.quantizers.kernels.reference import nearest_codeword_reference
 
 __all__ = [
     "backend_for",
+    "bin_counts",
     "codeword_counts_and_sums",
     "nearest_codeword",
     "nearest_codeword_reference",

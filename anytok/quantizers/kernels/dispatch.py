@@ -117,12 +117,26 @@ def _triton(x: Tensor, codebook: Tensor, metric: str) -> Tensor:
     return _triton_op(x.detach(), codebook.detach(), metric)
 
 
+def bin_counts(indices: Tensor, num_bins: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Histogram ``(num_bins,)`` in ``dtype`` of integer ``indices`` (any shape, each in
+    ``[0, num_bins)``, unchecked).
+
+    Not ``torch.bincount``: it sizes its output from ``indices.max()``, a device-to-host copy
+    on CUDA, so every training step that counts codes would stall the launch queue. An
+    ``index_add_`` of ones into a histogram of known size never waits for the device, and
+    counts are exact in any summation order (integers below 2^24 in fp32).
+    """
+    flat = indices.reshape(-1).long()
+    ones = torch.ones((), dtype=dtype, device=flat.device).expand(flat.numel())
+    return torch.zeros(num_bins, dtype=dtype, device=flat.device).index_add_(0, flat, ones)
+
+
 def codeword_counts_and_sums(
     x: Tensor, indices: Tensor, num_codes: int, *, grouped: bool = False
 ) -> tuple[Tensor, Tensor]:
     """Per-codeword hit counts and vector sums — the statistics of a VQ EMA update.
 
-    One ``bincount`` and one ``index_add_`` (never a one-hot ``N x K`` matrix), accumulated in
+    Two ``index_add_`` passes (never a one-hot ``N x K`` matrix), accumulated in
     fp32 (fp64 for fp64 input). A fused Triton kernel would save little: both are single
     memory-bound passes over ``x``, so this stays plain torch on every device.
 
@@ -148,7 +162,7 @@ def codeword_counts_and_sums(
     if grouped:  # one flat histogram over G * K bins
         idx = idx + torch.arange(groups, device=idx.device).unsqueeze(1) * num_codes
     idx = idx.reshape(-1)
-    counts = torch.bincount(idx, minlength=groups * num_codes).to(acc)
+    counts = bin_counts(idx, groups * num_codes, acc)
     sums = torch.zeros(groups * num_codes, dim, dtype=acc, device=x.device)
     sums.index_add_(0, idx, x.reshape(-1, dim).to(acc))
     if grouped:
