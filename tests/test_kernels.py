@@ -684,6 +684,13 @@ def test_interp_codebook_splits_are_exact() -> None:
             assert_same_argmin(got, x, c, metric)
             if metric == "euclidean":
                 assert got[:4].tolist() == [3, 3, 3, 3]
+    xs, cs = near_tie_inputs(40, 130, 90, seed=41)  # D > 128: staged x, chunked D
+    for stage in ("auto", "never"):
+        raw = nearest_codeword_triton(xs, cs, certify=False, splits=1, stage=stage)
+        assert torch.equal(
+            nearest_codeword_triton(xs, cs, certify=False, splits=5, stage=stage), raw
+        )
+        assert_same_argmin(nearest_codeword_triton(xs, cs, splits=5, stage=stage), xs, cs)
     xg, cg = torch.randn(3, 30, 24), torch.randn(3, 90, 24)  # groups x slices
     for xx, cc in ((xg, cg), (xg.bfloat16(), cg.bfloat16()), (xg.bfloat16(), cg)):
         assert_same_argmin(nearest_codeword_triton(xx, cc, splits=4), xx.float(), cc.float())
