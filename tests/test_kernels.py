@@ -668,12 +668,12 @@ def test_interp_codebook_splits_are_exact() -> None:
     certified result equals the fp64 reference, ties to the lowest index across slices."""
     from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
 
-    x, c = near_tie_inputs(70, 16, 200, seed=40)
-    c[170] = c[3]  # an exact duplicate in a later slice: the lower index must win
+    x, c = near_tie_inputs(40, 16, 120, seed=40)
+    c[110] = c[3]  # an exact duplicate in a later slice: the lower index must win
     x[:4] = c[3] + 0.01
     for metric in ("euclidean", "cosine", "dot"):
         raw = nearest_codeword_triton(x, c, metric=metric, certify=False, splits=1)
-        for splits in (1, 2, 3, 7, 13, 40):  # 40 > tiles: empty slices
+        for splits in (1, 3, 40):  # 40 > tiles: empty slices
             assert torch.equal(
                 nearest_codeword_triton(x, c, metric=metric, certify=False, splits=splits), raw
             )
@@ -684,12 +684,11 @@ def test_interp_codebook_splits_are_exact() -> None:
             assert_same_argmin(got, x, c, metric)
             if metric == "euclidean":
                 assert got[:4].tolist() == [3, 3, 3, 3]
-    xs, cs = near_tie_inputs(40, 130, 90, seed=41)  # D > 128: staged x, chunked D
+    # D > 128: chunked D, x staged as scaled fp16 ("auto") or converted in the kernel
+    xs, cs = near_tie_inputs(20, 130, 90, seed=41)
+    raw = nearest_codeword_triton(xs, cs, certify=False, splits=1)
+    assert torch.equal(nearest_codeword_triton(xs, cs, certify=False, splits=5), raw)
     for stage in ("auto", "never"):
-        raw = nearest_codeword_triton(xs, cs, certify=False, splits=1, stage=stage)
-        assert torch.equal(
-            nearest_codeword_triton(xs, cs, certify=False, splits=5, stage=stage), raw
-        )
         assert_same_argmin(nearest_codeword_triton(xs, cs, splits=5, stage=stage), xs, cs)
     xg, cg = torch.randn(3, 30, 24), torch.randn(3, 90, 24)  # groups x slices
     for xx, cc in ((xg, cg), (xg.bfloat16(), cg.bfloat16()), (xg.bfloat16(), cg)):
