@@ -144,46 +144,33 @@ def search_constexprs(case: dict, config: triton.Config, staged_x: bool, one_d: 
 
 
 def search_rows(smoke: bool = False) -> list[dict]:
+    """Every search tile per operand case and D, and the codebook-split variant (``SPLITS >
+    1``: partial results instead of the certificate) of the first tile at D = 64 and 256."""
     rows = []
     for case_name, case in CASES.items():
         for d in (64, 256) if smoke else (16, 32, 64, 128, 256):
             one_d = d <= 128
             staged_x = case_name == "fp32 auto" and not one_d
-            xo = "fp16" if staged_x else case["xo"]
             configs = [
                 c
                 for c in ts._search_configs()
                 if ("CHUNKED" not in c.kwargs) == one_d
                 and (not one_d or c.kwargs["BLOCK_D"] == ts._d_block(d))
             ]
-            for config in configs[:1] if smoke else configs:
+            variants = [(False, c) for c in (configs[:1] if smoke else configs)]
+            if d == 64 or (d == 256 and not smoke):
+                variants.append((True, configs[0]))
+            for split, config in variants:
                 kw = config.kwargs
-                consts = search_constexprs(case, config, staged_x, one_d)
-                sig = search_signature({**case, "xo": xo})
+                op_case = {**case, "split": split, "xo": "fp16" if staged_x else case["xo"]}
+                consts = search_constexprs(op_case, config, staged_x, one_d)
+                sig = search_signature(op_case)
                 res = _compile(ts._search_kernel, sig, consts, config.num_warps, config.num_stages)
                 tile = f"{kw['BLOCK_N']}x{kw['BLOCK_K']}x{kw['BLOCK_D']} w{config.num_warps}"
-                row = {"kernel": "search", "case": case_name, "D": d, "tile": tile}
-                row["stages"] = config.num_stages
-                rows.append({**row, **res})
+                kernel = "search split" if split else "search"
+                rows.append({"kernel": kernel, "case": case_name, "D": d, "tile": tile,
+                             "stages": config.num_stages, **res})  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)
-    # The codebook-split variant (SPLITS > 1: partial results instead of the certificate),
-    # for the first tile of each D regime.
-    for case_name, case in CASES.items():
-        for d in (64, 256):
-            one_d = d <= 128
-            staged_x = case_name == "fp32 auto" and not one_d
-            config = ts._prune_search_configs(ts._search_configs(), {"D": d})[0]
-            split_case = {**case, "split": True, "xo": "fp16" if staged_x else case["xo"]}
-            consts = search_constexprs(split_case, config, staged_x, one_d)
-            sig = search_signature(split_case)
-            res = _compile(ts._search_kernel, sig, consts, config.num_warps, config.num_stages)
-            kw = config.kwargs
-            tile = f"{kw['BLOCK_N']}x{kw['BLOCK_K']}x{kw['BLOCK_D']} w{config.num_warps}"
-            rows.append({"kernel": "search split", "case": case_name, "D": d, "tile": tile,
-                         "stages": config.num_stages, **res})  # fmt: skip
-            print(json.dumps(rows[-1]), flush=True)
-            if smoke:
-                break
     return rows
 
 

@@ -232,6 +232,8 @@ def run_smoke(metric: str) -> tuple[list[dict[str, Any]], str]:
 
 
 def _bench(fn: Callable[[], Any]) -> float:
+    """Median ms of ``fn``. ``do_bench`` calls ``fn`` once before it times anything, so a
+    first call's autotuning or compilation stays out of the timing without a call here."""
     import triton.testing
 
     return float(triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median"))
@@ -427,22 +429,20 @@ def measure(n: int, d: int, k: int, dtype_name: str, metric: str, skip: set[str]
     row["anytok_extra_gib"] = _extra_gib(lambda: nearest_codeword(xs[0], c, metric=metric))
     if isinstance(row["anytok_ms"], float):
         row["anytok_tflops"] = flops / (row["anytok_ms"] * 1e-3) / 1e12
-    if "nostage" not in skip:  # strict O(N + K): no operand copies at all
-        row["anytok_nostage_extra_gib"] = _extra_gib(
-            lambda: nearest_codeword_triton(xs[0], c, metric=metric, stage="never")
-        )
-    if dtype != torch.bfloat16 and "nostage" not in skip:
-        # Strict O(N + K) variant: fp32 tiles converted in registers (stage_policy "never").
-        def nostage() -> Any:
-            return nearest_codeword_triton(nxt(), c, metric=metric, stage="never")
+    if "nostage" not in skip:
+        # Strict O(N + K) variant: no operand copies, fp32 tiles converted in registers
+        # (stage_policy "never"). Its time only for inputs that staging would copy.
+        def nostage(t: Any) -> Any:
+            return nearest_codeword_triton(t, c, metric=metric, stage="never")
 
-        row["anytok_nostage_ms"] = _try(lambda: (nostage(), _bench(nostage))[1])
+        row["anytok_nostage_extra_gib"] = _extra_gib(lambda: nostage(xs[0]))
+        if dtype != torch.bfloat16:
+            row["anytok_nostage_ms"] = _try(lambda: _bench(lambda: nostage(nxt())))
     if full_stats.splits > 1 and "nosplit" not in skip:
         # The same search without codebook slices: what the split buys at this size.
-        def nosplit() -> Any:
-            return nearest_codeword_triton(nxt(), c, metric=metric, splits=1)
-
-        row["anytok_nosplit_ms"] = _try(lambda: (nosplit(), _bench(nosplit))[1])
+        row["anytok_nosplit_ms"] = _try(
+            lambda: _bench(lambda: nearest_codeword_triton(nxt(), c, metric=metric, splits=1))
+        )
 
     # Bare bf16 GEMM on pre-converted operands, and bf16 matmul + argmin (N x K in memory).
     nxb = _rotating([t.bfloat16() for t in xs])
@@ -464,11 +464,7 @@ def measure(n: int, d: int, k: int, dtype_name: str, metric: str, skip: set[str]
     if "compiled" not in skip:
         compiled = compiled_dist_argmin(metric)
 
-        def time_compiled() -> float:
-            compiled(xs[0], c)  # compile outside the timing
-            return _bench(lambda: compiled(nxt(), c))
-
-        row["compiled_ms"] = _try(time_compiled)
+        row["compiled_ms"] = _try(lambda: _bench(lambda: compiled(nxt(), c)))
         torch.cuda.empty_cache()
 
     # vector-quantize-pytorch and anytok VectorQuantize (fp32 modules, as in a model).

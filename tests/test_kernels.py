@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -413,19 +414,25 @@ def run_benchmark(
     return proc
 
 
-def test_benchmark_compiled_baseline_compiles_every_row() -> None:
-    """nearest_codeword.py compiles its torch.compile baseline once per table row. One code
-    object recompiled for a tenth size would pass dynamo's recompile limit (8) and run
-    eagerly under the "compiled" label; every row must start from fresh caches instead."""
+def nearest_codeword_bench() -> Any:
+    """``benchmarks/nearest_codeword.py`` as a module (it is a script, not in the package)."""
     import importlib.util
-
-    from torch._dynamo.utils import counters
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "nearest_codeword.py"
     spec = importlib.util.spec_from_file_location("nearest_codeword_bench", path)
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_benchmark_compiled_baseline_compiles_every_row() -> None:
+    """nearest_codeword.py compiles its torch.compile baseline once per table row. One code
+    object recompiled for a tenth size would pass dynamo's recompile limit (8) and run
+    eagerly under the "compiled" label; every row must start from fresh caches instead."""
+    from torch._dynamo.utils import counters
+
+    bench = nearest_codeword_bench()
     c = torch.randn(20, 8)
     for n in range(1, 11):  # 10 rows: 5 anchor sizes x 2 dtypes
         compiled = bench.compiled_dist_argmin("euclidean", backend="eager")
@@ -440,13 +447,7 @@ def test_benchmark_goal_checks() -> None:
     """The benchmark marks each of the issue's goals per row: pass, FAIL, n/a where a goal
     does not apply (D < 64 for the GEMM bound, the argmin-bound goal only at D <= 16 and
     K >= 16384), missing where a baseline failed."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "nearest_codeword.py"
-    spec = importlib.util.spec_from_file_location("nearest_codeword_goals", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = nearest_codeword_bench()
     good = {
         "N": 65536, "D": 8, "K": 16384, "dtype": "float32", "mismatches": 0,
         "anytok_extra_gib": 0.02, "anytok_nostage_extra_gib": 0.018, "x_gemm": 3.0, "speedup_vs_vqp_eval": 40.0,

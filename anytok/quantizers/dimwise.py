@@ -22,8 +22,7 @@ from anytok.quantizers.base import (
     straight_through,
     zero_loss,
 )
-from anytok.quantizers.distributed import all_reduce_sum_
-from anytok.quantizers.kernels import bin_counts
+from anytok.quantizers.stats import code_counts
 
 BINNINGS = ("gaussian", "uniform")
 
@@ -198,7 +197,7 @@ class DimensionWiseQuantizer(Quantizer):
             return {}
         # one histogram for all channels: channel i's bins are offset by i * num_bins
         flat = rearrange(codes.detach() + self._offsets, "... d -> (...) d").reshape(-1)
-        counts = all_reduce_sum_(bin_counts(flat, self.dim * self.num_bins))
+        counts = code_counts(flat, self.dim * self.num_bins)
         counts = rearrange(counts, "(d b) -> d b", d=self.dim)
         total = counts.sum(dim=-1, keepdim=True)
         probs = counts / total.clamp_min(1e-12)

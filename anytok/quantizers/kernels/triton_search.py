@@ -154,8 +154,6 @@ _INTERPRET = interpreting()
 #: Programs of the re-rank launch per group; each strides over the ambiguous-row list. Small
 #: under the interpreter so that its programs handle several rows each.
 RERANK_PROGRAMS = 3 if _INTERPRET else 2048
-#: Programs of the candidates launch under the interpreter (on a GPU: 4 per multiprocessor).
-CANDIDATE_PROGRAMS = 6
 
 
 def _fix_interpreter_for_numpy_2_4() -> None:
@@ -1043,17 +1041,13 @@ SPLIT_MIN_CODES = 64 if _INTERPRET else 512
 MAX_SPLITS = 16
 
 
+@functools.cache
 def multiprocessors(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device (a small fixed number for the interpreter,
     so that tests exercise the same decisions on tiny shapes)."""
     if device.type != "cuda":
         return 4
-    return _multiprocessors(device.index if device.index is not None else 0)
-
-
-@functools.cache
-def _multiprocessors(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def split_count(rows: int, k: int, sms: int) -> int:
@@ -1217,6 +1211,12 @@ def nearest_codeword_triton(
     reason = unsupported_reason(x, codebook)
     if reason is not None:
         raise RuntimeError(f"nearest_codeword_triton: {reason}")
+    if splits is not None and (
+        isinstance(splits, bool) or not isinstance(splits, int) or not 1 <= splits <= 1024
+    ):
+        raise ValueError(
+            f"nearest_codeword_triton: splits must be an int in [1, 1024], got {splits!r}"
+        )
     grouped = codebook.ndim == 3
     lead = x.shape[:-1]
     d = x.shape[-1]
@@ -1229,12 +1229,6 @@ def nearest_codeword_triton(
     n = xs.shape[1]
     device = x.device
     idx = torch.empty(groups, n, dtype=torch.long, device=device)
-    if splits is not None and (
-        isinstance(splits, bool) or not isinstance(splits, int) or not 1 <= splits <= 1024
-    ):
-        raise ValueError(
-            f"nearest_codeword_triton: splits must be an int in [1, 1024], got {splits!r}"
-        )
     if n == 0 or k == 0 or d == 0:
         if k == 0 and n > 0:
             raise ValueError("nearest_codeword: the codebook has no codewords")
@@ -1330,13 +1324,11 @@ def nearest_codeword_triton(
     if certify:
         m = MAX_CANDIDATES
         cand = torch.empty(groups, n, m, dtype=torch.int32, device=device)
-        # A fixed grid that strides over (slot block, codebook slice) items: the list's
-        # length is known only on the device (no host synchronisation).
-        programs = CANDIDATE_PROGRAMS if _INTERPRET else 4 * sms
+        # A fixed grid (4 programs per multiprocessor, fewer for tiny inputs) that strides over
+        # (slot block, codebook slice) items: the list's length is known only on the device.
         _launch_autotuned(
             _candidates_kernel, "candidates", tune_key,
-            lambda meta: (max(1, min(triton.cdiv(n, meta["BLOCK_N"]) * MAX_SPLITS, programs)),
-                          groups),
+            lambda meta: (min(triton.cdiv(n, meta["BLOCK_N"]) * MAX_SPLITS, 4 * sms), groups),
             lambda: _candidates_kernel.configs[0],
             xo, co, lp_scale, bias, cmult, rows_list, thr, list_inv, counter, cand, count,
             n, k, d, dx, dc, *xo.stride(), *co.stride(), n_bucket, d_bucket, k_bucket,
