@@ -31,9 +31,9 @@ def _count_revivals(vq: VectorQuantize, counter: list[int]) -> None:
     """Wrap ``vq.revive_dead_codes_`` to count the codes it replaces."""
     revive = vq.revive_dead_codes_
 
-    def counting(x: torch.Tensor) -> int:
+    def counting(x: torch.Tensor) -> torch.Tensor:
         replaced = revive(x)
-        counter[0] += replaced
+        counter[0] += int(replaced)
         return replaced
 
     vq.revive_dead_codes_ = counting

@@ -106,6 +106,42 @@ def _is_rank_zero() -> bool:
     return not is_distributed() or dist.get_rank() == 0
 
 
+def _draw_revivals(dead: Tensor, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """Pair dead codes with distinct random rows of ``x (n, c)``, without a host sync.
+
+    ``dead (k,)`` bool. Returns ``m = min(k, n)`` distinct slots: ``codes (m,)`` long,
+    ``revived (m,)`` bool (the slots that hold a dead code) and ``rows (m, c)`` in ``dtype``,
+    a distinct random row of ``x`` per slot. With ``n < k`` the slots are the dead codes in a
+    uniformly random order, then live ones. Non-zero ranks of a distributed run draw nothing
+    (``m = 0``): rank 0's draw is broadcast.
+    """
+    k, n = dead.shape[0], x.shape[0]
+    if not _is_rank_zero():
+        n = 0
+    m = min(k, n)
+    if m == k:  # every code has a slot
+        codes = torch.arange(k, device=dead.device)
+    else:  # the m smallest of random keys, dead codes' keys below live ones'
+        keys = torch.rand(k, device=dead.device).masked_fill_(~dead, 2.0)
+        codes = keys.topk(m, largest=False, sorted=False).indices
+    rows = x[torch.randperm(n, device=x.device)[:m]].to(dtype)
+    return codes, dead[codes], rows
+
+
+def _share_revivals(codes: Tensor, revived: Tensor, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Broadcast rank 0's revived ``codes`` and ``rows`` (only the slots that revive a code)."""
+    count = broadcast_(revived.sum().reshape(1))
+    num = int(count)  # the one host sync: the broadcasts below need its size
+    if _is_rank_zero():
+        codes, rows = codes[revived], rows[revived].contiguous()
+    else:
+        codes = codes.new_empty(num)
+        rows = rows.new_empty(num, rows.shape[-1])
+    broadcast_(codes)
+    broadcast_(rows)
+    return codes, torch.ones_like(codes, dtype=torch.bool), rows
+
+
 def broadcast_once_(module: nn.Module, tensors: list[Tensor]) -> None:
     """Copy rank 0's ``tensors`` to every rank, the first time only (per module instance).
 
@@ -422,39 +458,36 @@ class VectorQuantize(Quantizer):
         broadcast_once_(self, state)
 
     @torch.no_grad()
-    def revive_dead_codes_(self, x: Tensor) -> int:
+    def revive_dead_codes_(self, x: Tensor) -> Tensor:
         """Replace codes whose EMA count is below ``threshold_ema_dead_code`` with random rows of
-        ``x (n, c)``; returns how many codes were replaced.
+        ``x (n, c)``; returns how many codes were replaced (a 0-dim tensor on ``x``'s device).
+
+        Each dead code gets a distinct random row; with fewer rows than dead codes a uniformly
+        random subset of the dead codes is replaced now (no duplicated codes) and the rest wait
+        for later batches. On one process this never waits for the device: it works on a
+        fixed number of slots, ``min(k, n)``, not on a list of the dead codes, so a step with
+        revival on (EnCodec: 32 codebooks) launches without a host sync.
 
         Every rank sees the same EMA counts (all-reduced), hence the same dead codes; rank 0
-        draws the replacements and broadcasts them. With fewer vectors than dead codes only a
-        random subset is replaced now (no duplicated codes); the rest wait for later batches.
+        draws the replacements and broadcasts the revived codes and rows only. Sizing that
+        broadcast reads the count on the host: one sync per codebook and step under
+        torch.distributed, traded for not moving ``min(k, n)`` rows every step.
         """
         dead = self.ema_cluster_size < self.threshold_ema_dead_code
-        num_dead = int(dead.sum())
-        if num_dead == 0:
-            return 0
-        dead_indices = dead.nonzero().squeeze(-1)
-        rows = self.embedding.data[dead_indices].clone()
-        chosen = torch.zeros(num_dead, device=x.device, dtype=rows.dtype)
-        if _is_rank_zero():
-            count = min(num_dead, x.shape[0])
-            which = torch.randperm(num_dead, device=x.device)[:count]
-            rows[which] = x[torch.randperm(x.shape[0], device=x.device)[:count]].to(rows.dtype)
-            chosen[which] = 1.0
-        broadcast_(rows)
-        broadcast_(chosen)
-        keep = chosen.unsqueeze(-1) == 0
-        self.embedding.data[dead_indices] = rows
-        reset = torch.full_like(chosen, float(self.threshold_ema_dead_code))
-        sizes = self.ema_cluster_size[dead_indices]
-        self.ema_cluster_size[dead_indices] = torch.where(chosen > 0, reset, sizes)
+        codes, revived, rows = _draw_revivals(dead, x, self.embedding.dtype)
+        if is_distributed():
+            codes, revived, rows = _share_revivals(codes, revived, rows)
+        threshold = float(self.threshold_ema_dead_code)
+        take = revived.unsqueeze(-1)
+        embedding = self.embedding.data
+        embedding.index_copy_(0, codes, torch.where(take, rows, embedding[codes]))
+        sizes = self.ema_cluster_size[codes].masked_fill(revived, threshold)
+        self.ema_cluster_size.index_copy_(0, codes, sizes)
         if not self.learnable_codebook:
-            sums = self.ema_embedding_sum[dead_indices]
-            self.ema_embedding_sum[dead_indices] = torch.where(
-                keep, sums, rows * reset.unsqueeze(-1)
-            )
-        return int(chosen.sum())
+            sums = self.ema_embedding_sum[codes]
+            revived_sums = rows.to(sums.dtype) * threshold
+            self.ema_embedding_sum.index_copy_(0, codes, torch.where(take, revived_sums, sums))
+        return revived.sum()
 
     @torch.no_grad()
     def update_codebook_(self, x: Tensor, indices: Tensor) -> dict[str, Tensor]:
