@@ -18,6 +18,7 @@ from anytok.quantizers import (
     list_quantizers,
 )
 from anytok.quantizers.base import squared_error_mean, straight_through
+from anytok.quantizers.distributed import shared_randint
 from anytok.quantizers.vq import rotation_trick
 
 vqp = pytest.importorskip("vector_quantize_pytorch")
@@ -717,13 +718,32 @@ def test_steady_state_steps_never_wait_for_the_device(name: str) -> None:
         assert syncs.count == 0, f"{name} {mode}: host synchronisations {syncs.ops}"
 
 
+def test_quantizer_dropout_depth_never_touches_the_device() -> None:
+    """On one process the dropout depth comes from torch's host generator: drawing it for a
+    device that holds no data (meta) works, is uniform over the range and follows the seed.
+    (It used to be drawn on the device and read back, one sync per step.)"""
+    torch.manual_seed(0)
+    draws = [shared_randint(3, 9, torch.device("meta")) for _ in range(600)]
+    assert set(draws) == set(range(3, 9)) and min(map(draws.count, set(draws))) > 60
+    torch.manual_seed(0)
+    assert [shared_randint(3, 9, torch.device("meta")) for _ in range(600)] == draws
+
+
+# Quantizer dropout reads its depth on the host (a host generator, not the device), which the
+# CPU detector cannot tell from a device read; on a GPU CUDA itself tells.
+GPU_SYNC_FREE = SYNC_FREE | {
+    "rvq-dropout": dict(dim=16, num_quantizers=4, codebook_size=32, quantize_dropout=True),
+    "rfsq-dropout": dict(levels=[8, 5, 5], num_quantizers=3, quantize_dropout=True),
+}
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("name", sorted(SYNC_FREE))
+@pytest.mark.parametrize("name", sorted(GPU_SYNC_FREE))
 def test_gpu_steady_state_steps_never_wait_for_the_device(name: str) -> None:
     """The same on a GPU, judged by CUDA itself: with the sync debug mode at "error" any call
     that makes the host wait for the device raises (the detector above only knows its list)."""
-    quantizer = build(name.split("-")[0], **SYNC_FREE[name]).cuda()
+    quantizer = build(name.split("-")[0], **GPU_SYNC_FREE[name]).cuda()
     z = torch.randn(4, 20, getattr(quantizer, "dim", 3), device="cuda", requires_grad=True)
     for mode in ("train", "eval"):
         getattr(quantizer, mode)()

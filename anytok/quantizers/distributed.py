@@ -32,3 +32,15 @@ def broadcast_(tensor: Tensor, src: int = 0) -> Tensor:
     if is_distributed() and not torch.compiler.is_compiling():
         dist.broadcast(tensor, src=src)
     return tensor
+
+
+def shared_randint(low: int, high: int, device: torch.device) -> int:
+    """A host integer drawn uniformly from ``[low, high)``, the same on every rank.
+
+    On one process it comes from torch's host generator, so the caller never waits for
+    ``device``. Under torch.distributed rank 0 draws it on ``device`` (the backend's) and
+    broadcasts it; reading it back is one host sync.
+    """
+    if not is_distributed():
+        return int(torch.randint(low, high, ()))
+    return int(broadcast_(torch.randint(low, high, (), device=device)))

@@ -30,7 +30,7 @@ from anytok.quantizers.base import (
     straight_through,
     zero_loss,
 )
-from anytok.quantizers.distributed import broadcast_
+from anytok.quantizers.distributed import shared_randint
 from anytok.quantizers.stats import batch_code_metrics
 
 # --------------------------------------------------------------------------- shared helpers
@@ -303,10 +303,9 @@ class ResidualFSQ(Quantizer):
         """Number of stages to run this step (all of them unless quantize dropout applies)."""
         if not (self.training and self.quantize_dropout and torch.is_grad_enabled()):
             return self.num_quantizers
-        last = torch.randint(
-            self.quantize_dropout_cutoff_index, self.num_quantizers, (), device=self.scales.device
+        last = shared_randint(  # every rank drops the same stages
+            self.quantize_dropout_cutoff_index, self.num_quantizers, self.scales.device
         )
-        last = int(broadcast_(last))  # every rank drops the same stages
         multiple = self.quantize_dropout_multiple_of
         last = min(math.ceil((last + 1) / multiple) * multiple - 1, self.num_quantizers - 1)
         return last + 1

@@ -22,19 +22,18 @@ from anytok.quantizers.base import (
     register_quantizer,
     zero_loss,
 )
-from anytok.quantizers.distributed import broadcast_
+from anytok.quantizers.distributed import shared_randint
 from anytok.quantizers.vq import VectorQuantize, fp32_region, level_metrics, relevel_metrics
 
 
 def synced_num_levels(num_quantizers: int, cutoff_index: int, device: torch.device) -> int:
     """Quantizer dropout: how many levels this step uses, ``cutoff_index + 1`` to
-    ``num_quantizers``, uniformly, drawn on rank 0 and broadcast.
+    ``num_quantizers``, uniformly, the same on every rank (see :func:`shared_randint`).
 
     Every rank must use the same count: each level all-reduces its codebook statistics, and a
     rank skipping a level would leave the others waiting in that all-reduce.
     """
-    count = torch.randint(cutoff_index + 1, num_quantizers + 1, (), device=device)
-    return int(broadcast_(count))
+    return shared_randint(cutoff_index + 1, num_quantizers + 1, device)
 
 
 def _pad_dropped_levels(codes: Tensor, num_quantizers: int) -> Tensor:

@@ -50,7 +50,7 @@ from anytok.nn.encodec_seanet import (
     EncodecSEANetEncoder,
     convert_encodec_seanet_keys,
 )
-from anytok.quantizers.distributed import broadcast_
+from anytok.quantizers.distributed import shared_randint
 from anytok.registry import register
 from anytok.tokens import Tokens
 
@@ -186,8 +186,7 @@ class EnCodec(AudioTokenizer):
 
     def _training_levels(self, device: torch.device) -> int:
         """One of the target bandwidths' level counts, drawn on rank 0 and broadcast."""
-        index = torch.randint(len(self._target_levels), (), device=device)
-        return self._target_levels[int(broadcast_(index))]
+        return self._target_levels[shared_randint(0, len(self._target_levels), device)]
 
     # ----------------------------------------------------------------- contract
 
