@@ -3,9 +3,12 @@ training sanity, bounded memory and torch.compile."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 from einops import rearrange
+from host_syncs import HostSyncs
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from anytok.quantizers import (
@@ -632,47 +635,11 @@ def test_every_vq_family_name_is_buildable(name: str) -> None:
     assert quantizer.eval()(z).quantized.shape == z.shape
 
 
-#: aten ops that copy a device value to the host: directly (``.item()``, ``bool()``), or
-#: inside their CUDA kernel because their output's size depends on the data (``bincount``
-#: reads ``max()``, ``nonzero`` its count ...). The mode sees the op, never the copy inside.
-_SYNCING_OPS = {
-    "_local_scalar_dense", "is_nonzero", "item", "bincount", "nonzero", "masked_select",
-    "_unique", "_unique2", "unique_dim", "unique_consecutive",
-}  # fmt: skip
-
-
-class _HostSyncs(TorchDispatchMode):
-    """Counts the aten ops that synchronise with a CUDA device (``_SYNCING_OPS``, boolean-mask
-    indexing, ``repeat_interleave`` with tensor repeats), by name in ``ops``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[str] = []
-
-    @property
-    def count(self) -> int:
-        return len(self.ops)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        boolean_mask = name in ("index", "index_put", "index_put_") and any(
-            isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in args[1]
-        )
-        tensor_repeats = (  # repeat_interleave's output size is the sum of a tensor
-            name == "repeat_interleave"
-            and func._overloadname in ("Tensor", "self_Tensor")
-            and (kwargs or {}).get("output_size") is None
-        )
-        if name in _SYNCING_OPS or boolean_mask or tensor_repeats:
-            self.ops.append(name)
-        return func(*args, **(kwargs or {}))
-
-
 def test_host_sync_detector_sees_syncs_inside_ops() -> None:
     """The detector flags ops whose CUDA kernels copy a value to the host, not only
     ``.item()``; ordinary indexing and scatter-adds pass."""
     x = torch.randn(10)
-    with _HostSyncs() as syncs:
+    with HostSyncs() as syncs:
         torch.bincount(torch.tensor([1, 3]), minlength=5)
         x[x > 0]
         torch.repeat_interleave(torch.tensor([1, 2]))
@@ -698,6 +665,8 @@ SYNC_FREE = {
     "rfsq": dict(levels=[8, 5, 5], num_quantizers=2),
     "lfq": dict(dim=10, codebook_size=2**10),
     "bsq": dict(dim=8, codebook_dim=6),
+    "rvq-dropout": dict(dim=16, num_quantizers=4, codebook_size=32, quantize_dropout=True),
+    "rfsq-dropout": dict(levels=[8, 5, 5], num_quantizers=3, quantize_dropout=True),
 }
 
 
@@ -711,7 +680,7 @@ def test_steady_state_steps_never_wait_for_the_device(name: str) -> None:
     for mode in ("train", "eval"):
         getattr(quantizer, mode)()
         quantizer(z)  # first batch: initialisation may synchronise
-        with _HostSyncs() as syncs:
+        with HostSyncs() as syncs:
             out = quantizer(z)
             if mode == "train":
                 (out.loss + out.quantized.square().mean()).backward()
@@ -719,31 +688,25 @@ def test_steady_state_steps_never_wait_for_the_device(name: str) -> None:
 
 
 def test_quantizer_dropout_depth_never_touches_the_device() -> None:
-    """On one process the dropout depth comes from torch's host generator: drawing it for a
-    device that holds no data (meta) works, is uniform over the range and follows the seed.
-    (It used to be drawn on the device and read back, one sync per step.)"""
-    torch.manual_seed(0)
-    draws = [shared_randint(3, 9, torch.device("meta")) for _ in range(600)]
+    """On one process the dropout depth comes from Python's ``random``: drawing it touches no
+    tensor (not even for a device that holds no data), is uniform over the range and follows
+    the seed. (It used to be drawn on the device and read back, one sync per step.)"""
+    random.seed(0)
+    with HostSyncs() as syncs:
+        draws = [shared_randint(3, 9, torch.device("meta")) for _ in range(600)]
+    assert syncs.count == 0
     assert set(draws) == set(range(3, 9)) and min(map(draws.count, set(draws))) > 60
-    torch.manual_seed(0)
+    random.seed(0)
     assert [shared_randint(3, 9, torch.device("meta")) for _ in range(600)] == draws
-
-
-# Quantizer dropout reads its depth on the host (a host generator, not the device), which the
-# CPU detector cannot tell from a device read; on a GPU CUDA itself tells.
-GPU_SYNC_FREE = SYNC_FREE | {
-    "rvq-dropout": dict(dim=16, num_quantizers=4, codebook_size=32, quantize_dropout=True),
-    "rfsq-dropout": dict(levels=[8, 5, 5], num_quantizers=3, quantize_dropout=True),
-}
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("name", sorted(GPU_SYNC_FREE))
+@pytest.mark.parametrize("name", sorted(SYNC_FREE))
 def test_gpu_steady_state_steps_never_wait_for_the_device(name: str) -> None:
     """The same on a GPU, judged by CUDA itself: with the sync debug mode at "error" any call
     that makes the host wait for the device raises (the detector above only knows its list)."""
-    quantizer = build(name.split("-")[0], **GPU_SYNC_FREE[name]).cuda()
+    quantizer = build(name.split("-")[0], **SYNC_FREE[name]).cuda()
     z = torch.randn(4, 20, getattr(quantizer, "dim", 3), device="cuda", requires_grad=True)
     for mode in ("train", "eval"):
         getattr(quantizer, mode)()

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from host_syncs import HostSyncs
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
-from anytok.train.ema import make_ema, update_ema
+from anytok.train.ema import make_ema, set_ema_count, update_ema
 from anytok.train.loop import _scheduler
 from anytok.train.losses import (
     LossBalancer,
@@ -87,7 +88,8 @@ def test_balancer_gives_each_loss_its_weight_share() -> None:
     state = balancer.state_dict()
     other = LossBalancer({"big": 1.0, "small": 3.0})
     other.load_state_dict(state)
-    assert other.sums == balancer.sums
+    assert other.state_dict() == state and set(state["sums"]) == {"big", "small"}
+    assert state["sums"]["big"] == pytest.approx(float(norms["big"]))  # one step: sum = norm
     # Losses that do not depend on the output go back unchanged alongside.
     param = torch.tensor(2.0, requires_grad=True)
     output.grad = None
@@ -131,6 +133,54 @@ def test_ema_averages_parameters_and_copies_buffers() -> None:
     assert ema.module.weight.tolist() == [2.0, 2.0]  # 0.5 * 3 + 0.5 * 1
     assert ema.module.running_mean.tolist() == [7.0, 7.0]
     assert ema.module.num_batches_tracked.item() == 5  # integer buffers are copied, not averaged
+
+
+def test_ema_update_equals_averaged_model_without_host_reads() -> None:
+    """``update_ema`` gives torch's ``AveragedModel.update_parameters`` exactly, through a
+    load and a resume, and after its first call reads nothing back from the device (torch's
+    reads ``n_averaged`` twice per call)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ours, oracle = make_ema(model, decay=0.7), make_ema(model, decay=0.7)
+
+    def step() -> None:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model(torch.randn(5, 3))  # moves the BatchNorm buffers
+
+    for i in range(4):
+        step()
+        with HostSyncs() as syncs:
+            update_ema(ours, model)
+        assert syncs.count == (1 if i == 0 else 0)
+        oracle.update_parameters(model)
+        for a, b in zip(ours.state_dict().values(), oracle.state_dict().values()):
+            assert torch.equal(a, b)
+    fresh = make_ema(model, decay=0.7)
+    fresh.load_state_dict(oracle.state_dict())  # a loaded count is read again
+    resumed = make_ema(model, decay=0.7)
+    set_ema_count(resumed, int(oracle.n_averaged))
+    resumed.module.load_state_dict(oracle.module.state_dict())
+    step()
+    oracle.update_parameters(model)
+    for other in (fresh, resumed):
+        update_ema(other, model)
+        for a, b in zip(other.state_dict().values(), oracle.state_dict().values()):
+            assert torch.equal(a, b)
+
+
+def test_ema_follows_a_second_model_and_refuses_mismatched_devices() -> None:
+    """The cached parameter groups belong to one model: another model of the same shape
+    (a fresh process's copy) is averaged from its own tensors; dtypes must match."""
+    first, second = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    ema = make_ema(first, decay=0.5)
+    update_ema(ema, first)
+    update_ema(ema, second)
+    for averaged, a, b in zip(ema.module.parameters(), first.parameters(), second.parameters()):
+        assert torch.allclose(averaged, 0.5 * a + 0.5 * b)
+    with pytest.raises(ValueError, match="torch.float64 on cpu"):
+        update_ema(make_ema(first, decay=0.5), second.double())
 
 
 def test_warmup_then_cosine_schedule() -> None:

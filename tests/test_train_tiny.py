@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from host_syncs import HostSyncs
 
 import anytok
 from anytok.checkpoint import load_checkpoint
@@ -132,6 +135,76 @@ def test_tiny_recipe_trains_and_exports(recipe: Path, tmp_path: Path) -> None:
     assert all(
         torch.equal(v, raw_reference.state_dict()[k]) for k, v in raw_model.state_dict().items()
     )
+
+
+# Code whose tensors stay on the host on a GPU too: the data pipeline, the optimizers' step
+# counters, and ``to_tokens``'s "every item full" check, which only runs for host lengths.
+HOST_ONLY = ("/anytok/data/", "/torch/utils/data/", "/torch/optim/", "codecs/base.py:to_tokens")
+
+
+def _steady_state_run(recipe: Path, data: Path, run: Path, steps: int, *extra: str) -> int:
+    """Train ``steps`` steps with every periodic task (log, validation, samples) only at the
+    end and the discriminator on from step 2: runs of different lengths then differ only in
+    how many steady-state steps they take."""
+    overrides = [
+        f"data.train={data}",
+        *(f"{key}={steps}" for key in ("train.steps", "log.every", "log.val_every")),
+        f"log.samples_every={steps}",
+        "log.progress=false",
+        "checkpoint.every=0",
+        "checkpoint.final=false",
+        "train.batch_size=2",
+        "discriminator.start_step=1",
+    ]
+    return run_from_cli([str(recipe), *overrides, "--run-dir", str(run), *extra])
+
+
+@pytest.mark.parametrize("recipe", TINY_RECIPES, ids=[p.stem for p in TINY_RECIPES])
+def test_steady_state_training_steps_never_wait_for_the_device(
+    recipe: Path, tmp_path: Path
+) -> None:
+    """A training step (quantizer statistics, dead-code revival, dropout, balancer, EMA,
+    logged scalars, GAN losses) has no op that makes the host wait for a GPU: 7 steps make
+    exactly the syncs of 3 (the one-time ones: k-means initialisation, the EMA count, the
+    log line, validation)."""
+    modality = recipe.parent.name
+    make_dataset(modality, tmp_path / "data", 8)
+    sites = []
+    for steps in (3, 7):
+        torch.manual_seed(0)
+        with HostSyncs(host_only=HOST_ONLY) as syncs:
+            code = _steady_state_run(recipe, tmp_path / "data", tmp_path / f"run{steps}", steps)
+        assert code == 0
+        sites.append(Counter(syncs.sites))
+    assert sites[1] == sites[0], f"syncs per extra step: {dict(sites[1] - sites[0])}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("recipe", [TINY["audio"], ROOT / "recipes/audio/encodec_24khz_tiny.yaml",
+                                    ROOT / "recipes/image/vqgan_tiny.yaml", TINY["video"]],
+                         ids=lambda p: p.stem)  # fmt: skip
+def test_gpu_steady_state_training_steps_never_wait_for_the_device(
+    recipe: Path, tmp_path: Path
+) -> None:
+    """The same on a GPU, where CUDA itself reports every synchronisation (device-to-host
+    copies by ``.cpu()`` / ``.tolist()`` too, which the CPU detector cannot see)."""
+    make_dataset(recipe.parent.name, tmp_path / "data", 8)
+    counts = []
+    for steps in (3, 7):
+        torch.manual_seed(0)
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                code = _steady_state_run(
+                    recipe, tmp_path / "data", tmp_path / f"run{steps}", steps, "--device", "cuda"
+                )
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert code == 0
+        counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    assert counts[1] == counts[0], f"{counts[1] - counts[0]} syncs in 4 steady-state steps"
 
 
 def test_cli_reports_mistakes_in_one_line(tmp_path: Path, capsys) -> None:

@@ -374,9 +374,12 @@ class VideoTokenizer(SpatialTiling, Tokenizer):
 def to_tokens(codes: Tensor, spec: TokenSpec, lengths: Tensor | None) -> Tokens:
     """Wrap ``(b, levels, *positions)`` codes; ``lengths`` equal to the full size become None.
 
-    Lengths the model computed itself live on the CPU, so this check never waits on the GPU.
+    Only host lengths are checked: lengths the model computed itself live on the CPU, so the
+    check costs nothing. Device lengths (a training batch's) are kept as they are, since
+    checking them would make the host wait for the device.
     """
-    if lengths is not None and bool((lengths == codes.shape[2]).all()):
+    on_host = lengths is not None and lengths.device.type == "cpu"
+    if on_host and bool((lengths == codes.shape[2]).all()):
         lengths = None
     return Tokens(codes=codes.long(), spec=spec, lengths=lengths)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+from av.video.reformatter import VideoReformatter
 from torch import Tensor
 
 from anytok.media.errors import (
@@ -205,6 +206,9 @@ class _FrameSelector:
         self.done = False
         self._prev: tuple[float, av.VideoFrame, int, int] | None = None
         self._prev_tensor: Tensor | None = None
+        # One converter for the whole clip: ``frame.to_ndarray`` builds a new swscale context
+        # for every frame, which costs several times the conversion of a small frame.
+        self._reformatter = VideoReformatter()
 
     def _target(self) -> float:
         assert self.step is not None
@@ -224,7 +228,7 @@ class _FrameSelector:
         assert self._prev is not None
         if self._prev_tensor is None:
             _, frame, w, h = self._prev
-            self._prev_tensor = _frame_tensor(frame, w, h, self.size)
+            self._prev_tensor = _frame_tensor(frame, w, h, self.size, self._reformatter)
         self.frames.append(self._prev_tensor)
         if self.max_frames is not None and len(self.frames) >= self.max_frames:
             self.done = True
@@ -256,9 +260,16 @@ class _FrameSelector:
                 return
 
 
-def _frame_tensor(frame: av.VideoFrame, width: int, height: int, size: Size | None) -> Tensor:
+def _frame_tensor(
+    frame: av.VideoFrame,
+    width: int,
+    height: int,
+    size: Size | None,
+    reformatter: VideoReformatter,
+) -> Tensor:
     """One frame as uint8 ``(3, H, W)`` at the stream's first size (or ``size``)."""
-    array = frame.to_ndarray(format="rgb24", width=width, height=height)
+    rgb = reformatter.reformat(frame, width=width, height=height, format="rgb24")
+    array = rgb.to_ndarray()
     tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
     if size is not None:
         tensor = resize_cover(tensor, size)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -35,12 +37,23 @@ def broadcast_(tensor: Tensor, src: int = 0) -> Tensor:
 
 
 def shared_randint(low: int, high: int, device: torch.device) -> int:
-    """A host integer drawn uniformly from ``[low, high)``, the same on every rank.
+    """A host integer drawn uniformly from ``[low, high)``, the same on every rank."""
+    return int(_rank_zeros(random.randrange(low, high), device))
 
-    On one process it comes from torch's host generator, so the caller never waits for
-    ``device``. Under torch.distributed rank 0 draws it on ``device`` (the backend's) and
-    broadcasts it; reading it back is one host sync.
+
+def shared_random(device: torch.device) -> float:
+    """A host float drawn uniformly from ``[0, 1)``, the same on every rank."""
+    return _rank_zeros(random.random(), device)
+
+
+def _rank_zeros(value: float, device: torch.device) -> float:
+    """Rank 0's ``value`` on every rank (``value`` itself on one process).
+
+    The draws come from Python's ``random`` (as vector-quantize-pytorch's quantizer dropout;
+    the training loop seeds and checkpoints it), so on one process the caller never waits for
+    ``device`` and touches no tensor. Under torch.distributed the value travels through a
+    broadcast on ``device`` (the backend's); reading it back is one host sync.
     """
     if not is_distributed():
-        return int(torch.randint(low, high, ()))
-    return int(broadcast_(torch.randint(low, high, (), device=device)))
+        return value
+    return float(broadcast_(torch.tensor(value, dtype=torch.float64, device=device)))

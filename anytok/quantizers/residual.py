@@ -23,7 +23,13 @@ from anytok.quantizers.base import (
     zero_loss,
 )
 from anytok.quantizers.distributed import shared_randint
-from anytok.quantizers.vq import VectorQuantize, fp32_region, level_metrics, relevel_metrics
+from anytok.quantizers.vq import (
+    VectorQuantize,
+    fp32_region,
+    level_metrics,
+    read_kmeans_flags_,
+    relevel_metrics,
+)
 
 
 def synced_num_levels(num_quantizers: int, cutoff_index: int, device: torch.device) -> int:
@@ -138,6 +144,7 @@ class ResidualVQ(Quantizer):
         if self.training:  # every stage, also those quantizer dropout skips this time
             for layer in self.layers:
                 layer.broadcast_codebook_once_()
+            read_kmeans_flags_(self.layers)
         with fp32_region(z):
             residual = z.float()
             quantized = torch.zeros_like(residual)

@@ -13,6 +13,8 @@ ranks, so all ranks hold the same codebook.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.distributed as dist
 from einops import rearrange
@@ -140,6 +142,17 @@ def _share_revivals(codes: Tensor, revived: Tensor, rows: Tensor) -> tuple[Tenso
     broadcast_(codes)
     broadcast_(rows)
     return codes, torch.ones_like(codes, dtype=torch.bool), rows
+
+
+def read_kmeans_flags_(layers: Sequence[VectorQuantize]) -> None:
+    """Read the ``initted`` flag of every k-means stage that has not read it yet, all in one
+    host read: residual stages first used late (quantizer dropout, random bandwidth) then
+    need no read of their own in a later step."""
+    pending = [layer for layer in layers if layer.kmeans_init and layer._kmeans_pending is None]
+    if pending:
+        flags = torch.stack([layer.initted for layer in pending]).tolist()
+        for layer, initted in zip(pending, flags):
+            layer._kmeans_pending = not initted
 
 
 def broadcast_once_(module: nn.Module, tensors: list[Tensor]) -> None:

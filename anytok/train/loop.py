@@ -74,7 +74,7 @@ from anytok.train.distributed import (
     gather_bytes,
     init_distributed,
 )
-from anytok.train.ema import make_ema, update_ema
+from anytok.train.ema import make_ema, set_ema_count, update_ema
 from anytok.train.logger import RunLogger, StepProgress
 from anytok.train.losses import LossBalancer, ReconstructionLoss, finite_or_raise
 from anytok.train.state import (
@@ -249,7 +249,7 @@ def train(
                 d_opt.load_state_dict(saved["optimizers"]["discriminator"])
                 d_sched.load_state_dict(saved["schedulers"]["discriminator"])
             if ema is not None and saved.get("ema_n_averaged") is not None:
-                ema.n_averaged.fill_(int(saved["ema_n_averaged"]))
+                set_ema_count(ema, int(saved["ema_n_averaged"]))
             if balancer is not None and saved.get("balancer"):
                 balancer.load_state_dict(saved["balancer"])
 
@@ -289,19 +289,27 @@ def train(
         takes_lengths = model.modality != "image"
         # Text-conditioned models (e.g. a TaDiCodec-style decoder) get the manifest's texts.
         takes_text = "text" in inspect.signature(model.forward).parameters
-        window: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        # Logged scalars stay on the device until a log line: one host sync per line, none
+        # per step (a float() per scalar made the host wait for the GPU every step).
+        window: dict[str, list[Tensor | float]] = defaultdict(lambda: [0.0, 0])
         items_per_step = tc.batch_size * tc.grad_accum * info.world_size
         progress = StepProgress(
             tc.steps, state["step"], info.is_main and cfg.log.progress, logger.console
         )
         last_checkpoint: Path | None = None
+        # Throughput is timed over a logging window, from its first step to the host sync of
+        # its log line: a step's own host time only measures how fast kernels are queued.
+        window_started, window_steps = time.perf_counter(), 0
+        shown_rate, shown_status = 0.0, ""  # of the last log line, for the progress bar
 
         # ====================================================================== train loop
         while state["step"] < tc.steps:
             step = state["step"] + 1
-            started = time.perf_counter()
+            if window_steps == 0:
+                window_started = time.perf_counter()
+            window_steps += 1
             gan_on = disc is not None and state["step"] >= dc.start_step
-            scalars: dict[str, float] = {}
+            scalars: dict[str, Tensor | float] = {}
             held: list[tuple[Tensor, Tensor]] = []  # (real, detached fake) for the D update
 
             # ---- generator update
@@ -312,7 +320,7 @@ def train(
                     logger.event(step, "bad_file", file=entry)
                     logger.note(f"skipped a bad file (replaced by another): {entry}")
                 media = batch.media.to(device_, non_blocking=True)
-                lengths = batch.lengths.to(device_)
+                lengths = batch.lengths.to(device_, non_blocking=True)
                 sync = micro == tc.grad_accum - 1
                 with _no_sync(gen, not sync):
                     with amp():
@@ -357,10 +365,8 @@ def train(
                     _add(scalars, f"loss/{key}", value, tc.grad_accum)
                 for key, value in out.metrics.items():
                     _add(scalars, f"codebook/{key}", value, tc.grad_accum)
-            scalars["grad_norm/generator"] = float(
-                torch.nn.utils.clip_grad_norm_(
-                    model.parameters(), cfg.optimizer.clip_grad_norm or math.inf
-                )
+            scalars["grad_norm/generator"] = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), cfg.optimizer.clip_grad_norm or math.inf
             )
             g_opt.step()
             g_opt.zero_grad(set_to_none=True)
@@ -388,22 +394,17 @@ def train(
                         )
                         (d_loss / len(held)).backward()
                     _add(scalars, "loss/discriminator", d_loss, len(held))
-                scalars["grad_norm/discriminator"] = float(
-                    torch.nn.utils.clip_grad_norm_(
-                        disc.parameters(), dc.optimizer.clip_grad_norm or math.inf
-                    )
+                scalars["grad_norm/discriminator"] = torch.nn.utils.clip_grad_norm_(
+                    disc.parameters(), dc.optimizer.clip_grad_norm or math.inf
                 )
                 d_opt.step()
                 d_opt.zero_grad(set_to_none=True)
                 d_sched.step()
 
             state["step"] = step
-            elapsed = time.perf_counter() - started
-            scalars["perf/step_seconds"] = elapsed
-            scalars["perf/items_per_second"] = items_per_step / max(elapsed, 1e-9)
             for key, value in scalars.items():
-                window[key][0] += value
-                window[key][1] += 1
+                total, count = window[key]
+                window[key] = [total + value, count + 1]
 
             # ---- log, validate, samples, checkpoint
             final = step == tc.steps
@@ -412,7 +413,12 @@ def train(
             )
             if final or checkpoint_now or (cfg.log.every and step % cfg.log.every == 0):
                 # Flushing the window at checkpoints too makes a resumed run's log identical.
-                means = _mean_over_ranks({k: s / n for k, (s, n) in window.items()}, info)
+                totals = _to_floats({k: total for k, (total, _) in window.items()})
+                step_seconds = max(time.perf_counter() - window_started, 1e-9) / window_steps
+                local = {k: totals[k] / window[k][1] for k in totals}
+                local["perf/step_seconds"] = step_seconds
+                local["perf/items_per_second"] = items_per_step / step_seconds
+                means = _mean_over_ranks(local, info)
                 bad_total = (
                     all_reduce_mean(torch.tensor([float(state["bad_files"])]), info).item()
                     * info.world_size
@@ -428,6 +434,8 @@ def train(
                     means["lr/discriminator"] = d_opt.param_groups[0]["lr"]
                 logger.scalars(step, means)
                 window.clear()
+                window_steps = 0
+                shown_rate, shown_status = means["perf/items_per_second"], _status(means)
                 finite_or_raise(torch.tensor(means["loss/total"]), "loss/total", step)
                 progress.line(step, tc.steps, _status(means))
             eval_model = ema.module if ema is not None else model
@@ -452,7 +460,7 @@ def train(
                     schedulers={"generator": g_sched, "discriminator": d_sched},
                     balancer=balancer,
                 )
-            progress.update(step, scalars["perf/items_per_second"], _status(scalars))
+            progress.update(step, shown_rate, shown_status)
 
         # ====================================================================== cleanup
         # (the last checkpoint was saved inside the loop, at the last step)
@@ -516,8 +524,13 @@ def _optimizer(params: Any, cfg: DictConfig) -> torch.optim.Optimizer:
     """``torch.optim.<name>(params, lr, weight_decay[, betas], **kwargs)``."""
     cls = getattr(torch.optim, cfg.name)
     kwargs: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, **to_dict(cfg.kwargs)}
-    if "betas" in inspect.signature(cls).parameters:
+    accepted = inspect.signature(cls).parameters
+    if "betas" in accepted:
         kwargs.setdefault("betas", tuple(cfg.betas))
+    if "foreach" in accepted:
+        # torch picks the multi-tensor update only for CUDA parameters; on the CPU its
+        # per-parameter Python loop costs ~20% of a tiny model's step (the same arithmetic).
+        kwargs.setdefault("foreach", True)
     return cls(params, **kwargs)
 
 
@@ -604,12 +617,24 @@ def _no_sync(module: nn.Module | None, skip: bool) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-def _add(scalars: dict[str, float], key: str, value: Tensor | float, count: int) -> None:
-    """Accumulate the mean over ``count`` micro-batches."""
-    scalars[key] = (
-        scalars.get(key, 0.0)
-        + float(value.detach() if isinstance(value, Tensor) else value) / count
-    )
+def _add(scalars: dict[str, Tensor | float], key: str, value: Tensor | float, count: int) -> None:
+    """Accumulate the mean over ``count`` micro-batches (on the device for tensors)."""
+    if isinstance(value, Tensor):
+        value = value.detach().double()  # float64, as host floats were
+    scalars[key] = scalars.get(key, 0.0) + value / count
+
+
+def _to_floats(values: Mapping[str, Tensor | float]) -> dict[str, float]:
+    """Host floats of logged scalars; the device ones come in one copy per device."""
+    floats = {k: float(v) for k, v in values.items() if not isinstance(v, Tensor)}
+    by_device: dict[torch.device, list[str]] = defaultdict(list)
+    for key, value in values.items():
+        if isinstance(value, Tensor):
+            by_device[value.device].append(key)
+    for keys in by_device.values():
+        stacked = torch.stack([values[k].detach().double().reshape(()) for k in keys])
+        floats.update(zip(keys, stacked.tolist()))
+    return {k: floats[k] for k in values}
 
 
 def _mean_over_ranks(values: dict[str, float], info: DistInfo) -> dict[str, float]:
@@ -636,6 +661,7 @@ def _text_kwargs(batch: Batch, takes_text: bool) -> dict[str, Any]:
     return {}
 
 
+@torch.no_grad()
 def _evaluate(
     model: Tokenizer,
     loader: DataLoader,
@@ -653,10 +679,11 @@ def _evaluate(
     was_training = model.training
     model.eval()
     device = info.device
-    sums: dict[str, float] = defaultdict(float)
+    sums: dict[str, Tensor | float] = defaultdict(float)
     count = 0
     for batch in itertools.islice(loader, max_batches):
-        media, lengths = batch.media.to(device), batch.lengths.to(device)
+        media = batch.media.to(device, non_blocking=True)
+        lengths = batch.lengths.to(device, non_blocking=True)
         takes_text = "text" in inspect.signature(model.forward).parameters
         with amp():
             out = model(
@@ -666,12 +693,13 @@ def _evaluate(
             )
         terms = recon_loss(out.reconstruction, media, lengths)
         sums["val/bad_files"] += len(batch.bad_files)
-        sums["val/reconstruction"] += float(recon_loss.total(terms))
+        sums["val/reconstruction"] += recon_loss.total(terms).double()
         for key, value in [*terms.items(), *out.losses.items()]:  # + quantizer, diffusion ...
-            sums[f"val/{key}"] += float(value)
+            sums[f"val/{key}"] += value.double()
         count += 1
     model.train(was_training)
-    means = _mean_over_ranks({k: v / max(count, 1) for k, v in sums.items()}, info)
+    totals = _to_floats(sums)  # one host sync for the whole evaluation
+    means = _mean_over_ranks({k: v / max(count, 1) for k, v in totals.items()}, info)
     if "val/bad_files" in means:  # a count, not a mean: files replaced in this evaluation
         means["val/bad_files"] *= max(count, 1) * info.world_size
     return means

@@ -271,8 +271,8 @@ class LossBalancer:
         self.total_norm = total_norm
         self.ema_decay = ema_decay
         # Bias-corrected running means: sums and normalisers, as audiocraft's averager.
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, float] = {}
+        self.sums: dict[str, Tensor | float] = {}  # device tensors once a step has run
+        self.counts: dict[str, float] = {}  # the same for every batch: host floats
 
     def backward(
         self,
@@ -280,9 +280,13 @@ class LossBalancer:
         output: Tensor,
         other: Tensor | None = None,
         scale: float = 1.0,
-    ) -> dict[str, float]:
+    ) -> dict[str, Tensor]:
         """Back-propagate the balanced gradient (times ``scale``, e.g. ``1 / grad_accum``)
-        and ``other * scale``; return the gradient norms ``{name: float}``."""
+        and ``other * scale``; return the gradient norms ``{name: 0-dim tensor}``.
+
+        The running norms stay on the output's device (float64, as host floats would be), so
+        a step never waits for the device; only :meth:`state_dict` reads them back.
+        """
         active = {k: v for k, v in losses.items() if self.weights.get(k, 0.0) > 0}
         if not active:  # nothing on the output to balance (e.g. a diffusion-only model)
             if other is not None and other.requires_grad:
@@ -291,17 +295,20 @@ class LossBalancer:
         grads = {}
         for name, loss in active.items():
             (grads[name],) = torch.autograd.grad(loss, [output], retain_graph=True)
-        norms = torch.stack([g.flatten(1).norm(dim=1).mean() for g in grads.values()]).float()
+        norms = torch.stack([g.flatten(1).norm(dim=1).mean() for g in grads.values()]).double()
         norms = all_reduce_mean_(norms)
         total_weight = sum(self.weights[k] for k in active)
         combined = torch.zeros_like(output)
         out_norms = {}
-        for (name, grad), norm in zip(grads.items(), norms.tolist()):
-            self.sums[name] = self.sums.get(name, 0.0) * self.ema_decay + norm
+        for (name, grad), norm in zip(grads.items(), norms.unbind()):
+            previous = self.sums.get(name, 0.0)
+            if not isinstance(previous, Tensor):  # first step, or just loaded from a state
+                previous = torch.tensor(previous, dtype=torch.float64, device=norm.device)
+            self.sums[name] = previous * self.ema_decay + norm
             self.counts[name] = self.counts.get(name, 0.0) * self.ema_decay + 1.0
             average = self.sums[name] / self.counts[name]
             ratio = self.weights[name] / total_weight
-            combined.add_(grad, alpha=ratio * self.total_norm / (average + 1e-12))
+            combined.addcmul_(grad, (ratio * self.total_norm) / (average + 1e-12))
             out_norms[name] = norm
         tensors, grad_tensors = [output], [combined * scale]
         if other is not None and other.requires_grad:
@@ -311,7 +318,7 @@ class LossBalancer:
         return out_norms
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+        return {"sums": {k: float(v) for k, v in self.sums.items()}, "counts": dict(self.counts)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.sums = {k: float(v) for k, v in state["sums"].items()}

@@ -50,7 +50,7 @@ from anytok.codecs.base import AudioTokenizer, TokenizerOutput, to_tokens
 from anytok.codecs.long_audio import apply_per_length, mask_past_lengths
 from anytok.nn.conv import maybe_weight_norm
 from anytok.nn.snake import Snake1d
-from anytok.quantizers.distributed import broadcast_
+from anytok.quantizers.distributed import shared_random
 from anytok.quantizers.residual import ResidualVQ, synced_num_levels
 from anytok.registry import register
 from anytok.tokens import Tokens
@@ -291,8 +291,7 @@ class DAC(AudioTokenizer):
         """Quantizer dropout: ``None`` (every level) or a random count, the same on all ranks."""
         if self.quantizer_dropout <= 0:
             return None
-        coin = broadcast_((torch.rand((), device=device) < self.quantizer_dropout).float())
-        if not bool(coin):
+        if shared_random(device) >= self.quantizer_dropout:
             return None
         return synced_num_levels(self.quantizer.num_quantizers, 0, device)
 
