@@ -173,7 +173,7 @@ def _rotating(tensors: list[Any]) -> Callable[[], Any]:
     return nxt
 
 
-def _mismatches(got: Any, x: Any, c: Any, metric: str) -> int:
+def count_mismatches(got: Any, x: Any, c: Any, metric: str) -> int:
     """Rows of ``got`` whose fp64 score is worse than the fp64 optimum beyond fp32 ties."""
     import torch
 
@@ -218,7 +218,7 @@ def run_smoke(metric: str) -> tuple[list[dict[str, Any]], str]:
                 "D": d,
                 "K": k,
                 "dtype": "float32",
-                "mismatches": _mismatches(got, x, c, metric),
+                "mismatches": count_mismatches(got, x, c, metric),
                 "ambiguous_fraction": stats.ambiguous_fraction,
                 "interpreter_ms": _ms_cpu(lambda x=x, c=c: nearest_codeword_triton(x, c), 1),
                 "reference_ms": _ms_cpu(lambda x=x, c=c: nearest_codeword_reference(x, c)),
@@ -406,7 +406,7 @@ def measure(n: int, d: int, k: int, dtype_name: str, metric: str, skip: set[str]
     # rows; also how often plain bf16 matmul+argmin is wrong there.
     sample = xs[0][:CHECK_ROWS]
     got, full_stats = nearest_codeword_triton(xs[0], c, metric=metric, return_stats=True)
-    row["mismatches"] = _mismatches(got[:CHECK_ROWS], sample, c, metric)
+    row["mismatches"] = count_mismatches(got[:CHECK_ROWS], sample, c, metric)
     row["config"] = full_stats.config
     row["ambiguous_fraction"] = full_stats.ambiguous_fraction
     # The CPU model of the same bound (anytok.quantizers.kernels.certificate) on the sample.
@@ -420,7 +420,7 @@ def measure(n: int, d: int, k: int, dtype_name: str, metric: str, skip: set[str]
     csqb = cb.float().pow(2).sum(-1).bfloat16()
     if metric == "euclidean":
         naive = torch.addmm(csqb, sample.bfloat16(), cb.T, alpha=-2).argmin(-1)
-        row["torch_bf16_mismatches"] = _mismatches(naive, sample, c, metric)
+        row["torch_bf16_mismatches"] = count_mismatches(naive, sample, c, metric)
 
     # anytok: time (autotuned and compiled above), extra memory, throughput.
     row["anytok_ms"] = _try(lambda: _bench(lambda: nearest_codeword(nxt(), c, metric=metric)))

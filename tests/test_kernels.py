@@ -482,6 +482,19 @@ def test_certificate_rate_benchmark_smoke(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(INTERPRET, reason="CPU reference path; the interpreter run covers Triton")
+def test_cpu_search_benchmark_smoke(tmp_path: Path) -> None:
+    """The CPU-path benchmark end to end: every search exact, ``cdist`` holding its N x K
+    block (8 MiB here) and the 4 MiB ``memory_budget`` keeping the search within it."""
+    run_benchmark("nearest_codeword_cpu.py", "--smoke", "--out", str(tmp_path))
+    (row,) = json.loads((tmp_path / "nearest_codeword_cpu.json").read_text())
+    assert row["reference_mismatches"] == row["reference_4mib_mismatches"] == 0
+    assert row["cdist_extra_mib"] >= 8.0
+    assert row["reference_4mib_extra_mib"] <= 4.5
+    assert row["reference_ms"] > 0 and row["speedup"] > 0
+    assert "| anytok 4 MiB ms |" in (tmp_path / "nearest_codeword_cpu.md").read_text()
+
+
+@pytest.mark.skipif(INTERPRET, reason="CPU reference path; the interpreter run covers Triton")
 def test_residual_encode_benchmark_smoke(tmp_path: Path) -> None:
     """The residual-encoding benchmark end to end on the CPU: compiled codes equal eager
     codes, and vector-quantize-pytorch with the same codebooks agrees with every code."""

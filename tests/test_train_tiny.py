@@ -67,6 +67,7 @@ def test_tiny_recipe_trains_and_exports(recipe: Path, tmp_path: Path) -> None:
     )
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     assert code == 0
+    print(f"{recipe.name}: {cpu:.1f} CPU s, {wall:.1f} s wall")  # shown by pytest -rA
     assert cpu < 60, f"{recipe.name} took {cpu:.0f} CPU s ({wall:.0f} s wall; limit 60)"
 
     # Every loss the recipe trains falls by at least 30% (means of the first / last 3 logged

@@ -2,7 +2,7 @@
 
 It is also the CPU backend, so it is tuned for speed there: one fused ``addmm`` per chunk
 (``||c||^2 - 2 x c^T`` in a single pass instead of matmul, scale and add), a score buffer
-reused across chunks, and chunks sized to stay in the last-level cache while keeping enough
+reused across chunks, and chunks sized to stay in cache while keeping enough
 rows for an efficient GEMM. ``torch.cdist(x, c).argmin(-1)`` does strictly more work (norms of
 ``x``, clamp, sqrt, one N x K matrix), and ``docs/kernels.md`` records the measured timings.
 """
@@ -17,12 +17,15 @@ METRICS = ("euclidean", "cosine", "dot")
 #: Default bound on the size of one chunk's distance block, in bytes.
 DEFAULT_MEMORY_BUDGET = 256 * 1024 * 1024
 
-#: Preferred size of one chunk's score block: about half a server L3, so the argmin reads
-#: what the GEMM just wrote from cache. Chunks never go below ``_MIN_ROWS`` rows on its account
-#: (a GEMM with a handful of rows re-reads the codebook for little work; 2048 rows measured
-#: 1.1-2.2x faster than ``cdist + argmin`` on 2 threads, where 256 lost at K >= 16384).
-_CACHE_BLOCK = 16 * 1024 * 1024
+#: Preferred size of one chunk's score block, so that the argmin reads what the GEMM just
+#: wrote from cache. For ``D >= _GEMM_DIM`` the GEMM dominates and chunks never go below
+#: ``_MIN_ROWS`` rows on the cache's account (a GEMM with a handful of rows re-reads the
+#: codebook for little work: 256 rows lost to ``cdist + argmin`` at K >= 16384). Below it the
+#: argmin dominates and cache-sized blocks win: 4 MiB blocks ran 1.4-2x faster than 16 MiB
+#: ones at D = 8 and 16 (``benchmarks/results/nearest_codeword_cpu/``).
+_CACHE_BLOCK = 4 * 1024 * 1024
 _MIN_ROWS = 2048
+_GEMM_DIM = 64
 
 
 def _check(x: Tensor, codebook: Tensor, metric: str) -> None:
@@ -47,9 +50,23 @@ def _check(x: Tensor, codebook: Tensor, metric: str) -> None:
         raise ValueError(f"nearest_codeword: the codebook has no codewords {tuple(codebook.shape)}")
 
 
-def chunk_rows(n: int, row_bytes: int, memory_budget: int) -> int:
-    """Rows per chunk: cache-sized if possible, never over ``memory_budget``, at least 1."""
-    rows = max(_CACHE_BLOCK // max(row_bytes, 1), _MIN_ROWS)
+def _squared_norms(codebook: Tensor, max_elements: int) -> Tensor:
+    """``(G, K, D) -> (G, 1, K)`` squared norms, ``pow(2).sum(-1)`` over slices of at most
+    ``max_elements`` (one whole ``pow(2)`` is a codebook-sized temporary; each row's sum is the
+    same whatever the slicing, so the values are bit-identical)."""
+    groups, k, dim = codebook.shape
+    norms = torch.empty(groups, 1, k, dtype=codebook.dtype, device=codebook.device)
+    rows = max(1, max_elements // max(groups * dim, 1))
+    for start in range(0, k, rows):
+        norms[:, 0, start : start + rows] = codebook[:, start : start + rows].pow(2).sum(-1)
+    return norms
+
+
+def chunk_rows(n: int, row_bytes: int, memory_budget: int, dim: int) -> int:
+    """Rows per chunk of ``dim``-wide vectors: cache-sized if possible (at least ``_MIN_ROWS``
+    for GEMM-bound widths), never over ``memory_budget``, at least 1."""
+    floor = _MIN_ROWS if dim >= _GEMM_DIM else 1
+    rows = max(_CACHE_BLOCK // max(row_bytes, 1), floor)
     rows = min(rows, memory_budget // max(row_bytes, 1))
     return max(1, min(n, rows))
 
@@ -96,9 +113,10 @@ def nearest_codeword_reference(
     # Euclidean: minimise ||c||^2 - 2 x.c (||x||^2 is the same for every codeword), fused into
     # one baddbmm. Cosine/dot: maximise x.c directly — argmax keeps the first maximum, exactly
     # as argmin of the negated scores would, without a negation pass.
-    bias = cb.pow(2).sum(-1).unsqueeze(1) if metric == "euclidean" else None
-    row_bytes = k * groups * torch.finfo(compute).bits // 8
-    chunk = chunk_rows(n, row_bytes, memory_budget)
+    element_bytes = torch.finfo(compute).bits // 8
+    bias = _squared_norms(cb, memory_budget // element_bytes) if metric == "euclidean" else None
+    row_bytes = k * groups * element_bytes
+    chunk = chunk_rows(n, row_bytes, memory_budget, dim)
     scores = torch.empty(groups, chunk, k, dtype=compute, device=x.device)
     for start in range(0, n, chunk):
         xc = xs[:, start : start + chunk].to(compute)
