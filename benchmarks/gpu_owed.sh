@@ -22,6 +22,8 @@
 #
 # Stages for other issues, one call each (they need the `train` wheels, 43 MB):
 #   throughput      codec_throughput.py --compile
+#   sync-tests      the GPU tests that training steps never wait for the device (quantizers
+#                   under set_sync_debug_mode("error"), tiny recipes counting CUDA's warnings)
 #   train-image | train-video | train-speech   TRAIN_SECONDS (default 420) of training from
 #                   the run directory's last checkpoint, export, bench; run a stage again on a
 #                   warm machine to train longer
@@ -91,6 +93,11 @@ while [ -n "$stage" ]; do
     kernels-tests) kernels_tests || status=1 ;;
     kernels-cosine) kernels_cosine || status=1 ;;
     kernels-residual) kernels_residual || status=1 ;;
+    sync-tests)
+      part "$STAGE_SECONDS" $PY -m pytest -q -rfEs -m gpu -p no:cacheprovider -o addopts= \
+        -k never_wait tests/test_quantizers_vq.py tests/test_train_tiny.py 2>&1 \
+        | tee "$R/sync_gpu_tests.log"
+      [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
     throughput)
       part "$STAGE_SECONDS" $PY benchmarks/codec_throughput.py --compile --out "$R/codec_throughput" || status=1 ;;
     train-image)
