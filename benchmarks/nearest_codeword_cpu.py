@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from nearest_codeword import count_mismatches  # noqa: E402
-from vq_train_memory import peak_bytes  # noqa: E402
+from vq_train_memory import markdown_table, peak_bytes  # noqa: E402
 
 from anytok.quantizers.kernels import nearest_codeword_reference  # noqa: E402
 
@@ -115,16 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         for n, d, k in SMOKE if args.smoke else SIZES:
             rows.append(measure(n, d, k, threads, args.repeats))
             print(json.dumps(rows[-1]), flush=True)
-    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
         f"CPU codebook search, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}; load average {load:.2f} at the end; "
         f"medians of {args.repeats} calls after a warm-up",
         "",
-        "| " + " | ".join(title for _, title in COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
-        *("| " + " | ".join(fmt(r[key]) for key, _ in COLUMNS) + " |" for r in rows),
+        *markdown_table(rows, COLUMNS),
         "",
         "Goal (#4): the CPU path at least as fast as cdist + argmin (speed-up >= 1), with a "
         "configurable memory bound (the 4 MiB columns).",

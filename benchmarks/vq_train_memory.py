@@ -124,6 +124,17 @@ COLUMNS = [
 ]  # fmt: skip
 
 
+def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> list[str]:
+    """Markdown lines of ``rows`` under ``columns`` (``(key, title)`` pairs); floats to 3
+    significant digits, missing keys blank."""
+    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    return [
+        "| " + " | ".join(title for _, title in columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(fmt(r.get(key, "")) for key, _ in columns) + " |" for r in rows),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=None)
@@ -136,15 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     for n, d, k in SMOKE if args.smoke else SIZES:
         rows.append(measure(n, d, k, args.levels))
         print(json.dumps(rows[-1]), flush=True)
-    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
     what = "VectorQuantize" if args.levels == 1 else f"ResidualVQ ({args.levels} stages)"
     lines = [
         f"Peak tensor memory of one {what} training step, CPU ({platform.machine()}), "
         f"torch {torch.__version__}",
         "",
-        "| " + " | ".join(title for _, title in COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
-        *("| " + " | ".join(fmt(r.get(key, "")) for key, _ in COLUMNS) + " |" for r in rows),
+        *markdown_table(rows, COLUMNS),
         "",
     ]
     if args.levels == 1:

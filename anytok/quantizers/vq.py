@@ -444,8 +444,7 @@ class VectorQuantize(Quantizer):
         rank (see :func:`broadcast_once_`).
         """
         self.broadcast_codebook_once_()
-        if self.kmeans_init and self._kmeans_pending is None:
-            self._kmeans_pending = not bool(self.initted)  # one host read, after the broadcast
+        read_kmeans_flags_((self,))  # one host read, after the broadcast (then none)
         if self._kmeans_pending:
             means = kmeans(
                 x.float(), self.codebook_size, self.kmeans_iters, self.metric, self.memory_budget

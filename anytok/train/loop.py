@@ -437,7 +437,7 @@ def train(
                 window_steps = 0
                 shown_rate, shown_status = means["perf/items_per_second"], _status(means)
                 finite_or_raise(torch.tensor(means["loss/total"]), "loss/total", step)
-                progress.line(step, tc.steps, _status(means))
+                progress.line(step, tc.steps, shown_status)
             eval_model = ema.module if ema is not None else model
             if val_loader is not None and (final or step % cfg.log.val_every == 0):
                 val = _evaluate(eval_model, val_loader, recon_loss, cfg.log.val_batches, amp, info)

@@ -301,10 +301,9 @@ class LossBalancer:
         combined = torch.zeros_like(output)
         out_norms = {}
         for (name, grad), norm in zip(grads.items(), norms.unbind()):
-            previous = self.sums.get(name, 0.0)
-            if not isinstance(previous, Tensor):  # first step, or just loaded from a state
-                previous = torch.tensor(previous, dtype=torch.float64, device=norm.device)
-            self.sums[name] = previous * self.ema_decay + norm
+            # A host float (first step, or a loaded state) times the decay plus the device norm
+            # is a device tensor from then on.
+            self.sums[name] = self.sums.get(name, 0.0) * self.ema_decay + norm
             self.counts[name] = self.counts.get(name, 0.0) * self.ema_decay + 1.0
             average = self.sums[name] / self.counts[name]
             ratio = self.weights[name] / total_weight
