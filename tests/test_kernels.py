@@ -129,6 +129,51 @@ def test_reference_chunking_invariant(metric: str) -> None:
         )
 
 
+def test_reference_block_shape_keeps_rows_and_slices_the_codebook() -> None:
+    """A budget too small for enough rows against every codeword slices the codebook
+    instead; every block stays within the budget."""
+    from anytok.quantizers.kernels.reference import block_shape
+
+    assert block_shape(8192, 1024, 1, 128, 4, 256 << 20) == (2048, 1024)  # 8 MiB blocks
+    assert block_shape(8192, 16384, 1, 256, 4, 256 << 20) == (2048, 16384)
+    # 4 MiB at K = 65536, D = 256: 16 rows against all codewords before; now 2048 x 512
+    assert block_shape(2048, 65536, 1, 256, 4, 4 << 20) == (2048, 512)
+    # D < 64: 64 rows at least, blocks of at most 4 MiB (cache-sized), whatever the budget
+    assert block_shape(16384, 1 << 20, 1, 8, 4, 256 << 20) == (64, 16384)
+    assert block_shape(16384, 16384, 1, 8, 4, 256 << 20) == (64, 16384)
+    for n, k, groups, dim, element, budget in [
+        (333, 700, 2, 12, 4, 1),
+        (333, 700, 2, 12, 8, 1000),
+        (5000, 70000, 3, 256, 4, 3 << 20),
+        (10, 5, 1, 2, 4, 10**9),
+    ]:
+        rows, width = block_shape(n, k, groups, dim, element, budget)
+        assert 1 <= rows <= n and 1 <= width <= k
+        assert rows * width * groups * element <= max(budget, groups * element)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine", "dot"])
+def test_reference_codebook_slices_are_exact(metric: str, dtype: torch.dtype) -> None:
+    """Slicing the codebook (ragged last slice, G = 2) gives the one-block result bit for
+    bit: duplicates of an early codeword in later slices lose their exact ties, and a NaN
+    score in a later slice wins as in ``argmin``."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 333, 12, generator=g, dtype=dtype)
+    # unit codewords, so the nearest one is the same under every metric
+    c = torch.nn.functional.normalize(torch.randn(2, 700, 12, generator=g, dtype=dtype), dim=-1)
+    c[:, 650] = c[:, 3]  # same scores as codeword 3, 2 slices later
+    x[:, 10] = c[:, 3] * 1.5
+    c[1, 400, 0] = float("nan")  # every row of group 1 has a NaN score in slice 2
+    whole = nearest_codeword_reference(x, c, metric=metric)
+    assert torch.equal(whole[:, 10], torch.tensor([3, 400]))
+    element = torch.finfo(dtype).bits // 8
+    for budget in (64 * 300 * 2 * element, 35 * 2 * element):  # 64 x 300 and 1 x 35 blocks
+        sliced = nearest_codeword_reference(x, c, metric=metric, memory_budget=budget)
+        assert torch.equal(sliced, whole), budget
+    assert (whole[1] == 400).all()
+
+
 def test_reference_grouped_equals_per_group() -> None:
     g = torch.Generator().manual_seed(4)
     x, c = torch.randn(3, 5, 7, 10, generator=g), torch.randn(3, 40, 10, generator=g)
@@ -146,6 +191,25 @@ def test_reference_semantics() -> None:
     assert nearest_codeword_reference(x, c, metric="dot").tolist() == [0, 1, 3]
     assert nearest_codeword_reference(torch.empty(0, 2), c).shape == (0,)
     assert nearest_codeword_reference(x.reshape(3, 1, 2), c).shape == (3, 1)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "dot"])
+def test_reference_many_exact_ties_go_to_the_lowest_index(metric: str) -> None:
+    """Integer data makes most rows tie exactly between several codewords, anywhere across
+    the row (so across the reduction's vector lanes): the result is ``torch.argmin``'s /
+    ``argmax``'s first index, and NaN rows pick the first NaN score as they do."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randint(-2, 3, (600, 3), generator=g).float()
+    c = torch.randint(-2, 3, (1500, 3), generator=g).float()
+    x[5, 1] = float("nan")
+    if metric == "euclidean":
+        scores = c.pow(2).sum(-1) - 2 * x @ c.T
+        expected = scores.argmin(-1)
+    else:
+        expected = (x @ c.T).argmax(-1)
+    got = nearest_codeword_reference(x, c, metric=metric, memory_budget=1500 * 4 * 64)
+    assert torch.equal(got, expected)
+    assert int(got[5]) == 0  # every score of a NaN row is NaN: the first one
 
 
 def test_reference_errors() -> None:
@@ -484,14 +548,25 @@ def test_certificate_rate_benchmark_smoke(tmp_path: Path) -> None:
 @pytest.mark.skipif(INTERPRET, reason="CPU reference path; the interpreter run covers Triton")
 def test_cpu_search_benchmark_smoke(tmp_path: Path) -> None:
     """The CPU-path benchmark end to end: every search exact, ``cdist`` holding its N x K
-    block (8 MiB here) and the 4 MiB ``memory_budget`` keeping the search within it."""
-    run_benchmark("nearest_codeword_cpu.py", "--smoke", "--out", str(tmp_path))
+    block (8 MiB here) and the 4 MiB ``memory_budget`` keeping the search within it; a
+    ``--baseline`` revision (here this one's own file) is timed and checked beside it."""
+    reference_py = Path(__file__).resolve().parents[1] / "anytok/quantizers/kernels/reference.py"
+    run_benchmark(
+        "nearest_codeword_cpu.py",
+        "--smoke",
+        "--baseline",
+        str(reference_py),
+        "--out",
+        str(tmp_path),
+    )
     (row,) = json.loads((tmp_path / "nearest_codeword_cpu.json").read_text())
     assert row["reference_mismatches"] == row["reference_4mib_mismatches"] == 0
+    assert row["baseline_mismatches"] == 0 and row["vs_baseline"] > 0
     assert row["cdist_extra_mib"] >= 8.0
     assert row["reference_4mib_extra_mib"] <= 4.5
     assert row["reference_ms"] > 0 and row["speedup"] > 0
-    assert "| anytok 4 MiB ms |" in (tmp_path / "nearest_codeword_cpu.md").read_text()
+    table = (tmp_path / "nearest_codeword_cpu.md").read_text()
+    assert "| anytok 4 MiB ms |" in table and "| speed-up vs baseline |" in table
 
 
 @pytest.mark.skipif(INTERPRET, reason="CPU reference path; the interpreter run covers Triton")

@@ -80,7 +80,7 @@ def nearest_codeword(
         codebook: ``(K, D)``, or ``(G, K, D)`` for G independent codebooks.
         metric: ``"euclidean"`` (smallest squared distance), ``"cosine"`` (largest cosine
             similarity) or ``"dot"`` (largest inner product).
-        memory_budget: bytes of one chunk's score block on the reference path; the Triton
+        memory_budget: bytes of one score block on the reference path (rows x codewords); the Triton
             path never materialises scores and uses O(N + K) extra memory regardless.
 
     Returns:

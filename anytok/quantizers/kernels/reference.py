@@ -17,15 +17,19 @@ METRICS = ("euclidean", "cosine", "dot")
 #: Default bound on the size of one chunk's distance block, in bytes.
 DEFAULT_MEMORY_BUDGET = 256 * 1024 * 1024
 
-#: Preferred size of one chunk's score block, so that the argmin reads what the GEMM just
-#: wrote from cache. For ``D >= _GEMM_DIM`` the GEMM dominates and chunks never go below
+#: Preferred size of one chunk's score block, so that the min reads what the GEMM just
+#: wrote from cache. For ``D >= _GEMM_DIM`` the GEMM dominates and a block keeps at least
 #: ``_MIN_ROWS`` rows on the cache's account (a GEMM with a handful of rows re-reads the
 #: codebook for little work: 256 rows lost to ``cdist + argmin`` at K >= 16384). Below it the
-#: argmin dominates and cache-sized blocks win: 4 MiB blocks ran 1.4-2x faster than 16 MiB
+#: min dominates and cache-sized blocks win: 4 MiB blocks ran 1.4-2x faster than 16 MiB
 #: ones at D = 8 and 16 (``benchmarks/results/nearest_codeword_cpu/``).
 _CACHE_BLOCK = 4 * 1024 * 1024
 _MIN_ROWS = 2048
 _GEMM_DIM = 64
+#: Rows a block keeps for ``D < _GEMM_DIM`` before the codebook is split instead.
+_MIN_ROWS_SMALL_DIM = 64
+#: Fewest codewords per codebook slice before rows are given up instead.
+_MIN_SLICE = 256
 
 
 def _check(x: Tensor, codebook: Tensor, metric: str) -> None:
@@ -62,13 +66,28 @@ def _squared_norms(codebook: Tensor, max_elements: int) -> Tensor:
     return norms
 
 
-def chunk_rows(n: int, row_bytes: int, memory_budget: int, dim: int) -> int:
-    """Rows per chunk of ``dim``-wide vectors: cache-sized if possible (at least ``_MIN_ROWS``
-    for GEMM-bound widths), never over ``memory_budget``, at least 1."""
-    floor = _MIN_ROWS if dim >= _GEMM_DIM else 1
-    rows = max(_CACHE_BLOCK // max(row_bytes, 1), floor)
-    rows = min(rows, memory_budget // max(row_bytes, 1))
-    return max(1, min(n, rows))
+def block_shape(
+    n: int, k: int, groups: int, dim: int, element_bytes: int, memory_budget: int
+) -> tuple[int, int]:
+    """``(rows, codewords)`` of one score block: all ``k`` codewords and cache-sized row
+    chunks where that keeps enough rows for the GEMM (``_MIN_ROWS`` for ``dim >=
+    _GEMM_DIM``, else ``_MIN_ROWS_SMALL_DIM``); otherwise that many rows against codebook
+    slices, so a tight ``memory_budget`` or a huge ``k`` still runs efficient GEMMs. A block
+    never holds more than ``memory_budget`` bytes (one element at the least)."""
+    column_bytes = groups * element_bytes  # one score of every group
+    row_bytes = k * column_bytes
+    budget_elements = max(memory_budget // column_bytes, 1)  # scores of one group per block
+    floor = min(n, _MIN_ROWS if dim >= _GEMM_DIM else _MIN_ROWS_SMALL_DIM)
+    rows = max(_CACHE_BLOCK // max(row_bytes, 1), _MIN_ROWS if dim >= _GEMM_DIM else 1)
+    rows = min(n, rows, memory_budget // max(row_bytes, 1))
+    if rows >= floor:
+        return rows, k
+    rows = floor
+    if dim < _GEMM_DIM:  # the min dominates: keep the block cache-sized too
+        budget_elements = min(budget_elements, max(_CACHE_BLOCK // column_bytes, 1))
+    if budget_elements < rows * min(k, _MIN_SLICE):
+        rows = max(1, budget_elements // min(k, _MIN_SLICE))
+    return rows, max(1, min(k, budget_elements // rows))
 
 
 def nearest_codeword_reference(
@@ -85,7 +104,8 @@ def nearest_codeword_reference(
         codebook: ``(K, D)``, or ``(G, K, D)`` for G independent codebooks.
         metric: ``"euclidean"`` (smallest squared distance), ``"cosine"`` (largest cosine
             similarity; inputs are normalised here) or ``"dot"`` (largest inner product).
-        memory_budget: bound in bytes on one chunk's ``chunk x K`` score block.
+        memory_budget: bound in bytes on one score block (a chunk of rows against all
+            codewords, or against a slice of the codebook when all would not fit).
 
     Returns:
         int64 indices of shape ``x.shape[:-1]``; ties go to the lowest index.
@@ -111,22 +131,41 @@ def nearest_codeword_reference(
         return out.reshape(lead)
     cbt = cb.transpose(1, 2)
     # Euclidean: minimise ||c||^2 - 2 x.c (||x||^2 is the same for every codeword), fused into
-    # one baddbmm. Cosine/dot: maximise x.c directly — argmax keeps the first maximum, exactly
-    # as argmin of the negated scores would, without a negation pass.
+    # one baddbmm. Cosine/dot: maximise x.c directly — max keeps the first maximum, exactly
+    # as a min of the negated scores would, without a negation pass. ``min(-1).indices`` is
+    # argmin with the same first-index ties and NaN rule, and ran 25-30% faster than
+    # ``argmin`` on the CPU (torch 2.11, 1 and 2 threads, 64-4096 rows x 1024-16384 codes).
     element_bytes = torch.finfo(compute).bits // 8
     bias = _squared_norms(cb, memory_budget // element_bytes) if metric == "euclidean" else None
-    row_bytes = k * groups * element_bytes
-    chunk = chunk_rows(n, row_bytes, memory_budget, dim)
-    scores = torch.empty(groups, chunk, k, dtype=compute, device=x.device)
-    for start in range(0, n, chunk):
-        xc = xs[:, start : start + chunk].to(compute)
-        block = scores[:, : xc.shape[1]]
+    rows, width = block_shape(n, k, groups, dim, element_bytes, memory_budget)
+    buffer = torch.empty(groups * rows * width, dtype=compute, device=x.device)
+    best = torch.empty(groups, rows, dtype=compute, device=x.device) if width < k else None
+    for start in range(0, n, rows):
+        xc = xs[:, start : start + rows].to(compute)
         if metric == "cosine":
             xc = torch.nn.functional.normalize(xc, dim=-1)
-        if bias is not None:
-            torch.baddbmm(bias, xc, cbt, beta=1, alpha=-2, out=block)
-            out[:, start : start + chunk] = block.argmin(-1)
-        else:
-            torch.bmm(xc, cbt, out=block)
-            out[:, start : start + chunk] = block.argmax(-1)
+        chunk = out[:, start : start + rows]
+        for k0 in range(0, k, width):
+            k1 = min(k, k0 + width)
+            block = buffer[: groups * xc.shape[1] * (k1 - k0)].view(groups, xc.shape[1], k1 - k0)
+            if bias is not None:
+                torch.baddbmm(bias[..., k0:k1], xc, cbt[..., k0:k1], beta=1, alpha=-2, out=block)
+                values, indices = block.min(-1)
+            else:
+                torch.bmm(xc, cbt[..., k0:k1], out=block)
+                values, indices = block.max(-1)
+            if best is None:  # the whole codebook in one block
+                chunk.copy_(indices)
+                continue
+            running = best[:, : xc.shape[1]]
+            if k0 == 0:
+                running.copy_(values)
+                chunk.copy_(indices)
+                continue
+            # Strictly better only, so exact ties keep the earlier slice (the lowest index);
+            # a NaN score wins over numbers, as in argmin/argmax, and the first NaN stays.
+            better = values < running if bias is not None else values > running
+            better |= values.isnan() & ~running.isnan()
+            running.copy_(torch.where(better, values, running))
+            chunk.copy_(torch.where(better, indices + k0, chunk))
     return out.reshape(lead)
