@@ -77,13 +77,14 @@ def block_shape(
     column_bytes = groups * element_bytes  # one score of every group
     row_bytes = k * column_bytes
     budget_elements = max(memory_budget // column_bytes, 1)  # scores of one group per block
-    floor = min(n, _MIN_ROWS if dim >= _GEMM_DIM else _MIN_ROWS_SMALL_DIM)
-    rows = max(_CACHE_BLOCK // max(row_bytes, 1), _MIN_ROWS if dim >= _GEMM_DIM else 1)
-    rows = min(n, rows, memory_budget // max(row_bytes, 1))
+    gemm_bound = dim >= _GEMM_DIM
+    rows = max(_CACHE_BLOCK // row_bytes, _MIN_ROWS if gemm_bound else 1)
+    rows = min(n, rows, memory_budget // row_bytes)
+    floor = min(n, _MIN_ROWS if gemm_bound else _MIN_ROWS_SMALL_DIM)
     if rows >= floor:
         return rows, k
     rows = floor
-    if dim < _GEMM_DIM:  # the min dominates: keep the block cache-sized too
+    if not gemm_bound:  # the min dominates: keep the block cache-sized too
         budget_elements = min(budget_elements, max(_CACHE_BLOCK // column_bytes, 1))
     if budget_elements < rows * min(k, _MIN_SLICE):
         rows = max(1, budget_elements // min(k, _MIN_SLICE))
@@ -139,6 +140,7 @@ def nearest_codeword_reference(
     bias = _squared_norms(cb, memory_budget // element_bytes) if metric == "euclidean" else None
     rows, width = block_shape(n, k, groups, dim, element_bytes, memory_budget)
     buffer = torch.empty(groups * rows * width, dtype=compute, device=x.device)
+    # running best score per row, across codebook slices (none when a block spans them all)
     best = torch.empty(groups, rows, dtype=compute, device=x.device) if width < k else None
     for start in range(0, n, rows):
         xc = xs[:, start : start + rows].to(compute)
@@ -154,14 +156,12 @@ def nearest_codeword_reference(
             else:
                 torch.bmm(xc, cbt[..., k0:k1], out=block)
                 values, indices = block.max(-1)
-            if best is None:  # the whole codebook in one block
+            if k0 == 0:
                 chunk.copy_(indices)
+                if best is not None:
+                    best[:, : xc.shape[1]].copy_(values)
                 continue
             running = best[:, : xc.shape[1]]
-            if k0 == 0:
-                running.copy_(values)
-                chunk.copy_(indices)
-                continue
             # Strictly better only, so exact ties keep the earlier slice (the lowest index);
             # a NaN score wins over numbers, as in argmin/argmax, and the first NaN stays.
             better = values < running if bias is not None else values > running
