@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchaudio
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from anytok.media.audio import resample
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -89,7 +90,7 @@ class FrozenFeatureModel:
         if self.modality == "audio":
             audio = media.float().mean(dim=1)
             if self.input_rate != self.model_rate:
-                audio = torchaudio.functional.resample(audio, self.input_rate, self.model_rate)
+                audio = resample(audio, self.input_rate, self.model_rate)
             hidden = self.model(input_values=audio).last_hidden_state
             return hidden.float(), (hidden.shape[1],)
         images = (media.float() + 1) / 2

@@ -171,6 +171,41 @@ def test_resample_helper() -> None:
     assert resample(wave, 16000, 16000) is wave
     with pytest.raises(ValueError):
         resample(wave, 0, 16000)
+    with pytest.raises(TypeError, match="floating-point waveform, got torch.int16"):
+        resample(torch.zeros(1, 100, dtype=torch.int16), 48000, 16000)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rates", [(44100, 24000), (16000, 24000), (48000, 16000)])
+def test_resample_matches_torchaudio_and_keeps_its_filter(
+    rates: tuple[int, int], dtype: torch.dtype
+) -> None:
+    """The kept filter bank gives torchaudio's functional resample bit for bit, in the
+    input's dtype, and is built once per (rates, dtype, device)."""
+    import torchaudio.functional as AF
+
+    from anytok.media.audio import _resampler
+
+    orig, new = rates
+    wave = torch.randn(3, 2, 4410, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    _resampler.cache_clear()
+    out = resample(wave, orig, new)
+    assert out.dtype == dtype
+    assert torch.equal(out, AF.resample(wave, orig, new))
+    assert torch.equal(resample(wave[:, :1], orig, new), out[:, :1])
+    info = _resampler.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
+
+
+def test_resample_filter_made_in_inference_mode_serves_autograd() -> None:
+    from anytok.media.audio import _resampler
+
+    _resampler.cache_clear()
+    with torch.inference_mode():
+        resample(torch.randn(1, 3000), 30000, 20000)
+    wave = torch.randn(1, 3000, requires_grad=True)
+    resample(wave, 30000, 20000).square().sum().backward()
+    assert wave.grad is not None and wave.grad.abs().sum() > 0
 
 
 def test_to_channels() -> None:

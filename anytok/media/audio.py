@@ -5,6 +5,7 @@ One file is a ``(channels, samples)`` float32 tensor in [-1, 1]; callers add the
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
+import torchaudio.transforms as AT
 from torch import Tensor
 
 from anytok.media.errors import (
@@ -90,7 +91,22 @@ def resample(waveform: Tensor, orig_sample_rate: int, new_sample_rate: int) -> T
         )
     if orig == new:
         return waveform
-    return AF.resample(waveform, orig, new)
+    if not waveform.is_floating_point():
+        raise TypeError(f"resample needs a floating-point waveform, got {waveform.dtype}")
+    return _resampler(orig, new, waveform.dtype, waveform.device)(waveform)
+
+
+@functools.lru_cache(maxsize=32)
+def _resampler(orig: int, new: int, dtype: torch.dtype, device: torch.device) -> AT.Resample:
+    """One windowed-sinc filter bank per (rates, dtype, device), built once.
+
+    ``torchaudio.functional.resample`` rebuilds its filter on every call: 0.4-5.6 ms on a
+    2-core CPU (44.1 -> 24 kHz: 20.7 ms for 5 s of audio, 15.1 ms with the filter kept), a
+    dozen small launches per call on a GPU. The filter is built outside inference mode so a
+    bank first made under ``torch.inference_mode`` still serves autograd later.
+    """
+    with torch.inference_mode(False):
+        return AT.Resample(orig, new, dtype=dtype).to(device)
 
 
 # libsndfile fixes up a WAV/AIFF whose header promises more data than the file holds and
