@@ -96,6 +96,7 @@ OUR_NAMES = ("vq", "simvq", "rvq", "grvq", "multiscale")
 def make(case: str, seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor]:
     name, kwargs, shape = CASES[case]
     torch.manual_seed(seed)
+    random.seed(seed)  # quantizer dropout draws its level counts from Python's generator
     return build(name, **kwargs), torch.randn(shape)
 
 
@@ -201,7 +202,11 @@ def test_straight_through_is_a_view_with_scaled_identity_gradient() -> None:
     half = straight_through(codewords.detach().half(), source)  # promoted like `a + b`
     assert half.dtype == torch.float32
     with torch.no_grad():
-        assert straight_through(codewords, source) is codewords
+        untracked = straight_through(codewords, source)
+    assert untracked.data_ptr() == codewords.data_ptr() and not untracked.requires_grad
+    # a source without gradient: target still gets none (as source + (target - source).detach())
+    frozen = straight_through(codewords, source.detach())
+    assert frozen.data_ptr() == codewords.data_ptr() and not frozen.requires_grad
     with pytest.raises(ValueError, match=r"target \(6, 5\) and source \(5,\)"):
         straight_through(codewords, source[0])
 
@@ -252,6 +257,70 @@ def test_rvq_sum_of_stages_has_identity_gradient() -> None:
     weights = torch.randn(3, 7, DIM)
     (rvq(z).quantized * weights).sum().backward()
     torch.testing.assert_close(z.grad, weights)
+
+
+@pytest.mark.parametrize(
+    "vq_kwargs",
+    [
+        {},
+        {"learnable_codebook": True},
+        {"codebook_dim": 4, "learnable_codebook": True},
+        {"use_cosine_sim": True},
+        {"rotation_trick": True},
+    ],
+    ids=["ema", "learnable", "projected", "cosine", "rotation"],
+)
+def test_rvq_detached_residual_changes_no_value_or_gradient(
+    vq_kwargs: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where a stage's output gradient is the identity, the residual it passes on is detached
+    (its gradient is exactly zero). Loss, output, codes, every gradient and every codebook
+    statistic equal those of the full graph, bit for bit."""
+
+    def step() -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        rvq = ResidualVQ(DIM, 4, 32, **vq_kwargs).train()
+        z = torch.randn(3, 40, DIM, requires_grad=True)
+        weights = torch.randn(3, 40, DIM)
+        for _ in range(2):  # the second step sees EMA-updated codebooks
+            z.grad = None
+            rvq.zero_grad()
+            out = rvq(z)
+            (out.loss + (out.quantized * weights).sum()).backward()
+        grads = [p.grad for p in rvq.parameters()]
+        return [out.loss, out.quantized, out.codes, z.grad, *grads, *rvq.buffers()]
+
+    detaching = step()
+    assert VectorQuantize(DIM, 8, **vq_kwargs).output_gradient_is_identity == (
+        not vq_kwargs or vq_kwargs == {"learnable_codebook": True}
+    )
+    monkeypatch.setattr(VectorQuantize, "output_gradient_is_identity", property(lambda _: False))
+    full_graph = step()
+    assert len(detaching) == len(full_graph)
+    for ours, reference in zip(detaching, full_graph, strict=True):
+        assert torch.equal(ours, reference)
+
+
+def test_rvq_training_step_peak_memory() -> None:
+    """A 4-stage step peaks at about 6 input-sized tensors (12 with a graph through every
+    stage; vector-quantize-pytorch's is 70, ``benchmarks/vq_train_memory.py --levels 4``)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from vq_train_memory import peak_bytes
+
+    n, d = 4096, 64
+    torch.manual_seed(0)
+    rvq = ResidualVQ(d, 4, 256, memory_budget=1 << 18).train()  # 256 KiB search blocks
+    z = torch.randn(n, d, requires_grad=True)
+
+    def step() -> None:
+        out = rvq(z)
+        (out.loss + out.quantized.square().mean()).backward()
+
+    step()
+    assert peak_bytes(step) <= 6.5 * n * d * 4
 
 
 def test_rotation_trick_keeps_value_and_rotates_gradient() -> None:

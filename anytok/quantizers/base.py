@@ -112,7 +112,7 @@ def straight_through(
             "must have the same shape"
         )
     if not (torch.is_grad_enabled() and source.requires_grad):
-        return target
+        return target.detach()  # as the usual formula: nothing for target, even then
     dtype = torch.promote_types(target.dtype, source.dtype)
     # Detached, so that the node does not reach into target's graph at all (as with the
     # usual formula): no undefined gradients sent there, and its saved tensors stay intact.

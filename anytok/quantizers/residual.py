@@ -56,7 +56,9 @@ class ResidualVQ(Quantizer):
     use_cosine_sim=True, learnable_codebook=True`` for DAC-style factorized stages,
     https://arxiv.org/abs/2306.06546). The residual passed on is ``r - q`` with the stage's
     straight-through output, so the sum of the stages has an identity gradient to the input
-    and each stage's commitment loss trains that stage (as in DAC).
+    and each stage's commitment loss trains that stage (as in DAC). Where a stage has no
+    projection, no normalisation and no rotation trick, that residual's gradient is exactly
+    zero, so it is detached: the same gradients without a graph through the later stages.
 
     Args:
         dim: channels of the channel-last input ``(..., dim)``.
@@ -162,6 +164,11 @@ class ResidualVQ(Quantizer):
                         stage_inputs.append(layer.to_codebook_space(residual))
                 out = layer(residual, update_codebook=update_each_stage)
                 residual = residual - out.quantized
+                if layer.output_gradient_is_identity:
+                    # Its gradient is g - g = 0 exactly: later stages' commitment losses
+                    # cannot reach the input, so they need no graph (two input-sized saved
+                    # tensors per stage, and their backward).
+                    residual = residual.detach()
                 quantized = quantized + out.quantized
                 loss = loss + out.loss
                 codes.append(out.codes)

@@ -364,6 +364,13 @@ class VectorQuantize(Quantizer):
         self.initted.fill_(True)
         self._kmeans_pending = False
 
+    @property
+    def output_gradient_is_identity(self) -> bool:
+        """True when the training output hands its input exactly the upstream gradient:
+        straight-through, no projections and no normalisation in between. The residual
+        ``z - quantized`` then has an exactly zero gradient, which :class:`ResidualVQ` uses."""
+        return not (self.has_projections or self.use_cosine_sim or self.rotation_trick)
+
     def to_codebook_space(self, z: Tensor) -> Tensor:
         """``(..., dim)`` -> fp32 ``(..., codebook_dim)``, normalised with ``use_cosine_sim``."""
         x = self.project_in(z.float())
