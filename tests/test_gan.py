@@ -105,3 +105,95 @@ def test_feature_matching_is_relative_l1() -> None:
     fake_leaf = [[t.clone().requires_grad_() for t in fake[0]]]
     feature_matching_loss(real, fake_leaf).backward()
     assert all(t.grad is not None for t in fake_leaf[0])
+
+
+def test_sum_reduction_and_plain_feature_matching() -> None:
+    real, fake = [torch.tensor([2.0, 0.5])], [torch.tensor([-2.0, 0.0])]
+    # Summed over sub-discriminators, a duplicated one doubles the loss.
+    assert discriminator_loss(real * 2, fake * 2, "hinge", "sum").item() == pytest.approx(1.5)
+    assert generator_loss(fake * 3, "least_squares", "sum").item() == pytest.approx(15.0)
+    maps = [[torch.ones(2, 3), 10 * torch.ones(2, 3)]]
+    fake_maps = [[2 * torch.ones(2, 3), 20 * torch.ones(2, 3)]]
+    # Plain L1 per layer (1 and 10), then their mean or sum.
+    assert feature_matching_loss(maps, fake_maps, norm="none").item() == pytest.approx(5.5)
+    assert feature_matching_loss(maps, fake_maps, "sum", "none").item() == pytest.approx(11.0)
+    assert feature_matching_loss(maps, fake_maps, "sum").item() == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="unknown reduction 'total'"):
+        generator_loss(fake, "hinge", "total")
+    with pytest.raises(ValueError, match="unknown feature-matching norm 'l2'"):
+        feature_matching_loss(maps, fake_maps, norm="l2")
+
+
+@pytest.mark.parametrize("name", ["mpd", "msstft", "mrd"])
+def test_audio_feature_maps_exclude_the_logits(name: str) -> None:
+    """Feature maps are the hidden activations; the logit map is only in ``logits``."""
+    settings, shape = CASES[name]
+    out = build_discriminator([{"name": name, **settings}], channels=1)(torch.randn(shape))
+    for logits, features in zip(out.logits, out.features):
+        assert logits.shape[1] == 1
+        assert all(f.shape[1] > 1 for f in features)  # every hidden conv is wider than 1
+
+
+def test_dac_generator_and_discriminator_losses_match_dac() -> None:
+    """``reduction="sum"``, ``norm="none"`` and least squares are DAC's ``GANLoss`` exactly,
+    on the same discriminator outputs (DAC's lists end with the logits)."""
+    pytest.importorskip("dac")
+    from audiotools import AudioSignal
+    from dac.nn.loss import GANLoss
+
+    torch.manual_seed(0)
+    shapes = [[(2, 4, 7, 3), (2, 6, 5, 3), (2, 1, 5, 3)], [(2, 3, 9, 4), (2, 1, 9, 4)]]
+    real = [[torch.randn(s) for s in disc] for disc in shapes]
+    fake = [[torch.randn(s, requires_grad=True) for s in disc] for disc in shapes]
+
+    def stub_discriminator(audio: torch.Tensor) -> list[list[torch.Tensor]]:
+        return fake if audio.sum() > 0 else real  # the fake signal is the positive one
+
+    ref = GANLoss(stub_discriminator)
+    fake_signal = AudioSignal(torch.ones(2, 1, 8), 16000)
+    real_signal = AudioSignal(-torch.ones(2, 1, 8), 16000)
+    ref_gen, ref_features = ref.generator_loss(fake_signal, real_signal)
+    gen = generator_loss([d[-1] for d in fake], "least_squares", "sum")
+    features = feature_matching_loss([d[:-1] for d in real], [d[:-1] for d in fake], "sum", "none")
+    torch.testing.assert_close(gen, ref_gen)
+    torch.testing.assert_close(features, ref_features)
+    ref_disc = ref.discriminator_loss(fake_signal, real_signal)
+    disc = discriminator_loss([d[-1] for d in real], [d[-1] for d in fake], "least_squares", "sum")
+    torch.testing.assert_close(disc, ref_disc)
+
+
+def test_dac_compatible_discriminators_match_dacs() -> None:
+    """``mpd`` and ``mrd`` with ``dac_compatible: true``, given DAC's discriminator weights,
+    return its logits and feature maps (descript-audio-codec 1.0.0, the opt-in
+    ``dac-parity`` extra)."""
+    pytest.importorskip("dac")
+    from dac.model.discriminator import Discriminator
+
+    torch.manual_seed(0)
+    ref = Discriminator(sample_rate=44100).eval()
+    ours = build_discriminator(
+        [{"name": "mpd", "dac_compatible": True}, {"name": "mrd", "dac_compatible": True}],
+        channels=1,
+    ).eval()
+    renamed = {}
+    for key, value in ref.state_dict().items():
+        key = key.replace("conv_post", "post").replace(".0.weight", ".weight")
+        key = key.replace(".0.bias", ".bias").replace(
+            "weight_g", "parametrizations.weight.original0"
+        )
+        key = key.replace("weight_v", "parametrizations.weight.original1")
+        index, rest = key.removeprefix("discriminators.").split(".", 1)
+        family, sub = (0, int(index)) if int(index) < 5 else (1, int(index) - 5)
+        renamed[f"discriminators.{family}.discriminators.{sub}.{rest}"] = value
+    ours.load_state_dict(renamed, strict=True)
+    for length in (16758, 4410 + 7):  # DAC's 0.38 s segment (a multiple of 2, 3, 7), odd
+        audio = 0.3 * torch.randn(2, 1, length) + 0.05  # with a DC offset
+        with torch.no_grad():
+            want = ref(audio)
+            got = ours(audio)
+        assert len(got.logits) == len(want) == 8
+        for fmaps, logits, features in zip(want, got.logits, got.features):
+            torch.testing.assert_close(logits, fmaps[-1], rtol=1e-4, atol=1e-5)
+            assert len(features) == len(fmaps) - 1
+            for f, w in zip(features, fmaps[:-1]):
+                torch.testing.assert_close(f, w, rtol=1e-4, atol=1e-5)

@@ -50,6 +50,87 @@ def test_spectral_losses_zero_on_identity_and_rank_distance() -> None:
     assert torch.isfinite(MultiResolutionSTFTLoss((2048,))(short, short.flip(-1)))
 
 
+def slaney_filterbank(rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
+    """Slaney's mel filterbank from its definition: ``(n_mels, n_fft // 2 + 1)``, fp64.
+
+    Mel is linear (200/3 Hz per mel) below 1 kHz and logarithmic above (27 mels per factor
+    6.4); triangles between mel-spaced edges from 0 Hz to Nyquist, each scaled to unit area
+    by ``2 / (right - left)``.
+    """
+    step, knee_mel, log_step = 200 / 3, 15.0, math.log(6.4) / 27
+
+    def to_mel(hz: torch.Tensor) -> torch.Tensor:
+        log_part = knee_mel + torch.log(hz.clamp_min(1000) / 1000) / log_step
+        return torch.where(hz < 1000, hz / step, log_part)
+
+    def to_hz(mel: torch.Tensor) -> torch.Tensor:
+        return torch.where(
+            mel < knee_mel, mel * step, 1000 * torch.exp(log_step * (mel - knee_mel))
+        )
+
+    nyquist = torch.tensor(rate / 2, dtype=torch.float64)
+    edges = to_hz(torch.linspace(0, to_mel(nyquist).item(), n_mels + 2, dtype=torch.float64))
+    bins = torch.linspace(0, rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    left, centre, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (bins - left) / (centre - left)
+    falling = (right - bins) / (right - centre)
+    return torch.minimum(rising, falling).clamp_min(0) * 2 / (right - left)
+
+
+def test_mel_scales_follow_their_definitions_and_reductions() -> None:
+    slaney = MultiScaleMelLoss(44100, mel_scale="slaney")
+    for window, mel in zip(slaney.windows, slaney.mels):
+        fb = mel.mel_scale.fb.T.double()  # torchaudio keeps (freqs, mels)
+        want = slaney_filterbank(44100, window, fb.shape[0])
+        torch.testing.assert_close(fb, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    htk = MultiScaleMelLoss(44100)
+    assert not torch.allclose(htk.mels[-1].mel_scale.fb, slaney.mels[-1].mel_scale.fb)
+    x, y = torch.randn(2, 1, 4410), torch.randn(2, 1, 4410)
+    summed = MultiScaleMelLoss(44100, mel_scale="slaney", reduction="sum")
+    torch.testing.assert_close(summed(x, y), slaney(x, y) * len(slaney.windows))
+    stft_mean, stft_sum = (
+        MultiResolutionSTFTLoss((256, 128)),
+        MultiResolutionSTFTLoss((256, 128), reduction="sum"),
+    )
+    torch.testing.assert_close(stft_sum(x, y), 2 * stft_mean(x, y))
+    with pytest.raises(ValueError, match="mel_scale must be one of .*'mels'"):
+        MultiScaleMelLoss(44100, mel_scale="mels")
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        MultiResolutionSTFTLoss(reduction="max")
+    with pytest.raises(ValueError, match="2 windows and 1 bin counts"):
+        MultiScaleMelLoss(44100, (256, 512), (20,))
+
+
+@pytest.mark.parametrize("rate", [44100, 24000])
+def test_slaney_summed_mel_loss_is_dacs(rate: int) -> None:
+    """DAC's ``MelSpectrogramLoss`` with its training configuration (the opt-in
+    ``dac-parity`` extra): same value and gradient."""
+    pytest.importorskip("dac")
+    from audiotools import AudioSignal
+    from dac.nn.loss import MelSpectrogramLoss
+
+    windows, bins = (32, 64, 128, 256, 512, 1024, 2048), (5, 10, 20, 40, 80, 160, 320)
+    ours = MultiScaleMelLoss(rate, windows, bins, mel_scale="slaney", reduction="sum")
+    ref = MelSpectrogramLoss(
+        n_mels=list(bins),
+        window_lengths=list(windows),
+        mag_weight=0.0,
+        pow=1.0,
+        clamp_eps=1e-5,
+        mel_fmin=[0.0] * len(bins),
+        mel_fmax=[None] * len(bins),
+    )
+    torch.manual_seed(rate)
+    target = 0.1 * torch.randn(2, 1, rate // 3)
+    recon = (target + 0.05 * torch.randn_like(target)).requires_grad_()
+    want = ref(AudioSignal(recon, rate), AudioSignal(target, rate))
+    got = ours(recon, target)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    (want_grad,) = torch.autograd.grad(want, recon)
+    (got_grad,) = torch.autograd.grad(got, recon)
+    assert (got_grad - want_grad).norm() <= 2e-3 * want_grad.norm()
+
+
 def test_reconstruction_loss_terms_masking_and_modality_checks() -> None:
     loss = ReconstructionLoss(
         {"l1": 1.0, "l2": 0.5, "mel": 1.0, "stft": 0.0},

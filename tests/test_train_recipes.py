@@ -108,6 +108,13 @@ def test_unknown_key_bad_type_and_choices(tmp_path: Path) -> None:
         load_recipe(recipe, [*ok, "train.steps=many"])
     with pytest.raises(RecipeError, match=r"train\.precision: one of"):
         load_recipe(recipe, [*ok, "train.precision=fp8"])
+    for key, value in (
+        ("reduction", "max"),
+        ("feature_matching_norm", "l2"),
+        ("mel_scale", "mels"),
+    ):
+        with pytest.raises(RecipeError, match=rf"loss\.{key}: one of \("):
+            load_recipe(recipe, [*ok, f"loss.{key}={value}"])
     with pytest.raises(RecipeError, match=r"optimizer\.name: 'Adamm' is not an optimizer"):
         load_recipe(recipe, [*ok, "optimizer.name=Adamm"])
     with pytest.raises(RecipeError, match=r"discriminator\.networks\[0\]\.name"):

@@ -85,6 +85,13 @@ class LossConfig:
     ``adversarial``, ``feature_matching``. Every entry of the model's
     ``TokenizerOutput.losses`` (quantizer, diffusion ...) is added with weight
     ``aux.get(name, 1.0)``.
+
+    ``reduction`` says how each multi-part term combines its parts (STFT sizes, mel windows,
+    sub-discriminators, feature maps): ``mean`` (EnCodec: adding a part keeps the scale) or
+    ``sum`` (HiFi-GAN, DAC). ``feature_matching_norm``: ``relative`` divides each map's L1
+    by the real map's mean magnitude (EnCodec), ``none`` keeps the plain L1 (HiFi-GAN,
+    DAC). ``mel_scale``: ``htk`` (torchaudio's filterbank; Vocos) or ``slaney`` (librosa's,
+    area-normalised; DAC).
     """
 
     l1: float = 0.0
@@ -95,6 +102,9 @@ class LossConfig:
     adversarial: float = 0.0
     feature_matching: float = 0.0
     gan: str = "hinge"  # hinge | least_squares
+    reduction: str = "mean"  # mean | sum over scales, sub-discriminators and feature maps
+    feature_matching_norm: str = "relative"  # relative | none
+    mel_scale: str = "htk"  # htk | slaney
     aux: dict[str, float] = field(default_factory=dict)
     stft_sizes: list[int] = field(default_factory=lambda: [2048, 1024, 512, 256, 128])
     mel_windows: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])
@@ -255,8 +265,14 @@ def _check(condition: bool, source: str, key: str, problem: str) -> None:
 
 def validate(cfg: DictConfig, source: str = "<recipe>") -> None:
     """Check what types alone cannot: choices, ranges, required values, known names."""
-    from anytok.decoders.gan import DISCRIMINATORS, GAN_LOSSES
+    from anytok.decoders.gan import (
+        DISCRIMINATORS,
+        FEATURE_MATCHING_NORMS,
+        GAN_LOSSES,
+        GAN_REDUCTIONS,
+    )
     from anytok.registry import UnknownModelError, get_arch
+    from anytok.train.losses import MEL_SCALES
 
     missing = sorted(OmegaConf.missing_keys(cfg))
     _check(not missing, source, ", ".join(missing), "required but not set (pass key=value)")
@@ -270,7 +286,16 @@ def validate(cfg: DictConfig, source: str = "<recipe>") -> None:
     _check(train.grad_accum > 0, source, "train.grad_accum", "must be positive")
     _check(train.precision in PRECISIONS, source, "train.precision", f"one of {PRECISIONS}")
     _check(0 <= train.ema_decay < 1, source, "train.ema_decay", "must be in [0, 1)")
-    _check(cfg.loss.gan in GAN_LOSSES, source, "loss.gan", f"one of {GAN_LOSSES}")
+    loss = cfg.loss
+    _check(loss.gan in GAN_LOSSES, source, "loss.gan", f"one of {GAN_LOSSES}")
+    _check(loss.reduction in GAN_REDUCTIONS, source, "loss.reduction", f"one of {GAN_REDUCTIONS}")
+    _check(
+        loss.feature_matching_norm in FEATURE_MATCHING_NORMS,
+        source,
+        "loss.feature_matching_norm",
+        f"one of {FEATURE_MATCHING_NORMS}",
+    )
+    _check(loss.mel_scale in MEL_SCALES, source, "loss.mel_scale", f"one of {MEL_SCALES}")
     for name in ("l1", "l2", "stft", "mel", "perceptual", "adversarial", "feature_matching"):
         _check(cfg.loss[name] >= 0, source, f"loss.{name}", "weights cannot be negative")
     _check(

@@ -187,6 +187,8 @@ def train(
             stft_sizes=list(lc.stft_sizes),
             mel_windows=list(lc.mel_windows),
             mel_bins=list(lc.mel_bins),
+            mel_scale=lc.mel_scale,
+            reduction=lc.reduction,
             perceptual_weights=lc.perceptual_weights,
         ).to(device_)
         gan_weights = {"adversarial": lc.adversarial, "feature_matching": lc.feature_matching}
@@ -332,12 +334,17 @@ def train(
                             disc.requires_grad_(False)  # gradients reach the generator only
                             fake = disc_forward(out.reconstruction)
                             if lc.adversarial > 0:
-                                terms["adversarial"] = generator_loss(fake.logits, lc.gan)
+                                terms["adversarial"] = generator_loss(
+                                    fake.logits, lc.gan, lc.reduction
+                                )
                             if lc.feature_matching > 0:
                                 with torch.no_grad():
                                     real = disc_forward(media)
                                 terms["feature_matching"] = feature_matching_loss(
-                                    real.features, fake.features
+                                    real.features,
+                                    fake.features,
+                                    lc.reduction,
+                                    lc.feature_matching_norm,
                                 )
                     # Auxiliary losses come weighted by the model; a recipe may rescale them.
                     # A diffusion / flow-matching decoder reports losses["diffusion"] here.
@@ -390,7 +397,10 @@ def train(
                             both = disc_train_forward(torch.cat([real_media, fake_media]))
                         n = real_media.shape[0]
                         d_loss = discriminator_loss(
-                            [x[:n] for x in both.logits], [x[n:] for x in both.logits], lc.gan
+                            [x[:n] for x in both.logits],
+                            [x[n:] for x in both.logits],
+                            lc.gan,
+                            lc.reduction,
                         )
                         (d_loss / len(held)).backward()
                     _add(scalars, "loss/discriminator", d_loss, len(held))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from anytok.decoders.gan.losses import GAN_REDUCTIONS
 from anytok.quantizers.distributed import all_reduce_mean_
 
 
@@ -40,13 +42,29 @@ def _long_enough(audio: Tensor, n_fft: int) -> Tensor:
     return F.pad(audio, (0, needed - audio.shape[-1])) if audio.shape[-1] < needed else audio
 
 
-class MultiResolutionSTFTLoss(nn.Module):
-    """``mean over FFT sizes of [ ||S - Ŝ||_F / ||S||_F + mean |log S - log Ŝ| ]`` where
-    ``S`` are STFT magnitudes of ``(b, c, t)`` audio (hop = size / 4, Hann window)."""
+REDUCTIONS = GAN_REDUCTIONS  # one choice for every multi-part term of a recipe
+MEL_SCALES = ("htk", "slaney")
 
-    def __init__(self, fft_sizes: Sequence[int] = (2048, 1024, 512, 256, 128)):
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+class MultiResolutionSTFTLoss(nn.Module):
+    """``[ ||S - Ŝ||_F / ||S||_F + mean |log S - log Ŝ| ]`` averaged (or summed, with
+    ``reduction="sum"``) over FFT sizes, where ``S`` are STFT magnitudes of ``(b, c, t)``
+    audio (hop = size / 4, Hann window)."""
+
+    def __init__(
+        self,
+        fft_sizes: Sequence[int] = (2048, 1024, 512, 256, 128),
+        reduction: str = "mean",
+    ):
         super().__init__()
+        _check_choice("reduction", reduction, REDUCTIONS)
         self.fft_sizes = tuple(fft_sizes)
+        self.reduction = reduction
         self.spectrograms = nn.ModuleList(
             torchaudio.transforms.Spectrogram(n_fft=n, win_length=n, hop_length=n // 4, power=1.0)
             for n in self.fft_sizes
@@ -62,32 +80,56 @@ class MultiResolutionSTFTLoss(nn.Module):
                     s
                 ).clamp_min(1e-7)
                 total = total + convergence + F.l1_loss(s_hat.log(), s.log())
-        return total / len(self.fft_sizes)
+        return total / len(self.fft_sizes) if self.reduction == "mean" else total
 
 
 class MultiScaleMelLoss(nn.Module):
-    """``mean over windows of mean |log10 M - log10 M̂|`` for mel magnitudes ``M`` of
-    ``(b, c, t)`` audio (hop = window / 4, ``n_mels`` bins per window)."""
+    """``mean |log10 M - log10 M̂|`` averaged (or summed, with ``reduction="sum"``) over
+    windows, for mel magnitudes ``M`` of ``(b, c, t)`` audio (hop = window / 4, ``n_mels``
+    bins per window, magnitudes clamped at 1e-5).
+
+    ``mel_scale="htk"`` is torchaudio's default filterbank (HTK mel scale, unnormalised
+    triangles; Vocos); ``"slaney"`` is librosa's default (Slaney's scale, area-normalised
+    triangles), which DAC's loss uses. With ``mel_scale="slaney", reduction="sum"`` and the
+    default windows this is DAC's ``MelSpectrogramLoss`` (``mag_weight=0, pow=1``) exactly.
+    A window whose smallest mel bands fall between FFT bins (DAC's 32-point window with 5
+    bands, ...) has all-zero filters; that is the recipe's design, so torchaudio's warning
+    about it is silenced here.
+    """
 
     def __init__(
         self,
         sample_rate: int,
         windows: Sequence[int] = (32, 64, 128, 256, 512, 1024, 2048),
         n_mels: Sequence[int] = (5, 10, 20, 40, 80, 160, 320),
+        mel_scale: str = "htk",
+        reduction: str = "mean",
     ):
         super().__init__()
-        self.windows = tuple(windows)
-        self.mels = nn.ModuleList(
-            torchaudio.transforms.MelSpectrogram(
-                sample_rate=sample_rate,
-                n_fft=w,
-                win_length=w,
-                hop_length=w // 4,
-                n_mels=m,
-                power=1.0,
+        _check_choice("mel_scale", mel_scale, MEL_SCALES)
+        _check_choice("reduction", reduction, REDUCTIONS)
+        if len(windows) != len(n_mels) or not windows:
+            raise ValueError(
+                f"mel windows and bins must be non-empty and of one length, got "
+                f"{len(windows)} windows and {len(n_mels)} bin counts"
             )
-            for w, m in zip(windows, n_mels)
-        )
+        self.windows = tuple(windows)
+        self.reduction = reduction
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="At least one mel filterbank has all zero")
+            self.mels = nn.ModuleList(
+                torchaudio.transforms.MelSpectrogram(
+                    sample_rate=sample_rate,
+                    n_fft=w,
+                    win_length=w,
+                    hop_length=w // 4,
+                    n_mels=m,
+                    power=1.0,
+                    mel_scale=mel_scale,
+                    norm="slaney" if mel_scale == "slaney" else None,
+                )
+                for w, m in zip(windows, n_mels)
+            )
 
     def forward(self, reconstruction: Tensor, target: Tensor) -> Tensor:
         total = reconstruction.new_zeros((), dtype=torch.float32)
@@ -96,7 +138,7 @@ class MultiScaleMelLoss(nn.Module):
                 m_hat = mel(_long_enough(_fp32(reconstruction), window)).clamp_min(1e-5).log10()
                 m = mel(_long_enough(_fp32(target), window)).clamp_min(1e-5).log10()
                 total = total + F.l1_loss(m_hat, m)
-        return total / len(self.windows)
+        return total / len(self.windows) if self.reduction == "mean" else total
 
 
 class VGGPerceptualLoss(nn.Module):
@@ -180,8 +222,9 @@ class ReconstructionLoss(nn.Module):
         modality: ``"audio"``, ``"image"`` or ``"video"`` (spectral terms are audio only,
             perceptual image / video only).
         sample_rate: audio sample rate (mel filterbanks).
-        stft_sizes, mel_windows, mel_bins: see :class:`MultiResolutionSTFTLoss` and
-            :class:`MultiScaleMelLoss`.
+        stft_sizes, mel_windows, mel_bins, mel_scale: see :class:`MultiResolutionSTFTLoss`
+            and :class:`MultiScaleMelLoss`.
+        reduction: ``"mean"`` or ``"sum"`` over the STFT sizes and mel windows.
         perceptual_weights: VGG16 weights file for :class:`VGGPerceptualLoss`.
     """
 
@@ -194,6 +237,8 @@ class ReconstructionLoss(nn.Module):
         stft_sizes: Sequence[int] = (2048, 1024, 512, 256, 128),
         mel_windows: Sequence[int] = (32, 64, 128, 256, 512, 1024, 2048),
         mel_bins: Sequence[int] = (5, 10, 20, 40, 80, 160, 320),
+        mel_scale: str = "htk",
+        reduction: str = "mean",
         perceptual_weights: str | os.PathLike[str] | None = None,
     ):
         super().__init__()
@@ -203,12 +248,16 @@ class ReconstructionLoss(nn.Module):
             raise ValueError(f"loss.stft and loss.mel apply to audio only, not {modality}")
         if modality == "audio" and "perceptual" in self.weights:
             raise ValueError("loss.perceptual applies to images and video only")
-        self.stft = MultiResolutionSTFTLoss(stft_sizes) if "stft" in self.weights else None
+        self.stft = (
+            MultiResolutionSTFTLoss(stft_sizes, reduction) if "stft" in self.weights else None
+        )
         self.mel = None
         if "mel" in self.weights:
             if sample_rate is None:
                 raise ValueError("the mel loss needs the sample rate")
-            self.mel = MultiScaleMelLoss(sample_rate, mel_windows, mel_bins)
+            self.mel = MultiScaleMelLoss(
+                sample_rate, mel_windows, mel_bins, mel_scale=mel_scale, reduction=reduction
+            )
         self.perceptual = None
         if "perceptual" in self.weights:
             if perceptual_weights is None:
@@ -338,7 +387,9 @@ def finite_or_raise(value: Tensor, what: str, step: int) -> None:
 
 
 __all__ = [
+    "MEL_SCALES",
     "RECONSTRUCTION_TERMS",
+    "REDUCTIONS",
     "LossBalancer",
     "MultiResolutionSTFTLoss",
     "MultiScaleMelLoss",

@@ -32,7 +32,9 @@ from anytok.decoders.gan.audio import (
 from anytok.decoders.gan.base import CombinedDiscriminator, DiscriminatorOutput
 from anytok.decoders.gan.image import PatchGAN, PatchGAN3D
 from anytok.decoders.gan.losses import (
+    FEATURE_MATCHING_NORMS,
     GAN_LOSSES,
+    GAN_REDUCTIONS,
     discriminator_loss,
     feature_matching_loss,
     generator_loss,
@@ -83,7 +85,9 @@ def build_discriminator(
 
 __all__ = [
     "DISCRIMINATORS",
+    "FEATURE_MATCHING_NORMS",
     "GAN_LOSSES",
+    "GAN_REDUCTIONS",
     "BandSTFTDiscriminator",
     "CombinedDiscriminator",
     "DiscriminatorOutput",

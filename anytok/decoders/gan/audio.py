@@ -3,7 +3,9 @@ multi-resolution STFT (DAC).
 
 Every discriminator takes audio ``(batch, channels, samples)`` in [-1, 1] and returns a
 :class:`DiscriminatorOutput`: one logit map and one list of feature maps per
-sub-discriminator (period, STFT scale or resolution).
+sub-discriminator (period, STFT scale or resolution). The feature maps are the activations
+of the hidden convs, without the logit map (as EnCodec's and DAC's feature-matching losses
+use them; HiFi-GAN's also matches the logits).
 """
 
 from __future__ import annotations
@@ -38,6 +40,13 @@ def _spectrogram_input(audio: Tensor, n_fft: int, centred: bool) -> Tensor:
     return audio
 
 
+def dac_input_conditioning(audio: Tensor) -> Tensor:
+    """DAC's discriminator input: each item and channel of ``(b, c, t)`` audio with its DC
+    offset removed and its peak scaled to 0.8."""
+    audio = audio - audio.mean(dim=-1, keepdim=True)
+    return 0.8 * audio / (audio.abs().amax(dim=-1, keepdim=True) + 1e-9)
+
+
 def _spectrogram(n_fft: int, hop_length: int, win_length: int, **kwargs: object) -> nn.Module:
     """torchaudio's complex spectrogram with its Hann window kept out of the state dict: a
     constant, and a view that safetensors would refuse to save."""
@@ -63,6 +72,8 @@ class PeriodDiscriminator(nn.Module):
 
     Audio ``(b, c, t)`` is folded into ``(b, c, t / p, p)`` so the 2D convs with ``(k, 1)``
     kernels see every ``p``-th sample: periodic structure the STFT discriminators blur.
+    The length is padded (reflecting) to a multiple of ``p``; ``pad_whole_period`` pads
+    ``p - t % p`` samples, a whole period when ``t`` is already a multiple (as DAC does).
     """
 
     def __init__(
@@ -72,9 +83,11 @@ class PeriodDiscriminator(nn.Module):
         widths: Sequence[int] = (32, 128, 512, 1024, 1024),
         kernel_size: int = 5,
         stride: int = 3,
+        pad_whole_period: bool = False,
     ):
         super().__init__()
         self.period = period
+        self.pad_whole_period = pad_whole_period
         convs = []
         in_ch = channels
         for i, width in enumerate(widths):
@@ -90,7 +103,7 @@ class PeriodDiscriminator(nn.Module):
     def forward(self, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
         """``(b, c, t)`` -> logits ``(b, 1, t' , period)`` and the feature maps."""
         b, c, t = audio.shape
-        missing = (-t) % self.period
+        missing = self.period - t % self.period if self.pad_whole_period else (-t) % self.period
         if missing:
             # Reflect like HiFi-GAN when the signal is long enough, zeros otherwise.
             mode = "reflect" if t > missing else "constant"
@@ -100,9 +113,7 @@ class PeriodDiscriminator(nn.Module):
         for conv in self.convs:
             x = F.leaky_relu(conv(x), 0.1)
             features.append(x)
-        x = self.post(x)
-        features.append(x)
-        return x, features
+        return self.post(x), features
 
 
 class MultiPeriodDiscriminator(nn.Module):
@@ -112,6 +123,9 @@ class MultiPeriodDiscriminator(nn.Module):
         channels: audio channels.
         periods: the periods (primes, so they overlap little).
         widths: conv widths of each period discriminator.
+        dac_compatible: DAC's variant (its MPD): the input conditioned by
+            :func:`dac_input_conditioning` and padded by a whole period when the length is
+            a multiple of it; with DAC's weights it gives DAC's outputs.
     """
 
     def __init__(
@@ -119,14 +133,21 @@ class MultiPeriodDiscriminator(nn.Module):
         channels: int = 1,
         periods: Sequence[int] = (2, 3, 5, 7, 11),
         widths: Sequence[int] = (32, 128, 512, 1024, 1024),
+        dac_compatible: bool = False,
     ):
         super().__init__()
+        self.dac_compatible = dac_compatible
         self.discriminators = nn.ModuleList(
-            PeriodDiscriminator(p, channels=channels, widths=widths) for p in periods
+            PeriodDiscriminator(
+                p, channels=channels, widths=widths, pad_whole_period=dac_compatible
+            )
+            for p in periods
         )
 
     def forward(self, audio: Tensor) -> DiscriminatorOutput:
         """``(b, c, t)`` -> one logit map and feature list per period."""
+        if self.dac_compatible:
+            audio = dac_input_conditioning(audio)
         out = DiscriminatorOutput()
         for disc in self.discriminators:
             logits, features = disc(audio)
@@ -251,7 +272,10 @@ class BandSTFTDiscriminator(nn.Module):
 
     The complex STFT is cut into frequency bands; each band has its own conv stack (so high
     bands are not dominated by the loud low ones), and the band outputs are joined along
-    frequency before the last conv.
+    frequency before the last conv. Frames are centred (``t / hop + 1`` of them); with
+    ``match_stride`` the signal is reflect-padded by ``3 n_fft / 8`` (plus the rest of the
+    last hop) and the two outer frames each side dropped, so there are ``ceil(t / hop)``
+    frames aligned like a strided conv (descript-audiotools' ``match_stride``, DAC's MRD).
     """
 
     def __init__(
@@ -266,9 +290,11 @@ class BandSTFTDiscriminator(nn.Module):
             (0.5, 0.75),
             (0.75, 1.0),
         ),
+        match_stride: bool = False,
     ):
         super().__init__()
         self.n_fft = n_fft
+        self.match_stride = match_stride
         self.spectrogram = _spectrogram(n_fft, n_fft // 4, n_fft, center=True)
         bins = n_fft // 2 + 1
         self.bands = [(int(lo * bins), int(hi * bins)) for lo, hi in bands]
@@ -291,7 +317,14 @@ class BandSTFTDiscriminator(nn.Module):
     def forward(self, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
         """``(b, c, t)`` -> logits ``(b, 1, frames, bins')`` and the feature maps."""
         with torch.autocast(audio.device.type, enabled=False):
-            spec = self.spectrogram(_spectrogram_input(audio, self.n_fft, centred=True))
+            audio = _spectrogram_input(audio, self.n_fft, centred=True)
+            if self.match_stride:
+                hop = self.n_fft // 4
+                pad = (self.n_fft - hop) // 2
+                audio = F.pad(audio, (pad, pad + (-audio.shape[-1]) % hop), mode="reflect")
+            spec = self.spectrogram(audio)
+            if self.match_stride:
+                spec = spec[..., 2:-2]
         x = rearrange(torch.view_as_real(spec), "b c f t r -> b (c r) t f")
         features = []
         outputs = []
@@ -301,9 +334,7 @@ class BandSTFTDiscriminator(nn.Module):
                 band = F.leaky_relu(conv(band), 0.1)
                 features.append(band)
             outputs.append(band)
-        x = self.post(torch.cat(outputs, dim=-1))
-        features.append(x)
-        return x, features
+        return self.post(torch.cat(outputs, dim=-1)), features
 
 
 class MultiBandSTFTDiscriminator(nn.Module):
@@ -314,6 +345,9 @@ class MultiBandSTFTDiscriminator(nn.Module):
         n_ffts: one :class:`BandSTFTDiscriminator` per FFT size.
         width: conv width.
         bands: frequency bands as fractions of the Nyquist range.
+        dac_compatible: DAC's variant: the input conditioned by
+            :func:`dac_input_conditioning` and ``match_stride`` STFTs; with DAC's weights it
+            gives DAC's outputs.
     """
 
     def __init__(
@@ -328,13 +362,21 @@ class MultiBandSTFTDiscriminator(nn.Module):
             (0.5, 0.75),
             (0.75, 1.0),
         ),
+        dac_compatible: bool = False,
     ):
         super().__init__()
+        self.dac_compatible = dac_compatible
         self.discriminators = nn.ModuleList(
-            BandSTFTDiscriminator(n, channels=channels, width=width, bands=bands) for n in n_ffts
+            BandSTFTDiscriminator(
+                n, channels=channels, width=width, bands=bands, match_stride=dac_compatible
+            )
+            for n in n_ffts
         )
 
     def forward(self, audio: Tensor) -> DiscriminatorOutput:
+        """``(b, c, t)`` -> one logit map and feature list per FFT size."""
+        if self.dac_compatible:
+            audio = dac_input_conditioning(audio)
         out = DiscriminatorOutput()
         for disc in self.discriminators:
             logits, features = disc(audio)
@@ -349,4 +391,5 @@ __all__ = [
     "MultiScaleSTFTDiscriminator",
     "PeriodDiscriminator",
     "STFTDiscriminator",
+    "dac_input_conditioning",
 ]

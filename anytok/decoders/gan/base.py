@@ -15,8 +15,8 @@ class DiscriminatorOutput:
     Attributes:
         logits: one logit map per sub-discriminator (any shape; e.g. ``(b, 1, frames, bins)``
             for an STFT scale or ``(b, 1, h', w')`` for a PatchGAN).
-        features: per sub-discriminator, its intermediate activations in order (used by the
-            feature-matching loss).
+        features: per sub-discriminator, its hidden activations in order, not including the
+            logit map (used by the feature-matching loss).
     """
 
     logits: list[Tensor] = field(default_factory=list)

@@ -1,8 +1,11 @@
 """Adversarial and feature-matching losses over :class:`DiscriminatorOutput` lists.
 
-Every loss takes one tensor (or list of feature maps) per sub-discriminator and averages
-over sub-discriminators, so adding a discriminator does not change the loss scale
-(EnCodec, https://arxiv.org/abs/2210.13438, section 3.4).
+Every loss takes one tensor (or list of feature maps) per sub-discriminator. By default
+(``reduction="mean"``) it averages over sub-discriminators (and feature maps), so adding a
+discriminator does not change the loss scale (EnCodec, https://arxiv.org/abs/2210.13438,
+section 3.4); ``reduction="sum"`` sums them as HiFi-GAN and DAC do. Feature matching
+divides each map's L1 by the real map's mean magnitude (``norm="relative"``, EnCodec) or
+not (``norm="none"``, HiFi-GAN, DAC).
 
 Kinds:
 
@@ -21,15 +24,27 @@ from torch import Tensor
 from torch.nn import functional as F
 
 GAN_LOSSES = ("hinge", "least_squares")
+GAN_REDUCTIONS = ("mean", "sum")
+FEATURE_MATCHING_NORMS = ("relative", "none")
 
 
-def _check_kind(kind: str) -> None:
+def _check_kind(kind: str, reduction: str) -> None:
     if kind not in GAN_LOSSES:
         raise ValueError(f"unknown GAN loss {kind!r}; choose one of {GAN_LOSSES}")
+    _check_reduction(reduction)
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in GAN_REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose one of {GAN_REDUCTIONS}")
+
+
+def _reduce(total: Tensor, count: int, reduction: str) -> Tensor:
+    return total / max(count, 1) if reduction == "mean" else total
 
 
 def discriminator_loss(
-    real: Sequence[Tensor], fake: Sequence[Tensor], kind: str = "hinge"
+    real: Sequence[Tensor], fake: Sequence[Tensor], kind: str = "hinge", reduction: str = "mean"
 ) -> Tensor:
     """Loss of the discriminator: real logits pushed up, fake logits pushed down.
 
@@ -37,11 +52,12 @@ def discriminator_loss(
         real: logits on real media, one tensor (any shape) per sub-discriminator.
         fake: logits on reconstructions (detached from the generator), same structure.
         kind: ``"hinge"`` or ``"least_squares"``.
+        reduction: ``"mean"`` or ``"sum"`` over sub-discriminators.
 
     Returns:
-        Scalar: mean over sub-discriminators.
+        Scalar: mean (or sum) over sub-discriminators of each one's mean loss.
     """
-    _check_kind(kind)
+    _check_kind(kind, reduction)
     if len(real) != len(fake) or not real:
         raise ValueError(
             f"expected matching non-empty logit lists, got {len(real)} and {len(fake)}"
@@ -53,43 +69,55 @@ def discriminator_loss(
             total = total + F.relu(1 - r).mean() + F.relu(1 + f).mean()
         else:
             total = total + (1 - r).pow(2).mean() + f.pow(2).mean()
-    return total / len(real)
+    return _reduce(total, len(real), reduction)
 
 
-def generator_loss(fake: Sequence[Tensor], kind: str = "hinge") -> Tensor:
+def generator_loss(fake: Sequence[Tensor], kind: str = "hinge", reduction: str = "mean") -> Tensor:
     """Adversarial loss of the generator: fake logits pushed toward "real".
 
     Args:
         fake: logits on reconstructions (with gradient to the generator), one per
             sub-discriminator.
         kind: ``"hinge"`` or ``"least_squares"``.
+        reduction: ``"mean"`` or ``"sum"`` over sub-discriminators.
 
     Returns:
-        Scalar: mean over sub-discriminators.
+        Scalar: mean (or sum) over sub-discriminators of each one's mean loss.
     """
-    _check_kind(kind)
+    _check_kind(kind, reduction)
     if not fake:
         raise ValueError("generator_loss: no logits")
     total = fake[0].new_zeros((), dtype=torch.float32)
     for f in fake:
         f = f.float()
         total = total + (F.relu(1 - f).mean() if kind == "hinge" else (1 - f).pow(2).mean())
-    return total / len(fake)
+    return _reduce(total, len(fake), reduction)
 
 
 def feature_matching_loss(
-    real: Sequence[Sequence[Tensor]], fake: Sequence[Sequence[Tensor]]
+    real: Sequence[Sequence[Tensor]],
+    fake: Sequence[Sequence[Tensor]],
+    reduction: str = "mean",
+    norm: str = "relative",
 ) -> Tensor:
     """L1 between the discriminator's feature maps on real and reconstructed media.
 
-    Each layer's L1 is divided by the mean magnitude of the real features, so layers of very
-    different scales weigh alike (EnCodec's relative feature loss); the result is the mean
-    over layers and sub-discriminators.
+    With ``norm="relative"`` each layer's L1 is divided by the mean magnitude of the real
+    features, so layers of very different scales weigh alike (EnCodec's relative feature
+    loss); ``norm="none"`` keeps the plain L1 (HiFi-GAN, DAC). The result is the mean (or,
+    with ``reduction="sum"``, the sum) over layers and sub-discriminators.
 
     Args:
         real: per sub-discriminator, its feature maps on real media (treated as constants).
         fake: the same on reconstructions.
+        reduction: ``"mean"`` or ``"sum"``.
+        norm: ``"relative"`` or ``"none"``.
     """
+    _check_reduction(reduction)
+    if norm not in FEATURE_MATCHING_NORMS:
+        raise ValueError(
+            f"unknown feature-matching norm {norm!r}; choose one of {FEATURE_MATCHING_NORMS}"
+        )
     if len(real) != len(fake) or not real:
         raise ValueError(
             f"expected matching non-empty feature lists, got {len(real)} and {len(fake)}"
@@ -99,9 +127,19 @@ def feature_matching_loss(
     for real_maps, fake_maps in zip(real, fake):
         for r, f in zip(real_maps, fake_maps):
             r = r.detach().float()
-            total = total + F.l1_loss(f.float(), r) / r.abs().mean().clamp_min(1e-8)
+            distance = F.l1_loss(f.float(), r)
+            if norm == "relative":
+                distance = distance / r.abs().mean().clamp_min(1e-8)
+            total = total + distance
             count += 1
-    return total / max(count, 1)
+    return _reduce(total, count, reduction)
 
 
-__all__ = ["GAN_LOSSES", "discriminator_loss", "feature_matching_loss", "generator_loss"]
+__all__ = [
+    "FEATURE_MATCHING_NORMS",
+    "GAN_LOSSES",
+    "GAN_REDUCTIONS",
+    "discriminator_loss",
+    "feature_matching_loss",
+    "generator_loss",
+]
