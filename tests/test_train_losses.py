@@ -3,12 +3,17 @@ and the learning-rate schedule."""
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
+import os
+import sys
+import types
 from pathlib import Path
 
 import pytest
 import torch
+import torchaudio
 from host_syncs import HostSyncs
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
@@ -16,6 +21,7 @@ from safetensors.torch import save_file
 from anytok.train.ema import make_ema, set_ema_count, update_ema
 from anytok.train.loop import _scheduler
 from anytok.train.losses import (
+    EnCodecSpectralLoss,
     LossBalancer,
     MultiResolutionSTFTLoss,
     MultiScaleMelLoss,
@@ -42,6 +48,7 @@ def test_spectral_losses_zero_on_identity_and_rank_distance() -> None:
     for loss in (
         MultiResolutionSTFTLoss((512, 256)),
         MultiScaleMelLoss(24000, (256, 512), (20, 40)),
+        EnCodecSpectralLoss(24000, (256, 512), n_mels=32),
     ):
         assert loss(target, target).item() == pytest.approx(0.0, abs=1e-6)
         near, far = loss(tone(460), target), loss(tone(3000), target)
@@ -131,6 +138,94 @@ def test_slaney_summed_mel_loss_is_dacs(rate: int) -> None:
     assert (got_grad - want_grad).norm() <= 2e-3 * want_grad.norm()
 
 
+def test_encodec_spectral_loss_from_its_definition() -> None:
+    """One window, recomputed from the definition: reflect padding by (w - hop) / 2, zeros
+    to whole frames, a normalised Hann STFT, HTK mel power, then L1 + alpha * log10 MSE."""
+    window, rate = 256, 16000
+    hop, pad = window // 4, (window - window // 4) // 2
+    torch.manual_seed(3)
+    x, y = 0.2 * torch.randn(2, 1, 3001), 0.2 * torch.randn(2, 1, 3001)
+
+    def mel_power(audio: torch.Tensor) -> torch.Tensor:
+        audio = torch.nn.functional.pad(audio, (pad, pad), mode="reflect")
+        frames = math.ceil((audio.shape[-1] - window) / hop) + 1
+        audio = torch.nn.functional.pad(audio, (0, (frames - 1) * hop + window - audio.shape[-1]))
+        hann = torch.hann_window(window, dtype=torch.float64)
+        spec = torch.stft(
+            audio.double().flatten(0, 1),
+            window,
+            hop,
+            window=hann,
+            center=False,
+            return_complex=True,
+        )
+        assert spec.shape[-1] == math.ceil(3001 / hop)
+        power = spec.abs() ** 2 / hann.pow(2).sum()
+        fb = torchaudio.functional.melscale_fbanks(window // 2 + 1, 64.0, rate / 2, 32, rate)
+        return (fb.double().T @ power).view(2, 1, 32, -1)
+
+    mx, my = mel_power(x), mel_power(y)
+    for alphas in (False, True):
+        alpha = math.sqrt(window - 1) if alphas else 1.0
+        want = (mx - my).abs().mean() + alpha * ((1e-5 + mx).log10() - (1e-5 + my).log10()).pow(
+            2
+        ).mean()
+        loss = EnCodecSpectralLoss(rate, (window,), n_mels=32, alphas=alphas, reduction="sum")
+        torch.testing.assert_close(loss(x, y).double(), want, rtol=1e-4, atol=1e-6)
+        mean = EnCodecSpectralLoss(rate, (window,), n_mels=32, alphas=alphas)
+        torch.testing.assert_close(mean(x, y).double(), want / (1 + alpha), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="msspec windows must be non-empty"):
+        EnCodecSpectralLoss(rate, ())
+
+
+def test_encodec_spectral_loss_is_audiocrafts_msspec() -> None:
+    """AudioCraft's ``MultiScaleMelSpectrogramLoss`` with its EnCodec configuration (read
+    from an AudioCraft checkout named by ``ANYTOK_AUDIOCRAFT``, its ``audiocraft`` package
+    folder; skipped without one): same value and gradient."""
+    root = os.environ.get("ANYTOK_AUDIOCRAFT")
+    if not root:
+        pytest.skip("set ANYTOK_AUDIOCRAFT to an audiocraft package folder")
+    specloss = load_audiocraft_specloss(Path(root))
+    for rate, alphas in ((24000, False), (32000, True)):
+        ref = specloss.MultiScaleMelSpectrogramLoss(
+            rate, 6, 11, n_mels=64, f_min=64, f_max=None, normalized=True, alphas=alphas
+        )
+        ours = EnCodecSpectralLoss(rate, alphas=alphas)
+        torch.manual_seed(rate)
+        target = 0.1 * torch.randn(2, 1, rate // 2 + 13)
+        recon = (target + 0.05 * torch.randn_like(target)).requires_grad_()
+        want, got = ref(recon, target), ours(recon, target)
+        torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-7)
+        (want_grad,) = torch.autograd.grad(want, recon)
+        (got_grad,) = torch.autograd.grad(got, recon)
+        assert (got_grad - want_grad).norm() <= 1e-4 * want_grad.norm()
+
+
+def load_audiocraft_specloss(root: Path) -> types.ModuleType:
+    """``audiocraft/losses/specloss.py`` and the one helper it imports, without running
+    AudioCraft's package imports (they pull in its whole model stack)."""
+
+    def load(name: str, path: Path) -> types.ModuleType:
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    for name, folder in (
+        ("audiocraft", root),
+        ("audiocraft.modules", root / "modules"),
+        ("audiocraft.losses", root / "losses"),
+    ):
+        package = types.ModuleType(name)
+        package.__path__ = [str(folder)]
+        sys.modules[name] = package
+    conv = load("audiocraft.modules.conv", root / "modules" / "conv.py")
+    sys.modules["audiocraft.modules"].pad_for_conv1d = conv.pad_for_conv1d  # type: ignore[attr-defined]
+    return load("audiocraft.losses.specloss", root / "losses" / "specloss.py")
+
+
 def test_reconstruction_loss_terms_masking_and_modality_checks() -> None:
     loss = ReconstructionLoss(
         {"l1": 1.0, "l2": 0.5, "mel": 1.0, "stft": 0.0},
@@ -148,8 +243,10 @@ def test_reconstruction_loss_terms_masking_and_modality_checks() -> None:
     assert set(terms) == {"l1", "l2", "mel"}
     assert terms["l1"].item() == pytest.approx(0.0, abs=1e-7)
     assert loss.total(terms).item() == pytest.approx(0.0, abs=1e-5)
-    with pytest.raises(ValueError, match="audio only"):
-        ReconstructionLoss({"mel": 1.0}, "image")
+    with pytest.raises(ValueError, match="loss.mel, loss.msspec: spectral terms apply to audio"):
+        ReconstructionLoss({"mel": 1.0, "msspec": 1.0}, "image")
+    with pytest.raises(ValueError, match="loss.msspec needs the sample rate"):
+        ReconstructionLoss({"msspec": 1.0}, "audio")
     with pytest.raises(ValueError, match="images and video only"):
         ReconstructionLoss({"perceptual": 1.0}, "audio")
 

@@ -80,7 +80,8 @@ class LossConfig:
     """Loss weights (0 switches a term off) and their settings.
 
     Reconstruction terms: ``l1``, ``l2``, ``stft`` (multi-resolution STFT, audio), ``mel``
-    (multi-scale log-mel, audio), ``perceptual`` (VGG features, image / video; needs
+    (multi-scale log-mel, audio), ``msspec`` (EnCodec's multi-scale mel, audio),
+    ``perceptual`` (VGG features, image / video; needs
     ``perceptual_weights``). Adversarial terms (once the discriminator starts):
     ``adversarial``, ``feature_matching``. Every entry of the model's
     ``TokenizerOutput.losses`` (quantizer, diffusion ...) is added with weight
@@ -98,6 +99,7 @@ class LossConfig:
     l2: float = 0.0
     stft: float = 0.0
     mel: float = 0.0
+    msspec: float = 0.0  # EnCodec's multi-scale mel L1 + log-mel MSE (AudioCraft's msspec)
     perceptual: float = 0.0
     adversarial: float = 0.0
     feature_matching: float = 0.0
@@ -272,7 +274,7 @@ def validate(cfg: DictConfig, source: str = "<recipe>") -> None:
         GAN_REDUCTIONS,
     )
     from anytok.registry import UnknownModelError, get_arch
-    from anytok.train.losses import MEL_SCALES
+    from anytok.train.losses import MEL_SCALES, RECONSTRUCTION_TERMS
 
     missing = sorted(OmegaConf.missing_keys(cfg))
     _check(not missing, source, ", ".join(missing), "required but not set (pass key=value)")
@@ -296,7 +298,7 @@ def validate(cfg: DictConfig, source: str = "<recipe>") -> None:
         f"one of {FEATURE_MATCHING_NORMS}",
     )
     _check(loss.mel_scale in MEL_SCALES, source, "loss.mel_scale", f"one of {MEL_SCALES}")
-    for name in ("l1", "l2", "stft", "mel", "perceptual", "adversarial", "feature_matching"):
+    for name in (*RECONSTRUCTION_TERMS, "adversarial", "feature_matching"):
         _check(cfg.loss[name] >= 0, source, f"loss.{name}", "weights cannot be negative")
     _check(
         cfg.loss.perceptual == 0 or cfg.loss.perceptual_weights is not None,

@@ -76,7 +76,12 @@ from anytok.train.distributed import (
 )
 from anytok.train.ema import make_ema, set_ema_count, update_ema
 from anytok.train.logger import RunLogger, StepProgress
-from anytok.train.losses import LossBalancer, ReconstructionLoss, finite_or_raise
+from anytok.train.losses import (
+    RECONSTRUCTION_TERMS,
+    LossBalancer,
+    ReconstructionLoss,
+    finite_or_raise,
+)
 from anytok.train.state import (
     latest_checkpoint,
     load_training_checkpoint,
@@ -181,7 +186,7 @@ def train(
             channels = model.channels if model.modality == "audio" else 3  # type: ignore[attr-defined]
             disc = build_discriminator(to_dict(dc.networks), channels=channels).to(device_).train()
         recon_loss = ReconstructionLoss(
-            {k: lc[k] for k in ("l1", "l2", "stft", "mel", "perceptual")},
+            {k: lc[k] for k in RECONSTRUCTION_TERMS},
             model.modality,
             sample_rate=getattr(model, "sample_rate", None),
             stft_sizes=list(lc.stft_sizes),

@@ -4,6 +4,9 @@
   sizes (Parallel WaveGAN, https://arxiv.org/abs/1910.11480).
 * :class:`MultiScaleMelLoss`: L1 between log-mel spectrograms at several window sizes (DAC,
   https://arxiv.org/abs/2306.06546).
+* :class:`EnCodecSpectralLoss`: EnCodec's frequency-domain loss, L1 on mel power plus MSE
+  on log-mel at several windows (https://arxiv.org/abs/2210.13438, section 3.4, as
+  AudioCraft's ``msspec``).
 * :class:`VGGPerceptualLoss`: LPIPS-style distance on VGG16 features
   (https://arxiv.org/abs/1801.03924) from a local weights file, for images and video.
 * :class:`ReconstructionLoss`: the weighted set a recipe asks for.
@@ -29,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from anytok.decoders.gan.losses import GAN_REDUCTIONS
+from anytok.nn.conv import extra_padding_for_stride
 from anytok.quantizers.distributed import all_reduce_mean_
 
 
@@ -49,6 +53,27 @@ MEL_SCALES = ("htk", "slaney")
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def _mel_spectrograms(
+    sample_rate: int, windows: Sequence[int], n_mels: Sequence[int], **kwargs: Any
+) -> nn.ModuleList:
+    """One torchaudio ``MelSpectrogram`` per window (hop = window / 4). Small windows leave
+    the lowest mel bands between FFT bins (all-zero filters) by design of the losses that
+    use them, so torchaudio's warning about it is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="At least one mel filterbank has all zero")
+        return nn.ModuleList(
+            torchaudio.transforms.MelSpectrogram(
+                sample_rate=sample_rate,
+                n_fft=w,
+                win_length=w,
+                hop_length=w // 4,
+                n_mels=m,
+                **kwargs,
+            )
+            for w, m in zip(windows, n_mels)
+        )
 
 
 class MultiResolutionSTFTLoss(nn.Module):
@@ -93,8 +118,7 @@ class MultiScaleMelLoss(nn.Module):
     triangles), which DAC's loss uses. With ``mel_scale="slaney", reduction="sum"`` and the
     default windows this is DAC's ``MelSpectrogramLoss`` (``mag_weight=0, pow=1``) exactly.
     A window whose smallest mel bands fall between FFT bins (DAC's 32-point window with 5
-    bands, ...) has all-zero filters; that is the recipe's design, so torchaudio's warning
-    about it is silenced here.
+    bands, ...) has all-zero filters; that is the recipe's design.
     """
 
     def __init__(
@@ -115,21 +139,14 @@ class MultiScaleMelLoss(nn.Module):
             )
         self.windows = tuple(windows)
         self.reduction = reduction
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="At least one mel filterbank has all zero")
-            self.mels = nn.ModuleList(
-                torchaudio.transforms.MelSpectrogram(
-                    sample_rate=sample_rate,
-                    n_fft=w,
-                    win_length=w,
-                    hop_length=w // 4,
-                    n_mels=m,
-                    power=1.0,
-                    mel_scale=mel_scale,
-                    norm="slaney" if mel_scale == "slaney" else None,
-                )
-                for w, m in zip(windows, n_mels)
-            )
+        self.mels = _mel_spectrograms(
+            sample_rate,
+            windows,
+            n_mels,
+            power=1.0,
+            mel_scale=mel_scale,
+            norm="slaney" if mel_scale == "slaney" else None,
+        )
 
     def forward(self, reconstruction: Tensor, target: Tensor) -> Tensor:
         total = reconstruction.new_zeros((), dtype=torch.float32)
@@ -139,6 +156,65 @@ class MultiScaleMelLoss(nn.Module):
                 m = mel(_long_enough(_fp32(target), window)).clamp_min(1e-5).log10()
                 total = total + F.l1_loss(m_hat, m)
         return total / len(self.windows) if self.reduction == "mean" else total
+
+
+class EnCodecSpectralLoss(nn.Module):
+    """EnCodec's frequency-domain reconstruction loss ``l_f``, as AudioCraft's ``msspec``.
+
+    For each window ``w``: ``L1(M, M̂) + alpha_w * MSE(log10(1e-5 + M), log10(1e-5 + M̂))``
+    on power mel spectrograms ``M`` of ``(b, c, t)`` audio (``n_mels`` HTK bins from
+    ``f_min`` to Nyquist, hop ``w / 4``, Hann window, STFT normalised by the window's
+    L2 norm, reflect-padded by ``(w - hop) / 2`` each side and zero-padded to whole frames:
+    ``ceil(t / hop)`` frames). ``alpha_w`` is 1, or ``sqrt(w - 1)`` with ``alphas=True``
+    (the paper's weighting). ``reduction="mean"`` divides the sum over windows by
+    ``sum_w (1 + alpha_w)`` (AudioCraft's ``normalized``); ``"sum"`` does not. The defaults
+    are AudioCraft's EnCodec configuration (windows 64-1024, 64 mels from 64 Hz).
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        windows: Sequence[int] = (64, 128, 256, 512, 1024),
+        n_mels: int = 64,
+        f_min: float = 64.0,
+        alphas: bool = False,
+        reduction: str = "mean",
+    ):
+        super().__init__()
+        _check_choice("reduction", reduction, REDUCTIONS)
+        if not windows or any(w < 4 for w in windows):
+            raise ValueError(f"msspec windows must be non-empty and >= 4, got {list(windows)}")
+        self.windows = tuple(windows)
+        self.alphas = tuple(math.sqrt(w - 1) if alphas else 1.0 for w in self.windows)
+        self.reduction = reduction
+        self.mels = _mel_spectrograms(
+            sample_rate,
+            self.windows,
+            [n_mels] * len(self.windows),
+            f_min=f_min,
+            normalized=True,
+            center=False,
+        )
+
+    def _mel(self, audio: Tensor, window: int, mel: nn.Module) -> Tensor:
+        hop = window // 4
+        pad = (window - hop) // 2
+        audio = _long_enough(_fp32(audio), 2 * pad)  # reflect padding needs > pad samples
+        audio = F.pad(audio, (pad, pad), mode="reflect")
+        extra = extra_padding_for_stride(audio.shape[-1], window, hop, 0)
+        return mel(F.pad(audio, (0, extra)))
+
+    def forward(self, reconstruction: Tensor, target: Tensor) -> Tensor:
+        total = reconstruction.new_zeros((), dtype=torch.float32)
+        with torch.autocast(reconstruction.device.type, enabled=False):
+            for window, mel, alpha in zip(self.windows, self.mels, self.alphas):
+                m_hat = self._mel(reconstruction, window, mel)
+                m = self._mel(target, window, mel)
+                log_distance = F.mse_loss((1e-5 + m_hat).log10(), (1e-5 + m).log10())
+                total = total + F.l1_loss(m_hat, m) + alpha * log_distance
+        if self.reduction == "mean":
+            total = total / sum(1 + alpha for alpha in self.alphas)
+        return total
 
 
 class VGGPerceptualLoss(nn.Module):
@@ -210,21 +286,23 @@ class VGGPerceptualLoss(nn.Module):
         return total
 
 
-RECONSTRUCTION_TERMS = ("l1", "l2", "stft", "mel", "perceptual")
+RECONSTRUCTION_TERMS = ("l1", "l2", "stft", "mel", "msspec", "perceptual")
+SPECTRAL_TERMS = ("stft", "mel", "msspec")
 
 
 class ReconstructionLoss(nn.Module):
     """The reconstruction terms a recipe weights above zero.
 
     Args:
-        weights: ``{"l1": w, "l2": w, "stft": w, "mel": w, "perceptual": w}``; terms with
-            weight 0 are not computed.
+        weights: ``{"l1": w, "l2": w, "stft": w, "mel": w, "msspec": w, "perceptual": w}``;
+            terms with weight 0 are not computed.
         modality: ``"audio"``, ``"image"`` or ``"video"`` (spectral terms are audio only,
             perceptual image / video only).
         sample_rate: audio sample rate (mel filterbanks).
         stft_sizes, mel_windows, mel_bins, mel_scale: see :class:`MultiResolutionSTFTLoss`
             and :class:`MultiScaleMelLoss`.
-        reduction: ``"mean"`` or ``"sum"`` over the STFT sizes and mel windows.
+        reduction: ``"mean"`` or ``"sum"`` over the STFT sizes and mel windows (and
+            :class:`EnCodecSpectralLoss`'s, with its defaults).
         perceptual_weights: VGG16 weights file for :class:`VGGPerceptualLoss`.
     """
 
@@ -244,8 +322,12 @@ class ReconstructionLoss(nn.Module):
         super().__init__()
         self.weights = {k: float(weights[k]) for k in RECONSTRUCTION_TERMS if weights.get(k, 0.0)}
         self.modality = modality
-        if modality != "audio" and ({"stft", "mel"} & set(self.weights)):
-            raise ValueError(f"loss.stft and loss.mel apply to audio only, not {modality}")
+        spectral = sorted(set(SPECTRAL_TERMS) & set(self.weights))
+        if modality != "audio" and spectral:
+            names = ", ".join(f"loss.{k}" for k in spectral)
+            raise ValueError(f"{names}: spectral terms apply to audio only, not {modality}")
+        if spectral and sample_rate is None:
+            raise ValueError(f"loss.{spectral[0]} needs the sample rate")
         if modality == "audio" and "perceptual" in self.weights:
             raise ValueError("loss.perceptual applies to images and video only")
         self.stft = (
@@ -253,11 +335,14 @@ class ReconstructionLoss(nn.Module):
         )
         self.mel = None
         if "mel" in self.weights:
-            if sample_rate is None:
-                raise ValueError("the mel loss needs the sample rate")
+            assert sample_rate is not None
             self.mel = MultiScaleMelLoss(
                 sample_rate, mel_windows, mel_bins, mel_scale=mel_scale, reduction=reduction
             )
+        self.msspec = None
+        if "msspec" in self.weights:
+            assert sample_rate is not None
+            self.msspec = EnCodecSpectralLoss(sample_rate, reduction=reduction)
         self.perceptual = None
         if "perceptual" in self.weights:
             if perceptual_weights is None:
@@ -287,6 +372,8 @@ class ReconstructionLoss(nn.Module):
             terms["stft"] = self.stft(reconstruction, target)
         if self.mel is not None:
             terms["mel"] = self.mel(reconstruction, target)
+        if self.msspec is not None:
+            terms["msspec"] = self.msspec(reconstruction, target)
         if self.perceptual is not None:
             terms["perceptual"] = self.perceptual(reconstruction, target)
         return terms
@@ -390,6 +477,8 @@ __all__ = [
     "MEL_SCALES",
     "RECONSTRUCTION_TERMS",
     "REDUCTIONS",
+    "SPECTRAL_TERMS",
+    "EnCodecSpectralLoss",
     "LossBalancer",
     "MultiResolutionSTFTLoss",
     "MultiScaleMelLoss",
