@@ -108,6 +108,28 @@ def test_mel_scales_follow_their_definitions_and_reductions() -> None:
         MultiScaleMelLoss(44100, (256, 512), (20,))
 
 
+def test_one_window_mel_loss_with_vocos_floor_is_vocos_mel_loss() -> None:
+    """WavTokenizer's recipe: one 1024-point, 100-bin mel with a 1e-7 floor is Vocos's
+    ``MelSpecReconstructionLoss`` divided by ln(10) (ours takes log10, theirs ln)."""
+    from vocos.loss import MelSpecReconstructionLoss
+
+    ref = MelSpecReconstructionLoss(sample_rate=24000, n_fft=1024, hop_length=256, n_mels=100)
+    ours = MultiScaleMelLoss(24000, (1024,), (100,), floor=1e-7)
+    torch.manual_seed(5)
+    target = 0.1 * torch.randn(2, 1, 7200)
+    target[..., :2400] = 0.0  # silence: where the floor decides
+    recon = (target + 0.01 * torch.randn_like(target)).requires_grad_()
+    want = ref(recon.squeeze(1), target.squeeze(1)) / math.log(10)
+    got = ours(recon, target)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    (want_grad,) = torch.autograd.grad(want, recon)
+    (got_grad,) = torch.autograd.grad(got, recon)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-9)
+    assert not torch.allclose(MultiScaleMelLoss(24000, (1024,), (100,))(recon, target), got)
+    with pytest.raises(ValueError, match="mel floor must be positive"):
+        MultiScaleMelLoss(24000, floor=0.0)
+
+
 @pytest.mark.parametrize("rate", [44100, 24000])
 def test_slaney_summed_mel_loss_is_dacs(rate: int) -> None:
     """DAC's ``MelSpectrogramLoss`` with its training configuration (the opt-in

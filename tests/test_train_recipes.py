@@ -115,6 +115,8 @@ def test_unknown_key_bad_type_and_choices(tmp_path: Path) -> None:
     ):
         with pytest.raises(RecipeError, match=rf"loss\.{key}: one of \("):
             load_recipe(recipe, [*ok, f"loss.{key}={value}"])
+    with pytest.raises(RecipeError, match=r"loss\.mel_floor: must be positive"):
+        load_recipe(recipe, [*ok, "loss.mel_floor=0"])
     with pytest.raises(RecipeError, match=r"optimizer\.name: 'Adamm' is not an optimizer"):
         load_recipe(recipe, [*ok, "optimizer.name=Adamm"])
     with pytest.raises(RecipeError, match=r"discriminator\.networks\[0\]\.name"):

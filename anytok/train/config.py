@@ -107,6 +107,7 @@ class LossConfig:
     reduction: str = "mean"  # mean | sum over scales, sub-discriminators and feature maps
     feature_matching_norm: str = "relative"  # relative | none
     mel_scale: str = "htk"  # htk | slaney
+    mel_floor: float = 1e-5  # mel magnitudes clamped below before the log (DAC 1e-5, Vocos 1e-7)
     aux: dict[str, float] = field(default_factory=dict)
     stft_sizes: list[int] = field(default_factory=lambda: [2048, 1024, 512, 256, 128])
     mel_windows: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])
@@ -298,6 +299,7 @@ def validate(cfg: DictConfig, source: str = "<recipe>") -> None:
         f"one of {FEATURE_MATCHING_NORMS}",
     )
     _check(loss.mel_scale in MEL_SCALES, source, "loss.mel_scale", f"one of {MEL_SCALES}")
+    _check(loss.mel_floor > 0, source, "loss.mel_floor", "must be positive")
     for name in (*RECONSTRUCTION_TERMS, "adversarial", "feature_matching"):
         _check(cfg.loss[name] >= 0, source, f"loss.{name}", "weights cannot be negative")
     _check(

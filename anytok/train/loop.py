@@ -193,6 +193,7 @@ def train(
             mel_windows=list(lc.mel_windows),
             mel_bins=list(lc.mel_bins),
             mel_scale=lc.mel_scale,
+            mel_floor=lc.mel_floor,
             reduction=lc.reduction,
             perceptual_weights=lc.perceptual_weights,
         ).to(device_)

@@ -111,7 +111,7 @@ class MultiResolutionSTFTLoss(nn.Module):
 class MultiScaleMelLoss(nn.Module):
     """``mean |log10 M - log10 M̂|`` averaged (or summed, with ``reduction="sum"``) over
     windows, for mel magnitudes ``M`` of ``(b, c, t)`` audio (hop = window / 4, ``n_mels``
-    bins per window, magnitudes clamped at 1e-5).
+    bins per window, magnitudes clamped below at ``floor``: 1e-5 as DAC, 1e-7 as Vocos).
 
     ``mel_scale="htk"`` is torchaudio's default filterbank (HTK mel scale, unnormalised
     triangles; Vocos); ``"slaney"`` is librosa's default (Slaney's scale, area-normalised
@@ -128,9 +128,13 @@ class MultiScaleMelLoss(nn.Module):
         n_mels: Sequence[int] = (5, 10, 20, 40, 80, 160, 320),
         mel_scale: str = "htk",
         reduction: str = "mean",
+        floor: float = 1e-5,
     ):
         super().__init__()
         _check_choice("mel_scale", mel_scale, MEL_SCALES)
+        if not floor > 0:
+            raise ValueError(f"the mel floor must be positive, got {floor}")
+        self.floor = floor
         _check_choice("reduction", reduction, REDUCTIONS)
         if len(windows) != len(n_mels) or not windows:
             raise ValueError(
@@ -152,8 +156,9 @@ class MultiScaleMelLoss(nn.Module):
         total = reconstruction.new_zeros((), dtype=torch.float32)
         with torch.autocast(reconstruction.device.type, enabled=False):
             for window, mel in zip(self.windows, self.mels):
-                m_hat = mel(_long_enough(_fp32(reconstruction), window)).clamp_min(1e-5).log10()
-                m = mel(_long_enough(_fp32(target), window)).clamp_min(1e-5).log10()
+                m_hat = mel(_long_enough(_fp32(reconstruction), window))
+                m = mel(_long_enough(_fp32(target), window))
+                m_hat, m = m_hat.clamp_min(self.floor).log10(), m.clamp_min(self.floor).log10()
                 total = total + F.l1_loss(m_hat, m)
         return total / len(self.windows) if self.reduction == "mean" else total
 
@@ -299,7 +304,7 @@ class ReconstructionLoss(nn.Module):
         modality: ``"audio"``, ``"image"`` or ``"video"`` (spectral terms are audio only,
             perceptual image / video only).
         sample_rate: audio sample rate (mel filterbanks).
-        stft_sizes, mel_windows, mel_bins, mel_scale: see :class:`MultiResolutionSTFTLoss`
+        stft_sizes, mel_windows, mel_bins, mel_scale, mel_floor: see :class:`MultiResolutionSTFTLoss`
             and :class:`MultiScaleMelLoss`.
         reduction: ``"mean"`` or ``"sum"`` over the STFT sizes and mel windows (and
             :class:`EnCodecSpectralLoss`'s, with its defaults).
@@ -316,6 +321,7 @@ class ReconstructionLoss(nn.Module):
         mel_windows: Sequence[int] = (32, 64, 128, 256, 512, 1024, 2048),
         mel_bins: Sequence[int] = (5, 10, 20, 40, 80, 160, 320),
         mel_scale: str = "htk",
+        mel_floor: float = 1e-5,
         reduction: str = "mean",
         perceptual_weights: str | os.PathLike[str] | None = None,
     ):
@@ -337,7 +343,12 @@ class ReconstructionLoss(nn.Module):
         if "mel" in self.weights:
             assert sample_rate is not None
             self.mel = MultiScaleMelLoss(
-                sample_rate, mel_windows, mel_bins, mel_scale=mel_scale, reduction=reduction
+                sample_rate,
+                mel_windows,
+                mel_bins,
+                mel_scale=mel_scale,
+                reduction=reduction,
+                floor=mel_floor,
             )
         self.msspec = None
         if "msspec" in self.weights:
