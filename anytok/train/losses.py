@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from anytok.decoders.gan.losses import GAN_REDUCTIONS
+from anytok.decoders.gan.losses import GAN_REDUCTIONS, reduce_parts
 from anytok.nn.conv import extra_padding_for_stride
 from anytok.quantizers.distributed import all_reduce_mean_
 
@@ -105,7 +105,7 @@ class MultiResolutionSTFTLoss(nn.Module):
                     s
                 ).clamp_min(1e-7)
                 total = total + convergence + F.l1_loss(s_hat.log(), s.log())
-        return total / len(self.fft_sizes) if self.reduction == "mean" else total
+        return reduce_parts(total, len(self.fft_sizes), self.reduction)
 
 
 class MultiScaleMelLoss(nn.Module):
@@ -160,7 +160,7 @@ class MultiScaleMelLoss(nn.Module):
                 m = mel(_long_enough(_fp32(target), window))
                 m_hat, m = m_hat.clamp_min(self.floor).log10(), m.clamp_min(self.floor).log10()
                 total = total + F.l1_loss(m_hat, m)
-        return total / len(self.windows) if self.reduction == "mean" else total
+        return reduce_parts(total, len(self.windows), self.reduction)
 
 
 class EnCodecSpectralLoss(nn.Module):
@@ -191,6 +191,7 @@ class EnCodecSpectralLoss(nn.Module):
             raise ValueError(f"msspec windows must be non-empty and >= 4, got {list(windows)}")
         self.windows = tuple(windows)
         self.alphas = tuple(math.sqrt(w - 1) if alphas else 1.0 for w in self.windows)
+        self.parts = sum(1 + alpha for alpha in self.alphas)  # the mean's divisor
         self.reduction = reduction
         self.mels = _mel_spectrograms(
             sample_rate,
@@ -217,9 +218,7 @@ class EnCodecSpectralLoss(nn.Module):
                 m = self._mel(target, window, mel)
                 log_distance = F.mse_loss((1e-5 + m_hat).log10(), (1e-5 + m).log10())
                 total = total + F.l1_loss(m_hat, m) + alpha * log_distance
-        if self.reduction == "mean":
-            total = total / sum(1 + alpha for alpha in self.alphas)
-        return total
+        return reduce_parts(total, self.parts, self.reduction)
 
 
 class VGGPerceptualLoss(nn.Module):

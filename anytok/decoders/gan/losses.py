@@ -39,8 +39,10 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"unknown reduction {reduction!r}; choose one of {GAN_REDUCTIONS}")
 
 
-def _reduce(total: Tensor, count: int, reduction: str) -> Tensor:
-    return total / max(count, 1) if reduction == "mean" else total
+def reduce_parts(total: Tensor, parts: float, reduction: str) -> Tensor:
+    """The sum ``total`` of a loss's ``parts`` (sub-discriminators, feature maps, scales)
+    as their mean (``"mean"``) or unchanged (``"sum"``)."""
+    return total / max(parts, 1) if reduction == "mean" else total
 
 
 def discriminator_loss(
@@ -69,7 +71,7 @@ def discriminator_loss(
             total = total + F.relu(1 - r).mean() + F.relu(1 + f).mean()
         else:
             total = total + (1 - r).pow(2).mean() + f.pow(2).mean()
-    return _reduce(total, len(real), reduction)
+    return reduce_parts(total, len(real), reduction)
 
 
 def generator_loss(fake: Sequence[Tensor], kind: str = "hinge", reduction: str = "mean") -> Tensor:
@@ -91,7 +93,7 @@ def generator_loss(fake: Sequence[Tensor], kind: str = "hinge", reduction: str =
     for f in fake:
         f = f.float()
         total = total + (F.relu(1 - f).mean() if kind == "hinge" else (1 - f).pow(2).mean())
-    return _reduce(total, len(fake), reduction)
+    return reduce_parts(total, len(fake), reduction)
 
 
 def feature_matching_loss(
@@ -132,7 +134,7 @@ def feature_matching_loss(
                 distance = distance / r.abs().mean().clamp_min(1e-8)
             total = total + distance
             count += 1
-    return _reduce(total, count, reduction)
+    return reduce_parts(total, count, reduction)
 
 
 __all__ = [
@@ -142,4 +144,5 @@ __all__ = [
     "discriminator_loss",
     "feature_matching_loss",
     "generator_loss",
+    "reduce_parts",
 ]
