@@ -13,14 +13,17 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 
-def rotary_angles(positions: int, head_dim: int, *, base: float = 10000.0, device=None) -> Tensor:
+def rotary_angles(
+    positions: int, head_dim: int, *, base: float = 10000.0, start: int = 0, device=None
+) -> Tensor:
     """Rotation angles ``(positions, head_dim)`` of rotary position embeddings (Su et al.
     2021, RoFormer, https://arxiv.org/abs/2104.09864), half-split layout: channel ``i`` and
-    channel ``i + head_dim / 2`` rotate together, by ``position * base^(-2i / head_dim)``."""
+    channel ``i + head_dim / 2`` rotate together, by ``position * base^(-2i / head_dim)``,
+    for positions ``start .. start + positions - 1``."""
     if head_dim % 2:
         raise ValueError(f"rotary embeddings need an even head dimension, got {head_dim}")
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
-    angles = torch.outer(torch.arange(positions, device=device).float(), inv_freq)
+    angles = torch.outer(torch.arange(start, start + positions, device=device).float(), inv_freq)
     return torch.cat((angles, angles), dim=-1)
 
 

@@ -33,12 +33,12 @@ def pad1d(
     x: Tensor, left: int, right: int, mode: str = "constant", short_input: str = "zeros"
 ) -> Tensor:
     """``F.pad`` along time that also defines reflect padding of inputs not longer than the
-    padding, by ``short_input`` (see :data:`SHORT_INPUT_RULES`).
+    padding, by ``short_input`` (see :data:`SHORT_INPUT_RULES`); other modes pad any input.
 
     ``(..., t) -> (..., left + t + right)``.
     """
     length = x.shape[-1]
-    if mode == "constant" or length > max(left, right):
+    if mode != "reflect" or length > max(left, right):  # only reflection needs more samples
         return F.pad(x, (left, right), mode=mode)
     if short_input == "zeros":
         return F.pad(x, (left, right))
@@ -116,6 +116,7 @@ class Conv1d(nn.Module):
         use_weight_norm: bool = True,
         pad_mode: str = "constant",
         short_input: str = "zeros",
+        bias: bool = True,
     ):
         super().__init__()
         if short_input not in SHORT_INPUT_RULES:
@@ -124,7 +125,13 @@ class Conv1d(nn.Module):
             )
         self.conv = maybe_weight_norm(
             nn.Conv1d(
-                in_channels, out_channels, kernel_size, stride, dilation=dilation, groups=groups
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                dilation=dilation,
+                groups=groups,
+                bias=bias,
             ),
             use_weight_norm,
         )
@@ -249,10 +256,15 @@ class ConvTranspose1d(nn.Module):
         stride: int = 1,
         causal: bool = True,
         use_weight_norm: bool = True,
+        groups: int = 1,
+        bias: bool = True,
     ):
         super().__init__()
         self.conv = maybe_weight_norm(
-            nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride), use_weight_norm
+            nn.ConvTranspose1d(
+                in_channels, out_channels, kernel_size, stride, groups=groups, bias=bias
+            ),
+            use_weight_norm,
         )
         self.causal = causal
         self.stride = stride

@@ -6,7 +6,10 @@ of a ``with`` block:
 - causal :class:`~anytok.nn.conv.Conv1d` keeps the input samples its next windows need;
 - causal :class:`~anytok.nn.conv.ConvTranspose1d` keeps its overlap-add tail;
 - every (unidirectional) ``nn.LSTM`` carries its hidden and cell state from chunk to chunk
-  and passes empty chunks through (a conv that is still waiting for samples emits none).
+  and passes empty chunks through (a conv that is still waiting for samples emits none);
+- any other layer with the :class:`StreamLayer` methods (``begin_stream``,
+  ``finish_stream``, ``end_stream`` and a ``streaming`` flag) keeps its own state, e.g. the
+  key / value cache of :class:`anytok.nn.causal_transformer.CausalTransformer`.
 
 Pointwise layers (activations, 1x1 convs, residual sums of streamed branches) need nothing.
 Layers that look at the whole time axis or into the future cannot stream, and
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +44,27 @@ _NOT_STREAMABLE = (
     nn.TransformerEncoderLayer,
     nn.TransformerDecoderLayer,
 )
+
+
+@runtime_checkable
+class StreamLayer(Protocol):
+    """A layer that streams by itself: between ``begin_stream()`` and ``end_stream()`` each
+    call takes the next chunk of one signal and returns the outputs it completes;
+    ``finish_stream()`` marks the next call as the last (it may get an empty chunk)."""
+
+    @property
+    def streaming(self) -> bool: ...
+
+    def begin_stream(self) -> None: ...
+
+    def finish_stream(self) -> None: ...
+
+    def end_stream(self) -> None: ...
+
+
+def stream_layers(module: nn.Module) -> list[nn.Module]:
+    """Every :class:`StreamLayer` in ``module`` (itself included), outermost first."""
+    return [m for m in module.modules() if isinstance(m, StreamLayer)]
 
 
 def check_streamable(module: nn.Module) -> None:
@@ -59,6 +83,8 @@ def check_streamable(module: nn.Module) -> None:
             wrapped.update(id(m) for m in sub.modules())
             if not sub.causal:
                 raise ValueError(f"{where}: a centred (non-causal) convolution cannot stream")
+        elif isinstance(sub, StreamLayer):  # keeps its own state; its begin_stream checks
+            wrapped.update(id(m) for m in sub.modules())
         elif isinstance(sub, nn.RNNBase):
             if sub.bidirectional:
                 raise ValueError(f"{where}: a bidirectional recurrence cannot stream")
@@ -81,7 +107,7 @@ class Stream:
     is any tensor of the input's batch, channels, dtype and device (e.g. the last chunk).
     """
 
-    def __init__(self, module: nn.Module, layers: list[Conv1d | ConvTranspose1d]):
+    def __init__(self, module: nn.Module, layers: list[nn.Module]):
         self.module = module
         self._layers = layers
         self._flushed = False
@@ -130,11 +156,11 @@ def streaming(module: nn.Module) -> Iterator[Stream]:
         RuntimeError: ``module`` is already streaming.
     """
     check_streamable(module)
-    layers = [m for m in module.modules() if isinstance(m, (Conv1d, ConvTranspose1d))]
+    layers = stream_layers(module)
     lstms = [m for m in module.modules() if isinstance(m, nn.LSTM)]
     if any(layer.streaming for layer in layers) or any("forward" in vars(m) for m in lstms):
         raise RuntimeError(f"{type(module).__name__} is already streaming")
-    started: list[Conv1d | ConvTranspose1d] = []
+    started: list[nn.Module] = []
     try:
         for layer in layers:
             layer.begin_stream()
@@ -152,4 +178,4 @@ def streaming(module: nn.Module) -> Iterator[Stream]:
             vars(lstm).pop("forward", None)
 
 
-__all__ = ["Stream", "check_streamable", "streaming"]
+__all__ = ["Stream", "StreamLayer", "check_streamable", "stream_layers", "streaming"]

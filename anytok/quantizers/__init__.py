@@ -11,7 +11,7 @@ from anytok.quantizers.kernels import nearest_codeword
 
 # --- VQ family (vq.py, residual.py, multiscale.py)
 from anytok.quantizers.multiscale import MultiScaleResidualVQ
-from anytok.quantizers.residual import GroupedResidualVQ, ResidualVQ
+from anytok.quantizers.residual import GroupedResidualVQ, ResidualVQ, SplitResidualVQ
 from anytok.quantizers.vq import SimVQ, VectorQuantize
 
 # --- scalar / lookup-free family (fsq.py, lfq.py, bsq.py, binary.py, dimwise.py)
@@ -35,6 +35,7 @@ __all__ = [
     "ResidualFSQ",
     "ResidualVQ",
     "SimVQ",
+    "SplitResidualVQ",
     "VectorQuantize",
     "build",
     "list_quantizers",

@@ -308,3 +308,147 @@ class GroupedResidualVQ(Quantizer):
             )
         per_group = rearrange(codes, "... (g l) -> g ... l", g=self.groups)
         return torch.cat([rvq.decode(c) for rvq, c in zip(self.rvqs, per_group)], dim=-1)
+
+
+def _offset_level_metrics(metrics: dict[str, Tensor], offset: int) -> dict[str, Tensor]:
+    """``perplexity/2`` -> ``perplexity/{2 + offset}``; ``.../shared`` keys get a prefix."""
+    out = {}
+    for name, value in metrics.items():
+        base, level = name.rsplit("/", 1)
+        out[f"{base}/{int(level) + offset if level.isdigit() else f'{offset}.{level}'}"] = value
+    return out
+
+
+@register_quantizer("split_rvq")
+class SplitResidualVQ(Quantizer):
+    """Split residual VQ (Mimi, Défossez et al. 2024, https://arxiv.org/abs/2410.00037): a
+    *semantic* residual VQ of ``num_semantic`` levels and an *acoustic* one of the other
+    ``num_quantizers - num_semantic`` levels quantize the same input side by side, each
+    behind its own bias-free linear projection ``dim -> codebook_dim`` and back; the output
+    is the sum of the two. Keeping the semantic levels out of the acoustic residual lets them
+    be distilled from a semantic teacher without the acoustic levels having to undo it.
+
+    Args:
+        dim: channels of the channel-last input ``(..., dim)``.
+        num_quantizers: levels in all, semantic first.
+        codebook_size: codes per level.
+        num_semantic: semantic levels (Mimi: 1).
+        codebook_dim: channels of the codebook space (default ``dim``: no projections).
+        quantize_dropout: in training, draw how many acoustic levels run (0 to all), the
+            same on every rank; the semantic levels always run.
+        **vq_kwargs: :class:`VectorQuantize` arguments of every level.
+
+    Shapes: codes ``(..., num_quantizers)``, semantic levels first; ``decode`` takes the
+    first ``k`` levels, any ``1 <= k <= num_quantizers``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_quantizers: int,
+        codebook_size: int,
+        *,
+        num_semantic: int = 1,
+        codebook_dim: int | None = None,
+        quantize_dropout: bool = False,
+        **vq_kwargs: Any,
+    ):
+        super().__init__()
+        if not 1 <= num_semantic <= num_quantizers:
+            raise ValueError(
+                f"SplitResidualVQ: num_semantic must be in [1, num_quantizers={num_quantizers}], "
+                f"got {num_semantic}"
+            )
+        codebook_dim = dim if codebook_dim is None else codebook_dim
+        self.dim = dim
+        self.codebook_dim = codebook_dim
+        self.num_quantizers = num_quantizers
+        self.num_semantic = num_semantic
+        self.num_acoustic = num_quantizers - num_semantic
+        self.codebook_sizes = (int(codebook_size),) * num_quantizers
+        self.quantize_dropout = quantize_dropout and self.num_acoustic > 0
+
+        def projection(d_in: int, d_out: int) -> nn.Module:
+            return nn.Linear(d_in, d_out, bias=False) if d_in != d_out else nn.Identity()
+
+        self.semantic_in = projection(dim, codebook_dim)
+        self.semantic = ResidualVQ(codebook_dim, num_semantic, codebook_size, **vq_kwargs)
+        self.semantic_out = projection(codebook_dim, dim)
+        self.acoustic: ResidualVQ | None = None
+        if self.num_acoustic:
+            self.acoustic_in = projection(dim, codebook_dim)
+            self.acoustic = ResidualVQ(codebook_dim, self.num_acoustic, codebook_size, **vq_kwargs)
+            self.acoustic_out = projection(codebook_dim, dim)
+
+    def _check_levels(self, n_levels: int | None, lowest: int) -> int:
+        if n_levels is None:
+            return self.num_quantizers
+        if not lowest <= n_levels <= self.num_quantizers:
+            raise ValueError(
+                f"{type(self).__name__}: n_levels must be in [{lowest}, {self.num_quantizers}] "
+                f"({self.num_semantic} semantic level(s) always run), got {n_levels}"
+            )
+        return int(n_levels)
+
+    def forward(self, z: Tensor, *, n_levels: int | None = None) -> QuantizerOutput:
+        """Quantize ``z (..., dim)`` with the semantic levels and the first
+        ``n_levels - num_semantic`` acoustic ones (quantizer dropout draws that in training
+        when not given). Levels not run have code ``-1``."""
+        return self.forward_split(z, n_levels=n_levels)[0]
+
+    def forward_split(
+        self, z: Tensor, *, n_levels: int | None = None
+    ) -> tuple[QuantizerOutput, Tensor]:
+        """:meth:`forward`, plus the semantic levels' part of the output ``(..., dim)`` (what
+        a semantic teacher is distilled into; straight-through gradient to ``z``)."""
+        check_last_dim(z, self.dim, type(self).__name__)
+        if n_levels is None and self.training and self.quantize_dropout:
+            n_levels = synced_num_levels(self.num_quantizers, self.num_semantic - 1, z.device)
+        n_levels = self._check_levels(n_levels, self.num_semantic)
+        with fp32_region(z):
+            x = z.float()
+            semantic = self.semantic(self.semantic_in(x))
+            quantized = semantic_part = self.semantic_out(semantic.quantized)
+            loss, codes, metrics = semantic.loss, [semantic.codes], dict(semantic.metrics)
+            acoustic_levels = n_levels - self.num_semantic
+            if acoustic_levels:
+                assert self.acoustic is not None
+                acoustic = self.acoustic(self.acoustic_in(x), n_levels=acoustic_levels)
+                quantized = quantized + self.acoustic_out(acoustic.quantized)
+                loss = loss + acoustic.loss
+                codes.append(acoustic.codes[..., :acoustic_levels])
+                metrics.update(_offset_level_metrics(acoustic.metrics, self.num_semantic))
+        codes_out = _pad_dropped_levels(torch.cat(codes, dim=-1), self.num_quantizers)
+        out = QuantizerOutput(quantized.to(z.dtype), codes_out, loss, metrics)
+        return out, semantic_part.to(z.dtype)
+
+    def encode(self, z: Tensor, n_levels: int | None = None) -> Tensor:
+        """``(..., dim)`` -> int64 codes ``(..., n_levels)`` (default: every level)."""
+        check_last_dim(z, self.dim, type(self).__name__)
+        n_levels = self._check_levels(n_levels, self.num_semantic)
+        with fp32_region(z):
+            x = z.float()
+            codes = [self.semantic.encode(self.semantic_in(x))]
+            if n_levels > self.num_semantic:
+                assert self.acoustic is not None
+                codes.append(
+                    self.acoustic.encode(self.acoustic_in(x), n_levels - self.num_semantic)
+                )
+        return torch.cat(codes, dim=-1)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes ``(..., k)`` of the first ``k`` levels -> fp32 ``(..., dim)``."""
+        name = type(self).__name__
+        if codes.ndim < 1 or not 1 <= codes.shape[-1] <= self.num_quantizers:
+            raise ValueError(
+                f"{name}.decode: expected codes (..., k) with 1 <= k <= {self.num_quantizers}, "
+                f"got {tuple(codes.shape)}"
+            )
+        check_codes(codes, self.codebook_sizes[: codes.shape[-1]], name)
+        with fp32_region(codes):
+            quantized = self.semantic_out(self.semantic.decode(codes[..., : self.num_semantic]))
+            if codes.shape[-1] > self.num_semantic:
+                assert self.acoustic is not None
+                acoustic = self.acoustic.decode(codes[..., self.num_semantic :])
+                quantized = quantized + self.acoustic_out(acoustic)
+        return quantized
