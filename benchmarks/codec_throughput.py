@@ -26,7 +26,8 @@ process, so anytok and the references share the machine, the batch and the clock
 Rows:
 
 * anytok ``encodec_24khz``, ``dac_44khz``, ``dac_16khz``, ``snac_24khz``,
-  ``wavtokenizer_24khz_75hz``, ``seanet_fsq_24khz`` (``anytok.create_model``), each as
+  ``wavtokenizer_24khz_75hz``, ``seanet_fsq_24khz``, ``mimi`` (``anytok.create_model``; Mimi
+  at its default 8 levels, as the ``MimiModel`` row), each as
   ``eager`` (as built), ``fold`` (weight norm folded into plain weights with
   :func:`fold_weight_norm`) and, with ``--compile``, ``fold+compile`` (``torch.compile``
   of the encode and decode calls; compilation happens during warm-up, outside the timings).
@@ -79,6 +80,7 @@ ANYTOK_MODELS: tuple[str, ...] = (
     "snac_24khz",
     "wavtokenizer_24khz_75hz",
     "seanet_fsq_24khz",
+    "mimi",
 )
 
 #: Family of each anytok model (references of the same family are its comparison).
@@ -89,6 +91,7 @@ FAMILY: dict[str, str] = {
     "snac_24khz": "snac_24k",
     "wavtokenizer_24khz_75hz": "wavtokenizer_24k",
     "seanet_fsq_24khz": "seanet_fsq_24k",
+    "mimi": "mimi_24k",
 }
 
 #: Issue author's H200 numbers (encode x-RT, decode x-RT), 16 x 10 s.
@@ -372,8 +375,10 @@ def hf_mimi_reference(tiny: bool) -> Case:
             )
         model = MimiModel(MimiConfig(**kwargs)).eval()
 
+        levels = None if tiny else 8  # anytok's mimi encodes 8 levels by default, as Moshi
+
         def encode(audio: Tensor) -> Tensor:
-            return model.encode(audio).audio_codes
+            return model.encode(audio, num_quantizers=levels).audio_codes
 
         def decode(codes: Tensor) -> Tensor:
             return model.decode(codes).audio_values
@@ -845,7 +850,7 @@ def audio_cases(args: argparse.Namespace, notes: list[str], variants: list[str])
     if transformers_available():
         if "encodec_24k" in families:
             cases.append(hf_encodec_reference(args.tiny, bandwidth))
-        if not args.models:
+        if "mimi_24k" in families:
             cases.append(hf_mimi_reference(args.tiny))
     else:
         notes.append("transformers is not installed: its EnCodec and Mimi rows are skipped")

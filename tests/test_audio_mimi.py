@@ -123,11 +123,29 @@ def test_mimi_fewer_levels_match_transformers() -> None:
 
 
 def test_official_flat_layout_converts_the_same() -> None:
-    reference, ours = reference_and_ours()
+    reference, _ = reference_and_ours()
     nested = convert_mimi_state_dict(reference.state_dict())
     flat = convert_mimi_state_dict(_flat(reference.state_dict()))
     assert nested.keys() == flat.keys()
     assert all(torch.equal(nested[k], flat[k]) for k in nested)
+
+
+def test_official_checkpoint_file_converts_and_round_trips(tmp_path) -> None:
+    """The documented path: a flat-layout safetensors file -> Mimi -> anytok checkpoint."""
+    from safetensors.torch import load_file, save_file
+
+    from anytok.checkpoint import load_checkpoint, save_checkpoint
+
+    reference, _ = reference_and_ours()
+    save_file(_flat(reference.state_dict()), tmp_path / "model.safetensors")
+    model = anytok.create_model("mimi", **OURS_SMALL).eval()
+    model.load_state_dict(convert_mimi_state_dict(load_file(tmp_path / "model.safetensors")))
+    save_checkpoint(model, tmp_path / "mimi-kyutai")
+    loaded = load_checkpoint(tmp_path / "mimi-kyutai").eval()
+    audio = torch.randn(1, 1, 7 * model.hop_length) * 0.3
+    with torch.no_grad():
+        expected = reference.encode(audio).audio_codes
+        assert torch.equal(loaded.encode(audio).codes, expected)
 
 
 def test_registered_mimi_has_the_published_sizes() -> None:

@@ -73,7 +73,12 @@ def window_mask(
 
 
 def windowed_attention(
-    q: Tensor, k: Tensor, v: Tensor, query_start: int, key_start: int, context: int | None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    query_start: int,
+    key_start: int,
+    context: int | None,
     block_size: int,
 ) -> Tensor:
     """Causal sliding-window attention, blocked over queries.

@@ -380,6 +380,13 @@ class SplitResidualVQ(Quantizer):
             self.acoustic = ResidualVQ(codebook_dim, self.num_acoustic, codebook_size, **vq_kwargs)
             self.acoustic_out = projection(codebook_dim, dim)
 
+    def training_levels(self, device: torch.device) -> int:
+        """Levels a call without ``n_levels`` runs: in training with quantizer dropout, a
+        draw from ``num_semantic .. num_quantizers`` (the same on every rank); else all."""
+        if self.training and self.quantize_dropout:
+            return synced_num_levels(self.num_quantizers, self.num_semantic - 1, device)
+        return self.num_quantizers
+
     def _check_levels(self, n_levels: int | None, lowest: int) -> int:
         if n_levels is None:
             return self.num_quantizers
@@ -402,8 +409,8 @@ class SplitResidualVQ(Quantizer):
         """:meth:`forward`, plus the semantic levels' part of the output ``(..., dim)`` (what
         a semantic teacher is distilled into; straight-through gradient to ``z``)."""
         check_last_dim(z, self.dim, type(self).__name__)
-        if n_levels is None and self.training and self.quantize_dropout:
-            n_levels = synced_num_levels(self.num_quantizers, self.num_semantic - 1, z.device)
+        if n_levels is None:
+            n_levels = self.training_levels(z.device)
         n_levels = self._check_levels(n_levels, self.num_semantic)
         with fp32_region(z):
             x = z.float()

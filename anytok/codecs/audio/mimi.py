@@ -53,8 +53,8 @@ from anytok.codecs.long_audio import mask_past_lengths
 from anytok.nn.causal_transformer import CausalTransformer
 from anytok.nn.conv import Conv1d, ConvTranspose1d
 from anytok.nn.encodec_seanet import EncodecSEANetDecoder, EncodecSEANetEncoder
-from anytok.regularizers import TrainingOptions
 from anytok.registry import register
+from anytok.regularizers import TrainingOptions
 from anytok.tokens import Tokens
 
 #: Mimi's codebooks: EMA (decay 0.99), codes used fewer than 2 times per batch revived from
@@ -207,11 +207,19 @@ class Mimi(AudioTokenizer):
         upsample: nn.Module = nn.Identity()
         if latent_stride > 1:
             downsample = Conv1d(
-                dimension, dimension, 2 * latent_stride, latent_stride, pad_mode="replicate",
+                dimension,
+                dimension,
+                2 * latent_stride,
+                latent_stride,
+                pad_mode="replicate",
                 **resample,
             )
             upsample = ConvTranspose1d(
-                dimension, dimension, 2 * latent_stride, latent_stride, groups=dimension,
+                dimension,
+                dimension,
+                2 * latent_stride,
+                latent_stride,
+                groups=dimension,
                 **resample,
             )
         self.encoder = MimiEncoder(
@@ -289,7 +297,9 @@ class Mimi(AudioTokenizer):
         """Training pass: ``audio (b, c, s)`` -> reconstruction ``(b, c, s)`` and losses
         (``quantizer``; ``semantic`` with a teacher)."""
         latent, token_lengths = self._latent(audio, lengths)
-        levels = None if self.training else self.default_levels
+        levels = self.quantizer.training_levels(latent.device)
+        if not self.training:
+            levels = self.default_levels
         out, semantic = self.quantizer.forward_split(latent.movedim(1, -1), n_levels=levels)
         quantized = out.quantized.movedim(-1, 1)
         if self.training and self.quantize_rate < 1.0:
@@ -298,11 +308,10 @@ class Mimi(AudioTokenizer):
         losses = {"quantizer": out.loss}
         losses.update(self.options.losses(semantic, (semantic.shape[1],), audio))
         reconstruction = self._decode_latent(quantized, token_lengths)[..., : audio.shape[-1]]
-        used = int((out.codes[(0,) * (out.codes.ndim - 1)] >= 0).sum())
-        codes = out.codes.movedim(-1, 1)[:, :used]
+        codes = out.codes.movedim(-1, 1)[:, :levels]
         return TokenizerOutput(
             reconstruction=reconstruction,
-            tokens=to_tokens(codes, self.spec_with_levels(used), token_lengths),
+            tokens=to_tokens(codes, self.spec_with_levels(levels), token_lengths),
             losses=losses,
             metrics=out.metrics,
             latent=latent,
@@ -327,7 +336,10 @@ _FLAT_PREFIXES = {
     "upsample.": "decoder.upsample.",
     "decoder_transformer.": "decoder.transformer.",
 }
-_SPLIT = {"semantic_residual_vector_quantizer": "semantic", "acoustic_residual_vector_quantizer": "acoustic"}
+_SPLIT = {
+    "semantic_residual_vector_quantizer": "semantic",
+    "acoustic_residual_vector_quantizer": "acoustic",
+}
 
 
 def _flat_key(key: str) -> str:
@@ -362,11 +374,18 @@ def convert_mimi_state_dict(
     out: dict[str, Tensor] = {}
     codebooks: dict[str, dict[str, Tensor]] = {}
     for key, value in state.items():
-        if match := re.fullmatch(r"(encoder|decoder)\.layers\.(\d+)\.(block\.\d+\.)?conv\.(\w+)", key):
+        if match := re.fullmatch(
+            r"(encoder|decoder)\.layers\.(\d+)\.(block\.\d+\.)?conv\.(\w+)", key
+        ):
             half, index, block, name = match.groups()
-            transposed = half == "decoder" and not block and int(index) not in (
-                decoder_convs[0],
-                decoder_convs[-1],
+            transposed = (
+                half == "decoder"
+                and not block
+                and int(index)
+                not in (
+                    decoder_convs[0],
+                    decoder_convs[-1],
+                )
             )
             conv = "convtr.conv" if transposed else "conv.conv"
             out[f"{half}.seanet.model.{index}.{block or ''}{conv}.{name}"] = value
