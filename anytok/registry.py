@@ -62,7 +62,9 @@ class PretrainedCfg:
         subfolder: folder inside the Hub repository.
         description: what these weights were trained on and how.
         license: the weights' license.
-        importer: name of a converter when the weights are in another project's format.
+        importer: name of a converter (:func:`register_importer`) when the Hub repository
+            holds another project's ``model.safetensors`` instead of an anytok checkpoint;
+            :func:`load` then builds the architecture and converts the file's state dict.
     """
 
     tag: str
@@ -114,6 +116,19 @@ class ArchInfo:
 
 
 _ARCHS: dict[str, ArchInfo] = {}
+
+#: Converters of other projects' state dicts, by the name a :class:`PretrainedCfg` gives.
+_IMPORTERS: dict[str, Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]] = {}
+
+
+def register_importer(
+    name: str, convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+) -> None:
+    """Make ``convert`` (another project's state dict -> an anytok model's) available to
+    checkpoints registered with ``PretrainedCfg(importer=name)``."""
+    if name in _IMPORTERS and _IMPORTERS[name] is not convert:
+        raise ValueError(f"importer {name!r} is already registered")
+    _IMPORTERS[name] = convert
 
 
 def register(
@@ -265,7 +280,8 @@ def find_weights(info: ArchInfo, cfg: PretrainedCfg) -> Path:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
 
-        patterns = ["config.json", "model.safetensors"]
+        # an imported repository needs only its weights (its config.json is its project's)
+        patterns = ["model.safetensors"] if cfg.importer else ["config.json", "model.safetensors"]
         if cfg.subfolder:
             patterns = [f"{cfg.subfolder}/{p}" for p in patterns]
         searched.append(f"Hugging Face cache for {cfg.hf_hub_id}")
@@ -293,10 +309,29 @@ def find_weights(info: ArchInfo, cfg: PretrainedCfg) -> Path:
     places = "\n  - ".join(searched)
     raise WeightsNotFoundError(
         f"no weights found for checkpoint {full_name!r}. Searched:\n  - {places}\n"
-        f"To fix: put config.json and model.safetensors in {local}, "
+        f"To fix: put config.json and model.safetensors (anytok format) in {local}, "
         + (f"or download {cfg.hf_hub_id} while online, " if cfg.hf_hub_id else "")
         + f"or use '{info.name}.{UNTRAINED}' for random weights."
     )
+
+
+def import_checkpoint(info: ArchInfo, cfg: PretrainedCfg, directory: Path) -> nn.Module:
+    """Build ``info`` (default configuration) and load ``directory/model.safetensors``, another
+    project's weights, through the importer ``cfg`` names (strict: every key must match)."""
+    from safetensors.torch import load_file
+
+    from anytok.checkpoint import load_state_dict_strict
+
+    if cfg.importer not in _IMPORTERS:
+        raise UnknownModelError(
+            f"{info.name}.{cfg.tag}: importer {cfg.importer!r} is not registered "
+            f"(known: {', '.join(sorted(_IMPORTERS)) or 'none'})"
+        )
+    weights = directory / "model.safetensors"
+    model = create_model(info.name)
+    state = _IMPORTERS[cfg.importer](load_file(weights))
+    load_state_dict_strict(model, state, f"{weights} (converted by {cfg.importer!r})")
+    return model
 
 
 def load(
@@ -340,7 +375,12 @@ def load(
         if cfg.tag == UNTRAINED:
             model = create_model(info.name)
         else:
-            model = load_checkpoint(find_weights(info, cfg))
+            path = find_weights(info, cfg)
+            local = anytok_home() / "checkpoints" / f"{info.name}.{cfg.tag}"
+            if cfg.importer and path != local:
+                model = import_checkpoint(info, cfg, path)
+            else:
+                model = load_checkpoint(path)
             attach_identity(model, info.name, model.anytok_config, tag=cfg.tag)
     model = model.to(device=device)
     if dtype is not None:

@@ -148,12 +148,32 @@ def test_official_checkpoint_file_converts_and_round_trips(tmp_path) -> None:
         assert torch.equal(loaded.encode(audio).codes, expected)
 
 
-def test_registered_mimi_has_the_published_sizes() -> None:
-    """The default transformers MimiConfig is kyutai/mimi's: its weights load strictly."""
+def test_registered_mimi_has_the_published_sizes(tmp_path, monkeypatch) -> None:
+    """The default transformers MimiConfig is kyutai/mimi's: its weights load strictly, and
+    ``anytok.load("mimi.kyutai")`` converts the Hub file found in the Hugging Face cache."""
+    import huggingface_hub.constants
+    from safetensors.torch import save_file
+
     torch.manual_seed(0)
     reference = transformers.MimiModel(transformers.MimiConfig()).eval()
     ours = anytok.create_model("mimi").eval()
     ours.load_state_dict(convert_mimi_state_dict(reference.state_dict()), strict=True)
+
+    # The Hub repository as the Hugging Face cache lays it out (flat, as kyutai/mimi is).
+    repo = tmp_path / "hub" / "models--kyutai--mimi"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    save_file(_flat(reference.state_dict()), repo / "snapshots" / ("0" * 40) / "model.safetensors")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("ANYTOK_HOME", str(tmp_path / "anytok"))
+    monkeypatch.setenv("ANYTOK_OFFLINE", "1")
+    loaded = anytok.load("mimi.kyutai")
+    assert loaded.registry_name == "mimi.kyutai"
+    audio = torch.randn(1, 1, 1920 * 4) * 0.3
+    with torch.no_grad():
+        expected = reference.encode(audio, num_quantizers=8).audio_codes
+        assert torch.equal(loaded.encode(audio).codes, expected)
     assert sum(p.numel() for p in ours.parameters()) == sum(
         p.numel() for p in reference.parameters()
     )

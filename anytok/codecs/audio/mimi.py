@@ -5,7 +5,9 @@ https://arxiv.org/abs/2410.00037; reference code https://github.com/kyutai-labs/
 ``transformers``' ``MimiModel``). The audio tokenizer of Moshi and of many speech LMs since.
 
 ``mimi`` is registered with the published sizes, so the official weights
-(``kyutai/mimi``'s ``model.safetensors``) convert with :func:`convert_mimi_state_dict`:
+(``kyutai/mimi``'s ``model.safetensors``) convert with :func:`convert_mimi_state_dict`;
+``anytok.load("mimi.kyutai")`` fetches that file (or finds it in the Hugging Face cache)
+and converts it:
 
 - 24 kHz mono; SEANet strides 4, 5, 6, 8 (hop 960, 25 Hz), 64 filters, no weight norm,
   identity shortcuts, zero padding, latent 512;
@@ -53,7 +55,7 @@ from anytok.codecs.long_audio import mask_past_lengths
 from anytok.nn.causal_transformer import CausalTransformer
 from anytok.nn.conv import Conv1d, ConvTranspose1d
 from anytok.nn.encodec_seanet import EncodecSEANetDecoder, EncodecSEANetEncoder
-from anytok.registry import register
+from anytok.registry import UNTRAINED, PretrainedCfg, register, register_importer
 from anytok.regularizers import TrainingOptions
 from anytok.tokens import Tokens
 
@@ -425,6 +427,8 @@ def convert_mimi_state_dict(
 
 _PAPER = "https://arxiv.org/abs/2410.00037"
 
+register_importer("mimi", convert_mimi_state_dict)
+
 register(
     "mimi",
     modality="audio",
@@ -462,6 +466,17 @@ register(
         "n_levels": 4,
         "quantizer": {"kmeans_iters": 2},
     },
+    pretrained=[
+        PretrainedCfg(
+            "kyutai",
+            hf_hub_id="kyutai/mimi",
+            description="Kyutai's released Mimi (Moshi's codec), trained on speech; "
+            "converted from the Hub file on load",
+            license="CC-BY-4.0",
+            importer="mimi",
+        )
+    ],
+    default_tag=UNTRAINED,  # offline use and CI never reach for the Hub unasked
     builder=Mimi,
 )
 
