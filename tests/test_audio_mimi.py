@@ -327,3 +327,34 @@ def test_quantize_rate_passes_some_items_unquantized() -> None:
     assert 0 < int(per_item.sum()) < 16  # some items reach the decoder unquantized
     close = (captured["x"] - quantized).abs().flatten(1).amax(1) < 1e-4
     assert bool((per_item | close).all())
+
+
+def test_semantic_level_is_distilled_from_a_local_speech_model(tmp_path) -> None:
+    """A random WavLM at toy width as the teacher: the loss reaches the semantic level and the
+    encoder, never the acoustic levels' projection, and the teacher is not saved."""
+    config = transformers.WavLMConfig(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(8, 8),
+        conv_kernel=(10, 3),
+        conv_stride=(5, 2),
+        num_conv_pos_embeddings=4,
+        num_conv_pos_embedding_groups=2,
+        num_buckets=8,
+    )
+    torch.manual_seed(0)
+    transformers.WavLMModel(config).save_pretrained(tmp_path / "wavlm")
+    ours = Mimi(**{**OURS_SMALL, "semantic_teacher": str(tmp_path / "wavlm")}).train()
+    audio = torch.randn(2, 1, 150 * ours.hop_length) * 0.3
+    out = ours(audio)
+    semantic = out.losses["semantic"]
+    assert semantic.ndim == 0 and 0 < float(semantic) <= 2
+    semantic.backward()
+    assert ours.quantizer.semantic_in.weight.grad.abs().sum() > 0
+    assert ours.encoder.seanet.model[0].conv.conv.weight.grad.abs().sum() > 0
+    assert ours.quantizer.acoustic_in.weight.grad is None
+    keys = ours.state_dict().keys()
+    assert any(k.startswith("options.semantic.projector.") for k in keys)
+    assert not any("teacher" in k or "wavlm" in k for k in keys)
