@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from hub_cache import put_in_hub_cache
 from torch import nn
 
 import anytok
@@ -492,3 +493,98 @@ def test_wavtokenizer_full_size_parts_match_references() -> None:
         got = model.head(ours_b(latent, condition_id=0))
     assert got.shape == expected.shape == (1, 24000)
     assert float((got - expected).abs().max()) < TOL * max(1.0, float(expected.abs().max()))
+
+
+# --------------------------------------------------------------------------- transformers oracle
+
+
+def _randomize_wavtokenizer(reference: nn.Module) -> None:
+    """Random codebook, AdaLayerNorm and ConvNeXt scales (transformers starts them at
+    zeros / ones / 1e-6, which would hide mistakes)."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, tensor in reference.state_dict().items():
+            if name.endswith("codebook.embed"):
+                tensor.copy_(torch.randn(tensor.shape, generator=generator))
+            elif name.endswith(("norm.scale.weight", "norm.shift.weight", ".gamma")):
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.5 + 0.5)
+
+
+def _checked_transformers_reference(name: str, ratios: list[int]) -> nn.Module:
+    """transformers' WavTokenizerModel (the swiss-ai release's layout) at a registered size,
+    attention stage included, checked against ``name`` converted and loaded strictly: same
+    codes and audio. Returns the reference."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.WavTokenizerConfig(upsampling_ratios=ratios)
+    reference = transformers.WavTokenizerModel(config).eval()
+    _randomize_wavtokenizer(reference)
+    hop = reference.hop_length
+    audio = torch.randn(2, 1, 12 * hop) * 0.3
+    with torch.no_grad():
+        # codewords near this audio's latents, so that many different codes are chosen
+        latent = reference.encoder_model.encoder(audio).transpose(1, 2).flatten(0, 1)
+        book = reference.encoder_model.quantizer.codebook.embed
+        picks = torch.randint(0, latent.shape[0], (book.shape[0],))
+        book.copy_(latent[picks] + 0.1 * latent.std() * torch.randn_like(book))
+    ours = anytok.create_model(name).eval()
+    ours.load_state_dict(convert_wavtokenizer_state_dict(reference.state_dict()), strict=True)
+    with torch.no_grad():
+        codes = reference.encode(audio).audio_codes
+        assert codes.unique().numel() > 10
+        decoded = reference.decode(codes).audio_values
+        tokens = ours.encode(audio)
+        assert torch.equal(tokens.codes, codes)
+        torch.testing.assert_close(ours.decode(tokens), decoded, atol=2e-5, rtol=1e-4)
+    return reference
+
+
+@pytest.mark.parametrize(
+    ("name", "ratios"),
+    [("wavtokenizer_24khz_40hz", [6, 5, 5, 4]), ("wavtokenizer_24khz_75hz", [8, 5, 4, 2])],
+)
+def test_wavtokenizer_matches_transformers_full_model(name: str, ratios: list[int]) -> None:
+    _checked_transformers_reference(name, ratios)
+
+
+def test_wavtokenizer_large_unify_tag_imports_the_hub_file(tmp_path, monkeypatch) -> None:
+    """``anytok.load("wavtokenizer_24khz_40hz.large_unify")`` converts the transformers-format
+    file found in the Hugging Face cache."""
+    reference = _checked_transformers_reference("wavtokenizer_24khz_40hz", [6, 5, 5, 4])
+    repo = "swiss-ai/wavtokenizer-large-unify-40token"
+    put_in_hub_cache(tmp_path, repo, reference.state_dict(), monkeypatch)
+    loaded = anytok.load("wavtokenizer_24khz_40hz.large_unify")
+    assert loaded.registry_name == "wavtokenizer_24khz_40hz.large_unify"
+    audio = torch.randn(1, 1, 9 * 600) * 0.3
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(audio).codes, reference.encode(audio).audio_codes)
+
+
+def test_wavtokenizer_transformers_layout_with_old_weight_norm() -> None:
+    """The same file saved with old-style weight norm (weight_g / weight_v) converts the same."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.WavTokenizerConfig(
+        upsampling_ratios=[4, 2],
+        num_filters=4,
+        hidden_size=8,
+        codebook_dim=8,
+        codebook_size=32,
+        num_lstm_layers=1,
+        decoder_hidden_size=32,
+        decoder_intermediate_size=64,
+        decoder_num_layers=1,
+    )
+    reference = transformers.WavTokenizerModel(config).eval()
+    state = reference.state_dict()
+    old = {
+        k.replace("parametrizations.weight.original0", "weight_g").replace(
+            "parametrizations.weight.original1", "weight_v"
+        ): v
+        for k, v in state.items()
+    }
+    new, converted = convert_wavtokenizer_state_dict(state), convert_wavtokenizer_state_dict(old)
+    assert new.keys() == converted.keys()
+    assert all(torch.equal(new[k], converted[k]) for k in new)
+    with pytest.raises(KeyError, match="encoder_model.extra"):
+        convert_wavtokenizer_state_dict({**state, "encoder_model.extra": torch.zeros(1)})

@@ -23,6 +23,7 @@ one: each item's audio is what it would be alone.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,7 +38,7 @@ from anytok.codecs.base import (
 )
 from anytok.nn.encodec_seanet import EncodecSEANetEncoder, convert_encodec_seanet_keys
 from anytok.nn.vocos import ISTFTHead, VocosBackbone
-from anytok.registry import register
+from anytok.registry import UNTRAINED, PretrainedCfg, register, register_importer
 from anytok.tokens import Tokens
 
 #: WavTokenizer's quantizer: EnCodec's EMA codebook (decay 0.99, k-means init with 200
@@ -177,10 +178,41 @@ def convert_vocos_backbone_state_dict(state_dict: Mapping[str, Tensor]) -> dict[
     return out
 
 
-def convert_wavtokenizer_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """An official WavTokenizer checkpoint's ``state_dict`` -> :class:`WavTokenizer`'s.
+def _official_layout(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``transformers``' ``WavTokenizerModel`` keys -> the official checkpoint's.
 
-    Maps ``feature_extractor.encodec.encoder.*`` (EnCodec SEANet, old-style weight norm) to
+    ``encoder_model.encoder.layers.i.{conv, block.j.conv, shortcut.conv}.*`` (one conv level,
+    no SConv1d wrapper) -> ``feature_extractor.encodec.encoder.model.i.{...}.conv.conv.*``,
+    ``encoder_model.quantizer.codebook.*`` -> the EnCodec codebook, ``head.linear`` ->
+    ``head.out``; the backbone's names are the same.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        if match := re.fullmatch(
+            r"encoder_model\.encoder\.layers\.(\d+)\.((?:block\.\d+\.|shortcut\.)?)conv\.(.+)", key
+        ):
+            index, inner, rest = match.groups()
+            key = f"feature_extractor.encodec.encoder.model.{index}.{inner}conv.conv.{rest}"
+        elif key.startswith("encoder_model.encoder.layers."):  # the LSTM
+            key = "feature_extractor.encodec.encoder.model." + key[len("encoder_model.encoder.layers.") :]
+        elif key.startswith("encoder_model.quantizer.codebook."):
+            name = key[len("encoder_model.quantizer.codebook.") :]
+            key = f"feature_extractor.encodec.quantizer.vq.layers.0._codebook.{name}"
+        elif key.startswith("head.linear."):
+            key = "head.out." + key[len("head.linear.") :]
+        elif not key.startswith(("backbone.", "head.")):
+            raise KeyError(f"convert_wavtokenizer_state_dict: unexpected key {key!r}")
+        out[key] = value
+    return out
+
+
+def convert_wavtokenizer_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """An official WavTokenizer checkpoint's ``state_dict``, or a ``transformers``
+    ``WavTokenizerModel``'s (e.g. ``swiss-ai/wavtokenizer-large-unify-40token``'s
+    ``model.safetensors``; its keys start with ``encoder_model.``) -> :class:`WavTokenizer`'s.
+
+    The ``transformers`` layout is first renamed to the official one (:func:`_official_layout`).
+    Then maps ``feature_extractor.encodec.encoder.*`` (EnCodec SEANet, old-style weight norm) to
     ``encoder.*`` by :func:`~anytok.nn.encodec_seanet.convert_encodec_seanet_keys`, the codebook ``feature_extractor.encodec.quantizer.vq.layers.0._codebook.*``
     to ``quantizer.*`` (EMA buffers included), and ``backbone.*`` / ``head.*`` by
     :func:`convert_vocos_backbone_state_dict`. Unused parts (EnCodec's decoder, the
@@ -190,6 +222,8 @@ def convert_wavtokenizer_state_dict(state_dict: Mapping[str, Tensor]) -> dict[st
     you trust them, convert it, then :func:`anytok.checkpoint.save_checkpoint` the model as
     safetensors.
     """
+    if any(k.startswith("encoder_model.") for k in state_dict):
+        state_dict = _official_layout(state_dict)
     encoder_prefix = "feature_extractor.encodec.encoder."
     codebook_prefix = "feature_extractor.encodec.quantizer.vq.layers.0._codebook."
     if any(k.startswith("feature_extractor.encodec.quantizer.vq.layers.1.") for k in state_dict):
@@ -240,6 +274,8 @@ _TINY: dict[str, Any] = {
     "quantizer": {**DEFAULT_QUANTIZER, "codebook_size": 32, "kmeans_iters": 2},
 }
 
+register_importer("wavtokenizer", convert_wavtokenizer_state_dict)
+
 register(
     "wavtokenizer_24khz_40hz",
     modality="audio",
@@ -248,6 +284,16 @@ register(
     paper=_PAPER,
     default_config={**_COMMON, "ratios": [4, 5, 5, 6], "n_fft": 2400},
     tiny_config=_TINY,
+    pretrained=[
+        PretrainedCfg(
+            "large_unify",
+            hf_hub_id="swiss-ai/wavtokenizer-large-unify-40token",
+            description="the WavTokenizer authors' large model for speech, music and audio "
+            "(40 tokens/s), as converted for transformers; converted again on load",
+            importer="wavtokenizer",
+        )
+    ],
+    default_tag=UNTRAINED,  # offline use and CI never reach for the Hub unasked
     builder=WavTokenizer,
 )
 
