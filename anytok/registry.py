@@ -328,6 +328,11 @@ def import_checkpoint(info: ArchInfo, cfg: PretrainedCfg, directory: Path) -> nn
             f"(known: {', '.join(sorted(_IMPORTERS)) or 'none'})"
         )
     weights = directory / "model.safetensors"
+    if not weights.is_file():
+        raise WeightsNotFoundError(
+            f"{info.name}.{cfg.tag}: {directory} has no model.safetensors (the importer "
+            f"{cfg.importer!r} reads safetensors only; pickled weights are never opened)"
+        )
     model = create_model(info.name)
     state = _IMPORTERS[cfg.importer](load_file(weights))
     load_state_dict_strict(model, state, f"{weights} (converted by {cfg.importer!r})")

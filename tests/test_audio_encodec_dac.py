@@ -342,3 +342,115 @@ def test_unbounded_receptive_field_falls_back_to_context() -> None:
             audio, chunk_seconds=10 / model.frame_rate, context_seconds=0.001
         )
     assert tokens.codes.shape == model.encode(audio).codes.shape
+
+
+# --------------------------------------------------------------------------- transformers
+
+
+def _randomise_hf_encodec_codebooks(ref, channels: int, hop: int) -> None:
+    """As :func:`_randomise_encodec_codebooks`, for transformers' EncodecModel."""
+    with torch.no_grad():
+        residual = ref.encoder(0.3 * torch.randn(2, channels, 64 * hop)).transpose(1, 2)
+        residual = residual.reshape(-1, residual.shape[-1])
+        for layer in ref.quantizer.layers:
+            book = layer.codebook
+            book.embed.copy_(residual.mean(0) + residual.std(0) * torch.randn_like(book.embed))
+            book.embed_avg.copy_(book.embed)
+            book.cluster_size.uniform_(0.0, 4.0)
+            book.inited.fill_(1.0)
+            residual = residual - book.embed[torch.cdist(residual, book.embed).argmin(-1)]
+
+
+@pytest.mark.parametrize("name", ["encodec_24khz", "encodec_48khz"])
+def test_encodec_matches_transformers(name: str) -> None:
+    """transformers' EncodecModel (the layout of facebook/encodec_24khz and _48khz) at the
+    registered sizes: converted and loaded strictly, same codes and audio at 6 kbps."""
+    transformers = pytest.importorskip("transformers")
+    configs = {
+        "encodec_24khz": {},
+        "encodec_48khz": dict(
+            sampling_rate=48000,
+            audio_channels=2,
+            norm_type="time_group_norm",
+            use_causal_conv=False,
+            target_bandwidths=[3.0, 6.0, 12.0, 24.0],
+        ),
+    }
+    # one pass without the volume side channel, as anytok encodes (see docs/audio.md)
+    config = transformers.EncodecConfig(
+        **configs[name], chunk_length_s=None, overlap=None, normalize=False
+    )
+    ref = transformers.EncodecModel(config).eval()
+    ours = anytok.create_model(name).eval()
+    _randomise_hf_encodec_codebooks(ref, ours.channels, ours.hop_length)
+    ours.load_state_dict(convert_encodec_state_dict(ref.state_dict()), strict=True)
+    audio = 0.3 * torch.randn(2, ours.channels, ours.hop_length * 10)
+    with torch.no_grad():
+        encoded = ref.encode(audio, bandwidth=6.0)
+        codes = encoded.audio_codes[0]
+        tokens = ours.encode(audio, bandwidth=6.0)
+        assert torch.equal(tokens.codes, codes)
+        assert codes[:, 0].unique().numel() > 10
+        decoded = ref.decode(encoded.audio_codes, encoded.audio_scales).audio_values
+        assert max_diff(ours.decode(tokens), decoded) <= TOL
+
+
+def test_transformers_seanet_keys_reject_unknown_entries() -> None:
+    from anytok.nn.encodec_seanet import convert_transformers_seanet_keys
+
+    state = {
+        "encoder.layers.0.conv.weight": torch.zeros(1),
+        "encoder.layers.3.extra": torch.zeros(1),
+    }
+    with pytest.raises(KeyError, match="encoder.layers.3.extra"):
+        convert_transformers_seanet_keys(state, "encoder.layers.", "encoder.model.", decoder=False)
+
+
+@pytest.mark.parametrize("name", ["dac_16khz", "dac_24khz", "dac_44khz"])
+def test_dac_matches_transformers(name: str) -> None:
+    """transformers' DacModel (the layout of descript/dac_16khz, _24khz, _44khz: plain conv
+    weights) at the registered sizes: converted and loaded strictly, same codes and audio."""
+    transformers = pytest.importorskip("transformers")
+    arch = get_arch(name).default_config
+    config = transformers.DacConfig(
+        sampling_rate=arch["sample_rate"],
+        downsampling_ratios=arch["encoder_rates"],
+        upsampling_ratios=arch["decoder_rates"],
+        hop_length=math.prod(arch["encoder_rates"]),
+        n_codebooks=arch["n_codebooks"],
+    )
+    ref = transformers.DacModel(config).eval()
+    ours = anytok.create_model(name).eval()
+    ours.load_state_dict(convert_dac_state_dict(ref.state_dict()), strict=True)
+    audio = 0.3 * torch.randn(2, 1, ours.hop_length * 8)
+    with torch.no_grad():
+        codes = ref.encode(audio).audio_codes
+        tokens = ours.encode(audio)
+        assert torch.equal(tokens.codes, codes)
+        assert codes[:, 0].unique().numel() > 4
+        decoded = ref.decode(audio_codes=codes).audio_values
+        ours_audio = ours.decode(tokens)[:, 0, : decoded.shape[-1]]
+        assert max_diff(ours_audio, decoded.reshape(ours_audio.shape)) <= TOL
+
+
+def test_facebook_tag_imports_the_hub_file(tmp_path, monkeypatch) -> None:
+    """``anytok.load("encodec_24khz.facebook")`` converts the transformers-format file found in
+    the Hugging Face cache; a snapshot without model.safetensors is refused by name."""
+    transformers = pytest.importorskip("transformers")
+    from hub_cache import put_in_hub_cache
+
+    from anytok.registry import WeightsNotFoundError
+
+    ref = transformers.EncodecModel(transformers.EncodecConfig()).eval()
+    _randomise_hf_encodec_codebooks(ref, 1, 320)
+    put_in_hub_cache(tmp_path, "facebook/encodec_24khz", ref.state_dict(), monkeypatch)
+    loaded = anytok.load("encodec_24khz.facebook")
+    assert loaded.registry_name == "encodec_24khz.facebook"
+    audio = 0.3 * torch.randn(1, 1, 320 * 9)
+    with torch.no_grad():
+        expected = ref.encode(audio, bandwidth=6.0).audio_codes[0]
+        assert torch.equal(loaded.encode(audio, bandwidth=6.0).codes, expected)
+    snapshot = next((tmp_path / "hub").rglob("model.safetensors"))
+    snapshot.unlink()
+    with pytest.raises(WeightsNotFoundError, match="has no model.safetensors"):
+        anytok.load("encodec_24khz.facebook")

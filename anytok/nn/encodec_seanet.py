@@ -15,6 +15,7 @@ Module nesting mirrors EnCodec's, so a state dict maps by renaming alone (see
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
@@ -263,6 +264,41 @@ def convert_encodec_seanet_keys(state_dict: Mapping[str, Tensor]) -> dict[str, T
     return out
 
 
+def convert_transformers_seanet_keys(
+    state_dict: Mapping[str, Tensor], prefix: str, target: str, *, decoder: bool
+) -> dict[str, Tensor]:
+    """Rename a ``transformers`` SEANet stack (EnCodec's, Mimi's, WavTokenizer's encoder) to
+    :class:`EncodecSEANetEncoder` / :class:`EncodecSEANetDecoder` keys.
+
+    Only keys starting with ``prefix`` (e.g. ``"encoder.layers."``) are read; they come out
+    under ``target`` (e.g. ``"encoder.model."``):
+
+    - ``i.[block.j. | shortcut.]conv.*`` -> ``i.[...]conv.conv.*`` (a conv with its padding
+      wrapper), ``i.[...]norm.*`` -> ``i.[...]norm.*`` (GroupNorm over time);
+    - in a decoder, every top-level conv between the first and the last is a transposed conv:
+      ``i.conv.*`` -> ``i.convtr.conv.*``;
+    - ``i.lstm.*`` unchanged; old-style weight norm becomes torch's parametrization.
+    """
+    stack = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    top = sorted({int(m.group(1)) for k in stack if (m := re.match(r"(\d+)\.(conv|norm)\.", k))})
+    out = {}
+    for key, value in stack.items():
+        match = re.fullmatch(r"(\d+)\.((?:block\.\d+\.|shortcut\.)?)(conv|norm)\.(.+)", key)
+        if match:
+            index, inner, kind, rest = match.groups()
+            transposed = decoder and not inner and int(index) not in (top[0], top[-1])
+            wrapper = "convtr" if transposed else "conv"
+            key = (
+                f"{index}.{inner}{wrapper}.conv.{rest}"
+                if kind == "conv"
+                else f"{index}.{inner}norm.{rest}"
+            )
+        elif not re.fullmatch(r"\d+\.lstm\..+", key):
+            raise KeyError(f"convert_transformers_seanet_keys: unexpected key {prefix + key!r}")
+        out[rename_weight_norm(target + key)] = value
+    return out
+
+
 def rename_weight_norm(key: str) -> str:
     """Old-style weight-norm key -> torch parametrization key (others unchanged):
     ``x.weight_g`` -> ``x.parametrizations.weight.original0``, ``weight_v`` -> ``original1``."""
@@ -282,5 +318,6 @@ __all__ = [
     "EncodecSEANetEncoder",
     "check_norm",
     "convert_encodec_seanet_keys",
+    "convert_transformers_seanet_keys",
     "rename_weight_norm",
 ]

@@ -39,6 +39,7 @@ right-pads those with zeros to ``frames * hop``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -52,7 +53,7 @@ from anytok.nn.conv import maybe_weight_norm
 from anytok.nn.snake import Snake1d
 from anytok.quantizers.distributed import shared_random
 from anytok.quantizers.residual import ResidualVQ, synced_num_levels
-from anytok.registry import register
+from anytok.registry import UNTRAINED, PretrainedCfg, register, register_importer
 from anytok.tokens import Tokens
 
 
@@ -332,8 +333,61 @@ class DAC(AudioTokenizer):
 # --------------------------------------------------------------------------- importer
 
 
+def _from_transformers_layout(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``transformers``' ``DacModel`` keys -> the ``dac`` package's (same modules, named
+    attributes instead of ``nn.Sequential`` indices). Plain conv weights (transformers'
+    conversion removes weight norm) are split back into old-style ``weight_g`` / ``weight_v``
+    (``g`` the norm of each output slice), which :func:`convert_dac_state_dict` then reads.
+    """
+    blocks = {
+        half: 1
+        + max(int(m.group(1)) for k in state if (m := re.match(rf"{half}\.block\.(\d+)\.", k)))
+        for half in ("encoder", "decoder")
+    }
+    # encoder.block = [conv, EncoderBlock x n, Snake, conv]; EncoderBlock = [res x 3, Snake,
+    # conv]; decoder.model = [conv, DecoderBlock x n, Snake, conv]; DecoderBlock = [Snake,
+    # convT, res x 3]; residual unit = [Snake, conv, Snake, conv]
+    unit = {"snake1": "0", "conv1": "1", "snake2": "2", "conv2": "3"}
+    encoder_block = {"snake1": "3", "conv1": "4"}
+    decoder_block = {"snake1": "0", "conv_t1": "1"}
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        new = None
+        if key.startswith("quantizer."):
+            new = key
+        elif m := re.fullmatch(r"(encoder|decoder)\.(conv1|snake1|conv2)\.(.+)", key):
+            half, name, rest = m.groups()
+            seq = "encoder.block" if half == "encoder" else "decoder.model"
+            index = {"conv1": 0, "snake1": blocks[half] + 1, "conv2": blocks[half] + 2}[name]
+            new = f"{seq}.{index}.{rest}"
+        elif m := re.fullmatch(r"(encoder|decoder)\.block\.(\d+)\.(\w+)\.(.+)", key):
+            half, block, name, rest = m.groups()
+            seq = "encoder.block" if half == "encoder" else "decoder.model"
+            prefix = f"{seq}.{int(block) + 1}.block"
+            if name.startswith("res_unit"):
+                offset = 0 if half == "encoder" else 2
+                position = int(name.removeprefix("res_unit")) - 1 + offset
+                layer, _, rest = rest.partition(".")
+                if layer in unit:
+                    new = f"{prefix}.{position}.block.{unit[layer]}.{rest}"
+            elif name in (encoder_block if half == "encoder" else decoder_block):
+                table = encoder_block if half == "encoder" else decoder_block
+                new = f"{prefix}.{table[name]}.{rest}"
+        if new is None:
+            raise KeyError(f"convert_dac_state_dict: unexpected key {key!r}")
+        if new.endswith(".weight") and value.ndim == 3 and not new.startswith("quantizer."):
+            out[new[: -len("weight")] + "weight_g"] = value.norm(dim=(1, 2), keepdim=True)
+            out[new[: -len("weight")] + "weight_v"] = value
+        else:
+            out[new] = value
+    return out
+
+
 def convert_dac_state_dict(reference_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """A ``dac.DAC`` state dict (official checkpoint's ``state_dict``) -> :class:`DAC`'s.
+    """A ``dac.DAC`` state dict (official checkpoint's ``state_dict``), or a ``transformers``
+    ``DacModel``'s (``descript/dac_16khz`` ...'s ``model.safetensors``: keys such as
+    ``encoder.conv1.*`` and ``block.i.res_unit1.*``, renamed by :func:`_from_transformers_layout`
+    first) -> :class:`DAC`'s.
 
     Encoder and decoder keys are DAC's own; only old-style weight norm (``weight_g`` /
     ``weight_v``) becomes torch's parametrization (``original0`` / ``original1``). The
@@ -342,6 +396,8 @@ def convert_dac_state_dict(reference_state: Mapping[str, Tensor]) -> dict[str, T
     codebook ``quantizers.i.codebook.weight`` becomes ``layers.i.embedding``, and the usage
     statistics DAC does not keep start fresh (``ema_cluster_size`` ones, ``initted`` true).
     """
+    if any(k.startswith(("encoder.conv1.", "encoder.block.0.res_unit1.")) for k in reference_state):
+        reference_state = _from_transformers_layout(reference_state)
     out: dict[str, Tensor] = {}
     projections: dict[str, dict[str, Tensor]] = {}
     for key, value in reference_state.items():
@@ -402,6 +458,8 @@ _TINY = {
     "codebook_dim": 4,
 }
 
+register_importer("dac", convert_dac_state_dict)
+
 register(
     "dac_16khz",
     modality="audio",
@@ -415,6 +473,16 @@ register(
         "sample_rate": 16000,
     },
     tiny_config={**_TINY, "encoder_rates": [2, 5], "decoder_rates": [5, 2]},
+    pretrained=[
+        PretrainedCfg(
+            "descript",
+            hf_hub_id="descript/dac_16khz",
+            description="Descript's released DAC, as converted for transformers; converted again on load",
+            license="MIT",
+            importer="dac",
+        )
+    ],
+    default_tag=UNTRAINED,  # offline use and CI never reach for the Hub unasked
     builder=DAC,
 )
 
@@ -431,6 +499,16 @@ register(
         "sample_rate": 24000,
     },
     tiny_config={**_TINY, "encoder_rates": [2, 5], "decoder_rates": [5, 2]},
+    pretrained=[
+        PretrainedCfg(
+            "descript",
+            hf_hub_id="descript/dac_24khz",
+            description="Descript's released DAC, as converted for transformers; converted again on load",
+            license="MIT",
+            importer="dac",
+        )
+    ],
+    default_tag=UNTRAINED,  # offline use and CI never reach for the Hub unasked
     builder=DAC,
 )
 
@@ -447,6 +525,16 @@ register(
         "sample_rate": 44100,
     },
     tiny_config=_TINY,
+    pretrained=[
+        PretrainedCfg(
+            "descript",
+            hf_hub_id="descript/dac_44khz",
+            description="Descript's released DAC, as converted for transformers; converted again on load",
+            license="MIT",
+            importer="dac",
+        )
+    ],
+    default_tag=UNTRAINED,  # offline use and CI never reach for the Hub unasked
     builder=DAC,
 )
 

@@ -49,9 +49,10 @@ from anytok.nn.encodec_seanet import (
     EncodecSEANetDecoder,
     EncodecSEANetEncoder,
     convert_encodec_seanet_keys,
+    convert_transformers_seanet_keys,
 )
 from anytok.quantizers.distributed import shared_randint
-from anytok.registry import register
+from anytok.registry import UNTRAINED, PretrainedCfg, register, register_importer
 from anytok.tokens import Tokens
 
 #: EnCodec's quantizer: EMA codebooks (decay 0.99), k-means initialisation on the first batch
@@ -262,8 +263,35 @@ _CODEBOOK_KEYS = {
 }
 
 
+def _from_transformers_layout(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``transformers``' ``EncodecModel`` keys -> :class:`EnCodec`'s: the SEANet stacks
+    ``{encoder,decoder}.layers.*`` by
+    :func:`~anytok.nn.encodec_seanet.convert_transformers_seanet_keys`, the codebooks
+    ``quantizer.layers.i.codebook.*`` as in the official layout."""
+    out: dict[str, Tensor] = {}
+    for half in ("encoder", "decoder"):
+        out.update(
+            convert_transformers_seanet_keys(
+                state_dict, f"{half}.layers.", f"{half}.model.", decoder=half == "decoder"
+            )
+        )
+    for key, value in state_dict.items():
+        if key.startswith(("encoder.layers.", "decoder.layers.")):
+            continue
+        match = re.fullmatch(r"quantizer\.layers\.(\d+)\.codebook\.(\w+)", key)
+        if not match or match.group(2) not in _CODEBOOK_KEYS:
+            raise KeyError(f"convert_encodec_state_dict: unexpected key {key!r}")
+        level, name = match.groups()
+        if name == "inited":
+            value = value.reshape(()).bool()
+        out[f"quantizer.layers.{level}.{_CODEBOOK_KEYS[name]}"] = value
+    return out
+
+
 def convert_encodec_state_dict(reference_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """An ``encodec.EncodecModel`` state dict (official checkpoint) -> :class:`EnCodec`'s.
+    """An ``encodec.EncodecModel`` state dict (official checkpoint), or a ``transformers``
+    ``EncodecModel``'s (``facebook/encodec_24khz`` / ``facebook/encodec_48khz``'s
+    ``model.safetensors``: keys ``encoder.layers.*``), -> :class:`EnCodec`'s.
 
     Renames only: the SEANet encoder and decoder by
     :func:`~anytok.nn.encodec_seanet.convert_encodec_seanet_keys` (``SConv1d``'s
@@ -274,6 +302,8 @@ def convert_encodec_state_dict(reference_state: Mapping[str, Tensor]) -> dict[st
     initted}``. Load the result with ``load_state_dict(..., strict=True)`` into a model
     built with the checkpoint's configuration (e.g. ``anytok.create_model("encodec_24khz")``).
     """
+    if any(k.startswith(("encoder.layers.", "decoder.layers.")) for k in reference_state):
+        return _from_transformers_layout(reference_state)
     out: dict[str, Tensor] = {}
     for new, value in convert_encodec_seanet_keys(reference_state).items():
         match = re.fullmatch(r"quantizer\.vq\.layers\.(\d+)\._codebook\.(\w+)", new)
@@ -303,6 +333,8 @@ _TINY = {
     "quantizer": {"kmeans_iters": 2},
 }
 
+register_importer("encodec", convert_encodec_state_dict)
+
 register(
     "encodec_24khz",
     modality="audio",
@@ -326,6 +358,16 @@ register(
         "bandwidth": None,
     },
     tiny_config=_TINY,
+    pretrained=[
+        PretrainedCfg(
+            "facebook",
+            hf_hub_id="facebook/encodec_24khz",
+            description="Meta's released EnCodec, as converted for transformers; converted again on load",
+            license="CC-BY-NC-4.0",
+            importer="encodec",
+        )
+    ],
+    default_tag=UNTRAINED,  # offline use and CI never reach for the Hub unasked
     builder=EnCodec,
 )
 
@@ -352,6 +394,16 @@ register(
         "bandwidth": None,
     },
     tiny_config={**_TINY, "target_bandwidths": [24.0, 48.0]},
+    pretrained=[
+        PretrainedCfg(
+            "facebook",
+            hf_hub_id="facebook/encodec_48khz",
+            description="Meta's released EnCodec, as converted for transformers; converted again on load (anytok encodes in one pass, without EnCodec's 1 s segments and volume normalisation)",
+            license="CC-BY-NC-4.0",
+            importer="encodec",
+        )
+    ],
+    default_tag=UNTRAINED,  # offline use and CI never reach for the Hub unasked
     builder=EnCodec,
 )
 

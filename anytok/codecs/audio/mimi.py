@@ -54,7 +54,11 @@ from anytok.codecs.base import AudioTokenizer, TokenizerOutput, build_quantizer,
 from anytok.codecs.long_audio import mask_past_lengths
 from anytok.nn.causal_transformer import CausalTransformer
 from anytok.nn.conv import Conv1d, ConvTranspose1d
-from anytok.nn.encodec_seanet import EncodecSEANetDecoder, EncodecSEANetEncoder
+from anytok.nn.encodec_seanet import (
+    EncodecSEANetDecoder,
+    EncodecSEANetEncoder,
+    convert_transformers_seanet_keys,
+)
 from anytok.registry import UNTRAINED, PretrainedCfg, register, register_importer
 from anytok.regularizers import TrainingOptions
 from anytok.tokens import Tokens
@@ -370,27 +374,16 @@ def convert_mimi_state_dict(
     ``anytok.create_model("mimi")`` (or a model of the checkpoint's configuration).
     """
     state = {_flat_key(k): v for k, v in reference_state.items()}
-    decoder_convs = sorted(
-        {int(m.group(1)) for k in state if (m := re.match(r"decoder\.layers\.(\d+)\.conv\.", k))}
-    )
     out: dict[str, Tensor] = {}
+    for half in ("encoder", "decoder"):
+        out.update(
+            convert_transformers_seanet_keys(
+                state, f"{half}.layers.", f"{half}.seanet.model.", decoder=half == "decoder"
+            )
+        )
     codebooks: dict[str, dict[str, Tensor]] = {}
     for key, value in state.items():
-        if match := re.fullmatch(
-            r"(encoder|decoder)\.layers\.(\d+)\.(block\.\d+\.)?conv\.(\w+)", key
-        ):
-            half, index, block, name = match.groups()
-            transposed = (
-                half == "decoder"
-                and not block
-                and int(index)
-                not in (
-                    decoder_convs[0],
-                    decoder_convs[-1],
-                )
-            )
-            conv = "convtr.conv" if transposed else "conv.conv"
-            out[f"{half}.seanet.model.{index}.{block or ''}{conv}.{name}"] = value
+        if key.startswith(("encoder.layers.", "decoder.layers.")):
             continue
         if match := re.fullmatch(r"quantizer\.(\w+)\.(input_proj|output_proj)\.weight", key):
             part, proj = match.groups()

@@ -23,7 +23,6 @@ one: each item's audio is what it would be alone.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,7 +35,11 @@ from anytok.codecs.base import (
     build_quantizer,
     decode_codes,
 )
-from anytok.nn.encodec_seanet import EncodecSEANetEncoder, convert_encodec_seanet_keys
+from anytok.nn.encodec_seanet import (
+    EncodecSEANetEncoder,
+    convert_encodec_seanet_keys,
+    convert_transformers_seanet_keys,
+)
 from anytok.nn.vocos import ISTFTHead, VocosBackbone
 from anytok.registry import UNTRAINED, PretrainedCfg, register, register_importer
 from anytok.tokens import Tokens
@@ -178,31 +181,27 @@ def convert_vocos_backbone_state_dict(state_dict: Mapping[str, Tensor]) -> dict[
     return out
 
 
-def _official_layout(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """``transformers``' ``WavTokenizerModel`` keys -> the official checkpoint's.
-
-    ``encoder_model.encoder.layers.i.{conv, block.j.conv, shortcut.conv}.*`` (one conv level,
-    no SConv1d wrapper) -> ``feature_extractor.encodec.encoder.model.i.{...}.conv.conv.*``,
-    ``encoder_model.quantizer.codebook.*`` -> the EnCodec codebook, ``head.linear`` ->
-    ``head.out``; the backbone's names are the same.
-    """
-    out = {}
+def _from_transformers_layout(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``transformers``' ``WavTokenizerModel`` keys -> :class:`WavTokenizer`'s: the SEANet
+    stack ``encoder_model.encoder.layers.*`` by
+    :func:`~anytok.nn.encodec_seanet.convert_transformers_seanet_keys`, the codebook
+    ``encoder_model.quantizer.codebook.*``, ``head.linear`` -> ``head.out``; the backbone's
+    names are the same."""
+    layers = "encoder_model.encoder.layers."
+    out = convert_transformers_seanet_keys(state_dict, layers, "encoder.model.", decoder=False)
+    codebook = "encoder_model.quantizer.codebook."
     for key, value in state_dict.items():
-        if match := re.fullmatch(
-            r"encoder_model\.encoder\.layers\.(\d+)\.((?:block\.\d+\.|shortcut\.)?)conv\.(.+)", key
-        ):
-            index, inner, rest = match.groups()
-            key = f"feature_extractor.encodec.encoder.model.{index}.{inner}conv.conv.{rest}"
-        elif key.startswith("encoder_model.encoder.layers."):  # the LSTM
-            key = "feature_extractor.encodec.encoder.model." + key[len("encoder_model.encoder.layers.") :]
-        elif key.startswith("encoder_model.quantizer.codebook."):
-            name = key[len("encoder_model.quantizer.codebook.") :]
-            key = f"feature_extractor.encodec.quantizer.vq.layers.0._codebook.{name}"
+        if key.startswith(layers):
+            continue
+        if key.startswith(codebook):
+            name = _QUANTIZER_KEYS[key[len(codebook) :]]
+            out[f"quantizer.{name}"] = value.reshape(()).bool() if name == "initted" else value
         elif key.startswith("head.linear."):
-            key = "head.out." + key[len("head.linear.") :]
-        elif not key.startswith(("backbone.", "head.")):
+            out["head.out." + key[len("head.linear.") :]] = value
+        elif key.startswith(("backbone.", "head.")):
+            out[key] = value
+        else:
             raise KeyError(f"convert_wavtokenizer_state_dict: unexpected key {key!r}")
-        out[key] = value
     return out
 
 
@@ -211,8 +210,8 @@ def convert_wavtokenizer_state_dict(state_dict: Mapping[str, Tensor]) -> dict[st
     ``WavTokenizerModel``'s (e.g. ``swiss-ai/wavtokenizer-large-unify-40token``'s
     ``model.safetensors``; its keys start with ``encoder_model.``) -> :class:`WavTokenizer`'s.
 
-    The ``transformers`` layout is first renamed to the official one (:func:`_official_layout`).
-    Then maps ``feature_extractor.encodec.encoder.*`` (EnCodec SEANet, old-style weight norm) to
+    The ``transformers`` layout is renamed by :func:`_from_transformers_layout`. The official
+    one: maps ``feature_extractor.encodec.encoder.*`` (EnCodec SEANet, old-style weight norm) to
     ``encoder.*`` by :func:`~anytok.nn.encodec_seanet.convert_encodec_seanet_keys`, the codebook ``feature_extractor.encodec.quantizer.vq.layers.0._codebook.*``
     to ``quantizer.*`` (EMA buffers included), and ``backbone.*`` / ``head.*`` by
     :func:`convert_vocos_backbone_state_dict`. Unused parts (EnCodec's decoder, the
@@ -223,7 +222,7 @@ def convert_wavtokenizer_state_dict(state_dict: Mapping[str, Tensor]) -> dict[st
     safetensors.
     """
     if any(k.startswith("encoder_model.") for k in state_dict):
-        state_dict = _official_layout(state_dict)
+        return _from_transformers_layout(state_dict)
     encoder_prefix = "feature_extractor.encodec.encoder."
     codebook_prefix = "feature_extractor.encodec.quantizer.vq.layers.0._codebook."
     if any(k.startswith("feature_extractor.encodec.quantizer.vq.layers.1.") for k in state_dict):
