@@ -65,6 +65,7 @@ class PretrainedCfg:
         importer: name of a converter (:func:`register_importer`) when the Hub repository
             holds another project's ``model.safetensors`` instead of an anytok checkpoint;
             :func:`load` then builds the architecture and converts the file's state dict.
+            Such a tag is the architecture's default only when ``register`` names it.
     """
 
     tag: str
@@ -157,7 +158,9 @@ def register(
         raise ValueError(f"register({name!r}): names may not be empty or contain '.' or '/'")
     tags = {cfg.tag: cfg for cfg in (pretrained or [])}
     tags.setdefault(UNTRAINED, PretrainedCfg(UNTRAINED, description="random initialisation"))
-    chosen_default = default_tag or next((t for t in tags if t != UNTRAINED), UNTRAINED)
+    # Imported weights (another project's) are opt-in: only anytok's own become the default.
+    own = (t for t, cfg in tags.items() if t != UNTRAINED and not cfg.importer)
+    chosen_default = default_tag or next(own, UNTRAINED)
     if chosen_default not in tags:
         raise ValueError(f"register({name!r}): default_tag {chosen_default!r} is not a tag")
 
@@ -264,6 +267,12 @@ def is_offline() -> bool:
     return any(v.strip().lower() in {"1", "true", "yes", "on"} for v in flags)
 
 
+def local_checkpoint(info: ArchInfo, cfg: PretrainedCfg) -> Path:
+    """Where an anytok checkpoint of ``arch.tag`` is looked for first:
+    ``$ANYTOK_HOME/checkpoints/<arch>.<tag>``."""
+    return anytok_home() / "checkpoints" / f"{info.name}.{cfg.tag}"
+
+
 def find_weights(info: ArchInfo, cfg: PretrainedCfg) -> Path:
     """Return the directory holding ``config.json`` + ``model.safetensors`` for a tag.
 
@@ -272,7 +281,7 @@ def find_weights(info: ArchInfo, cfg: PretrainedCfg) -> Path:
     """
     full_name = f"{info.name}.{cfg.tag}"
     searched: list[str] = []
-    local = anytok_home() / "checkpoints" / full_name
+    local = local_checkpoint(info, cfg)
     searched.append(f"local directory {local}")
     if (local / "config.json").is_file() and (local / "model.safetensors").is_file():
         return local
@@ -381,8 +390,7 @@ def load(
             model = create_model(info.name)
         else:
             path = find_weights(info, cfg)
-            local = anytok_home() / "checkpoints" / f"{info.name}.{cfg.tag}"
-            if cfg.importer and path != local:
+            if cfg.importer and path != local_checkpoint(info, cfg):
                 model = import_checkpoint(info, cfg, path)
             else:
                 model = load_checkpoint(path)

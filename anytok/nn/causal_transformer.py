@@ -15,7 +15,8 @@ utilities, and anytok streams every layer through one protocol
 ``context - 1`` positions and gives, chunk after chunk, the outputs of one pass.
 
 Attention is computed in blocks of ``block_size`` queries against the keys their windows
-reach, so a long sequence costs ``O(t * (block + context))`` time and memory, not ``O(t^2)``.
+reach, so a long sequence costs ``O(t * (block + context))`` time and memory, not ``O(t^2)``;
+the blocks, their masks and the rotary angles are planned once per call for every layer.
 
 Axis legend: ``b`` batch, ``c`` channels, ``t`` / ``n`` positions, ``h`` heads, ``d`` channels
 of one head.
@@ -72,35 +73,65 @@ def window_mask(
     return visible
 
 
-def windowed_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
+@dataclass(frozen=True)
+class AttentionBlock:
+    """Queries ``first .. last - 1`` (of a call) attend keys ``lo .. hi - 1`` under ``mask``."""
+
+    first: int
+    last: int
+    lo: int
+    hi: int
+    mask: Tensor
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    """What every layer of one call shares: the queries' rotary angles ``(n, head_dim)`` and
+    the blocks of queries with the keys their windows reach (see :func:`plan_attention`)."""
+
+    angles: Tensor
+    blocks: tuple[AttentionBlock, ...]
+
+
+def plan_attention(
+    queries: int,
     query_start: int,
+    keys: int,
     key_start: int,
     context: int | None,
     block_size: int,
-) -> Tensor:
-    """Causal sliding-window attention, blocked over queries.
-
-    ``q (b, h, n, d)`` at positions ``query_start ..``; ``k``, ``v (b, h, m, d)`` at positions
-    ``key_start ..`` (``key_start <= query_start``, keys reach the last query). Returns
-    ``(b, h, n, d)``.
-    """
-    n, m = q.shape[-2], k.shape[-2]
-    outputs = []
-    for first in range(0, n, block_size):
-        last = min(n, first + block_size)
+    head_dim: int,
+    rope_base: float,
+    device=None,
+) -> AttentionPlan:
+    """Plan causal sliding-window attention of ``queries`` positions from ``query_start``
+    over ``keys`` positions from ``key_start`` (``key_start <= query_start``, the keys reach
+    the last query), in blocks of ``block_size`` queries."""
+    blocks = []
+    for first in range(0, queries, block_size):
+        last = min(queries, first + block_size)
         q_pos = query_start + first
         # keys from the window start of the block's first query to its last query
         lo = 0 if context is None else max(0, q_pos - context + 1 - key_start)
-        hi = min(m, query_start + last - key_start)
-        mask = window_mask(q_pos, last - first, key_start + lo, hi - lo, context, q.device)
-        outputs.append(
-            F.scaled_dot_product_attention(
-                q[..., first:last, :], k[..., lo:hi, :], v[..., lo:hi, :], attn_mask=mask
-            )
+        hi = min(keys, query_start + last - key_start)
+        mask = window_mask(q_pos, last - first, key_start + lo, hi - lo, context, device)
+        blocks.append(AttentionBlock(first, last, lo, hi, mask))
+    angles = rotary_angles(queries, head_dim, base=rope_base, start=query_start, device=device)
+    return AttentionPlan(angles, tuple(blocks))
+
+
+def windowed_attention(q: Tensor, k: Tensor, v: Tensor, plan: AttentionPlan) -> Tensor:
+    """Causal sliding-window attention of ``q (b, h, n, d)`` over ``k``, ``v (b, h, m, d)``
+    by the blocks of ``plan``: ``(b, h, n, d)``."""
+    outputs = [
+        F.scaled_dot_product_attention(
+            q[..., blk.first : blk.last, :],
+            k[..., blk.lo : blk.hi, :],
+            v[..., blk.lo : blk.hi, :],
+            attn_mask=blk.mask,
         )
+        for blk in plan.blocks
+    ]
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-2)
 
 
@@ -114,51 +145,35 @@ class _Cache:
 
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention over a sliding window, rotary positions:
-    ``(b, n, c) -> (b, n, c)``."""
+    ``(b, n, c) -> (b, n, c)``; the window and positions come in an :class:`AttentionPlan`."""
 
-    def __init__(
-        self,
-        dim: int,
-        heads: int,
-        context: int | None,
-        *,
-        bias: bool = False,
-        rope_base: float = 10000.0,
-        block_size: int = 256,
-    ):
+    def __init__(self, dim: int, heads: int, context: int | None, *, bias: bool = False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"CausalSelfAttention: dim {dim} is not a multiple of heads {heads}")
         self.heads = heads
         self.head_dim = dim // heads
         self.context = context
-        self.rope_base = rope_base
-        self.block_size = block_size
         self.q_proj = nn.Linear(dim, dim, bias=bias)
         self.k_proj = nn.Linear(dim, dim, bias=bias)
         self.v_proj = nn.Linear(dim, dim, bias=bias)
         self.o_proj = nn.Linear(dim, dim, bias=bias)
 
-    def forward(self, x: Tensor, start: int = 0, cache: _Cache | None = None) -> Tensor:
-        """``x (b, n, c)`` at positions ``start ..``; with ``cache`` (streaming) the cached
-        keys of the previous positions are attended to and the cache is updated."""
+    def forward(self, x: Tensor, plan: AttentionPlan, cache: _Cache | None = None) -> Tensor:
+        """``x (b, n, c)``; with ``cache`` (streaming) the cached keys of the previous
+        positions are attended to and the cache is updated."""
         q, k, v = (
             rearrange(proj(x), "b n (h d) -> b h n d", h=self.heads)
             for proj in (self.q_proj, self.k_proj, self.v_proj)
         )
-        angles = rotary_angles(
-            x.shape[1], self.head_dim, base=self.rope_base, start=start, device=x.device
-        )
-        q, k = apply_rotary(q, angles), apply_rotary(k, angles)
-        key_start = start
+        q, k = apply_rotary(q, plan.angles), apply_rotary(k, plan.angles)
         if cache is not None:
             if cache.keys is not None:
-                key_start -= cache.keys.shape[-2]
                 k = torch.cat([cache.keys, k], dim=-2)
                 v = torch.cat([cache.values, v], dim=-2)  # type: ignore[list-item]
             drop = 0 if self.context is None else max(0, k.shape[-2] - (self.context - 1))
             cache.keys, cache.values = k[..., drop:, :], v[..., drop:, :]
-        out = windowed_attention(q, k, v, start, key_start, self.context, self.block_size)
+        out = windowed_attention(q, k, v, plan)
         return self.o_proj(rearrange(out, "b h n d -> b n (h d)"))
 
 
@@ -175,14 +190,10 @@ class CausalTransformerLayer(nn.Module):
         layer_scale: float | None = 0.01,
         bias: bool = False,
         norm_eps: float = 1e-5,
-        rope_base: float = 10000.0,
-        block_size: int = 256,
     ):
         super().__init__()
         self.input_layernorm = nn.LayerNorm(dim, eps=norm_eps)
-        self.self_attn = CausalSelfAttention(
-            dim, heads, context, bias=bias, rope_base=rope_base, block_size=block_size
-        )
+        self.self_attn = CausalSelfAttention(dim, heads, context, bias=bias)
         self.post_attention_layernorm = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = CausalMLP(dim, hidden, bias=bias)
         self.self_attn_layer_scale: nn.Module = (
@@ -192,8 +203,8 @@ class CausalTransformerLayer(nn.Module):
             nn.Identity() if layer_scale is None else LayerScale(dim, layer_scale)
         )
 
-    def forward(self, x: Tensor, start: int = 0, cache: _Cache | None = None) -> Tensor:
-        x = x + self.self_attn_layer_scale(self.self_attn(self.input_layernorm(x), start, cache))
+    def forward(self, x: Tensor, plan: AttentionPlan, cache: _Cache | None = None) -> Tensor:
+        x = x + self.self_attn_layer_scale(self.self_attn(self.input_layernorm(x), plan, cache))
         return x + self.mlp_layer_scale(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -246,20 +257,17 @@ class CausalTransformer(nn.Module):
         super().__init__()
         if context is not None and context < 1:
             raise ValueError(f"CausalTransformer: context must be >= 1 or None, got {context}")
+        if dim % heads:
+            raise ValueError(f"CausalTransformer: dim {dim} is not a multiple of heads {heads}")
         self.dim = dim
+        self.head_dim = dim // heads
         self.context = context
+        self.rope_base = rope_base
+        self.block_size = block_size
         self.gradient_checkpointing = gradient_checkpointing
         self.layers = nn.ModuleList(
             CausalTransformerLayer(
-                dim,
-                heads,
-                hidden,
-                context,
-                layer_scale=layer_scale,
-                bias=bias,
-                norm_eps=norm_eps,
-                rope_base=rope_base,
-                block_size=block_size,
+                dim, heads, hidden, context, layer_scale=layer_scale, bias=bias, norm_eps=norm_eps
             )
             for _ in range(depth)
         )
@@ -276,12 +284,25 @@ class CausalTransformer(nn.Module):
         h = x.transpose(1, 2)
         stream = self._stream
         start = 0 if stream is None else stream.position
+        # every layer's cache holds the same last positions: at most context - 1 of them
+        cached = start if self.context is None else min(start, self.context - 1)
+        plan = plan_attention(
+            x.shape[-1],
+            start,
+            cached + x.shape[-1],
+            start - cached,
+            self.context,
+            self.block_size,
+            self.head_dim,
+            self.rope_base,
+            x.device,
+        )
         for i, layer in enumerate(self.layers):
             cache = None if stream is None else stream.caches[i]
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                h = checkpoint(layer, h, start, cache, use_reentrant=False)
+                h = checkpoint(layer, h, plan, cache, use_reentrant=False)
             else:
-                h = layer(h, start, cache)
+                h = layer(h, plan, cache)
         if stream is not None:
             stream.position += x.shape[-1]
         return h.transpose(1, 2)
@@ -306,11 +327,14 @@ class CausalTransformer(nn.Module):
 
 
 __all__ = [
+    "AttentionBlock",
+    "AttentionPlan",
     "CausalMLP",
     "CausalSelfAttention",
     "CausalTransformer",
     "CausalTransformerLayer",
     "LayerScale",
+    "plan_attention",
     "window_mask",
     "windowed_attention",
 ]

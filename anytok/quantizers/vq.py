@@ -99,6 +99,13 @@ def level_metrics(metrics: dict[str, Tensor], level: int | str) -> dict[str, Ten
     return {f"{name}/{level}": value for name, value in metrics.items()}
 
 
+def smoothed_cluster_size(counts: Tensor, eps: float) -> Tensor:
+    """Code counts ``(k,)`` with Laplace smoothing ``eps`` (no code has a zero count), the
+    same total: what :class:`VectorQuantize` divides its EMA code sums by."""
+    total = counts.sum()
+    return (counts + eps) / (total + counts.numel() * eps) * total
+
+
 def relevel_metrics(metrics: dict[str, Tensor], level: int | str) -> dict[str, Tensor]:
     """Replace the level suffix: ``perplexity/0`` -> ``perplexity/3``."""
     return {f"{name.rsplit('/', 1)[0]}/{level}": value for name, value in metrics.items()}
@@ -438,9 +445,7 @@ class VectorQuantize(Quantizer):
 
     def _smoothed_cluster_size(self) -> Tensor:
         """EMA counts with Laplace smoothing (no code has a zero count), same total."""
-        counts = self.ema_cluster_size
-        total = counts.sum()
-        return (counts + self.eps) / (total + self.codebook_size * self.eps) * total
+        return smoothed_cluster_size(self.ema_cluster_size, self.eps)
 
     @torch.no_grad()
     def prepare_codebook_(self, x: Tensor) -> None:

@@ -53,7 +53,7 @@ from anytok.nn.conv import maybe_weight_norm
 from anytok.nn.snake import Snake1d
 from anytok.quantizers.distributed import shared_random
 from anytok.quantizers.residual import ResidualVQ, synced_num_levels
-from anytok.registry import UNTRAINED, PretrainedCfg, register, register_importer
+from anytok.registry import PretrainedCfg, register, register_importer
 from anytok.tokens import Tokens
 
 
@@ -460,6 +460,18 @@ _TINY = {
 
 register_importer("dac", convert_dac_state_dict)
 
+
+def _released(repo: str) -> PretrainedCfg:
+    """The tag ``descript``: Descript's weights in ``repo``, converted on load."""
+    return PretrainedCfg(
+        "descript",
+        hf_hub_id=repo,
+        description="Descript's released DAC, as converted for transformers; converted on load",
+        license="MIT",
+        importer="dac",
+    )
+
+
 register(
     "dac_16khz",
     modality="audio",
@@ -473,16 +485,7 @@ register(
         "sample_rate": 16000,
     },
     tiny_config={**_TINY, "encoder_rates": [2, 5], "decoder_rates": [5, 2]},
-    pretrained=[
-        PretrainedCfg(
-            "descript",
-            hf_hub_id="descript/dac_16khz",
-            description="Descript's released DAC, as converted for transformers; converted again on load",
-            license="MIT",
-            importer="dac",
-        )
-    ],
-    default_tag=UNTRAINED,  # offline use and CI never reach for the Hub unasked
+    pretrained=[_released("descript/dac_16khz")],
     builder=DAC,
 )
 
@@ -499,16 +502,7 @@ register(
         "sample_rate": 24000,
     },
     tiny_config={**_TINY, "encoder_rates": [2, 5], "decoder_rates": [5, 2]},
-    pretrained=[
-        PretrainedCfg(
-            "descript",
-            hf_hub_id="descript/dac_24khz",
-            description="Descript's released DAC, as converted for transformers; converted again on load",
-            license="MIT",
-            importer="dac",
-        )
-    ],
-    default_tag=UNTRAINED,  # offline use and CI never reach for the Hub unasked
+    pretrained=[_released("descript/dac_24khz")],
     builder=DAC,
 )
 
@@ -525,16 +519,7 @@ register(
         "sample_rate": 44100,
     },
     tiny_config=_TINY,
-    pretrained=[
-        PretrainedCfg(
-            "descript",
-            hf_hub_id="descript/dac_44khz",
-            description="Descript's released DAC, as converted for transformers; converted again on load",
-            license="MIT",
-            importer="dac",
-        )
-    ],
-    default_tag=UNTRAINED,  # offline use and CI never reach for the Hub unasked
+    pretrained=[_released("descript/dac_44khz")],
     builder=DAC,
 )
 

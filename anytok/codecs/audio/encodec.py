@@ -52,7 +52,7 @@ from anytok.nn.encodec_seanet import (
     convert_transformers_seanet_keys,
 )
 from anytok.quantizers.distributed import shared_randint
-from anytok.registry import UNTRAINED, PretrainedCfg, register, register_importer
+from anytok.registry import PretrainedCfg, register, register_importer
 from anytok.tokens import Tokens
 
 #: EnCodec's quantizer: EMA codebooks (decay 0.99), k-means initialisation on the first batch
@@ -263,6 +263,15 @@ _CODEBOOK_KEYS = {
 }
 
 
+def convert_codebook_entry(name: str, value: Tensor, key: str) -> tuple[str, Tensor]:
+    """One entry of an EnCodec EMA codebook (``embed``, ``embed_avg``, ``cluster_size``,
+    ``inited``) -> the :class:`~anytok.quantizers.VectorQuantize` buffer and value (``inited``
+    becomes a boolean scalar). ``key`` names the entry in errors."""
+    if name not in _CODEBOOK_KEYS:
+        raise KeyError(f"unexpected EnCodec codebook key {key!r}")
+    return _CODEBOOK_KEYS[name], value.reshape(()).bool() if name == "inited" else value
+
+
 def _from_transformers_layout(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``transformers``' ``EncodecModel`` keys -> :class:`EnCodec`'s: the SEANet stacks
     ``{encoder,decoder}.layers.*`` by
@@ -279,12 +288,11 @@ def _from_transformers_layout(state_dict: Mapping[str, Tensor]) -> dict[str, Ten
         if key.startswith(("encoder.layers.", "decoder.layers.")):
             continue
         match = re.fullmatch(r"quantizer\.layers\.(\d+)\.codebook\.(\w+)", key)
-        if not match or match.group(2) not in _CODEBOOK_KEYS:
+        if not match:
             raise KeyError(f"convert_encodec_state_dict: unexpected key {key!r}")
         level, name = match.groups()
-        if name == "inited":
-            value = value.reshape(()).bool()
-        out[f"quantizer.layers.{level}.{_CODEBOOK_KEYS[name]}"] = value
+        name, value = convert_codebook_entry(name, value, key)
+        out[f"quantizer.layers.{level}.{name}"] = value
     return out
 
 
@@ -309,11 +317,8 @@ def convert_encodec_state_dict(reference_state: Mapping[str, Tensor]) -> dict[st
         match = re.fullmatch(r"quantizer\.vq\.layers\.(\d+)\._codebook\.(\w+)", new)
         if match:
             level, name = match.groups()
-            if name not in _CODEBOOK_KEYS:
-                raise KeyError(f"convert_encodec_state_dict: unexpected codebook key {new!r}")
-            new = f"quantizer.layers.{level}.{_CODEBOOK_KEYS[name]}"
-            if name == "inited":
-                value = value.reshape(()).bool()
+            name, value = convert_codebook_entry(name, value, new)
+            new = f"quantizer.layers.{level}.{name}"
         out[new] = value
     return out
 
@@ -334,6 +339,19 @@ _TINY = {
 }
 
 register_importer("encodec", convert_encodec_state_dict)
+
+
+def _released(repo: str, note: str = "") -> PretrainedCfg:
+    """The tag ``facebook``: Meta's weights in ``repo``, converted on load."""
+    return PretrainedCfg(
+        "facebook",
+        hf_hub_id=repo,
+        description="Meta's released EnCodec, as converted for transformers; converted on load"
+        + note,
+        license="CC-BY-NC-4.0",
+        importer="encodec",
+    )
+
 
 register(
     "encodec_24khz",
@@ -358,16 +376,7 @@ register(
         "bandwidth": None,
     },
     tiny_config=_TINY,
-    pretrained=[
-        PretrainedCfg(
-            "facebook",
-            hf_hub_id="facebook/encodec_24khz",
-            description="Meta's released EnCodec, as converted for transformers; converted again on load",
-            license="CC-BY-NC-4.0",
-            importer="encodec",
-        )
-    ],
-    default_tag=UNTRAINED,  # offline use and CI never reach for the Hub unasked
+    pretrained=[_released("facebook/encodec_24khz")],
     builder=EnCodec,
 )
 
@@ -395,15 +404,12 @@ register(
     },
     tiny_config={**_TINY, "target_bandwidths": [24.0, 48.0]},
     pretrained=[
-        PretrainedCfg(
-            "facebook",
-            hf_hub_id="facebook/encodec_48khz",
-            description="Meta's released EnCodec, as converted for transformers; converted again on load (anytok encodes in one pass, without EnCodec's 1 s segments and volume normalisation)",
-            license="CC-BY-NC-4.0",
-            importer="encodec",
+        _released(
+            "facebook/encodec_48khz",
+            " (anytok encodes in one pass, without EnCodec's 1 s segments and volume "
+            "normalisation)",
         )
     ],
-    default_tag=UNTRAINED,  # offline use and CI never reach for the Hub unasked
     builder=EnCodec,
 )
 
@@ -411,5 +417,6 @@ __all__ = [
     "DEFAULT_QUANTIZER",
     "NORMS",
     "EnCodec",
+    "convert_codebook_entry",
     "convert_encodec_state_dict",
 ]

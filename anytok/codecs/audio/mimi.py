@@ -59,7 +59,8 @@ from anytok.nn.encodec_seanet import (
     EncodecSEANetEncoder,
     convert_transformers_seanet_keys,
 )
-from anytok.registry import UNTRAINED, PretrainedCfg, register, register_importer
+from anytok.quantizers.vq import smoothed_cluster_size
+from anytok.registry import PretrainedCfg, register, register_importer
 from anytok.regularizers import TrainingOptions
 from anytok.tokens import Tokens
 
@@ -303,8 +304,9 @@ class Mimi(AudioTokenizer):
         """Training pass: ``audio (b, c, s)`` -> reconstruction ``(b, c, s)`` and losses
         (``quantizer``; ``semantic`` with a teacher)."""
         latent, token_lengths = self._latent(audio, lengths)
-        levels = self.quantizer.training_levels(latent.device)
-        if not self.training:
+        if self.training:
+            levels = self.quantizer.training_levels(latent.device)
+        else:
             levels = self.default_levels
         out, semantic = self.quantizer.forward_split(latent.movedim(1, -1), n_levels=levels)
         quantized = out.quantized.movedim(-1, 1)
@@ -406,10 +408,8 @@ def convert_mimi_state_dict(
             raise KeyError(f"convert_mimi_state_dict: {prefix} lacks {sorted(missing)}")
         usage = book["cluster_usage"].float()
         embedding = book["embed_sum"].float() / usage.clamp(min=eps)[:, None]
-        total = usage.sum()
-        smoothed = (usage + eps) / (total + usage.numel() * eps) * total
         out[f"{prefix}.embedding"] = embedding
-        out[f"{prefix}.ema_embedding_sum"] = embedding * smoothed[:, None]
+        out[f"{prefix}.ema_embedding_sum"] = embedding * smoothed_cluster_size(usage, eps)[:, None]
         out[f"{prefix}.ema_cluster_size"] = usage
         initialized = book.get("initialized", torch.ones(1))
         out[f"{prefix}.initted"] = (initialized.reshape(()) > 0).clone()
@@ -469,7 +469,6 @@ register(
             importer="mimi",
         )
     ],
-    default_tag=UNTRAINED,  # offline use and CI never reach for the Hub unasked
     builder=Mimi,
 )
 

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from anytok.codecs.audio.encodec import convert_codebook_entry
 from anytok.codecs.base import (
     AudioTokenizer,
     build_quantizer,
@@ -41,7 +42,7 @@ from anytok.nn.encodec_seanet import (
     convert_transformers_seanet_keys,
 )
 from anytok.nn.vocos import ISTFTHead, VocosBackbone
-from anytok.registry import UNTRAINED, PretrainedCfg, register, register_importer
+from anytok.registry import PretrainedCfg, register, register_importer
 from anytok.tokens import Tokens
 
 #: WavTokenizer's quantizer: EnCodec's EMA codebook (decay 0.99, k-means init with 200
@@ -158,13 +159,6 @@ class WavTokenizer(AudioTokenizer):
 
 # --------------------------------------------------------------------------- importers
 
-_QUANTIZER_KEYS = {
-    "embed": "embedding",
-    "embed_avg": "ema_embedding_sum",
-    "cluster_size": "ema_cluster_size",
-    "inited": "initted",
-}
-
 
 def convert_vocos_backbone_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Vocos / WavTokenizer decoder weights -> this model's ``backbone.*`` and ``head.*``.
@@ -194,8 +188,8 @@ def _from_transformers_layout(state_dict: Mapping[str, Tensor]) -> dict[str, Ten
         if key.startswith(layers):
             continue
         if key.startswith(codebook):
-            name = _QUANTIZER_KEYS[key[len(codebook) :]]
-            out[f"quantizer.{name}"] = value.reshape(()).bool() if name == "initted" else value
+            name, value = convert_codebook_entry(key[len(codebook) :], value, key)
+            out[f"quantizer.{name}"] = value
         elif key.startswith("head.linear."):
             out["head.out." + key[len("head.linear.") :]] = value
         elif key.startswith(("backbone.", "head.")):
@@ -236,8 +230,8 @@ def convert_wavtokenizer_state_dict(state_dict: Mapping[str, Tensor]) -> dict[st
     out = {f"encoder.{k}": v for k, v in convert_encodec_seanet_keys(encoder).items()}
     for key, value in state_dict.items():
         if key.startswith(codebook_prefix):
-            name = _QUANTIZER_KEYS[key[len(codebook_prefix) :]]
-            out[f"quantizer.{name}"] = value.reshape(()).bool() if name == "initted" else value
+            name, value = convert_codebook_entry(key[len(codebook_prefix) :], value, key)
+            out[f"quantizer.{name}"] = value
     out.update(convert_vocos_backbone_state_dict(state_dict))
     return out
 
@@ -292,7 +286,6 @@ register(
             importer="wavtokenizer",
         )
     ],
-    default_tag=UNTRAINED,  # offline use and CI never reach for the Hub unasked
     builder=WavTokenizer,
 )
 
