@@ -179,6 +179,19 @@ def check_codes(codes: Tensor, codebook_sizes: tuple[int, ...], name: str) -> No
             )
 
 
+def check_level_prefix(codes: Tensor, num_levels: int, name: str) -> int:
+    """Raise a clear error unless ``codes`` are integer ``(..., k)`` with ``1 <= k <= num_levels``
+    (the first ``k`` levels of a residual quantizer); return ``k``."""
+    if codes.dtype.is_floating_point or codes.dtype == torch.bool:
+        raise TypeError(f"{name}.decode: codes must be an integer tensor, got {codes.dtype}")
+    if codes.ndim < 1 or not 1 <= codes.shape[-1] <= num_levels:
+        raise ValueError(
+            f"{name}.decode: expected codes (..., k) with 1 <= k <= {num_levels}, "
+            f"got {tuple(codes.shape)}"
+        )
+    return codes.shape[-1]
+
+
 # --------------------------------------------------------------------------- registry
 
 QuantizerT = TypeVar("QuantizerT", bound=type[nn.Module])

@@ -26,6 +26,7 @@ from anytok.quantizers.base import (
     QuantizerOutput,
     check_codes,
     check_last_dim,
+    check_level_prefix,
     register_quantizer,
     straight_through,
     zero_loss,
@@ -355,17 +356,9 @@ class ResidualFSQ(Quantizer):
 
     def decode(self, codes: Tensor) -> Tensor:
         """Int codes ``(..., k)``, ``k <= num_quantizers`` (``-1`` = stage dropped) -> ``(..., dim)``."""
-        if codes.dtype.is_floating_point or codes.dtype == torch.bool:
-            raise TypeError(
-                f"ResidualFSQ.decode: codes must be an integer tensor, got {codes.dtype}"
-            )
-        if codes.ndim < 1 or not 1 <= codes.shape[-1] <= self.num_quantizers:
-            raise ValueError(
-                f"ResidualFSQ.decode: expected codes (..., k) with 1 <= k <= {self.num_quantizers}, "
-                f"got {tuple(codes.shape)}"
-            )
+        levels = check_level_prefix(codes, self.num_quantizers, "ResidualFSQ")
         # -1 marks a dropped stage: check the rest like any other codes
-        check_codes(codes.clamp_min(0), self.codebook_sizes[: codes.shape[-1]], "ResidualFSQ")
+        check_codes(codes.clamp_min(0), self.codebook_sizes[:levels], "ResidualFSQ")
         if codes.numel() and not torch.compiler.is_compiling() and bool((codes < -1).any()):
             raise ValueError(f"ResidualFSQ.decode: codes below -1: min {int(codes.min())}")
         total: Tensor | float = 0.0

@@ -6,7 +6,7 @@ Axis legend: ``b`` batch, ``n`` positions, ``d`` channels, ``l`` residual levels
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -19,6 +19,7 @@ from anytok.quantizers.base import (
     QuantizerOutput,
     check_codes,
     check_last_dim,
+    check_level_prefix,
     register_quantizer,
     zero_loss,
 )
@@ -197,12 +198,7 @@ class ResidualVQ(Quantizer):
     def decode(self, codes: Tensor) -> Tensor:
         """Codes ``(..., k)`` of the first ``k <= num_quantizers`` levels -> fp32 ``(..., dim)``."""
         name = type(self).__name__
-        if codes.ndim < 1 or not 1 <= codes.shape[-1] <= self.num_quantizers:
-            raise ValueError(
-                f"{name}.decode: expected codes (..., k) with 1 <= k <= {self.num_quantizers}, "
-                f"got {tuple(codes.shape)}"
-            )
-        levels = codes.shape[-1]
+        levels = check_level_prefix(codes, self.num_quantizers, name)
         check_codes(codes, self.codebook_sizes[:levels], name)
         with fp32_region(codes):
             quantized = torch.zeros(*codes.shape[:-1], self.dim, device=codes.device)
@@ -278,14 +274,11 @@ class GroupedResidualVQ(Quantizer):
         ]
         metrics = {}
         for group, out in enumerate(outputs):
-            for name, value in out.metrics.items():
-                base, level = name.rsplit("/", 1)
-                column = (
-                    f"shared.{group}"
-                    if level == "shared"
-                    else group * self.num_quantizers + int(level)
+            metrics.update(
+                _offset_level_metrics(
+                    out.metrics, group * self.num_quantizers, lambda label, g=group: f"{label}.{g}"
                 )
-                metrics[f"{base}/{column}"] = value
+            )
         return QuantizerOutput(
             quantized=torch.cat([out.quantized for out in outputs], dim=-1),
             codes=torch.cat([out.codes for out in outputs], dim=-1),
@@ -310,12 +303,15 @@ class GroupedResidualVQ(Quantizer):
         return torch.cat([rvq.decode(c) for rvq, c in zip(self.rvqs, per_group)], dim=-1)
 
 
-def _offset_level_metrics(metrics: dict[str, Tensor], offset: int) -> dict[str, Tensor]:
-    """``perplexity/2`` -> ``perplexity/{2 + offset}``; ``.../shared`` keys get a prefix."""
+def _offset_level_metrics(
+    metrics: dict[str, Tensor], offset: int, rename: Callable[[str], str]
+) -> dict[str, Tensor]:
+    """``perplexity/2`` -> ``perplexity/{2 + offset}``; a label that is not a level number
+    (``.../shared``) becomes ``.../{rename(label)}``."""
     out = {}
     for name, value in metrics.items():
-        base, level = name.rsplit("/", 1)
-        out[f"{base}/{int(level) + offset if level.isdigit() else f'{offset}.{level}'}"] = value
+        base, label = name.rsplit("/", 1)
+        out[f"{base}/{int(label) + offset if label.isdigit() else rename(label)}"] = value
     return out
 
 
@@ -424,7 +420,13 @@ class SplitResidualVQ(Quantizer):
                 quantized = quantized + self.acoustic_out(acoustic.quantized)
                 loss = loss + acoustic.loss
                 codes.append(acoustic.codes[..., :acoustic_levels])
-                metrics.update(_offset_level_metrics(acoustic.metrics, self.num_semantic))
+                metrics.update(
+                    _offset_level_metrics(
+                        acoustic.metrics,
+                        self.num_semantic,
+                        lambda label: f"{self.num_semantic}.{label}",
+                    )
+                )
         codes_out = _pad_dropped_levels(torch.cat(codes, dim=-1), self.num_quantizers)
         out = QuantizerOutput(quantized.to(z.dtype), codes_out, loss, metrics)
         return out, semantic_part.to(z.dtype)
@@ -446,12 +448,8 @@ class SplitResidualVQ(Quantizer):
     def decode(self, codes: Tensor) -> Tensor:
         """Codes ``(..., k)`` of the first ``k`` levels -> fp32 ``(..., dim)``."""
         name = type(self).__name__
-        if codes.ndim < 1 or not 1 <= codes.shape[-1] <= self.num_quantizers:
-            raise ValueError(
-                f"{name}.decode: expected codes (..., k) with 1 <= k <= {self.num_quantizers}, "
-                f"got {tuple(codes.shape)}"
-            )
-        check_codes(codes, self.codebook_sizes[: codes.shape[-1]], name)
+        levels = check_level_prefix(codes, self.num_quantizers, name)
+        check_codes(codes, self.codebook_sizes[:levels], name)
         with fp32_region(codes):
             quantized = self.semantic_out(self.semantic.decode(codes[..., : self.num_semantic]))
             if codes.shape[-1] > self.num_semantic:
