@@ -454,3 +454,29 @@ def test_facebook_tag_imports_the_hub_file(tmp_path, monkeypatch) -> None:
     snapshot.unlink()
     with pytest.raises(WeightsNotFoundError, match="has no model.safetensors"):
         anytok.load("encodec_24khz.facebook")
+
+
+@pytest.mark.parametrize("name", ["encodec_24khz", "dac_16khz", "mimi"])
+def test_residual_codecs_share_the_bitrate_contract(name):
+    """EnCodec, DAC and Mimi (``ResidualAudioTokenizer``): ``n_levels=k`` gives the first k
+    levels of the full encoding and a spec of k levels; bad k is refused by name."""
+    model = anytok.create_model(name, tiny=True).eval()
+    n_q = model.quantizer.num_quantizers
+    audio = 0.3 * torch.randn(2, model.channels, 3 * model.hop_length + 5)
+    lengths = torch.tensor([audio.shape[-1], 2 * model.hop_length])
+    full = model.encode(audio, lengths, n_levels=n_q)
+    two = model.encode(audio, lengths, n_levels=2)
+    assert two.spec.num_levels == 2 and two.codes.shape[1] == 2
+    assert torch.equal(two.codes, full.codes[:, :2])
+    assert torch.equal(two.lengths, torch.tensor([4, 2]))
+    default = model.encode(audio)
+    assert default.spec.num_levels == model.default_levels
+    decoded = model.decode(two)
+    assert decoded.shape == (2, model.channels, 4 * model.hop_length)
+    assert decoded[1, :, 2 * model.hop_length :].abs().max() == 0  # zeros past item 1
+    for bad in (0, n_q + 1):
+        with pytest.raises(
+            ValueError,
+            match=rf"{type(model).__name__}\.encode: n_levels must be in \[1, {n_q}\], got {bad}",
+        ):
+            model.encode(audio, n_levels=bad)

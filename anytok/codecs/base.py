@@ -247,6 +247,94 @@ class AudioTokenizer(Tokenizer):
         return long_audio.receptive_field(self)
 
 
+class ResidualAudioTokenizer(AudioTokenizer):
+    """An audio codec whose residual quantizer encodes any first ``k`` of its levels
+    (EnCodec, DAC, Mimi): the bitrate is chosen per ``encode`` call (``n_levels``, default
+    ``default_levels``), the :class:`Tokens`' spec lists only the levels used, and ``decode``
+    takes any number of leading levels.
+
+    A batch of different lengths is encoded and decoded per distinct length in eval mode, so
+    every item gets what it gets alone (:func:`~anytok.codecs.long_audio.apply_per_length`);
+    subclasses override :meth:`_latent` / :meth:`_decode_latent` where their model needs
+    something else, and :meth:`resolve_levels` for other bitrate keywords.
+    """
+
+    default_levels: int
+
+    def resolve_levels(self, n_levels: int | None = None) -> int:
+        """The level count of an ``encode`` call: ``n_levels`` (checked), else the default."""
+        if n_levels is None:
+            return self.default_levels
+        n_q = self.quantizer.num_quantizers
+        if not 1 <= n_levels <= n_q:
+            raise ValueError(
+                f"{type(self).__name__}.encode: n_levels must be in [1, {n_q}], got {n_levels}"
+            )
+        return int(n_levels)
+
+    def codes_from_latent(
+        self, latent: Tensor, n_levels: int | None = None, **bitrate: Any
+    ) -> Tensor:
+        """Latent ``(b, dim, t)`` -> codes ``(b, levels, t)``."""
+        levels = self.resolve_levels(n_levels, **bitrate)
+        return self.quantizer.encode(latent.movedim(1, -1), n_levels=levels).movedim(-1, 1)
+
+    def _latent(self, audio: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``audio (b, c, s)`` -> encoder output ``(b, dim, t)`` and token lengths ``(b,)``."""
+        padded, token_lengths = self.pad_input(audio, lengths)
+        padded = long_audio.mask_past_lengths(padded, lengths)
+        per_item = None if self.training else token_lengths * self.hop_length
+        latent = long_audio.apply_per_length(self.encoder, padded, per_item, 1 / self.hop_length)
+        return latent, token_lengths
+
+    def _decode_latent(self, latent: Tensor, lengths: Tensor | None) -> Tensor:
+        """Quantized latent ``(b, dim, t)`` -> audio ``(b, c, t * hop)``, zeros past
+        ``lengths`` (frames)."""
+        per_item = None if self.training else lengths
+        return long_audio.apply_per_length(self.decoder, latent, per_item, self.hop_length)
+
+    def encode(
+        self,
+        audio: Tensor,
+        lengths: Tensor | None = None,
+        n_levels: int | None = None,
+        **bitrate: Any,
+    ) -> Tokens:
+        """``audio (b, c, s)`` in [-1, 1] -> :class:`Tokens` with codes ``(b, levels, t)``."""
+        levels = self.resolve_levels(n_levels, **bitrate)
+        latent, token_lengths = self._latent(audio, lengths)
+        codes = self.codes_from_latent(latent, n_levels=levels)
+        return to_tokens(codes, self.spec_with_levels(levels), token_lengths)
+
+    def decode(self, tokens: Tokens | Tensor) -> Tensor:
+        """Codes ``(b, k, t)`` of the first ``k`` levels -> audio ``(b, c, t * hop)``; with
+        ``tokens.lengths``, zeros past each item's length."""
+        lengths = tokens.lengths if isinstance(tokens, Tokens) else None
+        return self._decode_latent(self.latent_from_codes(self.codes_of(tokens)), lengths)
+
+    def leveled_output(
+        self,
+        audio: Tensor,
+        latent: Tensor,
+        quantized: Tensor,
+        out: QuantizerOutput,
+        levels: int,
+        token_lengths: Tensor,
+        losses: dict[str, Tensor],
+    ) -> TokenizerOutput:
+        """A training pass's result from the quantized latent ``(b, dim, t)`` of ``levels``
+        levels: the reconstruction cropped to ``audio``'s ``s`` samples and the tokens."""
+        reconstruction = self._decode_latent(quantized, token_lengths)[..., : audio.shape[-1]]
+        codes = out.codes.movedim(-1, 1)[:, :levels]
+        return TokenizerOutput(
+            reconstruction=reconstruction,
+            tokens=to_tokens(codes, self.spec_with_levels(levels), token_lengths),
+            losses=losses,
+            metrics=out.metrics,
+            latent=latent,
+        )
+
+
 class SpatialTiling:
     """Tiled encode / decode for image and video tokenizers (frames larger than the training
     size, in bounded memory); see :mod:`anytok.codecs.tiling`."""
@@ -387,6 +475,7 @@ def to_tokens(codes: Tensor, spec: TokenSpec, lengths: Tensor | None) -> Tokens:
 __all__ = [
     "AudioTokenizer",
     "ImageTokenizer",
+    "ResidualAudioTokenizer",
     "SpatialTiling",
     "Tokenizer",
     "TokenizerOutput",

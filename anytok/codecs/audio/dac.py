@@ -47,14 +47,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from anytok.codecs.base import AudioTokenizer, TokenizerOutput, to_tokens
-from anytok.codecs.long_audio import apply_per_length, mask_past_lengths
+from anytok.codecs.base import ResidualAudioTokenizer, TokenizerOutput
+from anytok.codecs.long_audio import apply_per_length
 from anytok.nn.conv import maybe_weight_norm
 from anytok.nn.snake import Snake1d
 from anytok.quantizers.distributed import shared_random
 from anytok.quantizers.residual import ResidualVQ, synced_num_levels
 from anytok.registry import PretrainedCfg, register, register_importer
-from anytok.tokens import Tokens
 
 
 def wn_conv1d(*args: Any, **kwargs: Any) -> nn.Conv1d:
@@ -194,7 +193,7 @@ def build_dac_quantizer(
     return rvq
 
 
-class DAC(AudioTokenizer):
+class DAC(ResidualAudioTokenizer):
     """DAC: waveform ``(b, channels, samples)`` -> codes ``(b, levels, ceil(samples / hop))``.
 
     Arguments are DAC's own (``dac.DAC``), so a published model's metadata configures it.
@@ -254,30 +253,12 @@ class DAC(AudioTokenizer):
             codebook_weight,
         )
         self.decoder = DACDecoder(self.latent_dim, decoder_dim, decoder_rates, channels)
+        self.default_levels = self.quantizer.num_quantizers  # encode every level by default
         # DAC's initialisation: zero conv biases (its trunc-normal weight init never reaches
         # weight-normalised convs, whose weight is recomputed from g and v at every call).
         for module in self.modules():
             if isinstance(module, (nn.Conv1d, nn.Linear)) and module.bias is not None:
                 nn.init.zeros_(module.bias)
-
-    def _check_levels(self, n_levels: int | None) -> int:
-        n = self.quantizer.num_quantizers
-        if n_levels is None:
-            return n
-        if not 1 <= n_levels <= n:
-            raise ValueError(f"DAC.encode: n_levels must be in [1, {n}], got {n_levels}")
-        return int(n_levels)
-
-    def codes_from_latent(self, latent: Tensor, n_levels: int | None = None) -> Tensor:
-        """Latent ``(b, latent_dim, t)`` -> codes ``(b, levels, t)``."""
-        levels = self._check_levels(n_levels)
-        return self.quantizer.encode(latent.movedim(1, -1), n_levels=levels).movedim(-1, 1)
-
-    def _latent(self, audio: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
-        padded, token_lengths = self.pad_input(audio, lengths)
-        padded = mask_past_lengths(padded, lengths)
-        per_item = None if self.training else token_lengths * self.hop_length
-        return apply_per_length(self.encoder, padded, per_item, 1 / self.hop_length), token_lengths
 
     def _decode_frames(self, latent: Tensor) -> Tensor:
         """Decoder output right-padded with zeros to exactly ``frames * hop`` samples."""
@@ -296,21 +277,6 @@ class DAC(AudioTokenizer):
             return None
         return synced_num_levels(self.quantizer.num_quantizers, 0, device)
 
-    def encode(
-        self, audio: Tensor, lengths: Tensor | None = None, n_levels: int | None = None
-    ) -> Tokens:
-        """``audio (b, c, s)`` in [-1, 1] -> :class:`Tokens` with codes ``(b, n_levels, t)``."""
-        levels = self._check_levels(n_levels)
-        latent, token_lengths = self._latent(audio, lengths)
-        codes = self.codes_from_latent(latent, levels)
-        return to_tokens(codes, self.spec_with_levels(levels), token_lengths)
-
-    def decode(self, tokens: Tokens | Tensor) -> Tensor:
-        """Codes ``(b, k, t)`` of the first ``k`` levels -> audio ``(b, c, t * hop)``; with
-        ``tokens.lengths`` each item is decoded at its own length (zeros after)."""
-        lengths = tokens.lengths if isinstance(tokens, Tokens) else None
-        return self._decode_latent(self.latent_from_codes(self.codes_of(tokens)), lengths)
-
     def forward(self, audio: Tensor, lengths: Tensor | None = None) -> TokenizerOutput:
         """Training pass: ``audio (b, c, s)`` -> reconstruction ``(b, c, s)`` and losses."""
         latent, token_lengths = self._latent(audio, lengths)
@@ -318,16 +284,8 @@ class DAC(AudioTokenizer):
         out = self.quantizer(latent.movedim(1, -1), n_levels=levels)
         levels = levels or self.quantizer.num_quantizers
         quantized = out.quantized.movedim(-1, 1)
-        reconstruction = self._decode_latent(quantized, token_lengths)[..., : audio.shape[-1]]
-        return TokenizerOutput(
-            reconstruction=reconstruction,
-            tokens=to_tokens(
-                out.codes.movedim(-1, 1)[:, :levels], self.spec_with_levels(levels), token_lengths
-            ),
-            losses={"quantizer": out.loss},
-            metrics=out.metrics,
-            latent=latent,
-        )
+        losses = {"quantizer": out.loss}
+        return self.leveled_output(audio, latent, quantized, out, levels, token_lengths, losses)
 
 
 # --------------------------------------------------------------------------- importer

@@ -42,8 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from anytok.codecs.base import AudioTokenizer, TokenizerOutput, build_quantizer, to_tokens
-from anytok.codecs.long_audio import apply_per_length, mask_past_lengths
+from anytok.codecs.base import ResidualAudioTokenizer, TokenizerOutput, build_quantizer
 from anytok.nn.encodec_seanet import (
     NORMS,
     EncodecSEANetDecoder,
@@ -66,7 +65,7 @@ DEFAULT_QUANTIZER: dict[str, Any] = {
 }
 
 
-class EnCodec(AudioTokenizer):
+class EnCodec(ResidualAudioTokenizer):
     """EnCodec: waveform ``(b, channels, samples)`` -> codes ``(b, levels, ceil(samples / hop))``.
 
     Args:
@@ -178,36 +177,13 @@ class EnCodec(AudioTokenizer):
             raise ValueError("EnCodec.encode: give n_levels or bandwidth, not both")
         if bandwidth is not None:
             return self.levels_for_bandwidth(bandwidth)
-        if n_levels is None:
-            return self.default_levels
-        n_q = self.quantizer.num_quantizers
-        if not 1 <= n_levels <= n_q:
-            raise ValueError(f"EnCodec.encode: n_levels must be in [1, {n_q}], got {n_levels}")
-        return int(n_levels)
+        return super().resolve_levels(n_levels)
 
     def _training_levels(self, device: torch.device) -> int:
         """One of the target bandwidths' level counts, drawn on rank 0 and broadcast."""
         return self._target_levels[shared_randint(0, len(self._target_levels), device)]
 
     # ----------------------------------------------------------------- contract
-
-    def codes_from_latent(
-        self, latent: Tensor, n_levels: int | None = None, bandwidth: float | None = None
-    ) -> Tensor:
-        """Latent ``(b, dimension, t)`` -> codes ``(b, levels, t)``."""
-        levels = self.resolve_levels(n_levels, bandwidth)
-        return self.quantizer.encode(latent.movedim(1, -1), n_levels=levels).movedim(-1, 1)
-
-    def _latent(self, audio: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
-        padded, token_lengths = self.pad_input(audio, lengths)
-        padded = mask_past_lengths(padded, lengths)
-        per_item = None if self.training else token_lengths * self.hop_length
-        return apply_per_length(self.encoder, padded, per_item, 1 / self.hop_length), token_lengths
-
-    def _decode_latent(self, latent: Tensor, lengths: Tensor | None) -> Tensor:
-        return apply_per_length(
-            self.decoder, latent, None if self.training else lengths, self.hop_length
-        )
 
     def encode(
         self,
@@ -221,16 +197,7 @@ class EnCodec(AudioTokenizer):
         ``n_levels`` or ``bandwidth`` (kbps) choose the bitrate (default: the configured
         ``bandwidth``, else every level).
         """
-        levels = self.resolve_levels(n_levels, bandwidth)
-        latent, token_lengths = self._latent(audio, lengths)
-        codes = self.codes_from_latent(latent, n_levels=levels)
-        return to_tokens(codes, self.spec_with_levels(levels), token_lengths)
-
-    def decode(self, tokens: Tokens | Tensor) -> Tensor:
-        """Codes ``(b, k, t)`` of the first ``k`` levels -> audio ``(b, c, t * hop)``; with
-        ``tokens.lengths`` each item is decoded at its own length (zeros after)."""
-        lengths = tokens.lengths if isinstance(tokens, Tokens) else None
-        return self._decode_latent(self.latent_from_codes(self.codes_of(tokens)), lengths)
+        return super().encode(audio, lengths, n_levels, bandwidth=bandwidth)
 
     def forward(self, audio: Tensor, lengths: Tensor | None = None) -> TokenizerOutput:
         """Training pass: ``audio (b, c, s)`` -> reconstruction ``(b, c, s)`` and losses."""
@@ -241,15 +208,8 @@ class EnCodec(AudioTokenizer):
             levels = self.default_levels
         out = self.quantizer(latent.movedim(1, -1), n_levels=levels)
         quantized = out.quantized.movedim(-1, 1)
-        codes = out.codes.movedim(-1, 1)[:, :levels]
-        reconstruction = self._decode_latent(quantized, token_lengths)[..., : audio.shape[-1]]
-        return TokenizerOutput(
-            reconstruction=reconstruction,
-            tokens=to_tokens(codes, self.spec_with_levels(levels), token_lengths),
-            losses={"quantizer": out.loss},
-            metrics=out.metrics,
-            latent=latent,
-        )
+        losses = {"quantizer": out.loss}
+        return self.leveled_output(audio, latent, quantized, out, levels, token_lengths, losses)
 
 
 # --------------------------------------------------------------------------- importer

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from anytok.codecs.base import AudioTokenizer, TokenizerOutput, build_quantizer, to_tokens
+from anytok.codecs.base import ResidualAudioTokenizer, TokenizerOutput, build_quantizer
 from anytok.codecs.long_audio import mask_past_lengths
 from anytok.nn.causal_transformer import CausalTransformer
 from anytok.nn.conv import Conv1d, ConvTranspose1d
@@ -62,7 +62,6 @@ from anytok.nn.encodec_seanet import (
 from anytok.quantizers.vq import smoothed_cluster_size
 from anytok.registry import PretrainedCfg, register, register_importer
 from anytok.regularizers import TrainingOptions
-from anytok.tokens import Tokens
 
 #: Mimi's codebooks: EMA (decay 0.99), codes used fewer than 2 times per batch revived from
 #: the batch, k-means initialisation on the first batch, commitment weight 1.
@@ -102,7 +101,7 @@ class MimiDecoder(nn.Module):
         return self.seanet(self.transformer(self.upsample(latent)))
 
 
-class Mimi(AudioTokenizer):
+class Mimi(ResidualAudioTokenizer):
     """Mimi: waveform ``(b, channels, samples)`` -> codes ``(b, levels, ceil(samples / hop))``.
 
     Args:
@@ -248,7 +247,9 @@ class Mimi(AudioTokenizer):
         self.decoder = MimiDecoder(
             upsample, transformer(), EncodecSEANetDecoder(**{**seanet, "ratios": ratios})
         )
-        self.default_levels = self._check_levels(n_q if n_levels is None else n_levels)
+        if n_levels is not None and not 1 <= n_levels <= n_q:
+            raise ValueError(f"Mimi: n_levels must be in [1, {n_q}], got {n_levels}")
+        self.default_levels = n_q if n_levels is None else int(n_levels)
         self.options = TrainingOptions(
             dimension, semantic_teacher, semantic_weight, modality="audio"
         )
@@ -257,23 +258,12 @@ class Mimi(AudioTokenizer):
 
     # ----------------------------------------------------------------- bitrate
 
-    def _check_levels(self, n_levels: int) -> int:
-        n_q = self.quantizer.num_quantizers
-        if not 1 <= n_levels <= n_q:
-            raise ValueError(f"Mimi: n_levels must be in [1, {n_q}], got {n_levels}")
-        return int(n_levels)
-
     @property
     def kbps_per_level(self) -> float:
         """Bitrate of one level: ``frame_rate * log2(bins) / 1000``."""
         return self.frame_rate * math.log2(self.quantizer.codebook_sizes[0]) / 1000
 
     # ----------------------------------------------------------------- contract
-
-    def codes_from_latent(self, latent: Tensor, n_levels: int | None = None) -> Tensor:
-        """Latent ``(b, dimension, t)`` -> codes ``(b, levels, t)``."""
-        levels = self.default_levels if n_levels is None else self._check_levels(n_levels)
-        return self.quantizer.encode(latent.movedim(1, -1), n_levels=levels).movedim(-1, 1)
 
     def _latent(self, audio: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
         padded, token_lengths = self.pad_input(audio, lengths)
@@ -283,22 +273,6 @@ class Mimi(AudioTokenizer):
     def _decode_latent(self, latent: Tensor, lengths: Tensor | None) -> Tensor:
         audio = self.decoder(latent)
         return audio if lengths is None else mask_past_lengths(audio, lengths * self.hop_length)
-
-    def encode(
-        self, audio: Tensor, lengths: Tensor | None = None, n_levels: int | None = None
-    ) -> Tokens:
-        """``audio (b, c, s)`` in [-1, 1] -> :class:`Tokens` with codes ``(b, levels, t)``
-        (``n_levels`` codebooks, default 8)."""
-        levels = self.default_levels if n_levels is None else self._check_levels(n_levels)
-        latent, token_lengths = self._latent(audio, lengths)
-        codes = self.codes_from_latent(latent, n_levels=levels)
-        return to_tokens(codes, self.spec_with_levels(levels), token_lengths)
-
-    def decode(self, tokens: Tokens | Tensor) -> Tensor:
-        """Codes ``(b, k, t)`` of the first ``k`` levels -> audio ``(b, c, t * hop)``; with
-        ``tokens.lengths``, zeros past each item's length."""
-        lengths = tokens.lengths if isinstance(tokens, Tokens) else None
-        return self._decode_latent(self.latent_from_codes(self.codes_of(tokens)), lengths)
 
     def forward(self, audio: Tensor, lengths: Tensor | None = None) -> TokenizerOutput:
         """Training pass: ``audio (b, c, s)`` -> reconstruction ``(b, c, s)`` and losses
@@ -315,15 +289,7 @@ class Mimi(AudioTokenizer):
             quantized = torch.where(keep, quantized, latent)
         losses = {"quantizer": out.loss}
         losses.update(self.options.losses(semantic, (semantic.shape[1],), audio))
-        reconstruction = self._decode_latent(quantized, token_lengths)[..., : audio.shape[-1]]
-        codes = out.codes.movedim(-1, 1)[:, :levels]
-        return TokenizerOutput(
-            reconstruction=reconstruction,
-            tokens=to_tokens(codes, self.spec_with_levels(levels), token_lengths),
-            losses=losses,
-            metrics=out.metrics,
-            latent=latent,
-        )
+        return self.leveled_output(audio, latent, quantized, out, levels, token_lengths, losses)
 
 
 # --------------------------------------------------------------------------- importer
