@@ -13,6 +13,7 @@ from anytok.codecs import audio, image, video
 from anytok.codecs.base import (
     AudioTokenizer,
     ImageTokenizer,
+    ResidualAudioTokenizer,
     Tokenizer,
     TokenizerOutput,
     VideoTokenizer,
@@ -27,4 +28,11 @@ def _import_families() -> None:
 
 _import_families()
 
-__all__ = ["AudioTokenizer", "ImageTokenizer", "Tokenizer", "TokenizerOutput", "VideoTokenizer"]
+__all__ = [
+    "AudioTokenizer",
+    "ImageTokenizer",
+    "ResidualAudioTokenizer",
+    "Tokenizer",
+    "TokenizerOutput",
+    "VideoTokenizer",
+]
