@@ -284,8 +284,9 @@ class CausalTransformer(nn.Module):
         h = x.transpose(1, 2)
         stream = self._stream
         start = 0 if stream is None else stream.position
-        # every layer's cache holds the same last positions: at most context - 1 of them
-        cached = start if self.context is None else min(start, self.context - 1)
+        # every layer's cache holds the same last positions (the attention trims them)
+        first = None if stream is None else stream.caches[0].keys
+        cached = 0 if first is None else first.shape[-2]
         plan = plan_attention(
             x.shape[-1],
             start,

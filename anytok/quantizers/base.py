@@ -161,11 +161,31 @@ def check_last_dim(z: Tensor, dim: int, name: str) -> None:
         )
 
 
-def check_codes(codes: Tensor, codebook_sizes: tuple[int, ...], name: str) -> None:
-    """Raise a clear error when codes are not integer ``(..., levels)`` within range."""
+def check_codes(
+    codes: Tensor,
+    codebook_sizes: tuple[int, ...],
+    name: str,
+    *,
+    prefix: bool = False,
+    dropped: bool = False,
+) -> int:
+    """Raise a clear error when codes are not integer ``(..., levels)`` within range; return
+    the number of levels.
+
+    With ``prefix`` any first ``k`` levels ``(..., k)``, ``1 <= k <= len(codebook_sizes)``,
+    are accepted (residual quantizers); with ``dropped`` a code of ``-1`` marks a dropped level.
+    """
     if codes.dtype.is_floating_point or codes.dtype == torch.bool:
         raise TypeError(f"{name}.decode: codes must be an integer tensor, got {codes.dtype}")
-    if codes.ndim < 1 or codes.shape[-1] != len(codebook_sizes):
+    levels = codes.shape[-1] if codes.ndim else 0
+    if prefix:
+        if not 1 <= levels <= len(codebook_sizes):
+            raise ValueError(
+                f"{name}.decode: expected codes (..., k) with 1 <= k <= {len(codebook_sizes)}, "
+                f"got {tuple(codes.shape)}"
+            )
+        codebook_sizes = codebook_sizes[:levels]
+    elif codes.ndim < 1 or levels != len(codebook_sizes):
         raise ValueError(
             f"{name}.decode: expected codes (..., {len(codebook_sizes)}), got {tuple(codes.shape)}"
         )
@@ -173,23 +193,12 @@ def check_codes(codes: Tensor, codebook_sizes: tuple[int, ...], name: str) -> No
         low = int(codes.min())
         high = codes.amax(dim=tuple(range(codes.ndim - 1))) if codes.ndim > 1 else codes
         sizes = torch.tensor(codebook_sizes, device=codes.device, dtype=torch.float64)
-        if low < 0 or bool((high.to(torch.float64) >= sizes).any()):
+        if low < -int(dropped) or bool((high.to(torch.float64) >= sizes).any()):
             raise ValueError(
                 f"{name}.decode: codes out of range: min {low}, codebook sizes {codebook_sizes}"
+                + (" (-1 marks a dropped level)" if dropped else "")
             )
-
-
-def check_level_prefix(codes: Tensor, num_levels: int, name: str) -> int:
-    """Raise a clear error unless ``codes`` are integer ``(..., k)`` with ``1 <= k <= num_levels``
-    (the first ``k`` levels of a residual quantizer); return ``k``."""
-    if codes.dtype.is_floating_point or codes.dtype == torch.bool:
-        raise TypeError(f"{name}.decode: codes must be an integer tensor, got {codes.dtype}")
-    if codes.ndim < 1 or not 1 <= codes.shape[-1] <= num_levels:
-        raise ValueError(
-            f"{name}.decode: expected codes (..., k) with 1 <= k <= {num_levels}, "
-            f"got {tuple(codes.shape)}"
-        )
-    return codes.shape[-1]
+    return levels
 
 
 # --------------------------------------------------------------------------- registry

@@ -26,7 +26,6 @@ from anytok.quantizers.base import (
     QuantizerOutput,
     check_codes,
     check_last_dim,
-    check_level_prefix,
     register_quantizer,
     straight_through,
     zero_loss,
@@ -356,13 +355,9 @@ class ResidualFSQ(Quantizer):
 
     def decode(self, codes: Tensor) -> Tensor:
         """Int codes ``(..., k)``, ``k <= num_quantizers`` (``-1`` = stage dropped) -> ``(..., dim)``."""
-        levels = check_level_prefix(codes, self.num_quantizers, "ResidualFSQ")
-        # -1 marks a dropped stage: check the rest like any other codes
-        check_codes(codes.clamp_min(0), self.codebook_sizes[:levels], "ResidualFSQ")
-        if codes.numel() and not torch.compiler.is_compiling() and bool((codes < -1).any()):
-            raise ValueError(f"ResidualFSQ.decode: codes below -1: min {int(codes.min())}")
+        levels = check_codes(codes, self.codebook_sizes, "ResidualFSQ", prefix=True, dropped=True)
         total: Tensor | float = 0.0
-        for stage in range(codes.shape[-1]):
+        for stage in range(levels):
             stage_codes = codes[..., stage]
             level_indices = self.stage.codes_to_level_indices(stage_codes.clamp_min(0))
             contribution = self.stage.level_indices_to_values(level_indices) * self.scales[stage]

@@ -19,7 +19,6 @@ from anytok.quantizers.base import (
     QuantizerOutput,
     check_codes,
     check_last_dim,
-    check_level_prefix,
     register_quantizer,
     zero_loss,
 )
@@ -198,8 +197,7 @@ class ResidualVQ(Quantizer):
     def decode(self, codes: Tensor) -> Tensor:
         """Codes ``(..., k)`` of the first ``k <= num_quantizers`` levels -> fp32 ``(..., dim)``."""
         name = type(self).__name__
-        levels = check_level_prefix(codes, self.num_quantizers, name)
-        check_codes(codes, self.codebook_sizes[:levels], name)
+        levels = check_codes(codes, self.codebook_sizes, name, prefix=True)
         with fp32_region(codes):
             quantized = torch.zeros(*codes.shape[:-1], self.dim, device=codes.device)
             for level in range(levels):
@@ -447,9 +445,7 @@ class SplitResidualVQ(Quantizer):
 
     def decode(self, codes: Tensor) -> Tensor:
         """Codes ``(..., k)`` of the first ``k`` levels -> fp32 ``(..., dim)``."""
-        name = type(self).__name__
-        levels = check_level_prefix(codes, self.num_quantizers, name)
-        check_codes(codes, self.codebook_sizes[:levels], name)
+        check_codes(codes, self.codebook_sizes, type(self).__name__, prefix=True)
         with fp32_region(codes):
             quantized = self.semantic_out(self.semantic.decode(codes[..., : self.num_semantic]))
             if codes.shape[-1] > self.num_semantic:
