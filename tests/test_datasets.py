@@ -32,6 +32,7 @@ from anytok.datasets import (
     document_tokens,
     encode_dataset,
     encode_dataset_from_cli,
+    export_files,
     export_tokens,
     export_tokens_from_cli,
     iter_documents,
@@ -421,6 +422,22 @@ def test_export_cli(tmp_path, audio_dataset, capsys) -> None:
     assert (tmp_path / "nano.idx").is_file() and (tmp_path / "nano.json").is_file()
     assert export_tokens_from_cli([str(tmp_path / "nothing"), str(out)]) == 2
     assert "manifest.json" in capsys.readouterr().err
+
+
+def test_export_path_may_name_the_bin(tmp_path, audio_dataset) -> None:
+    # `tokens.bin` (nanoGPT's data path) and `tokens.idx` name the prefix `tokens`, not
+    # `tokens.bin.bin`; a prefix with another dot keeps it.
+    prefix = tmp_path / "lm" / "tokens"
+    files = [prefix.with_name("tokens" + s) for s in (".bin", ".idx", ".json")]
+    assert export_files(prefix) == export_files(f"{prefix}.bin") == tuple(files)
+    assert export_files(tmp_path / "v1.2")[0] == tmp_path / "v1.2.bin"
+    summary = export_tokens(audio_dataset, f"{prefix}.bin", layout="megatron")
+    assert summary.files == files and sorted((tmp_path / "lm").iterdir()) == sorted(files)
+    docs = list(iter_documents(f"{prefix}.idx"))
+    assert [d.size for d in docs] == [d.size for d in iter_documents(prefix)]
+    assert sum(d.size for d in docs) == summary.tokens
+    with pytest.raises(DatasetError, match="names no file"):
+        export_files("")
 
 
 # --------------------------------------------------------------------------- CLI

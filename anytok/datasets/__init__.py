@@ -16,6 +16,7 @@ from anytok.datasets.cli import encode_dataset_from_cli, export_tokens_from_cli
 from anytok.datasets.export import (
     ExportSummary,
     document_tokens,
+    export_files,
     export_tokens,
     iter_documents,
     read_export_meta,
@@ -33,6 +34,7 @@ __all__ = [
     "document_tokens",
     "encode_dataset",
     "encode_dataset_from_cli",
+    "export_files",
     "export_tokens",
     "export_tokens_from_cli",
     "iter_documents",

@@ -192,7 +192,11 @@ def export_tokens_parser() -> argparse.ArgumentParser:
         "or Megatron-LM .bin + .idx; OUT.json describes the ids. See docs/datasets.md.",
     )
     p.add_argument("dataset", help="output folder of `anytok encode-dataset`")
-    p.add_argument("out", help="path prefix of the files to write (OUT.bin, OUT.idx, OUT.json)")
+    p.add_argument(
+        "out",
+        help="path prefix of the files to write (OUT.bin, OUT.idx, OUT.json); "
+        "a trailing .bin/.idx/.json is dropped",
+    )
     p.add_argument("--format", choices=["bin", "megatron"], default="bin")
     p.add_argument("--pattern", choices=list(PATTERNS), default="flatten")
     p.add_argument(

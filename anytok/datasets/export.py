@@ -11,7 +11,8 @@ A document's ids:
   by column: ``grid.T.reshape(-1)`` (so ``levels`` consecutive ids are one time step, and
   ``doc.reshape(-1, levels).T`` gives the grid back).
 
-Files for ``OUT`` (a path prefix):
+Files for ``OUT`` (a path prefix; a path ending in ``.bin``, ``.idx`` or ``.json`` names the
+same prefix without that suffix):
 
 ``OUT.bin``
     the ids of every document back to back, in ``dtype`` (little-endian), no header:
@@ -66,6 +67,8 @@ from anytok.tokens import PATTERNS, LMVocab, Pattern, Tokens, TokenSpec
 
 EXPORT_FORMAT = "anytok.lm_tokens/1"
 EXPORT_LAYOUTS = ("bin", "megatron")
+#: the files of an export ``OUT``: ``OUT.bin``, ``OUT.idx`` (megatron only), ``OUT.json``
+EXPORT_SUFFIXES = (".bin", ".idx", ".json")
 MEGATRON_MAGIC = b"MMIDIDX\x00\x00"
 MEGATRON_VERSION = 1
 #: Megatron-LM's ``DType`` codes.
@@ -147,9 +150,8 @@ def export_tokens(
     spec = TokenSpec.from_dict(manifest["token_spec"])
     vocab = LMVocab.from_spec(spec, offset=offset, shared_levels=shared_levels)
     dtype = id_dtype(vocab.size, layout)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    bin_path, idx_path, meta_path = (out.with_name(out.name + s) for s in (".bin", ".idx", ".json"))
+    bin_path, idx_path, meta_path = export_files(out)
+    bin_path.parent.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)  # an old sidecar must not vouch for a half-new export
     lengths: list[int] = []
     spatial: list[tuple[int, ...]] = []
@@ -225,9 +227,25 @@ def megatron_index(lengths: list[int], dtype: np.dtype) -> bytes:
 # --------------------------------------------------------------------------- reading back
 
 
+def export_files(out: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
+    """``(OUT.bin, OUT.idx, OUT.json)`` of the export ``out``.
+
+    ``out`` is the prefix, or the path of one of those files: ``lm/audio``, ``lm/audio.bin``
+    and ``lm/audio.idx`` all name ``lm/audio.bin`` + ``lm/audio.idx`` + ``lm/audio.json``
+    (Megatron-LM's data path is the prefix; nanoGPT's is the ``.bin``).
+    """
+    prefix = Path(out)
+    if prefix.suffix in EXPORT_SUFFIXES:
+        prefix = prefix.with_suffix("")
+    if not prefix.name:
+        raise DatasetError(f"export path {os.fspath(out)!r} names no file")
+    bin_path, idx_path, meta_path = (prefix.with_name(prefix.name + s) for s in EXPORT_SUFFIXES)
+    return bin_path, idx_path, meta_path
+
+
 def read_export_meta(out: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``OUT.json`` sidecar of an export."""
-    path = Path(out).with_name(Path(out).name + ".json")
+    """The ``OUT.json`` sidecar of an export (``out`` as in :func:`export_files`)."""
+    path = export_files(out)[2]
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no export sidecar (was the export completed?)")
     return json.loads(path.read_text(encoding="utf-8"))
@@ -253,15 +271,14 @@ def read_megatron_index(idx: str | os.PathLike[str]) -> tuple[np.dtype, np.ndarr
 def iter_documents(out: str | os.PathLike[str]) -> Iterator[np.ndarray]:
     """The documents of an export, each a 1D array of ids in the export's dtype."""
     meta = read_export_meta(out)
-    prefix = Path(out)
-    bin_path = prefix.with_name(prefix.name + ".bin")
+    bin_path, idx_path, _ = export_files(out)
     data = (
         np.memmap(bin_path, dtype=np.dtype(meta["dtype"]), mode="r")
         if bin_path.stat().st_size
         else np.zeros(0, dtype=meta["dtype"])
     )
     if meta["layout"] == "megatron":
-        dtype, sizes, pointers = read_megatron_index(prefix.with_name(prefix.name + ".idx"))
+        dtype, sizes, pointers = read_megatron_index(idx_path)
         for size, pointer in zip(sizes, pointers):
             start = int(pointer) // dtype.itemsize
             yield np.asarray(data[start : start + int(size)])
@@ -297,10 +314,12 @@ def document_tokens(document: np.ndarray, meta: dict[str, Any]) -> Tokens:
 __all__ = [
     "EXPORT_FORMAT",
     "EXPORT_LAYOUTS",
+    "EXPORT_SUFFIXES",
     "MEGATRON_DTYPE_CODES",
     "ExportSummary",
     "document_ids",
     "document_tokens",
+    "export_files",
     "export_tokens",
     "id_dtype",
     "iter_documents",
