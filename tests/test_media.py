@@ -192,7 +192,11 @@ def test_resample_matches_torchaudio_and_keeps_its_filter(
     out = resample(wave, orig, new)
     assert out.dtype == dtype
     assert torch.equal(out, AF.resample(wave, orig, new))
-    assert torch.equal(resample(wave[:, :1], orig, new), out[:, :1])
+    # The second call reuses the bank. Bits match torchaudio on the same shape; across batch
+    # shapes the conv backend may sum in another order (seen in fp64 on an AMD EPYC).
+    one = resample(wave[:, :1], orig, new)
+    assert torch.equal(one, AF.resample(wave[:, :1], orig, new))
+    torch.testing.assert_close(one, out[:, :1])
     info = _resampler.cache_info()
     assert (info.misses, info.hits) == (1, 1)
 

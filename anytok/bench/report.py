@@ -106,8 +106,13 @@ def markdown(report: dict[str, Any], plots: dict[str, list[str]] | None = None) 
     untrained = [m["label"] for m in _ok_models(report) if m["weights"].startswith("untrained")]
     if untrained:
         lines += [
-            f"> **Untrained weights:** {', '.join(untrained)} use random initialisation; "
-            "their fidelity numbers say nothing about the architecture.",
+            f"> **Untrained weights:** {', '.join(untrained)} "
+            + (
+                "uses random initialisation; its"
+                if len(untrained) == 1
+                else "use random initialisation; their"
+            )
+            + " fidelity numbers say nothing about the architecture.",
             "",
         ]
     for modality, title in MODALITY_TITLES.items():

@@ -105,7 +105,12 @@ class Tokenizer(nn.Module, abc.ABC):
         """The code tensor of ``tokens`` (accepts a bare ``(b, levels, *positions)`` tensor)."""
         return tokens.codes if isinstance(tokens, Tokens) else tokens
 
-    def _check_media(self, media: Tensor, ndim: int, what: str) -> None:
+    def _check_media(self, media: Tensor, ndim: int, what: str) -> Tensor:
+        """Check a media batch's type and rank; return it in the dtype of the weights.
+
+        Float media of another dtype (fp64 from NumPy, fp16 beside fp32 weights) is cast, as
+        the layers need one dtype; autocast still computes in its own.
+        """
         if not isinstance(media, Tensor):
             raise TypeError(
                 f"{type(self).__name__}.encode: expected a tensor {what}, got {type(media)}"
@@ -115,7 +120,13 @@ class Tokenizer(nn.Module, abc.ABC):
                 f"{type(self).__name__}.encode: expected {what}, got shape {tuple(media.shape)}"
             )
         if not media.is_floating_point():
-            raise TypeError(f"{type(self).__name__}.encode: media must be float in [-1, 1]")
+            raise TypeError(
+                f"{type(self).__name__}.encode: media must be float in [-1, 1], got {media.dtype}"
+            )
+        weight_dtype = next(
+            (p.dtype for p in self.parameters() if p.is_floating_point()), media.dtype
+        )
+        return media.to(weight_dtype)
 
 
 class AudioTokenizer(Tokenizer):
@@ -156,7 +167,7 @@ class AudioTokenizer(Tokenizer):
 
     def pad_input(self, audio: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
         """Check and right-pad ``audio``; return it and token lengths ``(batch,)``."""
-        self._check_media(audio, 3, "audio (batch, channels, samples)")
+        audio = self._check_media(audio, 3, "audio (batch, channels, samples)")
         if audio.shape[1] != self.channels:
             raise ValueError(
                 f"{type(self).__name__}: expects {self.channels} channel(s), got {audio.shape[1]}; "
@@ -379,8 +390,9 @@ class ImageTokenizer(SpatialTiling, Tokenizer):
             resize=self.resize,
         )
 
-    def check_input(self, image: Tensor) -> None:
-        self._check_media(image, 4, "images (batch, 3, height, width)")
+    def check_input(self, image: Tensor) -> Tensor:
+        """Check an image batch; return it in the weights' dtype (see ``_check_media``)."""
+        image = self._check_media(image, 4, "images (batch, 3, height, width)")
         h, w = image.shape[-2:]
         f = self.downsample_factor
         if image.shape[1] != 3 or h % f or w % f or h == 0 or w == 0:
@@ -388,6 +400,7 @@ class ImageTokenizer(SpatialTiling, Tokenizer):
                 f"{type(self).__name__}: expects (batch, 3, H, W) with H and W multiples of {f}, "
                 f"got {tuple(image.shape)}; resize or crop first (anytok.media.load_image(size=...))"
             )
+        return image
 
 
 class VideoTokenizer(SpatialTiling, Tokenizer):
@@ -429,7 +442,7 @@ class VideoTokenizer(SpatialTiling, Tokenizer):
 
     def pad_input(self, video: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
         """Check and pad ``video`` in time; return it and latent lengths ``(batch,)``."""
-        self._check_media(video, 5, "video (batch, 3, frames, height, width)")
+        video = self._check_media(video, 5, "video (batch, 3, frames, height, width)")
         b, c, t, h, w = video.shape
         f = self.spatial_factor
         if c != 3 or t == 0 or h % f or w % f or h == 0 or w == 0:

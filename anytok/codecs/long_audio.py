@@ -280,7 +280,7 @@ class AudioEncoderStream:
 
     def __call__(self, chunk: Tensor) -> Tensor:
         model = self.model
-        model._check_media(chunk, 3, "audio chunk (batch, channels, samples)")
+        chunk = model._check_media(chunk, 3, "audio chunk (batch, channels, samples)")
         if chunk.shape[1] != model.channels:
             raise ValueError(
                 f"{type(model).__name__} stream: expects {model.channels} channel(s), "
@@ -410,7 +410,7 @@ def encode_long(
     Returns:
         :class:`Tokens` on ``audio``'s device, as ``model.encode(audio, lengths)`` returns.
     """
-    model._check_media(audio, 3, "audio (batch, channels, samples)")
+    audio = model._check_media(audio, 3, "audio (batch, channels, samples)")
     if lengths is not None:
         items = [
             encode_long(

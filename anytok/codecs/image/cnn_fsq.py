@@ -64,7 +64,7 @@ class CNNFSQ(ImageTokenizer):
 
     def forward(self, image: Tensor, lengths: Tensor | None = None) -> TokenizerOutput:
         """Training pass: ``image (b, 3, H, W)`` -> reconstruction of the same shape."""
-        self.check_input(image)
+        image = self.check_input(image)
         latent = self.encoder(image)
         quantized, out = quantize_channel_first(self.quantizer, latent)
         return TokenizerOutput(
@@ -77,7 +77,7 @@ class CNNFSQ(ImageTokenizer):
 
     def encode(self, image: Tensor, lengths: Tensor | None = None) -> Tokens:
         """``image (b, 3, H, W)`` in [-1, 1] -> codes ``(b, levels, H/f, W/f)``."""
-        self.check_input(image)
+        image = self.check_input(image)
         codes = self.quantizer.encode(self.encoder(image).movedim(1, -1)).movedim(-1, 1)
         return to_tokens(codes, self.spec, None)
 

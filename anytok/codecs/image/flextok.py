@@ -330,7 +330,7 @@ class FlexTok(ImageTokenizer):
         """Training pass: ``image (b, 3, H, W)`` -> the flow decoder's one-step estimate of the
         image (at a random time), tokens ``(b, levels, K)`` and losses ``diffusion`` (flow
         matching, + REPA), ``quantizer``, and ``semantic`` with a teacher."""
-        self.check_input(image)
+        image = self.check_input(image)
         b = image.shape[0]
         wants_semantic = self.options.semantic is not None and self.training
         registers, hidden = self._registers(image, (self.semantic_layer,) if wants_semantic else ())
@@ -373,7 +373,7 @@ class FlexTok(ImageTokenizer):
         The first ``k`` tokens do not depend on the later ones, so ``num_tokens=k`` equals
         truncating the full sequence.
         """
-        self.check_input(image)
+        image = self.check_input(image)
         k = self.num_registers if num_tokens is None else int(num_tokens)
         if not 1 <= k <= self.num_registers:
             raise ValueError(

@@ -256,7 +256,7 @@ class GroupLFQTokenizer(ImageTokenizer):
 
         Losses: ``quantizer`` (entropy + commitment), ``semantic`` when a teacher is set.
         """
-        self.check_input(image)
+        image = self.check_input(image)
         latent = self._encode_latent(image)
         quantized, out = quantize_channel_first(self.quantizer, latent)
         if self.train_decoder_only:
@@ -276,7 +276,7 @@ class GroupLFQTokenizer(ImageTokenizer):
 
     def encode(self, image: Tensor, lengths: Tensor | None = None) -> Tokens:
         """``image (b, 3, H, W)`` in [-1, 1] -> codes ``(b, groups, H/f, W/f)``."""
-        self.check_input(image)
+        image = self.check_input(image)
         codes = self.quantizer.encode(self.encoder(image).movedim(1, -1)).movedim(-1, 1)
         return to_tokens(codes, self.spec, None)
 

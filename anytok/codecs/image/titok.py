@@ -186,7 +186,7 @@ class TiTok(ImageTokenizer):
 
     def _encode_latent(self, image: Tensor) -> tuple[Tensor, Tensor]:
         """-> latent tokens ``(b, k, token_dim)`` and patch features ``(b, n, width)``."""
-        self.check_input(image)
+        image = self.check_input(image)
         if tuple(image.shape[-2:]) != self.resolution:
             raise ValueError(
                 f"TiTok: expects {self.resolution[0]}x{self.resolution[1]} images (learned "

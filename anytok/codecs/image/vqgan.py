@@ -104,7 +104,7 @@ class VQGAN(ImageTokenizer):
 
     def forward(self, image: Tensor, lengths: Tensor | None = None) -> TokenizerOutput:
         """Training pass: ``image (b, 3, H, W)`` -> reconstruction of the same shape."""
-        self.check_input(image)
+        image = self.check_input(image)
         features = self.encoder(image)
         latent = self.quant_conv(features)
         quantized, out = quantize_channel_first(self.quantizer, latent)
@@ -122,7 +122,7 @@ class VQGAN(ImageTokenizer):
 
     def encode(self, image: Tensor, lengths: Tensor | None = None) -> Tokens:
         """``image (b, 3, H, W)`` in [-1, 1] -> codes ``(b, levels, H/f, W/f)``."""
-        self.check_input(image)
+        image = self.check_input(image)
         latent = self.quant_conv(self.encoder(image))
         codes = self.quantizer.encode(latent.movedim(1, -1)).movedim(-1, 1)
         return to_tokens(codes, self.spec, None)
