@@ -22,16 +22,27 @@ console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
+DEVICE_HELP = "auto (default: CUDA when available, else cpu), cpu, cuda or cuda:K"
+
+
 class UserError(Exception):
     """A mistake in what the user asked for: reported in one line, no traceback."""
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from anytok.checkpoint import CheckpointError
+    from anytok.devices import DeviceError
     from anytok.media import MediaError
     from anytok.registry import UnknownModelError, WeightsNotFoundError
 
-    return (UserError, UnknownModelError, WeightsNotFoundError, CheckpointError, MediaError)
+    return (
+        UserError,
+        UnknownModelError,
+        WeightsNotFoundError,
+        CheckpointError,
+        MediaError,
+        DeviceError,
+    )
 
 
 def _progress() -> Progress:
@@ -232,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--format", choices=["safetensors", "npz"], default="safetensors")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=cmd_encode)
 
@@ -240,12 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="token files or folders")
     p.add_argument("-m", "--model", help="tokenizer (default: the one named in each token file)")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("demo", help="encode and decode bundled samples with each default tokenizer")
     p.add_argument("--out", default="demo_out")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:K")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -289,6 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "batch_size", 1) < 1:
         parser.error("--batch-size must be >= 1")
     try:
+        if hasattr(args, "device"):  # checked before any model loads
+            from anytok.devices import parse_device
+
+            args.device = str(parse_device(args.device))
         return int(args.func(args))
     except _user_errors() as err:
         if args.debug:

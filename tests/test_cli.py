@@ -123,3 +123,52 @@ def test_encode_missing_input_reports_it(tmp_path, tiny_audio_ckpt) -> None:
         ["encode", str(tmp_path / "nope.wav"), "-m", str(tiny_audio_ckpt), "-o", str(tmp_path)]
     )
     assert code == 1
+
+
+def test_parse_device_reads_auto_and_names_missing_devices(monkeypatch) -> None:
+    from anytok.devices import DeviceError, parse_device
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert parse_device("auto").type == parse_device(None).type == expected
+    assert parse_device(" AUTO ").type == expected
+    assert parse_device("cpu") == parse_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(DeviceError, match=r"^--device 'gpu': not a device \(use auto, cpu"):
+        parse_device("gpu")
+    with pytest.raises(DeviceError, match="^--devices 'cuda:x'"):
+        parse_device("cuda:x", option="--devices")
+    # No CUDA, or fewer GPUs than the index asks for: said before anything loads.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="cuda:0: CUDA is not available on this machine"):
+        parse_device("cuda:0")
+    assert parse_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert parse_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(DeviceError, match="cuda:2: this machine has 2 CUDA device"):
+        parse_device("cuda:2")
+
+
+@pytest.mark.parametrize("command", ["encode", "decode", "bench", "encode-dataset", "train"])
+def test_every_command_refuses_a_bad_device_in_one_line(tmp_path, tiny_audio_ckpt, command):
+    write_wav(tmp_path / "a.wav", 0.2)
+    model = ["-m", str(tiny_audio_ckpt)]
+    argv = {
+        "encode": ["encode", str(tmp_path), *model, "-o", str(tmp_path / "o")],
+        "decode": ["decode", str(tmp_path), "-o", str(tmp_path / "o")],
+        "bench": ["bench", str(tmp_path), *model, "-o", str(tmp_path / "o")],
+        "encode-dataset": ["encode-dataset", str(tmp_path), str(tmp_path / "o"), *model],
+        "train": [
+            "train",
+            str(Path(__file__).parents[1] / "recipes/audio/seanet_fsq_24khz_tiny.yaml"),
+            f"data.train={tmp_path}",
+            "--run-dir",
+            str(tmp_path / "o"),
+        ],
+    }[command]
+    if command == "decode":  # one token file, so the device is the only problem
+        assert main(["encode", str(tmp_path / "a.wav"), *model, "-o", str(tmp_path)]) == 0
+    result = run_cli(*argv, "--device", "gpu")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "'gpu': not a device" in result.stderr
+    assert not (tmp_path / "o").exists()

@@ -117,7 +117,7 @@ def test_tiny_recipe_trains_and_exports(recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "exported"
     if not has_ema:
         assert export_from_cli([str(run), str(out)]) == 2  # asks for --no-ema
-    assert export_from_cli([str(run), str(out), *([] if has_ema else ["--no-ema"])]) == 0
+    assert export_from_cli([str(run), "-o", str(out), *([] if has_ema else ["--no-ema"])]) == 0
     model = anytok.load(out)
     reference = load_checkpoint(checkpoint / "ema" if has_ema else checkpoint)
     assert model.state_dict().keys() == reference.state_dict().keys()
@@ -223,9 +223,16 @@ def test_cli_reports_mistakes_in_one_line(tmp_path: Path, capsys) -> None:
         == 2
     )
     assert "training data not found" in capsys.readouterr().err
+    # Overrides may follow the options: the override is applied, not an argparse error.
+    nothing = f"data.train={tmp_path / 'nothing'}"
+    assert run_from_cli([str(TINY["audio"]), "--run-dir", str(tmp_path / "r3"), nothing]) == 2
+    assert "training data not found" in capsys.readouterr().err
     assert run_from_cli(["--help"]) == 0
     assert export_from_cli([str(tmp_path / "no-run"), str(tmp_path / "out")]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
+    for outs in ([], [str(tmp_path / "a"), "-o", str(tmp_path / "b")]):
+        assert export_from_cli([str(tmp_path / "no-run"), *outs]) == 2
+        assert "give the destination folder once" in capsys.readouterr().err
 
 
 def test_tensorboard_events_when_installed(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from anytok.bench.report import fmt, metric_columns, write_reports
 from anytok.bench.runner import BenchInputError, BenchSettings, run_bench
 from anytok.bench.suite import MetricModels
 from anytok.bench.sweeps import LEVELS, PERTURB, parse_sweep
+from anytok.devices import DeviceError, parse_device
 from anytok.metrics.weights import MetricWeightsError, ModelWeights
 
 EXIT_OK, EXIT_SKIPPED, EXIT_USAGE = 0, 1, 2
@@ -49,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-size", type=int, default=4, help="items per call, also the throughput batch"
     )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:1"
+    )
     parser.add_argument(
         "--levels", help="residual levels to decode, e.g. 1,2,4,8 (same as --sweep levels=...)"
     )
@@ -204,8 +207,9 @@ def bench_from_cli(argv: list[str]) -> int:
     console = Console(stderr=True, soft_wrap=True)
     out = Console(soft_wrap=True)
     try:
+        args.device = str(parse_device(args.device))
         settings = settings_from_args(args, parser)
-    except (OSError, ValueError) as err:  # an unreadable --asr-labels file
+    except (OSError, ValueError, DeviceError) as err:  # e.g. an unreadable --asr-labels file
         console.print(f"[red]anytok bench: error:[/red] {err}", highlight=False)
         return EXIT_USAGE
     items: list[dict[str, Any]] = []

@@ -45,6 +45,7 @@ from anytok.datasets.shards import (
     shard_done,
 )
 from anytok.datasets.sources import DatasetError, SegmentPolicy, list_items
+from anytok.devices import DeviceError, parse_device
 from anytok.pipeline import input_format
 
 DEFAULT_BATCH_SIZE = 8
@@ -114,17 +115,13 @@ class DatasetSummary:
 def parse_devices(devices: str | Sequence[str | torch.device]) -> list[torch.device]:
     """``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda:0,cuda:1"`` or a list."""
     if isinstance(devices, str):
-        if devices == "auto":
-            return [torch.device("cuda" if torch.cuda.is_available() else "cpu")]
         devices = [d.strip() for d in devices.split(",") if d.strip()]
     try:
-        out = [torch.device(d) for d in devices]
-    except RuntimeError as err:
-        raise DatasetError(f"bad device list {devices!r}: {err}") from err
+        out = [parse_device(d) for d in devices]
+    except DeviceError as err:
+        raise DatasetError(str(err)) from err
     if not out:
         raise DatasetError("no device given")
-    if any(d.type == "cuda" for d in out) and not torch.cuda.is_available():
-        raise DatasetError("a CUDA device was asked for, but CUDA is not available here")
     return out
 
 

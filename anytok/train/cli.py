@@ -77,7 +77,8 @@ def run_from_cli(argv: Sequence[str]) -> int:
     """
     parser = _train_parser()
     try:
-        args = parser.parse_args(list(argv))
+        # Intermixed: overrides may come before or after the options (`--run-dir r x=1`).
+        args = parser.parse_intermixed_args(list(argv))
     except SystemExit as err:  # --help, or argparse's own usage error
         return _exit_code(err)
     from anytok.train.loop import train
@@ -97,7 +98,7 @@ def run_from_cli(argv: Sequence[str]) -> int:
 
 
 def export_from_cli(argv: Sequence[str]) -> int:
-    """``anytok export RUN_DIR OUT_DIR [--no-ema] [--checkpoint DIR]``.
+    """``anytok export RUN_DIR (OUT_DIR | -o OUT_DIR) [--no-ema] [--checkpoint DIR]``.
 
     Writes the run's generator as ``config.json`` + ``model.safetensors`` that
     ``anytok.load(OUT_DIR)`` and ``anytok encode --model OUT_DIR`` open.
@@ -107,18 +108,24 @@ def export_from_cli(argv: Sequence[str]) -> int:
         description="Export a training run's generator as a loadable anytok checkpoint.",
     )
     parser.add_argument("run_dir", help="a folder written by anytok train")
-    parser.add_argument("out_dir", help="destination folder")
+    parser.add_argument("out_dir", nargs="?", help="destination folder (or -o OUT_DIR)")
+    parser.add_argument("-o", "--out", dest="out_option", metavar="OUT_DIR", help="= out_dir")
     parser.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA")
     parser.add_argument("--checkpoint", help="a checkpoints/step_* folder (default: the newest)")
     try:
         args = parser.parse_args(list(argv))
+        if (args.out_dir is None) == (args.out_option is None):
+            parser.error("give the destination folder once: OUT_DIR or -o OUT_DIR")
     except SystemExit as err:
         return _exit_code(err)
     from anytok.train.export import export_run
 
     try:
         out = export_run(
-            args.run_dir, args.out_dir, use_ema=not args.no_ema, checkpoint=args.checkpoint
+            args.run_dir,
+            args.out_dir or args.out_option,
+            use_ema=not args.no_ema,
+            checkpoint=args.checkpoint,
         )
     except (*_user_errors(), ValueError) as err:
         print(f"anytok export: error: {err}", file=sys.stderr)

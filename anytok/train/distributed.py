@@ -14,9 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-
-class DeviceError(RuntimeError):
-    """A device that this machine does not have."""
+from anytok.devices import DeviceError, parse_device
 
 
 @dataclass(frozen=True)
@@ -42,16 +40,15 @@ def init_distributed(device: str | None = None) -> DistInfo:
     """Join the process group torchrun describes (if any) and pick this process's device.
 
     Args:
-        device: ``"cpu"``, ``"cuda"`` or ``"cuda:K"``; None picks CUDA when available. Under
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:K"``; None / ``"auto"`` picks CUDA when
+            available (:func:`anytok.devices.parse_device` checks the rest). Under
             torchrun, CUDA means ``cuda:LOCAL_RANK``.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    wanted = torch.device(device) if device else None
+    wanted = parse_device(device) if device and device != "auto" else None
     use_cuda = torch.cuda.is_available() if wanted is None else wanted.type == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise DeviceError(f"--device {device}: CUDA is not available on this machine")
     if use_cuda:
         index = local_rank if world > 1 or wanted is None or wanted.index is None else wanted.index
         resolved = torch.device("cuda", index)
