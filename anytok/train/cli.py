@@ -75,10 +75,8 @@ def run_from_cli(argv: Sequence[str]) -> int:
     Returns 0 when training finished, 2 for a mistake in the recipe, data or arguments
     (one line on stderr, no traceback).
     """
-    parser = _train_parser()
     try:
-        # Intermixed: overrides may come before or after the options (`--run-dir r x=1`).
-        args = parser.parse_intermixed_args(list(argv))
+        args = parse_train_args(argv)
     except SystemExit as err:  # --help, or argparse's own usage error
         return _exit_code(err)
     from anytok.train.loop import train
@@ -97,12 +95,9 @@ def run_from_cli(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def export_from_cli(argv: Sequence[str]) -> int:
-    """``anytok export RUN_DIR (OUT_DIR | -o OUT_DIR) [--no-ema] [--checkpoint DIR]``.
-
-    Writes the run's generator as ``config.json`` + ``model.safetensors`` that
-    ``anytok.load(OUT_DIR)`` and ``anytok encode --model OUT_DIR`` open.
-    """
+def parse_export_args(argv: Sequence[str]) -> argparse.Namespace:
+    """``anytok export``'s arguments (``out_dir`` resolved from either spelling); argparse's
+    ``SystemExit`` on a mistake."""
     parser = argparse.ArgumentParser(
         prog="anytok export",
         description="Export a training run's generator as a loadable anytok checkpoint.",
@@ -112,10 +107,27 @@ def export_from_cli(argv: Sequence[str]) -> int:
     parser.add_argument("-o", "--out", dest="out_option", metavar="OUT_DIR", help="= out_dir")
     parser.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA")
     parser.add_argument("--checkpoint", help="a checkpoints/step_* folder (default: the newest)")
+    args = parser.parse_args(list(argv))
+    if (args.out_dir is None) == (args.out_option is None):
+        parser.error("give the destination folder once: OUT_DIR or -o OUT_DIR")
+    args.out_dir = args.out_dir or args.out_option
+    return args
+
+
+def parse_train_args(argv: Sequence[str]) -> argparse.Namespace:
+    """``anytok train``'s arguments; overrides may come before or after the options
+    (``--run-dir r x=1``). argparse's ``SystemExit`` on a mistake."""
+    return _train_parser().parse_intermixed_args(list(argv))
+
+
+def export_from_cli(argv: Sequence[str]) -> int:
+    """``anytok export RUN_DIR (OUT_DIR | -o OUT_DIR) [--no-ema] [--checkpoint DIR]``.
+
+    Writes the run's generator as ``config.json`` + ``model.safetensors`` that
+    ``anytok.load(OUT_DIR)`` and ``anytok encode --model OUT_DIR`` open.
+    """
     try:
-        args = parser.parse_args(list(argv))
-        if (args.out_dir is None) == (args.out_option is None):
-            parser.error("give the destination folder once: OUT_DIR or -o OUT_DIR")
+        args = parse_export_args(argv)
     except SystemExit as err:
         return _exit_code(err)
     from anytok.train.export import export_run
@@ -123,7 +135,7 @@ def export_from_cli(argv: Sequence[str]) -> int:
     try:
         out = export_run(
             args.run_dir,
-            args.out_dir or args.out_option,
+            args.out_dir,
             use_ema=not args.no_ema,
             checkpoint=args.checkpoint,
         )
@@ -134,4 +146,4 @@ def export_from_cli(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
-__all__ = ["export_from_cli", "run_from_cli"]
+__all__ = ["export_from_cli", "parse_export_args", "parse_train_args", "run_from_cli"]
