@@ -1,5 +1,6 @@
 """Every ``anytok ...`` command line shown in the README, docs/ and the recipes' headers
-parses with the parser of that command: the documentation cannot drift from the CLI."""
+parses with the parser of that command, and the README's Python example runs: the
+documentation cannot drift from the CLI and the API."""
 
 from __future__ import annotations
 
@@ -90,3 +91,22 @@ def test_documented_training_overrides_name_real_recipe_keys(where: str, text: s
     if not any(o.startswith("data.train=") for o in overrides):
         overrides.append("data.train=/data")
     load_recipe(ROOT / args.recipe, overrides)  # RecipeError names an unknown key or bad value
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch) -> None:
+    # The README's "Use" block, as written, on one second of generated audio.
+    import torch
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = readme.split("```python\n")[1:]
+    assert blocks, "the README shows no Python example"
+    code = blocks[0].split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    audio = torch.rand(1, 1, 24000, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+    namespace = {"audio": audio}
+    exec(compile(code, "README.md", "exec"), namespace)  # our own README, as users read it
+    assert namespace["audio_again"].shape == (1, 1, 24000)
+    assert (tmp_path / "speech.tokens.safetensors").is_file()
+    tokens, vocab = namespace["tokens"], namespace["vocab"]
+    back = type(tokens).from_lm_ids(namespace["ids"], tokens.spec, vocab, "delay")
+    assert torch.equal(back.codes, tokens.codes)
