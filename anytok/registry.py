@@ -360,12 +360,15 @@ def load(
     Args:
         name_or_path: ``"arch"``, ``"arch.tag"``, a checkpoint directory, or
             ``"hf-hub:org/name"``.
-        device: where to put the model.
+        device: where to put the model (``"auto"``: CUDA when available; a device this
+            machine lacks is a :class:`~anytok.devices.DeviceError`).
         dtype: parameter dtype (``None`` keeps fp32; bf16 autocast is applied at run time).
         eval_mode: put the model in eval mode (the default for encoding).
     """
     from anytok.checkpoint import load_checkpoint
+    from anytok.devices import parse_device
 
+    target = parse_device(device, option="device")  # before any download or weight load
     text = os.fspath(name_or_path)
     if text.startswith("hf-hub:"):
         from huggingface_hub import snapshot_download
@@ -378,8 +381,16 @@ def load(
                 local_files_only=is_offline(),
             )
         except Exception as err:
+            if is_offline():
+                raise WeightsNotFoundError(
+                    f"checkpoint {text!r}: {repo} is not in the Hugging Face cache, and the Hub "
+                    "is skipped: offline (HF_HUB_OFFLINE/ANYTOK_OFFLINE). Download it while "
+                    "online, or load its folder by path"
+                ) from err
+            first = str(err).strip().splitlines()
             raise WeightsNotFoundError(
-                f"could not get checkpoint {text!r} from the Hugging Face cache or Hub: {err}"
+                f"could not get checkpoint {text!r} from the Hugging Face cache or Hub: "
+                f"{first[0] if first else type(err).__name__}"
             ) from err
         model = load_checkpoint(path)
     elif Path(text).is_dir() or os.sep in text or text.startswith("."):
@@ -395,7 +406,7 @@ def load(
             else:
                 model = load_checkpoint(path)
             attach_identity(model, info.name, model.anytok_config, tag=cfg.tag)
-    model = model.to(device=device)
+    model = model.to(device=target)
     if dtype is not None:
         model = model.to(dtype=dtype)
     return model.eval() if eval_mode else model.train()

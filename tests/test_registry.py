@@ -95,6 +95,41 @@ def test_weights_found_in_local_directory(monkeypatch, tmp_path) -> None:
         assert torch.equal(a, b)
 
 
+def test_hf_hub_checkpoint_from_the_cache_and_an_offline_miss(monkeypatch, tmp_path) -> None:
+    import huggingface_hub.constants
+
+    # An anytok checkpoint in a Hugging Face cache, laid out as huggingface_hub lays it out.
+    revision = "0" * 40
+    repo = tmp_path / "hub" / "models--org--tiny-codec"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    model = anytok.create_model(anytok.DEFAULT_MODELS["audio"], tiny=True, seed=3)
+    save_checkpoint(model, repo / "snapshots" / revision)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("ANYTOK_OFFLINE", "1")
+    loaded = anytok.load("hf-hub:org/tiny-codec")
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    # A miss offline says so in anytok's words, not huggingface_hub's keyword advice.
+    with pytest.raises(WeightsNotFoundError) as err:
+        anytok.load("hf-hub:org/absent")
+    text = str(err.value)
+    assert "org/absent is not in the Hugging Face cache" in text and "offline" in text
+    assert "local_files_only" not in text
+
+
+def test_load_refuses_a_device_this_machine_lacks_before_loading(monkeypatch) -> None:
+    from anytok.devices import DeviceError
+
+    with pytest.raises(DeviceError, match="^device 'gpu': not a device"):
+        anytok.load("no_such_model_either", device="gpu")  # the device is checked first
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="CUDA is not available"):
+        anytok.load(anytok.DEFAULT_MODELS["audio"], device="cuda")
+    model = anytok.load(anytok.DEFAULT_MODELS["audio"], device="auto")
+    assert next(model.parameters()).device == torch.device("cpu")
+
+
 def test_load_device_and_dtype() -> None:
     model = anytok.load(anytok.DEFAULT_MODELS["audio"] + ".untrained", dtype=torch.float64)
     assert all(p.dtype == torch.float64 for p in model.parameters())
