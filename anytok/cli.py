@@ -145,6 +145,14 @@ def _print_failures(failures: Sequence, what: str) -> None:
         err_console.print(f"  {failure.path}: {failure.error}")
 
 
+def _rate(items: int, seconds: float) -> str:
+    """`` (12.3 files/s)``, or `` (4.1 s/file)`` when slower than one file a second."""
+    if not items or seconds <= 0:
+        return ""
+    rate = items / seconds
+    return f" ({rate:.1f} files/s)" if rate >= 1 else f" ({seconds / items:.1f} s/file)"
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
     from anytok.pipeline import encode_files
     from anytok.registry import DEFAULT_MODELS
@@ -164,11 +172,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
             on_item=lambda _p, _f: progress.advance(task),
             on_start=lambda total: progress.update(task, total=total),
         )
-    rate = report.items / report.elapsed if report.elapsed else 0.0
     summary = f"encoded {report.items} file(s) to {args.output}: {report.tokens} tokens"
     if report.media_seconds:
         summary += f", {report.media_seconds:.1f} s of media"
-    console.print(f"{summary} in {report.elapsed:.1f} s ({rate:.1f} files/s)")
+    console.print(f"{summary} in {report.elapsed:.1f} s{_rate(report.items, report.elapsed)}")
     _print_failures(report.failures, "input(s)")
     return EXIT_OK if report.ok else EXIT_SKIPPED
 
@@ -192,7 +199,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     with _progress() as progress:
         task = progress.add_task("decoding", total=len(files))
         report = decode_files(
-            files, Path(args.output), model_for, on_item=lambda _p, _f: progress.advance(task)
+            args.inputs, Path(args.output), model_for, on_item=lambda _p, _f: progress.advance(task)
         )
     console.print(f"decoded {report.items} file(s) to {args.output} in {report.elapsed:.1f} s")
     _print_failures(report.failures, "token file(s)")

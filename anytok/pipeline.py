@@ -178,11 +178,36 @@ def split_tokens(tokens: Tokens) -> list[Tokens]:
     return out
 
 
+def relative_output(source: Path, root: Path | None) -> Path:
+    """Where ``source`` lands under an output folder: its path relative to the input folder
+    ``root`` it was found in (the tree is mirrored), or its name when named directly."""
+    return Path(source.name) if root is None or not root.is_dir() else source.relative_to(root)
+
+
 def token_path(source: Path, root: Path | None, out_dir: Path, fmt: str = "safetensors") -> Path:
     """``out_dir / <path relative to root> + .tokens.<fmt>``, keeping the source extension so
     ``a.wav`` and ``a.flac`` do not collide."""
-    rel = Path(source.name) if root is None or not root.is_dir() else source.relative_to(root)
+    rel = relative_output(source, root)
     return out_dir / rel.parent / f"{rel.name}.tokens.{fmt}"
+
+
+class OutputClaims:
+    """The output paths a run has taken: a second input mapping to one of them (two inputs
+    with the same relative path) is refused, so nothing is overwritten within one run."""
+
+    def __init__(self) -> None:
+        self._owner: dict[Path, Path] = {}
+
+    def claim(self, source: Path, target: Path) -> ItemFailure | None:
+        """None when ``target`` is now ``source``'s; else the failure to report for it."""
+        first = self._owner.setdefault(target, source)
+        if first == source:
+            return None
+        return ItemFailure(
+            source,
+            f"its output {target} is already that of {first}; name the inputs' common parent "
+            "folder instead, or write them to separate output folders",
+        )
 
 
 def media_seconds(model: Tokenizer, item: Tensor) -> float:
@@ -235,8 +260,17 @@ def encode_files(
         )
     if on_start:
         on_start(len(jobs))
-    roots = dict(jobs)
-    for batch_paths in _batches([p for p, _ in jobs], batch_size):
+    claims, targets = OutputClaims(), {}
+    for path, root in jobs:
+        target = token_path(path, root, out_root, fmt)
+        collision = claims.claim(path, target)
+        if collision is None:
+            targets[path] = target
+            continue
+        report.failures.append(collision)
+        if on_item:
+            on_item(path, collision)
+    for batch_paths in _batches(list(targets), batch_size):
         loaded: list[tuple[Path, Tensor]] = []
         for path in batch_paths:
             try:
@@ -257,7 +291,7 @@ def encode_files(
                 item_lengths = None if isinstance(model, ImageTokenizer) else lengths.to(device)
                 tokens = model.encode(batch.to(device), item_lengths)
             for (path, item), item_tokens in zip(group, split_tokens(tokens.to("cpu"))):
-                target = token_path(path, roots[path], out_root, fmt)
+                target = targets[path]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 item_tokens.save(target)
                 report.written.append(target)
@@ -270,26 +304,40 @@ def encode_files(
     return report
 
 
-def find_token_files(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Token files named directly or found (recursively) in folders, sorted."""
-    found: list[Path] = []
+def token_jobs(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, Path | None]]:
+    """``(token file, input folder or None)``: files named directly, or found recursively in
+    folders (sorted per folder), each with the folder its output path is relative to."""
+    found: list[tuple[Path, Path | None]] = []
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.name.endswith(TOKEN_SUFFIXES))
+            found += [
+                (p, path)
+                for p in sorted(path.rglob("*"))
+                if p.name.endswith(TOKEN_SUFFIXES) and p.is_file()
+            ]
         else:
-            found.append(path)
+            found.append((path, None))
     return found
 
 
-def media_path_for(token_file: Path, out_dir: Path, modality: str) -> Path:
-    """Where ``decode`` writes the media of ``token_file``: its stem with the modality's
-    extension (``speech.wav.tokens.safetensors`` -> ``speech.wav``)."""
-    name = token_file.name
+def find_token_files(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Token files named directly or found (recursively) in folders, sorted per folder."""
+    return [path for path, _ in token_jobs(inputs)]
+
+
+def media_path_for(
+    token_file: Path, out_dir: Path, modality: str, root: Path | None = None
+) -> Path:
+    """Where ``decode`` writes the media of ``token_file``: the token tree under ``root``
+    mirrored, each name without its token suffix and with the modality's extension
+    (``spk1/a.wav.tokens.safetensors`` -> ``spk1/a.wav``)."""
+    rel = relative_output(token_file, root)
+    name = rel.name
     for suffix in TOKEN_SUFFIXES:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
-    return out_dir / Path(name).with_suffix(OUTPUT_EXTENSION[modality])
+    return out_dir / rel.parent / Path(name).with_suffix(OUTPUT_EXTENSION[modality])
 
 
 def save_media(model: Tokenizer, media: Tensor, path: Path) -> None:
@@ -307,23 +355,31 @@ def save_media(model: Tokenizer, media: Tensor, path: Path) -> None:
 
 
 def decode_files(
-    token_files: Sequence[Path],
+    inputs: Iterable[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
     model_for: Callable[[Tokens], Tokenizer],
     *,
     on_item: Callable[[Path, ItemFailure | None], None] | None = None,
 ) -> JobReport:
-    """Decode token files to media files under ``out_dir``; bad files are reported."""
+    """Decode token files, or folders of them, to media files under ``out_dir``, mirroring
+    each folder's tree (:func:`media_path_for`); bad files are reported."""
     report = JobReport()
     start = time.perf_counter()
-    for path in token_files:
+    claims = OutputClaims()
+    for path, root in token_jobs(inputs):
         try:
             tokens = Tokens.load(path)
+            target = media_path_for(path, Path(out_dir), tokens.spec.modality, root)
+            collision = claims.claim(path, target)
+            if collision is not None:
+                report.failures.append(collision)
+                if on_item:
+                    on_item(path, collision)
+                continue
             model = model_for(tokens)
             device = model_device(model)
             with torch.inference_mode(), autocast_for(device):
                 media = model.decode(tokens.to(device))
-            target = media_path_for(path, Path(out_dir), tokens.spec.modality)
             save_media(model, media[0], target)
         except (ValueError, OSError, MediaError) as err:
             failure = ItemFailure(path, str(err).splitlines()[0])

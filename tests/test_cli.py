@@ -92,7 +92,9 @@ def test_folder_encode_skips_corrupt_file_and_decodes(tmp_path, tiny_audio_ckpt)
     recon = tmp_path / "recon"
     result = run_cli("decode", str(out), "-m", str(tiny_audio_ckpt), "-o", str(recon))
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in recon.rglob("*.wav")) == ["a.wav", "b.wav", "c.wav"]
+    # The token tree is mirrored, as encode mirrors the media tree.
+    decoded = sorted(p.relative_to(recon).as_posix() for p in recon.rglob("*.wav"))
+    assert decoded == ["a.wav", "c.wav", "sub/b.wav"]
     info = sf.info(recon / "a.wav")
     assert info.samplerate == model.sample_rate
 
@@ -172,3 +174,48 @@ def test_every_command_refuses_a_bad_device_in_one_line(tmp_path, tiny_audio_ckp
     assert "Traceback" not in result.stderr
     assert "'gpu': not a device" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_same_relative_paths_never_overwrite_each_other(tmp_path, tiny_audio_ckpt) -> None:
+    # Two speakers' folders with the same file names, given as two inputs: one output path
+    # each would collide, so the second is skipped and named, and the first stays intact.
+    for speaker, seconds in (("spk1", 0.5), ("spk2", 0.25)):
+        (tmp_path / speaker).mkdir()
+        write_wav(tmp_path / speaker / "001.wav", seconds)
+    model = ["-m", str(tiny_audio_ckpt)]
+    out = tmp_path / "tokens"
+    result = run_cli(
+        "encode", str(tmp_path / "spk1"), str(tmp_path / "spk2"), *model, "-o", str(out)
+    )
+    assert result.returncode == 1, result.stderr
+    assert "encoded 1 file(s)" in result.stdout
+    assert f"{tmp_path / 'spk2' / '001.wav'}: its output" in result.stderr
+    assert "already that of" in result.stderr and "common parent folder" in result.stderr
+    kept = anytok.Tokens.load(out / "001.wav.tokens.safetensors")
+    hop = anytok.load(tiny_audio_ckpt).hop_length
+    assert kept.codes.shape[-1] == -(-8000 // hop)  # spk1's half second at 16 kHz -> 24 kHz
+    # Their common parent mirrors both, and decode mirrors the token tree back.
+    assert main(["encode", str(tmp_path), *model, "-o", str(out)]) == 0
+    tree = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.tokens.safetensors"))
+    assert tree[-2:] == ["spk1/001.wav.tokens.safetensors", "spk2/001.wav.tokens.safetensors"]
+    recon = tmp_path / "recon"
+    assert main(["decode", str(out / "spk1"), str(out / "spk2"), "-o", str(recon)]) == 1
+    assert main(["decode", str(out), "-o", str(recon)]) == 0  # three distinct paths
+    assert sorted(p.relative_to(recon).as_posix() for p in recon.rglob("*.wav")) == [
+        "001.wav",
+        "spk1/001.wav",
+        "spk2/001.wav",
+    ]
+
+
+def test_decode_refuses_two_token_files_with_one_media_path(tmp_path, tiny_audio_ckpt) -> None:
+    # a.wav and a.flac encode to two token files; both would decode to a.wav.
+    write_wav(tmp_path / "a.wav", 0.2)
+    write_wav(tmp_path / "a.flac", 0.2)
+    model = ["-m", str(tiny_audio_ckpt)]
+    assert main(["encode", str(tmp_path), *model, "-o", str(tmp_path / "tok")]) == 0
+    result = run_cli("decode", str(tmp_path / "tok"), "-o", str(tmp_path / "rec"))
+    assert result.returncode == 1, result.stderr
+    assert "decoded 1 file(s)" in result.stdout
+    assert "a.wav.tokens.safetensors: its output" in result.stderr
+    assert [p.name for p in (tmp_path / "rec").iterdir()] == ["a.wav"]
