@@ -223,6 +223,32 @@ def _batches(seq: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
         yield seq[start : start + size]
 
 
+def encode_group(
+    model: Tokenizer, group: Sequence[tuple[Path, Tensor]], device: torch.device
+) -> list[Tokens | ItemFailure]:
+    """Each item's :class:`Tokens` (on the CPU, padding cut), encoded as one batch; or, for an
+    item the tokenizer fails on, an :class:`ItemFailure`.
+
+    One item can fail a whole batch (too long for the GPU's memory, a shape the model
+    refuses): the batch is then retried item by item, so that only that item is lost.
+    """
+    try:
+        batch, lengths = collate([item for _, item in group])
+        with torch.inference_mode(), autocast_for(device):
+            item_lengths = None if isinstance(model, ImageTokenizer) else lengths.to(device)
+            tokens = model.encode(batch.to(device), item_lengths)
+        return split_tokens(tokens.to("cpu"))
+    except (RuntimeError, ValueError) as err:  # torch.OutOfMemoryError is a RuntimeError
+        if len(group) == 1:
+            lines = str(err).strip().splitlines()
+            reason = lines[0] if lines else type(err).__name__
+            return [ItemFailure(group[0][0], f"the tokenizer failed on it: {reason}")]
+    # Outside the handler, so the failed batch's tensors (held by the traceback) are freed.
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return [encode_group(model, [pair], device)[0] for pair in group]
+
+
 def encode_files(
     model: Tokenizer,
     inputs: Iterable[str | os.PathLike[str]],
@@ -286,14 +312,19 @@ def encode_files(
             key = tuple(item.shape[-2:]) if model.modality != "audio" else ()
             groups.setdefault(key, []).append((path, item))
         for group in groups.values():
-            batch, lengths = collate([t for _, t in group])
-            with torch.inference_mode(), autocast_for(device):
-                item_lengths = None if isinstance(model, ImageTokenizer) else lengths.to(device)
-                tokens = model.encode(batch.to(device), item_lengths)
-            for (path, item), item_tokens in zip(group, split_tokens(tokens.to("cpu"))):
-                target = targets[path]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                item_tokens.save(target)
+            for (path, item), item_tokens in zip(group, encode_group(model, group, device)):
+                if not isinstance(item_tokens, ItemFailure):
+                    target = targets[path]
+                    try:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        item_tokens.save(target)
+                    except OSError as err:
+                        item_tokens = ItemFailure(path, f"cannot write {target}: {err}")
+                if isinstance(item_tokens, ItemFailure):
+                    report.failures.append(item_tokens)
+                    if on_item:
+                        on_item(path, item_tokens)
+                    continue
                 report.written.append(target)
                 report.tokens += item_tokens.codes.numel()
                 report.media_seconds += media_seconds(model, item)
@@ -381,8 +412,9 @@ def decode_files(
             with torch.inference_mode(), autocast_for(device):
                 media = model.decode(tokens.to(device))
             save_media(model, media[0], target)
-        except (ValueError, OSError, MediaError) as err:
-            failure = ItemFailure(path, str(err).splitlines()[0])
+        except (ValueError, RuntimeError, OSError, MediaError) as err:  # incl. out of memory
+            lines = str(err).strip().splitlines()
+            failure = ItemFailure(path, lines[0] if lines else type(err).__name__)
             report.failures.append(failure)
             if on_item:
                 on_item(path, failure)

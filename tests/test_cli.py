@@ -219,3 +219,42 @@ def test_decode_refuses_two_token_files_with_one_media_path(tmp_path, tiny_audio
     assert "decoded 1 file(s)" in result.stdout
     assert "a.wav.tokens.safetensors: its output" in result.stderr
     assert [p.name for p in (tmp_path / "rec").iterdir()] == ["a.wav"]
+
+
+def test_one_item_failing_its_batch_loses_only_that_item(tmp_path, tiny_audio_ckpt) -> None:
+    # A tokenizer that runs out of memory on batches holding the long file: the batch is
+    # retried item by item; the long file is reported, the others are written and equal a
+    # direct encode, and a write error is reported per file too.
+    from anytok.pipeline import encode_files, load_for_model
+
+    model = anytok.load(tiny_audio_ckpt)
+    for name, seconds in (("a", 0.2), ("long", 2.0), ("b", 0.3)):
+        write_wav(tmp_path / f"{name}.wav", seconds)
+    real_encode = model.encode
+    calls: list[int] = []
+
+    def encode(audio, lengths=None):
+        calls.append(audio.shape[0])
+        if audio.shape[-1] > model.sample_rate:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return real_encode(audio, lengths)
+
+    model.encode = encode
+    out = tmp_path / "tokens"
+    report = encode_files(model, [tmp_path], out, batch_size=3)
+    assert calls == [3, 1, 1, 1]
+    assert [f.path.name for f in report.failures] == ["long.wav"]
+    assert report.failures[0].error == (
+        "the tokenizer failed on it: CUDA out of memory. Tried to allocate 9.00 GiB"
+    )
+    assert sorted(p.name for p in report.written) == [
+        "a.wav.tokens.safetensors",
+        "b.wav.tokens.safetensors",
+    ]
+    with torch.inference_mode():
+        direct = real_encode(load_for_model(model, tmp_path / "b.wav").unsqueeze(0))
+    assert torch.equal(anytok.Tokens.load(out / "b.wav.tokens.safetensors").codes, direct.codes)
+    # An output folder that cannot be written: every item is reported, nothing raises.
+    (tmp_path / "blocked").write_text("a file where the output folder should be")
+    report = encode_files(model, [tmp_path / "a.wav"], tmp_path / "blocked", batch_size=3)
+    assert report.items == 0 and report.failures[0].error.startswith("cannot write")
