@@ -223,30 +223,40 @@ def _batches(seq: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
         yield seq[start : start + size]
 
 
-def encode_group(
-    model: Tokenizer, group: Sequence[tuple[Path, Tensor]], device: torch.device
-) -> list[Tokens | ItemFailure]:
-    """Each item's :class:`Tokens` (on the CPU, padding cut), encoded as one batch; or, for an
-    item the tokenizer fails on, an :class:`ItemFailure`.
+def encode_each(
+    model: Tokenizer, items: Sequence[Tensor], device: torch.device
+) -> list[Tokens | str]:
+    """Encode loaded items (each without batch axis) as one batch.
 
+    Returns, per item, its :class:`Tokens` (on the CPU, padding cut) or a one-line error.
     One item can fail a whole batch (too long for the GPU's memory, a shape the model
-    refuses): the batch is then retried item by item, so that only that item is lost.
+    refuses): the batch is then retried item by item, so that only that item is lost. Used
+    by :func:`encode_files` and by both dataset engines.
     """
     try:
-        batch, lengths = collate([item for _, item in group])
+        batch, lengths = collate(items)
         with torch.inference_mode(), autocast_for(device):
             item_lengths = None if isinstance(model, ImageTokenizer) else lengths.to(device)
             tokens = model.encode(batch.to(device), item_lengths)
         return split_tokens(tokens.to("cpu"))
     except (RuntimeError, ValueError) as err:  # torch.OutOfMemoryError is a RuntimeError
-        if len(group) == 1:
+        if len(items) == 1:
             lines = str(err).strip().splitlines()
-            reason = lines[0] if lines else type(err).__name__
-            return [ItemFailure(group[0][0], f"the tokenizer failed on it: {reason}")]
+            return [f"encoding failed: {type(err).__name__}: {lines[0] if lines else ''}"]
     # Outside the handler, so the failed batch's tensors (held by the traceback) are freed.
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return [encode_group(model, [pair], device)[0] for pair in group]
+    return [encode_each(model, [item], device)[0] for item in items]
+
+
+def _write_tokens(tokens: Tokens, target: Path, source: Path) -> ItemFailure | None:
+    """Save ``tokens`` to ``target``; the failure to report for ``source`` if it cannot."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tokens.save(target)
+    except OSError as err:
+        return ItemFailure(source, f"cannot write {target}: {err}")
+    return None
 
 
 def encode_files(
@@ -312,21 +322,21 @@ def encode_files(
             key = tuple(item.shape[-2:]) if model.modality != "audio" else ()
             groups.setdefault(key, []).append((path, item))
         for group in groups.values():
-            for (path, item), item_tokens in zip(group, encode_group(model, group, device)):
-                if not isinstance(item_tokens, ItemFailure):
-                    target = targets[path]
-                    try:
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        item_tokens.save(target)
-                    except OSError as err:
-                        item_tokens = ItemFailure(path, f"cannot write {target}: {err}")
-                if isinstance(item_tokens, ItemFailure):
-                    report.failures.append(item_tokens)
+            results = encode_each(model, [item for _, item in group], device)
+            for (path, item), result in zip(group, results):
+                target = targets[path]
+                failure = (
+                    ItemFailure(path, result)
+                    if isinstance(result, str)
+                    else _write_tokens(result, target, path)
+                )
+                if failure is not None:
+                    report.failures.append(failure)
                     if on_item:
-                        on_item(path, item_tokens)
+                        on_item(path, failure)
                     continue
                 report.written.append(target)
-                report.tokens += item_tokens.codes.numel()
+                report.tokens += result.codes.numel()
                 report.media_seconds += media_seconds(model, item)
                 report.items += 1
                 if on_item:

@@ -245,7 +245,7 @@ def test_one_item_failing_its_batch_loses_only_that_item(tmp_path, tiny_audio_ck
     assert calls == [3, 1, 1, 1]
     assert [f.path.name for f in report.failures] == ["long.wav"]
     assert report.failures[0].error == (
-        "the tokenizer failed on it: CUDA out of memory. Tried to allocate 9.00 GiB"
+        "encoding failed: OutOfMemoryError: CUDA out of memory. Tried to allocate 9.00 GiB"
     )
     assert sorted(p.name for p in report.written) == [
         "a.wav.tokens.safetensors",

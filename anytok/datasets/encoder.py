@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from anytok.codecs.base import ImageTokenizer, Tokenizer
-from anytok.pipeline import InputFormat, autocast_for, collate, split_tokens
+from anytok.codecs.base import Tokenizer
+from anytok.pipeline import InputFormat, encode_each
 
 
 def precision_of(devices: Sequence[torch.device]) -> str:
@@ -35,33 +35,20 @@ def media_seconds(fmt: InputFormat, media: Tensor) -> float | None:
     return None
 
 
-def _encode(model: Tokenizer, device: torch.device, batch: Sequence[Tensor]) -> list[np.ndarray]:
-    media, lengths = collate(batch)
-    dtype = model.spec.storage_dtype
-    with torch.inference_mode(), autocast_for(device):
-        item_lengths = None if isinstance(model, ImageTokenizer) else lengths.to(device)
-        tokens = model.encode(media.to(device), item_lengths)
-    return [t.codes[0].numpy().astype(dtype) for t in split_tokens(tokens.to("cpu"))]
-
-
 def encode_media(
     model: Tokenizer, device: torch.device, batch: Sequence[Tensor]
 ) -> list[np.ndarray | str]:
     """Encode loaded items (each without batch axis) together.
 
     Returns, per item, its codes ``(levels, *positions)`` in the spec's storage dtype and
-    trimmed to its valid length, or a one-line error. When the batch fails (an item the
-    model refuses, or out of memory) each item is retried alone, so only the bad one fails.
+    trimmed to its valid length, or a one-line error (:func:`anytok.pipeline.encode_each`:
+    a failed batch is retried item by item, so only the bad item fails).
     """
-    try:
-        return list(_encode(model, device, batch))
-    except (RuntimeError, ValueError) as err:  # includes torch.OutOfMemoryError
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        if len(batch) == 1:
-            lines = str(err).strip().splitlines()
-            return [f"encoding failed: {type(err).__name__}: {lines[0] if lines else ''}"]
-    return [encode_media(model, device, [item])[0] for item in batch]
+    dtype = model.spec.storage_dtype
+    return [
+        r if isinstance(r, str) else r.codes[0].numpy().astype(dtype)
+        for r in encode_each(model, batch, device)
+    ]
 
 
 __all__ = ["encode_media", "media_seconds", "precision_of"]
