@@ -7,6 +7,7 @@ code 2; a batch job that skipped files exits 1 after writing everything else.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from collections.abc import Sequence
@@ -216,6 +217,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _version() -> str:
+    from anytok import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     more = "\n".join(f"  {name:<16}{help_}" for name, (_, _, help_) in DELEGATED.items())
     parser = argparse.ArgumentParser(
@@ -225,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for every error")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"anytok {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="list registered tokenizers")
     p.add_argument("--modality", choices=["audio", "image", "video"])
@@ -286,6 +294,14 @@ DELEGATED = {
 }
 
 
+def _builtin_commands(parser: argparse.ArgumentParser) -> list[str]:
+    """The subcommands ``build_parser`` defines itself (``list``, ``info`` ...)."""
+    for action in parser._actions:  # argparse keeps subparsers only here
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []
+
+
 def _run_delegated(name: str, argv: list[str]) -> int:
     import importlib
 
@@ -303,6 +319,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             err_console.print(f"[red]anytok: error:[/red] {err}", highlight=False)
             return EXIT_USAGE
     parser = build_parser()
+    if argv and not argv[0].startswith("-"):
+        commands = [*_builtin_commands(parser), *DELEGATED]
+        if argv[0] not in commands:
+            close = difflib.get_close_matches(argv[0], commands, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            err_console.print(
+                f"anytok: error: unknown command {argv[0]!r}{hint}; "
+                f"the commands are {', '.join(commands)}",
+                highlight=False,
+            )
+            return EXIT_USAGE
     args = parser.parse_args(argv)
     if getattr(args, "batch_size", 1) < 1:
         parser.error("--batch-size must be >= 1")

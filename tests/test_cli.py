@@ -258,3 +258,16 @@ def test_one_item_failing_its_batch_loses_only_that_item(tmp_path, tiny_audio_ck
     (tmp_path / "blocked").write_text("a file where the output folder should be")
     report = encode_files(model, [tmp_path / "a.wav"], tmp_path / "blocked", batch_size=3)
     assert report.items == 0 and report.failures[0].error.startswith("cannot write")
+
+
+def test_unknown_command_suggests_the_closest_and_lists_all(capsys) -> None:
+    assert main(["trian", "recipe.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'trian' (did you mean 'train'?)" in err
+    assert "encode-dataset" in err and "decode" in err  # delegated and built-in commands
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"anytok {anytok.__version__}"
+    module = subprocess.run(
+        [sys.executable, "-m", "anytok", "list", "--json"], capture_output=True, text=True
+    )
+    assert module.returncode == 0 and json.loads(module.stdout) == anytok.list_models()
