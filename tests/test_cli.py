@@ -88,6 +88,9 @@ def test_folder_encode_skips_corrupt_file_and_decodes(tmp_path, tiny_audio_ckpt)
     with torch.inference_mode():
         direct = model.encode(load_for_model(model, data / "a.wav").unsqueeze(0))
     assert torch.equal(direct.codes, tokens.codes)
+    for name in ("a.wav", "sub/b.wav"):  # encode_file: the CLI's loading, in Python
+        cli_tokens = anytok.Tokens.load(out / f"{name}.tokens.safetensors")
+        assert torch.equal(model.encode_file(data / name).codes, cli_tokens.codes)
 
     recon = tmp_path / "recon"
     result = run_cli("decode", str(out), "-m", str(tiny_audio_ckpt), "-o", str(recon))

@@ -92,12 +92,16 @@ def test_encode_decode_shapes_range_and_nan(name: str) -> None:
 @pytest.mark.parametrize("name", ARCHS)
 def test_other_float_dtypes_are_cast_and_integers_refused(name: str) -> None:
     # fp64 media (NumPy's default) is cast to the weights' dtype: the same codes as fp32,
-    # not a dtype clash deep inside the first conv; integer media is named as the problem.
+    # not a dtype clash deep inside the first conv; NumPy arrays are taken as tensors; a
+    # path is pointed to encode_file; integer media is named as the problem.
     model = tiny(name)
     media, lengths = sample_batch(model, batch=1, seed=3)
     with torch.inference_mode():
         tokens = model.encode(media, lengths)
         assert torch.equal(model.encode(media.double(), lengths).codes, tokens.codes)
+        assert torch.equal(model.encode(media.numpy(), lengths).codes, tokens.codes)
+        with pytest.raises(TypeError, match=r"got the path 'x\.wav'; encode a file with"):
+            model.encode("x.wav")
         assert model(media.double(), lengths).reconstruction.dtype == torch.float32
         with pytest.raises(TypeError, match=r"must be float in \[-1, 1\], got torch.int16"):
             model.encode((media * 1000).to(torch.int16), lengths)

@@ -8,10 +8,13 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -105,12 +108,35 @@ class Tokenizer(nn.Module, abc.ABC):
         """The code tensor of ``tokens`` (accepts a bare ``(b, levels, *positions)`` tensor)."""
         return tokens.codes if isinstance(tokens, Tokens) else tokens
 
+    def encode_file(self, path: str | os.PathLike[str], **encode_kwargs: Any) -> Tokens:
+        """Encode one media file as ``anytok encode`` does: decoded, resampled, converted to
+        this tokenizer's channels and resized by its policy
+        (:func:`anytok.pipeline.load_for_model`), then encoded as a batch of one on the
+        model's device. ``encode_kwargs`` go to :meth:`encode` (``n_levels`` ...).
+
+        Raises:
+            MediaError: the file is missing, unreadable or not of this modality.
+        """
+        from anytok.pipeline import load_for_model  # the pipeline imports this module
+
+        media = load_for_model(self, Path(path))
+        device = next(self.parameters()).device
+        return self.encode(media.unsqueeze(0).to(device), **encode_kwargs)
+
     def _check_media(self, media: Tensor, ndim: int, what: str) -> Tensor:
         """Check a media batch's type and rank; return it in the dtype of the weights.
 
-        Float media of another dtype (fp64 from NumPy, fp16 beside fp32 weights) is cast, as
-        the layers need one dtype; autocast still computes in its own.
+        A NumPy array is taken as a tensor. Float media of another dtype (fp64 from NumPy,
+        fp16 beside fp32 weights) is cast, as the layers need one dtype; autocast still
+        computes in its own.
         """
+        if isinstance(media, np.ndarray):
+            media = torch.from_numpy(media)
+        if isinstance(media, str | os.PathLike):
+            raise TypeError(
+                f"{type(self).__name__}.encode: expected a tensor {what}, got the path "
+                f"{os.fspath(media)!r}; encode a file with .encode_file(path)"
+            )
         if not isinstance(media, Tensor):
             raise TypeError(
                 f"{type(self).__name__}.encode: expected a tensor {what}, got {type(media)}"

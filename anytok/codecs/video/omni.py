@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from einops import rearrange
 from torch import Tensor, nn
@@ -174,7 +175,11 @@ class OmniTokenizer(VideoTokenizer):
 
     @staticmethod
     def _as_video(media: Tensor) -> Tensor:
-        return media[:, :, None] if media.ndim == 4 else media
+        """Images ``(b, 3, H, W)`` as one-frame videos; anything else as given, for
+        ``pad_input`` to check (NumPy arrays taken as tensors)."""
+        if isinstance(media, np.ndarray):
+            media = torch.from_numpy(media)
+        return media[:, :, None] if isinstance(media, Tensor) and media.ndim == 4 else media
 
     # ------------------------------------------------------------------ contract
 
