@@ -140,6 +140,64 @@ def test_audio_round_trip(tmp_path: Path, suffix: str) -> None:
     torch.testing.assert_close(clip.waveform, wave, atol=1 / 32768 + 1e-6, rtol=0)
 
 
+def write_with_ffmpeg(path: Path, wave: torch.Tensor, rate: int, codec: str) -> Path:
+    """``wave (channels, samples)`` in [-1, 1] as one audio stream of ``codec`` (PyAV)."""
+    layout = {1: "mono", 2: "stereo"}[wave.shape[0]]
+    pcm = (wave.numpy() * 32767).round().astype(np.int16)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.layout = layout
+        sample_format = "s16p" if codec == "alac" else ("fltp" if codec == "aac" else "s16")
+        if sample_format == "s16":
+            frame = av.AudioFrame.from_ndarray(pcm.T.reshape(1, -1).copy(), "s16", layout)
+        elif sample_format == "s16p":
+            frame = av.AudioFrame.from_ndarray(pcm, "s16p", layout)
+        else:
+            frame = av.AudioFrame.from_ndarray(wave.numpy().astype(np.float32), "fltp", layout)
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize(("name", "codec"), [("tone.m4a", "alac"), ("tone.mka", "pcm_s16le")])
+def test_ffmpeg_audio_containers_decode_exactly(tmp_path: Path, name: str, codec: str) -> None:
+    # Containers libsndfile cannot read go through FFmpeg; lossless codecs give the samples
+    # back bit for bit, so the FFmpeg path is checked exactly, channels and rate included.
+    wave = torch.round(sine(440, 22050, 0.5, channels=2) * 32767) / 32767
+    wave[1] *= 0.5
+    path = write_with_ffmpeg(tmp_path / name, wave, 22050, codec)
+    clip = load_audio(path)
+    assert clip.sample_rate == clip.original_sample_rate == 22050
+    assert clip.original_channels == 2 and clip.waveform.shape == (2, 11025)
+    torch.testing.assert_close(clip.waveform, wave, atol=1 / 32767, rtol=0)
+    assert load_audio(path, sample_rate=16000, channels=1).waveform.shape == (1, 8000)
+    assert find_media(tmp_path, modality="audio") == [path]  # folder walks find them too
+
+
+def test_aac_m4a_decodes_and_bad_m4a_files_are_named(tmp_path: Path) -> None:
+    # Lossy AAC: the tone comes back (encoder delay aside); an M4A named .wav is still read
+    # by FFmpeg (libsndfile would refuse it), a truncated one is a MediaError.
+    wave = sine(440, 48000, 1.0)
+    path = write_with_ffmpeg(tmp_path / "tone.m4a", wave, 48000, "aac")
+    clip = load_audio(path)
+    assert clip.sample_rate == 48000 and clip.waveform.shape[0] == 1
+    decoded, tone = clip.waveform[0].numpy(), wave[0, :24000].numpy()
+    lag = max(range(0, 4096), key=lambda k: float(np.dot(decoded[k : k + 24000], tone)))
+    assert np.corrcoef(decoded[lag : lag + 24000], tone)[0, 1] > 0.99
+    renamed = tmp_path / "really_m4a.wav"
+    renamed.write_bytes(path.read_bytes())
+    assert load_audio(renamed).waveform.shape == clip.waveform.shape
+    truncated = tmp_path / "cut.m4a"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    with pytest.raises(MediaError, match=r"cut\.m4a: .*cannot be decoded"):
+        load_audio(truncated)
+    text = tmp_path / "notes.m4a"
+    text.write_text("not audio at all " * 8)
+    with pytest.raises(MediaError, match="looks like a text file"):
+        load_audio(text)
+
+
 def test_audio_float_round_trip_is_exact_and_clipped(tmp_path: Path) -> None:
     wave = sine(300, 8000, 0.25)
     wave[0, 10] = 1.7  # out of range: clipped on save

@@ -17,7 +17,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from anytok.media.audio import AudioClip, load_audio, resample, save_audio, to_channels
+from anytok.media.audio import (
+    FFMPEG_AUDIO_EXTENSIONS,
+    AudioClip,
+    load_audio,
+    resample,
+    save_audio,
+    to_channels,
+)
 from anytok.media.errors import DEFAULT_LIMITS, MediaError, MediaLimits, Modality
 from anytok.media.image import ImageData, load_image, resize_cover, save_image
 from anytok.media.video import VideoClip, load_video, save_video
@@ -51,6 +58,7 @@ __all__ = [
 AUDIO_EXTENSIONS = frozenset(
     {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au"}
     | {".snd", ".w64", ".rf64", ".caf"}
+    | FFMPEG_AUDIO_EXTENSIONS
 )
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

@@ -6,12 +6,15 @@ One file is a ``(channels, samples)`` float32 tensor in [-1, 1]; callers add the
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
+import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.transforms as AT
@@ -19,14 +22,28 @@ from torch import Tensor
 
 from anytok.media.errors import (
     DEFAULT_LIMITS,
+    FFMPEG_ERRORS,
     MediaError,
     MediaLimits,
     check_file,
+    ffmpeg_detail,
+    sniff,
     unreadable,
     wrong_modality,
 )
 
-__all__ = ["AudioClip", "load_audio", "resample", "save_audio", "to_channels"]
+__all__ = [
+    "FFMPEG_AUDIO_EXTENSIONS",
+    "AudioClip",
+    "load_audio",
+    "resample",
+    "save_audio",
+    "to_channels",
+]
+
+#: Audio files decoded by FFmpeg (PyAV) instead of libsndfile, which cannot read them.
+FFMPEG_AUDIO_EXTENSIONS = frozenset({".m4a", ".m4b", ".aac", ".mka", ".wma", ".weba"})
+_M4A = ("MP4 (M4A) audio", "audio")  # what errors.sniff calls an M4A file, whatever its name
 
 
 @dataclass
@@ -125,7 +142,8 @@ def load_audio(
     """Read an audio file as ``(channels, samples)`` float32 in [-1, 1].
 
     Args:
-        path: any file soundfile reads (WAV, FLAC, Ogg/Vorbis/Opus, MP3, AIFF ...).
+        path: any file soundfile reads (WAV, FLAC, Ogg/Vorbis/Opus, MP3, AIFF ...), or one
+            of :data:`FFMPEG_AUDIO_EXTENSIONS` (M4A / AAC, WMA ...), decoded by FFmpeg.
         sample_rate: resample to this rate; None keeps the file's rate.
         channels: convert to this many channels (see :func:`to_channels`); None keeps them.
         limits: sanity limits; :data:`DEFAULT_LIMITS` when None.
@@ -139,51 +157,10 @@ def load_audio(
     mismatch = wrong_modality(p, "audio")
     if mismatch is not None:
         raise mismatch
-    try:
-        info = sf.info(str(p))
-    except (sf.SoundFileError, RuntimeError, OSError) as err:
-        raise unreadable(p, "audio", _sf_detail(err)) from err
-
-    if info.samplerate <= 0:
-        raise MediaError(p, f"invalid sample rate {info.samplerate} Hz in the header")
-    if info.channels < 1 or info.channels > limits.max_audio_channels:
-        raise MediaError(
-            p,
-            f"has {info.channels} channels; the limit is {limits.max_audio_channels} "
-            "(a corrupt header or not a normal audio file)",
-        )
-    seconds = info.frames / info.samplerate
-    if seconds > limits.max_audio_seconds:
-        raise MediaError(
-            p,
-            f"too long: {_hms(seconds)} of audio, more than the limit of "
-            f"{_hms(limits.max_audio_seconds)} (raise MediaLimits.max_audio_seconds)",
-        )
-    short = _SHORT_CHUNK.search(info.extra_info or "")
-    if short and int(short.group(1)) not in _UNKNOWN_SIZES:
-        promised, present = int(short.group(1)), int(short.group(2))
-        # A few missing bytes are sloppy writers, not lost audio.
-        if promised - present > max(1024, promised // 1000):
-            raise MediaError(
-                p,
-                f"file is truncated: its header announces {promised} bytes of audio data "
-                f"but only {present} are present",
-            )
-
-    try:
-        data, _ = sf.read(str(p), dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError, OSError) as err:
-        raise MediaError(
-            p,
-            f"audio data cannot be decoded ({_sf_detail(err)}); the file is probably "
-            "truncated or corrupt",
-        ) from err
-    if data.shape[0] < info.frames:
-        raise MediaError(
-            p,
-            f"file is truncated: the header announces {info.frames} samples but only "
-            f"{data.shape[0]} could be read",
-        )
+    if p.suffix.lower() in FFMPEG_AUDIO_EXTENSIONS or sniff(p) == _M4A:
+        data, file_rate, file_channels = _decode_with_ffmpeg(p, limits)
+    else:
+        data, file_rate, file_channels = _decode_with_soundfile(p, limits)
     if data.shape[0] == 0:
         raise MediaError(p, "contains no audio samples (zero length)")
     if data.shape[0] < limits.min_audio_samples:
@@ -202,7 +179,7 @@ def load_audio(
             waveform = to_channels(waveform, channels)
         except ValueError as err:
             raise MediaError(p, str(err)) from err
-    rate = info.samplerate
+    rate = file_rate
     if sample_rate is not None and sample_rate != rate:
         waveform = resample(waveform, rate, sample_rate).clamp_(-1.0, 1.0)
         rate = int(sample_rate)
@@ -210,9 +187,102 @@ def load_audio(
         waveform=waveform.contiguous(),
         sample_rate=rate,
         path=p,
-        original_sample_rate=info.samplerate,
-        original_channels=info.channels,
+        original_sample_rate=file_rate,
+        original_channels=file_channels,
     )
+
+
+def _check_header(p: Path, rate: int, channels: int, seconds: float, limits: MediaLimits) -> None:
+    """Refuse what the header announces before decoding: no rate, absurd channel counts,
+    more audio than ``limits`` allows."""
+    if rate <= 0:
+        raise MediaError(p, f"invalid sample rate {rate} Hz in the header")
+    if channels < 1 or channels > limits.max_audio_channels:
+        raise MediaError(
+            p,
+            f"has {channels} channels; the limit is {limits.max_audio_channels} "
+            "(a corrupt header or not a normal audio file)",
+        )
+    if seconds > limits.max_audio_seconds:
+        raise MediaError(
+            p,
+            f"too long: {_hms(seconds)} of audio, more than the limit of "
+            f"{_hms(limits.max_audio_seconds)} (raise MediaLimits.max_audio_seconds)",
+        )
+
+
+def _decode_with_soundfile(p: Path, limits: MediaLimits) -> tuple[np.ndarray, int, int]:
+    """``(samples (S, C) float32, sample rate, channels)`` through libsndfile, which also
+    tells a truncated WAV / AIFF from a short one."""
+    try:
+        info = sf.info(str(p))
+    except (sf.SoundFileError, RuntimeError, OSError) as err:
+        raise unreadable(p, "audio", _sf_detail(err)) from err
+    _check_header(p, info.samplerate, info.channels, info.frames / max(info.samplerate, 1), limits)
+    short = _SHORT_CHUNK.search(info.extra_info or "")
+    if short and int(short.group(1)) not in _UNKNOWN_SIZES:
+        promised, present = int(short.group(1)), int(short.group(2))
+        # A few missing bytes are sloppy writers, not lost audio.
+        if promised - present > max(1024, promised // 1000):
+            raise MediaError(
+                p,
+                f"file is truncated: its header announces {promised} bytes of audio data "
+                f"but only {present} are present",
+            )
+    try:
+        data, _ = sf.read(str(p), dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, OSError) as err:
+        raise MediaError(
+            p,
+            f"audio data cannot be decoded ({_sf_detail(err)}); the file is probably "
+            "truncated or corrupt",
+        ) from err
+    if data.shape[0] < info.frames:
+        raise MediaError(
+            p,
+            f"file is truncated: the header announces {info.frames} samples but only "
+            f"{data.shape[0]} could be read",
+        )
+    return data, info.samplerate, info.channels
+
+
+def _decode_with_ffmpeg(p: Path, limits: MediaLimits) -> tuple[np.ndarray, int, int]:
+    """``(samples (S, C) float32, sample rate, channels)`` of the first audio stream, through
+    FFmpeg (PyAV): the containers libsndfile does not read (M4A / AAC, WMA, Matroska audio)."""
+    try:
+        container = av.open(str(p))
+    except FFMPEG_ERRORS as err:
+        raise unreadable(p, "audio", ffmpeg_detail(err)) from err
+    with container:
+        stream = next((s for s in container.streams if s.type == "audio"), None)
+        if stream is None:
+            raise MediaError(p, "holds no audio stream")
+        rate, channels = int(stream.codec_context.sample_rate or 0), stream.channels
+        seconds = (
+            float(stream.duration * stream.time_base)
+            if stream.duration and stream.time_base
+            else (container.duration or 0) / av.time_base
+        )
+        _check_header(p, rate, channels, seconds, limits)
+        max_samples = limits.max_audio_seconds * rate
+        resampler = av.AudioResampler(format="fltp")  # planar float32, same layout and rate
+        chunks: list[np.ndarray] = []
+        total = 0
+        try:
+            for frame in itertools.chain(container.decode(stream), [None]):  # None: flush
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(channels, -1))
+                    total += chunks[-1].shape[1]
+                if total > max_samples:  # a header that understated the length
+                    _check_header(p, rate, channels, total / rate, limits)
+        except FFMPEG_ERRORS as err:
+            raise MediaError(
+                p,
+                f"audio data cannot be decoded ({ffmpeg_detail(err)}); the file is probably "
+                "truncated or corrupt",
+            ) from err
+    data = np.concatenate(chunks, axis=1).T if chunks else np.zeros((0, channels), np.float32)
+    return np.ascontiguousarray(data, dtype=np.float32), rate, channels
 
 
 def save_audio(

@@ -11,14 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import av
+
 Modality = Literal["audio", "image", "video"]
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "FFMPEG_ERRORS",
     "MediaError",
     "MediaLimits",
     "Modality",
     "check_file",
+    "ffmpeg_detail",
     "sniff",
 ]
 
@@ -90,7 +94,7 @@ _SIGNATURES: tuple[tuple[int, bytes, str, Modality | None], ...] = (
     (0, b"ID3", "MP3 audio", "audio"),
     (0, b"FORM", "AIFF audio", "audio"),
     (0, b"OggS", "an Ogg file", None),
-    (0, b"\x1aE\xdf\xa3", "a Matroska/WebM video", "video"),
+    (0, b"\x1aE\xdf\xa3", "a Matroska/WebM file", None),  # audio-only .mka / .weba too
     (0, b"%PDF", "a PDF document", None),
     (0, b"PK\x03\x04", "a ZIP archive", None),
     (0, b"\x1f\x8b", "a gzip archive", None),
@@ -176,3 +180,14 @@ def unreadable(path: Path, modality: Modality, detail: str) -> MediaError:
     else:
         problem = f"not a readable {modality} file: unknown format or corrupt data ({detail})"
     return MediaError(path, problem)
+
+
+#: What PyAV / FFmpeg raise for a file they cannot open or decode.
+FFMPEG_ERRORS = (av.error.FFmpegError, OSError, ValueError)
+
+
+def ffmpeg_detail(err: BaseException) -> str:
+    """FFmpeg's own short reason for ``err`` ("Invalid data found when processing input")."""
+    if isinstance(err, av.error.FFmpegError):
+        return err.strerror or type(err).__name__
+    return str(err) or type(err).__name__

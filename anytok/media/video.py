@@ -20,9 +20,11 @@ from torch import Tensor
 
 from anytok.media.errors import (
     DEFAULT_LIMITS,
+    FFMPEG_ERRORS,
     MediaError,
     MediaLimits,
     check_file,
+    ffmpeg_detail,
     sniff,
     unreadable,
     wrong_modality,
@@ -31,7 +33,6 @@ from anytok.media.image import Size, from_uint8, resize_cover, to_uint8
 
 __all__ = ["VideoClip", "load_video", "save_video"]
 
-_FFMPEG_ERRORS = (av.error.FFmpegError, OSError, ValueError)
 _ANIMATED_IMAGES = ("a GIF image", "a WebP image")  # FFmpeg decodes these as video
 
 
@@ -106,8 +107,8 @@ def load_video(
             raise mismatch
     try:
         container = av.open(str(p))
-    except _FFMPEG_ERRORS as err:
-        raise unreadable(p, "video", _av_detail(err)) from err
+    except FFMPEG_ERRORS as err:
+        raise unreadable(p, "video", ffmpeg_detail(err)) from err
     with container:
         if not container.streams.video:
             raise MediaError(p, "has no video stream (audio only or not a video)")
@@ -123,8 +124,8 @@ def load_video(
         if start > 0:
             try:
                 container.seek(int((start + origin) * av.time_base), backward=True)
-            except _FFMPEG_ERRORS:  # not seekable: decode from the start and skip ahead
-                with contextlib.suppress(*_FFMPEG_ERRORS):
+            except FFMPEG_ERRORS:  # not seekable: decode from the start and skip ahead
+                with contextlib.suppress(*FFMPEG_ERRORS):
                     container.seek(0)
         selector = _FrameSelector(p, start, fps, src_fps, max_frames, size, limits.max_video_frames)
         decoded = 0
@@ -145,12 +146,12 @@ def load_video(
             else:
                 reached_end = True
                 selector.finish()
-        except _FFMPEG_ERRORS as err:
+        except FFMPEG_ERRORS as err:
             if decoded == 0:
-                raise unreadable(p, "video", _av_detail(err)) from err
+                raise unreadable(p, "video", ffmpeg_detail(err)) from err
             raise MediaError(
                 p,
-                f"video data stops decoding after {decoded} frames ({_av_detail(err)}); "
+                f"video data stops decoding after {decoded} frames ({ffmpeg_detail(err)}); "
                 "the file is probably truncated or corrupt",
             ) from err
     if decoded == 0:
@@ -335,12 +336,6 @@ def save_video(
                 frame.pts = i
                 container.mux(stream.encode(frame))
             container.mux(stream.encode())
-    except _FFMPEG_ERRORS as err:
-        raise MediaError(p, f"cannot write video ({_av_detail(err)})") from err
+    except FFMPEG_ERRORS as err:
+        raise MediaError(p, f"cannot write video ({ffmpeg_detail(err)})") from err
     return p
-
-
-def _av_detail(err: BaseException) -> str:
-    if isinstance(err, av.error.FFmpegError):
-        return err.strerror or type(err).__name__
-    return str(err) or type(err).__name__
