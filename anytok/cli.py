@@ -154,6 +154,15 @@ def _rate(items: int, seconds: float) -> str:
     return f" ({rate:.1f} files/s)" if rate >= 1 else f" ({seconds / items:.1f} s/file)"
 
 
+def _long_seconds(value: float | None) -> float | None:
+    """``--long-seconds``: None (not given) -> the pipeline's default, negative -> never."""
+    from anytok.pipeline import LONG_ITEM_SECONDS
+
+    if value is None:
+        return LONG_ITEM_SECONDS
+    return None if value < 0 else value
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
     from anytok.pipeline import encode_files
     from anytok.registry import DEFAULT_MODELS
@@ -170,6 +179,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
             args.output,
             batch_size=args.batch_size,
             fmt=args.format,
+            long_seconds=_long_seconds(args.long_seconds),
             on_item=lambda _p, _f: progress.advance(task),
             on_start=lambda total: progress.update(task, total=total),
         )
@@ -260,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["safetensors", "npz"], default="safetensors")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--long-seconds",
+        type=float,
+        help="files longer than this are encoded alone, in chunks of bounded memory "
+        "(encode_long; default anytok.pipeline.LONG_ITEM_SECONDS; 0: every file, -1: never)",
+    )
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="decode token files back to media")

@@ -249,6 +249,43 @@ def encode_each(
     return [encode_each(model, [item], device)[0] for item in items]
 
 
+#: Files longer than this many seconds are encoded in chunks (``encode_long``): one pass
+#: over an hour of 24 kHz audio needs tens of GB of activations.
+LONG_ITEM_SECONDS = 300.0
+
+
+def _is_long(model: Tokenizer, item: Tensor, long_seconds: float | None) -> bool:
+    return long_seconds is not None and media_seconds(model, item) > long_seconds
+
+
+def encode_long_item(model: Tokenizer, item: Tensor, device: torch.device) -> Tokens | str | None:
+    """One long item's :class:`Tokens` (CPU, padding cut) through the model's chunked
+    ``encode_long`` (memory bounded by the chunk; the tokens of one pass for causal and
+    bounded-receptive-field models, see :mod:`anytok.codecs.long_audio`), a one-line error,
+    or None when the model has no chunked path (SNAC; video tokenizers without a bounded
+    causal context), for the caller to encode it in one pass.
+    """
+    from anytok.codecs.long_audio import UnsupportedModelError
+
+    if isinstance(model, VideoTokenizer):
+        if getattr(model.encoder, "temporal_context", None) is None:
+            return None
+        media = item.unsqueeze(0).to(device)
+    elif isinstance(model, AudioTokenizer):
+        media = item.unsqueeze(0)  # stays on the CPU: encode_long moves one window at a time
+    else:
+        return None
+    try:
+        with torch.inference_mode(), autocast_for(device):
+            tokens = model.encode_long(media)
+    except UnsupportedModelError:
+        return None
+    except (RuntimeError, ValueError) as err:
+        lines = str(err).strip().splitlines()
+        return f"encoding failed: {type(err).__name__}: {lines[0] if lines else ''}"
+    return split_tokens(tokens.to("cpu"))[0]
+
+
 def _write_tokens(tokens: Tokens, target: Path, source: Path) -> ItemFailure | None:
     """Save ``tokens`` to ``target``; the failure to report for ``source`` if it cannot."""
     try:
@@ -269,12 +306,14 @@ def encode_files(
     recursive: bool = True,
     on_item: Callable[[Path, ItemFailure | None], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    long_seconds: float | None = LONG_ITEM_SECONDS,
 ) -> JobReport:
     """Encode files and folders to token files under ``out_dir``.
 
     Bad files are skipped and listed in the report; everything else is written.
     ``on_start`` receives the number of files found, ``on_item`` is called after each file
-    (for progress bars).
+    (for progress bars). Files longer than ``long_seconds`` (None: never) are encoded alone,
+    in bounded memory by :func:`encode_long_item` where the model has a chunked path.
     """
     if fmt not in ("safetensors", "npz"):
         raise ValueError(f"format must be 'safetensors' or 'npz', got {fmt!r}")
@@ -306,6 +345,25 @@ def encode_files(
         report.failures.append(collision)
         if on_item:
             on_item(path, collision)
+
+    def finish(path: Path, item: Tensor, result: Tokens | str) -> None:
+        """Write one item's tokens, or report why it has none."""
+        target = targets[path]
+        failure = (
+            ItemFailure(path, result)
+            if isinstance(result, str)
+            else _write_tokens(result, target, path)
+        )
+        if failure is not None:
+            report.failures.append(failure)
+        else:
+            report.written.append(target)
+            report.tokens += result.codes.numel()
+            report.media_seconds += media_seconds(model, item)
+            report.items += 1
+        if on_item:
+            on_item(path, failure)
+
     for batch_paths in _batches(list(targets), batch_size):
         loaded: list[tuple[Path, Tensor]] = []
         for path in batch_paths:
@@ -322,25 +380,17 @@ def encode_files(
             key = tuple(item.shape[-2:]) if model.modality != "audio" else ()
             groups.setdefault(key, []).append((path, item))
         for group in groups.values():
-            results = encode_each(model, [item for _, item in group], device)
-            for (path, item), result in zip(group, results):
-                target = targets[path]
-                failure = (
-                    ItemFailure(path, result)
-                    if isinstance(result, str)
-                    else _write_tokens(result, target, path)
-                )
-                if failure is not None:
-                    report.failures.append(failure)
-                    if on_item:
-                        on_item(path, failure)
-                    continue
-                report.written.append(target)
-                report.tokens += result.codes.numel()
-                report.media_seconds += media_seconds(model, item)
-                report.items += 1
-                if on_item:
-                    on_item(path, None)
+            long = [pair for pair in group if _is_long(model, pair[1], long_seconds)]
+            short = [pair for pair in group if not _is_long(model, pair[1], long_seconds)]
+            for path, item in long:
+                result = encode_long_item(model, item, device)
+                if result is None:  # no chunked path: one pass, still alone (not padding
+                    result = encode_each(model, [item], device)[0]  # the short ones to it)
+                finish(path, item, result)
+            if short:
+                results = encode_each(model, [item for _, item in short], device)
+                for (path, item), result in zip(short, results):
+                    finish(path, item, result)
     report.elapsed = time.perf_counter() - start
     return report
 

@@ -274,3 +274,33 @@ def test_unknown_command_suggests_the_closest_and_lists_all(capsys) -> None:
         [sys.executable, "-m", "anytok", "list", "--json"], capture_output=True, text=True
     )
     assert module.returncode == 0 and json.loads(module.stdout) == anytok.list_models()
+
+
+def test_long_files_go_through_encode_long_and_others_in_one_batch(tmp_path, tiny_audio_ckpt):
+    # Past long_seconds a file is encoded alone by encode_long (bounded memory, the tokens
+    # of one pass); a model without a chunked path (SNAC) encodes it in one pass instead,
+    # still alone: short files are never padded to a long one's length.
+    from anytok.pipeline import encode_files, load_for_model
+
+    write_wav(tmp_path / "short.wav", 0.2)
+    write_wav(tmp_path / "long.wav", 1.0)
+    for model in (anytok.load(tiny_audio_ckpt), anytok.create_model("snac_24khz", tiny=True)):
+        model.eval()
+        chunked: list[int] = []
+
+        def spy(audio, chunked=chunked, real_long=model.encode_long, **kwargs):
+            chunked.append(audio.shape[-1])
+            return real_long(audio, **kwargs)
+
+        model.encode_long = spy
+        out = tmp_path / type(model).__name__
+        report = encode_files(model, [tmp_path], out, long_seconds=0.5)
+        assert report.ok and report.items == 2
+        assert chunked == [model.sample_rate]  # only the long file, alone
+        for name in ("short.wav", "long.wav"):
+            with torch.inference_mode():
+                direct = model.encode(load_for_model(model, tmp_path / name).unsqueeze(0))
+            written = anytok.Tokens.load(out / f"{name}.tokens.safetensors")
+            assert torch.equal(written.codes, direct.codes), (type(model).__name__, name)
+    assert main(["encode", str(tmp_path), "-m", str(tiny_audio_ckpt), "-o", str(tmp_path / "c"),
+                 "--long-seconds", "-1"]) == 0  # fmt: skip
