@@ -167,17 +167,6 @@ def collate(items: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     return torch.stack(padded), lengths
 
 
-def split_tokens(tokens: Tokens) -> list[Tokens]:
-    """One :class:`Tokens` per batch item, trimmed to its valid length."""
-    out = []
-    for i in range(tokens.codes.shape[0]):
-        codes = tokens.codes[i : i + 1]
-        if tokens.lengths is not None:
-            codes = codes[:, :, : int(tokens.lengths[i])]
-        out.append(Tokens(codes=codes.contiguous(), spec=tokens.spec, lengths=None))
-    return out
-
-
 def relative_output(source: Path, root: Path | None) -> Path:
     """Where ``source`` lands under an output folder: its path relative to the input folder
     ``root`` it was found in (the tree is mirrored), or its name when named directly."""
@@ -238,7 +227,7 @@ def encode_each(
         with torch.inference_mode(), autocast_for(device):
             item_lengths = None if isinstance(model, ImageTokenizer) else lengths.to(device)
             tokens = model.encode(batch.to(device), item_lengths)
-        return split_tokens(tokens.to("cpu"))
+        return tokens.to("cpu").unbind()
     except (RuntimeError, ValueError) as err:  # torch.OutOfMemoryError is a RuntimeError
         if len(items) == 1:
             lines = str(err).strip().splitlines()
@@ -283,7 +272,7 @@ def encode_long_item(model: Tokenizer, item: Tensor, device: torch.device) -> To
     except (RuntimeError, ValueError) as err:
         lines = str(err).strip().splitlines()
         return f"encoding failed: {type(err).__name__}: {lines[0] if lines else ''}"
-    return split_tokens(tokens.to("cpu"))[0]
+    return tokens.to("cpu")[0]
 
 
 def _write_tokens(tokens: Tokens, target: Path, source: Path) -> ItemFailure | None:

@@ -521,6 +521,27 @@ class Tokens:
         lengths = None if self.lengths is None else self.lengths.to(device)
         return Tokens(self.codes.to(device), self.spec, lengths)
 
+    def __len__(self) -> int:
+        """The batch size."""
+        return self.codes.shape[0]
+
+    def __getitem__(self, item: int) -> Tokens:
+        """Item ``item`` of the batch alone: codes ``(1, levels, length, ...)`` cut to its
+        valid length, ``lengths`` None (negative indices count from the end)."""
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise TypeError(f"Tokens[{item!r}]: index with an int (use unbind() for all items)")
+        if not -len(self) <= item < len(self):
+            raise IndexError(f"Tokens[{item}]: the batch holds {len(self)} item(s)")
+        item %= len(self)
+        codes = self.codes[item : item + 1]
+        if self.lengths is not None:
+            codes = codes[:, :, : int(self.lengths[item])]
+        return Tokens(codes=codes.contiguous(), spec=self.spec, lengths=None)
+
+    def unbind(self) -> list[Tokens]:
+        """One :class:`Tokens` per batch item, each cut to its valid length (see ``[i]``)."""
+        return [self[i] for i in range(len(self))]
+
     # ----------------------------------------------------------------- shape helpers
     @property
     def batch_size(self) -> int:

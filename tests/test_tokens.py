@@ -188,6 +188,22 @@ def test_flatten_pinned_multi_axis_and_lengths() -> None:
     assert back.codes.tolist() == [[[[[1, 2]], [[3, 4]]]], [[[[5, 6]], [[0, 0]]]]]
 
 
+def test_items_of_a_batch_are_cut_to_their_lengths() -> None:
+    spec = TokenSpec("video", (8,), ("frame", "height", "width"), frame_rate=4.0)
+    codes = torch.tensor([[[[[1, 2]], [[3, 4]]]], [[[[5, 6]], [[7, 0]]]]])
+    tokens = Tokens(codes, spec, lengths=torch.tensor([2, 1]))
+    assert len(tokens) == 2
+    first, second = tokens.unbind()
+    assert first.codes.tolist() == [[[[[1, 2]], [[3, 4]]]]] and first.lengths is None
+    assert second.codes.tolist() == [[[[[5, 6]]]]] and second.spec == spec
+    assert tokens[-1].codes.tolist() == second.codes.tolist()
+    assert [t.codes.shape[2] for t in Tokens(codes, spec).unbind()] == [2, 2]  # no lengths
+    with pytest.raises(IndexError, match=r"Tokens\[2\]: the batch holds 2 item"):
+        tokens[2]
+    with pytest.raises(TypeError, match="index with an int"):
+        tokens[0:1]
+
+
 def test_parallel_and_delay_pinned() -> None:
     spec, tokens, vocab = tiny()
     assert tokens.to_lm_ids(vocab, "parallel").tolist() == [
