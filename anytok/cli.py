@@ -210,7 +210,11 @@ def cmd_decode(args: argparse.Namespace) -> int:
     with _progress() as progress:
         task = progress.add_task("decoding", total=len(files))
         report = decode_files(
-            args.inputs, Path(args.output), model_for, on_item=lambda _p, _f: progress.advance(task)
+            args.inputs,
+            Path(args.output),
+            model_for,
+            on_item=lambda _p, _f: progress.advance(task),
+            long_seconds=_long_seconds(args.long_seconds),
         )
     console.print(f"decoded {report.items} file(s) to {args.output} in {report.elapsed:.1f} s")
     _print_failures(report.failures, "token file(s)")
@@ -283,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", help="tokenizer (default: the one named in each token file)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument(
+        "--long-seconds",
+        type=float,
+        help="token files of more media than this are decoded in chunks of bounded memory "
+        "(decode_long; default anytok.pipeline.LONG_ITEM_SECONDS; 0: every file, -1: never)",
+    )
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("demo", help="encode and decode bundled samples with each default tokenizer")

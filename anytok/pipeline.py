@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from anytok.codecs.base import AudioTokenizer, ImageTokenizer, Tokenizer, VideoTokenizer
+from anytok.codecs.long_audio import UnsupportedModelError
 from anytok.media import (
     MediaError,
     find_media,
@@ -254,8 +255,6 @@ def encode_long_item(model: Tokenizer, item: Tensor, device: torch.device) -> To
     or None when the model has no chunked path (SNAC; video tokenizers without a bounded
     causal context), for the caller to encode it in one pass.
     """
-    from anytok.codecs.long_audio import UnsupportedModelError
-
     if isinstance(model, VideoTokenizer):
         if getattr(model.encoder, "temporal_context", None) is None:
             return None
@@ -434,15 +433,41 @@ def save_media(model: Tokenizer, media: Tensor, path: Path) -> None:
         raise TypeError(f"unsupported tokenizer type {type(model).__name__}")
 
 
+def decode_long_item(model: Tokenizer, tokens: Tokens, device: torch.device) -> Tensor | None:
+    """Media of one long token file through the model's chunked ``decode_long`` (memory
+    bounded by the chunk, the result of one pass up to float rounding), or None when the
+    model has no chunked path (SNAC; video decoders without a bounded causal context)."""
+    if isinstance(model, VideoTokenizer):
+        if getattr(model.decoder, "temporal_context", None) is None:
+            return None
+        tokens = tokens.to(device)
+    elif not isinstance(model, AudioTokenizer):
+        return None  # audio codes stay on the CPU: decode_long moves one window at a time
+    try:
+        with torch.inference_mode(), autocast_for(device):
+            return model.decode_long(tokens)
+    except UnsupportedModelError:
+        return None
+
+
+def token_seconds(tokens: Tokens) -> float:
+    """Seconds of media ``tokens`` stand for (0 for images: no time axis)."""
+    rate = tokens.spec.frame_rate
+    return tokens.codes.shape[2] / rate if rate else 0.0
+
+
 def decode_files(
     inputs: Iterable[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
     model_for: Callable[[Tokens], Tokenizer],
     *,
     on_item: Callable[[Path, ItemFailure | None], None] | None = None,
+    long_seconds: float | None = LONG_ITEM_SECONDS,
 ) -> JobReport:
     """Decode token files, or folders of them, to media files under ``out_dir``, mirroring
-    each folder's tree (:func:`media_path_for`); bad files are reported."""
+    each folder's tree (:func:`media_path_for`); bad files are reported. Token files of
+    more than ``long_seconds`` of media (None: never) are decoded by
+    :func:`decode_long_item` where the model has a chunked path."""
     report = JobReport()
     start = time.perf_counter()
     claims = OutputClaims()
@@ -458,8 +483,12 @@ def decode_files(
                 continue
             model = model_for(tokens)
             device = model_device(model)
-            with torch.inference_mode(), autocast_for(device):
-                media = model.decode(tokens.to(device))
+            media = None
+            if long_seconds is not None and token_seconds(tokens) > long_seconds:
+                media = decode_long_item(model, tokens, device)
+            if media is None:
+                with torch.inference_mode(), autocast_for(device):
+                    media = model.decode(tokens.to(device))
             save_media(model, media[0], target)
         except (ValueError, RuntimeError, OSError, MediaError) as err:  # incl. out of memory
             lines = str(err).strip().splitlines()

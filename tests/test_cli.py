@@ -304,3 +304,30 @@ def test_long_files_go_through_encode_long_and_others_in_one_batch(tmp_path, tin
             assert torch.equal(written.codes, direct.codes), (type(model).__name__, name)
     assert main(["encode", str(tmp_path), "-m", str(tiny_audio_ckpt), "-o", str(tmp_path / "c"),
                  "--long-seconds", "-1"]) == 0  # fmt: skip
+
+
+def test_long_token_files_go_through_decode_long(tmp_path, tiny_audio_ckpt) -> None:
+    from anytok.pipeline import decode_files
+
+    model = anytok.load(tiny_audio_ckpt)
+    write_wav(tmp_path / "a.wav", 0.2)
+    write_wav(tmp_path / "b.wav", 1.0)
+    assert (
+        main(["encode", str(tmp_path), "-m", str(tiny_audio_ckpt), "-o", str(tmp_path / "t")]) == 0
+    )
+    chunked: list[int] = []
+
+    def spy(tokens, real=model.decode_long, **kwargs):
+        chunked.append(tokens.codes.shape[-1])
+        return real(tokens, **kwargs)
+
+    model.decode_long = spy
+    report = decode_files([tmp_path / "t"], tmp_path / "r", lambda _: model, long_seconds=0.5)
+    assert report.ok and report.items == 2
+    long_tokens = anytok.Tokens.load(tmp_path / "t" / "b.wav.tokens.safetensors")
+    assert chunked == [long_tokens.codes.shape[-1]]  # the long file only
+    with torch.inference_mode():
+        one_pass = model.decode(long_tokens)[0].clamp(-1, 1)
+    written, rate = sf.read(tmp_path / "r" / "b.wav", dtype="float32", always_2d=True)
+    assert rate == model.sample_rate
+    torch.testing.assert_close(torch.from_numpy(written.T), one_pass, atol=1 / 32768 + 1e-5, rtol=0)
