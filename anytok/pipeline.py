@@ -213,16 +213,46 @@ def _batches(seq: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
         yield seq[start : start + size]
 
 
+#: Items longer than this many seconds are encoded alone and in chunks (``encode_long``):
+#: one pass over an hour of 24 kHz audio needs tens of GB of activations.
+LONG_ITEM_SECONDS = 300.0
+
+
 def encode_each(
-    model: Tokenizer, items: Sequence[Tensor], device: torch.device
+    model: Tokenizer,
+    items: Sequence[Tensor],
+    device: torch.device,
+    long_seconds: float | None = LONG_ITEM_SECONDS,
 ) -> list[Tokens | str]:
-    """Encode loaded items (each without batch axis) as one batch.
+    """Encode loaded items (each without batch axis), as one batch where possible.
 
     Returns, per item, its :class:`Tokens` (on the CPU, padding cut) or a one-line error.
-    One item can fail a whole batch (too long for the GPU's memory, a shape the model
-    refuses): the batch is then retried item by item, so that only that item is lost. Used
-    by :func:`encode_files` and by both dataset engines.
+    Items longer than ``long_seconds`` (None: never) are encoded alone, through
+    :func:`encode_long_item` where the model has a chunked path, so short items are never
+    padded to a long one's length. One item can fail a whole batch (too long for the GPU's
+    memory, a shape the model refuses): the batch is then retried item by item, so that
+    only that item is lost. Used by :func:`encode_files` and by both dataset engines.
     """
+    results: list[Tokens | str | None] = [None] * len(items)
+    short: list[int] = []
+    for i, item in enumerate(items):
+        if long_seconds is None or media_seconds(model, item) <= long_seconds:
+            short.append(i)
+            continue
+        result = encode_long_item(model, item, device)
+        # No chunked path: one pass, still alone.
+        results[i] = result if result is not None else _encode_batch(model, [item], device)[0]
+    for i, result in zip(short, _encode_batch(model, [items[i] for i in short], device)):
+        results[i] = result
+    return results  # type: ignore[return-value]  # every slot is filled above
+
+
+def _encode_batch(
+    model: Tokenizer, items: Sequence[Tensor], device: torch.device
+) -> list[Tokens | str]:
+    """:func:`encode_each` for items encoded in one pass: one batch, item by item on failure."""
+    if not items:
+        return []
     try:
         batch, lengths = collate(items)
         with torch.inference_mode(), autocast_for(device):
@@ -231,21 +261,16 @@ def encode_each(
         return tokens.to("cpu").unbind()
     except (RuntimeError, ValueError) as err:  # torch.OutOfMemoryError is a RuntimeError
         if len(items) == 1:
-            lines = str(err).strip().splitlines()
-            return [f"encoding failed: {type(err).__name__}: {lines[0] if lines else ''}"]
+            return [_encode_error(err)]
     # Outside the handler, so the failed batch's tensors (held by the traceback) are freed.
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return [encode_each(model, [item], device)[0] for item in items]
+    return [_encode_batch(model, [item], device)[0] for item in items]
 
 
-#: Files longer than this many seconds are encoded in chunks (``encode_long``): one pass
-#: over an hour of 24 kHz audio needs tens of GB of activations.
-LONG_ITEM_SECONDS = 300.0
-
-
-def _is_long(model: Tokenizer, item: Tensor, long_seconds: float | None) -> bool:
-    return long_seconds is not None and media_seconds(model, item) > long_seconds
+def _encode_error(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"encoding failed: {type(err).__name__}: {lines[0] if lines else ''}"
 
 
 def encode_long_item(model: Tokenizer, item: Tensor, device: torch.device) -> Tokens | str | None:
@@ -269,8 +294,7 @@ def encode_long_item(model: Tokenizer, item: Tensor, device: torch.device) -> To
     except UnsupportedModelError:
         return None
     except (RuntimeError, ValueError) as err:
-        lines = str(err).strip().splitlines()
-        return f"encoding failed: {type(err).__name__}: {lines[0] if lines else ''}"
+        return _encode_error(err)
     return tokens.to("cpu")[0]
 
 
@@ -368,17 +392,9 @@ def encode_files(
             key = tuple(item.shape[-2:]) if model.modality != "audio" else ()
             groups.setdefault(key, []).append((path, item))
         for group in groups.values():
-            long = [pair for pair in group if _is_long(model, pair[1], long_seconds)]
-            short = [pair for pair in group if not _is_long(model, pair[1], long_seconds)]
-            for path, item in long:
-                result = encode_long_item(model, item, device)
-                if result is None:  # no chunked path: one pass, still alone (not padding
-                    result = encode_each(model, [item], device)[0]  # the short ones to it)
+            results = encode_each(model, [item for _, item in group], device, long_seconds)
+            for (path, item), result in zip(group, results):
                 finish(path, item, result)
-            if short:
-                results = encode_each(model, [item for _, item in short], device)
-                for (path, item), result in zip(short, results):
-                    finish(path, item, result)
     report.elapsed = time.perf_counter() - start
     return report
 
