@@ -154,3 +154,23 @@ def test_existing_run_dir_needs_resume(data: dict[str, Path], tmp_path: Path) ->
         train(recipe, tmp_path / "run", overrides=overrides)
     with pytest.raises(RecipeError, match="fewer than train.batch_size"):
         train(recipe, tmp_path / "other", overrides=[*overrides, "train.batch_size=64"])
+
+
+def test_shipped_recipes_are_found_by_name_and_a_file_wins(tmp_path: Path, monkeypatch) -> None:
+    from anytok.train.config import BUNDLED_RECIPES, bundled_recipes, find_recipe
+
+    # The checkout's recipes/ is the package's (one set of files, shipped in the wheel).
+    assert (ROOT / "recipes").resolve() == BUNDLED_RECIPES
+    assert bundled_recipes() == sorted(i.removesuffix(".yaml") for i in IDS)
+    shipped = BUNDLED_RECIPES / "audio" / "seanet_fsq_24khz_tiny.yaml"
+    monkeypatch.chdir(tmp_path)  # away from the checkout: names only
+    for name in ("seanet_fsq_24khz_tiny", "audio/seanet_fsq_24khz_tiny",
+                 "recipes/audio/seanet_fsq_24khz_tiny.yaml"):  # fmt: skip
+        assert find_recipe(name) == shipped, name
+    own = tmp_path / "seanet_fsq_24khz_tiny"  # a file of that name wins over the shipped one
+    own.write_text("base: " + str(shipped) + "\ntrain:\n  steps: 7\n")
+    assert find_recipe("seanet_fsq_24khz_tiny").resolve() == own
+    cfg = load_recipe("seanet_fsq_24khz_tiny", ["data.train=/data"])
+    assert cfg.train.steps == 7
+    with pytest.raises(RecipeError, match=r"recipe not found: nope .*shipped: audio/dac_44khz"):
+        find_recipe("nope")

@@ -22,7 +22,11 @@ def _train_parser() -> argparse.ArgumentParser:
             "data.train=data/speech train.steps=200"
         ),
     )
-    parser.add_argument("recipe", help="recipe YAML file (recipes/<modality>/*.yaml)")
+    parser.add_argument(
+        "recipe",
+        help="a recipe YAML file, or a shipped recipe's name: seanet_fsq_24khz_tiny, "
+        "audio/dac_44khz ... (recipes/<modality>/*.yaml in a checkout)",
+    )
     parser.add_argument(
         "overrides",
         nargs="*",

@@ -191,6 +191,39 @@ class Recipe:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
+#: The recipes that ship inside the package (``recipes/`` in a checkout links here).
+BUNDLED_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def bundled_recipes() -> list[str]:
+    """Names of the shipped recipes, ``<modality>/<name>`` (``audio/dac_44khz`` ...)."""
+    return sorted(p.relative_to(BUNDLED_RECIPES).with_suffix("").as_posix()
+                  for p in BUNDLED_RECIPES.glob("*/*.yaml"))  # fmt: skip
+
+
+def find_recipe(recipe: str | os.PathLike[str]) -> Path:
+    """A recipe file: ``recipe`` itself when it exists, else the shipped recipe of that name
+    (``dac_44khz_tiny``, ``audio/dac_44khz_tiny`` or ``recipes/audio/dac_44khz_tiny.yaml``
+    all name it), so a pip install trains from recipes without a checkout.
+
+    Raises:
+        RecipeError: neither a file nor a shipped recipe; the message lists the shipped ones.
+    """
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    name = path.as_posix().removesuffix(".yaml").removesuffix(".yml")
+    name = name.removeprefix("recipes/")
+    names = bundled_recipes()
+    matches = [n for n in names if n == name or n.split("/", 1)[1] == name]
+    if len(matches) == 1:
+        return BUNDLED_RECIPES / f"{matches[0]}.yaml"
+    raise RecipeError(
+        f"recipe not found: {os.fspath(recipe)} is not a file nor a shipped recipe "
+        f"(shipped: {', '.join(names)})"
+    )
+
+
 def _read_with_base(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
     """The recipe at ``path`` merged over its ``base`` chain."""
     path = path.resolve()
@@ -218,7 +251,8 @@ def load_recipe(
     """Load a recipe file (or a mapping), apply ``key=value`` overrides, check it.
 
     Args:
-        recipe: a YAML path, or an already built mapping / DictConfig.
+        recipe: a YAML path or a shipped recipe's name (:func:`find_recipe`), or an
+            already built mapping / DictConfig.
         overrides: dotted overrides such as ``["data.train=/data/speech", "train.steps=500"]``.
 
     Returns:
@@ -231,7 +265,7 @@ def load_recipe(
     source = str(recipe) if isinstance(recipe, (str, os.PathLike)) else "<recipe>"
     try:
         if isinstance(recipe, (str, os.PathLike)):
-            loaded: DictConfig = _read_with_base(Path(recipe))
+            loaded: DictConfig = _read_with_base(find_recipe(recipe))
         else:
             loaded = OmegaConf.create(recipe)  # type: ignore[assignment]
             loaded.pop("base", None)
