@@ -186,6 +186,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
     summary = f"encoded {report.items} file(s) to {args.output}: {report.tokens} tokens"
     if report.media_seconds:
         summary += f", {report.media_seconds:.1f} s of media"
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return EXIT_OK if report.ok else EXIT_SKIPPED
     console.print(f"{summary} in {report.elapsed:.1f} s{_rate(report.items, report.elapsed)}")
     _print_failures(report.failures, "input(s)")
     return EXIT_OK if report.ok else EXIT_SKIPPED
@@ -216,6 +219,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
             on_item=lambda _p, _f: progress.advance(task),
             long_seconds=_long_seconds(args.long_seconds),
         )
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return EXIT_OK if report.ok else EXIT_SKIPPED
     console.print(f"decoded {report.items} file(s) to {args.output} in {report.elapsed:.1f} s")
     _print_failures(report.failures, "token file(s)")
     return EXIT_OK if report.ok else EXIT_SKIPPED
@@ -274,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["safetensors", "npz"], default="safetensors")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument(
         "--long-seconds",
         type=float,
@@ -287,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", help="tokenizer (default: the one named in each token file)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument(
         "--long-seconds",
         type=float,

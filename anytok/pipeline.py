@@ -60,6 +60,19 @@ class JobReport:
     def ok(self) -> bool:
         return not self.failures
 
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready: ``ok``, ``items``, ``tokens``, ``media_seconds``, ``elapsed``,
+        ``written`` (paths) and ``failures`` (``{"path", "error"}`` each)."""
+        return {
+            "ok": self.ok,
+            "items": self.items,
+            "tokens": self.tokens,
+            "media_seconds": self.media_seconds,
+            "elapsed": self.elapsed,
+            "written": [str(p) for p in self.written],
+            "failures": [{"path": str(f.path), "error": f.error} for f in self.failures],
+        }
+
 
 def autocast_for(device: torch.device) -> contextlib.AbstractContextManager[None]:
     """bf16 autocast on CUDA (the default for encoders/decoders), nothing elsewhere."""

@@ -331,3 +331,21 @@ def test_long_token_files_go_through_decode_long(tmp_path, tiny_audio_ckpt) -> N
     written, rate = sf.read(tmp_path / "r" / "b.wav", dtype="float32", always_2d=True)
     assert rate == model.sample_rate
     torch.testing.assert_close(torch.from_numpy(written.T), one_pass, atol=1 / 32768 + 1e-5, rtol=0)
+
+
+def test_encode_and_decode_report_as_json(tmp_path, tiny_audio_ckpt) -> None:
+    write_wav(tmp_path / "good.wav", 0.2)
+    (tmp_path / "bad.wav").write_bytes(b"")
+    out = tmp_path / "tok"
+    result = run_cli("encode", str(tmp_path), "-m", str(tiny_audio_ckpt), "-o", str(out), "--json")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)  # stdout holds the JSON alone
+    assert report["ok"] is False and report["items"] == 1 and report["tokens"] > 0
+    assert report["written"] == [str(out / "good.wav.tokens.safetensors")]
+    assert report["failures"] == [
+        {"path": str(tmp_path / "bad.wav"), "error": "file is empty (0 bytes)"}
+    ]
+    result = run_cli("decode", str(out), "-o", str(tmp_path / "rec"), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True and report["written"] == [str(tmp_path / "rec" / "good.wav")]
