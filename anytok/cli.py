@@ -163,13 +163,29 @@ def _long_seconds(value: float | None) -> float | None:
     return None if value < 0 else value
 
 
+def _modality_of_inputs(inputs: Sequence[str]) -> str:
+    """The one modality of the media among ``inputs`` (for the default tokenizer)."""
+    from anytok.media import find_media, modality_of
+
+    existing = [p for p in inputs if Path(p).exists()]
+    found = {modality_of(p) for p in find_media(existing)} - {None} if existing else set()
+    if len(found) == 1:
+        return found.pop()
+    what = f"{' and '.join(sorted(found))} files" if found else "no media files"
+    raise UserError(
+        f"{what} in {', '.join(inputs)}: name a tokenizer with -m/--model or a modality with "
+        "--modality (see `anytok list`)"
+    )
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
     from anytok.pipeline import encode_files
     from anytok.registry import DEFAULT_MODELS
 
-    name = args.model or DEFAULT_MODELS.get(args.modality or "", None)
-    if name is None:
-        raise UserError("name a tokenizer with -m/--model (see `anytok list`)")
+    modality = args.modality or (None if args.model else _modality_of_inputs(args.inputs))
+    name = args.model or DEFAULT_MODELS[modality]
+    if not args.model:
+        err_console.print(f"note: {modality} files: using the default tokenizer {name} (-m)")
     model = _load_model(name, args.device)
     with _progress() as progress:
         task = progress.add_task("encoding", total=None)

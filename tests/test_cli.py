@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from PIL import Image
 
 import anytok
 from anytok.checkpoint import save_checkpoint
@@ -349,3 +350,19 @@ def test_encode_and_decode_report_as_json(tmp_path, tiny_audio_ckpt) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["ok"] is True and report["written"] == [str(tmp_path / "rec" / "good.wav")]
+
+
+def test_encode_without_a_model_picks_the_inputs_modality_default(tmp_path) -> None:
+    audio = tmp_path / "speech"
+    audio.mkdir()
+    write_wav(audio / "a.wav", 0.2)
+    result = run_cli("encode", str(audio), "-o", str(tmp_path / "t"))
+    assert result.returncode == 0, result.stderr
+    default = anytok.DEFAULT_MODELS["audio"]
+    assert f"audio files: using the default tokenizer {default}" in result.stderr
+    tokens = anytok.Tokens.load(tmp_path / "t" / "a.wav.tokens.safetensors")
+    assert tokens.spec.name.startswith(default)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "photo.png")
+    result = run_cli("encode", str(tmp_path), "-o", str(tmp_path / "t2"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "audio and image files in" in result.stderr and "--modality" in result.stderr
