@@ -281,9 +281,15 @@ def _encode_batch(
     return [_encode_batch(model, [item], device)[0] for item in items]
 
 
-def _encode_error(err: BaseException) -> str:
+def error_line(err: BaseException) -> str:
+    """The first line of ``err``'s message, or its type's name when it has none."""
     lines = str(err).strip().splitlines()
-    return f"encoding failed: {type(err).__name__}: {lines[0] if lines else ''}"
+    return lines[0] if lines else type(err).__name__
+
+
+def _encode_error(err: BaseException) -> str:
+    detail = f": {error_line(err)}" if str(err).strip() else ""
+    return f"encoding failed: {type(err).__name__}{detail}"
 
 
 def encode_long_item(model: Tokenizer, item: Tensor, device: torch.device) -> Tokens | str | None:
@@ -520,8 +526,7 @@ def decode_files(
                     media = model.decode(tokens.to(device))
             save_media(model, media[0], target)
         except (ValueError, RuntimeError, OSError, MediaError) as err:  # incl. out of memory
-            lines = str(err).strip().splitlines()
-            failure = ItemFailure(path, lines[0] if lines else type(err).__name__)
+            failure = ItemFailure(path, error_line(err))
             report.failures.append(failure)
             if on_item:
                 on_item(path, failure)
