@@ -63,6 +63,12 @@ def _progress() -> Progress:
 def cmd_list(args: argparse.Namespace) -> int:
     from anytok.registry import DEFAULT_MODELS, get_arch, list_models
 
+    if args.recipes:
+        from anytok.train.config import bundled_recipes
+
+        recipes = [r for r in bundled_recipes() if args.modality in (None, r.split("/")[0])]
+        print(json.dumps(recipes) if args.json else "\n".join(recipes))
+        return EXIT_OK
     names = list_models(args.modality)
     if args.json:
         print(json.dumps(list_models(args.modality, tags=True) if args.tags else names))
@@ -274,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list registered tokenizers")
     p.add_argument("--modality", choices=["audio", "image", "video"])
     p.add_argument("--tags", action="store_true", help="list every arch.tag (with --json)")
+    p.add_argument(
+        "--recipes", action="store_true", help="list the shipped training recipes instead"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
 

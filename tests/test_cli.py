@@ -50,6 +50,9 @@ def test_list_and_info(capsys) -> None:
     assert info["modality"] == "audio"
     assert info["token_spec"]["sample_rate"] > 0
     assert "untrained" in info["weights"]
+    assert main(["list", "--recipes", "--modality", "audio", "--json"]) == 0
+    recipes = json.loads(capsys.readouterr().out)
+    assert "audio/seanet_fsq_24khz_tiny" in recipes and all(r.startswith("audio/") for r in recipes)
 
 
 def test_unknown_model_is_one_line_no_traceback() -> None:
