@@ -108,6 +108,50 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     assert len(list_checkpoints(killed)) == 2  # checkpoint.keep
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_checkpoints_the_step_and_resume_matches(tmp_path: Path, signum) -> None:
+    # Ctrl-C / SIGTERM: the run finishes its step, checkpoints it (whatever checkpoint.every
+    # says), exits with 128 + the signal, and --resume continues as if it never stopped.
+    data = tmp_path / "data"
+    make_dataset("audio", data, 10, seconds=0.3)
+    reference = train(RECIPE, tmp_path / "reference", overrides=overrides(data))
+    stopped = tmp_path / "stopped"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "anytok.train", str(RECIPE), *overrides(data)]
+    proc = subprocess.Popen(
+        [*command, "--run-dir", str(stopped)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        steps = [r["step"] for r in read_log(stopped) if "loss/total" in r]
+        if max(steps, default=0) >= KILL_AFTER:
+            proc.send_signal(signum)
+            break
+        time.sleep(0.02)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, f"exit {proc.returncode}:\n{err}"
+    checkpoint = latest_checkpoint(stopped)
+    step = int(checkpoint.name.split("_")[1])
+    assert KILL_AFTER <= step < STEPS
+    assert f"stopped by {signal.Signals(signum).name} at step {step} of {STEPS}" in out + err
+    logged = [r["step"] for r in read_log(stopped) if "loss/total" in r]
+    assert logged[-1] == step  # nothing past the checkpoint
+
+    resumed = train(RECIPE, stopped, overrides=overrides(data), resume=True)
+    assert resumed.step == STEPS and resumed.stopped_by is None
+    for key in ("loss/total", "grad_norm/generator"):
+        expected, got = scalar_history(tmp_path / "reference", key), scalar_history(stopped, key)
+        assert [s for s, _ in got] == [s for s, _ in expected], f"{key}: logged steps differ"
+        for (at, a), (_, b) in zip(expected, got):
+            assert b == pytest.approx(a, rel=1e-5, abs=1e-6), f"{key} at step {at}"
+    for name, value in reference.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+
+
 def test_tree_codec_round_trips_optimizer_and_scheduler_state(tmp_path: Path) -> None:
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.5, 0.9))

@@ -76,8 +76,9 @@ def _exit_code(err: SystemExit) -> int:
 def run_from_cli(argv: Sequence[str]) -> int:
     """``anytok train RECIPE [key=value ...] [--resume] [--run-dir DIR] [--device DEV]``.
 
-    Returns 0 when training finished, 2 for a mistake in the recipe, data or arguments
-    (one line on stderr, no traceback).
+    Returns 0 when training finished, 128 + the signal number when SIGINT / SIGTERM stopped
+    it (after a checkpoint: ``--resume`` continues), 2 for a mistake in the recipe, data or
+    arguments (one line on stderr, no traceback).
     """
     try:
         args = parse_train_args(argv)
@@ -86,7 +87,7 @@ def run_from_cli(argv: Sequence[str]) -> int:
     from anytok.train.loop import train
 
     try:
-        train(
+        result = train(
             args.recipe,
             args.run_dir,
             overrides=args.overrides,
@@ -96,7 +97,9 @@ def run_from_cli(argv: Sequence[str]) -> int:
     except _user_errors() as err:
         print(f"anytok train: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    return EXIT_OK
+    # Stopped by a signal after its checkpoint: the shell's 128 + signal number, so a job
+    # script can tell a finished run from one to resume.
+    return EXIT_OK if result.stopped_by is None else 128 + result.stopped_by
 
 
 def parse_export_args(argv: Sequence[str]) -> argparse.Namespace:

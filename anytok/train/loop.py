@@ -12,7 +12,9 @@ Each step:
    (detached) reconstructed media of the same micro-batches in one forward, hinge or
    least-squares loss, clip, step.
 3. Log (``log.every``), validate (``log.val_every``), write samples (``log.samples_every``),
-   checkpoint (``checkpoint.every``); each also at the last step.
+   checkpoint (``checkpoint.every``); each also at the last step. After SIGINT / SIGTERM
+   (:mod:`anytok.train.signals`) the step is finished, logged and checkpointed, and the run
+   stops; ``--resume`` continues it as if it had never stopped.
 
 Under ``torchrun`` the generator and discriminator are wrapped in DistributedDataParallel;
 every rank runs the same code and only rank 0 writes.
@@ -82,6 +84,7 @@ from anytok.train.losses import (
     ReconstructionLoss,
     finite_or_raise,
 )
+from anytok.train.signals import StopRequest, ignore_interrupts_in_worker
 from anytok.train.state import (
     latest_checkpoint,
     load_training_checkpoint,
@@ -103,6 +106,8 @@ class TrainResult:
         model: the trained generator (unwrapped).
         ema: the EMA generator, or None when ``train.ema_decay`` is 0.
         checkpoint: the last checkpoint written (None on ranks other than 0).
+        stopped_by: the signal (SIGINT / SIGTERM) that stopped the run before its last
+            step, after a checkpoint at ``step``; None when it ran to the end.
     """
 
     run_dir: Path
@@ -110,6 +115,7 @@ class TrainResult:
     model: Tokenizer
     ema: Tokenizer | None
     checkpoint: Path | None
+    stopped_by: int | None = None
 
 
 def default_run_dir(recipe: Any) -> Path:
@@ -150,6 +156,8 @@ def train(
     device_ = info.device
     logger: RunLogger | None = None
     progress: StepProgress | None = None
+    stop = StopRequest()
+    restore_signals = stop.install()
     try:
         checkpoint = latest_checkpoint(run_dir) if resume else None
         if info.is_main:
@@ -424,10 +432,13 @@ def train(
 
             # ---- log, validate, samples, checkpoint
             final = step == tc.steps
+            log_now = bool(cfg.log.every and step % cfg.log.every == 0)
             checkpoint_now = (final and cfg.checkpoint.final) or bool(
                 cfg.checkpoint.every and step % cfg.checkpoint.every == 0
             )
-            if final or checkpoint_now or (cfg.log.every and step % cfg.log.every == 0):
+            stopping = not final and _stop_agreed(stop, info, log_now or checkpoint_now)
+            checkpoint_now = checkpoint_now or stopping
+            if final or checkpoint_now or log_now:
                 # Flushing the window at checkpoints too makes a resumed run's log identical.
                 totals = _to_floats({k: total for k, (total, _) in window.items()})
                 step_seconds = max(time.perf_counter() - window_started, 1e-9) / window_steps
@@ -455,10 +466,16 @@ def train(
                 finite_or_raise(torch.tensor(means["loss/total"]), "loss/total", step)
                 progress.line(step, tc.steps, shown_status)
             eval_model = ema.module if ema is not None else model
-            if val_loader is not None and (final or step % cfg.log.val_every == 0):
+            if stopping:
+                pass  # straight to the checkpoint
+            elif val_loader is not None and (final or step % cfg.log.val_every == 0):
                 val = _evaluate(eval_model, val_loader, recon_loss, cfg.log.val_batches, amp, info)
                 logger.scalars(step, val)
-            if samples is not None and (final or step % cfg.log.samples_every == 0):
+            if (
+                not stopping
+                and samples is not None
+                and (final or step % cfg.log.samples_every == 0)
+            ):
                 _write_samples(
                     eval_model, samples, run_dir / "samples" / f"step_{step:06d}", amp, info
                 )
@@ -477,11 +494,18 @@ def train(
                     balancer=balancer,
                 )
             progress.update(step, shown_rate, shown_status)
+            if stopping:
+                break
 
         # ====================================================================== cleanup
         # (the last checkpoint was saved inside the loop, at the last step)
         progress.close()
-        if info.is_main:
+        if info.is_main and stop.requested and state["step"] < tc.steps:
+            logger.note(
+                f"stopped by {stop.name} at step {state['step']} of {tc.steps}: checkpoint "
+                f"saved; `--resume` continues; run folder {run_dir}"
+            )
+        elif info.is_main:
             logger.note(f"finished {tc.steps} steps; run folder {run_dir}")
         barrier(info)
         return TrainResult(
@@ -490,8 +514,10 @@ def train(
             model=model,
             ema=ema.module if ema is not None else None,  # type: ignore[arg-type]
             checkpoint=last_checkpoint,
+            stopped_by=stop.signum if state["step"] < tc.steps else None,
         )
     finally:
+        restore_signals()
         if progress is not None:
             progress.close()
         if logger is not None:
@@ -623,7 +649,20 @@ def _loader(
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(0),
+        worker_init_fn=ignore_interrupts_in_worker if workers > 0 else None,
     )
+
+
+def _stop_agreed(stop: StopRequest, info: DistInfo, sync_point: bool) -> bool:
+    """Whether every rank stops after this step. One process: as soon as a signal came.
+    Several: only at steps that synchronise anyway (log lines, checkpoints), where the
+    ranks agree on it, so that no rank waits in a collective another has left."""
+    if not info.distributed:
+        return stop.requested
+    if not sync_point:
+        return False
+    flag = torch.tensor([1.0 if stop.requested else 0.0], device=info.device)
+    return bool(all_reduce_mean(flag, info).item() > 0)
 
 
 def _no_sync(module: nn.Module | None, skip: bool) -> contextlib.AbstractContextManager[Any]:
