@@ -120,3 +120,59 @@ def test_torchrun_command_line(tmp_path: Path) -> None:
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "run" / "checkpoints" / "step_000003" / "state.json").is_file()
+
+
+def _signalled_worker(rank: int, world: int, port: int, data: str, run_dir: str, out: str):
+    # Only rank 1 gets SIGTERM, once rank 0's log shows step 3: both ranks must stop after
+    # the same step, with one checkpoint there, instead of rank 0 waiting for rank 1 forever.
+    import json
+    import signal
+    import threading
+    import time
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+
+    def signal_when_step_3() -> None:
+        while True:
+            rows = read_log(run_dir) if Path(run_dir, "log.jsonl").is_file() else []
+            if any(r.get("step", 0) >= 3 for r in rows):
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.01)
+
+    if rank == 1:
+        threading.Thread(target=signal_when_step_3, daemon=True).start()
+    overrides = [f"data.train={data}", *OVERRIDES, "train.steps=200", "checkpoint.every=100"]
+    result = train(RECIPE, run_dir, overrides=overrides, device="cpu")
+    Path(out, f"rank{rank}.json").write_text(
+        json.dumps({"step": result.step, "stopped_by": result.stopped_by})
+    )
+
+
+def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tmp_path: Path) -> None:
+    import json
+    import signal
+
+    from anytok.train.state import latest_checkpoint
+
+    data = tmp_path / "data"
+    make_dataset("audio", data, 12, seconds=0.3)
+    run_dir = tmp_path / "run"
+    mp.spawn(
+        _signalled_worker,
+        args=(2, free_port(), str(data), str(run_dir), str(tmp_path)),
+        nprocs=2,
+        join=True,
+    )
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert results[0] == results[1], results
+    step = results[0]["step"]
+    assert 3 <= step < 200 and results[0]["stopped_by"] == signal.SIGTERM
+    assert latest_checkpoint(run_dir).name == f"step_{step:06d}"

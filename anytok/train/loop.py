@@ -28,6 +28,7 @@ import itertools
 import math
 import os
 import random
+import signal
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -318,6 +319,7 @@ def train(
         window_started, window_steps = time.perf_counter(), 0
         shown_rate, shown_status = 0.0, ""  # of the last log line, for the progress bar
 
+        stopped_by = 0  # the signal the ranks agreed to stop after, 0 while running
         # ====================================================================== train loop
         while state["step"] < tc.steps:
             step = state["step"] + 1
@@ -436,7 +438,8 @@ def train(
             checkpoint_now = (final and cfg.checkpoint.final) or bool(
                 cfg.checkpoint.every and step % cfg.checkpoint.every == 0
             )
-            stopping = not final and _stop_agreed(stop, info, log_now or checkpoint_now)
+            stopped_by = 0 if final else _stop_agreed(stop, info, log_now or checkpoint_now)
+            stopping = stopped_by > 0
             checkpoint_now = checkpoint_now or stopping
             if final or checkpoint_now or log_now:
                 # Flushing the window at checkpoints too makes a resumed run's log identical.
@@ -500,10 +503,10 @@ def train(
         # ====================================================================== cleanup
         # (the last checkpoint was saved inside the loop, at the last step)
         progress.close()
-        if info.is_main and stop.requested and state["step"] < tc.steps:
+        if info.is_main and stopped_by:
             logger.note(
-                f"stopped by {stop.name} at step {state['step']} of {tc.steps}: checkpoint "
-                f"saved; `--resume` continues; run folder {run_dir}"
+                f"stopped by {signal.Signals(stopped_by).name} at step {state['step']} of "
+                f"{tc.steps}: checkpoint saved; `--resume` continues; run folder {run_dir}"
             )
         elif info.is_main:
             logger.note(f"finished {tc.steps} steps; run folder {run_dir}")
@@ -514,7 +517,7 @@ def train(
             model=model,
             ema=ema.module if ema is not None else None,  # type: ignore[arg-type]
             checkpoint=last_checkpoint,
-            stopped_by=stop.signum if state["step"] < tc.steps else None,
+            stopped_by=stopped_by or None,
         )
     finally:
         restore_signals()
@@ -653,16 +656,18 @@ def _loader(
     )
 
 
-def _stop_agreed(stop: StopRequest, info: DistInfo, sync_point: bool) -> bool:
-    """Whether every rank stops after this step. One process: as soon as a signal came.
-    Several: only at steps that synchronise anyway (log lines, checkpoints), where the
-    ranks agree on it, so that no rank waits in a collective another has left."""
+def _stop_agreed(stop: StopRequest, info: DistInfo, sync_point: bool) -> int:
+    """The signal after which every rank stops at this step, 0 for none. One process: as
+    soon as a signal came. Several: only at steps that synchronise anyway (log lines,
+    checkpoints), where the ranks agree on it (the largest signal number any rank got), so
+    that no rank waits in a collective another has left."""
     if not info.distributed:
-        return stop.requested
+        return stop.signum or 0
     if not sync_point:
-        return False
-    flag = torch.tensor([1.0 if stop.requested else 0.0], device=info.device)
-    return bool(all_reduce_mean(flag, info).item() > 0)
+        return 0
+    signum = torch.tensor([stop.signum or 0], dtype=torch.int64, device=info.device)
+    dist.all_reduce(signum, op=dist.ReduceOp.MAX)
+    return int(signum.item())
 
 
 def _no_sync(module: nn.Module | None, skip: bool) -> contextlib.AbstractContextManager[Any]:

@@ -20,15 +20,6 @@ class StopRequest:
     def __init__(self) -> None:
         self.signum: int | None = None
 
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    @property
-    def name(self) -> str:
-        """``"SIGINT"`` / ``"SIGTERM"`` (empty when none came)."""
-        return signal.Signals(self.signum).name if self.signum is not None else ""
-
     def install(self) -> Callable[[], None]:
         """Take over :data:`STOP_SIGNALS`; returns the function that restores the previous
         handlers. A no-op outside the main thread (Python delivers signals only there)."""
