@@ -512,3 +512,18 @@ def test_one_job_per_output_folder(tmp_path) -> None:
             [sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=120
         )
     assert out.stdout.strip() == "refused", out.stderr
+
+
+def test_auto_devices_mean_every_visible_gpu(monkeypatch) -> None:
+    from anytok.datasets.job import parse_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert parse_devices("auto") == [torch.device("cpu")]
+    with pytest.raises(DatasetError, match="CUDA is not available"):
+        parse_devices("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert parse_devices("auto") == [torch.device("cuda", i) for i in range(3)]
+    assert parse_devices("cuda:0, cuda:2") == [torch.device("cuda", 0), torch.device("cuda", 2)]
+    with pytest.raises(DatasetError, match="cuda:3: this machine has 3 CUDA device"):
+        parse_devices("cuda:3")

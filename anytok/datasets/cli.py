@@ -97,7 +97,8 @@ def encode_dataset_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device",
         default="auto",
-        help="auto, cpu, cuda, or a list cuda:0,cuda:1 (local: one replica each; ray: auto/cpu/cuda)",
+        help="auto (every visible GPU, else cpu), cpu, cuda, or a list cuda:0,cuda:1 "
+        "(local: one replica each; ray: auto/cpu/cuda)",
     )
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="items per shard")
     p.add_argument(

@@ -113,7 +113,11 @@ class DatasetSummary:
 
 
 def parse_devices(devices: str | Sequence[str | torch.device]) -> list[torch.device]:
-    """``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda:0,cuda:1"`` or a list."""
+    """``"auto"`` (every visible GPU, one replica each; else the CPU), ``"cpu"``,
+    ``"cuda:0,cuda:1"`` or a list."""
+    if isinstance(devices, str) and devices.strip().lower() == "auto":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return [torch.device("cuda", i) for i in range(count)] or [torch.device("cpu")]
     if isinstance(devices, str):
         devices = [d.strip() for d in devices.split(",") if d.strip()]
     try:
@@ -203,8 +207,8 @@ def encode_dataset(
         workers: local engine: DataLoader worker processes decoding media (0: in-process).
         shard_size: items per shard; part of the plan, so fixed for a dataset.
         engine: ``"local"`` or ``"ray"`` (Ray Data; needs the ``anytok[ray]`` extra).
-        devices: local engine: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:0,cuda:1"`` (one
-            tokenizer replica per device). Ray: ``"auto"`` (GPU actors when the cluster has
+        devices: local engine: ``"auto"`` (every visible GPU), ``"cpu"``, ``"cuda"``,
+            ``"cuda:0,cuda:1"`` (one tokenizer replica per device). Ray: ``"auto"`` (GPU actors when the cluster has
             GPUs), ``"cpu"`` or ``"cuda"``.
         segment, segment_seconds: the :class:`~anytok.datasets.sources.SegmentPolicy`.
         retry_failed: re-encode shards that recorded failures (e.g. after a transient error).
