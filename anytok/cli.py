@@ -88,40 +88,72 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _spec_details(spec) -> dict[str, object]:
+    return {
+        "codebook_sizes": list(spec.codebook_sizes),
+        "layout": ["level", *spec.layout],
+        "frame_rate": spec.frame_rate,
+        "sample_rate": spec.sample_rate,
+        "channels": spec.channels,
+        "resolution": spec.resolution,
+        "fps": spec.fps,
+        "bits_per_position": spec.bits_per_position,
+    }
+
+
+def _checkpoint_details(name: str) -> dict[str, object]:
+    """``anytok info`` of a checkpoint folder or ``hf-hub:`` id: what its config.json says."""
+    import anytok
+    from anytok.checkpoint import read_config
+    from anytok.nn.conv import count_parameters
+    from anytok.registry import get_arch
+
+    model = anytok.load(name)
+    written = read_config(Path(model.anytok_source))  # the folder (or Hub snapshot) loaded
+    config, arch, extra = written["config"], written["architecture"], written.get("extra", {})
+    info = get_arch(arch)
+    trained = f", step {extra['step']}" if "step" in extra else ""
+    weights = f", {extra['weights']} weights" if "weights" in extra else ""
+    return {
+        "name": name,
+        "architecture": arch,
+        "modality": model.modality,
+        "architecture_description": info.description,  # its default size; see "config"
+        "paper": info.paper,
+        "weights": f"checkpoint {name}{trained}{weights}",
+        "parameters": count_parameters(model),
+        "token_spec": _spec_details(model.spec),
+        "config": config,
+    }
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from anytok.nn.conv import count_parameters
     from anytok.registry import create_model, resolve
 
-    info, cfg = resolve(args.name)
-    model = create_model(info.name)
-    spec = model.spec
-    details = {
-        "name": f"{info.name}.{cfg.tag}",
-        "modality": info.modality,
-        "description": info.description,
-        "paper": info.paper,
-        "weights": "untrained (random initialisation)"
-        if not cfg.trained
-        else (cfg.hf_hub_id or "local"),
-        "license": cfg.license,
-        "parameters": count_parameters(model),
-        "token_spec": {
-            "codebook_sizes": list(spec.codebook_sizes),
-            "layout": ["level", *spec.layout],
-            "frame_rate": spec.frame_rate,
-            "sample_rate": spec.sample_rate,
-            "channels": spec.channels,
-            "resolution": spec.resolution,
-            "fps": spec.fps,
-            "bits_per_position": spec.bits_per_position,
-        },
-        "tags": sorted(info.pretrained),
-        "default_config": info.default_config,
-    }
+    if args.name.startswith("hf-hub:") or Path(args.name).is_dir():
+        details = _checkpoint_details(args.name)
+    else:
+        info, cfg = resolve(args.name)
+        model = create_model(info.name)
+        details = {
+            "name": f"{info.name}.{cfg.tag}",
+            "modality": info.modality,
+            "description": info.description,
+            "paper": info.paper,
+            "weights": "untrained (random initialisation)"
+            if not cfg.trained
+            else (cfg.hf_hub_id or "local"),
+            "license": cfg.license,
+            "parameters": count_parameters(model),
+            "token_spec": _spec_details(model.spec),
+            "tags": sorted(info.pretrained),
+            "default_config": info.default_config,
+        }
     if args.json:
         print(json.dumps(details, indent=2))
         return EXIT_OK
-    table = Table(show_header=False, title=details["name"])
+    table = Table(show_header=False, title=str(details["name"]))
     table.add_column(style="bold")
     table.add_column()
     for key, value in details.items():

@@ -39,6 +39,17 @@ def write_wav(path: Path, seconds: float, sample_rate: int = 16000, channels: in
     sf.write(path, np.stack([wave] * channels, axis=1), sample_rate)
 
 
+def test_info_describes_a_checkpoint_folder(capsys, tiny_audio_ckpt) -> None:
+    assert main(["info", str(tiny_audio_ckpt), "--json"]) == 0
+    details = json.loads(capsys.readouterr().out)
+    model = anytok.load(tiny_audio_ckpt)
+    assert details["architecture"] == AUDIO and details["modality"] == "audio"
+    assert details["config"] == model.anytok_config  # the tiny config, not the default
+    assert details["parameters"] == sum(p.numel() for p in model.parameters())
+    assert details["token_spec"]["codebook_sizes"] == list(model.spec.codebook_sizes)
+    assert details["weights"] == f"checkpoint {tiny_audio_ckpt}"
+
+
 def test_list_and_info(capsys) -> None:
     assert main(["list", "--json"]) == 0
     names = json.loads(capsys.readouterr().out)

@@ -17,6 +17,7 @@ from host_syncs import HostSyncs
 
 import anytok
 from anytok.checkpoint import load_checkpoint
+from anytok.cli import main as cli_main
 from anytok.data import split_value
 from anytok.data.synthetic import make_dataset
 from anytok.media import load_audio, load_image, load_video
@@ -50,7 +51,7 @@ def _one_thread():
 
 
 @pytest.mark.parametrize("recipe", TINY_RECIPES, ids=[p.stem for p in TINY_RECIPES])
-def test_tiny_recipe_trains_and_exports(recipe: Path, tmp_path: Path) -> None:
+def test_tiny_recipe_trains_and_exports(recipe: Path, tmp_path: Path, capsys) -> None:
     modality = recipe.parent.name
     data = tmp_path / "data"
     make_dataset(modality, data, 16)
@@ -124,6 +125,10 @@ def test_tiny_recipe_trains_and_exports(recipe: Path, tmp_path: Path) -> None:
     assert all(torch.equal(v, reference.state_dict()[k]) for k, v in model.state_dict().items())
     config = json.loads((out / "config.json").read_text())
     assert config["extra"]["weights"] == ("ema" if has_ema else "raw")
+    capsys.readouterr()
+    assert cli_main(["info", str(out), "--json"]) == 0  # an export describes its training
+    weights = f"step {final['step']}, {'ema' if has_ema else 'raw'} weights"
+    assert weights in json.loads(capsys.readouterr().out)["weights"]
     assert config["extra"]["step"] == final["step"]
     assert config["extra"]["recipe"]["model"]["tiny"] is True
     assert model.anytok_tag != "untrained"
