@@ -297,6 +297,18 @@ def _version() -> str:
     return __version__
 
 
+def _add_job_options(p: argparse.ArgumentParser, long_help: str, long_function: str) -> None:
+    """``--device``, ``--json`` and ``--long-seconds``, shared by encode and decode."""
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.add_argument(
+        "--long-seconds",
+        type=float,
+        help=f"{long_help} of bounded memory ({long_function}; default "
+        "anytok.pipeline.LONG_ITEM_SECONDS; 0: every file, -1: never)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     more = "\n".join(f"  {name:<16}{help_}" for name, (_, _, help_) in DELEGATED.items())
     parser = argparse.ArgumentParser(
@@ -335,29 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--format", choices=["safetensors", "npz"], default="safetensors")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-    p.add_argument(
-        "--long-seconds",
-        type=float,
-        help="files longer than this are encoded alone, in chunks of bounded memory "
-        "(encode_long; default anytok.pipeline.LONG_ITEM_SECONDS; 0: every file, -1: never)",
-    )
+    _add_job_options(p, "files longer than this are encoded alone, in chunks", "encode_long")
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="decode token files back to media")
     p.add_argument("inputs", nargs="+", help="token files or folders")
     p.add_argument("-m", "--model", help="tokenizer (default: the one named in each token file)")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-    p.add_argument(
-        "--long-seconds",
-        type=float,
-        help="token files of more media than this are decoded in chunks of bounded memory "
-        "(decode_long; default anytok.pipeline.LONG_ITEM_SECONDS; 0: every file, -1: never)",
-    )
+    _add_job_options(p, "token files of more media than this are decoded in chunks", "decode_long")
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("demo", help="encode and decode bundled samples with each default tokenizer")

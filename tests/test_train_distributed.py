@@ -39,7 +39,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, data: str, run_dir: str, out: str) -> None:
+def _as_torchrun_rank(rank: int, world: int, port: int) -> None:
+    """The environment torchrun gives a rank, one thread."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -48,6 +49,10 @@ def _worker(rank: int, world: int, port: int, data: str, run_dir: str, out: str)
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
+
+
+def _worker(rank: int, world: int, port: int, data: str, run_dir: str, out: str) -> None:
+    _as_torchrun_rank(rank, world, port)
     result = train(RECIPE, run_dir, overrides=[f"data.train={data}", *OVERRIDES], device="cpu")
     state = {f"model/{k}": v for k, v in result.model.state_dict().items()}
     state.update({f"buffer/{k}": v for k, v in result.model.named_buffers()})
@@ -130,14 +135,7 @@ def _signalled_worker(rank: int, world: int, port: int, data: str, run_dir: str,
     import threading
     import time
 
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
+    _as_torchrun_rank(rank, world, port)
 
     def signal_when_step_3() -> None:
         while True:
