@@ -106,6 +106,15 @@ def test_folder_encode_skips_corrupt_file_and_decodes(tmp_path, tiny_audio_ckpt)
     for name in ("a.wav", "sub/b.wav"):  # encode_file: the CLI's loading, in Python
         cli_tokens = anytok.Tokens.load(out / f"{name}.tokens.safetensors")
         assert torch.equal(model.encode_file(data / name).codes, cli_tokens.codes)
+    written = model.decode_file(out / "a.wav.tokens.safetensors", tmp_path / "a_again.flac")
+    with torch.inference_mode():
+        expected = model.decode(tokens)[0].clamp(-1, 1)
+    again, rate = sf.read(written, dtype="float32", always_2d=True)
+    assert rate == model.sample_rate
+    torch.testing.assert_close(torch.from_numpy(again.T), expected, atol=1 / 32768 + 1e-5, rtol=0)
+    two = anytok.Tokens(torch.cat([tokens.codes, tokens.codes]), tokens.spec)
+    with pytest.raises(ValueError, match=r"2 items; write one file per item \(tokens\[i\]\)"):
+        model.decode_file(two, tmp_path / "two.wav")
 
     recon = tmp_path / "recon"
     result = run_cli("decode", str(out), "-m", str(tiny_audio_ckpt), "-o", str(recon))

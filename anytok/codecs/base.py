@@ -123,6 +123,31 @@ class Tokenizer(nn.Module, abc.ABC):
         device = next(self.parameters()).device
         return self.encode(media.unsqueeze(0).to(device), **encode_kwargs)
 
+    def decode_file(
+        self, tokens: Tokens | str | os.PathLike[str], path: str | os.PathLike[str]
+    ) -> Path:
+        """Decode one item's tokens (or a token file) and write the media file ``path``
+        (format from its extension: ``.wav`` / ``.flac``, ``.png``, ``.mp4`` ...) as
+        ``anytok decode`` does; returns the path.
+
+        Raises:
+            ValueError: ``tokens`` holds more than one item (write ``tokens[i]`` each).
+        """
+        from anytok.pipeline import save_media  # the pipeline imports this module
+
+        if not isinstance(tokens, Tokens):
+            tokens = Tokens.load(tokens)
+        if len(tokens) != 1:
+            raise ValueError(
+                f"{type(self).__name__}.decode_file: {len(tokens)} items; write one file per "
+                "item (tokens[i])"
+            )
+        device = next(self.parameters()).device
+        with torch.inference_mode():
+            media = self.decode(tokens[0].to(device))
+        save_media(self, media[0], Path(path))
+        return Path(path)
+
     def _check_media(self, media: Tensor, ndim: int, what: str) -> Tensor:
         """Check a media batch's type and rank; return it in the dtype of the weights.
 
