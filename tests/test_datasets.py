@@ -438,6 +438,9 @@ def test_export_path_may_name_the_bin(tmp_path, audio_dataset) -> None:
     assert sum(d.size for d in docs) == summary.tokens
     with pytest.raises(DatasetError, match="names no file"):
         export_files("")
+    for folder in (f"{tmp_path}/", tmp_path):  # a folder is not a prefix: say what to give
+        with pytest.raises(DatasetError, match=r"is a folder; give a path prefix inside it"):
+            export_files(folder)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -234,11 +234,17 @@ def export_files(out: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
     and ``lm/audio.idx`` all name ``lm/audio.bin`` + ``lm/audio.idx`` + ``lm/audio.json``
     (Megatron-LM's data path is the prefix; nanoGPT's is the ``.bin``).
     """
+    text = os.fspath(out)
     prefix = Path(out)
     if prefix.suffix in EXPORT_SUFFIXES:
         prefix = prefix.with_suffix("")
     if not prefix.name:
-        raise DatasetError(f"export path {os.fspath(out)!r} names no file")
+        raise DatasetError(f"export path {text!r} names no file")
+    if text.endswith(("/", os.sep)) or prefix.is_dir():
+        raise DatasetError(
+            f"export path {text!r} is a folder; give a path prefix inside it, such as "
+            f"{os.path.join(text, 'tokens')!r} (-> tokens.bin, tokens.json ...)"
+        )
     bin_path, idx_path, meta_path = (prefix.with_name(prefix.name + s) for s in EXPORT_SUFFIXES)
     return bin_path, idx_path, meta_path
 
