@@ -365,7 +365,7 @@ def encode_files(
             ItemFailure(Path(", ".join(map(str, inputs))), f"no {model.modality} files found")
         )
     if on_start:
-        on_start(len(jobs))
+        on_start(len({path for path, _ in jobs}))  # a file named twice is encoded once
     claims, targets = OutputClaims(), {}
     for path, root in jobs:
         target = token_path(path, root, out_root, fmt)
