@@ -23,9 +23,6 @@ console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
-DEVICE_HELP = "auto (default: CUDA when available, else cpu), cpu, cuda or cuda:K"
-
-
 class UserError(Exception):
     """A mistake in what the user asked for: reported in one line, no traceback."""
 
@@ -184,6 +181,17 @@ def _print_failures(failures: Sequence, what: str) -> None:
         err_console.print(f"  {failure.path}: {failure.error}")
 
 
+def _finish_job(report, as_json: bool, summary: str, what: str) -> int:
+    """Print a job's report (JSON on stdout, or the summary line and the skipped files);
+    the exit code: 0 when everything was done, 1 when something was skipped."""
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        console.print(summary)
+        _print_failures(report.failures, what)
+    return EXIT_OK if report.ok else EXIT_SKIPPED
+
+
 def _rate(items: int, seconds: float) -> str:
     """`` (12.3 files/s)``, or `` (4.1 s/file)`` when slower than one file a second."""
     if not items or seconds <= 0:
@@ -240,20 +248,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
     summary = f"encoded {report.items} file(s) to {args.output}: {report.tokens} tokens"
     if report.media_seconds:
         summary += f", {report.media_seconds:.1f} s of media"
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-        return EXIT_OK if report.ok else EXIT_SKIPPED
-    console.print(f"{summary} in {report.elapsed:.1f} s{_rate(report.items, report.elapsed)}")
-    _print_failures(report.failures, "input(s)")
-    return EXIT_OK if report.ok else EXIT_SKIPPED
+    summary += f" in {report.elapsed:.1f} s{_rate(report.items, report.elapsed)}"
+    return _finish_job(report, args.json, summary, "input(s)")
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from anytok.pipeline import decode_files, find_token_files
+    from anytok.pipeline import decode_files
 
-    files = find_token_files(args.inputs)
-    if not files:
-        raise UserError(f"no token files (*.tokens.safetensors / *.tokens.npz) in {args.inputs}")
     cache: dict[str, object] = {}
 
     def model_for(tokens):
@@ -265,20 +266,19 @@ def cmd_decode(args: argparse.Namespace) -> int:
         return cache[name]
 
     with _progress() as progress:
-        task = progress.add_task("decoding", total=len(files))
+        task = progress.add_task("decoding", total=None)
         report = decode_files(
             args.inputs,
             Path(args.output),
             model_for,
             on_item=lambda _p, _f: progress.advance(task),
+            on_start=lambda total: progress.update(task, total=total),
             long_seconds=_long_seconds(args.long_seconds),
         )
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-        return EXIT_OK if report.ok else EXIT_SKIPPED
-    console.print(f"decoded {report.items} file(s) to {args.output} in {report.elapsed:.1f} s")
-    _print_failures(report.failures, "token file(s)")
-    return EXIT_OK if report.ok else EXIT_SKIPPED
+    if not report.items and not report.failures:  # nothing was found to decode
+        raise UserError(f"no token files (*.tokens.safetensors / *.tokens.npz) in {args.inputs}")
+    summary = f"decoded {report.items} file(s) to {args.output} in {report.elapsed:.1f} s"
+    return _finish_job(report, args.json, summary, "token file(s)")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -299,6 +299,8 @@ def _version() -> str:
 
 def _add_job_options(p: argparse.ArgumentParser, long_help: str, long_function: str) -> None:
     """``--device``, ``--json`` and ``--long-seconds``, shared by encode and decode."""
+    from anytok.devices import DEVICE_HELP
+
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument(

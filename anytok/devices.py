@@ -10,6 +10,8 @@ import torch
 
 #: ``--device auto``: CUDA when this machine has it, else the CPU.
 AUTO = "auto"
+#: The help text of a ``--device`` option.
+DEVICE_HELP = "auto (default: CUDA when available, else cpu), cpu, cuda or cuda:K"
 
 
 class DeviceError(RuntimeError):
@@ -46,4 +48,4 @@ def parse_device(spec: str | torch.device | None, option: str = "--device") -> t
     return device
 
 
-__all__ = ["AUTO", "DeviceError", "parse_device"]
+__all__ = ["AUTO", "DEVICE_HELP", "DeviceError", "parse_device"]

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -184,7 +185,7 @@ def collate(items: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
 def relative_output(source: Path, root: Path | None) -> Path:
     """Where ``source`` lands under an output folder: its path relative to the input folder
     ``root`` it was found in (the tree is mirrored), or its name when named directly."""
-    return Path(source.name) if root is None or not root.is_dir() else source.relative_to(root)
+    return Path(source.name) if root is None else source.relative_to(root)
 
 
 def token_path(source: Path, root: Path | None, out_dir: Path, fmt: str = "safetensors") -> Path:
@@ -287,34 +288,41 @@ def error_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
+def error_summary(err: BaseException) -> str:
+    """``"Type: first line of the message"`` (just ``"Type"`` without a message): one line
+    for a report or an errors file."""
+    return type(err).__name__ + (f": {error_line(err)}" if str(err).strip() else "")
+
+
 def _encode_error(err: BaseException) -> str:
-    detail = f": {error_line(err)}" if str(err).strip() else ""
-    return f"encoding failed: {type(err).__name__}{detail}"
+    return f"encoding failed: {error_summary(err)}"
+
+
+def _run_chunked(run: Callable[[Any], Any], inputs: Any, device: torch.device) -> Any:
+    """``run(inputs)`` (the model's ``encode_long`` / ``decode_long``, which move one chunk at
+    a time to the model's device, so ``inputs`` stay on the CPU), or None when the model
+    has no chunked path that reproduces one pass (images; SNAC; video models without a
+    bounded causal context)."""
+    try:
+        with torch.inference_mode(), autocast_for(device):
+            return run(inputs)
+    except UnsupportedModelError:
+        return None
 
 
 def encode_long_item(model: Tokenizer, item: Tensor, device: torch.device) -> Tokens | str | None:
     """One long item's :class:`Tokens` (CPU, padding cut) through the model's chunked
     ``encode_long`` (memory bounded by the chunk; the tokens of one pass for causal and
     bounded-receptive-field models, see :mod:`anytok.codecs.long_audio`), a one-line error,
-    or None when the model has no chunked path (SNAC; video tokenizers without a bounded
-    causal context), for the caller to encode it in one pass.
+    or None when the model has no chunked path, for the caller to encode it in one pass.
     """
-    if isinstance(model, VideoTokenizer):
-        if getattr(model.encoder, "temporal_context", None) is None:
-            return None
-        media = item.unsqueeze(0).to(device)
-    elif isinstance(model, AudioTokenizer):
-        media = item.unsqueeze(0)  # stays on the CPU: encode_long moves one window at a time
-    else:
+    if not hasattr(model, "encode_long"):
         return None
     try:
-        with torch.inference_mode(), autocast_for(device):
-            tokens = model.encode_long(media)
-    except UnsupportedModelError:
-        return None
+        tokens = _run_chunked(model.encode_long, item.unsqueeze(0), device)
     except (RuntimeError, ValueError) as err:
         return _encode_error(err)
-    return tokens.to("cpu")[0]
+    return None if tokens is None else tokens.to("cpu")[0]
 
 
 def _write_tokens(tokens: Tokens, target: Path, source: Path) -> ItemFailure | None:
@@ -435,11 +443,6 @@ def token_jobs(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, Pat
     return found
 
 
-def find_token_files(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Token files named directly or found (recursively) in folders, sorted per folder."""
-    return [path for path, _ in token_jobs(inputs)]
-
-
 def media_path_for(
     token_file: Path, out_dir: Path, modality: str, root: Path | None = None
 ) -> Path:
@@ -471,18 +474,10 @@ def save_media(model: Tokenizer, media: Tensor, path: Path) -> None:
 def decode_long_item(model: Tokenizer, tokens: Tokens, device: torch.device) -> Tensor | None:
     """Media of one long token file through the model's chunked ``decode_long`` (memory
     bounded by the chunk, the result of one pass up to float rounding), or None when the
-    model has no chunked path (SNAC; video decoders without a bounded causal context)."""
-    if isinstance(model, VideoTokenizer):
-        if getattr(model.decoder, "temporal_context", None) is None:
-            return None
-        tokens = tokens.to(device)
-    elif not isinstance(model, AudioTokenizer):
-        return None  # audio codes stay on the CPU: decode_long moves one window at a time
-    try:
-        with torch.inference_mode(), autocast_for(device):
-            return model.decode_long(tokens)
-    except UnsupportedModelError:
+    model has no chunked path."""
+    if not hasattr(model, "decode_long"):
         return None
+    return _run_chunked(model.decode_long, tokens, device)
 
 
 def token_seconds(tokens: Tokens) -> float:
@@ -497,16 +492,21 @@ def decode_files(
     model_for: Callable[[Tokens], Tokenizer],
     *,
     on_item: Callable[[Path, ItemFailure | None], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
     long_seconds: float | None = LONG_ITEM_SECONDS,
 ) -> JobReport:
     """Decode token files, or folders of them, to media files under ``out_dir``, mirroring
-    each folder's tree (:func:`media_path_for`); bad files are reported. Token files of
-    more than ``long_seconds`` of media (None: never) are decoded by
-    :func:`decode_long_item` where the model has a chunked path."""
+    each folder's tree (:func:`media_path_for`); bad files are reported. ``on_start``
+    receives the number of token files found. Token files of more than ``long_seconds`` of
+    media (None: never) are decoded by :func:`decode_long_item` where the model has a
+    chunked path."""
     report = JobReport()
     start = time.perf_counter()
     claims = OutputClaims()
-    for path, root in token_jobs(inputs):
+    jobs = token_jobs(inputs)
+    if on_start:
+        on_start(len(jobs))
+    for path, root in jobs:
         try:
             tokens = Tokens.load(path)
             target = media_path_for(path, Path(out_dir), tokens.spec.modality, root)

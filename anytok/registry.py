@@ -387,10 +387,11 @@ def load(
                     "is skipped: offline (HF_HUB_OFFLINE/ANYTOK_OFFLINE). Download it while "
                     "online, or load its folder by path"
                 ) from err
-            first = str(err).strip().splitlines()
+            from anytok.pipeline import error_line
+
             raise WeightsNotFoundError(
                 f"could not get checkpoint {text!r} from the Hugging Face cache or Hub: "
-                f"{first[0] if first else type(err).__name__}"
+                f"{error_line(err)}"
             ) from err
         model = load_checkpoint(path)
     elif Path(text).is_dir() or os.sep in text or text.startswith("."):

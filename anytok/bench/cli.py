@@ -19,7 +19,7 @@ from anytok.bench.report import fmt, metric_columns, write_reports
 from anytok.bench.runner import BenchInputError, BenchSettings, run_bench
 from anytok.bench.suite import MetricModels
 from anytok.bench.sweeps import LEVELS, PERTURB, parse_sweep
-from anytok.devices import DeviceError, parse_device
+from anytok.devices import DEVICE_HELP, DeviceError, parse_device
 from anytok.metrics.weights import MetricWeightsError, ModelWeights
 
 EXIT_OK, EXIT_SKIPPED, EXIT_USAGE = 0, 1, 2
@@ -50,9 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-size", type=int, default=4, help="items per call, also the throughput batch"
     )
-    parser.add_argument(
-        "--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:1"
-    )
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument(
         "--levels", help="residual levels to decode, e.g. 1,2,4,8 (same as --sweep levels=...)"
     )

@@ -120,7 +120,7 @@ class Tokenizer(nn.Module, abc.ABC):
         from anytok.pipeline import load_for_model  # the pipeline imports this module
 
         media = load_for_model(self, Path(path))
-        device = next(self.parameters()).device
+        device, _ = long_audio._device_and_dtype(self)
         return self.encode(media.unsqueeze(0).to(device), **encode_kwargs)
 
     def decode_file(
@@ -142,7 +142,7 @@ class Tokenizer(nn.Module, abc.ABC):
                 f"{type(self).__name__}.decode_file: {len(tokens)} items; write one file per "
                 "item (tokens[i])"
             )
-        device = next(self.parameters()).device
+        device, _ = long_audio._device_and_dtype(self)
         with torch.inference_mode():
             media = self.decode(tokens[0].to(device))
         save_media(self, media[0], Path(path))
@@ -174,9 +174,7 @@ class Tokenizer(nn.Module, abc.ABC):
             raise TypeError(
                 f"{type(self).__name__}.encode: media must be float in [-1, 1], got {media.dtype}"
             )
-        weight_dtype = next(
-            (p.dtype for p in self.parameters() if p.is_floating_point()), media.dtype
-        )
+        _, weight_dtype = long_audio._device_and_dtype(self)
         return media.to(weight_dtype)
 
 

@@ -173,7 +173,9 @@ def _device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 class UnsupportedModelError(NotImplementedError):
-    """A tokenizer whose codes are not one frame per hop of one encoder latent frame."""
+    """A tokenizer with no chunked path that reproduces its one pass: audio codes that are
+    not one frame per hop of one encoder latent frame (SNAC), or a video model without a
+    bounded causal context (:class:`~anytok.codecs.long_video.NoBoundedContextError`)."""
 
 
 def _check_frame_per_hop(model: AudioTokenizer) -> None:

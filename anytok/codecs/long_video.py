@@ -22,16 +22,23 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from anytok.codecs.long_audio import UnsupportedModelError, _device_and_dtype
 from anytok.tokens import Tokens
 
 if TYPE_CHECKING:
     from anytok.codecs.base import VideoTokenizer
 
 
+class NoBoundedContextError(UnsupportedModelError, ValueError):
+    """A video tokenizer whose encoder or decoder has no bounded causal context: no chunked
+    path reproduces its one pass (a ValueError too, as before it was an
+    :class:`~anytok.codecs.long_audio.UnsupportedModelError`)."""
+
+
 def _context(module: object, what: str, model: object) -> int:
     context = getattr(module, "temporal_context", None)
     if context is None:
-        raise ValueError(
+        raise NoBoundedContextError(
             f"{type(model).__name__}: its {what} has no bounded causal context "
             "(temporal_context), so chunked processing cannot reproduce one pass; "
             "encode / decode the clip whole"
@@ -48,8 +55,10 @@ def encode_long(
 ) -> Tokens:
     """Tokens of ``video (b, 3, t, H, W)`` computed ``chunk_frames`` input frames at a time
     (rounded down to a multiple of the temporal factor, at least one): equal to
-    ``model.encode(video, lengths)``."""
+    ``model.encode(video, lengths)``, on ``video``'s device (which may be the CPU while the
+    model is on a GPU: one chunk at a time is moved)."""
     s = model.temporal_factor
+    device, _ = _device_and_dtype(model)
     padded, latent_lengths = model.pad_input(video, lengths)
     total = padded.shape[2]
     latent_total = int(model.latent_frames(total))
@@ -60,8 +69,8 @@ def encode_long(
     while start < latent_total:
         stop = min(latent_total, start + per_chunk + (1 if start == 0 else 0))
         first = max(0, start - context)  # first latent frame the chunk computes
-        frames = padded[:, :, s * first : s * (stop - 1) + 1]
-        codes = model.encode(frames).codes
+        frames = padded[:, :, s * first : s * (stop - 1) + 1].to(device)
+        codes = model.encode(frames).codes.to(video.device)
         pieces.append(codes[:, :, start - first :])
         start = stop
     codes = torch.cat(pieces, dim=2)
@@ -75,7 +84,9 @@ def decode_long(
     model: VideoTokenizer, tokens: Tokens | Tensor, *, chunk_latents: int = 16
 ) -> Tensor:
     """Video from codes ``(b, levels, T, h, w)``, ``chunk_latents`` latent frames at a time:
-    equal to ``model.decode(tokens)``."""
+    equal to ``model.decode(tokens)``, on the codes' device (one chunk at a time is moved to
+    the model's)."""
+    device, _ = _device_and_dtype(model)
     codes = model.codes_of(tokens)
     s = model.temporal_factor
     latent_total = codes.shape[2]
@@ -86,7 +97,7 @@ def decode_long(
     while start < latent_total:
         stop = min(latent_total, start + per_chunk)
         first = max(0, start - context)
-        video = model.decode(codes[:, :, first:stop])
+        video = model.decode(codes[:, :, first:stop].to(device)).to(codes.device)
         # Chunk latent 0 gives one frame, each later one gives s: keep latents >= start.
         keep_from = 0 if start == first else 1 + s * (start - first - 1)
         pieces.append(video[:, :, keep_from:])
@@ -94,4 +105,4 @@ def decode_long(
     return torch.cat(pieces, dim=2)
 
 
-__all__ = ["decode_long", "encode_long"]
+__all__ = ["NoBoundedContextError", "decode_long", "encode_long"]

@@ -50,9 +50,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _fail(err: BaseException) -> int:
-    lines = str(err).strip().splitlines()
+    from anytok.pipeline import error_line
+
     Console(stderr=True, soft_wrap=True).print(
-        f"[red]anytok: error:[/red] {lines[0] if lines else type(err).__name__}", highlight=False
+        f"[red]anytok: error:[/red] {error_line(err)}", highlight=False
     )
     return EXIT_USAGE
 

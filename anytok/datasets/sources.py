@@ -36,7 +36,7 @@ from torch import Tensor
 
 from anytok.data.sources import MANIFEST_SUFFIXES, manifest_entries
 from anytok.media import MEDIA_EXTENSIONS, MediaError, find_media
-from anytok.pipeline import InputFormat, load_input
+from anytok.pipeline import InputFormat, error_summary, load_input
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 #: Metadata members of a tar sample larger than this are refused (a mislabelled media file).
@@ -427,8 +427,7 @@ def describe_error(err: BaseException) -> str:
     """One line for the errors file: a MediaError's problem, else ``Type: message``."""
     if isinstance(err, MediaError):
         return err.problem
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+    return error_summary(err)
 
 
 def iter_segments(

@@ -157,7 +157,7 @@ def load_audio(
     mismatch = wrong_modality(p, "audio")
     if mismatch is not None:
         raise mismatch
-    if p.suffix.lower() in FFMPEG_AUDIO_EXTENSIONS or sniff(p) == _M4A:
+    if p.suffix.lower() in FFMPEG_AUDIO_EXTENSIONS:
         data, file_rate, file_channels = _decode_with_ffmpeg(p, limits)
     else:
         data, file_rate, file_channels = _decode_with_soundfile(p, limits)
@@ -213,10 +213,13 @@ def _check_header(p: Path, rate: int, channels: int, seconds: float, limits: Med
 
 def _decode_with_soundfile(p: Path, limits: MediaLimits) -> tuple[np.ndarray, int, int]:
     """``(samples (S, C) float32, sample rate, channels)`` through libsndfile, which also
-    tells a truncated WAV / AIFF from a short one."""
+    tells a truncated WAV / AIFF from a short one (an M4A file it cannot open goes to
+    FFmpeg)."""
     try:
         info = sf.info(str(p))
     except (sf.SoundFileError, RuntimeError, OSError) as err:
+        if sniff(p) == _M4A:  # an M4A under another name: only its failure pays the sniff
+            return _decode_with_ffmpeg(p, limits)
         raise unreadable(p, "audio", _sf_detail(err)) from err
     _check_header(p, info.samplerate, info.channels, info.frames / max(info.samplerate, 1), limits)
     short = _SHORT_CHUNK.search(info.extra_info or "")

@@ -47,14 +47,14 @@ def init_distributed(device: str | None = None) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    wanted = parse_device(device) if device and device != "auto" else None
-    use_cuda = torch.cuda.is_available() if wanted is None else wanted.type == "cuda"
+    wanted = parse_device(device)  # None / "auto": CUDA when available
+    use_cuda = wanted.type == "cuda"
     if use_cuda:
-        index = local_rank if world > 1 or wanted is None or wanted.index is None else wanted.index
+        index = local_rank if world > 1 or wanted.index is None else wanted.index
         resolved = torch.device("cuda", index)
         torch.cuda.set_device(resolved)
     else:
-        resolved = wanted or torch.device("cpu")
+        resolved = wanted
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=resolved)

@@ -439,8 +439,7 @@ def train(
                 cfg.checkpoint.every and step % cfg.checkpoint.every == 0
             )
             stopped_by = 0 if final else _stop_agreed(stop, info, log_now or checkpoint_now)
-            stopping = stopped_by > 0
-            checkpoint_now = checkpoint_now or stopping
+            checkpoint_now = checkpoint_now or bool(stopped_by)
             if final or checkpoint_now or log_now:
                 # Flushing the window at checkpoints too makes a resumed run's log identical.
                 totals = _to_floats({k: total for k, (total, _) in window.items()})
@@ -469,16 +468,12 @@ def train(
                 finite_or_raise(torch.tensor(means["loss/total"]), "loss/total", step)
                 progress.line(step, tc.steps, shown_status)
             eval_model = ema.module if ema is not None else model
-            if stopping:
-                pass  # straight to the checkpoint
-            elif val_loader is not None and (final or step % cfg.log.val_every == 0):
+            val_now = val_loader is not None and (final or step % cfg.log.val_every == 0)
+            if val_now and not stopped_by:  # a stopping run goes straight to its checkpoint
                 val = _evaluate(eval_model, val_loader, recon_loss, cfg.log.val_batches, amp, info)
                 logger.scalars(step, val)
-            if (
-                not stopping
-                and samples is not None
-                and (final or step % cfg.log.samples_every == 0)
-            ):
+            samples_now = samples is not None and (final or step % cfg.log.samples_every == 0)
+            if samples_now and not stopped_by:
                 _write_samples(
                     eval_model, samples, run_dir / "samples" / f"step_{step:06d}", amp, info
                 )
@@ -497,7 +492,7 @@ def train(
                     balancer=balancer,
                 )
             progress.update(step, shown_rate, shown_status)
-            if stopping:
+            if stopped_by:
                 break
 
         # ====================================================================== cleanup

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from einops import rearrange
 from torch import Tensor, nn
@@ -175,11 +174,9 @@ class OmniTokenizer(VideoTokenizer):
 
     @staticmethod
     def _as_video(media: Tensor) -> Tensor:
-        """Images ``(b, 3, H, W)`` as one-frame videos; anything else as given, for
-        ``pad_input`` to check (NumPy arrays taken as tensors)."""
-        if isinstance(media, np.ndarray):
-            media = torch.from_numpy(media)
-        return media[:, :, None] if isinstance(media, Tensor) and media.ndim == 4 else media
+        """Images ``(b, 3, H, W)`` (tensor or NumPy) as one-frame videos; anything else as
+        given, for ``pad_input`` to check."""
+        return media[:, :, None] if getattr(media, "ndim", None) == 4 else media
 
     # ------------------------------------------------------------------ contract
 
