@@ -8,7 +8,8 @@
   https://arxiv.org/abs/2411.19842 (section 3.2), as in vector-quantize-pytorch.
 
 The two also hold the helpers the rest of the scalar / lookup-free family shares
-(:func:`level_metrics`, :func:`module_dtype`; ``straight_through`` lives in ``base``).
+(:func:`level_metrics`, :func:`module_dtype`, :func:`to_module_dtype`; ``straight_through``
+lives in ``base``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,15 @@ def module_dtype(module: nn.Module, default: torch.dtype = torch.float32) -> tor
     for parameter in module.parameters():
         return parameter.dtype
     return default
+
+
+def to_module_dtype(z: Tensor, module: nn.Module) -> Tensor:
+    """``z`` in the dtype of ``module``'s parameters (unchanged when it has none), so that a
+    bf16 / fp16 input reaches an fp32 projection (and the reverse) without a dtype error;
+    autocast, when on, still picks the projection's compute dtype."""
+    for parameter in module.parameters():
+        return z.to(parameter.dtype) if z.is_floating_point() else z
+    return z
 
 
 def check_levels(levels: Sequence[int], name: str, allow_two: bool) -> list[int]:
@@ -169,6 +179,12 @@ class FSQ(Quantizer):
             # round in the centred domain, then shift to [0, L): keeps round-half-even ties
             # identical to the paper's reference code
             level_indices = coordinate.detach().round() + self._half_width
+        # A NaN input has no level: give it the middle one, so that codes stay in range (a NaN
+        # cast to int64 is an arbitrary integer, which crashed the usage histogram and would
+        # make an embedding lookup fail on a GPU) and encode / decode / forward still agree.
+        # Checking for NaN instead would cost a host sync every step; the loss and gradients
+        # of such a vector are NaN, so training still shows it.
+        level_indices = torch.where(level_indices.isnan(), self._half_width, level_indices)
         values = self.level_indices_to_values(level_indices)
         return straight_through(values, coordinate, self._step), level_indices
 
@@ -190,7 +206,7 @@ class FSQ(Quantizer):
 
     def _quantize(self, z: Tensor) -> tuple[Tensor, Tensor]:
         check_last_dim(z, self.dim, type(self).__name__)
-        projected = self.project_in(z)
+        projected = self.project_in(to_module_dtype(z, self.project_in))
         with torch.autocast(device_type=z.device.type, enabled=False):
             grouped = rearrange(projected.float(), "... (c d) -> ... c d", c=self.num_codebooks)
             values, level_indices = self.quantize_levels(grouped)
@@ -312,7 +328,7 @@ class ResidualFSQ(Quantizer):
 
     def _quantize(self, z: Tensor, num_stages: int) -> tuple[Tensor, Tensor]:
         check_last_dim(z, self.dim, type(self).__name__)
-        projected = self.project_in(z)
+        projected = self.project_in(to_module_dtype(z, self.project_in))
         with torch.autocast(device_type=z.device.type, enabled=False):
             residual = projected.float()
             residual = torch.tanh(residual / self.soft_clamp) * self.soft_clamp

@@ -25,7 +25,13 @@ from anytok.quantizers.base import (
     straight_through,
     zero_loss,
 )
-from anytok.quantizers.vq import VectorQuantize, fp32_region, level_metrics, local_code_metrics
+from anytok.quantizers.vq import (
+    VectorQuantize,
+    fp32_layer,
+    fp32_region,
+    level_metrics,
+    local_code_metrics,
+)
 
 #: The scales of VAR's 256x256 tokenizer (16x16 latent).
 VAR_SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
@@ -177,7 +183,7 @@ class MultiScaleResidualVQ(Quantizer):
         if len(self.refiners):
             step = scale / max(len(self.scales) - 1, 1)
             refine = self.refiners[round(step * (len(self.refiners) - 1))]
-            h = (1.0 - self.refine_ratio) * h + self.refine_ratio * refine(h)
+            h = (1.0 - self.refine_ratio) * h + self.refine_ratio * fp32_layer(refine, h)
         return h
 
     def _quantize(self, z: Tensor, train: bool) -> QuantizerOutput:

@@ -25,6 +25,7 @@ from anytok.quantizers.base import (
 from anytok.quantizers.distributed import shared_randint
 from anytok.quantizers.vq import (
     VectorQuantize,
+    fp32_layer,
     fp32_region,
     level_metrics,
     read_kmeans_flags_,
@@ -73,7 +74,8 @@ class ResidualVQ(Quantizer):
 
     Codes: ``(..., num_quantizers)`` int64, level ``i`` in column ``i``. When training with
     quantizer dropout (or ``forward(z, n_levels=k)``) the columns of levels not run hold ``-1``.
-    ``encode(z, n_levels=k)`` returns ``(..., k)`` and ``decode`` accepts any ``k`` leading levels.
+    ``encode(z, n_levels=k)`` returns ``(..., k)``; ``decode`` accepts any ``k`` leading levels
+    and reads ``-1`` as a level not run.
     """
 
     def __init__(
@@ -195,13 +197,20 @@ class ResidualVQ(Quantizer):
         return torch.cat(codes, dim=-1)
 
     def decode(self, codes: Tensor) -> Tensor:
-        """Codes ``(..., k)`` of the first ``k <= num_quantizers`` levels -> fp32 ``(..., dim)``."""
+        """Codes ``(..., k)`` of the first ``k <= num_quantizers`` levels -> fp32 ``(..., dim)``.
+
+        A code of ``-1`` (a level that quantizer dropout or ``n_levels`` did not run, as
+        ``forward`` returns them) contributes nothing, as in :class:`ResidualFSQ` and
+        vector-quantize-pytorch's ``get_output_from_indices``.
+        """
         name = type(self).__name__
-        levels = check_codes(codes, self.codebook_sizes, name, prefix=True)
+        levels = check_codes(codes, self.codebook_sizes, name, prefix=True, dropped=True)
         with fp32_region(codes):
             quantized = torch.zeros(*codes.shape[:-1], self.dim, device=codes.device)
             for level in range(levels):
-                quantized = quantized + self.stage(level).lookup(codes[..., level].long())
+                level_codes = codes[..., level].long()
+                codewords = self.stage(level).lookup(level_codes.clamp_min(0))
+                quantized = quantized + codewords.masked_fill((level_codes < 0).unsqueeze(-1), 0)
         return quantized
 
 
@@ -408,14 +417,14 @@ class SplitResidualVQ(Quantizer):
         n_levels = self._check_levels(n_levels, self.num_semantic)
         with fp32_region(z):
             x = z.float()
-            semantic = self.semantic(self.semantic_in(x))
-            quantized = semantic_part = self.semantic_out(semantic.quantized)
+            semantic = self.semantic(fp32_layer(self.semantic_in, x))
+            quantized = semantic_part = fp32_layer(self.semantic_out, semantic.quantized)
             loss, codes, metrics = semantic.loss, [semantic.codes], dict(semantic.metrics)
             acoustic_levels = n_levels - self.num_semantic
             if acoustic_levels:
                 assert self.acoustic is not None
-                acoustic = self.acoustic(self.acoustic_in(x), n_levels=acoustic_levels)
-                quantized = quantized + self.acoustic_out(acoustic.quantized)
+                acoustic = self.acoustic(fp32_layer(self.acoustic_in, x), n_levels=acoustic_levels)
+                quantized = quantized + fp32_layer(self.acoustic_out, acoustic.quantized)
                 loss = loss + acoustic.loss
                 codes.append(acoustic.codes[..., :acoustic_levels])
                 metrics.update(
@@ -435,21 +444,26 @@ class SplitResidualVQ(Quantizer):
         n_levels = self._check_levels(n_levels, self.num_semantic)
         with fp32_region(z):
             x = z.float()
-            codes = [self.semantic.encode(self.semantic_in(x))]
+            codes = [self.semantic.encode(fp32_layer(self.semantic_in, x))]
             if n_levels > self.num_semantic:
                 assert self.acoustic is not None
                 codes.append(
-                    self.acoustic.encode(self.acoustic_in(x), n_levels - self.num_semantic)
+                    self.acoustic.encode(
+                        fp32_layer(self.acoustic_in, x), n_levels - self.num_semantic
+                    )
                 )
         return torch.cat(codes, dim=-1)
 
     def decode(self, codes: Tensor) -> Tensor:
-        """Codes ``(..., k)`` of the first ``k`` levels -> fp32 ``(..., dim)``."""
-        check_codes(codes, self.codebook_sizes, type(self).__name__, prefix=True)
+        """Codes ``(..., k)`` of the first ``k`` levels -> fp32 ``(..., dim)``; ``-1`` marks a
+        level not run (it contributes nothing)."""
+        check_codes(codes, self.codebook_sizes, type(self).__name__, prefix=True, dropped=True)
         with fp32_region(codes):
-            quantized = self.semantic_out(self.semantic.decode(codes[..., : self.num_semantic]))
+            quantized = fp32_layer(
+                self.semantic_out, self.semantic.decode(codes[..., : self.num_semantic])
+            )
             if codes.shape[-1] > self.num_semantic:
                 assert self.acoustic is not None
                 acoustic = self.acoustic.decode(codes[..., self.num_semantic :])
-                quantized = quantized + self.acoustic_out(acoustic)
+                quantized = quantized + fp32_layer(self.acoustic_out, acoustic)
         return quantized

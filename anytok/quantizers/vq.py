@@ -45,6 +45,24 @@ def fp32_region(like: Tensor) -> torch.autocast:
     return torch.autocast(device_type=like.device.type, enabled=False)
 
 
+def fp32_layer(layer: nn.Module, x: Tensor) -> Tensor:
+    """``layer(x)`` for fp32 ``x``, computed in fp32 whatever the dtype of ``layer``'s weights.
+
+    A quantizer inside a model cast with ``.to(torch.bfloat16)`` (or ``.half()``) keeps its
+    projections' math in fp32, as under autocast, instead of failing on mixed dtypes. Linear
+    and convolution layers only; anything else (``nn.Identity``) is called as it is.
+    """
+    weight = getattr(layer, "weight", None)
+    if not isinstance(weight, Tensor) or weight.dtype == x.dtype:
+        return layer(x)
+    bias = None if layer.bias is None else layer.bias.to(x.dtype)
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, weight.to(x.dtype), bias)
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        return layer._conv_forward(x, weight.to(x.dtype), bias)
+    return layer(x)
+
+
 def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
     """Unit vectors along the last axis."""
     return F.normalize(x, p=2, dim=-1, eps=eps)
@@ -380,7 +398,7 @@ class VectorQuantize(Quantizer):
 
     def to_codebook_space(self, z: Tensor) -> Tensor:
         """``(..., dim)`` -> fp32 ``(..., codebook_dim)``, normalised with ``use_cosine_sim``."""
-        x = self.project_in(z.float())
+        x = fp32_layer(self.project_in, z.float())
         return l2norm(x) if self.use_cosine_sim else x
 
     def search(self, x: Tensor) -> Tensor:
@@ -391,7 +409,7 @@ class VectorQuantize(Quantizer):
 
     def lookup(self, indices: Tensor) -> Tensor:
         """Codes ``(...)`` -> codewords in the input space ``(..., dim)``, fp32."""
-        return self.project_out(F.embedding(indices, self.codebook))
+        return fp32_layer(self.project_out, F.embedding(indices, self.codebook.float()))
 
     # ----------------------------------------------------------------- contract
 
@@ -408,7 +426,7 @@ class VectorQuantize(Quantizer):
             flat = rearrange(x, "... c -> (...) c")
             if self.training and update_codebook:
                 self.prepare_codebook_(flat.detach())
-            codebook = self.codebook
+            codebook = self.codebook.float()  # a no-op unless the module was cast to bf16
             indices = self.search(flat)
             codewords = F.embedding(indices, codebook)
             if self.training:
@@ -425,7 +443,7 @@ class VectorQuantize(Quantizer):
             else:
                 loss = zero_loss(z)
                 metrics = local_code_metrics(indices, self.codebook_size)
-            quantized = self.project_out(codewords.reshape(x.shape)).to(z.dtype)
+            quantized = fp32_layer(self.project_out, codewords.reshape(x.shape)).to(z.dtype)
         codes = indices.reshape(*z.shape[:-1], 1)
         return QuantizerOutput(quantized, codes, loss, level_metrics(metrics, 0))
 
@@ -457,7 +475,7 @@ class VectorQuantize(Quantizer):
         """
         self.broadcast_codebook_once_()
         read_kmeans_flags_((self,))  # one host read, after the broadcast (then none)
-        if self._kmeans_pending:
+        if self._kmeans_pending and self._has_rows_for_kmeans(x):
             means = kmeans(
                 x.float(), self.codebook_size, self.kmeans_iters, self.metric, self.memory_budget
             )
@@ -473,6 +491,20 @@ class VectorQuantize(Quantizer):
             self._kmeans_pending = False
         if self.threshold_ema_dead_code > 0:
             self.revive_dead_codes_(x)
+
+    @staticmethod
+    def _has_rows_for_kmeans(x: Tensor) -> bool:
+        """Whether the k-means batch ``x (n, c)`` holds any vector, on any rank.
+
+        An empty batch (a zero-length chunk, a batch that is all padding) would make every
+        centroid zero and every count zero, and the next EMA update divide zero by zero: a
+        NaN codebook for good. k-means then waits for a batch with vectors. Under
+        torch.distributed the count is all-reduced (a host read, only while k-means is due).
+        """
+        if not is_distributed():
+            return x.shape[0] > 0
+        count = all_reduce_sum_(torch.tensor([x.shape[0]], device=x.device))
+        return int(count) > 0
 
     def broadcast_codebook_once_(self) -> None:
         """Under torch.distributed, copy rank 0's codebook state to every rank (first call only)."""

@@ -1,0 +1,418 @@
+"""Audit of the quantizer package: the contract across every exported class, behaviour on
+non-finite and low-precision inputs, and parity with vector-quantize-pytorch where it has the
+same algorithm (the cases ``test_quantizers_vq.py`` / ``test_quantizers_scalar.py`` leave out).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import pytest
+import torch
+from einops import rearrange
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from anytok.quantizers import (
+    BSQ,
+    FSQ,
+    LFQ,
+    BinaryQuantizer,
+    DimensionWiseQuantizer,
+    GroupedResidualVQ,
+    GroupLFQ,
+    MultiScaleResidualVQ,
+    ResidualFSQ,
+    ResidualVQ,
+    SimVQ,
+    SplitResidualVQ,
+    VectorQuantize,
+)
+
+vqp = pytest.importorskip("vector_quantize_pytorch")
+
+DIM = 8
+
+#: One small instance of every exported quantizer class (and the variants that take other
+#: code paths: projections, cosine, shared codebook, symmetric FSQ).
+MAKERS: dict[str, Callable[[], torch.nn.Module]] = {
+    "vq": lambda: VectorQuantize(DIM, 16, kmeans_init=True, threshold_ema_dead_code=1.0),
+    "vq-factorized": lambda: VectorQuantize(
+        DIM, 16, codebook_dim=4, use_cosine_sim=True, learnable_codebook=True
+    ),
+    "rvq": lambda: ResidualVQ(DIM, 3, 16, quantize_dropout=True),
+    "rvq-shared": lambda: ResidualVQ(DIM, 3, 16, shared_codebook=True),
+    "grvq": lambda: GroupedResidualVQ(DIM, 2, 2, 16),
+    "split-rvq": lambda: SplitResidualVQ(DIM, 3, 16, codebook_dim=4, quantize_dropout=True),
+    "simvq": lambda: SimVQ(DIM, 16),
+    "fsq": lambda: FSQ([8, 5, 5], dim=DIM),
+    "fsq-symmetric": lambda: FSQ([2, 4, 5], preserve_symmetry=True),
+    "rfsq": lambda: ResidualFSQ([5, 5, 5], 2, dim=DIM),
+    "lfq": lambda: LFQ(dim=DIM, codebook_size=2**4),
+    "bsq": lambda: BSQ(dim=DIM, codebook_dim=6),
+    "group-lfq": lambda: GroupLFQ(dim=DIM, codebook_dim=8, num_groups=2),
+    "binary": lambda: BinaryQuantizer(dim=DIM, bits=16, bits_per_code=8),
+    "dimwise": lambda: DimensionWiseQuantizer(DIM, 16),
+    "multiscale": lambda: MultiScaleResidualVQ(DIM, 16, scales=(1, 2, 4), refine_convs=2),
+}
+
+
+def make(name: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    return MAKERS[name]()
+
+
+def sample(name: str, quantizer: torch.nn.Module, lead: tuple[int, ...] = (2, 3, 5)):
+    if name == "multiscale":
+        return torch.randn(2, 4, 4, DIM)
+    return torch.randn(*lead, quantizer.dim)
+
+
+def in_range(codes: torch.Tensor, quantizer: torch.nn.Module) -> bool:
+    sizes = torch.tensor(quantizer.codebook_sizes)
+    return bool(((codes >= 0) & (codes < sizes)).all())
+
+
+# --------------------------------------------------------------------------- contract
+
+
+@pytest.mark.parametrize("name", list(MAKERS))
+def test_contract_in_train_eval_and_autocast(name: str) -> None:
+    quantizer = make(name).train()
+    for _ in range(2):  # move codebooks / k-means / EMA statistics off their init
+        z = sample(name, quantizer).requires_grad_(True)
+        out = quantizer(z)
+        assert out.loss.ndim == 0 and out.loss.dtype == torch.float32
+        assert all(v.ndim == 0 and not v.requires_grad for v in out.metrics.values())
+        (out.quantized.square().mean() + out.loss).backward()
+        assert z.grad is not None and torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    quantizer.eval()
+    z = sample(name, quantizer)
+    with torch.no_grad():
+        out = quantizer(z)
+        codes = quantizer.encode(z)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast_out = quantizer(z)
+    assert out.quantized.shape == z.shape and out.quantized.dtype == z.dtype
+    assert codes.dtype == torch.int64 and codes.shape[-1] == len(quantizer.codebook_sizes)
+    assert torch.equal(codes, out.codes) and in_range(codes, quantizer)
+    assert torch.equal(quantizer.decode(codes), out.quantized)
+    assert autocast_out.quantized.dtype == z.dtype
+    if name not in ("fsq", "rfsq", "lfq", "bsq", "binary"):  # no bf16 projection in front
+        assert torch.equal(autocast_out.codes, codes)
+    # save / load into a differently seeded instance: identical codes and output
+    # (through safetensors, never pickle; clones because shared codebooks alias storage)
+    saved = save_tensors({k: v.clone() for k, v in quantizer.state_dict().items()})
+    loaded = make(name, seed=1)
+    loaded.load_state_dict(load_tensors(saved))
+    loaded.eval()
+    with torch.no_grad():
+        again = loaded(z)
+    assert torch.equal(again.codes, out.codes) and torch.equal(again.quantized, out.quantized)
+
+
+@pytest.mark.parametrize("name", list(MAKERS))
+def test_non_finite_inputs_get_codes_in_range(name: str) -> None:
+    """No check (it would cost a host sync per step), but never an error or a code outside
+    the codebook (which would crash an embedding lookup on a GPU); FSQ crashed on NaN."""
+    quantizer = make(name).eval()
+    z = sample(name, quantizer)
+    flat = z.view(-1)
+    flat[0], flat[DIM + 1], flat[2 * DIM + 2] = float("nan"), float("inf"), -float("inf")
+    with torch.no_grad():
+        out = quantizer(z)
+        codes = quantizer.encode(z)
+    assert in_range(out.codes, quantizer) and torch.equal(codes, out.codes)
+    quantizer.decode(codes)
+
+
+@pytest.mark.parametrize("name", ["fsq", "fsq-symmetric", "rfsq"])
+def test_fsq_nan_gets_the_middle_level(name: str) -> None:
+    quantizer = make(name).eval()
+    z = torch.randn(4, quantizer.dim)
+    z[1] = float("nan")
+    out = quantizer(z)
+    assert in_range(out.codes, quantizer)
+    assert torch.isfinite(out.quantized[0]).all() and torch.equal(quantizer.encode(z), out.codes)
+    stage = quantizer.stage if isinstance(quantizer, ResidualFSQ) else quantizer
+    middle = stage.level_indices_to_codes(stage._half_width)
+    assert bool((out.codes[1] == middle).all())
+    quantizer.train()(z)  # and no error in training either (loss / gradients are NaN)
+
+
+@pytest.mark.parametrize("name", ["fsq", "rfsq", "lfq", "bsq", "binary", "split-rvq"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_input_reaches_fp32_projections(name: str, dtype: torch.dtype) -> None:
+    """A bf16 / fp16 input in front of an fp32 projection used to fail with a dtype error in
+    the FSQ and lookup-free family (the VQ family always accepted it)."""
+    quantizer = make(name).eval()
+    z = sample(name, quantizer).to(dtype)
+    out = quantizer(z)
+    assert out.quantized.dtype == dtype
+    assert torch.equal(out.codes, quantizer(z.float()).codes)
+    assert torch.equal(quantizer.decode(out.codes).to(dtype), out.quantized)
+    z.requires_grad_(True)
+    quantizer.train()(z).quantized.float().square().sum().backward()
+    assert z.grad is not None and z.grad.dtype == dtype
+
+
+@pytest.mark.parametrize("name", ["vq-factorized", "rvq", "split-rvq", "simvq", "multiscale"])
+def test_vq_family_in_a_bf16_model_keeps_fp32_math(name: str) -> None:
+    """``model.to(torch.bfloat16)`` for inference: projections used to fail on mixed dtypes;
+    now they run in fp32, so the codes are those of the fp32 module with the same (rounded)
+    weights."""
+    reference = make(name).eval()
+    reference.load_state_dict(
+        {k: v.to(torch.bfloat16).float() for k, v in reference.state_dict().items()}
+    )
+    half = make(name).eval().to(torch.bfloat16)
+    half.load_state_dict(reference.state_dict())
+    z = sample(name, reference).to(torch.bfloat16)
+    with torch.no_grad():
+        out = half(z)
+        expected = reference(z.float())
+        decoded = half.decode(half.encode(z))
+    assert out.quantized.dtype == torch.bfloat16
+    assert torch.equal(out.codes, expected.codes)
+    assert torch.equal(decoded.to(torch.bfloat16), out.quantized)
+
+
+def test_kmeans_init_waits_for_a_batch_with_vectors() -> None:
+    """An empty first training batch made every centroid and count zero, and the next EMA
+    update divided 0 by 0: a NaN codebook for good."""
+    torch.manual_seed(0)
+    vq = VectorQuantize(DIM, 16, kmeans_init=True, threshold_ema_dead_code=1.0).train()
+    vq(torch.randn(0, DIM))
+    assert not bool(vq.initted) and torch.isfinite(vq.embedding).all()
+    z = torch.randn(64, DIM)
+    vq(z)
+    assert bool(vq.initted) and torch.isfinite(vq.embedding).all()
+    rvq = ResidualVQ(DIM, 2, 16, kmeans_init=True).train()
+    rvq(torch.randn(2, 0, DIM))
+    rvq(torch.randn(2, 32, DIM))
+    assert all(torch.isfinite(layer.embedding).all() for layer in rvq.layers)
+
+
+@pytest.mark.parametrize("name", ["rvq", "grvq", "split-rvq"])
+def test_residual_decode_reads_minus_one_as_a_level_not_run(name: str) -> None:
+    """``forward`` marks levels it did not run with -1; ``decode`` rejected its own codes
+    (``ResidualFSQ`` and vector-quantize-pytorch accept them)."""
+    quantizer = make(name).eval()
+    z = sample(name, quantizer)
+    with torch.no_grad():
+        out = quantizer(z, n_levels=quantizer.num_quantizers - 1)
+    assert bool((out.codes == -1).any())
+    assert torch.equal(quantizer.decode(out.codes), out.quantized)
+    if name == "rvq":
+        assert torch.equal(quantizer.decode(out.codes[..., :2]), out.quantized)
+    with pytest.raises(ValueError, match="out of range"):
+        quantizer.decode(torch.full_like(out.codes, -2))
+
+
+# --------------------------------------------------------------------------- parity: VQ
+
+
+def copy_vq(ours: VectorQuantize, reference: torch.nn.Module) -> None:
+    ours.set_codebook_(reference._codebook.embed[0].detach())
+    if ours.has_projections:
+        ours.project_in.load_state_dict(reference.project_in.state_dict())
+        ours.project_out.load_state_dict(reference.project_out.state_dict())
+
+
+@pytest.mark.parametrize("use_cosine_sim", [False, True], ids=["euclidean", "cosine"])
+def test_vq_with_projections_matches_vector_quantize_pytorch(use_cosine_sim: bool) -> None:
+    torch.manual_seed(0)
+    reference = vqp.VectorQuantize(
+        dim=16, codebook_size=64, codebook_dim=4, use_cosine_sim=use_cosine_sim
+    ).eval()
+    ours = VectorQuantize(16, 64, codebook_dim=4, use_cosine_sim=use_cosine_sim).eval()
+    copy_vq(ours, reference)
+    z = torch.randn(3, 40, 16)
+    with torch.no_grad():
+        expected, indices, _ = reference(z)
+        out = ours(z)
+    assert torch.equal(out.codes[..., 0], indices)
+    torch.testing.assert_close(out.quantized, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("use_cosine_sim", [False, True], ids=["euclidean", "cosine"])
+def test_vq_ema_training_matches_vector_quantize_pytorch(use_cosine_sim: bool) -> None:
+    """Three EMA training steps: the same codes, output, commitment loss and codebook."""
+    torch.manual_seed(0)
+    reference = vqp.VectorQuantize(dim=16, codebook_size=32, use_cosine_sim=use_cosine_sim)
+    ours = VectorQuantize(16, 32, use_cosine_sim=use_cosine_sim)
+    copy_vq(ours, reference)
+    reference.train(), ours.train()
+    for _ in range(3):
+        z = torch.randn(4, 50, 16)
+        expected, indices, loss = reference(z)
+        out = ours(z)
+        assert torch.equal(out.codes[..., 0], indices)
+        torch.testing.assert_close(out.quantized, expected, rtol=0, atol=1e-6)
+        torch.testing.assert_close(out.loss, loss, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(ours.embedding, reference._codebook.embed[0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(ours.ema_cluster_size, reference._codebook.cluster_size[0])
+
+
+def test_rvq_ema_training_matches_vector_quantize_pytorch() -> None:
+    """Values (not gradients, a documented difference) of RVQ training steps."""
+    torch.manual_seed(0)
+    reference = vqp.ResidualVQ(dim=16, num_quantizers=3, codebook_size=32).train()
+    ours = ResidualVQ(16, 3, 32).train()
+    for level, layer in enumerate(reference.layers):
+        copy_vq(ours.stage(level), layer)
+    for _ in range(3):
+        z = torch.randn(4, 50, 16)
+        expected, indices, losses = reference(z)
+        out = ours(z)
+        assert torch.equal(out.codes, indices)
+        torch.testing.assert_close(out.quantized, expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(out.loss, losses.sum(), rtol=1e-5, atol=1e-6)
+        for level, layer in enumerate(reference.layers):
+            torch.testing.assert_close(
+                ours.stage(level).embedding, layer._codebook.embed[0], rtol=0, atol=1e-5
+            )
+
+
+@pytest.mark.parametrize(
+    ("shared", "cosine"),
+    [(True, False), (False, True), (True, True)],
+    ids=["shared", "cos", "both"],
+)
+def test_rvq_shared_or_cosine_matches_vector_quantize_pytorch(shared: bool, cosine: bool) -> None:
+    torch.manual_seed(0)
+    kwargs = {"shared_codebook": shared, "use_cosine_sim": cosine}
+    reference = vqp.ResidualVQ(dim=16, num_quantizers=3, codebook_size=32, **kwargs).eval()
+    ours = ResidualVQ(16, 3, 32, **kwargs).eval()
+    for level in range(len(ours.layers)):
+        copy_vq(ours.layers[level], reference.layers[level])
+    z = torch.randn(4, 50, 16)
+    with torch.no_grad():
+        expected, indices, _ = reference(z)
+        out = ours(z)
+    assert torch.equal(out.codes, indices)
+    torch.testing.assert_close(out.quantized, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours.decode(out.codes), reference.get_output_from_indices(indices))
+
+
+def test_rvq_decode_of_dropped_levels_matches_vector_quantize_pytorch() -> None:
+    torch.manual_seed(0)
+    reference = vqp.ResidualVQ(dim=16, num_quantizers=3, codebook_size=32).eval()
+    ours = ResidualVQ(16, 3, 32).eval()
+    for level, layer in enumerate(reference.layers):
+        copy_vq(ours.stage(level), layer)
+    codes = torch.randint(0, 32, (2, 7, 3))
+    codes[..., 2] = -1
+    codes[0, :3, 1] = -1
+    torch.testing.assert_close(
+        ours.decode(codes), reference.get_output_from_indices(codes), rtol=0, atol=1e-6
+    )
+
+
+def test_grvq_matches_vector_quantize_pytorch() -> None:
+    torch.manual_seed(0)
+    reference = vqp.GroupedResidualVQ(dim=16, groups=2, num_quantizers=3, codebook_size=32)
+    ours = GroupedResidualVQ(16, 2, 3, 32).eval()
+    reference.eval()
+    for group in range(2):
+        for level in range(3):
+            copy_vq(ours.rvqs[group].stage(level), reference.rvqs[group].layers[level])
+    z = torch.randn(4, 50, 16)
+    with torch.no_grad():
+        expected, indices, _ = reference(z)  # indices (groups, b, n, levels)
+        out = ours(z)
+    assert torch.equal(out.codes, rearrange(indices, "g b n l -> b n (g l)"))
+    torch.testing.assert_close(out.quantized, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours.decode(out.codes), reference.get_output_from_indices(indices))
+
+
+def test_simvq_matches_vector_quantize_pytorch() -> None:
+    """Codes, output, loss and gradients (rotation trick) in training; codes in eval (where
+    our loss is zero by the contract)."""
+    torch.manual_seed(0)
+    reference = vqp.SimVQ(dim=16, codebook_size=64)
+    ours = SimVQ(16, 64)
+    ours.load_state_dict(reference.state_dict())
+    z = torch.randn(4, 30, 16)
+    z_ref, z_ours = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    expected, indices, loss = reference.train()(z_ref)
+    out = ours.train()(z_ours)
+    assert torch.equal(out.codes[..., 0], indices)
+    torch.testing.assert_close(out.quantized, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.loss, loss)
+    (expected.square().sum() + loss).backward()
+    (out.quantized.square().sum() + out.loss).backward()
+    torch.testing.assert_close(z_ours.grad, z_ref.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        ours.code_transform.weight.grad, reference.code_transform.weight.grad
+    )
+    with torch.no_grad():
+        expected, indices, _ = reference.eval()(z)
+        out = ours.eval()(z)
+    assert torch.equal(out.codes[..., 0], indices)
+    torch.testing.assert_close(ours.decode(out.codes), reference.indices_to_codes(indices))
+
+
+# --------------------------------------------------------------------------- parity: gradients
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"levels": [8, 5, 5, 5]},
+        {"levels": [8, 5, 5, 5], "dim": 12},
+        {"levels": [2, 4, 5], "preserve_symmetry": True},
+    ],
+)
+def test_fsq_straight_through_gradient_matches_vector_quantize_pytorch(kwargs) -> None:
+    torch.manual_seed(0)
+    reference = vqp.FSQ(**kwargs).train()
+    ours = FSQ(**kwargs).train()
+    ours.load_state_dict(reference.state_dict())
+    z = 2 * torch.randn(4, 50, ours.dim)
+    z_ref, z_ours = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    expected, _ = reference(z_ref)
+    out = ours(z_ours)
+    weights = torch.randn_like(expected)
+    (expected * weights).sum().backward()
+    (out.quantized * weights).sum().backward()
+    torch.testing.assert_close(z_ours.grad, z_ref.grad, rtol=1e-6, atol=1e-7)
+
+
+def test_residual_fsq_gradient_matches_vector_quantize_pytorch() -> None:
+    torch.manual_seed(0)
+    reference = vqp.ResidualFSQ(levels=[8, 5, 5, 5], num_quantizers=3, dim=16).train()
+    ours = ResidualFSQ([8, 5, 5, 5], 3, dim=16).train()
+    ours.load_state_dict(reference.state_dict())
+    z = torch.randn(4, 50, 16)
+    z_ref, z_ours = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    expected, indices = reference(z_ref)
+    out = ours(z_ours)
+    assert torch.equal(out.codes, indices.long())
+    weights = torch.randn_like(expected)
+    (expected * weights).sum().backward()
+    (out.quantized * weights).sum().backward()
+    torch.testing.assert_close(z_ours.grad, z_ref.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.project_in.weight.grad, reference.project_in.weight.grad)
+
+
+def test_lfq_gradients_match_vector_quantize_pytorch() -> None:
+    torch.manual_seed(0)
+    reference = vqp.LFQ(
+        codebook_size=2**6, dim=12, entropy_loss_weight=0.1, commitment_loss_weight=0.25
+    ).train()
+    ours = LFQ(codebook_size=2**6, dim=12, entropy_group_size=None).train()
+    ours.load_state_dict(reference.state_dict(), strict=False)  # vqp saves its bit mask
+    z = torch.randn(4, 50, 12)
+    z_ref, z_ours = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    expected, _, loss = reference(z_ref)
+    out = ours(z_ours)
+    weights = torch.randn_like(expected)
+    ((expected * weights).sum() + loss).backward()
+    ((out.quantized * weights).sum() + out.loss).backward()
+    torch.testing.assert_close(z_ours.grad, z_ref.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        ours.project_in.weight.grad, reference.project_in.weight.grad, rtol=1e-4, atol=1e-5
+    )
