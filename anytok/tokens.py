@@ -688,7 +688,9 @@ class Tokens:
 
         Args:
             ids: ``flatten``: a sequence of 1D int tensors (one per item) or a 2D tensor whose
-                rows are items; ``parallel`` / ``delay``: ``(batch, levels, width)``.
+                rows are items; trailing ``pad`` ids of an item are dropped, so a batch padded
+                to one width with ``vocab.pad`` decodes as its items; ``parallel`` /
+                ``delay``: ``(batch, levels, width)``.
             shape: the positions shape ``(time, *rest)`` of the codes to rebuild, one size per
                 layout axis; ``time`` may be ``None`` (inferred: the longest item for flatten,
                 the width for parallel / delay). Required when the layout has more than one
@@ -734,6 +736,8 @@ class Tokens:
         """
         path = Path(path)
         suffix = _suffix(path, "Tokens.save")
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"Tokens.save: folder {path.parent} of {path} does not exist")
         self._check_codes(f"Tokens.save({path})")
         codes = torch.where(self.valid_mask().unsqueeze(1), self.codes, 0)
         # C order: safetensors writes the raw buffer, and astype keeps a view's strides.
@@ -894,6 +898,10 @@ def _from_flat(
     for item, seq in enumerate(seqs):  # one pass per item, not per position
         if seq.ndim != 1:
             raise ValueError(f"{where}: ids[{item}] must be 1D, got shape {tuple(seq.shape)}")
+        # Trailing pads: a batch of items padded to one width (pad_sequence(..., vocab.pad), or
+        # an LM's batched generation). No code, bos or eos id equals pad, so this is exact.
+        kept = (seq != vocab.pad).nonzero()
+        seq = seq[: int(kept[-1]) + 1 if kept.numel() else 0]
         if add_special:
             if seq.numel() < 2:
                 raise ValueError(
@@ -970,7 +978,10 @@ def _from_streams(
         eos_col = _first_column(stream0 == vocab.eos)
         if bool((eos_col == width).any()):
             item = _first_true(eos_col == width)[0]
-            raise ValueError(f"{where}: item {item} has no eos token ({vocab.eos}) in stream 0")
+            raise ValueError(
+                f"{where}: item {item} has no eos token ({vocab.eos}) in stream 0 of ids "
+                f"(cut short, e.g. generation stopped before eos?)"
+            )
         n = (eos_col - start - extra).clamp(min=0)
     else:
         n = _first_column(stream0 == vocab.pad).clamp(max=num_pos)

@@ -153,6 +153,9 @@ def export_tokens(
     bin_path, idx_path, meta_path = export_files(out)
     bin_path.parent.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)  # an old sidecar must not vouch for a half-new export
+    # An old index must not describe the new .bin: a bin-layout export over a megatron one, or
+    # a megatron export killed between writing the .bin and the .idx.
+    idx_path.unlink(missing_ok=True)
     lengths: list[int] = []
     spatial: list[tuple[int, ...]] = []
 
@@ -166,7 +169,7 @@ def export_tokens(
                 )
             spatial[:1] = [rest]
             ids = document_ids(tokens, vocab, pattern, add_special)
-            f.write(ids.astype(dtype).tobytes())
+            f.write(ids.astype(dtype.newbyteorder("<")).tobytes())  # little-endian anywhere
             lengths.append(int(ids.size))
 
     atomic_write(bin_path, write_bin)
@@ -258,36 +261,72 @@ def read_export_meta(out: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def read_megatron_index(idx: str | os.PathLike[str]) -> tuple[np.dtype, np.ndarray, np.ndarray]:
-    """``(dtype, sequence_lengths, sequence_pointers)`` of a Megatron ``.idx`` file."""
+    """``(dtype, sequence_lengths, sequence_pointers)`` of a Megatron ``.idx`` file.
+
+    Raises:
+        ValueError: naming the file, when it is not a complete index of this export's kind
+            (bad magic, version or dtype code, truncated, not one sequence per document).
+    """
     data = Path(idx).read_bytes()
     if data[:9] != MEGATRON_MAGIC:
         raise ValueError(f"{idx}: not a Megatron MMapIndexedDataset index (bad magic)")
+    if len(data) < 34:
+        raise ValueError(f"{idx}: truncated Megatron index ({len(data)} bytes, header is 34)")
     version, code, n, d = struct.unpack_from("<QBQQ", data, 9)
     if version != MEGATRON_VERSION:
         raise ValueError(f"{idx}: index version {version}, expected {MEGATRON_VERSION}")
-    dtype = {v: k for k, v in MEGATRON_DTYPE_CODES.items()}[code]
+    dtypes = {v: k for k, v in MEGATRON_DTYPE_CODES.items()}
+    if code not in dtypes:
+        raise ValueError(f"{idx}: unknown dtype code {code}; known: {sorted(dtypes)}")
+    dtype = dtypes[code]
+    if d != n + 1:
+        raise ValueError(
+            f"{idx}: {d} document indices for {n} sequences; expected one sequence per document"
+        )
+    if len(data) != 34 + 12 * n + 8 * d:
+        raise ValueError(
+            f"{idx}: {len(data)} bytes, but a Megatron index of {n} sequences has "
+            f"{34 + 12 * n + 8 * d} (truncated, or not written by anytok?)"
+        )
     sizes = np.frombuffer(data, dtype="<i4", count=n, offset=34)
     pointers = np.frombuffer(data, dtype="<i8", count=n, offset=34 + 4 * n)
     documents = np.frombuffer(data, dtype="<i8", count=d, offset=34 + 12 * n)
-    if d != n + 1 or not np.array_equal(documents, np.arange(n + 1)):
+    if not np.array_equal(documents, np.arange(n + 1)):
         raise ValueError(f"{idx}: expected one sequence per document")
     return dtype, sizes, pointers
 
 
 def iter_documents(out: str | os.PathLike[str]) -> Iterator[np.ndarray]:
-    """The documents of an export, each a 1D array of ids in the export's dtype."""
+    """The documents of an export, each a 1D array of ids in the export's dtype.
+
+    Raises:
+        ValueError: naming the file, when the ``.bin`` does not match the index or sidecar
+            (truncated, or another export's).
+    """
     meta = read_export_meta(out)
     bin_path, idx_path, _ = export_files(out)
-    data = (
-        np.memmap(bin_path, dtype=np.dtype(meta["dtype"]), mode="r")
-        if bin_path.stat().st_size
-        else np.zeros(0, dtype=meta["dtype"])
-    )
+    dtype = np.dtype(meta["dtype"]).newbyteorder("<")
+    size = bin_path.stat().st_size
+    if size % dtype.itemsize:
+        raise ValueError(f"{bin_path}: {size} bytes, not a whole number of {dtype.name} ids")
+    data = np.memmap(bin_path, dtype=dtype, mode="r") if size else np.zeros(0, dtype=dtype)
+    if data.size != meta["tokens"]:
+        raise ValueError(
+            f"{bin_path}: holds {data.size} ids, but {export_files(out)[2]} says {meta['tokens']}"
+        )
     if meta["layout"] == "megatron":
-        dtype, sizes, pointers = read_megatron_index(idx_path)
-        for size, pointer in zip(sizes, pointers):
+        idx_dtype, sizes, pointers = read_megatron_index(idx_path)
+        if idx_dtype != np.dtype(meta["dtype"]) or len(sizes) != meta["documents"]:
+            raise ValueError(
+                f"{idx_path}: {len(sizes)} {idx_dtype.name} documents, but the sidecar says "
+                f"{meta['documents']} {meta['dtype']} documents (another export's index?)"
+            )
+        ends = pointers // dtype.itemsize + sizes
+        if len(sizes) and (int(ends.max()) > data.size or int(sizes.min()) < 0):
+            raise ValueError(f"{idx_path}: its documents reach past the end of {bin_path}")
+        for n, pointer in zip(sizes, pointers):
             start = int(pointer) // dtype.itemsize
-            yield np.asarray(data[start : start + int(size)])
+            yield np.asarray(data[start : start + int(n)])
         return
     if not meta["add_special"]:
         raise DatasetError(
@@ -296,6 +335,11 @@ def iter_documents(out: str | os.PathLike[str]) -> Iterator[np.ndarray]:
         )
     step = 1 if meta["pattern"] == "flatten" else meta["levels"]
     starts = np.flatnonzero(data[::step] == meta["bos"]) * step
+    if len(starts) != meta["documents"] or (len(starts) and starts[0] != 0):
+        raise ValueError(
+            f"{bin_path}: found {len(starts)} document(s) (bos ids at document starts), but "
+            f"the sidecar says {meta['documents']}"
+        )
     bounds = [*starts.tolist(), data.size]
     for a, b in itertools.pairwise(bounds):
         yield np.asarray(data[a:b])

@@ -136,14 +136,24 @@ class ShardInfo:
 def build_table(
     spec: TokenSpec, items: Sequence[Item], results: Sequence[ItemResult]
 ) -> tuple[pa.Table, list[dict[str, str]]]:
-    """The rows of a shard (``items[i]`` produced ``results[i]``) and its failures list."""
+    """The rows of a shard (``items[i]`` produced ``results[i]``) and its failures list.
+
+    An item whose codes do not fit the spec (a level's code outside its codebook, a wrong
+    number of levels or axes) is recorded as a failure rather than stored wrapped into the
+    storage dtype.
+    """
     dtype = spec.storage_dtype
     cols: dict[str, list[Any]] = {name: [] for name in shard_schema(spec).names if name != "codes"}
     flat: list[np.ndarray] = []
     failures = []
     for item, result in zip(items, results, strict=True):
-        if result.error is not None:
-            failures.append({"id": item.id, "source": item.source, "error": result.error})
+        error = result.error
+        if error is None:  # codes outside the codebook would be stored wrapped or truncated
+            error = next(
+                filter(None, (_bad_codes(spec, seg.codes) for seg in result.segments)), None
+            )
+        if error is not None:
+            failures.append({"id": item.id, "source": item.source, "error": error})
             continue
         for seg in result.segments:
             codes = np.ascontiguousarray(seg.codes, dtype=dtype)
@@ -168,6 +178,27 @@ def build_table(
     arrays["codes"] = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
     table = pa.table([arrays[name] for name in schema.names], schema=schema)
     return table, failures
+
+
+def _bad_codes(spec: TokenSpec, codes: np.ndarray) -> str | None:
+    """Why ``codes`` ``(levels, *positions)`` cannot be stored for ``spec``, or ``None``."""
+    codes = np.asarray(codes)
+    if codes.dtype.kind not in "ui":
+        return f"codes have dtype {codes.dtype}, expected integers"
+    if codes.ndim != 1 + len(spec.layout) or codes.shape[0] != spec.num_levels:
+        return (
+            f"codes of shape {list(codes.shape)} do not fit the spec: expected "
+            f"[{spec.num_levels}, {', '.join(spec.layout)}]"
+        )
+    if not codes.size:
+        return None
+    flat = codes.reshape(spec.num_levels, -1)
+    low, high = flat.min(axis=1), flat.max(axis=1)
+    for level, size in enumerate(spec.codebook_sizes):
+        if int(low[level]) < 0 or int(high[level]) >= size:
+            bad = int(low[level]) if int(low[level]) < 0 else int(high[level])
+            return f"code {bad} at level {level} is outside the codebook [0, {size})"
+    return None
 
 
 def write_shard(
