@@ -365,3 +365,25 @@ def test_shard_writer_refuses_codes_outside_the_codebook(tmp_path) -> None:
     assert len(errors) == 2
     assert "code 7 at level 1 is outside the codebook [0, 7)" in errors[0]
     assert "do not fit the spec" in errors[1]
+
+
+def test_encoder_refuses_codes_outside_the_codebook_before_the_storage_cast() -> None:
+    """A negative code would wrap into the unsigned storage dtype (-1 -> 65535) before the
+    shard writer could see it; the encoder reports such an item instead, and keeps the rest."""
+    import anytok
+    from anytok.datasets.encoder import encode_media
+
+    model = anytok.create_model("seanet_fsq_24khz", tiny=True).eval()
+    encode = model.encode
+
+    def broken_encode(media, lengths=None):  # a tokenizer bug in the first item
+        tokens = encode(media, lengths)
+        tokens.codes[0, 0, 0] = -1
+        return tokens
+
+    model.encode = broken_encode
+    rate = model.spec.sample_rate
+    items = [torch.zeros(1, rate // 10), torch.zeros(1, rate // 10)]
+    first, second = encode_media(model, torch.device("cpu"), items)
+    assert isinstance(first, str) and "code -1 at level 0 is outside the codebook" in first
+    assert isinstance(second, np.ndarray) and second.dtype == model.spec.storage_dtype

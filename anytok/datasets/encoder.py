@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from anytok.codecs.base import Tokenizer
+from anytok.datasets.shards import code_error
 from anytok.pipeline import InputFormat, encode_each
 
 
@@ -44,11 +45,18 @@ def encode_media(
     trimmed to its valid length, or a one-line error (:func:`anytok.pipeline.encode_each`:
     a failed batch is retried item by item, so only the bad item fails).
     """
-    dtype = model.spec.storage_dtype
-    return [
-        r if isinstance(r, str) else r.codes[0].numpy().astype(dtype)
-        for r in encode_each(model, batch, device)
-    ]
+    spec = model.spec
+    out: list[np.ndarray | str] = []
+    for result in encode_each(model, batch, device):
+        if isinstance(result, str):
+            out.append(result)
+            continue
+        codes = result.codes[0].numpy()
+        # Checked before the cast: a negative or too-large code (a tokenizer bug) would be
+        # stored wrapped into the unsigned storage dtype, a wrong but plausible token.
+        error = code_error(spec, codes)
+        out.append(codes.astype(spec.storage_dtype) if error is None else error)
+    return out
 
 
 __all__ = ["encode_media", "media_seconds", "precision_of"]

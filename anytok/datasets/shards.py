@@ -150,7 +150,7 @@ def build_table(
         error = result.error
         if error is None:  # codes outside the codebook would be stored wrapped or truncated
             error = next(
-                filter(None, (_bad_codes(spec, seg.codes) for seg in result.segments)), None
+                filter(None, (code_error(spec, seg.codes) for seg in result.segments)), None
             )
         if error is not None:
             failures.append({"id": item.id, "source": item.source, "error": error})
@@ -180,7 +180,7 @@ def build_table(
     return table, failures
 
 
-def _bad_codes(spec: TokenSpec, codes: np.ndarray) -> str | None:
+def code_error(spec: TokenSpec, codes: np.ndarray) -> str | None:
     """Why ``codes`` ``(levels, *positions)`` cannot be stored for ``spec``, or ``None``."""
     codes = np.asarray(codes)
     if codes.dtype.kind not in "ui":
