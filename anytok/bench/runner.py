@@ -403,6 +403,7 @@ def bench_model(
         }
         for point, a in acc.items()
     ]
+    notes += _invalid_notes(name, acc)
     info = _model_info(model, name)
     info.update(
         {
@@ -420,6 +421,39 @@ def bench_model(
         }
     )
     return info
+
+
+#: Why a per-item metric can have no finite value (the ``invalid`` count of the report).
+INVALID_REASONS = {
+    "mel_distance": "clip not longer than half the largest FFT size (1024 samples)",
+    "stft_distance": "clip not longer than half the longest window (1024 samples)",
+    "si_sdr": "silent input",
+    "pesq_wb": "no speech in the input, clip under about 0.25 s, or silent reconstruction",
+    "pesq_nb": "no speech in the input, clip under about 0.25 s, or silent reconstruction",
+    "stoi": "under 0.4 s of non-silent input (STOI needs 30 frames)",
+    "psnr": "reconstruction identical to the input (infinite PSNR)",
+    "ms_ssim": "image sides under 176 pixels",
+}
+
+
+def _invalid_notes(name: str, acc: dict[Any, PointAccumulator]) -> list[str]:
+    """One note per per-item metric that had items without a finite value, naming the sweep
+    points, how many items, and the usual reasons (those items are left out of the mean)."""
+    found: dict[str, list[str]] = {}
+    for point, a in acc.items():
+        for key, values in a.values.items():
+            bad = sum(not math.isfinite(v) for v in values)
+            if bad:
+                found.setdefault(key, []).append(f"{point.label} {bad}/{len(values)}")
+    notes = []
+    for key, where in found.items():
+        metric = key.rsplit("/", 1)[-1]
+        reason = INVALID_REASONS.get(metric, "undefined for the item")
+        notes.append(
+            f"{name}: {key} has no finite value for some items ({', '.join(where)}; "
+            f"{reason}): left out of its mean, counted in 'invalid'"
+        )
+    return notes
 
 
 def _update_distribution(metric: Any, batch_items: Sequence[Item], recon: Tensor) -> None:

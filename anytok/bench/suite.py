@@ -55,7 +55,7 @@ METRICS: dict[str, MetricInfo] = {
     # image
     "psnr": MetricInfo(True, "dB", "peak signal-to-noise ratio (video: mean over frames)"),
     "ssim": MetricInfo(True, "", "SSIM, Gaussian 11x11 sigma 1.5, on [0, 1] (video: mean over frames)"),
-    "ms_ssim": MetricInfo(True, "", "multi-scale SSIM (torchmetrics), needs sides >= 161 px"),
+    "ms_ssim": MetricInfo(True, "", "multi-scale SSIM (torchmetrics), needs sides >= 176 px"),
     "lpips": MetricInfo(False, "", "LPIPS (torchmetrics network, user weights)"),
     "rfid": MetricInfo(False, "", "reconstruction FID between inputs and reconstructions"),
     # video

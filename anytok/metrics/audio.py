@@ -5,6 +5,10 @@ float tensors in [-1, 1] at the same sample rate, crops the longer to the shorte
 to their hop length) and returns a ``(batch,)`` float32 tensor. Names follow Codec-SUPERB /
 DASB: ``mel_distance``, ``stft_distance``, ``si_sdr``, ``pesq_wb``, ``pesq_nb``, ``stoi``.
 
+Where a metric is undefined for an item (a clip too short for its analysis windows, a silent
+reference) the item's value is NaN rather than an exception or a made-up number, so that a
+benchmark goes on and counts it as invalid.
+
 The model-based speech metrics (UTMOS, speaker similarity, WER) live in
 :mod:`anytok.metrics.speech_models`.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -25,6 +30,11 @@ from anytok.media.audio import resample
 #: this one first. Narrow-band mode is also computed at 16 kHz (P.862 allows both), so the two
 #: scores see the same signal, as Codec-SUPERB does.
 PESQ_SAMPLE_RATE = 16000
+#: The shortest clip STOI can score: 30 frames of 256 samples (hop 128) at its 10 kHz rate.
+STOI_MIN_SECONDS = (29 * 128 + 256) / 10000
+#: A reference whose mean square (after removing its mean) is below this is silent: SI-SDR
+#: is undefined (a division by zero) and reported as NaN. RMS 1e-7, below 24-bit resolution.
+SILENCE_POWER = 1e-14
 
 
 def align(reference: Tensor, reconstruction: Tensor) -> tuple[Tensor, Tensor]:
@@ -67,9 +77,12 @@ def mel_distance(
         scales: FFT sizes (hop = size / 4).
 
     Returns:
-        ``(batch,)`` mean over scales of ``mean |log10(mel_ref) - log10(mel_rec)|``.
+        ``(batch,)`` mean over scales of ``mean |log10(mel_ref) - log10(mel_rec)|``; NaN for
+        clips not longer than half the largest FFT size (its centred frame does not fit).
     """
     ref, rec = align(reference, reconstruction)
+    if ref.shape[-1] <= max(scales) // 2:  # reflect padding needs more than half a window
+        return torch.full((ref.shape[0],), math.nan)
     total = torch.zeros(ref.shape[0])
     for n_fft in scales:
         mel = _mel_transform(sample_rate, n_fft, n_fft // 4, n_mels)
@@ -95,15 +108,16 @@ def stft_distance(
     audiotools pulls in a large dependency tree for this one formula.
 
     Returns:
-        ``(batch,)``.
+        ``(batch,)``; NaN for clips not longer than half the longest window (its centred frame
+        does not fit; dropping that window instead would change the scale of the sum).
     """
     ref, rec = align(reference, reconstruction)
-    ref, rec = ref.flatten(0, 1), rec.flatten(0, 1)  # (batch * channels, n)
     batch, channels = reference.shape[:2]
+    if ref.shape[-1] <= max(window_lengths) // 2:  # reflect padding needs more than that
+        return torch.full((batch,), math.nan)
+    ref, rec = ref.flatten(0, 1), rec.flatten(0, 1)  # (batch * channels, n)
     total = torch.zeros(ref.shape[0])
     for win in window_lengths:
-        if ref.shape[-1] <= win // 2:  # reflect padding needs more than half a window
-            continue
         window = torch.hann_window(win)
         spec = functools.partial(
             torch.stft, n_fft=win, hop_length=win // 4, window=window, return_complex=True
@@ -119,8 +133,12 @@ def stft_distance(
 def si_sdr(reference: Tensor, reconstruction: Tensor) -> Tensor:
     """Scale-invariant signal-to-distortion ratio in dB (Le Roux et al. 2019), per item.
 
-    Zero-mean SI-SDR from torchmetrics, computed per channel and averaged over channels.
-    Higher is better; a silent reference gives ``-inf`` / NaN as the formula does.
+    Zero-mean SI-SDR from torchmetrics, computed per channel and averaged over the channels
+    whose reference is not silent. Higher is better. A silent (or constant) reference channel
+    has no signal to measure against: the formula divides by zero, and torchmetrics' epsilon
+    would turn that into a finite -180 dB that drags any mean down; it is NaN here (an item
+    with every channel silent is NaN). A silent reconstruction of a non-silent reference gives
+    torchmetrics' 0 dB.
 
     Returns:
         ``(batch,)``.
@@ -128,8 +146,11 @@ def si_sdr(reference: Tensor, reconstruction: Tensor) -> Tensor:
     from torchmetrics.functional.audio import scale_invariant_signal_distortion_ratio
 
     ref, rec = align(reference, reconstruction)
-    values = scale_invariant_signal_distortion_ratio(rec.double(), ref.double(), zero_mean=True)
-    return values.mean(dim=1).float()
+    ref, rec = ref.double(), rec.double()
+    values = scale_invariant_signal_distortion_ratio(rec, ref, zero_mean=True)
+    power = (ref - ref.mean(dim=-1, keepdim=True)).pow(2).mean(dim=-1)
+    values = values.masked_fill(power <= SILENCE_POWER, math.nan)
+    return values.nanmean(dim=1).float()
 
 
 def _mono_numpy(audio: Tensor) -> np.ndarray:
@@ -148,7 +169,9 @@ def pesq(reference: Tensor, reconstruction: Tensor, sample_rate: int, mode: str 
             P.862.1, about 1.02-4.55).
 
     Returns:
-        ``(batch,)``; NaN where PESQ finds no speech (silence) or the clip is too short.
+        ``(batch,)``; NaN where PESQ cannot score the item: no speech found in the reference
+        (silence), a clip shorter than about 0.25 s, or a silent reconstruction (PESQ's level
+        alignment divides by its zero power).
     """
     from pesq import PesqError
     from pesq import pesq as pesq_score
@@ -181,16 +204,39 @@ def stoi(
         extended: ESTOI instead of STOI.
 
     Returns:
-        ``(batch,)`` STOI in [0, 1] (higher is better).
+        ``(batch,)`` STOI (higher is better; about [0, 1]); NaN where pystoi cannot score the
+        item: shorter than :data:`STOI_MIN_SECONDS`, fewer than 30 frames left once the silent
+        frames of the reference are removed (pystoi warns and returns 1e-5 there), or a silent
+        reference.
     """
     from pystoi import stoi as pystoi_stoi
 
     ref, rec = align(reference, reconstruction)
-    values = [
-        pystoi_stoi(r, d, sample_rate, extended=extended)
-        for r, d in zip(_mono_numpy(ref), _mono_numpy(rec))
-    ]
+    values = []
+    for r, d in zip(_mono_numpy(ref), _mono_numpy(rec)):
+        if r.size < math.ceil(STOI_MIN_SECONDS * sample_rate) or not np.any(r):
+            values.append(math.nan)  # pystoi raises on very short clips
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            value = float(pystoi_stoi(r, d, sample_rate, extended=extended))
+        for w in caught:  # pystoi's "returning 1e-5" is a NaN here; pass anything else on
+            if "Not enough STFT frames" in str(w.message):
+                value = math.nan
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        values.append(value)
     return torch.tensor(values, dtype=torch.float32)
 
 
-__all__ = ["align", "mel_distance", "pesq", "si_sdr", "stft_distance", "stoi"]
+__all__ = [
+    "PESQ_SAMPLE_RATE",
+    "SILENCE_POWER",
+    "STOI_MIN_SECONDS",
+    "align",
+    "mel_distance",
+    "pesq",
+    "si_sdr",
+    "stft_distance",
+    "stoi",
+]

@@ -17,8 +17,10 @@ from torch import Tensor, nn
 
 #: Side of SSIM's Gaussian window (sigma 1.5, truncated at 3.5 sigma), as in scikit-image.
 SSIM_WINDOW = 11
-#: The shortest side MS-SSIM accepts with its 5 scales and 11-pixel window: (11 - 1) * 2^4.
-MS_SSIM_MIN_SIDE = 161
+#: The shortest side MS-SSIM accepts with its 5 scales and 11-pixel window: the side halved
+#: four times (``side // 16``) must hold the window, so 11 * 16. torchmetrics raises below it
+#: (its message says "larger than 160", but 161 to 175 are refused too).
+MS_SSIM_MIN_SIDE = 176
 
 
 def _check_pair(name: str, reference: Tensor, reconstruction: Tensor) -> None:
@@ -67,6 +69,10 @@ def ssim(reference: Tensor, reconstruction: Tensor, *, full_map: bool = False) -
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     _check_pair("ssim", reference, reconstruction)
+    pad = SSIM_WINDOW // 2
+    smallest = pad if full_map else 2 * pad  # the map needs reflect padding, the mean a window
+    if min(reference.shape[-2:]) <= smallest:
+        raise ValueError(f"ssim: images must be larger than {smallest} pixels a side")
     ref, rec = to_unit_range(reference), to_unit_range(reconstruction)
     # torchmetrics averages over the whole reflect-padded map; scikit-image (and Wang et al.'s
     # reference code) leave out the border where the window does not fit: crop it here.
@@ -75,9 +81,6 @@ def ssim(reference: Tensor, reconstruction: Tensor, *, full_map: bool = False) -
     )
     if full_map:
         return image
-    pad = SSIM_WINDOW // 2
-    if min(image.shape[-2:]) <= 2 * pad:
-        raise ValueError(f"ssim: images must be larger than {2 * pad} pixels a side")
     return image[..., pad:-pad, pad:-pad].flatten(1).mean(dim=1).float()
 
 
