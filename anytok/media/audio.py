@@ -110,7 +110,57 @@ def resample(waveform: Tensor, orig_sample_rate: int, new_sample_rate: int) -> T
         return waveform
     if not waveform.is_floating_point():
         raise TypeError(f"resample needs a floating-point waveform, got {waveform.dtype}")
+    gcd = math.gcd(orig, new)
+    if _kernel_elements(orig // gcd, new // gcd) > _MAX_KERNEL:
+        return _resample_direct(waveform, orig // gcd, new // gcd)
     return _resampler(orig, new, waveform.dtype, waveform.device)(waveform)
+
+
+# torchaudio's windowed-sinc defaults (``torchaudio.functional.resample``).
+_LOWPASS_WIDTH, _ROLLOFF = 6, 0.99
+# torchaudio builds one filter per output phase, (new, 2 * width + orig) values for the
+# reduced rates: 13,680 for 44.1 -> 24 kHz, but 1.06e9 (4.2 GB) for 44,101 Hz -> 24 kHz or
+# 178 million for 11,127 Hz (old Macintosh audio) -> 16 kHz. Above this many values the
+# same filter is evaluated output by output instead (:func:`_resample_direct`).
+_MAX_KERNEL = 1 << 22
+
+
+def _half_width(orig: int, new: int) -> int:
+    return math.ceil(_LOWPASS_WIDTH * orig / (min(orig, new) * _ROLLOFF))
+
+
+def _kernel_elements(orig: int, new: int) -> int:
+    return new * (2 * _half_width(orig, new) + orig)
+
+
+def _resample_direct(waveform: Tensor, orig: int, new: int, chunk: int = 4096) -> Tensor:
+    """torchaudio's resampling filter (Hann-windowed sinc, width 6, rolloff 0.99) applied
+    output sample by output sample, for coprime-ish rates whose polyphase filter bank would
+    not fit in memory: ``orig`` and ``new`` are the rates divided by their gcd. Memory
+    follows ``chunk`` outputs; the result matches ``torchaudio.functional.resample`` to
+    float rounding."""
+    shape = waveform.shape
+    x = waveform.reshape(-1, shape[-1])
+    length = shape[-1]
+    out_len = math.ceil(new * length / orig)
+    base = min(orig, new) * _ROLLOFF
+    width = _half_width(orig, new)
+    offsets = torch.arange(-width, width + 2, device=x.device)  # taps around floor(centre)
+    out = torch.empty(x.shape[0], out_len, dtype=x.dtype, device=x.device)
+    for first in range(0, out_len, chunk):
+        j = torch.arange(first, min(first + chunk, out_len), device=x.device)
+        taps = (j * orig).div(new, rounding_mode="floor")[:, None] + offsets  # (n, taps)
+        # (i / orig - j / new) * base, from an exact integer numerator
+        u = (taps * new - j[:, None] * orig).to(torch.float64) * (base / (orig * new))
+        u = u.clamp_(-_LOWPASS_WIDTH, _LOWPASS_WIDTH)
+        window = torch.cos(u * (math.pi / _LOWPASS_WIDTH / 2)) ** 2
+        u = u * math.pi
+        sinc = torch.where(u == 0, torch.ones_like(u), torch.sin(u) / u)
+        weights = (sinc * window * (base / orig)).to(x.dtype)
+        inside = (taps >= 0) & (taps < length)
+        values = x[:, taps.clamp(0, length - 1)] * inside  # (channels, n, taps)
+        out[:, first : first + j.numel()] = (values * weights).sum(-1)
+    return out.reshape(*shape[:-1], out_len)
 
 
 @functools.lru_cache(maxsize=32)
@@ -129,7 +179,12 @@ def _resampler(orig: int, new: int, dtype: torch.dtype, device: torch.device) ->
 # libsndfile fixes up a WAV/AIFF whose header promises more data than the file holds and
 # notes it in its log ("data : 96000 (should be 47960)"); that note is how a truncated file
 # is told apart from a short one.
-_SHORT_CHUNK = re.compile(r"^(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+# The chunk line is indented in AIFF logs (" SSND : 88208 (should be 79382)"); Sony Wave64
+# notes it on its (lower-case) "riff" line; RF64 compares the frames of its ds64 chunk.
+_SHORT_CHUNK = re.compile(r"^\s*(data|SSND|riff)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+_SHORT_DS64 = re.compile(
+    r"Calculated frame count (\d+) does not match value from 'ds64' chunk of (\d+)"
+)
 _UNKNOWN_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF, 0xFFFFFFFFFFFFFFFF}
 
 
@@ -222,16 +277,25 @@ def _decode_with_soundfile(p: Path, limits: MediaLimits) -> tuple[np.ndarray, in
             return _decode_with_ffmpeg(p, limits)
         raise unreadable(p, "audio", _sf_detail(err)) from err
     _check_header(p, info.samplerate, info.channels, info.frames / max(info.samplerate, 1), limits)
-    short = _SHORT_CHUNK.search(info.extra_info or "")
-    if short and int(short.group(1)) not in _UNKNOWN_SIZES:
-        promised, present = int(short.group(1)), int(short.group(2))
+    log = info.extra_info or ""
+    short = _SHORT_CHUNK.search(log)
+    if short and int(short.group(2)) not in _UNKNOWN_SIZES:
+        promised, present = int(short.group(2)), int(short.group(3))
+        what = "bytes" if short.group(1) == "riff" else "bytes of audio data"
         # A few missing bytes are sloppy writers, not lost audio.
         if promised - present > max(1024, promised // 1000):
             raise MediaError(
                 p,
-                f"file is truncated: its header announces {promised} bytes of audio data "
-                f"but only {present} are present",
+                f"file is truncated: its header announces {promised} {what} but only "
+                f"{present} are present",
             )
+    short = _SHORT_DS64.search(log)
+    if short and int(short.group(2)) - int(short.group(1)) > max(512, int(short.group(2)) // 1000):
+        raise MediaError(
+            p,
+            f"file is truncated: its header announces {short.group(2)} samples but only "
+            f"{short.group(1)} are present",
+        )
     try:
         data, _ = sf.read(str(p), dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, OSError) as err:
@@ -240,13 +304,39 @@ def _decode_with_soundfile(p: Path, limits: MediaLimits) -> tuple[np.ndarray, in
             f"audio data cannot be decoded ({_sf_detail(err)}); the file is probably "
             "truncated or corrupt",
         ) from err
-    if data.shape[0] < info.frames:
+    if data.shape[0] == 0 and "without an End-Of-Stream" in log:
+        # libsndfile finds no samples at all in an Ogg file cut before its end.
+        raise MediaError(
+            p,
+            "file is truncated: the Ogg stream ends without its end-of-stream mark and no "
+            "audio could be decoded",
+        )
+    # An MP3 without a Xing / Info / VBRI header has no length: libsndfile estimates one
+    # from the file size and the first frame's bitrate, which is no promise.
+    if data.shape[0] < info.frames and (info.format != "MP3" or _mp3_has_length_header(p)):
         raise MediaError(
             p,
             f"file is truncated: the header announces {info.frames} samples but only "
             f"{data.shape[0]} could be read",
         )
     return data, info.samplerate, info.channels
+
+
+def _mp3_has_length_header(p: Path) -> bool:
+    """Whether the first MPEG frame (after any ID3v2 tag) carries a Xing, Info or VBRI
+    header, the only place an MP3 states its length."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(10)
+            start = 0
+            if head[:3] == b"ID3" and len(head) == 10:
+                size = (head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9]
+                start = 10 + size + (10 if head[5] & 0x10 else 0)  # footer flag
+            f.seek(start)
+            frame = f.read(64)
+    except OSError:
+        return False
+    return any(tag in frame for tag in (b"Xing", b"Info", b"VBRI"))
 
 
 def _decode_with_ffmpeg(p: Path, limits: MediaLimits) -> tuple[np.ndarray, int, int]:

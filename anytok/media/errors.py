@@ -93,6 +93,7 @@ _SIGNATURES: tuple[tuple[int, bytes, str, Modality | None], ...] = (
     (0, b"fLaC", "FLAC audio", "audio"),
     (0, b"ID3", "MP3 audio", "audio"),
     (0, b"FORM", "AIFF audio", "audio"),
+    (0, b"caff", "CAF audio", "audio"),
     (0, b"OggS", "an Ogg file", None),
     (0, b"\x1aE\xdf\xa3", "a Matroska/WebM file", None),  # audio-only .mka / .weba too
     (0, b"%PDF", "a PDF document", None),
@@ -147,6 +148,8 @@ def _looks_like_text(head: bytes) -> bool:
     return all(ch.isprintable() or ch in "\r\n\t" for ch in text)
 
 
+# Containers that hold audio or video alike: a damaged one is damaged media, not a mix-up.
+_CONTAINERS = ("an Ogg file", "a Matroska/WebM file")
 _NOUNS: dict[Modality, str] = {"audio": "audio", "image": "an image", "video": "a video"}
 
 
@@ -170,7 +173,7 @@ def unreadable(path: Path, modality: Modality, detail: str) -> MediaError:
     if mismatch is not None:
         return mismatch
     kind = sniff(path)
-    if kind is not None and kind[1] == modality:
+    if kind is not None and (kind[1] == modality or kind[0] in _CONTAINERS):
         problem = (
             f"looks like {kind[0]} but its data cannot be decoded; the file is probably "
             f"truncated or corrupt ({detail})"

@@ -95,8 +95,8 @@ def load_image(
 ) -> ImageData:
     """Read an image as ``(3, H, W)`` float32 in [-1, 1].
 
-    Grayscale, palette, CMYK and 16-bit images become RGB; transparent ones are composited
-    on white; EXIF rotation is applied; multi-frame files (GIF, TIFF) give their first frame.
+    Grayscale, palette, CMYK and 16-bit images become RGB (16-bit values scaled from
+    [0, 65535], whatever the brightest pixel); transparent ones are composited on white; EXIF rotation is applied; multi-frame files (GIF, TIFF) give their first frame.
     The size in the header is checked against ``limits`` before any pixel is decoded.
 
     Args:
@@ -197,10 +197,19 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode == "RGB":
         return im
     if im.mode.startswith("I") or im.mode == "F":
-        # Pillow's own I;16 -> RGB conversion clips at 255 instead of scaling.
-        values = np.asarray(im, dtype=np.float32)
+        # Pillow's own I;16 -> RGB conversion clips at 255 instead of scaling. The range
+        # follows the mode, not the content: a dark 16-bit image (every value <= 255) is
+        # still 16-bit. "I" holds 16-bit PNG / PGM data (Pillow < 11 opens 16-bit PNGs so),
+        # or 32-bit integers when a value exceeds 65535. Only float ("F") data is guessed:
+        # [0, 1] when it stays there, else [0, 255] or [0, 65535].
+        values = np.asarray(im, dtype=np.float64)
         peak = float(values.max(initial=0.0))
-        scale = 1.0 if (im.mode == "F" and peak <= 1.0) else 255.0 if peak <= 255 else 65535.0
+        if im.mode == "F":
+            scale = 1.0 if peak <= 1.0 else 255.0 if peak <= 255 else 65535.0
+        elif im.mode == "I" and peak > 65535:
+            scale = 2.0**31 - 1
+        else:
+            scale = 65535.0
         gray = np.clip(values / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(gray).convert("RGB")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:

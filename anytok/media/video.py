@@ -33,6 +33,7 @@ from anytok.media.image import Size, from_uint8, resize_cover, to_uint8
 
 __all__ = ["VideoClip", "load_video", "save_video"]
 
+_TIE = 1e-6  # seconds: timestamps closer than this are equal when picking frames
 _ANIMATED_IMAGES = ("a GIF image", "a WebP image")  # FFmpeg decodes these as video
 
 
@@ -47,7 +48,8 @@ class VideoClip:
         original_fps: the file's own frame rate.
         original_frames: frames in the file's video stream as its header states (0 when the
             container does not say, e.g. Matroska).
-        original_size: ``(height, width)`` of the file's frames.
+        original_size: ``(height, width)`` of the file's frames as displayed (after the
+            rotation its metadata asks for).
     """
 
     video: Tensor
@@ -85,7 +87,8 @@ def load_video(
         max_frames: stop after this many output frames (decoding stops there too).
         start: first timestamp in seconds (seeks to the keyframe before it).
         size: ``(height, width)`` or an int for a square: each frame is resized to cover it
-            and centre-cropped. None keeps the file's size.
+            and centre-cropped. None keeps the file's size. Frames are first turned upright
+            as the file's rotation metadata says (portrait phone videos), as players do.
         limits: sanity limits; :data:`DEFAULT_LIMITS` when None.
 
     Raises:
@@ -135,6 +138,7 @@ def load_video(
                 if decoded == 0:
                     width, height = frame.width, frame.height
                     _check_frame_size(p, width, height, limits)
+                    selector.turns = _quarter_turns(frame, stream)
                 t = (
                     float(frame.time) - origin
                     if frame.time is not None
@@ -168,6 +172,8 @@ def load_video(
     if not selector.frames:
         raise MediaError(p, f"has no video frames at or after start={start:g} s")
     video = from_uint8(torch.stack(selector.frames, dim=1))  # (3, T, H, W)
+    if selector.turns % 2:
+        width, height = height, width  # the size as displayed
     return VideoClip(
         video=video,
         fps=float(fps) if fps is not None else (src_fps or 25.0),
@@ -198,12 +204,14 @@ class _FrameSelector:
     ) -> None:
         self.path = path
         self.start = start
+        self.fps = fps
         self.step = 1.0 / fps if fps else None
         self.src_dt = 1.0 / src_fps if src_fps else 1.0 / 25.0
         self.max_frames = max_frames
         self.size = size
         self.limit = limit
         self.frames: list[Tensor] = []
+        self.turns = 0  # counterclockwise quarter turns that display the frames upright
         self.done = False
         self._prev: tuple[float, av.VideoFrame, int, int] | None = None
         self._prev_tensor: Tensor | None = None
@@ -212,8 +220,8 @@ class _FrameSelector:
         self._reformatter = VideoReformatter()
 
     def _target(self) -> float:
-        assert self.step is not None
-        return self.start + len(self.frames) * self.step
+        assert self.fps is not None
+        return self.start + len(self.frames) / self.fps
 
     def _emit(self) -> bool:
         """Append the held frame; False once no more frames are wanted."""
@@ -229,7 +237,7 @@ class _FrameSelector:
         assert self._prev is not None
         if self._prev_tensor is None:
             _, frame, w, h = self._prev
-            self._prev_tensor = _frame_tensor(frame, w, h, self.size, self._reformatter)
+            self._prev_tensor = _frame_tensor(frame, w, h, self.size, self._reformatter, self.turns)
         self.frames.append(self._prev_tensor)
         if self.max_frames is not None and len(self.frames) >= self.max_frames:
             self.done = True
@@ -244,7 +252,9 @@ class _FrameSelector:
             self._prev, self._prev_tensor = (t, frame, width, height), None
             return self._emit()
         if self._prev is not None:
-            midpoint = 0.5 * (self._prev[0] + t)
+            # A target exactly halfway takes the earlier frame; the tolerance keeps float
+            # rounding from deciding ties (25 -> 50 fps gives every frame twice).
+            midpoint = 0.5 * (self._prev[0] + t) + _TIE
             while self._target() <= midpoint:
                 if not self._emit():
                     return False
@@ -256,7 +266,7 @@ class _FrameSelector:
         if self.step is None or self._prev is None:
             return
         end = self._prev[0] + self.src_dt
-        while self._target() < end - 1e-6:
+        while self._target() < end - _TIE:
             if not self._emit():
                 return
 
@@ -267,14 +277,31 @@ def _frame_tensor(
     height: int,
     size: Size | None,
     reformatter: VideoReformatter,
+    turns: int = 0,
 ) -> Tensor:
-    """One frame as uint8 ``(3, H, W)`` at the stream's first size (or ``size``)."""
+    """One frame as uint8 ``(3, H, W)`` at the stream's first size, turned upright by
+    ``turns`` counterclockwise quarter turns (then resized to ``size``)."""
     rgb = reformatter.reformat(frame, width=width, height=height, format="rgb24")
     array = rgb.to_ndarray()
     tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+    if turns:
+        tensor = torch.rot90(tensor, turns, dims=(-2, -1))
     if size is not None:
         tensor = resize_cover(tensor, size)
     return tensor.contiguous()
+
+
+def _quarter_turns(frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> int:
+    """Counterclockwise quarter turns (0-3) that the stream's display matrix asks for, as
+    players and FFmpeg's own ``autorotate`` apply them (a phone's portrait video is stored
+    landscape with a -90 degree rotation). Angles between quarter turns are rounded."""
+    angle = getattr(frame, "rotation", None)  # PyAV >= 14: from the DISPLAYMATRIX side data
+    if angle is None:  # older PyAV: the "rotate" tag of older FFmpeg, in degrees clockwise
+        try:
+            angle = -float(stream.metadata.get("rotate", 0))
+        except ValueError:
+            angle = 0
+    return round(float(angle) / 90.0) % 4
 
 
 def _check_frame_size(p: Path, width: int, height: int, limits: MediaLimits) -> None:
