@@ -198,9 +198,11 @@ def _load_item(model: Tokenizer, path: Path, root: Path | None, settings: BenchS
         frames = None
         if settings.max_seconds is not None:
             frames = max(1, int(settings.max_seconds * model.fps))
-        clip = load_video(path, fps=model.fps, max_frames=frames).video  # (3, T, H, W)
-        frames_first = resize_cover(clip.transpose(0, 1), _size_for(model, settings))
-        return Item(path, root, frames_first.transpose(0, 1).contiguous())
+        # Frames are resized as they are decoded: a full-size float copy of a 1080p clip
+        # takes 25 MB a frame.
+        size = _size_for(model, settings)
+        clip = load_video(path, fps=model.fps, max_frames=frames, size=size).video
+        return Item(path, root, clip.contiguous())  # (3, T, H, W)
     media = load_for_model(model, path)
     if settings.max_seconds is not None and isinstance(model, AudioTokenizer):
         media = media[:, : max(1, int(settings.max_seconds * model.sample_rate))]
