@@ -368,6 +368,14 @@ def validate(cfg: DictConfig, source: str = "<recipe>") -> None:
                 f"discriminator.networks[{i}].name",
                 f"one of {', '.join(sorted(DISCRIMINATORS))}, got {net.get('name')!r}",
             )
+    else:  # a GAN weight without a discriminator would be silently ignored
+        for name in ("adversarial", "feature_matching"):
+            _check(
+                cfg.loss[name] == 0,
+                source,
+                f"loss.{name}",
+                "needs a discriminator (discriminator.networks is empty); set it to 0 or add one",
+            )
     for key, opt in optimizers:
         cls = getattr(torch.optim, opt.name, None)
         _check(

@@ -320,6 +320,7 @@ def train(
         shown_rate, shown_status = 0.0, ""  # of the last log line, for the progress bar
 
         stopped_by = 0  # the signal the ranks agreed to stop after, 0 while running
+        aux_checked = False  # loss.aux names are checked against the first step's losses
         # ====================================================================== train loop
         while state["step"] < tc.steps:
             step = state["step"] + 1
@@ -344,11 +345,21 @@ def train(
                     with amp():
                         text_kwargs = _text_kwargs(batch, takes_text)
                         out = gen_forward(media, lengths if takes_lengths else None, **text_kwargs)
+                        if not aux_checked:
+                            _check_aux_names(aux_weights, out.losses)
+                            aux_checked = True
                         terms = recon_loss(out.reconstruction, media, lengths)
+                        # The discriminator sees what the reconstruction terms score: audio
+                        # padding zeroed as in the real batch (else it tells fakes by it).
+                        judged = (
+                            _zero_padding(out.reconstruction, lengths, model.modality)
+                            if disc is not None
+                            else out.reconstruction
+                        )
                         if gan_on:
                             assert disc is not None and disc_forward is not None
                             disc.requires_grad_(False)  # gradients reach the generator only
-                            fake = disc_forward(out.reconstruction)
+                            fake = disc_forward(judged)
                             if lc.adversarial > 0:
                                 terms["adversarial"] = generator_loss(
                                     fake.logits, lc.gan, lc.reduction
@@ -381,7 +392,7 @@ def train(
                         scalars.update({f"balancer/grad_norm/{k}": v for k, v in norms.items()})
                     else:
                         (total / tc.grad_accum).backward()
-                held.append((media, out.reconstruction.detach()))
+                held.append((media, judged.detach()))
                 _add(scalars, "loss/total", total, tc.grad_accum)
                 _add(scalars, "loss/reconstruction", recon_loss.total(terms), tc.grad_accum)
                 for key, value in [*terms.items(), *aux.items()]:
@@ -469,14 +480,21 @@ def train(
                 progress.line(step, tc.steps, shown_status)
             eval_model = ema.module if ema is not None else model
             val_now = val_loader is not None and (final or step % cfg.log.val_every == 0)
+            # Validation and samples draw random numbers (a diffusion decoder's noise and
+            # times) from forked RNG states, so training never depends on log.val_every /
+            # samples_every, and a run stopped at such a step (which skips them) resumes exactly.
             if val_now and not stopped_by:  # a stopping run goes straight to its checkpoint
-                val = _evaluate(eval_model, val_loader, recon_loss, cfg.log.val_batches, amp, info)
+                with _isolated_rng(device_):
+                    val = _evaluate(
+                        eval_model, val_loader, recon_loss, cfg.log.val_batches, amp, info
+                    )
                 logger.scalars(step, val)
             samples_now = samples is not None and (final or step % cfg.log.samples_every == 0)
             if samples_now and not stopped_by:
-                _write_samples(
-                    eval_model, samples, run_dir / "samples" / f"step_{step:06d}", amp, info
-                )
+                with _isolated_rng(device_):
+                    _write_samples(
+                        eval_model, samples, run_dir / "samples" / f"step_{step:06d}", amp, info
+                    )
             if checkpoint_now:
                 last_checkpoint = _save(
                     run_dir,
@@ -663,6 +681,32 @@ def _stop_agreed(stop: StopRequest, info: DistInfo, sync_point: bool) -> int:
     signum = torch.tensor([stop.signum or 0], dtype=torch.int64, device=info.device)
     dist.all_reduce(signum, op=dist.ReduceOp.MAX)
     return int(signum.item())
+
+
+def _isolated_rng(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Torch's CPU (and this CUDA device's) RNG states restored on exit."""
+    devices = [device] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=devices)
+
+
+def _zero_padding(media: Tensor, lengths: Tensor, modality: str) -> Tensor:
+    """Audio ``(b, c, t)`` with the samples past each item's length zeroed (the collated real
+    batch holds zeros there); other media unchanged."""
+    if modality != "audio":
+        return media
+    positions = torch.arange(media.shape[-1], device=media.device)
+    return media * (positions[None, :] < lengths[:, None]).unsqueeze(1).to(media.dtype)
+
+
+def _check_aux_names(aux_weights: Mapping[str, float], losses: Mapping[str, Any]) -> None:
+    """``loss.aux`` may only name losses the model reports (a misspelled name would
+    otherwise leave the loss it meant at weight 1 without a word)."""
+    unknown = sorted(set(aux_weights) - set(losses))
+    if unknown:
+        raise RecipeError(
+            f"loss.aux: {', '.join(unknown)} not among the losses the model reports "
+            f"({', '.join(sorted(losses)) or 'none'})"
+        )
 
 
 def _no_sync(module: nn.Module | None, skip: bool) -> contextlib.AbstractContextManager[Any]:
