@@ -27,6 +27,7 @@ from anytok.quantizers.kernels import (
     nearest_codeword,
     nearest_codeword_reference,
 )
+from anytok.quantizers.kernels.certificate import MAX_UPSCALE_EXP
 from anytok.quantizers.kernels.dispatch import ENV_VAR
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -68,7 +69,10 @@ def assert_same_argmin(
     s_ref = exact_scores(x, codebook, ref, metric)
     xs = x.double().reshape(s_got.shape[0], -1, x.shape[-1])
     cmax = codebook.double().norm(dim=-1).amax(-1).reshape(-1, 1)
-    scale = xs.norm(dim=-1) * cmax + (cmax**2 if metric == "euclidean" else 0) + 1e-30
+    # (the floor only avoids 0/0: a fixed one like 1e-30 would hide every error of inputs
+    # below about 1e-16, where scores are below it)
+    scale = xs.norm(dim=-1) * cmax + (cmax**2 if metric == "euclidean" else 0)
+    scale = scale.clamp_min(torch.finfo(torch.float64).tiny)
     if metric == "cosine":
         scale = torch.ones_like(scale)
     gap = (s_got - s_ref) / scale
@@ -410,12 +414,18 @@ def test_interp_scaled_staging() -> None:
     assert bool((out[..., 19:] == 0).all())
     assert torch.equal(torch.exp2(torch.log2(inv).round()), inv)  # powers of two
     peak = out[..., :19].float().abs().amax(-1)
-    nonzero = torch.ones(2, 21, dtype=torch.bool)
-    nonzero[1, 3] = False
-    assert bool(((peak >= 2**14) & (peak < 2**15))[nonzero].all())
+    row_peak = t.abs().amax(-1)
+    # Rows up to 2^-35 reach [2^14, 2^15); smaller ones are scaled by 2^MAX_UPSCALE_EXP only
+    # (the search folds two inverse scales into one fp32 factor, which must stay normal).
+    full = row_peak >= 2.0 ** (14 - MAX_UPSCALE_EXP)
+    assert int(full.sum()) == 28  # 1e-9 and up (the zero row is not)
+    assert bool(((peak >= 2**14) & (peak < 2**15))[full].all())
+    assert bool((inv[~full] == 2.0**-MAX_UPSCALE_EXP).all())
+    expected = (t * 2.0**MAX_UPSCALE_EXP).half()  # fp16 rounding of the capped scale
+    assert torch.equal(out[..., :19][~full], expected[~full])
     back = out[..., :19].double() * inv[..., None].double()
     err = (back - t.double()).abs().amax(-1) / t.double().abs().amax(-1).clamp_min(1e-300)
-    assert float(err[nonzero].max()) <= 2.0**-11  # fp16 rounding, relative to the row max
+    assert float(err[full].max()) <= 2.0**-11  # fp16 rounding, relative to the row max
     assert bool((back[1, 3] == 0).all())
 
 
@@ -438,6 +448,40 @@ def test_interp_scaled_operands_any_magnitude(magnitude: float) -> None:
             assert stats.ambiguous <= 16, (metric, stage, stats.ambiguous)
 
 
+@interp_only
+@pytest.mark.parametrize("magnitude", [1e-16, 1e-18, 1e-19, 1e-20])
+def test_interp_tiny_inputs_are_exact(magnitude: float) -> None:
+    """Near-tie inputs scaled to tiny (normal fp32) magnitudes: exact under every staging
+    policy. The row block's and the codeword's inverse scales, folded into one factor, used
+    to flush to zero near 1e-19, every score became ||c||^2, and the rows still certified."""
+    from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
+
+    x, c = near_tie_inputs(40, 16, 24, seed=0)
+    wide_x, wide_c = near_tie_inputs(20, 130, 24, seed=3)  # D > 128: chunked, x staged
+    for metric in ("euclidean", "dot"):
+        for xs, cs in ((x, c), (wide_x, wide_c)):
+            xs, cs = xs * magnitude, cs * magnitude
+            for stage in ("auto", "always", "never"):
+                got = nearest_codeword_triton(xs, cs, metric=metric, stage=stage)
+                assert_same_argmin(got, xs, cs, metric)
+
+
+@interp_only
+@pytest.mark.parametrize("magnitude", [1e-25, 1e-30])
+def test_interp_cosine_of_tiny_vectors(magnitude: float) -> None:
+    """Cosine of vectors far below F.normalize's eps: the exact re-rank's <x, c> underflowed
+    to a tie for every codeword (the reference normalises x first and ranks them)."""
+    from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 24, generator=g) * magnitude
+    c = torch.randn(30, 24, generator=g) * magnitude
+    for stage in ("auto", "never"):
+        got = nearest_codeword_triton(x, c, metric="cosine", stage=stage)
+        assert torch.equal(got, nearest_codeword_reference(x, c, metric="cosine"))
+        assert_same_argmin(got, x, c, "cosine")
+
+
 def test_certificate_model() -> None:
     """The torch model of the certificate: operand values, formats and errors."""
     from anytok.quantizers.kernels.certificate import ambiguous_rows, scaled_fp16
@@ -446,7 +490,9 @@ def test_certificate_model() -> None:
     t = torch.randn(6, 40, generator=g) * torch.tensor([1e-30, 1e-5, 1.0, 1e4, 1e9, 0.0])[:, None]
     v = scaled_fp16(t)
     rel = (v.double() - t.double()).abs().amax(-1) / t.double().abs().amax(-1).clamp_min(1e-300)
-    assert float(rel[:5].max()) <= 2.0**-11 and bool((v[5] == 0).all())
+    assert float(rel[1:5].max()) <= 2.0**-11 and bool((v[5] == 0).all())
+    # 1e-30 is below the largest upscale: fp16(t * 2^49) flushes to zero, as in the kernels
+    assert bool((v[0] == 0).all())
     x, c = torch.randn(300, 16, generator=g), torch.randn(64, 16, generator=g)
     assert not bool(ambiguous_rows(x.bfloat16(), c.bfloat16()).any())  # exact operands
     scaled = int(ambiguous_rows(x, c).sum())

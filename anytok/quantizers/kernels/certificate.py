@@ -21,19 +21,25 @@ from anytok.quantizers.kernels.reference import METRICS
 OPERANDS = ("bf16", "fp16_scaled", "exact16")
 
 _U32 = 2.0**-24
+#: The largest power of two the kernels scale a row up by (``_pow2_scales``): the search folds
+#: a row block's and a codeword's inverse scales into one factor, which two inverses of at
+#: least 2^-49 keep a normal fp32 number. Rows whose peak is below 2^-35 keep fewer bits.
+MAX_UPSCALE_EXP = 49
+#: The bound's absolute term for the epilogue's roundings of subnormal scores (2^-146).
+SUBNORMAL_SLACK = 2.0**-146
 
 
 def scaled_fp16(t: Tensor) -> Tensor:
     """``fp16(t * 2^e) * 2^-e`` per row (last dim), ``max |t * 2^e|`` in ``[2^14, 2^15)``.
 
     The operand values the kernels read for non-16-bit inputs, in true units, fp32. Shapes
-    are kept. Powers of two are clamped to ``2^+-126``, as in the kernels.
+    are kept. ``e`` lies in ``[-126, MAX_UPSCALE_EXP]``, as in the kernels.
     """
     t = t.float()
     peak = t.abs().amax(-1, keepdim=True)
     _, exponent = torch.frexp(peak)  # peak in [2^(e-1), 2^e)
-    shift = (15 - exponent.to(torch.int32)).clamp(-126, 126)
-    shift = torch.where(peak > 0, shift, torch.full_like(shift, 126))
+    shift = (15 - exponent.to(torch.int32)).clamp(-126, MAX_UPSCALE_EXP)
+    shift = torch.where(peak > 0, shift, torch.full_like(shift, MAX_UPSCALE_EXP))
     mult = torch.ldexp(torch.ones_like(peak), shift.float())
     return (t * mult).half().float() / mult
 
@@ -112,6 +118,7 @@ def ambiguous_rows(
         xt_norm, rx_norm = xt.norm(dim=-1), (xf - xt).norm(dim=-1)
         err = xt_norm * (p + gamma * t) + rx_norm * q
         err = (err + 4 * _U32 * (big_b + (1 + gamma) * t * xt_norm)) * (1 + 2.0**-8)
+        err = err + SUBNORMAL_SLACK
         scores = torch.addmm(b, xt, (ct * a[:, None]).T)
         best2 = scores.topk(2, dim=-1, largest=False).values
         out.append(~(best2[:, 1] > best2[:, 0] + 2 * err))

@@ -13,8 +13,9 @@ so the kernels only ever need the dot product plus two ``(K,)`` vectors ``a`` an
 
 Operands (:func:`operand_dtype`): when both inputs are bf16, or both fp16, the tensor cores
 read them as they are (exact). Otherwise (fp32, mixed) they read fp16 scaled per row by a
-power of two, ``lp(v) = fp16(v * 2^e) * 2^-e`` with ``max |v * 2^e|`` in ``[2^14, 2^15)``:
-fp16's 11-bit significand (8x finer than bf16) without its range limits. The scales are
+power of two, ``lp(v) = fp16(v * 2^e) * 2^-e`` with ``max |v * 2^e|`` in ``[2^14, 2^15)``
+(``e <= 49``, see :func:`_pow2_scales`): fp16's 11-bit significand (8x finer than bf16)
+without its range limits. The scales are
 exact, so they only move where the accumulator is rescaled (per row and per column in the
 epilogue); ``benchmarks/certificate_rate.py`` shows 5-8x fewer uncertified rows than bf16.
 
@@ -290,13 +291,17 @@ if HAS_TRITON:
         """Powers of two ``(mult, inv)`` per row with ``maxabs * mult`` in ``[2^14, 2^15)``.
 
         Scaling by a power of two is exact, so ``fp16(v * mult) * inv`` differs from ``v``
-        only by fp16 rounding: values of any magnitude use fp16's full 11-bit precision and
-        never overflow. Exponents are clamped to +-126 so both powers stay normal fp32 (zero
-        rows, fp32 subnormals).
+        only by fp16 rounding: rows from 2^-35 up use fp16's full 11-bit precision and
+        never overflow. The exponent is at most ``MAX_UPSCALE_EXP`` (49, see
+        :mod:`~anytok.quantizers.kernels.certificate`): the search folds a row block's and a
+        codeword's inverse scales into one factor, and two inverses of 2^-49 or more keep it
+        a normal fp32 number (2^-77 each, for entries near 1e-19, flushed it to zero and every
+        score to ``b``). Rows below 2^-35 keep fewer significant bits instead, which their
+        measured residuals account for. At least -126, so ``inv`` stays normal too.
         """
         bits = maxabs.to(tl.int32, bitcast=True)
         shift = 14 - (((bits >> 23) & 0xFF) - 127)
-        shift = tl.minimum(tl.maximum(shift, -126), 126)
+        shift = tl.minimum(tl.maximum(shift, -126), 49)
         mult = ((shift + 127) << 23).to(tl.float32, bitcast=True)
         inv = ((127 - shift) << 23).to(tl.float32, bitcast=True)
         return mult, inv
@@ -535,7 +540,9 @@ if HAS_TRITON:
         xt_n = tl.sqrt(xt2)
         err = xt_n * (p + gamma * t) + tl.sqrt(rx2) * q
         err += 4.0 * 5.960464477539063e-08 * (b + (1.0 + gamma) * t * xt_n)  # 4 * 2^-24
-        return err * 1.00390625  # 1 + 2^-8
+        # + 2^-146: the epilogue's roundings when scores are subnormal (each at most 2^-150
+        # absolute, which the relative terms above do not cover).
+        return err * 1.00390625 + 1.1210387714598537e-44  # 1 + 2^-8, 2^-146
 
     @triton.jit
     def _append_ambiguous(
@@ -905,6 +912,7 @@ if HAS_TRITON:
         s_ck,
         s_cd,
         M: tl.constexpr,
+        UNIT_ROWS: tl.constexpr,  # cosine / dot: rescale each row's peak to [1, 2) first
         BLOCK_K: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
@@ -919,6 +927,19 @@ if HAS_TRITON:
             cnt = tl.load(count_ptr + at)
             x_row = x_ptr + g.to(tl.int64) * s_xg + row.to(tl.int64) * s_xn
             c_grp = c_ptr + g.to(tl.int64) * s_cg
+            # With b = 0 (cosine, dot) a positive factor on x scales every score alike, and a
+            # power of two is exact: bringing the row's peak to [1, 2) keeps <x, c> of tiny
+            # vectors from underflowing to a tie (the reference normalises x for cosine).
+            x_mult = 1.0
+            if UNIT_ROWS:
+                peak = 0.0
+                for d0 in range(0, D, BLOCK_D):
+                    offs_d = d0 + tl.arange(0, BLOCK_D)
+                    xv = tl.load(x_row + offs_d * s_xd, mask=offs_d < D, other=0.0)
+                    peak = tl.maximum(peak, tl.max(tl.abs(xv.to(tl.float32)), axis=0))
+                exponent = ((peak.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+                shift = tl.minimum(tl.maximum(-exponent, -126), 126)
+                x_mult = ((shift + 127) << 23).to(tl.float32, bitcast=True)
             if (cnt > 0) & (cnt <= M):
                 # Exact fp32 scores of the (few) candidates, in increasing index order.
                 offs_m = tl.arange(0, M)
@@ -929,6 +950,7 @@ if HAS_TRITON:
                     offs_d = d0 + tl.arange(0, BLOCK_D)
                     mask_d = offs_d < D
                     xv = tl.load(x_row + offs_d * s_xd, mask=mask_d, other=0.0).to(tl.float32)
+                    xv = xv * x_mult
                     cv = tl.load(
                         c_grp + ks.to(tl.int64)[:, None] * s_ck + offs_d[None, :] * s_cd,
                         mask=mask_m[:, None] & mask_d[None, :],
@@ -960,7 +982,8 @@ if HAS_TRITON:
                             mask=mask_k[:, None] & mask_d[None, :],
                             other=0.0,
                         )
-                        acc += tl.sum(cv.to(tl.float32) * xv.to(tl.float32)[None, :], axis=1)
+                        xv = xv.to(tl.float32) * x_mult
+                        acc += tl.sum(cv.to(tl.float32) * xv[None, :], axis=1)
                     cols = g.to(tl.int64) * K + offs_k
                     scale = tl.load(scale_ptr + cols, mask=mask_k, other=0.0)
                     bias = tl.load(bias_ptr + cols, mask=mask_k, other=float("inf"))
@@ -1339,7 +1362,8 @@ def nearest_codeword_triton(
         _rerank_kernel[(min(n, RERANK_PROGRAMS), groups)](
             xs, cb, scale, bias, rows_list, counter, cand, count, idx, n, k, d,
             *xs.stride(), *cb.stride(),
-            M=m, BLOCK_K=16 if _INTERPRET else 64, BLOCK_D=16 if _INTERPRET else 32,
+            M=m, UNIT_ROWS=metric_id != 0, BLOCK_K=16 if _INTERPRET else 64,
+            BLOCK_D=16 if _INTERPRET else 32,
         )  # fmt: skip
 
     out = idx.reshape(lead)
