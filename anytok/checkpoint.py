@@ -49,36 +49,72 @@ def save_checkpoint(
 ) -> Path:
     """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed).
 
-    Files are written to temporaries and renamed, so a crash never leaves half a checkpoint.
+    Files are written to temporaries and renamed, so a crash never leaves half a checkpoint;
+    a failure (a configuration value JSON cannot hold, a full disk) removes the temporaries.
+
+    Raises:
+        CheckpointError: the configuration (or ``extra``) holds a value JSON cannot store
+            (paths are stored as strings).
     """
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(directory).expanduser()
     config = model_config(model)
     if extra:
         config["extra"] = extra
-    with tempfile.NamedTemporaryFile("w", dir=out, suffix=".tmp", delete=False) as handle:
-        json.dump(config, handle, indent=2, sort_keys=True)
-        config_tmp = handle.name
-    weights_tmp = out / (WEIGHTS_NAME + ".tmp")
-    # save_model deduplicates tied tensors, which save_file would refuse.
-    save_model(model, str(weights_tmp), metadata={"format": "pt", "anytok": "1"})
-    os.replace(weights_tmp, out / WEIGHTS_NAME)
-    os.replace(config_tmp, out / CONFIG_NAME)
+    try:  # before touching the disk: a value JSON cannot hold must not leave debris
+        text = json.dumps(config, indent=2, sort_keys=True, default=_json_value)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{out / CONFIG_NAME}: the configuration of {config['architecture']!r} cannot be "
+            f"written as JSON ({err}); pass plain values (str, numbers, lists, dicts)"
+        ) from err
+    out.mkdir(parents=True, exist_ok=True)
+    temporaries: list[Path] = []
+    try:
+        with tempfile.NamedTemporaryFile("w", dir=out, suffix=".tmp", delete=False) as handle:
+            temporaries.append(Path(handle.name))
+            handle.write(text)
+        weights_tmp = out / (WEIGHTS_NAME + ".tmp")
+        temporaries.append(weights_tmp)
+        # save_model deduplicates tied tensors, which save_file would refuse.
+        save_model(model, str(weights_tmp), metadata={"format": "pt", "anytok": "1"})
+        os.replace(weights_tmp, out / WEIGHTS_NAME)
+        os.replace(temporaries[0], out / CONFIG_NAME)
+    finally:
+        for tmp in temporaries:
+            tmp.unlink(missing_ok=True)
     return out
+
+
+def _json_value(value: Any) -> Any:
+    """Paths in a configuration (a REPA teacher folder ...) are stored as strings."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and check a checkpoint's ``config.json``."""
-    path = Path(directory) / CONFIG_NAME
+    path = Path(directory).expanduser() / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{directory}: not a checkpoint directory (no {CONFIG_NAME})")
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}")
     for key in ("architecture", "config"):
         if key not in config:
             raise CheckpointError(f"{path}: missing the {key!r} entry")
+    if not isinstance(config["architecture"], str):
+        raise CheckpointError(
+            f"{path}: 'architecture' must be a name, got {config['architecture']!r}"
+        )
+    if not isinstance(config["config"], dict):
+        raise CheckpointError(
+            f"{path}: 'config' must be an object of arguments, got "
+            f"{type(config['config']).__name__}"
+        )
     return config
 
 
@@ -88,10 +124,18 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
+    common = sorted(set(state) & set(expected))
     mismatched = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected))
+        for k in common
         if state[k].shape != expected[k].shape
+    ]
+    # Another float precision is cast on load (a bf16 export loads into an fp32 model), but
+    # floats where the model keeps integers (or the reverse) would be truncated silently.
+    wrong_kind = [
+        f"{k}: checkpoint {state[k].dtype} vs model {expected[k].dtype}"
+        for k in common
+        if _dtype_kind(state[k].dtype) != _dtype_kind(expected[k].dtype)
     ]
     problems = []
     if missing:
@@ -100,6 +144,8 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
         problems.append("unexpected keys: " + ", ".join(unexpected))
     if mismatched:
         problems.append("shape mismatches: " + "; ".join(mismatched))
+    if wrong_kind:
+        problems.append("dtype mismatches: " + "; ".join(wrong_kind))
     if problems:
         raise CheckpointError(
             f"{source}: weights do not match the model:\n  " + "\n  ".join(problems)
@@ -107,27 +153,55 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
     model.load_state_dict(state, strict=True)
 
 
+def _dtype_kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    return "float" if dtype.is_floating_point else "integer"
+
+
 def load_checkpoint(directory: str | os.PathLike[str], *, device: str = "cpu") -> nn.Module:
     """Build the architecture named in ``config.json`` and load ``model.safetensors`` strictly."""
-    from anytok.registry import attach_identity, get_arch
+    from anytok.registry import UnknownModelError, attach_identity, get_arch
 
-    directory = Path(directory)
+    directory = Path(directory).expanduser()
     config = read_config(directory)
+    config_file = directory / CONFIG_NAME
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{directory}: no {WEIGHTS_NAME} beside {CONFIG_NAME}")
-    info = get_arch(config["architecture"])
-    model = info.builder(**config["config"])
+    arch = config["architecture"]
+    if "." in arch:  # a registry tag is no architecture: config.json names the bare one
+        raise CheckpointError(
+            f"{config_file}: 'architecture' must be a bare registered name, got {arch!r} "
+            "(an 'arch.tag' names weights, not an architecture)"
+        )
+    try:
+        info = get_arch(arch)
+    except UnknownModelError as err:
+        raise CheckpointError(
+            f"{config_file}: architecture {arch!r} is not registered in this anytok "
+            "(a typo, or a checkpoint of a newer version?); `anytok list` shows every name"
+        ) from err
+    try:
+        model = info.builder(**config["config"])
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"{config_file}: cannot build {arch!r} from its 'config' ({type(err).__name__}: {err})"
+        ) from err
     try:
         state = load_file(str(weights), device=device)
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{weights}: cannot read safetensors file ({err})") from err
     # save_model drops tied duplicates; tie them back before the strict comparison.
+    # (Empty tensors are skipped: they may all report the same data pointer.)
+    own = model.state_dict()
     saved_by_storage = {
-        value.data_ptr(): name for name, value in model.state_dict().items() if name in state
+        value.data_ptr(): name for name, value in own.items() if name in state and value.numel()
     }
-    for name, value in model.state_dict().items():
-        if name not in state and value.data_ptr() in saved_by_storage:
+    for name, value in own.items():
+        if name not in state and value.numel() and value.data_ptr() in saved_by_storage:
             state[name] = state[saved_by_storage[value.data_ptr()]]
     load_state_dict_strict(model, state, str(weights))
     attach_identity(

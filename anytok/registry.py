@@ -348,6 +348,26 @@ def import_checkpoint(info: ArchInfo, cfg: PretrainedCfg, directory: Path) -> nn
     return model
 
 
+def _is_checkpoint_path(text: str) -> bool:
+    """Whether :func:`load` reads ``text`` as a directory rather than a registry name.
+
+    Anything path-like (a separator, a leading ``.`` or ``~``) is a directory. A bare word is
+    a directory when one by that name exists here, unless it is also a registered name and
+    the directory holds no ``config.json``: a folder ``./divot`` of outputs must not hide the
+    architecture ``divot``.
+    """
+    seps = tuple(s for s in (os.sep, os.altsep) if s)
+    if any(s in text for s in seps) or text.startswith((".", "~")):
+        return True
+    folder = Path(text)
+    if not folder.is_dir():
+        return False
+    if (folder / "config.json").is_file():
+        return True
+    _ensure_families_imported()
+    return text.partition(".")[0] not in _ARCHS
+
+
 def load(
     name_or_path: str | os.PathLike[str],
     *,
@@ -358,8 +378,9 @@ def load(
     """Load a tokenizer by registry name (``arch`` or ``arch.tag``), directory, or Hub id.
 
     Args:
-        name_or_path: ``"arch"``, ``"arch.tag"``, a checkpoint directory, or
-            ``"hf-hub:org/name"``.
+        name_or_path: ``"arch"``, ``"arch.tag"``, a checkpoint directory (``~`` is
+            expanded; a bare word names a directory only when no registered name says
+            otherwise, see :func:`_is_checkpoint_path`), or ``"hf-hub:org/name"``.
         device: where to put the model (``"auto"``: CUDA when available; a device this
             machine lacks is a :class:`~anytok.devices.DeviceError`).
         dtype: parameter dtype (``None`` keeps fp32; bf16 autocast is applied at run time).
@@ -394,8 +415,8 @@ def load(
                 f"{error_line(err)}"
             ) from err
         model = load_checkpoint(path)
-    elif Path(text).is_dir() or os.sep in text or text.startswith("."):
-        model = load_checkpoint(text)
+    elif _is_checkpoint_path(text):
+        model = load_checkpoint(Path(text).expanduser())
     else:
         info, cfg = resolve(text)
         if cfg.tag == UNTRAINED:
@@ -406,6 +427,13 @@ def load(
                 model = import_checkpoint(info, cfg, path)
             else:
                 model = load_checkpoint(path)
+                if model.anytok_arch != info.name:
+                    from anytok.checkpoint import CONFIG_NAME, CheckpointError
+
+                    raise CheckpointError(
+                        f"{path / CONFIG_NAME}: holds a {model.anytok_arch!r} checkpoint, "
+                        f"not one of {info.name!r} (asked for {info.name}.{cfg.tag})"
+                    )
             attach_identity(model, info.name, model.anytok_config, tag=cfg.tag)
     model = model.to(device=target)
     if dtype is not None:

@@ -283,8 +283,10 @@ class ResumableSampler(DistributedSampler):
     start in the middle of an epoch.
 
     The split over ranks and the shuffle per epoch are DistributedSampler's own (rank ``r``
-    takes every ``world``-th index of the epoch's permutation, padded to equal counts), so
-    ranks see disjoint data and the same number of batches. ``seed`` in each pair comes from
+    takes every ``world``-th index of the epoch's permutation), so together the ranks cover
+    every item each epoch and see the same number of batches; when ``world`` does not divide
+    the dataset, the permutation is padded by repeating its first items, so up to
+    ``world - 1`` items are seen twice in that epoch (on different ranks). ``seed`` in each pair comes from
     ``(seed, epoch, rank, position)``: augmentation does not depend on loader workers.
     """
 
@@ -300,7 +302,10 @@ class ResumableSampler(DistributedSampler):
         self.start = 0
 
     def set_position(self, epoch: int, start: int) -> None:
-        """Begin epoch ``epoch`` at this rank's ``start``-th index."""
+        """Begin epoch ``epoch`` at this rank's ``start``-th index (a start past this rank's
+        share, e.g. saved with fewer ranks, is an epoch with nothing left)."""
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
         self.set_epoch(epoch)
         self.start = start
 
@@ -310,7 +315,7 @@ class ResumableSampler(DistributedSampler):
             yield indices[position], item_seed(self.seed, self.epoch, self.rank, position)
 
     def __len__(self) -> int:
-        return self.num_samples - self.start
+        return max(0, self.num_samples - self.start)
 
 
 __all__ = [

@@ -1,7 +1,8 @@
 """Command-line entry points: ``anytok encode-dataset`` and ``anytok export-tokens``.
 
 Exit codes: 0 when every item was encoded, 1 when some were skipped (listed in the errors
-file), 2 for a usage error (one line on stderr).
+file), 2 for a usage error (one line on stderr), 130 when interrupted with Ctrl-C (encoded
+shards are kept: the same command resumes).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from rich.console import Console
 from anytok.datasets.sources import DatasetError
 
 EXIT_OK, EXIT_SKIPPED, EXIT_USAGE = 0, 1, 2
+#: Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
 #: Failures printed after a run; the errors file has them all.
 MAX_PRINTED_FAILURES = 10
 
@@ -58,7 +61,7 @@ def _fail(err: BaseException) -> int:
     return EXIT_USAGE
 
 
-def _run(parser: argparse.ArgumentParser, argv: Sequence[str], body) -> int:
+def _run(parser: argparse.ArgumentParser, argv: Sequence[str], body, on_interrupt: str = "") -> int:
     try:
         args = parser.parse_args(list(argv))
         return int(body(args))
@@ -66,6 +69,11 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str], body) -> int:
         return int(done.code or 0)
     except _user_errors() as err:
         return _fail(err)
+    except KeyboardInterrupt:  # Ctrl-C: no traceback; finished shards are kept
+        Console(stderr=True, soft_wrap=True).print(
+            f"{parser.prog}: interrupted{on_interrupt}", highlight=False
+        )
+        return EXIT_INTERRUPTED
 
 
 # --------------------------------------------------------------------------- encode-dataset
@@ -153,7 +161,8 @@ def encode_dataset_from_cli(argv: list[str]) -> int:
             _print_summary(summary)
         return EXIT_OK if summary.ok else EXIT_SKIPPED
 
-    return _run(encode_dataset_parser(), argv, body)
+    resume = "; run the same command again to resume"
+    return _run(encode_dataset_parser(), argv, body, on_interrupt=resume)
 
 
 def _print_summary(summary) -> None:

@@ -236,6 +236,10 @@ def encode_dataset(
     policy = SegmentPolicy(segment, segment_seconds)
     started = time.perf_counter()
     dst = Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise DatasetError(
+            f"{dst}: exists and is not a folder; give encode-dataset an output folder"
+        )
 
     with contextlib.ExitStack() as stack:
         # Model and items first: a wrong name or SRC fails before a Ray cluster starts.
@@ -265,7 +269,10 @@ def encode_dataset(
             shard_size=shard_size,
             src=os.fspath(src),
         )
-        dst.mkdir(parents=True, exist_ok=True)
+        try:
+            dst.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a file on the way, no permission, read-only filesystem
+            raise DatasetError(f"{dst}: cannot create the output folder ({err.strerror})") from err
         stack.enter_context(folder_lock(dst))
         plan = prepare_plan(dst, plan)
         remove_stale_temps(dst)

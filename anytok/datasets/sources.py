@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import tarfile
@@ -79,7 +80,8 @@ class Item:
     def digest_fields(self) -> list[Any]:
         """What identifies the item's content in the plan digest (not ``path``: moving the
         whole dataset folder keeps a resumable run resumable)."""
-        return [self.id, self.source, self.member, self.size, self.metadata, self.error]
+        member = None if self.member is None else printable(self.member)
+        return [self.id, self.source, member, self.size, self.metadata, self.error]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,6 +96,24 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: a file or tar member name that is not UTF-8 (Python keeps its
+    bytes as lone surrogates) gets them as ``\\xNN`` escapes (``caf\\xe9.wav``).
+
+    Ids, sources and errors go to Parquet strings and UTF-8 JSON, which cannot hold lone
+    surrogates; the file itself is still read through its real path.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 # --------------------------------------------------------------------------- listing
 
 
@@ -104,13 +124,14 @@ def source_kind(src: str | os.PathLike[str]) -> SourceKind:
         DatasetError: SRC is none of them (the message says what is accepted).
     """
     text = os.fspath(src)
-    if "{" in text or text.lower().endswith(TAR_SUFFIXES):
-        return "tar"
     path = Path(text)
+    # An existing folder or manifest first: a name may hold braces ("songs {live}/").
     if path.is_dir():
         return "folder"
     if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
         return "manifest"
+    if "{" in text or text.lower().endswith(TAR_SUFFIXES):
+        return "tar"
     if not path.exists():
         raise DatasetError(f"{text}: no such file or folder")
     raise DatasetError(
@@ -155,7 +176,7 @@ def _file_size(path: Path) -> int:
 def _folder_items(root: Path, modality: str) -> list[Item]:
     items = []
     for path in find_media([root], modality=modality, recursive=True):  # type: ignore[arg-type]
-        rel = path.relative_to(root).as_posix()
+        rel = printable(path.relative_to(root).as_posix())
         items.append(Item(id=rel, source=rel, path=str(path.resolve()), size=_file_size(path)))
     return items
 
@@ -186,6 +207,8 @@ def _manifest_items(manifest: Path) -> list[Item]:
 def expand_shards(pattern: str) -> list[str]:
     """Tar files of a shard pattern: brace expansion as in WebDataset (``{000..009}``,
     ``{a,b}``), in expansion order."""
+    if Path(pattern).is_file():  # an existing tar whose name holds braces
+        return [pattern]
     from braceexpand import braceexpand  # the expansion WebDataset itself uses
 
     return list(braceexpand(pattern))
@@ -222,7 +245,8 @@ def _shard_items(shard: Path, modality: str) -> list[Item]:
     """The samples of one tar shard (WebDataset grouping)."""
     wanted = MEDIA_EXTENSIONS[modality]  # type: ignore[index]
     compressed = not shard.name.lower().endswith(".tar")
-    stem = _shard_stem(shard)
+    stem = printable(_shard_stem(shard))
+    shard_name = printable(shard.name)
     samples: dict[str, dict[str, tarfile.TarInfo]] = {}
     meta: dict[str, dict[str, Any]] = {}
     problem = None
@@ -249,18 +273,19 @@ def _shard_items(shard: Path, modality: str) -> list[Item]:
     except (tarfile.TarError, OSError, EOFError) as err:
         # Keep what was listed; the unreadable rest becomes one failed item, so the job goes
         # on and the errors file says which shard to fix.
-        problem = f"not a readable tar archive after {len(samples)} sample(s) ({err})"
+        reason = " ".join(str(err).split())  # tarfile's messages span several lines
+        problem = f"not a readable tar archive after {len(samples)} sample(s) ({reason})"
     items = []
     for key, members in samples.items():
         media = sorted(ext for ext in members if "." + ext.rsplit(".", 1)[-1] in wanted)
         metadata, error = _tar_metadata(meta.get(key, {}))
-        item_id = f"{stem}/{key}"
+        item_id = f"{stem}/{printable(key)}"
         if not media:
-            has = ", ".join(sorted(members))
+            has = printable(", ".join(sorted(members)))
             items.append(
                 Item(
                     id=item_id,
-                    source=f"{shard.name}::{key}",
+                    source=f"{shard_name}::{printable(key)}",
                     path=str(shard.resolve()),
                     metadata=canonical_json(metadata),
                     error=f"sample has no {modality} member (it has: {has})",
@@ -271,7 +296,7 @@ def _shard_items(shard: Path, modality: str) -> list[Item]:
         items.append(
             Item(
                 id=item_id,
-                source=f"{shard.name}::{member.name}",
+                source=f"{shard_name}::{printable(member.name)}",
                 path=str(shard.resolve()),
                 member=member.name,
                 offset=-1 if compressed else member.offset_data,
@@ -282,7 +307,7 @@ def _shard_items(shard: Path, modality: str) -> list[Item]:
         )
     if problem is not None:
         items.append(
-            Item(id=f"{stem}/", source=shard.name, path=str(shard.resolve()), error=problem)
+            Item(id=f"{stem}/", source=shard_name, path=str(shard.resolve()), error=problem)
         )
     return items
 
@@ -328,8 +353,12 @@ class SegmentPolicy:
     def __post_init__(self) -> None:
         if self.mode not in ("full", "crop", "split"):
             raise DatasetError(f"segment policy must be full, crop or split, got {self.mode!r}")
-        if self.mode != "full" and (self.seconds is None or not self.seconds > 0):
-            raise DatasetError(f"--segment {self.mode} needs --segment-seconds > 0")
+        if self.mode != "full" and (
+            self.seconds is None or not 0 < self.seconds < math.inf  # NaN and inf too
+        ):
+            raise DatasetError(
+                f"--segment {self.mode} needs a finite --segment-seconds > 0, got {self.seconds}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "seconds": self.seconds if self.mode != "full" else None}
@@ -396,14 +425,16 @@ def read_member(item: Item) -> bytes:
             raise MediaError(item.source, "tar member is not a regular file")
         return handle.read()
     except (tarfile.TarError, OSError, EOFError, KeyError) as err:
-        raise MediaError(item.source, f"cannot be extracted from the tar ({err})") from err
+        reason = " ".join(str(err).split())
+        raise MediaError(item.source, f"cannot be extracted from the tar ({reason})") from err
 
 
 def load_item(fmt: InputFormat, item: Item) -> Tensor:
     """Load one item as the tokenizer expects it (see :func:`anytok.pipeline.load_input`).
 
     Tar members are written to a temporary file first: the media loaders (soundfile,
-    Pillow, PyAV) and their validation work on paths.
+    Pillow, PyAV) and their validation work on paths. A file whose path is not UTF-8 is read
+    through a temporary UTF-8 symlink (soundfile cannot open such a path).
 
     Raises:
         MediaError: naming the item's source and the problem.
@@ -411,9 +442,17 @@ def load_item(fmt: InputFormat, item: Item) -> Tensor:
     if item.error is not None:
         raise MediaError(item.source, item.error)
     if item.member is None:
-        return load_input(fmt, Path(item.path))
+        if printable(item.path) == item.path:
+            return load_input(fmt, Path(item.path))
+        with tempfile.TemporaryDirectory(prefix="anytok-link-") as folder:
+            link = Path(folder) / ("item" + printable(Path(item.path).suffix))
+            link.symlink_to(item.path)
+            try:
+                return load_input(fmt, link)
+            except MediaError as err:  # name the item, not the link
+                raise MediaError(item.source, err.problem) from err
     data = read_member(item)
-    suffix = "." + item.member.rsplit(".", 1)[-1]
+    suffix = printable("." + item.member.rsplit(".", 1)[-1])
     with tempfile.NamedTemporaryFile(suffix=suffix, prefix="anytok-member-") as tmp:
         tmp.write(data)
         tmp.flush()
@@ -425,9 +464,8 @@ def load_item(fmt: InputFormat, item: Item) -> Tensor:
 
 def describe_error(err: BaseException) -> str:
     """One line for the errors file: a MediaError's problem, else ``Type: message``."""
-    if isinstance(err, MediaError):
-        return err.problem
-    return error_summary(err)
+    text = err.problem if isinstance(err, MediaError) else error_summary(err)
+    return printable(" ".join(text.split()))
 
 
 def iter_segments(
@@ -455,6 +493,7 @@ __all__ = [
     "iter_segments",
     "list_items",
     "load_item",
+    "printable",
     "read_member",
     "source_kind",
 ]

@@ -22,7 +22,7 @@ def export_run(
     """Write the EMA (or raw) generator of a run's newest checkpoint to ``out_dir``.
 
     Args:
-        run_dir: a folder ``anytok train`` wrote.
+        run_dir: a folder ``anytok train`` wrote (``~`` is expanded, as in every path here).
         out_dir: destination; gets ``config.json`` and ``model.safetensors``. The config's
             ``extra`` records the run, step, which weights, and the recipe.
         use_ema: export the EMA weights (the usual choice) or the raw ones.
@@ -35,8 +35,8 @@ def export_run(
         FileNotFoundError: the run has no checkpoint yet.
         ValueError: ``use_ema`` for a run trained without an EMA.
     """
-    run = Path(run_dir)
-    source = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run)
+    run = Path(run_dir).expanduser()
+    source = Path(checkpoint).expanduser() if checkpoint is not None else latest_checkpoint(run)
     if source is None or not (source / "state.json").is_file():
         raise FileNotFoundError(
             f"{run}: no complete checkpoint to export (see {run / 'checkpoints'})"

@@ -39,6 +39,7 @@ from anytok.decoders.diffusion.schedulers import (
     NUM_TRAIN_TIMESTEPS,
     OBJECTIVES,
     make_scheduler,
+    set_timesteps,
 )
 from anytok.nn.transformer import (
     Transformer,
@@ -420,7 +421,7 @@ class FlowDecoder(nn.Module):
         b = cond.shape[0]
         device = cond.device
         sched = make_scheduler(scheduler, self.objective, self.time_shift)
-        sched.set_timesteps(steps, device=device)
+        set_timesteps(sched, steps, device)
         if noise is None:
             gen = generator
             if gen is None and seed is not None:
@@ -453,12 +454,18 @@ class FlowDecoder(nn.Module):
                 torch.cat([c, u]) if c is not None else None for c, u in zip(conditions, uncond)
             )
         dtype = next(self.parameters()).dtype
-        for timestep in sched.timesteps:
+        for index, timestep in enumerate(sched.timesteps):
             model_in = (
                 sched.scale_model_input(x, timestep) if hasattr(sched, "scale_model_input") else x
             )
             model_in = model_in.to(dtype)
-            t = torch.full((b,), float(timestep) / NUM_TRAIN_TIMESTEPS, device=device)
+            if self.objective == "flow":
+                # The noise level the scheduler integrates at: DPM-Solver++ / UniPC round their
+                # flow timesteps down to integers, so timestep / 1000 can miss it by 1e-3.
+                level = float(sched.sigmas[index])
+            else:  # DDPM: the integer training timestep the network was trained on
+                level = float(timestep) / NUM_TRAIN_TIMESTEPS
+            t = torch.full((b,), level, device=device)
             if guided:
                 out = self.velocity(
                     torch.cat([model_in, model_in]), torch.cat([t, t]), conditions, grid

@@ -7,7 +7,11 @@ never shares state between calls.
 
 Time convention everywhere in anytok: ``t`` in [0, 1] is the noise level, ``t = 1`` pure
 noise. diffusers' flow-matching schedulers use ``timestep = sigma * num_train_timesteps``
-with the same orientation, so the denoiser sees ``t = timestep / num_train_timesteps``.
+with the same orientation: under the flow objective the denoiser sees the scheduler's sigma
+at each step (``timestep / num_train_timesteps``, up to the integer rounding some schedulers
+apply), under DDPM objectives ``timestep / num_train_timesteps``. Use :func:`set_timesteps`
+rather than ``scheduler.set_timesteps``: it gives the Euler sampler a grid on which every
+step does work.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+import torch
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
@@ -55,8 +61,16 @@ def _flow(name: str, shift: float) -> Any:
 def _ddpm(name: str, objective: str) -> Any:
     prediction = "epsilon" if objective == "epsilon" else "v_prediction"
     if name == "ddim":
+        # "trailing" spacing starts at the last training timestep (999) for any step count;
+        # DDIMScheduler's default "leading" one starts at 1000 - 1000 / steps, so steps=1 ran
+        # the model once at t=0 on pure noise and returned noise (Lin et al. 2024,
+        # https://arxiv.org/abs/2305.08891, section 3.3).
         return DDIMScheduler(
-            **DDPM_SCHEDULE, prediction_type=prediction, clip_sample=False, set_alpha_to_one=False
+            **DDPM_SCHEDULE,
+            prediction_type=prediction,
+            clip_sample=False,
+            set_alpha_to_one=False,
+            timestep_spacing="trailing",
         )
     if name == "dpm++":
         return DPMSolverMultistepScheduler(
@@ -93,4 +107,32 @@ def make_scheduler(name: str, objective: str = "flow", shift: float = 1.0) -> An
     return build(objective, float(shift))
 
 
-__all__ = ["DDPM_SCHEDULE", "NUM_TRAIN_TIMESTEPS", "OBJECTIVES", "SCHEDULERS", "make_scheduler"]
+def set_timesteps(scheduler: Any, steps: int, device: torch.device | str | None = None) -> None:
+    """``scheduler.set_timesteps(steps)``, with every one of the ``steps`` model calls doing
+    work.
+
+    diffusers' ``FlowMatchEulerDiscreteScheduler`` spaces ``steps`` sigmas from 1 down to
+    ``1 / num_train_timesteps`` and then appends 0, so its last step only moves from 0.001 to 0:
+    ``steps=2`` equals ``steps=1`` to 0.1 %, and every count wastes one model call. The Euler
+    sampler takes the uniform grid ``1, 1 - 1/steps, ..., 1/steps`` (then 0; diffusers' Flux
+    pipelines pass the same sigmas), time-shifted by the scheduler as before. Heun keeps
+    diffusers' grid: there a tiny last step is the right final Euler step after ``steps - 1``
+    second-order ones. DPM-Solver++ / UniPC / DDIM already use every call.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        sigmas = np.linspace(1.0, 1.0 / steps, steps)
+        scheduler.set_timesteps(sigmas=sigmas.tolist(), device=device)
+    else:
+        scheduler.set_timesteps(steps, device=device)
+
+
+__all__ = [
+    "DDPM_SCHEDULE",
+    "NUM_TRAIN_TIMESTEPS",
+    "OBJECTIVES",
+    "SCHEDULERS",
+    "make_scheduler",
+    "set_timesteps",
+]
