@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import math
 import os
 from contextlib import AbstractContextManager
@@ -70,11 +71,42 @@ def decode_codes(quantizer: nn.Module, codes: Tensor) -> Tensor:
     return torch.movedim(quantizer.decode(torch.movedim(codes, 1, -1)), -1, 1)
 
 
+def _autocast_to_weights(method: Any) -> Any:
+    """Run ``method`` under autocast to the weights' dtype when they are bf16 / fp16.
+
+    A model loaded with ``anytok.load(..., dtype=torch.bfloat16)`` (or cast with ``.to``)
+    keeps fp32 where it must: quantizers return fp32 latents, samplers and positional tables
+    build fp32 tensors. Fed straight into bf16 layers those fail on mixed dtypes (27 of the
+    33 architectures did); under autocast every layer casts its inputs instead. Inside an
+    autocast the caller opened, nothing changes.
+    """
+
+    @functools.wraps(method)
+    def run(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        device, dtype = long_audio._device_and_dtype(self)
+        if dtype in (torch.bfloat16, torch.float16) and not torch.is_autocast_enabled(device.type):
+            with torch.autocast(device.type, dtype=dtype):
+                return method(self, *args, **kwargs)
+        return method(self, *args, **kwargs)
+
+    run._autocast_to_weights = True  # type: ignore[attr-defined]
+    return run
+
+
 class Tokenizer(nn.Module, abc.ABC):
     """Base of every tokenizer. Subclasses set ``modality`` and implement ``spec``,
-    ``encode``, ``decode`` and ``forward``."""
+    ``encode``, ``decode`` and ``forward``. ``encode`` and ``decode`` of every subclass run
+    under autocast to bf16 / fp16 weights (:func:`_autocast_to_weights`)."""
 
     modality: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("encode", "decode"):
+            method = cls.__dict__.get(name)
+            if callable(method) and not getattr(method, "_autocast_to_weights", False):
+                setattr(cls, name, _autocast_to_weights(method))
+
     #: True when a position's codes depend only on past input (right padding is harmless).
     causal: bool = False
 

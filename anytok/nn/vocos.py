@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from anytok.quantizers.vq import fp32_layer
+
 ISTFT_PADDINGS = ("same", "center")
 
 
@@ -299,7 +301,8 @@ class ISTFTHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            log_magnitude, phase = self.out(x.float()).transpose(1, 2).chunk(2, dim=1)
+            # (fp32 math, also in a model cast to bf16)
+            log_magnitude, phase = fp32_layer(self.out, x.float()).transpose(1, 2).chunk(2, dim=1)
             magnitude = log_magnitude.exp().clip(max=1e2)
             spec = torch.complex(magnitude * phase.cos(), magnitude * phase.sin())
             return self.istft(spec)

@@ -61,7 +61,7 @@ from anytok.nn.encodec_seanet import rename_weight_norm
 from anytok.nn.snake import Snake1d
 from anytok.quantizers.base import QuantizerOutput, check_codes, check_last_dim, zero_loss
 from anytok.quantizers.kernels import nearest_codeword
-from anytok.quantizers.vq import fp32_region, local_code_metrics
+from anytok.quantizers.vq import fp32_layer, fp32_region, local_code_metrics
 from anytok.registry import register
 from anytok.tokens import Tokens
 
@@ -259,7 +259,8 @@ class StridedFactorizedVQ(nn.Module):
 
     def lookup(self, codes: Tensor) -> Tensor:
         """Codes ``(b, n)`` -> upsampled contribution ``(b, dim, n * stride)``."""
-        z_q = self.out_proj(rearrange(self.codebook(codes), "b n c -> b c n"))
+        codewords = F.embedding(codes, self.codebook.weight.float())
+        z_q = fp32_layer(self.out_proj, rearrange(codewords, "b n c -> b c n"))
         return z_q.repeat_interleave(self.stride, dim=-1) if self.stride > 1 else z_q
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -268,12 +269,12 @@ class StridedFactorizedVQ(nn.Module):
         ``|sg(z_e) - q|^2``."""
         if self.stride > 1:
             z = F.avg_pool1d(z, self.stride, self.stride)
-        z_e = self.in_proj(z)
+        z_e = fp32_layer(self.in_proj, z)  # fp32 math, also in a model cast to bf16
         codes = self.search(z_e)
-        z_q = rearrange(self.codebook(codes), "b n c -> b c n")
+        z_q = rearrange(F.embedding(codes, self.codebook.weight.float()), "b n c -> b c n")
         commitment = F.mse_loss(z_e, z_q.detach())
         codebook = F.mse_loss(z_q, z_e.detach())
-        z_q = self.out_proj(z_e + (z_q - z_e).detach())
+        z_q = fp32_layer(self.out_proj, z_e + (z_q - z_e).detach())
         if self.stride > 1:
             z_q = z_q.repeat_interleave(self.stride, dim=-1)
         return z_q, codes, commitment, codebook

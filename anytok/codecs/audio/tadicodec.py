@@ -81,7 +81,8 @@ class ByteTextEncoder(nn.Module):
             batch[i, : len(row)] = torch.tensor(row)
             mask[i, : len(row)] = True
         batch, mask = batch.to(device), mask.to(device)
-        h = self.embed(batch) + sincos_embedding(torch.arange(longest, device=device), self.dim)
+        h = self.embed(batch)
+        h = h + sincos_embedding(torch.arange(longest, device=device), self.dim).to(h.dtype)
         return self.transformer(h, attn_mask=mask), mask  # type: ignore[return-value]
 
 

@@ -86,6 +86,8 @@ class LogMel(nn.Module):
         frames = self.config.frames(audio.shape[-1])
         padded = F.pad(audio[:, 0].float(), (0, frames * self.config.hop_length - audio.shape[-1]))
         with torch.autocast(audio.device.type, enabled=False):
+            if any(b.dtype != torch.float32 for b in self.mel.buffers()):
+                self.mel.float()  # constants (window, filterbank): fp32 in a bf16-cast model
             mel = self.mel(padded)[..., :frames]
         return mel.clamp_min(1e-5).log()
 
