@@ -18,12 +18,7 @@ SEANET = ROOT / "recipes/audio/seanet_fsq_24khz_tiny.yaml"
 TADICODEC = ROOT / "recipes/audio/tadicodec_tiny.yaml"  # a diffusion decoder: draws noise
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quiet(data: Path, steps: int) -> list[str]:

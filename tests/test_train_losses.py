@@ -29,13 +29,7 @@ from anytok.train.losses import (
     VGGPerceptualLoss,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tone(freq: float, n: int = 4800, rate: int = 24000) -> torch.Tensor:

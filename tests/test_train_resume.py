@@ -33,12 +33,7 @@ RECIPE = ROOT / "recipes/audio/seanet_fsq_24khz_tiny.yaml"
 STEPS, KILL_AFTER = 24, 10
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def overrides(data: Path) -> list[str]:
