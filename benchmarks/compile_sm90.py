@@ -227,7 +227,10 @@ def other_rows(smoke: bool = False) -> list[dict]:
         "list_ptr": "*i32", "counter_ptr": "*i32", "cand_ptr": "*i32", "count_ptr": "*i32",
         "idx_ptr": "*i64", **{n: "i32" for n in ("N", "K", "D", "s_xg", "s_xn", "s_cg", "s_ck")},
     }  # fmt: skip
-    consts = {"s_xd": 1, "s_cd": 1, "M": ts.MAX_CANDIDATES, "BLOCK_K": 64, "BLOCK_D": 32}
+    consts = {
+        "s_xd": 1, "s_cd": 1, "M": ts.MAX_CANDIDATES, "UNIT_ROWS": True,  # cosine / dot: the
+        "BLOCK_K": 64, "BLOCK_D": 32,  # longer path, with the rows' unit-peak pass
+    }  # fmt: skip
     res = _compile(ts._rerank_kernel, sig, consts, 4, 3)
     rows.append({"kernel": "rerank", "case": "fp32", "D": 256, "tile": "64x32 w4", "stages": 3,
                  **res})  # fmt: skip
