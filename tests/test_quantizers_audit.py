@@ -256,13 +256,21 @@ def test_vq_ema_training_matches_vector_quantize_pytorch(use_cosine_sim: bool) -
         torch.testing.assert_close(ours.ema_cluster_size, reference._codebook.cluster_size[0])
 
 
+def rvq_pair(**kwargs) -> tuple[torch.nn.Module, ResidualVQ]:
+    """vector-quantize-pytorch's ResidualVQ (dim 16, 3 levels of 32 codes) and ours with the
+    same codebooks."""
+    torch.manual_seed(0)
+    reference = vqp.ResidualVQ(dim=16, num_quantizers=3, codebook_size=32, **kwargs)
+    ours = ResidualVQ(16, 3, 32, **kwargs)
+    for level, layer in enumerate(reference.layers):  # shared: every level is the one codebook
+        copy_vq(ours.stage(level), layer)
+    return reference, ours
+
+
 def test_rvq_ema_training_matches_vector_quantize_pytorch() -> None:
     """Values (not gradients, a documented difference) of RVQ training steps."""
-    torch.manual_seed(0)
-    reference = vqp.ResidualVQ(dim=16, num_quantizers=3, codebook_size=32).train()
-    ours = ResidualVQ(16, 3, 32).train()
-    for level, layer in enumerate(reference.layers):
-        copy_vq(ours.stage(level), layer)
+    reference, ours = rvq_pair()
+    reference.train(), ours.train()
     for _ in range(3):
         z = torch.randn(4, 50, 16)
         expected, indices, losses = reference(z)
@@ -282,12 +290,8 @@ def test_rvq_ema_training_matches_vector_quantize_pytorch() -> None:
     ids=["shared", "cos", "both"],
 )
 def test_rvq_shared_or_cosine_matches_vector_quantize_pytorch(shared: bool, cosine: bool) -> None:
-    torch.manual_seed(0)
-    kwargs = {"shared_codebook": shared, "use_cosine_sim": cosine}
-    reference = vqp.ResidualVQ(dim=16, num_quantizers=3, codebook_size=32, **kwargs).eval()
-    ours = ResidualVQ(16, 3, 32, **kwargs).eval()
-    for level in range(len(ours.layers)):
-        copy_vq(ours.layers[level], reference.layers[level])
+    reference, ours = rvq_pair(shared_codebook=shared, use_cosine_sim=cosine)
+    reference.eval(), ours.eval()
     z = torch.randn(4, 50, 16)
     with torch.no_grad():
         expected, indices, _ = reference(z)
@@ -298,11 +302,8 @@ def test_rvq_shared_or_cosine_matches_vector_quantize_pytorch(shared: bool, cosi
 
 
 def test_rvq_decode_of_dropped_levels_matches_vector_quantize_pytorch() -> None:
-    torch.manual_seed(0)
-    reference = vqp.ResidualVQ(dim=16, num_quantizers=3, codebook_size=32).eval()
-    ours = ResidualVQ(16, 3, 32).eval()
-    for level, layer in enumerate(reference.layers):
-        copy_vq(ours.stage(level), layer)
+    reference, ours = rvq_pair()
+    reference.eval(), ours.eval()
     codes = torch.randint(0, 32, (2, 7, 3))
     codes[..., 2] = -1
     codes[0, :3, 1] = -1

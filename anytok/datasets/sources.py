@@ -114,6 +114,11 @@ def printable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line of valid UTF-8, for the errors file and the plan's items."""
+    return printable(" ".join(text.split()))
+
+
 # --------------------------------------------------------------------------- listing
 
 
@@ -273,8 +278,8 @@ def _shard_items(shard: Path, modality: str) -> list[Item]:
     except (tarfile.TarError, OSError, EOFError) as err:
         # Keep what was listed; the unreadable rest becomes one failed item, so the job goes
         # on and the errors file says which shard to fix.
-        reason = " ".join(str(err).split())  # tarfile's messages span several lines
-        problem = f"not a readable tar archive after {len(samples)} sample(s) ({reason})"
+        # (one line: the error is the item's, kept in the plan; tarfile's span several)
+        problem = one_line(f"not a readable tar archive after {len(samples)} sample(s) ({err})")
     items = []
     for key, members in samples.items():
         media = sorted(ext for ext in members if "." + ext.rsplit(".", 1)[-1] in wanted)
@@ -425,8 +430,7 @@ def read_member(item: Item) -> bytes:
             raise MediaError(item.source, "tar member is not a regular file")
         return handle.read()
     except (tarfile.TarError, OSError, EOFError, KeyError) as err:
-        reason = " ".join(str(err).split())
-        raise MediaError(item.source, f"cannot be extracted from the tar ({reason})") from err
+        raise MediaError(item.source, f"cannot be extracted from the tar ({err})") from err
 
 
 def load_item(fmt: InputFormat, item: Item) -> Tensor:
@@ -464,8 +468,7 @@ def load_item(fmt: InputFormat, item: Item) -> Tensor:
 
 def describe_error(err: BaseException) -> str:
     """One line for the errors file: a MediaError's problem, else ``Type: message``."""
-    text = err.problem if isinstance(err, MediaError) else error_summary(err)
-    return printable(" ".join(text.split()))
+    return one_line(err.problem if isinstance(err, MediaError) else error_summary(err))
 
 
 def iter_segments(

@@ -232,3 +232,21 @@ def build(name: str, **kwargs: object) -> nn.Module:
 def list_quantizers() -> list[str]:
     """Names accepted by :func:`build`."""
     return sorted(_QUANTIZERS)
+
+
+def fp32_layer(layer: nn.Module, x: Tensor) -> Tensor:
+    """``layer(x)`` for fp32 ``x``, computed in fp32 whatever the dtype of ``layer``'s weights.
+
+    A quantizer inside a model cast with ``.to(torch.bfloat16)`` (or ``.half()``) keeps its
+    projections' math in fp32, as under autocast, instead of failing on mixed dtypes. Linear
+    and convolution layers only; anything else (``nn.Identity``) is called as it is.
+    """
+    weight = getattr(layer, "weight", None)
+    if not isinstance(weight, Tensor) or weight.dtype == x.dtype:
+        return layer(x)
+    bias = None if layer.bias is None else layer.bias.to(x.dtype)
+    if isinstance(layer, nn.Linear):
+        return nn.functional.linear(x, weight.to(x.dtype), bias)
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        return layer._conv_forward(x, weight.to(x.dtype), bias)
+    return layer(x)

@@ -8,8 +8,8 @@
   https://arxiv.org/abs/2411.19842 (section 3.2), as in vector-quantize-pytorch.
 
 The two also hold the helpers the rest of the scalar / lookup-free family shares
-(:func:`level_metrics`, :func:`module_dtype`, :func:`to_module_dtype`; ``straight_through``
-lives in ``base``).
+(:func:`level_metrics`, :func:`module_dtype`; ``straight_through`` and ``fp32_layer`` live
+in ``base``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from anytok.quantizers.base import (
     QuantizerOutput,
     check_codes,
     check_last_dim,
+    fp32_layer,
     register_quantizer,
     straight_through,
     zero_loss,
@@ -57,15 +58,6 @@ def module_dtype(module: nn.Module, default: torch.dtype = torch.float32) -> tor
     for parameter in module.parameters():
         return parameter.dtype
     return default
-
-
-def to_module_dtype(z: Tensor, module: nn.Module) -> Tensor:
-    """``z`` in the dtype of ``module``'s parameters (unchanged when it has none), so that a
-    bf16 / fp16 input reaches an fp32 projection (and the reverse) without a dtype error;
-    autocast, when on, still picks the projection's compute dtype."""
-    for parameter in module.parameters():
-        return z.to(parameter.dtype) if z.is_floating_point() else z
-    return z
 
 
 def check_levels(levels: Sequence[int], name: str, allow_two: bool) -> list[int]:
@@ -206,7 +198,7 @@ class FSQ(Quantizer):
 
     def _quantize(self, z: Tensor) -> tuple[Tensor, Tensor]:
         check_last_dim(z, self.dim, type(self).__name__)
-        projected = self.project_in(to_module_dtype(z, self.project_in))
+        projected = fp32_layer(self.project_in, z.float())
         with torch.autocast(device_type=z.device.type, enabled=False):
             grouped = rearrange(projected.float(), "... (c d) -> ... c d", c=self.num_codebooks)
             values, level_indices = self.quantize_levels(grouped)
@@ -328,7 +320,7 @@ class ResidualFSQ(Quantizer):
 
     def _quantize(self, z: Tensor, num_stages: int) -> tuple[Tensor, Tensor]:
         check_last_dim(z, self.dim, type(self).__name__)
-        projected = self.project_in(to_module_dtype(z, self.project_in))
+        projected = fp32_layer(self.project_in, z.float())
         with torch.autocast(device_type=z.device.type, enabled=False):
             residual = projected.float()
             residual = torch.tanh(residual / self.soft_clamp) * self.soft_clamp

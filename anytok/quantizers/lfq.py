@@ -34,13 +34,14 @@ from anytok.quantizers.base import (
     QuantizerOutput,
     check_codes,
     check_last_dim,
+    fp32_layer,
     register_quantizer,
     squared_error_mean,
     straight_through,
     zero_loss,
 )
 from anytok.quantizers.distributed import is_distributed
-from anytok.quantizers.fsq import level_metrics, module_dtype, to_module_dtype
+from anytok.quantizers.fsq import level_metrics, module_dtype
 
 #: int64 codes hold at most this many bits per codebook (sign bit excluded, one spare).
 MAX_BITS_PER_CODE = 62
@@ -209,7 +210,7 @@ class SignQuantizer(Quantizer):
     def _quantize(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Return (fp32 pre-quantization ``x`` ``(..., c, d)``, values ``(..., c, d)``, codes)."""
         check_last_dim(z, self.dim, type(self).__name__)
-        projected = self.project_in(to_module_dtype(z, self.project_in))
+        projected = fp32_layer(self.project_in, z.float())
         with torch.autocast(device_type=z.device.type, enabled=False):
             x = rearrange(projected.float(), "... (c d) -> ... c d", c=self.num_codebooks)
             if self.spherical:

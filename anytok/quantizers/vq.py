@@ -26,6 +26,7 @@ from anytok.quantizers.base import (
     QuantizerOutput,
     check_codes,
     check_last_dim,
+    fp32_layer,
     register_quantizer,
     squared_error_mean,
     straight_through,
@@ -43,24 +44,6 @@ from anytok.quantizers.stats import CodeUsageTracker, code_counts, perplexity
 def fp32_region(like: Tensor) -> torch.autocast:
     """Context that turns autocast off on ``like``'s device: quantization math runs in fp32."""
     return torch.autocast(device_type=like.device.type, enabled=False)
-
-
-def fp32_layer(layer: nn.Module, x: Tensor) -> Tensor:
-    """``layer(x)`` for fp32 ``x``, computed in fp32 whatever the dtype of ``layer``'s weights.
-
-    A quantizer inside a model cast with ``.to(torch.bfloat16)`` (or ``.half()``) keeps its
-    projections' math in fp32, as under autocast, instead of failing on mixed dtypes. Linear
-    and convolution layers only; anything else (``nn.Identity``) is called as it is.
-    """
-    weight = getattr(layer, "weight", None)
-    if not isinstance(weight, Tensor) or weight.dtype == x.dtype:
-        return layer(x)
-    bias = None if layer.bias is None else layer.bias.to(x.dtype)
-    if isinstance(layer, nn.Linear):
-        return F.linear(x, weight.to(x.dtype), bias)
-    if isinstance(layer, nn.modules.conv._ConvNd):
-        return layer._conv_forward(x, weight.to(x.dtype), bias)
-    return layer(x)
 
 
 def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:

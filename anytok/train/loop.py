@@ -84,6 +84,7 @@ from anytok.train.losses import (
     LossBalancer,
     ReconstructionLoss,
     finite_or_raise,
+    zero_padding,
 )
 from anytok.train.signals import StopRequest, ignore_interrupts_in_worker
 from anytok.train.state import (
@@ -352,7 +353,7 @@ def train(
                         # The discriminator sees what the reconstruction terms score: audio
                         # padding zeroed as in the real batch (else it tells fakes by it).
                         judged = (
-                            _zero_padding(out.reconstruction, lengths, model.modality)
+                            zero_padding(out.reconstruction, lengths, model.modality)
                             if disc is not None
                             else out.reconstruction
                         )
@@ -687,15 +688,6 @@ def _isolated_rng(device: torch.device) -> contextlib.AbstractContextManager[Any
     """Torch's CPU (and this CUDA device's) RNG states restored on exit."""
     devices = [device] if device.type == "cuda" else []
     return torch.random.fork_rng(devices=devices)
-
-
-def _zero_padding(media: Tensor, lengths: Tensor, modality: str) -> Tensor:
-    """Audio ``(b, c, t)`` with the samples past each item's length zeroed (the collated real
-    batch holds zeros there); other media unchanged."""
-    if modality != "audio":
-        return media
-    positions = torch.arange(media.shape[-1], device=media.device)
-    return media * (positions[None, :] < lengths[:, None]).unsqueeze(1).to(media.dtype)
 
 
 def _check_aux_names(aux_weights: Mapping[str, float], losses: Mapping[str, Any]) -> None:

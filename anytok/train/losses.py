@@ -294,6 +294,15 @@ RECONSTRUCTION_TERMS = ("l1", "l2", "stft", "mel", "msspec", "perceptual")
 SPECTRAL_TERMS = ("stft", "mel", "msspec")
 
 
+def zero_padding(media: Tensor, lengths: Tensor, modality: str) -> Tensor:
+    """Audio ``(b, c, t)`` with the samples past each item's length zeroed, as the collated
+    real batch holds them; other media unchanged (their padding is not masked)."""
+    if modality != "audio":
+        return media
+    positions = torch.arange(media.shape[-1], device=media.device)
+    return media * (positions[None, :] < lengths[:, None]).unsqueeze(1).to(media.dtype)
+
+
 class ReconstructionLoss(nn.Module):
     """The reconstruction terms a recipe weights above zero.
 
@@ -369,10 +378,8 @@ class ReconstructionLoss(nn.Module):
         """
         reconstruction = reconstruction.float()
         target = target.float()
-        if self.modality == "audio" and lengths is not None:
-            positions = torch.arange(target.shape[-1], device=target.device)
-            mask = (positions[None, :] < lengths[:, None]).unsqueeze(1)
-            reconstruction = reconstruction * mask
+        if lengths is not None:
+            reconstruction = zero_padding(reconstruction, lengths, self.modality)
         terms: dict[str, Tensor] = {}
         if "l1" in self.weights:
             terms["l1"] = F.l1_loss(reconstruction, target)
@@ -496,4 +503,5 @@ __all__ = [
     "VGGPerceptualLoss",
     "finite_or_raise",
     "lr_of",
+    "zero_padding",
 ]
