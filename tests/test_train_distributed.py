@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from anytok.data.synthetic import make_dataset
-from anytok.train import read_log, train
+from anytok.train import distributed, read_log, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes/audio/seanet_fsq_24khz_tiny.yaml"
@@ -54,6 +55,10 @@ def _as_torchrun_rank(rank: int, world: int, port: int) -> None:
 def _worker(rank: int, world: int, port: int, data: str, run_dir: str, out: str) -> None:
     _as_torchrun_rank(rank, world, port)
     result = train(RECIPE, run_dir, overrides=[f"data.train={data}", *OVERRIDES], device="cpu")
+    # The run's closing barrier stays referenced after the group is gone (see final_barrier:
+    # gloo's teardown could otherwise deadlock on the GIL).
+    closing = distributed._closing_barrier
+    assert closing is not None and closing.is_completed() and not dist.is_initialized()
     state = {f"model/{k}": v for k, v in result.model.state_dict().items()}
     state.update({f"buffer/{k}": v for k, v in result.model.named_buffers()})
     save_file(

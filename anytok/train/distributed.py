@@ -71,6 +71,33 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+# The work handle of the barrier the last run ended with (see final_barrier).
+_closing_barrier: dist.Work | None = None
+
+
+def final_barrier(info: DistInfo) -> None:
+    """A run's last collective: a barrier whose work handle stays referenced (until the
+    next run's), so that tearing the process group down cannot deadlock.
+
+    Why (torch 2.11, gloo): a worker thread that drops the last reference to a finished
+    collective frees the Python tensors it held, which needs the GIL; a gloo barrier also
+    holds weak references to the collectives in flight when it was queued, deferring their
+    frees to its own. ``~ProcessGroupGloo`` (run when DDP's reducer releases the group,
+    holding the GIL) joins those threads, so a worker still due to free such work waits
+    for the GIL forever: ``anytok train`` under torchrun hung so in 3 of ~140 runs on a
+    loaded 2-core machine. With this barrier's handle held here, every earlier
+    collective is either freed already (the worker frees under the queue's lock, which
+    queuing the barrier takes) or freed with the barrier, here in Python, after the group.
+    """
+    global _closing_barrier
+    if not info.distributed:
+        return
+    work = dist.barrier(async_op=True)
+    assert work is not None  # async_op=True always returns the work
+    work.wait()
+    _closing_barrier = work
+
+
 def all_reduce_mean(values: Tensor, info: DistInfo) -> Tensor:
     """Mean of ``values`` over ranks (a copy; identity on one process)."""
     if not info.distributed:
@@ -107,6 +134,7 @@ __all__ = [
     "all_reduce_mean",
     "barrier",
     "cleanup_distributed",
+    "final_barrier",
     "gather_bytes",
     "init_distributed",
 ]

@@ -74,6 +74,7 @@ from anytok.train.distributed import (
     all_reduce_mean,
     barrier,
     cleanup_distributed,
+    final_barrier,
     gather_bytes,
     init_distributed,
 )
@@ -524,7 +525,7 @@ def train(
             )
         elif info.is_main:
             logger.note(f"finished {tc.steps} steps; run folder {run_dir}")
-        barrier(info)
+        final_barrier(info)  # keeps its handle: tearing the group down cannot deadlock
         return TrainResult(
             run_dir=run_dir,
             step=state["step"],
