@@ -75,8 +75,19 @@ def test_seed_reproduces_and_differs() -> None:
     other = model.sample(num_positions=7, steps=3, seed=6, **c)
     assert torch.equal(a, b)
     assert not torch.allclose(a, other)
+    # The seed is one (n, target_dim) draw that every item starts from ...
+    shared = torch.randn(7, 6, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(model.sample(num_positions=7, steps=3, noise=shared.repeat(2, 1, 1), **c), a)
+    # ... so each item samples what it samples alone; a generator draws for the whole batch.
+    for i in range(2):
+        alone = model.sample(
+            num_positions=7, steps=3, seed=5, **{k: v[i : i + 1] for k, v in c.items()}
+        )
+        assert torch.allclose(alone[0], a[i], atol=1e-5)
     gen = torch.Generator().manual_seed(5)
-    assert torch.equal(model.sample(num_positions=7, steps=3, generator=gen, **c), a)
+    batch_noise = torch.randn(2, 7, 6, generator=torch.Generator().manual_seed(5))
+    drawn = model.sample(num_positions=7, steps=3, generator=gen, **c)
+    assert torch.equal(drawn, model.sample(num_positions=7, steps=3, noise=batch_noise, **c))
 
 
 def test_guidance_scale_one_is_the_unguided_path() -> None:

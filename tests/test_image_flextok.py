@@ -149,6 +149,24 @@ def test_decode_tokens_with_lengths_equals_decoding_each_prefix() -> None:
         assert torch.allclose(model.decode(tokens), model.decode(codes[..., :3]), atol=1e-5)
 
 
+def test_a_batch_decodes_each_item_as_it_decodes_alone() -> None:
+    """Seeded noise is shared by the batch, and shorter prefixes are masked: an item's image
+    does not depend on what else is in its batch."""
+    model = tiny()
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        for p in model.decoder.parameters():  # open the zero-initialised adaLN gates
+            if p.ndim == 2 and p.abs().sum() == 0:
+                torch.nn.init.normal_(p, std=0.05)
+        codes = model.encode(images(batch=3, seed=6)).codes
+        tokens = Tokens(codes=codes, spec=model.spec, lengths=torch.tensor([8, 2, 5]))
+        batch = model.decode(tokens, seed=3)
+        for i, k in enumerate((8, 2, 5)):
+            alone = model.decode(codes[i : i + 1, :, :k], seed=3)
+            assert torch.allclose(batch[i : i + 1], alone, atol=1e-5), i
+    assert not torch.allclose(batch[1], batch[2])
+
+
 def test_decode_rejects_bad_prefixes() -> None:
     model = tiny()
     codes = torch.zeros(1, 1, 9, dtype=torch.long)

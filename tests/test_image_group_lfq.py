@@ -56,6 +56,22 @@ def test_decode_is_deterministic_per_seed_and_seeds_differ() -> None:
     assert not torch.allclose(a, other)
 
 
+def test_a_batch_decodes_each_item_as_it_decodes_alone() -> None:
+    """Seeded noise is one draw shared by the batch (on the CPU): an item's image does not
+    depend on its batch."""
+    model = tiny()
+    with torch.inference_mode():
+        for p in model.decoder.parameters():  # the noise strengths start at zero
+            if p.numel() == 1 or (p.ndim == 1 and p.abs().sum() == 0):
+                p.fill_(0.5)
+        tokens = model.encode(images(batch=3, seed=2))
+        batch = model.decode(tokens, seed=4)
+        assert not torch.allclose(batch, model.decode(tokens, seed=5))  # noise matters
+        for i in range(3):
+            alone = model.decode(tokens.codes[i : i + 1], seed=4)
+            assert torch.allclose(batch[i : i + 1], alone, atol=1e-5), i
+
+
 def test_noise_enters_only_through_the_noise_input() -> None:
     model = tiny()
     decoder = model.decoder

@@ -48,6 +48,31 @@ def test_tokens_shape_rate_and_padding_independence() -> None:
     assert torch.equal(alone.codes[0], tokens.codes[1, :, :6])
 
 
+def test_a_batch_gives_each_item_the_tokens_and_audio_it_gets_alone() -> None:
+    """Lengths that are not multiples of the hop, samples past them that are not zeros, and a
+    text for one item only: encode and decode are per item, whatever the batch holds."""
+    model = tiny()
+    torch.manual_seed(0)
+    for p in model.decoder.parameters():  # open the zero-initialised adaLN gates
+        if p.ndim == 2 and p.abs().sum() == 0:
+            torch.nn.init.normal_(p, std=0.05)
+    audio = speech(3, 256 * 12)
+    lengths = torch.tensor([256 * 12, 256 * 5 + 100, 256 * 9 - 17])
+    tokens = model.encode(audio, lengths)  # item 1 and 2 carry speech past their lengths
+    assert tokens.lengths.tolist() == [12, 6, 9]
+    texts = [None, "hello", None]
+    decoded = model.decode(tokens, text=texts, steps=3)
+    assert decoded.shape == (3, 1, 256 * 12)
+    for i, length in enumerate(lengths.tolist()):
+        alone = model.encode(audio[i : i + 1, :, :length])
+        k = alone.codes.shape[-1]
+        assert torch.equal(tokens.codes[i, :, :k], alone.codes[0]), i
+        audio_alone = model.decode(alone, text=texts[i : i + 1], steps=3)
+        assert torch.allclose(decoded[i, :, : k * 256], audio_alone[0], atol=1e-5), i
+        assert not decoded[i, :, k * 256 :].any()  # zeros past the item's tokens
+    assert not torch.allclose(decoded[1, :, :1536], model.decode(tokens, steps=3)[1, :, :1536])
+
+
 def test_decode_steps_seed_guidance_and_text() -> None:
     model = tiny()
     torch.manual_seed(0)

@@ -22,6 +22,20 @@ def test_decode_sampling_arguments_and_determinism() -> None:
     assert heun.shape == guided.shape == video.shape
 
 
+def test_a_batch_decodes_each_item_as_it_decodes_alone() -> None:
+    model = anytok.create_model("divot", tiny=True, seed=0).eval()
+    torch.manual_seed(0)
+    for p in model.decoder.parameters():  # open the zero-initialised adaLN gates
+        if p.ndim == 2 and p.abs().sum() == 0:
+            torch.nn.init.normal_(p, std=0.05)
+    tokens = model.encode(torch.rand(3, 3, 5, 16, 16) * 2 - 1)
+    batch = model.decode(tokens, steps=3)
+    for i in range(3):
+        alone = model.decode(tokens.codes[i : i + 1], steps=3)
+        assert torch.allclose(batch[i : i + 1], alone, atol=1e-5), i
+    assert not torch.allclose(batch[0], batch[1])
+
+
 def test_flow_loss_reaches_the_encoder_and_reconstruction_has_the_input_shape() -> None:
     model = anytok.create_model("divot", tiny=True, seed=0).train()
     video = torch.rand(2, 3, 4, 16, 16) * 2 - 1  # 4 frames: padded to 5 inside

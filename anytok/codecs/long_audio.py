@@ -502,7 +502,12 @@ def decode_long(
 
 
 def apply_per_length(
-    fn: Callable[[Tensor], Tensor], x: Tensor, lengths: Tensor | None, out_per_step: float
+    fn: Callable[..., Tensor],
+    x: Tensor,
+    lengths: Tensor | None,
+    out_per_step: float,
+    *,
+    with_items: bool = False,
 ) -> Tensor:
     """Run ``fn`` once per distinct valid length, each item cropped to its own length, and
     reassemble ``(batch, channels', round(time * out_per_step))`` with zeros past each item's
@@ -512,7 +517,9 @@ def apply_per_length(
     ``lengths`` ``None`` (or all equal to the full length) ``fn`` runs once on ``x``.
 
     Args:
-        fn: ``(b, c, t) -> (b, c', round(t * out_per_step))``.
+        fn: ``(b, c, t) -> (b, c', round(t * out_per_step))``; with ``with_items``,
+            ``fn(x, items)`` also gets the batch indices of the items it runs on (``None``
+            for the whole batch), to pick their other inputs (texts ...).
         x: ``(batch, c, time)``.
         lengths: valid steps per item ``(batch,)``, each ``<= time``.
         out_per_step: output steps per input step (``1 / hop`` for an encoder over samples,
@@ -520,12 +527,13 @@ def apply_per_length(
     """
     time = x.shape[-1]
     if lengths is None or bool((lengths == time).all()):
-        return fn(x)
+        return fn(x, None) if with_items else fn(x)
     lengths = lengths.to(x.device)
     out: Tensor | None = None
     for length in torch.unique(lengths).tolist():
         items = (lengths == length).nonzero().flatten()
-        y = fn(x[items, :, : int(length)])
+        cropped = x[items, :, : int(length)]
+        y = fn(cropped, items) if with_items else fn(cropped)
         if out is None:
             size = round(time * out_per_step)
             out = y.new_zeros(x.shape[0], y.shape[1], size)

@@ -28,9 +28,13 @@ transformer with a prompt mechanism and a separate vocoder; here both stages liv
 model and the decoder cross-attends to tokens. Sizes follow the paper where it gives them
 (24 kHz, 6.25 Hz, 2^14 BSQ codes); the widths are anytok's choice.
 
-Padding: the encoder's attention masks padded frames, so items in a batch do not see each
-other's padding; the last token of an item whose length is not a multiple of the hop sees
-zeros past its end (the tokenizer is non-causal).
+Batches: in training the encoder's attention masks padded frames. ``encode`` and ``decode``
+run once per distinct length (:func:`~anytok.codecs.long_audio.apply_per_length`), each
+item cropped to its own length, and the decoder's seeded noise is the same for every item:
+an item gets the tokens and the audio it gets alone, whatever else is in its batch (the mel's
+last frames would otherwise see the batch's padding through the STFT window and the
+sampler's attention). The last token of an item whose length is not a multiple of the hop
+sees zeros past its end (the tokenizer is non-causal).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from anytok.codecs import long_audio
 from anytok.codecs.base import (
     AudioTokenizer,
     TokenizerOutput,
@@ -182,17 +187,28 @@ class TaDiCodec(SamplingDefaults, AudioTokenizer):
             + (self.frames_per_token - 1) / 2
         )
 
-    def _text(
-        self, text: Sequence[str | None] | None, batch: int, device: torch.device
-    ) -> tuple[Tensor | None, Tensor | None]:
+    def _check_texts(
+        self, text: Sequence[str | None] | None, batch: int
+    ) -> list[str | None] | None:
+        """``text`` as a list of one entry per item (None: no text), checked."""
         if self.text_encoder is None:
             if text is not None and any(t for t in text):
                 raise ValueError("this TaDiCodec was built with text=False: it takes no text")
-            return None, None
-        texts = list(text) if text is not None else [None] * batch
+            return None
+        if text is None:
+            return None
+        texts = list(text)
         if len(texts) != batch:
             raise ValueError(f"text: expected {batch} entries (one per item), got {len(texts)}")
-        return self.text_encoder(texts, device)
+        return texts
+
+    def _text(
+        self, text: Sequence[str | None] | None, batch: int, device: torch.device
+    ) -> tuple[Tensor | None, Tensor | None]:
+        texts = self._check_texts(text, batch)
+        if self.text_encoder is None:
+            return None, None
+        return self.text_encoder(texts if texts is not None else [None] * batch, device)
 
     # ------------------------------------------------------------------ contract
 
@@ -201,11 +217,10 @@ class TaDiCodec(SamplingDefaults, AudioTokenizer):
     ) -> TokenizerOutput:
         """Training pass: flow loss on the mel given the tokens (+ text); the vocoder's output
         on the ground-truth mel as ``reconstruction``."""
-        padded, token_lengths = self.pad_input(audio, lengths)
+        padded, latent, token_lengths = self._latent(audio, lengths)
         log_mel = self.log_mel(padded)
         tokens = padded.shape[-1] // self.hop_length
         token_mask, frame_mask = self._frame_mask(token_lengths, tokens, audio.device)
-        latent = self._encode_mel(log_mel, frame_mask)
         quantized, out = quantize_channel_first(self.quantizer, latent)
         extra, extra_mask = self._text(text, audio.shape[0], audio.device)
         flow = self.decoder.loss(
@@ -227,12 +242,31 @@ class TaDiCodec(SamplingDefaults, AudioTokenizer):
         )
 
     def encode(self, audio: Tensor, lengths: Tensor | None = None) -> Tokens:
-        """``audio (b, 1, s)`` -> codes ``(b, 1, ceil(s / hop_length))`` (text-independent)."""
-        padded, token_lengths = self.pad_input(audio, lengths)
-        tokens = padded.shape[-1] // self.hop_length
-        _, frame_mask = self._frame_mask(token_lengths, tokens, audio.device)
-        latent = self._encode_mel(self.log_mel(padded), frame_mask)
+        """``audio (b, 1, s)`` -> codes ``(b, 1, ceil(s / hop_length))`` (text-independent);
+        samples past ``lengths`` are ignored, and each item gets the codes it gets alone."""
+        _, latent, token_lengths = self._latent(audio, lengths)
         return to_tokens(self.codes_from_latent(latent), self.spec, token_lengths)
+
+    def _latent(self, audio: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """``audio (b, 1, s)`` -> the padded audio ``(b, 1, t * hop_length)`` (zeros past
+        ``lengths``), the latent ``(b, latent_dim, t)`` and token lengths ``(b,)``."""
+        padded, token_lengths = self.pad_input(audio, lengths)
+        padded = long_audio.mask_past_lengths(padded, lengths)
+        if self.training:  # one pass, padded frames masked in attention
+            return padded, self._encode_audio(padded, token_lengths), token_lengths
+        latent = long_audio.apply_per_length(
+            self._encode_audio, padded, token_lengths * self.hop_length, 1 / self.hop_length
+        )
+        return padded, latent, token_lengths
+
+    def _encode_audio(self, audio: Tensor, token_lengths: Tensor | None = None) -> Tensor:
+        """Audio ``(b, 1, t * hop_length)`` -> latent ``(b, latent_dim, t)``, attending only
+        to each item's first ``token_lengths`` tokens (default: all)."""
+        tokens = audio.shape[-1] // self.hop_length
+        if token_lengths is None:
+            token_lengths = torch.full((audio.shape[0],), tokens)
+        _, frame_mask = self._frame_mask(token_lengths, tokens, audio.device)
+        return self._encode_mel(self.log_mel(audio), frame_mask)
 
     @torch.no_grad()
     def decode(
@@ -247,22 +281,37 @@ class TaDiCodec(SamplingDefaults, AudioTokenizer):
     ) -> Tensor:
         """Codes ``(b, 1, t)`` -> audio ``(b, 1, t * hop_length)``: sample the mel (``steps``
         of ``scheduler``, classifier-free ``guidance_scale``, ``seed``; defaults from the
-        constructor), then vocode. ``text``: optional transcripts, one per item."""
+        constructor), then vocode. ``text``: optional transcripts, one per item. With
+        ``tokens.lengths``, each item is decoded at its own length (zeros past it)."""
         codes = self.codes_of(tokens)
+        texts = self._check_texts(text, codes.shape[0])
+        sampling = self.sampling(steps, guidance_scale, scheduler, seed)
+
+        def decode_items(item_codes: Tensor, items: Tensor | None) -> Tensor:
+            item_texts = texts
+            if texts is not None and items is not None:
+                item_texts = [texts[i] for i in items.tolist()]
+            return self._decode_codes(item_codes, item_texts, sampling)
+
+        lengths = tokens.lengths if isinstance(tokens, Tokens) else None
+        return long_audio.apply_per_length(
+            decode_items, codes, lengths, self.hop_length, with_items=True
+        )
+
+    def _decode_codes(
+        self, codes: Tensor, texts: list[str | None] | None, sampling: dict[str, Any]
+    ) -> Tensor:
+        """Codes ``(b, 1, t)``, every token valid -> audio ``(b, 1, t * hop_length)``."""
         quantized = decode_codes(self.quantizer, codes)
         b, t = codes.shape[0], codes.shape[-1]
-        token_mask = None
-        if isinstance(tokens, Tokens) and tokens.lengths is not None:
-            token_mask, _ = self._frame_mask(tokens.lengths, t, codes.device)
-        extra, extra_mask = self._text(text, b, codes.device)
+        extra, extra_mask = self._text(texts, b, codes.device)
         mel = self.decoder.sample(
             quantized.transpose(1, 2),
             num_positions=t * self.frames_per_token,
-            cond_mask=token_mask,
             cond_positions=self._token_positions(t, codes.device),
             extra=extra,
             extra_mask=extra_mask,
-            **self.sampling(steps, guidance_scale, scheduler, seed),
+            **sampling,
         )
         log_mel = self.log_mel.denormalize(mel.transpose(1, 2))
         return self.vocoder(log_mel.to(next(self.vocoder.parameters()).dtype)).clamp(-1, 1)

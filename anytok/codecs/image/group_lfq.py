@@ -15,9 +15,11 @@ Reconstruction", https://arxiv.org/abs/2508.05599 (code: https://github.com/zhua
   strength (Karras et al. 2019, https://arxiv.org/abs/1812.04948) is injected at every
   resolution (strengths start at zero, so training decides how much detail comes from noise).
 
-Noise is drawn from the global RNG in training and from a generator seeded with ``noise_seed``
-otherwise, so evaluation decodes are deterministic; ``decode(tokens, seed=..., noise_scale=...)``
-picks another sample or turns the noise off (``noise_scale=0``).
+Noise is drawn from the global RNG in training and from a CPU generator seeded with
+``noise_seed`` otherwise, one draw shared by the batch, so evaluation decodes are deterministic
+and an item decodes the same in any batch and on any device;
+``decode(tokens, seed=..., noise_scale=...)`` picks another sample or turns the noise off
+(``noise_scale=0``).
 
 Axis legend: ``b`` batch, ``c`` channels, ``h, w`` latent grid, ``H, W`` image, ``g`` groups.
 """
@@ -228,16 +230,20 @@ class GroupLFQTokenizer(ImageTokenizer):
         noise_scale: float = 1.0,
     ) -> list[Tensor]:
         """Decoder noise for ``latent (b, c, h, w)``: from the global RNG when ``seed`` is
-        None, else from a generator seeded with it; multiplied by ``noise_scale``."""
+        None; else one draw shared by every item, from a CPU generator seeded with it, so an
+        item decodes the same in any batch and on any device; multiplied by
+        ``noise_scale``."""
         b, _, h, w = latent.shape
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=latent.device).manual_seed(int(seed))
-        return [
-            torch.randn(shape, generator=generator, device=latent.device, dtype=latent.dtype)
-            * noise_scale
-            for shape in self.decoder.noise_shapes(b, h, w)
-        ]
+        shapes = self.decoder.noise_shapes(b, h, w)
+        if seed is None:
+            drawn = [torch.randn(shape, device=latent.device) for shape in shapes]
+        else:
+            generator = torch.Generator().manual_seed(int(seed))
+            drawn = [
+                torch.randn(shape[1:], generator=generator).to(latent.device).expand(shape)
+                for shape in shapes
+            ]
+        return [noise.to(latent.dtype) * noise_scale for noise in drawn]
 
     def _decode_latent(self, quantized: Tensor, seed: int | None, noise_scale: float) -> Tensor:
         noise = self.sample_noise(quantized, seed=seed, noise_scale=noise_scale)

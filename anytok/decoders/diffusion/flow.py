@@ -406,9 +406,11 @@ class FlowDecoder(nn.Module):
             steps: sampler steps (>= 1).
             guidance_scale: classifier-free guidance; 1 runs the conditional path only.
             scheduler: a name in :data:`~anytok.decoders.diffusion.schedulers.SCHEDULERS`.
-            seed: seeds a CPU generator for the initial noise (the same on every device);
-                ignored when ``generator`` or ``noise`` is given; None draws fresh noise.
-            generator: a ``torch.Generator`` for the noise.
+            seed: seeds a CPU generator for the initial noise, one ``(n, target_dim)`` draw
+                that every item starts from: an item's sample does not depend on the rest of
+                its batch, nor on the device; ignored when ``generator`` or ``noise`` is
+                given; None draws fresh noise per item from the global RNG.
+            generator: a ``torch.Generator`` for the noise, drawn for the whole batch.
             noise: the initial noise itself, ``(b, n, target_dim)``.
         """
         if steps < 1:
@@ -423,11 +425,16 @@ class FlowDecoder(nn.Module):
         sched = make_scheduler(scheduler, self.objective, self.time_shift)
         set_timesteps(sched, steps, device)
         if noise is None:
-            gen = generator
-            if gen is None and seed is not None:
-                gen = torch.Generator().manual_seed(int(seed))
-            gen_device = gen.device if gen is not None else device
-            noise = torch.randn(b, n, self.target_dim, generator=gen, device=gen_device)
+            if generator is not None:
+                shape = (b, n, self.target_dim)
+                noise = torch.randn(shape, generator=generator, device=generator.device)
+            elif seed is not None:
+                # One draw shared by the batch: a batched decode gives each item what it
+                # gets alone (a per-batch draw would tie an item's noise to its position).
+                seeded = torch.Generator().manual_seed(int(seed))
+                noise = torch.randn(n, self.target_dim, generator=seeded).expand(b, n, -1)
+            else:
+                noise = torch.randn(b, n, self.target_dim, device=device)
         elif noise.shape != (b, n, self.target_dim):
             raise ValueError(f"noise must be {(b, n, self.target_dim)}, got {tuple(noise.shape)}")
         x = noise.to(device=device, dtype=torch.float32) * float(
