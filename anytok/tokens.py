@@ -450,6 +450,19 @@ def _grid(
     return index, kind
 
 
+def _lay_out_streams(
+    ids: Tensor, n: Tensor, vocab: LMVocab, pattern: str, add_special: bool
+) -> Tensor:
+    """Code ids ``(batch, levels, num_pos)`` (level offsets added) with ``n (batch,)`` valid
+    positions -> the parallel / delay array ``(batch, levels, width)``."""
+    batch, levels, num_pos = ids.shape
+    index, kind = _grid(n, levels, num_pos, pattern, add_special)
+    ext = torch.cat([ids, ids.new_full((batch, levels, 1), vocab.pad)], dim=2)
+    out = torch.gather(ext, 2, index.expand(batch, -1, -1).contiguous())
+    out = torch.where(kind == _BOS, vocab.bos, out)
+    return torch.where(kind == _EOS, vocab.eos, out)
+
+
 def _first_column(mask: Tensor) -> Tensor:
     """``(batch,)`` index of the first True in each row of ``(batch, width)``, else ``width``."""
     sentinel = mask.new_ones(mask.shape[0], 1)
@@ -667,11 +680,7 @@ class Tokens:
                 seq.scatter_(1, (1 + n * levels)[:, None], vocab.eos)
             ends = (n * levels + 2 * start).tolist()
             return [seq[i, :end] for i, end in enumerate(ends)]
-        index, kind = _grid(n, levels, num_pos, pattern, add_special)
-        ext = torch.cat([ids, ids.new_full((batch, levels, 1), vocab.pad)], dim=2)
-        out = torch.gather(ext, 2, index.expand(batch, -1, -1).contiguous())
-        out = torch.where(kind == _BOS, vocab.bos, out)
-        return torch.where(kind == _EOS, vocab.eos, out)
+        return _lay_out_streams(ids, n, vocab, pattern, add_special)
 
     @classmethod
     def from_lm_ids(
@@ -683,6 +692,7 @@ class Tokens:
         *,
         add_special: bool = True,
         shape: Sequence[int | None] | None = None,
+        strict: bool = True,
     ) -> Tokens:
         """Inverse of :meth:`to_lm_ids` (same ``vocab``, ``pattern`` and ``add_special``).
 
@@ -695,6 +705,13 @@ class Tokens:
                 layout axis; ``time`` may be ``None`` (inferred: the longest item for flatten,
                 the width for parallel / delay). Required when the layout has more than one
                 axis; ``None`` means ``(None,)`` for a 1-axis layout.
+            strict: ``False`` reads what an LM generated: an item ends at its first ``eos``
+                (stream 0's for parallel / delay; whatever follows is ignored) or, with no
+                ``eos``, where its ids run out (generation stopped at a length limit);
+                ``flatten`` items may lack ``bos``; an incomplete last time step (some of
+                its levels or positions missing) is dropped; an inferred ``time`` is the
+                longest item's for every pattern. Ids before the end must still be valid
+                codes.
 
         Returns:
             :class:`Tokens` with codes equal to the originals at valid positions (0 after an
@@ -716,8 +733,12 @@ class Tokens:
         time, rest = _resolve_shape(spec, shape, where)
         spatial = math.prod(rest)
         if pattern == "flatten":
+            if not strict:
+                ids = _complete_flat(ids, vocab, add_special, spatial, where)
             codes, n = _from_flat(ids, vocab, add_special, time, spatial, where)
         else:
+            if not strict:
+                ids = _complete_streams(ids, vocab, pattern, add_special, time, spatial, where)
             codes, n = _from_streams(ids, vocab, pattern, add_special, time, spatial, where)
         t = codes.shape[2] // spatial if spatial else 0
         lengths = n // spatial
@@ -874,6 +895,91 @@ def _level_range(vocab: LMVocab, level: int) -> str:
     return f"a level-{level} code id in [{start}, {start + vocab.codebook_sizes[level]})"
 
 
+def _flat_items(ids: Tensor | Sequence[Tensor], where: str) -> list[Tensor]:
+    """Flatten ids as one integer tensor per item (a 2D tensor's rows, or the sequence)."""
+    if isinstance(ids, Tensor):
+        ids = _int_ids(ids, where, "ids")
+        if ids.ndim != 2:
+            raise ValueError(
+                f"{where}: flatten ids must be a list of 1D tensors or a 2D tensor, got shape {tuple(ids.shape)}"
+            )
+        return list(ids.unbind(0))
+    return [_int_ids(s, where, f"ids[{i}]") for i, s in enumerate(ids)]
+
+
+def _complete_flat(
+    ids: Tensor | Sequence[Tensor], vocab: LMVocab, add_special: bool, spatial: int, where: str
+) -> list[Tensor]:
+    """Generated flatten ids -> what :meth:`Tokens.to_lm_ids` writes (``strict=False``): each
+    item cut at its first ``eos`` (or kept whole), ``bos`` optional, trailing ``pad`` and an
+    incomplete last time step dropped; ``bos`` / ``eos`` put back with ``add_special``."""
+    step = vocab.num_levels * spatial
+    items = []
+    for seq in _flat_items(ids, where):
+        if seq.ndim == 1:
+            if add_special:
+                ends = (seq == vocab.eos).nonzero()
+                seq = seq[: int(ends[0])] if ends.numel() else seq
+                seq = seq[1:] if seq.numel() and int(seq[0]) == vocab.bos else seq
+            kept = (seq != vocab.pad).nonzero()
+            seq = seq[: int(kept[-1]) + 1 if kept.numel() else 0]
+            seq = seq[: seq.numel() - seq.numel() % step]
+            if add_special:
+                seq = torch.cat([seq.new_full((1,), vocab.bos), seq, seq.new_full((1,), vocab.eos)])
+        items.append(seq)  # not 1D: _from_flat names it
+    return items
+
+
+def _complete_streams(
+    ids: Tensor,
+    vocab: LMVocab,
+    pattern: str,
+    add_special: bool,
+    time: int | None,
+    spatial: int,
+    where: str,
+) -> Tensor:
+    """Generated parallel / delay ids -> what :meth:`Tokens.to_lm_ids` writes
+    (``strict=False``): each item ends at stream 0's first ``eos`` (``pad`` without
+    ``add_special``) or where every level's ids run out, cut to whole time steps; the cells
+    after its end are rewritten. Code cells before the end are kept as they are, so
+    :func:`_from_streams` still checks them (and ``bos``)."""
+    ids = _int_ids(ids, where, "ids")
+    levels, start = vocab.num_levels, int(add_special)
+    if ids.ndim != 3 or ids.shape[1] != levels or ids.shape[2] < max(start, 1):
+        return ids  # _from_streams names the shape
+    batch, _, width = ids.shape
+    device = ids.device
+    shift = torch.arange(levels, device=device)
+    if pattern != "delay":
+        shift = torch.zeros_like(shift)
+    extra = levels - 1 if pattern == "delay" else 0
+    room = max(width - start - extra, 0)  # positions with a cell in every stream
+    if add_special:  # the eos column follows the last delayed code
+        n = _first_column(ids[:, 0, :] == vocab.eos) - start - extra
+    else:  # stream 0 is not delayed: its first pad follows its last code
+        n = _first_column(ids[:, 0, :] == vocab.pad)
+    n = n.clamp(0, room)
+    n = n - n % spatial
+    # Like flatten's: an inferred time axis is the longest item's (cut ids have no width rule).
+    num_pos = (int(n.max()) if batch else 0) if time is None else time * spatial
+    if bool((n > num_pos).any()):
+        item = _first_true(n > num_pos)[0]
+        raise ValueError(
+            f"{where}: item {item} has {int(n[item]) // spatial} time steps, more than "
+            f"shape[0] = {time}"
+        )
+    position = torch.arange(num_pos, device=device)
+    columns = (position[None, :] + start + shift[:, None]).clamp(max=width - 1)  # (L, N)
+    codes = torch.gather(ids, 2, columns.expand(batch, -1, -1).contiguous())
+    first_code = torch.tensor(vocab.level_offsets, device=device)[None, :, None]
+    codes = torch.where(position[None, None, :] >= n[:, None, None], first_code, codes)
+    laid_out = _lay_out_streams(codes, n, vocab, pattern, add_special)
+    if add_special:
+        laid_out[:, :, 0] = ids[:, :, 0]  # bos is checked, not rewritten
+    return laid_out
+
+
 def _from_flat(
     ids: Tensor | Sequence[Tensor],
     vocab: LMVocab,
@@ -883,15 +989,7 @@ def _from_flat(
     where: str,
 ) -> tuple[Tensor, Tensor]:
     """Flatten inverse: codes ``(batch, levels, time * spatial)`` and valid positions ``(batch,)``."""
-    if isinstance(ids, Tensor):
-        ids = _int_ids(ids, where, "ids")
-        if ids.ndim != 2:
-            raise ValueError(
-                f"{where}: flatten ids must be a list of 1D tensors or a 2D tensor, got shape {tuple(ids.shape)}"
-            )
-        seqs = list(ids.unbind(0))
-    else:
-        seqs = [_int_ids(s, where, f"ids[{i}]") for i, s in enumerate(ids)]
+    seqs = _flat_items(ids, where)
     levels, start = vocab.num_levels, int(add_special)
     device = seqs[0].device if seqs else torch.device("cpu")
     cores: list[Tensor] = []

@@ -253,6 +253,134 @@ def test_flatten_accepts_2d_tensor() -> None:
     assert Tokens.from_lm_ids(ids, spec, vocab, "flatten").equal(tokens)
 
 
+# ------------------------------------------------------- generated ids (strict=False)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    tokens=token_batches(),
+    pattern=st.sampled_from(PATTERNS),
+    add_special=st.booleans(),
+    data=st.data(),
+)
+def test_generated_ids_decode_leniently(
+    tokens: Tokens, pattern: str, add_special: bool, data: st.DataObject
+) -> None:
+    """What an LM generates: cut short anywhere (no eos, an incomplete last step), junk
+    after eos, flatten without bos. strict=False keeps every whole time step before the end;
+    on what to_lm_ids wrote it is the exact inverse."""
+    spec = tokens.spec
+    vocab = LMVocab.from_spec(spec, offset=5)
+    rest = tokens.positions_shape[1:]
+    spatial, levels = int(np.prod(rest)), spec.num_levels
+    ids = tokens.to_lm_ids(vocab, pattern, add_special=add_special)
+    exact = Tokens.from_lm_ids(
+        ids, spec, vocab, pattern, add_special=add_special, shape=tokens.positions_shape
+    )
+    lenient = Tokens.from_lm_ids(
+        ids,
+        spec,
+        vocab,
+        pattern,
+        add_special=add_special,
+        shape=tokens.positions_shape,
+        strict=False,
+    )
+    assert lenient.equal(exact)
+    junk = st.integers(0, vocab.size - 1)
+    steps: list[int] = []
+    if pattern == "flatten":
+        generated = []
+        for seq in ids:
+            codes = seq[1:-1] if add_special else seq
+            cut = data.draw(st.integers(0, codes.numel()))
+            kept = codes[: codes.numel() - cut].tolist()
+            if add_special and data.draw(st.booleans()):
+                kept = [vocab.bos, *kept]
+            if add_special and cut == 0:  # it ended: eos, then whatever the LM went on with
+                kept += [vocab.eos, *data.draw(st.lists(junk, max_size=4))]
+            generated.append(torch.tensor(kept, dtype=torch.long))
+            steps.append((codes.numel() - cut) // (levels * spatial))
+    else:
+        start, extra = int(add_special), levels - 1 if pattern == "delay" else 0
+        width = ids.shape[2]
+        w = data.draw(st.integers(max(start, 1), width)) if width else 0
+        generated = ids[:, :, :w].clone()
+        room = max(w - start - extra, 0)
+        room -= room % spatial
+        if add_special and w:
+            for item in range(tokens.batch_size):
+                eos_col = start + int(tokens.valid_lengths[item]) * spatial + extra
+                if eos_col + 1 < w:  # junk after this item's eos column
+                    fill = data.draw(st.lists(junk, min_size=1, max_size=1))[0]
+                    generated[item, :, eos_col + 1 :] = fill
+        steps = [min(int(n) * spatial, room) // spatial for n in tokens.valid_lengths]
+        if not w:
+            return  # nothing generated: the strict width error stands
+    back = Tokens.from_lm_ids(
+        generated,
+        spec,
+        vocab,
+        pattern,
+        add_special=add_special,
+        shape=(None, *rest),
+        strict=False,
+    )
+    time = max(steps, default=0)
+    expected = Tokens(tokens.codes[:, :, :time], spec, torch.tensor(steps, dtype=torch.long))
+    assert_same_tokens(back, expected)
+
+
+def test_generated_ids_pinned() -> None:
+    spec, tokens, vocab = tiny()  # level ids 10.. and 14.., bos 17, eos 18, pad 19
+    first = Tokens(tokens.codes[:, :, :1], spec)
+    # cut inside step 1 (its level-1 id missing), no eos
+    cut = Tokens.from_lm_ids([torch.tensor([17, 10, 16, 11])], spec, vocab, strict=False)
+    assert cut.equal(first)
+    # no bos, eos then junk
+    junk = torch.tensor([10, 16, 11, 14, 18, 10, 17, 99])
+    two = Tokens.from_lm_ids([junk], spec, vocab, strict=False)
+    assert two.codes.tolist() == [[[0, 1], [2, 0]]] and two.lengths is None
+    with pytest.raises(ValueError, match=r"position 0: id 10 .* where the bos token \(17\)"):
+        Tokens.from_lm_ids([junk], spec, vocab)  # strict: the same ids are an error
+    # a batch: one item ended, one cut short; lengths recovered
+    batch = Tokens.from_lm_ids(
+        [torch.tensor([17, 10, 16, 18]), torch.tensor([17, 10, 16, 11, 14, 12])],
+        spec,
+        vocab,
+        strict=False,
+    )
+    assert batch.lengths.tolist() == [1, 2]
+    # delay cut after two columns of codes: positions whose every level arrived
+    delay = tokens.to_lm_ids(vocab, "delay")  # [[17, 10, 11, 12, 19, 18], [17, 19, 16, 14, 15, 18]]
+    for width, steps in ((6, 3), (5, 3), (4, 2), (3, 1), (2, 0), (1, 0)):
+        back = Tokens.from_lm_ids(delay[:, :, :width], spec, vocab, "delay", strict=False)
+        assert back.codes.shape[2] == steps, width
+        assert torch.equal(back.codes, tokens.codes[:, :, :steps])
+    # a parallel item cut short next to one that ended
+    parallel = torch.tensor(
+        [[[17, 10, 11, 12], [17, 16, 14, 15]], [[17, 13, 18, 10], [17, 15, 18, 12]]]
+    )
+    back = Tokens.from_lm_ids(parallel, spec, vocab, "parallel", strict=False)
+    assert back.codes.shape == (2, 2, 3) and back.lengths.tolist() == [3, 1]
+    assert torch.equal(back.codes[0], tokens.codes[0]) and back.codes[1, :, 0].tolist() == [3, 1]
+    # invalid ids before the end are still errors, named as in strict mode
+    with pytest.raises(ValueError, match=r"item 0, position 2: id 17 \(the bos token\)"):
+        Tokens.from_lm_ids([torch.tensor([17, 10, 17, 11, 14])], spec, vocab, strict=False)
+    bad = delay.clone()
+    bad[0, 1, 0] = 10
+    with pytest.raises(ValueError, match=r"stream 1, column 0: id 10 .* where the bos token"):
+        Tokens.from_lm_ids(bad[:, :, :4], spec, vocab, "delay", strict=False)
+    bad = delay.clone()
+    bad[0, 1, 2] = 19  # pad where a level-1 code belongs, before the cut
+    with pytest.raises(ValueError, match=r"stream 1, column 2: id 19 \(the pad token\)"):
+        Tokens.from_lm_ids(bad[:, :, :4], spec, vocab, "delay", strict=False)
+    with pytest.raises(ValueError, match=r"item 0 has 3 time steps, more than shape\[0\] = 2"):
+        Tokens.from_lm_ids(delay, spec, vocab, "delay", shape=(2,), strict=False)
+    padded_out = Tokens.from_lm_ids(delay[:, :, :4], spec, vocab, "delay", shape=(3,), strict=False)
+    assert padded_out.codes.shape == (1, 2, 3) and padded_out.lengths.tolist() == [2]
+
+
 # ---------------------------------------------------------------- inverse-mapping errors
 
 
