@@ -213,6 +213,24 @@ def test_audio_mono_1d_save(tmp_path: Path) -> None:
     assert load_audio(path).waveform.shape == (1, 800)
 
 
+@pytest.mark.parametrize("suffix", [".wav", ".flac"])
+def test_audio_names_that_are_not_utf8(tmp_path: Path, suffix: str) -> None:
+    """A Latin-1 name (old archives leave them): soundfile would encode the str as UTF-8 and
+    fail; anytok hands it the name's bytes, so loading, saving and errors all work."""
+    name = tmp_path / os.fsdecode(b"caf\xe9" + suffix.encode())
+    wave = sine(440, 8000, 0.1)
+    save_audio(name, wave, 8000)
+    assert b"caf\xe9" + suffix.encode() in os.listdir(os.fsencode(tmp_path))  # the raw bytes
+    clip = load_audio(name)
+    assert clip.path == name and clip.waveform.shape == (1, 800)
+    torch.testing.assert_close(clip.waveform, wave, atol=1e-4, rtol=0)
+    bad = tmp_path / os.fsdecode(b"bad\xe9.wav")
+    bad.write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunk")
+    with pytest.raises(MediaError, match=r"bad.\.wav: .*cannot be decoded") as info:
+        load_audio(bad)
+    assert "Error opening" not in str(info.value)  # soundfile's prefix is stripped
+
+
 def test_load_audio_resamples(wav_file: Path) -> None:
     clip = load_audio(wav_file, sample_rate=24000)
     assert clip.sample_rate == 24000 and clip.original_sample_rate == 16000

@@ -10,6 +10,7 @@ import itertools
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,7 +272,7 @@ def _decode_with_soundfile(p: Path, limits: MediaLimits) -> tuple[np.ndarray, in
     tells a truncated WAV / AIFF from a short one (an M4A file it cannot open goes to
     FFmpeg)."""
     try:
-        info = sf.info(str(p))
+        info = sf.info(_sf_path(p))
     except (sf.SoundFileError, RuntimeError, OSError) as err:
         if sniff(p) == _M4A:  # an M4A under another name: only its failure pays the sniff
             return _decode_with_ffmpeg(p, limits)
@@ -297,7 +298,7 @@ def _decode_with_soundfile(p: Path, limits: MediaLimits) -> tuple[np.ndarray, in
             f"{short.group(1)} are present",
         )
     try:
-        data, _ = sf.read(str(p), dtype="float32", always_2d=True)
+        data, _ = sf.read(_sf_path(p), dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, OSError) as err:
         raise MediaError(
             p,
@@ -411,7 +412,7 @@ def save_audio(
     if subtype is None and sf.check_format(fmt, "PCM_16"):
         subtype = "PCM_16"
     try:
-        sf.write(str(p), wav.clamp(-1.0, 1.0).T.numpy(), int(sample_rate), subtype=subtype)
+        sf.write(_sf_path(p), wav.clamp(-1.0, 1.0).T.numpy(), int(sample_rate), subtype=subtype)
     except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
         raise MediaError(p, f"cannot write audio ({_sf_detail(err)})") from err
     return p
@@ -429,10 +430,16 @@ def _check_finite(p: Path, waveform: Tensor) -> None:
         )
 
 
+def _sf_path(p: Path) -> str | bytes:
+    """``p`` as soundfile should get it: on POSIX the name's bytes (soundfile encodes a str
+    with the file-system encoding, which fails on a name that is not valid UTF-8)."""
+    return str(p) if sys.platform == "win32" else os.fsencode(p)
+
+
 def _sf_detail(err: BaseException) -> str:
     text = str(err).strip()
     # soundfile's messages repeat the path ("Error opening '/x/y.wav': ..."); keep the rest.
-    text = re.sub(r"^Error opening '.*?':\s*|^Error\s*:\s*", "", text)
+    text = re.sub(r"^Error opening b?(['\"]).*?\1:\s*|^Error\s*:\s*", "", text)
     return text.rstrip(".") or "soundfile does not recognise the format"
 
 
