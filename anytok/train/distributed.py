@@ -88,6 +88,7 @@ def final_barrier(info: DistInfo) -> None:
     loaded 2-core machine. With this barrier's handle held here, every earlier
     collective is either freed already (the worker frees under the queue's lock, which
     queuing the barrier takes) or freed with the barrier, here in Python, after the group.
+    Other backends (NCCL) free the handle at once, as a plain barrier does.
     """
     global _closing_barrier
     if not info.distributed:
@@ -95,7 +96,8 @@ def final_barrier(info: DistInfo) -> None:
     work = dist.barrier(async_op=True)
     assert work is not None  # async_op=True always returns the work
     work.wait()
-    _closing_barrier = work
+    if dist.get_backend() == "gloo":
+        _closing_barrier = work
 
 
 def all_reduce_mean(values: Tensor, info: DistInfo) -> Tensor:
