@@ -224,12 +224,18 @@ def test_snac_decode_seed_and_padding() -> None:
         b = model.decode(tokens, seed=7)
         assert torch.equal(torch.get_rng_state(), state)
         assert torch.equal(a, b) and not torch.equal(a, model.decode(tokens, seed=8))
-        # Right padding changes only codes near the end (receptive field / last window).
+        # Right padding changes only codes near the end (receptive field / last window) ...
         short = audio[:1, :, : 12 * model.hop_length]
         alone = model.encode(short).codes
         padded = model.encode(torch.cat([short, torch.zeros_like(short)], dim=-1)).codes
+        # ... so a batch of different lengths is encoded per length: every item exact.
+        swapped = audio.flip(0)  # item 1 is now the one `short` was cut from
+        batch = model.encode(swapped, torch.tensor([audio.shape[-1], short.shape[-1]]))
     keep = 12 - model.pad_multiple // model.hop_length - 2
     assert torch.equal(alone[..., :keep], padded[..., :keep])
+    assert not torch.equal(alone, padded[..., :12])  # the padding does reach the tail
+    assert torch.equal(batch.codes[1, :, :12], alone[0]) and batch.lengths.tolist() == [21, 12]
+    assert torch.equal(batch.codes[0], tokens.codes[1])
 
 
 def test_snac_trains() -> None:

@@ -282,9 +282,37 @@ class AudioTokenizer(Tokenizer):
         """Codes ``(b, levels, t)`` -> decoder input ``(b, dim, t)``."""
         return decode_codes(self.quantizer, codes)
 
+    #: latent steps per token frame (``t' = t * latent_steps_per_frame``; SNAC: its finest
+    #: level's stride)
+    latent_steps_per_frame: int = 1
+
+    @property
+    def per_length_eval(self) -> bool:
+        """Whether eval batches of different lengths run the encoder once per distinct length
+        (:meth:`_latent`): models whose last codes see past an item's end (non-causal)."""
+        return not self.causal
+
     def encode_latent(self, padded: Tensor) -> Tensor:
         """Hop-padded audio ``(b, c, t * hop)`` -> continuous latent ``(b, dim, t')``."""
         return self.encoder(padded)
+
+    def _latent(self, audio: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``audio (b, c, s)`` -> latent ``(b, dim, t')`` and token lengths ``(b,)``.
+
+        Samples past ``lengths`` are zeroed; in eval a :attr:`per_length_eval` model runs
+        once per distinct length, each item cropped to its own
+        (:func:`~anytok.codecs.long_audio.apply_per_length`), so every item gets the latent
+        it gets alone.
+        """
+        padded, token_lengths = self.pad_input(audio, lengths)
+        padded = long_audio.mask_past_lengths(padded, lengths)
+        per_item = None
+        if self.per_length_eval and not self.training:
+            per_item = token_lengths * self.hop_length
+        latent = long_audio.apply_per_length(
+            self.encode_latent, padded, per_item, self.latent_steps_per_frame / self.hop_length
+        )
+        return latent, token_lengths
 
     def decode_latent(self, quantized: Tensor) -> Tensor:
         """Quantized latent ``(b, dim, t')`` -> audio ``(b, c, t * hop)``."""
@@ -292,8 +320,7 @@ class AudioTokenizer(Tokenizer):
 
     def forward(self, audio: Tensor, lengths: Tensor | None = None) -> TokenizerOutput:
         """Training pass: ``audio (b, c, s)`` -> reconstruction ``(b, c, s)``, tokens, losses."""
-        padded, token_lengths = self.pad_input(audio, lengths)
-        latent = self.encode_latent(padded)
+        latent, token_lengths = self._latent(audio, lengths)
         quantized, out = quantize_channel_first(self.quantizer, latent)
         reconstruction = self.decode_latent(quantized)[..., : audio.shape[-1]]
         return TokenizerOutput(
@@ -306,9 +333,8 @@ class AudioTokenizer(Tokenizer):
 
     def encode(self, audio: Tensor, lengths: Tensor | None = None) -> Tokens:
         """``audio (b, c, s)`` in [-1, 1] -> :class:`Tokens` with codes ``(b, levels, t)``."""
-        padded, token_lengths = self.pad_input(audio, lengths)
-        codes = self.codes_from_latent(self.encode_latent(padded))
-        return to_tokens(codes, self.spec, token_lengths)
+        latent, token_lengths = self._latent(audio, lengths)
+        return to_tokens(self.codes_from_latent(latent), self.spec, token_lengths)
 
     def decode(self, tokens: Tokens | Tensor) -> Tensor:
         """Codes ``(b, levels, t)`` -> audio ``(b, c, t * hop_length)``."""
@@ -353,6 +379,11 @@ class ResidualAudioTokenizer(AudioTokenizer):
 
     default_levels: int
 
+    @property
+    def per_length_eval(self) -> bool:
+        """Every family, causal ones included (their eval batches are exact either way)."""
+        return True
+
     def resolve_levels(self, n_levels: int | None = None) -> int:
         """The level count of an ``encode`` call: ``n_levels`` (checked), else the default."""
         if n_levels is None:
@@ -370,14 +401,6 @@ class ResidualAudioTokenizer(AudioTokenizer):
         """Latent ``(b, dim, t)`` -> codes ``(b, levels, t)``."""
         levels = self.resolve_levels(n_levels, **bitrate)
         return self.quantizer.encode(latent.movedim(1, -1), n_levels=levels).movedim(-1, 1)
-
-    def _latent(self, audio: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
-        """``audio (b, c, s)`` -> encoder output ``(b, dim, t)`` and token lengths ``(b,)``."""
-        padded, token_lengths = self.pad_input(audio, lengths)
-        padded = long_audio.mask_past_lengths(padded, lengths)
-        per_item = None if self.training else token_lengths * self.hop_length
-        latent = long_audio.apply_per_length(self.encoder, padded, per_item, 1 / self.hop_length)
-        return latent, token_lengths
 
     def _decode_latent(self, latent: Tensor, lengths: Tensor | None) -> Tensor:
         """Quantized latent ``(b, dim, t)`` -> audio ``(b, c, t * hop)``, zeros past

@@ -27,9 +27,10 @@ Padding guarantee (non-causal): the encoder pads its input to a multiple of
 ``latent_hop * lcm(vq_strides[0], attn_window_size)`` samples as the ``snac`` package does, so
 codes equal the package's codes for any length; codes are then cut to
 ``ceil(samples / hop_length)`` frames. Right padding (batching items of different lengths)
-changes only the codes whose receptive field reaches the padding: the last few frames, or
-with local attention the last attention window (``attn_window_size / vq_strides[0]`` frames).
-The decoder's local attention treats a last, partial window as a shorter window.
+would change the codes whose receptive field reaches the padding (the last few frames, or
+with local attention the last attention window), so in eval a batch of different lengths is
+encoded once per distinct length, each item cropped to its own: every item gets the codes it
+gets alone. The decoder's local attention treats a last, partial window as a shorter window.
 
 Decoding is stochastic, as in SNAC: the noise blocks add Gaussian noise (scaled by a learned
 projection) at every upsampling stage. ``decode(tokens, seed=...)`` makes it repeatable.
@@ -484,6 +485,7 @@ class SNAC(AudioTokenizer):
         self.latent_hop = math.prod(encoder_rates)
         #: samples per coarse frame: one position of the tokens
         self.hop_length = self.latent_hop * vq_strides[0]
+        self.latent_steps_per_frame = vq_strides[0]
         #: the encoder's input is padded to a multiple of this (as the ``snac`` package does)
         self.pad_multiple = self.latent_hop * math.lcm(vq_strides[0], attn_window_size or 1)
         self.encoder = SNACEncoder(
