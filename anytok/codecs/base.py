@@ -512,7 +512,8 @@ class VideoTokenizer(SpatialTiling, Tokenizer):
 
     A clip of ``1 + k * temporal_factor`` frames gives ``1 + k`` latent frames. Other frame
     counts are right-padded by repeating the last frame up to the next such count;
-    ``lengths`` (frames) become ``1 + ceil((lengths - 1) / temporal_factor)``.
+    ``lengths`` (frames) become ``1 + ceil((lengths - 1) / temporal_factor)``, and the frames
+    past an item's length are replaced by its last frame, the padding it gets alone.
     """
 
     modality = "video"
@@ -559,6 +560,12 @@ class VideoTokenizer(SpatialTiling, Tokenizer):
             video = torch.cat([video, video[:, :, -1:].expand(-1, -1, target - t, -1, -1)], dim=2)
         if lengths is None:
             lengths = torch.full((b,), t)  # on the CPU: see AudioTokenizer.pad_input
+        else:  # frames past an item's length repeat its last frame, as alone (no host sync)
+            on_device = lengths.to(video.device)
+            kept = torch.arange(target, device=video.device)[None, :] < on_device[:, None]
+            last = (on_device - 1).clamp(min=0).view(b, 1, 1, 1, 1)
+            last_frame = video.gather(2, last.expand(b, c, 1, h, w))
+            video = torch.where(kept[:, None, :, None, None], video, last_frame)
         return video, self.latent_frames(lengths.long())
 
     def encode_long(self, video: Tensor, **kwargs: Any) -> Tokens:
