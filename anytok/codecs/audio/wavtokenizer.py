@@ -26,10 +26,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
-from torch.nn import functional as F
 
+from anytok.codecs import long_audio
 from anytok.codecs.audio.encodec import convert_codebook_entry
 from anytok.codecs.base import (
     AudioTokenizer,
@@ -141,20 +140,20 @@ class WavTokenizer(AudioTokenizer):
     def decode(self, tokens: Tokens | Tensor) -> Tensor:
         """Codes ``(b, 1, t)`` -> audio ``(b, 1, t * hop_length)``.
 
-        With ``tokens.lengths``, items are decoded on their valid frames only (one by one,
-        since the decoder's attention and GroupNorm span the whole sequence); samples past
-        an item's ``lengths * hop_length`` are zeros.
+        With ``tokens.lengths``, items are decoded on their valid frames only (once per
+        distinct length, since the decoder's attention and GroupNorm span the whole
+        sequence); samples past an item's ``lengths * hop_length`` are zeros.
         """
         codes = self.codes_of(tokens)
         lengths = tokens.lengths if isinstance(tokens, Tokens) else None
-        frames = codes.shape[-1]
-        if lengths is None or bool((lengths >= frames).all()):
-            return self.decode_latent(decode_codes(self.quantizer, codes))
-        items = []
-        for item, n in zip(codes, lengths.tolist()):
-            audio = self.decode_latent(decode_codes(self.quantizer, item[None, :, : max(n, 1)]))
-            items.append(F.pad(audio, (0, frames * self.hop_length - audio.shape[-1])))
-        return torch.cat(items)
+        if lengths is not None:  # an empty item decodes its first frame (the decoder needs one)
+            lengths = lengths.clamp(1, codes.shape[-1])
+        return long_audio.apply_per_length(
+            lambda c: self.decode_latent(decode_codes(self.quantizer, c)),
+            codes,
+            lengths,
+            self.hop_length,
+        )
 
 
 # --------------------------------------------------------------------------- importers
