@@ -217,7 +217,7 @@ class TaDiCodec(SamplingDefaults, AudioTokenizer):
     ) -> TokenizerOutput:
         """Training pass: flow loss on the mel given the tokens (+ text); the vocoder's output
         on the ground-truth mel as ``reconstruction``."""
-        padded, latent, token_lengths = self._latent(audio, lengths)
+        padded, latent, token_lengths = self._padded_latent(audio, lengths)
         log_mel = self.log_mel(padded)
         tokens = padded.shape[-1] // self.hop_length
         token_mask, frame_mask = self._frame_mask(token_lengths, tokens, audio.device)
@@ -244,10 +244,12 @@ class TaDiCodec(SamplingDefaults, AudioTokenizer):
     def encode(self, audio: Tensor, lengths: Tensor | None = None) -> Tokens:
         """``audio (b, 1, s)`` -> codes ``(b, 1, ceil(s / hop_length))`` (text-independent);
         samples past ``lengths`` are ignored, and each item gets the codes it gets alone."""
-        _, latent, token_lengths = self._latent(audio, lengths)
+        _, latent, token_lengths = self._padded_latent(audio, lengths)
         return to_tokens(self.codes_from_latent(latent), self.spec, token_lengths)
 
-    def _latent(self, audio: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    def _padded_latent(
+        self, audio: Tensor, lengths: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """``audio (b, 1, s)`` -> the padded audio ``(b, 1, t * hop_length)`` (zeros past
         ``lengths``), the latent ``(b, latent_dim, t)`` and token lengths ``(b,)``."""
         padded, token_lengths = self.pad_input(audio, lengths)
