@@ -238,6 +238,23 @@ def test_snac_decode_seed_and_padding() -> None:
     assert torch.equal(batch.codes[0], tokens.codes[1])
 
 
+def test_snac_decode_respects_lengths() -> None:
+    """With lengths, items decode on their valid frames only: zeros past them, and (without
+    the noise blocks) exactly the audio they decode to alone."""
+    model = anytok.create_model("snac_24khz", tiny=True, noise=False).eval()
+    gen = torch.Generator().manual_seed(4)
+    audio = torch.rand(2, 1, 14 * model.hop_length, generator=gen) - 0.5
+    with torch.inference_mode():
+        tokens = model.encode(audio, torch.tensor([14 * model.hop_length, 6 * model.hop_length]))
+        batched = model.decode(tokens)
+        alone = model.decode(tokens.codes[1:, :, :6])
+        noisy = anytok.create_model("snac_24khz", tiny=True).eval().decode(tokens, seed=1)
+    assert batched.shape == (2, 1, 14 * model.hop_length)
+    torch.testing.assert_close(batched[1:, :, : 6 * model.hop_length], alone, atol=1e-6, rtol=0)
+    assert not batched[1, :, 6 * model.hop_length :].any()
+    assert not noisy[1, :, 6 * model.hop_length :].any()
+
+
 def test_snac_trains() -> None:
     model = anytok.create_model("snac_24khz", tiny=True).train()
     audio = torch.rand(2, 1, 10 * model.hop_length) - 0.5

@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
+from anytok.codecs import long_audio
 from anytok.codecs.base import (
     AudioTokenizer,
     decode_codes,
@@ -520,11 +521,21 @@ class SNAC(AudioTokenizer):
         """Codes ``(b, F, frames)`` -> audio ``(b, 1, frames * hop_length)``.
 
         ``seed`` fixes the decoder's noise (the global RNG is left as it was); without it
-        the noise comes from the global RNG, as in SNAC.
+        the noise comes from the global RNG, as in SNAC. With ``tokens.lengths``, items are
+        decoded once per distinct length on their valid frames only (zeros past them), so
+        the batch's padding never reaches an item's last samples.
         """
-        latent = decode_codes(self.quantizer, self.codes_of(tokens))
-        with _seeded(seed, latent.device):
-            return self.decoder(latent)
+        codes = self.codes_of(tokens)
+        lengths = tokens.lengths if isinstance(tokens, Tokens) else None
+        if lengths is not None:  # an empty item decodes its first frame (the decoder needs one)
+            lengths = lengths.clamp(1, codes.shape[-1])
+        with _seeded(seed, codes.device):
+            return long_audio.apply_per_length(
+                lambda c: self.decoder(decode_codes(self.quantizer, c)),
+                codes,
+                lengths,
+                self.hop_length,
+            )
 
     def codes_to_levels(self, tokens: Tokens | Tensor) -> list[Tensor]:
         """Codes ``(b, F, frames)`` -> the ``snac`` package's list of per-level codes
