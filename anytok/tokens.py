@@ -434,11 +434,7 @@ def _grid(
     width = num_pos + extra + 2 * start
     device = n.device
     col = torch.arange(width, device=device)
-    shift = (
-        torch.arange(levels, device=device)
-        if pattern == "delay"
-        else torch.zeros(levels, dtype=torch.long, device=device)
-    )
+    shift = _stream_shifts(levels, pattern, device)
     pos = (col[None, :] - start - shift[:, None]).unsqueeze(0)  # (1, L, W)
     is_code = (pos >= 0) & (pos < n[:, None, None])  # (B, L, W)
     index = torch.where(is_code, pos, num_pos)
@@ -461,6 +457,18 @@ def _lay_out_streams(
     out = torch.gather(ext, 2, index.expand(batch, -1, -1).contiguous())
     out = torch.where(kind == _BOS, vocab.bos, out)
     return torch.where(kind == _EOS, vocab.eos, out)
+
+
+def _stream_shifts(levels: int, pattern: str, device: torch.device) -> Tensor:
+    """``(levels,)`` columns stream ``k`` is shifted right by: ``k`` for delay, else 0."""
+    shift = torch.arange(levels, device=device)
+    return shift if pattern == "delay" else torch.zeros_like(shift)
+
+
+def _strip_trailing_pad(seq: Tensor, pad: int) -> Tensor:
+    """A 1D id sequence without its trailing ``pad`` ids (no code, bos or eos id equals pad)."""
+    kept = (seq != pad).nonzero()
+    return seq[: int(kept[-1]) + 1 if kept.numel() else 0]
 
 
 def _first_column(mask: Tensor) -> Tensor:
@@ -921,8 +929,7 @@ def _complete_flat(
                 ends = (seq == vocab.eos).nonzero()
                 seq = seq[: int(ends[0])] if ends.numel() else seq
                 seq = seq[1:] if seq.numel() and int(seq[0]) == vocab.bos else seq
-            kept = (seq != vocab.pad).nonzero()
-            seq = seq[: int(kept[-1]) + 1 if kept.numel() else 0]
+            seq = _strip_trailing_pad(seq, vocab.pad)
             seq = seq[: seq.numel() - seq.numel() % step]
             if add_special:
                 seq = torch.cat([seq.new_full((1,), vocab.bos), seq, seq.new_full((1,), vocab.eos)])
@@ -950,9 +957,7 @@ def _complete_streams(
         return ids  # _from_streams names the shape
     batch, _, width = ids.shape
     device = ids.device
-    shift = torch.arange(levels, device=device)
-    if pattern != "delay":
-        shift = torch.zeros_like(shift)
+    shift = _stream_shifts(levels, pattern, device)
     extra = levels - 1 if pattern == "delay" else 0
     room = max(width - start - extra, 0)  # positions with a cell in every stream
     if add_special:  # the eos column follows the last delayed code
@@ -997,9 +1002,8 @@ def _from_flat(
         if seq.ndim != 1:
             raise ValueError(f"{where}: ids[{item}] must be 1D, got shape {tuple(seq.shape)}")
         # Trailing pads: a batch of items padded to one width (pad_sequence(..., vocab.pad), or
-        # an LM's batched generation). No code, bos or eos id equals pad, so this is exact.
-        kept = (seq != vocab.pad).nonzero()
-        seq = seq[: int(kept[-1]) + 1 if kept.numel() else 0]
+        # an LM's batched generation).
+        seq = _strip_trailing_pad(seq, vocab.pad)
         if add_special:
             if seq.numel() < 2:
                 raise ValueError(
@@ -1106,11 +1110,7 @@ def _from_streams(
         )
     # Code of position p at level k sits in column p + start + shift_k (gather: deterministic).
     p = torch.arange(num_pos, device=ids.device)
-    shift = (
-        torch.arange(levels, device=ids.device)
-        if pattern == "delay"
-        else torch.zeros_like(lo[0, :, 0])
-    )
+    shift = _stream_shifts(levels, pattern, ids.device)
     src = (p[None, :] + start + shift[:, None]).expand(batch, -1, -1)  # (B, L, N)
     codes = torch.gather(ids, 2, src) - lo
     valid = (p[None, :] < n[:, None]).unsqueeze(1)

@@ -337,8 +337,24 @@ class AudioTokenizer(Tokenizer):
         return to_tokens(self.codes_from_latent(latent), self.spec, token_lengths)
 
     def decode(self, tokens: Tokens | Tensor) -> Tensor:
-        """Codes ``(b, levels, t)`` -> audio ``(b, c, t * hop_length)``."""
-        return self.decode_latent(self.latent_from_codes(self.codes_of(tokens)))
+        """Codes ``(b, levels, t)`` -> audio ``(b, c, t * hop_length)``.
+
+        With ``tokens.lengths``, a :attr:`per_length_eval` model decodes once per distinct
+        length on the valid frames only (zeros past them; an empty item decodes its first
+        frame, the decoder needs one), so the batch's padding never reaches an item.
+        """
+        codes = self.codes_of(tokens)
+        lengths = tokens.lengths if isinstance(tokens, Tokens) else None
+        if lengths is not None and self.per_length_eval:
+            lengths = lengths.clamp(1, codes.shape[-1])
+        else:
+            lengths = None
+        return long_audio.apply_per_length(
+            lambda c: self.decode_latent(self.latent_from_codes(c)),
+            codes,
+            lengths,
+            self.hop_length,
+        )
 
     def encode_long(self, audio: Tensor, **kwargs: Any) -> Tokens:
         """:func:`anytok.codecs.long_audio.encode_long`: ``chunk_seconds``,
@@ -560,7 +576,9 @@ class VideoTokenizer(SpatialTiling, Tokenizer):
             video = torch.cat([video, video[:, :, -1:].expand(-1, -1, target - t, -1, -1)], dim=2)
         if lengths is None:
             lengths = torch.full((b,), t)  # on the CPU: see AudioTokenizer.pad_input
-        else:  # frames past an item's length repeat its last frame, as alone (no host sync)
+        elif lengths.device.type != "cpu" or not bool((lengths >= t).all()):
+            # Frames past an item's length repeat its last frame, as alone. Device lengths
+            # (a training batch's) are not checked first: that would wait for the device.
             on_device = lengths.to(video.device)
             kept = torch.arange(target, device=video.device)[None, :] < on_device[:, None]
             last = (on_device - 1).clamp(min=0).view(b, 1, 1, 1, 1)

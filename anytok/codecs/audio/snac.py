@@ -52,10 +52,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
-from anytok.codecs import long_audio
 from anytok.codecs.base import (
     AudioTokenizer,
-    decode_codes,
     to_tokens,
 )
 from anytok.nn.attention import LocalSelfAttention
@@ -525,17 +523,8 @@ class SNAC(AudioTokenizer):
         decoded once per distinct length on their valid frames only (zeros past them), so
         the batch's padding never reaches an item's last samples.
         """
-        codes = self.codes_of(tokens)
-        lengths = tokens.lengths if isinstance(tokens, Tokens) else None
-        if lengths is not None:  # an empty item decodes its first frame (the decoder needs one)
-            lengths = lengths.clamp(1, codes.shape[-1])
-        with _seeded(seed, codes.device):
-            return long_audio.apply_per_length(
-                lambda c: self.decoder(decode_codes(self.quantizer, c)),
-                codes,
-                lengths,
-                self.hop_length,
-            )
+        with _seeded(seed, self.codes_of(tokens).device):
+            return super().decode(tokens)
 
     def codes_to_levels(self, tokens: Tokens | Tensor) -> list[Tensor]:
         """Codes ``(b, F, frames)`` -> the ``snac`` package's list of per-level codes

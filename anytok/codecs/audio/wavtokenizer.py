@@ -28,12 +28,10 @@ from typing import Any
 
 from torch import Tensor
 
-from anytok.codecs import long_audio
 from anytok.codecs.audio.encodec import convert_codebook_entry
 from anytok.codecs.base import (
     AudioTokenizer,
     build_quantizer,
-    decode_codes,
 )
 from anytok.nn.encodec_seanet import (
     EncodecSEANetEncoder,
@@ -42,7 +40,6 @@ from anytok.nn.encodec_seanet import (
 )
 from anytok.nn.vocos import ISTFTHead, VocosBackbone
 from anytok.registry import PretrainedCfg, register, register_importer
-from anytok.tokens import Tokens
 
 #: WavTokenizer's quantizer: EnCodec's EMA codebook (decay 0.99, k-means init with 200
 #: iterations, codes used fewer than 2 times per batch revived) with one level.
@@ -136,24 +133,6 @@ class WavTokenizer(AudioTokenizer):
     def decode_latent(self, latent: Tensor) -> Tensor:
         """Quantized latent ``(b, dimension, t)`` -> audio ``(b, 1, t * hop)``."""
         return self.head(self.backbone(latent, condition_id=0)).unsqueeze(1)
-
-    def decode(self, tokens: Tokens | Tensor) -> Tensor:
-        """Codes ``(b, 1, t)`` -> audio ``(b, 1, t * hop_length)``.
-
-        With ``tokens.lengths``, items are decoded on their valid frames only (once per
-        distinct length, since the decoder's attention and GroupNorm span the whole
-        sequence); samples past an item's ``lengths * hop_length`` are zeros.
-        """
-        codes = self.codes_of(tokens)
-        lengths = tokens.lengths if isinstance(tokens, Tokens) else None
-        if lengths is not None:  # an empty item decodes its first frame (the decoder needs one)
-            lengths = lengths.clamp(1, codes.shape[-1])
-        return long_audio.apply_per_length(
-            lambda c: self.decode_latent(decode_codes(self.quantizer, c)),
-            codes,
-            lengths,
-            self.hop_length,
-        )
 
 
 # --------------------------------------------------------------------------- importers
