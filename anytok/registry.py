@@ -368,11 +368,45 @@ def _is_checkpoint_path(text: str) -> bool:
     return text.partition(".")[0] not in _ARCHS
 
 
+#: the weight dtypes a tokenizer runs in, by every name ``load(dtype=...)`` accepts
+WEIGHT_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """``load``'s ``dtype``: fp32, bf16 or fp16 (a ``torch.dtype`` or a name), else ``None``.
+
+    Raises:
+        ValueError: any other dtype (fp64 among them: quantizers and samplers compute in
+            fp32, and autocast has no fp64), naming the argument.
+    """
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        key = dtype.lower().removeprefix("torch.")
+        if key in WEIGHT_DTYPES:
+            return WEIGHT_DTYPES[key]
+    elif dtype in WEIGHT_DTYPES.values():
+        return dtype
+    raise ValueError(
+        f"dtype: expected float32, bfloat16 or float16 (or one of {sorted(WEIGHT_DTYPES)}), "
+        f"got {dtype!r}"
+    )
+
+
 def load(
     name_or_path: str | os.PathLike[str],
     *,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     eval_mode: bool = True,
 ) -> nn.Module:
     """Load a tokenizer by registry name (``arch`` or ``arch.tag``), directory, or Hub id.
@@ -383,13 +417,16 @@ def load(
             otherwise, see :func:`_is_checkpoint_path`), or ``"hf-hub:org/name"``.
         device: where to put the model (``"auto"``: CUDA when available; a device this
             machine lacks is a :class:`~anytok.devices.DeviceError`).
-        dtype: parameter dtype (``None`` keeps fp32; bf16 autocast is applied at run time).
+        dtype: parameter dtype: fp32 (``None``), bf16 or fp16, as a ``torch.dtype`` or its
+            name (``"bfloat16"``, ``"bf16"``, ``"float16"``, ``"fp16"``, ``"float32"``);
+            bf16 / fp16 models run under autocast.
         eval_mode: put the model in eval mode (the default for encoding).
     """
     from anytok.checkpoint import load_checkpoint
     from anytok.devices import parse_device
 
     target = parse_device(device, option="device")  # before any download or weight load
+    weight_dtype = parse_dtype(dtype)
     text = os.fspath(name_or_path)
     if text.startswith("hf-hub:"):
         from huggingface_hub import snapshot_download
@@ -436,6 +473,6 @@ def load(
                     )
             attach_identity(model, info.name, model.anytok_config, tag=cfg.tag)
     model = model.to(device=target)
-    if dtype is not None:
-        model = model.to(dtype=dtype)
+    if weight_dtype is not None:
+        model = model.to(dtype=weight_dtype)
     return model.eval() if eval_mode else model.train()

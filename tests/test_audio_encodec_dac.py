@@ -331,6 +331,17 @@ def test_dac_encode_long_equals_one_pass() -> None:
         assert torch.equal(
             by_item.codes[1, :, :20], model.encode(audio[1:, :, : hop * 20]).codes[0]
         )
+        # With lengths, decode_long decodes each length on its valid frames, as decode does:
+        # the codes past item 1's end used to reach its last samples (0.14 off here).
+        assert (
+            max_diff(model.decode_long(by_item, chunk_seconds=chunk), model.decode(by_item)) <= TOL
+        )
+        # An empty item (an LM that stopped at once) keeps no frame and decodes to silence.
+        empty = model.encode_long(audio, chunk_seconds=chunk, lengths=torch.tensor([hop * 3, 0]))
+        assert empty.lengths.tolist() == [3, 0] and empty.codes.shape[-1] == 62
+        assert torch.equal(empty.codes[0, :, :3], model.encode(audio[:1, :, : hop * 3]).codes[0])
+        silent = model.decode_long(empty, chunk_seconds=chunk)
+        assert not silent[1].any() and not silent[0, :, hop * 3 :].any()
 
 
 def test_unbounded_receptive_field_falls_back_to_context() -> None:

@@ -158,11 +158,11 @@ def test_low_precision_input_reaches_fp32_projections(name: str, dtype: torch.dt
     assert z.grad is not None and z.grad.dtype == dtype
 
 
-@pytest.mark.parametrize("name", ["vq-factorized", "rvq", "split-rvq", "simvq", "multiscale"])
-def test_vq_family_in_a_bf16_model_keeps_fp32_math(name: str) -> None:
-    """``model.to(torch.bfloat16)`` for inference: projections used to fail on mixed dtypes;
-    now they run in fp32, so the codes are those of the fp32 module with the same (rounded)
-    weights."""
+@pytest.mark.parametrize("name", sorted(MAKERS))
+def test_every_quantizer_in_a_bf16_model_keeps_fp32_math(name: str) -> None:
+    """``model.to(torch.bfloat16)`` for inference: projections used to fail on mixed dtypes
+    (the VQ family, then FSQ / ResidualFSQ's output projection); now they run in fp32, so the
+    codes are those of the fp32 module with the same (rounded) weights."""
     reference = make(name).eval()
     reference.load_state_dict(
         {k: v.to(torch.bfloat16).float() for k, v in reference.state_dict().items()}
@@ -177,6 +177,59 @@ def test_vq_family_in_a_bf16_model_keeps_fp32_math(name: str) -> None:
     assert out.quantized.dtype == torch.bfloat16
     assert torch.equal(out.codes, expected.codes)
     assert torch.equal(decoded.to(torch.bfloat16), out.quantized)
+
+
+@pytest.mark.parametrize("name", sorted(MAKERS))
+def test_training_step_in_a_bf16_model_keeps_fp32_statistics(name: str) -> None:
+    """A training step of a module cast to bf16 failed in every EMA quantizer (bf16 EMA
+    buffers lerped with fp32 counts); the running statistics now stay fp32 through the cast
+    and the step runs, forward and backward."""
+    quantizer = make(name).train().to(torch.bfloat16)
+    fp32_names = [n for m in quantizer.modules() for n in getattr(m, "fp32_buffers", ())]
+    if name.startswith(("vq", "rvq", "grvq", "split", "simvq", "multiscale")):
+        assert fp32_names, "an EMA quantizer declares its statistics"
+    for module in quantizer.modules():
+        for buffer_name in getattr(module, "fp32_buffers", ()):
+            buffer = module._buffers.get(buffer_name)
+            assert buffer is None or buffer.dtype == torch.float32, buffer_name
+    z = sample(name, quantizer).to(torch.bfloat16).requires_grad_(True)
+    out = quantizer(z)
+    (out.quantized.float().square().sum() + out.loss.float()).backward()
+    assert z.grad is not None and bool(torch.isfinite(z.grad.float()).all())
+    for module in quantizer.modules():
+        for buffer_name in getattr(module, "fp32_buffers", ()):
+            buffer = module._buffers.get(buffer_name)
+            assert buffer is None or buffer.dtype == torch.float32, buffer_name
+
+
+def test_codes_of_codebooks_beyond_2_to_the_53_decode() -> None:
+    """``check_codes`` compared in float64, which rounds ``2^62 - 1`` up to ``2^62``: the
+    largest valid code of an LFQ (or FSQ) codebook above 2^53 was refused as out of range."""
+    lfq = LFQ(codebook_size=2**62).eval()
+    z = torch.ones(1, 62)
+    codes = lfq.encode(z)
+    assert int(codes.max()) == 2**62 - 1
+    assert torch.equal(lfq.decode(codes), lfq(z).quantized)
+    fsq = FSQ([3] * 38).eval()
+    top = torch.full((1, 38), 1.0)
+    assert int(fsq.encode(top)) == 3**38 - 1
+    assert torch.equal(fsq.decode(fsq.encode(top)), fsq(top).quantized)
+    with pytest.raises(ValueError, match="codes out of range"):
+        fsq.decode(torch.tensor([[3**38]]))
+
+
+@pytest.mark.parametrize(
+    ("make_bad", "message"),
+    [
+        (lambda: FSQ([3, 3], dim=0), "FSQ: dim must be >= 1, got 0"),
+        (lambda: ResidualFSQ([3, 3], 2, dim=-1), "ResidualFSQ: dim must be >= 1, got -1"),
+        (lambda: LFQ(dim=4, num_codebooks=0), "LFQ: num_codebooks must be >= 1, got 0"),
+        (lambda: SimVQ(4, 16, frozen_codebook_dim=0), "SimVQ: frozen_codebook_dim must be >= 1"),
+    ],
+)
+def test_bad_sizes_are_named(make_bad: Callable[[], object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_bad()
 
 
 def test_kmeans_init_waits_for_a_batch_with_vectors() -> None:

@@ -10,12 +10,17 @@ import anytok
 from anytok.codecs.tiling import _spans
 
 
-@pytest.mark.parametrize("name", ["cnn3d_fsq_4x8x8", "causal3d_4x8x8_fsq", "causal3d_8x8x8_fsq"])
+@pytest.mark.parametrize(
+    "name", ["cnn3d_fsq_4x8x8", "causal3d_4x8x8_fsq", "causal3d_8x8x8_fsq", "hierarchical"]
+)
 def test_long_video_tokens_equal_one_pass(name: str) -> None:
+    """hierarchical: its causal heads after the encoder widen the context
+    (``encoder_temporal_context``); with the encoder's alone, chunks changed codes."""
     model = anytok.create_model(name, tiny=True, seed=0).eval()
     s = model.temporal_factor
+    context = getattr(model, "encoder_temporal_context", None) or model.encoder.temporal_context
     # Longer than the encoder's causal context, so chunks really start mid-clip.
-    frames = 1 + s * (model.encoder.temporal_context // s + 6) - 1  # not of the form 1 + k*s
+    frames = 1 + s * (context // s + 6) - 1  # not of the form 1 + k*s
     video = torch.rand(2, 3, frames, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     lengths = torch.tensor([frames, frames - 3 * s])
     with torch.no_grad():
@@ -82,8 +87,10 @@ def test_tiling_is_exact_for_a_local_model_and_bounds_memory() -> None:
         encode_tiled(model, image, tile=32, overlap=4)
 
 
-@pytest.mark.parametrize("name", ["vqgan", "causal3d_4x8x8_fsq"])
+@pytest.mark.parametrize("name", ["vqgan", "causal3d_4x8x8_fsq", "hierarchical"])
 def test_tiled_real_models_shapes_and_single_tile_equality(name: str) -> None:
+    """hierarchical: codes lie on its fine grid (``code_factor``), half its input stride;
+    tiles cut by the input stride gave half-size grids and a failing decode."""
     model = anytok.create_model(name, tiny=True, seed=0).eval()
     f = getattr(model, "downsample_factor", None) or model.spatial_factor
     shape = (1, 3, 64, 96) if model.modality == "image" else (1, 3, 5, 64, 96)
@@ -102,3 +109,14 @@ def test_tiled_real_models_shapes_and_single_tile_equality(name: str) -> None:
         # GroupNorm make smaller tiles differ; the stitching itself is tested exactly above).
         whole = model.decode_tiled(one, tile=max(one.codes.shape[-2:]), overlap=0)
         assert torch.equal(whole, reference)
+
+
+@pytest.mark.parametrize("name", ["titok_l32", "flextok_d12_d12"])
+def test_tiling_refuses_1d_token_sequences(name: str) -> None:
+    """1D tokenizers have no grid to stitch: tiling returned a meaningless sequence."""
+    model = anytok.create_model(name, tiny=True, seed=0).eval()
+    image = torch.rand(1, 3, 64, 96) * 2 - 1
+    with pytest.raises(ValueError, match=r"encode_tiled: .* laid out as \('sequence',\), not on"):
+        model.encode_tiled(image, tile=32, overlap=16)
+    with pytest.raises(ValueError, match=r"decode_tiled: .*not on a height x width grid"):
+        model.decode_tiled(torch.zeros(1, 1, 8, dtype=torch.long), tile=4, overlap=2)

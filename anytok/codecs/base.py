@@ -78,12 +78,19 @@ def _autocast_to_weights(method: Any) -> Any:
     keeps fp32 where it must: quantizers return fp32 latents, samplers and positional tables
     build fp32 tensors. Fed straight into bf16 layers those fail on mixed dtypes (27 of the
     33 architectures did); under autocast every layer casts its inputs instead. Inside an
-    autocast the caller opened, nothing changes.
+    autocast the caller opened, nothing changes. Other weight dtypes (fp64) are refused with
+    a clear error: autocast has none, and the fp32 tensors would meet fp64 layers.
     """
 
     @functools.wraps(method)
     def run(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         device, dtype = long_audio._device_and_dtype(self)
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise TypeError(
+                f"{type(self).__name__}.{method.__name__}: weights are {dtype}; tokenizers run "
+                "in float32, bfloat16 or float16 (model.float(), or anytok.load(..., "
+                "dtype=torch.bfloat16))"
+            )
         if dtype in (torch.bfloat16, torch.float16) and not torch.is_autocast_enabled(device.type):
             with torch.autocast(device.type, dtype=dtype):
                 return method(self, *args, **kwargs)
@@ -209,6 +216,37 @@ class Tokenizer(nn.Module, abc.ABC):
         _, weight_dtype = long_audio._device_and_dtype(self)
         return media.to(weight_dtype)
 
+    def _check_lengths(
+        self, lengths: Any, batch: int, valid: tuple[int, int], unit: str
+    ) -> Tensor | None:
+        """``lengths`` (a tensor, array or sequence of ints, one per item) as int64 ``(batch,)``.
+
+        Values are checked against ``valid`` (inclusive) only for host lengths: device
+        lengths (a training batch's) would make the host wait for the device.
+
+        Raises:
+            TypeError / ValueError: not integers, not one per item, or out of range, naming
+                ``lengths``.
+        """
+        if lengths is None:
+            return None
+        where = f"{type(self).__name__}.encode: lengths"
+        if not isinstance(lengths, Tensor):
+            try:
+                lengths = torch.as_tensor(np.asarray(lengths))
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise TypeError(f"{where} must be integers, one per item; got {lengths!r}") from err
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            raise TypeError(f"{where} must be integers ({unit}), got dtype {lengths.dtype}")
+        if tuple(lengths.shape) != (batch,):
+            raise ValueError(
+                f"{where} must have shape ({batch},), one per item; got {tuple(lengths.shape)}"
+            )
+        low, high = valid
+        if lengths.device.type == "cpu" and not bool(((lengths >= low) & (lengths <= high)).all()):
+            raise ValueError(f"{where} must be in [{low}, {high}] {unit}; got {lengths.tolist()}")
+        return lengths.long()
+
 
 class AudioTokenizer(Tokenizer):
     """Audio ``(batch, channels, samples)`` at ``sample_rate`` -> codes ``(b, levels, time)``.
@@ -247,7 +285,9 @@ class AudioTokenizer(Tokenizer):
         )
 
     def pad_input(self, audio: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Check and right-pad ``audio``; return it and token lengths ``(batch,)``."""
+        """Check ``audio`` and ``lengths`` (samples), zero samples past each item's length
+        and right-pad to whole hops; return the audio ``(b, c, t * hop)`` and token lengths
+        ``(b,)``."""
         audio = self._check_media(audio, 3, "audio (batch, channels, samples)")
         if audio.shape[1] != self.channels:
             raise ValueError(
@@ -257,8 +297,11 @@ class AudioTokenizer(Tokenizer):
         samples = audio.shape[-1]
         if samples == 0:
             raise ValueError(f"{type(self).__name__}.encode: empty audio (0 samples)")
+        lengths = self._check_lengths(lengths, audio.shape[0], (0, samples), "samples")
         frames = math.ceil(samples / self.hop_length)
-        audio = F.pad(audio, (0, frames * self.hop_length - samples))
+        audio = F.pad(
+            long_audio.mask_past_lengths(audio, lengths), (0, frames * self.hop_length - samples)
+        )
         if lengths is None:
             # Built on the CPU: checking "all full" later then costs no device synchronisation.
             lengths = torch.full((audio.shape[0],), samples)
@@ -299,13 +342,12 @@ class AudioTokenizer(Tokenizer):
     def _latent(self, audio: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
         """``audio (b, c, s)`` -> latent ``(b, dim, t')`` and token lengths ``(b,)``.
 
-        Samples past ``lengths`` are zeroed; in eval a :attr:`per_length_eval` model runs
-        once per distinct length, each item cropped to its own
-        (:func:`~anytok.codecs.long_audio.apply_per_length`), so every item gets the latent
-        it gets alone.
+        Samples past ``lengths`` are zeroed (:meth:`pad_input`); in eval a
+        :attr:`per_length_eval` model runs once per distinct length, each item cropped to its
+        own (:func:`~anytok.codecs.long_audio.apply_per_length`), so every item gets the
+        latent it gets alone.
         """
         padded, token_lengths = self.pad_input(audio, lengths)
-        padded = long_audio.mask_past_lengths(padded, lengths)
         per_item = None
         if self.per_length_eval and not self.training:
             per_item = token_lengths * self.hop_length
@@ -339,22 +381,19 @@ class AudioTokenizer(Tokenizer):
     def decode(self, tokens: Tokens | Tensor) -> Tensor:
         """Codes ``(b, levels, t)`` -> audio ``(b, c, t * hop_length)``.
 
-        With ``tokens.lengths``, a :attr:`per_length_eval` model decodes once per distinct
-        length on the valid frames only (zeros past them; an empty item decodes its first
-        frame, the decoder needs one), so the batch's padding never reaches an item.
+        With ``tokens.lengths``, samples past each item's length are zero; a
+        :attr:`per_length_eval` model decodes once per distinct length on the valid frames
+        only, so the batch's padding never reaches an item (a causal one's never does).
         """
         codes = self.codes_of(tokens)
         lengths = tokens.lengths if isinstance(tokens, Tokens) else None
-        if lengths is not None and self.per_length_eval:
-            lengths = lengths.clamp(1, codes.shape[-1])
-        else:
-            lengths = None
-        return long_audio.apply_per_length(
-            lambda c: self.decode_latent(self.latent_from_codes(c)),
-            codes,
-            lengths,
-            self.hop_length,
-        )
+
+        def decode(valid: Tensor) -> Tensor:
+            return self.decode_latent(self.latent_from_codes(valid))
+
+        if lengths is not None and not self.per_length_eval:
+            return long_audio.mask_past_lengths(decode(codes), lengths * self.hop_length)
+        return long_audio.apply_per_length(decode, codes, lengths, self.hop_length)
 
     def encode_long(self, audio: Tensor, **kwargs: Any) -> Tokens:
         """:func:`anytok.codecs.long_audio.encode_long`: ``chunk_seconds``,
@@ -571,6 +610,7 @@ class VideoTokenizer(SpatialTiling, Tokenizer):
                 f"{type(self).__name__}: expects (batch, 3, frames>=1, H, W) with H and W "
                 f"multiples of {f}, got {tuple(video.shape)}"
             )
+        lengths = self._check_lengths(lengths, b, (1, t), "frames")
         target = 1 + (self.latent_frames(t) - 1) * self.temporal_factor
         if target > t:
             video = torch.cat([video, video[:, :, -1:].expand(-1, -1, target - t, -1, -1)], dim=2)

@@ -413,21 +413,29 @@ def encode_long(
         :class:`Tokens` on ``audio``'s device, as ``model.encode(audio, lengths)`` returns.
     """
     audio = model._check_media(audio, 3, "audio (batch, channels, samples)")
+    lengths = model._check_lengths(lengths, audio.shape[0], (0, audio.shape[-1]), "samples")
     if lengths is not None:
+        hop = model.hop_length
+        # An empty item is encoded from its first hop (a model needs one) and keeps no frame.
         items = [
             encode_long(
                 model,
-                audio[i : i + 1, :, : int(n)],
+                audio[i : i + 1, :, : max(int(n), 1)],
                 chunk_seconds=chunk_seconds,
                 context_seconds=context_seconds,
                 **encode_kwargs,
             )
             for i, n in enumerate(lengths.tolist())
         ]
-        frames = max(t.codes.shape[-1] for t in items)
-        codes = torch.cat([F.pad(t.codes, (0, frames - t.codes.shape[-1])) for t in items])
-        token_lengths = torch.tensor([t.codes.shape[-1] for t in items], device=codes.device)
-        return Tokens(codes, items[0].spec, token_lengths)
+        frames = math.ceil(audio.shape[-1] / hop)
+        token_lengths = (lengths + hop - 1) // hop
+        codes = torch.cat(
+            [
+                F.pad(t.codes[..., :n], (0, frames - n))
+                for t, n in zip(items, token_lengths.tolist(), strict=True)
+            ]
+        )
+        return Tokens(codes, items[0].spec, token_lengths.to(codes.device))
     device, _ = _device_and_dtype(model)
     hop = model.hop_length
     chunk = _chunk_frames(model, chunk_seconds)
@@ -464,12 +472,26 @@ def decode_long(
     """Decode codes of any duration with memory bounded by the chunk; the counterpart of
     :func:`encode_long` with the same guarantee (the decoder's own receptive field).
 
-    Returns audio ``(batch, channels, frames * hop)`` on the codes' device; samples past an
-    item's valid length (``tokens.lengths``) are zero.
+    Returns audio ``(batch, channels, frames * hop)`` on the codes' device, as
+    ``model.decode(tokens)`` returns it; samples past an item's valid length
+    (``tokens.lengths``) are zero, and a non-causal model decodes each distinct length on
+    its valid frames only.
     """
     codes = model.codes_of(tokens)
-    device, _ = _device_and_dtype(model)
+    lengths = tokens.lengths if isinstance(tokens, Tokens) else None
     hop = model.hop_length
+    if lengths is not None and not is_streamable(model) and model.per_length_eval:
+        # As ``model.decode``: once per distinct length on the valid frames, so the codes
+        # past a short item's end never reach its last samples.
+        return apply_per_length(
+            lambda valid: decode_long(
+                model, valid, chunk_seconds=chunk_seconds, context_seconds=context_seconds
+            ),
+            codes,
+            lengths,
+            hop,
+        )
+    device, _ = _device_and_dtype(model)
     chunk = _chunk_frames(model, chunk_seconds)
     with torch.inference_mode():
         if is_streamable(model):
@@ -491,7 +513,6 @@ def decode_long(
                     out[..., (start - w_start) * hop : (end - w_start) * hop].to(codes.device)
                 )
             audio = torch.cat(parts, dim=-1)
-    lengths = tokens.lengths if isinstance(tokens, Tokens) else None
     if lengths is not None:
         keep = torch.arange(audio.shape[-1], device=audio.device) < (lengths[:, None] * hop)
         audio = audio * keep[:, None, :]
@@ -514,7 +535,9 @@ def apply_per_length(
     output length.
 
     A non-centred model then gives every item of a batch what it gives the item alone. With
-    ``lengths`` ``None`` (or all equal to the full length) ``fn`` runs once on ``x``.
+    ``lengths`` ``None`` (or all equal to the full length) ``fn`` runs once on ``x``. Items
+    of length 0 get zeros (when every item is empty, ``fn`` runs once on ``x`` for the
+    output's shape).
 
     Args:
         fn: ``(b, c, t) -> (b, c', round(t * out_per_step))``; with ``with_items``,
@@ -529,8 +552,12 @@ def apply_per_length(
     if lengths is None or bool((lengths == time).all()):
         return fn(x, None) if with_items else fn(x)
     lengths = lengths.to(x.device)
+    if not bool(lengths.any()):
+        return (fn(x, None) if with_items else fn(x)).zero_()
     out: Tensor | None = None
     for length in torch.unique(lengths).tolist():
+        if length == 0:  # left as zeros: a model needs at least one step
+            continue
         items = (lengths == length).nonzero().flatten()
         cropped = x[items, :, : int(length)]
         y = fn(cropped, items) if with_items else fn(cropped)

@@ -2,7 +2,9 @@
 
 Causal video tokenizers (``cnn3d_fsq``, ``causal3d``, the encoder of ``divot``) compute
 latent frame ``j`` from input frames ``s*j - R .. s*j`` only (``s`` the temporal factor, ``R``
-the encoder's causal receptive field, read from ``encoder.temporal_context``), with
+the encoder's causal receptive field, read from ``encoder.temporal_context``, or from the
+model's ``encoder_temporal_context`` when layers between the encoder and the quantizer
+widen it), with
 per-frame normalisation. So a long clip can be cut into chunks that start at a multiple of
 ``s`` and carry ``ceil(R / s)`` latent frames of *context* before the frames they keep: the
 kept latent frames see exactly the inputs they see in one pass, and the chunk's own start
@@ -35,8 +37,13 @@ class NoBoundedContextError(UnsupportedModelError, ValueError):
     :class:`~anytok.codecs.long_audio.UnsupportedModelError`)."""
 
 
-def _context(module: object, what: str, model: object) -> int:
-    context = getattr(module, "temporal_context", None)
+def _context(model: object, what: str) -> int:
+    """Past frames of the ``what`` ("encoder" / "decoder") side: the model's
+    ``<what>_temporal_context`` when it has layers around that module (a head before the
+    quantizer), else the module's own ``temporal_context``."""
+    context = getattr(model, f"{what}_temporal_context", None)
+    if context is None:
+        context = getattr(getattr(model, what, None), "temporal_context", None)
     if context is None:
         raise NoBoundedContextError(
             f"{type(model).__name__}: its {what} has no bounded causal context "
@@ -62,7 +69,7 @@ def encode_long(
     padded, latent_lengths = model.pad_input(video, lengths)
     total = padded.shape[2]
     latent_total = int(model.latent_frames(total))
-    context = math.ceil(_context(model.encoder, "encoder", model) / s)  # latent frames
+    context = math.ceil(_context(model, "encoder") / s)  # latent frames
     per_chunk = max(1, chunk_frames // s)
     pieces: list[Tensor] = []
     start = 0  # first latent frame this chunk keeps
@@ -90,7 +97,7 @@ def decode_long(
     codes = model.codes_of(tokens)
     s = model.temporal_factor
     latent_total = codes.shape[2]
-    context = _context(model.decoder, "decoder", model) + 1
+    context = _context(model, "decoder") + 1
     per_chunk = max(1, chunk_latents)
     pieces: list[Tensor] = []
     start = 0

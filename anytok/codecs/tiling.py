@@ -52,15 +52,29 @@ def _check(tile: int, overlap: int, factor: int, what: str) -> None:
 
 
 def _factor(model: object) -> int:
+    """Pixels per step of the model's input grid (sizes must be multiples of it)."""
     return int(getattr(model, "downsample_factor", None) or model.spatial_factor)  # type: ignore[attr-defined]
+
+
+def _code_factor(model: object, what: str) -> int:
+    """Pixels per code position (``code_factor`` where it differs from the input stride:
+    the fine grid of ``hierarchical``); raises for tokens without a height x width grid."""
+    spec = getattr(model, "spec", None)  # any object with encode / decode and a stride
+    layout = tuple(spec.layout) if spec is not None else ("height", "width")
+    if layout[-2:] != ("height", "width"):
+        raise ValueError(
+            f"{what}: {type(model).__name__}'s tokens are laid out as {layout}, not on a "
+            "height x width grid, so tiles cannot be stitched; encode / decode whole images"
+        )
+    return int(getattr(model, "code_factor", None) or _factor(model))
 
 
 @torch.no_grad()
 def encode_tiled(model: object, media: Tensor, tile: int = 256, overlap: int = 32) -> Tokens:
     """Tokens of ``media`` (images or video) encoded in ``tile x tile`` pixel tiles that
     overlap by ``overlap`` pixels (multiples of the stride and twice the stride)."""
-    f = _factor(model)
-    _check(tile, overlap, f, "encode_tiled")
+    f = _code_factor(model, "encode_tiled")
+    _check(tile, overlap, _factor(model), "encode_tiled")
     h, w = media.shape[-2:]
     rows, first = [], None
     for y0, y1, ky0, ky1 in _spans(h, tile, overlap):
@@ -96,9 +110,15 @@ def decode_tiled(
     """Media from codes ``(b, levels, [T,] h, w)`` decoded in ``tile x tile`` *latent* tiles
     overlapping by ``overlap`` latent positions, blended linearly across overlaps."""
     codes = tokens.codes if isinstance(tokens, Tokens) else tokens
-    f = _factor(model)
+    f = _code_factor(model, "decode_tiled")
+    step = _factor(model) // f  # code positions per input step (2 for hierarchical)
     if overlap % 2 or not 0 <= overlap < tile:
         raise ValueError(f"decode_tiled: overlap ({overlap}) must be even and in [0, tile={tile})")
+    if tile % step or overlap % step:
+        raise ValueError(
+            f"decode_tiled: tile ({tile}) and overlap ({overlap}) must be multiples of "
+            f"{step} code positions (one input step of {type(model).__name__})"
+        )
     h, w = codes.shape[-2:]
     output: Tensor | None = None
     total: Tensor | None = None

@@ -26,9 +26,10 @@ class FrameNorm(nn.Module):
         self.norm = normalization_2d(channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        b = x.shape[0]
-        y = self.norm(rearrange(x, "b c t h w -> (b t) c h w"))
-        return rearrange(y, "(b t) c h w -> b c t h w", b=b)
+        b, _, t = x.shape[:3]
+        # movedim / flatten rather than einops: its (b t) split divides by b, 0 for an empty batch
+        y = self.norm(x.movedim(2, 1).flatten(0, 1))
+        return y.unflatten(0, (b, t)).movedim(1, 2)
 
 
 class CausalConv3d(nn.Module):

@@ -8,6 +8,8 @@ on each time step alone, so it streams and never leaks padding into valid sample
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -18,7 +20,7 @@ SNAKE_EPS = 1e-9
 def snake(x: Tensor, alpha: Tensor) -> Tensor:
     """``x + sin(alpha x)^2 / (alpha + eps)``; ``x (b, c, ...)``, ``alpha (1, c, 1)``."""
     shape = x.shape
-    x = x.reshape(shape[0], shape[1], -1)
+    x = x.reshape(shape[0], shape[1], math.prod(shape[2:]))  # not -1: an empty batch too
     x = x + (alpha + SNAKE_EPS).reciprocal() * torch.sin(alpha * x).pow(2)
     return x.reshape(shape)
 

@@ -38,7 +38,29 @@ class QuantizerOutput:
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
-class Quantizer(nn.Module, abc.ABC):
+class Fp32Buffers(nn.Module):
+    """A module whose buffers named in ``fp32_buffers`` stay fp32 when it is cast
+    (``model.to(torch.bfloat16)``): they move with the module but keep their dtype.
+
+    Quantization math runs in fp32 (:func:`fp32_layer`, autocast off), so its constants
+    (FSQ steps, residual scales, calibrated bin edges) must not be rounded to bf16, and
+    running statistics must not either: a ``1 - decay`` EMA step is below bf16's resolution,
+    and the counts and sums blended into them are fp32.
+    """
+
+    fp32_buffers: tuple[str, ...] = ()
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        kept = {name: self._buffers.get(name) for name in self.fp32_buffers}
+        super()._apply(fn, recurse)
+        for name, before in kept.items():
+            after = self._buffers.get(name)
+            if before is not None and after is not None and after.dtype != before.dtype:
+                self._buffers[name] = before.to(after.device)  # moved, not cast
+        return self
+
+
+class Quantizer(Fp32Buffers, abc.ABC):
     """Base class: subclasses implement ``forward``, ``encode``, ``decode`` and set
     ``dim`` and ``codebook_sizes``."""
 
@@ -192,8 +214,9 @@ def check_codes(
     if codes.numel() and not torch.compiler.is_compiling():
         low = int(codes.min())
         high = codes.amax(dim=tuple(range(codes.ndim - 1))) if codes.ndim > 1 else codes
-        sizes = torch.tensor(codebook_sizes, device=codes.device, dtype=torch.float64)
-        if low < -int(dropped) or bool((high.to(torch.float64) >= sizes).any()):
+        # int64, not float64: sizes up to 2^62 (LFQ, large FSQ) round in float64 above 2^53
+        sizes = torch.tensor(codebook_sizes, device=codes.device, dtype=torch.int64)
+        if low < -int(dropped) or bool((high.long() >= sizes).any()):
             raise ValueError(
                 f"{name}.decode: codes out of range: min {low}, codebook sizes {codebook_sizes}"
                 + (" (-1 marks a dropped level)" if dropped else "")

@@ -97,6 +97,9 @@ class DimensionWiseQuantizer(Quantizer):
         clip_quantile: for uniform bins, the tail fraction left outside the range on each side.
     """
 
+    #: calibrated bins, compared in fp32 (see :class:`~anytok.quantizers.base.Fp32Buffers`)
+    fp32_buffers = ("edges", "centers")
+
     def __init__(
         self,
         dim: int,

@@ -8,8 +8,7 @@
   https://arxiv.org/abs/2411.19842 (section 3.2), as in vector-quantize-pytorch.
 
 The two also hold the helpers the rest of the scalar / lookup-free family shares
-(:func:`level_metrics`, :func:`module_dtype`; ``straight_through`` and ``fp32_layer`` live
-in ``base``).
+(:func:`level_metrics`; ``straight_through`` and ``fp32_layer`` live in ``base``).
 """
 
 from __future__ import annotations
@@ -51,13 +50,6 @@ def level_metrics(codes: Tensor, codebook_sizes: Sequence[int]) -> dict[str, Ten
         for key, value in batch_code_metrics(codes[..., level], size).items():
             metrics[f"{key}/{level}"] = value
     return metrics
-
-
-def module_dtype(module: nn.Module, default: torch.dtype = torch.float32) -> torch.dtype:
-    """Floating dtype of ``module``'s first parameter (``default`` when it has none)."""
-    for parameter in module.parameters():
-        return parameter.dtype
-    return default
 
 
 def check_levels(levels: Sequence[int], name: str, allow_two: bool) -> list[int]:
@@ -106,6 +98,9 @@ class FSQ(Quantizer):
             already soft-clamped, as in :class:`ResidualFSQ`).
     """
 
+    #: level constants of the fp32 math (see :class:`~anytok.quantizers.base.Fp32Buffers`)
+    fp32_buffers = ("_levels", "_half_width", "_step")
+
     def __init__(
         self,
         levels: Sequence[int],
@@ -126,6 +121,8 @@ class FSQ(Quantizer):
         self.bound_hard_clamp = bound_hard_clamp
         projected = self.codebook_dim * num_codebooks
         self.dim = projected if dim is None else dim
+        if self.dim < 1:
+            raise ValueError(f"FSQ: dim must be >= 1, got {dim}")
         self.has_projections = self.dim != projected
         if self.has_projections:
             self.project_in: nn.Module = nn.Linear(self.dim, projected, bias=projection_has_bias)
@@ -212,7 +209,7 @@ class FSQ(Quantizer):
         Shapes: ``z`` ``(..., dim)`` -> quantized ``(..., dim)``, codes ``(..., num_codebooks)``.
         """
         values, codes = self._quantize(z)
-        quantized = self.project_out(values).to(z.dtype)
+        quantized = fp32_layer(self.project_out, values.float()).to(z.dtype)
         return QuantizerOutput(
             quantized=quantized,
             codes=codes,
@@ -229,7 +226,7 @@ class FSQ(Quantizer):
         check_codes(codes, self.codebook_sizes, type(self).__name__)
         values = self.level_indices_to_values(self.codes_to_level_indices(codes))
         values = rearrange(values, "... c d -> ... (c d)")
-        return self.project_out(values.to(module_dtype(self.project_out)))
+        return fp32_layer(self.project_out, values.float())
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}, dim={self.dim}, num_codebooks={self.num_codebooks}"
@@ -262,6 +259,9 @@ class ResidualFSQ(Quantizer):
         projection_has_bias: bias in the input / output projections.
     """
 
+    #: stage scales of the fp32 math (see :class:`~anytok.quantizers.base.Fp32Buffers`)
+    fp32_buffers = ("scales", "soft_clamp")
+
     def __init__(
         self,
         levels: Sequence[int],
@@ -288,6 +288,8 @@ class ResidualFSQ(Quantizer):
         self.num_quantizers = num_quantizers
         self.codebook_dim = len(self.levels)
         self.dim = self.codebook_dim if dim is None else dim
+        if self.dim < 1:
+            raise ValueError(f"ResidualFSQ: dim must be >= 1, got {dim}")
         self.has_projections = self.dim != self.codebook_dim
         if self.has_projections:
             self.project_in: nn.Module = nn.Linear(self.dim, self.codebook_dim, projection_has_bias)
@@ -348,7 +350,7 @@ class ResidualFSQ(Quantizer):
         if num_stages < self.num_quantizers:
             dropped = codes.new_full((*codes.shape[:-1], self.num_quantizers - num_stages), -1)
             codes = torch.cat([codes, dropped], dim=-1)
-        quantized = self.project_out(values).to(z.dtype)
+        quantized = fp32_layer(self.project_out, values.float()).to(z.dtype)
         metrics = level_metrics(codes[..., :num_stages], self.codebook_sizes[:num_stages])
         return QuantizerOutput(quantized=quantized, codes=codes, loss=zero_loss(z), metrics=metrics)
 
@@ -372,7 +374,7 @@ class ResidualFSQ(Quantizer):
             contribution = contribution.masked_fill((stage_codes < 0).unsqueeze(-1), 0.0)
             total = total + contribution
         values = torch.as_tensor(total)
-        return self.project_out(values.to(module_dtype(self.project_out)))
+        return fp32_layer(self.project_out, values.float())
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}, num_quantizers={self.num_quantizers}, dim={self.dim}"

@@ -41,7 +41,7 @@ from anytok.quantizers.base import (
     zero_loss,
 )
 from anytok.quantizers.distributed import is_distributed
-from anytok.quantizers.fsq import level_metrics, module_dtype
+from anytok.quantizers.fsq import level_metrics
 
 #: int64 codes hold at most this many bits per codebook (sign bit excluded, one spare).
 MAX_BITS_PER_CODE = 62
@@ -109,6 +109,9 @@ class SignQuantizer(Quantizer):
     ``entropy_loss_weight * (H_sample - diversity_gamma * H_codebook)
     + commitment_loss_weight * mse(x, quantized)``.
     """
+
+    #: entropy bit patterns of the fp32 math (see :class:`~anytok.quantizers.base.Fp32Buffers`)
+    fp32_buffers = ("_entropy_patterns",)
 
     def __init__(
         self,
@@ -236,7 +239,7 @@ class SignQuantizer(Quantizer):
             else:
                 loss, metrics = zero_loss(z), {}
         quantized = rearrange(quantized, "... c d -> ... (c d)")
-        quantized = self.project_out(quantized.to(module_dtype(self.project_out, z.dtype)))
+        quantized = fp32_layer(self.project_out, quantized.float())
         metrics.update(level_metrics(codes, self.codebook_sizes))
         return QuantizerOutput(
             quantized=quantized.to(z.dtype), codes=codes, loss=loss, metrics=metrics
@@ -250,7 +253,7 @@ class SignQuantizer(Quantizer):
         """Int codes ``(..., num_codebooks)`` -> quantized ``(..., dim)``."""
         check_codes(codes, self.codebook_sizes, type(self).__name__)
         values = rearrange(self.bits_to_values(self.codes_to_bits(codes)), "... c d -> ... (c d)")
-        return self.project_out(values.to(module_dtype(self.project_out)))
+        return fp32_layer(self.project_out, values.float())
 
     def extra_repr(self) -> str:
         return (
@@ -316,6 +319,8 @@ class LFQ(SignQuantizer):
     ):
         if dim is None and codebook_size is None:
             raise ValueError("LFQ: give dim or codebook_size (or both)")
+        if num_codebooks < 1:
+            raise ValueError(f"LFQ: num_codebooks must be >= 1, got {num_codebooks}")
         if codebook_size is None:
             assert dim is not None
             if dim % num_codebooks:

@@ -8,8 +8,9 @@ so every rank reports, and acts on, the same numbers.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from anytok.quantizers.base import Fp32Buffers
 from anytok.quantizers.distributed import all_reduce_sum_
 from anytok.quantizers.kernels import bin_counts
 
@@ -51,13 +52,15 @@ def batch_code_metrics(codes: Tensor, codebook_size: int) -> dict[str, Tensor]:
     return {"perplexity": perplexity(counts), "usage": used / possible}
 
 
-class CodeUsageTracker(nn.Module):
+class CodeUsageTracker(Fp32Buffers):
     """Windowed usage of one codebook: an exponential moving average of code counts.
 
     With ``window`` W, counts decay by ``1 - 1/W`` per update, so a code that has not been
     chosen for about W batches falls below ``dead_threshold`` (in expected hits per batch)
     and is reported dead. Quantizers use :meth:`dead_mask` to choose codes to revive.
     """
+
+    fp32_buffers = ("ema_counts",)
 
     def __init__(self, codebook_size: int, window: int = 100, dead_threshold: float = 1e-2):
         super().__init__()

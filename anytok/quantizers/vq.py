@@ -347,6 +347,8 @@ class VectorQuantize(Quantizer):
         self._kmeans_pending: bool | None = None
         self.usage = CodeUsageTracker(codebook_size, window=usage_window)
 
+    fp32_buffers = ("ema_cluster_size", "ema_embedding_sum")
+
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super()._load_from_state_dict(*args, **kwargs)
         self._kmeans_pending = None  # ``initted`` may have changed: read it again once
@@ -592,6 +594,8 @@ class SimVQ(Quantizer):
                 f"SimVQ: dim and codebook_size must be >= 1, got {dim}, {codebook_size}"
             )
         frozen_codebook_dim = dim if frozen_codebook_dim is None else frozen_codebook_dim
+        if frozen_codebook_dim < 1:
+            raise ValueError(f"SimVQ: frozen_codebook_dim must be >= 1, got {frozen_codebook_dim}")
         self.dim = dim
         self.codebook_size = codebook_size
         self.codebook_sizes = (codebook_size,)

@@ -266,9 +266,9 @@ class Mimi(ResidualAudioTokenizer):
     # ----------------------------------------------------------------- contract
 
     def _latent(self, audio: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+        # Zeros past an item's end (pad_input) change none of its frames: causal throughout.
         padded, token_lengths = self.pad_input(audio, lengths)
-        # Causal throughout: zeros past an item's end change none of its frames.
-        return self.encoder(mask_past_lengths(padded, lengths)), token_lengths
+        return self.encoder(padded), token_lengths
 
     def _decode_latent(self, latent: Tensor, lengths: Tensor | None) -> Tensor:
         audio = self.decoder(latent)

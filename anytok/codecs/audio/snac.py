@@ -33,7 +33,10 @@ encoded once per distinct length, each item cropped to its own: every item gets 
 gets alone. The decoder's local attention treats a last, partial window as a shorter window.
 
 Decoding is stochastic, as in SNAC: the noise blocks add Gaussian noise (scaled by a learned
-projection) at every upsampling stage. ``decode(tokens, seed=...)`` makes it repeatable.
+projection) at every upsampling stage, from the global RNG as in SNAC. ``decode(tokens,
+seed=...)`` makes it repeatable and independent of the batch: each decoder pass draws one
+``(1, 1, t)`` noise per block from a CPU generator seeded at the pass's start, shared by the
+batch, so every item decodes as it decodes alone with the same seed.
 
 Module and parameter names mirror the ``snac`` package, so :func:`convert_snac_state_dict`
 only drops rotary-frequency buffers and renames old-style weight norm.
@@ -125,10 +128,15 @@ class NoiseBlock(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.linear = wn_conv1d(dim, dim, kernel_size=1, bias=False)
+        #: set by ``SNAC.decode(seed=...)``: draw one ``(1, 1, t)`` noise for the batch here
+        self.generator: torch.Generator | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         b, _, t = x.shape
-        noise = torch.randn((b, 1, t), device=x.device, dtype=x.dtype)
+        if self.generator is None:
+            noise = torch.randn((b, 1, t), device=x.device, dtype=x.dtype)
+        else:
+            noise = torch.randn((1, 1, t), generator=self.generator).to(x).expand(b, -1, -1)
         return x + noise * self.linear(x)
 
 
@@ -518,13 +526,37 @@ class SNAC(AudioTokenizer):
     def decode(self, tokens: Tokens | Tensor, *, seed: int | None = None) -> Tensor:
         """Codes ``(b, F, frames)`` -> audio ``(b, 1, frames * hop_length)``.
 
-        ``seed`` fixes the decoder's noise (the global RNG is left as it was); without it
-        the noise comes from the global RNG, as in SNAC. With ``tokens.lengths``, items are
-        decoded once per distinct length on their valid frames only (zeros past them), so
-        the batch's padding never reaches an item's last samples.
+        ``seed`` fixes the decoder's noise, one draw shared by the batch (the global RNG is
+        left as it was), so each item decodes as it does alone; without it the noise comes
+        from the global RNG, as in SNAC. With ``tokens.lengths``, items are decoded once per
+        distinct length on their valid frames only (zeros past them), so the batch's padding
+        never reaches an item's last samples.
         """
-        with _seeded(seed, self.codes_of(tokens).device):
+        with self._shared_noise(seed):
             return super().decode(tokens)
+
+    @contextlib.contextmanager
+    def _shared_noise(self, seed: int | None) -> Iterator[None]:
+        """Within it, every decoder pass draws its noise from a CPU generator reseeded with
+        ``seed`` at the pass's start (each distinct length's pass alike)."""
+        if seed is None:
+            yield
+            return
+        generator = torch.Generator()
+        blocks = [m for m in self.decoder.modules() if isinstance(m, NoiseBlock)]
+
+        def reseed(module: nn.Module, args: tuple[Any, ...]) -> None:
+            generator.manual_seed(seed)
+
+        hook = self.decoder.register_forward_pre_hook(reseed)
+        for block in blocks:
+            block.generator = generator
+        try:
+            yield
+        finally:
+            hook.remove()
+            for block in blocks:
+                block.generator = None
 
     def codes_to_levels(self, tokens: Tokens | Tensor) -> list[Tensor]:
         """Codes ``(b, F, frames)`` -> the ``snac`` package's list of per-level codes
@@ -544,17 +576,6 @@ def _zero_conv1d_bias(module: nn.Module) -> None:
     constant offset at initialisation and every position picks the same code."""
     if isinstance(module, nn.Conv1d) and module.bias is not None:
         nn.init.zeros_(module.bias)
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
-    if seed is None:
-        yield
-        return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, device_type=device.type):
-        torch.manual_seed(seed)
-        yield
 
 
 # --------------------------------------------------------------------------- importer

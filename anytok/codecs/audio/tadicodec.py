@@ -253,7 +253,6 @@ class TaDiCodec(SamplingDefaults, AudioTokenizer):
         """``audio (b, 1, s)`` -> the padded audio ``(b, 1, t * hop_length)`` (zeros past
         ``lengths``), the latent ``(b, latent_dim, t)`` and token lengths ``(b,)``."""
         padded, token_lengths = self.pad_input(audio, lengths)
-        padded = long_audio.mask_past_lengths(padded, lengths)
         if self.training:  # one pass, padded frames masked in attention
             return padded, self._encode_audio(padded, token_lengths), token_lengths
         latent = long_audio.apply_per_length(

@@ -40,7 +40,12 @@ from anytok.codecs.base import (
     quantize_channel_first,
     to_tokens,
 )
-from anytok.nn.causal3d import CausalConv3d, Decoder3d, Encoder3d
+from anytok.nn.causal3d import (
+    CausalConv3d,
+    Decoder3d,
+    Encoder3d,
+    temporal_receptive_field,
+)
 from anytok.registry import register
 from anytok.tokens import Tokens, TokenSpec
 
@@ -111,8 +116,18 @@ class HierarchicalVideo(VideoTokenizer):
         self.decoder = Decoder3d(out_channels=3, z_channels=width, **layer_args)
         self.spatial_factor = self.encoder.spatial_factor * 2  # inputs must fit the coarse grid
         self.fine_factor = self.encoder.spatial_factor
+        self.code_factor = self.fine_factor  # pixels per code position (tiling reads it)
         self.temporal_factor = self.encoder.temporal_factor
         self.coarse_only_rate = coarse_only_rate
+
+    @property
+    def encoder_temporal_context(self) -> int:
+        """Past input frames a code depends on: the encoder's, plus the causal heads
+        ``to_fine`` / ``to_coarse`` (latent frames, each ``temporal_factor`` input frames)."""
+        heads = max(
+            temporal_receptive_field(self.to_fine), temporal_receptive_field(self.to_coarse)
+        )
+        return self.encoder.temporal_context + heads * self.temporal_factor
 
     @property
     def spec(self) -> TokenSpec:

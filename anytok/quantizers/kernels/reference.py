@@ -109,7 +109,9 @@ def nearest_codeword_reference(
             codewords, or against a slice of the codebook when all would not fit).
 
     Returns:
-        int64 indices of shape ``x.shape[:-1]``; ties go to the lowest index.
+        int64 indices of shape ``x.shape[:-1]``; equal scores go to the lowest index
+        (bit-identical codewords may score one rounding apart: the GEMM computes edge rows
+        and columns through other micro-kernels, so either can win; docs/kernels.md).
     """
     _check(x, codebook, metric)
     compute = torch.float64 if torch.float64 in (x.dtype, codebook.dtype) else torch.float32
