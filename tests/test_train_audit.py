@@ -140,3 +140,100 @@ def test_ms_stft_discriminator_is_encodecs() -> None:
     for want_maps, got_maps in zip(features, out.features, strict=True):
         for want, got in zip(want_maps, got_maps, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- recipes, run dirs
+
+
+def test_an_override_that_renames_a_component_replaces_it() -> None:
+    """``model.config.quantizer={name: fsq, ...}`` over a VQ quantizer kept the VQ's
+    ``codebook_size`` (a deep merge), and FSQ's constructor failed; a mapping of the same
+    name still merges key by key."""
+    recipe = ROOT / "recipes/image/vqgan_tiny.yaml"
+    base = load_recipe(recipe, ["data.train=x"]).model.config.quantizer
+    assert base.name != "fsq" and "codebook_size" in base
+    swapped = load_recipe(
+        recipe, ["data.train=x", "model.config.quantizer={name: fsq, levels: [8, 5, 5]}"]
+    )
+    assert dict(swapped.model.config.quantizer) == {"name": "fsq", "levels": [8, 5, 5]}
+    tuned = load_recipe(
+        recipe, ["data.train=x", f"model.config.quantizer={{name: {base.name}, decay: 0.5}}"]
+    )
+    assert tuned.model.config.quantizer.decay == 0.5
+    assert tuned.model.config.quantizer.codebook_size == base.codebook_size
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.min_lr_ratio=-1", r"optimizer\.min_lr_ratio: must be in \[0, 1\]"),
+        ("optimizer.clip_grad_norm=-1", r"optimizer\.clip_grad_norm: must be positive, or null"),
+        ("data.num_workers=-1", r"data\.num_workers: must be >= 0"),
+        ("data.max_attempts=0", r"data\.max_attempts: must be >= 1"),
+    ],
+)
+def test_values_that_would_invert_training_are_refused(override: str, message: str) -> None:
+    """A negative rate floor or clipping norm ran gradient ascent with exit 0."""
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(SEANET, ["data.train=x", override])
+
+
+def test_a_typo_in_a_free_form_setting_names_its_section_and_locks_nothing(
+    tmp_path: Path,
+) -> None:
+    """Keyword typos inside ``model.config`` / ``discriminator.networks`` / ``optimizer.kwargs``
+    were tracebacks; and the failed start's empty log made the corrected command refuse the
+    folder ("already holds a run")."""
+    data = tmp_path / "data"
+    make_dataset("audio", data, 6, seconds=0.2)
+    run = tmp_path / "run"
+    base = [*quiet(data, 1), "log.val_every=0"]
+    for override, section in [
+        ("model.config.n_filterz=8", "model.config"),
+        ("optimizer.kwargs={foo: 1}", "optimizer"),
+    ]:
+        with pytest.raises(RecipeError, match=rf"^{section}: .*unexpected keyword argument"):
+            train(SEANET, run, overrides=[*base, override], device="cpu")
+    assert not (run / "recipe.yaml").exists()  # written only once the run is set up
+    assert train(SEANET, run, overrides=base, device="cpu").step == 1
+    with pytest.raises(RecipeError, match="already holds a run; pass --resume"):
+        train(SEANET, run, overrides=base, device="cpu")
+
+
+def test_resume_refuses_another_schedule_or_architecture_and_keeps_the_recipe(
+    tmp_path: Path,
+) -> None:
+    """Resuming with more steps kept the checkpoint's cosine schedule (the rate climbed back
+    to its peak); another architecture was a size-mismatch traceback after recipe.yaml had
+    already been overwritten."""
+    from anytok.checkpoint import CheckpointError
+
+    data = tmp_path / "data"
+    make_dataset("audio", data, 6, seconds=0.2)
+    run = tmp_path / "run"
+    base = [*quiet(data, 2), "log.val_every=0", "checkpoint.final=true"]
+    train(SEANET, run, overrides=base, device="cpu")
+    recipe = (run / "recipe.yaml").read_text()
+    with pytest.raises(
+        RecipeError, match=r"another learning-rate schedule \(train\.steps 2 -> 4\)"
+    ):
+        train(SEANET, run, overrides=[*base, "train.steps=4"], device="cpu", resume=True)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: does not fit the model"):
+        train(SEANET, run, overrides=[*base, "model.config.n_filters=8"], device="cpu", resume=True)
+    assert (run / "recipe.yaml").read_text() == recipe
+
+
+def test_bad_validation_files_are_named(tmp_path: Path) -> None:
+    """Bad files in the validation split were counted (val/bad_files) but never named."""
+    from anytok.train import read_log
+
+    data = tmp_path / "data"
+    make_dataset("audio", data, 8, seconds=0.2)
+    for i in range(6):
+        (data / f"zz_bad{i}.wav").write_bytes(b"not audio at all" * 8)
+    overrides = [*quiet(data, 1), "data.val_fraction=0.5", "log.val_every=1", "log.val_batches=4"]
+    train(SEANET, tmp_path / "run", overrides=overrides, device="cpu")
+    records = read_log(tmp_path / "run")
+    counted = sum(r.get("val/bad_files", 0) for r in records)
+    named = [r["file"] for r in records if r.get("event") == "bad_file" and r.get("split") == "val"]
+    assert counted > 0 and len(named) == counted and all("zz_bad" in f for f in named)

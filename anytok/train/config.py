@@ -241,7 +241,35 @@ def _read_with_base(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
     if base is None:
         return cfg
     parent = _read_with_base(path.parent / str(base), (*chain, path))
-    return OmegaConf.merge(parent, cfg)  # type: ignore[return-value]
+    return OmegaConf.merge(_without_renamed_components(parent, cfg), cfg)  # type: ignore[return-value]
+
+
+def _without_renamed_components(base: DictConfig, top: DictConfig) -> DictConfig:
+    """``base`` with every component of ``model.config`` that ``top`` renames removed, so
+    merging ``top`` replaces it instead of mixing two components' arguments.
+
+    A component is a mapping with a ``name`` (a quantizer, ``fine_quantizer`` ...): over a
+    VQ quantizer, ``model.config.quantizer={name: fsq, levels: [8, 5, 5]}`` must not keep
+    ``codebook_size``. A mapping of the same name (or none) still merges key by key.
+    """
+    top_config = OmegaConf.select(top, "model.config")
+    base_config = OmegaConf.select(base, "model.config")
+    if not isinstance(top_config, DictConfig) or not isinstance(base_config, DictConfig):
+        return base
+    base = base.copy()
+
+    def prune(old: DictConfig, new: DictConfig) -> None:
+        for key, value in new.items_ex(resolve=False):
+            before = old.get(key) if key in old else None
+            if not isinstance(value, DictConfig) or not isinstance(before, DictConfig):
+                continue
+            if "name" in value and value.get("name") != before.get("name"):
+                old[key] = None  # merged over, the new mapping replaces it whole
+            else:
+                prune(before, value)
+
+    prune(base.model.config, top_config)
+    return base
 
 
 def load_recipe(
@@ -279,6 +307,7 @@ def load_recipe(
                 f"cannot parse the overrides {list(overrides)} ({str(err).splitlines()[0]}); "
                 "YAML flow mappings need a space after each colon: key={a: 1, b: [2, 3]}"
             ) from err
+        loaded = _without_renamed_components(loaded, cli)
         merged = OmegaConf.merge(OmegaConf.structured(Recipe), loaded, cli)
     except OmegaConfBaseException as err:
         raise RecipeError(f"{source}: {_omegaconf_message(err)}") from err
@@ -349,6 +378,8 @@ def validate(cfg: DictConfig, source: str = "<recipe>") -> None:
         "needs one entry per loss.mel_windows entry",
     )
     _check(0 <= cfg.data.val_fraction < 1, source, "data.val_fraction", "must be in [0, 1)")
+    _check(cfg.data.num_workers >= 0, source, "data.num_workers", "must be >= 0")
+    _check(cfg.data.max_attempts >= 1, source, "data.max_attempts", "must be >= 1")
     _check(cfg.data.segment_seconds > 0, source, "data.segment_seconds", "must be positive")
     _check(cfg.data.clip_frames > 0, source, "data.clip_frames", "must be positive")
     crop = cfg.data.crop_size
@@ -387,6 +418,13 @@ def validate(cfg: DictConfig, source: str = "<recipe>") -> None:
         _check(opt.schedule in SCHEDULES, source, f"{key}.schedule", f"one of {SCHEDULES}")
         _check(opt.lr > 0, source, f"{key}.lr", "must be positive")
         _check(opt.warmup_steps >= 0, source, f"{key}.warmup_steps", "must be >= 0")
+        _check(0 <= opt.min_lr_ratio <= 1, source, f"{key}.min_lr_ratio", "must be in [0, 1]")
+        _check(
+            opt.clip_grad_norm is None or opt.clip_grad_norm > 0,
+            source,
+            f"{key}.clip_grad_norm",
+            "must be positive, or null for no clipping",
+        )
     for key in ("every", "val_every", "samples_every", "val_batches", "num_samples"):
         _check(cfg.log[key] >= 0, source, f"log.{key}", "must be >= 0")
     _check(cfg.checkpoint.every >= 0, source, "checkpoint.every", "must be >= 0")

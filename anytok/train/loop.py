@@ -31,10 +31,10 @@ import random
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -79,7 +79,7 @@ from anytok.train.distributed import (
     init_distributed,
 )
 from anytok.train.ema import make_ema, set_ema_count, update_ema
-from anytok.train.logger import RunLogger, StepProgress
+from anytok.train.logger import RunLogger, StepProgress, read_log
 from anytok.train.losses import (
     RECONSTRUCTION_TERMS,
     LossBalancer,
@@ -97,6 +97,8 @@ from anytok.train.state import (
 )
 
 RECIPE_NAME = "recipe.yaml"
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -164,7 +166,7 @@ def train(
     try:
         checkpoint = latest_checkpoint(run_dir) if resume else None
         if info.is_main:
-            _prepare_run_dir(run_dir, cfg, resume)
+            _check_run_dir(run_dir, cfg, resume, checkpoint)
         barrier(info)
         start_step = _step_of(checkpoint)
         logger = RunLogger(
@@ -181,9 +183,12 @@ def train(
 
         # ---- models: generator (+ EMA), discriminator, losses
         _seed_everything(tc.seed)
-        model: Tokenizer = create_model(
-            cfg.model.name, tiny=cfg.model.tiny, seed=tc.seed, **to_dict(cfg.model.config)
-        )  # type: ignore[assignment]
+        model: Tokenizer = _built(
+            "model.config",
+            lambda: create_model(
+                cfg.model.name, tiny=cfg.model.tiny, seed=tc.seed, **to_dict(cfg.model.config)
+            ),
+        )
         if cfg.model.init_from:  # fine-tuning: start from existing weights
             source = load_model(cfg.model.init_from)
             load_state_dict_strict(
@@ -195,7 +200,11 @@ def train(
         disc: nn.Module | None = None
         if dc.networks:
             channels = model.channels if model.modality == "audio" else 3  # type: ignore[attr-defined]
-            disc = build_discriminator(to_dict(dc.networks), channels=channels).to(device_).train()
+            disc = _built(
+                "discriminator.networks",
+                lambda: build_discriminator(to_dict(dc.networks), channels=channels),
+            )
+            disc.to(device_).train()
         recon_loss = ReconstructionLoss(
             {k: lc[k] for k in RECONSTRUCTION_TERMS},
             model.modality,
@@ -218,12 +227,14 @@ def train(
         )
 
         # ---- optimizers and schedules (warmup + cosine, torch.optim.lr_scheduler)
-        g_opt = _optimizer(model.parameters(), cfg.optimizer)
+        g_opt = _built("optimizer", lambda: _optimizer(model.parameters(), cfg.optimizer))
         g_sched = _scheduler(g_opt, cfg.optimizer, tc.steps)
         d_opt = d_sched = None
         if disc is not None:
             d_updates = max(1, math.ceil((tc.steps - dc.start_step) / dc.update_every))
-            d_opt = _optimizer(disc.parameters(), dc.optimizer)
+            d_opt = _built(
+                "discriminator.optimizer", lambda: _optimizer(disc.parameters(), dc.optimizer)
+            )
             d_sched = _scheduler(d_opt, dc.optimizer, d_updates)
 
         # ---- data
@@ -249,6 +260,9 @@ def train(
             if cfg.log.num_samples and cfg.log.samples_every
             else None
         )
+        for entry in samples.bad_files if samples is not None else ():
+            logger.event(0, "bad_file", file=entry, split="samples")
+            logger.note(f"skipped a bad file for the samples (replaced by another): {entry}")
 
         # ---- resume: weights, optimizer / scheduler states, data position, RNG
         state: dict[str, Any] = {"step": 0, "epoch": 0, "position": 0, "bad_files": 0}
@@ -271,6 +285,9 @@ def train(
                 set_ema_count(ema, int(saved["ema_n_averaged"]))
             if balancer is not None and saved.get("balancer"):
                 balancer.load_state_dict(saved["balancer"])
+
+        if info.is_main:  # only now: a start that failed above leaves no record behind
+            _write_recipe(run_dir, cfg)
 
         # ---- distributed wrappers and compilation (after weights are final)
         gen: nn.Module = model
@@ -320,6 +337,47 @@ def train(
         # its log line: a step's own host time only measures how fast kernels are queued.
         window_started, window_steps = time.perf_counter(), 0
         shown_rate, shown_status = 0.0, ""  # of the last log line, for the progress bar
+
+        eval_model = ema.module if ema is not None else model
+
+        # Validation and samples draw random numbers (a diffusion decoder's noise and times)
+        # from forked RNG states, so training never depends on log.val_every / samples_every,
+        # and a run stopped at such a step (which skips them) resumes exactly.
+        def validate(at: int) -> None:
+            def bad_val_file(entry: str) -> None:
+                logger.event(at, "bad_file", file=entry, split="val")
+                logger.note(f"skipped a bad validation file (replaced by another): {entry}")
+
+            assert val_loader is not None
+            with _isolated_rng(device_):
+                val = _evaluate(
+                    eval_model,
+                    val_loader,
+                    recon_loss,
+                    cfg.log.val_batches,
+                    amp,
+                    info,
+                    on_bad_file=bad_val_file,
+                )
+            logger.scalars(at, val)
+
+        def write_samples(at: int) -> None:
+            assert samples is not None
+            with _isolated_rng(device_):
+                _write_samples(
+                    eval_model, samples, run_dir / "samples" / f"step_{at:06d}", amp, info
+                )
+
+        # A run stopped mid-window resumes its log window and what was due at its last step.
+        if "window" in state:
+            counts = state.pop("window_counts")
+            for key, total in state.pop("window").items():
+                window[key] = [total, counts[key]]
+            window_steps = state.pop("window_steps")
+        if state.pop("pending_val", False) and val_loader is not None:
+            validate(state["step"])
+        if state.pop("pending_samples", False) and samples is not None:
+            write_samples(state["step"])
 
         stopped_by = 0  # the signal the ranks agreed to stop after, 0 while running
         aux_checked = False  # loss.aux names are checked against the first step's losses
@@ -452,8 +510,17 @@ def train(
                 cfg.checkpoint.every and step % cfg.checkpoint.every == 0
             )
             stopped_by = 0 if final else _stop_agreed(stop, info, log_now or checkpoint_now)
+            # A stop's own checkpoint keeps the open log window (and the validation and
+            # samples due now) for the resumed run, so its log equals an uninterrupted one's.
+            stop_only = bool(stopped_by) and not (checkpoint_now or log_now)
             checkpoint_now = checkpoint_now or bool(stopped_by)
-            if final or checkpoint_now or log_now:
+            if stop_only:
+                state["window"] = _mean_over_ranks(
+                    _to_floats({k: total for k, (total, _) in window.items()}), info
+                )
+                state["window_counts"] = {k: count for k, (_, count) in window.items()}
+                state["window_steps"] = window_steps
+            if (final or checkpoint_now or log_now) and not stop_only:
                 # Flushing the window at checkpoints too makes a resumed run's log identical.
                 totals = _to_floats({k: total for k, (total, _) in window.items()})
                 step_seconds = max(time.perf_counter() - window_started, 1e-9) / window_steps
@@ -480,23 +547,15 @@ def train(
                 shown_rate, shown_status = means["perf/items_per_second"], _status(means)
                 finite_or_raise(torch.tensor(means["loss/total"]), "loss/total", step)
                 progress.line(step, tc.steps, shown_status)
-            eval_model = ema.module if ema is not None else model
             val_now = val_loader is not None and (final or step % cfg.log.val_every == 0)
-            # Validation and samples draw random numbers (a diffusion decoder's noise and
-            # times) from forked RNG states, so training never depends on log.val_every /
-            # samples_every, and a run stopped at such a step (which skips them) resumes exactly.
-            if val_now and not stopped_by:  # a stopping run goes straight to its checkpoint
-                with _isolated_rng(device_):
-                    val = _evaluate(
-                        eval_model, val_loader, recon_loss, cfg.log.val_batches, amp, info
-                    )
-                logger.scalars(step, val)
             samples_now = samples is not None and (final or step % cfg.log.samples_every == 0)
-            if samples_now and not stopped_by:
-                with _isolated_rng(device_):
-                    _write_samples(
-                        eval_model, samples, run_dir / "samples" / f"step_{step:06d}", amp, info
-                    )
+            if stopped_by:  # a stopping run goes straight to its checkpoint; these wait for it
+                state["pending_val"], state["pending_samples"] = val_now, samples_now
+            else:
+                if val_now:
+                    validate(step)
+                if samples_now:
+                    write_samples(step)
             if checkpoint_now:
                 last_checkpoint = _save(
                     run_dir,
@@ -547,24 +606,76 @@ def train(
 # ========================================================================== helpers
 
 
-def _prepare_run_dir(run_dir: Path, cfg: DictConfig, resume: bool) -> None:
-    """Create the run folder and write the recipe it runs; refuse to overwrite a run."""
-    recipe_path = run_dir / RECIPE_NAME
-    if not resume and ((run_dir / "log.jsonl").exists() or (run_dir / "checkpoints").exists()):
+def _holds_run(run_dir: Path) -> bool:
+    """A checkpoint, or a log with trained steps: what a failed start never leaves."""
+    return latest_checkpoint(run_dir) is not None or any(
+        record.get("step", 0) > 0 for record in read_log(run_dir)
+    )
+
+
+#: recipe keys that shape the learning-rate schedules a checkpoint's schedulers hold
+SCHEDULE_KEYS = (
+    "train.steps",
+    *(
+        f"{optimizer}.{key}"
+        for optimizer in ("optimizer", "discriminator.optimizer")
+        for key in ("lr", "schedule", "warmup_steps", "min_lr_ratio")
+    ),
+    "discriminator.start_step",
+    "discriminator.update_every",
+)
+
+
+def _check_run_dir(run_dir: Path, cfg: DictConfig, resume: bool, checkpoint: Path | None) -> None:
+    """Create the run folder; refuse to start over a run without ``resume``, and to resume
+    a checkpoint with another learning-rate schedule (its schedulers would keep the old one,
+    so the rate would follow neither)."""
+    if not resume and _holds_run(run_dir):
         raise RecipeError(
             f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
             "--run-dir"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    text = OmegaConf.to_yaml(cfg, resolve=True)
-    if resume and recipe_path.is_file():
-        before, now = to_dict(OmegaConf.load(recipe_path)), to_dict(cfg)  # type: ignore[arg-type]
-        changed = sorted(key for key in now if before.get(key) != now[key])
-        if changed:
-            print(f"anytok train: note: the recipe differs from the run's in: {', '.join(changed)}")
+    recipe_path = run_dir / RECIPE_NAME
+    if not (resume and recipe_path.is_file()):
+        return
+    before = OmegaConf.load(recipe_path)
+    changed = sorted(key for key in to_dict(cfg) if to_dict(before).get(key) != to_dict(cfg)[key])
+    if changed:
+        print(f"anytok train: note: the recipe differs from the run's in: {', '.join(changed)}")
+    if checkpoint is None:
+        return
+    moved = [
+        f"{key} {OmegaConf.select(before, key)!r} -> {OmegaConf.select(cfg, key)!r}"
+        for key in SCHEDULE_KEYS
+        if OmegaConf.select(before, key) != OmegaConf.select(cfg, key)
+    ]
+    if moved:
+        raise RecipeError(
+            f"cannot resume {checkpoint} with another learning-rate schedule ({'; '.join(moved)}): "
+            "its schedulers keep the run's. Resume with the run's values, or start another "
+            "--run-dir with model.init_from= an exported checkpoint of this run"
+        )
+
+
+def _write_recipe(run_dir: Path, cfg: DictConfig) -> None:
+    """Write the recipe the run trains with (atomically)."""
+    recipe_path = run_dir / RECIPE_NAME
     tmp = recipe_path.with_name(f".{RECIPE_NAME}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     os.replace(tmp, recipe_path)
+
+
+def _built(section: str, build: Callable[[], T]) -> T:
+    """``build()``; a constructor's ``TypeError`` / ``ValueError`` (an unknown keyword, a
+    bad value in a free-form mapping the schema cannot check) becomes a
+    :class:`RecipeError` naming the recipe section."""
+    try:
+        return build()
+    except (TypeError, ValueError) as err:
+        if isinstance(err, RecipeError):
+            raise
+        raise RecipeError(f"{section}: {err}") from err
 
 
 def _step_of(checkpoint: Path | None) -> int:
@@ -761,9 +872,11 @@ def _evaluate(
     max_batches: int,
     amp: Any,
     info: DistInfo,
+    on_bad_file: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
     """Mean reconstruction terms and the model's own losses (quantizer, diffusion ...) over
-    up to ``max_batches`` validation batches per rank.
+    up to ``max_batches`` validation batches per rank; ``on_bad_file`` hears of every file
+    that was replaced (named in the log, as in training).
 
     Every rank runs it (quantizers all-reduce code statistics inside ``forward``), over its
     share of the validation set.
@@ -785,6 +898,8 @@ def _evaluate(
             )
         terms = recon_loss(out.reconstruction, media, lengths)
         sums["val/bad_files"] += len(batch.bad_files)
+        for entry in batch.bad_files if on_bad_file is not None else ():
+            on_bad_file(entry)
         sums["val/reconstruction"] += recon_loss.total(terms).double()
         for key, value in [*terms.items(), *out.losses.items()]:  # + quantizer, diffusion ...
             sums[f"val/{key}"] += value.double()

@@ -40,7 +40,7 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save, save_file, save_model
 from torch import Tensor, nn
 
-from anytok.checkpoint import WEIGHTS_NAME, save_checkpoint
+from anytok.checkpoint import WEIGHTS_NAME, CheckpointError, save_checkpoint
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -286,6 +286,19 @@ def save_training_checkpoint(
     return final
 
 
+def _load_weights(module: nn.Module, path: Path) -> None:
+    """``safetensors.torch.load_model`` (it restores tied weights), strictly; a mismatch is
+    a :class:`~anytok.checkpoint.CheckpointError` naming the file, not a torch traceback."""
+    try:
+        load_model(module, str(path), strict=True)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())
+        raise CheckpointError(
+            f"{path}: does not fit the model this recipe builds ({detail[:400]}); resume with "
+            "the run's own recipe (its recipe.yaml), or start another --run-dir"
+        ) from err
+
+
 def load_training_checkpoint(
     checkpoint: str | os.PathLike[str],
     *,
@@ -299,15 +312,15 @@ def load_training_checkpoint(
     (the caller restores optimizers and schedulers from it).
 
     Raises:
-        ValueError / safetensors errors: a file that does not match the model.
+        CheckpointError: a weights file that does not match the model.
     """
     folder = Path(checkpoint)
-    load_model(model, str(folder / WEIGHTS_NAME), strict=True)
+    _load_weights(model, folder / WEIGHTS_NAME)
     buffers = load_tree(folder / "buffers.safetensors")
     _restore_buffers(model, buffers.get("model", {}))
     if ema is not None:
         if (folder / "ema" / WEIGHTS_NAME).is_file():
-            load_model(ema, str(folder / "ema" / WEIGHTS_NAME), strict=True)
+            _load_weights(ema, folder / "ema" / WEIGHTS_NAME)
             _restore_buffers(ema, buffers.get("ema", {}))
         else:
             warn(f"{folder} has no EMA weights; the EMA starts from the current weights")
@@ -315,7 +328,7 @@ def load_training_checkpoint(
     if discriminator is not None:
         path = folder / "discriminator.safetensors"
         if path.is_file():
-            load_model(discriminator, str(path), strict=True)
+            _load_weights(discriminator, path)
         else:
             warn(f"{folder} has no discriminator weights; it starts from scratch")
     rng_file = folder / f"rng_rank{rank}.safetensors"
