@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -40,6 +41,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         CheckpointError,
         MediaError,
         DeviceError,
+        OSError,  # an output path that is a file, a full disk: one line, not a traceback
     )
 
 
@@ -126,9 +128,10 @@ def _checkpoint_details(name: str) -> dict[str, object]:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from anytok.nn.conv import count_parameters
-    from anytok.registry import create_model, resolve
+    from anytok.registry import create_model, is_checkpoint_path, resolve
 
-    if args.name.startswith("hf-hub:") or Path(args.name).is_dir():
+    # The rule anytok.load follows: a folder ./divot of outputs does not hide the arch divot.
+    if args.name.startswith("hf-hub:") or is_checkpoint_path(args.name):
         details = _checkpoint_details(args.name)
     else:
         info, cfg = resolve(args.name)
@@ -155,7 +158,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     table.add_column()
     for key, value in details.items():
         text = json.dumps(value) if isinstance(value, dict | list) else str(value)
-        table.add_row(key, text)
+        table.add_row(key, escape(text))
     console.print(table)
     return EXIT_OK
 
@@ -169,7 +172,7 @@ def _load_model(name: str, device: str):
     model = anytok.load(name, device=device)
     tag = getattr(model, "anytok_tag", "")
     if tag == "untrained":
-        err_console.print(f"[yellow]note:[/yellow] {name} has untrained (random) weights")
+        err_console.print(f"[yellow]note:[/yellow] {escape(name)} has untrained (random) weights")
     return model
 
 
@@ -178,7 +181,7 @@ def _print_failures(failures: Sequence, what: str) -> None:
         return
     err_console.print(f"[red]skipped {len(failures)} {what}:[/red]")
     for failure in failures:
-        err_console.print(f"  {failure.path}: {failure.error}")
+        err_console.print(f"  {failure.path}: {failure.error}", markup=False, highlight=False)
 
 
 def _finish_job(report, as_json: bool, summary: str, what: str) -> int:
@@ -187,7 +190,7 @@ def _finish_job(report, as_json: bool, summary: str, what: str) -> int:
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        console.print(summary)
+        console.print(summary, markup=False, highlight=False)
         _print_failures(report.failures, what)
     return EXIT_OK if report.ok else EXIT_SKIPPED
 
@@ -407,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return _run_delegated(argv[0], argv[1:])
         except _user_errors() as err:
-            err_console.print(f"[red]anytok: error:[/red] {err}", highlight=False)
+            err_console.print(f"[red]anytok: error:[/red] {escape(str(err))}", highlight=False)
             return EXIT_USAGE
     parser = build_parser()
     if argv and not argv[0].startswith("-"):
@@ -418,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             err_console.print(
                 f"anytok: error: unknown command {argv[0]!r}{hint}; "
                 f"the commands are {', '.join(commands)}",
+                markup=False,
                 highlight=False,
             )
             return EXIT_USAGE
@@ -435,11 +439,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         message = str(err).strip().splitlines()
         err_console.print(
-            f"[red]anytok: error:[/red] {message[0] if message else type(err).__name__}",
+            f"[red]anytok: error:[/red] {escape(message[0]) if message else type(err).__name__}",
             highlight=False,
         )
         for line in message[1:]:
-            err_console.print(line, highlight=False)
+            err_console.print(line, markup=False, highlight=False)
         return EXIT_USAGE
     except KeyboardInterrupt:
         err_console.print("anytok: interrupted")

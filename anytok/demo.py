@@ -157,5 +157,5 @@ def run_demo(
         table.add_row(label, *[str(getattr(r, attr)) for r in results])
     console.print(table)
     (out_dir / "report.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
-    console.print(f"report: {out_dir / 'report.json'}")
+    console.print(f"report: {out_dir / 'report.json'}", markup=False)
     return results

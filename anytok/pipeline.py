@@ -461,6 +461,11 @@ def media_path_for(
     return out_dir / rel.parent / Path(name).with_suffix(OUTPUT_EXTENSION[modality])
 
 
+def numbered(path: Path, index: int) -> Path:
+    """``a/b.wav`` -> ``a/b.<index>.wav``: item ``index`` of a token file of several items."""
+    return path.with_name(f"{path.stem}.{index}{path.suffix}")
+
+
 def save_media(model: Tokenizer, media: Tensor, path: Path) -> None:
     """Write one decoded item (no batch axis) in the model's modality."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -504,6 +509,8 @@ def decode_files(
     receives the number of token files found. Token files of more than ``long_seconds`` of
     media (None: never) are decoded by :func:`decode_long_item` where the model has a
     chunked path."""
+    from anytok.registry import UnknownModelError  # the registry imports this module
+
     report = JobReport()
     start = time.perf_counter()
     claims = OutputClaims()
@@ -514,7 +521,15 @@ def decode_files(
         try:
             tokens = Tokens.load(path)
             target = media_path_for(path, Path(out_dir), tokens.spec.modality, root)
-            collision = claims.claim(path, target)
+            # A file of several items (a saved batch) gives one media file per item, numbered
+            # ``name.<i>.wav``; every item is cut to its valid length.
+            items = tokens.unbind()
+            targets = (
+                [target] if len(items) == 1 else [numbered(target, i) for i in range(len(items))]
+            )
+            collision = next(
+                (c for c in (claims.claim(path, t) for t in targets) if c is not None), None
+            )
             if collision is not None:
                 report.failures.append(collision)
                 if on_item:
@@ -522,22 +537,25 @@ def decode_files(
                 continue
             model = model_for(tokens)
             device = model_device(model)
-            media = None
-            if long_seconds is not None and token_seconds(tokens) > long_seconds:
-                media = decode_long_item(model, tokens, device)
-            if media is None:
-                with torch.inference_mode(), autocast_for(device):
-                    media = model.decode(tokens.to(device))
-            save_media(model, media[0], target)
-        except (ValueError, RuntimeError, OSError, MediaError) as err:  # incl. out of memory
+            for item, item_target in zip(items, targets, strict=True):
+                media = None
+                if long_seconds is not None and token_seconds(item) > long_seconds:
+                    media = decode_long_item(model, item, device)
+                if media is None:
+                    with torch.inference_mode(), autocast_for(device):
+                        media = model.decode(item.to(device))
+                save_media(model, media[0], item_target)
+        except (ValueError, RuntimeError, OSError, MediaError, UnknownModelError) as err:
+            # (RuntimeError: out of memory too; UnknownModelError: a file naming a tokenizer
+            # this install lacks must not stop the others)
             failure = ItemFailure(path, error_line(err))
             report.failures.append(failure)
             if on_item:
                 on_item(path, failure)
             continue
-        report.written.append(target)
+        report.written.extend(targets)
         report.items += 1
-        report.tokens += tokens.codes.numel()
+        report.tokens += sum(item.codes.numel() for item in items)
         if on_item:
             on_item(path, None)
     report.elapsed = time.perf_counter() - start

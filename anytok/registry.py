@@ -348,7 +348,7 @@ def import_checkpoint(info: ArchInfo, cfg: PretrainedCfg, directory: Path) -> nn
     return model
 
 
-def _is_checkpoint_path(text: str) -> bool:
+def is_checkpoint_path(text: str) -> bool:
     """Whether :func:`load` reads ``text`` as a directory rather than a registry name.
 
     Anything path-like (a separator, a leading ``.`` or ``~``) is a directory. A bare word is
@@ -414,7 +414,7 @@ def load(
     Args:
         name_or_path: ``"arch"``, ``"arch.tag"``, a checkpoint directory (``~`` is
             expanded; a bare word names a directory only when no registered name says
-            otherwise, see :func:`_is_checkpoint_path`), or ``"hf-hub:org/name"``.
+            otherwise, see :func:`is_checkpoint_path`), or ``"hf-hub:org/name"``.
         device: where to put the model (``"auto"``: CUDA when available; a device this
             machine lacks is a :class:`~anytok.devices.DeviceError`).
         dtype: parameter dtype: fp32 (``None``), bf16 or fp16, as a ``torch.dtype`` or its
@@ -452,7 +452,7 @@ def load(
                 f"{error_line(err)}"
             ) from err
         model = load_checkpoint(path)
-    elif _is_checkpoint_path(text):
+    elif is_checkpoint_path(text):
         model = load_checkpoint(Path(text).expanduser())
     else:
         info, cfg = resolve(text)

@@ -333,6 +333,30 @@ def test_level_sweep_decodes_the_codes_of_fewer_levels() -> None:
     torch.testing.assert_close(recon, expected)
 
 
+def test_level_sweep_keeps_the_lengths_of_a_batch() -> None:
+    """The level sweep decoded bare codes, without ``lengths``: a non-causal model decoded
+    the padded batch in one pass and a short item's scores changed with the batch size."""
+    model = anytok.create_model("dac_16khz", tiny=True).eval()
+    hop = model.hop_length
+    audio = torch.randn(2, 1, 40 * hop, generator=torch.Generator().manual_seed(0)) * 0.2
+    with torch.inference_mode():
+        tokens = model.encode(audio, torch.tensor([40 * hop, 15 * hop]))
+        batch, _ = decode_at(model, tokens, SweepPoint("levels", 1))
+        alone, _ = decode_at(model, tokens[1], SweepPoint("levels", 1))
+    torch.testing.assert_close(batch[1:, :, : 15 * hop], alone, atol=1e-5, rtol=0)
+    assert not batch[1, :, 15 * hop :].any()
+
+
+def test_bench_checks_max_seconds_and_the_output_before_any_work(speech_dir, tmp_path) -> None:
+    """``--max-seconds 0`` cut every item to one sample (exit 0); ``-o FILE`` failed only
+    after the whole benchmark, losing it."""
+    (tmp_path / "afile").write_text("x")
+    for extra in (["--max-seconds", "0"], ["-o", str(tmp_path / "afile" / "report")]):
+        with pytest.raises(SystemExit) as exit_info:
+            bench_from_cli(["-m", "x", str(speech_dir), "-o", str(tmp_path / "r"), *extra])
+        assert exit_info.value.code == 2
+
+
 class PrefixTokenizer(torch.nn.Module):
     """A stand-in for a flexible-length 1D tokenizer: decodes any prefix of its sequence."""
 

@@ -389,3 +389,54 @@ def test_encode_without_a_model_picks_the_inputs_modality_default(tmp_path) -> N
     result = run_cli("encode", str(tmp_path), "-o", str(tmp_path / "t2"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "audio and image files in" in result.stderr and "--modality" in result.stderr
+
+
+def test_decode_writes_every_item_of_a_batch_file_cut_to_its_length(
+    tmp_path, tiny_audio_ckpt
+) -> None:
+    """A token file of several items (a saved batch) wrote only item 0, untrimmed, exit 0;
+    a file naming a tokenizer this install lacks stopped the whole run (exit 2, no report)."""
+    from anytok.tokens import Tokens
+
+    model = anytok.load(tiny_audio_ckpt)
+    hop = model.hop_length
+    tokens = model.encode(torch.randn(2, 1, 30 * hop) * 0.1, torch.tensor([10 * hop, 30 * hop]))
+    folder = tmp_path / "tokens"
+    folder.mkdir()
+    tokens.save(folder / "a.tokens.safetensors")
+    single = model.encode(torch.randn(1, 1, 5 * hop) * 0.1)
+    single.save(folder / "c.tokens.safetensors")
+    spec = dict(single.spec.to_dict(), name="no_such_model")
+    from anytok.tokens import TokenSpec
+
+    Tokens(single.codes, TokenSpec.from_dict(spec)).save(folder / "b.tokens.safetensors")
+    out = tmp_path / "out"
+    assert main(["decode", str(folder), "-o", str(out)]) == 1  # b skipped, the rest written
+    assert sorted(p.name for p in out.iterdir()) == ["a.0.wav", "a.1.wav", "c.wav"]
+    assert sf.info(out / "a.0.wav").frames == 10 * hop
+    assert sf.info(out / "a.1.wav").frames == 30 * hop
+    alone, _ = sf.read(out / "a.0.wav", dtype="float32")
+    expected = model.decode(tokens[0])[0, 0].detach().numpy()
+    np.testing.assert_allclose(alone, np.clip(expected, -1, 1), atol=1e-4)
+
+
+def test_brackets_in_names_are_printed_as_they_are(tmp_path, tiny_audio_ckpt) -> None:
+    """Rich read ``[red]`` in a file name as a style (the name lost it) and ``[/x]`` as a
+    closing tag (a MarkupError traceback)."""
+    folder = tmp_path / "in[red]"
+    folder.mkdir()
+    (folder / "take[bold].wav").write_bytes(b"")
+    result = run_cli("encode", str(folder), "-m", str(tiny_audio_ckpt), "-o", str(tmp_path / "o"))
+    assert result.returncode == 1, result.stderr
+    assert "take[bold].wav: file is empty" in result.stderr
+    result = run_cli("info", str(tmp_path / "ck[/x]"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "ck[/x]" in result.stderr
+
+
+def test_info_of_an_arch_name_beside_a_folder_of_that_name(tmp_path, monkeypatch, capsys):
+    """A folder ./<arch> without config.json must not hide the architecture (as in load)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / AUDIO).mkdir()
+    assert main(["info", AUDIO, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == f"{AUDIO}.untrained"

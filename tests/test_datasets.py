@@ -424,6 +424,18 @@ def test_export_cli(tmp_path, audio_dataset, capsys) -> None:
     assert "manifest.json" in capsys.readouterr().err
 
 
+def test_export_refuses_an_out_inside_the_dataset(tmp_path, audio_dataset, capsys) -> None:
+    """``export-tokens DS DS/manifest`` removed the dataset's manifest.json, then failed; an
+    OUT under a file was a FileExistsError traceback."""
+    files = sorted(p.name for p in audio_dataset.iterdir())
+    assert export_tokens_from_cli([str(audio_dataset), str(audio_dataset / "manifest")]) == 2
+    assert "inside the dataset folder" in capsys.readouterr().err
+    assert sorted(p.name for p in audio_dataset.iterdir()) == files
+    (tmp_path / "afile").write_text("x")
+    assert export_tokens_from_cli([str(audio_dataset), str(tmp_path / "afile" / "x")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
 def test_export_path_may_name_the_bin(tmp_path, audio_dataset) -> None:
     # `tokens.bin` (nanoGPT's data path) and `tokens.idx` name the prefix `tokens`, not
     # `tokens.bin.bin`; a prefix with another dot keeps it.

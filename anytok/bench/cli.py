@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -132,6 +134,15 @@ def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
         parser.error("--max-items must be >= 1")
     if args.warmup < 0 or args.repeats < 1:
         parser.error("--warmup must be >= 0 and --repeats >= 1")
+    if args.max_seconds is not None and not (
+        math.isfinite(args.max_seconds) and args.max_seconds > 0
+    ):
+        parser.error(f"--max-seconds must be a positive number of seconds, got {args.max_seconds}")
+    # Before any work: a benchmark must not run for an hour and then fail to write its report.
+    output = Path(args.output)
+    blocker = next((p for p in (output, *output.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        parser.error(f"-o/--output {output}: {blocker} is a file, not a folder")
     sweeps: dict[str, list[Any]] = {}
     texts = list(args.sweep) + ([f"{LEVELS}={args.levels}"] if args.levels else [])
     texts += [f"{PERTURB}={args.perturb}"] if args.perturb else []
@@ -181,7 +192,9 @@ def _summary_table(report: dict[str, Any]) -> Table:
         table.add_column(column)
     for model in report["models"]:
         if "error" in model:
-            table.add_row(model["label"], "", "", f"[red]failed: {model['error']}[/red]")
+            table.add_row(
+                escape(model["label"]), "", "", f"[red]failed: {escape(model['error'])}[/red]"
+            )
             continue
         columns = metric_columns([model], model["modality"])[:4]
         for result in model["results"]:
@@ -194,7 +207,7 @@ def _summary_table(report: dict[str, Any]) -> Table:
             metrics = ", ".join(
                 f"{c} {fmt(result['metrics'].get(c, {}).get('mean'))}" for c in columns
             )
-            table.add_row(model["label"], result["label"], text, metrics)
+            table.add_row(escape(model["label"]), escape(result["label"]), text, metrics)
     return table
 
 
@@ -208,7 +221,7 @@ def bench_from_cli(argv: list[str]) -> int:
         args.device = str(parse_device(args.device))
         settings = settings_from_args(args, parser)
     except (OSError, ValueError, DeviceError) as err:  # e.g. an unreadable --asr-labels file
-        console.print(f"[red]anytok bench: error:[/red] {err}", highlight=False)
+        console.print(f"[red]anytok bench: error:[/red] {escape(str(err))}", highlight=False)
         return EXIT_USAGE
     items: list[dict[str, Any]] = []
     progress = Progress(
@@ -232,20 +245,21 @@ def bench_from_cli(argv: list[str]) -> int:
         with progress:
             report = run_bench(settings, on_model=on_model, on_file=on_file, item_rows=items)
     except (MetricWeightsError, BenchInputError) as err:
-        console.print(f"[red]anytok bench: error:[/red] {err}", highlight=False)
+        console.print(f"[red]anytok bench: error:[/red] {escape(str(err))}", highlight=False)
         return EXIT_USAGE
     written = write_reports(report, args.output, items=items, plots=not args.no_plots)
     out.print(_summary_table(report))
     plots = sum(1 for key in written if key.startswith(("rate_", "usage_")))
     out.print(
-        f"wrote {written['json']}, {written['markdown']} and {plots} plot(s) to {args.output}"
+        f"wrote {written['json']}, {written['markdown']} and {plots} plot(s) to {args.output}",
+        markup=False,
     )
     for note in report["notes"]:
-        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+        console.print(f"[yellow]note:[/yellow] {escape(str(note))}", highlight=False)
     if report["skipped"]:
         console.print(f"[red]skipped {len(report['skipped'])} file(s):[/red]")
         for failure in report["skipped"]:
-            console.print(f"  {failure['path']}: {failure['error']}", highlight=False)
+            console.print(f"  {failure['path']}: {failure['error']}", markup=False, highlight=False)
     failed = [m for m in report["models"] if "error" in m]
     return EXIT_SKIPPED if report["skipped"] or failed else EXIT_OK
 

@@ -31,6 +31,7 @@ notes in the report, not errors.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -150,10 +151,15 @@ def decode_at(model: nn.Module, tokens: Tokens, point: SweepPoint) -> tuple[Tens
     if point.axis == LEVELS and (
         not isinstance(model, Sweepable) or LEVELS not in model.sweep_options()
     ):
-        codes = tokens.codes[:, : int(point.value)]
-        # Tokens validate codes against the spec's level count; a bare tensor goes through
-        # the quantizer's decode, which takes any prefix of levels.
-        return model.decode(codes), codes
+        levels = int(point.value)
+        codes = tokens.codes[:, :levels]
+        # The first ``levels`` levels with their own spec, and the lengths kept: a bare code
+        # tensor decoded the padded batch in one pass, so a non-causal model's padding
+        # reached the shorter items (scores changed with the batch size).
+        spec = dataclasses.replace(
+            tokens.spec, codebook_sizes=tuple(tokens.spec.codebook_sizes[:levels])
+        )
+        return model.decode(Tokens(codes=codes, spec=spec, lengths=tokens.lengths)), codes
     return model.sweep_decode(tokens, point.axis, point.value)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 
 from anytok.datasets.sources import DatasetError
 
@@ -48,7 +49,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         WeightsNotFoundError,
         CheckpointError,
         MediaError,
-        FileNotFoundError,
+        OSError,  # an output path that is a file, a full disk: one line, not a traceback
     )
 
 
@@ -56,7 +57,7 @@ def _fail(err: BaseException) -> int:
     from anytok.pipeline import error_line
 
     Console(stderr=True, soft_wrap=True).print(
-        f"[red]anytok: error:[/red] {error_line(err)}", highlight=False
+        f"[red]anytok: error:[/red] {escape(error_line(err))}", highlight=False
     )
     return EXIT_USAGE
 
@@ -173,7 +174,7 @@ def _print_summary(summary) -> None:
     )
     if summary.media_seconds:
         text += f", {summary.media_seconds:.1f} s of media"
-    console.print(text)
+    console.print(text, markup=False)
     run = (
         f"this run ({summary.engine}): {summary.shards_written} shard(s) written, "
         f"{summary.shards_skipped} already done, {summary.items_this_run} item(s) in "
@@ -181,10 +182,13 @@ def _print_summary(summary) -> None:
     )
     if summary.media_seconds_this_run:
         run += f", {summary.realtime_factor:.1f}x realtime"
-    console.print(run + ")")
+    console.print(run + ")", markup=False)
     if summary.failures:
         err = Console(stderr=True, soft_wrap=True, highlight=False)
-        err.print(f"[red]skipped {summary.failed} item(s)[/red], listed in {summary.errors_file}:")
+        err.print(
+            f"[red]skipped {summary.failed} item(s)[/red], listed in "
+            f"{escape(str(summary.errors_file))}:"
+        )
         for failure in summary.failures[:MAX_PRINTED_FAILURES]:
             err.print(f"  {failure['source']}: {failure['error']}", markup=False)
         if summary.failed > MAX_PRINTED_FAILURES:
@@ -236,7 +240,8 @@ def export_tokens_from_cli(argv: list[str]) -> int:
         Console(soft_wrap=True, highlight=False).print(
             f"exported {summary.documents} document(s), {summary.tokens:,} ids "
             f"({summary.dtype}, vocabulary {summary.vocab_size}) to "
-            + ", ".join(str(f) for f in summary.files)
+            + ", ".join(str(f) for f in summary.files),
+            markup=False,
         )
         return EXIT_OK
 

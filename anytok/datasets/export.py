@@ -151,6 +151,15 @@ def export_tokens(
     vocab = LMVocab.from_spec(spec, offset=offset, shared_levels=shared_levels)
     dtype = id_dtype(vocab.size, layout)
     bin_path, idx_path, meta_path = export_files(out)
+    inside = Path(dataset).resolve()
+    if any(inside in (p.resolve(), *p.resolve().parents) for p in (bin_path, meta_path)):
+        raise DatasetError(
+            f"OUT {out}: inside the dataset folder {dataset}, whose own files "
+            "(manifest.json, plan.json, shards) the export would overwrite or remove; "
+            "write it outside the dataset"
+        )
+    if bin_path.parent.exists() and not bin_path.parent.is_dir():
+        raise DatasetError(f"OUT {out}: {bin_path.parent} is a file, not a folder")
     bin_path.parent.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)  # an old sidecar must not vouch for a half-new export
     # An old index must not describe the new .bin: a bin-layout export over a megatron one, or

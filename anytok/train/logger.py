@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -123,7 +124,7 @@ class RunLogger:
     def note(self, message: str) -> None:
         """A message for people, on stderr."""
         if self.enabled:
-            self.console.print(f"[dim]anytok train:[/dim] {message}", highlight=False)
+            self.console.print(f"[dim]anytok train:[/dim] {escape(message)}", highlight=False)
 
     def _write(self, record: dict[str, Any]) -> None:
         assert self._file is not None

@@ -754,7 +754,14 @@ def _datasets(cfg: DictConfig, model: Tokenizer) -> tuple[MediaDataset, MediaDat
         return VideoClips(subset, model.fps, data.clip_frames, size, augment, data.max_attempts)  # type: ignore[attr-defined]
 
     if not items:
-        raise RecipeError(f"data.train: no {modality} files in {data_sources(data.train)}")
+        held_out = (
+            f" left after data.val_fraction={data.val_fraction} held {len(val_items)} out"
+            if val_items and data.val is None
+            else ""
+        )
+        raise RecipeError(
+            f"data.train: no {modality} files{held_out} in {data_sources(data.train)}"
+        )
     return build(items, augment), (build(val_items, augment) if val_items else None)
 
 
