@@ -40,6 +40,8 @@ def parse_device(spec: str | torch.device | None, option: str = "--device") -> t
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
             raise DeviceError(f"{option} {spec}: this machine has {count} CUDA device(s)")
+    elif device.type == "meta":  # shapes only: no values to encode or decode
+        raise DeviceError(f"{option} {spec}: the meta device holds no data; use cpu or cuda")
     elif device.type != "cpu":
         try:  # mps, xpu ...: the backend itself says whether it is usable here
             torch.empty(0, device=device)

@@ -795,6 +795,8 @@ class Tokens:
     def load(cls, path: str | os.PathLike[str], device: torch.device | str = "cpu") -> Tokens:
         """Read a file written by :meth:`save`; codes come back as int64 on ``device``."""
         path = Path(path)
+        if not path.exists():  # before the extension: "nonexist" is missing, not misnamed
+            raise FileNotFoundError(f"Tokens.load: no such file: {path}")
         suffix = _suffix(path, "Tokens.load")
         if not path.is_file():
             raise FileNotFoundError(f"Tokens.load: no such file: {path}")

@@ -165,6 +165,8 @@ def test_parse_device_reads_auto_and_names_missing_devices(monkeypatch) -> None:
         parse_device("gpu")
     with pytest.raises(DeviceError, match="^--devices 'cuda:x'"):
         parse_device("cuda:x", option="--devices")
+    with pytest.raises(DeviceError, match="meta: the meta device holds no data"):
+        parse_device("meta")  # it passed, and every file then failed on "unsupported scalarType"
     # No CUDA, or fewer GPUs than the index asks for: said before anything loads.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeviceError, match="cuda:0: CUDA is not available on this machine"):

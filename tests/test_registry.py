@@ -56,7 +56,12 @@ def test_unknown_model_error_is_readable() -> None:
     assert "anytok list" in str(err.value)
 
 
-def _register_with_weights(tmp_name: str) -> None:
+def _register_with_weights(tmp_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Register ``tmp_name`` for one test: into a copy of the registry that the monkeypatch
+    restores (another test in this worker then lists only the real architectures)."""
+    import anytok.registry
+
+    monkeypatch.setattr(anytok.registry, "_ARCHS", dict(anytok.registry._ARCHS))
     info = get_arch(anytok.DEFAULT_MODELS["image"])
     register(
         tmp_name,
@@ -73,7 +78,7 @@ def test_missing_weights_offline_names_places_and_fix(monkeypatch, tmp_path) -> 
     monkeypatch.setenv("ANYTOK_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    _register_with_weights("test_missing_weights")
+    _register_with_weights("test_missing_weights", monkeypatch)
     with pytest.raises(WeightsNotFoundError) as err:
         anytok.load("test_missing_weights")
     text = str(err.value)
@@ -86,7 +91,7 @@ def test_missing_weights_offline_names_places_and_fix(monkeypatch, tmp_path) -> 
 def test_weights_found_in_local_directory(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("ANYTOK_HOME", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    _register_with_weights("test_local_weights")
+    _register_with_weights("test_local_weights", monkeypatch)
     model = anytok.create_model("test_local_weights", seed=7)
     save_checkpoint(model, tmp_path / "checkpoints" / "test_local_weights.trained")
     loaded = anytok.load("test_local_weights")

@@ -645,10 +645,13 @@ def test_save_load_errors(tmp_path: Path) -> None:
         match=r"unsupported file extension for .*t\.pt; use one of \('\.safetensors', '\.npz'\)",
     ):
         tokens.save(tmp_path / "t.pt")
+    (tmp_path / "t.bin").write_bytes(b"x")
     with pytest.raises(ValueError, match=r"unsupported file extension for .*t\.bin"):
         Tokens.load(tmp_path / "t.bin")
     with pytest.raises(FileNotFoundError, match="no such file"):
         Tokens.load(tmp_path / "missing.npz")
+    with pytest.raises(FileNotFoundError, match="no such file"):  # missing, not misnamed
+        Tokens.load(tmp_path / "missing")
     for name in ("bad.safetensors", "bad.npz"):
         (tmp_path / name).write_bytes(b"\x00not a real file at all")
         with pytest.raises(ValueError, match=rf"{name} is not a readable"):

@@ -287,8 +287,8 @@ def save_training_checkpoint(
 
 
 def _load_weights(module: nn.Module, path: Path) -> None:
-    """``safetensors.torch.load_model`` (it restores tied weights), strictly; a mismatch is
-    a :class:`~anytok.checkpoint.CheckpointError` naming the file, not a torch traceback."""
+    """safetensors' ``load_model`` (it restores tied weights), strictly; a mismatch is a
+    :class:`~anytok.checkpoint.CheckpointError` naming the file, not a torch traceback."""
     try:
         load_model(module, str(path), strict=True)
     except RuntimeError as err:
