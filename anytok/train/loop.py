@@ -640,7 +640,8 @@ def _check_run_dir(run_dir: Path, cfg: DictConfig, resume: bool, checkpoint: Pat
     if not (resume and recipe_path.is_file()):
         return
     before = OmegaConf.load(recipe_path)
-    changed = sorted(key for key in to_dict(cfg) if to_dict(before).get(key) != to_dict(cfg)[key])
+    old_sections, new_sections = to_dict(before), to_dict(cfg)  # type: ignore[arg-type]
+    changed = sorted(key for key in new_sections if old_sections.get(key) != new_sections[key])
     if changed:
         print(f"anytok train: note: the recipe differs from the run's in: {', '.join(changed)}")
     if checkpoint is None:
