@@ -277,13 +277,20 @@ def test_default_models_are_registered() -> None:
         assert get_arch(name).modality == modality
 
 
-@pytest.mark.parametrize("name", ["dac_16khz", "causal3d_4x8x8_fsq", "hierarchical"])
+@pytest.mark.parametrize(
+    "name",
+    ["dac_16khz", "snac_24khz", "wavtokenizer_24khz_40hz", "causal3d_4x8x8_fsq", "hierarchical"],
+)
 def test_empty_batch_encodes_to_empty_tokens(name: str) -> None:
     """A batch of 0 items gives 0 items: Snake's reshape and the per-frame GroupNorm's einops
-    split divided by the batch size (DAC, SNAC and every video family failed)."""
+    split divided by the batch size (DAC, SNAC and every video family failed), and SNAC's
+    and WavTokenizer's decoders (level split, iSTFT) have no empty batch."""
     model = tiny(name)
     media, _ = sample_batch(model, batch=1)
     with torch.inference_mode():
-        expected = model.encode(media).codes.shape
+        one = model.encode(media)
         tokens = model.encode(media[:0])
-    assert tokens.codes.shape == (0, *expected[1:])
+        decoded = model.decode(tokens)
+        expected = model.decode(one).shape
+    assert tokens.codes.shape == (0, *one.codes.shape[1:])
+    assert decoded.shape == (0, *expected[1:])

@@ -387,6 +387,10 @@ class AudioTokenizer(Tokenizer):
         """
         codes = self.codes_of(tokens)
         lengths = tokens.lengths if isinstance(tokens, Tokens) else None
+        if codes.shape[0] == 0:  # no items: the shape alone (an iSTFT has no empty batch)
+            _, dtype = long_audio._device_and_dtype(self)
+            shape = (0, self.channels, codes.shape[-1] * self.hop_length)
+            return torch.zeros(shape, dtype=dtype, device=codes.device)
 
         def decode(valid: Tensor) -> Tensor:
             return self.decode_latent(self.latent_from_codes(valid))
