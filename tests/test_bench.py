@@ -347,6 +347,20 @@ def test_level_sweep_keeps_the_lengths_of_a_batch() -> None:
     assert not batch[1, :, 15 * hop :].any()
 
 
+def test_a_tokenizer_without_files_of_its_modality_is_not_a_success(
+    checkpoints, speech_dir, tmp_path
+) -> None:
+    """An image tokenizer over a folder of speech measured nothing and exited 0."""
+    code = main(
+        ["bench", "-m", str(checkpoints["cnn_fsq_256"]), str(speech_dir), "-o",
+         str(tmp_path / "r"), "--repeats", "1", "--no-plots"]
+    )  # fmt: skip
+    assert code == 1
+    report, _ = read_report(tmp_path / "r")
+    assert report["models"][0]["items"] == 0
+    assert any("no image items could be benchmarked" in note for note in report["notes"])
+
+
 def test_bench_checks_max_seconds_and_the_output_before_any_work(speech_dir, tmp_path) -> None:
     """``--max-seconds 0`` cut every item to one sample (exit 0); ``-o FILE`` failed only
     after the whole benchmark, losing it."""

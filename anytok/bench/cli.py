@@ -260,7 +260,8 @@ def bench_from_cli(argv: list[str]) -> int:
         console.print(f"[red]skipped {len(report['skipped'])} file(s):[/red]")
         for failure in report["skipped"]:
             console.print(f"  {failure['path']}: {failure['error']}", markup=False, highlight=False)
-    failed = [m for m in report["models"] if "error" in m]
+    # A tokenizer that measured nothing (no file of its modality) is no success either.
+    failed = [m for m in report["models"] if "error" in m or not m.get("items")]
     return EXIT_SKIPPED if report["skipped"] or failed else EXIT_OK
 
 
