@@ -277,14 +277,12 @@ def test_default_models_are_registered() -> None:
         assert get_arch(name).modality == modality
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["dac_16khz", "snac_24khz", "wavtokenizer_24khz_40hz", "causal3d_4x8x8_fsq", "hierarchical"],
-)
+@pytest.mark.parametrize("name", ARCHS)
 def test_empty_batch_encodes_to_empty_tokens(name: str) -> None:
-    """A batch of 0 items gives 0 items: Snake's reshape and the per-frame GroupNorm's einops
-    split divided by the batch size (DAC, SNAC and every video family failed), and SNAC's
-    and WavTokenizer's decoders (level split, iSTFT) have no empty batch."""
+    """A batch of 0 items gives 0 items: Snake's reshape, the per-frame GroupNorm's and
+    omni's einops splits divided by the batch size (DAC, SNAC and every video family
+    failed), and SNAC's, WavTokenizer's and TaDiCodec's decoders (level split, iSTFT, mel)
+    have no empty batch."""
     model = tiny(name)
     media, _ = sample_batch(model, batch=1)
     with torch.inference_mode():

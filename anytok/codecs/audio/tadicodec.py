@@ -264,6 +264,8 @@ class TaDiCodec(SamplingDefaults, AudioTokenizer):
         """Audio ``(b, 1, t * hop_length)`` -> latent ``(b, latent_dim, t)``, attending only
         to each item's first ``token_lengths`` tokens (default: all)."""
         tokens = audio.shape[-1] // self.hop_length
+        if audio.shape[0] == 0:  # torchaudio's mel has no empty batch
+            return audio.new_zeros(0, self.to_latent.out_features, tokens)
         if token_lengths is None:
             token_lengths = torch.full((audio.shape[0],), tokens)
         _, frame_mask = self._frame_mask(token_lengths, tokens, audio.device)
@@ -303,8 +305,10 @@ class TaDiCodec(SamplingDefaults, AudioTokenizer):
         self, codes: Tensor, texts: list[str | None] | None, sampling: dict[str, Any]
     ) -> Tensor:
         """Codes ``(b, 1, t)``, every token valid -> audio ``(b, 1, t * hop_length)``."""
-        quantized = decode_codes(self.quantizer, codes)
         b, t = codes.shape[0], codes.shape[-1]
+        if b == 0:  # the vocoder's mel has no empty batch
+            return torch.zeros(0, 1, t * self.hop_length, device=codes.device)
+        quantized = decode_codes(self.quantizer, codes)
         extra, extra_mask = self._text(texts, b, codes.device)
         mel = self.decoder.sample(
             quantized.transpose(1, 2),

@@ -53,19 +53,17 @@ class SpaceTimeBlock(nn.Module):
                 f"OmniTokenizer: the patch grid {h}x{w} is not a multiple of the attention "
                 f"window {self.window}; use a size that is a multiple of patch x window"
             )
+        # unflatten, not einops' (b ...) splits: those divide by b, 0 for an empty batch
         windows = rearrange(x, "b t (y p) (z q) d -> (b t y z) (p q) d", p=wy, q=wx)
         x = rearrange(
-            self.spatial(windows),
-            "(b t y z) (p q) d -> b t (y p) (z q) d",
-            b=b,
-            t=t,
-            y=h // wy,
+            self.spatial(windows).unflatten(0, (b, t, h // wy, w // wx)),
+            "b t y z (p q) d -> b t (y p) (z q) d",
             p=wy,
         )
         sequences = rearrange(x, "b t h w d -> (b h w) t d")
         causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()[None]
         out = self.temporal(sequences, attn_mask=causal if t > 1 else None)
-        return rearrange(out, "(b h w) t d -> b t h w d", b=b, h=h)
+        return rearrange(out.unflatten(0, (b, h, w)), "b h w t d -> b t h w d")
 
 
 class OmniTokenizer(VideoTokenizer):
