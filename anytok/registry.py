@@ -379,6 +379,8 @@ WEIGHT_DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
     "half": torch.float16,
 }
+#: the dtypes themselves (``encode`` / ``decode`` refuse weights of any other)
+RUN_DTYPES = frozenset(WEIGHT_DTYPES.values())
 
 
 def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -394,7 +396,7 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
         key = dtype.lower().removeprefix("torch.")
         if key in WEIGHT_DTYPES:
             return WEIGHT_DTYPES[key]
-    elif dtype in WEIGHT_DTYPES.values():
+    elif dtype in RUN_DTYPES:
         return dtype
     raise ValueError(
         f"dtype: expected float32, bfloat16 or float16 (or one of {sorted(WEIGHT_DTYPES)}), "

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from anytok.codecs import long_audio
 from anytok.quantizers import QuantizerOutput, build
+from anytok.registry import RUN_DTYPES
 from anytok.tokens import Tokens, TokenSpec
 
 
@@ -85,7 +86,7 @@ def _autocast_to_weights(method: Any) -> Any:
     @functools.wraps(method)
     def run(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         device, dtype = long_audio._device_and_dtype(self)
-        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        if dtype not in RUN_DTYPES:
             raise TypeError(
                 f"{type(self).__name__}.{method.__name__}: weights are {dtype}; tokenizers run "
                 "in float32, bfloat16 or float16 (model.float(), or anytok.load(..., "

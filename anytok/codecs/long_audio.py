@@ -415,27 +415,24 @@ def encode_long(
     audio = model._check_media(audio, 3, "audio (batch, channels, samples)")
     lengths = model._check_lengths(lengths, audio.shape[0], (0, audio.shape[-1]), "samples")
     if lengths is not None:
+        # Once per distinct length, on whole hops (empty items keep no frame), as encode does.
         hop = model.hop_length
-        # An empty item is encoded from its first hop (a model needs one) and keeps no frame.
-        items = [
-            encode_long(
+        padded = F.pad(audio, (0, -audio.shape[-1] % hop))
+        specs: list[TokenSpec] = []
+
+        def encode_valid(valid: Tensor) -> Tensor:
+            tokens = encode_long(
                 model,
-                audio[i : i + 1, :, : max(int(n), 1)],
+                valid,
                 chunk_seconds=chunk_seconds,
                 context_seconds=context_seconds,
                 **encode_kwargs,
             )
-            for i, n in enumerate(lengths.tolist())
-        ]
-        frames = math.ceil(audio.shape[-1] / hop)
-        token_lengths = (lengths + hop - 1) // hop
-        codes = torch.cat(
-            [
-                F.pad(t.codes[..., :n], (0, frames - n))
-                for t, n in zip(items, token_lengths.tolist(), strict=True)
-            ]
-        )
-        return Tokens(codes, items[0].spec, token_lengths.to(codes.device))
+            specs.append(tokens.spec)
+            return tokens.codes
+
+        codes = apply_per_length(encode_valid, padded, lengths, 1 / hop)
+        return Tokens(codes, specs[0], ((lengths + hop - 1) // hop).to(codes.device))
     device, _ = _device_and_dtype(model)
     hop = model.hop_length
     chunk = _chunk_frames(model, chunk_seconds)
@@ -513,10 +510,7 @@ def decode_long(
                     out[..., (start - w_start) * hop : (end - w_start) * hop].to(codes.device)
                 )
             audio = torch.cat(parts, dim=-1)
-    if lengths is not None:
-        keep = torch.arange(audio.shape[-1], device=audio.device) < (lengths[:, None] * hop)
-        audio = audio * keep[:, None, :]
-    return audio
+    return audio if lengths is None else mask_past_lengths(audio, lengths * hop)
 
 
 # --------------------------------------------------------------------------- batches

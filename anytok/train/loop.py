@@ -261,8 +261,7 @@ def train(
             else None
         )
         for entry in samples.bad_files if samples is not None else ():
-            logger.event(0, "bad_file", file=entry, split="samples")
-            logger.note(f"skipped a bad file for the samples (replaced by another): {entry}")
+            _report_bad_file(logger, 0, entry, "samples")
 
         # ---- resume: weights, optimizer / scheduler states, data position, RNG
         state: dict[str, Any] = {"step": 0, "epoch": 0, "position": 0, "bad_files": 0}
@@ -345,8 +344,7 @@ def train(
         # and a run stopped at such a step (which skips them) resumes exactly.
         def validate(at: int) -> None:
             def bad_val_file(entry: str) -> None:
-                logger.event(at, "bad_file", file=entry, split="val")
-                logger.note(f"skipped a bad validation file (replaced by another): {entry}")
+                _report_bad_file(logger, at, entry, "val")
 
             assert val_loader is not None
             with _isolated_rng(device_):
@@ -370,9 +368,7 @@ def train(
 
         # A run stopped mid-window resumes its log window and what was due at its last step.
         if "window" in state:
-            counts = state.pop("window_counts")
-            for key, total in state.pop("window").items():
-                window[key] = [total, counts[key]]
+            window.update(state.pop("window"))
             window_steps = state.pop("window_steps")
         if state.pop("pending_val", False) and val_loader is not None:
             validate(state["step"])
@@ -396,8 +392,7 @@ def train(
                 batch = next(data)
                 for entry in batch.bad_files:
                     state["bad_files"] += 1
-                    logger.event(step, "bad_file", file=entry)
-                    logger.note(f"skipped a bad file (replaced by another): {entry}")
+                    _report_bad_file(logger, step, entry)
                 media = batch.media.to(device_, non_blocking=True)
                 lengths = batch.lengths.to(device_, non_blocking=True)
                 sync = micro == tc.grad_accum - 1
@@ -515,10 +510,8 @@ def train(
             stop_only = bool(stopped_by) and not (checkpoint_now or log_now)
             checkpoint_now = checkpoint_now or bool(stopped_by)
             if stop_only:
-                state["window"] = _mean_over_ranks(
-                    _to_floats({k: total for k, (total, _) in window.items()}), info
-                )
-                state["window_counts"] = {k: count for k, (_, count) in window.items()}
+                totals = _mean_over_ranks(_to_floats({k: t for k, (t, _) in window.items()}), info)
+                state["window"] = {k: [totals[k], window[k][1]] for k in totals}
                 state["window_steps"] = window_steps
             if (final or checkpoint_now or log_now) and not stop_only:
                 # Flushing the window at checkpoints too makes a resumed run's log identical.
@@ -665,6 +658,21 @@ def _write_recipe(run_dir: Path, cfg: DictConfig) -> None:
     tmp = recipe_path.with_name(f".{RECIPE_NAME}.tmp")
     tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     os.replace(tmp, recipe_path)
+
+
+#: what a replaced file was read for, in its note (None: a training batch)
+_BAD_FILE_USE = {
+    None: "a bad file",
+    "val": "a bad validation file",
+    "samples": "a bad file for the samples",
+}
+
+
+def _report_bad_file(logger: RunLogger, step: int, entry: str, split: str | None = None) -> None:
+    """One ``bad_file`` event (with its ``split`` outside training) and one note per file
+    the data replaced."""
+    logger.event(step, "bad_file", file=entry, **({"split": split} if split else {}))
+    logger.note(f"skipped {_BAD_FILE_USE[split]} (replaced by another): {entry}")
 
 
 def _built(section: str, build: Callable[[], T]) -> T:
