@@ -196,3 +196,81 @@ def test_bad_arguments_have_clear_errors() -> None:
         make_scheduler("euler", "epsilon")
     with pytest.raises(ValueError, match="conditioning must be one of"):
         FlowDecoder(4, 4, conditioning="film")
+    with pytest.raises(ValueError, match="time_shift applies to objective='flow' only"):
+        FlowDecoder(4, 4, objective="epsilon", time_shift=3.0)
+    with pytest.raises(ValueError, match="time_sampling applies to objective='flow' only"):
+        FlowDecoder(4, 4, objective="v", time_sampling="uniform")
+
+
+def _trained_looking(**kwargs) -> FlowDecoder:
+    """A tiny decoder with no zero gates, so every input moves its output."""
+    model = tiny(**kwargs).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                torch.nn.init.normal_(p, std=0.3)
+        torch.nn.init.normal_(model.null_cond, std=1.0)
+        if model.null_extra is not None:
+            torch.nn.init.normal_(model.null_extra, std=1.0)
+    return model
+
+
+@pytest.mark.parametrize("conditioning", ["cross", "in_context"])
+@pytest.mark.parametrize("guidance", [0.0, 3.0])
+def test_guided_sample_of_an_item_does_not_depend_on_its_batch_padding(
+    conditioning: str, guidance: float
+) -> None:
+    """A dropped condition (the unconditional branch) is one null token whatever the padded
+    length; it used to make every padded position a visible null token, so a padded item's
+    guided sample moved by ~2 with the batch's padding."""
+    model = _trained_looking(conditioning=conditioning)
+    gen = torch.Generator().manual_seed(1)
+    cond, text = torch.randn(1, 2, 8, generator=gen), torch.randn(1, 3, 5, generator=gen)
+    padded = torch.cat([cond, torch.randn(1, 6, 8, generator=gen)], dim=1)
+    padded_text = torch.cat([text, torch.randn(1, 4, 5, generator=gen)], dim=1)
+    args = dict(num_positions=5, steps=3, guidance_scale=guidance, seed=0)
+    alone = model.sample(cond, extra=text, **args)
+    batched = model.sample(
+        padded,
+        cond_mask=torch.tensor([[True] * 2 + [False] * 6]),
+        extra=padded_text,
+        extra_mask=torch.tensor([[True] * 3 + [False] * 4]),
+        **args,
+    )
+    assert (batched - alone).abs().max() < 1e-4
+
+
+def test_in_context_decoder_with_a_text_slot_runs_without_text() -> None:
+    """In-context conditioning with ``extra_cond_dim`` cross-attends only the text: absent
+    text is the null text, as when dropped (it raised "cross-attention needs a context")."""
+    model = _trained_looking(conditioning="in_context", num_classes=None)
+    cond = torch.randn(2, 4, 8)
+    model.train()
+    model.loss(torch.randn(2, 5, 6), cond).loss.backward()
+    model.eval()
+    out = model.sample(cond, num_positions=5, steps=2, guidance_scale=2.0)
+    assert out.shape == (2, 5, 6) and torch.isfinite(out).all()
+    # no text == the null text: the same as a text the guidance branch dropped
+    drop = torch.ones(2, dtype=torch.bool)
+    none = model._conditions(cond, None, None, None, None, None, None, None)
+    dropped = model._conditions(cond, None, torch.randn(2, 3, 5), None, None, None, drop, None)
+    t = torch.full((2,), 0.5)
+    x = torch.randn(2, 5, 6)
+    assert torch.allclose(
+        model.velocity(x, t, none, (5,)), model.velocity(x, t, dropped, (5,)), atol=1e-5
+    )
+
+
+def test_a_bf16_decoder_samples_from_fp32_conditions() -> None:
+    """Quantizers return fp32 codes; a bf16-cast decoder outside autocast used to fail on a
+    dtype mismatch in the condition projection."""
+    model = tiny().eval().to(torch.bfloat16)
+    c = conditions()
+    out = model.sample(num_positions=4, steps=2, guidance_scale=2.0, **c)
+    reference = model.sample(
+        num_positions=4,
+        steps=2,
+        guidance_scale=2.0,
+        **{**c, "cond": c["cond"].bfloat16(), "extra": c["extra"].bfloat16()},
+    )
+    assert torch.equal(out, reference)

@@ -57,6 +57,14 @@ def test_audio_discriminators_accept_stereo_and_short_segments() -> None:
     disc = build_discriminator({"name": "msstft", "filters": 4, "n_ffts": [1024]}, channels=2)
     out = disc(torch.randn(1, 2, 300))  # shorter than the FFT: zero-padded, not an error
     assert out.logits[0].shape[0] == 1
+    # DAC's MRD (the DAC and SNAC recipes) reflect-pads to match its stride: segments under
+    # ~1.3k samples used to fail there with a raw padding error.
+    mrd = build_discriminator(
+        {"name": "mrd", "width": 4, "n_ffts": [2048, 512], "dac_compatible": True}, channels=1
+    )
+    for length in (1, 300, 767, 1149, 2048):
+        out = mrd(torch.randn(2, 1, length))
+        assert all(torch.isfinite(logits).all() for logits in out.logits), length
 
 
 def test_combined_discriminator_concatenates() -> None:

@@ -84,8 +84,10 @@ class FlowDecoder(nn.Module):
             condition and the label) in training, for classifier-free guidance.
         objective: ``"flow"`` (velocity), ``"epsilon"`` or ``"v"`` (DDPM).
         time_shift: SD3 time shift ``t' = s t / (1 + (s - 1) t)``; > 1 spends more of
-            training and sampling at high noise (large targets want it).
-        time_sampling: ``"logit_normal"`` (SD3) or ``"uniform"`` training times (flow).
+            training and sampling at high noise (large targets want it). Flow only: the
+            DDPM objectives train on uniform integer timesteps and sample on the scheduler's.
+        time_sampling: ``"logit_normal"`` (SD3) or ``"uniform"`` training times; flow only
+            (None: logit-normal).
         repa: ``{"teacher": path, "weight": w, "layer": k}`` for REPA on block ``k``.
         gradient_checkpointing: recompute block activations in backward.
     """
@@ -105,7 +107,7 @@ class FlowDecoder(nn.Module):
         cond_dropout: float = 0.1,
         objective: str = "flow",
         time_shift: float = 1.0,
-        time_sampling: str = "logit_normal",
+        time_sampling: str | None = None,
         repa: dict[str, Any] | None = None,
         gradient_checkpointing: bool = False,
     ):
@@ -114,6 +116,13 @@ class FlowDecoder(nn.Module):
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if objective != "flow" and (time_shift != 1.0 or time_sampling is not None):
+            option = "time_shift" if time_shift != 1.0 else "time_sampling"
+            raise ValueError(
+                f"{option} applies to objective='flow' only; objective={objective!r} trains on "
+                "uniform DDPM timesteps (leave time_shift=1.0 and time_sampling unset)"
+            )
+        time_sampling = "logit_normal" if time_sampling is None else time_sampling
         if time_sampling not in TIME_SAMPLING:
             raise ValueError(f"time_sampling must be one of {TIME_SAMPLING}, got {time_sampling!r}")
         if not 0.0 <= cond_dropout < 1.0:
@@ -194,11 +203,13 @@ class FlowDecoder(nn.Module):
             raise ValueError(
                 f"cond must be (batch, positions, {self.cond_dim}), got {tuple(cond.shape)}"
             )
-        tokens = self.cond_proj(cond)
+        # Quantizers hand over fp32 codes: cast to the weights (a bf16 decoder outside autocast).
+        tokens = self.cond_proj(cond.to(self.cond_proj.weight.dtype))
         if drop_cond is not None:
             tokens = torch.where(drop_cond[:, None, None], self.null_cond.to(tokens.dtype), tokens)
-            if cond_mask is not None:  # a dropped condition is fully visible null tokens
-                cond_mask = cond_mask | drop_cond[:, None]
+            # A dropped condition is one visible null token, however long the (padded)
+            # sequence: the unconditional branch must not depend on the batch's padding.
+            cond_mask = _drop_mask(cond_mask, drop_cond, tokens.shape[1])
         if cond_positions is None and self.conditioning == "in_context":
             cond_positions = torch.arange(tokens.shape[1], device=tokens.device)
         if cond_positions is not None:
@@ -208,15 +219,17 @@ class FlowDecoder(nn.Module):
                 )
             tokens = tokens + sincos_embedding(cond_positions, self.dim).to(tokens.dtype)
         extra_tokens = None
+        if extra is None and self.null_extra is not None and self.conditioning == "in_context":
+            # The only cross-attended sequence: absent text is the null text (as when dropped).
+            extra_tokens = self.null_extra.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
         if extra is not None:
             if self.extra_proj is None or self.null_extra is None:
                 raise ValueError("this decoder was built without extra_cond_dim: pass no extra")
-            extra_tokens = self.extra_proj(extra)
+            extra_tokens = self.extra_proj(extra.to(self.extra_proj.weight.dtype))
             if drop_extra is not None:
                 null = self.null_extra.to(extra_tokens.dtype)
                 extra_tokens = torch.where(drop_extra[:, None, None], null, extra_tokens)
-                if extra_mask is not None:
-                    extra_mask = extra_mask | drop_extra[:, None]
+                extra_mask = _drop_mask(extra_mask, drop_extra, extra_tokens.shape[1])
         label = None
         if labels is not None:
             if self.class_embed is None or self.num_classes is None:
@@ -458,7 +471,7 @@ class FlowDecoder(nn.Module):
                 cond_positions,
             )
             conditions = tuple(  # type: ignore[assignment]
-                torch.cat([c, u]) if c is not None else None for c, u in zip(conditions, uncond)
+                _cat_branches(c, u) for c, u in zip(conditions, uncond)
             )
         dtype = next(self.parameters()).dtype
         for index, timestep in enumerate(sched.timesteps):
@@ -510,6 +523,25 @@ class SamplingDefaults:
             "scheduler": self.sample_scheduler if scheduler is None else scheduler,
             "seed": self.sample_seed if seed is None else seed,
         }
+
+
+def _cat_branches(c: Tensor | None, u: Tensor | None) -> Tensor | None:
+    """Conditional and unconditional halves of one condition entry; a missing mask is all
+    True."""
+    if c is None and u is None:
+        return None
+    if c is None or u is None:
+        c = torch.ones_like(u) if c is None else c  # type: ignore[arg-type]
+        u = torch.ones_like(c) if u is None else u
+    return torch.cat([c, u])
+
+
+def _drop_mask(mask: Tensor | None, drop: Tensor, m: int) -> Tensor:
+    """Key mask ``(b, m)`` in which dropped items see only their first (null) position."""
+    first = torch.arange(m, device=drop.device)[None] == 0
+    if mask is None:
+        mask = torch.ones(drop.shape[0], m, dtype=torch.bool, device=drop.device)
+    return torch.where(drop[:, None], first, mask)
 
 
 def _check_grid(grid: Sequence[int] | None, n: int) -> tuple[int, ...]:

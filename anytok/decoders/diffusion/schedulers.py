@@ -69,7 +69,7 @@ def _ddpm(name: str, objective: str) -> Any:
             **DDPM_SCHEDULE,
             prediction_type=prediction,
             clip_sample=False,
-            set_alpha_to_one=False,
+            set_alpha_to_one=True,  # the last step lands on x0, not on t = 0's noise
             timestep_spacing="trailing",
         )
     if name == "dpm++":

@@ -317,7 +317,8 @@ class BandSTFTDiscriminator(nn.Module):
     def forward(self, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
         """``(b, c, t)`` -> logits ``(b, 1, frames, bins')`` and the feature maps."""
         with torch.autocast(audio.device.type, enabled=False):
-            audio = _spectrogram_input(audio, self.n_fft, centred=True)
+            # match_stride reflect-pads up to 5 n_fft / 8 - 1 samples on the right: needs n_fft
+            audio = _spectrogram_input(audio, self.n_fft, centred=not self.match_stride)
             if self.match_stride:
                 hop = self.n_fft // 4
                 pad = (self.n_fft - hop) // 2
