@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -87,8 +88,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _spec_details(spec) -> dict[str, object]:
-    return {
+def _spec_details(model: Any) -> dict[str, object]:
+    """The model's token spec (every level), and the levels ``encode`` gives by default."""
+    spec, default = model.spec, model.default_spec
+    details: dict[str, object] = {
         "codebook_sizes": list(spec.codebook_sizes),
         "layout": ["level", *spec.layout],
         "frame_rate": spec.frame_rate,
@@ -98,6 +101,10 @@ def _spec_details(spec) -> dict[str, object]:
         "fps": spec.fps,
         "bits_per_position": spec.bits_per_position,
     }
+    if default.num_levels != spec.num_levels:
+        details["levels_by_default"] = default.num_levels
+        details["bits_per_position_by_default"] = default.bits_per_position
+    return details
 
 
 def _checkpoint_details(name: str) -> dict[str, object]:
@@ -121,7 +128,7 @@ def _checkpoint_details(name: str) -> dict[str, object]:
         "paper": info.paper,
         "weights": f"checkpoint {name}{trained}{weights}",
         "parameters": count_parameters(model),
-        "token_spec": _spec_details(model.spec),
+        "token_spec": _spec_details(model),
         "config": config,
     }
 
@@ -146,7 +153,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             else (cfg.hf_hub_id or "local"),
             "license": cfg.license,
             "parameters": count_parameters(model),
-            "token_spec": _spec_details(model.spec),
+            "token_spec": _spec_details(model),
             "tags": sorted(info.pretrained),
             "default_config": info.default_config,
         }

@@ -351,3 +351,19 @@ def test_semantic_level_is_distilled_from_a_local_speech_model(tmp_path) -> None
     keys = ours.state_dict().keys()
     assert any(k.startswith("options.semantic.projector.") for k in keys)
     assert not any("teacher" in k or "wavlm" in k for k in keys)
+
+
+def test_default_spec_lists_the_levels_encode_gives() -> None:
+    """``spec`` lists every level the quantizer has (Mimi: 32); ``default_spec`` the ones
+    ``encode`` gives by default (8), which ``anytok info`` and the bench's rate report."""
+    from anytok.cli import _spec_details
+
+    model = anytok.create_model("mimi", tiny=True, n_levels=2).eval()
+    tokens = model.encode(0.1 * torch.randn(1, 1, 4 * model.hop_length))
+    assert model.spec.num_levels > 2
+    assert model.default_spec == tokens.spec and tokens.spec.num_levels == 2
+    details = _spec_details(model)
+    assert details["levels_by_default"] == 2
+    assert details["bits_per_position_by_default"] == tokens.spec.bits_per_position
+    seanet = anytok.create_model("seanet_fsq_24khz", tiny=True)
+    assert seanet.default_spec == seanet.spec and "levels_by_default" not in _spec_details(seanet)

@@ -224,3 +224,95 @@ def test_non_causal_models_refuse_to_stream(name: str) -> None:
         pass
     with pytest.raises(ValueError, match="not causal"), model.stream_decoder():
         pass
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+@pytest.mark.parametrize(
+    "name,overrides",
+    [("encodec_24khz", {}), ("mimi", {}), ("seanet_fsq_24khz", {"lstm_layers": 1})],
+)
+def test_bf16_streams_and_decode_long_run_as_encode_and_decode(name: str, overrides) -> None:
+    """Streams run under the autocast ``encode`` / ``decode`` use: a bf16 model's decoder
+    stream and ``decode_long`` used to fail on fp32 latents meeting bf16 layers, and an LSTM
+    encoder's streamed codes differed from ``encode``'s."""
+    model = anytok.create_model(name, tiny=True, **overrides).eval().to(torch.bfloat16)
+    hop = model.hop_length
+    audio = 0.3 * torch.randn(2, 1, 40 * hop + 3)
+    with torch.inference_mode():
+        tokens = model.encode(audio)
+        with model.stream_encoder() as stream:
+            codes = [stream(part) for part in audio.split(3 * hop, -1)]
+            codes.append(stream.flush())
+        assert torch.equal(torch.cat(codes, -1), tokens.codes)
+        whole = model.decode(tokens)
+        with model.stream_decoder() as stream:
+            parts = [stream(part) for part in tokens.codes.split(3, -1)]
+            parts.append(stream.flush())
+        assert torch.allclose(torch.cat(parts, -1).float(), whole.float(), atol=1e-2)
+        chunked = model.decode_long(tokens, chunk_seconds=3 * hop / model.sample_rate)
+        assert torch.allclose(chunked.float(), whole.float(), atol=1e-2)
+    model.double()
+    with (
+        pytest.raises(TypeError, match="stream_encoder: weights are torch.float64"),
+        model.stream_encoder() as stream,
+    ):
+        stream(audio.double())
+
+
+@pytest.mark.parametrize("bad", [-0.0005, float("nan")])
+def test_context_seconds_must_not_be_negative(bad: float) -> None:
+    """A negative context silently cut encode_long's output (40 frames became 12)."""
+    model = anytok.create_model("encodec_48khz", tiny=True).eval()
+    audio = 0.3 * torch.randn(1, 2, 40 * model.hop_length)
+    with pytest.raises(ValueError, match="context_seconds must be >= 0"):
+        model.encode_long(audio, chunk_seconds=0.05, context_seconds=bad)
+    tokens = model.encode(audio)
+    with pytest.raises(ValueError, match="context_seconds must be >= 0"):
+        model.decode_long(tokens, chunk_seconds=0.05, context_seconds=bad)
+
+
+def test_decode_long_of_causal_encodec_with_lengths_equals_decode() -> None:
+    """Causal EnCodec's convolutions reflect-pad: an item of a few frames decoded inside a
+    longer batch saw the batch's padding in decode_long (3e-4 off), not in decode."""
+    model = anytok.create_model("encodec_24khz").eval()  # full size: 7-frame reflect reach
+    hop = model.hop_length
+    audio = 0.3 * torch.randn(2, 1, 20 * hop)
+    with torch.inference_mode():
+        tokens = model.encode(audio, torch.tensor([20 * hop, 5 * hop]), bandwidth=1.5)
+        alone = model.decode(tokens[1])[0]  # its 5 frames
+        assert alone.shape[-1] == 5 * hop
+        for decoded in (model.decode(tokens), model.decode_long(tokens)):
+            assert (decoded[1, :, : 5 * hop] - alone).abs().max() < 1e-6
+            assert decoded[1, :, 5 * hop :].abs().max() == 0
+
+
+AUDIO_FAMILIES = [
+    "encodec_24khz",
+    "dac_24khz",
+    "mimi",
+    "snac_24khz",
+    "wavtokenizer_24khz_75hz",
+    "seanet_fsq_24khz",
+    "tadicodec_24khz_6hz",
+]
+
+
+@pytest.mark.parametrize("name", AUDIO_FAMILIES)
+def test_decode_masks_past_lengths_in_training_mode_and_decodes_zero_frames(name: str) -> None:
+    """``decode`` zeros past ``tokens.lengths`` whatever the mode (EnCodec and DAC left
+    0.47 / 0.18 there in training mode, the mode ``create_model`` returns), and tokens of 0
+    frames (an LM that emitted eos at once) decode to ``(b, c, 0)`` silence."""
+    model = anytok.create_model(name, tiny=True).eval()
+    hop = model.hop_length
+    audio = 0.3 * torch.randn(2, model.channels, 12 * hop)
+    with torch.no_grad():
+        tokens = model.encode(audio, torch.tensor([12 * hop, 5 * hop]))
+        frames = int(tokens.lengths[1])
+        model.train()
+        decoded = model.decode(tokens)
+        assert decoded[1, :, frames * hop :].abs().max() == 0
+        model.eval()
+        empty = anytok.Tokens(codes=tokens.codes[..., :0], spec=tokens.spec)
+        assert model.decode(empty).shape == (1 * 2, model.channels, 0)

@@ -282,7 +282,7 @@ def _transcript(path: Path, root: Path | None, table: dict[str, str]) -> str | N
 def _model_info(model: Tokenizer, name: str) -> dict[str, Any]:
     from anytok.nn.conv import count_parameters
 
-    spec = model.spec
+    spec = model.default_spec  # the tokens of the model as it is (Mimi: 8 of 32 levels)
     tag = getattr(model, "anytok_tag", None)
     return {
         "name": name,

@@ -22,7 +22,6 @@ from torch.nn import functional as F
 
 from anytok.codecs import long_audio
 from anytok.quantizers import QuantizerOutput, build
-from anytok.registry import RUN_DTYPES
 from anytok.tokens import Tokens, TokenSpec
 
 
@@ -73,29 +72,13 @@ def decode_codes(quantizer: nn.Module, codes: Tensor) -> Tensor:
 
 
 def _autocast_to_weights(method: Any) -> Any:
-    """Run ``method`` under autocast to the weights' dtype when they are bf16 / fp16.
-
-    A model loaded with ``anytok.load(..., dtype=torch.bfloat16)`` (or cast with ``.to``)
-    keeps fp32 where it must: quantizers return fp32 latents, samplers and positional tables
-    build fp32 tensors. Fed straight into bf16 layers those fail on mixed dtypes (27 of the
-    33 architectures did); under autocast every layer casts its inputs instead. Inside an
-    autocast the caller opened, nothing changes. Other weight dtypes (fp64) are refused with
-    a clear error: autocast has none, and the fp32 tensors would meet fp64 layers.
-    """
+    """Run ``method`` under :func:`~anytok.codecs.long_audio.autocast_to_weights`: autocast
+    to bf16 / fp16 weights, fp64 weights refused with a clear error."""
 
     @functools.wraps(method)
     def run(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        device, dtype = long_audio._device_and_dtype(self)
-        if dtype not in RUN_DTYPES:
-            raise TypeError(
-                f"{type(self).__name__}.{method.__name__}: weights are {dtype}; tokenizers run "
-                "in float32, bfloat16 or float16 (model.float(), or anytok.load(..., "
-                "dtype=torch.bfloat16))"
-            )
-        if dtype in (torch.bfloat16, torch.float16) and not torch.is_autocast_enabled(device.type):
-            with torch.autocast(device.type, dtype=dtype):
-                return method(self, *args, **kwargs)
-        return method(self, *args, **kwargs)
+        with long_audio.autocast_to_weights(self, method.__name__):
+            return method(self, *args, **kwargs)
 
     run._autocast_to_weights = True  # type: ignore[attr-defined]
     return run
@@ -121,7 +104,13 @@ class Tokenizer(nn.Module, abc.ABC):
     @property
     @abc.abstractmethod
     def spec(self) -> TokenSpec:
-        """What this tokenizer's codes mean."""
+        """What this tokenizer's codes mean (every level it has)."""
+
+    @property
+    def default_spec(self) -> TokenSpec:
+        """The spec of ``encode``'s tokens with default arguments: :attr:`spec`, but only
+        the levels a residual audio codec encodes by default (Mimi: 8 of its 32)."""
+        return self.spec
 
     @abc.abstractmethod
     def encode(self, media: Tensor, lengths: Tensor | None = None) -> Tokens:
@@ -388,10 +377,8 @@ class AudioTokenizer(Tokenizer):
         """
         codes = self.codes_of(tokens)
         lengths = tokens.lengths if isinstance(tokens, Tokens) else None
-        if codes.shape[0] == 0:  # no items: the shape alone (an iSTFT has no empty batch)
-            _, dtype = long_audio._device_and_dtype(self)
-            shape = (0, self.channels, codes.shape[-1] * self.hop_length)
-            return torch.zeros(shape, dtype=dtype, device=codes.device)
+        if codes.numel() == 0:
+            return self._silence(codes)
 
         def decode(valid: Tensor) -> Tensor:
             return self.decode_latent(self.latent_from_codes(valid))
@@ -399,6 +386,13 @@ class AudioTokenizer(Tokenizer):
         if lengths is not None and not self.per_length_eval:
             return long_audio.mask_past_lengths(decode(codes), lengths * self.hop_length)
         return long_audio.apply_per_length(decode, codes, lengths, self.hop_length)
+
+    def _silence(self, codes: Tensor) -> Tensor:
+        """Audio ``(b, c, t * hop)`` of zeros for codes with no items or no frames (an LM that
+        stopped at once): an iSTFT has no empty batch, a convolution no empty time axis."""
+        _, dtype = long_audio._device_and_dtype(self)
+        shape = (codes.shape[0], self.channels, codes.shape[-1] * self.hop_length)
+        return torch.zeros(shape, dtype=dtype, device=codes.device)
 
     def encode_long(self, audio: Tensor, **kwargs: Any) -> Tokens:
         """:func:`anytok.codecs.long_audio.encode_long`: ``chunk_seconds``,
@@ -438,6 +432,10 @@ class ResidualAudioTokenizer(AudioTokenizer):
     """
 
     default_levels: int
+
+    @property
+    def default_spec(self) -> TokenSpec:
+        return self.spec_with_levels(self.default_levels)
 
     @property
     def per_length_eval(self) -> bool:
@@ -485,7 +483,14 @@ class ResidualAudioTokenizer(AudioTokenizer):
         """Codes ``(b, k, t)`` of the first ``k`` levels -> audio ``(b, c, t * hop)``; with
         ``tokens.lengths``, zeros past each item's length."""
         lengths = tokens.lengths if isinstance(tokens, Tokens) else None
-        return self._decode_latent(self.latent_from_codes(self.codes_of(tokens)), lengths)
+        codes = self.codes_of(tokens)
+        latent = self.latent_from_codes(codes)  # checks the codes, even of no frames
+        if codes.numel() == 0:
+            return self._silence(codes)
+        audio = self._decode_latent(latent, lengths)
+        if self.training and lengths is not None:  # _decode_latent masks in eval only
+            audio = long_audio.mask_past_lengths(audio, lengths * self.hop_length)
+        return audio
 
     def leveled_output(
         self,

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from anytok.nn.streaming import Stream, check_streamable, streaming
+from anytok.registry import RUN_DTYPES
 from anytok.tokens import Tokens, TokenSpec
 
 if TYPE_CHECKING:
@@ -172,6 +173,30 @@ def _device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return param.device, param.dtype
 
 
+@contextmanager
+def autocast_to_weights(model: nn.Module, what: str) -> Iterator[None]:
+    """Run the block under autocast to the weights' dtype when they are bf16 / fp16.
+
+    A model loaded with ``anytok.load(..., dtype=torch.bfloat16)`` (or cast with ``.to``)
+    keeps fp32 where it must: quantizers return fp32 latents, samplers and positional tables
+    build fp32 tensors. Fed straight into bf16 layers those fail on mixed dtypes; under
+    autocast every layer casts its inputs instead. Inside an autocast the caller opened,
+    nothing changes. Other weight dtypes (fp64) are refused naming ``what``: autocast has
+    none, and the fp32 tensors would meet fp64 layers.
+    """
+    device, dtype = _device_and_dtype(model)
+    if dtype not in RUN_DTYPES:
+        raise TypeError(
+            f"{type(model).__name__}.{what}: weights are {dtype}; tokenizers run in float32, "
+            "bfloat16 or float16 (model.float(), or anytok.load(..., dtype=torch.bfloat16))"
+        )
+    if dtype in (torch.bfloat16, torch.float16) and not torch.is_autocast_enabled(device.type):
+        with torch.autocast(device.type, dtype=dtype):
+            yield
+    else:
+        yield
+
+
 class UnsupportedModelError(NotImplementedError):
     """A tokenizer with no chunked path that reproduces its one pass: audio codes that are
     not one frame per hop of one encoder latent frame (SNAC), or a video model without a
@@ -292,18 +317,20 @@ class AudioEncoderStream:
         pending = chunk if self._pending is None else torch.cat([self._pending, chunk], -1)
         whole = pending.shape[-1] // model.hop_length * model.hop_length
         self._pending = pending[..., whole:]
-        return self._codes(self._encoder(pending[..., :whole]))
+        with autocast_to_weights(model, "stream_encoder"):  # as encode runs
+            return self._codes(self._encoder(pending[..., :whole]))
 
     def flush(self) -> Tensor:
         """Zero-pad the last partial hop (as ``encode`` does) and return the last codes."""
         if self._last is None:
             raise RuntimeError("AudioEncoderStream.flush: no audio was given")
         parts = []
-        if self._pending is not None and self._pending.shape[-1]:
-            tail = F.pad(self._pending, (0, self.model.hop_length - self._pending.shape[-1]))
-            parts.append(self._encoder(tail))
-        parts.append(self._encoder.flush(self._last))
-        return self._codes(torch.cat(parts, dim=-1))
+        with autocast_to_weights(self.model, "stream_encoder"):
+            if self._pending is not None and self._pending.shape[-1]:
+                tail = F.pad(self._pending, (0, self.model.hop_length - self._pending.shape[-1]))
+                parts.append(self._encoder(tail))
+            parts.append(self._encoder.flush(self._last))
+            return self._codes(torch.cat(parts, dim=-1))
 
     def _codes(self, latent: Tensor) -> Tensor:
         codes = self.model.codes_from_latent(latent, **self._kwargs)
@@ -322,14 +349,16 @@ class AudioDecoderStream:
 
     def __call__(self, codes: Tensor | Tokens) -> Tensor:
         codes = self.model.codes_of(codes)
-        latent = self.model.latent_from_codes(codes)
-        self._last = latent
-        return self._decoder(latent)
+        with autocast_to_weights(self.model, "stream_decoder"):  # as decode runs
+            latent = self.model.latent_from_codes(codes)
+            self._last = latent
+            return self._decoder(latent)
 
     def flush(self) -> Tensor:
         if self._last is None:
             raise RuntimeError("AudioDecoderStream.flush: no codes were given")
-        return self._decoder.flush(self._last)
+        with autocast_to_weights(self.model, "stream_decoder"):
+            return self._decoder.flush(self._last)
 
 
 def _require_streamable(model: AudioTokenizer, what: str) -> None:
@@ -374,6 +403,8 @@ def _windows(frames: int, chunk: int, left: int, right: int) -> Iterator[tuple[i
 def _context_frames(model: AudioTokenizer, side: int | None, context_seconds: float | None) -> int:
     """Context in frames: the measured side (+1 frame of margin), or the fallback when
     unbounded; ``context_seconds`` may ask for more, never for less than measured."""
+    if context_seconds is not None and not context_seconds >= 0:  # NaN too
+        raise ValueError(f"context_seconds must be >= 0 (or None), got {context_seconds}")
     asked = None if context_seconds is None else math.ceil(context_seconds * model.frame_rate)
     if side is None:
         seconds = DEFAULT_UNBOUNDED_CONTEXT_SECONDS if context_seconds is None else None
@@ -477,9 +508,10 @@ def decode_long(
     codes = model.codes_of(tokens)
     lengths = tokens.lengths if isinstance(tokens, Tokens) else None
     hop = model.hop_length
-    if lengths is not None and not is_streamable(model) and model.per_length_eval:
+    if lengths is not None and model.per_length_eval:
         # As ``model.decode``: once per distinct length on the valid frames, so the codes
-        # past a short item's end never reach its last samples.
+        # past a short item's end never reach its last samples (nor, through EnCodec's
+        # reflect padding, a causal model's first ones).
         return apply_per_length(
             lambda valid: decode_long(
                 model, valid, chunk_seconds=chunk_seconds, context_seconds=context_seconds

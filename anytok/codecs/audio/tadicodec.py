@@ -306,8 +306,8 @@ class TaDiCodec(SamplingDefaults, AudioTokenizer):
     ) -> Tensor:
         """Codes ``(b, 1, t)``, every token valid -> audio ``(b, 1, t * hop_length)``."""
         b, t = codes.shape[0], codes.shape[-1]
-        if b == 0:  # the vocoder's mel has no empty batch
-            return torch.zeros(0, 1, t * self.hop_length, device=codes.device)
+        if b == 0 or t == 0:  # the vocoder's mel has no empty batch, its convs no empty time
+            return torch.zeros(b, 1, t * self.hop_length, device=codes.device)
         quantized = decode_codes(self.quantizer, codes)
         extra, extra_mask = self._text(texts, b, codes.device)
         mel = self.decoder.sample(
