@@ -323,3 +323,111 @@ def test_bench_keeps_a_tokenizer_whose_clip_is_too_short_to_score(tmp_path) -> N
     for key in ("stoi", "pesq_wb", "mel_distance", "stft_distance"):
         assert metrics[key]["n"] == 1 and metrics[key]["invalid"] == 1, key
     assert any(": stoi " in note and "full 1/2" in note for note in report["notes"])
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+def test_si_sdr_keeps_a_nan_of_the_reconstruction(speech16) -> None:
+    """Only channels with a silent *input* are left out: a NaN in one reconstructed channel
+    used to vanish into nanmean, scoring the item on the other channel alone."""
+    ref = torch.cat([speech16, 0.5 * speech16.flip(-1)], dim=1)
+    rec = _noisy(ref, 0.02, seed=3)
+    rec[0, 1, 100] = math.nan
+    assert math.isnan(si_sdr(ref, rec).item())
+
+
+def test_video_psnr_averages_the_finite_frames() -> None:
+    """An exactly reconstructed frame (a black one, clamped to -1) counted as 100 dB and
+    pulled a 32 dB clip to 49 dB; a clip identical throughout is inf (invalid, as an image)."""
+    from anytok.metrics.video import frame_psnr
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(1, 3, 4, 16, 16, generator=g) * 2 - 1
+    ref[:, :, 0] = -1
+    rec = (ref + 0.05 * torch.randn(ref.shape, generator=g)).clamp(-1, 1)
+    rec[:, :, 0] = -1
+    per_frame = [
+        peak_signal_noise_ratio(
+            (ref[0, :, t].permute(1, 2, 0).double().numpy() + 1) / 2,
+            (rec[0, :, t].permute(1, 2, 0).double().numpy() + 1) / 2,
+            data_range=1.0,
+        )
+        for t in range(1, 4)
+    ]
+    assert frame_psnr(ref, rec).item() == pytest.approx(np.mean(per_frame), abs=1e-3)
+    assert math.isinf(frame_psnr(ref, ref.clone()).item())
+
+
+def test_ssim_of_flat_images_matches_scikit_image() -> None:
+    """Computed in float64: in float32, 1 - SSIM of a flat grey came out 50x too large."""
+    for base, shift in ((0.8, 0.004), (0.5, 0.25)):
+        ref = torch.full((1, 3, 32, 32), base * 2 - 1)
+        rec = ref + 2 * shift
+        expected = structural_similarity(
+            _unit_hwc(ref[0]),
+            _unit_hwc(rec[0]),
+            channel_axis=2,
+            data_range=1.0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
+        assert ssim(ref, rec).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_bench_scores_images_smaller_than_the_ssim_window() -> None:
+    """SSIM of an image under 11 pixels a side is NaN (reported as invalid); it used to raise
+    and fail the whole tokenizer (no PSNR, rate or token statistics)."""
+    from anytok.bench.runner import INVALID_REASONS
+
+    small = torch.rand(2, 3, 8, 8) * 2 - 1
+    scores = MetricSuite().score_images(small, _noisy(small))
+    assert all(math.isnan(s["ssim"]) and math.isfinite(s["psnr"]) for s in scores)
+    video = torch.rand(1, 3, 3, 8, 8) * 2 - 1
+    assert math.isnan(MetricSuite().score_video(video, _noisy(video))["ssim"])
+    assert "ssim" in INVALID_REASONS
+    with pytest.raises(ValueError, match="larger than 10 pixels a side"):
+        ssim(small, small)
+
+
+@pytest.mark.parametrize(
+    "entry,message",
+    [
+        ({"kind": "text", "box": [0, None, 10, 10]}, "'box' must be"),
+        ({"kind": "text", "box": ["0", "0", "10", "10"]}, "'box' must be"),
+        ({"kind": "text", "box": [False, 0, True, 10]}, "'box' must be"),
+        ({"kind": "text", "box": [0, 0, 10, float("inf")]}, "'box' must be"),
+        ({"kind": "text", "box": [0, 0, 10, 10], "text": 5}, "'text' must be a string"),
+    ],
+)
+def test_region_annotations_refuse_bad_values(tmp_path, entry, message) -> None:
+    """A null coordinate was a TypeError traceback; a numeric transcript failed mid-run."""
+    import json
+
+    from anytok.metrics.regions import load_annotations
+
+    path = tmp_path / "regions.json"
+    path.write_text(json.dumps({"a.png": [entry]}))
+    with pytest.raises(ValueError, match=f"regions.json: 'a.png' entry 0: {message}"):
+        load_annotations(path)
+
+
+def test_bitrate_and_statistics_count_each_level_on_its_own_grid() -> None:
+    """Hierarchical video stores its coarse level repeated over 2x2 blocks of the fine grid:
+    the bench charged every repeat (9.2 kbps reported as 14.1) and counted level 0 four times
+    in the token statistics. Padding past an item's length is not counted either."""
+    import anytok
+    from anytok.bench.throughput import level_counts
+
+    model = anytok.create_model("hierarchical", tiny=True).eval()
+    codes = torch.randint(0, 5, (2, 2, 3, 4, 6))
+    coarse, fine = model.informative_codes(codes[0])
+    assert torch.equal(coarse, codes[0, 0, :, ::2, ::2]) and torch.equal(fine, codes[0, 1])
+    assert level_counts(model, codes, [3, 2]) == [[3 * 2 * 3, 3 * 4 * 6], [2 * 2 * 3, 2 * 4 * 6]]
+    audio = anytok.create_model("seanet_fsq_24khz", tiny=True)
+    flat = torch.randint(0, 5, (2, 2, 10))
+    assert level_counts(audio, flat, [10, 4]) == [[10, 10], [4, 4]]
+    stats = TokenStatistics([7, 5])
+    stats.update(model.informative_codes(codes[0]))
+    assert [lv["tokens"] for lv in stats.summary()["levels"]] == [18, 72]

@@ -25,10 +25,10 @@ from torch import Tensor
 from anytok.bench.environment import environment
 from anytok.bench.suite import METRICS, MetricModels, MetricSuite, load_transcripts
 from anytok.bench.sweeps import decode_at, plan_sweep
-from anytok.bench.throughput import measure_throughput
+from anytok.bench.throughput import level_counts, measure_throughput
 from anytok.codecs.base import AudioTokenizer, ImageTokenizer, Tokenizer, VideoTokenizer
 from anytok.media import MediaError, find_media, load_image, load_video, resize_cover
-from anytok.metrics.image import ssim
+from anytok.metrics.image import ssim, ssim_min_side
 from anytok.metrics.regions import Region, load_annotations, regions_for, score_regions
 from anytok.metrics.token_stats import TokenStatistics
 from anytok.pipeline import autocast_for, collate, load_for_model
@@ -342,7 +342,7 @@ def bench_model(
             tokens = model.encode(batch.to(device), item_lengths)
         token_lengths = _token_lengths(tokens.lengths, len(batch_items), tokens.codes.shape[2])
         for i, n in enumerate(token_lengths):
-            stats.update(tokens.codes[i, :, :n])
+            stats.update(model.informative_codes(tokens.codes[i, :, :n]))
         if isinstance(model, AudioTokenizer) and suite.model("asr") is not None:
             for item in batch_items:
                 given = _transcript(item.path, item.root, transcripts or {})
@@ -360,19 +360,18 @@ def bench_model(
                     torch.cuda.synchronize(device)
                 a.decode_seconds += time.perf_counter() - start
             recon = recon.float().cpu()
-            # Bits from the codes this point decoded: a prefix of levels or of positions.
-            bits_per_position = sum(
-                math.log2(k) for k in model.spec.codebook_sizes[: codes.shape[1]]
-            )
-            spatial = math.prod(codes.shape[3:])
+            # Bits from the codes this point decoded (a prefix of levels or of positions),
+            # each level counted on its own grid (no stored repeats).
+            log_sizes = [math.log2(k) for k in model.spec.codebook_sizes]
             scored = _score_batch(model, suite, batch_items, recon, reference_text, annotations)
+            counts_of_items = level_counts(model, codes, token_lengths)
             for i, (item, (scores, region_rows)) in enumerate(zip(batch_items, scored)):
-                positions = min(token_lengths[i], codes.shape[2]) * spatial
+                counts = counts_of_items[i]
                 a.add_item(
                     scores,
                     region_rows,
-                    bits=positions * bits_per_position,
-                    tokens=positions * codes.shape[1],
+                    bits=sum(n * bits for n, bits in zip(counts, log_sizes)),
+                    tokens=sum(counts),
                     amount=_media_amount(model, item),
                     pixels=float(math.prod(item.media.shape[1:])),
                 )
@@ -435,6 +434,7 @@ INVALID_REASONS = {
     "stoi": "under 0.4 s of non-silent input (STOI needs 30 frames)",
     "psnr": "reconstruction identical to the input (infinite PSNR)",
     "ms_ssim": "image sides under 176 pixels",
+    "ssim": "image (frame) sides under 11 pixels",
 }
 
 
@@ -482,7 +482,8 @@ def _score_batch(
         rec = recon.clamp(-1, 1)
         per_image = suite.score_images(reference, rec)
         # Regions average the full image's SSIM map over their box (no resizing of crops).
-        ssim_maps = ssim(reference, rec, full_map=True) if annotations else None
+        mappable = min(reference.shape[-2:]) >= ssim_min_side(full_map=True)
+        ssim_maps = ssim(reference, rec, full_map=True) if annotations and mappable else None
         for i, item in enumerate(batch_items):
             regions = regions_for(annotations, item.path, item.root) if annotations else []
             rows: list[dict[str, Any]] = []

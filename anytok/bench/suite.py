@@ -249,7 +249,7 @@ class MetricSuite:
         rec = reconstruction.float().clamp(-1, 1)
         columns: dict[str, Tensor] = {
             "psnr": image_metrics.psnr(reference, rec),
-            "ssim": image_metrics.ssim(reference, rec),
+            "ssim": _ssim_or_nan(image_metrics.ssim, reference, rec),
             "ms_ssim": image_metrics.ms_ssim(reference, rec),
         }
         if (lpips := self.model("lpips")) is not None:
@@ -261,7 +261,7 @@ class MetricSuite:
         rec = reconstruction.float().clamp(-1, 1)
         return {
             "psnr": _item(video_metrics.frame_psnr(reference, rec)),
-            "ssim": _item(video_metrics.frame_ssim(reference, rec)),
+            "ssim": _item(_ssim_or_nan(video_metrics.frame_ssim, reference, rec)),
             "frame_diff_error": _item(video_metrics.temporal_consistency(reference, rec)),
         }
 
@@ -275,6 +275,16 @@ class MetricSuite:
         if modality == "video" and (i3d := self.model("i3d")) is not None:
             out["fvd"] = FrechetDistance(i3d, self.device)
         return out
+
+
+def _ssim_or_nan(
+    metric: Callable[[Tensor, Tensor], Tensor], reference: Tensor, rec: Tensor
+) -> Tensor:
+    """SSIM per item, or NaN where the images (frames) are smaller than its window: a metric
+    that cannot score an item never stops the run."""
+    if min(reference.shape[-2:]) < image_metrics.ssim_min_side():
+        return torch.full((reference.shape[0],), float("nan"))
+    return metric(reference, rec)
 
 
 def _item(values: Tensor) -> float:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
 from anytok.codecs.base import AudioTokenizer, ImageTokenizer, Tokenizer, VideoTokenizer
 from anytok.pipeline import autocast_for, collate
@@ -103,7 +104,11 @@ def measure_throughput(
     decode_times = _time(lambda: model.decode(tokens), device, settings.warmup, settings.repeats)
     decode_peak = torch.cuda.max_memory_allocated(device) / _MIB if cuda else None
 
-    count = int(tokens.codes.numel())
+    # Valid tokens only (no padding past an item's length, no stored repeats), as the
+    # real-time factor counts the items' true durations.
+    full = [tokens.codes.shape[2]] * tokens.codes.shape[0]
+    lengths_of_items = full if tokens.lengths is None else tokens.lengths.tolist()
+    count = sum(map(sum, level_counts(model, tokens.codes, lengths_of_items)))
     memory: dict[str, Any]
     if cuda:
         memory = {
@@ -128,4 +133,14 @@ def measure_throughput(
     }
 
 
-__all__ = ["measure_throughput", "rss_high_water_mib"]
+def level_counts(model: Tokenizer, codes: Tensor, lengths: Sequence[int]) -> list[list[int]]:
+    """Per item of ``codes (b, levels, t, ...)``, each level's number of codes within the
+    item's first ``lengths[i]`` steps, repeats left out
+    (:meth:`~anytok.codecs.base.Tokenizer.informative_codes`)."""
+    return [
+        [level.numel() for level in model.informative_codes(codes[i, :, :n])]
+        for i, n in enumerate(lengths)
+    ]
+
+
+__all__ = ["level_counts", "measure_throughput", "rss_high_water_mib"]

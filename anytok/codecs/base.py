@@ -120,6 +120,12 @@ class Tokenizer(nn.Module, abc.ABC):
     def decode(self, tokens: Tokens | Tensor) -> Tensor:
         """:class:`Tokens` (or bare codes) -> media."""
 
+    def informative_codes(self, codes: Tensor) -> list[Tensor]:
+        """One item's codes ``(levels, *positions)`` -> each level's codes without the repeats
+        a layout stores (hierarchical video: its coarse level once per 2x2 block of the fine
+        grid): what bitrates and token statistics count."""
+        return list(codes)
+
     @property
     def registry_name(self) -> str:
         """``arch.tag`` or checkpoint directory this model was loaded from (written into token

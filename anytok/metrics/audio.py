@@ -149,8 +149,11 @@ def si_sdr(reference: Tensor, reconstruction: Tensor) -> Tensor:
     ref, rec = ref.double(), rec.double()
     values = scale_invariant_signal_distortion_ratio(rec, ref, zero_mean=True)
     power = (ref - ref.mean(dim=-1, keepdim=True)).pow(2).mean(dim=-1)
-    values = values.masked_fill(power <= SILENCE_POWER, math.nan)
-    return values.nanmean(dim=1).float()
+    # Leave out the channels whose reference is silent, and only those: a NaN of the
+    # reconstruction must reach the result (nanmean would hide a broken channel).
+    silent = power <= SILENCE_POWER
+    total = values.masked_fill(silent, 0.0).sum(dim=1)
+    return (total / (~silent).sum(dim=1)).float()  # every channel silent: 0 / 0 = NaN
 
 
 def _mono_numpy(audio: Tensor) -> np.ndarray:

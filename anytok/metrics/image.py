@@ -52,6 +52,13 @@ def psnr(reference: Tensor, reconstruction: Tensor, data_range: float = 2.0) -> 
     return (10 * torch.log10(data_range**2 / mse)).float()
 
 
+def ssim_min_side(full_map: bool = False) -> int:
+    """The smallest image side :func:`ssim` scores: the mean needs one whole window inside
+    the image, the map half of one (its reflect padding)."""
+    pad = SSIM_WINDOW // 2
+    return (pad if full_map else 2 * pad) + 1
+
+
 def ssim(reference: Tensor, reconstruction: Tensor, *, full_map: bool = False) -> Tensor:
     """Structural similarity (Wang et al. 2004), Gaussian window 11 / sigma 1.5, per item.
 
@@ -70,17 +77,19 @@ def ssim(reference: Tensor, reconstruction: Tensor, *, full_map: bool = False) -
 
     _check_pair("ssim", reference, reconstruction)
     pad = SSIM_WINDOW // 2
-    smallest = pad if full_map else 2 * pad  # the map needs reflect padding, the mean a window
-    if min(reference.shape[-2:]) <= smallest:
-        raise ValueError(f"ssim: images must be larger than {smallest} pixels a side")
-    ref, rec = to_unit_range(reference), to_unit_range(reconstruction)
+    smallest = ssim_min_side(full_map)
+    if min(reference.shape[-2:]) < smallest:
+        raise ValueError(f"ssim: images must be larger than {smallest - 1} pixels a side")
+    # float64: E[x^2] - E[x]^2 cancels catastrophically in float32 on flat areas (1 - SSIM
+    # came out 50x too large on a flat grey).
+    ref, rec = to_unit_range(reference).double(), to_unit_range(reconstruction).double()
     # torchmetrics averages over the whole reflect-padded map; scikit-image (and Wang et al.'s
     # reference code) leave out the border where the window does not fit: crop it here.
     _, image = structural_similarity_index_measure(
         rec, ref, data_range=1.0, reduction="none", return_full_image=True
     )
     if full_map:
-        return image
+        return image.float()
     return image[..., pad:-pad, pad:-pad].flatten(1).mean(dim=1).float()
 
 
@@ -144,4 +153,13 @@ class LPIPS(nn.Module):
         return self.model(ref, rec).reshape(-1).float().cpu()
 
 
-__all__ = ["LPIPS", "MS_SSIM_MIN_SIDE", "SSIM_WINDOW", "ms_ssim", "psnr", "ssim", "to_unit_range"]
+__all__ = [
+    "LPIPS",
+    "MS_SSIM_MIN_SIDE",
+    "SSIM_WINDOW",
+    "ms_ssim",
+    "psnr",
+    "ssim",
+    "ssim_min_side",
+    "to_unit_range",
+]

@@ -81,11 +81,15 @@ def load_annotations(path: str | os.PathLike[str]) -> dict[str, list[Region]]:
             if not isinstance(entry, dict) or entry.get("kind") not in REGION_KINDS:
                 raise ValueError(f"{where}: needs 'kind' in {REGION_KINDS} and 'box'")
             box = entry.get("box")
-            if not (isinstance(box, list) and len(box) == 4) or not (
-                box[2] > box[0] and box[3] > box[1]
-            ):
+            numbers = isinstance(box, list) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in box
+            )
+            if not (numbers and len(box) == 4) or not (box[2] > box[0] and box[3] > box[1]):
                 raise ValueError(f"{where}: 'box' must be [x0, y0, x1, y1] with x1 > x0, y1 > y0")
             text = entry.get("text")
+            if text is not None and not isinstance(text, str):
+                raise ValueError(f"{where}: 'text' must be a string (the transcript)")
             regions.append(Region(entry["kind"], tuple(float(v) for v in box), text))  # type: ignore[arg-type]
         out[image] = regions
     return out

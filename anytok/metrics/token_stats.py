@@ -13,6 +13,7 @@ All entropies are in bits.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -156,15 +157,19 @@ class TokenStatistics:
         self.levels = [LevelCounter(int(k)) for k in codebook_sizes]
         self.items = 0
 
-    def update(self, codes: Tensor | np.ndarray) -> None:
-        """Add one item's codes ``(levels, *positions)`` (valid positions only)."""
-        array = codes.detach().cpu().numpy() if isinstance(codes, Tensor) else np.asarray(codes)
-        if array.shape[0] != len(self.levels):
+    def update(self, codes: Tensor | np.ndarray | Sequence[Tensor | np.ndarray]) -> None:
+        """Add one item's codes ``(levels, *positions)`` (valid positions only), or one array
+        per level when the levels lie on different grids
+        (:meth:`~anytok.codecs.base.Tokenizer.informative_codes`)."""
+        levels = [
+            c.detach().cpu().numpy() if isinstance(c, Tensor) else np.asarray(c) for c in codes
+        ]
+        if len(levels) != len(self.levels):
             raise ValueError(
-                f"TokenStatistics: codes have {array.shape[0]} levels, expected {len(self.levels)}"
+                f"TokenStatistics: codes have {len(levels)} levels, expected {len(self.levels)}"
             )
-        for level, counter in enumerate(self.levels):
-            counter.update(array[level].reshape(-1))
+        for level, counter in zip(levels, self.levels):
+            counter.update(level.reshape(-1))
         self.items += 1
 
     def summary(self) -> dict[str, Any]:

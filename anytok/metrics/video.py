@@ -36,7 +36,11 @@ def frame_psnr(reference: Tensor, reconstruction: Tensor) -> Tensor:
     _check("frame_psnr", reference, reconstruction)
     b, t = reference.shape[0], reference.shape[2]
     values = psnr(_frames(reference), _frames(reconstruction)).view(b, t)
-    return values.clamp_max(100.0).mean(dim=1)  # identical frames are inf; cap them
+    # Identical frames have infinite PSNR: average the other frames (as the benchmark does
+    # over items); a clip identical throughout stays inf, i.e. invalid like an image.
+    finite = values.isfinite()
+    mean = values.where(finite, 0.0).sum(dim=1) / finite.sum(dim=1)
+    return mean.where(finite.any(dim=1), values.amax(dim=1))
 
 
 def frame_ssim(reference: Tensor, reconstruction: Tensor) -> Tensor:
