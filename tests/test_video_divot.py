@@ -44,3 +44,25 @@ def test_flow_loss_reaches_the_encoder_and_reconstruction_has_the_input_shape() 
     assert set(out.losses) == {"diffusion", "quantizer"}
     out.losses["diffusion"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+
+
+def test_codes_past_an_items_length_do_not_change_its_frames() -> None:
+    """The flow decoder attends over the whole clip: each item samples from its valid latent
+    frames only (as it decodes alone), and its later frames repeat its last one."""
+    model = anytok.create_model("divot", tiny=True, seed=0).eval()
+    torch.manual_seed(0)
+    for p in model.decoder.parameters():  # open the zero-initialised adaLN gates
+        if p.ndim == 2 and p.abs().sum() == 0:
+            torch.nn.init.normal_(p, std=0.05)
+    video = torch.rand(2, 3, 9, 16, 16) * 2 - 1
+    tokens = model.encode(video, lengths=torch.tensor([9, 3]))
+    assert tokens.lengths.tolist() == [5, 2]
+    batch = model.decode(tokens, steps=2)
+    alone = model.decode(tokens.codes[1:, :, :2], steps=2)  # 3 frames
+    assert torch.allclose(batch[1, :, :3], alone[0], atol=1e-5)
+    assert torch.equal(batch[1, :, 3:], batch[1, :, 2:3].expand(-1, 6, -1, -1))
+    noisy = tokens.codes.clone()
+    noisy[1, :, 2:] = torch.randint_like(noisy[1, :, 2:], 0, 5)
+    again = model.decode(anytok.Tokens(noisy, tokens.spec, lengths=tokens.lengths), steps=2)
+    assert torch.equal(again[1], batch[1])
+    assert torch.allclose(batch[0], model.decode(tokens.codes[:1], steps=2)[0], atol=1e-5)

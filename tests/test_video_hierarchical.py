@@ -47,3 +47,9 @@ def test_training_drops_the_fine_layer_for_some_items() -> None:
     out.reconstruction.abs().mean().backward()
     assert model.absent_fine.grad is not None and model.absent_fine.grad.abs().sum() > 0
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.from_fine.parameters())
+
+
+def test_codes_of_the_wrong_rank_are_refused_by_name() -> None:
+    model = anytok.create_model("hierarchical", tiny=True).eval()
+    with pytest.raises(ValueError, match=r"decode: expected codes \(batch, 2, T, h, w\)"):
+        model.decode(torch.zeros(1, 3, 4, 4, dtype=torch.long))  # the level axis dropped

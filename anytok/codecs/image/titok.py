@@ -285,7 +285,13 @@ class TiTok(ImageTokenizer):
         """Codes ``(b, 1, k)`` with ``1 <= k <= num_tokens`` (a prefix: the rest counts as
         dropped) -> images ``(b, 3, H, W)``."""
         codes = self.codes_of(tokens)
-        if isinstance(tokens, Tokens) and tokens.lengths is not None and codes.shape[0] > 1:
+        levels = len(self.quantizer.codebook_sizes)
+        if codes.ndim != 3 or codes.shape[1] != levels:
+            raise ValueError(
+                f"{type(self).__name__}.decode: expected codes (batch, {levels}, k), got shape "
+                f"{tuple(codes.shape)}"
+            )
+        if isinstance(tokens, Tokens) and tokens.lengths is not None:
             return torch.cat(
                 [self.decode(codes[i : i + 1, :, : int(n)]) for i, n in enumerate(tokens.lengths)]
             )

@@ -149,8 +149,27 @@ class DivotTokenizer(SamplingDefaults, VideoTokenizer):
     ) -> Tensor:
         """Codes ``(b, levels, 1 + k, h, w)`` -> video ``(b, 3, 1 + k*s_t, h*s, w*s)`` sampled
         with ``steps`` / ``scheduler`` / ``guidance_scale`` / ``seed`` (defaults: the
-        constructor's ``sample_*``)."""
+        constructor's ``sample_*``). With ``tokens.lengths``, each item is sampled from its
+        valid latent frames only (the flow decoder attends over the whole clip, so codes past
+        an item's length would change its frames); later frames repeat its last frame."""
         codes = self.codes_of(tokens)
+        lengths = tokens.lengths if isinstance(tokens, Tokens) else None
+        if lengths is not None and bool((lengths < codes.shape[2]).any()):
+            kwargs = dict(
+                steps=steps, guidance_scale=guidance_scale, scheduler=scheduler, seed=seed
+            )
+            s = self.temporal_factor
+            out = None
+            for n in lengths.unique().tolist():
+                index = (lengths == n).nonzero().flatten().to(codes.device)
+                video = self.decode(codes[index, :, : int(n)], **kwargs)
+                if out is None:
+                    shape = (codes.shape[0], *video.shape[1:2], 1 + (codes.shape[2] - 1) * s)
+                    out = video.new_zeros((*shape, *video.shape[3:]))
+                kept = video.shape[2]
+                out[index, :, :kept] = video
+                out[index, :, kept:] = video[:, :, -1:]
+            return out
         quantized = decode_codes(self.quantizer, codes)
         latent_frames, h, w = codes.shape[2:]
         frames = 1 + (latent_frames - 1) * self.temporal_factor

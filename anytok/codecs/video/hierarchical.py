@@ -232,6 +232,11 @@ class HierarchicalVideo(VideoTokenizer):
         if layers not in LAYERS:
             raise ValueError(f"layers must be one of {LAYERS}, got {layers!r}")
         codes = self.codes_of(tokens)
+        if codes.ndim != 5 or codes.shape[1] not in (1, 2):
+            raise ValueError(
+                f"{type(self).__name__}.decode: expected codes (batch, 2, T, h, w) (or coarse-only "
+                f"(batch, 1, T, h/2, w/2)), got shape {tuple(codes.shape)}"
+            )
         if codes.shape[1] == 1:  # a coarse-only tensor on its own grid
             if layers != "coarse":
                 raise ValueError("one code level given: decode it with layers='coarse'")
