@@ -51,6 +51,14 @@ def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().double().numpy()
 
 
+def _skimage_ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
+    """scikit-image's SSIM of ``(H, W, 3)`` images with Wang et al.'s settings (anytok's)."""
+    return structural_similarity(
+        a, b, channel_axis=2, data_range=data_range, gaussian_weights=True, sigma=1.5,
+        use_sample_covariance=False,
+    )  # fmt: skip
+
+
 def _unit_hwc(x: torch.Tensor) -> np.ndarray:
     """``(3, H, W)`` in [-1, 1] -> ``(H, W, 3)`` float64 in [0, 1]."""
     return ((x.double() + 1) / 2).permute(1, 2, 0).numpy()
@@ -232,17 +240,11 @@ def test_image_metrics_per_item_match_scikit_image_in_a_batch() -> None:
         assert got_psnr[i].item() == pytest.approx(
             peak_signal_noise_ratio(a, b, data_range=1.0), abs=1e-4
         )
-        expected = structural_similarity(
-            a, b, channel_axis=2, data_range=1.0, gaussian_weights=True, sigma=1.5,
-            use_sample_covariance=False,
-        )  # fmt: skip
+        expected = _skimage_ssim(a, b)
         assert got_ssim[i].item() == pytest.approx(expected, abs=1e-4)
         # The uint8 convention (range 255) agrees up to quantisation.
         a8, b8 = (np.round(x * 255).astype(np.uint8) for x in (a, b))
-        expected8 = structural_similarity(
-            a8, b8, channel_axis=2, data_range=255, gaussian_weights=True, sigma=1.5,
-            use_sample_covariance=False,
-        )  # fmt: skip
+        expected8 = _skimage_ssim(a8, b8, data_range=255)
         assert got_ssim[i].item() == pytest.approx(expected8, abs=2e-3)
     assert abs(got_ssim[0].item() - got_ssim[1].item()) > 0.1  # not a batch mean
     with pytest.raises(ValueError, match="larger than 10"):
@@ -364,15 +366,7 @@ def test_ssim_of_flat_images_matches_scikit_image() -> None:
     for base, shift in ((0.8, 0.004), (0.5, 0.25)):
         ref = torch.full((1, 3, 32, 32), base * 2 - 1)
         rec = ref + 2 * shift
-        expected = structural_similarity(
-            _unit_hwc(ref[0]),
-            _unit_hwc(rec[0]),
-            channel_axis=2,
-            data_range=1.0,
-            gaussian_weights=True,
-            sigma=1.5,
-            use_sample_covariance=False,
-        )
+        expected = _skimage_ssim(_unit_hwc(ref[0]), _unit_hwc(rec[0]))
         assert ssim(ref, rec).item() == pytest.approx(expected, abs=1e-6)
 
 
