@@ -12,8 +12,11 @@ from torch import nn
 
 import anytok
 from anytok.codecs.long_audio import Context, measure_context
+from anytok.nn.attention import LocalSelfAttention
 from anytok.nn.conv import Conv1d, ConvTranspose1d
+from anytok.nn.seanet import SEANetDecoder, SEANetEncoder
 from anytok.nn.streaming import check_streamable, streaming
+from anytok.nn.transformer import Attention
 
 TOL = 1e-5
 
@@ -105,6 +108,9 @@ def test_lstm_carries_its_state_and_skips_empty_chunks() -> None:
         (nn.Sequential(Conv1d(2, 2, 3), nn.GroupNorm(1, 2)), "GroupNorm"),
         (nn.Sequential(nn.Conv1d(2, 2, 3, padding=1)), "bare Conv1d"),
         (nn.LSTM(2, 2, bidirectional=True), "bidirectional"),
+        # anytok's own attention layers (bidirectional): they streamed wrong outputs
+        (nn.Sequential(Conv1d(4, 8, 3), LocalSelfAttention(8, 4, 4)), "LocalSelfAttention"),
+        (nn.Sequential(Attention(8, 2)), "Attention"),
     ],
 )
 def test_non_streamable_layers_are_named(module: nn.Module, message: str) -> None:
@@ -316,3 +322,19 @@ def test_decode_masks_past_lengths_in_training_mode_and_decodes_zero_frames(name
         model.eval()
         empty = anytok.Tokens(codes=tokens.codes[..., :0], spec=tokens.spec)
         assert model.decode(empty).shape == (1 * 2, model.channels, 0)
+
+
+def test_layers_take_inputs_of_zero_time_steps() -> None:
+    """``ceil(0 / stride) = 0`` frames in one pass, as while streaming (torch's convs, the
+    LSTM and the local attention raised on an empty time axis)."""
+    cases = [
+        (Conv1d(2, 3, 7), 2, 3),
+        (Conv1d(2, 3, 4, stride=2), 2, 3),
+        (ConvTranspose1d(2, 3, 4, 2), 2, 3),
+        (LocalSelfAttention(8, 4, 4), 8, 8),
+        (SEANetEncoder(1, 8, 4, ratios=(2, 3), lstm_layers=1), 1, 8),
+        (SEANetDecoder(1, 8, 4, ratios=(3, 2), lstm_layers=1), 8, 1),
+    ]
+    for module, channels_in, channels_out in cases:
+        out = module(torch.randn(2, channels_in, 0))
+        assert out.shape == (2, channels_out, 0), type(module).__name__

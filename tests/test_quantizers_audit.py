@@ -470,3 +470,54 @@ def test_lfq_gradients_match_vector_quantize_pytorch() -> None:
     torch.testing.assert_close(
         ours.project_in.weight.grad, reference.project_in.weight.grad, rtol=1e-4, atol=1e-5
     )
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+def test_multiscale_codebook_update_pairs_each_vector_with_its_code() -> None:
+    """The EMA update got scale-major vectors with batch-major codes: with a batch of 4 only
+    24% of the pairs matched (a batch of 1 hid it)."""
+    torch.manual_seed(0)
+    quantizer = MultiScaleResidualVQ(8, 64, scales=(1, 2, 4), refine_convs=0, decay=0.0).train()
+    vq = quantizer.quantizer
+    agree: list[float] = []
+    update = vq.update_codebook_
+
+    def spy(x: torch.Tensor, indices: torch.Tensor):
+        agree.append(float((vq.search(x) == indices).float().mean()))  # before the update
+        return update(x, indices)
+
+    vq.update_codebook_ = spy  # type: ignore[method-assign]
+    quantizer(torch.randn(4, 4, 4, 8))
+    assert agree == [1.0]
+
+
+def test_simvq_keeps_its_codebook_in_fp32_in_a_bf16_model() -> None:
+    """``W @ frozen`` ran in bf16 and the frozen codes were rounded for good by ``.to``."""
+    torch.manual_seed(0)
+    model = SimVQ(16, 64, rotation_trick=False).eval()
+    frozen = model.frozen_codebook.clone()
+    half = SimVQ(16, 64, rotation_trick=False)
+    half.load_state_dict(model.state_dict())
+    half = half.to(torch.bfloat16).eval()
+    assert half.frozen_codebook.dtype == torch.float32 and torch.equal(half.frozen_codebook, frozen)
+    codes = half.encode(torch.randn(256, 16).bfloat16())
+    assert half.decode(codes).dtype == torch.float32
+    reference = SimVQ(16, 64, rotation_trick=False)
+    reference.load_state_dict(model.state_dict())
+    reference.code_transform.weight.data = half.code_transform.weight.float()
+    assert torch.equal(half.codebook, reference.codebook)
+
+
+def test_out_of_range_codes_name_the_level_and_values() -> None:
+    with pytest.raises(ValueError, match=r"level 0: 0\.\.99 outside \[0, 15\]"):
+        VectorQuantize(DIM, 16).decode(torch.tensor([[0], [99]]))
+    rvq = ResidualVQ(DIM, 3, [16, 16, 4]).eval()
+    with pytest.raises(ValueError, match=r"level 2: 7\.\.7 outside \[-1, 3\]"):
+        rvq.decode(torch.tensor([[2, 3, 7]]))
+    grouped = GroupedResidualVQ(DIM, 2, 2, 16).eval()
+    with pytest.raises(ValueError, match=r"GroupedResidualVQ.decode: .*got \(2, 6\)"):
+        grouped.decode(torch.zeros(2, 6, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"GroupedResidualVQ.decode: codes out of range \(level 3"):
+        grouped.decode(torch.tensor([[0, 0, 0, 16]]))

@@ -38,6 +38,29 @@ def test_long_video_tokens_equal_one_pass(name: str) -> None:
                 assert torch.equal(long_video, decoded)
 
 
+@pytest.mark.parametrize("name", ["causal3d_4x8x8_fsq", "cnn3d_fsq_4x8x8"])
+def test_decoder_context_is_its_measured_reach_with_two_time_upsamplings(name: str) -> None:
+    """Each TimeUpsample's own conv runs before it doubles the rate: counted after, it was
+    half its reach, so the full-size decoders (two upsamplings) reported 2 latent frames too
+    few and decode_long differed from one pass by 3e-4."""
+    model = anytok.create_model(
+        name, tiny=True, seed=0, channel_multipliers=[1, 2, 2], temporal_downsample=[True, True]
+    ).eval()
+    decoder, s = model.decoder, model.temporal_factor
+    z = torch.randn(1, decoder.model[0].conv.in_channels, 60, 1, 1)
+    moved = z.clone()
+    moved[:, :, 3] += 1
+    with torch.no_grad():
+        changed = (decoder(moved) - decoder(z)).abs().amax(dim=(0, 1, 3, 4)) > 0
+    last_frame = int(changed.nonzero().max())
+    assert 1 + (last_frame - 1) // s - 3 == decoder.temporal_context
+    video = torch.rand(1, 3, 1 + s * 40, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        tokens = model.encode(video)
+        one = model.decode(tokens)
+        assert (model.decode_long(tokens, chunk_latents=4) - one).abs().max() < 1e-5
+
+
 def test_long_video_needs_a_bounded_context() -> None:
     model = anytok.create_model("divot", tiny=True).eval()
     tokens = model.encode(torch.rand(1, 3, 5, 16, 16))

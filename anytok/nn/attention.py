@@ -82,6 +82,8 @@ class LocalSelfAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x (b, c, t)`` -> ``(b, c, t)``."""
+        if x.shape[-1] == 0:
+            return x
         residual = x
         q, k, v = self.to_qkv(self.norm(x.transpose(1, 2))).chunk(3, dim=-1)
         length = x.shape[-1]

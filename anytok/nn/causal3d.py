@@ -220,11 +220,14 @@ class Decoder3d(nn.Module):
     def temporal_context(self) -> int:
         """Past latent frames an output frame can depend on, rounded up (upsampling halves
         each conv's reach in latent frames)."""
-        reach, scale = 0.0, 1.0
+        reach, scale, counted = 0.0, 1.0, set()
         for module in self.model.modules():
             if isinstance(module, TimeUpsample):
+                # its own conv runs before the upsampling, at the current rate
+                reach += module.conv.time_pad / scale
+                counted.add(id(module.conv))
                 scale *= 2
-            elif isinstance(module, CausalConv3d):
+            elif isinstance(module, CausalConv3d) and id(module) not in counted:
                 reach += module.time_pad / scale
         return math.ceil(reach)
 

@@ -145,6 +145,8 @@ class Conv1d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self._stream is not None:
             return self._stream_step(x)
+        if x.shape[-1] == 0:  # ceil(0 / stride) = 0 frames (torch refuses a too-short input)
+            return self._empty_output(x)
         padding_total = self.effective_kernel - self.stride
         extra = extra_padding_for_stride(
             x.shape[-1], self.effective_kernel, self.stride, padding_total
@@ -274,6 +276,8 @@ class ConvTranspose1d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self._stream is not None:
             return self._stream_step(x)
+        if x.shape[-1] == 0:
+            return x.new_zeros(x.shape[0], self.conv.out_channels, 0)
         return self.trim_output(self.conv(x))
 
     def trim_output(self, y: Tensor) -> Tensor:

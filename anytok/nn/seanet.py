@@ -49,6 +49,8 @@ class SequenceLSTM(nn.Module):
         self.lstm = nn.LSTM(channels, channels, num_layers)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] == 0:  # nn.LSTM refuses empty sequences
+            return x
         seq = x.permute(2, 0, 1)  # (t, b, c)
         out, _ = self.lstm(seq)
         return (out + seq).permute(1, 2, 0)

@@ -33,13 +33,17 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from anytok.nn.attention import LocalSelfAttention
 from anytok.nn.conv import Conv1d, ConvTranspose1d
+from anytok.nn.transformer import Attention
 
 #: Modules whose output at a time step depends on the whole time axis (or on the future).
 _NOT_STREAMABLE = (
     nn.GroupNorm,
     nn.InstanceNorm1d,
     nn.MultiheadAttention,
+    Attention,  # anytok's own (bidirectional) attention layers
+    LocalSelfAttention,
     nn.Transformer,
     nn.TransformerEncoderLayer,
     nn.TransformerDecoderLayer,

@@ -120,7 +120,8 @@ class TransformerBlock(nn.Module):
 
     With ``cond_dim`` the block is DiT's adaLN-Zero: a conditioning vector ``(b, cond_dim)``
     (or per position ``(b, n, cond_dim)``) sets the shift / scale of each norm and a gate on
-    each residual branch, all zero at initialisation so the block starts as the identity.
+    each residual branch, all zero at initialisation so the block starts as the identity
+    (without cross-attention: its residual branch is not gated, so it acts from step one).
 
     Args:
         dim: channels.
@@ -294,8 +295,9 @@ def sincos_grid_embedding(
     sizes: Sequence[int], dim: int, device: torch.device | str | None = None
 ) -> Tensor:
     """Sinusoidal embedding ``(prod(sizes), dim)`` of a row-major grid of ``len(sizes)`` axes
-    (MAE / DiT's 2D embedding, extended to any number of axes): each axis gets an even share
-    of the channels; leftover channels are zero."""
+    (MAE / DiT's 2D embedding, extended to any number of axes, but with the axes' channel
+    blocks in grid order: rows first, where MAE / DiT put the column coordinate first): each
+    axis gets an even share of the channels; leftover channels are zero."""
     axes = len(sizes)
     per_axis = (dim // axes) // 2 * 2
     if per_axis == 0:

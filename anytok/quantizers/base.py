@@ -217,9 +217,17 @@ def check_codes(
         # int64, not float64: sizes up to 2^62 (LFQ, large FSQ) round in float64 above 2^53
         sizes = torch.tensor(codebook_sizes, device=codes.device, dtype=torch.int64)
         if low < -int(dropped) or bool((high.long() >= sizes).any()):
+            per_level = codes.reshape(-1, levels).long()
+            bad = [
+                f"level {i}: {int(lo)}..{int(hi)} outside [{-int(dropped)}, {size - 1}]"
+                for i, (lo, hi, size) in enumerate(
+                    zip(per_level.amin(0), per_level.amax(0), codebook_sizes)
+                )
+                if lo < -int(dropped) or hi >= size
+            ]
             raise ValueError(
-                f"{name}.decode: codes out of range: min {low}, codebook sizes {codebook_sizes}"
-                + (" (-1 marks a dropped level)" if dropped else "")
+                f"{name}.decode: codes out of range ({'; '.join(bad)}), codebook sizes "
+                f"{codebook_sizes}" + (" (-1 marks a dropped level)" if dropped else "")
             )
     return levels
 

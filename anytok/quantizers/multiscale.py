@@ -216,7 +216,9 @@ class MultiScaleResidualVQ(Quantizer):
             flat_codes = self.merge_scales(codes)
             if train:
                 loss = loss / len(self.scales)
-                metrics = vq.update_codebook_(torch.cat(inputs), flat_codes.reshape(-1))
+                # scale-major, as ``inputs`` (``flat_codes`` is batch-major)
+                indices = torch.cat([c.reshape(-1) for c in codes])
+                metrics = vq.update_codebook_(torch.cat(inputs), indices)
                 quantized = straight_through(f_hat, f)
             else:
                 metrics = local_code_metrics(flat_codes, self.codebook_size)

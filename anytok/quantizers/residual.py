@@ -306,6 +306,15 @@ class GroupedResidualVQ(Quantizer):
                 f"{type(self).__name__}.decode: expected codes (..., groups * k) with "
                 f"groups={self.groups}, got {tuple(codes.shape)}"
             )
+        # Checked here too, so that errors name this class and the codes as given.
+        levels = codes.shape[-1] // self.groups
+        if not 1 <= levels <= self.num_quantizers:
+            raise ValueError(
+                f"{type(self).__name__}.decode: expected codes (..., groups * k) with "
+                f"groups={self.groups}, 1 <= k <= {self.num_quantizers}, got {tuple(codes.shape)}"
+            )
+        sizes = tuple(k for rvq in self.rvqs for k in rvq.codebook_sizes[:levels])
+        check_codes(codes, sizes, type(self).__name__, dropped=True)
         per_group = rearrange(codes, "... (g l) -> g ... l", g=self.groups)
         return torch.cat([rvq.decode(c) for rvq, c in zip(self.rvqs, per_group)], dim=-1)
 

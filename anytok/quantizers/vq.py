@@ -608,10 +608,14 @@ class SimVQ(Quantizer):
         self.code_transform = nn.Linear(frozen_codebook_dim, dim, bias=False)
         self.usage = CodeUsageTracker(codebook_size, window=usage_window)
 
+    #: the frozen codes stay fp32 in a model cast to bf16 (see ``Fp32Buffers``)
+    fp32_buffers = ("frozen_codebook",)
+
     @property
     def codebook(self) -> Tensor:
-        """The implicit codebook ``W @ frozen``, ``(k, dim)``, differentiable in ``W``."""
-        return self.code_transform(self.frozen_codebook)
+        """The implicit codebook ``W @ frozen``, fp32 ``(k, dim)``, differentiable in ``W``
+        (computed in fp32 whatever the dtype of ``W``, as every projection: ``fp32_layer``)."""
+        return fp32_layer(self.code_transform, self.frozen_codebook.float())
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         """Quantize ``z (..., dim)``; codes ``(..., 1)``."""
