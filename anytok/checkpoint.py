@@ -161,6 +161,23 @@ def _dtype_kind(dtype: torch.dtype) -> str:
     return "float" if dtype.is_floating_point else "integer"
 
 
+def _pickle_hint(path: Path) -> str:
+    """A hint when ``path`` starts like a ``torch.save`` file (a zip archive or a raw pickle)
+    rather than safetensors (an 8-byte header length, then JSON)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4)
+    except OSError:
+        return ""
+    if head.startswith((b"PK\x03\x04", b"\x80")):
+        return (
+            "; it looks like a torch.save / pickle file, which anytok never opens (unpickling "
+            "runs code): where you trust it, convert it to safetensors "
+            "(safetensors.torch.save_file of its state dict) and save the checkpoint again"
+        )
+    return ""
+
+
 def load_checkpoint(directory: str | os.PathLike[str], *, device: str = "cpu") -> nn.Module:
     """Build the architecture named in ``config.json`` and load ``model.safetensors`` strictly."""
     from anytok.registry import UnknownModelError, attach_identity, get_arch
@@ -193,7 +210,9 @@ def load_checkpoint(directory: str | os.PathLike[str], *, device: str = "cpu") -
     try:
         state = load_file(str(weights), device=device)
     except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{weights}: cannot read safetensors file ({err})") from err
+        raise CheckpointError(
+            f"{weights}: cannot read safetensors file ({err}){_pickle_hint(weights)}"
+        ) from err
     # save_model drops tied duplicates; tie them back before the strict comparison.
     # (Empty tensors are skipped: they may all report the same data pointer.)
     own = model.state_dict()

@@ -3,8 +3,9 @@
 * **Semantic regularization** (GigaTok https://arxiv.org/abs/2504.08736, VA-VAE / VTP /
   GloTok; REPA https://arxiv.org/abs/2410.06940 for diffusion decoders): align a model's
   features with a frozen vision (or speech) model's, through a small trainable projector.
-  The frozen model is any local checkpoint directory (``transformers`` format; timm /
-  open_clip when installed) given by path: nothing is downloaded.
+  The frozen model is any local ``transformers`` checkpoint directory (``save_pretrained``
+  output; a full CLIP / SigLIP checkpoint uses its vision tower) given by path: nothing is
+  downloaded.
 * **Latent perturbation** ("Robust Latent Matters: Boosting Image Generation with Sampling
   Error Synthesis"; "Image Tokenizer Needs Post-Training", https://arxiv.org/abs/2509.12474):
   train the
@@ -12,7 +13,8 @@
   mistakes.
 
 The frozen model is held outside the module tree (``object.__setattr__``): it is never
-saved in a tokenizer's ``state_dict``, never trained, and loaded on first use.
+saved in a tokenizer's ``state_dict``, never trained, and its weights load on first use
+(building a model reads only the teacher's ``config.json``, for its width).
 """
 
 from __future__ import annotations
@@ -58,25 +60,42 @@ class FrozenFeatureModel:
             raise ValueError(
                 f"FrozenFeatureModel: modality must be image or audio, got {modality!r}"
             )
-        from transformers import AutoModel
+        from transformers import AutoConfig
 
-        try:
-            model = AutoModel.from_pretrained(self.path, local_files_only=True)
+        try:  # the config alone: the weights load on first use (never at inference)
+            model_config = AutoConfig.from_pretrained(self.path, local_files_only=True)
         except Exception as err:  # transformers raises many types for unreadable checkpoints
             raise OSError(f"semantic teacher {self.path}: cannot be loaded ({err})") from err
-        self.model = model.eval().requires_grad_(False)
+        self._model: nn.Module | None = None
         self.modality = modality
         self.input_rate = sample_rate
         processor: dict[str, Any] = {}
         if (self.path / "preprocessor_config.json").is_file():
             processor = json.loads((self.path / "preprocessor_config.json").read_text())
-        config = getattr(model.config, "vision_config", model.config)
+        config = getattr(model_config, "vision_config", model_config)
         self.dim = int(config.hidden_size)
         self.image_size = getattr(config, "image_size", None)
         self.patch_size = getattr(config, "patch_size", None)
         self.mean = torch.tensor(processor.get("image_mean", IMAGENET_MEAN)).view(1, 3, 1, 1)
         self.std = torch.tensor(processor.get("image_std", IMAGENET_STD)).view(1, 3, 1, 1)
         self.model_rate = int(processor.get("sampling_rate", 16000))
+
+    @property
+    def model(self) -> nn.Module:
+        """The frozen network, loaded on first use."""
+        if self._model is None:
+            from transformers import AutoModel
+
+            try:
+                model = AutoModel.from_pretrained(self.path, local_files_only=True)
+            except Exception as err:  # transformers raises many types
+                raise OSError(f"semantic teacher {self.path}: cannot be loaded ({err})") from err
+            vision = getattr(model, "vision_model", None)
+            if self.modality == "image" and isinstance(vision, nn.Module):
+                # a full CLIP / SigLIP checkpoint: its forward wants text too; the vision tower
+                model = vision
+            self._model = model.eval().requires_grad_(False)
+        return self._model
 
     def to(self, device: torch.device) -> FrozenFeatureModel:
         self.model.to(device)
@@ -148,7 +167,7 @@ class SemanticRegularizer(nn.Module):
         self.teacher_path = os.fspath(teacher)
         self.modality = modality
         self.weight = float(weight)
-        probe = FrozenFeatureModel(teacher, modality)  # fails early on a bad path
+        probe = FrozenFeatureModel(teacher, modality)  # its config: fails early on a bad path
         object.__setattr__(self, "_teacher", probe)  # not a submodule: never saved or trained
         self.projector = nn.Sequential(
             nn.Linear(student_dim, hidden), nn.SiLU(), nn.Linear(hidden, probe.dim)
@@ -259,7 +278,11 @@ class TrainingOptions(nn.Module):
         ``(b, levels, *positions)``. The swapped positions carry no gradient to the encoder."""
         if not self.training or self.latent_perturbation == 0:
             return quantized
-        noisy = perturb_codes(codes, quantizer.codebook_sizes, self.latent_perturbation)
+        # one draw per position (all its levels together), so the documented fraction of
+        # positions holds for multi-level quantizers (RVQ, group LFQ) too
+        positions = (codes.shape[0], 1, *codes.shape[2:])
+        chosen = torch.rand(positions, device=codes.device) < self.latent_perturbation
+        noisy = torch.where(chosen, perturb_codes(codes, quantizer.codebook_sizes, 1.0), codes)
         changed = (noisy != codes).any(dim=1, keepdim=True)
         with torch.no_grad():
             replacement = torch.movedim(quantizer.decode(torch.movedim(noisy, 1, -1)), -1, 1)

@@ -76,3 +76,11 @@ def test_encode_adaptive_and_redundant_padding() -> None:
     assert torch.equal(trim(cycled)[0].codes, a.codes)
     with pytest.raises(ValueError, match="more than the padded length"):
         pad_redundant([a], 2)
+
+
+def test_pad_redundant_refuses_an_empty_sequence() -> None:
+    spec = TokenSpec(modality="image", codebook_sizes=(16,), layout=("sequence",))
+    good = Tokens(torch.tensor([[[1, 2, 3]]]), spec)
+    empty = Tokens(torch.zeros(1, 1, 0, dtype=torch.long), spec)
+    with pytest.raises(ValueError, match="sequence 1 is empty"):
+        pad_redundant([good, empty], 4)

@@ -185,8 +185,14 @@ def test_checkpoint_errors_name_the_problem(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="no model.safetensors"):
         load_checkpoint(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="cannot read safetensors"):
+    with pytest.raises(CheckpointError, match="cannot read safetensors") as err:
         load_checkpoint(tmp_path)
+    assert "pickle" not in str(err.value)
+    # torch.save's zip archive, and a raw pickle stream: named as such, never opened
+    for head in (b"PK\x03\x04", b"\x80\x02"):
+        (tmp_path / "model.safetensors").write_bytes(head + b"\x00" * 64)
+        with pytest.raises(CheckpointError, match="looks like a torch.save / pickle file"):
+            load_checkpoint(tmp_path)
 
 
 def test_checkpoint_config_records_architecture(tmp_path) -> None:

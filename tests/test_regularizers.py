@@ -113,3 +113,65 @@ def test_training_options_perturb_only_in_training() -> None:
     changed = options.train().perturb(quantizer, quantized, codes)
     assert 0.3 < (changed != quantized).any(dim=1).float().mean() < 0.6
     assert options.losses(torch.randn(2, 4, 4), (2, 2), torch.randn(2, 3, 8, 8)) == {}
+
+
+def test_latent_perturbation_is_a_fraction_of_positions_for_multi_level_codes() -> None:
+    """One draw per position for all its levels: drawn per level, a 4-level RVQ had 34% of
+    its positions replaced at ``latent_perturbation=0.1``."""
+    from anytok.quantizers import build
+
+    torch.manual_seed(0)
+    quantizer = build("rvq", dim=4, num_quantizers=4, codebook_size=64).eval()
+    codes = torch.randint(0, 64, (8, 4, 32, 32))
+    quantized = quantizer.decode(codes.movedim(1, -1)).movedim(-1, 1)
+    changed = (
+        TrainingOptions(4, latent_perturbation=0.1).train().perturb(quantizer, quantized, codes)
+    )
+    assert 0.08 < (changed != quantized).any(dim=1).float().mean() < 0.12
+
+
+def test_teacher_weights_load_on_first_use_and_exports_drop_the_teacher(
+    teacher: Path, tmp_path: Path
+) -> None:
+    """Building a model reads only the teacher's config.json; an export has no teacher, so it
+    loads where the teacher folder does not exist (it raised FileNotFoundError)."""
+    import shutil
+
+    import anytok
+    from anytok.checkpoint import save_checkpoint
+    from anytok.train import export_run
+
+    local = tmp_path / "dino"
+    shutil.copytree(teacher, local)
+    model = anytok.create_model("vqgan", tiny=True, semantic_teacher=str(local))
+    assert model.options.semantic.teacher._model is None  # not loaded by building
+    out = model.train()(torch.rand(2, 3, 32, 32) * 2 - 1)
+    assert torch.isfinite(out.losses["semantic"])
+    step = tmp_path / "run" / "checkpoints" / "step_000004"
+    save_checkpoint(model, step / "ema")
+    (step / "state.json").write_text('{"step": 4}')
+    export_run(tmp_path / "run", tmp_path / "export")
+    shutil.rmtree(local)
+    exported = anytok.load(tmp_path / "export").eval()
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(
+            exported.decode(exported.encode(x)), model.eval().decode(model.encode(x))
+        )
+
+
+def test_a_full_clip_checkpoint_teaches_through_its_vision_tower(tmp_path: Path) -> None:
+    """CLIP / SigLIP releases are text + vision models; their forward wants input_ids, so
+    the first training step failed."""
+    from transformers import CLIPConfig, CLIPModel
+
+    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    CLIPModel(
+        CLIPConfig(
+            vision_config=dict(small, image_size=32, patch_size=8),
+            text_config=dict(small, vocab_size=99),
+            projection_dim=16,
+        )
+    ).save_pretrained(tmp_path / "clip")
+    features, grid = FrozenFeatureModel(tmp_path / "clip")(torch.rand(2, 3, 32, 32) * 2 - 1)
+    assert grid == (4, 4) and features.shape == (2, 16, 32)

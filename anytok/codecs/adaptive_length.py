@@ -144,7 +144,11 @@ def encode_adaptive(model: object, images: Tensor, target: float, **kwargs: obje
 def pad_redundant(sequences: Sequence[Tokens], length: int) -> Tokens:
     """Stack variable-length 1D token sequences ``(1, levels, n_i)`` into one ``Tokens``
     ``(b, levels, length)`` by cycling each sequence's own tokens; ``lengths`` keeps each
-    ``n_i`` so decoding uses only the real prefix."""
+    ``n_i`` so decoding uses only the real prefix.
+
+    The cyclic tail lives in ``.codes`` only: feed ``padded.codes`` to the LM. Positions past
+    ``lengths`` count as padding everywhere else (``to_lm_ids`` emits ``pad`` there or drops
+    them, ``save`` / ``load`` write 0), so those paths do not carry the repetition."""
     if not sequences:
         raise ValueError("pad_redundant: no sequences")
     rows, lengths = [], []
@@ -155,6 +159,8 @@ def pad_redundant(sequences: Sequence[Tokens], length: int) -> Tokens:
                 f"sequence {i}: expected codes (1, levels, n), got {tuple(codes.shape)}"
             )
         n = codes.shape[-1]
+        if n == 0:
+            raise ValueError(f"sequence {i} is empty; every sequence needs at least one token")
         if n > length:
             raise ValueError(f"sequence {i} has {n} tokens, more than the padded length {length}")
         index = torch.arange(length, device=codes.device) % n

@@ -7,8 +7,10 @@ import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from torch import nn
 
 from anytok.checkpoint import load_checkpoint, save_checkpoint
+from anytok.registry import attach_identity, get_arch
 from anytok.train.loop import RECIPE_NAME
 from anytok.train.state import latest_checkpoint
 
@@ -47,7 +49,7 @@ def export_run(
             f"{source} has no EMA weights (trained with train.ema_decay: 0); export the raw "
             "weights instead (use_ema=False, or --no-ema)"
         )
-    model = load_checkpoint(weights)
+    model = _without_teachers(load_checkpoint(weights))
     summary = json.loads((source / "state.json").read_text())
     step = int(summary["step"])
     model.anytok_tag = f"{run.resolve().name}.step{step}"  # type: ignore[assignment]
@@ -60,6 +62,23 @@ def export_run(
         "recipe": recipe,
     }
     return save_checkpoint(model, out_dir, extra=extra)
+
+
+def _without_teachers(model: nn.Module) -> nn.Module:
+    """Frozen teachers (``semantic_teacher``, FlexTok's ``repa``) are training-only folders
+    outside the checkpoint: rebuild without them and drop their projectors, so an export
+    loads where the teacher does not exist."""
+    config = dict(model.anytok_config)  # type: ignore[arg-type]
+    drop = [key for key in ("semantic_teacher", "repa") if config.get(key)]
+    if not drop:
+        return model
+    config.update(dict.fromkeys(drop))
+    info = get_arch(model.anytok_arch)  # type: ignore[arg-type]
+    slim = info.builder(**config)
+    keep = slim.state_dict().keys()
+    slim.load_state_dict({k: v for k, v in model.state_dict().items() if k in keep}, strict=True)
+    attach_identity(slim, info.name, config, tag=model.anytok_tag)  # type: ignore[arg-type]
+    return slim
 
 
 __all__ = ["export_run"]
