@@ -76,6 +76,12 @@ def test_scan_folder_recursive_manifest_and_missing(data_root: Path, tmp_path: P
         ("{not json", "not valid JSON"),
         ('{"file": "a.wav"}', '"path" string'),
         ('{"path": "a.wav", "duration": "long"}', "duration"),
+        # Python's json reads these; an infinite duration crashed the epoch, a non-string
+        # text crashed TaDiCodec's text encoder whenever that line was drawn
+        ('{"path": "a.wav", "duration": Infinity}', "finite number"),
+        ('{"path": "a.wav", "duration": -1}', "finite number"),
+        ('{"path": "a.wav", "duration": true}', "finite number"),
+        ('{"path": "a.wav", "text": 42}', '"text" must be a string'),
     ],
 )
 def test_manifest_errors_name_the_line(tmp_path: Path, line: str, problem: str) -> None:
@@ -94,6 +100,10 @@ def test_split_is_deterministic_and_stable_when_data_grows() -> None:
     _, val_more = split_items(more, 0.25)
     assert set(v.key for v in val) <= set(v.key for v in val_more)  # nobody changes sides
     assert 0 <= split_value("anything") < 1
+    # a file name that is not UTF-8 (surrogate escapes) hashes its bytes; it raised before
+    assert 0 <= split_value("caf\udce9.wav") < 1 and split_value("café.wav") != split_value(
+        "caf\udce9.wav"
+    )
     with pytest.raises(ValueError):
         split_items(items, 1.0)
 
@@ -231,3 +241,10 @@ def test_video_cuts_switch_photos(tmp_path: Path) -> None:
     plain = make_dataset("video", tmp_path / "plain", 12, frames=9, size=16)
     cut = make_dataset("video", tmp_path / "cut", 12, frames=9, size=16, cuts=True)
     assert largest_jump(cut) > 1.5 * largest_jump(plain)
+
+
+def test_augment_scale_below_one_is_refused() -> None:
+    """A factor below 1 clamped height and width separately and squashed the image."""
+    with pytest.raises(ValueError, match="1 <= low <= high"):
+        Augment(scale=(0.5, 1.0))
+    assert Augment(scale=(1.0, 1.25)).scale == (1.0, 1.25)

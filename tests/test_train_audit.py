@@ -170,6 +170,7 @@ def test_an_override_that_renames_a_component_replaces_it() -> None:
         ("optimizer.clip_grad_norm=-1", r"optimizer\.clip_grad_norm: must be positive, or null"),
         ("data.num_workers=-1", r"data\.num_workers: must be >= 0"),
         ("data.max_attempts=0", r"data\.max_attempts: must be >= 1"),
+        ("data.augment.scale=[0.5,1.0]", r"data\.augment\.scale: must be \[low, high\] with 1"),
     ],
 )
 def test_values_that_would_invert_training_are_refused(override: str, message: str) -> None:

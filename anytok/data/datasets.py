@@ -51,6 +51,14 @@ class Augment:
     gain_db: tuple[float, float] = (0.0, 0.0)
     scale: tuple[float, float] = (1.0, 1.0)
 
+    def __post_init__(self) -> None:
+        low, high = self.scale
+        if not 1.0 <= low <= high:
+            raise ValueError(
+                f"Augment.scale must be (low, high) with 1 <= low <= high, got {self.scale}: "
+                "a factor below 1 would not cover the crop (the image would be squashed)"
+            )
+
 
 def item_seed(*parts: int) -> int:
     """A 63-bit seed mixed from integers (BLAKE2b), stable across machines and processes."""

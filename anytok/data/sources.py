@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -82,15 +83,23 @@ def read_manifest(manifest: str | os.PathLike[str]) -> list[MediaItem]:
     items = []
     for where, entry in manifest_entries(manifest, ManifestError):
         duration = entry.get("duration")
-        if duration is not None and not isinstance(duration, (int, float)):
-            raise ManifestError(f'{where}: "duration" must be a number of seconds')
+        if duration is not None and (
+            isinstance(duration, bool)
+            or not isinstance(duration, (int, float))
+            or not math.isfinite(duration)
+            or duration < 0
+        ):
+            raise ManifestError(f'{where}: "duration" must be a finite number of seconds >= 0')
+        text = entry.get("text")
+        if text is not None and not isinstance(text, str):
+            raise ManifestError(f'{where}: "text" must be a string, got {text!r}')
         path = Path(entry["path"])
         items.append(
             MediaItem(
                 path=path if path.is_absolute() else manifest.parent / path,
                 key=entry["path"],
                 duration=float(duration) if duration is not None else None,
-                text=entry.get("text"),
+                text=text,
             )
         )
     return items
@@ -125,8 +134,11 @@ def scan_sources(
 
 
 def split_value(key: str) -> float:
-    """A number in [0, 1) fixed by ``key`` alone (SHA-1), the same on every machine."""
-    digest = hashlib.sha1(key.encode("utf-8")).digest()
+    """A number in [0, 1) fixed by ``key`` alone (SHA-1), the same on every machine.
+
+    A key from a file name that is not UTF-8 holds surrogate escapes: its original bytes
+    are hashed (UTF-8 keys hash as before)."""
+    digest = hashlib.sha1(key.encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 

@@ -386,6 +386,12 @@ def validate(cfg: DictConfig, source: str = "<recipe>") -> None:
     _check(crop is None or len(crop) == 2, source, "data.crop_size", "is [height, width]")
     for key in ("gain_db", "scale"):
         _check(len(cfg.data.augment[key]) == 2, source, f"data.augment.{key}", "is [low, high]")
+    _check(
+        1.0 <= cfg.data.augment.scale[0] <= cfg.data.augment.scale[1],
+        source,
+        "data.augment.scale",
+        "must be [low, high] with 1 <= low <= high (a factor below 1 cannot cover the crop)",
+    )
     optimizers = [("optimizer", cfg.optimizer)]
     disc = cfg.discriminator
     if disc.networks:
