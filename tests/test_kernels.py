@@ -178,6 +178,30 @@ def test_reference_codebook_slices_are_exact(metric: str, dtype: torch.dtype) ->
     assert (whole[1] == 400).all()
 
 
+@pytest.mark.parametrize("grouped", [False, True])
+def test_reference_is_exact_on_data_with_a_large_common_offset(grouped: bool) -> None:
+    """||c||^2 - 2 x.c cancels in fp32 when every vector sits near 1000: 1972 of 2000 rows
+    were wrong; scored against the centred codebook the result equals the fp32 argmin of
+    ||x - c||^2 (and the search of the same data moved to the origin)."""
+    g = torch.Generator().manual_seed(9)
+    c = 0.05 * torch.randn(2, 200, 8, generator=g) + 1000
+    pick = torch.randint(0, 200, (2, 500), generator=g)
+    x = torch.gather(c, 1, pick[..., None].expand(-1, -1, 8)) + 0.02 * torch.randn(
+        2, 500, 8, generator=g
+    )
+    if not grouped:
+        c, x = c[0], x[0]
+    exact = ((x.double().unsqueeze(-2) - c.double().unsqueeze(-3)) ** 2).sum(-1)
+    got = nearest_codeword_reference(x, c)
+    # within the fp32 resolution of the inputs themselves (1000 * 2^-23 per coordinate:
+    # ~1e-5 on a squared distance of ~3e-3); the wrong picks were ~70x the nearest distance
+    for result in (got, nearest_codeword_reference(x - 1000, c - 1000)):
+        excess = exact.gather(-1, result[..., None])[..., 0] - exact.amin(-1)
+        assert float(excess.max()) < 1e-5
+        assert int((result != exact.argmin(-1)).sum()) <= 2  # those few are fp32 ties
+    assert torch.equal(nearest_codeword_reference(x, c, memory_budget=4096), got)
+
+
 def test_reference_grouped_equals_per_group() -> None:
     g = torch.Generator().manual_seed(4)
     x, c = torch.randn(3, 5, 7, 10, generator=g), torch.randn(3, 40, 10, generator=g)
