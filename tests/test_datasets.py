@@ -542,3 +542,21 @@ def test_auto_devices_mean_every_visible_gpu(monkeypatch) -> None:
     assert parse_devices("cuda:0, cuda:2") == [torch.device("cuda", 0), torch.device("cuda", 2)]
     with pytest.raises(DatasetError, match="cuda:3: this machine has 3 CUDA device"):
         parse_devices("cuda:3")
+
+
+def test_a_codec_encoding_fewer_levels_by_default_keeps_its_items(tmp_path) -> None:
+    """Mimi encodes 8 of its 32 levels by default: the plan and the per-item check used
+    ``spec`` (every level), so every item failed with "codes ... do not fit the spec"."""
+    model = anytok.create_model("mimi", tiny=True, n_q=4, n_levels=2)
+    ckpt = save_checkpoint(model, tmp_path / "mimi")
+    src = tmp_path / "src"
+    write_clips(src, 3, seed=4)
+    summary = encode_dataset(src, tmp_path / "out", str(ckpt), shard_size=4, workers=0)
+    assert summary.ok and summary.encoded == 3
+    for row, tokens in iter_rows(tmp_path / "out"):
+        assert tokens.spec.codebook_sizes == model.default_spec.codebook_sizes
+        path = src / row["id"]
+        audio = load_for_model(model, path)
+        with torch.no_grad():
+            expected = model.eval().encode(audio[None]).codes[0, :, : tokens.codes.shape[-1]]
+        assert torch.equal(tokens.codes[0], expected)

@@ -45,7 +45,7 @@ def encode_media(
     trimmed to its valid length, or a one-line error (:func:`anytok.pipeline.encode_each`:
     a failed batch is retried item by item, so only the bad item fails).
     """
-    spec = model.spec
+    spec = model.default_spec  # encode_each calls encode() with its default levels
     out: list[np.ndarray | str] = []
     for result in encode_each(model, batch, device):
         if isinstance(result, str):

@@ -260,7 +260,8 @@ def encode_dataset(
         plan = Plan(
             tokenizer=tokenizer.registry_name,
             tokenizer_fingerprint=fingerprint,
-            token_spec=tokenizer.spec.to_json(),
+            # what encode() returns by default (Mimi: 8 of its 32 levels), as `anytok encode`
+            token_spec=tokenizer.default_spec.to_json(),
             anytok_version=__version__,
             precision=precision_of(run_devices),
             segment=policy.to_dict(),

@@ -136,7 +136,7 @@ class _Encoder:
                 "every node must see the same checkpoint"
             )
         self.fmt = input_format(self.model)
-        self.dtype = self.model.spec.storage_dtype
+        self.dtype = self.model.default_spec.storage_dtype
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["index"])
