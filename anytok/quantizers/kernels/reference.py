@@ -54,15 +54,16 @@ def _check(x: Tensor, codebook: Tensor, metric: str) -> None:
         raise ValueError(f"nearest_codeword: the codebook has no codewords {tuple(codebook.shape)}")
 
 
-def _squared_norms(codebook: Tensor, max_elements: int) -> Tensor:
-    """``(G, K, D) -> (G, 1, K)`` squared norms, ``pow(2).sum(-1)`` over slices of at most
-    ``max_elements`` (one whole ``pow(2)`` is a codebook-sized temporary; each row's sum is the
-    same whatever the slicing, so the values are bit-identical)."""
+def _squared_norms(codebook: Tensor, max_elements: int, centre: Tensor) -> Tensor:
+    """``(G, K, D) -> (G, 1, K)`` squared norms of ``codebook - centre`` (``centre`` ``(G, 1,
+    D)``) over slices of at most ``max_elements`` (whole, it is a codebook-sized temporary;
+    each row's sum is the same whatever the slicing, so the values are bit-identical)."""
     groups, k, dim = codebook.shape
     norms = torch.empty(groups, 1, k, dtype=codebook.dtype, device=codebook.device)
     rows = max(1, max_elements // max(groups * dim, 1))
     for start in range(0, k, rows):
-        norms[:, 0, start : start + rows] = codebook[:, start : start + rows].pow(2).sum(-1)
+        block = codebook[:, start : start + rows] - centre
+        norms[:, 0, start : start + rows] = block.pow_(2).sum(-1)
     return norms
 
 
@@ -132,24 +133,24 @@ def nearest_codeword_reference(
     out = torch.empty(groups, n, dtype=torch.long, device=x.device)
     if n == 0:
         return out.reshape(lead)
-    # Euclidean: minimise ||c||^2 - 2 x.c (||x||^2 is the same for every codeword; c centred
-    # below), fused into one baddbmm. Cosine/dot: maximise x.c directly — max keeps the first maximum, exactly
+    # Euclidean: minimise ||c||^2 - 2 x.c (||x||^2 is the same for every codeword; both
+    # centred below), fused into one baddbmm. Cosine/dot: maximise x.c directly — max keeps the first maximum, exactly
     # as a min of the negated scores would, without a negation pass. ``min(-1).indices`` is
     # argmin with the same first-index ties and NaN rule, and ran 25-30% faster than
     # ``argmin`` on the CPU (torch 2.11, 1 and 2 threads, 64-4096 rows x 1024-16384 codes).
     element_bytes = torch.finfo(compute).bits // 8
-    bias = None
+    bias = centre = None
     if metric == "euclidean":
-        # Translation invariant: score against the codebook centred on its mean m, as
-        # ||c'||^2 + 2 m.c' - 2 x.c' (= ||x - c||^2 - ||x - m||^2). Data with a large common
-        # offset made ||c||^2 - 2 x.c cancel in fp32 (offset 1000, spread 0.05: 1972 of 2000
-        # rows wrong); centring costs two passes over the codebook, none over x. NaN / inf
-        # entries stay out of m, so such codewords keep their rule.
-        centre = cb.nanmean(1, keepdim=True)
+        # Translation invariant: with m the codebook mean, rank ||c - m||^2 - 2 (x - m).c
+        # (= ||x - c||^2 - ||x - m||^2 + a per-row constant). Data with a large common offset
+        # made ||c||^2 - 2 x.c cancel in fp32 (offset 1000, spread 0.05: 1972 of 2000 rows
+        # wrong). m costs one pass over the codebook (a reduction, no copy), the norms
+        # subtract it slice by slice, and each chunk of x subtracts it: no codebook-sized
+        # temporary, so the memory bound holds. Non-finite means count as 0 (such codewords
+        # keep their NaN rule).
+        centre = cb.mean(1, keepdim=True)
         centre = torch.where(centre.isfinite(), centre, torch.zeros_like(centre))
-        cb = cb - centre
-        bias = _squared_norms(cb, memory_budget // element_bytes)
-        bias += 2 * torch.bmm(centre, cb.transpose(1, 2))
+        bias = _squared_norms(cb, memory_budget // element_bytes, centre)
     cbt = cb.transpose(1, 2)
     rows, width = block_shape(n, k, groups, dim, element_bytes, memory_budget)
     buffer = torch.empty(groups * rows * width, dtype=compute, device=x.device)
@@ -157,6 +158,8 @@ def nearest_codeword_reference(
     best = torch.empty(groups, rows, dtype=compute, device=x.device) if width < k else None
     for start in range(0, n, rows):
         xc = xs[:, start : start + rows].to(compute)
+        if centre is not None:
+            xc = xc - centre
         if metric == "cosine":
             xc = torch.nn.functional.normalize(xc, dim=-1)
         chunk = out[:, start : start + rows]
