@@ -219,6 +219,10 @@ def test_reference_semantics() -> None:
     assert nearest_codeword_reference(x, c, metric="dot").tolist() == [0, 1, 3]
     assert nearest_codeword_reference(torch.empty(0, 2), c).shape == (0,)
     assert nearest_codeword_reference(x.reshape(3, 1, 2), c).shape == (3, 1)
+    # D = 0: every codeword ties, the lowest index wins (a reshape error before)
+    assert nearest_codeword_reference(torch.empty(4, 0), torch.empty(5, 0)).tolist() == [0] * 4
+    grouped = nearest_codeword_reference(torch.empty(2, 3, 0), torch.empty(2, 5, 0))
+    assert grouped.shape == (2, 3) and not grouped.any()
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "dot"])
@@ -377,6 +381,8 @@ def test_interp_grouped_noncontiguous_and_lead_dims() -> None:
     got = nearest_codeword_triton(x, cb)
     assert got.shape == (3, 2, 11)
     assert_same_argmin(got, x, cb)
+    empty_dim = nearest_codeword_triton(torch.empty(3, 4, 0), torch.empty(3, 5, 0))
+    assert empty_dim.shape == (3, 4) and not empty_dim.any()  # D = 0: all tie, index 0
     xt = torch.randn(20, 30, generator=g).t()  # (30, 20) transposed rows
     c = torch.randn(25, 20, generator=g)
     for stage in ("never", "always"):

@@ -9,6 +9,8 @@ rows for an efficient GEMM. ``torch.cdist(x, c).argmin(-1)`` does strictly more 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -119,11 +121,8 @@ def nearest_codeword_reference(
     grouped = codebook.ndim == 3
     lead = x.shape[:-1]
     dim = x.shape[-1]
-    xs = (
-        x.detach().reshape(codebook.shape[0], -1, dim)
-        if grouped
-        else x.detach().reshape(1, -1, dim)
-    )
+    count = math.prod(lead[1:]) if grouped else math.prod(lead)  # explicit: -1 fails at D = 0
+    xs = x.detach().reshape(codebook.shape[0] if grouped else 1, count, dim)
     cb = codebook.detach() if grouped else codebook.detach().unsqueeze(0)
     cb = cb.to(compute)
     if metric == "cosine":

@@ -104,6 +104,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -1247,9 +1248,9 @@ def nearest_codeword_triton(
     k = codebook.shape[-2]
     # reshape is a view for every layout whose rows can be addressed with one stride (all
     # 2-D slices included); otherwise it copies x once (input-sized, never N x K).
-    xs = x.detach().reshape(groups, -1, d)
+    n = math.prod(lead[1:]) if grouped else math.prod(lead)  # explicit: -1 fails at D = 0
+    xs = x.detach().reshape(groups, n, d)
     cb = codebook.detach() if grouped else codebook.detach().unsqueeze(0)
-    n = xs.shape[1]
     device = x.device
     idx = torch.empty(groups, n, dtype=torch.long, device=device)
     if n == 0 or k == 0 or d == 0:
