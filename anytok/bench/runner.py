@@ -324,6 +324,7 @@ def bench_model(
     points, notes = plan_sweep(model, settings.sweeps)
     failures: list[dict[str, str]] = []
     stats = TokenStatistics(model.spec.codebook_sizes)
+    log_sizes = [math.log2(k) for k in model.spec.codebook_sizes]  # bits of a code per level
     acc = {point: PointAccumulator(suite.distribution_metrics(modality)) for point in points}
     first_batch: list[Item] | None = None
     items = 0
@@ -362,7 +363,6 @@ def bench_model(
             recon = recon.float().cpu()
             # Bits from the codes this point decoded (a prefix of levels or of positions),
             # each level counted on its own grid (no stored repeats).
-            log_sizes = [math.log2(k) for k in model.spec.codebook_sizes]
             scored = _score_batch(model, suite, batch_items, recon, reference_text, annotations)
             counts_of_items = level_counts(model, codes, token_lengths)
             for i, (item, (scores, region_rows)) in enumerate(zip(batch_items, scored)):

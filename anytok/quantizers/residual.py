@@ -301,14 +301,10 @@ class GroupedResidualVQ(Quantizer):
 
     def decode(self, codes: Tensor) -> Tensor:
         """Codes ``(..., groups * k)``, group-major, ``k <= num_quantizers`` -> ``(..., dim)``."""
-        if codes.ndim < 1 or codes.shape[-1] % self.groups:
-            raise ValueError(
-                f"{type(self).__name__}.decode: expected codes (..., groups * k) with "
-                f"groups={self.groups}, got {tuple(codes.shape)}"
-            )
-        # Checked here too, so that errors name this class and the codes as given.
-        levels = codes.shape[-1] // self.groups
-        if not 1 <= levels <= self.num_quantizers:
+        # Checked here (the groups' decode checks again), so errors name this class and the
+        # codes as given.
+        levels = codes.shape[-1] // self.groups if codes.ndim else 0
+        if codes.shape[-1:] != (levels * self.groups,) or not 1 <= levels <= self.num_quantizers:
             raise ValueError(
                 f"{type(self).__name__}.decode: expected codes (..., groups * k) with "
                 f"groups={self.groups}, 1 <= k <= {self.num_quantizers}, got {tuple(codes.shape)}"

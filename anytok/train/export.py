@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from anytok.checkpoint import load_checkpoint, save_checkpoint
-from anytok.registry import attach_identity, get_arch
+from anytok.registry import create_model
 from anytok.train.loop import RECIPE_NAME
 from anytok.train.state import latest_checkpoint
 
@@ -73,11 +73,10 @@ def _without_teachers(model: nn.Module) -> nn.Module:
     if not drop:
         return model
     config.update(dict.fromkeys(drop))
-    info = get_arch(model.anytok_arch)  # type: ignore[arg-type]
-    slim = info.builder(**config)
+    slim = create_model(model.anytok_arch, **config)  # type: ignore[arg-type]
     keep = slim.state_dict().keys()
     slim.load_state_dict({k: v for k, v in model.state_dict().items() if k in keep}, strict=True)
-    attach_identity(slim, info.name, config, tag=model.anytok_tag)  # type: ignore[arg-type]
+    slim.anytok_tag = model.anytok_tag  # type: ignore[assignment]
     return slim
 
 

@@ -288,6 +288,8 @@ class TaDiCodec(SamplingDefaults, AudioTokenizer):
         ``tokens.lengths``, each item is decoded at its own length (zeros past it)."""
         codes = self.codes_of(tokens)
         texts = self._check_texts(text, codes.shape[0])
+        if codes.numel() == 0:  # no items or no frames: as AudioTokenizer.decode
+            return self._silence(codes)
         sampling = self.sampling(steps, guidance_scale, scheduler, seed)
 
         def decode_items(item_codes: Tensor, items: Tensor | None) -> Tensor:
@@ -306,8 +308,6 @@ class TaDiCodec(SamplingDefaults, AudioTokenizer):
     ) -> Tensor:
         """Codes ``(b, 1, t)``, every token valid -> audio ``(b, 1, t * hop_length)``."""
         b, t = codes.shape[0], codes.shape[-1]
-        if b == 0 or t == 0:  # the vocoder's mel has no empty batch, its convs no empty time
-            return torch.zeros(b, 1, t * self.hop_length, device=codes.device)
         quantized = decode_codes(self.quantizer, codes)
         extra, extra_mask = self._text(texts, b, codes.device)
         mel = self.decoder.sample(

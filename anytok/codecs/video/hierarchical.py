@@ -130,8 +130,8 @@ class HierarchicalVideo(VideoTokenizer):
         return self.encoder.temporal_context + heads * self.temporal_factor
 
     def informative_codes(self, codes: Tensor) -> list[Tensor]:
-        """Level 0 on its own (coarse) grid, as :func:`coarse_codes`; level 1 as it is."""
-        return [codes[0, :, ::2, ::2], *codes[1:]]
+        """Level 0 on its own (coarse) grid (:func:`coarse_codes`); level 1 as it is."""
+        return [coarse_codes(codes[None])[0, 0], *codes[1:]]
 
     @property
     def spec(self) -> TokenSpec:
