@@ -135,13 +135,17 @@ def test_reference_chunking_invariant(metric: str) -> None:
 
 def test_reference_block_shape_keeps_rows_and_slices_the_codebook() -> None:
     """A budget too small for enough rows against every codeword slices the codebook
-    instead; every block stays within the budget."""
+    instead; every block, with the chunk of x it scores, stays within the budget."""
     from anytok.quantizers.kernels.reference import block_shape
 
     assert block_shape(8192, 1024, 1, 128, 4, 256 << 20) == (2048, 1024)  # 8 MiB blocks
     assert block_shape(8192, 16384, 1, 256, 4, 256 << 20) == (2048, 16384)
-    # 4 MiB at K = 65536, D = 256: 16 rows against all codewords before; now 2048 x 512
-    assert block_shape(2048, 65536, 1, 256, 4, 4 << 20) == (2048, 512)
+    # 4 MiB at K = 65536, D = 256: 16 rows against all codewords before; now 2048 x 256
+    # (with 2048 x 256 of x), and slices of a multiple of 64 codewords
+    assert block_shape(2048, 65536, 1, 256, 4, 4 << 20) == (2048, 256)
+    assert block_shape(1024, 1 << 18, 1, 256, 4, 4 << 20) == (1024, 768)
+    # D = 2048 under 4 MiB: the rows give way (an x chunk of 2048 rows alone is 16 MiB)
+    assert block_shape(4096, 4096, 1, 2048, 4, 4 << 20) == (455, 256)
     # D < 64: 64 rows at least, blocks of at most 4 MiB (cache-sized), whatever the budget
     assert block_shape(16384, 1 << 20, 1, 8, 4, 256 << 20) == (64, 16384)
     assert block_shape(16384, 16384, 1, 8, 4, 256 << 20) == (64, 16384)
@@ -149,11 +153,34 @@ def test_reference_block_shape_keeps_rows_and_slices_the_codebook() -> None:
         (333, 700, 2, 12, 4, 1),
         (333, 700, 2, 12, 8, 1000),
         (5000, 70000, 3, 256, 4, 3 << 20),
+        (4096, 4096, 1, 2048, 2, 1 << 20),
         (10, 5, 1, 2, 4, 10**9),
     ]:
         rows, width = block_shape(n, k, groups, dim, element, budget)
         assert 1 <= rows <= n and 1 <= width <= k
-        assert rows * width * groups * element <= max(budget, groups * element)
+        held = rows * (width + dim) * groups * element
+        assert held <= max(budget, (1 + dim) * groups * element)
+
+
+@pytest.mark.parametrize("dim", [16, 512])
+def test_reference_memory_budget_bounds_the_extra_memory(dim: int) -> None:
+    """Above its inputs, the search holds its score block, the chunk of x it scores (the
+    centred copy: 2048 rows of D = 512 are 4 MiB alone) and O(N + K) vectors — within a
+    4 MiB budget plus those vectors, where ``cdist`` holds N x K."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from vq_train_memory import peak_bytes
+
+    n, k, budget = 4096, 4096, 4 << 20
+    g = torch.Generator().manual_seed(12)
+    x, c = torch.randn(n, dim, generator=g), torch.randn(k, dim, generator=g)
+    full = nearest_codeword_reference(x, c)
+    got: list[torch.Tensor] = []
+    extra = peak_bytes(lambda: got.append(nearest_codeword_reference(x, c, memory_budget=budget)))
+    assert torch.equal(got[0], full)
+    vectors = (n * 8) + (k + 2048) * 4  # indices, norms and a running best, in bytes
+    assert extra <= budget + vectors + 64 * 1024, extra / 2**20
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

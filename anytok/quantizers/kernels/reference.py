@@ -32,6 +32,8 @@ _GEMM_DIM = 64
 _MIN_ROWS_SMALL_DIM = 64
 #: Fewest codewords per codebook slice before rows are given up instead.
 _MIN_SLICE = 256
+#: Codebook slices are cut to a multiple of this many codewords when they hold more.
+_SLICE_ALIGN = 64
 
 
 def _check(x: Tensor, codebook: Tensor, metric: str) -> None:
@@ -63,9 +65,10 @@ def _squared_norms(codebook: Tensor, max_elements: int, centre: Tensor) -> Tenso
     groups, k, dim = codebook.shape
     norms = torch.empty(groups, 1, k, dtype=codebook.dtype, device=codebook.device)
     rows = max(1, max_elements // max(groups * dim, 1))
-    for start in range(0, k, rows):
-        block = codebook[:, start : start + rows] - centre
-        norms[:, 0, start : start + rows] = block.pow_(2).sum(-1)
+    for start in range(0, k, rows):  # one expression: the last slice's temporary is freed
+        norms[:, 0, start : start + rows] = (
+            (codebook[:, start : start + rows] - centre).pow_(2).sum(-1)
+        )
     return norms
 
 
@@ -76,22 +79,28 @@ def block_shape(
     chunks where that keeps enough rows for the GEMM (``_MIN_ROWS`` for ``dim >=
     _GEMM_DIM``, else ``_MIN_ROWS_SMALL_DIM``); otherwise that many rows against codebook
     slices, so a tight ``memory_budget`` or a huge ``k`` still runs efficient GEMMs. A block
-    never holds more than ``memory_budget`` bytes (one element at the least)."""
-    column_bytes = groups * element_bytes  # one score of every group
-    row_bytes = k * column_bytes
-    budget_elements = max(memory_budget // column_bytes, 1)  # scores of one group per block
+    and the chunk of ``x`` it scores (``rows x dim``: the search centres, normalises or
+    converts it) never hold more than ``memory_budget`` bytes together (one row against one
+    codeword at the least)."""
+    column_bytes = groups * element_bytes  # one score (or one x element) of every group
+    row_bytes = (k + dim) * column_bytes  # a row's scores and its copy of x
     gemm_bound = dim >= _GEMM_DIM
-    rows = max(_CACHE_BLOCK // row_bytes, _MIN_ROWS if gemm_bound else 1)
+    rows = max(_CACHE_BLOCK // (k * column_bytes), _MIN_ROWS if gemm_bound else 1)
     rows = min(n, rows, memory_budget // row_bytes)
     floor = min(n, _MIN_ROWS if gemm_bound else _MIN_ROWS_SMALL_DIM)
     if rows >= floor:
         return rows, k
     rows = floor
+    budget_elements = max(memory_budget // column_bytes, 1)  # of one group: block + x chunk
+    slice_min = min(k, _MIN_SLICE)
+    if budget_elements < rows * (slice_min + dim):
+        rows = max(1, budget_elements // (slice_min + dim))
+    width = budget_elements // rows - dim
     if not gemm_bound:  # the min dominates: keep the block cache-sized too
-        budget_elements = min(budget_elements, max(_CACHE_BLOCK // column_bytes, 1))
-    if budget_elements < rows * min(k, _MIN_SLICE):
-        rows = max(1, budget_elements // min(k, _MIN_SLICE))
-    return rows, max(1, min(k, budget_elements // rows))
+        width = min(width, _CACHE_BLOCK // column_bytes // rows)
+    if _SLICE_ALIGN <= width < k:  # whole GEMM tiles: no ragged edge in every slice
+        width -= width % _SLICE_ALIGN
+    return rows, max(1, min(k, width))
 
 
 def nearest_codeword_reference(
@@ -109,7 +118,8 @@ def nearest_codeword_reference(
         metric: ``"euclidean"`` (smallest squared distance), ``"cosine"`` (largest cosine
             similarity; inputs are normalised here) or ``"dot"`` (largest inner product).
         memory_budget: bound in bytes on one score block (a chunk of rows against all
-            codewords, or against a slice of the codebook when all would not fit).
+            codewords, or against a slice of the codebook when all would not fit) together
+            with the chunk of ``x`` it scores.
 
     Returns:
         int64 indices of shape ``x.shape[:-1]``; equal scores go to the lowest index
@@ -155,12 +165,18 @@ def nearest_codeword_reference(
     buffer = torch.empty(groups * rows * width, dtype=compute, device=x.device)
     # running best score per row, across codebook slices (none when a block spans them all)
     best = torch.empty(groups, rows, dtype=compute, device=x.device) if width < k else None
+    # One x chunk buffer, counted in the budget, for the centred / normalised / converted copy
+    # (a fresh tensor per chunk kept two alive while the next one was computed).
+    copied = centre is not None or metric == "cosine" or xs.dtype != compute
+    x_buffer = torch.empty(groups, rows, dim, dtype=compute, device=x.device) if copied else None
     for start in range(0, n, rows):
-        xc = xs[:, start : start + rows].to(compute)
+        xc = xs[:, start : start + rows]
+        if x_buffer is not None:
+            xc = x_buffer[:, : xc.shape[1]].copy_(xc)
         if centre is not None:
-            xc = xc - centre
-        if metric == "cosine":
-            xc = torch.nn.functional.normalize(xc, dim=-1)
+            xc.sub_(centre)
+        if metric == "cosine":  # F.normalize's arithmetic, in place
+            xc.div_(xc.norm(dim=-1, keepdim=True).clamp_min_(1e-12))
         chunk = out[:, start : start + rows]
         for k0 in range(0, k, width):
             k1 = min(k, k0 + width)
