@@ -80,8 +80,9 @@ def nearest_codeword(
         codebook: ``(K, D)``, or ``(G, K, D)`` for G independent codebooks.
         metric: ``"euclidean"`` (smallest squared distance), ``"cosine"`` (largest cosine
             similarity) or ``"dot"`` (largest inner product).
-        memory_budget: bytes of one score block on the reference path (rows x codewords); the Triton
-            path never materialises scores and uses O(N + K) extra memory regardless.
+        memory_budget: bytes of one score block (rows x codewords) and the chunk of ``x`` it
+            scores, together, on the reference path; the Triton path never materialises
+            scores and uses O(N + K) extra memory regardless.
 
     Returns:
         int64 indices of shape ``x.shape[:-1]``, equal to the argmin of fp32 distances (fp64
