@@ -1102,7 +1102,7 @@ def test_gpu_grouped_noncontiguous_near_ties() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("magnitude", [1e-15, 1e-3, 1e6, 1e15])
+@pytest.mark.parametrize("magnitude", [1e-20, 1e-17, 1e-15, 1e-3, 1e6, 1e15])
 def test_gpu_scaled_operands_any_magnitude(magnitude: float) -> None:
     from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
 
@@ -1117,6 +1117,26 @@ def test_gpu_scaled_operands_any_magnitude(magnitude: float) -> None:
             assert_same_argmin(got, x, c, metric)
             assert stats.full_scans == 0
             assert stats.ambiguous_fraction < 0.15, stats
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("magnitude", [1e-17, 1e-18, 1e-20])
+def test_gpu_tiny_near_tie_inputs_are_exact(magnitude: float) -> None:
+    """``test_interp_tiny_inputs_are_exact`` on the hardware: the interpreter's sqrt keeps
+    subnormals, but ``tl.sqrt`` compiled to ``sqrt.approx.ftz`` on sm_90, which flushed the
+    bound's residual norms to 0 near 1e-17 (an emulation of it certified 12-32 wrong rows
+    of 160); the kernels use ``tl.sqrt_rn``."""
+    from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
+
+    x, c = near_tie_inputs(40, 16, 24, seed=0)
+    wide_x, wide_c = near_tie_inputs(20, 130, 24, seed=3)  # D > 128: chunked, x staged
+    for metric in ("euclidean", "dot"):
+        for xs, cs in ((x, c), (wide_x, wide_c)):
+            xs, cs = (xs * magnitude).cuda(), (cs * magnitude).cuda()
+            for stage in ("auto", "always", "never"):
+                got = nearest_codeword_triton(xs, cs, metric=metric, stage=stage)
+                assert_same_argmin(got, xs, cs, metric)
 
 
 @pytest.mark.gpu

@@ -417,7 +417,9 @@ if HAS_TRITON:
                 r2 += tl.sum(r * r, axis=1)
             else:  # already the operand dtype: exact (a padded copy holds the same values)
                 t2 += tl.sum(c * c, axis=1)
-        nrm = tl.sqrt(c2)
+        # sqrt_rn: tl.sqrt compiles to sqrt.approx.ftz on sm_90, which flushes subnormal
+        # squared norms (entries near 1e-20) to 0 and drops their terms from the bound.
+        nrm = tl.sqrt_rn(c2)
         if METRIC == 0:  # euclidean
             scale = tl.full((BLOCK_K,), -2.0, tl.float32)
             bias = c2
@@ -435,9 +437,9 @@ if HAS_TRITON:
         a = tl.abs(scale)
         zero = tl.zeros((BLOCK_K,), dtype=tl.float32)
         # Maxima of non-negative floats: float atomic_max is exact and order-independent.
-        tl.atomic_max(maxes_ptr + g * 4 + 0, tl.max(tl.where(mask_k, a * tl.sqrt(r2), zero), 0))
+        tl.atomic_max(maxes_ptr + g * 4 + 0, tl.max(tl.where(mask_k, a * tl.sqrt_rn(r2), zero), 0))
         tl.atomic_max(maxes_ptr + g * 4 + 1, tl.max(tl.where(mask_k, a * nrm, zero), 0))
-        tl.atomic_max(maxes_ptr + g * 4 + 2, tl.max(tl.where(mask_k, a * tl.sqrt(t2), zero), 0))
+        tl.atomic_max(maxes_ptr + g * 4 + 2, tl.max(tl.where(mask_k, a * tl.sqrt_rn(t2), zero), 0))
         tl.atomic_max(maxes_ptr + g * 4 + 3, tl.max(tl.where(mask_k, tl.abs(bias), zero), 0))
 
     @triton.jit
@@ -538,8 +540,8 @@ if HAS_TRITON:
         q = tl.load(maxes_ptr + g * 4 + 1)
         t = tl.load(maxes_ptr + g * 4 + 2)
         b = tl.load(maxes_ptr + g * 4 + 3)
-        xt_n = tl.sqrt(xt2)
-        err = xt_n * (p + gamma * t) + tl.sqrt(rx2) * q
+        xt_n = tl.sqrt_rn(xt2)  # IEEE sqrt, subnormals kept (tl.sqrt flushes them on GPUs)
+        err = xt_n * (p + gamma * t) + tl.sqrt_rn(rx2) * q
         err += 4.0 * 5.960464477539063e-08 * (b + (1.0 + gamma) * t * xt_n)  # 4 * 2^-24
         # + 2^-146: the epilogue's roundings when scores are subnormal (each at most 2^-150
         # absolute, which the relative terms above do not cover).
@@ -870,7 +872,9 @@ if HAS_TRITON:
             x_inv = tl.full((BLOCK_N,), 1.0, tl.float32)
             if X_SCALED:  # the row scales the search used, by list slot
                 x_inv = tl.load(list_inv_ptr + at, mask=mask_s, other=1.0)
-            x_mult = 1.0 / x_inv
+            # IEEE division: exact for these powers of two (1.0 / x compiles to an
+            # approximate div.full.f32 on GPUs)
+            x_mult = tl.math.div_rn(tl.full((BLOCK_N,), 1.0, tl.float32), x_inv)
             for k0 in range(k_lo, k_hi, BLOCK_K):
                 s = _lp_scores(
                     x_rows, x_unused, x_mult, x_inv, 1.0, mask_s, c_ptr, g, k0, K, D, DX, DC,
