@@ -937,18 +937,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.smoke or device.type == "cpu"
         else "Measured run."
     )
-    with quiet_warnings():
-        cases = build_cases(args, notes)
-        rows: list[Row] = []
-        for case in cases:
-            for dtype_name in args.dtypes:
-                row = run_case(case, dtype_name, device, args)
-                rows.append(row)
-                status = row.error or (
-                    f"{row.encode_rate:,.0f} / {row.decode_rate:,.0f} {row.unit}"
-                )
-                print(f"{case.name:38s} {case.variant:13s} {dtype_name:9s} {status}", flush=True)
-    compare_with_references(rows)
     meta = {
         "device_name": device_name,
         "label": label,
@@ -973,14 +961,39 @@ def main(argv: list[str] | None = None) -> int:
         "visual_anchors_h200": VISUAL_ANCHORS,
         "goal": GOAL,
     }
-    report = markdown(rows, meta)
+    rows: list[Row] = []
+
+    def write_report() -> str:
+        """The table so far, written after every row: a run cut short (the device
+        machine's time limit, Ctrl-C) keeps what it measured."""
+        compare_with_references(rows)
+        report = markdown(rows, meta)
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "codec_throughput.md").write_text(report)
+            payload = {"meta": meta, "rows": [dataclasses.asdict(r) for r in rows]}
+            (args.out / "codec_throughput.json").write_text(json.dumps(payload, indent=2) + "\n")
+        return report
+
+    with quiet_warnings():
+        cases = build_cases(args, notes)
+        try:
+            for case in cases:
+                for dtype_name in args.dtypes:
+                    row = run_case(case, dtype_name, device, args)
+                    rows.append(row)
+                    status = row.error or (
+                        f"{row.encode_rate:,.0f} / {row.decode_rate:,.0f} {row.unit}"
+                    )
+                    print(
+                        f"{case.name:38s} {case.variant:13s} {dtype_name:9s} {status}", flush=True
+                    )
+                    write_report()
+        except KeyboardInterrupt:
+            print(f"interrupted after {len(rows)} row(s)", file=sys.stderr)
+    report = write_report()
     print()
     print(report)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "codec_throughput.md").write_text(report)
-        payload = {"meta": meta, "rows": [dataclasses.asdict(r) for r in rows]}
-        (args.out / "codec_throughput.json").write_text(json.dumps(payload, indent=2) + "\n")
     return 0
 
 

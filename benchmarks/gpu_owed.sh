@@ -7,16 +7,22 @@
 # most 2 folders down), and nothing can be downloaded there. So #4's whole check is ONE call:
 #
 #   here:    bash benchmarks/gpu_wheels.sh kernels      # .whl/ (0.3 MB)
-#   device:  run(command="bash benchmarks/gpu_owed.sh kernels", carry=[".whl"], timeout_s=600)
+#   device:  run(command="OUT=$OUT bash benchmarks/gpu_owed.sh kernels", carry=[".whl"],
+#                kind="nvidia-h200", timeout_s=600)
 #   here:    copy the returned files into benchmarks/results/ and commit them
+#
+# Name the H200: the issue's anchors are H200 numbers, and vector-quantize-pytorch's train
+# step at 16384 x 256 x 262144 needs 96 GiB (an H100 has 79: its goals would be "missing").
+# `OUT=$OUT` passes the folder that comes back even if the device shell does not export it.
 #
 # `kernels` runs, most important first, each part bounded by what is left of STAGE_SECONDS
 # (default 540) so the call ends inside its 10 minutes with every file written so far:
-#   1. nearest_codeword.py, euclidean, fp32 and bf16: the issue's table     (cap 330 s)
-#   2. pytest -m gpu tests/test_kernels.py (8 xdist workers, untuned tiles) (cap 150 s)
-#   3. nearest_codeword.py, cosine, fp32 and bf16, without the VQ modules   (cap 90 s)
-#   4. residual_encode.py                                                   (the rest)
-# 7 files in all. Each part is also a stage of its own, for a rerun on a warm machine:
+#   1. nearest_codeword.py, euclidean, fp32 and bf16: the issue's table     (cap 300 s)
+#   2. pytest -m gpu tests/test_kernels.py (8 xdist workers, untuned tiles) (cap 130 s)
+#   3. nearest_codeword.py, cosine, fp32 and bf16, two anchors, search only (cap 50 s)
+#   4. residual_encode.py, the 48000-row anchor                             (the rest)
+# 8 files in all, with gpu_owed.log (everything printed, tracebacks included). Each part is
+# also a stage of its own, for a rerun on a warm machine:
 #   kernels-table | kernels-tests | kernels-cosine | kernels-residual
 # (the part caps are estimates: nothing here has run on a GPU yet).
 #
@@ -35,6 +41,7 @@ PY=${PY:-python3}
 R=${OUT:-benchmarks/results}  # where results go: $OUT on the device machine
 STAGE_SECONDS=${STAGE_SECONDS:-540}
 mkdir -p "$R"
+exec > >(tee -a "$R/gpu_owed.log") 2>&1  # tracebacks come back even past the output tail
 TRAIN_SECONDS=${TRAIN_SECONDS:-420}
 export PYTHONUNBUFFERED=1
 WHEELS=${WHEELS:-.whl}  # from gpu_wheels.sh
@@ -47,6 +54,10 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # anytok from this checkout, 
 anytok() { $PY -m anytok.cli "$@"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+# Preflight, before the clock starts: a missing wheel would turn every baseline column into
+# an error (and residual_encode.py would stop at its first row).
+$PY -c "import vector_quantize_pytorch, anytok.quantizers.kernels.triton_search" || {
+  echo "preflight failed: carry .whl from gpu_wheels.sh (see the header)"; exit 1; }
 deadline=$((SECONDS + STAGE_SECONDS))
 # part CAP CMD...: run CMD for at most CAP seconds and never past the deadline; SIGINT
 # first, so the benchmarks write what they measured.
@@ -71,11 +82,14 @@ kernels_tests() {
   return "${PIPESTATUS[0]}"
 }
 kernels_cosine() {
+  # The search against its baselines at two anchors; the goal table is the euclidean one.
   nc "${1:-$STAGE_SECONDS}" --metric cosine --dtypes float32,bfloat16 \
-    --skip vqp,anytok_train,nostage --out "$R/nearest_codeword_cosine"
+    --sizes "48000,128,1024;65536,256,16384" \
+    --skip vqp,anytok_train,nostage,nosplit,compiled --out "$R/nearest_codeword_cosine"
 }
 kernels_residual() {
-  part "${1:-$STAGE_SECONDS}" $PY benchmarks/residual_encode.py --out "$R/residual_encode"
+  part "${1:-$STAGE_SECONDS}" $PY benchmarks/residual_encode.py --rows "${RESIDUAL_ROWS:-48000}" \
+    --out "$R/residual_encode"
 }
 
 stage=${1:-}
@@ -85,9 +99,9 @@ while [ -n "$stage" ]; do
   shift
   case "$stage" in
     kernels)
-      kernels_table 330 || status=1
-      kernels_tests 150 || status=1
-      kernels_cosine 90 || status=1
+      kernels_table 300 || status=1
+      kernels_tests 130 || status=1
+      kernels_cosine 50 || status=1
       kernels_residual || status=1 ;;
     kernels-table) kernels_table || status=1 ;;
     kernels-tests) kernels_tests || status=1 ;;

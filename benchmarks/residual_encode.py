@@ -93,9 +93,15 @@ def measure(name: str, cfg: tuple[int, int, int], rows: int, device: str) -> dic
                 torch.compiler.cudagraph_mark_step_begin()  # earlier outputs may be overwritten
                 return graphs(z)
 
-            def graphed() -> bool:
+            def graphed() -> bool | str:
+                from torch._dynamo.utils import counters
+
+                skips = counters["inductor"]["cudagraph_skips"]
                 for _ in range(3):  # cudagraph trees warm up, then record, then replay
                     out = replay()
+                # inductor only warns when it cannot use CUDA graphs and runs without them
+                if counters["inductor"]["cudagraph_skips"] > skips:
+                    return "no CUDA graph (inductor skipped it)"
                 return bool(torch.equal(out, codes))
 
             row["graphs_equal"] = _try(graphed)
