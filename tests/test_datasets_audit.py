@@ -150,3 +150,95 @@ def test_sampler_start_past_its_share_is_an_empty_epoch() -> None:
     assert len(sampler) == 0 and list(sampler) == []  # list() used to raise (len < 0)
     with pytest.raises(ValueError, match="start"):
         sampler.set_position(epoch=0, start=-1)
+
+
+def test_manifest_names_and_metadata_not_in_utf8_or_json_are_escaped(tmp_path: Path) -> None:
+    """A manifest written by ``json.dumps`` of ``os.listdir`` names (lone surrogates) and a
+    NaN duration: the run used to die in the plan digest (UnicodeEncodeError); the metadata
+    column must stay strict JSON (NaN becomes null)."""
+    src = tmp_path / "media"
+    raw = os.fsdecode(b"caf\xe9.wav")
+    _wav(src / "tmp.wav")
+    os.rename(os.fsencode(src / "tmp.wav"), os.fsencode(src / raw))
+    manifest = tmp_path / "train.jsonl"
+    line = {"path": f"media/{raw}", "speaker": os.fsdecode(b"Jos\xe9"), "duration": math.nan}
+    manifest.write_text(json.dumps(line) + "\n", encoding="utf-8", errors="surrogateescape")
+    (item,) = list_items(manifest, "audio")
+    assert item.id == item.source == "media/caf\\xe9.wav"
+    assert json.loads(item.metadata) == {"duration": None, "speaker": "Jos\\xe9"}
+    assert "NaN" not in item.metadata
+    assert len(items_digest([item])) == 64
+
+
+def test_same_size_edit_is_noticed_on_resume(tmp_path: Path) -> None:
+    """Re-rendering a file at the same size changes its modification time, so the plan
+    digest differs (sizes alone let a resume mix old and new content)."""
+    src = tmp_path / "src"
+    _wav(src / "a.wav", seed=0)
+    before = items_digest(list_items(src, "audio"))
+    size = (src / "a.wav").stat().st_size
+    _wav(src / "a.wav", seed=5)  # other audio, same length and size
+    stat = (src / "a.wav").stat()
+    os.utime(src / "a.wav", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert (src / "a.wav").stat().st_size == size
+    assert items_digest(list_items(src, "audio")) != before
+
+
+def test_tar_hard_link_members_are_samples(tmp_path: Path) -> None:
+    """GNU tar stores a repeated inode as a hard-link member: it is a sample with its
+    target's bytes (it was silently missing from the items and the errors file)."""
+    data = _wav(tmp_path / "a.wav")
+    tar_path = tmp_path / "web.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(tmp_path / "a.wav", arcname="s/a.wav")
+        link = tarfile.TarInfo("s/g.wav")
+        link.type, link.linkname = tarfile.LNKTYPE, "s/a.wav"
+        tar.addfile(link)
+    items = list_items(tar_path, "audio")
+    assert [i.id for i in items] == ["web/s/a", "web/s/g"]
+    model = anytok.create_model("seanet_fsq_24khz", tiny=True)
+    from anytok.datasets.sources import read_member
+
+    assert read_member(items[1]) == data
+    assert load_item(input_format(model), items[1]).shape[-1] == 2400
+
+
+def test_crash_is_exit_code_3_not_skipped_items(tmp_path: Path, monkeypatch, capsys) -> None:
+    """An unexpected error (a killed loader worker) is not "some items were skipped" (1):
+    exit 3 with the traceback and a one-line summary that says the same command resumes."""
+    import anytok.datasets.job as job
+
+    def crashed(*args, **kwargs):
+        raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Killed.")
+
+    monkeypatch.setattr(job, "encode_dataset", crashed)
+    code = encode_dataset_from_cli([str(tmp_path), str(tmp_path / "out"), "-m", "x"])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "Traceback" in err and "failed" in err and "resume" in err
+
+
+def test_retry_removes_the_finished_summary_until_it_is_rewritten(
+    tmp_path: Path, audio_ckpt: Path, monkeypatch
+) -> None:
+    """A --retry-failed run that is killed must not leave the old manifest.json and
+    errors.jsonl beside rewritten shards, looking finished."""
+    src = tmp_path / "src"
+    _wav(src / "a.wav")
+    (src / "b.wav").write_bytes(b"not audio")
+    dst = tmp_path / "out"
+    first = encode_dataset(src, dst, str(audio_ckpt), workers=0, shard_size=1)
+    assert first.failed == 1 and (dst / "manifest.json").exists()
+
+    import anytok.datasets.local as local
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(local, "run_local", killed)
+    with pytest.raises(KeyboardInterrupt):
+        encode_dataset(src, dst, str(audio_ckpt), workers=0, shard_size=1, retry_failed=True)
+    assert not (dst / "manifest.json").exists() and not (dst / "errors.jsonl").exists()
+    monkeypatch.undo()
+    again = encode_dataset(src, dst, str(audio_ckpt), workers=0, shard_size=1, retry_failed=True)
+    assert again.failed == 1 and (dst / "manifest.json").exists()

@@ -21,6 +21,8 @@ from anytok.datasets.sources import DatasetError
 EXIT_OK, EXIT_SKIPPED, EXIT_USAGE = 0, 1, 2
 #: Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
+#: an unexpected error (the traceback is printed): not a usage error, nor skipped items
+EXIT_FAILED = 3
 #: Failures printed after a run; the errors file has them all.
 MAX_PRINTED_FAILURES = 10
 
@@ -75,6 +77,17 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str], body, on_interrup
             f"{parser.prog}: interrupted{on_interrupt}", highlight=False
         )
         return EXIT_INTERRUPTED
+    except Exception as err:  # a crash (a killed loader worker ...): not "some items skipped"
+        import traceback
+
+        from anytok.pipeline import error_line
+
+        traceback.print_exc()
+        Console(stderr=True, soft_wrap=True).print(
+            f"[red]{parser.prog}: failed:[/red] {escape(error_line(err))}{on_interrupt}",
+            highlight=False,
+        )
+        return EXIT_FAILED
 
 
 # --------------------------------------------------------------------------- encode-dataset

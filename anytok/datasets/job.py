@@ -282,6 +282,11 @@ def encode_dataset(
             for k in range(plan.num_shards)
             if not shard_done(dst, plan, k, retry_failed=retry_failed)
         ]
+        if pending_shards:
+            # A finished run's summary no longer holds once a shard is redone (a killed
+            # --retry-failed run left it beside rewritten shards): finalize writes it again.
+            for name in (MANIFEST_NAME, ERRORS_NAME):
+                (dst / name).unlink(missing_ok=True)
         indices = [i for k in pending_shards for i in range(*plan.shard_range(k))]
         collector = ShardCollector(dst, plan, items, pending_shards)
         stats = {"items": 0, "tokens": 0, "seconds": 0.0}

@@ -21,6 +21,7 @@ Ids must be unique: a duplicate is an error that names it.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -63,6 +64,8 @@ class Item:
             ``-1`` when the member must be extracted with :mod:`tarfile` (compressed tars).
         size: size in bytes of the file or member (``-1`` when the file is missing); part of
             the plan digest, so an edited file is noticed on resume.
+        mtime_ns: modification time of the file or member in ns (``-1`` when unknown), also
+            in the digest: an edit that keeps the size (a re-rendered WAV) is noticed too.
         metadata: canonical JSON of the item's metadata object (``"{}"`` for none).
         error: set when the item is known to be bad before loading (a tar sample without a
             media member): it is recorded as a failure and never loaded.
@@ -76,12 +79,13 @@ class Item:
     size: int = -1
     metadata: str = "{}"
     error: str | None = None
+    mtime_ns: int = -1
 
     def digest_fields(self) -> list[Any]:
         """What identifies the item's content in the plan digest (not ``path``: moving the
         whole dataset folder keeps a resumable run resumable)."""
         member = None if self.member is None else printable(self.member)
-        return [self.id, self.source, member, self.size, self.metadata, self.error]
+        return [self.id, self.source, member, self.size, self.mtime_ns, self.metadata, self.error]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,8 +96,28 @@ class Item:
 
 
 def canonical_json(value: Any) -> str:
-    """Sorted-key, compact JSON: equal values give equal text (digests, metadata column)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """Sorted-key, compact, strict JSON: equal values give equal text (digests, metadata
+    column). Strings that are not UTF-8 get :func:`printable` escapes and non-finite numbers
+    become ``null`` (strict JSON readers refuse ``NaN``; Python's ``json`` writes it)."""
+    return json.dumps(
+        _json_safe(value),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {printable(k) if isinstance(k, str) else k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def printable(text: str) -> str:
@@ -171,18 +195,23 @@ def list_items(src: str | os.PathLike[str], modality: str) -> list[Item]:
     return items
 
 
-def _file_size(path: Path) -> int:
+def _file_stat(path: Path) -> tuple[int, int]:
+    """``(size, mtime_ns)`` of a file, ``(-1, -1)`` when it cannot be read."""
     try:
-        return path.stat().st_size
+        stat = path.stat()
     except OSError:
-        return -1  # the loader reports the problem as the item's error
+        return -1, -1  # the loader reports the problem as the item's error
+    return stat.st_size, stat.st_mtime_ns
 
 
 def _folder_items(root: Path, modality: str) -> list[Item]:
     items = []
     for path in find_media([root], modality=modality, recursive=True):  # type: ignore[arg-type]
         rel = printable(path.relative_to(root).as_posix())
-        items.append(Item(id=rel, source=rel, path=str(path.resolve()), size=_file_size(path)))
+        size, mtime_ns = _file_stat(path)
+        items.append(
+            Item(id=rel, source=rel, path=str(path.resolve()), size=size, mtime_ns=mtime_ns)
+        )
     return items
 
 
@@ -197,12 +226,15 @@ def _manifest_items(manifest: Path) -> list[Item]:
             raise DatasetError(f'{where}: "id" must be a non-empty string')
         path = Path(written)
         path = path if path.is_absolute() else manifest.parent / path
+        size, mtime_ns = _file_stat(path)
         items.append(
             Item(
-                id=item_id,
-                source=written,
+                # a name that is not UTF-8 (json.dumps of os.listdir keeps it as surrogates)
+                id=printable(item_id),
+                source=printable(written),
                 path=str(path.resolve()),
-                size=_file_size(path),
+                size=size,
+                mtime_ns=mtime_ns,
                 metadata=canonical_json(entry),
             )
         )
@@ -255,11 +287,19 @@ def _shard_items(shard: Path, modality: str) -> list[Item]:
     samples: dict[str, dict[str, tarfile.TarInfo]] = {}
     meta: dict[str, dict[str, Any]] = {}
     problem = None
+    regular: dict[str, tarfile.TarInfo] = {}  # for hard links (GNU tar stores repeats so)
     try:
         with tarfile.open(shard, mode="r:*") as tar:
             for member in tar:  # streams through the headers; data is read only for metadata
                 name = member.name
-                if not member.isfile() or Path(name).name.startswith("."):
+                if member.isfile():
+                    regular[name] = member
+                elif member.islnk():
+                    target = regular.get(member.linkname)
+                    if target is not None:  # the target's data under the link's name
+                        member = copy.copy(target)
+                        member.name = name
+                if not (member.isfile() or member.islnk()) or Path(name).name.startswith("."):
                     continue
                 match = _KEY_EXT.match(name)
                 if match is None:
@@ -306,6 +346,7 @@ def _shard_items(shard: Path, modality: str) -> list[Item]:
                 member=member.name,
                 offset=-1 if compressed else member.offset_data,
                 size=member.size,
+                mtime_ns=int(member.mtime * 1_000_000_000),
                 metadata=canonical_json(metadata),
                 error=error,
             )
