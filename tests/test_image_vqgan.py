@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 import anytok
@@ -60,3 +61,25 @@ def test_semantic_loss_with_a_random_local_teacher(tmp_path: Path) -> None:
     out.losses["semantic"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
     assert not any("teacher" in k for k in model.state_dict())
+
+
+@pytest.mark.parametrize(
+    ("name", "millions", "lowest_blocks"), [("vqgan", 71.75, 2), ("vqgan_f8", 69.98, 2)]
+)
+def test_registered_sizes_have_llamagen_attention(
+    name: str, millions: float, lowest_blocks: int
+) -> None:
+    """LlamaGen's VQ-16 / VQ-8 (published 72 M / 70 M): self-attention after every residual
+    block of the lowest resolution (2 in the encoder, 3 in the decoder) besides the middle
+    block's. With the middle block's alone the network had 66.5 M."""
+    from anytok.nn.resnet2d import SelfAttention2d
+
+    model = anytok.create_model(name)
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 2) == millions
+    attention = [m for m in model.encoder.modules() if isinstance(m, SelfAttention2d)]
+    assert len(attention) == lowest_blocks + 1
+    attention = [m for m in model.decoder.modules() if isinstance(m, SelfAttention2d)]
+    assert len(attention) == lowest_blocks + 2
+    # a checkpoint config written before the option (no key) keeps its network
+    plain = anytok.create_model(name, level_attention=False)
+    assert sum(isinstance(m, SelfAttention2d) for m in plain.encoder.modules()) == 1

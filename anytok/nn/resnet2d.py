@@ -1,6 +1,8 @@
 """Convolutional image encoder / decoder in the style of taming-transformers' VQGAN
 (Esser et al. 2021, https://arxiv.org/abs/2012.09841): residual blocks with GroupNorm and
-SiLU, strided downsampling, nearest-neighbour upsampling, self-attention in the middle.
+SiLU, strided downsampling, nearest-neighbour upsampling, self-attention in the middle and,
+with ``level_attention``, after every residual block of the lowest-resolution level (taming's
+``attn_resolutions`` at that level; LlamaGen's VQ-8 / VQ-16).
 """
 
 from __future__ import annotations
@@ -64,14 +66,18 @@ class Encoder2d(nn.Module):
         z_channels: int = 256,
         attention: bool = True,
         dropout: float = 0.0,
+        level_attention: bool = False,
     ):
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1)]
         width = channels
+        lowest = len(channel_multipliers) - 1
         for level, mult in enumerate(channel_multipliers):
             for _ in range(num_res_blocks):
                 layers.append(ResBlock2d(width, channels * mult, dropout))
                 width = channels * mult
+                if level_attention and level == lowest:
+                    layers.append(SelfAttention2d(width))
             if level < len(channel_multipliers) - 1:
                 # Asymmetric (0, 1) padding + stride 2 halves even sizes exactly.
                 layers += [nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(width, width, 3, stride=2)]
@@ -103,9 +109,11 @@ class Decoder2d(nn.Module):
         z_channels: int = 256,
         attention: bool = True,
         dropout: float = 0.0,
+        level_attention: bool = False,
     ):
         super().__init__()
         width = channels * channel_multipliers[-1]
+        lowest = len(channel_multipliers) - 1
         layers: list[nn.Module] = [
             nn.Conv2d(z_channels, width, 3, padding=1),
             ResBlock2d(width, width, dropout),
@@ -117,6 +125,8 @@ class Decoder2d(nn.Module):
             for _ in range(num_res_blocks + 1):
                 layers.append(ResBlock2d(width, channels * mult, dropout))
                 width = channels * mult
+                if level_attention and level == lowest:
+                    layers.append(SelfAttention2d(width))
             if level > 0:
                 layers += [
                     nn.Upsample(scale_factor=2.0, mode="nearest"),
