@@ -448,17 +448,43 @@ def token_jobs(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, Pat
 
 
 def media_path_for(
-    token_file: Path, out_dir: Path, modality: str, root: Path | None = None
+    token_file: Path,
+    out_dir: Path,
+    modality: str,
+    root: Path | None = None,
+    keep_extension: bool = False,
 ) -> Path:
     """Where ``decode`` writes the media of ``token_file``: the token tree under ``root``
     mirrored, each name without its token suffix and with the modality's extension
-    (``spk1/a.wav.tokens.safetensors`` -> ``spk1/a.wav``)."""
+    (``spk1/a.wav.tokens.safetensors`` -> ``spk1/a.wav``). With ``keep_extension`` the
+    source's own extension stays in the name when it is another one
+    (``a.flac.tokens.safetensors`` -> ``a.flac.wav``): see :func:`crowded_token_files`."""
     rel = relative_output(token_file, root)
-    name = rel.name
+    name = _strip_token_suffix(rel.name)
+    extension = OUTPUT_EXTENSION[modality]
+    if keep_extension and Path(name).suffix and Path(name).suffix.lower() != extension:
+        return out_dir / rel.parent / f"{name}{extension}"
+    return out_dir / rel.parent / Path(name).with_suffix(extension)
+
+
+def _strip_token_suffix(name: str) -> str:
     for suffix in TOKEN_SUFFIXES:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
-    return out_dir / rel.parent / Path(name).with_suffix(OUTPUT_EXTENSION[modality])
+    return name
+
+
+def crowded_token_files(jobs: Sequence[tuple[Path, Path | None]]) -> set[Path]:
+    """The token files of ``jobs`` (:func:`token_jobs`) whose media would share a name with
+    another's once the source extension is replaced: ``song.flac`` and ``song.wav``, which
+    encode keeps apart. They keep that extension (``song.flac.wav``, ``song.wav``), whatever
+    order the files come in."""
+    groups: dict[tuple[Path, str], set[Path]] = {}
+    for token_file, root in jobs:
+        rel = relative_output(token_file, root)
+        stem = Path(_strip_token_suffix(rel.name)).stem
+        groups.setdefault((rel.parent, stem), set()).add(token_file)
+    return {path for group in groups.values() if len(group) > 1 for path in group}
 
 
 def numbered(path: Path, index: int) -> Path:
@@ -505,7 +531,8 @@ def decode_files(
     long_seconds: float | None = LONG_ITEM_SECONDS,
 ) -> JobReport:
     """Decode token files, or folders of them, to media files under ``out_dir``, mirroring
-    each folder's tree (:func:`media_path_for`); bad files are reported. ``on_start``
+    each folder's tree (:func:`media_path_for`; ``song.flac`` and ``song.wav`` token files
+    give ``song.flac.wav`` and ``song.wav``); bad files are reported. ``on_start``
     receives the number of token files found. Token files of more than ``long_seconds`` of
     media (None: never) are decoded by :func:`decode_long_item` where the model has a
     chunked path."""
@@ -515,12 +542,14 @@ def decode_files(
     start = time.perf_counter()
     claims = OutputClaims()
     jobs = token_jobs(inputs)
+    crowded = crowded_token_files(jobs)
     if on_start:
         on_start(len(jobs))
     for path, root in jobs:
         try:
             tokens = Tokens.load(path)
-            target = media_path_for(path, Path(out_dir), tokens.spec.modality, root)
+            modality = tokens.spec.modality
+            target = media_path_for(path, Path(out_dir), modality, root, path in crowded)
             # A file of several items (a saved batch) gives one media file per item, numbered
             # ``name.<i>.wav``; every item is cut to its valid length.
             items = tokens.unbind()

@@ -237,17 +237,19 @@ def test_same_relative_paths_never_overwrite_each_other(tmp_path, tiny_audio_ckp
     ]
 
 
-def test_decode_refuses_two_token_files_with_one_media_path(tmp_path, tiny_audio_ckpt) -> None:
-    # a.wav and a.flac encode to two token files; both would decode to a.wav.
+def test_decode_keeps_the_source_extension_where_two_token_files_would_collide(
+    tmp_path, tiny_audio_ckpt
+) -> None:
+    # a.wav and a.flac encode to two token files; both used to decode to a.wav (the second
+    # was skipped, exit 1): the one whose name would collide keeps its source extension.
     write_wav(tmp_path / "a.wav", 0.2)
     write_wav(tmp_path / "a.flac", 0.2)
     model = ["-m", str(tiny_audio_ckpt)]
     assert main(["encode", str(tmp_path), *model, "-o", str(tmp_path / "tok")]) == 0
     result = run_cli("decode", str(tmp_path / "tok"), "-o", str(tmp_path / "rec"))
-    assert result.returncode == 1, result.stderr
-    assert "decoded 1 file(s)" in result.stdout
-    assert "a.wav.tokens.safetensors: its output" in result.stderr
-    assert [p.name for p in (tmp_path / "rec").iterdir()] == ["a.wav"]
+    assert result.returncode == 0, result.stderr
+    assert "decoded 2 file(s)" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["a.flac.wav", "a.wav"]
 
 
 def test_one_item_failing_its_batch_loses_only_that_item(tmp_path, tiny_audio_ckpt) -> None:

@@ -260,18 +260,18 @@ def test_resample_matches_torchaudio_and_keeps_its_filter(
     input's dtype, and is built once per (rates, dtype, device)."""
     import torchaudio.functional as AF
 
-    from anytok.media.audio import _resampler
+    from anytok.media.audio import RESAMPLE_FILTER, _resampler
 
     orig, new = rates
     wave = torch.randn(3, 2, 4410, generator=torch.Generator().manual_seed(0), dtype=dtype)
     _resampler.cache_clear()
     out = resample(wave, orig, new)
     assert out.dtype == dtype
-    assert torch.equal(out, AF.resample(wave, orig, new))
+    assert torch.equal(out, AF.resample(wave, orig, new, **RESAMPLE_FILTER))
     # The second call reuses the bank. Bits match torchaudio on the same shape; across batch
     # shapes the conv backend may sum in another order (seen in fp64 on an AMD EPYC).
     one = resample(wave[:, :1], orig, new)
-    assert torch.equal(one, AF.resample(wave[:, :1], orig, new))
+    assert torch.equal(one, AF.resample(wave[:, :1], orig, new, **RESAMPLE_FILTER))
     torch.testing.assert_close(one, out[:, :1])
     info = _resampler.cache_info()
     assert (info.misses, info.hits) == (1, 1)

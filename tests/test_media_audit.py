@@ -16,9 +16,19 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 
-from anytok.media import MediaError, load_audio, load_image, load_video, resample
-from anytok.media.audio import _resample_direct
+from anytok.media import (
+    MediaError,
+    load_audio,
+    load_image,
+    load_video,
+    resample,
+    resize_cover,
+    save_audio,
+    save_image,
+)
+from anytok.media.audio import RESAMPLE_FILTER, _resample_direct
 from anytok.pipeline import InputFormat, _fit, load_input
 
 
@@ -115,11 +125,11 @@ def test_mp3_without_length_header_is_not_called_truncated(tmp_path: Path) -> No
 @pytest.mark.parametrize(("orig", "new"), [(1009, 997), (997, 1009), (7001, 800), (3, 8)])
 def test_direct_resampling_matches_torchaudio(orig: int, new: int) -> None:
     x = torch.randn(2, 3000, generator=torch.Generator().manual_seed(0)) * 0.3
-    ref = AF.resample(x, orig, new)
+    ref = AF.resample(x, orig, new, **RESAMPLE_FILTER)
     got = _resample_direct(x, orig, new, chunk=333)
     assert got.shape == ref.shape
-    # torchaudio builds its filter in float32: large reduced rates round at ~1e-4.
-    assert float((got - ref).abs().max()) < (1e-4 if orig > 100 else 1e-6)
+    # torchaudio builds its filter in float32: large reduced rates round at ~2e-4.
+    assert float((got - ref).abs().max()) < (5e-4 if orig > 100 else 1e-5)
 
 
 def test_coprime_sample_rates_resample_without_a_huge_filter(tmp_path: Path) -> None:
@@ -136,7 +146,8 @@ def test_coprime_sample_rates_resample_without_a_huge_filter(tmp_path: Path) -> 
     assert abs(int(spectrum.argmax()) - 330) <= 1
     # The usual rates still use torchaudio exactly.
     x = torch.randn(1, 4410, generator=torch.Generator().manual_seed(1))
-    assert torch.allclose(resample(x, 44100, 24000), AF.resample(x, 44100, 24000), atol=1e-6)
+    expected = AF.resample(x, 44100, 24000, **RESAMPLE_FILTER)
+    assert torch.allclose(resample(x, 44100, 24000), expected, atol=1e-6)
 
 
 # ---------------------------------------------------------------- video
@@ -230,3 +241,251 @@ def test_pipeline_resizes_video_frames_while_decoding(tmp_path: Path) -> None:
     assert float((fitted - reference).abs().max()) <= 1.01 / 127.5
     native = load_input(InputFormat("video", fps=25, resize="native", multiple=16), path)
     assert native.shape == (3, 6, 32, 64)
+
+
+def _coded_video(
+    path: Path,
+    frames: int,
+    *,
+    codec: str = "mpeg4",
+    fmt: str | None = None,
+    gop: int = 300,
+    b_frames: int = 0,
+    options: dict[str, str] | None = None,
+) -> Path:
+    """A 25 fps clip: the left half grey at 20 + 3 x the frame index (lossy, close enough to
+    count), the right half a moving texture (so that encoders make P-frames)."""
+    texture = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    with av.open(str(path), "w", format=fmt, options=options) as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height = 32, 16
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        stream.gop_size, stream.max_b_frames = gop, b_frames
+        if codec == "libx264":
+            stream.options = {"qp": "0"}
+        else:
+            stream.codec_context.qscale = 2
+        for i in range(frames):
+            array = np.full((16, 32, 3), 20 + 3 * i, np.uint8)
+            array[:, 16:] = np.roll(texture, i, axis=1)
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def _coded_indices(video: torch.Tensor) -> list[int]:
+    return [round((float(v + 1) * 127.5 - 20) / 3) for v in video[1, :, 8, 4]]
+
+
+@pytest.mark.parametrize("suffix", [".ts", ".m2ts"])
+def test_start_in_mpeg_ts_finds_the_keyframe_before_it(tmp_path: Path, suffix: str) -> None:
+    # MPEG-TS has no index: FFmpeg's seek lands after the keyframe before the target (here
+    # past the only one), and decoding from there gave later frames or none at all.
+    if "libx264" not in av.codecs_available:
+        pytest.skip("no H.264 encoder")
+    options = {"mpegts_m2ts_mode": "1"} if suffix == ".m2ts" else {}
+    path = _coded_video(  # one keyframe
+        tmp_path / f"long{suffix}", 60, codec="libx264", fmt="mpegts", options=options
+    )
+    for start in (1.0, 1.52, 2.0):
+        clip = load_video(path, start=start, max_frames=3)
+        assert _coded_indices(clip.video) == [round(start * 25) + k for k in range(3)]
+    assert _coded_indices(load_video(path, start=1.0, fps=5, max_frames=2).video) == [25, 30]
+    with pytest.raises(MediaError, match="no video frames at or after start"):
+        load_video(path, start=30.0)
+
+
+def test_stream_copy_cut_with_an_edit_list_is_not_called_truncated(tmp_path: Path) -> None:
+    # `ffmpeg -ss 1.2 -i src.mp4 -c copy`: the GOP before the cut is kept and an edit list
+    # hides it; the header counts 50 samples, 20 frames decode.
+    source = _coded_video(tmp_path / "src.mp4", 50)
+    cut = tmp_path / "cut.mp4"
+    with av.open(str(source)) as src, av.open(str(cut), "w") as out:
+        stream_in = src.streams.video[0]
+        stream = out.add_stream_from_template(stream_in)
+        shift = int(Fraction(30, 25) / stream_in.time_base)
+        for packet in src.demux(stream_in):
+            if packet.dts is not None:
+                packet.pts -= shift
+                packet.dts -= shift
+                packet.stream = stream
+                out.mux(packet)
+    clip = load_video(cut)
+    assert clip.original_frames == 50
+    assert _coded_indices(clip.video) == list(range(30, 50))
+
+
+@pytest.mark.parametrize(
+    ("codec", "b_frames"), [("mpeg4", 0), ("mpeg4", 2), ("libx264", 2), ("mjpeg", 0)]
+)
+def test_avi_frames_are_timed_by_count(tmp_path: Path, codec: str, b_frames: int) -> None:
+    # AVI has no presentation times: with B-frames FFmpeg's times follow decode order
+    # (H.264) or start a frame late (MPEG-4 part 2), so fps= and start= picked wrong frames.
+    if codec not in av.codecs_available:
+        pytest.skip(f"no {codec} encoder")
+    path = _coded_video(tmp_path / "clip.avi", 60, codec=codec, gop=12, b_frames=b_frames)
+    assert _coded_indices(load_video(path).video) == list(range(60))
+    assert _coded_indices(load_video(path, fps=5).video) == list(range(0, 60, 5))
+    assert _coded_indices(load_video(path, start=1.0, max_frames=3).video) == [25, 26, 27]
+    assert _coded_indices(load_video(path, start=0.4, fps=5, max_frames=3).video) == [10, 15, 20]
+
+
+def test_mirroring_display_matrices_flip_as_ffmpeg_does(tmp_path: Path) -> None:
+    # FFmpeg's autorotate: a mirrored matrix (front cameras, `-display_hflip`) is a flip,
+    # not a 180 degree turn; a 90 degree matrix with a mirror is a transpose.
+    plain_path = _coded_video(tmp_path / "plain.mp4", 3)
+    plain = load_video(plain_path).video
+    one = 1 << 16
+    cases = {
+        "hflip": ((-one, 0, 0, 0, one, 0, 0, 0, 1 << 30), plain.flip(-1)),
+        "vflip": ((one, 0, 0, 0, -one, 0, 0, 0, 1 << 30), plain.flip(-2)),
+        "transpose": ((0, one, 0, one, 0, 0, 0, 0, 1 << 30), plain.transpose(-2, -1)),
+        "anti": ((0, -one, 0, -one, 0, 0, 0, 0, 1 << 30), plain.flip(-1, -2).transpose(-2, -1)),
+        "180": ((-one, 0, 0, 0, -one, 0, 0, 0, 1 << 30), plain.flip(-1, -2)),
+    }
+    for name, (matrix, expected) in cases.items():
+        clip = load_video(_rotated(plain_path, tmp_path / f"{name}.mp4", matrix))
+        assert torch.equal(clip.video, expected), name
+        assert clip.original_size == tuple(expected.shape[-2:]), name
+
+
+# ---------------------------------------------------------------- images (round 4)
+
+
+def test_rgb_png_with_a_transparent_colour_is_composited_on_white(tmp_path: Path) -> None:
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[2:] = (10, 200, 30)
+    Image.fromarray(rgb).save(tmp_path / "key.png", transparency=(0, 0, 0))  # a tRNS chunk
+    image = load_image(tmp_path / "key.png").image
+    assert torch.equal(image[:, :2], torch.ones(3, 2, 4))  # the key colour: white
+    assert torch.allclose(image[:, 2, 0], torch.tensor([10, 200, 30]) / 127.5 - 1)
+
+
+def test_resize_cover_of_a_strip_crops_before_resizing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A 3x6000 strip to 256x256 used to be resized to 256x512000 first (1.5 GB, 16 s).
+    from anytok.media import image as image_module
+
+    resize = image_module.TF.resize
+
+    def small_resize(x: torch.Tensor, size: list[int], **kw: object) -> torch.Tensor:
+        assert size[0] * size[1] <= 16 * 256 * 256, f"intermediate of {size}"
+        return resize(x, size, **kw)
+
+    monkeypatch.setattr(image_module.TF, "resize", small_resize)
+    strip = torch.linspace(-1, 1, 6000).expand(3, 3, 6000).contiguous()
+    out = resize_cover(strip, 256)
+    assert out.shape == (3, 256, 256)
+    # The centre of the strip, as resizing it whole and cropping gives.
+    assert abs(float(out.mean())) < 1e-3 and float(out.max() - out.min()) < 2e-3
+    strip = torch.linspace(-1, 1, 600).expand(3, 2, 600).contiguous()
+    whole = TF.center_crop(resize(strip, [16, 4800], antialias=True), [16, 16])
+    assert float((resize_cover(strip, 16) - whole).abs().max()) < 5e-3
+    # Ordinary aspect ratios: exactly as before (resize, then crop).
+    photo = torch.rand(3, 50, 90, generator=torch.Generator().manual_seed(0))
+    expected = TF.center_crop(resize(photo, [32, 58], antialias=True), [32, 32])
+    assert torch.equal(resize_cover(photo, 32), expected)
+
+
+# ---------------------------------------------------------------- audio (round 4)
+
+
+@pytest.mark.parametrize("brand", ["isom", "mp42", "dash", "M4A "])
+def test_aac_m4a_of_any_brand_is_read(tmp_path: Path, brand: str) -> None:
+    # Android recorders write .m4a files branded isom / mp42, YouTube dash: still audio.
+    path = tmp_path / "tone.m4a"
+    rate = 16000
+    with av.open(str(path), "w", format="mp4", options={"brand": brand}) as container:
+        stream = container.add_stream("aac", rate=rate, layout="mono")
+        wave = (0.5 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)).astype(np.float32)
+        frame = av.AudioFrame.from_ndarray(wave[None], format="fltp", layout="mono")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    assert path.read_bytes()[8:12] == brand.encode()
+    clip = load_audio(path)
+    assert clip.sample_rate == rate and abs(clip.waveform.shape[-1] - rate) < 2048
+    assert abs(float(clip.waveform[0, 4000:12000].abs().max()) - 0.5) < 0.05
+    # A video without sound is still refused, and named as a video.
+    video = _coded_video(tmp_path / "silent.mp4", 3)
+    for name in ("silent.m4a", "silent.wav"):
+        with pytest.raises(MediaError, match="MP4/QuickTime video, not audio"):
+            load_audio(video.rename(tmp_path / name))
+        video = tmp_path / name
+
+
+def _tone_level(y: torch.Tensor, freq: float, rate: int) -> float:
+    """Amplitude of a ``freq`` tone in ``y`` (Hann-windowed FFT peak), in dB of full scale."""
+    window = torch.hann_window(y.shape[-1], periodic=False, dtype=torch.float64)
+    spectrum = torch.fft.rfft(y.double() * window).abs() / (window.sum() / 2)
+    k = round(freq * y.shape[-1] / rate)
+    return 20 * math.log10(float(spectrum[k - 3 : k + 4].max()))
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_resampling_suppresses_aliases_and_keeps_the_passband(direct: bool) -> None:
+    # 48 -> 24 kHz: a 14 kHz tone must not fold back to 10 kHz (torchaudio's default filter
+    # let it through at -22 dB), and a tone at 0.8 x Nyquist must keep its level.
+    t = torch.arange(48000, dtype=torch.float64) / 48000
+
+    def down(freq: float) -> torch.Tensor:
+        tone = torch.sin(2 * math.pi * freq * t).float()[None]
+        out = _resample_direct(tone, 2, 1) if direct else resample(tone, 48000, 24000)
+        assert out.shape == (1, 24000)
+        return out[0]
+
+    assert _tone_level(down(14000), 10000, 24000) < -60  # the alias
+    assert abs(_tone_level(down(9600), 9600, 24000)) < 0.1  # the passband
+
+
+def test_save_audio_writes_what_load_audio_reads(tmp_path: Path) -> None:
+    wave = torch.from_numpy(_sine(48000, 0.5).T.astype(np.float32))
+    for name in ("a.opus", "a.aif", "a.aiff", "a.oga"):
+        clip = load_audio(save_audio(tmp_path / name, wave, 48000))
+        assert clip.sample_rate == 48000 and abs(clip.waveform.shape[-1] - 24000) < 1000, name
+    with pytest.raises(MediaError, match=r"writable extensions are \.wav, \.flac.*\.opus"):
+        save_audio(tmp_path / "a.m4a", wave, 48000)
+
+
+# ---------------------------------------------------------------- pipeline (round 4)
+
+
+def test_decode_keeps_the_source_extension_where_names_would_collide(tmp_path: Path) -> None:
+    # encode keeps photo.png and photo.jpg apart; decode used to map both to photo.png and
+    # refuse the second.
+    import anytok
+    from anytok.pipeline import crowded_token_files, decode_files, encode_files, token_jobs
+
+    model = anytok.create_model("cnn_fsq_256", tiny=True).eval()
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    picture = torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for name in ("photo.png", "photo.jpg", "other.jpg", "sub/photo.bmp"):
+        save_image(folder / name, picture)
+    assert encode_files(model, [folder], tmp_path / "tok").ok
+    jobs = token_jobs([tmp_path / "tok"])
+    assert {p.name for p in crowded_token_files(jobs)} == {
+        "photo.png.tokens.safetensors",
+        "photo.jpg.tokens.safetensors",
+    }
+    for order in (jobs, jobs[::-1]):  # the names do not depend on the order
+        assert crowded_token_files(order) == crowded_token_files(jobs)
+    report = decode_files([tmp_path / "tok"], tmp_path / "out", lambda _: model)
+    assert report.ok and report.items == 4
+    written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in report.written)
+    assert written == ["other.png", "photo.jpg.png", "photo.png", "sub/photo.png"]
+    assert all(p.is_file() for p in report.written)
+
+
+def test_too_many_frames_names_the_limit_and_how_to_raise_it(tmp_path: Path) -> None:
+    from anytok.media import MediaLimits
+
+    path = _coded_video(tmp_path / "clip.mp4", 12)
+    with pytest.raises(MediaError) as info:
+        load_video(path, limits=MediaLimits(max_video_frames=5))
+    problem = info.value.problem
+    assert "MediaLimits.max_video_frames = 5" in problem
+    assert "limits=MediaLimits(max_video_frames=...)" in problem
+    assert "anytok encode has no option" in problem
+    assert len(load_video(path, limits=MediaLimits(max_video_frames=12)).video[0]) == 12

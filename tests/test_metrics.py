@@ -14,6 +14,7 @@ from skimage import data as skdata
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from anytok.media import resize_cover
+from anytok.media.audio import RESAMPLE_FILTER
 from anytok.media.samples import sample_image, sample_speech
 from anytok.metrics import (
     TokenStatistics,
@@ -113,10 +114,10 @@ def test_pesq_resamples_other_rates(speech_pair) -> None:
     from pesq import pesq as reference
 
     ref16, rec16 = speech_pair
-    ref24 = torchaudio.functional.resample(ref16, 16000, 24000)
-    rec24 = torchaudio.functional.resample(rec16, 16000, 24000)
-    back_ref = torchaudio.functional.resample(ref24, 24000, 16000)
-    back_rec = torchaudio.functional.resample(rec24, 24000, 16000)
+    ref24 = torchaudio.functional.resample(ref16, 16000, 24000, **RESAMPLE_FILTER)
+    rec24 = torchaudio.functional.resample(rec16, 16000, 24000, **RESAMPLE_FILTER)
+    back_ref = torchaudio.functional.resample(ref24, 24000, 16000, **RESAMPLE_FILTER)
+    back_rec = torchaudio.functional.resample(rec24, 24000, 16000, **RESAMPLE_FILTER)
     expected = reference(16000, _np(back_ref[0, 0]), _np(back_rec[0, 0]), "wb")
     assert pesq(ref24, rec24, 24000).item() == pytest.approx(expected, abs=1e-3)
 

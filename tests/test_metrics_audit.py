@@ -19,6 +19,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from anytok.bench.runner import PointAccumulator, _invalid_notes
 from anytok.bench.suite import MetricSuite
 from anytok.bench.sweeps import FULL, SweepPoint
+from anytok.media.audio import RESAMPLE_FILTER
 from anytok.media.samples import sample_speech
 from anytok.metrics import (
     TokenStatistics,
@@ -110,10 +111,10 @@ def test_pesq_modes_and_rates_match_the_package(speech16) -> None:
     from pesq import pesq as reference
 
     def to16k(x: torch.Tensor, rate: int) -> np.ndarray:
-        return _np(torchaudio.functional.resample(x, rate, 16000)[0, 0])
+        return _np(torchaudio.functional.resample(x, rate, 16000, **RESAMPLE_FILTER)[0, 0])
 
     for rate in (8000, 16000, 22050):
-        ref = torchaudio.functional.resample(speech16, 16000, rate)
+        ref = torchaudio.functional.resample(speech16, 16000, rate, **RESAMPLE_FILTER)
         rec = _noisy(ref)
         for mode in ("wb", "nb"):
             if rate == 8000 and mode == "nb":  # narrow-band keeps 8 kHz

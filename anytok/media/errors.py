@@ -23,6 +23,7 @@ __all__ = [
     "Modality",
     "check_file",
     "ffmpeg_detail",
+    "is_iso_bmff",
     "sniff",
 ]
 
@@ -136,6 +137,20 @@ def sniff(path: str | os.PathLike[str]) -> tuple[str, Modality | None] | None:
     if head.lstrip()[:1] in (b"<", b"{") or _looks_like_text(head):
         return ("a text file", None)
     return None
+
+
+def is_iso_bmff(path: str | os.PathLike[str]) -> bool:
+    """Whether the file starts with an ISO-BMFF ``ftyp`` box (MP4, M4A, MOV, 3GP ...).
+
+    Its brand says little: Android recorders write AAC ``.m4a`` files as ``isom`` / ``mp42``
+    and YouTube as ``dash``, brands that :func:`sniff` calls video; only the streams inside
+    tell audio from video.
+    """
+    try:
+        with open(path, "rb") as f:
+            return f.read(8)[4:8] == b"ftyp"
+    except OSError:
+        return False
 
 
 def _looks_like_text(head: bytes) -> bool:

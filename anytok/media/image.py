@@ -77,15 +77,30 @@ def _as_hw(size: Size) -> tuple[int, int]:
 def resize_cover(x: Tensor, size: Size) -> Tensor:
     """Resize ``(..., H, W)`` so it covers ``size`` with its aspect ratio kept, then crop the
     centre: returns ``(..., size_h, size_w)``. ``size`` is ``(height, width)`` or one int for
-    a square. Bilinear with antialiasing (torchvision); uint8 stays uint8."""
+    a square. Bilinear with antialiasing (torchvision); uint8 stays uint8.
+
+    An image of extreme aspect ratio (more than :data:`_MAX_COVER_EXCESS` times the output's
+    pixels once resized, e.g. a 3x6000 strip) is cropped first, in source coordinates, and
+    only the crop is resized: the same region, without a 256 x 512,000 intermediate.
+    """
     h, w = _as_hw(size)
     in_h, in_w = x.shape[-2:]
     if (in_h, in_w) == (h, w):
         return x
     scale = max(h / in_h, w / in_w)
     new = [max(h, round(in_h * scale)), max(w, round(in_w * scale))]
-    resized = TF.resize(x, new, antialias=True)
-    return TF.center_crop(resized, [h, w])
+    if new[0] * new[1] <= _MAX_COVER_EXCESS * h * w:
+        resized = TF.resize(x, new, antialias=True)
+        return TF.center_crop(resized, [h, w])
+    # The centred box that covers (h, w) once scaled, in source pixels (at least one).
+    box_h = min(in_h, max(1, round(h / scale)))
+    box_w = min(in_w, max(1, round(w / scale)))
+    top, left = (in_h - box_h) // 2, (in_w - box_w) // 2
+    return TF.resized_crop(x, top, left, box_h, box_w, [h, w], antialias=True)
+
+
+#: Above this many times the output's pixels, :func:`resize_cover` crops before resizing.
+_MAX_COVER_EXCESS = 16
 
 
 def load_image(
@@ -194,7 +209,7 @@ def _decode_error(p: Path, err: BaseException) -> MediaError:
 
 def _to_rgb(im: Image.Image) -> Image.Image:
     """Any Pillow mode to 8-bit RGB."""
-    if im.mode == "RGB":
+    if im.mode == "RGB" and "transparency" not in im.info:  # tRNS: a transparent colour
         return im
     if im.mode.startswith("I") or im.mode == "F":
         # Pillow's own I;16 -> RGB conversion clips at 255 instead of scaling. The range

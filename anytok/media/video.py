@@ -7,7 +7,10 @@ axis. Only the first video stream is read; audio streams are ignored.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -48,8 +51,11 @@ class VideoClip:
         original_fps: the file's own frame rate.
         original_frames: frames in the file's video stream as its header states (0 when the
             container does not say, e.g. Matroska).
-        original_size: ``(height, width)`` of the file's frames as displayed (after the
-            rotation its metadata asks for).
+        original_size: ``(height, width)`` of the file's frames as stored, turned as its
+            display matrix asks (a portrait phone video gives ``(1920, 1080)``). Non-square
+            pixels (a sample aspect ratio other than 1:1, as on anamorphic DVD / HDV) are not
+            stretched: a 720x576 frame with SAR 16:11 stays 720 wide, not the 1047 it is
+            displayed at.
     """
 
     video: Tensor
@@ -88,8 +94,15 @@ def load_video(
         start: first timestamp in seconds (seeks to the keyframe before it).
         size: ``(height, width)`` or an int for a square: each frame is resized to cover it
             and centre-cropped. None keeps the file's size. Frames are first turned upright
-            as the file's rotation metadata says (portrait phone videos), as players do.
+            (and mirrored) as the file's display matrix says (portrait phone videos, front
+            cameras), as FFmpeg's ``autorotate`` does. Non-square pixels are ignored: frames
+            keep their stored size and aspect (no SAR correction), so cover-and-crop sees the
+            stored picture, not the displayed one.
         limits: sanity limits; :data:`DEFAULT_LIMITS` when None.
+
+    A video of more than ``limits.max_video_frames`` output frames (10,000 by default: 6:40
+    at 25 fps) is refused; raise the limit with ``limits=MediaLimits(max_video_frames=...)``
+    or read it in parts with ``start`` / ``max_frames``.
 
     Raises:
         MediaError: the file is missing, empty, truncated, corrupt, not a video, has no
@@ -120,30 +133,46 @@ def load_video(
         width, height = stream.codec_context.width, stream.codec_context.height
         if width and height:
             _check_frame_size(p, width, height, limits)
+        # AVI stores no presentation times: the ones FFmpeg derives follow decode order (with
+        # B-frames they jump back and forth) or start a frame late, so frames are counted
+        # instead, from the first frame's time, at the rate the timestamps step by (the
+        # header's average can count B-frame index entries twice).
+        counted = "avi" in container.format.name.split(",")
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if counted:
+            rate = stream.guessed_rate or rate
         src_fps = float(rate) if rate else 0.0
         header_frames = int(stream.frames or 0)
         origin = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
-        if start > 0:
-            try:
-                container.seek(int((start + origin) * av.time_base), backward=True)
-            except FFMPEG_ERRORS:  # not seekable: decode from the start and skip ahead
-                with contextlib.suppress(*FFMPEG_ERRORS):
-                    container.seek(0)
+        dt = 1.0 / (src_fps or 25.0)
+        seek_origin = origin  # seeking goes by the demuxer's timestamps
+        first_time = _first_frame_time(container, stream) if counted else origin
+        frames: Iterator[av.VideoFrame] = iter(())  # nothing decodes: read no further
+        if first_time is not None:
+            origin = first_time
+            frames = _frames_from(container, stream, start, seek_origin, origin, dt)
         selector = _FrameSelector(p, start, fps, src_fps, max_frames, size, limits.max_video_frames)
         decoded = 0
         reached_end = False
+        first_t: float | None = None
+        last_t = -float("inf")
         try:
-            for frame in container.decode(stream):
+            for frame in frames:
                 if decoded == 0:
                     width, height = frame.width, frame.height
                     _check_frame_size(p, width, height, limits)
-                    selector.turns = _quarter_turns(frame, stream)
-                t = (
-                    float(frame.time) - origin
-                    if frame.time is not None
-                    else decoded / (src_fps or 25.0)
-                )
+                    selector.orient = _orientation(frame, stream)
+                if frame.time is None:
+                    t = last_t + dt if decoded else 0.0
+                elif counted:
+                    if first_t is None:
+                        first_t = float(frame.time) - origin
+                    t = first_t + decoded * dt
+                else:
+                    t = float(frame.time) - origin
+                    if t <= last_t:  # timestamps out of presentation order: count frames
+                        t = last_t + dt
+                last_t = t
                 decoded += 1
                 if not selector.push(t, frame, width, height):
                     break
@@ -158,12 +187,20 @@ def load_video(
                 f"video data stops decoding after {decoded} frames ({ffmpeg_detail(err)}); "
                 "the file is probably truncated or corrupt",
             ) from err
+        # A stream-copy cut keeps the samples before its first keyframe and an edit list
+        # hides them: the header counts them, the stream's duration does not. When the two
+        # disagree the count is no promise of what decodes.
+        expected = header_frames
+        if header_frames and stream.duration and stream.time_base and src_fps:
+            by_duration = float(stream.duration * stream.time_base) * src_fps
+            if abs(by_duration - header_frames) > max(2, header_frames // 100):
+                expected = 0
     if decoded == 0:
         if start > 0:
             raise MediaError(p, f"has no video frames at or after start={start:g} s")
         raise MediaError(p, "contains no video frames (zero frames)")
-    missing = header_frames - decoded
-    if reached_end and start == 0 and missing > max(2, header_frames // 100):
+    missing = expected - decoded
+    if reached_end and start == 0 and missing > max(2, expected // 100):
         raise MediaError(
             p,
             f"file is truncated: the header announces {header_frames} frames but only "
@@ -172,7 +209,7 @@ def load_video(
     if not selector.frames:
         raise MediaError(p, f"has no video frames at or after start={start:g} s")
     video = from_uint8(torch.stack(selector.frames, dim=1))  # (3, T, H, W)
-    if selector.turns % 2:
+    if _swaps_axes(selector.orient):
         width, height = height, width  # the size as displayed
     return VideoClip(
         video=video,
@@ -211,7 +248,7 @@ class _FrameSelector:
         self.size = size
         self.limit = limit
         self.frames: list[Tensor] = []
-        self.turns = 0  # counterclockwise quarter turns that display the frames upright
+        self.orient: tuple[str, ...] = ()  # what displays the frames upright (_orientation)
         self.done = False
         self._prev: tuple[float, av.VideoFrame, int, int] | None = None
         self._prev_tensor: Tensor | None = None
@@ -229,15 +266,21 @@ class _FrameSelector:
             self.done = True
             return False
         if len(self.frames) >= self.limit:
+            rate = self.fps or 1.0 / self.src_dt
             raise MediaError(
                 self.path,
-                f"too many frames: more than the limit of {self.limit} (pass max_frames= "
-                "or a lower fps, or raise MediaLimits.max_video_frames)",
+                f"too many frames: more than MediaLimits.max_video_frames = {self.limit} "
+                f"({self.limit / rate / 60:.1f} min at {rate:g} fps). In Python pass "
+                "limits=MediaLimits(max_video_frames=...) to load_video, or max_frames= / a "
+                "lower fps; anytok encode has no option for it: split the video into shorter "
+                "files",
             )
         assert self._prev is not None
         if self._prev_tensor is None:
             _, frame, w, h = self._prev
-            self._prev_tensor = _frame_tensor(frame, w, h, self.size, self._reformatter, self.turns)
+            self._prev_tensor = _frame_tensor(
+                frame, w, h, self.size, self._reformatter, self.orient
+            )
         self.frames.append(self._prev_tensor)
         if self.max_frames is not None and len(self.frames) >= self.max_frames:
             self.done = True
@@ -271,37 +314,138 @@ class _FrameSelector:
                 return
 
 
+def _first_frame_time(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> float | None:
+    """The time of the stream's first decoded frame (its start when the frame has none;
+    None when no frame decodes); the container is left at its start."""
+    try:
+        frame = next(iter(container.decode(stream)), None)
+    except FFMPEG_ERRORS:
+        frame = None
+    if frame is None:
+        return None
+    with contextlib.suppress(*FFMPEG_ERRORS):
+        container.seek(0)
+    return float(frame.time) if frame.time is not None else 0.0
+
+
+def _frames_from(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    start: float,
+    seek_origin: float,
+    origin: float,
+    dt: float,
+) -> Iterator[av.VideoFrame]:
+    """Decoded frames from a keyframe at or before ``start`` seconds (from the first frame
+    when ``start`` is 0); ``start`` counts from ``seek_origin`` in the demuxer's timestamps
+    and from ``origin`` in the frames'.
+
+    FFmpeg seeks to the keyframe before a timestamp, but some demuxers (MPEG-TS, which has no
+    index) land after it, or past the last keyframe: when the first frame decoded is later
+    than ``start`` or none decodes, the seek is repeated 1, 2, 4 ... seconds earlier, and
+    finally from the start of the file.
+    """
+    if start <= 0:
+        yield from container.decode(stream)
+        return
+    back = 0.0
+    while start - back > 0:
+        try:
+            container.seek(int((start - back + seek_origin) * av.time_base), backward=True)
+        except FFMPEG_ERRORS:  # not seekable: decode from the start and skip ahead
+            break
+        frames = container.decode(stream)
+        first = next(frames, None)
+        if first is not None and (
+            first.time is None or first.time - origin <= start + 0.5 * dt + _TIE
+        ):
+            yield first
+            yield from frames
+            return
+        back = max(1.0, 2 * back)
+    with contextlib.suppress(*FFMPEG_ERRORS):
+        container.seek(0)
+    yield from container.decode(stream)
+
+
 def _frame_tensor(
     frame: av.VideoFrame,
     width: int,
     height: int,
     size: Size | None,
     reformatter: VideoReformatter,
-    turns: int = 0,
+    orient: tuple[str, ...] = (),
 ) -> Tensor:
-    """One frame as uint8 ``(3, H, W)`` at the stream's first size, turned upright by
-    ``turns`` counterclockwise quarter turns (then resized to ``size``)."""
+    """One frame as uint8 ``(3, H, W)`` at the stream's first size, turned upright by the
+    ``orient`` operations (:func:`_orientation`), then resized to ``size``."""
     rgb = reformatter.reformat(frame, width=width, height=height, format="rgb24")
     array = rgb.to_ndarray()
     tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
-    if turns:
-        tensor = torch.rot90(tensor, turns, dims=(-2, -1))
+    for op in orient:
+        tensor = _ORIENT_OPS[op](tensor)
     if size is not None:
         tensor = resize_cover(tensor, size)
     return tensor.contiguous()
 
 
-def _quarter_turns(frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> int:
-    """Counterclockwise quarter turns (0-3) that the stream's display matrix asks for, as
-    players and FFmpeg's own ``autorotate`` apply them (a phone's portrait video is stored
-    landscape with a -90 degree rotation). Angles between quarter turns are rounded."""
-    angle = getattr(frame, "rotation", None)  # PyAV >= 14: from the DISPLAYMATRIX side data
-    if angle is None:  # older PyAV: the "rotate" tag of older FFmpeg, in degrees clockwise
+# The operations of FFmpeg's ``transpose`` / ``hflip`` / ``vflip`` filters on (C, H, W).
+_ORIENT_OPS = {
+    "clock": lambda x: torch.rot90(x, -1, dims=(-2, -1)),
+    "cclock": lambda x: torch.rot90(x, 1, dims=(-2, -1)),
+    "transpose": lambda x: x.transpose(-2, -1),  # transpose=cclock_flip
+    "hflip": lambda x: x.flip(-1),
+    "vflip": lambda x: x.flip(-2),
+    "180": lambda x: torch.rot90(x, 2, dims=(-2, -1)),
+}
+
+
+def _swaps_axes(orient: tuple[str, ...]) -> bool:
+    return sum(op in ("clock", "cclock", "transpose") for op in orient) % 2 == 1
+
+
+def _orientation(frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> tuple[str, ...]:
+    """The operations that display a frame upright as FFmpeg's ``autorotate`` does (a
+    phone's portrait video is stored landscape with a -90 degree rotation; a front camera's
+    may be mirrored), from the frame's display matrix.
+
+    Mirrors FFmpeg's ``fftools`` (``ffmpeg_filter.c``): rotations of 90 / 180 / 270 degrees
+    with the flips the matrix holds; other angles are rounded to quarter turns (FFmpeg
+    rotates by the exact angle and fills the corners).
+    """
+    matrix = None
+    for data in getattr(frame, "side_data", ()):
+        if getattr(getattr(data, "type", None), "name", "") == "DISPLAYMATRIX":
+            raw = bytes(data)
+            if len(raw) >= 36:
+                matrix = struct.unpack("=9i", raw[:36])
+    if matrix is None:  # older PyAV: the "rotate" tag of older FFmpeg, in degrees clockwise
         try:
-            angle = -float(stream.metadata.get("rotate", 0))
+            theta = float(stream.metadata.get("rotate", 0))
         except ValueError:
-            angle = 0
-    return round(float(angle) / 90.0) % 4
+            theta = 0.0
+        return _QUARTER_TURNS[round(theta / 90.0) % 4]
+    m0, m1, _, m3, m4 = (v / 65536.0 for v in matrix[:5])
+    s0, s1 = math.hypot(m0, m3), math.hypot(m1, m4)
+    if s0 == 0 or s1 == 0:
+        return ()
+    # theta: clockwise degrees in [0, 360), as FFmpeg's get_rotation computes it
+    theta = -round(-math.degrees(math.atan2(m1 / s1, m0 / s0)))
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
+    if abs(theta - 90) < 1:
+        return ("transpose",) if m3 > 0 else ("clock",)
+    if abs(theta - 180) < 1:
+        return (("hflip",) if m0 < 0 else ()) + (("vflip",) if m4 < 0 else ())
+    if abs(theta - 270) < 1:
+        return ("clock", "vflip") if m3 < 0 else ("cclock",)
+    if abs(theta) > 1:
+        return _QUARTER_TURNS[round(theta / 90.0) % 4]
+    return ("vflip",) if m4 < 0 else ()
+
+
+# Clockwise quarter turns as orientation operations.
+_QUARTER_TURNS: tuple[tuple[str, ...], ...] = ((), ("clock",), ("180",), ("cclock",))
 
 
 def _check_frame_size(p: Path, width: int, height: int, limits: MediaLimits) -> None:
