@@ -35,6 +35,9 @@ def model_config(model: nn.Module) -> dict[str, Any]:
         )
     from anytok import __version__
 
+    portable = getattr(model, "portable_config", None)  # e.g. TiTok's proxy by config, not path
+    if callable(portable):
+        config = portable(config)
     return {
         "format": FORMAT_VERSION,
         "architecture": arch,
@@ -178,8 +181,15 @@ def _pickle_hint(path: Path) -> str:
     return ""
 
 
-def load_checkpoint(directory: str | os.PathLike[str], *, device: str = "cpu") -> nn.Module:
-    """Build the architecture named in ``config.json`` and load ``model.safetensors`` strictly."""
+def load_checkpoint(
+    directory: str | os.PathLike[str], *, device: str = "cpu", source: str | None = None
+) -> nn.Module:
+    """Build the architecture named in ``config.json`` and load ``model.safetensors`` strictly.
+
+    ``source`` is what the model's token files name as their tokenizer (``registry_name``):
+    by default the resolved directory; ``"hf-hub:org/name"`` for a Hub snapshot, whose cache
+    path is of this machine only. The directory itself is kept as ``anytok_checkpoint_dir``.
+    """
     from anytok.registry import UnknownModelError, attach_identity, get_arch
 
     directory = Path(directory).expanduser()
@@ -228,8 +238,9 @@ def load_checkpoint(directory: str | os.PathLike[str], *, device: str = "cpu") -
         info.name,
         config["config"],
         tag=config.get("trained_from") or "local",
-        source=str(directory.resolve()),
+        source=source or str(directory.resolve()),
     )
+    model.anytok_checkpoint_dir = str(directory.resolve())  # type: ignore[assignment]
     return model
 
 
@@ -252,4 +263,5 @@ def pull_from_hub(repo_id: str, *, revision: str | None = None) -> nn.Module:
     from huggingface_hub import snapshot_download
 
     path = snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME])
-    return load_checkpoint(path)
+    # "hf-hub:org/name" loads the default revision: another revision's tokens name the folder.
+    return load_checkpoint(path, source=f"hf-hub:{repo_id}" if revision is None else None)

@@ -115,7 +115,7 @@ def _checkpoint_details(name: str) -> dict[str, object]:
     from anytok.registry import get_arch
 
     model = anytok.load(name)
-    written = read_config(Path(model.anytok_source))  # the folder (or Hub snapshot) loaded
+    written = read_config(Path(model.anytok_checkpoint_dir))  # the folder (or Hub snapshot)
     config, arch, extra = written["config"], written["architecture"], written.get("extra", {})
     info = get_arch(arch)
     trained = f", step {extra['step']}" if "step" in extra else ""

@@ -247,8 +247,9 @@ def attach_identity(
 ) -> None:
     """Record on the model what it is, so checkpoints, token files and reports can say so.
 
-    ``source`` is the checkpoint directory a model was loaded from (``None`` for registry
-    names); token files name it so ``anytok decode`` finds the same weights.
+    ``source`` is where a model was loaded from, as :func:`load` takes it: the checkpoint
+    directory, or ``"hf-hub:org/name"`` (``None`` for registry names); token files name it so
+    ``anytok decode`` finds the same weights.
     """
     model.anytok_arch = arch  # type: ignore[assignment]
     model.anytok_config = copy.deepcopy(config)  # type: ignore[assignment]
@@ -453,7 +454,8 @@ def load(
                 f"could not get checkpoint {text!r} from the Hugging Face cache or Hub: "
                 f"{error_line(err)}"
             ) from err
-        model = load_checkpoint(path)
+        # Token files name the Hub id, loadable anywhere, not this machine's cache folder.
+        model = load_checkpoint(path, source=text)
     elif is_checkpoint_path(text):
         model = load_checkpoint(Path(text).expanduser())
     else:

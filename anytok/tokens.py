@@ -111,6 +111,13 @@ class TokenSpec:
             keeping the aspect ratio, then crop the centre: fixed-size tokenizers) or
             ``"native"`` (keep the size, crop the centre to a multiple of the stride: fully
             convolutional tokenizers; the token grid then follows the input's shape).
+        code_repeats: ``None`` (every position holds its own code), or per level, per layout
+            axis, how many consecutive positions hold one code: a level stored repeated on a
+            finer grid (hierarchical video's coarse level, ``((1, 2, 2), (1, 1, 1))``).
+            The rates (:attr:`bits_per_position`, :meth:`tokens_per_second`,
+            :attr:`Tokens.bits_per_item` ...) count each such code once; the codes and LM
+            ids keep every stored position. Written to JSON only when set, so files without
+            it (older ones) read as ``None``.
 
     Lists are accepted for the tuple fields and stored as tuples; numbers are checked
     (codebook sizes in ``[2, 2**63]``, rates positive and finite).
@@ -126,6 +133,7 @@ class TokenSpec:
     fps: float | None = None
     name: str = ""
     resize: str | None = None
+    code_repeats: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
@@ -174,6 +182,37 @@ class TokenSpec:
         set_(self, "fps", _positive_float(self.fps, "TokenSpec.fps"))
         set_(self, "sample_rate", _positive_int(self.sample_rate, "TokenSpec.sample_rate"))
         set_(self, "channels", _positive_int(self.channels, "TokenSpec.channels"))
+        set_(self, "code_repeats", self._checked_repeats())
+
+    def _checked_repeats(self) -> tuple[tuple[int, ...], ...] | None:
+        """``code_repeats`` as tuples, checked: one tuple of ``len(layout)`` integers >= 1
+        per level; all ones is ``None`` (the same tokens)."""
+        if self.code_repeats is None:
+            return None
+        where = "TokenSpec.code_repeats"
+        if isinstance(self.code_repeats, (str, bytes)) or not isinstance(
+            self.code_repeats, Sequence
+        ):
+            raise TypeError(
+                f"{where} must be None or one tuple per level, got {self.code_repeats!r}"
+            )
+        repeats = tuple(_int_tuple(r, f"{where}[{k}]") for k, r in enumerate(self.code_repeats))
+        shape_ok = len(repeats) == self.num_levels and all(
+            len(r) == len(self.layout) for r in repeats
+        )
+        if not shape_ok or any(n < 1 for r in repeats for n in r):
+            raise ValueError(
+                f"{where} must give, for each of the {self.num_levels} level(s), one integer "
+                f">= 1 per layout axis {self.layout}; got {self.code_repeats!r}"
+            )
+        return None if all(n == 1 for r in repeats for n in r) else repeats
+
+    def level_repeats(self, level: int) -> tuple[int, ...]:
+        """Positions per code of ``level`` along each layout axis (all 1 without
+        :attr:`code_repeats`)."""
+        if self.code_repeats is None:
+            return (1,) * len(self.layout)
+        return self.code_repeats[level]
 
     @property
     def num_levels(self) -> int:
@@ -181,8 +220,14 @@ class TokenSpec:
 
     @property
     def bits_per_position(self) -> float:
-        """Bits carried by one position (all levels)."""
-        return float(sum(math.log2(k) for k in self.codebook_sizes))
+        """Bits carried by one position (all levels); a level whose code fills ``r``
+        positions (:attr:`code_repeats`) adds ``log2(size) / r``."""
+        return float(
+            sum(
+                math.log2(k) / math.prod(self.level_repeats(level))
+                for level, k in enumerate(self.codebook_sizes)
+            )
+        )
 
     @property
     def storage_dtype(self) -> np.dtype:
@@ -199,19 +244,34 @@ class TokenSpec:
         ``frame_rate × levels × prod(spatial_shape)``, where ``spatial_shape`` gives the sizes
         of the layout axes after the first (time) one: ``()`` for audio ``("time",)``,
         ``(h, w)`` for video ``("frame", "height", "width")``. :attr:`Tokens.tokens_per_second`
-        reads them from the codes.
+        reads them from the codes. A level stored repeated (:attr:`code_repeats`) counts
+        each code once.
         """
-        return (
-            self._frame_rate_or_raise("tokens_per_second")
-            * self.num_levels
-            * self._spatial(spatial_shape)
+        rate = self._frame_rate_or_raise("tokens_per_second")
+        self._spatial(spatial_shape)  # checks it
+        return rate * sum(
+            self.codes_per_step(level, spatial_shape) / self.level_repeats(level)[0]
+            for level in range(self.num_levels)
         )
+
+    def codes_per_step(self, level: int, spatial_shape: Sequence[int] = ()) -> int:
+        """Codes of ``level`` in one step of the first layout axis over ``spatial_shape``
+        (the other axes' sizes): ``prod(spatial_shape)``, or fewer where the level's code
+        fills several positions (:attr:`code_repeats`; a part block counts as one code)."""
+        repeats = self.level_repeats(level)[1:]
+        return math.prod(-(-size // r) for size, r in zip(spatial_shape, repeats, strict=True))
 
     def bits_per_second(self, spatial_shape: Sequence[int] = ()) -> float:
         """Bitrate ``frame_rate × bits_per_position × prod(spatial_shape)``; see
-        :meth:`tokens_per_second` for ``spatial_shape``."""
+        :meth:`tokens_per_second` for ``spatial_shape`` (and :attr:`code_repeats`)."""
         rate = self._frame_rate_or_raise("bits_per_second")
-        return rate * self.bits_per_position * self._spatial(spatial_shape)
+        spatial = self._spatial(spatial_shape)
+        if self.code_repeats is None:
+            return rate * self.bits_per_position * spatial
+        return rate * sum(
+            math.log2(k) * self.codes_per_step(level, spatial_shape) / self.level_repeats(level)[0]
+            for level, k in enumerate(self.codebook_sizes)
+        )
 
     def _frame_rate_or_raise(self, what: str) -> float:
         if self.frame_rate is None:
@@ -231,11 +291,16 @@ class TokenSpec:
         return math.prod(sizes)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict (tuples become lists); :meth:`from_dict` inverts it."""
+        """JSON-safe dict (tuples become lists); :meth:`from_dict` inverts it.
+        ``code_repeats`` appears only when set (files then read in versions without it)."""
         out = asdict(self)
         for key in ("codebook_sizes", "layout", "resolution"):
             if out[key] is not None:
                 out[key] = list(out[key])
+        if out["code_repeats"] is None:
+            del out["code_repeats"]
+        else:
+            out["code_repeats"] = [list(r) for r in out["code_repeats"]]
         return out
 
     @classmethod
@@ -595,6 +660,8 @@ class Tokens:
 
     def equal(self, other: Tokens) -> bool:
         """Same spec, shape, valid lengths and codes at every valid position."""
+        if not isinstance(other, Tokens):
+            raise TypeError(f"Tokens.equal: expected Tokens, got {type(other).__name__}")
         if self.spec != other.spec or self.codes.shape != other.codes.shape:
             return False
         if not torch.equal(self.valid_lengths.cpu(), other.valid_lengths.cpu()):
@@ -602,21 +669,50 @@ class Tokens:
         mask = self.valid_mask().unsqueeze(1).cpu()
         return bool(((self.codes.cpu() == other.codes.cpu()) | ~mask).all())
 
+    def __eq__(self, other: object) -> bool:
+        """``a == b`` is :meth:`equal` (the generated dataclass comparison of code tensors
+        has no truth value)."""
+        if not isinstance(other, Tokens):
+            return NotImplemented
+        return self.equal(other)
+
+    __hash__ = None  # mutable, compared by value: unhashable, as a dataclass with eq is
+
     # ------------------------------------------------------------------------ rates
+    def _codes_per_level(self) -> list[Tensor]:
+        """``(batch,)`` int64 valid codes of each level, a code stored repeated over several
+        positions (:attr:`TokenSpec.code_repeats`) counted once."""
+        spatial = self.positions_shape[1:]
+        out = []
+        for level in range(self.num_levels):
+            steps = -(-self.valid_lengths // self.spec.level_repeats(level)[0])  # ceil
+            out.append(steps * self.spec.codes_per_step(level, spatial))
+        return out
+
     @property
     def tokens_per_item(self) -> Tensor:
-        """``(batch,)`` int64 valid tokens per item, all levels (no special tokens)."""
-        return self.valid_lengths * (math.prod(self.positions_shape[1:]) * self.num_levels)
+        """``(batch,)`` int64 valid tokens per item, all levels (no special tokens); a code
+        stored repeated (:attr:`TokenSpec.code_repeats`) counts once."""
+        if self.spec.code_repeats is None:
+            return self.valid_lengths * (math.prod(self.positions_shape[1:]) * self.num_levels)
+        return torch.stack(self._codes_per_level()).sum(0)
 
     @property
     def bits_per_item(self) -> Tensor:
-        """``(batch,)`` float64 information per item: valid positions × bits per position."""
-        positions = self.valid_lengths * math.prod(self.positions_shape[1:])
-        return positions.double() * self.spec.bits_per_position
+        """``(batch,)`` float64 information per item: valid positions × bits per position
+        (a code stored repeated counts once, as in :attr:`tokens_per_item`)."""
+        if self.spec.code_repeats is None:
+            positions = self.valid_lengths * math.prod(self.positions_shape[1:])
+            return positions.double() * self.spec.bits_per_position
+        counts = self._codes_per_level()
+        return sum(
+            count.double() * math.log2(k) for count, k in zip(counts, self.spec.codebook_sizes)
+        )
 
     @property
     def tokens_per_second(self) -> float:
-        """Tokens per second (audio / video), spatial sizes taken from the codes."""
+        """Tokens per second (audio / video), spatial sizes taken from the codes; a code
+        stored repeated (:attr:`TokenSpec.code_repeats`) counts once."""
         return self.spec.tokens_per_second(self.positions_shape[1:])
 
     @property
@@ -763,7 +859,7 @@ class Tokens:
         ``"spec"``, or a 0-d unicode array ``spec_json`` in npz). The file is written to a
         temporary name and renamed, so a crash never leaves a half-written file at ``path``.
         """
-        path = Path(path)
+        path = Path(path).expanduser()
         suffix = _suffix(path, "Tokens.save")
         if not path.parent.is_dir():
             raise FileNotFoundError(f"Tokens.save: folder {path.parent} of {path} does not exist")
@@ -794,7 +890,7 @@ class Tokens:
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: torch.device | str = "cpu") -> Tokens:
         """Read a file written by :meth:`save`; codes come back as int64 on ``device``."""
-        path = Path(path)
+        path = Path(path).expanduser()
         if not path.exists():  # before the extension: "nonexist" is missing, not misnamed
             raise FileNotFoundError(f"Tokens.load: no such file: {path}")
         suffix = _suffix(path, "Tokens.load")

@@ -97,6 +97,10 @@ def _small_encodec_reference(causal: bool, norm: str, channels: int):
 )
 @pytest.mark.parametrize("samples", [160, 163, 5])
 def test_encodec_matches_reference(causal: bool, norm: str, channels: int, samples: int) -> None:
+    """The reference encodes the raw audio (its convolutions reflect-pad a ragged last
+    window); so does anytok, at lengths that are, are not, and are shorter than a hop, and
+    for each item of a batch with ``lengths``. Zero-padding to whole hops first changed the
+    last codes (all codes of a 5-sample clip)."""
     ref, ours = _small_encodec_reference(causal, norm, channels)
     audio = 0.5 * torch.randn(2, channels, samples)
     padded = torch.nn.functional.pad(audio, (0, -samples % ours.hop_length))
@@ -104,12 +108,20 @@ def test_encodec_matches_reference(causal: bool, norm: str, channels: int, sampl
         assert max_diff(ours.encoder(padded), ref.encoder(padded)) <= TOL
         for bandwidth in (None, 24.0):  # every level / 2 levels
             ref.bandwidth = bandwidth
-            ((ref_codes, scale),) = ref.encode(padded)
+            ((ref_codes, scale),) = ref.encode(audio)
             assert scale is None
             tokens = ours.encode(audio, bandwidth=bandwidth)
             assert torch.equal(tokens.codes, ref_codes)
             assert tokens.spec.codebook_sizes == (16,) * ref_codes.shape[1]
             assert max_diff(ours.decode(tokens), ref.decode([(ref_codes, None)])) <= TOL
+        # a batch of two lengths: the shorter item's codes are the reference's of its samples
+        short = max(1, samples // 2 - 1)  # a ragged hop at 160 and 163 samples
+        ref.bandwidth = None
+        batch = ours.encode(audio, lengths=torch.tensor([samples, short]))
+        ((ref_short, _),) = ref.encode(audio[1:, :, :short])
+        frames = ref_short.shape[-1]
+        assert int(batch.valid_lengths[1]) == frames
+        assert torch.equal(batch.codes[1:, :, :frames], ref_short)
 
 
 @pytest.mark.parametrize("name", ["encodec_24khz", "encodec_48khz"])
@@ -127,7 +139,7 @@ def test_encodec_full_config_matches_reference(name: str) -> None:
     assert ours.hop_length == math.prod(ref.encoder.ratios)
     assert ours.frame_rate == ref.frame_rate
     assert list(ours.target_bandwidths) == list(ref.target_bandwidths)
-    audio = 0.3 * torch.randn(1, ours.channels, ours.hop_length * 12)
+    audio = 0.3 * torch.randn(1, ours.channels, ours.hop_length * 12 - 77)  # a ragged hop
     ref.set_target_bandwidth(6.0)
     with torch.no_grad():
         ((ref_codes, _),) = ref.encode(audio)
@@ -491,3 +503,28 @@ def test_residual_codecs_share_the_bitrate_contract(name):
             match=rf"{type(model).__name__}\.encode: n_levels must be in \[1, {n_q}\], got {bad}",
         ):
             model.encode(audio, n_levels=bad)
+
+
+def test_dac_converter_takes_the_whole_weights_file_and_names_strays() -> None:
+    """``torch.load("weights.pth")`` of the official package gives ``{"state_dict",
+    "metadata"}``: converted as its state dict (it passed both keys through and the load
+    failed with hundreds of missing keys); keys that are not DAC weights are named."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.DacConfig(
+        encoder_hidden_size=4,
+        downsampling_ratios=[2, 2],
+        decoder_hidden_size=16,
+        upsampling_ratios=[2, 2],
+        hop_length=4,
+        n_codebooks=2,
+        codebook_size=16,
+        codebook_dim=4,
+        hidden_size=32,
+    )
+    state = transformers.DacModel(config).state_dict()
+    plain = convert_dac_state_dict(state)
+    wrapped = convert_dac_state_dict({"state_dict": state, "metadata": {"kwargs": {}}})
+    assert wrapped.keys() == plain.keys()
+    assert all(torch.equal(wrapped[k], plain[k]) for k in plain)
+    with pytest.raises(KeyError, match="optimizer"):
+        convert_dac_state_dict({**state, "optimizer": torch.zeros(1)})

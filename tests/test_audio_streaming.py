@@ -338,3 +338,27 @@ def test_layers_take_inputs_of_zero_time_steps() -> None:
     for module, channels_in, channels_out in cases:
         out = module(torch.randn(2, channels_in, 0))
         assert out.shape == (2, channels_out, 0), type(module).__name__
+
+
+@pytest.mark.parametrize("tail", [1, 5])
+def test_exact_length_stream_ends_like_one_pass_of_raw_audio(tail: int) -> None:
+    """EnCodec encodes raw audio (its convolutions reflect-pad the last window, as the
+    reference does); its stream's flush ends a partial hop the same way: the streamed latent
+    equals one pass over the raw samples, not over samples zero-padded to a whole hop (they
+    differ by ~4e-3 there), and the streamed codes equal ``encode``'s."""
+    model = anytok.create_model("encodec_24khz", tiny=True).eval()
+    assert model.encodes_exact_lengths
+    hop = model.hop_length
+    audio = 0.5 * torch.randn(2, 1, hop * 9 + tail)
+    with torch.inference_mode():
+        raw = model.encoder(audio)
+        zero_padded = model.encoder(torch.nn.functional.pad(audio, (0, hop - tail)))
+        with streaming(model.encoder) as stream:
+            parts = [stream(audio[..., : hop * 9]), stream(audio[..., hop * 9 :])]
+            parts.append(stream.flush(audio))
+        latent = torch.cat(parts, -1)
+        assert (latent - raw).abs().max() <= TOL
+        assert (raw - zero_padded).abs().max() > 100 * TOL
+        with model.stream_encoder() as encoder:
+            codes = [encoder(c) for c in audio.split(3 * hop + 1, dim=-1)] + [encoder.flush()]
+        assert torch.equal(torch.cat(codes, -1), model.encode(audio).codes)

@@ -95,3 +95,50 @@ def test_a_single_item_with_lengths_decodes_its_prefix() -> None:
     assert torch.equal(model.decode(padded), model.decode(prefix))
     with pytest.raises(ValueError, match=r"decode: expected codes \(batch, 1, k\)"):
         model.decode(full.codes[:, 0])
+
+
+@pytest.mark.parametrize("stage", ["proxy", "pixel"])
+def test_every_trainable_parameter_gets_a_gradient(stage: str) -> None:
+    """DDP (find_unused_parameters off) waits for every trainable parameter: the other
+    stage's head and, in the pixel stage, the encoder's positions were trainable without a
+    gradient, so 2-rank runs of titok_proxy / titok_pixel stopped at their second step."""
+    model = proxy_model(stage).train()
+    out = model(images())
+    loss = out.losses["proxy"] if stage == "proxy" else (out.reconstruction - images()).abs().mean()
+    for value in out.losses.values():
+        loss = loss + 0 * value
+    loss.backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == [], unused
+
+
+def test_a_two_stage_checkpoint_does_not_need_its_proxy_path(tmp_path, monkeypatch) -> None:
+    """A proxy loaded from a checkpoint folder is stored by architecture and config (its
+    weights are TiTok's proxy.*): the TiTok checkpoint loads after that folder is gone and
+    from another working directory (it stored the path as given)."""
+    from anytok.checkpoint import save_checkpoint
+
+    proxy_dir = tmp_path / "runs" / "proxy"
+    save_checkpoint(anytok.create_model("cnn_fsq_256", tiny=True, seed=3), proxy_dir)
+    monkeypatch.chdir(tmp_path)
+    model = anytok.create_model(
+        "titok_b64",
+        tiny=True,
+        seed=0,
+        patch_size=4,
+        training_stage="pixel",
+        proxy_tokenizer="runs/proxy",
+    ).eval()
+    saved = save_checkpoint(model, tmp_path / "titok")
+    import shutil
+
+    shutil.rmtree(proxy_dir)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    loaded = anytok.load(str(saved)).eval()
+    assert loaded.anytok_config["proxy_tokenizer"]["architecture"] == "cnn_fsq_256"
+    with torch.no_grad():
+        assert torch.equal(
+            loaded.decode(model.encode(images())), model.decode(model.encode(images()))
+        )

@@ -123,6 +123,35 @@ def test_hf_hub_checkpoint_from_the_cache_and_an_offline_miss(monkeypatch, tmp_p
     assert "local_files_only" not in text
 
 
+def test_hf_hub_tokens_name_the_hub_id_not_the_cache_folder(monkeypatch, tmp_path) -> None:
+    """Token files of a Hub checkpoint name "hf-hub:org/name", loadable on any machine; the
+    cache snapshot they were read from is of this machine only (and may be cleaned)."""
+    import huggingface_hub.constants
+
+    from anytok.cli import _checkpoint_details
+
+    revision = "0" * 40
+    repo = tmp_path / "hub" / "models--org--tiny-codec"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    save_checkpoint(
+        anytok.create_model("seanet_fsq_24khz", tiny=True), repo / "snapshots" / revision
+    )
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("ANYTOK_OFFLINE", "1")
+    model = anytok.load("hf-hub:org/tiny-codec")
+    assert model.registry_name == "hf-hub:org/tiny-codec"
+    with torch.inference_mode():
+        tokens = model.encode(torch.rand(1, 1, 800) - 0.5)
+    assert tokens.spec.name == "hf-hub:org/tiny-codec"
+    assert anytok.load(tokens.spec.name).registry_name == "hf-hub:org/tiny-codec"
+    # `anytok info` still reads the snapshot's config.json
+    assert _checkpoint_details("hf-hub:org/tiny-codec")["architecture"] == "seanet_fsq_24khz"
+    # A folder keeps its resolved path.
+    folder = load_checkpoint(repo / "snapshots" / revision)
+    assert folder.registry_name == str((repo / "snapshots" / revision).resolve())
+
+
 def test_load_refuses_a_device_this_machine_lacks_before_loading(monkeypatch) -> None:
     from anytok.devices import DeviceError
 

@@ -387,3 +387,213 @@ def test_encoder_refuses_codes_outside_the_codebook_before_the_storage_cast() ->
     first, second = encode_media(model, torch.device("cpu"), items)
     assert isinstance(first, str) and "code -1 at level 0 is outside the codebook" in first
     assert isinstance(second, np.ndarray) and second.dtype == model.spec.storage_dtype
+
+
+# ------------------------------------------------- the public API of tokenizers and Tokens
+
+
+def _tiny(name: str):
+    import anytok
+
+    return anytok.create_model(name, tiny=True).eval()
+
+
+def test_decode_refuses_another_tokenizers_tokens() -> None:
+    """Tokens carry their spec: another tokenizer's (another rate, codebook or modality)
+    are an error naming the fields that differ, not media decoded from the wrong codes."""
+    encodec, mimi = _tiny("encodec_24khz"), _tiny("mimi")
+    vqgan, cnn_fsq = _tiny("vqgan"), _tiny("cnn_fsq_256")
+    with torch.inference_mode():
+        audio_tokens = encodec.encode(torch.rand(1, 1, 2400) - 0.5)
+        image_tokens = vqgan.encode(torch.rand(1, 3, 32, 32) - 0.5)
+        with pytest.raises(ValueError, match=r"Mimi.decode: .*frame_rate 3000.0 vs 1500.0"):
+            mimi.decode(audio_tokens)
+        with pytest.raises(ValueError, match=r"Mimi.decode_long: .*frame_rate"):
+            mimi.decode_long(audio_tokens)
+        with pytest.raises(ValueError, match=r"codebook_sizes \(64,\) vs \(125,\)") as err:
+            cnn_fsq.decode(image_tokens)
+        assert "vqgan" in str(err.value) and "cnn_fsq_256" in str(err.value)
+        with pytest.raises(ValueError, match=r"decode_tiled: .*codebook_sizes"):
+            cnn_fsq.decode_tiled(image_tokens)
+        with pytest.raises(ValueError, match=r"modality 'audio' vs 'image'"):
+            cnn_fsq.decode(audio_tokens)
+        # A residual codec decodes a prefix of its levels, never more levels than it has.
+        extra = Tokens(
+            torch.zeros(1, 5, 3, dtype=torch.long),
+            TokenSpec("audio", (16,) * 5, ("time",), frame_rate=3000.0),
+        )
+        with pytest.raises(ValueError, match=r"codebook_sizes .* vs a leading prefix of"):
+            encodec.decode(extra)
+
+
+def test_decode_takes_its_own_tokens_in_every_form(tmp_path: Path) -> None:
+    """What the spec check must let through: files (named by another path), fewer residual
+    levels, hierarchical's coarse layer, adaptive-length prefixes, tokens rebuilt from LM ids,
+    hand-written specs that leave the rates out, bare code tensors."""
+    import dataclasses
+
+    dac, cnn_fsq = _tiny("dac_44khz"), _tiny("cnn_fsq_256")
+    with torch.inference_mode():
+        tokens = dac.encode(torch.rand(2, 1, 2000) - 0.5, lengths=[2000, 900])
+        loaded = Tokens.load(tokens.save(tmp_path / "a.safetensors"))
+        moved = Tokens(loaded.codes, dataclasses.replace(loaded.spec, name="/elsewhere/ckpt"))
+        assert torch.equal(dac.decode(loaded), dac.decode(tokens))
+        assert dac.decode(moved).shape == dac.decode(tokens).shape
+        assert dac.decode(dac.encode(torch.rand(1, 1, 2000) - 0.5, n_levels=1)).ndim == 3
+        bare = TokenSpec("audio", dac.spec.codebook_sizes, ("time",))
+        assert dac.decode(Tokens(tokens.codes, bare)).shape[0] == 2
+        image = cnn_fsq.encode(torch.rand(2, 3, 32, 32) - 0.5)
+        vocab = LMVocab.from_spec(image.spec)
+        ids = image.to_lm_ids(vocab, "parallel")
+        rebuilt = Tokens.from_lm_ids(
+            ids, image.spec, vocab, "parallel", shape=(None, *image.positions_shape[1:])
+        )
+        assert torch.equal(cnn_fsq.decode(rebuilt), cnn_fsq.decode(image))
+        assert cnn_fsq.decode(image.codes).shape == (2, 3, 32, 32)
+        hier = _tiny("hierarchical")
+        layers = hier.encode_layers(torch.rand(1, 3, 5, 32, 32) - 0.5)
+        assert hier.decode(layers["coarse"], layers="coarse").shape[2] == 5
+        flextok = _tiny("flextok_d12_d12")
+        prefix = flextok.encode(torch.rand(1, 3, 32, 32) - 0.5, num_tokens=2)
+        assert flextok.decode(prefix, steps=1).shape == (1, 3, 32, 32)
+
+
+def test_unsigned_integer_lengths_encode() -> None:
+    """uint16 / 32 / 64 lengths (a manifest's) encode as int64 ones do; torch has no
+    comparison kernels for them, so they are converted before the range check."""
+    audio, video = _tiny("seanet_fsq_24khz"), _tiny("cnn3d_fsq_4x8x8")
+    x, v = torch.rand(2, 1, 800) - 0.5, torch.rand(2, 3, 5, 16, 16) - 0.5
+    with torch.inference_mode():
+        want_audio = audio.encode(x, [800, 400]).lengths.tolist()
+        want_video = video.encode(v, [5, 3]).lengths.tolist()
+        for dtype in (np.uint16, np.uint32, np.uint64):
+            assert audio.encode(x, np.array([800, 400], dtype=dtype)).lengths.tolist() == want_audio
+            assert video.encode(v, np.array([5, 3], dtype=dtype)).lengths.tolist() == want_video
+        lengths = torch.tensor([800, 400], dtype=torch.uint32)
+        assert audio.encode(x, lengths).lengths.tolist() == want_audio
+        with pytest.raises(ValueError, match=r"lengths must be in \[0, 800\]"):
+            audio.encode(x, np.array([801, 400], dtype=np.uint32))
+
+
+def test_tokens_compare_with_eq() -> None:
+    """``a == b`` answers :meth:`Tokens.equal` (the dataclass comparison raised on tensors)."""
+    spec = TokenSpec("audio", (4, 8), ("time",), frame_rate=10.0)
+    codes = torch.tensor([[[0, 1, 2, 3], [7, 6, 5, 4]]])
+    a, b = Tokens(codes, spec, torch.tensor([2])), Tokens(codes.clone(), spec, torch.tensor([2]))
+    b.codes[0, :, 3] = 0  # past the valid length: no information
+    c = Tokens(codes, spec)
+    assert a == b and a in [b] and [a] == [b]
+    assert a != c and [a] != [c]
+    assert a != "tokens" and a != codes
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(a)
+
+
+def test_unbatched_audio_codes_are_a_clear_error() -> None:
+    """Codes ``(levels, time)`` of one item reached a convolution as a batch."""
+    for name in ("encodec_24khz", "seanet_fsq_24khz"):
+        model = _tiny(name)
+        with torch.inference_mode():
+            codes = model.encode(torch.rand(1, 1, 4 * model.hop_length) - 0.5).codes
+            with pytest.raises(ValueError, match=r"expected codes \(batch, levels, time\)"):
+                model.decode(codes[0])
+
+
+def test_encodec_bandwidth_must_be_finite_and_positive() -> None:
+    model = _tiny("encodec_24khz")
+    x = torch.rand(1, 1, 800) - 0.5
+    with torch.inference_mode():
+        for bad in (float("nan"), float("inf"), -float("inf"), 0.0):
+            with pytest.raises(ValueError, match=rf"bandwidth {bad} kbps is outside \(0, "):
+                model.encode(x, bandwidth=bad)
+        for bad in ("6", True, [6]):
+            with pytest.raises(TypeError, match="bandwidth must be a number"):
+                model.encode(x, bandwidth=bad)
+
+
+def test_integer_counts_refuse_floats_and_bools() -> None:
+    """``n_levels=2.9`` was 2 levels and ``True`` one; ``num_tokens=3.7`` three tokens."""
+    dac, flextok = _tiny("dac_44khz"), _tiny("flextok_d12_d12")
+    x, image = torch.rand(1, 1, 2000) - 0.5, torch.rand(1, 3, 32, 32) - 0.5
+    with torch.inference_mode():
+        assert dac.encode(x, n_levels=np.int64(2)).codes.shape[1] == 2
+        for bad in (2.9, 2.0, True):
+            with pytest.raises(TypeError, match=r"DAC.encode: n_levels must be an integer"):
+                dac.encode(x, n_levels=bad)
+        assert flextok.encode(image, num_tokens=torch.tensor(3)).codes.shape[-1] == 3
+        for bad in (3.7, False):
+            with pytest.raises(TypeError, match=r"FlexTok.encode: num_tokens must be an integer"):
+                flextok.encode(image, num_tokens=bad)
+
+
+def test_numpy_media_with_negative_strides_encode() -> None:
+    """``img[:, ::-1]`` (BGR -> RGB) and reversed audio: torch.from_numpy refused them."""
+    image_model, audio_model = _tiny("cnn_fsq_256"), _tiny("seanet_fsq_24khz")
+    rng = np.random.default_rng(0)
+    img = rng.uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)
+    wav = rng.uniform(-0.5, 0.5, (1, 1, 4000)).astype(np.float32)
+    with torch.inference_mode():
+        for model, array in ((image_model, img[:, ::-1]), (audio_model, wav[..., ::-1])):
+            want = model.encode(torch.from_numpy(array.copy()))
+            assert model.encode(array) == want
+
+
+def test_tokens_files_expand_the_home_folder(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    tokens = random_tokens(AUDIO, (5,), [5, 2])
+    for ext in SAVE_EXTENSIONS:
+        written = tokens.save(f"~/tokens{ext}")
+        assert written == tmp_path / f"tokens{ext}" and written.is_file()
+        assert Tokens.load(f"~/tokens{ext}") == tokens
+
+
+def test_hierarchical_rates_count_the_coarse_code_once(tmp_path: Path) -> None:
+    """The coarse level is stored repeated over 2x2 blocks of the fine grid; every rate
+    (spec, Tokens, ``anytok info``'s bits per position) counts it once, as the bench's
+    :meth:`informative_codes` does."""
+    import math
+
+    from anytok.cli import _spec_details
+
+    model = _tiny("hierarchical")
+    with torch.inference_mode():
+        tokens = model.encode(torch.rand(2, 3, 5, 32, 32) - 0.5, lengths=[5, 1])
+    coarse, fine = model.spec.codebook_sizes
+    assert tokens.positions_shape == (3, 16, 16) and tokens.lengths.tolist() == [3, 1]
+    per_step = {
+        "tokens": 8 * 8 + 16 * 16,
+        "bits": 8 * 8 * math.log2(coarse) + 16 * 16 * math.log2(fine),
+    }
+    seconds = 1 / tokens.spec.frame_rate
+    assert tokens.tokens_per_item.tolist() == [3 * per_step["tokens"], per_step["tokens"]]
+    assert tokens.bits_per_item.tolist() == pytest.approx([3 * per_step["bits"], per_step["bits"]])
+    assert tokens.tokens_per_second == pytest.approx(per_step["tokens"] / seconds)
+    assert tokens.bits_per_second == pytest.approx(per_step["bits"] / seconds)
+    assert model.spec.bits_per_second((16, 16)) == pytest.approx(per_step["bits"] / seconds)
+    informative = model.informative_codes(tokens.codes[0])
+    assert sum(c.numel() for c in informative) == tokens.tokens_per_item[0]
+    bits = math.log2(coarse) / 4 + math.log2(fine)
+    assert _spec_details(model)["bits_per_position"] == pytest.approx(bits)
+    # The field travels in files; files without it (older ones) still load.
+    assert Tokens.load(tokens.save(tmp_path / "h.npz")) == tokens
+    old = {k: v for k, v in tokens.spec.to_dict().items() if k != "code_repeats"}
+    assert TokenSpec.from_dict(old).code_repeats is None
+    assert "code_repeats" not in AUDIO.to_dict()
+
+
+def test_strict_modes_agree_on_ids_to_lm_ids_wrote() -> None:
+    """docs/tokens.md: same codes and lengths; strict parallel / delay take the time axis from
+    the width, strict=False from the longest item unless ``shape`` gives it."""
+    spec = TokenSpec("audio", (4, 8), ("time",), frame_rate=10.0)
+    codes = torch.tensor([[[0, 1, 2, 3], [7, 6, 5, 4]], [[3, 2, 1, 0], [1, 1, 1, 1]]])
+    tokens = Tokens(codes, spec, torch.tensor([2, 3]))
+    vocab = LMVocab.from_spec(spec)
+    for pattern in PATTERNS:
+        ids = tokens.to_lm_ids(vocab, pattern)
+        strict = Tokens.from_lm_ids(ids, spec, vocab, pattern)
+        loose = Tokens.from_lm_ids(ids, spec, vocab, pattern, strict=False)
+        assert torch.equal(strict.valid_lengths, loose.valid_lengths)
+        assert loose.positions_shape == (3,)
+        assert strict.positions_shape == ((3,) if pattern == "flatten" else (4,))
+        shape = (strict.positions_shape[0],)
+        assert Tokens.from_lm_ids(ids, spec, vocab, pattern, shape=shape, strict=False) == strict

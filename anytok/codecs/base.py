@@ -8,7 +8,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
+import inspect
 import math
+import operator
 import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -84,10 +86,49 @@ def _autocast_to_weights(method: Any) -> Any:
     return run
 
 
+def _checking_token_spec(method: Any) -> Any:
+    """Run ``decode`` only on :class:`Tokens` whose spec is the model's
+    (:meth:`Tokenizer.check_token_spec`); bare code tensors are taken as they are."""
+
+    @functools.wraps(method)
+    def run(self: Tokenizer, *args: Any, **kwargs: Any) -> Any:
+        tokens = args[0] if args else kwargs.get("tokens")
+        if isinstance(tokens, Tokens):
+            self.check_token_spec(tokens.spec, f"{type(self).__name__}.{method.__name__}")
+        return method(self, *args, **kwargs)
+
+    return run
+
+
+def _check_spec_of(model: Any, tokens: Tokens | Tensor, method: str) -> None:
+    """:meth:`Tokenizer.check_token_spec` of ``tokens`` when they are :class:`Tokens` (the
+    chunked decoders pass bare code tensors to ``decode``, so they check here)."""
+    if isinstance(tokens, Tokens):
+        model.check_token_spec(tokens.spec, f"{type(model).__name__}.{method}")
+
+
+def int_argument(value: Any, what: str) -> int:
+    """``value`` as an int (NumPy / 0-d tensor ints accepted): a float or a bool is an error
+    naming ``what``, not a silent truncation (``n_levels=2.9`` is no 2)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, got {value!r}") from None
+
+
+#: TokenSpec fields that say what codes mean beyond modality, layout and codebooks; compared
+#: where both specs set them (a hand-written spec may leave them None). ``name`` is not: a
+#: token file names its tokenizer by registry name, checkpoint path or Hub id.
+_SPEC_RATE_FIELDS = ("frame_rate", "sample_rate", "channels", "resolution", "fps")
+
+
 class Tokenizer(nn.Module, abc.ABC):
     """Base of every tokenizer. Subclasses set ``modality`` and implement ``spec``,
     ``encode``, ``decode`` and ``forward``. ``encode`` and ``decode`` of every subclass run
-    under autocast to bf16 / fp16 weights (:func:`_autocast_to_weights`)."""
+    under autocast to bf16 / fp16 weights (:func:`_autocast_to_weights`); ``decode`` of
+    :class:`Tokens` checks their spec first (:meth:`check_token_spec`)."""
 
     modality: ClassVar[str]
 
@@ -96,7 +137,10 @@ class Tokenizer(nn.Module, abc.ABC):
         for name in ("encode", "decode"):
             method = cls.__dict__.get(name)
             if callable(method) and not getattr(method, "_autocast_to_weights", False):
-                setattr(cls, name, _autocast_to_weights(method))
+                wrapped = _autocast_to_weights(method)
+                if name == "decode":
+                    wrapped = _checking_token_spec(wrapped)
+                setattr(cls, name, wrapped)
 
     #: True when a position's codes depend only on past input (right padding is harmless).
     causal: bool = False
@@ -122,9 +166,15 @@ class Tokenizer(nn.Module, abc.ABC):
 
     def informative_codes(self, codes: Tensor) -> list[Tensor]:
         """One item's codes ``(levels, *positions)`` -> each level's codes without the repeats
-        a layout stores (hierarchical video: its coarse level once per 2x2 block of the fine
-        grid): what bitrates and token statistics count."""
-        return list(codes)
+        a layout stores (:attr:`TokenSpec.code_repeats`; hierarchical video: its coarse level
+        once per 2x2 block of the fine grid): what bitrates and token statistics count."""
+        spec = self.spec
+        if spec.code_repeats is None:
+            return list(codes)
+        return [
+            level_codes[tuple(slice(None, None, r) for r in spec.level_repeats(level))]
+            for level, level_codes in enumerate(codes)
+        ]
 
     @property
     def registry_name(self) -> str:
@@ -138,9 +188,59 @@ class Tokenizer(nn.Module, abc.ABC):
             return type(self).__name__
         return f"{arch}.{getattr(self, 'anytok_tag', 'untrained')}"
 
+    @property
+    def decodes_level_prefix(self) -> bool:
+        """Whether ``decode`` takes the codes of the first ``k`` levels alone (residual
+        quantizers, whose ``encode`` has ``n_levels``)."""
+        encode = getattr(getattr(self, "quantizer", None), "encode", None)
+        try:
+            return encode is not None and "n_levels" in inspect.signature(encode).parameters
+        except (TypeError, ValueError):
+            return False
+
+    def check_token_spec(self, spec: TokenSpec, where: str = "decode") -> None:
+        """Raise unless codes of ``spec`` are this tokenizer's: the same modality, layout and
+        codebook sizes (or a leading prefix of the levels where
+        :attr:`decodes_level_prefix`), and the same ``frame_rate``, ``sample_rate``,
+        ``channels``, ``resolution`` and ``fps`` where both specs set them. ``name`` is not
+        compared (a checkpoint's tokens name its path or Hub id).
+
+        Raises:
+            ValueError: naming each field that differs, with both values.
+        """
+        own = self.spec
+        differ = [
+            f"{key} {getattr(spec, key)!r} vs {getattr(own, key)!r}"
+            for key in ("modality", "layout")
+            if getattr(spec, key) != getattr(own, key)
+        ]
+        sizes, own_sizes = spec.codebook_sizes, own.codebook_sizes
+        prefix = self.decodes_level_prefix and len(sizes) < len(own_sizes)
+        if sizes != (own_sizes[: len(sizes)] if prefix else own_sizes):
+            which = "a leading prefix of " if self.decodes_level_prefix else ""
+            differ.append(f"codebook_sizes {sizes} vs {which}{own_sizes}")
+        for key in _SPEC_RATE_FIELDS:
+            theirs, ours = getattr(spec, key), getattr(own, key)
+            if theirs is None or ours is None:
+                continue
+            same = (
+                math.isclose(theirs, ours, rel_tol=1e-9)
+                if isinstance(ours, float)
+                else theirs == ours
+            )
+            if not same:
+                differ.append(f"{key} {theirs!r} vs {ours!r}")
+        if differ:
+            raise ValueError(
+                f"{where}: these tokens are not {own.name or type(self).__name__}'s "
+                f"(tokens' spec vs this tokenizer's: {'; '.join(differ)}); the tokens were "
+                f"made by {spec.name or 'an unnamed tokenizer'}: decode them with it"
+            )
+
     @staticmethod
     def codes_of(tokens: Tokens | Tensor) -> Tensor:
-        """The code tensor of ``tokens`` (accepts a bare ``(b, levels, *positions)`` tensor)."""
+        """The code tensor of ``tokens`` (accepts a bare ``(b, levels, *positions)`` tensor).
+        ``decode`` checks a :class:`Tokens`' spec before (:meth:`check_token_spec`)."""
         return tokens.codes if isinstance(tokens, Tokens) else tokens
 
     def encode_file(self, path: str | os.PathLike[str], **encode_kwargs: Any) -> Tokens:
@@ -191,7 +291,8 @@ class Tokenizer(nn.Module, abc.ABC):
         computes in its own.
         """
         if isinstance(media, np.ndarray):
-            media = torch.from_numpy(media)
+            # A copy only for arrays torch cannot view (negative strides: img[:, ::-1]).
+            media = torch.from_numpy(np.ascontiguousarray(media))
         if isinstance(media, str | os.PathLike):
             raise TypeError(
                 f"{type(self).__name__}.encode: expected a tensor {what}, got the path "
@@ -234,6 +335,8 @@ class Tokenizer(nn.Module, abc.ABC):
                 raise TypeError(f"{where} must be integers, one per item; got {lengths!r}") from err
         if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
             raise TypeError(f"{where} must be integers ({unit}), got dtype {lengths.dtype}")
+        # int64 before comparing: torch has no comparison kernels for uint16 / 32 / 64.
+        lengths = lengths.long()
         if tuple(lengths.shape) != (batch,):
             raise ValueError(
                 f"{where} must have shape ({batch},), one per item; got {tuple(lengths.shape)}"
@@ -241,7 +344,7 @@ class Tokenizer(nn.Module, abc.ABC):
         low, high = valid
         if lengths.device.type == "cpu" and not bool(((lengths >= low) & (lengths <= high)).all()):
             raise ValueError(f"{where} must be in [{low}, {high}] {unit}; got {lengths.tolist()}")
-        return lengths.long()
+        return lengths
 
 
 class AudioTokenizer(Tokenizer):
@@ -311,7 +414,10 @@ class AudioTokenizer(Tokenizer):
         spec = self.spec
         if n_levels is None or n_levels == spec.num_levels:
             return spec
-        return dataclasses.replace(spec, codebook_sizes=spec.codebook_sizes[:n_levels])
+        repeats = None if spec.code_repeats is None else spec.code_repeats[:n_levels]
+        return dataclasses.replace(
+            spec, codebook_sizes=spec.codebook_sizes[:n_levels], code_repeats=repeats
+        )
 
     def codes_from_latent(self, latent: Tensor, **encode_kwargs: Any) -> Tensor:
         """Encoder output ``(b, dim, t)`` -> codes ``(b, levels, t)``."""
@@ -324,6 +430,11 @@ class AudioTokenizer(Tokenizer):
     #: latent steps per token frame (``t' = t * latent_steps_per_frame``; SNAC: its finest
     #: level's stride)
     latent_steps_per_frame: int = 1
+
+    #: Whether the encoder completes a ragged last hop itself (EnCodec's SEANet reflect-pads
+    #: its own last stride window): in eval each item is then encoded on exactly its own
+    #: samples, as the reference encodes raw audio, instead of on zeros to a whole hop.
+    encodes_exact_lengths: bool = False
 
     @property
     def per_length_eval(self) -> bool:
@@ -347,6 +458,10 @@ class AudioTokenizer(Tokenizer):
         per_item = None
         if self.per_length_eval and not self.training:
             per_item = token_lengths * self.hop_length
+            if self.encodes_exact_lengths:  # each item's own samples, not zero-padded hops
+                samples = audio.shape[-1]
+                checked = self._check_lengths(lengths, len(token_lengths), (0, samples), "samples")
+                per_item = torch.full_like(token_lengths, samples) if checked is None else checked
         latent = long_audio.apply_per_length(
             self.encode_latent, padded, per_item, self.latent_steps_per_frame / self.hop_length
         )
@@ -381,7 +496,7 @@ class AudioTokenizer(Tokenizer):
         :attr:`per_length_eval` model decodes once per distinct length on the valid frames
         only, so the batch's padding never reaches an item (a causal one's never does).
         """
-        codes = self.codes_of(tokens)
+        codes = self._audio_codes(tokens)
         lengths = tokens.lengths if isinstance(tokens, Tokens) else None
         if codes.numel() == 0:
             return self._silence(codes)
@@ -392,6 +507,17 @@ class AudioTokenizer(Tokenizer):
         if lengths is not None and not self.per_length_eval:
             return long_audio.mask_past_lengths(decode(codes), lengths * self.hop_length)
         return long_audio.apply_per_length(decode, codes, lengths, self.hop_length)
+
+    def _audio_codes(self, tokens: Tokens | Tensor) -> Tensor:
+        """The codes ``(batch, levels, time)`` of ``tokens``; another rank is an error (codes
+        ``(levels, time)`` of one item would reach a convolution as a batch)."""
+        codes = self.codes_of(tokens)
+        if codes.ndim != 3:
+            raise ValueError(
+                f"{type(self).__name__}.decode: expected codes (batch, levels, time), got shape "
+                f"{tuple(codes.shape)}"
+            )
+        return codes
 
     def _silence(self, codes: Tensor) -> Tensor:
         """Audio ``(b, c, t * hop)`` of zeros for codes with no items or no frames (an LM that
@@ -407,6 +533,7 @@ class AudioTokenizer(Tokenizer):
 
     def decode_long(self, tokens: Tokens | Tensor, **kwargs: Any) -> Tensor:
         """:func:`anytok.codecs.long_audio.decode_long`."""
+        _check_spec_of(self, tokens, "decode_long")
         return long_audio.decode_long(self, tokens, **kwargs)
 
     def stream_encoder(self, **encode_kwargs: Any) -> AbstractContextManager[Any]:
@@ -452,12 +579,13 @@ class ResidualAudioTokenizer(AudioTokenizer):
         """The level count of an ``encode`` call: ``n_levels`` (checked), else the default."""
         if n_levels is None:
             return self.default_levels
+        levels = int_argument(n_levels, f"{type(self).__name__}.encode: n_levels")
         n_q = self.quantizer.num_quantizers
-        if not 1 <= n_levels <= n_q:
+        if not 1 <= levels <= n_q:
             raise ValueError(
                 f"{type(self).__name__}.encode: n_levels must be in [1, {n_q}], got {n_levels}"
             )
-        return int(n_levels)
+        return levels
 
     def codes_from_latent(
         self, latent: Tensor, n_levels: int | None = None, **bitrate: Any
@@ -489,7 +617,7 @@ class ResidualAudioTokenizer(AudioTokenizer):
         """Codes ``(b, k, t)`` of the first ``k`` levels -> audio ``(b, c, t * hop)``; with
         ``tokens.lengths``, zeros past each item's length."""
         lengths = tokens.lengths if isinstance(tokens, Tokens) else None
-        codes = self.codes_of(tokens)
+        codes = self._audio_codes(tokens)
         latent = self.latent_from_codes(codes)  # checks the codes, even of no frames
         if codes.numel() == 0:
             return self._silence(codes)
@@ -537,6 +665,7 @@ class SpatialTiling:
         (:func:`anytok.codecs.tiling.decode_tiled`)."""
         from anytok.codecs import tiling
 
+        _check_spec_of(self, tokens, "decode_tiled")
         return tiling.decode_tiled(self, tokens, tile, overlap)
 
 
@@ -654,6 +783,7 @@ class VideoTokenizer(SpatialTiling, Tokenizer):
         (:func:`anytok.codecs.long_video.decode_long`: ``chunk_latents``)."""
         from anytok.codecs import long_video
 
+        _check_spec_of(self, tokens, "decode_long")
         return long_video.decode_long(self, tokens, **kwargs)
 
 
@@ -680,6 +810,7 @@ __all__ = [
     "VideoTokenizer",
     "build_quantizer",
     "decode_codes",
+    "int_argument",
     "quantize_channel_first",
     "to_tokens",
 ]

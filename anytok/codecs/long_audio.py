@@ -321,13 +321,17 @@ class AudioEncoderStream:
             return self._codes(self._encoder(pending[..., :whole]))
 
     def flush(self) -> Tensor:
-        """Zero-pad the last partial hop (as ``encode`` does) and return the last codes."""
+        """End the last partial hop as ``encode`` does (zero-padded to a whole hop, or as is
+        for a model that :attr:`~AudioTokenizer.encodes_exact_lengths`: its layers pad the
+        last window at the stream's end) and return the last codes."""
         if self._last is None:
             raise RuntimeError("AudioEncoderStream.flush: no audio was given")
         parts = []
         with autocast_to_weights(self.model, "stream_encoder"):
             if self._pending is not None and self._pending.shape[-1]:
-                tail = F.pad(self._pending, (0, self.model.hop_length - self._pending.shape[-1]))
+                tail = self._pending
+                if not self.model.encodes_exact_lengths:
+                    tail = F.pad(tail, (0, self.model.hop_length - tail.shape[-1]))
                 parts.append(self._encoder(tail))
             parts.append(self._encoder.flush(self._last))
             return self._codes(torch.cat(parts, dim=-1))

@@ -354,6 +354,19 @@ def convert_dac_state_dict(reference_state: Mapping[str, Tensor]) -> dict[str, T
     codebook ``quantizers.i.codebook.weight`` becomes ``layers.i.embedding``, and the usage
     statistics DAC does not keep start fresh (``ema_cluster_size`` ones, ``initted`` true).
     """
+    if "state_dict" in reference_state and "metadata" in reference_state:
+        # the whole of ``weights.pth`` (``{"state_dict", "metadata"}``) rather than its weights
+        reference_state = reference_state["state_dict"]  # type: ignore[assignment]
+    strays = [
+        k
+        for k, v in reference_state.items()
+        if not isinstance(v, Tensor) or not k.startswith(("encoder.", "decoder.", "quantizer."))
+    ]
+    if strays:
+        raise KeyError(
+            f"convert_dac_state_dict: not DAC weights: {strays[:5]} (expected encoder.*, "
+            "decoder.* and quantizer.* tensors: the state_dict of dac.DAC or DacModel)"
+        )
     if any(k.startswith(("encoder.conv1.", "encoder.block.0.res_unit1.")) for k in reference_state):
         reference_state = _from_transformers_layout(reference_state)
     out: dict[str, Tensor] = {}

@@ -35,6 +35,7 @@ gives one frame of codes.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -86,6 +87,10 @@ class EnCodec(ResidualAudioTokenizer):
         train_random_bandwidth: draw the bandwidth per training batch (else every level).
         quantizer: overrides of :data:`DEFAULT_QUANTIZER` (``VectorQuantize`` arguments).
     """
+
+    # The reference encodes raw audio: its convolutions reflect-pad a ragged last window
+    # (zero-padding to whole hops changed the last codes, and all codes of short clips).
+    encodes_exact_lengths = True
 
     def __init__(
         self,
@@ -161,8 +166,12 @@ class EnCodec(ResidualAudioTokenizer):
     def levels_for_bandwidth(self, bandwidth: float) -> int:
         """Levels for ``bandwidth`` kbps: ``max(1, floor(bandwidth / kbps_per_level))``."""
         n_q = self.quantizer.num_quantizers
-        levels = max(1, math.floor(bandwidth / self.kbps_per_level + 1e-9))
-        if not bandwidth > 0 or levels > n_q:
+        if isinstance(bandwidth, bool) or not isinstance(bandwidth, numbers.Real):
+            raise TypeError(f"EnCodec: bandwidth must be a number (kbps), got {bandwidth!r}")
+        # Checked before floor: NaN and inf have no level count (floor raises its own errors).
+        finite = math.isfinite(bandwidth) and bandwidth > 0
+        levels = max(1, math.floor(bandwidth / self.kbps_per_level + 1e-9)) if finite else 0
+        if not finite or levels > n_q:
             top = n_q * self.kbps_per_level
             raise ValueError(
                 f"EnCodec: bandwidth {bandwidth} kbps is outside (0, {top:g}]; this model "

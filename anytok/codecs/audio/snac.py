@@ -440,7 +440,8 @@ class SNAC(AudioTokenizer):
     """Waveform ``(b, 1, samples)`` -> codes ``(b, F, ceil(samples / hop_length))`` grouped by
     coarse frame (see the module docstring) -> waveform.
 
-    Args mirror the ``snac`` package's ``SNAC`` (so its ``config.json`` values apply):
+    Args mirror the ``snac`` package's ``SNAC``, so its ``config.json`` values apply with one
+    rename: its ``sampling_rate`` is ``sample_rate`` here.
 
     Args:
         sample_rate: input sample rate in Hz.

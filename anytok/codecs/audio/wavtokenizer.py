@@ -78,6 +78,10 @@ class WavTokenizer(AudioTokenizer):
         quantizer: ``{"name": ..., **kwargs}`` for :func:`anytok.quantizers.build`.
     """
 
+    # The reference encodes raw audio: its convolutions reflect-pad a ragged last window
+    # (zero-padding to whole hops changed the last codes, and all codes of short clips).
+    encodes_exact_lengths = True
+
     causal = False
 
     def __init__(

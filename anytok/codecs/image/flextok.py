@@ -46,7 +46,13 @@ from anytok.codecs.adaptive_length import (
     prefix_mask,
     sample_prefix_lengths,
 )
-from anytok.codecs.base import ImageTokenizer, TokenizerOutput, build_quantizer, to_tokens
+from anytok.codecs.base import (
+    ImageTokenizer,
+    TokenizerOutput,
+    build_quantizer,
+    int_argument,
+    to_tokens,
+)
 from anytok.decoders.diffusion import SCHEDULERS, FlowDecoder
 from anytok.nn.transformer import (
     Transformer,
@@ -374,7 +380,11 @@ class FlexTok(ImageTokenizer):
         truncating the full sequence.
         """
         image = self.check_input(image)
-        k = self.num_registers if num_tokens is None else int(num_tokens)
+        k = (
+            self.num_registers
+            if num_tokens is None
+            else int_argument(num_tokens, f"{type(self).__name__}.encode: num_tokens")
+        )
         if not 1 <= k <= self.num_registers:
             raise ValueError(
                 f"{type(self).__name__}.encode: num_tokens must be in [1, {self.num_registers}], "

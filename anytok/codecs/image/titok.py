@@ -27,6 +27,7 @@ Axis legend: ``b`` batch, ``n`` patches, ``k`` latent tokens, ``d`` width.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -55,7 +56,10 @@ class TiTok(ImageTokenizer):
         token_dim: quantizer input dimension.
         quantizer: ``{"name": ..., **kwargs}``.
         training_stage: ``"single"``, ``"proxy"`` or ``"pixel"``.
-        proxy_tokenizer: registry name or checkpoint of the frozen 2D proxy (two-stage).
+        proxy_tokenizer: registry name or checkpoint of the frozen 2D proxy (two-stage), or
+            ``{"architecture": ..., "config": {...}}``: the proxy built without weights (its
+            weights are TiTok's ``proxy.*``). A saved TiTok stores that form for a proxy
+            loaded from a path, so its checkpoint is self-contained.
         proxy_tiny: build the proxy's tiny configuration (tests).
         nested_dropout: train on random prefixes of the latent tokens.
         semantic_teacher, semantic_weight, latent_perturbation: see
@@ -77,7 +81,7 @@ class TiTok(ImageTokenizer):
         token_dim: int = 12,
         quantizer: dict[str, Any] | None = None,
         training_stage: str = "single",
-        proxy_tokenizer: str | None = None,
+        proxy_tokenizer: str | dict[str, Any] | None = None,
         proxy_tiny: bool = False,
         nested_dropout: bool = False,
         semantic_teacher: str | None = None,
@@ -126,14 +130,28 @@ class TiTok(ImageTokenizer):
         self.decoder_latent_pos = nn.Parameter(torch.randn(1, num_tokens, dec_width) * 0.02)
         self.decoder = Transformer(dec_width, decoder_depth or depth, decoder_heads or heads)
         self.proxy: ImageTokenizer | None = None
+        #: the proxy as a checkpoint config can rebuild it (see :meth:`portable_config`)
+        self.proxy_identity: dict[str, Any] | None = None
         if proxy_tokenizer:
             from anytok.registry import create_model, get_arch, load
 
-            try:
-                get_arch(proxy_tokenizer)
-                proxy = create_model(proxy_tokenizer, tiny=proxy_tiny)
-            except KeyError:
-                proxy = load(proxy_tokenizer)
+            if isinstance(proxy_tokenizer, dict):
+                if set(proxy_tokenizer) != {"architecture", "config"}:
+                    raise ValueError(
+                        "proxy_tokenizer as a mapping needs exactly 'architecture' and 'config', "
+                        f"got {sorted(proxy_tokenizer)}"
+                    )
+                proxy = create_model(proxy_tokenizer["architecture"], **proxy_tokenizer["config"])
+            else:
+                try:
+                    get_arch(proxy_tokenizer)
+                    proxy = create_model(proxy_tokenizer, tiny=proxy_tiny)
+                except KeyError:
+                    proxy = load(proxy_tokenizer)
+                    self.proxy_identity = {
+                        "architecture": proxy.anytok_arch,
+                        "config": copy.deepcopy(proxy.anytok_config),
+                    }
             if not hasattr(proxy, "decode_latent") or proxy.modality != "image":
                 raise ValueError(
                     f"proxy_tokenizer {proxy_tokenizer!r} must be a 2D image tokenizer with decode_latent"
@@ -158,6 +176,24 @@ class TiTok(ImageTokenizer):
         self.train_decoder_only = train_decoder_only or training_stage == "pixel"
         if self.train_decoder_only:
             freeze(*self._encoder_modules())
+            for encoder_side in (self.patch_pos, self.latent_tokens, self.latent_pos):
+                encoder_side.requires_grad_(False)
+        # What gets no gradient in training is frozen, so that DDP (find_unused_parameters
+        # off) does not wait for it: the other stage's head, and the dropped-token embedding
+        # without nested dropout.
+        if not nested_dropout:
+            self.dropped_token.requires_grad_(False)
+        if training_stage == "proxy":
+            self.to_proxy_latent.requires_grad_(False)
+        elif training_stage == "pixel":
+            self.to_logits.requires_grad_(False)
+
+    def portable_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """``config`` as a checkpoint stores it: a proxy loaded from a path becomes its
+        architecture and config (its weights are in the state dict), not the path."""
+        if self.proxy_identity is None:
+            return config
+        return {**config, "proxy_tokenizer": copy.deepcopy(self.proxy_identity)}
 
     def _encoder_modules(self) -> list[nn.Module]:
         return [self.patch_embed, self.encoder, self.to_token, self.quantizer]

@@ -129,14 +129,21 @@ class HierarchicalVideo(VideoTokenizer):
         )
         return self.encoder.temporal_context + heads * self.temporal_factor
 
-    def informative_codes(self, codes: Tensor) -> list[Tensor]:
-        """Level 0 on its own (coarse) grid (:func:`coarse_codes`); level 1 as it is."""
-        return [coarse_codes(codes[None])[0, 0], *codes[1:]]
-
     @property
     def spec(self) -> TokenSpec:
+        """Level 0 (coarse) repeated over 2x2 blocks of the fine grid, level 1 (fine): the
+        ``code_repeats`` make the rates of the spec and of its Tokens, and
+        :meth:`informative_codes` (level 0 on its own grid, as :func:`coarse_codes`), count
+        each coarse code once."""
         sizes = (*self.coarse_quantizer.codebook_sizes, *self.fine_quantizer.codebook_sizes)
-        return dataclasses.replace(super().spec, codebook_sizes=sizes)
+        return dataclasses.replace(
+            super().spec, codebook_sizes=sizes, code_repeats=((1, 2, 2), (1, 1, 1))
+        )
+
+    @property
+    def decodes_level_prefix(self) -> bool:
+        """The coarse level alone decodes (``decode(..., layers="coarse")``)."""
+        return True
 
     def _combine(self, coarse: Tensor, fine: Tensor | None, drop: Tensor | None = None) -> Tensor:
         """Decoder input ``(b, width, T, h, w)`` from the coarse latent (upsampled 2x) and the
