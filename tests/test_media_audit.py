@@ -489,3 +489,26 @@ def test_too_many_frames_names_the_limit_and_how_to_raise_it(tmp_path: Path) -> 
     assert "limits=MediaLimits(max_video_frames=...)" in problem
     assert "anytok encode has no option" in problem
     assert len(load_video(path, limits=MediaLimits(max_video_frames=12)).video[0]) == 12
+
+
+def test_find_media_follows_folder_links_and_keeps_broken_file_links(tmp_path) -> None:
+    """``data/train -> /mnt/disk1/train``: Path.rglob does not enter linked folders on
+    Python 3.11, so their files were silently dropped; a link whose target is gone (an
+    unmounted disk) was dropped too, where its loader should name the problem. A link loop
+    ends."""
+    import numpy as np
+    import soundfile as sf
+
+    from anytok.media import find_media
+
+    elsewhere = tmp_path / "disk1" / "spk1"
+    elsewhere.mkdir(parents=True)
+    src = tmp_path / "src"
+    src.mkdir()
+    for path in (src / "a.wav", elsewhere / "x.wav", elsewhere / "y.wav"):
+        sf.write(path, np.zeros(100, dtype=np.float32), 16000)
+    (src / "spk1").symlink_to(elsewhere, target_is_directory=True)
+    (src / "c.wav").symlink_to(tmp_path / "gone.wav")
+    (src / "loop").symlink_to(src, target_is_directory=True)
+    found = [p.relative_to(src).as_posix() for p in find_media(src, modality="audio")]
+    assert found == ["a.wav", "c.wav", "spk1/x.wav", "spk1/y.wav"]

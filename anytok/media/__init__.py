@@ -13,7 +13,7 @@ problem. Bundled sample media live in :mod:`anytok.media.samples`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,22 @@ def load_media(
     return loaders[_check_modality(modality)](path, **kwargs)
 
 
+def _walk(root: Path) -> Iterator[Path]:
+    """Every entry under ``root``, following links to folders (``Path.rglob`` does not enter
+    them on Python 3.11: ``data/train -> /mnt/disk1/train`` lost whole subtrees), each real
+    folder once (a link loop ends there)."""
+    visited: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in visited:
+            dirs[:] = []
+            continue
+        visited.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # hidden folders are skipped
+        for name in files:
+            yield Path(folder, name)
+
+
 def find_media(
     paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     modality: Modality | None = None,
@@ -137,14 +153,15 @@ def find_media(
     for raw in paths:
         root = Path(raw)
         if root.is_dir():
-            candidates = root.rglob("*") if recursive else root.glob("*")
+            candidates = _walk(root) if recursive else root.glob("*")
             matches = sorted(
                 (
                     path
                     for path in candidates
                     if path.suffix.lower() in wanted
                     and not any(part.startswith(".") for part in path.relative_to(root).parts)
-                    and path.is_file()
+                    # a link whose target is gone is kept: its loader names the problem
+                    and (path.is_file() or (path.is_symlink() and not path.exists()))
                 ),
                 key=lambda path: path.relative_to(root).as_posix(),
             )
