@@ -179,3 +179,60 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tmp_path: Pat
     step = results[0]["step"]
     assert 3 <= step < 200 and results[0]["stopped_by"] == signal.SIGTERM
     assert latest_checkpoint(run_dir).name == f"step_{step:06d}"
+
+
+def _signalled_sparse_sync_worker(
+    rank: int, world: int, port: int, data: str, run_dir: str, out: str
+) -> None:
+    # No log line or checkpoint before step 1000: the ranks must still agree on the stop
+    # within seconds (torchrun kills its workers 30 s after forwarding SIGTERM).
+    import json
+    import signal
+    import threading
+    import time
+
+    _as_torchrun_rank(rank, world, port)
+
+    def signal_once_training() -> None:
+        while not Path(run_dir, "recipe.yaml").is_file():  # written once the run is set up
+            time.sleep(0.01)
+        time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if rank == 1:
+        threading.Thread(target=signal_once_training, daemon=True).start()
+    overrides = [
+        f"data.train={data}",
+        *OVERRIDES,
+        "train.steps=200",
+        "log.every=1000",
+        "log.val_every=0",
+        "log.samples_every=0",
+        "checkpoint.every=1000",
+    ]
+    result = train(RECIPE, run_dir, overrides=overrides, device="cpu")
+    Path(out, f"rank{rank}.json").write_text(
+        json.dumps({"step": result.step, "stopped_by": result.stopped_by})
+    )
+
+
+def test_ranks_agree_on_a_stop_within_seconds_without_a_log_line(tmp_path: Path) -> None:
+    import json
+    import signal
+
+    from anytok.train.state import latest_checkpoint
+
+    data = tmp_path / "data"
+    make_dataset("audio", data, 12, seconds=0.3)
+    run_dir = tmp_path / "run"
+    mp.spawn(
+        _signalled_sparse_sync_worker,
+        args=(2, free_port(), str(data), str(run_dir), str(tmp_path)),
+        nprocs=2,
+        join=True,
+    )
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert results[0] == results[1], results
+    step = results[0]["step"]
+    assert 1 <= step < 200 and results[0]["stopped_by"] == signal.SIGTERM, results
+    assert latest_checkpoint(run_dir).name == f"step_{step:06d}"

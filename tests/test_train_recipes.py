@@ -58,10 +58,40 @@ def test_recipes_exist_for_each_family_with_tiny_variants() -> None:
         assert full in names and f"{full}_tiny" in names
 
 
+#: Recipes that fine-tune a trained model with its encoder frozen: they need model.init_from.
+FINE_TUNING = ("vqgan_posttrain", "titok_pixel")
+
+
+def init_from_same_model(recipe: Path, overrides: list[str], monkeypatch) -> list[str]:
+    """Make ``model.init_from=same-configuration`` (in ``overrides``) load an untrained model
+    of the recipe's own configuration (built in memory: a full-size export would be hundreds
+    of MB), for the recipes of :data:`FINE_TUNING`."""
+    if recipe.stem not in FINE_TUNING:
+        return overrides
+    import anytok
+    import anytok.train.loop as loop
+    from anytok.train.config import to_dict
+
+    cfg = load_recipe(recipe, overrides)
+
+    def load_model(name: str):
+        assert name == "same-configuration"
+        return anytok.create_model(
+            cfg.model.name, tiny=cfg.model.tiny, seed=1, **to_dict(cfg.model.config)
+        )
+
+    monkeypatch.setattr(loop, "load_model", load_model)
+    return overrides
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=IDS)
 def test_recipe_validates(recipe: Path, data: dict[str, Path]) -> None:
     modality = modality_of(recipe)
-    cfg = load_recipe(recipe, [f"data.train={data[modality]}"])
+    if recipe.stem in FINE_TUNING:  # a decoder tuned against a random frozen encoder: refused
+        with pytest.raises(RecipeError, match=r"model\.init_from: required"):
+            load_recipe(recipe, [f"data.train={data[modality]}"])
+    extra = ["model.init_from=runs/trained/exported"] if recipe.stem in FINE_TUNING else []
+    cfg = load_recipe(recipe, [f"data.train={data[modality]}", *extra])
     assert cfg.description
     assert get_arch(cfg.model.name).modality == modality  # recipes/<modality>/ matches
     assert cfg.model.tiny == recipe.stem.endswith("_tiny")
@@ -71,14 +101,19 @@ def test_recipe_validates(recipe: Path, data: dict[str, Path]) -> None:
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=IDS)
-def test_recipe_trains_one_step(recipe: Path, data: dict[str, Path], tmp_path: Path) -> None:
+def test_recipe_trains_one_step(
+    recipe: Path, data: dict[str, Path], tmp_path: Path, monkeypatch
+) -> None:
     modality = modality_of(recipe)
     overrides = [f"data.train={data[modality]}", *ONE_STEP]
+    if recipe.stem in FINE_TUNING:
+        overrides.append("model.init_from=same-configuration")
     if not recipe.stem.endswith("_tiny"):
         overrides += SMALL_INPUTS[modality]
         builder = get_arch(load_recipe(recipe, overrides).model.name).builder
         if modality == "image" and getattr(builder, "resize", None) == "cover_crop":
             overrides.append("model.config.resolution=[64,64]")  # fixed-size ViTs: match the crop
+    overrides = init_from_same_model(recipe, overrides, monkeypatch)
     result = train(recipe, tmp_path / "run", overrides=overrides)
     assert result.step == 1
     cfg = load_recipe(recipe, overrides)

@@ -346,6 +346,18 @@ def validate(cfg: DictConfig, source: str = "<recipe>") -> None:
         get_arch(cfg.model.name)
     except UnknownModelError as err:
         raise RecipeError(f"{source}: model.name: {err}") from err
+    model_config = cfg.model.config or {}
+    frozen_encoder = bool(model_config.get("train_decoder_only")) or (
+        model_config.get("training_stage") == "pixel"
+    )
+    _check(
+        not frozen_encoder or bool(cfg.model.init_from),
+        source,
+        "model.init_from",
+        "required when the encoder is frozen (model.config.train_decoder_only, or TiTok's "
+        "training_stage=pixel): without trained weights the decoder would learn from a "
+        "random encoder and quantizer; pass model.init_from=<an exported run>",
+    )
     train = cfg.train
     _check(train.steps > 0, source, "train.steps", "must be positive")
     _check(train.batch_size > 0, source, "train.batch_size", "must be positive")

@@ -91,6 +91,8 @@ from anytok.train.signals import StopRequest, ignore_interrupts_in_worker
 from anytok.train.state import (
     latest_checkpoint,
     load_training_checkpoint,
+    read_summary,
+    remove_stale_temporaries,
     rng_state,
     save_training_checkpoint,
     tree_bytes,
@@ -165,8 +167,12 @@ def train(
     restore_signals = stop.install()
     try:
         checkpoint = latest_checkpoint(run_dir) if resume else None
+        if checkpoint is not None:  # every rank: no rank left waiting for one that refused
+            _check_data_layout(checkpoint, cfg, info)
+        stale: list[Path] = []
         if info.is_main:
             _check_run_dir(run_dir, cfg, resume, checkpoint)
+            stale = remove_stale_temporaries(run_dir)  # no checkpoint is being written yet
         barrier(info)
         start_step = _step_of(checkpoint)
         logger = RunLogger(
@@ -175,6 +181,8 @@ def train(
             tensorboard=cfg.log.tensorboard,
             resume_step=start_step if resume else None,
         )
+        for path in stale:
+            logger.note(f"removed {path}: a checkpoint write that did not finish")
         if resume and checkpoint is None:
             logger.note(f"no checkpoint in {run_dir} yet: starting from step 0")
         elif checkpoint is not None:
@@ -376,6 +384,7 @@ def train(
             write_samples(state["step"])
 
         stopped_by = 0  # the signal the ranks agreed to stop after, 0 while running
+        stop_agreed = _StopAgreement(stop, info, state["step"])
         aux_checked = False  # loss.aux names are checked against the first step's losses
         # ====================================================================== train loop
         while state["step"] < tc.steps:
@@ -504,7 +513,7 @@ def train(
             checkpoint_now = (final and cfg.checkpoint.final) or bool(
                 cfg.checkpoint.every and step % cfg.checkpoint.every == 0
             )
-            stopped_by = 0 if final else _stop_agreed(stop, info, log_now or checkpoint_now)
+            stopped_by = 0 if final else stop_agreed(step, log_now or checkpoint_now)
             # A stop's own checkpoint keeps the open log window (and the validation and
             # samples due now) for the resumed run, so its log equals an uninterrupted one's.
             stop_only = bool(stopped_by) and not (checkpoint_now or log_now)
@@ -650,6 +659,27 @@ def _check_run_dir(run_dir: Path, cfg: DictConfig, resume: bool, checkpoint: Pat
             "its schedulers keep the run's. Resume with the run's values, or start another "
             "--run-dir with model.init_from= an exported checkpoint of this run"
         )
+
+
+def _check_data_layout(checkpoint: Path, cfg: DictConfig, info: DistInfo) -> None:
+    """Refuse to resume with another world size or ``train.batch_size``: the data position
+    is saved in batches per rank, so either change would repeat or skip items of the epoch
+    (and the ranks' RNG states would not match theirs)."""
+    summary = read_summary(checkpoint)
+    saved_world = summary.get("world_size")
+    saved_batch = (summary.get("recipe") or {}).get("train", {}).get("batch_size")
+    now = (info.world_size, cfg.train.batch_size)
+    if (saved_world or now[0], saved_batch or now[1]) == now:
+        return
+    raise RecipeError(
+        f"cannot resume {checkpoint}: it was saved by {saved_world} process(es) with "
+        f"train.batch_size={saved_batch}, and this run has {info.world_size} with "
+        f"train.batch_size={cfg.train.batch_size}; its data position counts batches per "
+        "process, so the resumed epoch would repeat or skip items. Resume with "
+        f"{saved_world} process(es) (torchrun --nproc_per_node) and train.batch_size="
+        f"{saved_batch} (train.grad_accum may change), or start another --run-dir with "
+        "model.init_from= an exported checkpoint of this run"
+    )
 
 
 def _write_recipe(run_dir: Path, cfg: DictConfig) -> None:
@@ -798,18 +828,42 @@ def _loader(
     )
 
 
-def _stop_agreed(stop: StopRequest, info: DistInfo, sync_point: bool) -> int:
+#: seconds between the ranks' stop agreements (torchrun kills its workers 30 s after it
+#: forwards SIGTERM: the agreement, the step and the stop's checkpoint must fit in that)
+STOP_AGREEMENT_SECONDS = 2.0
+
+
+class _StopAgreement:
     """The signal after which every rank stops at this step, 0 for none. One process: as
-    soon as a signal came. Several: only at steps that synchronise anyway (log lines,
-    checkpoints), where the ranks agree on it (the largest signal number any rank got), so
-    that no rank waits in a collective another has left."""
-    if not info.distributed:
-        return stop.signum or 0
-    if not sync_point:
-        return 0
-    signum = torch.tensor([stop.signum or 0], dtype=torch.int64, device=info.device)
-    dist.all_reduce(signum, op=dist.ReduceOp.MAX)
-    return int(signum.item())
+    soon as a signal came. Several: the ranks agree (the largest signal number any rank got)
+    at steps they all pick alike, so that no rank waits in a collective another has left:
+    log lines and checkpoints, and about every :data:`STOP_AGREEMENT_SECONDS` in between.
+    Each agreement also takes the slowest rank's seconds since the previous one, and every
+    rank derives the next agreement's step from that same number; between agreements a
+    step makes no collective and no device sync."""
+
+    def __init__(self, stop: StopRequest, info: DistInfo, start_step: int) -> None:
+        self.stop, self.info = stop, info
+        self.next_step, self.last_step = start_step + 1, start_step
+        self.last_time = time.perf_counter()
+
+    def __call__(self, step: int, sync_point: bool) -> int:
+        if not self.info.distributed:
+            return self.stop.signum or 0
+        if not (sync_point or step >= self.next_step):
+            return 0
+        now = time.perf_counter()
+        values = torch.tensor(
+            [float(self.stop.signum or 0), now - self.last_time],
+            dtype=torch.float64,
+            device=self.info.device,
+        )
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        signum, seconds = values.tolist()
+        step_seconds = max(seconds / max(step - self.last_step, 1), 1e-6)
+        self.next_step = step + max(1, int(STOP_AGREEMENT_SECONDS / step_seconds))
+        self.last_step, self.last_time = step, now
+        return int(signum)
 
 
 def _isolated_rng(device: torch.device) -> contextlib.AbstractContextManager[Any]:

@@ -43,9 +43,12 @@ class StopRequest:
 
 
 def ignore_interrupts_in_worker(_worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: Ctrl-C reaches the whole process group, and a worker
-    it killed would fail the main process's next batch; the main process stops the run."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """DataLoader ``worker_init_fn``: Ctrl-C reaches the whole process group, and so does
+    SIGTERM from a scheduler (Slurm signals every process of a job); a worker it killed would
+    fail the main process's next batch. Workers ignore both; the main process stops the run
+    (and ends its workers as it exits)."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 __all__ = ["STOP_SIGNALS", "StopRequest", "ignore_interrupts_in_worker"]

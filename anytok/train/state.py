@@ -286,6 +286,34 @@ def save_training_checkpoint(
     return final
 
 
+def remove_stale_temporaries(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Delete what a process killed while writing a checkpoint left in ``checkpoints/``: its
+    ``.tmp-step_*-<pid>`` folder and the ``.latest.tmp`` pointer. Call it at setup on the
+    writing rank only, before any checkpoint is written (then no live writer owns them).
+    Returns the removed paths."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    stale = sorted(
+        p for p in root.iterdir() if p.name.startswith(".tmp-") or p.name == f".{LATEST}.tmp"
+    )
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
+
+
+def read_summary(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
+    """A checkpoint's ``state.json`` (step, epoch, world size, the recipe it trained with)."""
+    path = Path(checkpoint) / "state.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read the checkpoint's summary ({err})") from err
+
+
 def _load_weights(module: nn.Module, path: Path) -> None:
     """safetensors' ``load_model`` (it restores tied weights), strictly; a mismatch is a
     :class:`~anytok.checkpoint.CheckpointError` naming the file, not a torch traceback."""
@@ -346,6 +374,8 @@ __all__ = [
     "load_training_checkpoint",
     "load_tree",
     "pack_tree",
+    "read_summary",
+    "remove_stale_temporaries",
     "rng_state",
     "save_training_checkpoint",
     "save_tree",

@@ -113,6 +113,9 @@ class HierarchicalVideo(VideoTokenizer):
         self.from_coarse = nn.Conv3d(coarse_dim, width, 1)
         self.from_fine = nn.Conv3d(fine_dim, width, 1)
         self.absent_fine = nn.Parameter(torch.zeros(1, width, 1, 1, 1))
+        # never dropped in training, it gets no gradient: frozen, so that DDP
+        # (find_unused_parameters off) does not wait for it
+        self.absent_fine.requires_grad_(coarse_only_rate > 0)
         self.decoder = Decoder3d(out_channels=3, z_channels=width, **layer_args)
         self.spatial_factor = self.encoder.spatial_factor * 2  # inputs must fit the coarse grid
         self.fine_factor = self.encoder.spatial_factor
