@@ -665,7 +665,7 @@ def test_training_step_never_materialises_n_by_k(case: str) -> None:
     matrix would be exactly that)."""
     n, k, c = 4096, 1024, 8
     kwargs = {"kmeans_init": True, "kmeans_iters": 2, "threshold_ema_dead_code": 1.0}
-    kwargs["memory_budget"] = 64 * k * 4  # 64 rows per chunk
+    kwargs["memory_budget"] = 64 * (k + c) * 4  # 64 rows per chunk (scores and their x rows)
     if case == "vq":
         quantizer = VectorQuantize(c, k, **kwargs)
     else:

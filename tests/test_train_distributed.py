@@ -4,15 +4,16 @@ identical parameters and codebooks, each having trained on its own shard."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
+from torchrun_ranks import as_torchrun_rank, free_port
 
 from anytok.data.synthetic import make_dataset
 from anytok.train import distributed, read_log, train
@@ -34,26 +35,8 @@ OVERRIDES = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _as_torchrun_rank(rank: int, world: int, port: int) -> None:
-    """The environment torchrun gives a rank, one thread."""
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
-
-
 def _worker(rank: int, world: int, port: int, data: str, run_dir: str, out: str) -> None:
-    _as_torchrun_rank(rank, world, port)
+    as_torchrun_rank(rank, world, port)
     result = train(RECIPE, run_dir, overrides=[f"data.train={data}", *OVERRIDES], device="cpu")
     # The run's closing barrier stays referenced after the group is gone (see final_barrier:
     # gloo's teardown could otherwise deadlock on the GIL).
@@ -132,34 +115,50 @@ def test_torchrun_command_line(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "checkpoints" / "step_000003" / "state.json").is_file()
 
 
-def _signalled_worker(rank: int, world: int, port: int, data: str, run_dir: str, out: str):
-    # Only rank 1 gets SIGTERM, once rank 0's log shows step 3: both ranks must stop after
-    # the same step, with one checkpoint there, instead of rank 0 waiting for rank 1 forever.
+def _signalled_worker(
+    rank: int, world: int, port: int, data: str, run_dir: str, out: str, sparse: bool
+) -> None:
+    # Only rank 1 gets SIGTERM: both ranks must stop after the same step, with one checkpoint
+    # there, instead of rank 0 waiting for rank 1 forever. Dense: a log line every step, the
+    # signal once step 3 is logged. Sparse: no log line or checkpoint before step 1000, the
+    # signal 1 s into training; the ranks must still agree within seconds (torchrun kills
+    # its workers 30 s after forwarding SIGTERM).
     import json
     import signal
     import threading
     import time
 
-    _as_torchrun_rank(rank, world, port)
+    as_torchrun_rank(rank, world, port)
 
-    def signal_when_step_3() -> None:
-        while True:
-            rows = read_log(run_dir) if Path(run_dir, "log.jsonl").is_file() else []
-            if any(r.get("step", 0) >= 3 for r in rows):
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            time.sleep(0.01)
+    def send_signal() -> None:
+        if sparse:
+            while not Path(run_dir, "recipe.yaml").is_file():  # written once set up
+                time.sleep(0.01)
+            time.sleep(1.0)
+        else:
+            while not any(
+                r.get("step", 0) >= 3
+                for r in (read_log(run_dir) if Path(run_dir, "log.jsonl").is_file() else [])
+            ):
+                time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     if rank == 1:
-        threading.Thread(target=signal_when_step_3, daemon=True).start()
-    overrides = [f"data.train={data}", *OVERRIDES, "train.steps=200", "checkpoint.every=100"]
+        threading.Thread(target=send_signal, daemon=True).start()
+    every = 1000 if sparse else 100
+    overrides = [f"data.train={data}", *OVERRIDES, "train.steps=200", f"checkpoint.every={every}"]
+    if sparse:
+        overrides += ["log.every=1000", "log.val_every=0", "log.samples_every=0"]
     result = train(RECIPE, run_dir, overrides=overrides, device="cpu")
     Path(out, f"rank{rank}.json").write_text(
         json.dumps({"step": result.step, "stopped_by": result.stopped_by})
     )
 
 
-def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sparse", [False, True], ids=["log-every-step", "no-log-line"])
+def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(
+    tmp_path: Path, sparse: bool
+) -> None:
     import json
     import signal
 
@@ -170,69 +169,13 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tmp_path: Pat
     run_dir = tmp_path / "run"
     mp.spawn(
         _signalled_worker,
-        args=(2, free_port(), str(data), str(run_dir), str(tmp_path)),
+        args=(2, free_port(), str(data), str(run_dir), str(tmp_path), sparse),
         nprocs=2,
         join=True,
     )
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert results[0] == results[1], results
     step = results[0]["step"]
-    assert 3 <= step < 200 and results[0]["stopped_by"] == signal.SIGTERM
-    assert latest_checkpoint(run_dir).name == f"step_{step:06d}"
-
-
-def _signalled_sparse_sync_worker(
-    rank: int, world: int, port: int, data: str, run_dir: str, out: str
-) -> None:
-    # No log line or checkpoint before step 1000: the ranks must still agree on the stop
-    # within seconds (torchrun kills its workers 30 s after forwarding SIGTERM).
-    import json
-    import signal
-    import threading
-    import time
-
-    _as_torchrun_rank(rank, world, port)
-
-    def signal_once_training() -> None:
-        while not Path(run_dir, "recipe.yaml").is_file():  # written once the run is set up
-            time.sleep(0.01)
-        time.sleep(1.0)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    if rank == 1:
-        threading.Thread(target=signal_once_training, daemon=True).start()
-    overrides = [
-        f"data.train={data}",
-        *OVERRIDES,
-        "train.steps=200",
-        "log.every=1000",
-        "log.val_every=0",
-        "log.samples_every=0",
-        "checkpoint.every=1000",
-    ]
-    result = train(RECIPE, run_dir, overrides=overrides, device="cpu")
-    Path(out, f"rank{rank}.json").write_text(
-        json.dumps({"step": result.step, "stopped_by": result.stopped_by})
-    )
-
-
-def test_ranks_agree_on_a_stop_within_seconds_without_a_log_line(tmp_path: Path) -> None:
-    import json
-    import signal
-
-    from anytok.train.state import latest_checkpoint
-
-    data = tmp_path / "data"
-    make_dataset("audio", data, 12, seconds=0.3)
-    run_dir = tmp_path / "run"
-    mp.spawn(
-        _signalled_sparse_sync_worker,
-        args=(2, free_port(), str(data), str(run_dir), str(tmp_path)),
-        nprocs=2,
-        join=True,
-    )
-    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert results[0] == results[1], results
-    step = results[0]["step"]
-    assert 1 <= step < 200 and results[0]["stopped_by"] == signal.SIGTERM, results
+    assert (1 if sparse else 3) <= step < 200, results
+    assert results[0]["stopped_by"] == signal.SIGTERM, results
     assert latest_checkpoint(run_dir).name == f"step_{step:06d}"
