@@ -51,7 +51,7 @@ def _is_int_dtype(dtype: torch.dtype) -> bool:
     return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
 
 
-def _int(value: Any, what: str) -> int:
+def as_int(value: Any, what: str) -> int:
     """``value`` as a Python int (numpy / 0-d tensor ints accepted; bool, float and str not)."""
     if isinstance(value, (bool, float, str, bytes)):
         raise TypeError(f"{what} must be an integer, got {value!r}")
@@ -64,7 +64,7 @@ def _int(value: Any, what: str) -> int:
 def _int_tuple(values: Any, what: str) -> tuple[int, ...]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence | Tensor | np.ndarray):
         raise TypeError(f"{what} must be a sequence of integers, got {values!r}")
-    return tuple(_int(v, f"{what}[{i}]") for i, v in enumerate(values))
+    return tuple(as_int(v, f"{what}[{i}]") for i, v in enumerate(values))
 
 
 def _positive_float(value: Any, what: str) -> float | None:
@@ -83,7 +83,7 @@ def _positive_int(value: Any, what: str) -> int | None:
         return None
     if isinstance(value, float) and value.is_integer():  # 16000.0 is fine
         value = int(value)
-    out = _int(value, what)
+    out = as_int(value, what)
     if out <= 0:
         raise ValueError(f"{what} must be a positive integer or None, got {value!r}")
     return out
@@ -348,7 +348,7 @@ class LMVocab:
         sizes = _int_tuple(self.codebook_sizes, "LMVocab.codebook_sizes")
         if not sizes or min(sizes) < 2:
             raise ValueError(f"LMVocab: codebook sizes must be >= 2, got {sizes}")
-        offset = _int(self.offset, "LMVocab.offset")
+        offset = as_int(self.offset, "LMVocab.offset")
         if offset < 0:
             raise ValueError(f"LMVocab: offset must be >= 0, got {offset}")
         if not isinstance(self.shared_levels, bool):
@@ -410,7 +410,7 @@ class LMVocab:
                     f"LMVocab.code_to_id: code {value} outside [0, {size}) at level {level}"
                 )
             return code.long() + self.level_offsets[level]
-        code = _int(code, "code")
+        code = as_int(code, "code")
         if not 0 <= code < size:
             raise ValueError(
                 f"LMVocab.code_to_id: code {code} outside [0, {size}) at level {level}"
@@ -428,7 +428,7 @@ class LMVocab:
                     f"LMVocab.id_to_code: id {value} is {self.describe(value)}, not a level-{level} code"
                 )
             return token_id.long() - start
-        token_id = _int(token_id, "token_id")
+        token_id = as_int(token_id, "token_id")
         if not start <= token_id < start + size:
             raise ValueError(
                 f"LMVocab.id_to_code: id {token_id} is {self.describe(token_id)}, not a level-{level} code"
@@ -977,7 +977,7 @@ def _resolve_shape(
     shape = tuple(shape)
     if len(shape) != len(spec.layout):
         raise ValueError(f"{where}: shape {shape} must give one size per layout axis {spec.layout}")
-    time = None if shape[0] is None else _int(shape[0], "shape[0]")
+    time = None if shape[0] is None else as_int(shape[0], "shape[0]")
     rest = _int_tuple(shape[1:], "shape[1:]")
     if (time is not None and time < 0) or any(s < 1 for s in rest):
         raise ValueError(f"{where}: shape {shape} needs time >= 0 and other sizes >= 1")

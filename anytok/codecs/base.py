@@ -10,7 +10,6 @@ import dataclasses
 import functools
 import inspect
 import math
-import operator
 import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from torch.nn import functional as F
 
 from anytok.codecs import long_audio
 from anytok.quantizers import QuantizerOutput, build
-from anytok.tokens import Tokens, TokenSpec
+from anytok.tokens import Tokens, TokenSpec, as_int
 
 
 @dataclass
@@ -92,9 +91,7 @@ def _checking_token_spec(method: Any) -> Any:
 
     @functools.wraps(method)
     def run(self: Tokenizer, *args: Any, **kwargs: Any) -> Any:
-        tokens = args[0] if args else kwargs.get("tokens")
-        if isinstance(tokens, Tokens):
-            self.check_token_spec(tokens.spec, f"{type(self).__name__}.{method.__name__}")
+        _check_spec_of(self, args[0] if args else kwargs.get("tokens"), method.__name__)
         return method(self, *args, **kwargs)
 
     return run
@@ -105,17 +102,6 @@ def _check_spec_of(model: Any, tokens: Tokens | Tensor, method: str) -> None:
     chunked decoders pass bare code tensors to ``decode``, so they check here)."""
     if isinstance(tokens, Tokens):
         model.check_token_spec(tokens.spec, f"{type(model).__name__}.{method}")
-
-
-def int_argument(value: Any, what: str) -> int:
-    """``value`` as an int (NumPy / 0-d tensor ints accepted): a float or a bool is an error
-    naming ``what``, not a silent truncation (``n_levels=2.9`` is no 2)."""
-    if isinstance(value, bool):
-        raise TypeError(f"{what} must be an integer, got {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{what} must be an integer, got {value!r}") from None
 
 
 #: TokenSpec fields that say what codes mean beyond modality, layout and codebooks; compared
@@ -215,7 +201,8 @@ class Tokenizer(nn.Module, abc.ABC):
             if getattr(spec, key) != getattr(own, key)
         ]
         sizes, own_sizes = spec.codebook_sizes, own.codebook_sizes
-        prefix = self.decodes_level_prefix and len(sizes) < len(own_sizes)
+        # (the signature check only when it matters: not on every decode of full codes)
+        prefix = len(sizes) < len(own_sizes) and self.decodes_level_prefix
         if sizes != (own_sizes[: len(sizes)] if prefix else own_sizes):
             which = "a leading prefix of " if self.decodes_level_prefix else ""
             differ.append(f"codebook_sizes {sizes} vs {which}{own_sizes}")
@@ -579,7 +566,7 @@ class ResidualAudioTokenizer(AudioTokenizer):
         """The level count of an ``encode`` call: ``n_levels`` (checked), else the default."""
         if n_levels is None:
             return self.default_levels
-        levels = int_argument(n_levels, f"{type(self).__name__}.encode: n_levels")
+        levels = as_int(n_levels, f"{type(self).__name__}.encode: n_levels")
         n_q = self.quantizer.num_quantizers
         if not 1 <= levels <= n_q:
             raise ValueError(
@@ -810,7 +797,6 @@ __all__ = [
     "VideoTokenizer",
     "build_quantizer",
     "decode_codes",
-    "int_argument",
     "quantize_channel_first",
     "to_tokens",
 ]

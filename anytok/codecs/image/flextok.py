@@ -50,7 +50,6 @@ from anytok.codecs.base import (
     ImageTokenizer,
     TokenizerOutput,
     build_quantizer,
-    int_argument,
     to_tokens,
 )
 from anytok.decoders.diffusion import SCHEDULERS, FlowDecoder
@@ -63,7 +62,7 @@ from anytok.nn.transformer import (
 )
 from anytok.registry import register
 from anytok.regularizers import TrainingOptions, freeze
-from anytok.tokens import Tokens, TokenSpec
+from anytok.tokens import Tokens, TokenSpec, as_int
 
 
 class RegisterEncoder(nn.Module):
@@ -383,7 +382,7 @@ class FlexTok(ImageTokenizer):
         k = (
             self.num_registers
             if num_tokens is None
-            else int_argument(num_tokens, f"{type(self).__name__}.encode: num_tokens")
+            else as_int(num_tokens, f"{type(self).__name__}.encode: num_tokens")
         )
         if not 1 <= k <= self.num_registers:
             raise ValueError(
