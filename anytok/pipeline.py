@@ -31,6 +31,7 @@ from anytok.media import (
     save_audio,
     save_image,
     save_video,
+    walk_files,
 )
 from anytok.tokens import Tokens
 
@@ -432,16 +433,14 @@ def encode_files(
 
 def token_jobs(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, Path | None]]:
     """``(token file, input folder or None)``: files named directly, or found recursively in
-    folders (sorted per folder), each with the folder its output path is relative to."""
+    folders by :func:`anytok.media.walk_files` (sorted per folder, links to folders followed,
+    hidden files skipped, as ``encode`` finds media), each with the folder its output path is
+    relative to."""
     found: list[tuple[Path, Path | None]] = []
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            found += [
-                (p, path)
-                for p in sorted(path.rglob("*"))
-                if p.name.endswith(TOKEN_SUFFIXES) and p.is_file()
-            ]
+            found += [(p, path) for p in walk_files(path) if p.name.endswith(TOKEN_SUFFIXES)]
         else:
             found.append((path, None))
     return found

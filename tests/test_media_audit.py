@@ -512,3 +512,39 @@ def test_find_media_follows_folder_links_and_keeps_broken_file_links(tmp_path) -
     (src / "loop").symlink_to(src, target_is_directory=True)
     found = [p.relative_to(src).as_posix() for p in find_media(src, modality="audio")]
     assert found == ["a.wav", "c.wav", "spk1/x.wav", "spk1/y.wav"]
+
+
+def test_decode_lists_token_files_inside_linked_folders_as_encode_finds_media(
+    tmp_path: Path,
+) -> None:
+    """``anytok decode tokens/`` listed token files with ``Path.rglob``, which does not enter
+    linked folders on Python 3.11: ``tokens/spk1 -> /mnt/disk1/spk1`` was silently left out.
+    It now walks as :func:`find_media` does: links followed, hidden files skipped, a dangling
+    link kept for its loader to name, a loop ended."""
+    import anytok
+    from anytok.pipeline import decode_files, encode_files, token_jobs
+
+    model = anytok.create_model("cnn_fsq_256", tiny=True).eval()
+    picture = torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    media = tmp_path / "media"
+    (media / "spk1").mkdir(parents=True)
+    for name in ("a.png", "spk1/b.png"):
+        save_image(media / name, picture)
+    assert encode_files(model, [media], tmp_path / "disk1").ok
+    tokens = tmp_path / "tok"
+    tokens.mkdir()
+    (tokens / "a.png.tokens.safetensors").symlink_to(tmp_path / "disk1/a.png.tokens.safetensors")
+    (tokens / "spk1").symlink_to(tmp_path / "disk1/spk1", target_is_directory=True)
+    (tokens / "loop").symlink_to(tokens, target_is_directory=True)
+    (tokens / ".hidden.png.tokens.safetensors").write_bytes(b"not tokens")
+    (tokens / "gone.png.tokens.safetensors").symlink_to(tmp_path / "gone")
+    listed = [(p.relative_to(tokens).as_posix(), root) for p, root in token_jobs([tokens])]
+    assert listed == [
+        ("a.png.tokens.safetensors", tokens),
+        ("gone.png.tokens.safetensors", tokens),
+        ("spk1/b.png.tokens.safetensors", tokens),
+    ]
+    report = decode_files([tokens], tmp_path / "out", lambda _: model)
+    written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in report.written)
+    assert written == ["a.png", "spk1/b.png"]
+    assert [failure.path.name for failure in report.failures] == ["gone.png.tokens.safetensors"]

@@ -13,7 +13,7 @@ problem. Bundled sample media live in :mod:`anytok.media.samples`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ __all__ = [
     "save_image",
     "save_video",
     "to_channels",
+    "walk_files",
 ]
 
 AUDIO_EXTENSIONS = frozenset(
@@ -109,20 +110,29 @@ def load_media(
     return loaders[_check_modality(modality)](path, **kwargs)
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    """Every entry under ``root``, following links to folders (``Path.rglob`` does not enter
-    them on Python 3.11: ``data/train -> /mnt/disk1/train`` lost whole subtrees), each real
-    folder once (a link loop ends there)."""
+def walk_files(root: str | os.PathLike[str]) -> list[Path]:
+    """The visible files under folder ``root``, sorted by relative path: links to folders are
+    followed (``Path.rglob`` does not enter them on Python 3.11: ``data/train ->
+    /mnt/disk1/train`` lost whole subtrees), each real folder once (a link loop ends there);
+    files and folders with a leading dot are skipped; a link whose target is gone is kept, so
+    that its loader names the problem. Shared by :func:`find_media` and ``anytok decode``."""
+    root = Path(root)
     visited: set[str] = set()
+    found: list[Path] = []
     for folder, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
         if real in visited:
             dirs[:] = []
             continue
         visited.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]  # hidden folders are skipped
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
-            yield Path(folder, name)
+            path = Path(folder, name)
+            if not name.startswith(".") and (
+                path.is_file() or (path.is_symlink() and not path.exists())
+            ):
+                found.append(path)
+    return sorted(found, key=lambda path: path.relative_to(root).as_posix())
 
 
 def find_media(
@@ -153,18 +163,20 @@ def find_media(
     for raw in paths:
         root = Path(raw)
         if root.is_dir():
-            candidates = _walk(root) if recursive else root.glob("*")
-            matches = sorted(
-                (
-                    path
-                    for path in candidates
-                    if path.suffix.lower() in wanted
-                    and not any(part.startswith(".") for part in path.relative_to(root).parts)
-                    # a link whose target is gone is kept: its loader names the problem
-                    and (path.is_file() or (path.is_symlink() and not path.exists()))
-                ),
-                key=lambda path: path.relative_to(root).as_posix(),
+            candidates = (
+                walk_files(root)
+                if recursive
+                else sorted(
+                    (
+                        path
+                        for path in root.glob("*")
+                        if not path.name.startswith(".")
+                        and (path.is_file() or (path.is_symlink() and not path.exists()))
+                    ),
+                    key=lambda path: path.name,
+                )
             )
+            matches = [path for path in candidates if path.suffix.lower() in wanted]
         elif root.exists():
             matches = [root]
         else:
