@@ -52,6 +52,9 @@ def _worker(rank: int, world: int, port: int, data: str, run_dir: str, out: str)
 def test_two_gloo_ranks_stay_identical(tmp_path: Path) -> None:
     data = tmp_path / "data"
     make_dataset("audio", data, 12, seconds=0.3)
+    bad = {f"zz_bad{i}.wav" for i in range(6)}  # replaced on whichever rank reads them
+    for name in bad:
+        (data / name).write_bytes(b"not audio at all" * 8)
     run_dir = tmp_path / "run"
     mp.spawn(
         _worker, args=(2, free_port(), str(data), str(run_dir), str(tmp_path)), nprocs=2, join=True
@@ -85,6 +88,16 @@ def test_two_gloo_ranks_stay_identical(tmp_path: Path) -> None:
         "rng_rank0.safetensors",
         "rng_rank1.safetensors",
     }
+    # Every bad file either rank read is named (rank 1's logger is off: rank 0 names them
+    # at the next log line) and counted once over the ranks; they used to be counted but
+    # not named on rank 1, and the NCCL run crashed on the count's CPU all-reduce.
+    events = [r for r in read_log(run_dir) if r.get("event") == "bad_file"]
+    training = [r for r in events if "split" not in r]
+    assert {Path(r["file"].split(":")[0]).name for r in events} <= bad
+    assert {r.get("rank", 0) for r in training} == {0, 1}
+    assert records[-1]["data/bad_files"] == len(training)
+    val = [r for r in events if r.get("split") == "val"]
+    assert sum(r.get("val/bad_files", 0) for r in read_log(run_dir)) == len(val)
 
 
 def test_torchrun_command_line(tmp_path: Path) -> None:
@@ -179,3 +192,30 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(
     assert (1 if sparse else 3) <= step < 200, results
     assert results[0]["stopped_by"] == signal.SIGTERM, results
     assert latest_checkpoint(run_dir).name == f"step_{step:06d}"
+
+
+def test_collectives_move_values_to_the_backends_device(monkeypatch) -> None:
+    """NCCL moves CUDA tensors only: the run's bad-file count went to ``all_reduce`` on the
+    CPU, which fails under NCCL ("No backend type associated with device type cpu") at the
+    first log line. Emulated here: the backend says NCCL, the rank's device is the CPU and
+    the values lie elsewhere (meta); the collective must see the rank's device."""
+    seen: list[torch.device] = []
+
+    def fake_all_reduce(tensor, op=None):
+        seen.append(tensor.device)
+        tensor.mul_(2)  # two ranks with the same values
+
+    def fake_all_gather(outputs, tensor):
+        seen.append(tensor.device)
+        for out in outputs:
+            out.copy_(tensor)
+
+    monkeypatch.setattr(dist, "get_backend", lambda: "nccl")
+    monkeypatch.setattr(dist, "all_reduce", fake_all_reduce)
+    monkeypatch.setattr(dist, "all_gather", fake_all_gather)
+    info = distributed.DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
+    mean = distributed.all_reduce_mean(torch.ones(3, device="meta"), info)
+    assert mean.device.type == "meta" and seen == [torch.device("cpu")]
+    assert distributed.gather_bytes(b"", info) == [b"", b""]  # an empty payload travels too
+    assert distributed.gather_bytes(b"ab", info) == [b"ab", b"ab"]
+    assert all(device == torch.device("cpu") for device in seen)

@@ -100,25 +100,36 @@ def final_barrier(info: DistInfo) -> None:
         _closing_barrier = work
 
 
+def collective_device(info: DistInfo) -> torch.device:
+    """Where a collective's tensors must live: NCCL moves CUDA tensors only (a CPU tensor
+    fails with "No backend type associated with device type cpu"), gloo CPU ones."""
+    return info.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def all_reduce_mean(values: Tensor, info: DistInfo) -> Tensor:
-    """Mean of ``values`` over ranks (a copy; identity on one process)."""
+    """Mean of ``values`` over ranks (a copy on ``values``' device; identity on one process).
+
+    The sum travels on :func:`collective_device`, wherever ``values`` lie."""
     if not info.distributed:
         return values
-    out = values.clone()
+    out = values.to(collective_device(info), copy=True)
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out / info.world_size
+    return (out / info.world_size).to(values.device)
 
 
 def gather_bytes(data: bytes, info: DistInfo) -> list[bytes]:
-    """Every rank's ``data``, in rank order (on every rank).
+    """Every rank's ``data``, in rank order (on every rank); ``data`` may be empty.
 
     Sent as uint8 tensors (padded to the longest), never pickled objects.
     """
     if not info.distributed:
         return [data]
-    # NCCL only moves CUDA tensors; gloo moves CPU ones.
-    device = info.device if dist.get_backend() == "nccl" else torch.device("cpu")
-    payload = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)
+    device = collective_device(info)
+    payload = (
+        torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)
+        if data  # frombuffer refuses an empty buffer
+        else torch.zeros(0, dtype=torch.uint8, device=device)
+    )
     size = torch.tensor([payload.numel()], device=device)
     sizes = [torch.zeros_like(size) for _ in range(info.world_size)]
     dist.all_gather(sizes, size)
@@ -136,6 +147,7 @@ __all__ = [
     "all_reduce_mean",
     "barrier",
     "cleanup_distributed",
+    "collective_device",
     "final_barrier",
     "gather_bytes",
     "init_distributed",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import itertools
+import json
 import math
 import os
 import random
@@ -74,6 +75,7 @@ from anytok.train.distributed import (
     all_reduce_mean,
     barrier,
     cleanup_distributed,
+    collective_device,
     final_barrier,
     gather_bytes,
     init_distributed,
@@ -343,6 +345,8 @@ def train(
         # Throughput is timed over a logging window, from its first step to the host sync of
         # its log line: a step's own host time only measures how fast kernels are queued.
         window_started, window_steps = time.perf_counter(), 0
+        # This rank's replaced training files since the ranks last met: (step, "path: problem")
+        replaced: list[tuple[int, str]] = []
         shown_rate, shown_status = 0.0, ""  # of the last log line, for the progress bar
 
         eval_model = ema.module if ema is not None else model
@@ -351,8 +355,11 @@ def train(
         # from forked RNG states, so training never depends on log.val_every / samples_every,
         # and a run stopped at such a step (which skips them) resumes exactly.
         def validate(at: int) -> None:
+            val_replaced: list[tuple[int, str]] = []
+
             def bad_val_file(entry: str) -> None:
-                _report_bad_file(logger, at, entry, "val")
+                val_replaced.append((at, entry))
+                _report_bad_file(logger, at, entry, "val")  # rank 0's at once, the rest below
 
             assert val_loader is not None
             with _isolated_rng(device_):
@@ -365,6 +372,7 @@ def train(
                     info,
                     on_bad_file=bad_val_file,
                 )
+            val["val/bad_files"] = float(_gather_bad_files(val_replaced, logger, info, "val"))
             logger.scalars(at, val)
 
         def write_samples(at: int) -> None:
@@ -400,8 +408,8 @@ def train(
             for micro in range(tc.grad_accum):
                 batch = next(data)
                 for entry in batch.bad_files:
-                    state["bad_files"] += 1
-                    _report_bad_file(logger, step, entry)
+                    replaced.append((step, entry))
+                    _report_bad_file(logger, step, entry)  # rank 0's at once, the rest later
                 media = batch.media.to(device_, non_blocking=True)
                 lengths = batch.lengths.to(device_, non_blocking=True)
                 sync = micro == tc.grad_accum - 1
@@ -518,6 +526,9 @@ def train(
             # samples due now) for the resumed run, so its log equals an uninterrupted one's.
             stop_only = bool(stopped_by) and not (checkpoint_now or log_now)
             checkpoint_now = checkpoint_now or bool(stopped_by)
+            if stop_only or final or checkpoint_now or log_now:  # the ranks meet here
+                state["bad_files"] += _gather_bad_files(replaced, logger, info)
+                replaced.clear()
             if stop_only:
                 totals = _mean_over_ranks(_to_floats({k: t for k, (t, _) in window.items()}), info)
                 state["window"] = {k: [totals[k], window[k][1]] for k in totals}
@@ -530,15 +541,11 @@ def train(
                 local["perf/step_seconds"] = step_seconds
                 local["perf/items_per_second"] = items_per_step / step_seconds
                 means = _mean_over_ranks(local, info)
-                bad_total = (
-                    all_reduce_mean(torch.tensor([float(state["bad_files"])]), info).item()
-                    * info.world_size
-                )
                 means.update(
                     {
                         "lr/generator": g_opt.param_groups[0]["lr"],
                         "data/epoch": float(state["epoch"]),
-                        "data/bad_files": bad_total,
+                        "data/bad_files": float(state["bad_files"]),
                     }
                 )
                 if d_opt is not None:
@@ -698,11 +705,39 @@ _BAD_FILE_USE = {
 }
 
 
-def _report_bad_file(logger: RunLogger, step: int, entry: str, split: str | None = None) -> None:
-    """One ``bad_file`` event (with its ``split`` outside training) and one note per file
-    the data replaced."""
-    logger.event(step, "bad_file", file=entry, **({"split": split} if split else {}))
-    logger.note(f"skipped {_BAD_FILE_USE[split]} (replaced by another): {entry}")
+def _report_bad_file(
+    logger: RunLogger, step: int, entry: str, split: str | None = None, rank: int | None = None
+) -> None:
+    """One ``bad_file`` event (with its ``split`` outside training, and the ``rank`` that
+    read it where that is not rank 0) and one note per file the data replaced."""
+    fields = {"split": split} if split else {}
+    if rank:
+        fields["rank"] = rank
+    logger.event(step, "bad_file", file=entry, **fields)
+    where = f" on rank {rank}" if rank else ""
+    logger.note(f"skipped {_BAD_FILE_USE[split]}{where} (replaced by another): {entry}")
+
+
+def _gather_bad_files(
+    replaced: Sequence[tuple[int, str]],
+    logger: RunLogger,
+    info: DistInfo,
+    split: str | None = None,
+) -> int:
+    """How many files every rank replaced: ``replaced`` holds this rank's ``(step, "path:
+    problem")`` since the ranks last met. Rank 0 named its own as they came; here it names
+    the other ranks' (their loggers are off), so the log lists every bad file of the run.
+    Every rank calls it at the same point (a collective under torchrun)."""
+    if not info.distributed:
+        return len(replaced)
+    blobs = gather_bytes(json.dumps(list(replaced)).encode(), info)
+    total = 0
+    for rank, blob in enumerate(blobs):
+        entries = json.loads(blob)
+        total += len(entries)
+        for step, entry in entries if rank else ():
+            _report_bad_file(logger, step, entry, split, rank)
+    return total
 
 
 def _built(section: str, build: Callable[[], T]) -> T:
@@ -915,8 +950,9 @@ def _mean_over_ranks(values: dict[str, float], info: DistInfo) -> dict[str, floa
     keys = sorted(values)
     if not info.distributed or not keys:
         return {k: values[k] for k in keys}
-    device = info.device if dist.get_backend() == "nccl" else torch.device("cpu")
-    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    tensor = torch.tensor(
+        [values[k] for k in keys], dtype=torch.float64, device=collective_device(info)
+    )
     reduced = all_reduce_mean(tensor, info).tolist()
     return dict(zip(keys, reduced))
 
@@ -946,7 +982,7 @@ def _evaluate(
 ) -> dict[str, float]:
     """Mean reconstruction terms and the model's own losses (quantizer, diffusion ...) over
     up to ``max_batches`` validation batches per rank; ``on_bad_file`` hears of every file
-    that was replaced (named in the log, as in training).
+    this rank replaced (the caller counts and names them, as in training).
 
     Every rank runs it (quantizers all-reduce code statistics inside ``forward``), over its
     share of the validation set.
@@ -967,7 +1003,6 @@ def _evaluate(
                 **_text_kwargs(batch, takes_text),
             )
         terms = recon_loss(out.reconstruction, media, lengths)
-        sums["val/bad_files"] += len(batch.bad_files)
         for entry in batch.bad_files if on_bad_file is not None else ():
             on_bad_file(entry)
         sums["val/reconstruction"] += recon_loss.total(terms).double()
@@ -976,10 +1011,7 @@ def _evaluate(
         count += 1
     model.train(was_training)
     totals = _to_floats(sums)  # one host sync for the whole evaluation
-    means = _mean_over_ranks({k: v / max(count, 1) for k, v in totals.items()}, info)
-    if "val/bad_files" in means:  # a count, not a mean: files replaced in this evaluation
-        means["val/bad_files"] *= max(count, 1) * info.world_size
-    return means
+    return _mean_over_ranks({k: v / max(count, 1) for k, v in totals.items()}, info)
 
 
 @torch.no_grad()
