@@ -219,3 +219,33 @@ def test_collectives_move_values_to_the_backends_device(monkeypatch) -> None:
     assert distributed.gather_bytes(b"", info) == [b"", b""]  # an empty payload travels too
     assert distributed.gather_bytes(b"ab", info) == [b"ab", b"ab"]
     assert all(device == torch.device("cpu") for device in seen)
+
+
+def _refusing_worker(rank: int, world: int, port: int, data: str, run_dir: str, out: str) -> None:
+    as_torchrun_rank(rank, world, port)
+    try:
+        train(RECIPE, run_dir, overrides=[f"data.train={data}", *OVERRIDES], device="cpu")
+    except Exception as err:  # noqa: BLE001 - the test compares every rank's error
+        Path(out, f"rank{rank}.txt").write_text(f"{type(err).__name__}: {err}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_a_refused_start_is_refused_on_every_rank(tmp_path: Path) -> None:
+    """Only rank 0 checked the run folder: its refusal left the other ranks at the barrier
+    until torchrun killed them, with their tracebacks beside the one-line error."""
+    data = tmp_path / "data"
+    make_dataset("audio", data, 4, seconds=0.3)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "log.jsonl").write_text('{"step": 3, "loss/total": 1.0}\n')  # a run's trace
+    mp.spawn(
+        _refusing_worker,
+        args=(2, free_port(), str(data), str(run_dir), str(tmp_path)),
+        nprocs=2,
+        join=True,
+    )
+    errors = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert errors[0] == errors[1]
+    assert errors[0].startswith("RecipeError: ") and "already holds a run" in errors[0]

@@ -169,11 +169,14 @@ def train(
     restore_signals = stop.install()
     try:
         checkpoint = latest_checkpoint(run_dir) if resume else None
-        if checkpoint is not None:  # every rank: no rank left waiting for one that refused
+        # Every rank checks (they read the same folder): a refusal on rank 0 alone left the
+        # others waiting at the barrier until torchrun killed them.
+        if checkpoint is not None:
             _check_data_layout(checkpoint, cfg, info)
+        _check_run_dir(run_dir, cfg, resume, checkpoint, info)
         stale: list[Path] = []
         if info.is_main:
-            _check_run_dir(run_dir, cfg, resume, checkpoint)
+            run_dir.mkdir(parents=True, exist_ok=True)
             stale = remove_stale_temporaries(run_dir)  # no checkpoint is being written yet
         barrier(info)
         start_step = _step_of(checkpoint)
@@ -635,23 +638,24 @@ SCHEDULE_KEYS = (
 )
 
 
-def _check_run_dir(run_dir: Path, cfg: DictConfig, resume: bool, checkpoint: Path | None) -> None:
-    """Create the run folder; refuse to start over a run without ``resume``, and to resume
-    a checkpoint with another learning-rate schedule (its schedulers would keep the old one,
-    so the rate would follow neither)."""
+def _check_run_dir(
+    run_dir: Path, cfg: DictConfig, resume: bool, checkpoint: Path | None, info: DistInfo
+) -> None:
+    """Refuse to start over a run without ``resume``, and to resume a checkpoint with another
+    learning-rate schedule (its schedulers would keep the old one, so the rate would follow
+    neither). Reads only; rank 0 notes recipe changes."""
     if not resume and _holds_run(run_dir):
         raise RecipeError(
             f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
             "--run-dir"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
     recipe_path = run_dir / RECIPE_NAME
     if not (resume and recipe_path.is_file()):
         return
     before = OmegaConf.load(recipe_path)
     old_sections, new_sections = to_dict(before), to_dict(cfg)  # type: ignore[arg-type]
     changed = sorted(key for key in new_sections if old_sections.get(key) != new_sections[key])
-    if changed:
+    if changed and info.is_main:
         print(f"anytok train: note: the recipe differs from the run's in: {', '.join(changed)}")
     if checkpoint is None:
         return
