@@ -440,3 +440,91 @@ def test_perturb_sweep_is_the_pfid_style_robustness_point() -> None:
     assert torch.equal(codes, tokens.codes)  # the bits counted are the tokenizer's own
     assert torch.equal(noisy, again)  # a fixed seed: reports are reproducible
     assert not torch.allclose(noisy, clean)
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+def test_bench_counts_the_levels_encode_gives(speech_dir) -> None:
+    """A tokenizer whose default encode gives fewer levels than its quantizer has (Mimi: 8
+    of 32) failed the whole bench: token statistics and bits were sized from every level."""
+    from anytok.bench.runner import BenchSettings, bench_model
+    from anytok.bench.suite import MetricSuite
+
+    model = anytok.create_model("mimi", tiny=True, seed=0, n_levels=2).eval()
+    assert model.spec.num_levels == 4 and model.default_spec.num_levels == 2
+    settings = BenchSettings(models=["mimi"], data=[speech_dir], warmup=0, repeats=1)
+    section = bench_model(model, "mimi", settings, MetricSuite())
+    assert section["items"] == 3
+    assert len(section["token_stats"]["levels"]) == 2
+    assert section["token_spec"]["codebook_sizes"] == list(model.default_spec.codebook_sizes)
+    rate = section["results"][0]["rate"]
+    bits = np.log2(model.default_spec.codebook_sizes[0])
+    assert rate["bits_per_second"] == pytest.approx(rate["tokens_per_second"] * bits)
+    assert rate["tokens_per_second"] == pytest.approx(2 * model.default_spec.frame_rate, rel=0.05)
+
+
+def test_level_sweep_stops_at_the_levels_encode_gives() -> None:
+    """Mimi with 2 of 4 levels by default: levels=2 repeated ``full`` and levels=3 decoded 2
+    levels under a false label. The default count is ``full``; more is skipped with a note."""
+    from anytok.bench.sweeps import sweep_options
+
+    model = anytok.create_model("mimi", tiny=True, seed=0, n_levels=2).eval()
+    assert sweep_options(model)["levels"] == [1, 2]
+    points, notes = plan_sweep(model, {"levels": [1, 2, 3, 4]})
+    assert [p.label for p in points] == ["full", "levels=1"]
+    assert notes == [f"{model.registry_name}: levels 3, 4 not available (allowed: 1, 2); skipped"]
+    with torch.inference_mode():
+        tokens = model.encode(torch.randn(1, 1, 24000, generator=torch.Generator().manual_seed(0)))
+        _, codes = decode_at(model, tokens, points[1])
+        assert codes.shape[1] == 1
+        with pytest.raises(ValueError, match="levels=3 but the tokens have 2 level"):
+            decode_at(model, tokens, SweepPoint("levels", 3))
+
+
+def test_unknown_lpips_network_is_a_usage_error_before_any_work(
+    checkpoints, image_dir, tmp_path, capsys
+) -> None:
+    """``--lpips alexnet:...`` gave a raw ValueError traceback (exit 1) after the tokenizer
+    had loaded; it is a one-line usage error naming the flag and the networks, up front."""
+    from safetensors.torch import save_file
+
+    from anytok.metrics.image import LPIPS
+    from anytok.metrics.weights import MetricWeightsError
+
+    weights = tmp_path / "lpips.safetensors"
+    save_file({"x": torch.zeros(1)}, str(weights))
+    out = tmp_path / "report"
+    code = main(
+        ["bench", "-m", str(checkpoints["cnn_fsq_256"]), str(image_dir[0]), "-o", str(out),
+         "--lpips", f"alexnet:{weights}", "--repeats", "1", "--no-plots"]
+    )  # fmt: skip
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "--lpips: unknown network 'alexnet'; choose one of alex, vgg, squeeze" in err
+    assert "Traceback" not in err
+    with pytest.raises(MetricWeightsError, match="unknown network 'alexnet'; choose one of"):
+        LPIPS(None, net="alexnet")
+
+
+def test_report_prints_a_cuda_memory_peak_under_one_mib(checkpoints, tmp_path) -> None:
+    """``fmt(0.62, 0)`` built the format ``.-1e`` and raised: no report.md for a CUDA run
+    whose peak memory was under 1 MiB."""
+    from anytok.bench.report import fmt, markdown
+    from anytok.bench.runner import BenchSettings, run_bench
+
+    cells = {1234.5: "1,234", 12.0: "12", 0.62: "0.6", 0.04: "0.04", 0.0: "0"}
+    assert {value: fmt(value, 0) for value in cells} == cells
+    Image.fromarray(skdata.astronaut()[:32, :32]).save(tmp_path / "a.png")
+    settings = BenchSettings(
+        models=[str(checkpoints["cnn_fsq_256"])],
+        data=[tmp_path / "a.png"],
+        image_size=(32, 32),
+        warmup=0,
+        repeats=1,
+    )
+    report = run_bench(settings)
+    report["models"][0]["throughput"]["peak_memory"] = {
+        "kind": "torch.cuda.max_memory_allocated", "encode_mib": 0.62, "decode_mib": 0.81
+    }  # fmt: skip
+    assert " 0.6 / 0.8 |" in markdown(report)

@@ -426,3 +426,42 @@ def test_bitrate_and_statistics_count_each_level_on_its_own_grid() -> None:
     stats = TokenStatistics([7, 5])
     stats.update(model.informative_codes(codes[0]))
     assert [lv["tokens"] for lv in stats.summary()["levels"]] == [18, 72]
+
+
+def test_video_psnr_of_a_clip_with_a_nan_frame_is_nan() -> None:
+    """A NaN frame (e.g. a bf16 overflow in the decoder) was left out like an exact frame:
+    the clip scored 32 dB. Only infinite (exact) frames are left out; NaN stays NaN."""
+    from anytok.metrics.video import frame_psnr
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(1, 3, 4, 32, 32, generator=g) * 2 - 1
+    rec = (ref + 0.05 * torch.randn(ref.shape, generator=g)).clamp(-1, 1)
+    assert math.isfinite(frame_psnr(ref, rec).item())
+    rec[:, :, 2] = math.nan
+    assert math.isnan(psnr(ref[:, :, 2], rec[:, :, 2]).item())  # as an image's PSNR
+    assert math.isnan(frame_psnr(ref, rec).item())
+    assert math.isnan(MetricSuite().score_video(ref, rec)["psnr"])
+
+
+def test_frame_diff_error_of_a_single_frame_is_invalid() -> None:
+    """A 1-frame clip has no frame-to-frame change: it scored a perfect 0 however wrong the
+    reconstruction, and that 0 was averaged in. It is NaN, counted invalid, with a reason."""
+    from anytok.bench.runner import INVALID_REASONS
+    from anytok.metrics.video import temporal_consistency
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(1, 3, 3, 16, 16, generator=g) * 2 - 1
+    rec = torch.rand(1, 3, 3, 16, 16, generator=g) * 2 - 1  # a totally wrong reconstruction
+    assert math.isnan(temporal_consistency(ref[:, :, :1], rec[:, :, :1]).item())
+    acc = PointAccumulator({})
+    suite = MetricSuite()
+    for frames in (1, 3):
+        scores = suite.score_video(ref[:, :, :frames], rec[:, :, :frames])
+        acc.add_item(scores, [], bits=0.0, tokens=0, amount=1.0, pixels=1.0)
+    summary = acc.metrics()["frame_diff_error"]
+    expected = temporal_consistency(ref, rec).item()
+    assert summary["n"] == 1 and summary["invalid"] == 1
+    assert summary["mean"] == pytest.approx(expected)
+    (note,) = [n for n in _invalid_notes("tok", {FULL: acc}) if "frame_diff_error" in n]
+    assert "full 1/2" in note and INVALID_REASONS["frame_diff_error"] in note
+    assert "single-frame" in INVALID_REASONS["frame_diff_error"]

@@ -43,6 +43,8 @@ def fmt(value: Any, digits: int = 3) -> str:
         if value.is_integer() and abs(value) >= 100:
             return f"{value:,.0f}"
         if value != 0 and abs(value) < 10 ** (-digits):
+            if digits < 1:  # no decimals, but not "0" or "1" for 0.62: one significant digit
+                return f"{value:.1g}"
             return f"{value:.{digits - 1}e}"
         return f"{value:,.{digits}f}" if abs(value) < 1e5 else f"{value:,.0f}"
     return str(value)

@@ -323,8 +323,10 @@ def bench_model(
     files = _files(settings.data, modality)
     points, notes = plan_sweep(model, settings.sweeps)
     failures: list[dict[str, str]] = []
-    stats = TokenStatistics(model.spec.codebook_sizes)
-    log_sizes = [math.log2(k) for k in model.spec.codebook_sizes]  # bits of a code per level
+    # The levels encode gives (Mimi: 8 of 32), not every level the quantizer has.
+    codebook_sizes = model.default_spec.codebook_sizes
+    stats = TokenStatistics(codebook_sizes)
+    log_sizes = [math.log2(k) for k in codebook_sizes]  # bits of a code per level
     acc = {point: PointAccumulator(suite.distribution_metrics(modality)) for point in points}
     first_batch: list[Item] | None = None
     items = 0
@@ -435,6 +437,7 @@ INVALID_REASONS = {
     "psnr": "reconstruction identical to the input (infinite PSNR)",
     "ms_ssim": "image sides under 176 pixels",
     "ssim": "image (frame) sides under 11 pixels",
+    "frame_diff_error": "single-frame clip (no frame-to-frame change to compare)",
 }
 
 

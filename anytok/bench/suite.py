@@ -21,7 +21,7 @@ from torch import Tensor
 from anytok.metrics import audio as audio_metrics
 from anytok.metrics import image as image_metrics
 from anytok.metrics import video as video_metrics
-from anytok.metrics.weights import ModelWeights, check_weights_path
+from anytok.metrics.weights import MetricWeightsError, ModelWeights, check_weights_path
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,14 @@ class MetricSuite:
     # ------------------------------------------------------------------ loading
 
     def check_paths(self) -> None:
-        """Check that every weights file given exists and is safetensors (cheap, up front)."""
+        """Check that every weights file given exists and is safetensors, and that an LPIPS
+        network is one torchmetrics has (cheap, up front: before any tokenizer loads)."""
+        lpips = self.models.lpips
+        if lpips is not None and lpips.arch not in (None, *image_metrics.LPIPS_NETS):
+            raise MetricWeightsError(
+                f"{FLAGS['lpips']}: unknown network {lpips.arch!r}; choose one of "
+                f"{', '.join(image_metrics.LPIPS_NETS)}"
+            )
         for key, spec in vars(self.models).items():
             path = spec.path if isinstance(spec, ModelWeights) else spec
             if isinstance(path, Path):

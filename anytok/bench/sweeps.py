@@ -5,8 +5,9 @@ are built in:
 
 - ``levels``: for tokenizers whose quantizer's ``encode`` accepts ``n_levels`` (residual
   quantizers: ``ResidualVQ``, ``ResidualFSQ`` ...), keep the first ``k`` levels of the codes
-  and decode them. Residual stages are sequential, so these are exactly the codes
-  ``encode(z, n_levels=k)`` gives, and the bitrate drops with ``k``.
+  ``encode`` gives (Mimi: 8 of its 32 by default) and decode them. Residual stages are
+  sequential, so these are exactly the codes ``encode(z, n_levels=k)`` gives, and the
+  bitrate drops with ``k``.
 - ``perturb`` (every tokenizer; ``anytok bench --perturb 0.05,0.1``): replace a fraction of
   the codes by random ones (fixed seed) before decoding, the generator-error model of
   "Image Tokenizer Needs Post-Training" (https://arxiv.org/abs/2509.12474). FID and the
@@ -75,7 +76,8 @@ FULL = SweepPoint()
 
 
 def level_count(model: nn.Module) -> int | None:
-    """Levels of a tokenizer whose quantizer can encode a prefix of them, else None."""
+    """Levels of the codes a tokenizer's ``encode`` gives (its ``default_spec``: Mimi 8 of
+    32), if its quantizer can encode a prefix of them and there are several, else None."""
     quantizer = getattr(model, "quantizer", None)
     encode = getattr(quantizer, "encode", None)
     if encode is None:
@@ -85,6 +87,9 @@ def level_count(model: nn.Module) -> int | None:
     except (TypeError, ValueError):
         return None
     levels = len(getattr(quantizer, "codebook_sizes", ()))
+    default_spec = getattr(model, "default_spec", None)
+    if default_spec is not None:  # a prefix of the codes, not levels encode never gives
+        levels = min(levels, default_spec.num_levels)
     return levels if accepts and levels > 1 else None
 
 
@@ -104,8 +109,8 @@ def plan_sweep(
 ) -> tuple[list[SweepPoint], list[str]]:
     """The points to evaluate for ``model`` and notes on requests it cannot serve.
 
-    ``full`` comes first; a requested value equal to the tokenizer as it is (all its levels)
-    is not repeated.
+    ``full`` comes first; a requested value equal to the tokenizer as it is (the levels its
+    ``encode`` gives) is not repeated, and more levels than that are skipped with a note.
     """
     options = sweep_options(model)
     points, notes = [FULL], []
@@ -152,6 +157,11 @@ def decode_at(model: nn.Module, tokens: Tokens, point: SweepPoint) -> tuple[Tens
         not isinstance(model, Sweepable) or LEVELS not in model.sweep_options()
     ):
         levels = int(point.value)
+        if not 1 <= levels <= tokens.codes.shape[1]:
+            raise ValueError(
+                f"decode_at: levels={point.value} but the tokens have "
+                f"{tokens.codes.shape[1]} level(s)"
+            )
         codes = tokens.codes[:, :levels]
         # The first ``levels`` levels with their own spec, and the lengths kept: a bare code
         # tensor decoded the padded batch in one pass, so a non-causal model's padding

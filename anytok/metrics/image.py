@@ -22,6 +22,9 @@ SSIM_WINDOW = 11
 #: (its message says "larger than 160", but 161 to 175 are refused too).
 MS_SSIM_MIN_SIDE = 176
 
+#: LPIPS backbones (torchmetrics' names).
+LPIPS_NETS = ("alex", "vgg", "squeeze")
+
 
 def _check_pair(name: str, reference: Tensor, reconstruction: Tensor) -> None:
     if reference.shape != reconstruction.shape:
@@ -133,8 +136,12 @@ class LPIPS(nn.Module):
         # download and pickle; its state-dict layout equals the official lpips package's.
         from torchmetrics.functional.image.lpips import _LPIPS
 
-        if net not in ("alex", "vgg", "squeeze"):
-            raise ValueError(f"LPIPS: net must be 'alex', 'vgg' or 'squeeze', got {net!r}")
+        if net not in LPIPS_NETS:
+            from anytok.metrics.weights import MetricWeightsError
+
+            raise MetricWeightsError(
+                f"LPIPS: unknown network {net!r}; choose one of {', '.join(LPIPS_NETS)}"
+            )
         self.net_name = net
         self.model = _LPIPS(pretrained=False, net=net, pnet_rand=True, use_dropout=True)
         if weights is not None:
@@ -155,6 +162,7 @@ class LPIPS(nn.Module):
 
 __all__ = [
     "LPIPS",
+    "LPIPS_NETS",
     "MS_SSIM_MIN_SIDE",
     "SSIM_WINDOW",
     "ms_ssim",

@@ -7,6 +7,8 @@ the reconstruction to the input's frames first). FVD lives in :mod:`anytok.metri
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -37,10 +39,11 @@ def frame_psnr(reference: Tensor, reconstruction: Tensor) -> Tensor:
     b, t = reference.shape[0], reference.shape[2]
     values = psnr(_frames(reference), _frames(reconstruction)).view(b, t)
     # Identical frames have infinite PSNR: average the other frames (as the benchmark does
-    # over items); a clip identical throughout stays inf, i.e. invalid like an image.
-    finite = values.isfinite()
-    mean = values.where(finite, 0.0).sum(dim=1) / finite.sum(dim=1)
-    return mean.where(finite.any(dim=1), values.amax(dim=1))
+    # over items); a clip identical throughout stays inf, i.e. invalid like an image. A NaN
+    # frame (a broken reconstruction) is kept: the clip's PSNR is NaN, as an image's.
+    inexact = ~values.isposinf()
+    mean = values.where(inexact, 0.0).sum(dim=1) / inexact.sum(dim=1)
+    return mean.where(inexact.any(dim=1), values.amax(dim=1))
 
 
 def frame_ssim(reference: Tensor, reconstruction: Tensor) -> Tensor:
@@ -52,14 +55,14 @@ def frame_ssim(reference: Tensor, reconstruction: Tensor) -> Tensor:
 
 def temporal_consistency(reference: Tensor, reconstruction: Tensor) -> Tensor:
     """Frame-difference error: mean ``|(y[t+1] - y[t]) - (x[t+1] - x[t])|`` in [-1, 1] units
-    -> ``(batch,)`` (lower is better; 0 for single frames).
+    -> ``(batch,)`` (lower is better; NaN for a single frame, which has no motion to compare).
 
     It compares the motion of the reconstruction with the input's, so flicker and temporal
     smearing count while a constant per-frame error does not.
     """
     _check("temporal_consistency", reference, reconstruction)
     if reference.shape[2] < 2:
-        return torch.zeros(reference.shape[0])
+        return torch.full((reference.shape[0],), math.nan)
     ref_motion = reference.float().diff(dim=2)
     rec_motion = reconstruction.float().clamp(-1, 1).diff(dim=2)
     return (rec_motion - ref_motion).abs().flatten(1).mean(dim=1).cpu()
