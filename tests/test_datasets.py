@@ -9,6 +9,7 @@ from __future__ import annotations
 import filecmp
 import io
 import json
+import os
 import random
 import signal
 import struct
@@ -41,9 +42,12 @@ from anytok.datasets import (
     read_export_meta,
 )
 from anytok.datasets.export import read_megatron_index
-from anytok.datasets.shards import read_shard_info
+from anytok.datasets.files import temp_path
+from anytok.datasets.plan import Plan
+from anytok.datasets.shards import ItemResult, SegmentCodes, finalize, read_shard_info, write_shard
+from anytok.datasets.sources import Item
 from anytok.pipeline import load_for_model
-from anytok.tokens import LMVocab, Tokens
+from anytok.tokens import LMVocab, Tokens, TokenSpec
 
 AUDIO_MODEL, IMAGE_MODEL = "seanet_fsq_24khz", "cnn_fsq_256"
 SAMPLE_RATE = 24000
@@ -453,6 +457,120 @@ def test_export_path_may_name_the_bin(tmp_path, audio_dataset) -> None:
     for folder in (f"{tmp_path}/", tmp_path):  # a folder is not a prefix: say what to give
         with pytest.raises(DatasetError, match=r"is a folder; give a path prefix inside it"):
             export_files(folder)
+
+
+def token_dataset(dst: Path, codes: list[np.ndarray], shard_size: int = 2) -> Path:
+    """A finished dataset of audio codes ``(2, time)`` written by the real shard writer (no
+    tokenizer)."""
+    spec = TokenSpec("audio", (16, 16), ("time",), frame_rate=10.0)
+    dst.mkdir(parents=True)
+    plan = Plan(
+        tokenizer="fake.tiny",
+        tokenizer_fingerprint="0" * 64,
+        token_spec=spec.to_json(),
+        anytok_version="0",
+        precision="fp32",
+        segment={"policy": "full"},
+        num_items=len(codes),
+        items_digest="0" * 64,
+        shard_size=shard_size,
+        src="src",
+    )
+    items = [Item(id=f"i{k}", source=f"i{k}", path=f"/x/i{k}") for k in range(len(codes))]
+    for s in range(plan.num_shards):
+        a, b = plan.shard_range(s)
+        results = [ItemResult(i, [SegmentCodes(0, 0.0, None, codes[i])]) for i in range(a, b)]
+        write_shard(dst, plan, s, items[a:b], results)
+    finalize(dst, plan)
+    return dst
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("layout", ["megatron", "bin"])
+def test_export_without_ids_is_refused_not_an_empty_bin(tmp_path, layout, capsys) -> None:
+    """Megatron-LM's IndexedDataset (and nanoGPT's np.memmap) cannot map a 0-byte .bin; the
+    export reported success and wrote one."""
+    empty = token_dataset(tmp_path / "empty", [])
+    out = tmp_path / "lm" / "tokens"
+    assert export_tokens_from_cli([str(empty), str(out), "--format", layout]) == 2
+    err = one_error_line(capsys)
+    assert f"no ids to export: {empty}: it has no rows" in err
+    assert not (tmp_path / "lm").exists() or not list((tmp_path / "lm").iterdir())
+    blank = token_dataset(tmp_path / "blank", [np.zeros((2, 0), np.uint8)] * 3)
+    argv = [str(blank), str(out), "--format", layout, "--no-special"]
+    assert export_tokens_from_cli(argv) == 2
+    assert "no ids to export" in one_error_line(capsys)
+    assert not list((tmp_path / "lm").iterdir())  # no .bin, and no temporary file
+    # With special tokens the same empty rows are documents of [bos, eos].
+    assert export_tokens_from_cli([str(blank), str(out), "--format", layout]) == 0
+    assert [d.size for d in iter_documents(out)] == [2, 2, 2]
+
+
+def test_export_removes_the_temporaries_a_killed_export_left(tmp_path) -> None:
+    dataset = token_dataset(tmp_path / "ds", [np.ones((2, 3), np.uint8)])
+    lm = tmp_path / "lm"
+    lm.mkdir()
+    assert temp_path(lm / "x.bin").name == f".x.bin.{os.getpid()}.tmp"  # the writer's names
+    stale = [".x.bin.4242.tmp", ".x.idx.17.tmp", ".x.json.99.tmp"]
+    others = [".y.bin.4242.tmp", ".x.bin.v2.bin.5.tmp", ".x.bin.tmp", "x.tmp", "notes.txt"]
+    for name in stale + others:
+        (lm / name).write_bytes(b"partial")
+    export_tokens(dataset, lm / "x", layout="megatron")
+    assert sorted(p.name for p in lm.iterdir()) == sorted(["x.bin", "x.idx", "x.json", *others])
+
+
+def test_export_out_may_name_a_bin_next_to_the_dataset_folder(tmp_path, capsys) -> None:
+    """`export-tokens tokens/libri tokens/libri.bin` was refused: 'tokens/libri.bin' is a
+    folder (it was the prefix, tokens/libri, the dataset folder)."""
+    dataset = token_dataset(tmp_path / "tokens" / "libri", [np.ones((2, 3), np.uint8)])
+    files = sorted(p.name for p in dataset.iterdir())
+    assert export_tokens_from_cli([str(dataset), str(tmp_path / "tokens" / "libri.bin")]) == 0
+    names = sorted(p.name for p in (tmp_path / "tokens").iterdir())
+    assert names == ["libri", "libri.bin", "libri.json"]
+    assert sorted(p.name for p in dataset.iterdir()) == files
+    assert [d.size for d in iter_documents(tmp_path / "tokens" / "libri.bin")] == [8]
+    capsys.readouterr()
+    # OUT itself a folder, or a folder where one of its files goes: refused, naming it.
+    assert export_tokens_from_cli([str(dataset), str(tmp_path / "tokens")]) == 2
+    assert "is a folder; give a path prefix inside it" in one_error_line(capsys)
+    (tmp_path / "lm" / "x.json").mkdir(parents=True)
+    assert export_tokens_from_cli([str(dataset), str(tmp_path / "lm" / "x")]) == 2
+    assert f"{tmp_path / 'lm' / 'x.json'} is a folder" in one_error_line(capsys)
+    assert sorted(p.name for p in (tmp_path / "lm").iterdir()) == ["x.json"]
+
+
+def test_export_names_a_missing_or_unreadable_shard(tmp_path, capsys) -> None:
+    """A missing shard was reported as its bare path; a truncated one was a traceback and
+    exit code 3."""
+    dataset = token_dataset(tmp_path / "ds", [np.ones((2, 3), np.uint8)] * 3)
+    shard = dataset / "shard-00001.parquet"
+    good = shard.read_bytes()
+    out = tmp_path / "lm" / "x"
+    shard.unlink()
+    assert export_tokens_from_cli([str(dataset), str(out)]) == 2
+    assert f"{shard}: listed in manifest.json but missing" in one_error_line(capsys)
+    with pytest.raises(DatasetError, match="listed in manifest.json but missing"):
+        next(iter_rows(dataset))  # before the first row, not after the shards before it
+    shard.write_bytes(good[: len(good) // 2])
+    assert export_tokens_from_cli([str(dataset), str(out)]) == 2
+    assert f"{shard}: not a readable Parquet file: " in one_error_line(capsys)
+    assert not list(out.parent.iterdir())  # neither a .bin nor a temporary file
+    shard.write_bytes(good)
+    assert export_tokens_from_cli([str(dataset), str(out)]) == 0
+
+
+def test_export_offset_past_int64_is_a_usage_error(tmp_path, capsys) -> None:
+    dataset = token_dataset(tmp_path / "ds", [np.ones((2, 3), np.uint8)])
+    offset = str(2**63 - 10)
+    assert export_tokens_from_cli([str(dataset), str(tmp_path / "x"), "--offset", offset]) == 2
+    assert f"--offset {offset}: too large" in one_error_line(capsys)
+    with pytest.raises(DatasetError, match=r"--offset \d+: too large"):
+        export_tokens(dataset, tmp_path / "x", offset=2**63 - 10)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -60,8 +60,8 @@ from typing import IO, Any, Literal
 import numpy as np
 import torch
 
-from anytok.datasets.files import atomic_write, atomic_write_text
-from anytok.datasets.shards import iter_rows, read_manifest
+from anytok.datasets.files import atomic_write, atomic_write_text, remove_stale_temps
+from anytok.datasets.shards import ERRORS_NAME, iter_rows, read_manifest
 from anytok.datasets.sources import DatasetError
 from anytok.tokens import PATTERNS, LMVocab, Pattern, Tokens, TokenSpec
 
@@ -138,7 +138,10 @@ def export_tokens(
             (:class:`~anytok.tokens.LMVocab`, :meth:`~anytok.tokens.Tokens.to_lm_ids`).
 
     Raises:
-        DatasetError: bad options, or rows whose spatial shapes differ.
+        DatasetError: bad options (an ``offset`` past the int64 id range included), an
+            ``out`` that is or holds a folder, a missing or unreadable shard, rows whose
+            spatial shapes differ, or no ids at all (no rows, or only empty rows without
+            special tokens): neither Megatron-LM nor ``np.memmap`` opens an empty ``.bin``.
     """
     if layout not in EXPORT_LAYOUTS:
         raise DatasetError(f"layout must be one of {EXPORT_LAYOUTS}, got {layout!r}")
@@ -148,7 +151,13 @@ def export_tokens(
         raise DatasetError(f"offset must be >= 0, got {offset}")
     manifest = read_manifest(dataset)
     spec = TokenSpec.from_dict(manifest["token_spec"])
-    vocab = LMVocab.from_spec(spec, offset=offset, shared_levels=shared_levels)
+    try:
+        vocab = LMVocab.from_spec(spec, offset=offset, shared_levels=shared_levels)
+    except ValueError as err:  # ids past int64
+        raise DatasetError(
+            f"--offset {offset}: too large for the codebooks of {dataset} ({err}); "
+            "give a smaller offset"
+        ) from err
     dtype = id_dtype(vocab.size, layout)
     bin_path, idx_path, meta_path = export_files(out)
     inside = Path(dataset).resolve()
@@ -160,7 +169,12 @@ def export_tokens(
         )
     if bin_path.parent.exists() and not bin_path.parent.is_dir():
         raise DatasetError(f"OUT {out}: {bin_path.parent} is a file, not a folder")
+    for path in (bin_path, idx_path, meta_path):
+        if path.is_dir():
+            raise DatasetError(f"OUT {out}: {path} is a folder, where the export writes a file")
     bin_path.parent.mkdir(parents=True, exist_ok=True)
+    # what a killed export left (.OUT.bin.<pid>.tmp ...): nothing else would ever remove it
+    remove_stale_temps(bin_path.parent, {p.name for p in (bin_path, idx_path, meta_path)})
     meta_path.unlink(missing_ok=True)  # an old sidecar must not vouch for a half-new export
     # An old index must not describe the new .bin: a bin-layout export over a megatron one, or
     # a megatron export killed between writing the .bin and the .idx.
@@ -180,6 +194,8 @@ def export_tokens(
             ids = document_ids(tokens, vocab, pattern, add_special)
             f.write(ids.astype(dtype.newbyteorder("<")).tobytes())  # little-endian anywhere
             lengths.append(int(ids.size))
+        if not sum(lengths):  # raised here, the temporary file goes and no .bin is written
+            raise _no_ids(dataset, manifest, len(lengths), bin_path)
 
     atomic_write(bin_path, write_bin)
     files = [bin_path]
@@ -209,6 +225,28 @@ def export_tokens(
     atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     files.append(meta_path)
     return ExportSummary(files, len(lengths), sum(lengths), dtype.name, vocab.size)
+
+
+def _no_ids(
+    dataset: str | os.PathLike[str], manifest: dict[str, Any], rows: int, bin_path: Path
+) -> DatasetError:
+    """The error of an export without a single id (an empty ``.bin`` nothing can map)."""
+    if rows:
+        why = (
+            f"its {rows} row(s) are all empty, and without special tokens (--no-special) "
+            "they have no ids"
+        )
+    else:
+        why = "it has no rows"
+        if manifest.get("failed"):
+            why += (
+                f" ({manifest['failed']} of its {manifest.get('items')} item(s) failed: "
+                f"see its {ERRORS_NAME})"
+            )
+    return DatasetError(
+        f"no ids to export: {dataset}: {why}; an empty {bin_path.name} cannot be read "
+        "(Megatron-LM and np.memmap cannot map an empty file)"
+    )
 
 
 def megatron_index(lengths: list[int], dtype: np.dtype) -> bytes:
@@ -244,7 +282,8 @@ def export_files(out: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
 
     ``out`` is the prefix, or the path of one of those files: ``lm/audio``, ``lm/audio.bin``
     and ``lm/audio.idx`` all name ``lm/audio.bin`` + ``lm/audio.idx`` + ``lm/audio.json``
-    (Megatron-LM's data path is the prefix; nanoGPT's is the ``.bin``).
+    (Megatron-LM's data path is the prefix; nanoGPT's is the ``.bin``). ``out`` itself must
+    not be a folder; its prefix may be one (``tokens/libri.bin`` next to ``tokens/libri/``).
     """
     text = os.fspath(out)
     prefix = Path(out)
@@ -252,7 +291,9 @@ def export_files(out: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
         prefix = prefix.with_suffix("")
     if not prefix.name:
         raise DatasetError(f"export path {text!r} names no file")
-    if text.endswith(("/", os.sep)) or prefix.is_dir():
+    # Only OUT itself: the prefix of `tokens/libri.bin` may be the dataset folder
+    # `tokens/libri`; the files tokens/libri.bin, .idx, .json do not clash with it.
+    if text.endswith(("/", os.sep)) or Path(out).is_dir():
         raise DatasetError(
             f"export path {text!r} is a folder; give a path prefix inside it, such as "
             f"{os.path.join(text, 'tokens')!r} (-> tokens.bin, tokens.json ...)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -56,15 +56,27 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def remove_stale_temps(folder: Path) -> int:
+def _temp_target(name: str) -> str | None:
+    """The file name a :func:`temp_path` name is written for (``None`` for other names)."""
+    stem = name.removesuffix(TMP_SUFFIX)
+    target, _, pid = stem[1:].rpartition(".")
+    if name.startswith(".") and stem != name and target and pid.isdigit():
+        return target
+    return None
+
+
+def remove_stale_temps(folder: Path, names: Collection[str] | None = None) -> int:
     """Delete temporary files left by killed runs in ``folder``; returns how many.
 
-    Safe only while this process holds the folder's lock (:func:`folder_lock`).
+    With ``names``, only the temporary files of those file names (``.NAME.<pid>.tmp``).
+    Safe only while no other process writes these files: for a whole folder, while this
+    process holds the folder's lock (:func:`folder_lock`).
     """
     removed = 0
     for path in folder.glob(f".*{TMP_SUFFIX}"):
-        path.unlink(missing_ok=True)
-        removed += 1
+        if names is None or _temp_target(path.name) in names:
+            path.unlink(missing_ok=True)
+            removed += 1
     return removed
 
 

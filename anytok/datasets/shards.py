@@ -52,7 +52,7 @@ import torch
 
 from anytok.datasets.files import atomic_write, atomic_write_text
 from anytok.datasets.plan import Plan
-from anytok.datasets.sources import Item
+from anytok.datasets.sources import DatasetError, Item
 from anytok.tokens import Tokens, TokenSpec
 
 SHARD_FORMAT = "anytok.token_shard/1"
@@ -370,14 +370,44 @@ def shard_spec(path: Path) -> TokenSpec:
     return TokenSpec.from_json(meta[b"anytok.token_spec"].decode("utf-8"))
 
 
+def _missing_shard(path: Path) -> DatasetError:
+    return DatasetError(
+        f"{path}: listed in {MANIFEST_NAME} but missing "
+        "(running the same `anytok encode-dataset` command again re-encodes it)"
+    )
+
+
+def read_shard_table(path: Path) -> pa.Table:
+    """The table of one shard of a finished dataset.
+
+    Raises:
+        DatasetError: naming the shard, when it is missing or not a readable Parquet file.
+    """
+    if not path.is_file():
+        raise _missing_shard(path)
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowException) as err:  # truncated, not Parquet, unreadable
+        raise DatasetError(f"{path}: not a readable Parquet file: {err}") from err
+
+
 def iter_rows(dataset: str | Path) -> Iterator[tuple[dict[str, Any], Tokens]]:
     """Every row of a finished dataset in order: ``(row without codes, Tokens)`` where the
-    tokens hold one item ``(1, levels, *positions)`` with the dataset's spec."""
+    tokens hold one item ``(1, levels, *positions)`` with the dataset's spec.
+
+    Raises:
+        DatasetError: a shard listed in the manifest is missing (checked before the first
+            row) or unreadable (when it is reached).
+    """
     dataset = Path(dataset)
     manifest = read_manifest(dataset)
     spec = TokenSpec.from_dict(manifest["token_spec"])
-    for shard in manifest["shards"]:
-        table = pq.read_table(dataset / shard["file"])
+    paths = [dataset / shard["file"] for shard in manifest["shards"]]
+    missing = next((path for path in paths if not path.is_file()), None)
+    if missing is not None:  # fails now, not after every row before it was read
+        raise _missing_shard(missing)
+    for path in paths:
+        table = read_shard_table(path)
         codes = table.column("codes").combine_chunks()
         values = codes.values.to_numpy(zero_copy_only=False)
         offsets = codes.offsets.to_numpy()
@@ -402,6 +432,7 @@ __all__ = [
     "iter_rows",
     "read_manifest",
     "read_shard_info",
+    "read_shard_table",
     "shard_done",
     "shard_name",
     "shard_schema",
