@@ -85,6 +85,22 @@ def test_build_errors_are_clear() -> None:
         build_discriminator([], channels=1)
 
 
+@pytest.mark.parametrize("n_layers, minimum", [(1, 6), (2, 12), (3, 24)])
+def test_patchgan_names_its_minimum_input_size(n_layers: int, minimum: int) -> None:
+    """Inputs under the receptive chain's minimum raised a raw conv RuntimeError; the minimum
+    itself gives one logit per patch axis."""
+    disc = build_discriminator({"name": "patchgan", "width": 4, "n_layers": n_layers}, channels=3)
+    assert disc(torch.randn(1, 3, minimum, minimum)).logits[0].shape == (1, 1, 1, 1)
+    with pytest.raises(ValueError, match=rf"n_layers={n_layers} .* at least {minimum}x{minimum}"):
+        disc(torch.randn(1, 3, minimum - 1, minimum + 8))
+    video = build_discriminator(
+        {"name": "patchgan3d", "width": 4, "n_layers": n_layers}, channels=3
+    )
+    assert video(torch.randn(1, 3, 1, minimum, minimum)).logits[0].shape == (1, 1, 1, 1, 1)
+    with pytest.raises(ValueError, match=rf"at least 1x{minimum}x{minimum} \(frames x height"):
+        video(torch.randn(1, 3, 2, minimum + 8, minimum - 1))
+
+
 def test_hinge_and_least_squares_values() -> None:
     real, fake = [torch.tensor([2.0, 0.5])], [torch.tensor([-2.0, 0.0])]
     # hinge D: mean(relu(1 - real)) + mean(relu(1 + fake)) = 0.25 + 0.5

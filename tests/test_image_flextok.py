@@ -198,6 +198,43 @@ def test_bad_arguments_are_named() -> None:
         tiny(latent_perturbation=2.0)
 
 
+@pytest.mark.parametrize("objective", ["epsilon", "v"])
+def test_ddpm_objectives_build_train_and_decode_with_their_defaults(objective: str) -> None:
+    """objective="epsilon" / "v" (documented) failed to build with the flow default
+    time_shift=3.0, and with time_shift=1.0 decode failed on the default "euler"."""
+    model = tiny(objective=objective)
+    assert model.decoder.time_shift == 1.0 and model.scheduler == "ddim"
+    x = images()
+    out = model.train()(x)
+    assert torch.isfinite(out.losses["diffusion"])
+    out.losses["diffusion"].backward()
+    model.eval()
+    assert model.decode(model.encode(x)).shape == x.shape
+    assert model.decode(model.encode(x, num_tokens=2), scheduler="dpm++").shape == x.shape
+    with pytest.raises(
+        ValueError, match=f"scheduler: scheduler 'euler' does not sample the '{objective}'"
+    ):
+        tiny(objective=objective, scheduler="euler")
+    with pytest.raises(ValueError, match="time_shift applies to objective='flow' only"):
+        tiny(objective=objective, time_shift=3.0)  # set explicitly: still an error
+
+
+def test_flow_defaults_and_saved_configs_are_unchanged() -> None:
+    """The flow objective keeps time_shift 3.0 and "euler"; a saved config with explicit
+    values builds the same decoder."""
+    model = tiny()
+    assert model.decoder.time_shift == 3.0 and model.scheduler == "euler"
+    saved = {
+        **get_arch("flextok_d12_d12").config(tiny=True),
+        "time_shift": 2.0,
+        "scheduler": "heun",
+    }
+    explicit = FlexTok(**saved)
+    assert explicit.decoder.time_shift == 2.0 and explicit.scheduler == "heun"
+    with pytest.raises(ValueError, match="unknown scheduler 'nope'"):
+        tiny(scheduler="nope")
+
+
 # ---------------------------------------------------------------- the issue's prefix check
 
 

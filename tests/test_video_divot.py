@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import anytok
+from anytok.codecs.video.divot import DivotTokenizer
+from anytok.registry import get_arch
 
 
 def test_decode_sampling_arguments_and_determinism() -> None:
@@ -66,3 +69,78 @@ def test_codes_past_an_items_length_do_not_change_its_frames() -> None:
     again = model.decode(anytok.Tokens(noisy, tokens.spec, lengths=tokens.lengths), steps=2)
     assert torch.equal(again[1], batch[1])
     assert torch.allclose(batch[0], model.decode(tokens.codes[:1], steps=2)[0], atol=1e-5)
+
+
+def narrow_registered_divot(**overrides) -> DivotTokenizer:
+    """The registered divot's strides (encoder 8, decoder patches 16), narrowed for the CPU."""
+    small = {"channels": 4, "num_res_blocks": 1, "decoder": {"dim": 32, "depth": 1, "heads": 4}}
+    return anytok.create_model("divot", seed=0, **{**small, **overrides}).eval()
+
+
+def test_inputs_must_fill_whole_decoder_patches() -> None:
+    """Sizes that are multiples of the encoder's stride but not of the decoder's patch were
+    accepted: 40x40 under the registered config decoded to 32x32, and forward died in einops.
+    The input stride is now lcm(encoder stride, patch_size); codes keep the encoder's."""
+    from anytok.pipeline import input_format
+
+    model = narrow_registered_divot()
+    with pytest.raises(ValueError, match=r"H and W multiples of 16, got \(1, 3, 5, 40, 40\)"):
+        model.encode(torch.rand(1, 3, 5, 40, 40) * 2 - 1)
+    assert (model.code_factor, model.patch_size, model.spatial_factor) == (8, 16, 16)
+    assert input_format(model).multiple == 16  # the pipeline crops native sizes to it
+    video = torch.rand(1, 3, 5, 48, 32) * 2 - 1
+    tokens = model.encode(video)
+    assert tokens.codes.shape == (1, 1, 2, 6, 4)  # 8 pixels per code
+    assert model.decode(tokens, steps=1).shape == video.shape
+    with pytest.raises(ValueError, match=r"code grid \(5, 4\) must be multiples of 2"):
+        model.decode(tokens.codes[..., :5, :], steps=1)
+
+    tiny = anytok.create_model("divot", tiny=True, seed=0)
+    assert (tiny.code_factor, tiny.patch_size, tiny.spatial_factor) == (2, 4, 4)
+    odd = torch.rand(1, 3, 3, 18, 18) * 2 - 1
+    with pytest.raises(ValueError, match="multiples of 4"):
+        tiny.encode(odd)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        tiny.train()(odd)
+    video = torch.rand(1, 3, 3, 20, 12) * 2 - 1
+    assert tiny.train()(video).reconstruction.shape == video.shape
+    tokens = tiny.eval().encode(video)
+    assert tokens.codes.shape[-2:] == (10, 6)
+    assert tiny.decode(tokens, steps=1).shape == video.shape
+
+
+def test_constructor_checks_strides_and_resolution() -> None:
+    with pytest.raises(ValueError, match="resolution \\(40, 40\\) must be multiples of 16"):
+        narrow_registered_divot(resolution=[40, 40])
+    with pytest.raises(ValueError, match="patch_size 12 and the encoder's spatial factor 8"):
+        narrow_registered_divot(patch_size=12)
+
+
+@pytest.mark.parametrize("objective", ["epsilon", "v"])
+def test_ddpm_objectives_build_train_and_decode_with_their_defaults(objective: str) -> None:
+    """objective="epsilon" / "v" (documented) failed to build with the injected flow
+    time_shift of 3.0, and with time_shift=1.0 decode failed on the default "euler"."""
+    decoder = {"dim": 32, "depth": 2, "heads": 4, "objective": objective}
+    model = anytok.create_model("divot", tiny=True, seed=0, decoder=decoder)
+    assert model.decoder.time_shift == 1.0 and model.sample_scheduler == "ddim"
+    video = torch.rand(2, 3, 3, 16, 16) * 2 - 1
+    out = model.train()(video)
+    assert torch.isfinite(out.losses["diffusion"]) and out.reconstruction.shape == video.shape
+    out.losses["diffusion"].backward()
+    model.eval()
+    assert model.decode(model.encode(video), steps=2).shape == video.shape
+    with pytest.raises(
+        ValueError, match=f"sample_scheduler: scheduler 'euler' does not sample the '{objective}'"
+    ):
+        anytok.create_model("divot", tiny=True, decoder=decoder, sample_scheduler="euler")
+
+
+def test_flow_defaults_and_saved_configs_are_unchanged() -> None:
+    """The flow objective keeps time_shift 3.0 and "euler"; a saved config with explicit
+    values builds the same decoder."""
+    model = narrow_registered_divot()
+    assert model.decoder.time_shift == 3.0 and model.sample_scheduler == "euler"
+    saved = {**get_arch("divot").config(tiny=True), "sample_scheduler": "euler"}
+    explicit = DivotTokenizer(**saved)
+    assert explicit.decoder.time_shift == 1.0 and explicit.sample_scheduler == "euler"
+    assert explicit.decoder.objective == "flow"

@@ -52,7 +52,8 @@ from anytok.codecs.base import (
     build_quantizer,
     to_tokens,
 )
-from anytok.decoders.diffusion import SCHEDULERS, FlowDecoder
+from anytok.decoders.diffusion import FlowDecoder, make_scheduler
+from anytok.decoders.diffusion.schedulers import OBJECTIVES
 from anytok.nn.transformer import (
     Transformer,
     init_weights,
@@ -152,9 +153,12 @@ class FlexTok(ImageTokenizer):
             ``"cross"`` (cross-attention to the registers).
         cond_dropout: training-time drop of the whole condition, for classifier-free guidance.
         objective: the flow decoder's objective (``"flow"``, ``"epsilon"``, ``"v"``).
-        time_shift: SD3-style timestep shift of training and sampling times.
+        time_shift: SD3-style timestep shift of training and sampling times (a flow option);
+            ``None``: 3.0 under ``objective="flow"``, 1.0 under ``"epsilon"`` / ``"v"``.
         sample_steps, guidance_scale, scheduler, sample_seed: decoding defaults (see
             :meth:`decode`); the fixed seed makes evaluation decodes deterministic.
+            ``scheduler=None`` picks the objective's (``"euler"`` for flow, ``"ddim"`` for
+            epsilon / v); one that cannot sample the objective is refused.
         repa: REPA alignment of decoder features to a frozen vision model,
             ``{"teacher": path, "weight": float, "layer": int}`` (FlexTok uses DINOv2-L).
         semantic_teacher, semantic_weight, latent_perturbation: the seed papers' training
@@ -187,10 +191,10 @@ class FlexTok(ImageTokenizer):
         conditioning: str = "in_context",
         cond_dropout: float = 0.1,
         objective: str = "flow",
-        time_shift: float = 3.0,
+        time_shift: float | None = None,
         sample_steps: int = 25,
         guidance_scale: float = 1.0,
-        scheduler: str = "euler",
+        scheduler: str | None = None,
         sample_seed: int = 0,
         repa: dict[str, Any] | None = None,
         semantic_teacher: str | None = None,
@@ -215,10 +219,18 @@ class FlexTok(ImageTokenizer):
                 f"{name}: nested_dropout must be one of {PREFIX_DISTRIBUTIONS} or None, "
                 f"got {nested_dropout!r}"
             )
-        if scheduler not in SCHEDULERS:
-            raise ValueError(
-                f"{name}: scheduler must be one of {sorted(SCHEDULERS)}, got {scheduler!r}"
-            )
+        if time_shift is None:
+            # SD3's resolution shift (https://arxiv.org/abs/2403.03206): 256x256 pixels hold
+            # ~12x the values of the 32x32x16 latents FlexTok denoises, sqrt(12) ~ 3. DDPM
+            # objectives train on uniform timesteps: no shift.
+            time_shift = 3.0 if objective == "flow" else 1.0
+        if scheduler is None:
+            scheduler = "euler" if objective == "flow" else "ddim"
+        if objective in OBJECTIVES:  # else FlowDecoder names the objective
+            try:  # make_scheduler's own check: the sampler must serve the objective
+                make_scheduler(scheduler, objective, time_shift)
+            except ValueError as error:
+                raise ValueError(f"{name}: scheduler: {error}") from None
         if sample_steps < 1:
             raise ValueError(f"{name}: sample_steps must be >= 1, got {sample_steps}")
         if semantic_layer is not None and not 0 <= semantic_layer < encoder_depth:
@@ -468,12 +480,11 @@ def _flextok_config(encoder_depth: int, decoder_depth: int) -> dict[str, Any]:
         "conditioning": "in_context",
         "cond_dropout": 0.1,
         "objective": "flow",
-        # SD3's resolution shift (https://arxiv.org/abs/2403.03206): 256x256 pixels hold ~12x
-        # the values of the 32x32x16 latents FlexTok denoises, sqrt(12) ~ 3.
-        "time_shift": 3.0,
+        # None: the objective's (flow: time_shift 3.0 and euler; epsilon / v: 1.0 and ddim)
+        "time_shift": None,
         "sample_steps": 25,
         "guidance_scale": 1.0,
-        "scheduler": "euler",
+        "scheduler": None,
         "sample_seed": 0,
     }
 

@@ -21,6 +21,7 @@ patch side.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -34,7 +35,7 @@ from anytok.codecs.base import (
     quantize_channel_first,
     to_tokens,
 )
-from anytok.decoders.diffusion import FlowDecoder, SamplingDefaults
+from anytok.decoders.diffusion import FlowDecoder, SamplingDefaults, make_scheduler
 from anytok.nn.causal3d import Encoder3d
 from anytok.nn.transformer import patchify, sincos_grid_embedding, unpatchify
 from anytok.registry import register
@@ -45,14 +46,23 @@ class DivotTokenizer(SamplingDefaults, VideoTokenizer):
     """Video ``(b, 3, 1 + k*s_t, H, W)`` -> codes ``(b, levels, 1 + k, H/s, W/s)`` -> video by
     flow-matching sampling.
 
+    ``s`` (``code_factor``) is the encoder's spatial stride. Inputs must fill whole latent
+    positions and whole decoder patches, so ``H`` and ``W`` are multiples of
+    ``spatial_factor = lcm(s, patch_size)``.
+
     Args:
-        resolution, fps: training resolution ``(H, W)`` and frame rate.
+        resolution, fps: training resolution ``(H, W)`` (multiples of ``spatial_factor``) and
+            frame rate.
         channels, channel_multipliers, temporal_downsample, num_res_blocks, latent_dim: the
             causal 3D encoder (:class:`anytok.nn.causal3d.Encoder3d`).
         quantizer: ``{"name": ..., **kwargs}``.
         patch_size: spatial side of the decoder's per-frame patches.
-        decoder: :class:`FlowDecoder` keyword arguments (``dim``, ``depth``, ``heads`` ...).
-        sample_steps, sample_scheduler, sample_seed, guidance_scale: ``decode`` defaults.
+        decoder: :class:`FlowDecoder` keyword arguments (``dim``, ``depth``, ``heads``,
+            ``objective`` ...). ``time_shift`` defaults to 3.0 under ``objective="flow"``
+            and to 1.0 (the only value they take) under ``"epsilon"`` / ``"v"``.
+        sample_steps, sample_scheduler, sample_seed, guidance_scale: ``decode`` defaults;
+            ``sample_scheduler=None`` picks the objective's (``"euler"`` for flow, ``"ddim"``
+            for epsilon / v), and a scheduler that cannot sample the objective is refused.
     """
 
     def __init__(
@@ -68,7 +78,7 @@ class DivotTokenizer(SamplingDefaults, VideoTokenizer):
         patch_size: int = 16,
         decoder: dict[str, Any] | None = None,
         sample_steps: int = 25,
-        sample_scheduler: str = "euler",
+        sample_scheduler: str | None = None,
         sample_seed: int = 0,
         guidance_scale: float = 1.0,
     ):
@@ -85,18 +95,38 @@ class DivotTokenizer(SamplingDefaults, VideoTokenizer):
             z_channels=latent_dim,
         )
         self.quantizer = build_quantizer(quantizer, latent_dim)
-        self.spatial_factor = self.encoder.spatial_factor
+        self.code_factor = self.encoder.spatial_factor  # pixels per code position
         self.temporal_factor = self.encoder.temporal_factor
-        if self.spatial_factor % patch_size and patch_size % self.spatial_factor:
+        name = type(self).__name__
+        if patch_size < 1 or (self.code_factor % patch_size and patch_size % self.code_factor):
             raise ValueError(
-                f"patch_size {patch_size} and the spatial factor {self.spatial_factor} must divide "
-                "one another"
+                f"{name}: patch_size {patch_size} and the encoder's spatial factor "
+                f"{self.code_factor} must divide one another"
             )
         self.patch_size = patch_size
-        decoder = {"dim": 768, "depth": 12, "heads": 12, "time_shift": 3.0, **(decoder or {})}
+        # The input stride (pad_input, the pipeline's crop and tiling read it): inputs fill
+        # whole latent positions and whole decoder patches.
+        self.spatial_factor = math.lcm(self.code_factor, patch_size)
+        if self.resolution[0] % self.spatial_factor or self.resolution[1] % self.spatial_factor:
+            raise ValueError(
+                f"{name}: resolution {self.resolution} must be multiples of "
+                f"{self.spatial_factor} (lcm of the encoder's spatial factor {self.code_factor} "
+                f"and patch_size {patch_size})"
+            )
+        decoder = dict(decoder or {})
+        objective = decoder.get("objective", "flow")
+        # time_shift is a flow option: a DDPM objective takes 1.0 unless told otherwise
+        time_shift = 3.0 if objective == "flow" else 1.0
+        decoder = {"dim": 768, "depth": 12, "heads": 12, "time_shift": time_shift, **decoder}
         self.cond_dim = int(decoder["dim"])
         self.cond_proj = nn.Linear(latent_dim, self.cond_dim)
         self.decoder = FlowDecoder(3 * patch_size * patch_size, self.cond_dim, **decoder)
+        if sample_scheduler is None:
+            sample_scheduler = "euler" if objective == "flow" else "ddim"
+        try:  # make_scheduler's own check: the sampler must serve the objective
+            make_scheduler(sample_scheduler, objective, self.decoder.time_shift)
+        except ValueError as error:
+            raise ValueError(f"{name}: sample_scheduler: {error}") from None
         self.sample_steps = sample_steps
         self.sample_scheduler = sample_scheduler
         self.sample_seed = sample_seed
@@ -112,6 +142,7 @@ class DivotTokenizer(SamplingDefaults, VideoTokenizer):
         )
 
     def _target_grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """Decoder patch grid ``(t, H/p, W/p)`` of a clip ``(t, H, W)``."""
         return frames, height // self.patch_size, width // self.patch_size
 
     def forward(self, video: Tensor, lengths: Tensor | None = None) -> TokenizerOutput:
@@ -149,10 +180,19 @@ class DivotTokenizer(SamplingDefaults, VideoTokenizer):
     ) -> Tensor:
         """Codes ``(b, levels, 1 + k, h, w)`` -> video ``(b, 3, 1 + k*s_t, h*s, w*s)`` sampled
         with ``steps`` / ``scheduler`` / ``guidance_scale`` / ``seed`` (defaults: the
-        constructor's ``sample_*``). With ``tokens.lengths``, each item is sampled from its
-        valid latent frames only (the flow decoder attends over the whole clip, so codes past
-        an item's length would change its frames); later frames repeat its last frame."""
+        constructor's ``sample_*``); ``h`` and ``w`` are multiples of ``patch_size / s``
+        where the decoder's patches span several codes. With ``tokens.lengths``, each item is
+        sampled from its valid latent frames only (the flow decoder attends over the whole
+        clip, so codes past an item's length would change its frames); later frames repeat its
+        last frame."""
         codes = self.codes_of(tokens)
+        step = self.spatial_factor // self.code_factor  # code positions per decoder patch
+        if codes.ndim == 5 and (codes.shape[-2] % step or codes.shape[-1] % step):
+            raise ValueError(
+                f"{type(self).__name__}.decode: the code grid {tuple(codes.shape[-2:])} must be "
+                f"multiples of {step} (each {self.patch_size}-pixel decoder patch spans {step} "
+                f"codes of {self.code_factor} pixels)"
+            )
         lengths = tokens.lengths if isinstance(tokens, Tokens) else None
         if lengths is not None and bool((lengths < codes.shape[2]).any()):
             kwargs = dict(
@@ -173,7 +213,7 @@ class DivotTokenizer(SamplingDefaults, VideoTokenizer):
         quantized = decode_codes(self.quantizer, codes)
         latent_frames, h, w = codes.shape[2:]
         frames = 1 + (latent_frames - 1) * self.temporal_factor
-        grid = self._target_grid(frames, h * self.spatial_factor, w * self.spatial_factor)
+        grid = self._target_grid(frames, h * self.code_factor, w * self.code_factor)
         patches = self.decoder.sample(
             self._condition(quantized),
             grid=grid,
@@ -207,7 +247,7 @@ register(
         "patch_size": 16,
         "decoder": {"dim": 768, "depth": 12, "heads": 12, "time_shift": 3.0},
         "sample_steps": 25,
-        "sample_scheduler": "euler",
+        "sample_scheduler": None,  # the objective's: euler (flow), ddim (epsilon / v)
         "sample_seed": 0,
         "guidance_scale": 1.0,
     },

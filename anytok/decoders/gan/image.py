@@ -26,12 +26,39 @@ def _norm(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}; use 'group' or 'none'")
 
 
+def _min_input_size(convs: Sequence[nn.Conv2d | nn.Conv3d]) -> tuple[int, ...]:
+    """Smallest input size per spatial axis for which ``convs``, run in order, give an output
+    of at least 1 on every axis (each conv needs ``in >= (out - 1) * stride + kernel - 2 *
+    padding``)."""
+    last = convs[-1]
+    size = [1] * len(last.kernel_size)
+    for conv in reversed(convs):
+        padding = conv.padding
+        assert not isinstance(padding, str)
+        size = [
+            max(1, (o - 1) * s + k - 2 * p)
+            for o, s, k, p in zip(size, conv.stride, conv.kernel_size, padding, strict=True)
+        ]
+    return tuple(size)
+
+
+def _check_size(module: nn.Module, x: Tensor, minimum: tuple[int, ...], axes: str) -> None:
+    """Raise a ValueError naming ``minimum`` if ``x``'s trailing axes are smaller."""
+    shape = tuple(x.shape[-len(minimum) :])
+    if x.ndim < len(minimum) + 2 or any(n < m for n, m in zip(shape, minimum, strict=True)):
+        want = "x".join(str(m) for m in minimum)
+        raise ValueError(
+            f"{type(module).__name__} with n_layers={module.n_layers} needs inputs of at least "
+            f"{want} ({axes}), got {tuple(x.shape)}"
+        )
+
+
 class PatchGAN(nn.Module):
     """Images ``(b, c, H, W)`` -> patch logits ``(b, 1, H', W')``.
 
     ``n_layers`` strided convs halve the size each; two stride-1 convs with 4x4 kernels
-    follow, so the input must be at least ``2 ** n_layers * 4`` pixels on a side (e.g. 32 for
-    ``n_layers=3``).
+    follow, so the input needs ``min_size`` pixels on a side (``3 * 2 ** n_layers`` for
+    ``n_layers >= 1``: 24 for 3); smaller inputs raise a ValueError.
 
     Args:
         channels: input channels (3 for RGB).
@@ -58,8 +85,12 @@ class PatchGAN(nn.Module):
             )
         self.layers = nn.ModuleList(layers)
         self.post = nn.Conv2d(width * mult, 1, 4, 1, 1)
+        self.n_layers = n_layers
+        self.min_size = _min_input_size([*(layer[0] for layer in self.layers), self.post])
 
     def forward(self, image: Tensor) -> DiscriminatorOutput:
+        """``image (b, c, H, W)`` -> logits ``(b, 1, H', W')`` and each layer's features."""
+        _check_size(self, image, self.min_size, "height x width")
         x = image
         features = []
         for layer in self.layers:
@@ -79,8 +110,8 @@ class PatchGAN3D(nn.Module):
     Args:
         channels: input channels.
         width: first conv width (doubles per layer, capped at 8x).
-        n_layers: strided layers; the input needs at least ``2 ** n_layers * 4`` pixels on a
-            side.
+        n_layers: strided layers; the input needs ``min_size``: one frame and as many
+            pixels on a side as :class:`PatchGAN` (24 for ``n_layers=3``).
         norm: ``"group"`` or ``"none"``.
     """
 
@@ -111,8 +142,13 @@ class PatchGAN3D(nn.Module):
             )
         self.layers = nn.ModuleList(layers)
         self.post = nn.Conv3d(width * mult, 1, kernel, 1, padding)
+        self.n_layers = n_layers
+        self.min_size = _min_input_size([*(layer[0] for layer in self.layers), self.post])
 
     def forward(self, video: Tensor) -> DiscriminatorOutput:
+        """``video (b, c, T, H, W)`` -> logits ``(b, 1, T', H', W')`` and each layer's
+        features."""
+        _check_size(self, video, self.min_size, "frames x height x width")
         x = video
         features = []
         for layer in self.layers:
