@@ -177,6 +177,28 @@ def _model_ref(model: str | os.PathLike[str] | Tokenizer) -> str:
     return os.fspath(model)
 
 
+def _check_loadable(model: Tokenizer, fingerprint: str) -> None:
+    """Refuse, before a Ray cluster starts, an in-memory tokenizer that Ray workers cannot
+    load again: they load :func:`_model_ref`, and a model built (``create_model(...,
+    tiny=True)``) or changed after loading has other weights there. Each worker found out
+    alone, after the cluster had started, and died with a traceback."""
+    import anytok
+
+    ref = _model_ref(model)
+    try:
+        fresh = anytok.load(ref, device="cpu")
+    except Exception as err:  # any reason it cannot be loaded: say so, with the reason
+        problem = f"cannot be loaded from {ref!r} ({type(err).__name__}: {err})"
+    else:
+        if model_fingerprint(fresh) == fingerprint:
+            return
+        problem = f"differs from what {ref!r} loads (built or changed in memory)"
+    raise DatasetError(
+        f"--engine ray: the tokenizer passed in {problem}, and every Ray worker loads its own "
+        "copy; save it with anytok.checkpoint.save_checkpoint(model, folder) and pass the folder"
+    )
+
+
 def encode_dataset(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -247,16 +269,18 @@ def encode_dataset(
         tokenizer = _load(model, run_devices[0])  # with Ray, the driver only fingerprints it
         fmt = input_format(tokenizer)
         items = list_items(src, tokenizer.modality)
+        fingerprint = model_fingerprint(tokenizer)
         if engine == "ray":
             from anytok.datasets import ray_engine
 
+            if isinstance(model, Tokenizer):
+                _check_loadable(model, fingerprint)
             stack.enter_context(ray_engine.ray_session(address, ray_num_cpus))
             use_gpu = ray_engine.resolve_gpu(devices)
             run_devices = [torch.device("cuda" if use_gpu else "cpu")]
 
         from anytok import __version__
 
-        fingerprint = model_fingerprint(tokenizer)
         plan = Plan(
             tokenizer=tokenizer.registry_name,
             tokenizer_fingerprint=fingerprint,

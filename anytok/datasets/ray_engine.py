@@ -37,6 +37,8 @@ from anytok.datasets.sources import DatasetError, Item, SegmentPolicy, iter_segm
 from anytok.pipeline import InputFormat, input_format
 
 _MEDIA_NDIM = {"audio": 2, "image": 3, "video": 4}
+#: what an encoder actor raises when its weights are not the driver's
+_WEIGHTS_DIFFER = "the weights this Ray worker loaded differ from the driver's"
 
 
 def _import_ray() -> Any:
@@ -131,10 +133,7 @@ class _Encoder:
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.model = anytok.load(model_ref, device=self.device)
         if model_fingerprint(self.model) != fingerprint:
-            raise RuntimeError(
-                f"{model_ref}: the weights this Ray worker loaded differ from the driver's; "
-                "every node must see the same checkpoint"
-            )
+            raise RuntimeError(f"{model_ref}: {_WEIGHTS_DIFFER}")
         self.fmt = input_format(self.model)
         self.dtype = self.model.default_spec.storage_dtype
 
@@ -256,7 +255,7 @@ def _run(
     )
     partial: dict[int, ItemResult] = {}
     remaining: dict[int, int] = {}
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+    for batch in _batches(dataset, model_ref):
         for j in range(len(batch["index"])):
             index = int(batch["index"][j])
             if index not in partial:
@@ -287,6 +286,21 @@ def _run(
                 info = collector.add(result)
                 if on_item is not None:
                     on_item(result, info)
+
+
+def _batches(dataset: Any, model_ref: str) -> Iterator[dict[str, np.ndarray]]:
+    """The pipeline's output batches; an encoder actor that loaded other weights than the
+    driver's (a node with another checkpoint at that path) ends the run with one line, not
+    Ray's ActorDiedError traceback."""
+    try:
+        yield from dataset.iter_batches(batch_size=None, batch_format="numpy")
+    except Exception as err:
+        if _WEIGHTS_DIFFER not in str(err):
+            raise
+        raise DatasetError(
+            f"{model_ref}: {_WEIGHTS_DIFFER}; every node must see the same checkpoint at "
+            "the same path"
+        ) from None
 
 
 __all__ = ["ray_session", "resolve_gpu", "run_ray"]
