@@ -521,3 +521,99 @@ def test_out_of_range_codes_name_the_level_and_values() -> None:
         grouped.decode(torch.zeros(2, 6, dtype=torch.long))
     with pytest.raises(ValueError, match=r"GroupedResidualVQ.decode: codes out of range \(level 3"):
         grouped.decode(torch.tensor([[0, 0, 0, 16]]))
+
+
+@pytest.mark.parametrize("name", list(MAKERS))
+def test_codes_in_on_disk_integer_dtypes_decode_as_int64(name: str) -> None:
+    """Codes are stored in the smallest unsigned type that holds the codebook; ``decode``
+    failed on uint16 / uint32 (``"min_all" not implemented for 'UInt16'``)."""
+    quantizer = make(name).eval()
+    with torch.no_grad():
+        codes = quantizer.encode(sample(name, quantizer))
+        expected = quantizer.decode(codes)
+        dtypes = [torch.uint16, torch.uint32, torch.int32, torch.int16, torch.uint8]
+        for dtype in dtypes:
+            if max(quantizer.codebook_sizes) - 1 > torch.iinfo(dtype).max:
+                continue
+            assert torch.equal(quantizer.decode(codes.to(dtype)), expected), dtype
+
+
+def test_out_of_range_unsigned_codes_are_still_refused() -> None:
+    vq = VectorQuantize(DIM, 16).eval()
+    with pytest.raises(ValueError, match=r"codes out of range \(level 0: 0\.\.16"):
+        vq.decode(torch.tensor([[0], [16]], dtype=torch.uint16))
+    rvq = ResidualVQ(DIM, 2, 16).eval()
+    with pytest.raises(ValueError, match="level 1: 40..40 outside"):
+        rvq.decode(torch.tensor([[3, 40]], dtype=torch.uint32))
+
+
+@pytest.mark.parametrize(
+    ("make_bad", "start", "names", "not_names"),
+    [
+        (
+            lambda: BinaryQuantizer(dim=DIM, bits=128, bits_per_code=64),
+            "BinaryQuantizer: bits_per_code=64 ",
+            ["smaller bits_per_code"],
+            ["num_codebooks", "use BinaryQuantizer"],
+        ),
+        (
+            lambda: LFQ(codebook_size=2**64),
+            "LFQ: codebook_size=2**64 ",
+            ["num_codebooks"],
+            [],
+        ),
+        (
+            lambda: LFQ(dim=64, num_codebooks=2),
+            "LFQ: dim=64 without codebook_size ",
+            ["give codebook_size"],
+            [],
+        ),
+        (lambda: BSQ(dim=DIM, codebook_dim=63), "BSQ: codebook_dim=63 ", ["num_codebooks"], []),
+        (
+            lambda: GroupLFQ(dim=DIM, codebook_dim=128, num_groups=2),
+            "GroupLFQ: codebook_dim=128 in num_groups=2 ",
+            ["num_groups"],
+            ["num_codebooks"],
+        ),
+        (
+            lambda: GroupedResidualVQ(8, 2, 0, 16),
+            "GroupedResidualVQ: num_quantizers must be >= 1, got 0",
+            [],
+            [],
+        ),
+        (
+            lambda: GroupedResidualVQ(
+                8, 2, 2, 16, quantize_dropout=True, quantize_dropout_cutoff_index=5
+            ),
+            "GroupedResidualVQ: quantize_dropout_cutoff_index must be in [0, num_quantizers), "
+            "got 5 with num_quantizers=2",
+            [],
+            [],
+        ),
+        (
+            lambda: GroupedResidualVQ(8, 2, 2, [16]),
+            "GroupedResidualVQ: codebook_size has 1 entries for num_quantizers=2",
+            [],
+            [],
+        ),
+        (
+            lambda: ResidualVQ(8, 2, 16, quantize_dropout_cutoff_index=2),
+            "ResidualVQ: quantize_dropout_cutoff_index must be in [0, num_quantizers), "
+            "got 2 with num_quantizers=2",
+            [],
+            [],
+        ),
+    ],
+)
+def test_construction_errors_name_the_class_and_its_argument(
+    make_bad: Callable[[], object], start: str, names: list[str], not_names: list[str]
+) -> None:
+    """Each class names itself and the argument the caller passed: BinaryQuantizer was told to
+    split bits over num_codebooks (or to use BinaryQuantizer), GroupedResidualVQ's errors
+    named ResidualVQ."""
+    with pytest.raises(ValueError) as error:
+        make_bad()
+    message = str(error.value)
+    assert message.startswith(start), message
+    assert all(name in message for name in names), message
+    assert not any(name in message for name in not_names), message

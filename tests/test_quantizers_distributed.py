@@ -8,6 +8,7 @@ import os
 import socket
 import time
 from datetime import timedelta
+from multiprocessing.synchronize import Event
 
 import pytest
 import torch
@@ -120,6 +121,93 @@ def test_ranks_hold_identical_codebooks_after_training_on_different_data() -> No
         while not context.join(timeout=5):  # raises if a worker raised
             if time.monotonic() > deadline:
                 pytest.fail(f"distributed workers did not finish within {DEADLINE_S} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+
+
+#: One small instance of every quantizer family, for the rank-0-only evaluation below.
+EVAL_FAMILIES: dict[str, tuple[str, dict[str, object]]] = {
+    "vq": ("vq", {"dim": 8, "codebook_size": 16}),
+    "rvq": ("rvq", {"dim": 8, "num_quantizers": 2, "codebook_size": 16}),
+    "grvq": ("grvq", {"dim": 8, "groups": 2, "num_quantizers": 2, "codebook_size": 16}),
+    "split_rvq": ("split_rvq", {"dim": 8, "num_quantizers": 2, "codebook_size": 16}),
+    "simvq": ("simvq", {"dim": 8, "codebook_size": 16}),
+    "multiscale": ("multiscale", {"dim": 8, "codebook_size": 16, "scales": (1, 2, 4)}),
+    "fsq": ("fsq", {"levels": [5, 5], "dim": 8}),
+    "rfsq": ("rfsq", {"levels": [5, 5], "num_quantizers": 2, "dim": 8}),
+    "lfq": ("lfq", {"dim": 8, "codebook_size": 2**8}),
+    "bsq": ("bsq", {"dim": 8, "codebook_dim": 8}),
+    "group_lfq": ("group_lfq", {"dim": 8, "codebook_dim": 8, "num_groups": 2}),
+    "binary": ("binary", {"dim": 8, "bits": 16, "bits_per_code": 8}),
+    "dimwise": ("dimwise", {"dim": 8, "num_bins": 8}),
+}
+EVAL_COLLECTIVE_TIMEOUT_S = 10
+EVAL_DEADLINE_S = 120
+
+
+def _rank0_eval_worker(rank: int, port: int, rank0_done: Event) -> None:
+    """Rank 0 runs an eval forward of every family while rank 1 joins no collective (it waits
+    for rank 0 outside torch.distributed): a collective in eval mode times out and raises."""
+    from anytok.quantizers import build
+
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD_SIZE,
+        timeout=timedelta(seconds=EVAL_COLLECTIVE_TIMEOUT_S),
+    )
+    try:
+        if rank == 0:
+            try:
+                torch.manual_seed(0)
+                for family, (name, kwargs) in EVAL_FAMILIES.items():
+                    quantizer = build(name, **kwargs).eval()
+                    shape = (2, 4, 4, 8) if name == "multiscale" else (2, 10, 8)
+                    started = time.monotonic()
+                    try:
+                        with torch.no_grad():
+                            out = quantizer(torch.randn(shape))
+                    except RuntimeError as error:  # gloo: the collective timed out
+                        raise AssertionError(
+                            f"{family}: rank-0-only eval forward ran a collective: {error}"
+                        ) from None
+                    elapsed = time.monotonic() - started
+                    assert elapsed < EVAL_COLLECTIVE_TIMEOUT_S / 2, f"{family}: took {elapsed} s"
+                    assert out.metrics, f"{family}: eval forward reports no metrics"
+            finally:
+                rank0_done.set()
+        else:  # busy elsewhere (saving a checkpoint): no collective until rank 0 is done
+            if not rank0_done.wait(timeout=EVAL_DEADLINE_S):
+                raise AssertionError("rank 0 never finished its eval forwards")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(EVAL_DEADLINE_S + 60)
+def test_rank0_only_eval_forward_runs_no_collective() -> None:
+    """Every quantizer family's eval forward (metrics included) uses no collective, so the
+    common ``if rank == 0: evaluate()`` loop cannot hang (FSQ, LFQ, BSQ, ... all-reduced their
+    code counts in eval mode too)."""
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    rank0_done = mp.get_context("spawn").Event()
+    context = mp.start_processes(
+        _rank0_eval_worker,
+        args=(_free_port(), rank0_done),
+        nprocs=WORLD_SIZE,
+        join=False,
+        start_method="spawn",
+    )
+    deadline = time.monotonic() + EVAL_DEADLINE_S
+    try:
+        while not context.join(timeout=2):  # raises if a worker raised
+            if time.monotonic() > deadline:
+                pytest.fail(f"distributed workers did not finish within {EVAL_DEADLINE_S} s")
     finally:
         for process in context.processes:
             if process.is_alive():

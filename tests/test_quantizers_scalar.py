@@ -271,6 +271,29 @@ def test_lfq_matches_vector_quantize_pytorch(kwargs):
         torch.testing.assert_close(out.loss, aux_loss, rtol=1e-5, atol=1e-6)
 
 
+def test_lfq_without_codebook_size_has_2_to_the_dim_codes_per_codebook_as_vqp():
+    """``LFQ(dim=8, num_codebooks=2)``: 2**dim codes per codebook (the docstring, and
+    vector-quantize-pytorch: the input is projected 8 -> 16), not dim / num_codebooks bits."""
+    torch.manual_seed(0)
+    reference = vqp.LFQ(dim=8, num_codebooks=2, commitment_loss_weight=0.25)
+    ours = LFQ(dim=8, num_codebooks=2, entropy_group_size=None)  # same loss weights
+    assert ours.codebook_sizes == (reference.codebook_size,) * 2 == (256, 256)
+    assert ours.codebook_dim == reference.codebook_dim == 8
+    assert ours.has_projections and reference.has_projections
+    assert ours.project_in.weight.shape == reference.project_in.weight.shape == (16, 8)
+    ours.load_state_dict(reference.state_dict(), strict=False)
+    z = torch.randn(4, 64, 8)
+    for training in (True, False):
+        reference.train(training)
+        ours.train(training)
+        expected, indices, aux_loss = reference(z)
+        out = ours(z)
+        assert torch.equal(out.codes, indices.long())
+        torch.testing.assert_close(out.quantized, expected, rtol=0, atol=1e-6)
+        torch.testing.assert_close(out.loss, aux_loss, rtol=1e-5, atol=1e-6)
+    assert int(out.codes.max()) >= 16  # codes beyond the old 16 per codebook do occur
+
+
 def test_bsq_matches_spherical_lfq_of_vector_quantize_pytorch():
     torch.manual_seed(0)
     reference = vqp.LFQ(codebook_size=2**6, spherical=True, commitment_loss_weight=0.25)

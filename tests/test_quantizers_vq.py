@@ -4,7 +4,9 @@ training sanity, bounded memory and torch.compile."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 from einops import rearrange
@@ -22,6 +24,7 @@ from anytok.quantizers import (
 )
 from anytok.quantizers.base import squared_error_mean, straight_through
 from anytok.quantizers.distributed import shared_randint
+from anytok.quantizers.multiscale import VAR_SCALES
 from anytok.quantizers.vq import rotation_trick
 
 vqp = pytest.importorskip("vector_quantize_pytorch")
@@ -502,6 +505,58 @@ def test_multiscale_code_layout(case: str) -> None:
         assert torch.equal(grids[0][:, 0, 0, 0], ms.quantizer.encode(mean)[:, 0])
 
 
+def _var_phi_index(scale: int, num_scales: int, num_convs: int) -> int:
+    """VAR's ``PhiPartiallyShared`` choice (FoundationVision/VAR, ``models/quant.py``)."""
+    k = num_convs
+    ticks = (
+        np.linspace(1 / 3 / k, 1 - 1 / 3 / k, k)
+        if k == 4
+        else np.linspace(1 / 2 / k, 1 - 1 / 2 / k, k)
+    )
+    return int(np.argmin(np.abs(ticks - scale / (num_scales - 1))))
+
+
+@pytest.mark.parametrize(
+    ("scales", "num_convs", "expected"),
+    [
+        (VAR_SCALES, 4, [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]),  # the old rule gave 2 at scale 7
+        (VAR_SCALES, 3, [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]),
+        ((1, 2, 3, 4, 6, 8), 4, [0, 0, 1, 2, 3, 3]),
+        ((1, 2, 3, 4, 5, 6), 5, [0, 0, 1, 2, 3, 4]),  # the old rule: [0, 1, 2, 2, 3, 4]
+        ((1, 2, 3, 4, 5, 6, 7), 3, [0, 0, 0, 1, 1, 2, 2]),  # the old rule: 1 at scale 2
+    ],
+)
+def test_multiscale_refinement_conv_per_scale_is_vars(
+    scales: tuple[int, ...], num_convs: int, expected: list[int]
+) -> None:
+    """Scale ``k`` of ``S`` uses the convolution whose tick is nearest ``k / (S - 1)``, as
+    VAR's PhiPartiallyShared (it was ``round(k / (S - 1) * (K - 1))``, which differs)."""
+    assert expected == [_var_phi_index(k, len(scales), num_convs) for k in range(len(scales))]
+    ms = MultiScaleResidualVQ(2, 4, scales=scales, refine_convs=num_convs).eval()
+    used: list[int] = []
+    hooks = [
+        conv.register_forward_hook(lambda *_, j=j: used.append(j))
+        for j, conv in enumerate(ms.refiners)
+    ]
+    with torch.no_grad():
+        for scale, size in enumerate(ms.scales):
+            ms._scale_contribution(torch.zeros(1, *size, dtype=torch.long), scale)
+    for hook in hooks:
+        hook.remove()
+    assert used == expected
+
+
+def test_multiscale_refiner_indices_match_var_on_ties() -> None:
+    """Scales exactly halfway between two ticks resolve as VAR's numpy code does."""
+    from anytok.quantizers.multiscale import refiner_indices
+
+    for num_scales in range(2, 40):
+        for num_convs in range(1, 9):
+            assert list(refiner_indices(num_scales, num_convs)) == [
+                _var_phi_index(k, num_scales, num_convs) for k in range(num_scales)
+            ], (num_scales, num_convs)
+
+
 def test_multiscale_more_scales_reconstruct_better() -> None:
     torch.manual_seed(0)
     ms = MultiScaleResidualVQ(8, 64, scales=(1, 2, 4, 8), refine_convs=0).eval()
@@ -807,3 +862,78 @@ def test_kmeans_init_state_survives_host_caching() -> None:
     vq(z + 5.0)  # k-means again, on the shifted batch
     assert bool(vq.initted)
     assert vq.embedding.mean() > 4.0
+
+
+# --------------------------------------------------------------------------- non-finite inputs
+
+NONFINITE_CASES = {
+    "vq": lambda: VectorQuantize(8, 16),
+    "vq-kmeans": lambda: VectorQuantize(8, 16, kmeans_init=True, kmeans_iters=3),
+    "vq-cosine": lambda: VectorQuantize(8, 16, use_cosine_sim=True, codebook_dim=4),
+    "vq-learnable": lambda: VectorQuantize(8, 16, learnable_codebook=True),
+    "rvq": lambda: ResidualVQ(8, 3, 16),
+    "rvq-shared": lambda: ResidualVQ(8, 3, 16, shared_codebook=True),
+}
+
+
+@pytest.mark.parametrize("case", list(NONFINITE_CASES))
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")], ids=["inf", "nan"])
+def test_non_finite_row_leaves_ema_codebook_as_without_it(case: str, bad: float) -> None:
+    """One non-finite vector in one training batch (an fp16 overflow the loss scaler skips)
+    made its code's EMA sum NaN for good: every output was NaN after. Such rows are now left
+    out of the EMA counts and sums (and of k-means): the state equals a run without that row."""
+    torch.manual_seed(0)
+    batches = [torch.randn(40, 8) for _ in range(4)]
+    poisoned = batches[0].clone()
+    poisoned[3, 0] = bad
+    runs = []
+    for first in (poisoned, torch.cat([batches[0][:3], batches[0][4:]])):
+        torch.manual_seed(1)
+        quantizer = NONFINITE_CASES[case]().train()
+        for batch in (first, *batches[1:]):
+            quantizer(batch)
+        runs.append(quantizer.state_dict())
+    for key, value in runs[0].items():
+        if value.is_floating_point():
+            assert bool(torch.isfinite(value).all()), f"{case}: {key} is not finite"
+        torch.testing.assert_close(value, runs[1][key], rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize(
+    "make_quantizer",
+    [
+        lambda: VectorQuantize(8, 16, threshold_ema_dead_code=2.0),
+        lambda: VectorQuantize(8, 64, threshold_ema_dead_code=2.0),  # fewer rows than codes
+        lambda: MultiScaleResidualVQ(8, 16, scales=(1, 2, 4), threshold_ema_dead_code=1.0),
+    ],
+    ids=["revival", "revival-subset", "multiscale"],
+)
+def test_non_finite_row_never_revives_a_code_or_poisons_later_steps(
+    make_quantizer: Callable[[], torch.nn.Module],
+) -> None:
+    torch.manual_seed(0)
+    quantizer = make_quantizer().train()
+    multiscale = isinstance(quantizer, MultiScaleResidualVQ)
+    shape = (2, 4, 4, 8) if multiscale else (40, 8)
+    z = torch.randn(shape)
+    z.view(-1, 8)[3, 0] = float("inf")
+    quantizer(z)
+    for _ in range(5):
+        quantizer(torch.randn(shape))
+    for key, value in quantizer.state_dict().items():
+        if value.is_floating_point():
+            assert bool(torch.isfinite(value).all()), key
+    out = quantizer.eval()(torch.randn(shape))
+    assert bool(torch.isfinite(out.quantized).all())
+
+
+def test_revival_draws_only_finite_rows() -> None:
+    torch.manual_seed(0)
+    vq = VectorQuantize(4, 64, threshold_ema_dead_code=1.0).train()
+    with torch.no_grad():
+        vq.ema_cluster_size.zero_()  # every code dead
+    x = torch.randn(10, 4)
+    x[::2, 1] = float("nan")  # 5 finite rows for 64 dead codes
+    assert int(vq.revive_dead_codes_(x)) == 5
+    assert bool(torch.isfinite(vq.embedding).all())
+    assert bool(torch.isfinite(vq.ema_embedding_sum).all())

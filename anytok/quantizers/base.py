@@ -196,9 +196,11 @@ def check_codes(
 
     With ``prefix`` any first ``k`` levels ``(..., k)``, ``1 <= k <= len(codebook_sizes)``,
     are accepted (residual quantizers); with ``dropped`` a code of ``-1`` marks a dropped level.
+    Any integer dtype is accepted (codes are stored on disk in the smallest unsigned type that
+    holds the codebook); decoders use :func:`checked_codes` to get them as int64 as well.
     """
-    if codes.dtype.is_floating_point or codes.dtype == torch.bool:
-        raise TypeError(f"{name}.decode: codes must be an integer tensor, got {codes.dtype}")
+    _check_integer_codes(codes, name)
+    codes = codes.long()  # a no-op for int64; uint16 / uint32 have no min / max kernels
     levels = codes.shape[-1] if codes.ndim else 0
     if prefix:
         if not 1 <= levels <= len(codebook_sizes):
@@ -216,8 +218,8 @@ def check_codes(
         high = codes.amax(dim=tuple(range(codes.ndim - 1))) if codes.ndim > 1 else codes
         # int64, not float64: sizes up to 2^62 (LFQ, large FSQ) round in float64 above 2^53
         sizes = torch.tensor(codebook_sizes, device=codes.device, dtype=torch.int64)
-        if low < -int(dropped) or bool((high.long() >= sizes).any()):
-            per_level = codes.reshape(-1, levels).long()
+        if low < -int(dropped) or bool((high >= sizes).any()):
+            per_level = codes.reshape(-1, levels)
             bad = [
                 f"level {i}: {int(lo)}..{int(hi)} outside [{-int(dropped)}, {size - 1}]"
                 for i, (lo, hi, size) in enumerate(
@@ -230,6 +232,28 @@ def check_codes(
                 f"{codebook_sizes}" + (" (-1 marks a dropped level)" if dropped else "")
             )
     return levels
+
+
+def checked_codes(
+    codes: Tensor,
+    codebook_sizes: tuple[int, ...],
+    name: str,
+    *,
+    prefix: bool = False,
+    dropped: bool = False,
+) -> Tensor:
+    """:func:`check_codes`, then the codes as int64 ``(..., levels)`` (the tensor itself when
+    already int64): uint8 / uint16 / uint32 / int16 / int32 codes, as stored on disk, decode
+    exactly as their int64 values."""
+    _check_integer_codes(codes, name)
+    codes = codes.long()
+    check_codes(codes, codebook_sizes, name, prefix=prefix, dropped=dropped)
+    return codes
+
+
+def _check_integer_codes(codes: Tensor, name: str) -> None:
+    if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
+        raise TypeError(f"{name}.decode: codes must be an integer tensor, got {codes.dtype}")
 
 
 # --------------------------------------------------------------------------- registry

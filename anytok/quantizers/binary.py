@@ -12,7 +12,7 @@ vocabulary with per-level offsets).
 from __future__ import annotations
 
 from anytok.quantizers.base import register_quantizer
-from anytok.quantizers.lfq import SignQuantizer
+from anytok.quantizers.lfq import MAX_BITS_PER_CODE, SignQuantizer, check_bits_per_code
 
 
 @register_quantizer("binary")
@@ -57,6 +57,13 @@ class BinaryQuantizer(SignQuantizer):
             raise ValueError(
                 f"BinaryQuantizer: bits_per_code ({bits_per_code}) must divide bits ({bits})"
             )
+        check_bits_per_code(
+            bits_per_code,
+            "BinaryQuantizer",
+            f"bits_per_code={bits_per_code}",
+            f"use a smaller bits_per_code (at most {MAX_BITS_PER_CODE}) that divides "
+            f"bits={bits}, e.g. 16: more code levels of fewer bits",
+        )
         super().__init__(
             dim=dim,
             codebook_dim=bits_per_code,

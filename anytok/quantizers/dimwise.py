@@ -16,8 +16,8 @@ from torch import Tensor
 from anytok.quantizers.base import (
     Quantizer,
     QuantizerOutput,
-    check_codes,
     check_last_dim,
+    checked_codes,
     register_quantizer,
     straight_through,
     zero_loss,
@@ -180,8 +180,8 @@ class DimensionWiseQuantizer(Quantizer):
 
     def decode(self, codes: Tensor) -> Tensor:
         """Int codes ``(..., dim)`` -> bin centres ``(..., dim)`` (float32)."""
-        check_codes(codes, self.codebook_sizes, type(self).__name__)
-        return self.centers.reshape(-1)[codes.long() + self._offsets]
+        codes = checked_codes(codes, self.codebook_sizes, type(self).__name__)
+        return self.centers.reshape(-1)[codes + self._offsets]
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         """Quantize ``z`` ``(..., dim)``: bin centres with a straight-through gradient, zero loss.
@@ -200,7 +200,8 @@ class DimensionWiseQuantizer(Quantizer):
             return {}
         # one histogram for all channels: channel i's bins are offset by i * num_bins
         flat = rearrange(codes.detach() + self._offsets, "... d -> (...) d").reshape(-1)
-        counts = code_counts(flat, self.dim * self.num_bins)
+        # summed over ranks in training only: eval (rank-0-only validation) runs no collective
+        counts = code_counts(flat, self.dim * self.num_bins, synced=self.training)
         counts = rearrange(counts, "(d b) -> d b", d=self.dim)
         total = counts.sum(dim=-1, keepdim=True)
         probs = counts / total.clamp_min(1e-12)

@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from anytok.quantizers.base import (
     Quantizer,
     QuantizerOutput,
-    check_codes,
     check_last_dim,
+    checked_codes,
     fp32_layer,
     register_quantizer,
     straight_through,
@@ -37,9 +37,13 @@ from anytok.quantizers.stats import batch_code_metrics
 # --------------------------------------------------------------------------- shared helpers
 
 
-def level_metrics(codes: Tensor, codebook_sizes: Sequence[int]) -> dict[str, Tensor]:
+def level_metrics(
+    codes: Tensor, codebook_sizes: Sequence[int], *, synced: bool
+) -> dict[str, Tensor]:
     """``perplexity/i`` and ``usage/i`` for each level ``i`` of ``codes`` ``(..., levels)``.
 
+    ``synced``: sum the counts over ranks (pass ``self.training``; in eval mode the metrics
+    describe this rank's batch and no collective runs, so rank-0-only validation cannot hang).
     Skipped under ``torch.compile`` (the statistics need host synchronisation), so eval-mode
     forwards stay one graph.
     """
@@ -47,7 +51,7 @@ def level_metrics(codes: Tensor, codebook_sizes: Sequence[int]) -> dict[str, Ten
         return {}
     metrics: dict[str, Tensor] = {}
     for level, size in enumerate(codebook_sizes):
-        for key, value in batch_code_metrics(codes[..., level], size).items():
+        for key, value in batch_code_metrics(codes[..., level], size, synced=synced).items():
             metrics[f"{key}/{level}"] = value
     return metrics
 
@@ -214,7 +218,7 @@ class FSQ(Quantizer):
             quantized=quantized,
             codes=codes,
             loss=zero_loss(z),
-            metrics=level_metrics(codes, self.codebook_sizes),
+            metrics=level_metrics(codes, self.codebook_sizes, synced=self.training),
         )
 
     def encode(self, z: Tensor) -> Tensor:
@@ -223,7 +227,7 @@ class FSQ(Quantizer):
 
     def decode(self, codes: Tensor) -> Tensor:
         """Int codes ``(..., num_codebooks)`` -> quantized ``(..., dim)``."""
-        check_codes(codes, self.codebook_sizes, type(self).__name__)
+        codes = checked_codes(codes, self.codebook_sizes, type(self).__name__)
         values = self.level_indices_to_values(self.codes_to_level_indices(codes))
         values = rearrange(values, "... c d -> ... (c d)")
         return fp32_layer(self.project_out, values.float())
@@ -351,7 +355,9 @@ class ResidualFSQ(Quantizer):
             dropped = codes.new_full((*codes.shape[:-1], self.num_quantizers - num_stages), -1)
             codes = torch.cat([codes, dropped], dim=-1)
         quantized = fp32_layer(self.project_out, values.float()).to(z.dtype)
-        metrics = level_metrics(codes[..., :num_stages], self.codebook_sizes[:num_stages])
+        metrics = level_metrics(
+            codes[..., :num_stages], self.codebook_sizes[:num_stages], synced=self.training
+        )
         return QuantizerOutput(quantized=quantized, codes=codes, loss=zero_loss(z), metrics=metrics)
 
     def encode(self, z: Tensor, n_levels: int | None = None) -> Tensor:
@@ -365,9 +371,9 @@ class ResidualFSQ(Quantizer):
 
     def decode(self, codes: Tensor) -> Tensor:
         """Int codes ``(..., k)``, ``k <= num_quantizers`` (``-1`` = stage dropped) -> ``(..., dim)``."""
-        levels = check_codes(codes, self.codebook_sizes, "ResidualFSQ", prefix=True, dropped=True)
+        codes = checked_codes(codes, self.codebook_sizes, "ResidualFSQ", prefix=True, dropped=True)
         total: Tensor | float = 0.0
-        for stage in range(levels):
+        for stage in range(codes.shape[-1]):
             stage_codes = codes[..., stage]
             level_indices = self.stage.codes_to_level_indices(stage_codes.clamp_min(0))
             contribution = self.stage.level_indices_to_values(level_indices) * self.scales[stage]

@@ -32,8 +32,8 @@ from torch import Tensor, nn
 from anytok.quantizers.base import (
     Quantizer,
     QuantizerOutput,
-    check_codes,
     check_last_dim,
+    checked_codes,
     fp32_layer,
     register_quantizer,
     squared_error_mean,
@@ -48,6 +48,16 @@ MAX_BITS_PER_CODE = 62
 
 #: Largest entropy group: ``2^16`` sub-codes per group and sample is already a lot of memory.
 MAX_ENTROPY_GROUP_BITS = 16
+
+
+def check_bits_per_code(bits: int, name: str, argument: str, hint: str) -> None:
+    """Raise a clear error unless ``bits`` (bits per code, given by ``argument``) fit int64
+    codes; ``hint`` says how to get there with this class's own arguments."""
+    if not 1 <= bits <= MAX_BITS_PER_CODE:
+        raise ValueError(
+            f"{name}: {argument} gives {bits} bits per code; it must be 1 to "
+            f"{MAX_BITS_PER_CODE} so codes fit int64; {hint}"
+        )
 
 
 def entropy(probs: Tensor, eps: float = 1e-5) -> Tensor:
@@ -131,12 +141,10 @@ class SignQuantizer(Quantizer):
     ):
         super().__init__()
         name = type(self).__name__
-        if not 1 <= codebook_dim <= MAX_BITS_PER_CODE:
-            raise ValueError(
-                f"{name}: bits per codebook must be in [1, {MAX_BITS_PER_CODE}] so codes fit "
-                f"int64, got {codebook_dim}; split the bits over num_codebooks (or use "
-                "BinaryQuantizer for very large codebooks)"
-            )
+        # subclasses check their own argument first (named in the message); this is the net
+        check_bits_per_code(
+            codebook_dim, name, f"codebook_dim={codebook_dim}", "split the bits over codebooks"
+        )
         if num_codebooks < 1:
             raise ValueError(f"{name}: num_codebooks must be >= 1, got {num_codebooks}")
         if entropy_group_size is not None and entropy_group_size < 1:
@@ -240,7 +248,7 @@ class SignQuantizer(Quantizer):
                 loss, metrics = zero_loss(z), {}
         quantized = rearrange(quantized, "... c d -> ... (c d)")
         quantized = fp32_layer(self.project_out, quantized.float())
-        metrics.update(level_metrics(codes, self.codebook_sizes))
+        metrics.update(level_metrics(codes, self.codebook_sizes, synced=self.training))
         return QuantizerOutput(
             quantized=quantized.to(z.dtype), codes=codes, loss=loss, metrics=metrics
         )
@@ -251,7 +259,7 @@ class SignQuantizer(Quantizer):
 
     def decode(self, codes: Tensor) -> Tensor:
         """Int codes ``(..., num_codebooks)`` -> quantized ``(..., dim)``."""
-        check_codes(codes, self.codebook_sizes, type(self).__name__)
+        codes = checked_codes(codes, self.codebook_sizes, type(self).__name__)
         values = rearrange(self.bits_to_values(self.codes_to_bits(codes)), "... c d -> ... (c d)")
         return fp32_layer(self.project_out, values.float())
 
@@ -286,7 +294,9 @@ class LFQ(SignQuantizer):
 
     Args:
         dim: input channels; defaults to ``log2(codebook_size) * num_codebooks``.
-        codebook_size: codes per codebook, a power of 2 up to 2^62; defaults to ``2**dim``.
+        codebook_size: codes per codebook, a power of 2 up to 2^62; defaults to ``2**dim``
+            per codebook (as vector-quantize-pytorch: with ``num_codebooks > 1`` the input is
+            then projected to ``dim * num_codebooks`` channels).
         num_codebooks: independent codebooks; the projected channels are split between them.
         entropy_loss_weight: weight of ``H_sample - diversity_gamma * H_codebook``.
         commitment_loss_weight: weight of ``mse(x, quantized)``.
@@ -322,14 +332,25 @@ class LFQ(SignQuantizer):
         if num_codebooks < 1:
             raise ValueError(f"LFQ: num_codebooks must be >= 1, got {num_codebooks}")
         if codebook_size is None:
+            # 2**dim codes per codebook, as vector-quantize-pytorch (projected to
+            # dim * num_codebooks channels when num_codebooks > 1)
             assert dim is not None
-            if dim % num_codebooks:
-                raise ValueError(
-                    f"LFQ: dim {dim} is not divisible by num_codebooks {num_codebooks}"
-                )
-            codebook_dim = dim // num_codebooks
+            codebook_dim = dim
+            check_bits_per_code(
+                codebook_dim,
+                "LFQ",
+                f"dim={dim} without codebook_size (2**dim codes per codebook)",
+                "give codebook_size (codes per codebook) and split the bits over num_codebooks",
+            )
         else:
             codebook_dim = _bits_of(codebook_size, "LFQ")
+            check_bits_per_code(
+                codebook_dim,
+                "LFQ",
+                f"codebook_size=2**{codebook_dim}",
+                "split the bits over num_codebooks (or use BinaryQuantizer for very large "
+                "codebooks)",
+            )
         super().__init__(
             dim=dim,
             codebook_dim=codebook_dim,
@@ -375,6 +396,12 @@ class BSQ(SignQuantizer):
         has_projections: bool | None = None,
         projection_has_bias: bool = True,
     ):
+        check_bits_per_code(
+            codebook_dim,
+            "BSQ",
+            f"codebook_dim={codebook_dim}",
+            "split the bits over num_codebooks (or use BinaryQuantizer for very large codebooks)",
+        )
         super().__init__(
             dim=dim,
             codebook_dim=codebook_dim,
@@ -430,6 +457,12 @@ class GroupLFQ(SignQuantizer):
             raise ValueError(
                 f"GroupLFQ: num_groups ({num_groups}) must divide codebook_dim ({codebook_dim})"
             )
+        check_bits_per_code(
+            codebook_dim // num_groups,
+            "GroupLFQ",
+            f"codebook_dim={codebook_dim} in num_groups={num_groups}",
+            "use more num_groups",
+        )
         super().__init__(
             dim=dim,
             codebook_dim=codebook_dim // num_groups,

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from anytok.quantizers.base import (
     Quantizer,
     QuantizerOutput,
-    check_codes,
+    checked_codes,
     register_quantizer,
     squared_error_mean,
     straight_through,
@@ -62,6 +62,31 @@ def _normalise_scales(
     return tuple(sizes)
 
 
+def refiner_indices(num_scales: int, num_refiners: int) -> tuple[int, ...]:
+    """The refinement convolution each of ``num_scales`` scales uses, coarse to fine.
+
+    VAR's ``PhiPartiallyShared`` (FoundationVision/VAR, ``models/quant.py``): convolution ``j``
+    of ``K`` sits at tick ``linspace(1 / (3K), 1 - 1 / (3K), K)[j]`` when ``K == 4``, else
+    ``linspace(1 / (2K), 1 - 1 / (2K), K)[j]``; scale ``k`` uses the one whose tick is nearest
+    ``k / (num_scales - 1)`` (the first on a tie). Empty when ``num_refiners == 0``.
+    """
+    if num_refiners < 1:
+        return ()
+    k = num_refiners
+    start = 1 / 3 / k if k == 4 else 1 / 2 / k
+    stop = 1 - start
+    # numpy.linspace's arithmetic, float for float: ties (a scale halfway between two ticks)
+    # then resolve exactly as in VAR
+    step = (stop - start) / (k - 1) if k > 1 else 0.0
+    ticks = [j * step + start for j in range(k - 1)] + [stop if k > 1 else start]
+    indices = []
+    for scale in range(num_scales):
+        position = scale / max(num_scales - 1, 1)
+        distances = [abs(tick - position) for tick in ticks]
+        indices.append(distances.index(min(distances)))
+    return tuple(indices)
+
+
 @register_quantizer("multiscale")
 class MultiScaleResidualVQ(Quantizer):
     """Multi-scale residual quantization with one shared codebook (Tian et al. 2024, VAR,
@@ -82,9 +107,9 @@ class MultiScaleResidualVQ(Quantizer):
         scales: token grid of each scale, coarse to fine: an int (the same size on every
             latent axis) or one size per axis; the last one is the latent's size.
         spatial_dims: 2 for images ``(b, h, w, d)``, 3 for video ``(b, t, h, w, d)``.
-        refine_convs: number of refinement convolutions shared across scales (VAR uses 4; scale
-            ``k`` of ``S`` uses convolution ``round(k / (S - 1) * (refine_convs - 1))``);
-            0 turns refinement off.
+        refine_convs: number of refinement convolutions shared across scales (VAR uses 4);
+            scale ``k`` of ``S`` uses the convolution whose tick is nearest ``k / (S - 1)``, as
+            VAR's ``PhiPartiallyShared`` (see :func:`refiner_indices`); 0 turns refinement off.
         refine_ratio: mix of the refined and the plain upsampled codes.
         **vq_kwargs: forwarded to the shared :class:`VectorQuantize` (``use_cosine_sim``,
             ``learnable_codebook``, ``decay``, ``kmeans_init``, ``threshold_ema_dead_code``,
@@ -130,6 +155,8 @@ class MultiScaleResidualVQ(Quantizer):
         self.quantizer = VectorQuantize(dim, codebook_size, **vq_kwargs)
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         self.refiners = nn.ModuleList(conv(dim, dim, 3, padding=1) for _ in range(refine_convs))
+        #: which refinement convolution each scale uses (VAR's ``PhiPartiallyShared``)
+        self.refiner_indices = refiner_indices(len(self.scales), refine_convs)
 
     # ----------------------------------------------------------------- code layout
 
@@ -181,8 +208,7 @@ class MultiScaleResidualVQ(Quantizer):
                 h, size=self.latent_size, mode=self.upsample_mode, align_corners=False
             )
         if len(self.refiners):
-            step = scale / max(len(self.scales) - 1, 1)
-            refine = self.refiners[round(step * (len(self.refiners) - 1))]
+            refine = self.refiners[self.refiner_indices[scale]]
             h = (1.0 - self.refine_ratio) * h + self.refine_ratio * fp32_layer(refine, h)
         return h
 
@@ -239,9 +265,9 @@ class MultiScaleResidualVQ(Quantizer):
     def decode(self, codes: Tensor) -> Tensor:
         """Flat codes ``(b, s, 1)`` -> quantized latent ``(b, *latent, d)``, fp32."""
         self._check_flat_codes(codes)
-        check_codes(codes, self.codebook_sizes, "MultiScaleResidualVQ")
+        codes = checked_codes(codes, self.codebook_sizes, "MultiScaleResidualVQ")
         with fp32_region(codes):
-            grids = self.split_scales(codes.long())
+            grids = self.split_scales(codes)
             f_hat = codes.new_zeros(
                 codes.shape[0], self.dim, *self.latent_size, dtype=torch.float32
             )

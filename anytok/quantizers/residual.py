@@ -17,8 +17,8 @@ from torch.nn import functional as F
 from anytok.quantizers.base import (
     Quantizer,
     QuantizerOutput,
-    check_codes,
     check_last_dim,
+    checked_codes,
     register_quantizer,
     zero_loss,
 )
@@ -41,6 +41,36 @@ def synced_num_levels(num_quantizers: int, cutoff_index: int, device: torch.devi
     rank skipping a level would leave the others waiting in that all-reduce.
     """
     return shared_randint(cutoff_index + 1, num_quantizers + 1, device)
+
+
+def _check_residual_arguments(
+    name: str,
+    num_quantizers: int,
+    codebook_size: int | Sequence[int],
+    shared_codebook: bool,
+    quantize_dropout_cutoff_index: int,
+) -> tuple[int, ...]:
+    """Validate the stage arguments of a residual quantizer called ``name`` (named in every
+    message); return the codebook size of each stage."""
+    if num_quantizers < 1:
+        raise ValueError(f"{name}: num_quantizers must be >= 1, got {num_quantizers}")
+    sizes = (
+        (codebook_size,) * num_quantizers
+        if isinstance(codebook_size, int)
+        else tuple(int(k) for k in codebook_size)
+    )
+    if len(sizes) != num_quantizers:
+        raise ValueError(
+            f"{name}: codebook_size has {len(sizes)} entries for num_quantizers={num_quantizers}"
+        )
+    if shared_codebook and len(set(sizes)) != 1:
+        raise ValueError(f"{name}: shared_codebook needs one codebook size, got {sizes}")
+    if not 0 <= quantize_dropout_cutoff_index < num_quantizers:
+        raise ValueError(
+            f"{name}: quantize_dropout_cutoff_index must be in [0, num_quantizers), "
+            f"got {quantize_dropout_cutoff_index} with num_quantizers={num_quantizers}"
+        )
+    return sizes
 
 
 def _pad_dropped_levels(codes: Tensor, num_quantizers: int) -> Tensor:
@@ -90,24 +120,13 @@ class ResidualVQ(Quantizer):
         **vq_kwargs: Any,
     ):
         super().__init__()
-        if num_quantizers < 1:
-            raise ValueError(f"ResidualVQ: num_quantizers must be >= 1, got {num_quantizers}")
-        sizes = (
-            (codebook_size,) * num_quantizers
-            if isinstance(codebook_size, int)
-            else tuple(int(k) for k in codebook_size)
+        sizes = _check_residual_arguments(
+            type(self).__name__,
+            num_quantizers,
+            codebook_size,
+            shared_codebook,
+            quantize_dropout_cutoff_index,
         )
-        if len(sizes) != num_quantizers:
-            raise ValueError(
-                f"ResidualVQ: codebook_size has {len(sizes)} entries for {num_quantizers} stages"
-            )
-        if shared_codebook and len(set(sizes)) != 1:
-            raise ValueError(f"ResidualVQ: shared_codebook needs one codebook size, got {sizes}")
-        if not 0 <= quantize_dropout_cutoff_index < num_quantizers:
-            raise ValueError(
-                "ResidualVQ: quantize_dropout_cutoff_index must be in [0, num_quantizers), "
-                f"got {quantize_dropout_cutoff_index} for {num_quantizers} stages"
-            )
         self.dim = dim
         self.num_quantizers = num_quantizers
         self.codebook_sizes = sizes
@@ -204,11 +223,11 @@ class ResidualVQ(Quantizer):
         vector-quantize-pytorch's ``get_output_from_indices``.
         """
         name = type(self).__name__
-        levels = check_codes(codes, self.codebook_sizes, name, prefix=True, dropped=True)
+        codes = checked_codes(codes, self.codebook_sizes, name, prefix=True, dropped=True)
         with fp32_region(codes):
             quantized = torch.zeros(*codes.shape[:-1], self.dim, device=codes.device)
-            for level in range(levels):
-                level_codes = codes[..., level].long()
+            for level in range(codes.shape[-1]):
+                level_codes = codes[..., level]
                 codewords = self.stage(level).lookup(level_codes.clamp_min(0))
                 quantized = quantized + codewords.masked_fill((level_codes < 0).unsqueeze(-1), 0)
         return quantized
@@ -251,6 +270,14 @@ class GroupedResidualVQ(Quantizer):
         super().__init__()
         if groups < 1 or dim % groups:
             raise ValueError(f"GroupedResidualVQ: dim {dim} must split into {groups} equal groups")
+        # checked here too (each group's ResidualVQ checks again), so errors name this class
+        _check_residual_arguments(
+            type(self).__name__,
+            num_quantizers,
+            codebook_size,
+            bool(rvq_kwargs.get("shared_codebook", False)),
+            quantize_dropout_cutoff_index,
+        )
         self.dim = dim
         self.groups = groups
         self.num_quantizers = num_quantizers
@@ -310,7 +337,7 @@ class GroupedResidualVQ(Quantizer):
                 f"groups={self.groups}, 1 <= k <= {self.num_quantizers}, got {tuple(codes.shape)}"
             )
         sizes = tuple(k for rvq in self.rvqs for k in rvq.codebook_sizes[:levels])
-        check_codes(codes, sizes, type(self).__name__, dropped=True)
+        codes = checked_codes(codes, sizes, type(self).__name__, dropped=True)
         per_group = rearrange(codes, "... (g l) -> g ... l", g=self.groups)
         return torch.cat([rvq.decode(c) for rvq, c in zip(self.rvqs, per_group)], dim=-1)
 
@@ -462,7 +489,9 @@ class SplitResidualVQ(Quantizer):
     def decode(self, codes: Tensor) -> Tensor:
         """Codes ``(..., k)`` of the first ``k`` levels -> fp32 ``(..., dim)``; ``-1`` marks a
         level not run (it contributes nothing)."""
-        check_codes(codes, self.codebook_sizes, type(self).__name__, prefix=True, dropped=True)
+        codes = checked_codes(
+            codes, self.codebook_sizes, type(self).__name__, prefix=True, dropped=True
+        )
         with fp32_region(codes):
             quantized = fp32_layer(
                 self.semantic_out, self.semantic.decode(codes[..., : self.num_semantic])

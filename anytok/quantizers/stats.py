@@ -1,8 +1,9 @@
 """Codebook statistics: perplexity, usage fraction and dead codes, per level.
 
 Counts come from :func:`~anytok.quantizers.kernels.bin_counts` (never a one-hot ``N x K``
-matrix, never a host synchronisation) and are summed over ranks,
-so every rank reports, and acts on, the same numbers.
+matrix, never a host synchronisation). In training they are summed over ranks, so every rank
+reports, and acts on, the same numbers; in eval mode (``synced=False``) they describe this
+rank's batch only: no collective, so a rank-0-only validation loop cannot hang.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from anytok.quantizers.kernels import bin_counts
 MAX_TRACKED_CODEBOOK = 1 << 20
 
 
-def code_counts(codes: Tensor, codebook_size: int) -> Tensor:
-    """Histogram of ``codes`` (any shape, values in ``[0, codebook_size)``) summed over ranks.
+def code_counts(codes: Tensor, codebook_size: int, *, synced: bool = True) -> Tensor:
+    """Histogram of ``codes`` (any shape, values in ``[0, codebook_size)``), summed over ranks
+    when ``synced`` (a collective every rank must join: training only).
 
     Returns float32 ``(codebook_size,)``.
     """
-    return all_reduce_sum_(bin_counts(codes, codebook_size))
+    counts = bin_counts(codes, codebook_size)
+    return all_reduce_sum_(counts) if synced else counts
 
 
 def perplexity(counts: Tensor) -> Tensor:
@@ -34,15 +37,16 @@ def perplexity(counts: Tensor) -> Tensor:
     return entropy.exp()
 
 
-def batch_code_metrics(codes: Tensor, codebook_size: int) -> dict[str, Tensor]:
+def batch_code_metrics(codes: Tensor, codebook_size: int, *, synced: bool) -> dict[str, Tensor]:
     """Perplexity and usage fraction of one level's codes in this batch.
 
     ``usage`` is the fraction of the codebook used, capped by the number of vectors (a batch of
-    100 vectors can use at most 100 codes).
+    100 vectors can use at most 100 codes). With ``synced`` (training: every rank calls it)
+    the counts are summed over ranks; without (eval) they are this rank's, with no collective.
     """
     codes = codes.detach().reshape(-1)
     if codebook_size <= MAX_TRACKED_CODEBOOK:
-        counts = code_counts(codes, codebook_size)
+        counts = code_counts(codes, codebook_size, synced=synced)
     else:  # huge codebooks: count only what occurs (local to this rank)
         _, counts = torch.unique(codes, return_counts=True)
         counts = counts.float()

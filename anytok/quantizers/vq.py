@@ -24,8 +24,8 @@ from torch.nn import functional as F
 from anytok.quantizers.base import (
     Quantizer,
     QuantizerOutput,
-    check_codes,
     check_last_dim,
+    checked_codes,
     fp32_layer,
     register_quantizer,
     squared_error_mean,
@@ -120,10 +120,11 @@ def _draw_revivals(dead: Tensor, x: Tensor, dtype: torch.dtype) -> tuple[Tensor,
     """Pair dead codes with distinct random rows of ``x (n, c)``, without a host sync.
 
     ``dead (k,)`` bool. Returns ``m = min(k, n)`` distinct slots: ``codes (m,)`` long,
-    ``revived (m,)`` bool (the slots that hold a dead code) and ``rows (m, c)`` in ``dtype``,
-    a distinct random row of ``x`` per slot. With ``n < k`` the slots are the dead codes in a
-    uniformly random order, then live ones. Non-zero ranks of a distributed run draw nothing
-    (``m = 0``): rank 0's draw is broadcast.
+    ``revived (m,)`` bool (the slots that hold a dead code and got a finite row) and
+    ``rows (m, c)`` in ``dtype``, a distinct random row of ``x`` per slot, finite rows first.
+    With ``n < k`` the slots are the dead codes in a uniformly random order, then live ones.
+    A row holding NaN or Inf never revives a code (its slot is not ``revived``). Non-zero
+    ranks of a distributed run draw nothing (``m = 0``): rank 0's draw is broadcast.
     """
     k, n = dead.shape[0], x.shape[0]
     if not _is_rank_zero():
@@ -134,8 +135,11 @@ def _draw_revivals(dead: Tensor, x: Tensor, dtype: torch.dtype) -> tuple[Tensor,
     else:  # the m smallest of random keys, dead codes' keys below live ones'
         keys = torch.rand(k, device=dead.device).masked_fill_(~dead, 2.0)
         codes = keys.topk(m, largest=False, sorted=False).indices
-    rows = x[torch.randperm(n, device=x.device)[:m]].to(dtype)
-    return codes, dead[codes], rows
+    finite = finite_rows(x[:n])
+    # m distinct random rows, the non-finite ones only once no finite row is left
+    row_keys = torch.rand(n, device=x.device).masked_fill_(~finite, 2.0)
+    pick = row_keys.topk(m, largest=False, sorted=False).indices
+    return codes, dead[codes] & finite[pick], x[pick].to(dtype)
 
 
 def _share_revivals(codes: Tensor, revived: Tensor, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -196,10 +200,32 @@ def sample_rows_synced(x: Tensor, num: int) -> Tensor:
     return broadcast_(out)
 
 
-def counts_and_sums_synced(x: Tensor, indices: Tensor, num_codes: int) -> tuple[Tensor, Tensor]:
+def finite_rows(x: Tensor) -> Tensor:
+    """Bool ``(n,)``: the rows of ``x (n, c)`` without NaN or Inf (a mask, no host sync).
+
+    Tested on each row's sum, which is non-finite whenever one of its values is: the same
+    mask as ``torch.isfinite(x).all(-1)`` without its input-sized temporaries (``isfinite``
+    takes an ``abs`` of ``x``). A finite row whose sum overflows is left out too; it would
+    have overflowed the code sums it was added to.
+    """
+    return torch.isfinite(x.sum(dim=-1))
+
+
+def counts_and_sums_synced(
+    x: Tensor, indices: Tensor, num_codes: int, *, finite_only: bool = False
+) -> tuple[Tensor, Tensor]:
     """Per-code hit counts ``(k,)`` and vector sums ``(k, c)`` of ``x (n, c)``, summed over
-    ranks (two ``index_add_`` passes: never an ``n x k`` one-hot)."""
-    counts, sums = codeword_counts_and_sums(x, indices, num_codes)
+    ranks (two ``index_add_`` passes: never an ``n x k`` one-hot).
+
+    ``finite_only``: rows of ``x`` holding NaN or Inf count for nothing (they are sent to an
+    extra code that is dropped: no host sync), so one bad vector cannot poison a codebook.
+    """
+    if finite_only:
+        indices = torch.where(finite_rows(x), indices, num_codes)
+        counts, sums = codeword_counts_and_sums(x, indices, num_codes + 1)
+        counts, sums = counts[:num_codes], sums[:num_codes]
+    else:
+        counts, sums = codeword_counts_and_sums(x, indices, num_codes)
     return all_reduce_sum_(counts.float()), all_reduce_sum_(sums.float())
 
 
@@ -440,9 +466,9 @@ class VectorQuantize(Quantizer):
 
     def decode(self, codes: Tensor) -> Tensor:
         """Codes ``(..., 1)`` -> quantized fp32 ``(..., dim)``."""
-        check_codes(codes, self.codebook_sizes, type(self).__name__)
+        codes = checked_codes(codes, self.codebook_sizes, type(self).__name__)
         with fp32_region(codes):
-            return self.lookup(codes[..., 0].long())
+            return self.lookup(codes[..., 0])
 
     # ----------------------------------------------------------------- training updates
 
@@ -460,6 +486,9 @@ class VectorQuantize(Quantizer):
         """
         self.broadcast_codebook_once_()
         read_kmeans_flags_((self,))  # one host read, after the broadcast (then none)
+        if self._kmeans_pending:
+            # k-means runs once: drop rows holding NaN or Inf (a host sync, that step only)
+            x = x[finite_rows(x)]
         if self._kmeans_pending and self._has_rows_for_kmeans(x):
             means = kmeans(
                 x.float(), self.codebook_size, self.kmeans_iters, self.metric, self.memory_budget
@@ -535,15 +564,20 @@ class VectorQuantize(Quantizer):
         """After the search of a training step: EMA of code counts (both modes) and, for EMA
         codebooks, of code sums; then the usage tracker. ``x (n, c)``, ``indices (n,)``.
 
-        Counts and sums are ``index_add_`` passes, both all-reduced.
-        Returns the usage metrics (``perplexity``, ``usage``, ``dead_codes``).
+        Counts and sums are ``index_add_`` passes, both all-reduced. Rows of ``x`` holding NaN
+        or Inf (an overflowing step that the loss scaler will skip) are left out of both, so
+        they cannot turn a code into NaN for good. Returns the usage metrics (``perplexity``,
+        ``usage``, ``dead_codes``).
         """
         x = x.reshape(-1, self.codebook_dim).float()
         indices = indices.reshape(-1)
         if self.learnable_codebook:
-            self.ema_cluster_size.lerp_(code_counts(indices, self.codebook_size), 1.0 - self.decay)
+            # rows holding NaN or Inf count for nothing (an extra, dropped code: no host sync)
+            valid = torch.where(finite_rows(x), indices, self.codebook_size)
+            counts = code_counts(valid, self.codebook_size + 1)[: self.codebook_size]
+            self.ema_cluster_size.lerp_(counts, 1.0 - self.decay)
         else:
-            counts, sums = counts_and_sums_synced(x, indices, self.codebook_size)
+            counts, sums = counts_and_sums_synced(x, indices, self.codebook_size, finite_only=True)
             self.ema_cluster_size.lerp_(counts, 1.0 - self.decay)
             self.ema_embedding_sum.lerp_(sums, 1.0 - self.decay)
             updated = self.ema_embedding_sum / self._smoothed_cluster_size().unsqueeze(-1)
@@ -654,6 +688,6 @@ class SimVQ(Quantizer):
 
     def decode(self, codes: Tensor) -> Tensor:
         """Codes ``(..., 1)`` -> quantized fp32 ``(..., dim)``."""
-        check_codes(codes, self.codebook_sizes, "SimVQ")
+        codes = checked_codes(codes, self.codebook_sizes, "SimVQ")
         with fp32_region(codes):
-            return F.embedding(codes[..., 0].long(), self.codebook)
+            return F.embedding(codes[..., 0], self.codebook)
