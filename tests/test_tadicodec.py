@@ -134,3 +134,24 @@ def test_vocoder_length_and_gradients(frames: int) -> None:
     assert mel.grad is not None and mel.grad.abs().sum() > 0
     with pytest.raises(ValueError, match=r"expected \(batch, 16, frames\)"):
         vocoder(torch.randn(2, 8, 4))
+
+
+@pytest.mark.parametrize("objective", ["epsilon", "v"])
+def test_ddpm_objectives_decode_with_their_default_sampler(objective: str) -> None:
+    """The decoder's objective may be epsilon / v; the default sampler stayed "euler", which
+    samples only flow, so such a model built and trained, then failed its first decode."""
+    decoder = {**get_arch("tadicodec_24khz_6hz").config(tiny=True)["decoder"]}
+    model = anytok.create_model(
+        "tadicodec_24khz_6hz", tiny=True, seed=0, decoder={**decoder, "objective": objective}
+    ).eval()
+    assert model.sample_scheduler == "ddim"
+    audio = speech(1, 256 * 4)
+    assert model.decode(model.encode(audio), steps=2).shape == audio.shape
+    with pytest.raises(ValueError, match="sample_scheduler: scheduler 'euler' does not sample"):
+        anytok.create_model(
+            "tadicodec_24khz_6hz",
+            tiny=True,
+            decoder={**decoder, "objective": objective},
+            sample_scheduler="euler",
+        )
+    assert tiny().sample_scheduler == "euler"  # flow keeps its sampler

@@ -55,7 +55,7 @@ from anytok.codecs.base import (
     quantize_channel_first,
     to_tokens,
 )
-from anytok.decoders.diffusion import FlowDecoder, SamplingDefaults
+from anytok.decoders.diffusion import FlowDecoder, SamplingDefaults, checked_scheduler
 from anytok.decoders.diffusion.vocoder import LogMel, MelConfig, MelVocoder
 from anytok.nn.transformer import Transformer, init_weights, sincos_embedding
 from anytok.registry import register
@@ -105,7 +105,9 @@ class TaDiCodec(SamplingDefaults, AudioTokenizer):
         text: a text condition (byte-level text encoder) for the decoder.
         text_depth: text encoder depth.
         vocoder: :class:`MelVocoder` keyword arguments.
-        sample_steps, sample_scheduler, sample_seed, guidance_scale: ``decode`` defaults.
+        sample_steps, sample_scheduler, sample_seed, guidance_scale: ``decode`` defaults;
+            ``sample_scheduler=None`` picks the decoder objective's (``"euler"`` for flow,
+            ``"ddim"`` for epsilon / v), and one that cannot sample it is refused.
     """
 
     channels = 1
@@ -125,7 +127,7 @@ class TaDiCodec(SamplingDefaults, AudioTokenizer):
         text_depth: int = 4,
         vocoder: dict[str, Any] | None = None,
         sample_steps: int = 32,
-        sample_scheduler: str = "euler",
+        sample_scheduler: str | None = None,
         sample_seed: int = 0,
         guidance_scale: float = 1.5,
     ):
@@ -155,7 +157,12 @@ class TaDiCodec(SamplingDefaults, AudioTokenizer):
         )
         self.vocoder = MelVocoder(self.mel_config, **(vocoder or {}))
         self.sample_steps = sample_steps
-        self.sample_scheduler = sample_scheduler
+        self.sample_scheduler = checked_scheduler(
+            f"{type(self).__name__}: sample_scheduler",
+            self.decoder.objective,
+            sample_scheduler,
+            self.decoder.time_shift,
+        )
         self.sample_seed = sample_seed
         self.guidance_scale = guidance_scale
 
@@ -358,7 +365,7 @@ def _config(token_rate_hz: float) -> dict[str, Any]:
         "text_depth": 4,
         "vocoder": {"dim": 512, "intermediate_dim": 1536, "num_layers": 8},
         "sample_steps": 32,
-        "sample_scheduler": "euler",
+        "sample_scheduler": None,  # the decoder objective's: euler (flow), ddim (epsilon / v)
         "sample_seed": 0,
         "guidance_scale": 1.5,
     }

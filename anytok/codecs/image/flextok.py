@@ -52,8 +52,7 @@ from anytok.codecs.base import (
     build_quantizer,
     to_tokens,
 )
-from anytok.decoders.diffusion import FlowDecoder, make_scheduler
-from anytok.decoders.diffusion.schedulers import OBJECTIVES
+from anytok.decoders.diffusion import FlowDecoder, checked_scheduler
 from anytok.nn.transformer import (
     Transformer,
     init_weights,
@@ -224,13 +223,7 @@ class FlexTok(ImageTokenizer):
             # ~12x the values of the 32x32x16 latents FlexTok denoises, sqrt(12) ~ 3. DDPM
             # objectives train on uniform timesteps: no shift.
             time_shift = 3.0 if objective == "flow" else 1.0
-        if scheduler is None:
-            scheduler = "euler" if objective == "flow" else "ddim"
-        if objective in OBJECTIVES:  # else FlowDecoder names the objective
-            try:  # make_scheduler's own check: the sampler must serve the objective
-                make_scheduler(scheduler, objective, time_shift)
-            except ValueError as error:
-                raise ValueError(f"{name}: scheduler: {error}") from None
+        scheduler = checked_scheduler(f"{name}: scheduler", objective, scheduler, time_shift)
         if sample_steps < 1:
             raise ValueError(f"{name}: sample_steps must be >= 1, got {sample_steps}")
         if semantic_layer is not None and not 0 <= semantic_layer < encoder_depth:

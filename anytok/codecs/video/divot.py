@@ -35,7 +35,7 @@ from anytok.codecs.base import (
     quantize_channel_first,
     to_tokens,
 )
-from anytok.decoders.diffusion import FlowDecoder, SamplingDefaults, make_scheduler
+from anytok.decoders.diffusion import FlowDecoder, SamplingDefaults, checked_scheduler
 from anytok.nn.causal3d import Encoder3d
 from anytok.nn.transformer import patchify, sincos_grid_embedding, unpatchify
 from anytok.registry import register
@@ -121,12 +121,9 @@ class DivotTokenizer(SamplingDefaults, VideoTokenizer):
         self.cond_dim = int(decoder["dim"])
         self.cond_proj = nn.Linear(latent_dim, self.cond_dim)
         self.decoder = FlowDecoder(3 * patch_size * patch_size, self.cond_dim, **decoder)
-        if sample_scheduler is None:
-            sample_scheduler = "euler" if objective == "flow" else "ddim"
-        try:  # make_scheduler's own check: the sampler must serve the objective
-            make_scheduler(sample_scheduler, objective, self.decoder.time_shift)
-        except ValueError as error:
-            raise ValueError(f"{name}: sample_scheduler: {error}") from None
+        sample_scheduler = checked_scheduler(
+            f"{name}: sample_scheduler", objective, sample_scheduler, self.decoder.time_shift
+        )
         self.sample_steps = sample_steps
         self.sample_scheduler = sample_scheduler
         self.sample_seed = sample_seed

@@ -11,7 +11,7 @@ from anytok.decoders.diffusion.flow import (
     FlowLossOutput,
     SamplingDefaults,
 )
-from anytok.decoders.diffusion.schedulers import SCHEDULERS, make_scheduler
+from anytok.decoders.diffusion.schedulers import SCHEDULERS, checked_scheduler, make_scheduler
 
 __all__ = [
     "CONDITIONINGS",
@@ -19,5 +19,6 @@ __all__ = [
     "FlowDecoder",
     "FlowLossOutput",
     "SamplingDefaults",
+    "checked_scheduler",
     "make_scheduler",
 ]

@@ -107,6 +107,23 @@ def make_scheduler(name: str, objective: str = "flow", shift: float = 1.0) -> An
     return build(objective, float(shift))
 
 
+#: the sampler a diffusion tokenizer decodes with unless told otherwise, per objective
+DEFAULT_SCHEDULER = {"flow": "euler", "epsilon": "ddim", "v": "ddim"}
+
+
+def checked_scheduler(owner: str, objective: str, scheduler: str | None, shift: float) -> str:
+    """``scheduler``, or ``objective``'s :data:`DEFAULT_SCHEDULER` when None, once
+    :func:`make_scheduler` accepts it: a tokenizer refuses a sampler at construction rather
+    than at its first ``decode``. Errors start with ``owner`` (``"FlexTok: scheduler"``)."""
+    name = DEFAULT_SCHEDULER.get(objective, "euler") if scheduler is None else scheduler
+    if objective in OBJECTIVES:  # else the decoder names the unknown objective
+        try:
+            make_scheduler(name, objective, shift)
+        except ValueError as error:
+            raise ValueError(f"{owner}: {error}") from None
+    return name
+
+
 def set_timesteps(scheduler: Any, steps: int, device: torch.device | str | None = None) -> None:
     """``scheduler.set_timesteps(steps)``, with every one of the ``steps`` model calls doing
     work.
@@ -130,9 +147,11 @@ def set_timesteps(scheduler: Any, steps: int, device: torch.device | str | None 
 
 __all__ = [
     "DDPM_SCHEDULE",
+    "DEFAULT_SCHEDULER",
     "NUM_TRAIN_TIMESTEPS",
     "OBJECTIVES",
     "SCHEDULERS",
+    "checked_scheduler",
     "make_scheduler",
     "set_timesteps",
 ]
