@@ -197,28 +197,39 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(
 def test_collectives_move_values_to_the_backends_device(monkeypatch) -> None:
     """NCCL moves CUDA tensors only: the run's bad-file count went to ``all_reduce`` on the
     CPU, which fails under NCCL ("No backend type associated with device type cpu") at the
-    first log line. Emulated here: the backend says NCCL, the rank's device is the CPU and
-    the values lie elsewhere (meta); the collective must see the rank's device."""
+    first log line. Emulated: the backend says NCCL and the rank's device is ``meta``; each
+    collective records the device it was handed (then stops: meta holds no values)."""
+
+    class Handed(Exception):
+        pass
+
     seen: list[torch.device] = []
 
-    def fake_all_reduce(tensor, op=None):
-        seen.append(tensor.device)
-        tensor.mul_(2)  # two ranks with the same values
+    def record(*tensors) -> None:
+        seen.extend(t.device for t in tensors if isinstance(t, torch.Tensor))
+        raise Handed
 
-    def fake_all_gather(outputs, tensor):
-        seen.append(tensor.device)
+    monkeypatch.setattr(dist, "get_backend", lambda: "nccl")
+    monkeypatch.setattr(dist, "all_reduce", lambda tensor, op=None: record(tensor))
+    monkeypatch.setattr(dist, "all_gather", lambda outputs, tensor: record(tensor, *outputs))
+    on_meta = distributed.DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("meta"))
+    for payload in (b"", b"ab"):
+        with pytest.raises(Handed):
+            distributed.gather_bytes(payload, on_meta)
+    with pytest.raises(Handed):
+        distributed.all_reduce_mean(torch.ones(3), on_meta)  # values on the CPU
+    assert seen and all(device.type == "meta" for device in seen), seen
+
+    # gloo: CPU tensors, and an empty payload travels too (torch.frombuffer refuses one)
+    def gather_copies(outputs, tensor) -> None:
         for out in outputs:
             out.copy_(tensor)
 
-    monkeypatch.setattr(dist, "get_backend", lambda: "nccl")
-    monkeypatch.setattr(dist, "all_reduce", fake_all_reduce)
-    monkeypatch.setattr(dist, "all_gather", fake_all_gather)
-    info = distributed.DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
-    mean = distributed.all_reduce_mean(torch.ones(3, device="meta"), info)
-    assert mean.device.type == "meta" and seen == [torch.device("cpu")]
-    assert distributed.gather_bytes(b"", info) == [b"", b""]  # an empty payload travels too
-    assert distributed.gather_bytes(b"ab", info) == [b"ab", b"ab"]
-    assert all(device == torch.device("cpu") for device in seen)
+    monkeypatch.setattr(dist, "get_backend", lambda: "gloo")
+    monkeypatch.setattr(dist, "all_gather", gather_copies)
+    on_cpu = distributed.DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
+    assert distributed.gather_bytes(b"", on_cpu) == [b"", b""]
+    assert distributed.gather_bytes(b"ab", on_cpu) == [b"ab", b"ab"]
 
 
 def _refusing_worker(rank: int, world: int, port: int, data: str, run_dir: str, out: str) -> None:

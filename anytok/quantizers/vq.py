@@ -135,10 +135,8 @@ def _draw_revivals(dead: Tensor, x: Tensor, dtype: torch.dtype) -> tuple[Tensor,
     else:  # the m smallest of random keys, dead codes' keys below live ones'
         keys = torch.rand(k, device=dead.device).masked_fill_(~dead, 2.0)
         codes = keys.topk(m, largest=False, sorted=False).indices
-    finite = finite_rows(x[:n])
-    # m distinct random rows, the non-finite ones only once no finite row is left
-    row_keys = torch.rand(n, device=x.device).masked_fill_(~finite, 2.0)
-    pick = row_keys.topk(m, largest=False, sorted=False).indices
+    finite = finite_rows(x[:n])  # no rows (and no random numbers) off rank 0
+    pick = _random_rows_finite_first(finite, m)
     return codes, dead[codes] & finite[pick], x[pick].to(dtype)
 
 
@@ -188,16 +186,36 @@ def sample_rows_synced(x: Tensor, num: int) -> Tensor:
     """``num`` random rows of ``x`` ``(n, c)`` drawn on rank 0 and broadcast to every rank.
 
     Without replacement when ``n >= num``. Every rank must call this with the same ``num``.
+    Rows holding NaN or Inf are drawn only once no finite row is left (with ``n < num``,
+    such a draw takes the first finite row instead), without a host sync.
     """
     out = x.new_zeros(num, x.shape[-1])
     if _is_rank_zero() and x.shape[0] > 0:
         n = x.shape[0]
+        finite = finite_rows(x)
         if n >= num:
-            pick = torch.randperm(n, device=x.device)[:num]
+            pick = _random_rows_finite_first(finite, num)
         else:
             pick = torch.randint(0, n, (num,), device=x.device)
+            pick = torch.where(finite[pick], pick, finite.to(torch.uint8).argmax())
         out.copy_(x[pick])
     return broadcast_(out)
+
+
+def _random_rows_finite_first(finite: Tensor, m: int) -> Tensor:
+    """Indices ``(m,)`` of ``m <= n`` distinct random rows given their ``finite (n,)`` mask,
+    the rows holding NaN or Inf after every finite one. On finite data this is the draw
+    ``torch.randperm(n)[:m]`` (the same random numbers); no host sync."""
+    perm = torch.randperm(finite.shape[0], device=finite.device)
+    last = (~finite[perm]).to(torch.uint8)
+    return perm[torch.argsort(last, stable=True)[:m]]
+
+
+def _finite_code_counts(x: Tensor, indices: Tensor, num_codes: int) -> Tensor:
+    """Hits per code ``(num_codes,)`` of ``indices (n,)``, rows of ``x (n, c)`` holding NaN or
+    Inf left out (sent to an extra code that is dropped: no host sync)."""
+    valid = torch.where(finite_rows(x), indices, num_codes)
+    return code_counts(valid, num_codes + 1)[:num_codes]
 
 
 def finite_rows(x: Tensor) -> Tensor:
@@ -248,7 +266,7 @@ def kmeans(
     means = sample_rows_synced(samples, num_clusters)
     for _ in range(num_iters):
         assignment = nearest_codeword(samples, means, metric=metric, memory_budget=memory_budget)
-        counts, sums = counts_and_sums_synced(samples, assignment, num_clusters)
+        counts, sums = counts_and_sums_synced(samples, assignment, num_clusters, finite_only=True)
         updated = sums / counts.clamp_min(1.0).unsqueeze(-1)
         if metric == "cosine":
             updated = l2norm(updated)
@@ -486,9 +504,6 @@ class VectorQuantize(Quantizer):
         """
         self.broadcast_codebook_once_()
         read_kmeans_flags_((self,))  # one host read, after the broadcast (then none)
-        if self._kmeans_pending:
-            # k-means runs once: drop rows holding NaN or Inf (a host sync, that step only)
-            x = x[finite_rows(x)]
         if self._kmeans_pending and self._has_rows_for_kmeans(x):
             means = kmeans(
                 x.float(), self.codebook_size, self.kmeans_iters, self.metric, self.memory_budget
@@ -496,7 +511,7 @@ class VectorQuantize(Quantizer):
             assignment = nearest_codeword(
                 x, means, metric=self.metric, memory_budget=self.memory_budget
             )
-            counts = code_counts(assignment, self.codebook_size)
+            counts = _finite_code_counts(x, assignment, self.codebook_size)
             self.embedding.data.copy_(means)
             self.ema_cluster_size.copy_(counts)
             if not self.learnable_codebook:
@@ -572,9 +587,7 @@ class VectorQuantize(Quantizer):
         x = x.reshape(-1, self.codebook_dim).float()
         indices = indices.reshape(-1)
         if self.learnable_codebook:
-            # rows holding NaN or Inf count for nothing (an extra, dropped code: no host sync)
-            valid = torch.where(finite_rows(x), indices, self.codebook_size)
-            counts = code_counts(valid, self.codebook_size + 1)[: self.codebook_size]
+            counts = _finite_code_counts(x, indices, self.codebook_size)
             self.ema_cluster_size.lerp_(counts, 1.0 - self.decay)
         else:
             counts, sums = counts_and_sums_synced(x, indices, self.codebook_size, finite_only=True)
