@@ -25,6 +25,7 @@ import pytest
 import soundfile as sf
 import torch
 from PIL import Image
+from token_datasets import finished_token_dataset
 
 import anytok
 from anytok.checkpoint import save_checkpoint
@@ -43,9 +44,7 @@ from anytok.datasets import (
 )
 from anytok.datasets.export import read_megatron_index
 from anytok.datasets.files import temp_path
-from anytok.datasets.plan import Plan
-from anytok.datasets.shards import ItemResult, SegmentCodes, finalize, read_shard_info, write_shard
-from anytok.datasets.sources import Item
+from anytok.datasets.shards import read_shard_info
 from anytok.pipeline import load_for_model
 from anytok.tokens import LMVocab, Tokens, TokenSpec
 
@@ -460,29 +459,9 @@ def test_export_path_may_name_the_bin(tmp_path, audio_dataset) -> None:
 
 
 def token_dataset(dst: Path, codes: list[np.ndarray], shard_size: int = 2) -> Path:
-    """A finished dataset of audio codes ``(2, time)`` written by the real shard writer (no
-    tokenizer)."""
+    """A finished dataset of audio codes ``(2, time)`` (no tokenizer)."""
     spec = TokenSpec("audio", (16, 16), ("time",), frame_rate=10.0)
-    dst.mkdir(parents=True)
-    plan = Plan(
-        tokenizer="fake.tiny",
-        tokenizer_fingerprint="0" * 64,
-        token_spec=spec.to_json(),
-        anytok_version="0",
-        precision="fp32",
-        segment={"policy": "full"},
-        num_items=len(codes),
-        items_digest="0" * 64,
-        shard_size=shard_size,
-        src="src",
-    )
-    items = [Item(id=f"i{k}", source=f"i{k}", path=f"/x/i{k}") for k in range(len(codes))]
-    for s in range(plan.num_shards):
-        a, b = plan.shard_range(s)
-        results = [ItemResult(i, [SegmentCodes(0, 0.0, None, codes[i])]) for i in range(a, b)]
-        write_shard(dst, plan, s, items[a:b], results)
-    finalize(dst, plan)
-    return dst
+    return finished_token_dataset(dst, spec, codes, shard_size)
 
 
 def one_error_line(capsys) -> str:

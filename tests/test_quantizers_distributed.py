@@ -5,7 +5,6 @@ counts) is made on rank 0 and broadcast, so both ranks must end with identical s
 from __future__ import annotations
 
 import os
-import socket
 import time
 from datetime import timedelta
 from multiprocessing.synchronize import Event
@@ -14,18 +13,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torchrun_ranks import free_port, spawn_ranks
 
 from anytok.quantizers import GroupedResidualVQ, ResidualVQ, VectorQuantize
 
 WORLD_SIZE = 2
 STEPS = 6
 DEADLINE_S = 180
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _count_revivals(vq: VectorQuantize, counter: list[int]) -> None:
@@ -113,18 +107,7 @@ def _worker(rank: int, port: int) -> None:
 def test_ranks_hold_identical_codebooks_after_training_on_different_data() -> None:
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    context = mp.start_processes(
-        _worker, args=(_free_port(),), nprocs=WORLD_SIZE, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + DEADLINE_S
-    try:
-        while not context.join(timeout=5):  # raises if a worker raised
-            if time.monotonic() > deadline:
-                pytest.fail(f"distributed workers did not finish within {DEADLINE_S} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
+    spawn_ranks(_worker, (free_port(),), WORLD_SIZE, DEADLINE_S)
 
 
 #: One small instance of every quantizer family, for the rank-0-only evaluation below.
@@ -196,19 +179,4 @@ def test_rank0_only_eval_forward_runs_no_collective() -> None:
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     rank0_done = mp.get_context("spawn").Event()
-    context = mp.start_processes(
-        _rank0_eval_worker,
-        args=(_free_port(), rank0_done),
-        nprocs=WORLD_SIZE,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + EVAL_DEADLINE_S
-    try:
-        while not context.join(timeout=2):  # raises if a worker raised
-            if time.monotonic() > deadline:
-                pytest.fail(f"distributed workers did not finish within {EVAL_DEADLINE_S} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
+    spawn_ranks(_rank0_eval_worker, (free_port(), rank0_done), WORLD_SIZE, EVAL_DEADLINE_S)

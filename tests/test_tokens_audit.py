@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 import torch
+from token_datasets import finished_token_dataset
 from torch.nn.utils.rnn import pad_sequence
 
 from anytok.datasets import iter_rows
@@ -22,9 +23,6 @@ from anytok.datasets.export import (
     read_export_meta,
     read_megatron_index,
 )
-from anytok.datasets.plan import Plan
-from anytok.datasets.shards import ItemResult, SegmentCodes, finalize, write_shard
-from anytok.datasets.sources import Item
 from anytok.tokens import PATTERNS, SAVE_EXTENSIONS, LMVocab, Tokens, TokenSpec
 
 # --------------------------------------------------------------------------- helpers
@@ -197,32 +195,6 @@ def test_save_into_a_missing_folder_names_it(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- exports
 
 
-def make_dataset(dst: Path, spec: TokenSpec, codes: list[np.ndarray], shard_size: int = 2) -> Path:
-    """A finished token dataset written by the real shard writer (no tokenizer involved)."""
-    dst.mkdir(parents=True)
-    plan = Plan(
-        tokenizer="fake.tiny",
-        tokenizer_fingerprint="0" * 64,
-        token_spec=spec.to_json(),
-        anytok_version="0",
-        precision="fp32",
-        segment={"policy": "full"},
-        num_items=len(codes),
-        items_digest="0" * 64,
-        shard_size=shard_size,
-        src="src",
-    )
-    items = [Item(id=f"i{k:03d}", source=f"i{k}", path=f"/x/i{k}") for k in range(len(codes))]
-    for s in range(plan.num_shards):
-        a, b = plan.shard_range(s)
-        results = [
-            ItemResult(i, [SegmentCodes(0, 0.0, None, np.asarray(codes[i]))]) for i in range(a, b)
-        ]
-        write_shard(dst, plan, s, items[a:b], results)
-    finalize(dst, plan)
-    return dst
-
-
 MEGATRON_DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64,
                    6: np.float64, 7: np.float32, 8: np.uint16}  # fmt: skip
 
@@ -269,7 +241,7 @@ def datasets(tmp_path_factory) -> dict[str, tuple[TokenSpec, Path]]:
         "video": (VIDEO, [codes(VIDEO, f, 2, 3) for f in (3, 1, 2)]),
         "sequence": (SEQUENCE, [codes(SEQUENCE, n) for n in (32, 8, 128, 1)]),
     }
-    return {k: (spec, make_dataset(root / k, spec, c)) for k, (spec, c) in out.items()}
+    return {k: (spec, finished_token_dataset(root / k, spec, c)) for k, (spec, c) in out.items()}
 
 
 @pytest.mark.parametrize("which", ["audio", "image", "video", "sequence"])
@@ -357,7 +329,9 @@ def test_shard_writer_refuses_codes_outside_the_codebook(tmp_path) -> None:
     good = np.array([[999, 0], [6, 1]], dtype=np.uint16)
     bad_level1 = np.array([[1, 2], [7, 0]], dtype=np.uint16)  # 7 fits uint16, not the codebook
     bad_levels = np.zeros((3, 2), dtype=np.uint16)
-    dst = make_dataset(tmp_path / "ds", spec, [good, bad_level1, bad_levels], shard_size=3)
+    dst = finished_token_dataset(
+        tmp_path / "ds", spec, [good, bad_level1, bad_levels], shard_size=3
+    )
     rows = list(iter_rows(dst))
     assert [row["id"] for row, _ in rows] == ["i000"]
     assert np.array_equal(rows[0][1].codes[0].numpy(), good)
