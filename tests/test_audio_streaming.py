@@ -362,3 +362,75 @@ def test_exact_length_stream_ends_like_one_pass_of_raw_audio(tail: int) -> None:
         with model.stream_encoder() as encoder:
             codes = [encoder(c) for c in audio.split(3 * hop + 1, dim=-1)] + [encoder.flush()]
         assert torch.equal(torch.cat(codes, -1), model.encode(audio).codes)
+
+
+@pytest.mark.parametrize("name", ["encodec_24khz", "seanet_fsq_24khz", "dac_24khz"])
+def test_encode_long_refuses_empty_audio_as_encode_does(name: str) -> None:
+    """``encode_long`` of 0 samples hit a bare ``assert`` (non-causal) or returned 0 frames
+    (causal) where ``encode`` refuses."""
+    model = anytok.create_model(name, tiny=True).eval()
+    empty = torch.zeros(2, model.channels, 0)
+    message = f"{type(model).__name__}.encode: empty audio \\(0 samples\\)"
+    with torch.inference_mode():
+        with pytest.raises(ValueError, match=message):
+            model.encode(empty)
+        with pytest.raises(ValueError, match=message):
+            model.encode_long(empty)
+        with pytest.raises(ValueError, match=message):
+            model.encode_long(empty, lengths=torch.tensor([0, 0]))
+
+
+@pytest.mark.parametrize("name", ["encodec_24khz", "seanet_fsq_24khz", "dac_24khz"])
+def test_decode_long_of_zero_frames_returns_what_decode_does(name: str) -> None:
+    """``decode_long`` of 0 frames failed in ``torch.cat`` (non-causal) where ``decode``
+    returns ``(b, c, 0)`` silence."""
+    model = anytok.create_model(name, tiny=True).eval()
+    with torch.inference_mode():
+        tokens = model.encode(0.3 * torch.randn(2, model.channels, 4 * model.hop_length))
+        for codes in (tokens.codes[..., :0], anytok.Tokens(tokens.codes[..., :0], tokens.spec)):
+            decoded = model.decode_long(codes)
+            assert torch.equal(decoded, model.decode(codes))
+            assert decoded.shape == (2, model.channels, 0)
+
+
+@pytest.mark.parametrize("name", ["encodec_24khz", "seanet_fsq_24khz", "mimi"])
+@pytest.mark.parametrize("frames_per_call", [None, 4])
+def test_decoder_stream_zeros_past_tokens_lengths(name: str, frames_per_call: int | None) -> None:
+    """The decoder stream ignored ``Tokens.lengths``: a short item's samples past its length
+    were its decoder's output (0.16 to 0.63), where ``decode`` zeros them."""
+    model = anytok.create_model(name, tiny=True).eval()
+    hop = model.hop_length
+    audio = 0.3 * torch.randn(3, 1, 30 * hop)
+    with torch.inference_mode():
+        tokens = model.encode(audio, torch.tensor([30 * hop, 12 * hop + 3, 9 * hop]))
+        whole = model.decode(tokens)
+        frames = tokens.codes.shape[-1]
+        step = frames_per_call or frames
+        with model.stream_decoder() as stream:
+            parts = []
+            for start in range(0, frames, step):
+                codes = tokens.codes[..., start : start + step]
+                lengths = (tokens.lengths - start).clamp(0, codes.shape[-1])
+                parts.append(stream(anytok.Tokens(codes, tokens.spec, lengths)))
+            parts.append(stream.flush())
+        streamed = torch.cat(parts, -1)
+    assert streamed.shape == whole.shape
+    for i, n in enumerate(tokens.lengths.tolist()[1:], start=1):  # the short items
+        assert streamed[i, :, n * hop :].abs().max() == 0
+    assert (streamed - whole).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("name", ["encodec_24khz", "dac_24khz"])
+def test_infinite_chunk_or_context_seconds_are_refused(name: str) -> None:
+    """``chunk_seconds`` / ``context_seconds`` of inf raised a bare OverflowError."""
+    model = anytok.create_model(name, tiny=True).eval()
+    audio = 0.3 * torch.randn(1, 1, 10 * model.hop_length)
+    tokens = model.encode(audio)
+    inf = float("inf")
+    with torch.inference_mode():
+        for run in (model.encode_long, model.decode_long):
+            data = audio if run == model.encode_long else tokens
+            with pytest.raises(ValueError, match="chunk_seconds must be positive and finite"):
+                run(data, chunk_seconds=inf)
+            with pytest.raises(ValueError, match="context_seconds must be >= 0 and finite"):
+                run(data, context_seconds=inf)

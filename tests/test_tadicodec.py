@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torchaudio
@@ -155,3 +157,58 @@ def test_ddpm_objectives_decode_with_their_default_sampler(objective: str) -> No
             sample_scheduler="euler",
         )
     assert tiny().sample_scheduler == "euler"  # flow keeps its sampler
+
+
+def test_long_files_fall_back_to_one_pass_in_the_pipeline(tmp_path: Path) -> None:
+    """A file longer than ``long_seconds`` failed in ``anytok encode`` / ``decode`` (the
+    refusal was a bare ValueError, and the pipeline falls back to one pass only on
+    ``UnsupportedModelError``); it is now encoded and decoded in one pass, as SNAC's."""
+    from anytok.codecs.long_audio import UnsupportedModelError
+    from anytok.media import save_audio
+    from anytok.pipeline import decode_files, encode_files
+
+    model = tiny()
+    audio = speech(1, 256 * 12)[0]
+    (tmp_path / "in").mkdir()
+    save_audio(tmp_path / "in" / "a.wav", audio, model.sample_rate)
+    long_seconds = audio.shape[-1] / model.sample_rate / 2  # the file counts as long
+    with pytest.raises(UnsupportedModelError, match="utterances one by one"):
+        model.encode_long(audio[None])
+    with pytest.raises(UnsupportedModelError, match="whole utterances"):
+        model.decode_long(model.encode(audio[None]))
+    encoded = encode_files(model, [tmp_path / "in"], tmp_path / "tok", long_seconds=long_seconds)
+    assert [f.error for f in encoded.failures] == [] and len(encoded.written) == 1
+    tokens = anytok.Tokens.load(encoded.written[0])
+    assert torch.equal(tokens.codes, model.encode(audio[None]).codes)
+    decoded = decode_files(
+        [tmp_path / "tok"], tmp_path / "out", lambda _: model, long_seconds=long_seconds
+    )
+    assert [f.error for f in decoded.failures] == [] and len(decoded.written) == 1
+
+
+def tiny_teacher(path: Path) -> str:
+    """A tiny random DINOv2-like teacher folder (no download), as REPA takes."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+    )
+    Dinov2Model(config).save_pretrained(path)
+    return str(path)
+
+
+def test_decoder_repa_is_refused(tmp_path: Path) -> None:
+    """``decoder={"repa": ...}`` built a REPA projector that never ran (no teacher input):
+    no gradients, and checkpoints that needed the teacher to load."""
+    name = "tadicodec_24khz_6hz"
+    decoder = get_arch(name).config(tiny=True)["decoder"]
+    repa = {"teacher": tiny_teacher(tmp_path / "teacher"), "weight": 0.5, "layer": 0}
+    with pytest.raises(ValueError, match="TaDiCodec: decoder.repa is not supported"):
+        anytok.create_model(name, tiny=True, decoder={**decoder, "repa": repa})
+    model = anytok.create_model(name, tiny=True, decoder={**decoder, "repa": None})
+    assert model.decoder.repa is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -144,3 +146,31 @@ def test_flow_defaults_and_saved_configs_are_unchanged() -> None:
     explicit = DivotTokenizer(**saved)
     assert explicit.decoder.time_shift == 1.0 and explicit.sample_scheduler == "euler"
     assert explicit.decoder.objective == "flow"
+
+
+def tiny_teacher(path: Path) -> str:
+    """A tiny random DINOv2-like teacher folder (no download), as REPA takes."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+    )
+    Dinov2Model(config).save_pretrained(path)
+    return str(path)
+
+
+def test_decoder_repa_is_refused(tmp_path: Path) -> None:
+    """``decoder={"repa": ...}`` built a REPA projector that never ran (the training pass
+    gives the decoder no teacher input): no gradients, and checkpoints that needed the
+    teacher to load."""
+    decoder = get_arch("divot").config(tiny=True)["decoder"]
+    repa = {"teacher": tiny_teacher(tmp_path / "teacher"), "weight": 0.5, "layer": 0}
+    with pytest.raises(ValueError, match="DivotTokenizer: decoder.repa is not supported"):
+        anytok.create_model("divot", tiny=True, decoder={**decoder, "repa": repa})
+    model = anytok.create_model("divot", tiny=True, decoder={**decoder, "repa": None})
+    assert model.decoder.repa is None

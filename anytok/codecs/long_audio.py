@@ -22,8 +22,11 @@ on each side and keep the middle; the context is the model's measured *receptive
 padding, that it sees in one pass: the same guarantee again. Where the receptive field is
 unbounded (a recurrence in a non-causal model, GroupNorm or attention over time), no finite
 context gives one-pass tokens: ``context_seconds`` (default
-:data:`DEFAULT_UNBOUNDED_CONTEXT_SECONDS`) is used, and codes may differ from one pass near
-chunk boundaries.
+:data:`DEFAULT_UNBOUNDED_CONTEXT_SECONDS`) is used, and codes and audio are approximate
+everywhere, not only near chunk boundaries (a norm or attention over time sees the whole
+window). The rounding figures above are fp32's; under bf16 autocast each chunk rounds on its
+own (tiny models: audio 2e-3 to 4e-3 off one pass). Audio of 0 samples is refused as
+``encode`` refuses it; 0 frames decode to what ``decode`` gives (silence).
 
 **Batches of different lengths** (:func:`apply_per_length`). Non-causal families run their
 encoder (and decoder) once per distinct padded length, each item cropped to its own length,
@@ -203,6 +206,12 @@ class UnsupportedModelError(NotImplementedError):
     bounded causal context (:class:`~anytok.codecs.long_video.NoBoundedContextError`)."""
 
 
+class NoChunkedPathError(UnsupportedModelError, ValueError):
+    """A tokenizer that only works on whole inputs (global attention over an utterance:
+    TaDiCodec): no chunked path exists, and callers such as ``anytok encode`` fall back to one
+    pass. A ValueError too, as before it was an :class:`UnsupportedModelError`."""
+
+
 def _check_frame_per_hop(model: AudioTokenizer) -> None:
     hop = model.hop_length
     device, dtype = _device_and_dtype(model)
@@ -342,27 +351,65 @@ class AudioEncoderStream:
         return codes
 
 
+#: An item's end while it has none (its samples are all valid so far).
+_NO_END = torch.iinfo(torch.long).max
+
+
 class AudioDecoderStream:
     """Code frames in, audio out: ``stream(codes (b, levels, k)) -> (b, channels, m)``;
-    ``stream.flush()`` returns the rest. The concatenation equals one ``decode`` call."""
+    ``stream.flush()`` returns the rest. The concatenation equals one ``decode`` call.
+
+    :class:`Tokens` with ``lengths`` count the valid frames of the codes given in that call:
+    an item ends at the first call where its length is below the call's frames, and every
+    sample from there on (in this call, later calls and the flush) is zero, as ``decode``
+    zeros samples past ``lengths * hop_length``.
+    """
 
     def __init__(self, model: AudioTokenizer, decoder: Stream):
         self.model = model
         self._decoder = decoder
         self._last: Tensor | None = None
+        self._frames = 0  # code frames given so far
+        self._samples = 0  # samples returned so far
+        self._ends: Tensor | None = None  # (b,) valid samples per item; None: no end yet
 
     def __call__(self, codes: Tensor | Tokens) -> Tensor:
+        lengths = codes.lengths if isinstance(codes, Tokens) else None
         codes = self.model.codes_of(codes)
+        if lengths is not None:
+            # Items shorter than this call end here; full ones go on.
+            lengths = lengths.cpu()
+            ends = torch.where(
+                lengths < codes.shape[-1],
+                (self._frames + lengths) * self.model.hop_length,
+                _NO_END,
+            )
+            self._ends = ends if self._ends is None else torch.minimum(self._ends, ends)
+        self._frames += codes.shape[-1]
         with autocast_to_weights(self.model, "stream_decoder"):  # as decode runs
             latent = self.model.latent_from_codes(codes)
             self._last = latent
-            return self._decoder(latent)
+            return self._masked(self._decoder(latent))
 
     def flush(self) -> Tensor:
+        """The samples still held by the decoder ``(b, channels, m)``."""
         if self._last is None:
             raise RuntimeError("AudioDecoderStream.flush: no codes were given")
         with autocast_to_weights(self.model, "stream_decoder"):
-            return self._decoder.flush(self._last)
+            return self._masked(self._decoder.flush(self._last))
+
+    def _masked(self, audio: Tensor) -> Tensor:
+        """``audio (b, c, m)``, the stream's next ``m`` samples, zero past each item's end."""
+        start = self._samples
+        self._samples += audio.shape[-1]
+        if self._ends is None:
+            return audio
+        if self._ends.shape[0] != audio.shape[0]:
+            raise ValueError(
+                f"{type(self.model).__name__} stream: Tokens.lengths has {self._ends.shape[0]} "
+                f"items, the codes {audio.shape[0]}"
+            )
+        return mask_past_lengths(audio, (self._ends - start).clamp(min=0))
 
 
 def _require_streamable(model: AudioTokenizer, what: str) -> None:
@@ -404,11 +451,19 @@ def _windows(frames: int, chunk: int, left: int, right: int) -> Iterator[tuple[i
         yield start, end, max(0, start - left), min(frames, end + right)
 
 
+def _check_context_seconds(context_seconds: float | None) -> None:
+    if context_seconds is not None and not (
+        context_seconds >= 0 and math.isfinite(context_seconds)  # NaN fails both
+    ):
+        raise ValueError(
+            f"context_seconds must be >= 0 and finite (or None), got {context_seconds}"
+        )
+
+
 def _context_frames(model: AudioTokenizer, side: int | None, context_seconds: float | None) -> int:
     """Context in frames: the measured side (+1 frame of margin), or the fallback when
     unbounded; ``context_seconds`` may ask for more, never for less than measured."""
-    if context_seconds is not None and not context_seconds >= 0:  # NaN too
-        raise ValueError(f"context_seconds must be >= 0 (or None), got {context_seconds}")
+    _check_context_seconds(context_seconds)
     asked = None if context_seconds is None else math.ceil(context_seconds * model.frame_rate)
     if side is None:
         seconds = DEFAULT_UNBOUNDED_CONTEXT_SECONDS if context_seconds is None else None
@@ -417,8 +472,8 @@ def _context_frames(model: AudioTokenizer, side: int | None, context_seconds: fl
 
 
 def _chunk_frames(model: AudioTokenizer, chunk_seconds: float) -> int:
-    if not chunk_seconds > 0:
-        raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
+    if not (chunk_seconds > 0 and math.isfinite(chunk_seconds)):  # NaN fails both
+        raise ValueError(f"chunk_seconds must be positive and finite, got {chunk_seconds}")
     return max(1, round(chunk_seconds * model.frame_rate))
 
 
@@ -448,6 +503,8 @@ def encode_long(
         :class:`Tokens` on ``audio``'s device, as ``model.encode(audio, lengths)`` returns.
     """
     audio = model._check_media(audio, 3, "audio (batch, channels, samples)")
+    if audio.shape[-1] == 0:  # as encode does (it refuses empty audio), causal or not
+        return model.encode(audio, lengths, **encode_kwargs)
     lengths = model._check_lengths(lengths, audio.shape[0], (0, audio.shape[-1]), "samples")
     if lengths is not None:
         # Once per distinct length, on whole hops (empty items keep no frame), as encode does.
@@ -471,6 +528,7 @@ def encode_long(
     device, _ = _device_and_dtype(model)
     hop = model.hop_length
     chunk = _chunk_frames(model, chunk_seconds)
+    _check_context_seconds(context_seconds)  # unused by a stream, but checked alike
     with torch.inference_mode():
         if is_streamable(model):
             with stream_encoder(model, **encode_kwargs) as stream:
@@ -510,6 +568,8 @@ def decode_long(
     its valid frames only.
     """
     codes = model.codes_of(tokens)
+    if codes.numel() == 0:  # no items or no frames: what decode returns (silence)
+        return model.decode(tokens)
     lengths = tokens.lengths if isinstance(tokens, Tokens) else None
     hop = model.hop_length
     if lengths is not None and model.per_length_eval:
@@ -526,6 +586,7 @@ def decode_long(
         )
     device, _ = _device_and_dtype(model)
     chunk = _chunk_frames(model, chunk_seconds)
+    _check_context_seconds(context_seconds)  # unused by a stream, but checked alike
     with torch.inference_mode():
         if is_streamable(model):
             with stream_decoder(model) as stream:
@@ -612,6 +673,7 @@ __all__ = [
     "AudioDecoderStream",
     "AudioEncoderStream",
     "Context",
+    "NoChunkedPathError",
     "UnsupportedModelError",
     "apply_per_length",
     "decode_long",

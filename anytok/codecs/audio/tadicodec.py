@@ -101,7 +101,8 @@ class TaDiCodec(SamplingDefaults, AudioTokenizer):
         dim, depth, heads: the encoder transformer.
         latent_dim: quantizer input dimension (BSQ: the number of bits).
         quantizer: ``{"name": ..., **kwargs}``.
-        decoder: :class:`FlowDecoder` keyword arguments.
+        decoder: :class:`FlowDecoder` keyword arguments (``repa`` is refused: this model
+            never feeds a REPA teacher; FlexTok has one for images).
         text: a text condition (byte-level text encoder) for the decoder.
         text_depth: text encoder depth.
         vocoder: :class:`MelVocoder` keyword arguments.
@@ -146,6 +147,13 @@ class TaDiCodec(SamplingDefaults, AudioTokenizer):
         quantizer = quantizer or {"name": "bsq", "codebook_dim": latent_dim}
         self.quantizer = build_quantizer(quantizer, latent_dim)
         decoder = {"dim": dim, "depth": 12, "heads": heads, **(decoder or {})}
+        if decoder.get("repa"):
+            raise ValueError(
+                f"{type(self).__name__}: decoder.repa is not supported: its training pass never "
+                "gives the flow decoder the clean input REPA's teacher needs, so the projector "
+                "would never train (and a checkpoint would need the teacher to load); REPA "
+                "exists for images, through FlexTok's `repa` option"
+            )
         self.text_encoder = (
             ByteTextEncoder(decoder["dim"], text_depth, decoder["heads"]) if text else None
         )
@@ -329,13 +337,23 @@ class TaDiCodec(SamplingDefaults, AudioTokenizer):
         return self.vocoder(log_mel.to(next(self.vocoder.parameters()).dtype)).clamp(-1, 1)
 
     def encode_long(self, audio: Tensor, **kwargs: Any) -> Tokens:
-        raise ValueError(
+        """Refused: no chunked path (``anytok encode`` then encodes the file in one pass).
+
+        Raises:
+            long_audio.NoChunkedPathError: always (a ValueError).
+        """
+        raise long_audio.NoChunkedPathError(
             "tadicodec attends over whole utterances (global attention in encoder and decoder): "
             "encode utterances one by one with encode(); chunked long-audio encoding does not apply"
         )
 
     def decode_long(self, tokens: Tokens | Tensor, **kwargs: Any) -> Tensor:
-        raise ValueError(
+        """Refused: no chunked path (``anytok decode`` then decodes the file in one pass).
+
+        Raises:
+            long_audio.NoChunkedPathError: always (a ValueError).
+        """
+        raise long_audio.NoChunkedPathError(
             "tadicodec decodes whole utterances: split the token sequence at utterance "
             "boundaries and call decode() on each"
         )

@@ -59,7 +59,8 @@ class DivotTokenizer(SamplingDefaults, VideoTokenizer):
         patch_size: spatial side of the decoder's per-frame patches.
         decoder: :class:`FlowDecoder` keyword arguments (``dim``, ``depth``, ``heads``,
             ``objective`` ...). ``time_shift`` defaults to 3.0 under ``objective="flow"``
-            and to 1.0 (the only value they take) under ``"epsilon"`` / ``"v"``.
+            and to 1.0 (the only value they take) under ``"epsilon"`` / ``"v"``. ``repa`` is
+            refused (this model never feeds a REPA teacher; FlexTok has one for images).
         sample_steps, sample_scheduler, sample_seed, guidance_scale: ``decode`` defaults;
             ``sample_scheduler=None`` picks the objective's (``"euler"`` for flow, ``"ddim"``
             for epsilon / v), and a scheduler that cannot sample the objective is refused.
@@ -114,6 +115,13 @@ class DivotTokenizer(SamplingDefaults, VideoTokenizer):
                 f"and patch_size {patch_size})"
             )
         decoder = dict(decoder or {})
+        if decoder.get("repa"):
+            raise ValueError(
+                f"{name}: decoder.repa is not supported: its training pass never gives the "
+                "flow decoder the clean video REPA's teacher needs, so the projector would "
+                "never train (and a checkpoint would need the teacher to load); REPA exists "
+                "for images, through FlexTok's `repa` option"
+            )
         objective = decoder.get("objective", "flow")
         # time_shift is a flow option: a DDPM objective takes 1.0 unless told otherwise
         time_shift = 3.0 if objective == "flow" else 1.0
