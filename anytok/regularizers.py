@@ -6,11 +6,14 @@
   The frozen model is any local ``transformers`` checkpoint directory (``save_pretrained``
   output; a full CLIP / SigLIP checkpoint uses its vision tower) given by path: nothing is
   downloaded.
-* **Latent perturbation** ("Robust Latent Matters: Boosting Image Generation with Sampling
-  Error Synthesis"; "Image Tokenizer Needs Post-Training", https://arxiv.org/abs/2509.12474):
-  train the
-  decoder on tokens with some codes replaced at random, so it tolerates a generator's
-  mistakes.
+* **Latent perturbation** (after "Robust Latent Matters: Boosting Image Generation with
+  Sampling Error Synthesis" and "Image Tokenizer Needs Post-Training" (RobusTok),
+  https://arxiv.org/abs/2509.12474): train the decoder on tokens with some codes replaced,
+  so it tolerates a generator's mistakes. By default a fixed fraction of positions in every
+  item gets a uniformly random code (a simpler error model than the paper's). RobusTok's
+  model replaces a code by one of its top-delta nearest codebook neighbours in a beta
+  fraction of the images: ``perturbation_neighbours`` (delta) and ``perturbation_items``
+  (beta) give that; the paper's annealing of the rate over training is not implemented.
 
 The frozen model is held outside the module tree (``object.__setattr__``): it is never
 saved in a tokenizer's ``state_dict``, never trained, and its weights load on first use
@@ -44,7 +47,9 @@ class FrozenFeatureModel:
             DINOv2 / SigLIP vision tower / CLIP vision model, or a wav2vec2 / HuBERT model.
         modality: ``"image"`` or ``"audio"``.
         sample_rate: audio input rate (resampled to the model's, from its
-            ``preprocessor_config.json``, default 16 kHz).
+            ``preprocessor_config.json``, default 16 kHz). Where that file sets
+            ``do_normalize`` (wav2vec2-large-lv60, WavLM-large ...), each item is then scaled
+            to zero mean and unit variance over all its samples, as the model's processor does.
     """
 
     def __init__(
@@ -79,6 +84,9 @@ class FrozenFeatureModel:
         self.mean = torch.tensor(processor.get("image_mean", IMAGENET_MEAN)).view(1, 3, 1, 1)
         self.std = torch.tensor(processor.get("image_std", IMAGENET_STD)).view(1, 3, 1, 1)
         self.model_rate = int(processor.get("sampling_rate", 16000))
+        # wav2vec2-large-lv60 / WavLM-large style models expect each item at zero mean and
+        # unit variance (their processor's do_normalize); a missing flag means no scaling
+        self.normalize_audio = bool(processor.get("do_normalize", False))
 
     @property
     def model(self) -> nn.Module:
@@ -110,6 +118,8 @@ class FrozenFeatureModel:
             audio = media.float().mean(dim=1)
             if self.input_rate != self.model_rate:
                 audio = resample(audio, self.input_rate, self.model_rate)
+            if self.normalize_audio:
+                audio = normalize_per_item(audio)
             hidden = self.model(input_values=audio).last_hidden_state
             return hidden.float(), (hidden.shape[1],)
         images = (media.float() + 1) / 2
@@ -124,6 +134,14 @@ class FrozenFeatureModel:
         grid = (h // p, w // p)
         patches = grid[0] * grid[1]
         return hidden[:, hidden.shape[1] - patches :], grid  # drop CLS / register tokens
+
+
+def normalize_per_item(audio: Tensor) -> Tensor:
+    """``(x - mean) / sqrt(var + 1e-7)`` per row of ``audio (b, S)`` (population variance,
+    over the whole item), as ``Wav2Vec2FeatureExtractor``'s ``do_normalize`` does."""
+    mean = audio.mean(dim=-1, keepdim=True)
+    var = audio.var(dim=-1, keepdim=True, unbiased=False)
+    return (audio - mean) / torch.sqrt(var + 1e-7)
 
 
 def resample_grid(features: Tensor, grid: Sequence[int], target: Sequence[int]) -> Tensor:
@@ -193,9 +211,10 @@ def perturb_codes(
     rate: float,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Replace a ``rate`` fraction of ``codes (b, levels, *positions)`` by uniformly random
-    codes of the same level (the generator-error model of "Image Tokenizer Needs
-    Post-Training"). ``rate = 0`` returns ``codes`` unchanged."""
+    """Replace a ``rate`` fraction of ``codes (b, levels, *positions)`` (drawn per entry) by
+    uniformly random codes of the same level; a replacement may repeat the code. This is
+    not RobusTok's nearest-neighbour error model (see :meth:`TrainingOptions.perturb`).
+    ``rate = 0`` returns ``codes`` unchanged."""
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"perturbation rate must be in [0, 1], got {rate}")
     if rate == 0:
@@ -239,6 +258,52 @@ def perturb_latent(
     return latent + strength * std * noise.to(latent.device, latent.dtype)
 
 
+NEIGHBOUR_TABLE_LIMIT = 16384  # the largest codebook whose neighbour table is built
+
+
+def nearest_codes(
+    quantizer: nn.Module, codes: Tensor, neighbours: int, *, chunk: int = 1024
+) -> Tensor:
+    """The ``neighbours`` nearest other codes (Euclidean, between decoded code vectors) of
+    each distinct code in the 1-D ``codes``, as ``(len(codes), neighbours)``.
+
+    Only the distinct codes' rows of the codebook's ``K x K`` distance table are computed,
+    ``chunk`` rows at a time. Single-level quantizers with ``K <= 16384`` only.
+
+    Raises:
+        ValueError: a multi-level quantizer, ``neighbours`` not in ``[1, K - 1]``, or a
+            codebook larger than the limit.
+    """
+    sizes = list(quantizer.codebook_sizes)
+    if len(sizes) != 1:
+        raise ValueError(
+            f"perturbation_neighbours needs a single-level quantizer (one codebook), got "
+            f"{len(sizes)} levels; use perturbation_neighbours: 0 (uniformly random codes)"
+        )
+    k = int(sizes[0])
+    if k > NEIGHBOUR_TABLE_LIMIT:
+        raise ValueError(
+            f"perturbation_neighbours: the codebook has {k} codes, more than the "
+            f"{NEIGHBOUR_TABLE_LIMIT} whose neighbour table is built; use "
+            "perturbation_neighbours: 0 (uniformly random codes)"
+        )
+    if not 1 <= neighbours < k:
+        raise ValueError(f"perturbation_neighbours must be in [1, {k - 1}], got {neighbours}")
+    distinct, inverse = torch.unique(codes, return_inverse=True)
+    with torch.no_grad():
+        every = torch.arange(k, device=codes.device).view(1, k, 1)
+        vectors = quantizer.decode(every)[0].float()  # (K, dim)
+        rows = []
+        for start in range(0, len(distinct), chunk):
+            part = distinct[start : start + chunk]
+            dist = torch.cdist(vectors[part], vectors)  # (chunk, K)
+            dist[torch.arange(len(part), device=dist.device), part] = float("inf")  # not itself
+            rows.append(dist.topk(neighbours, dim=1, largest=False).indices)
+    if not rows:
+        return codes.new_zeros((0, neighbours))
+    return torch.cat(rows)[inverse]
+
+
 class TrainingOptions(nn.Module):
     """The seed papers' training options for a tokenizer, in one place (recipes set them
     under ``model.config``).
@@ -247,9 +312,14 @@ class TrainingOptions(nn.Module):
         feature_dim: channels of the encoder features the semantic loss aligns.
         semantic_teacher: local frozen model directory (None: no semantic loss).
         semantic_weight: its weight.
-        latent_perturbation: fraction of positions whose codes are replaced by random ones
-            before decoding, in training (0: off).
+        latent_perturbation: fraction of positions (of a perturbed item) whose codes are
+            replaced before decoding, in training (0: off).
         modality: ``"image"`` or ``"audio"`` (the teacher's input).
+        perturbation_neighbours: 0 (default): a replacement is a uniformly random code;
+            ``delta > 0``: one of the code's ``delta`` nearest codebook neighbours, as RobusTok
+            (single-level quantizers of at most 16384 codes).
+        perturbation_items: fraction of the batch's items perturbed (RobusTok's beta); 1.0
+            (default) perturbs every item.
     """
 
     def __init__(
@@ -259,11 +329,21 @@ class TrainingOptions(nn.Module):
         semantic_weight: float = 0.5,
         latent_perturbation: float = 0.0,
         modality: str = "image",
+        perturbation_neighbours: int = 0,
+        perturbation_items: float = 1.0,
     ):
         super().__init__()
         if not 0.0 <= latent_perturbation <= 1.0:
             raise ValueError(f"latent_perturbation must be in [0, 1], got {latent_perturbation}")
+        if int(perturbation_neighbours) != perturbation_neighbours or perturbation_neighbours < 0:
+            raise ValueError(
+                f"perturbation_neighbours must be an integer >= 0, got {perturbation_neighbours}"
+            )
+        if not 0.0 <= perturbation_items <= 1.0:
+            raise ValueError(f"perturbation_items must be in [0, 1], got {perturbation_items}")
         self.latent_perturbation = float(latent_perturbation)
+        self.perturbation_neighbours = int(perturbation_neighbours)
+        self.perturbation_items = float(perturbation_items)
         self.semantic = (
             SemanticRegularizer(
                 feature_dim, semantic_teacher, weight=semantic_weight, modality=modality
@@ -274,15 +354,28 @@ class TrainingOptions(nn.Module):
 
     def perturb(self, quantizer: nn.Module, quantized: Tensor, codes: Tensor) -> Tensor:
         """In training, swap a ``latent_perturbation`` fraction of positions of the channel-
-        first ``quantized (b, d, *positions)`` for the look-up of random codes; ``codes`` are
-        ``(b, levels, *positions)``. The swapped positions carry no gradient to the encoder."""
-        if not self.training or self.latent_perturbation == 0:
+        first ``quantized (b, d, *positions)`` for the look-up of other codes; ``codes`` are
+        ``(b, levels, *positions)``. Only a ``perturbation_items`` fraction of the items is
+        perturbed; a replacement is a uniformly random code, or with ``perturbation_neighbours
+        = delta`` one of the code's delta nearest neighbours. The swapped positions carry no
+        gradient to the encoder."""
+        if not self.training or self.latent_perturbation == 0 or self.perturbation_items == 0:
             return quantized
         # one draw per position (all its levels together), so the documented fraction of
         # positions holds for multi-level quantizers (RVQ, group LFQ) too
         positions = (codes.shape[0], 1, *codes.shape[2:])
         chosen = torch.rand(positions, device=codes.device) < self.latent_perturbation
-        noisy = torch.where(chosen, perturb_codes(codes, quantizer.codebook_sizes, 1.0), codes)
+        if self.perturbation_items < 1:
+            items = torch.rand(codes.shape[0], device=codes.device) < self.perturbation_items
+            chosen = chosen & items.view(-1, *[1] * (codes.ndim - 1))
+        if self.perturbation_neighbours:  # single-level codes (nearest_codes checks)
+            mask = chosen[:, 0]
+            table = nearest_codes(quantizer, codes[:, 0][mask], self.perturbation_neighbours)
+            pick = torch.randint(0, table.shape[1], (table.shape[0], 1), device=codes.device)
+            noisy = codes.clone()
+            noisy[:, 0][mask] = table.gather(1, pick).squeeze(1).to(codes.dtype)
+        else:
+            noisy = torch.where(chosen, perturb_codes(codes, quantizer.codebook_sizes, 1.0), codes)
         changed = (noisy != codes).any(dim=1, keepdim=True)
         with torch.no_grad():
             replacement = torch.movedim(quantizer.decode(torch.movedim(noisy, 1, -1)), -1, 1)
@@ -294,6 +387,19 @@ class TrainingOptions(nn.Module):
         if self.semantic is None or not self.training:
             return {}
         return {"semantic": self.semantic(features, grid, media)}
+
+
+def teacher_projector_keys(model: nn.Module) -> dict[str, list[str]]:
+    """The ``state_dict`` keys of every teacher regularizer's projector in ``model`` (e.g.
+    ``options.semantic``, FlexTok's ``decoder.repa``), by the regularizer's module name.
+    Exports drop them with the teacher; they are trained from scratch when it returns."""
+    keys = list(model.state_dict())
+    found: dict[str, list[str]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, SemanticRegularizer):
+            prefix = f"{name}."
+            found[name] = [k for k in keys if k.startswith(prefix)]
+    return found
 
 
 def freeze(*modules: nn.Module) -> None:
@@ -309,7 +415,10 @@ __all__ = [
     "SemanticRegularizer",
     "TrainingOptions",
     "freeze",
+    "nearest_codes",
+    "normalize_per_item",
     "perturb_codes",
     "perturb_latent",
     "resample_grid",
+    "teacher_projector_keys",
 ]

@@ -181,6 +181,31 @@ def test_repa_term_with_a_random_local_teacher(tmp_path: Path) -> None:
     assert not any("teacher" in k for k in model.state_dict())
 
 
+def test_repa_is_skipped_in_eval_mode(tmp_path: Path) -> None:
+    """Validation (eval mode) added the REPA term to the loss and loaded the teacher."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=16,
+        patch_size=4,
+    )
+    Dinov2Model(config).save_pretrained(tmp_path / "teacher")
+    model = tiny(repa={"teacher": tmp_path / "teacher", "weight": 0.5, "layer": 0}).eval()
+    target, cond = torch.randn(2, 16, 6), conditions()["cond"]
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        torch.manual_seed(0)
+        out = model.loss(target, cond, grid=(4, 4), repa_input=images)
+        torch.manual_seed(0)
+        plain = model.loss(target, cond, grid=(4, 4))
+    assert out.metrics == {} and torch.equal(out.loss, plain.loss)
+    assert model.repa is not None and model.repa.teacher._model is None  # never loaded
+
+
 def test_bad_arguments_have_clear_errors() -> None:
     model = tiny().eval()
     c = conditions()

@@ -356,3 +356,24 @@ def test_repa_on_the_flow_decoder(teacher) -> None:
     torch.manual_seed(0)
     without = plain(images(seed=9)).losses["diffusion"]
     assert float(with_repa.detach()) > float(without.detach())  # + weight * (1 - cosine)
+
+
+def test_repa_is_a_training_term_only_and_logged(teacher) -> None:
+    """Validation on the EMA copy (eval mode) loaded a second teacher and added REPA to
+    ``diffusion``; and the ``diffusion/repa`` metric of training was dropped."""
+    model = tiny(repa={"teacher": teacher, "weight": 1.0, "layer": 0}).train()
+    torch.manual_seed(0)
+    out = model(images(seed=9))
+    assert "diffusion/repa" in out.metrics and float(out.metrics["diffusion/repa"]) > 0
+    model.eval()
+    model.decoder.repa.teacher._model = None  # as the EMA copy's: never loaded
+    with torch.no_grad():
+        torch.manual_seed(0)
+        evaluated = model(images(seed=9))
+        repa, model.decoder.repa = model.decoder.repa, None
+        torch.manual_seed(0)
+        plain = model(images(seed=9))
+        model.decoder.repa = repa
+    assert repa.teacher._model is None  # eval never loads the teacher
+    assert "diffusion/repa" not in evaluated.metrics
+    assert torch.equal(evaluated.losses["diffusion"], plain.losses["diffusion"])

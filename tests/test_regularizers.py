@@ -175,3 +175,114 @@ def test_a_full_clip_checkpoint_teaches_through_its_vision_tower(tmp_path: Path)
     ).save_pretrained(tmp_path / "clip")
     features, grid = FrozenFeatureModel(tmp_path / "clip")(torch.rand(2, 3, 32, 32) * 2 - 1)
     assert grid == (4, 4) and features.shape == (2, 16, 32)
+
+
+def test_export_builds_the_model_without_reading_the_teacher_folder(
+    teacher: Path, tmp_path: Path
+) -> None:
+    """A run copied to another machine has no teacher folder: export_run loaded the
+    checkpoint with its teacher first (FileNotFoundError) and dropped it only after."""
+    import shutil
+
+    import anytok
+    from anytok.checkpoint import read_config, save_checkpoint
+    from anytok.train import export_run
+
+    local = tmp_path / "dino"
+    shutil.copytree(teacher, local)
+    model = anytok.create_model("vqgan", tiny=True, semantic_teacher=str(local))
+    step = tmp_path / "run" / "checkpoints" / "step_000004"
+    save_checkpoint(model, step / "ema")
+    (step / "state.json").write_text('{"step": 4}')
+    shutil.rmtree(local)  # the teacher is gone before the export
+    export_run(tmp_path / "run", tmp_path / "export")
+    assert read_config(tmp_path / "export")["config"]["semantic_teacher"] is None
+    exported = anytok.load(tmp_path / "export")
+    expected = {k: v for k, v in model.state_dict().items() if "semantic.projector" not in k}
+    assert exported.state_dict().keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.equal(exported.state_dict()[name], value), name
+
+
+def test_audio_teacher_normalises_each_item_when_its_processor_says_so(tmp_path: Path) -> None:
+    """wav2vec2-large-lv60 / WavLM-large style teachers (``do_normalize: true``) got the raw
+    waveform; their features must be those of the processor's zero-mean unit-variance input."""
+    import json
+
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 4),
+        num_feat_extract_layers=2,
+        num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+    )
+    Wav2Vec2Model(config).save_pretrained(tmp_path / "w2v")
+    processor = {
+        "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+        "do_normalize": True,
+        "sampling_rate": 16000,
+        "feature_size": 1,
+        "padding_value": 0.0,
+        "return_attention_mask": True,
+    }
+    (tmp_path / "w2v" / "preprocessor_config.json").write_text(json.dumps(processor))
+    teacher = FrozenFeatureModel(tmp_path / "w2v", "audio", sample_rate=16000)
+    audio = 0.05 * torch.randn(2, 1, 4000) + torch.tensor([0.02, -0.3]).view(2, 1, 1)
+    ours, _ = teacher(audio)
+    extractor = Wav2Vec2FeatureExtractor.from_pretrained(tmp_path / "w2v")
+    for i in range(2):
+        values = extractor(audio[i, 0].numpy(), sampling_rate=16000, return_tensors="pt")
+        with torch.no_grad():
+            reference = teacher.model(input_values=values.input_values).last_hidden_state
+        torch.testing.assert_close(ours[i : i + 1], reference, atol=1e-4, rtol=1e-4)
+    processor["do_normalize"] = False  # then the waveform goes in as it is
+    (tmp_path / "w2v" / "preprocessor_config.json").write_text(json.dumps(processor))
+    raw, _ = FrozenFeatureModel(tmp_path / "w2v", "audio")(audio)
+    with torch.no_grad():
+        reference = teacher.model(input_values=audio[:, 0]).last_hidden_state
+    torch.testing.assert_close(raw, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_neighbour_perturbation_in_a_fraction_of_items() -> None:
+    """RobusTok's error model: a replaced code becomes one of its delta nearest codebook
+    neighbours, in a beta fraction of the items (it was a uniformly random code everywhere)."""
+    from anytok.quantizers import build
+
+    torch.manual_seed(0)
+    k, dim, delta = 64, 4, 3
+    quantizer = build("vq", dim=dim, codebook_size=k).eval()
+    codes = torch.randint(0, k, (64, 1, 8, 8))
+    quantized = quantizer.decode(codes.movedim(1, -1)).movedim(-1, 1)
+    options = TrainingOptions(
+        dim, latent_perturbation=0.25, perturbation_neighbours=delta, perturbation_items=0.5
+    ).train()
+    perturbed = options.perturb(quantizer, quantized, codes)
+    changed = (perturbed != quantized).any(dim=1)  # (b, h, w)
+    items = changed.flatten(1).any(dim=1)
+    assert 0.3 < items.float().mean() < 0.7  # about half of the items
+    assert 0.15 < changed[items].float().mean() < 0.35  # 25% of a perturbed item's positions
+    vectors = quantizer.decode(torch.arange(k).view(1, k, 1))[0]
+    distances = torch.cdist(vectors, vectors)
+    distances.fill_diagonal_(float("inf"))
+    nearest = distances.topk(delta, dim=1, largest=False).indices  # (K, delta)
+    new = torch.cdist(perturbed.movedim(1, -1)[changed], vectors).argmin(dim=1)
+    original = codes[:, 0][changed]
+    assert (nearest[original] == new[:, None]).any(dim=1).all()
+    with pytest.raises(ValueError, match="more than the 16384"):
+        big = build("vq", dim=dim, codebook_size=20000).eval()
+        options.perturb(big, quantized, codes)
+    with pytest.raises(ValueError, match="single-level quantizer"):
+        rvq = build("rvq", dim=dim, num_quantizers=2, codebook_size=k).eval()
+        options.perturb(rvq, quantized, codes.repeat(1, 2, 1, 1))
+    defaults = TrainingOptions(dim, latent_perturbation=0.25).train()
+    assert defaults.perturbation_neighbours == 0 and defaults.perturbation_items == 1.0

@@ -104,3 +104,61 @@ def test_init_from_starts_from_existing_weights(tmp_path: Path) -> None:
     result = train(cfg, tmp_path / "run", overrides=overrides)
     for name, value in start.state_dict().items():
         torch.testing.assert_close(result.model.state_dict()[name], value, atol=1e-6, rtol=0)
+
+
+def test_init_from_an_export_trains_a_returning_teacher_projector_fresh(
+    tmp_path: Path, capsys
+) -> None:
+    """An export drops the semantic projector with its teacher; starting a run from it with
+    the teacher kept failed (missing keys). Every other missing key still fails."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    from anytok.checkpoint import CheckpointError
+    from anytok.train import load_recipe
+    from anytok.train.config import to_dict
+
+    config = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+    )
+    Dinov2Model(config).save_pretrained(tmp_path / "dino")
+    make_dataset("image", tmp_path / "data", 8, size=32)
+    cfg = Path(__file__).resolve().parents[1] / "recipes/image/vqgan_tiny.yaml"
+    quantizer = to_dict(load_recipe(cfg, ["data.train=x"]).model.config.quantizer)
+    start = anytok.create_model("vqgan", tiny=True, seed=123, quantizer=quantizer)  # an export
+    save_checkpoint(start, tmp_path / "start")
+    overrides = [
+        f"data.train={tmp_path / 'data'}",
+        f"model.init_from={tmp_path / 'start'}",
+        f"model.config.semantic_teacher={tmp_path / 'dino'}",
+        "train.steps=1",
+        "optimizer.lr=1e-12",
+        "optimizer.warmup_steps=0",
+        "log.progress=false",
+        "log.val_every=0",
+        "log.samples_every=0",
+        "checkpoint.final=false",
+    ]
+    result = train(cfg, tmp_path / "run", overrides=overrides, device="cpu")
+    assert "options.semantic.projector.0.weight" in capsys.readouterr().err
+    state = result.model.state_dict()
+    assert any(k.startswith("options.semantic.projector.") for k in state)
+    for name, value in start.state_dict().items():
+        if not name.startswith("quantizer."):  # the codebook's EMA moves in the step
+            torch.testing.assert_close(state[name], value, atol=1e-6, rtol=0)
+    # a projector present only in part, or any other missing key, still fails
+    from anytok.train.loop import _load_init_from
+
+    bias = "options.semantic.projector.0.bias"
+    without_projector = {k: v for k, v in state.items() if "semantic.projector" not in k}
+    first = next(iter(start.state_dict()))
+    for broken in (
+        {**without_projector, bias: state[bias]},
+        {k: v for k, v in state.items() if k != first},
+    ):
+        with pytest.raises(CheckpointError, match="missing keys"):
+            _load_init_from(result.model, broken, "init")

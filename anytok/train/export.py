@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
-from anytok.checkpoint import load_checkpoint, save_checkpoint
-from anytok.registry import create_model
+from anytok.checkpoint import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    load_checkpoint,
+    load_state_dict_strict,
+    read_config,
+    save_checkpoint,
+)
+from anytok.registry import UnknownModelError, attach_identity, create_model, get_arch
 from anytok.train.loop import RECIPE_NAME
 from anytok.train.state import latest_checkpoint
 
@@ -49,7 +61,7 @@ def export_run(
             f"{source} has no EMA weights (trained with train.ema_decay: 0); export the raw "
             "weights instead (use_ema=False, or --no-ema)"
         )
-    model = _without_teachers(load_checkpoint(weights))
+    model = _load_without_teachers(weights)
     summary = json.loads((source / "state.json").read_text())
     step = int(summary["step"])
     model.anytok_tag = f"{run.resolve().name}.step{step}"  # type: ignore[assignment]
@@ -64,15 +76,58 @@ def export_run(
     return save_checkpoint(model, out_dir, extra=extra)
 
 
+TEACHER_OPTIONS = ("semantic_teacher", "repa")
+# the weights those options add: SemanticRegularizer projectors (options.semantic, decoder.repa)
+TEACHER_WEIGHTS = re.compile(r"(^|\.)(semantic|repa)\.projector\.")
+
+
+def _teacherless(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``config`` with the frozen-teacher options set to None, and the options it cleared."""
+    drop = [key for key in TEACHER_OPTIONS if config.get(key)]
+    return {**config, **dict.fromkeys(drop)}, drop
+
+
+def _load_without_teachers(directory: Path) -> nn.Module:
+    """Load a checkpoint as the model without its teachers, built from ``config.json`` with
+    the teacher options cleared (so the teacher folders are never read: a run copied to
+    another machine exports), and its weights less the teachers' projectors."""
+    meta = read_config(directory)
+    config, dropped = _teacherless(meta["config"])
+    if not dropped:
+        return load_checkpoint(directory)
+    try:
+        info = get_arch(meta["architecture"])
+        slim = info.builder(**config)
+    except (UnknownModelError, TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"{directory / CONFIG_NAME}: cannot build {meta['architecture']!r} without "
+            f"{', '.join(dropped)} ({type(err).__name__}: {err})"
+        ) from err
+    file = directory / WEIGHTS_NAME
+    try:
+        saved = load_file(str(file))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{file}: cannot read safetensors file ({err})") from err
+    own = slim.state_dict()
+    # only the teachers' projectors may go; any other surplus key still fails below
+    state = {k: v for k, v in saved.items() if k in own or not TEACHER_WEIGHTS.search(k)}
+    # save_model drops tied duplicates: tie them back, as load_checkpoint does
+    by_storage = {v.data_ptr(): k for k, v in own.items() if k in state and v.numel()}
+    for name, value in own.items():
+        if name not in state and value.numel() and value.data_ptr() in by_storage:
+            state[name] = state[by_storage[value.data_ptr()]]
+    load_state_dict_strict(slim, state, str(file))
+    attach_identity(slim, info.name, config, tag=meta.get("trained_from") or "local")
+    return slim
+
+
 def _without_teachers(model: nn.Module) -> nn.Module:
     """Frozen teachers (``semantic_teacher``, FlexTok's ``repa``) are training-only folders
     outside the checkpoint: rebuild without them and drop their projectors, so an export
     loads where the teacher does not exist."""
-    config = dict(model.anytok_config)  # type: ignore[arg-type]
-    drop = [key for key in ("semantic_teacher", "repa") if config.get(key)]
+    config, drop = _teacherless(dict(model.anytok_config))  # type: ignore[arg-type]
     if not drop:
         return model
-    config.update(dict.fromkeys(drop))
     slim = create_model(model.anytok_arch, **config)  # type: ignore[arg-type]
     keep = slim.state_dict().keys()
     slim.load_state_dict({k: v for k, v in model.state_dict().items() if k in keep}, strict=True)

@@ -69,6 +69,7 @@ from anytok.decoders.gan import (
 from anytok.pipeline import OUTPUT_EXTENSION, autocast_for, save_media
 from anytok.registry import create_model
 from anytok.registry import load as load_model
+from anytok.regularizers import teacher_projector_keys
 from anytok.train.config import RecipeError, data_sources, load_recipe, to_dict
 from anytok.train.distributed import (
     DistInfo,
@@ -204,9 +205,14 @@ def train(
         )
         if cfg.model.init_from:  # fine-tuning: start from existing weights
             source = load_model(cfg.model.init_from)
-            load_state_dict_strict(
+            fresh = _load_init_from(
                 model, source.state_dict(), f"model.init_from={cfg.model.init_from}"
             )
+            if fresh:
+                logger.note(
+                    f"model.init_from={cfg.model.init_from} has no teacher projector (an "
+                    f"export drops it with the teacher): {', '.join(fresh)} start fresh"
+                )
         model.anytok_tag = f"run-{run_dir.resolve().name}"  # type: ignore[assignment]
         model.to(device_).train()
         ema = make_ema(model, tc.ema_decay) if tc.ema_decay > 0 else None
@@ -745,15 +751,30 @@ def _gather_bad_files(
 
 
 def _built(section: str, build: Callable[[], T]) -> T:
-    """``build()``; a constructor's ``TypeError`` / ``ValueError`` (an unknown keyword, a
-    bad value in a free-form mapping the schema cannot check) becomes a
-    :class:`RecipeError` naming the recipe section."""
+    """``build()``; a constructor's ``TypeError`` / ``ValueError`` / ``RuntimeError`` (an
+    unknown keyword, a bad value in a free-form mapping the schema cannot check, options
+    torch refuses together) becomes a :class:`RecipeError` naming the recipe section. Out of
+    memory stays what it is."""
     try:
         return build()
-    except (TypeError, ValueError) as err:
-        if isinstance(err, RecipeError):
+    except (TypeError, ValueError, RuntimeError) as err:
+        if isinstance(err, (RecipeError, torch.OutOfMemoryError)):
             raise
         raise RecipeError(f"{section}: {err}") from err
+
+
+def _load_init_from(model: nn.Module, state: dict[str, Tensor], source: str) -> list[str]:
+    """Load ``state`` strictly, except that a teacher projector missing as a whole (an export
+    drops it with its teacher) keeps its fresh weights. Returns those projectors' keys."""
+    fresh: list[str] = []
+    own = model.state_dict()
+    for keys in teacher_projector_keys(model).values():
+        if keys and not any(k in state for k in keys):
+            fresh.extend(keys)
+    if fresh:
+        state = {**state, **{k: own[k] for k in fresh}}
+    load_state_dict_strict(model, state, source)
+    return fresh
 
 
 def _step_of(checkpoint: Path | None) -> int:
@@ -776,9 +797,10 @@ def _optimizer(params: Any, cfg: DictConfig) -> torch.optim.Optimizer:
     accepted = inspect.signature(cls).parameters
     if "betas" in accepted:
         kwargs.setdefault("betas", tuple(cfg.betas))
-    if "foreach" in accepted:
+    if "foreach" in accepted and not kwargs.get("fused"):
         # torch picks the multi-tensor update only for CUDA parameters; on the CPU its
         # per-parameter Python loop costs ~20% of a tiny model's step (the same arithmetic).
+        # Not with fused=True, which torch refuses together with foreach=True.
         kwargs.setdefault("foreach", True)
     return cls(params, **kwargs)
 

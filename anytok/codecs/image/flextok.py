@@ -163,8 +163,12 @@ class FlexTok(ImageTokenizer):
         semantic_teacher, semantic_weight, latent_perturbation: the seed papers' training
             options (:class:`anytok.regularizers.TrainingOptions`): align the encoder's patch
             features to a frozen local vision model (loss ``"semantic"``); replace a fraction
-            of the tokens the decoder sees by random codes in training ("Robust Latent
-            Matters", https://arxiv.org/abs/2503.08354).
+            of the tokens the decoder sees by uniformly random codes in training (after
+            "Robust Latent Matters", https://arxiv.org/abs/2503.08354).
+        perturbation_neighbours, perturbation_items: RobusTok-style perturbation
+            (:class:`anytok.regularizers.TrainingOptions`): replace a code by one of its
+            ``delta`` nearest codebook neighbours (single-level codebooks of at most 16384
+            codes), in a ``beta`` fraction of the images.
         semantic_layer: encoder block whose patch features are aligned (default: the middle).
         train_decoder_only: freeze the encoder and quantizer (decoder post-training, "Image
             Tokenizer Needs Post-Training", https://arxiv.org/abs/2509.12474).
@@ -200,6 +204,8 @@ class FlexTok(ImageTokenizer):
         semantic_weight: float = 0.5,
         semantic_layer: int | None = None,
         latent_perturbation: float = 0.0,
+        perturbation_neighbours: int = 0,
+        perturbation_items: float = 1.0,
         train_decoder_only: bool = False,
         gradient_checkpointing: bool = False,
     ):
@@ -271,7 +277,13 @@ class FlexTok(ImageTokenizer):
             gradient_checkpointing=gradient_checkpointing,
         )
         self.options = TrainingOptions(
-            encoder_dim, semantic_teacher, semantic_weight, latent_perturbation, modality="image"
+            encoder_dim,
+            semantic_teacher,
+            semantic_weight,
+            latent_perturbation,
+            modality="image",
+            perturbation_neighbours=perturbation_neighbours,
+            perturbation_items=perturbation_items,
         )
         self.semantic_layer = encoder_depth // 2 if semantic_layer is None else semantic_layer
         if self.train_decoder_only:
@@ -339,7 +351,8 @@ class FlexTok(ImageTokenizer):
     def forward(self, image: Tensor, lengths: Tensor | None = None) -> TokenizerOutput:
         """Training pass: ``image (b, 3, H, W)`` -> the flow decoder's one-step estimate of the
         image (at a random time), tokens ``(b, levels, K)`` and losses ``diffusion`` (flow
-        matching, + REPA), ``quantizer``, and ``semantic`` with a teacher."""
+        matching, + REPA in training), ``quantizer``, and ``semantic`` with a teacher; metrics
+        include the quantizer's and ``diffusion/repa``."""
         image = self.check_input(image)
         b = image.shape[0]
         wants_semantic = self.options.semantic is not None and self.training
@@ -362,7 +375,7 @@ class FlexTok(ImageTokenizer):
                 self._condition(quantized),
                 cond_mask=cond_mask,
                 grid=grid,
-                repa_input=image if self.decoder.repa is not None else None,
+                repa_input=image if self.training and self.decoder.repa is not None else None,
             )
         losses = {"diffusion": flow.loss, "quantizer": out.loss}
         if wants_semantic:
@@ -371,7 +384,7 @@ class FlexTok(ImageTokenizer):
             reconstruction=unpatchify(flow.denoised, grid, (self.patch_size, self.patch_size)),
             tokens=to_tokens(codes, self.spec, None),
             losses=losses,
-            metrics=out.metrics,
+            metrics={**out.metrics, **flow.metrics},
             latent=registers.movedim(-1, 1),
         )
 

@@ -58,7 +58,7 @@ class FlowLossOutput:
     """What :meth:`FlowDecoder.loss` returns.
 
     Attributes:
-        loss: scalar training loss (the REPA term included when configured).
+        loss: scalar loss (the REPA term included when configured, in training only).
         denoised: ``(b, n, target_dim)`` one-step estimate of the clean target at the sampled
             noise level (for logged reconstructions; not a sample).
         metrics: detached scalars (``diffusion/repa`` ...).
@@ -336,7 +336,9 @@ class FlowDecoder(nn.Module):
             target_mask: ``(b, n)`` bool, True = a valid target position (loss only there).
             extra, extra_mask: extra condition ``(b, l, extra_cond_dim)`` and its mask.
             labels: ``(b,)`` class labels.
-            repa_input: what the REPA teacher sees (the clean media), when REPA is on.
+            repa_input: what the REPA teacher sees (the clean media), when REPA is on. The
+                REPA term is a training loss: in eval mode (validation) it is skipped and the
+                teacher is never loaded.
         """
         b, n, d = target.shape
         if d != self.target_dim:
@@ -367,7 +369,7 @@ class FlowDecoder(nn.Module):
                 else alpha.sqrt() * noise - (1 - alpha).sqrt() * target
             )
             net_t = steps.float() / NUM_TRAIN_TIMESTEPS
-        want_hidden = self.repa is not None and repa_input is not None
+        want_hidden = self.training and self.repa is not None and repa_input is not None
         out = self.velocity(noisy, net_t, conditions, grid, return_hidden=want_hidden)
         prediction, hidden = out if want_hidden else (out, None)  # type: ignore[misc]
         error = (prediction.float() - goal.float()).pow(2).mean(dim=-1)  # (b, n)
