@@ -9,10 +9,12 @@ are built in:
   sequential, so these are exactly the codes ``encode(z, n_levels=k)`` gives, and the
   bitrate drops with ``k``.
 - ``perturb`` (every tokenizer; ``anytok bench --perturb 0.05,0.1``): replace a fraction of
-  the codes by random ones (fixed seed) before decoding, the generator-error model of
-  "Image Tokenizer Needs Post-Training" (https://arxiv.org/abs/2509.12474). FID and the
-  other metrics at a perturbation rate are its pFID-style robustness scores: how gracefully
-  a decoder handles the mistakes a generator will make.
+  the codes by uniformly random ones (fixed seed) before decoding. FID and the other metrics
+  at a perturbation rate are robustness scores in the spirit of the pFID of "Image
+  Tokenizer Needs Post-Training" (https://arxiv.org/abs/2509.12474): how gracefully a
+  decoder handles a generator's mistakes. They are not that paper's numbers: its error
+  model replaces a code by one of its nearest codebook neighbours, a milder error than a
+  uniformly random code.
 
 Any tokenizer can add axes of its own (prefix lengths of flexible 1D tokenizers, sampling
 steps of diffusion decoders ...) by implementing the :class:`Sweepable` protocol::
