@@ -286,3 +286,15 @@ def test_neighbour_perturbation_in_a_fraction_of_items() -> None:
         options.perturb(rvq, quantized, codes.repeat(1, 2, 1, 1))
     defaults = TrainingOptions(dim, latent_perturbation=0.25).train()
     assert defaults.perturbation_neighbours == 0 and defaults.perturbation_items == 1.0
+
+
+@pytest.mark.parametrize("arch", ["vqgan", "titok_s128"])
+def test_image_tokenizers_pass_the_robustok_options_through(arch: str) -> None:
+    """Recipes set them under model.config; only FlexTok took them."""
+    import anytok
+
+    model = anytok.create_model(
+        arch, tiny=True, latent_perturbation=0.1, perturbation_neighbours=2, perturbation_items=0.5
+    )
+    assert model.options.perturbation_neighbours == 2
+    assert model.options.perturbation_items == 0.5

@@ -62,8 +62,8 @@ class TiTok(ImageTokenizer):
             loaded from a path, so its checkpoint is self-contained.
         proxy_tiny: build the proxy's tiny configuration (tests).
         nested_dropout: train on random prefixes of the latent tokens.
-        semantic_teacher, semantic_weight, latent_perturbation: see
-            :class:`anytok.regularizers.TrainingOptions`.
+        semantic_teacher, semantic_weight, latent_perturbation, perturbation_neighbours,
+            perturbation_items: see :class:`anytok.regularizers.TrainingOptions`.
         train_decoder_only: freeze encoder and quantizer.
     """
 
@@ -87,6 +87,8 @@ class TiTok(ImageTokenizer):
         semantic_teacher: str | None = None,
         semantic_weight: float = 0.5,
         latent_perturbation: float = 0.0,
+        perturbation_neighbours: int = 0,
+        perturbation_items: float = 1.0,
         train_decoder_only: bool = False,
     ):
         super().__init__()
@@ -171,7 +173,12 @@ class TiTok(ImageTokenizer):
             self.to_pixels = nn.Linear(dec_width, patch_dim)
         self.apply(init_weights)
         self.options = TrainingOptions(
-            width, semantic_teacher, semantic_weight, latent_perturbation
+            width,
+            semantic_teacher,
+            semantic_weight,
+            latent_perturbation,
+            perturbation_neighbours=perturbation_neighbours,
+            perturbation_items=perturbation_items,
         )
         self.train_decoder_only = train_decoder_only or training_stage == "pixel"
         if self.train_decoder_only:

@@ -48,8 +48,8 @@ class VQGAN(ImageTokenizer):
         z_channels: encoder output channels (before ``quant_conv``).
         embed_dim: quantizer input channels (after ``quant_conv``).
         quantizer: ``{"name": ..., **kwargs}`` (default: VQ 16,384 x 8-d cosine codes).
-        semantic_teacher, semantic_weight, latent_perturbation: see
-            :class:`anytok.regularizers.TrainingOptions`.
+        semantic_teacher, semantic_weight, latent_perturbation, perturbation_neighbours,
+            perturbation_items: see :class:`anytok.regularizers.TrainingOptions`.
         train_decoder_only: freeze encoder, ``quant_conv`` and quantizer (post-training).
     """
 
@@ -68,6 +68,8 @@ class VQGAN(ImageTokenizer):
         semantic_teacher: str | None = None,
         semantic_weight: float = 0.5,
         latent_perturbation: float = 0.0,
+        perturbation_neighbours: int = 0,
+        perturbation_items: float = 1.0,
         train_decoder_only: bool = False,
         level_attention: bool = False,
     ):
@@ -94,7 +96,12 @@ class VQGAN(ImageTokenizer):
         self.decoder = Decoder2d(out_channels=3, **layer_args)
         self.downsample_factor = self.encoder.downsample_factor
         self.options = TrainingOptions(
-            z_channels, semantic_teacher, semantic_weight, latent_perturbation
+            z_channels,
+            semantic_teacher,
+            semantic_weight,
+            latent_perturbation,
+            perturbation_neighbours=perturbation_neighbours,
+            perturbation_items=perturbation_items,
         )
         self.train_decoder_only = train_decoder_only
         if train_decoder_only:
