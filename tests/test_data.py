@@ -18,6 +18,7 @@ from anytok.data import (
     ManifestError,
     MediaItem,
     ResumableSampler,
+    SourceError,
     VideoClips,
     collate,
     read_manifest,
@@ -64,8 +65,12 @@ def test_scan_folder_recursive_manifest_and_missing(data_root: Path, tmp_path: P
     read = read_manifest(manifest)
     assert [r.text for r in read] == ["hello", None] and read[0].duration == 0.5
     assert read[1].path == tmp_path / rel and read[1].path.is_file()  # manifest-relative
+    # The manifest's two files are in the folder too: each file is listed once, where it
+    # first appears (the manifest first: its text and duration are kept).
     both = scan_sources([data_root / "audio", manifest], "audio")
-    assert len(both) == 8
+    assert len(both) == 6 and [i.path for i in both] == [i.path for i in items]
+    first = scan_sources([manifest, data_root / "audio"], "audio")
+    assert len(first) == 6 and first[0].text == "hello" and first[0].duration == 0.5
     with pytest.raises(FileNotFoundError, match="no-such"):
         scan_sources(tmp_path / "no-such", "audio")
 
@@ -248,3 +253,201 @@ def test_augment_scale_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="1 <= low <= high"):
         Augment(scale=(0.5, 1.0))
     assert Augment(scale=(1.0, 1.25)).scale == (1.0, 1.25)
+
+
+def _gray_video(path: Path, frames: int, fps: float) -> None:
+    """Frame ``k`` is a uniform gray of level ``k / 32 - 0.9``."""
+    from anytok.media import save_video
+
+    levels = torch.arange(frames) / 32.0 - 0.9
+    save_video(path, levels.view(1, frames, 1, 1).expand(3, frames, 16, 16).clone(), fps)
+
+
+@pytest.mark.parametrize(
+    ("frames", "file_fps", "duration", "expected"),
+    [
+        # 2.3 s x 10 fps: floor((2.3 - 1.0) * 10) = floor(12.999999999999998) lost start 13
+        (23, 10, 2.3, list(range(14))),
+        # 28 frames at 30 fps read at 10 fps: 10 frames, whose last clip start (5, source
+        # frame 15) a floor of the non-whole (0.933 - 0.5) * 10 lost
+        (28, 30, 28 / 30, list(range(0, 16, 3))),
+    ],
+)
+def test_video_clip_starts_with_duration_match_decoding_the_file(
+    tmp_path: Path, frames: int, file_fps: float, duration: float, expected: list[int]
+) -> None:
+    _gray_video(tmp_path / "v.mp4", frames, file_fps)
+    manifest = tmp_path / "v.jsonl"
+    manifest.write_text(json.dumps({"path": "v.mp4", "duration": duration}) + "\n")
+    seeked = VideoClips(
+        read_manifest(manifest), fps=10, frames=10 if frames == 23 else 5, size=(16, 16)
+    )
+    whole = VideoClips(
+        [MediaItem(tmp_path / "v.mp4", "v.mp4")], fps=10, frames=seeked.frames, size=(16, 16)
+    )
+
+    def first_frames(ds: VideoClips) -> set[int]:
+        firsts = set()
+        for seed in range(150):
+            clip = ds[(0, seed)]["media"]
+            assert clip.shape[1] == ds.frames  # every start leaves a whole clip
+            firsts.add(round((float(clip[:, 0].mean()) + 0.9) * 32))
+        return firsts
+
+    assert first_frames(seeked) == set(expected) == first_frames(whole)
+
+
+def test_segment_of_no_samples_is_refused(data_root: Path) -> None:
+    items = scan_sources(data_root / "audio", "audio")
+    with pytest.raises(ValueError, match=r"data\.segment_seconds .*0 samples at 16000 Hz"):
+        AudioSegments(items, sample_rate=16000, channels=1, segment=0)
+    assert AudioSegments(items, 16000, 1, segment=1)[(0, 1)]["media"].shape == (1, 1)
+
+
+class _ResizeSpy:
+    """Stands in for torchvision's functional module: records the size of every resize
+    output (and crop box) and refuses an intermediate larger than ``limit`` pixels before it
+    is allocated."""
+
+    def __init__(self, limit: int):
+        import torchvision.transforms.v2.functional as real
+
+        self.real, self.limit = real, limit
+        self.outputs: list[tuple[int, int]] = []
+        self.boxes: list[tuple[int, int]] = []
+
+    def _check(self, size: list[int]) -> None:
+        self.outputs.append((size[0], size[1]))
+        assert size[0] * size[1] <= self.limit, f"resized the whole image to {size}"
+
+    def resize(self, media: torch.Tensor, size: list[int], **kwargs) -> torch.Tensor:
+        self._check(size)
+        return self.real.resize(media, size, **kwargs)
+
+    def resized_crop(
+        self,
+        media: torch.Tensor,
+        top: int,
+        left: int,
+        height: int,
+        width: int,
+        size: list[int],
+        **kwargs,
+    ) -> torch.Tensor:
+        self._check(size)
+        self.boxes.append((height, width))
+        return self.real.resized_crop(media, top, left, height, width, size, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+
+def test_extreme_aspect_crops_resize_only_the_box(tmp_path: Path, monkeypatch) -> None:
+    """A 1 x 20000 strip cropped to 256 x 256 resized the whole strip to 256 x 5,120,000
+    (~15.7 GB) before cropping; now only the crop's box is resized."""
+    from PIL import Image
+
+    import anytok.data.datasets as datasets
+
+    spy = _ResizeSpy(limit=16 * 256 * 256)
+    monkeypatch.setattr(datasets, "TF", spy)
+    ramp = torch.linspace(0, 255, 20000).round().to(torch.uint8)
+    strip = ramp.view(1, -1, 1).expand(1, -1, 3).contiguous().numpy()
+    Image.fromarray(strip).save(tmp_path / "strip.png")
+    ds = ImageCrops(
+        [MediaItem(tmp_path / "strip.png", "strip.png")],
+        (256, 256),
+        Augment(hflip=0.5, scale=(1.0, 1.5)),
+    )
+    for seed in range(3):
+        out = ds[(0, seed)]
+        assert out["bad_files"] == [] and out["media"].shape == (3, 256, 256)
+    centre = ds[0]["media"]  # validation: the middle of the ramp
+    assert centre.shape == (3, 256, 256) and abs(float(centre.mean())) < 0.01
+    assert spy.outputs and all(size == (256, 256) for size in spy.outputs)
+    assert all(box == (1, 1) for box in spy.boxes)  # a square box for a square crop
+
+
+def test_extreme_aspect_crops_match_resizing_the_whole_image(monkeypatch) -> None:
+    """Cropping the box first draws the same crops as resizing everything (up to a
+    sub-pixel shift of the box); images of ordinary shape take the old path unchanged."""
+    import anytok.data.datasets as datasets
+
+    wide = torch.linspace(-1, 1, 600).view(1, 1, -1).expand(3, 8, -1).clone()  # 8 x 600 ramp
+    wide = wide + 0.05 * torch.linspace(-1, 1, 8).view(1, -1, 1)
+    photo = torch.rand(3, 40, 56) * 2 - 1
+    augment = Augment(hflip=0.5, scale=(1.0, 1.5))
+
+    def crops(image: torch.Tensor, size: tuple[int, int]) -> list[torch.Tensor]:
+        out = []
+        for seed in range(8):
+            gen = torch.Generator().manual_seed(seed)
+            out.append(datasets._random_resized_crop(image, size, gen, augment))
+        out.append(datasets._random_resized_crop(image, size, torch.Generator(), None))
+        return out
+
+    spy = _ResizeSpy(limit=10**9)
+    monkeypatch.setattr(datasets, "TF", spy)
+    box_first = crops(wide, (32, 32))
+    assert all(box[0] == box[1] for box in spy.boxes) and len(spy.boxes) == 9
+    normal = crops(photo, (24, 24))
+    monkeypatch.setattr(datasets, "_MAX_COVER_EXCESS", 10**9)  # always resize everything
+    for a, b in zip(box_first, crops(wide, (32, 32))):
+        assert a.shape == b.shape == (3, 32, 32)
+        assert (a - b).abs().max() < 0.02
+    for a, b in zip(normal, crops(photo, (24, 24))):
+        assert torch.equal(a, b)
+
+
+def test_overlapping_sources_and_symlinks_list_each_file_once(tmp_path: Path) -> None:
+    """data.train=[d, d/speech] listed d/speech twice under two keys: with val_fraction the
+    same file landed in both the training and the validation split."""
+    make_dataset("audio", tmp_path / "d" / "speech", 40, seconds=0.05)
+    (tmp_path / "link").symlink_to(tmp_path / "d" / "speech")
+    items = scan_sources([tmp_path / "d", tmp_path / "d" / "speech", tmp_path / "link"], "audio")
+    assert len(items) == 40 and len({i.path.resolve() for i in items}) == 40
+    assert items == scan_sources(tmp_path / "d", "audio")  # the first source's items
+    train, val = split_items(items, 0.3)
+    assert val and not {i.path for i in train} & {i.path for i in val}
+
+
+def test_manifest_keys_are_normalised(tmp_path: Path) -> None:
+    """``./d/x.wav`` and ``d/x.wav`` name the same file: they must land on the same side
+    of the split (keys already normal are unchanged, so existing splits stay)."""
+    spellings = ["./d/{}.wav", "d//{}.wav", "d/./{}.wav", "d/{}.wav"]
+    splits = []
+    for n, spelling in enumerate(spellings):
+        manifest = tmp_path / f"m{n}.jsonl"
+        manifest.write_text(
+            "".join(json.dumps({"path": spelling.format(i)}) + "\n" for i in range(60))
+        )
+        items = read_manifest(manifest)
+        assert [i.key for i in items] == [f"d/{i}.wav" for i in range(60)]
+        splits.append({i.key for i in split_items(items, 0.3)[1]})
+    assert splits[0] and all(split == splits[-1] for split in splits)
+
+
+def test_manifest_with_byte_order_mark(tmp_path: Path) -> None:
+    """Notepad / PowerShell 5 write UTF-8 with a BOM; the first line was 'not valid JSON'."""
+    manifest = tmp_path / "bom.jsonl"
+    lines = [json.dumps({"path": f"{i}.wav", "text": "héllo"}) for i in range(2)]
+    manifest.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode())
+    items = read_manifest(manifest)
+    assert [i.key for i in items] == ["0.wav", "1.wav"] and items[0].text == "héllo"
+
+
+def test_tar_shard_is_refused_for_training(data_root: Path, tmp_path: Path) -> None:
+    """A tar shard became one 'media file' and the run ended with '16 files in a row failed
+    to load'."""
+    import tarfile
+
+    shard = tmp_path / "shard-000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for item in scan_sources(data_root / "audio", "audio")[:2]:
+            tar.add(item.path, arcname=item.path.name)
+    with pytest.raises(SourceError, match=r"shard-000\.tar is a tar shard.*Extract it"):
+        scan_sources([data_root / "audio", shard], "audio")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"path": "shard-000.tar"}) + "\n")
+    with pytest.raises(ManifestError, match=r"m\.jsonl lists shard-000\.tar, which is a tar"):
+        scan_sources(manifest, "audio")

@@ -124,8 +124,12 @@ def test_ms_stft_discriminator_is_encodecs() -> None:
     )
     ours = MultiScaleSTFTDiscriminator(channels=2, n_ffts=n_ffts, filters=4)
     for theirs, mine in zip(ref.discriminators, ours.discriminators):
-        for a, b in zip([*theirs.convs, theirs.conv_post], [*mine.convs, mine.post]):
-            weight = a.conv.weight.detach()  # EnCodec's first conv has no weight norm
+        assert not hasattr(mine.convs[0], "parametrizations")  # no weight norm, as EnCodec's
+        with torch.no_grad():
+            mine.convs[0].weight.copy_(theirs.convs[0].conv.weight)
+            mine.convs[0].bias.copy_(theirs.convs[0].conv.bias)
+        for a, b in zip([*theirs.convs[1:], theirs.conv_post], [*mine.convs[1:], mine.post]):
+            weight = a.conv.weight.detach()
             with torch.no_grad():
                 b.parametrizations.weight.original0.copy_(
                     weight.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
@@ -238,3 +242,19 @@ def test_bad_validation_files_are_named(tmp_path: Path) -> None:
     counted = sum(r.get("val/bad_files", 0) for r in records)
     named = [r["file"] for r in records if r.get("event") == "bad_file" and r.get("split") == "val"]
     assert counted > 0 and len(named) == counted and all("zz_bad" in f for f in named)
+
+
+def test_fused_optimizer_kwargs_are_kept_and_torch_refusals_name_the_section() -> None:
+    """``optimizer.kwargs={fused: true}`` was refused (anytok forced ``foreach=True``, which
+    torch refuses with ``fused``) as a bare RuntimeError."""
+    base = ["data.train=unused"]
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    cfg = load_recipe(SEANET, [*base, "optimizer.kwargs={fused: true}"])
+    built = train_loop._built("optimizer", lambda: train_loop._optimizer(params, cfg.optimizer))
+    assert built.defaults["fused"] is True and not built.defaults["foreach"]
+    plain = load_recipe(SEANET, base)
+    built = train_loop._built("optimizer", lambda: train_loop._optimizer(params, plain.optimizer))
+    assert built.defaults["foreach"] is True  # still the default without fused
+    both = load_recipe(SEANET, [*base, "optimizer.kwargs={fused: true, foreach: true}"])
+    with pytest.raises(RecipeError, match=r"^optimizer: .*fused.*foreach"):
+        train_loop._built("optimizer", lambda: train_loop._optimizer(params, both.optimizer))

@@ -162,6 +162,36 @@ def test_unknown_key_bad_type_and_choices(tmp_path: Path) -> None:
         load_recipe(tmp_path / "missing.yaml")
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # each was accepted: a zero / negative crop then reported every good image as bad
+        ("data.crop_size=[0,0]", r"data\.crop_size: .*>= 1"),
+        ("data.crop_size=[-256,-256]", r"data\.crop_size: .*>= 1"),
+        ("data.crop_size=[16,0]", r"data\.crop_size: .*>= 1"),
+        ("data.augment.hflip=1.5", r"data\.augment\.hflip: .*\[0, 1\]"),
+        ("data.augment.hflip=-1", r"data\.augment\.hflip: .*\[0, 1\]"),
+        ("data.augment.gain_db=[6,-6]", r"data\.augment\.gain_db: .*low <= high"),
+    ],
+)
+def test_data_values_out_of_range_are_refused(override: str, message: str) -> None:
+    recipe = ROOT / "recipes" / "image" / "cnn_fsq_256_tiny.yaml"
+    with pytest.raises(RecipeError, match=rf"cnn_fsq_256_tiny.yaml: {message}"):
+        load_recipe(recipe, ["data.train=/x", override])
+    for fine in ("data.augment.hflip=1", "data.augment.gain_db=[-6,-6]", "data.crop_size=[1,1]"):
+        load_recipe(recipe, ["data.train=/x", fine])
+
+
+def test_segment_shorter_than_a_sample_is_refused(data: dict[str, Path], tmp_path: Path) -> None:
+    """data.segment_seconds=1e-5 gave 0-sample segments (empty batches) without a word."""
+    recipe = ROOT / "recipes" / "audio" / "seanet_fsq_24khz_tiny.yaml"
+    overrides = [f"data.train={data['audio']}", *ONE_STEP, "data.segment_seconds=0.00001"]
+    with pytest.raises(
+        RecipeError, match=r"^data: .*data\.segment_seconds .*0 samples at 24000 Hz"
+    ):
+        train(recipe, tmp_path / "run", overrides=overrides)
+
+
 def test_base_chain_and_cycle(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(
         "model: {name: cnn_fsq_256}\ntrain: {steps: 7, batch_size: 3}\n"

@@ -23,6 +23,7 @@ from anytok.data.datasets import (
 from anytok.data.sources import (
     ManifestError,
     MediaItem,
+    SourceError,
     read_manifest,
     scan_sources,
     split_items,
@@ -39,6 +40,7 @@ __all__ = [
     "MediaDataset",
     "MediaItem",
     "ResumableSampler",
+    "SourceError",
     "VideoClips",
     "collate",
     "item_seed",

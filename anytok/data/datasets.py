@@ -186,6 +186,12 @@ class AudioSegments(MediaDataset):
         augment: Augment | None = None,
         max_attempts: int = 16,
     ):
+        if segment < 1:
+            raise ValueError(
+                f"data.segment_seconds gives segments of {segment} samples at {sample_rate} Hz; "
+                f"a segment needs at least one sample (data.segment_seconds >= "
+                f"{1 / sample_rate:.3g} s at this rate, and a useful one is far longer)"
+            )
         super().__init__(items, augment, max_attempts)
         self.sample_rate, self.channels, self.segment = sample_rate, channels, segment
 
@@ -202,23 +208,44 @@ class AudioSegments(MediaDataset):
         return wave.contiguous()
 
 
+#: Above this many times the crop's pixels, the resized image is not built: the crop's box
+#: is cut from the source and only the box is resized (as in
+#: :func:`anytok.media.image.resize_cover`), so a 4 x 3000 strip costs a 256 x 256 resize
+#: instead of a 256 x 192,000 one.
+_MAX_COVER_EXCESS = 16
+
+
 def _random_resized_crop(
     media: Tensor, size: tuple[int, int], gen: torch.Generator, augment: Augment | None
 ) -> Tensor:
     """``(..., H, W)`` -> ``(..., size)``: cover ``size`` (times a random scale), then crop at a
-    random (training) or central (validation, ``augment=None``) position and maybe flip."""
+    random (training) or central (validation, ``augment=None``) position and maybe flip.
+
+    The crop position is drawn in the coordinates of the covering resize; when that resize
+    would exceed :data:`_MAX_COVER_EXCESS` times the crop (an extreme aspect ratio), the same
+    box is cut in source coordinates first and only it is resized.
+    """
     h, w = media.shape[-2:]
     zoom = _uniform(gen, *augment.scale) if augment else 1.0
     scale = max(size[0] / h, size[1] / w) * zoom
     new = (max(size[0], round(h * scale)), max(size[1], round(w * scale)))
-    if new != (h, w):
-        media = TF.resize(media, list(new), antialias=True)
     if augment and augment.random_crop:
         top = _randint(gen, new[0] - size[0] + 1)
         left = _randint(gen, new[1] - size[1] + 1)
+    else:  # torchvision's center_crop offsets
+        top = round((new[0] - size[0]) / 2.0)
+        left = round((new[1] - size[1]) / 2.0)
+    if new[0] * new[1] <= _MAX_COVER_EXCESS * size[0] * size[1]:
+        if new != (h, w):
+            media = TF.resize(media, list(new), antialias=True)
         media = media[..., top : top + size[0], left : left + size[1]]
     else:
-        media = TF.center_crop(media, list(size))
+        # The box in source pixels (at least one, inside the image).
+        box_h = min(h, max(1, round(size[0] * h / new[0])))
+        box_w = min(w, max(1, round(size[1] * w / new[1])))
+        y = min(h - box_h, round(top * h / new[0]))
+        x = min(w - box_w, round(left * w / new[1]))
+        media = TF.resized_crop(media, y, x, box_h, box_w, list(size), antialias=True)
     if augment and augment.hflip and float(torch.rand((), generator=gen)) < augment.hflip:
         media = media.flip(-1)
     return media.contiguous()
@@ -270,12 +297,13 @@ class VideoClips(MediaDataset):
     def load(self, item: MediaItem, gen: torch.Generator, augment: bool) -> Tensor:
         random_start = augment and self.augment.random_crop
         start = 0.0
-        clip_seconds = self.frames / self.fps
-        if item.duration is not None and random_start and item.duration > clip_seconds:
-            # Whole frames, so a clip is the same whatever the seek precision.
-            start = (
-                _randint(gen, math.floor((item.duration - clip_seconds) * self.fps) + 1) / self.fps
-            )
+        if item.duration is not None and random_start:
+            # The frames a decode at self.fps yields (the tolerance keeps 2.3 s x 10 fps at
+            # 23, not 24); starts are whole frames, so a clip is the same whatever the seek
+            # precision, and drawn from the same positions as without a duration.
+            available = math.ceil(item.duration * self.fps - 1e-6)
+            if available > self.frames:
+                start = _randint(gen, available - self.frames + 1) / self.fps
         max_frames = None if item.duration is None and random_start else self.frames
         video = load_video(item.path, fps=self.fps, start=start, max_frames=max_frames).video
         extra = video.shape[1] - self.frames

@@ -6,7 +6,8 @@ A manifest is a JSON Lines file, one object per line::
     {"path": "clips/a.wav", "duration": 3.2, "text": "optional transcript"}
 
 ``path`` is relative to the manifest's folder (or absolute); ``duration`` (seconds) and
-``text`` are optional. Blank lines and lines starting with ``#`` are ignored.
+``text`` are optional. Blank lines and lines starting with ``#`` are ignored; the file is
+UTF-8, with or without a byte-order mark.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,8 @@ from typing import Any
 from anytok.media import find_media
 
 MANIFEST_SUFFIXES = (".jsonl",)
+#: Tar shards, which ``anytok encode`` reads but training does not.
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,8 @@ class MediaItem:
     Attributes:
         path: the file.
         key: a stable name for the split: the path relative to the folder it was found in, or
-            the path as the manifest spells it. Moving a dataset folder keeps its split.
+            the manifest's path normalised (``./d//x.wav`` is ``d/x.wav``). Moving a dataset
+            folder keeps its split.
         duration: seconds, when a manifest gives it (lets video windows be seeked to).
         text: an optional transcript or caption from a manifest.
     """
@@ -47,6 +52,10 @@ class ManifestError(ValueError):
     """A manifest line that is not a JSON object with a ``path``."""
 
 
+class SourceError(ManifestError):
+    """A training source of a kind training cannot read (a tar shard)."""
+
+
 def manifest_entries(
     manifest: Path, error: type[Exception] = ManifestError
 ) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -56,7 +65,8 @@ def manifest_entries(
     when a line is not JSON or not an object with a ``"path"`` string.
     """
     try:
-        lines = manifest.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: Notepad and PowerShell 5 start UTF-8 files with a byte-order mark.
+        lines = manifest.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise error(f"{manifest}: cannot be read ({err})") from err
     for number, line in enumerate(lines, start=1):
@@ -97,7 +107,7 @@ def read_manifest(manifest: str | os.PathLike[str]) -> list[MediaItem]:
         items.append(
             MediaItem(
                 path=path if path.is_absolute() else manifest.parent / path,
-                key=entry["path"],
+                key=posixpath.normpath(entry["path"]),
                 duration=float(duration) if duration is not None else None,
                 text=text,
             )
@@ -113,8 +123,13 @@ def scan_sources(
     """Items of every folder (media files of ``modality``, recursively), JSONL manifest and
     single file in ``sources``, in a deterministic order.
 
+    A file reached twice (overlapping folders such as ``[d, d/speech]``, a manifest listing
+    files of a folder also given, a symlink) is kept once, where it first appears: with
+    two keys it could land in both the training and the validation split.
+
     Raises:
         FileNotFoundError: a source does not exist (the message names it).
+        SourceError: a source is a tar shard (training reads folders, manifests and files).
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
@@ -124,13 +139,47 @@ def scan_sources(
         if not root.exists():
             raise FileNotFoundError(f"training data not found: {root} (no such file or folder)")
         if root.is_file() and root.suffix.lower() in MANIFEST_SUFFIXES:
-            items += read_manifest(root)
+            found = read_manifest(root)
+            for item in found:
+                _refuse_tar(item.path, f"{root} lists {item.key}, which")
+            items += found
         elif root.is_dir():
             for path in find_media([root], modality=modality, recursive=recursive):  # type: ignore[arg-type]
                 items.append(MediaItem(path=path, key=path.relative_to(root).as_posix()))
         else:
+            _refuse_tar(root, str(root))
             items.append(MediaItem(path=root, key=root.name))
-    return items
+    return _unique(items)
+
+
+def _refuse_tar(path: Path, what: str) -> None:
+    """Raise :class:`SourceError` when ``path`` is a tar shard."""
+    if path.name.lower().endswith(_TAR_SUFFIXES):
+        raise SourceError(
+            f"training data: {what} is a tar shard; training does not read tar shards "
+            "(anytok encode does). Extract it into a folder, or list the extracted files "
+            "in a JSONL manifest, and point data.train / data.val there"
+        )
+
+
+def _unique(items: list[MediaItem]) -> list[MediaItem]:
+    """``items`` without repeats of a file (by resolved path), first occurrences in order."""
+    seen: set[str] = set()
+    folders: dict[str, str] = {}  # resolved once per folder: one lstat per file, not per part
+    cwd = os.getcwd()
+    unique = []
+    for item in items:
+        if os.path.islink(item.path):
+            real = os.path.realpath(item.path)
+        else:
+            folder, name = os.path.split(os.path.join(cwd, item.path))
+            if folder not in folders:
+                folders[folder] = os.path.realpath(folder)
+            real = os.path.join(folders[folder], name)
+        if real not in seen:
+            seen.add(real)
+            unique.append(item)
+    return unique
 
 
 def split_value(key: str) -> float:
@@ -162,6 +211,7 @@ __all__ = [
     "MANIFEST_SUFFIXES",
     "ManifestError",
     "MediaItem",
+    "SourceError",
     "read_manifest",
     "scan_sources",
     "split_items",

@@ -396,8 +396,26 @@ def validate(cfg: DictConfig, source: str = "<recipe>") -> None:
     _check(cfg.data.clip_frames > 0, source, "data.clip_frames", "must be positive")
     crop = cfg.data.crop_size
     _check(crop is None or len(crop) == 2, source, "data.crop_size", "is [height, width]")
+    _check(
+        crop is None or all(side >= 1 for side in crop),
+        source,
+        "data.crop_size",
+        f"[height, width] must both be >= 1 pixel, got {list(crop) if crop is not None else None}",
+    )
     for key in ("gain_db", "scale"):
         _check(len(cfg.data.augment[key]) == 2, source, f"data.augment.{key}", "is [low, high]")
+    _check(
+        0 <= cfg.data.augment.hflip <= 1,
+        source,
+        "data.augment.hflip",
+        f"is a probability in [0, 1], got {cfg.data.augment.hflip}",
+    )
+    _check(
+        cfg.data.augment.gain_db[0] <= cfg.data.augment.gain_db[1],
+        source,
+        "data.augment.gain_db",
+        f"must be [low, high] with low <= high (dB), got {list(cfg.data.augment.gain_db)}",
+    )
     _check(
         1.0 <= cfg.data.augment.scale[0] <= cfg.data.augment.scale[1],
         source,

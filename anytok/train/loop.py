@@ -53,6 +53,7 @@ from anytok.data import (
     Augment,
     Batch,
     ImageCrops,
+    ManifestError,
     MediaDataset,
     ResumableSampler,
     VideoClips,
@@ -257,7 +258,9 @@ def train(
             d_sched = _scheduler(d_opt, dc.optimizer, d_updates)
 
         # ---- data
-        train_set, val_set = _datasets(cfg, model)
+        # A bad value found building the datasets (a segment under one sample) names the
+        # section; a manifest's own errors stay ManifestErrors.
+        train_set, val_set = _built("data", lambda: _datasets(cfg, model), keep=(ManifestError,))
         if len(train_set) < tc.batch_size * info.world_size:
             raise RecipeError(
                 f"data.train has {len(train_set)} usable files, fewer than train.batch_size "
@@ -750,15 +753,15 @@ def _gather_bad_files(
     return total
 
 
-def _built(section: str, build: Callable[[], T]) -> T:
+def _built(section: str, build: Callable[[], T], keep: tuple[type[Exception], ...] = ()) -> T:
     """``build()``; a constructor's ``TypeError`` / ``ValueError`` / ``RuntimeError`` (an
     unknown keyword, a bad value in a free-form mapping the schema cannot check, options
     torch refuses together) becomes a :class:`RecipeError` naming the recipe section. Out of
-    memory stays what it is."""
+    memory, and errors of the types in ``keep``, stay what they are."""
     try:
         return build()
     except (TypeError, ValueError, RuntimeError) as err:
-        if isinstance(err, (RecipeError, torch.OutOfMemoryError)):
+        if isinstance(err, (RecipeError, torch.OutOfMemoryError, *keep)):
             raise
         raise RecipeError(f"{section}: {err}") from err
 
