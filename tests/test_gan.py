@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from safetensors.torch import load_model, save_model
@@ -15,6 +17,7 @@ from anytok.decoders.gan import (
     feature_matching_loss,
     generator_loss,
 )
+from anytok.decoders.gan.audio import dac_input_conditioning
 
 # Small settings per discriminator and an input it accepts.
 CASES = {
@@ -216,3 +219,60 @@ def test_dac_compatible_discriminators_match_dacs() -> None:
             assert len(features) == len(fmaps) - 1
             for f, w in zip(features, fmaps[:-1]):
                 torch.testing.assert_close(f, w, rtol=1e-4, atol=1e-5)
+
+
+def test_hinge_nonsat_generator_is_minus_mean_logit() -> None:
+    """``hinge_nonsat``: the hinge discriminator loss with the unbounded ``-mean(D(G(z)))``
+    generator loss (MelGAN's and AudioCraft's code, VQGAN), which still pushes logits past 1."""
+    fake = [torch.tensor([0.5, 1.5, 3.0, -0.2], requires_grad=True), torch.tensor([2.0, 4.0])]
+    loss = generator_loss(fake, "hinge_nonsat")
+    assert loss.item() == pytest.approx((-(0.5 + 1.5 + 3.0 - 0.2) / 4 - 3.0) / 2)
+    (grad,) = torch.autograd.grad(loss, fake[0])
+    torch.testing.assert_close(grad, torch.full((4,), -1 / 8))  # bounded hinge: 0 past 1
+    assert generator_loss(fake, "hinge_nonsat", "sum").item() == pytest.approx(-1.2 - 3.0)
+    real = [torch.tensor([2.0, 0.5])]
+    fake_d = [torch.tensor([-2.0, 0.0])]
+    assert discriminator_loss(real, fake_d, "hinge_nonsat").item() == pytest.approx(0.75)
+
+
+def audiotools_match_stride_stft(audio: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """descript-audiotools' ``match_stride`` STFT (DAC's MRD input), from its definition:
+    reflect-pad ``(n_fft - hop) // 2`` each side plus ``ceil(t / hop) * hop - t`` on the right,
+    centred Hann STFT (hop ``n_fft / 4``), the two outer frames each side dropped."""
+    hop, t = n_fft // 4, audio.shape[-1]
+    pad = (n_fft - hop) // 2
+    padded = torch.nn.functional.pad(audio, (pad, pad + math.ceil(t / hop) * hop - t), "reflect")
+    spec = torch.stft(
+        padded.flatten(0, 1), n_fft, hop, window=torch.hann_window(n_fft), return_complex=True
+    )
+    return spec.reshape(*audio.shape[:2], *spec.shape[-2:])[..., 2:-2]
+
+
+@pytest.mark.parametrize("length", [1280, 1500, 1800, 2047, 2048, 2600])
+def test_dac_compatible_mrd_stft_matches_audiotools_on_short_segments(length: int) -> None:
+    """Segments DAC's MRD accepts (every ``t >= 5 n_fft / 8``) get its STFT and
+    ``ceil(t / hop)`` frames, also below ``n_fft`` (zero-padding to ``n_fft`` gave 4 frames
+    at t=1280, DAC 3)."""
+    torch.manual_seed(0)
+    disc = build_discriminator(
+        {"name": "mrd", "width": 4, "n_ffts": [2048], "dac_compatible": True}, channels=1
+    )
+    seen = []
+    disc.discriminators[0].spectrogram.register_forward_hook(lambda m, i, o: seen.append(o))
+    audio = 0.3 * torch.randn(2, 1, length)
+    logits = disc(audio).logits[0]
+    want = audiotools_match_stride_stft(dac_input_conditioning(audio), 2048)
+    got = seen[0][..., 2:-2]
+    assert got.shape == want.shape and want.shape[-1] == math.ceil(length / 512)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert logits.shape[2] == math.ceil(length / 512)
+
+
+def test_dac_compatible_mrd_pads_segments_audiotools_refuses() -> None:
+    """Shorter segments (audiotools' reflect padding fails) are zero-padded to whole hops:
+    still ``ceil(t / hop)`` frames where that leaves more samples than the side padding."""
+    disc = build_discriminator(
+        {"name": "mrd", "width": 4, "n_ffts": [2048], "dac_compatible": True}, channels=1
+    )
+    for length, frames in ((1, 2), (700, 2), (800, 2), (1025, 3), (1100, 3)):
+        assert disc(torch.randn(1, 1, length)).logits[0].shape[2] == frames, length

@@ -103,7 +103,7 @@ class LossConfig:
     perceptual: float = 0.0
     adversarial: float = 0.0
     feature_matching: float = 0.0
-    gan: str = "hinge"  # hinge | least_squares
+    gan: str = "hinge"  # hinge | hinge_nonsat | least_squares
     reduction: str = "mean"  # mean | sum over scales, sub-discriminators and feature maps
     feature_matching_norm: str = "relative"  # relative | none
     mel_scale: str = "htk"  # htk | slaney

@@ -79,7 +79,15 @@ def _mel_spectrograms(
 class MultiResolutionSTFTLoss(nn.Module):
     """``[ ||S - Ŝ||_F / ||S||_F + mean |log S - log Ŝ| ]`` averaged (or summed, with
     ``reduction="sum"``) over FFT sizes, where ``S`` are STFT magnitudes of ``(b, c, t)``
-    audio (hop = size / 4, Hann window)."""
+    audio (hop = size / 4, Hann window, centred frames).
+
+    As Parallel WaveGAN, the magnitude is ``sqrt(max(re^2 + im^2, 1e-7))`` (unnormalised
+    STFT): the floor is on the power, so magnitudes stop at ``sqrt(1e-7) ~ 3.2e-4``. Against
+    digital silence the log term then ignores noise below that floor instead of chasing it
+    down to a magnitude of 1e-7 (70 dB lower), where it would dominate the loss.
+    """
+
+    POWER_FLOOR = 1e-7
 
     def __init__(
         self,
@@ -91,16 +99,21 @@ class MultiResolutionSTFTLoss(nn.Module):
         self.fft_sizes = tuple(fft_sizes)
         self.reduction = reduction
         self.spectrograms = nn.ModuleList(
-            torchaudio.transforms.Spectrogram(n_fft=n, win_length=n, hop_length=n // 4, power=1.0)
+            torchaudio.transforms.Spectrogram(n_fft=n, win_length=n, hop_length=n // 4, power=None)
             for n in self.fft_sizes
         )
+
+    def _magnitude(self, audio: Tensor, n_fft: int, spec: nn.Module) -> Tensor:
+        """``(b, c, t)`` -> floored magnitudes ``(b, c, n_fft // 2 + 1, frames)``."""
+        power = torch.view_as_real(spec(_long_enough(_fp32(audio), n_fft))).pow(2).sum(-1)
+        return power.clamp_min(self.POWER_FLOOR).sqrt()
 
     def forward(self, reconstruction: Tensor, target: Tensor) -> Tensor:
         total = reconstruction.new_zeros((), dtype=torch.float32)
         with torch.autocast(reconstruction.device.type, enabled=False):
             for n_fft, spec in zip(self.fft_sizes, self.spectrograms):
-                s_hat = spec(_long_enough(_fp32(reconstruction), n_fft)).clamp_min(1e-7)
-                s = spec(_long_enough(_fp32(target), n_fft)).clamp_min(1e-7)
+                s_hat = self._magnitude(reconstruction, n_fft, spec)
+                s = self._magnitude(target, n_fft, spec)
                 convergence = torch.linalg.vector_norm(s - s_hat) / torch.linalg.vector_norm(
                     s
                 ).clamp_min(1e-7)

@@ -40,6 +40,27 @@ def _spectrogram_input(audio: Tensor, n_fft: int, centred: bool) -> Tensor:
     return audio
 
 
+def _match_stride_input(audio: Tensor, n_fft: int, hop: int) -> Tensor:
+    """``(b, c, t)`` audio reflect-padded for a ``match_stride`` STFT (descript-audiotools):
+    ``(n_fft - hop) // 2`` samples each side plus the rest of the last hop on the right,
+    ``(b, c, t + n_fft - hop + (-t) % hop)`` for ``ceil(t / hop)`` frames after the two outer
+    frames each side are dropped.
+
+    Reflect padding needs more samples than it pads: audiotools accepts exactly the lengths
+    with ``t > (n_fft - hop) // 2 + (-t) % hop`` (every ``t >= (n_fft - hop) // 2 + hop``).
+    Shorter audio, which audiotools refuses, is first zero-padded to whole hops (at least
+    one more than the side padding), which keeps ``ceil(t / hop)`` frames where it can.
+    """
+    pad = (n_fft - hop) // 2
+    t = audio.shape[-1]
+    rest = (-t) % hop
+    if t <= pad + rest:
+        whole_hops = max(t + rest, (pad // hop + 1) * hop)
+        audio = F.pad(audio, (0, whole_hops - t))
+        rest = 0
+    return F.pad(audio, (pad, pad + rest), mode="reflect")
+
+
 def dac_input_conditioning(audio: Tensor) -> Tensor:
     """DAC's discriminator input: each item and channel of ``(b, c, t)`` audio with its DC
     offset removed and its peak scaled to 0.8."""
@@ -205,6 +226,9 @@ class STFTDiscriminator(nn.Module):
             in_ch = out_ch
         out_ch = min(filters_scale ** (len(dilations) + 1) * filters, max_filters)
         convs.append(nn.Conv2d(in_ch, out_ch, square, padding=_same_padding_2d(square)))
+        # Every conv weight-normed. EnCodec leaves the first one plain (its NormConv2d's default):
+        # the same outputs for the same effective weights, another parametrisation (kept so
+        # runs saved with it resume; its optimizer state would not load otherwise).
         self.convs = nn.ModuleList(weight_norm(c) for c in convs)
         self.post = weight_norm(nn.Conv2d(out_ch, 1, square, padding=_same_padding_2d(square)))
 
@@ -317,12 +341,10 @@ class BandSTFTDiscriminator(nn.Module):
     def forward(self, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
         """``(b, c, t)`` -> logits ``(b, 1, frames, bins')`` and the feature maps."""
         with torch.autocast(audio.device.type, enabled=False):
-            # match_stride reflect-pads up to 5 n_fft / 8 - 1 samples on the right: needs n_fft
-            audio = _spectrogram_input(audio, self.n_fft, centred=not self.match_stride)
             if self.match_stride:
-                hop = self.n_fft // 4
-                pad = (self.n_fft - hop) // 2
-                audio = F.pad(audio, (pad, pad + (-audio.shape[-1]) % hop), mode="reflect")
+                audio = _match_stride_input(audio.float(), self.n_fft, self.n_fft // 4)
+            else:
+                audio = _spectrogram_input(audio, self.n_fft, centred=True)
             spec = self.spectrogram(audio)
             if self.match_stride:
                 spec = spec[..., 2:-2]

@@ -10,7 +10,10 @@ not (``norm="none"``, HiFi-GAN, DAC).
 Kinds:
 
 * ``"hinge"``: ``D: relu(1 - D(x)) + relu(1 + D(G(z)))``, ``G: relu(1 - D(G(z)))``
-  (the MelGAN / EnCodec form of the generator hinge loss, bounded below by zero).
+  (the bounded generator form of the EnCodec paper and Vocos: no gradient once a fake
+  logit passes 1).
+* ``"hinge_nonsat"``: the same discriminator loss, ``G: -D(G(z))`` (the unbounded form of
+  MelGAN's code, AudioCraft's ``hinge_loss`` and taming-transformers' VQGAN ``g_loss``).
 * ``"least_squares"``: ``D: (1 - D(x))^2 + D(G(z))^2``, ``G: (1 - D(G(z)))^2`` (LSGAN,
   https://arxiv.org/abs/1611.04076; HiFi-GAN, DAC).
 """
@@ -23,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-GAN_LOSSES = ("hinge", "least_squares")
+GAN_LOSSES = ("hinge", "hinge_nonsat", "least_squares")
 GAN_REDUCTIONS = ("mean", "sum")
 FEATURE_MATCHING_NORMS = ("relative", "none")
 
@@ -53,7 +56,8 @@ def discriminator_loss(
     Args:
         real: logits on real media, one tensor (any shape) per sub-discriminator.
         fake: logits on reconstructions (detached from the generator), same structure.
-        kind: ``"hinge"`` or ``"least_squares"``.
+        kind: one of :data:`GAN_LOSSES` (``"hinge_nonsat"`` trains the discriminator as
+            ``"hinge"``).
         reduction: ``"mean"`` or ``"sum"`` over sub-discriminators.
 
     Returns:
@@ -67,7 +71,7 @@ def discriminator_loss(
     total = real[0].new_zeros((), dtype=torch.float32)
     for r, f in zip(real, fake):
         r, f = r.float(), f.float()
-        if kind == "hinge":
+        if kind in ("hinge", "hinge_nonsat"):
             total = total + F.relu(1 - r).mean() + F.relu(1 + f).mean()
         else:
             total = total + (1 - r).pow(2).mean() + f.pow(2).mean()
@@ -80,7 +84,7 @@ def generator_loss(fake: Sequence[Tensor], kind: str = "hinge", reduction: str =
     Args:
         fake: logits on reconstructions (with gradient to the generator), one per
             sub-discriminator.
-        kind: ``"hinge"`` or ``"least_squares"``.
+        kind: one of :data:`GAN_LOSSES` (see the module docstring).
         reduction: ``"mean"`` or ``"sum"`` over sub-discriminators.
 
     Returns:
@@ -92,7 +96,12 @@ def generator_loss(fake: Sequence[Tensor], kind: str = "hinge", reduction: str =
     total = fake[0].new_zeros((), dtype=torch.float32)
     for f in fake:
         f = f.float()
-        total = total + (F.relu(1 - f).mean() if kind == "hinge" else (1 - f).pow(2).mean())
+        if kind == "hinge":
+            total = total + F.relu(1 - f).mean()
+        elif kind == "hinge_nonsat":
+            total = total - f.mean()
+        else:
+            total = total + (1 - f).pow(2).mean()
     return reduce_parts(total, len(fake), reduction)
 
 
