@@ -6,7 +6,9 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
 
@@ -125,6 +127,26 @@ def test_audio_segments_crop_gain_and_determinism(data_root: Path) -> None:
     assert plain.abs().max() > a.abs().max()
     long = AudioSegments(items, 16000, 1, segment=10**6)
     assert long[0]["media"].shape == (1, 8000)  # shorter files come whole (0.5 s)
+
+
+def test_audio_segments_decode_only_the_crop_and_match_the_whole_decode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The header's length picks the crop and only the crop is decoded; the crops and the
+    # random stream are those of cropping the whole decode (FFmpeg formats still do that).
+    import anytok.data.datasets as datasets_module
+
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "long.flac", rng.normal(0, 0.1, (44100 * 20, 2)), 44100)
+    items = scan_sources(tmp_path, "audio")
+    ds = AudioSegments(items, 24000, 1, 2400, augment=Augment(gain_db=(-3.0, 0.0)))
+    windowed = [ds[(0, seed)]["media"] for seed in range(4)] + [ds[0]["media"]]
+    monkeypatch.setattr(datasets_module, "audio_length", lambda path, rate: None)
+    whole = [ds[(0, seed)]["media"] for seed in range(4)] + [ds[0]["media"]]
+    for a, b in zip(windowed, whole, strict=True):
+        assert a.shape == (1, 2400)
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert len({float(w.sum()) for w in windowed}) == 5  # different crops
 
 
 def test_image_and_video_crops(data_root: Path) -> None:

@@ -20,6 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from anytok.media import (
     MediaError,
+    audio_length,
     load_audio,
     load_image,
     load_video,
@@ -120,6 +121,99 @@ def test_mp3_without_length_header_is_not_called_truncated(tmp_path: Path) -> No
     tagged = _mp3(tmp_path / "vbr.mp3", {})
     with pytest.raises(MediaError, match="truncated"):  # its header does state the length
         load_audio(_truncate(tagged, 0.6))
+
+
+# ---------------------------------------------------------------- audio windows
+
+#: (offset, duration) seconds: the start, ragged middles, to the end, past the end, one sample
+_WINDOWS = [(0.0, 0.5), (0.3137, 0.25), (1.0, None), (1.9, 1.0), (0.0001, 0.00002)]
+
+
+def _write_windows_file(path: Path, rate: int) -> Path:
+    noise = np.random.default_rng(0).normal(0, 0.05, (rate * 2, 2))
+    wave = np.clip(_sine(rate, 2.0, channels=2) + noise, -1, 1)
+    if path.suffix == ".mp3":
+        save_audio(path, torch.from_numpy(wave.T.astype(np.float32)), rate)
+    elif path.suffix == ".m4a":  # ALAC through FFmpeg
+        pcm = np.ascontiguousarray(np.round(wave.T * 32767).astype(np.int16))
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("alac", rate=rate, layout="stereo")
+            frame = av.AudioFrame.from_ndarray(pcm, "s16p", "stereo")
+            frame.sample_rate = rate
+            for packet in [*stream.encode(frame), *stream.encode(None)]:
+                container.mux(packet)
+    else:
+        sf.write(path, wave, rate, subtype="FLOAT" if path.suffix == ".wav" else None)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac", ".ogg", ".mp3", ".m4a"])
+@pytest.mark.parametrize(("file_rate", "rate"), [(44100, None), (44100, 24000), (22050, 48000)])
+def test_audio_windows_equal_the_whole_decode_sliced(
+    tmp_path: Path, suffix: str, file_rate: int, rate: int | None
+) -> None:
+    # libsndfile formats read only the window and the resampling filter's margin (FFmpeg
+    # ones decode from the start); either way the samples are the whole decode's, sliced.
+    if suffix == ".mp3" and "MP3" not in sf.available_formats():
+        pytest.skip("libsndfile without MP3")
+    path = _write_windows_file(tmp_path / f"tone{suffix}", file_rate)
+    whole = load_audio(path, sample_rate=rate, channels=1).waveform
+    out_rate = rate or file_rate
+    assert audio_length(path, rate) == (None if suffix == ".m4a" else whole.shape[-1])
+    for offset, duration in _WINDOWS:
+        clip = load_audio(path, sample_rate=rate, channels=1, offset=offset, duration=duration)
+        first = round(offset * out_rate)
+        stop = None if duration is None else first + max(1, round(duration * out_rate))
+        expected = whole[:, first:stop]
+        assert clip.sample_rate == out_rate and clip.waveform.shape == expected.shape
+        torch.testing.assert_close(clip.waveform, expected, atol=1e-6, rtol=0)
+
+
+def test_audio_windows_at_coprime_rates_and_bad_windows(tmp_path: Path) -> None:
+    # 44,101 -> 24,000 Hz resamples output by output (no filter bank): same margins.
+    path = tmp_path / "odd.wav"
+    sf.write(path, _sine(44101, 1.0), 44101, subtype="FLOAT")
+    whole = load_audio(path, sample_rate=24000).waveform
+    window = load_audio(path, sample_rate=24000, offset=0.4, duration=0.1).waveform
+    torch.testing.assert_close(window, whole[:, 9600:12000], atol=1e-6, rtol=0)
+    with pytest.raises(MediaError, match=r"odd\.wav: offset 1\.5 s is at or past the end .*1 s"):
+        load_audio(path, offset=1.5)
+    with pytest.raises(ValueError, match="offset must be a finite number of seconds >= 0"):
+        load_audio(path, offset=-0.1)
+    with pytest.raises(ValueError, match="duration must be > 0 seconds"):
+        load_audio(path, duration=0)
+
+
+def test_audio_window_reads_only_its_part_of_a_long_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "long.flac"
+    sf.write(path, _sine(16000, 30.0), 16000)
+    reads: list[tuple[int, int | None]] = []
+    real_read = sf.read
+
+    def spy(*args: object, **kwargs: object) -> object:
+        reads.append((kwargs.get("start", 0), kwargs.get("stop")))
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(sf, "read", spy)
+    clip = load_audio(path, sample_rate=24000, offset=20.0, duration=0.5)
+    assert clip.waveform.shape == (1, 12000)
+    ((start, stop),) = reads
+    assert 20.0 * 16000 - 400 < start <= 20.0 * 16000 and stop - start < 8000 + 800
+
+
+def test_truncated_file_window_before_the_cut_reads_and_after_it_is_named(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tone.flac"
+    sf.write(path, _sine(16000, 4.0), 16000)
+    cut = _truncate(path, 0.5)
+    assert load_audio(cut, offset=0.1, duration=0.2).waveform.shape == (1, 3200)
+    with pytest.raises(MediaError, match=r"cut_tone\.flac: .*truncated"):
+        load_audio(cut, offset=3.5, duration=0.2)
+    with pytest.raises(MediaError, match="truncated"):
+        load_audio(cut)
 
 
 @pytest.mark.parametrize(("orig", "new"), [(1009, 997), (997, 1009), (7001, 800), (3, 8)])

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from torchvision.transforms.v2 import functional as TF
 
 from anytok.data.sources import MediaItem
-from anytok.media import MediaError, load_audio, load_image, load_video
+from anytok.media import MediaError, audio_length, load_audio, load_image, load_video
 from anytok.pipeline import collate as pad_collate
 
 
@@ -196,12 +196,29 @@ class AudioSegments(MediaDataset):
         self.sample_rate, self.channels, self.segment = sample_rate, channels, segment
 
     def load(self, item: MediaItem, gen: torch.Generator, augment: bool) -> Tensor:
-        wave = load_audio(item.path, sample_rate=self.sample_rate, channels=self.channels).waveform
-        extra = wave.shape[-1] - self.segment
+        rate, segment = self.sample_rate, self.segment
+        # The header's length picks the crop and only the crop is decoded (an hour-long
+        # FLAC costs a segment, not the file): the same samples as cropping the whole
+        # decode (see load_audio). FFmpeg formats and header-less MP3s decode whole.
+        length = audio_length(item.path, rate)
+        whole = None
+        if length is None:
+            whole = load_audio(item.path, sample_rate=rate, channels=self.channels).waveform
+            length = whole.shape[-1]
+        extra = length - segment
         start = (
             _randint(gen, extra + 1) if extra > 0 and augment and self.augment.random_crop else 0
         )
-        wave = wave[:, start : start + self.segment]
+        if whole is not None:
+            wave = whole[:, start : start + segment]
+        else:
+            wave = load_audio(
+                item.path,
+                sample_rate=rate,
+                channels=self.channels,
+                offset=start / rate,
+                duration=segment / rate,
+            ).waveform
         low, high = self.augment.gain_db
         if augment and (low or high):
             wave = (wave * 10 ** (_uniform(gen, low, high) / 20)).clamp(-1, 1)

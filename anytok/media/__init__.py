@@ -20,6 +20,7 @@ from typing import Any
 from anytok.media.audio import (
     FFMPEG_AUDIO_EXTENSIONS,
     AudioClip,
+    audio_length,
     load_audio,
     resample,
     save_audio,
@@ -41,6 +42,7 @@ __all__ = [
     "MediaLimits",
     "Modality",
     "VideoClip",
+    "audio_length",
     "find_media",
     "load_audio",
     "load_image",

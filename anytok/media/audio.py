@@ -38,6 +38,7 @@ __all__ = [
     "FFMPEG_AUDIO_EXTENSIONS",
     "RESAMPLE_FILTER",
     "AudioClip",
+    "audio_length",
     "load_audio",
     "resample",
     "save_audio",
@@ -213,8 +214,11 @@ def load_audio(
     sample_rate: int | None = None,
     channels: int | None = None,
     limits: MediaLimits | None = None,
+    *,
+    offset: float = 0.0,
+    duration: float | None = None,
 ) -> AudioClip:
-    """Read an audio file as ``(channels, samples)`` float32 in [-1, 1].
+    """Read an audio file, or a window of it, as ``(channels, samples)`` float32 in [-1, 1].
 
     Args:
         path: any file soundfile reads (WAV, FLAC, Ogg/Vorbis/Opus, MP3, AIFF ...), or one
@@ -224,33 +228,57 @@ def load_audio(
         sample_rate: resample to this rate; None keeps the file's rate.
         channels: convert to this many channels (see :func:`to_channels`); None keeps them.
         limits: sanity limits; :data:`DEFAULT_LIMITS` when None.
+        offset: start this many seconds into the audio (rounded to the nearest sample at the
+            output rate), as librosa's ``offset``.
+        duration: keep at most this many seconds (rounded the same way); None: to the end.
+            A window holds the samples of the whole file's decode sliced there, to float
+            rounding: libsndfile formats read only the window and the resampling filter's
+            margin (training crops of hour-long files cost a window, not the file); FFmpeg
+            formats decode from the start. NaN/Inf checks cover the window.
 
     Raises:
         MediaError: the file is missing, empty, truncated, corrupt, not audio, has no samples,
-            holds NaN/Inf samples, exceeds ``limits``, or cannot take the channel conversion.
+            holds NaN/Inf samples, exceeds ``limits``, cannot take the channel conversion,
+            or ends before ``offset``.
+        ValueError: ``offset`` is negative or not finite, or ``duration`` is not positive.
     """
     limits = limits or DEFAULT_LIMITS
+    if not math.isfinite(offset) or offset < 0:
+        raise ValueError(f"load_audio offset must be a finite number of seconds >= 0, got {offset}")
+    if duration is not None and not duration > 0:
+        raise ValueError(f"load_audio duration must be > 0 seconds or None, got {duration}")
     p = check_file(path)
     mismatch = wrong_modality(p, "audio")
+    window = _Window(offset, duration, sample_rate)
     # An MP4 whose brand reads as video (isom, mp42, dash ...) may hold only audio: FFmpeg
     # decides from its streams.
     if mismatch is not None and not is_iso_bmff(p):
         raise mismatch
     if p.suffix.lower() in FFMPEG_AUDIO_EXTENSIONS or mismatch is not None:
-        data, file_rate, file_channels = _decode_with_ffmpeg(p, limits, mismatch)
+        decoded = _decode_with_ffmpeg(p, limits, mismatch, window)
     else:
-        data, file_rate, file_channels = _decode_with_soundfile(p, limits)
-    if data.shape[0] == 0:
+        decoded = _decode_with_soundfile(p, limits, window)
+    data, file_rate, file_channels = decoded.data, decoded.rate, decoded.channels
+    if decoded.total == 0:
         raise MediaError(p, "contains no audio samples (zero length)")
-    if data.shape[0] < limits.min_audio_samples:
+    if decoded.total < limits.min_audio_samples:
         raise MediaError(
             p,
-            f"too short: {data.shape[0]} samples, fewer than the minimum of "
+            f"too short: {decoded.total} samples, fewer than the minimum of "
             f"{limits.min_audio_samples}",
+        )
+    rate = int(sample_rate) if sample_rate is not None else file_rate
+    first, stop = window.samples(rate)
+    out_total = math.ceil(decoded.total * rate / file_rate)
+    if first >= out_total:
+        raise MediaError(
+            p,
+            f"offset {offset:g} s is at or past the end of the audio "
+            f"({decoded.total / file_rate:g} s)",
         )
 
     waveform = torch.from_numpy(data.T.copy())  # (C, S)
-    _check_finite(p, waveform)
+    _check_finite(p, waveform, decoded.start)
     # Integer PCM decodes into [-1, 1) already; float files may overshoot.
     waveform = waveform.clamp_(-1.0, 1.0)
     if channels is not None:
@@ -258,10 +286,13 @@ def load_audio(
             waveform = to_channels(waveform, channels)
         except ValueError as err:
             raise MediaError(p, str(err)) from err
-    rate = file_rate
-    if sample_rate is not None and sample_rate != rate:
-        waveform = resample(waveform, rate, sample_rate).clamp_(-1.0, 1.0)
-        rate = int(sample_rate)
+    if rate != file_rate:
+        waveform = resample(waveform, file_rate, rate).clamp_(-1.0, 1.0)
+    # The decoded range starts at output sample ``decoded.start * rate / file_rate`` (an
+    # integer: see _Window.read_range); keep the window.
+    skip = first - decoded.start * rate // file_rate
+    if skip or stop is not None:
+        waveform = waveform[:, skip : None if stop is None else skip + stop - first]
     return AudioClip(
         waveform=waveform.contiguous(),
         sample_rate=rate,
@@ -269,6 +300,78 @@ def load_audio(
         original_sample_rate=file_rate,
         original_channels=file_channels,
     )
+
+
+def audio_length(path: str | os.PathLike[str], sample_rate: int | None = None) -> int | None:
+    """Samples :func:`load_audio` returns for the whole file at ``sample_rate`` (None: the
+    file's rate), from the header alone; None when only decoding tells (FFmpeg formats, an
+    MP3 without a length header) or the header cannot be read (:func:`load_audio` then
+    names the problem)."""
+    p = Path(path)
+    if p.suffix.lower() in FFMPEG_AUDIO_EXTENSIONS:
+        return None
+    try:
+        info = sf.info(_sf_path(p))
+    except (sf.SoundFileError, RuntimeError, OSError):
+        return None
+    if info.samplerate <= 0 or (info.format == "MP3" and not _mp3_has_length_header(p)):
+        return None
+    rate = info.samplerate if sample_rate is None else int(sample_rate)
+    return math.ceil(info.frames * rate / info.samplerate)
+
+
+@dataclass(frozen=True)
+class _Window:
+    """What :func:`load_audio` keeps: ``duration`` seconds (None: all) from ``offset``, in
+    samples at ``out_rate`` (None: the file's rate)."""
+
+    offset: float = 0.0
+    duration: float | None = None
+    out_rate: int | None = None
+
+    @property
+    def whole(self) -> bool:
+        return self.offset == 0 and self.duration is None
+
+    def samples(self, rate: int) -> tuple[int, int | None]:
+        """Output samples ``[first, stop)`` at ``rate`` (``stop`` None: to the end)."""
+        first = round(self.offset * rate)
+        if self.duration is None:
+            return first, None
+        return first, first + max(1, round(self.duration * rate))
+
+    def read_range(self, file_rate: int) -> tuple[int, int | None]:
+        """File samples ``[start, stop)`` whose resampling covers the window exactly.
+
+        Resampling maps each block of ``file_rate / g`` input samples onto ``out_rate / g``
+        outputs (``g`` the rates' gcd) and each output sees the filter's half-width of
+        input around it: the range starts and ends on block edges, with the half-width (and
+        two samples of slack) more on each side, so its outputs inside the window equal the
+        whole file's. ``start * out_rate / file_rate`` is then an integer.
+        """
+        out_rate = self.out_rate or file_rate
+        first, stop = self.samples(out_rate)
+        if out_rate == file_rate:
+            return first, stop
+        g = math.gcd(file_rate, out_rate)
+        step_in, step_out = file_rate // g, out_rate // g
+        margin = -(-(_half_width(step_in, step_out) + 2) // step_in)  # in blocks
+        start = max(0, first // step_out - margin) * step_in
+        if stop is None:
+            return start, None
+        return start, (-(-stop // step_out) + margin) * step_in
+
+
+@dataclass
+class _Decoded:
+    """``data``: ``(S, C)`` float32 file samples from ``start``; ``total``: the file's samples
+    (what libsndfile's header promises, or what FFmpeg decoded)."""
+
+    data: np.ndarray
+    rate: int
+    channels: int
+    start: int
+    total: int
 
 
 def _check_header(p: Path, rate: int, channels: int, seconds: float, limits: MediaLimits) -> None:
@@ -290,15 +393,15 @@ def _check_header(p: Path, rate: int, channels: int, seconds: float, limits: Med
         )
 
 
-def _decode_with_soundfile(p: Path, limits: MediaLimits) -> tuple[np.ndarray, int, int]:
-    """``(samples (S, C) float32, sample rate, channels)`` through libsndfile, which also
-    tells a truncated WAV / AIFF from a short one (an M4A file it cannot open goes to
+def _decode_with_soundfile(p: Path, limits: MediaLimits, window: _Window) -> _Decoded:
+    """The samples of ``window`` (with the resampling margin) through libsndfile, which
+    also tells a truncated WAV / AIFF from a short one (an M4A file it cannot open goes to
     FFmpeg)."""
     try:
         info = sf.info(_sf_path(p))
     except (sf.SoundFileError, RuntimeError, OSError) as err:
         if sniff(p) == _M4A:  # an M4A under another name: only its failure pays the sniff
-            return _decode_with_ffmpeg(p, limits)
+            return _decode_with_ffmpeg(p, limits, None, window)
         raise unreadable(p, "audio", _sf_detail(err)) from err
     _check_header(p, info.samplerate, info.channels, info.frames / max(info.samplerate, 1), limits)
     log = info.extra_info or ""
@@ -320,30 +423,41 @@ def _decode_with_soundfile(p: Path, limits: MediaLimits) -> tuple[np.ndarray, in
             f"file is truncated: its header announces {short.group(2)} samples but only "
             f"{short.group(1)} are present",
         )
+    # An MP3 without a Xing / Info / VBRI header has no length: libsndfile estimates one
+    # from the file size and the first frame's bitrate, which is no promise.
+    exact_length = info.format != "MP3" or _mp3_has_length_header(p)
+    start, stop = window.read_range(info.samplerate)
+    if exact_length:  # a window past the end reads nothing: load_audio names the offset
+        start = min(start, info.frames)
     try:
-        data, _ = sf.read(_sf_path(p), dtype="float32", always_2d=True)
+        data, _ = sf.read(_sf_path(p), dtype="float32", always_2d=True, start=start, stop=stop)
     except (sf.SoundFileError, RuntimeError, OSError) as err:
         raise MediaError(
             p,
             f"audio data cannot be decoded ({_sf_detail(err)}); the file is probably "
             "truncated or corrupt",
         ) from err
-    if data.shape[0] == 0 and "without an End-Of-Stream" in log:
+    if data.shape[0] == 0 and start == 0 and "without an End-Of-Stream" in log:
         # libsndfile finds no samples at all in an Ogg file cut before its end.
         raise MediaError(
             p,
             "file is truncated: the Ogg stream ends without its end-of-stream mark and no "
             "audio could be decoded",
         )
-    # An MP3 without a Xing / Info / VBRI header has no length: libsndfile estimates one
-    # from the file size and the first frame's bitrate, which is no promise.
-    if data.shape[0] < info.frames and (info.format != "MP3" or _mp3_has_length_header(p)):
+    expected = min(info.frames, info.frames if stop is None else stop) - start
+    if data.shape[0] < expected and exact_length:
         raise MediaError(
             p,
             f"file is truncated: the header announces {info.frames} samples but only "
-            f"{data.shape[0]} could be read",
+            f"{start + data.shape[0]} could be read",
         )
-    return data, info.samplerate, info.channels
+    if exact_length:
+        total = info.frames
+    elif stop is None or data.shape[0] < stop - start:  # the read reached the end
+        total = start + data.shape[0]
+    else:  # more may follow: the estimate, or at least what was read
+        total = max(info.frames, stop)
+    return _Decoded(data, info.samplerate, info.channels, start, total)
 
 
 def _mp3_has_length_header(p: Path) -> bool:
@@ -364,10 +478,11 @@ def _mp3_has_length_header(p: Path) -> bool:
 
 
 def _decode_with_ffmpeg(
-    p: Path, limits: MediaLimits, no_audio: MediaError | None = None
-) -> tuple[np.ndarray, int, int]:
-    """``(samples (S, C) float32, sample rate, channels)`` of the first audio stream, through
-    FFmpeg (PyAV): the containers libsndfile does not read (M4A / AAC, WMA, Matroska audio).
+    p: Path, limits: MediaLimits, no_audio: MediaError | None = None, window: _Window = _Window()
+) -> _Decoded:
+    """The samples of ``window`` (with the resampling margin) of the first audio stream,
+    through FFmpeg (PyAV): the containers libsndfile does not read (M4A / AAC, WMA, Matroska
+    audio). They are decoded from the start (AAC seeking is not sample-exact) and cut.
     ``no_audio`` is the error to raise when the file holds no audio stream."""
     try:
         container = av.open(str(p))
@@ -402,7 +517,11 @@ def _decode_with_ffmpeg(
                 "truncated or corrupt",
             ) from err
     data = np.concatenate(chunks, axis=1).T if chunks else np.zeros((0, channels), np.float32)
-    return np.ascontiguousarray(data, dtype=np.float32), rate, channels
+    total = data.shape[0]
+    start, stop = window.read_range(rate)
+    start = min(start, total)
+    data = data[start:stop]
+    return _Decoded(np.ascontiguousarray(data, dtype=np.float32), rate, channels, start, total)
 
 
 def save_audio(
@@ -471,11 +590,12 @@ _WRITABLE: dict[str, tuple[str, str | None]] = {
 }
 
 
-def _check_finite(p: Path, waveform: Tensor) -> None:
+def _check_finite(p: Path, waveform: Tensor, start: int = 0) -> None:
+    """Refuse NaN / Inf in ``(C, S)`` samples that begin at the file's sample ``start``."""
     finite = torch.isfinite(waveform)
     if not bool(finite.all()):
         bad = int((~finite).sum())
-        first = int((~finite).any(dim=0).nonzero()[0, 0])
+        first = start + int((~finite).any(dim=0).nonzero()[0, 0])
         raise MediaError(
             p,
             f"contains {bad} NaN or Inf samples (first at sample {first}); "
