@@ -495,6 +495,10 @@ def test_wavtokenizer_decode_respects_lengths() -> None:
         alone = model.decode(tokens.codes[1:, :, :9])
     assert torch.allclose(batched[1:, :, : alone.shape[-1]], alone, atol=1e-6)
     assert bool((batched[1, :, alone.shape[-1] :] == 0).all())
+    # One frame decodes (the tiny GroupNorm had one value a group and raised).
+    with torch.inference_mode():
+        one = model.decode(tokens.codes[:1, :, :1])
+    assert one.shape == (1, 1, model.hop_length) and bool(torch.isfinite(one).all())
 
 
 def test_wavtokenizer_trains_with_kmeans_init() -> None:

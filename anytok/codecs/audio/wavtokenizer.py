@@ -243,7 +243,8 @@ _TINY: dict[str, Any] = {
     "n_filters": 4,
     "dimension": 8,
     "lstm_layers": 1,
-    "backbone_dim": 32,  # GroupNorm(32) in the attention stage
+    "backbone_dim": 64,  # GroupNorm(32) in the attention stage: 2 channels a group, so
+    # one frame still has 2 values a group (32 channels failed on 1-frame inputs)
     "backbone_intermediate_dim": 64,
     "backbone_layers": 1,
     "quantizer": {**DEFAULT_QUANTIZER, "codebook_size": 32, "kmeans_iters": 2},
