@@ -337,15 +337,27 @@ def test_dispatch_forced_triton_on_cpu_explains(monkeypatch: pytest.MonkeyPatch)
         nearest_codeword(torch.randn(4, 8), torch.randn(5, 8))
 
 
-def test_triton_kernels_under_interpreter() -> None:
-    """Run the ``interp`` tests below in a fresh interpreter with TRITON_INTERPRET=1."""
+#: The ``interp`` tests in three shards of about a minute each, so pytest-xdist spreads them
+#: over the workers (one driver took ~4 of the suite's ~18 minutes on 2 cores). The last
+#: shard is the complement, so a new interp test is never left out.
+_SLOW_INTERP = (
+    "interp_codebook_splits or interp_benchmark_smoke",
+    "interp_certificate_model or interp_residual_encode or interp_tiny_inputs",
+)
+_INTERP_SHARDS = [*_SLOW_INTERP, f"test_interp_ and not ({' or '.join(_SLOW_INTERP)})"]
+
+
+@pytest.mark.parametrize("selection", _INTERP_SHARDS, ids=["splits", "certificates", "rest"])
+def test_triton_kernels_under_interpreter(selection: str) -> None:
+    """Run the ``interp`` tests below matching ``selection`` in a fresh interpreter with
+    TRITON_INTERPRET=1."""
     pytest.importorskip("triton")
     if INTERPRET:
         pytest.skip("already interpreting: the interp tests run directly")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     env.pop(ENV_VAR, None)
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "interp"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", selection]
     cmd += ["-o", "addopts=", str(Path(__file__).resolve())]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     tail = (proc.stdout + proc.stderr)[-6000:]
