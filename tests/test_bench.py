@@ -281,6 +281,10 @@ def test_speech_model_metrics_through_the_cli(
     assert -1 <= metrics["spk_sim"]["mean"] <= 1
     # part0 has a transcript (WER); part1 has none, so the input's ASR is the reference.
     assert metrics["wer"]["n"] == 1 and metrics["dwer"]["n"] == 1
+    # The summaries are corpus rates (one item each: its rate); the word counts that weigh
+    # them are in the item rows, not summarised as metrics.
+    assert metrics["wer"]["mean"] == pytest.approx(metrics["wer"]["item_mean"])
+    assert "wer_words" not in metrics and "dwer_words" not in metrics
     assert "utmos ↑" in md and "spk_sim ↑" in md
     assert report["settings"]["metric_models"]["utmos"]["arch"] == "tiny"
     assert not list(out.glob("*.png"))

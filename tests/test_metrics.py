@@ -395,6 +395,32 @@ def test_ctc_greedy_decoding_and_wer(tiny_arch) -> None:
     assert sm.word_error_rate("a b c d", "a x c") == pytest.approx(2 / 3)
 
 
+def test_corpus_wer_matches_jiwer_and_keeps_the_item_mean() -> None:
+    # The bench's wer / dwer summary is the corpus rate (all errors over all reference
+    # words, as jiwer and SpeechBrain's ErrorRateStats report); the item mean is kept.
+    jiwer = pytest.importorskip("jiwer")
+    from anytok.bench.runner import corpus_rate
+
+    references = ["the cat sat on the mat", "hello", "a b c d e f g h", "yes no"]
+    hypotheses = ["the cat sat on mat", "yellow world", "a b x d e f g h i", "yes"]
+    counted = [sm.word_errors(h, r) for h, r in zip(hypotheses, references, strict=True)]
+    rates = [sm.word_error_rate(h, r) for h, r in zip(hypotheses, references, strict=True)]
+    expected = jiwer.process_words([r.upper() for r in references], [h.upper() for h in hypotheses])
+    assert sum(e for e, _ in counted) == (
+        expected.substitutions + expected.deletions + expected.insertions
+    )
+    summary = corpus_rate(rates, [w for _, w in counted])
+    assert summary["mean"] == pytest.approx(expected.wer)
+    assert summary["item_mean"] == pytest.approx(sum(rates) / len(rates))
+    assert summary["mean"] != pytest.approx(summary["item_mean"])  # they differ here
+    assert summary["n"] == 4 and summary["invalid"] == 0
+    # An empty reference adds its insertions to the errors and no words; none at all: NaN.
+    with_empty = corpus_rate([*rates, 2.0], [*(w for _, w in counted), 0])
+    errors, words = (sum(column) for column in zip(*counted, strict=True))
+    assert words == 17 and with_empty["mean"] == pytest.approx((errors + 2) / words)
+    assert math.isnan(corpus_rate([1.0], [0])["mean"])
+
+
 def test_weights_are_loaded_strictly_and_only_from_safetensors(tmp_path) -> None:
     model = torch.nn.Linear(3, 2)
     good = tmp_path / "w.safetensors"

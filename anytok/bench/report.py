@@ -26,6 +26,11 @@ from anytok.bench.suite import METRICS, PRIMARY_METRICS
 MODALITY_TITLES = {"audio": "Audio", "image": "Images", "video": "Video"}
 
 
+#: What the tables' metric columns hold, and what audio's WER columns hold.
+_MEANS_NOTE = "Means over items (↑ higher is better, ↓ lower)."
+_WER_NOTE = " wer / dwer: the corpus rate (all word errors over all reference words)."
+
+
 def safe_name(text: str) -> str:
     """A file-name-safe version of a model name or path."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
@@ -136,7 +141,8 @@ def markdown(report: dict[str, Any], plots: dict[str, list[str]] | None = None) 
                         *[fmt(result["metrics"].get(c, {}).get("mean")) for c in columns],
                     ]
                 )
-        lines += [f"## {title}", "", "Means over items (↑ higher is better, ↓ lower).", ""]
+        note = _MEANS_NOTE + (_WER_NOTE if modality == "audio" else "")
+        lines += [f"## {title}", "", note, ""]
         lines += _table(header, rows)
         lines += _regions_table(models)
         for path in (plots or {}).get(f"rate_distortion_{modality}", []):

@@ -150,11 +150,34 @@ class PointAccumulator:
         self.items += 1
 
     def metrics(self) -> dict[str, dict[str, float]]:
-        out = {key: summarize(values) for key, values in self.values.items()}
+        counts = set(CORPUS_RATES.values())
+        out = {key: summarize(values) for key, values in self.values.items() if key not in counts}
+        for rate, words in CORPUS_RATES.items():
+            if rate in self.values and words in self.values:
+                out[rate] = corpus_rate(self.values[rate], self.values[words])
         for key, metric in self.distributions.items():
             value = metric.compute()
             out[key] = {"mean": value, "n": metric.count, "invalid": int(math.isnan(value))}
         return out
+
+
+#: Error rates whose summary is the corpus rate: item key -> the key of its reference
+#: word count (kept in the item rows, not summarised on its own).
+CORPUS_RATES = {"wer": "wer_words", "dwer": "dwer_words"}
+
+
+def corpus_rate(rates: Sequence[float], words: Sequence[float]) -> dict[str, float]:
+    """:func:`summarize` of per-item error rates whose ``mean`` is the corpus rate: all
+    errors over all reference words, as ASR toolkits (SpeechBrain's ``ErrorRateStats``,
+    which DASB's dWER uses; jiwer over lists) report it. ``item_mean`` is the plain mean,
+    which over-weights short utterances. NaN without reference words."""
+    out = summarize(rates)
+    # The rate is errors / max(words, 1); the product gives the errors back.
+    errors = sum(round(r * max(w, 1)) for r, w in zip(rates, words) if math.isfinite(r))
+    total = sum(int(w) for r, w in zip(rates, words) if math.isfinite(r))
+    out["item_mean"] = out["mean"]
+    out["mean"] = errors / total if total else math.nan
+    return out
 
 
 def summarize(values: Sequence[float]) -> dict[str, float]:

@@ -241,7 +241,9 @@ class MetricSuite:
         if (asr := self.model("asr")) is not None and reference_text is not None:
             hypothesis = asr.transcribe(rec, sample_rate)[0]
             key = "wer" if text_is_transcript else "dwer"
-            scores[key] = sm.word_error_rate(hypothesis, reference_text)
+            errors, words = sm.word_errors(hypothesis, reference_text)
+            scores[key] = errors / max(words, 1)
+            scores[f"{key}_words"] = words  # the summary's corpus WER weighs items by it
         return scores
 
     def transcribe(self, audio: Tensor, sample_rate: int) -> str | None:

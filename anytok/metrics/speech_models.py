@@ -260,14 +260,23 @@ def normalize_transcript(text: str) -> list[str]:
     return _NOT_WORD.sub(" ", text.upper()).split()
 
 
+def word_errors(hypothesis: str, reference: str) -> tuple[int, int]:
+    """``(word-level Levenshtein distance, reference words)`` after
+    :func:`normalize_transcript` (``torchaudio.functional.edit_distance``): the two sums a
+    corpus WER divides."""
+    hyp, ref = normalize_transcript(hypothesis), normalize_transcript(reference)
+    return int(torchaudio.functional.edit_distance(ref, hyp)), len(ref)
+
+
 def word_error_rate(hypothesis: str, reference: str) -> float:
-    """Word-level Levenshtein distance / reference words (``torchaudio.functional.edit_distance``).
+    """Word-level Levenshtein distance / reference words of one utterance.
 
     An empty reference gives 0 when the hypothesis is empty too, else 1 per inserted word.
+    A corpus WER is the sum of :func:`word_errors` over the sum of reference words, not the
+    mean of this (which over-weights short utterances).
     """
-    hyp, ref = normalize_transcript(hypothesis), normalize_transcript(reference)
-    errors = torchaudio.functional.edit_distance(ref, hyp)
-    return float(errors) / max(len(ref), 1)
+    errors, words = word_errors(hypothesis, reference)
+    return errors / max(words, 1)
 
 
 __all__ = [
@@ -284,4 +293,5 @@ __all__ = [
     "to_model_input",
     "utmos",
     "word_error_rate",
+    "word_errors",
 ]
