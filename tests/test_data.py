@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -179,6 +180,43 @@ def test_video_manifest_duration_seeks(data_root: Path, tmp_path: Path) -> None:
     ds = VideoClips(read_manifest(manifest), fps=8, frames=3, size=(16, 16))
     starts = {ds[(0, seed)]["media"][:, 0].sum().item() for seed in range(6)}
     assert len(starts) > 1  # different seeds start at different frames
+
+
+@pytest.mark.parametrize("container", [".mp4", ".mkv"])
+def test_video_clips_seek_by_the_header_duration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, container: str
+) -> None:
+    # A folder of videos (no manifest durations): the header's duration picks the start and
+    # only the clip decodes; the clips are those of decoding the whole file. A header that
+    # overstates the video falls back to that decode instead of calling the file bad.
+    import anytok.data.datasets as datasets_module
+    from anytok.media import save_video, video_duration
+
+    ramp = torch.linspace(-1, 1, 60)[None, :, None, None].expand(3, 60, 16, 16)
+    path = save_video(tmp_path / f"ramp{container}", ramp.contiguous(), fps=25)
+    assert video_duration(path) == pytest.approx(60 / 25, abs=0.05)
+    items = scan_sources(tmp_path, "video")
+    ds = VideoClips(items, fps=25, frames=5, size=(16, 16))
+    calls: list[tuple[float, int | None]] = []
+    real_load = datasets_module.load_video
+
+    def spy(path: Path, **kwargs: Any) -> Any:
+        calls.append((kwargs.get("start", 0.0), kwargs.get("max_frames")))
+        return real_load(path, **kwargs)
+
+    monkeypatch.setattr(datasets_module, "load_video", spy)
+    seeked = [ds[(0, seed)]["media"] for seed in range(5)]
+    assert all(max_frames == 5 for _, max_frames in calls) and max(s for s, _ in calls) > 0
+    assert len({float(clip[0, 0].mean()) for clip in seeked}) > 1  # different starts
+    monkeypatch.setattr(datasets_module, "video_duration", lambda path: None)
+    whole = [ds[(0, seed)]["media"] for seed in range(5)]
+    assert calls[-1] == (0.0, None)  # no duration: the whole file decodes
+    for a, b in zip(seeked, whole, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=0)
+    monkeypatch.setattr(datasets_module, "video_duration", lambda path: 100.0)
+    clip = ds[(0, 3)]
+    assert clip["media"].shape == (3, 5, 16, 16) and clip["bad_files"] == []
+    assert calls[-2][0] > 60 / 25 and calls[-1] == (0.0, None)  # past the end, then whole
 
 
 def test_bad_files_are_replaced_and_reported(data_root: Path, tmp_path: Path) -> None:

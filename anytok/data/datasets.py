@@ -25,7 +25,14 @@ from torch.utils.data import Dataset, DistributedSampler
 from torchvision.transforms.v2 import functional as TF
 
 from anytok.data.sources import MediaItem
-from anytok.media import MediaError, audio_length, load_audio, load_image, load_video
+from anytok.media import (
+    MediaError,
+    audio_length,
+    load_audio,
+    load_image,
+    load_video,
+    video_duration,
+)
 from anytok.pipeline import collate as pad_collate
 
 
@@ -292,8 +299,10 @@ class VideoClips(MediaDataset):
     """Random clips of ``frames`` frames at ``fps``, cropped to ``size``; items are
     ``(3, frames, height, width)`` (fewer frames when a file is shorter).
 
-    With a manifest ``duration`` the decoder seeks to a random start, so long videos cost only
-    their clip; without one the file is decoded from its start, so keep such files short.
+    The decoder seeks to a random start, so long videos cost only their clip: by the
+    manifest's ``duration``, else by the duration the file's header states. When neither
+    is known (or the header's overstates the video and the start lands past its end) the
+    file is decoded from its start and the clip drawn from what decoded.
     """
 
     modality = "video"
@@ -313,16 +322,30 @@ class VideoClips(MediaDataset):
 
     def load(self, item: MediaItem, gen: torch.Generator, augment: bool) -> Tensor:
         random_start = augment and self.augment.random_crop
-        start = 0.0
-        if item.duration is not None and random_start:
+        duration = item.duration
+        if duration is None and random_start:
+            duration = video_duration(item.path)
+        video: Tensor | None = None
+        if duration is not None and random_start:
             # The frames a decode at self.fps yields (the tolerance keeps 2.3 s x 10 fps at
             # 23, not 24); starts are whole frames, so a clip is the same whatever the seek
-            # precision, and drawn from the same positions as without a duration.
-            available = math.ceil(item.duration * self.fps - 1e-6)
+            # precision, and drawn from the same positions as a decode from the start.
+            available = math.ceil(duration * self.fps - 1e-6)
+            start = 0.0
             if available > self.frames:
                 start = _randint(gen, available - self.frames + 1) / self.fps
-        max_frames = None if item.duration is None and random_start else self.frames
-        video = load_video(item.path, fps=self.fps, start=start, max_frames=max_frames).video
+            try:
+                video = load_video(
+                    item.path, fps=self.fps, start=start, max_frames=self.frames
+                ).video
+            except MediaError:
+                if item.duration is not None or start == 0:
+                    raise
+                # The header overstated the video (the start is past its end): decode it
+                # from the start as without a duration.
+        if video is None:
+            max_frames = None if random_start else self.frames
+            video = load_video(item.path, fps=self.fps, max_frames=max_frames).video
         extra = video.shape[1] - self.frames
         offset = _randint(gen, extra + 1) if extra > 0 and random_start else 0
         video = video[:, offset : offset + self.frames]

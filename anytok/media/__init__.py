@@ -28,7 +28,7 @@ from anytok.media.audio import (
 )
 from anytok.media.errors import DEFAULT_LIMITS, MediaError, MediaLimits, Modality
 from anytok.media.image import ImageData, load_image, resize_cover, save_image
-from anytok.media.video import VideoClip, load_video, save_video
+from anytok.media.video import VideoClip, load_video, save_video, video_duration
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -55,6 +55,7 @@ __all__ = [
     "save_image",
     "save_video",
     "to_channels",
+    "video_duration",
     "walk_files",
 ]
 

@@ -34,7 +34,7 @@ from anytok.media.errors import (
 )
 from anytok.media.image import Size, from_uint8, resize_cover, to_uint8
 
-__all__ = ["VideoClip", "load_video", "save_video"]
+__all__ = ["VideoClip", "load_video", "save_video", "video_duration"]
 
 _TIE = 1e-6  # seconds: timestamps closer than this are equal when picking frames
 _ANIMATED_IMAGES = ("a GIF image", "a WebP image")  # FFmpeg decodes these as video
@@ -219,6 +219,30 @@ def load_video(
         original_frames=header_frames,
         original_size=(height, width),
     )
+
+
+def video_duration(path: str | os.PathLike[str]) -> float | None:
+    """Seconds of the file's first video stream as its header states them (the stream's
+    duration, else its frame count over its rate, else the container's duration); None
+    when the header does not say or the file cannot be opened (:func:`load_video` then
+    names the problem). A header can be wrong (an edit list, an audio track longer than
+    the video): callers that seek by it must cope with a start past the last frame."""
+    try:
+        container = av.open(str(path))
+    except FFMPEG_ERRORS:
+        return None
+    with container:
+        if not container.streams.video:
+            return None
+        stream = container.streams.video[0]
+        if stream.duration and stream.time_base:
+            return float(stream.duration * stream.time_base)
+        rate = stream.average_rate or stream.guessed_rate
+        if stream.frames and rate:
+            return stream.frames / float(rate)
+        if container.duration:
+            return container.duration / av.time_base
+    return None
 
 
 class _FrameSelector:
