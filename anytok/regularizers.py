@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,19 @@ class FrozenFeatureModel:
             ``preprocessor_config.json``, default 16 kHz). Where that file sets
             ``do_normalize`` (wav2vec2-large-lv60, WavLM-large ...), each item is then scaled
             to zero mean and unit variance over all its samples, as the model's processor does.
+        image_size: the square side images are resized to (bicubic, whole image: no crop,
+            so the grid stays aligned with the student's). None: the size the checkpoint's
+            image processor feeds the model (``crop_size``, else a square ``size`` in
+            ``preprocessor_config.json``: 224 for DINOv2 and CLIP, as REPA uses DINOv2),
+            else the config's ``image_size`` (518 for DINOv2: 5x the tokens of 224).
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], modality: str = "image", sample_rate: int = 16000
+        self,
+        path: str | os.PathLike[str],
+        modality: str = "image",
+        sample_rate: int = 16000,
+        image_size: int | None = None,
     ):
         self.path = Path(path)
         if not (self.path / "config.json").is_file():
@@ -79,7 +88,11 @@ class FrozenFeatureModel:
             processor = json.loads((self.path / "preprocessor_config.json").read_text())
         config = getattr(model_config, "vision_config", model_config)
         self.dim = int(config.hidden_size)
-        self.image_size = getattr(config, "image_size", None)
+        if image_size is not None and int(image_size) < 1:
+            raise ValueError(f"semantic teacher image_size must be >= 1, got {image_size}")
+        self.image_size = (
+            image_size or _processor_image_size(processor) or getattr(config, "image_size", None)
+        )
         self.patch_size = getattr(config, "patch_size", None)
         self.mean = torch.tensor(processor.get("image_mean", IMAGENET_MEAN)).view(1, 3, 1, 1)
         self.std = torch.tensor(processor.get("image_std", IMAGENET_STD)).view(1, 3, 1, 1)
@@ -126,7 +139,7 @@ class FrozenFeatureModel:
         if self.image_size is not None:
             size = int(self.image_size)
             if images.shape[-2:] != (size, size):
-                images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+                images = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True)
         images = (images - self.mean.to(device)) / self.std.to(device)
         hidden = self.model(pixel_values=images).last_hidden_state.float()
         h, w = images.shape[-2:]
@@ -134,6 +147,23 @@ class FrozenFeatureModel:
         grid = (h // p, w // p)
         patches = grid[0] * grid[1]
         return hidden[:, hidden.shape[1] - patches :], grid  # drop CLS / register tokens
+
+
+def _processor_image_size(processor: Mapping[str, Any]) -> int | None:
+    """The square input side an image processor config feeds its model: ``crop_size``,
+    else ``size`` given as a square (an int or equal height / width); None otherwise (a
+    ``shortest_edge`` size is the resize before the crop, not the input)."""
+    for key in ("crop_size", "size"):
+        value = processor.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+        if (
+            isinstance(value, Mapping)
+            and value.get("height")
+            and value.get("height") == value.get("width")
+        ):
+            return int(value["height"])
+    return None
 
 
 def normalize_per_item(audio: Tensor) -> Tensor:
@@ -170,6 +200,7 @@ class SemanticRegularizer(nn.Module):
         weight: loss weight.
         hidden: projector width (a 2-layer SiLU MLP, as REPA).
         modality: ``"image"`` or ``"audio"``.
+        image_size: the teacher's input side (see :class:`FrozenFeatureModel`).
     """
 
     def __init__(
@@ -180,12 +211,14 @@ class SemanticRegularizer(nn.Module):
         weight: float = 1.0,
         hidden: int = 1024,
         modality: str = "image",
+        image_size: int | None = None,
     ):
         super().__init__()
         self.teacher_path = os.fspath(teacher)
         self.modality = modality
         self.weight = float(weight)
-        probe = FrozenFeatureModel(teacher, modality)  # its config: fails early on a bad path
+        # its config: fails early on a bad path
+        probe = FrozenFeatureModel(teacher, modality, image_size=image_size)
         object.__setattr__(self, "_teacher", probe)  # not a submodule: never saved or trained
         self.projector = nn.Sequential(
             nn.Linear(student_dim, hidden), nn.SiLU(), nn.Linear(hidden, probe.dim)

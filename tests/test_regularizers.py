@@ -44,6 +44,31 @@ def test_frozen_teacher_features_grid_and_errors(teacher: Path, tmp_path: Path) 
         FrozenFeatureModel(tmp_path)
 
 
+def test_teacher_input_size_follows_its_image_processor(teacher: Path, tmp_path: Path) -> None:
+    # DINOv2's processor feeds 224 x 224 crops (REPA's size) while its config says 518: the
+    # processor's crop_size wins, then a square size, then the config; image_size overrides.
+    import shutil
+
+    from transformers import BitImageProcessor, SiglipImageProcessor
+
+    with_processor = tmp_path / "dinov2_like"
+    shutil.copytree(teacher, with_processor)
+    BitImageProcessor(
+        size={"shortest_edge": 24}, crop_size={"height": 16, "width": 16}
+    ).save_pretrained(with_processor)
+    images = torch.rand(2, 3, 48, 64) * 2 - 1
+    features, grid = FrozenFeatureModel(with_processor)(images)
+    assert grid == (2, 2) and features.shape == (2, 4, 32)  # 16 / patch 8
+    assert FrozenFeatureModel(with_processor, image_size=40)(images)[1] == (5, 5)
+    siglip_like = tmp_path / "siglip_like"
+    shutil.copytree(teacher, siglip_like)
+    SiglipImageProcessor(size={"height": 24, "width": 24}).save_pretrained(siglip_like)
+    assert FrozenFeatureModel(siglip_like).image_size == 24
+    assert FrozenFeatureModel(teacher).image_size == 32  # no processor file: the config
+    with pytest.raises(ValueError, match="image_size must be >= 1"):
+        FrozenFeatureModel(teacher, image_size=-2)
+
+
 def test_semantic_loss_trains_projector_and_student_only(teacher: Path) -> None:
     reg = SemanticRegularizer(16, teacher, weight=0.5, hidden=32)
     student = torch.randn(2, 9, 16, requires_grad=True)

@@ -88,7 +88,8 @@ class FlowDecoder(nn.Module):
             DDPM objectives train on uniform integer timesteps and sample on the scheduler's.
         time_sampling: ``"logit_normal"`` (SD3) or ``"uniform"`` training times; flow only
             (None: logit-normal).
-        repa: ``{"teacher": path, "weight": w, "layer": k}`` for REPA on block ``k``.
+        repa: ``{"teacher": path, "weight": w, "layer": k}`` for REPA on block ``k``
+            (optional ``image_size``: the teacher's input side, default its processor's).
         gradient_checkpointing: recompute block activations in backward.
     """
 
@@ -178,6 +179,7 @@ class FlowDecoder(nn.Module):
                 repa["teacher"],
                 weight=float(repa.get("weight", 0.5)),
                 modality=repa.get("modality", "image"),
+                image_size=repa.get("image_size"),
             )
         alphas = _ddpm_alphas_cumprod()
         self.register_buffer("alphas_cumprod", alphas, persistent=False)
