@@ -180,3 +180,53 @@ def test_rank0_only_eval_forward_runs_no_collective() -> None:
         pytest.skip("torch.distributed with gloo is not available")
     rank0_done = mp.get_context("spawn").Event()
     spawn_ranks(_rank0_eval_worker, (free_port(), rank0_done), WORLD_SIZE, EVAL_DEADLINE_S)
+
+
+def _seed_sampling_worker(rank: int, port: int) -> None:
+    """k-means seeds are drawn from every rank's rows: rank 0 holding none (a batch of
+    padding) or few no longer leaves zero or repeated seeds."""
+    from anytok.quantizers.vq import sample_rows_synced
+
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD_SIZE,
+        timeout=timedelta(seconds=60),
+    )
+    try:
+        torch.manual_seed(rank)
+
+        # Distinct rows: row i of rank r holds 1000 * r + i in every column.
+        def rows(n: int) -> torch.Tensor:
+            return (1000.0 * rank + torch.arange(n, dtype=torch.float32))[:, None].repeat(1, 3)
+
+        cases = {"rank 0 empty": (0, 40), "both": (7, 30), "too few": (3, 5)}
+        for name, sizes in cases.items():
+            x = rows(sizes[rank])
+            if rank == 1 and name == "both":
+                x[::2] = float("nan")  # 15 finite rows here, 7 on rank 0: 22 >= 16
+            seeds = sample_rows_synced(x, 16)
+            _assert_same_on_all_ranks(f"{name}: seeds", seeds)
+            assert bool(torch.isfinite(seeds).all()), f"{name}: a non-finite seed"
+            values = seeds[:, 0].tolist()
+            assert all(seeds[:, 1].eq(seeds[:, 0])), f"{name}: rows were mixed"
+            pool = {1000.0 * r + i for r in range(WORLD_SIZE) for i in range(sizes[r])}
+            assert set(values) <= pool, f"{name}: seeds that are no row"
+            if sum(sizes) >= 16:
+                assert len(set(values)) == 16, f"{name}: repeated seeds {values}"
+            if name == "rank 0 empty":
+                assert all(v >= 1000 for v in values)
+            if name == "both":  # drawn from both ranks' rows
+                assert any(v < 1000 for v in values) and any(v >= 1000 for v in values)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(DEADLINE_S + 60)
+def test_kmeans_seeds_come_from_every_ranks_rows() -> None:
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    spawn_ranks(_seed_sampling_worker, (free_port(),), WORLD_SIZE, DEADLINE_S)

@@ -183,15 +183,57 @@ def broadcast_once_(module: nn.Module, tensors: list[Tensor]) -> None:
 
 
 def sample_rows_synced(x: Tensor, num: int) -> Tensor:
-    """``num`` random rows of ``x`` ``(n, c)`` drawn on rank 0 and broadcast to every rank.
+    """``num`` random rows of every rank's ``x (n_r, c)``, the same on every rank.
 
-    Without replacement when ``n >= num``. Every rank must call this with the same ``num``.
-    Rows holding NaN or Inf are drawn only once no finite row is left (with ``n < num``,
-    such a draw takes the first finite row instead), without a host sync.
+    Without replacement when the ranks hold ``num`` rows or more together; rows holding NaN
+    or Inf are drawn only once no finite row is left (with fewer rows than ``num``, such a
+    draw takes a finite row instead). Every rank must call this with the same ``num``.
+
+    On one process the draw needs no host sync. Under torch.distributed each rank's row
+    counts are all-reduced and read on the host (k-means seeds: once per codebook), rank 0
+    draws from the pool of all ranks' rows (as vector-quantize-pytorch's
+    ``sample_vectors_distributed``: a rank with few or no rows, say a batch of padding on
+    rank 0, no longer limits the seeds) and each rank fills in its rows of a sum.
     """
+    if not is_distributed():
+        return _sample_rows_local(x, num)
+    world, rank = dist.get_world_size(), dist.get_rank()
+    finite = finite_rows(x)
+    counts = torch.zeros(2, world, dtype=torch.int64, device=x.device)
+    counts[0, rank], counts[1, rank] = x.shape[0], finite.sum()
+    rows, finite_counts = all_reduce_sum_(counts).tolist()
+    total, total_finite = sum(rows), sum(finite_counts)
+    # A pool of every rank's rows, finite ones first: [0, F) are the finite rows rank by
+    # rank, [F, total) the others. Rank 0 draws ids in it and broadcasts them.
+    ids = torch.zeros(num, dtype=torch.int64, device=x.device)
+    if rank == 0 and total > 0:
+        if total >= num:
+            finite_ids = torch.randperm(total_finite, device=x.device)
+            other_ids = total_finite + torch.randperm(total - total_finite, device=x.device)
+            ids.copy_(torch.cat([finite_ids, other_ids])[:num])
+        else:
+            ids.copy_(torch.randint(0, total_finite or total, (num,), device=x.device))
+    broadcast_(ids)
+    first_finite = sum(finite_counts[:rank])
+    first_other = total_finite + sum(rows[:rank]) - first_finite
+    local = torch.cat([finite.nonzero()[:, 0], (~finite).nonzero()[:, 0]])
+    starts = torch.tensor([first_finite, first_other], device=x.device)
+    sizes = torch.tensor([finite_counts[rank], rows[rank] - finite_counts[rank]], device=x.device)
+    in_other = (ids >= total_finite).long()
+    offset = ids - starts[in_other]
+    mine = (offset >= 0) & (offset < sizes[in_other])
+    position = offset + in_other * sizes[0]  # index into ``local``
     out = x.new_zeros(num, x.shape[-1])
-    if _is_rank_zero() and x.shape[0] > 0:
-        n = x.shape[0]
+    picked = position[mine]
+    out[mine] = x[local[picked]]
+    return all_reduce_sum_(out)
+
+
+def _sample_rows_local(x: Tensor, num: int) -> Tensor:
+    """:func:`sample_rows_synced` on one process."""
+    out = x.new_zeros(num, x.shape[-1])
+    n = x.shape[0]
+    if n > 0:
         finite = finite_rows(x)
         if n >= num:
             pick = _random_rows_finite_first(finite, num)
@@ -199,7 +241,7 @@ def sample_rows_synced(x: Tensor, num: int) -> Tensor:
             pick = torch.randint(0, n, (num,), device=x.device)
             pick = torch.where(finite[pick], pick, finite.to(torch.uint8).argmax())
         out.copy_(x[pick])
-    return broadcast_(out)
+    return out
 
 
 def _random_rows_finite_first(finite: Tensor, m: int) -> Tensor:
@@ -258,7 +300,8 @@ def kmeans(
     """Lloyd's k-means over the vectors of every rank; returns ``(num_clusters, c)`` centroids
     identical on all ranks.
 
-    Initial centroids are drawn on rank 0 and broadcast; each iteration all-reduces the
+    Initial centroids are drawn from every rank's rows (:func:`sample_rows_synced`), the
+    same on all ranks; each iteration all-reduces the
     per-cluster sums and counts. Assignment uses :func:`nearest_codeword` (chunked), sums
     :func:`counts_and_sums_synced` — never an ``n x k`` one-hot. Clusters left empty keep their centroid.
     With ``metric="cosine"`` the centroids are renormalised (spherical k-means).
@@ -318,8 +361,8 @@ class VectorQuantize(Quantizer):
     Shapes: ``forward(z)`` with ``z (..., dim)`` returns quantized ``(..., dim)`` and codes
     ``(..., 1)``; ``decode`` takes codes ``(..., 1)``.
 
-    Distributed: code counts and sums are all-reduced, k-means seeds and revived codes are
-    drawn on rank 0 and broadcast, and the first training step copies rank 0's codebook state
+    Distributed: code counts and sums are all-reduced, k-means seeds are drawn from every
+    rank's rows and revived codes on rank 0, both broadcast, and the first training step copies rank 0's codebook state
     to every rank, so all ranks hold the same codebook. In eval mode the metrics describe
     this rank's batch only (no collective, so rank-0-only validation cannot hang).
     """
