@@ -511,3 +511,23 @@ def test_tar_shard_is_refused_for_training(data_root: Path, tmp_path: Path) -> N
     manifest.write_text(json.dumps({"path": "shard-000.tar"}) + "\n")
     with pytest.raises(ManifestError, match=r"m\.jsonl lists shard-000\.tar, which is a tar"):
         scan_sources(manifest, "audio")
+
+
+def test_training_data_benchmark_smoke(tmp_path: Path) -> None:
+    """benchmarks/training_data.py end to end: crop-only and whole-file reads give the same
+    training items."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "training_data.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "training_data.json").read_text())["rows"]
+    assert [r["kind"] for r in rows] == ["audio", "video"]
+    assert all(r["max_abs_difference"] == 0 and r["window_ms"] > 0 for r in rows)
+    assert "| crop only ms |" in (tmp_path / "training_data.md").read_text()
