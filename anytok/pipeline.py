@@ -132,19 +132,29 @@ def input_format(model: Tokenizer) -> InputFormat:
     raise TypeError(f"unsupported tokenizer type {type(model).__name__}")
 
 
-def load_input(fmt: InputFormat, path: Path) -> Tensor:
+def load_input(fmt: InputFormat, path: Path, max_steps: int | None = None) -> Tensor:
     """Load one file in ``fmt``: audio ``(C, S)`` at its rate and channels, an image
-    ``(3, H, W)`` at its resolution, a video ``(3, T, H, W)`` at its fps and size."""
+    ``(3, H, W)`` at its resolution, a video ``(3, T, H, W)`` at its fps and size.
+
+    ``max_steps``: keep at most this many samples / frames from the start, and decode no
+    further where the format allows (libsndfile audio reads only them; video decoding
+    stops); the same values as loading all and cutting. Images ignore it.
+    """
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     if fmt.modality == "audio":
-        return load_audio(path, sample_rate=fmt.sample_rate, channels=fmt.channels).waveform
+        duration = None if max_steps is None else max_steps / fmt.sample_rate
+        return load_audio(
+            path, sample_rate=fmt.sample_rate, channels=fmt.channels, duration=duration
+        ).waveform
     if fmt.modality == "image":
         return _fit(load_image(path).image, fmt, path)
     if fmt.modality == "video":
         if fmt.resize == "cover_crop":
             # Each frame is resized as it is decoded: a full-size float copy of a 1080p clip
             # takes 25 MB a frame (7.5 GB for 10 s at 30 fps).
-            return load_video(path, fps=fmt.fps, size=fmt.resolution).video
-        clip = load_video(path, fps=fmt.fps)
+            return load_video(path, fps=fmt.fps, size=fmt.resolution, max_frames=max_steps).video
+        clip = load_video(path, fps=fmt.fps, max_frames=max_steps)
         frames = clip.video.transpose(0, 1)  # (T, 3, H, W) for cropping frame by frame
         return _fit(frames, fmt, path).transpose(0, 1).contiguous()
     raise ValueError(f"unsupported modality {fmt.modality!r}")

@@ -20,6 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from anytok.media import (
     MediaError,
+    MediaLimits,
     audio_length,
     load_audio,
     load_image,
@@ -335,6 +336,30 @@ def test_pipeline_resizes_video_frames_while_decoding(tmp_path: Path) -> None:
     assert float((fitted - reference).abs().max()) <= 1.01 / 127.5
     native = load_input(InputFormat("video", fps=25, resize="native", multiple=16), path)
     assert native.shape == (3, 6, 32, 64)
+
+
+def test_load_input_max_steps_reads_only_the_start(tmp_path: Path) -> None:
+    # encode-dataset's --segment crop: only the kept samples / frames are decoded, the same
+    # values as loading everything and cutting; the audio length limit bounds the crop.
+    audio = tmp_path / "long.flac"
+    sf.write(audio, _sine(44100, 3.0, channels=2), 44100)
+    fmt = InputFormat("audio", sample_rate=24000, channels=1)
+    torch.testing.assert_close(
+        load_input(fmt, audio, max_steps=2400), load_input(fmt, audio)[:, :2400], atol=1e-6, rtol=0
+    )
+    video = _numbered_video(tmp_path / "clip.mkv", 6, h=40, w=72)
+    for vfmt in (
+        InputFormat("video", resolution=(16, 16), fps=25),
+        InputFormat("video", fps=25, resize="native", multiple=16),
+    ):
+        assert torch.equal(load_input(vfmt, video, max_steps=2), load_input(vfmt, video)[:, :2])
+    assert load_input(InputFormat("video", fps=25), video, max_steps=50).shape[1] == 6
+    with pytest.raises(ValueError, match="max_steps must be >= 1"):
+        load_input(fmt, audio, max_steps=0)
+    short_limit = MediaLimits(max_audio_seconds=1.0)
+    assert load_audio(audio, limits=short_limit, duration=0.5).waveform.shape == (2, 22050)
+    with pytest.raises(MediaError, match="too long"):
+        load_audio(audio, limits=short_limit)
 
 
 def _coded_video(

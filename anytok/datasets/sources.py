@@ -409,6 +409,15 @@ class SegmentPolicy:
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "seconds": self.seconds if self.mode != "full" else None}
 
+    def max_steps(self, fmt: InputFormat) -> int | None:
+        """Samples / frames :meth:`apply` keeps from the start (``crop``), so the loader
+        reads no further; None: all of them."""
+        if self.mode != "crop" or fmt.modality == "image":
+            return None
+        rate = fmt.sample_rate if fmt.modality == "audio" else fmt.fps
+        assert rate is not None and self.seconds is not None
+        return max(1, round(self.seconds * rate))
+
     def apply(self, fmt: InputFormat, media: Tensor) -> list[tuple[float, Tensor]]:
         """``[(start_seconds, segment), ...]`` of one loaded item (no batch axis)."""
         if self.mode == "full" or fmt.modality == "image":
@@ -474,8 +483,9 @@ def read_member(item: Item) -> bytes:
         raise MediaError(item.source, f"cannot be extracted from the tar ({err})") from err
 
 
-def load_item(fmt: InputFormat, item: Item) -> Tensor:
-    """Load one item as the tokenizer expects it (see :func:`anytok.pipeline.load_input`).
+def load_item(fmt: InputFormat, item: Item, max_steps: int | None = None) -> Tensor:
+    """Load one item as the tokenizer expects it (see :func:`anytok.pipeline.load_input`,
+    which ``max_steps`` goes to).
 
     Tar members are written to a temporary file first: the media loaders (soundfile,
     Pillow, PyAV) and their validation work on paths. A file whose path is not UTF-8 is read
@@ -488,12 +498,12 @@ def load_item(fmt: InputFormat, item: Item) -> Tensor:
         raise MediaError(item.source, item.error)
     if item.member is None:
         if printable(item.path) == item.path:
-            return load_input(fmt, Path(item.path))
+            return load_input(fmt, Path(item.path), max_steps)
         with tempfile.TemporaryDirectory(prefix="anytok-link-") as folder:
             link = Path(folder) / ("item" + printable(Path(item.path).suffix))
             link.symlink_to(item.path)
             try:
-                return load_input(fmt, link)
+                return load_input(fmt, link, max_steps)
             except MediaError as err:  # name the item, not the link
                 raise MediaError(item.source, err.problem) from err
     data = read_member(item)
@@ -502,7 +512,7 @@ def load_item(fmt: InputFormat, item: Item) -> Tensor:
         tmp.write(data)
         tmp.flush()
         try:
-            return load_input(fmt, Path(tmp.name))
+            return load_input(fmt, Path(tmp.name), max_steps)
         except MediaError as err:  # name the member, not the temporary file
             raise MediaError(item.source, err.problem) from err
 
@@ -521,7 +531,7 @@ def iter_segments(
     the message says what it was.
     """
     try:
-        return policy.apply(fmt, load_item(fmt, item)), None
+        return policy.apply(fmt, load_item(fmt, item, policy.max_steps(fmt))), None
     except Exception as err:
         return [], describe_error(err)
 

@@ -234,7 +234,8 @@ def load_audio(
             A window holds the samples of the whole file's decode sliced there, to float
             rounding: libsndfile formats read only the window and the resampling filter's
             margin (training crops of hour-long files cost a window, not the file); FFmpeg
-            formats decode from the start. NaN/Inf checks cover the window.
+            formats decode from the start. NaN/Inf checks cover the window, and for
+            libsndfile formats ``limits.max_audio_seconds`` bounds the window, not the file.
 
     Raises:
         MediaError: the file is missing, empty, truncated, corrupt, not audio, has no samples,
@@ -403,7 +404,10 @@ def _decode_with_soundfile(p: Path, limits: MediaLimits, window: _Window) -> _De
         if sniff(p) == _M4A:  # an M4A under another name: only its failure pays the sniff
             return _decode_with_ffmpeg(p, limits, None, window)
         raise unreadable(p, "audio", _sf_detail(err)) from err
-    _check_header(p, info.samplerate, info.channels, info.frames / max(info.samplerate, 1), limits)
+    seconds = info.frames / max(info.samplerate, 1)
+    if window.duration is not None:  # only the window is decoded: it is what the limit bounds
+        seconds = min(seconds, window.duration)
+    _check_header(p, info.samplerate, info.channels, seconds, limits)
     log = info.extra_info or ""
     short = _SHORT_CHUNK.search(log)
     if short and int(short.group(2)) not in _UNKNOWN_SIZES:
