@@ -44,7 +44,8 @@ def _assert_same_on_all_ranks(name: str, tensor: torch.Tensor) -> None:
             raise AssertionError(f"{name} differs between rank 0 and rank {rank} by {difference}")
 
 
-def _worker(rank: int, port: int) -> None:
+def _join_gloo(rank: int, port: int, timeout_s: float = 60) -> None:
+    """Join the two-rank gloo group on the loopback interface, one thread."""
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -52,8 +53,12 @@ def _worker(rank: int, port: int) -> None:
         init_method=f"tcp://127.0.0.1:{port}",
         rank=rank,
         world_size=WORLD_SIZE,
-        timeout=timedelta(seconds=60),
+        timeout=timedelta(seconds=timeout_s),
     )
+
+
+def _worker(rank: int, port: int) -> None:
+    _join_gloo(rank, port)
     try:
         torch.manual_seed(100 + rank)  # different random streams on purpose
         data = torch.Generator().manual_seed(rank)
@@ -135,15 +140,7 @@ def _rank0_eval_worker(rank: int, port: int, rank0_done: Event) -> None:
     for rank 0 outside torch.distributed): a collective in eval mode times out and raises."""
     from anytok.quantizers import build
 
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=WORLD_SIZE,
-        timeout=timedelta(seconds=EVAL_COLLECTIVE_TIMEOUT_S),
-    )
+    _join_gloo(rank, port, EVAL_COLLECTIVE_TIMEOUT_S)
     try:
         if rank == 0:
             try:
@@ -187,15 +184,7 @@ def _seed_sampling_worker(rank: int, port: int) -> None:
     padding) or few no longer leaves zero or repeated seeds."""
     from anytok.quantizers.vq import sample_rows_synced
 
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=WORLD_SIZE,
-        timeout=timedelta(seconds=60),
-    )
+    _join_gloo(rank, port)
     try:
         torch.manual_seed(rank)
 
