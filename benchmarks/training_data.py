@@ -1,7 +1,8 @@
 """Cost of one training item from long files: an audio segment (``AudioSegments``) and a
 video clip (``VideoClips``) read as training reads them (only the crop, found by the file's
 header) against decoding the whole file and cropping it (what a file whose header gives no
-length costs), and a check that both give the same crops.
+length costs), and a check that both give the same crops; and the peak memory of one clip
+of 1080p video cut frame by frame as it decodes vs cut from the decoded clip.
 
     python benchmarks/training_data.py --out benchmarks/results/training_data_cpu
     python benchmarks/training_data.py --smoke --out /tmp/td      # seconds, for the tests
@@ -63,6 +64,79 @@ def measure(kind: str, path: Path, dataset, seeds: range) -> dict:
     }
 
 
+_PEAK_RSS = """
+import sys, threading, time, torch
+torch.set_num_threads(1)
+from pathlib import Path
+from anytok.data.datasets import Augment, VideoClips, _random_resized_crop
+from anytok.data.sources import MediaItem
+from anytok.media import load_video
+
+def rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+path, mode = Path(sys.argv[1]), sys.argv[2]
+ds = VideoClips([MediaItem(path, path.name)], fps=8, frames=17, size=(256, 256))
+gen = torch.Generator().manual_seed(0)
+load_video(path, max_frames=1)  # decoder libraries loaded before the baseline
+peak, running = [rss_mib()], [True]
+def watch():
+    while running[0]:
+        peak[0] = max(peak[0], rss_mib())
+        time.sleep(0.001)
+before = rss_mib()
+watcher = threading.Thread(target=watch)
+watcher.start()
+if mode == "frame":
+    item = ds._cut_while_decoding(path, gen, Augment(), 0.0)
+else:
+    clip = load_video(path, fps=8, max_frames=17).video.transpose(0, 1)
+    item = _random_resized_crop(clip, (256, 256), gen, Augment()).transpose(0, 1)
+running[0] = False
+watcher.join()
+print(max(peak[0], rss_mib()) - before, tuple(item.shape))
+"""
+
+
+def write_hd_video(path: Path, seconds: float, height: int = 1080, width: int = 1920) -> Path:
+    """An H.264 ``width x height`` 25 fps file written frame by frame (a float clip of it
+    would not fit in memory)."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        y, x = np.mgrid[0:height, 0:width]
+        for i in range(int(seconds * 25)):
+            rgb = np.stack([(x + 4 * i) % 256, (y + 2 * i) % 256, (x ^ y) % 256], -1)
+            frame = av.VideoFrame.from_ndarray(rgb.astype(np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def peak_memory(path: Path) -> dict:
+    """Peak resident memory added by one 256x256 17-frame training clip of ``path``, cut
+    frame by frame as it decodes vs cut from the decoded clip (fresh processes)."""
+    import subprocess
+    import sys
+
+    out = {}
+    for mode in ("frame", "clip"):
+        proc = subprocess.run(
+            [sys.executable, "-c", _PEAK_RSS, str(path), mode],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out[f"{mode}_peak_mib"] = float(proc.stdout.split()[0])
+    return out
+
+
 def _cpu_name() -> str:
     """The CPU's model name (Linux), else what ``platform`` knows."""
     try:
@@ -106,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         mp4 = save_video(folder / "long.mp4", (texture + ramp).clamp(-1, 1), fps=25)
         video = VideoClips([MediaItem(mp4, mp4.name)], fps=8, frames=17, size=(128, 128))
         rows.append(measure("video", mp4, video, range(args.items)))
+        hd = write_hd_video(folder / "hd.mp4", 0.4 if args.smoke else 3.0)
+        memory = peak_memory(hd)
 
     environment = {
         "machine": platform.machine(),
@@ -114,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": 1,
         "smoke": args.smoke,
     }
-    report = {"environment": environment, "rows": rows}
+    report = {"environment": environment, "rows": rows, "hd_clip_memory": memory}
     print(json.dumps(report, indent=2))
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -136,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['window_ms']:.1f} | {row['whole_ms']:.1f} | {row['speedup']:.1f}x | "
                 f"{row['max_abs_difference']:.2g} |"
             )
+        lines += [
+            "",
+            "Peak resident memory added by one 17-frame 256x256 training clip (8 fps) of a "
+            "1920x1080 H.264 file, each frame cut as it decodes vs cut from the decoded clip: "
+            f"{memory['frame_peak_mib']:.0f} MiB vs {memory['clip_peak_mib']:.0f} MiB.",
+        ]
         (args.out / "training_data.md").write_text("\n".join(lines) + "\n")
     return 0
 

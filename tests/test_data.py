@@ -219,6 +219,36 @@ def test_video_clips_seek_by_the_header_duration(
     assert calls[-2][0] > 60 / 25 and calls[-1] == (0.0, None)  # past the end, then whole
 
 
+def test_video_clips_are_cut_frame_by_frame_as_cutting_the_clip(tmp_path: Path) -> None:
+    # Training clips are cropped as each frame decodes (one full-size frame in memory): the
+    # same crop, flip and values as decoding the clip and cropping it, for the same draws.
+    from anytok.data.datasets import _CropEachFrame, _random_resized_crop
+    from anytok.media import load_video, save_video
+
+    generator = torch.Generator().manual_seed(1)
+    video = torch.rand(3, 12, 40, 72, generator=generator) * 2 - 1
+    path = save_video(tmp_path / "wide.mp4", video, fps=25)
+    augment = Augment(hflip=0.5, scale=(1.0, 1.6))
+    for seed in range(6):
+        for crop_augment in (augment, None):
+            cut = _CropEachFrame((16, 24), torch.Generator().manual_seed(seed), crop_augment)
+            frames = load_video(path, fps=25, start=0.2, max_frames=5, transform=cut).video
+            whole = load_video(path, fps=25, start=0.2, max_frames=5).video
+            expected = _random_resized_crop(
+                whole.transpose(0, 1), (16, 24), torch.Generator().manual_seed(seed), crop_augment
+            ).transpose(0, 1)
+            assert frames.shape == (3, 5, 16, 24) and frames.dtype == torch.float32
+            torch.testing.assert_close(frames, expected, atol=1e-6, rtol=0)
+    seen: list[tuple[torch.dtype, tuple[int, ...]]] = []
+
+    def record(frame: torch.Tensor) -> torch.Tensor:
+        seen.append((frame.dtype, tuple(frame.shape)))
+        return frame[:, :8, :8]
+
+    assert load_video(path, max_frames=3, transform=record).video.shape == (3, 3, 8, 8)
+    assert seen == [(torch.uint8, (3, 40, 72))] * 3  # upright uint8 frames, one call each
+
+
 def test_bad_files_are_replaced_and_reported(data_root: Path, tmp_path: Path) -> None:
     good = scan_sources(data_root / "audio", "audio")[:2]
     broken = tmp_path / "broken.wav"
@@ -527,7 +557,9 @@ def test_training_data_benchmark_smoke(tmp_path: Path) -> None:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads((tmp_path / "training_data.json").read_text())["rows"]
+    report = json.loads((tmp_path / "training_data.json").read_text())
+    rows, memory = report["rows"], report["hd_clip_memory"]
+    assert 0 < memory["frame_peak_mib"] < memory["clip_peak_mib"]
     assert [r["kind"] for r in rows] == ["audio", "video"]
     assert all(r["max_abs_difference"] == 0 and r["window_ms"] > 0 for r in rows)
     assert "| crop only ms |" in (tmp_path / "training_data.md").read_text()

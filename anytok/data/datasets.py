@@ -17,6 +17,7 @@ import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ from anytok.media import (
     load_video,
     video_duration,
 )
+from anytok.media.image import from_uint8
 from anytok.pipeline import collate as pad_collate
 
 
@@ -239,40 +241,99 @@ class AudioSegments(MediaDataset):
 _MAX_COVER_EXCESS = 16
 
 
+@dataclass(frozen=True)
+class _CropPlan:
+    """One random resized crop of ``(..., H, W)`` media, drawn before the pixels exist (so a
+    video's frames can be cut one by one as they decode): resize to ``new`` and take the
+    ``size`` box at ``(top, left)`` there, then flip when ``flip``."""
+
+    source: tuple[int, int]
+    size: tuple[int, int]
+    new: tuple[int, int]
+    top: int
+    left: int
+    flip: bool
+
+    @classmethod
+    def draw(
+        cls,
+        source: tuple[int, int],
+        size: tuple[int, int],
+        gen: torch.Generator,
+        augment: Augment | None,
+    ) -> _CropPlan:
+        """Cover ``size`` (times a random scale), at a random (training) or central
+        (validation, ``augment=None``) position, maybe flipped: the draws, in this order,
+        scale, top, left, flip."""
+        h, w = source
+        zoom = _uniform(gen, *augment.scale) if augment else 1.0
+        scale = max(size[0] / h, size[1] / w) * zoom
+        new = (max(size[0], round(h * scale)), max(size[1], round(w * scale)))
+        if augment and augment.random_crop:
+            top = _randint(gen, new[0] - size[0] + 1)
+            left = _randint(gen, new[1] - size[1] + 1)
+        else:  # torchvision's center_crop offsets
+            top = round((new[0] - size[0]) / 2.0)
+            left = round((new[1] - size[1]) / 2.0)
+        flip = bool(
+            augment and augment.hflip and float(torch.rand((), generator=gen)) < augment.hflip
+        )
+        return cls(source, size, new, top, left, flip)
+
+    def __call__(self, media: Tensor) -> Tensor:
+        """``(..., H, W)`` at :attr:`source` -> ``(..., size)``.
+
+        When the covering resize would exceed :data:`_MAX_COVER_EXCESS` times the crop (an
+        extreme aspect ratio), the same box is cut in source coordinates first and only it
+        is resized.
+        """
+        if tuple(media.shape[-2:]) != self.source:
+            raise ValueError(
+                f"crop planned for {self.source[0]}x{self.source[1]} media, got "
+                f"{media.shape[-2]}x{media.shape[-1]} (frames of another size in one video?)"
+            )
+        (h, w), size, new = self.source, self.size, self.new
+        top, left = self.top, self.left
+        if new[0] * new[1] <= _MAX_COVER_EXCESS * size[0] * size[1]:
+            if new != (h, w):
+                media = TF.resize(media, list(new), antialias=True)
+            media = media[..., top : top + size[0], left : left + size[1]]
+        else:
+            # The box in source pixels (at least one, inside the image).
+            box_h = min(h, max(1, round(size[0] * h / new[0])))
+            box_w = min(w, max(1, round(size[1] * w / new[1])))
+            y = min(h - box_h, round(top * h / new[0]))
+            x = min(w - box_w, round(left * w / new[1]))
+            media = TF.resized_crop(media, y, x, box_h, box_w, list(size), antialias=True)
+        if self.flip:
+            media = media.flip(-1)
+        return media.contiguous()
+
+
 def _random_resized_crop(
     media: Tensor, size: tuple[int, int], gen: torch.Generator, augment: Augment | None
 ) -> Tensor:
-    """``(..., H, W)`` -> ``(..., size)``: cover ``size`` (times a random scale), then crop at a
-    random (training) or central (validation, ``augment=None``) position and maybe flip.
+    """``(..., H, W)`` -> ``(..., size)``: :class:`_CropPlan` drawn for ``media``, applied."""
+    source = (int(media.shape[-2]), int(media.shape[-1]))
+    return _CropPlan.draw(source, size, gen, augment)(media)
 
-    The crop position is drawn in the coordinates of the covering resize; when that resize
-    would exceed :data:`_MAX_COVER_EXCESS` times the crop (an extreme aspect ratio), the same
-    box is cut in source coordinates first and only it is resized.
-    """
-    h, w = media.shape[-2:]
-    zoom = _uniform(gen, *augment.scale) if augment else 1.0
-    scale = max(size[0] / h, size[1] / w) * zoom
-    new = (max(size[0], round(h * scale)), max(size[1], round(w * scale)))
-    if augment and augment.random_crop:
-        top = _randint(gen, new[0] - size[0] + 1)
-        left = _randint(gen, new[1] - size[1] + 1)
-    else:  # torchvision's center_crop offsets
-        top = round((new[0] - size[0]) / 2.0)
-        left = round((new[1] - size[1]) / 2.0)
-    if new[0] * new[1] <= _MAX_COVER_EXCESS * size[0] * size[1]:
-        if new != (h, w):
-            media = TF.resize(media, list(new), antialias=True)
-        media = media[..., top : top + size[0], left : left + size[1]]
-    else:
-        # The box in source pixels (at least one, inside the image).
-        box_h = min(h, max(1, round(size[0] * h / new[0])))
-        box_w = min(w, max(1, round(size[1] * w / new[1])))
-        y = min(h - box_h, round(top * h / new[0]))
-        x = min(w - box_w, round(left * w / new[1]))
-        media = TF.resized_crop(media, y, x, box_h, box_w, list(size), antialias=True)
-    if augment and augment.hflip and float(torch.rand((), generator=gen)) < augment.hflip:
-        media = media.flip(-1)
-    return media.contiguous()
+
+class _CropEachFrame:
+    """A video frame transform for :func:`~anytok.media.load_video`: the first frame's size
+    draws one :class:`_CropPlan`, which every frame then gets (as float in [-1, 1])."""
+
+    def __init__(
+        self, size: tuple[int, int], gen: torch.Generator, augment: Augment | None
+    ) -> None:
+        self.size, self.gen, self.augment = size, gen, augment
+        self.plan: _CropPlan | None = None
+
+    def __call__(self, frame: Tensor) -> Tensor:
+        """uint8 ``(3, H, W)`` -> float ``(3, size)``."""
+        if self.plan is None:
+            source = (int(frame.shape[-2]), int(frame.shape[-1]))
+            self.plan = _CropPlan.draw(source, self.size, self.gen, self.augment)
+        return self.plan(from_uint8(frame))
 
 
 class ImageCrops(MediaDataset):
@@ -322,10 +383,10 @@ class VideoClips(MediaDataset):
 
     def load(self, item: MediaItem, gen: torch.Generator, augment: bool) -> Tensor:
         random_start = augment and self.augment.random_crop
+        crop_augment = self.augment if augment else None
         duration = item.duration
         if duration is None and random_start:
             duration = video_duration(item.path)
-        video: Tensor | None = None
         if duration is not None and random_start:
             # The frames a decode at self.fps yields (the tolerance keeps 2.3 s x 10 fps at
             # 23, not 24); starts are whole frames, so a clip is the same whatever the seek
@@ -335,23 +396,30 @@ class VideoClips(MediaDataset):
             if available > self.frames:
                 start = _randint(gen, available - self.frames + 1) / self.fps
             try:
-                video = load_video(
-                    item.path, fps=self.fps, start=start, max_frames=self.frames
-                ).video
+                return self._cut_while_decoding(item.path, gen, crop_augment, start)
             except MediaError:
                 if item.duration is not None or start == 0:
                     raise
-                # The header overstated the video (the start is past its end): decode it
-                # from the start as without a duration.
-        if video is None:
-            max_frames = None if random_start else self.frames
-            video = load_video(item.path, fps=self.fps, max_frames=max_frames).video
+                # The header overstated the video (the start is past its end, so no frame
+                # decoded and nothing was drawn): decode it whole as without a duration.
+        if not random_start:  # the first frames
+            return self._cut_while_decoding(item.path, gen, crop_augment, 0.0)
+        video = load_video(item.path, fps=self.fps).video
         extra = video.shape[1] - self.frames
-        offset = _randint(gen, extra + 1) if extra > 0 and random_start else 0
-        video = video[:, offset : offset + self.frames]
-        frames = video.transpose(0, 1)  # (T, 3, H, W): one crop for every frame
-        frames = _random_resized_crop(frames, self.size, gen, self.augment if augment else None)
+        offset = _randint(gen, extra + 1) if extra > 0 else 0
+        frames = video[:, offset : offset + self.frames].transpose(0, 1)  # (T, 3, H, W)
+        frames = _random_resized_crop(frames, self.size, gen, crop_augment)  # one crop for all
         return frames.transpose(0, 1).contiguous()
+
+    def _cut_while_decoding(
+        self, path: Path, gen: torch.Generator, augment: Augment | None, start: float
+    ) -> Tensor:
+        """``self.frames`` frames from ``start``, each cut as it decodes (one full-size frame
+        in memory, not the clip: 17 frames of 4K video are 1.7 GB as float): the same crop
+        and values as cutting the decoded clip."""
+        cut = _CropEachFrame(self.size, gen, augment)
+        clip = load_video(path, fps=self.fps, start=start, max_frames=self.frames, transform=cut)
+        return clip.video.contiguous()
 
 
 class ResumableSampler(DistributedSampler):

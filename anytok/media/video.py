@@ -10,7 +10,7 @@ import contextlib
 import math
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -83,6 +83,7 @@ def load_video(
     start: float = 0.0,
     size: Size | None = None,
     limits: MediaLimits | None = None,
+    transform: Callable[[Tensor], Tensor] | None = None,
 ) -> VideoClip:
     """Read a video as ``(3, T, H, W)`` float32 in [-1, 1].
 
@@ -99,6 +100,10 @@ def load_video(
             keep their stored size and aspect (no SAR correction), so cover-and-crop sees the
             stored picture, not the displayed one.
         limits: sanity limits; :data:`DEFAULT_LIMITS` when None.
+        transform: called on each kept frame as it decodes, upright uint8 ``(3, H, W)``
+            (after ``size``), in order, once per source frame; it returns a ``(3, h, w)``
+            frame, uint8 or float in [-1, 1] (all the same): a training crop cut frame by
+            frame holds one full-size frame at a time, not the whole clip.
 
     A video of more than ``limits.max_video_frames`` output frames (10,000 by default: 6:40
     at 25 fps) is refused; raise the limit with ``limits=MediaLimits(max_video_frames=...)``
@@ -151,7 +156,9 @@ def load_video(
         if first_time is not None:
             origin = first_time
             frames = _frames_from(container, stream, start, seek_origin, origin, dt)
-        selector = _FrameSelector(p, start, fps, src_fps, max_frames, size, limits.max_video_frames)
+        selector = _FrameSelector(
+            p, start, fps, src_fps, max_frames, size, limits.max_video_frames, transform
+        )
         decoded = 0
         reached_end = False
         first_t: float | None = None
@@ -208,7 +215,9 @@ def load_video(
         )
     if not selector.frames:
         raise MediaError(p, f"has no video frames at or after start={start:g} s")
-    video = from_uint8(torch.stack(selector.frames, dim=1))  # (3, T, H, W)
+    video = torch.stack(selector.frames, dim=1)  # (3, T, H, W)
+    if video.dtype == torch.uint8:
+        video = from_uint8(video)
     if _swaps_axes(selector.orient):
         width, height = height, width  # the size as displayed
     return VideoClip(
@@ -262,8 +271,10 @@ class _FrameSelector:
         max_frames: int | None,
         size: Size | None,
         limit: int,
+        transform: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         self.path = path
+        self.transform = transform
         self.start = start
         self.fps = fps
         self.step = 1.0 / fps if fps else None
@@ -305,6 +316,8 @@ class _FrameSelector:
             self._prev_tensor = _frame_tensor(
                 frame, w, h, self.size, self._reformatter, self.orient
             )
+            if self.transform is not None:
+                self._prev_tensor = self.transform(self._prev_tensor)
         self.frames.append(self._prev_tensor)
         if self.max_frames is not None and len(self.frames) >= self.max_frames:
             self.done = True
