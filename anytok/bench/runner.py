@@ -31,7 +31,7 @@ from anytok.media import MediaError, find_media, load_image, load_video, resize_
 from anytok.metrics.image import ssim, ssim_min_side
 from anytok.metrics.regions import Region, load_annotations, regions_for, score_regions
 from anytok.metrics.token_stats import TokenStatistics
-from anytok.pipeline import autocast_for, collate, load_for_model
+from anytok.pipeline import autocast_for, collate, input_format, load_input
 
 REPORT_FORMAT = "anytok.bench/1"
 
@@ -226,9 +226,11 @@ def _load_item(model: Tokenizer, path: Path, root: Path | None, settings: BenchS
         size = _size_for(model, settings)
         clip = load_video(path, fps=model.fps, max_frames=frames, size=size).video
         return Item(path, root, clip.contiguous())  # (3, T, H, W)
-    media = load_for_model(model, path)
+    steps = None
     if settings.max_seconds is not None and isinstance(model, AudioTokenizer):
-        media = media[:, : max(1, int(settings.max_seconds * model.sample_rate))]
+        steps = max(1, int(settings.max_seconds * model.sample_rate))
+    # Only the kept samples are decoded (libsndfile formats), the same as cutting the file.
+    media = load_input(input_format(model), path, max_steps=steps)
     return Item(path, root, media.contiguous())
 
 
