@@ -244,7 +244,7 @@ def test_fused_optimizer_kwargs_are_kept_and_torch_refusals_name_the_section() -
     """``optimizer.kwargs={fused: true}`` was refused (anytok forced ``foreach=True``, which
     torch refuses with ``fused``) as a bare RuntimeError."""
     base = ["data.train=unused"]
-    params = [torch.nn.Parameter(torch.zeros(3))]
+    params = [("w", torch.nn.Parameter(torch.zeros(3)))]
     cfg = load_recipe(SEANET, [*base, "optimizer.kwargs={fused: true}"])
     built = train_loop._built("optimizer", lambda: train_loop._optimizer(params, cfg.optimizer))
     assert built.defaults["fused"] is True and not built.defaults["foreach"]
@@ -254,3 +254,40 @@ def test_fused_optimizer_kwargs_are_kept_and_torch_refusals_name_the_section() -
     both = load_recipe(SEANET, [*base, "optimizer.kwargs={fused: true, foreach: true}"])
     with pytest.raises(RecipeError, match=r"^optimizer: .*fused.*foreach"):
         train_loop._built("optimizer", lambda: train_loop._optimizer(params, both.optimizer))
+
+
+def test_no_decay_groups_follow_titok_and_keep_exempt_parameters_undecayed() -> None:
+    # TiTok's optimizer keeps gains, biases, learned tokens and position embeddings out of
+    # weight decay; the recipe names ours. AdamW's decoupled decay then shrinks only the rest.
+    from anytok.registry import create_model
+
+    recipe = load_recipe(
+        Path(__file__).resolve().parents[1] / "recipes/image/titok.yaml", ["data.train=/x"]
+    )
+    no_decay = list(recipe.optimizer.no_decay)
+    model = create_model("titok_s128", tiny=True)
+    decayed, exempt = train_loop.decay_groups(model.named_parameters(), 0.5, no_decay)
+    assert decayed["weight_decay"] == 0.5 and exempt["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    exempt_names = {names[id(p)] for p in exempt["params"]}
+    assert {"latent_tokens", "mask_token", "patch_pos", "patch_embed.weight"} <= exempt_names
+    assert all(names[id(p)].endswith("bias") is False for p in decayed["params"])
+    assert "encoder.blocks.0.attn.to_q.weight" not in exempt_names
+    assert len(decayed["params"]) + len(exempt["params"]) == len(list(model.parameters()))
+    # One AdamW step on zero gradients: decay moves the decayed weights only.
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    strong = recipe.optimizer.copy()  # the recipe's 1e-4 x 1e-4 shrink is below fp32 steps
+    strong.lr, strong.weight_decay = 0.1, 0.5
+    optimizer = train_loop._optimizer(model.named_parameters(), strong)
+    optimizer.step()
+    for n, p in model.named_parameters():
+        moved = not torch.equal(p, before[n])
+        assert moved == (n not in exempt_names) or bool((before[n] == 0).all()), n
+    # Without no_decay: one group, as before (saved optimizer states still load).
+    assert len(train_loop.decay_groups(model.named_parameters(), 0.1, [])) == 1
+    bad = recipe.optimizer.copy()
+    bad.no_decay = [""]
+    with pytest.raises(ValueError, match="no_decay entries"):
+        train_loop._optimizer(model.named_parameters(), bad)

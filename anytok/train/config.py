@@ -124,6 +124,9 @@ class OptimizerConfig:
     lr: float = 3e-4
     betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
     weight_decay: float = 0.0
+    # Parameters kept out of weight decay: "1d" (biases, norm gains: fewer than 2 dims) and
+    # substrings of parameter names (e.g. "latent_tokens", "_pos"), as timm / TiTok do.
+    no_decay: list[str] = field(default_factory=list)
     kwargs: dict[str, Any] = field(default_factory=dict)  # more constructor arguments
     warmup_steps: int = 0
     schedule: str = "cosine"  # cosine | constant

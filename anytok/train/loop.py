@@ -32,7 +32,7 @@ import random
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -247,13 +247,13 @@ def train(
         )
 
         # ---- optimizers and schedules (warmup + cosine, torch.optim.lr_scheduler)
-        g_opt = _built("optimizer", lambda: _optimizer(model.parameters(), cfg.optimizer))
+        g_opt = _built("optimizer", lambda: _optimizer(model.named_parameters(), cfg.optimizer))
         g_sched = _scheduler(g_opt, cfg.optimizer, tc.steps)
         d_opt = d_sched = None
         if disc is not None:
             d_updates = max(1, math.ceil((tc.steps - dc.start_step) / dc.update_every))
             d_opt = _built(
-                "discriminator.optimizer", lambda: _optimizer(disc.parameters(), dc.optimizer)
+                "discriminator.optimizer", lambda: _optimizer(disc.named_parameters(), dc.optimizer)
             )
             d_sched = _scheduler(d_opt, dc.optimizer, d_updates)
 
@@ -793,8 +793,40 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _optimizer(params: Any, cfg: DictConfig) -> torch.optim.Optimizer:
-    """``torch.optim.<name>(params, lr, weight_decay[, betas], **kwargs)``."""
+def decay_groups(
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+    weight_decay: float,
+    no_decay: Sequence[str],
+) -> list[dict[str, Any]]:
+    """Parameter groups: those ``no_decay`` names (``"1d"``: fewer than 2 dims; any other
+    entry: a substring of the parameter's name) at weight decay 0, the rest at
+    ``weight_decay``; one group without ``no_decay``. Empty groups are left out."""
+    params = list(named_parameters)
+    if not no_decay:
+        return [{"params": [p for _, p in params], "weight_decay": weight_decay}]
+    names = [entry for entry in no_decay if entry != "1d"]
+
+    def exempt(name: str, param: nn.Parameter) -> bool:
+        return ("1d" in no_decay and param.ndim < 2) or any(n in name for n in names)
+
+    groups = [
+        {"params": [p for n, p in params if not exempt(n, p)], "weight_decay": weight_decay},
+        {"params": [p for n, p in params if exempt(n, p)], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def _optimizer(
+    named_parameters: Iterable[tuple[str, nn.Parameter]], cfg: DictConfig
+) -> torch.optim.Optimizer:
+    """``torch.optim.<name>(groups, lr, weight_decay[, betas], **kwargs)``, the groups from
+    :func:`decay_groups` (``cfg.no_decay``)."""
+    for entry in cfg.no_decay:
+        if not isinstance(entry, str) or not entry:
+            raise ValueError(
+                f"optimizer.no_decay entries are '1d' or parameter-name substrings, got {entry!r}"
+            )
+    params = decay_groups(named_parameters, cfg.weight_decay, list(cfg.no_decay))
     cls = getattr(torch.optim, cfg.name)
     kwargs: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, **to_dict(cfg.kwargs)}
     accepted = inspect.signature(cls).parameters
