@@ -119,6 +119,12 @@ def test_mp3_without_length_header_is_not_called_truncated(tmp_path: Path) -> No
     plain = _mp3(tmp_path / "vbr_no_xing.mp3", {"write_xing": "0"})
     clip = load_audio(plain)
     assert clip.waveform.shape[-1] > 90000 and clip.sample_rate == 48000
+    # Its windows are read by seeking too; past its end the message gives its real length.
+    window = load_audio(plain, offset=1.0, duration=0.5).waveform
+    torch.testing.assert_close(window, clip.waveform[:, 48000:72000], atol=1e-6, rtol=0)
+    seconds = clip.waveform.shape[-1] / 48000
+    with pytest.raises(MediaError, match=rf"offset 5 s is at or past the end .*\({seconds:g} s\)"):
+        load_audio(plain, offset=5.0)
     tagged = _mp3(tmp_path / "vbr.mp3", {})
     with pytest.raises(MediaError, match="truncated"):  # its header does state the length
         load_audio(_truncate(tagged, 0.6))

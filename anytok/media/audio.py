@@ -457,11 +457,24 @@ def _decode_with_soundfile(p: Path, limits: MediaLimits, window: _Window) -> _De
         )
     if exact_length:
         total = info.frames
+    elif data.shape[0] == 0 and start > 0:  # past the end: only a whole read tells where
+        total = _count_frames(p)
     elif stop is None or data.shape[0] < stop - start:  # the read reached the end
         total = start + data.shape[0]
     else:  # more may follow: the estimate, or at least what was read
         total = max(info.frames, stop)
     return _Decoded(data, info.samplerate, info.channels, start, total)
+
+
+def _count_frames(p: Path) -> int:
+    """Frames libsndfile decodes from ``p`` (a whole read, block by block: for an MP3
+    whose header states no length)."""
+    total = 0
+    with sf.SoundFile(_sf_path(p)) as f:
+        # Not SoundFile.blocks: it counts to the header's estimate.
+        while n := len(f.read(1 << 16, dtype="float32")):
+            total += n
+    return total
 
 
 def _mp3_has_length_header(p: Path) -> bool:
