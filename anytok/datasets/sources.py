@@ -409,22 +409,25 @@ class SegmentPolicy:
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "seconds": self.seconds if self.mode != "full" else None}
 
+    def _rate_and_step(self, fmt: InputFormat) -> tuple[float, int]:
+        """Samples / frames per second of ``fmt`` and per segment (``crop`` / ``split``)."""
+        rate = fmt.sample_rate if fmt.modality == "audio" else fmt.fps
+        assert rate is not None and self.seconds is not None
+        return rate, max(1, round(self.seconds * rate))
+
     def max_steps(self, fmt: InputFormat) -> int | None:
         """Samples / frames :meth:`apply` keeps from the start (``crop``), so the loader
         reads no further; None: all of them."""
         if self.mode != "crop" or fmt.modality == "image":
             return None
-        rate = fmt.sample_rate if fmt.modality == "audio" else fmt.fps
-        assert rate is not None and self.seconds is not None
-        return max(1, round(self.seconds * rate))
+        return self._rate_and_step(fmt)[1]
 
     def apply(self, fmt: InputFormat, media: Tensor) -> list[tuple[float, Tensor]]:
         """``[(start_seconds, segment), ...]`` of one loaded item (no batch axis)."""
         if self.mode == "full" or fmt.modality == "image":
             return [(0.0, media)]
-        axis, rate = (-1, fmt.sample_rate) if fmt.modality == "audio" else (1, fmt.fps)
-        assert rate is not None and self.seconds is not None
-        step = max(1, round(self.seconds * rate))
+        axis = -1 if fmt.modality == "audio" else 1
+        rate, step = self._rate_and_step(fmt)
         if self.mode == "crop":
             return [(0.0, media.narrow(axis, 0, min(step, media.shape[axis])))]
         total = media.shape[axis]

@@ -315,7 +315,7 @@ def audio_length(path: str | os.PathLike[str], sample_rate: int | None = None) -
         info = sf.info(_sf_path(p))
     except (sf.SoundFileError, RuntimeError, OSError):
         return None
-    if info.samplerate <= 0 or (info.format == "MP3" and not _mp3_has_length_header(p)):
+    if info.samplerate <= 0 or not _states_its_length(p, info.format):
         return None
     rate = info.samplerate if sample_rate is None else int(sample_rate)
     return math.ceil(info.frames * rate / info.samplerate)
@@ -329,10 +329,6 @@ class _Window:
     offset: float = 0.0
     duration: float | None = None
     out_rate: int | None = None
-
-    @property
-    def whole(self) -> bool:
-        return self.offset == 0 and self.duration is None
 
     def samples(self, rate: int) -> tuple[int, int | None]:
         """Output samples ``[first, stop)`` at ``rate`` (``stop`` None: to the end)."""
@@ -427,9 +423,7 @@ def _decode_with_soundfile(p: Path, limits: MediaLimits, window: _Window) -> _De
             f"file is truncated: its header announces {short.group(2)} samples but only "
             f"{short.group(1)} are present",
         )
-    # An MP3 without a Xing / Info / VBRI header has no length: libsndfile estimates one
-    # from the file size and the first frame's bitrate, which is no promise.
-    exact_length = info.format != "MP3" or _mp3_has_length_header(p)
+    exact_length = _states_its_length(p, info.format)
     start, stop = window.read_range(info.samplerate)
     if exact_length:  # a window past the end reads nothing: load_audio names the offset
         start = min(start, info.frames)
@@ -448,7 +442,7 @@ def _decode_with_soundfile(p: Path, limits: MediaLimits, window: _Window) -> _De
             "file is truncated: the Ogg stream ends without its end-of-stream mark and no "
             "audio could be decoded",
         )
-    expected = min(info.frames, info.frames if stop is None else stop) - start
+    expected = (info.frames if stop is None else min(stop, info.frames)) - start
     if data.shape[0] < expected and exact_length:
         raise MediaError(
             p,
@@ -464,6 +458,13 @@ def _decode_with_soundfile(p: Path, limits: MediaLimits, window: _Window) -> _De
     else:  # more may follow: the estimate, or at least what was read
         total = max(info.frames, stop)
     return _Decoded(data, info.samplerate, info.channels, start, total)
+
+
+def _states_its_length(p: Path, file_format: str) -> bool:
+    """Whether libsndfile's frame count for ``p`` is the file's: an MP3 without a Xing /
+    Info / VBRI header has no length, and libsndfile estimates one from the file size and
+    the first frame's bitrate, which is no promise."""
+    return file_format != "MP3" or _mp3_has_length_header(p)
 
 
 def _count_frames(p: Path) -> int:

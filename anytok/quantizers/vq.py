@@ -362,9 +362,10 @@ class VectorQuantize(Quantizer):
     ``(..., 1)``; ``decode`` takes codes ``(..., 1)``.
 
     Distributed: code counts and sums are all-reduced, k-means seeds are drawn from every
-    rank's rows and revived codes on rank 0, both broadcast, and the first training step copies rank 0's codebook state
-    to every rank, so all ranks hold the same codebook. In eval mode the metrics describe
-    this rank's batch only (no collective, so rank-0-only validation cannot hang).
+    rank's rows and revived codes on rank 0, both broadcast, and the first training step
+    copies rank 0's codebook state to every rank, so all ranks hold the same codebook. In
+    eval mode the metrics describe this rank's batch only (no collective, so rank-0-only
+    validation cannot hang).
     """
 
     def __init__(
