@@ -18,6 +18,10 @@ from torchrun_ranks import free_port, spawn_ranks
 from anytok.quantizers import GroupedResidualVQ, ResidualVQ, VectorQuantize
 
 WORLD_SIZE = 2
+needs_gloo = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason="torch.distributed with gloo is not available",
+)
 STEPS = 6
 DEADLINE_S = 180
 
@@ -108,10 +112,9 @@ def _worker(rank: int, port: int) -> None:
         dist.destroy_process_group()
 
 
+@needs_gloo
 @pytest.mark.timeout(DEADLINE_S + 60)
 def test_ranks_hold_identical_codebooks_after_training_on_different_data() -> None:
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
     spawn_ranks(_worker, (free_port(),), WORLD_SIZE, DEADLINE_S)
 
 
@@ -168,13 +171,12 @@ def _rank0_eval_worker(rank: int, port: int, rank0_done: Event) -> None:
         dist.destroy_process_group()
 
 
+@needs_gloo
 @pytest.mark.timeout(EVAL_DEADLINE_S + 60)
 def test_rank0_only_eval_forward_runs_no_collective() -> None:
     """Every quantizer family's eval forward (metrics included) uses no collective, so the
     common ``if rank == 0: evaluate()`` loop cannot hang (FSQ, LFQ, BSQ, ... all-reduced their
     code counts in eval mode too)."""
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
     rank0_done = mp.get_context("spawn").Event()
     spawn_ranks(_rank0_eval_worker, (free_port(), rank0_done), WORLD_SIZE, EVAL_DEADLINE_S)
 
@@ -214,8 +216,7 @@ def _seed_sampling_worker(rank: int, port: int) -> None:
         dist.destroy_process_group()
 
 
+@needs_gloo
 @pytest.mark.timeout(DEADLINE_S + 60)
 def test_kmeans_seeds_come_from_every_ranks_rows() -> None:
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
     spawn_ranks(_seed_sampling_worker, (free_port(),), WORLD_SIZE, DEADLINE_S)
