@@ -24,6 +24,8 @@ from anytok.codecs.long_audio import UnsupportedModelError
 from anytok.media import (
     MediaError,
     find_media,
+    iter_audio,
+    iter_video,
     load_audio,
     load_image,
     load_video,
@@ -158,6 +160,25 @@ def load_input(fmt: InputFormat, path: Path, max_steps: int | None = None) -> Te
         frames = clip.video.transpose(0, 1)  # (T, 3, H, W) for cropping frame by frame
         return _fit(frames, fmt, path).transpose(0, 1).contiguous()
     raise ValueError(f"unsupported modality {fmt.modality!r}")
+
+
+def iter_input(fmt: InputFormat, path: Path, chunk_steps: int) -> Iterator[Tensor]:
+    """:func:`load_input`'s result as consecutive chunks of ``chunk_steps`` samples / frames
+    (the last may be shorter), read piece by piece so memory holds one chunk: audio through
+    :func:`~anytok.media.iter_audio` (window by window where the header states the length),
+    video in one decoding pass through :func:`~anytok.media.iter_video`. An image is one
+    chunk. Errors come when reading reaches them (a caller keeping chunks drops them then).
+    """
+    if chunk_steps < 1:
+        raise ValueError(f"chunk_steps must be >= 1, got {chunk_steps}")
+    if fmt.modality == "audio":
+        return iter_audio(path, chunk_steps, fmt.sample_rate, fmt.channels)
+    if fmt.modality == "video":
+        if fmt.resize == "cover_crop":
+            return iter_video(path, chunk_steps, fps=fmt.fps, size=fmt.resolution)
+        chunks = iter_video(path, chunk_steps, fps=fmt.fps)
+        return (_fit(c.transpose(0, 1), fmt, path).transpose(0, 1).contiguous() for c in chunks)
+    return iter([load_input(fmt, path)])
 
 
 def _fit(x: Tensor, fmt: InputFormat, path: Path) -> Tensor:

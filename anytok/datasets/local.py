@@ -11,49 +11,82 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from anytok.codecs.base import Tokenizer
 from anytok.datasets.encoder import encode_media, media_seconds
 from anytok.datasets.shards import ItemResult, SegmentCodes, ShardCollector, ShardInfo
-from anytok.datasets.sources import Item, SegmentPolicy, iter_segments
+from anytok.datasets.sources import (
+    SPLIT_WINDOW_BYTES,
+    Item,
+    SegmentPolicy,
+    describe_error,
+    iter_segments,
+)
 from anytok.pipeline import InputFormat
 
 
 @dataclass
-class LoadedItem:
-    """An item as a loader worker hands it over: its segments ``[(start_seconds, media)]``
-    (media without batch axis), or the error that stopped it."""
+class LoadedPiece:
+    """Consecutive segments ``[(start_seconds, media)]`` of one item (media without batch
+    axis), numbered from ``first``, as a loader worker hands them over. ``last``: the item
+    has no more; ``error``: what stopped the item, which then fails as a whole."""
 
     index: int
+    first: int
     segments: list[tuple[float, Tensor]]
-    error: str | None
+    last: bool
+    error: str | None = None
 
 
-class ItemLoader(Dataset):
-    """Loads items ``indices`` of ``items`` (decode, resample, resize, cut into segments)."""
+class ItemLoader(IterableDataset):
+    """Loads items ``indices`` of ``items`` (decode, resample, resize, cut into segments)
+    and yields them in pieces of about ``piece_bytes``: a long item split into segments
+    streams through a worker instead of being held whole. Each DataLoader worker takes
+    every ``num_workers``-th item."""
 
     def __init__(
-        self, fmt: InputFormat, policy: SegmentPolicy, items: Sequence[Item], indices: Sequence[int]
+        self,
+        fmt: InputFormat,
+        policy: SegmentPolicy,
+        items: Sequence[Item],
+        indices: Sequence[int],
+        piece_bytes: int = SPLIT_WINDOW_BYTES,
     ) -> None:
         self.fmt, self.policy, self.items, self.indices = fmt, policy, items, indices
+        self.piece_bytes = piece_bytes
 
-    def __len__(self) -> int:
-        return len(self.indices)
+    def __iter__(self) -> Iterator[LoadedPiece]:
+        worker = get_worker_info()
+        mine = self.indices if worker is None else self.indices[worker.id :: worker.num_workers]
+        for index in mine:
+            yield from self.pieces(index)
 
-    def __getitem__(self, j: int) -> LoadedItem:
-        index = self.indices[j]
-        segments, error = iter_segments(self.fmt, self.policy, self.items[index])
-        return LoadedItem(index, segments, error)
+    def pieces(self, index: int) -> Iterator[LoadedPiece]:
+        """Item ``index`` in pieces; a bad item ends with an error piece (any exception
+        counts: a decoder can fail in many ways on hostile input)."""
+        first, piece, size = 0, [], 0
+        try:
+            for start, media in iter_segments(self.fmt, self.policy, self.items[index]):
+                piece.append((start, media))
+                size += media.numel() * media.element_size()
+                if size >= self.piece_bytes:
+                    yield LoadedPiece(index, first, piece, last=False)
+                    first, piece, size = first + len(piece), [], 0
+        except Exception as err:
+            yield LoadedPiece(index, first, [], last=True, error=describe_error(err))
+            return
+        empty = not first and not piece
+        yield LoadedPiece(index, first, piece, True, "no media to encode" if empty else None)
 
 
-def _identity(x: LoadedItem) -> LoadedItem:  # module level: picklable for spawned workers
+def _identity(x: LoadedPiece) -> LoadedPiece:  # module level: picklable for spawned workers
     return x
 
 
@@ -138,17 +171,24 @@ def run_local(
     loader = DataLoader(
         ItemLoader(fmt, policy, items, indices),
         batch_size=None,  # items vary in length: segments are batched below, after loading
-        shuffle=False,
         num_workers=workers,
         collate_fn=_identity,
         prefetch_factor=4 if workers else None,
     )
     dispatcher = _Dispatcher(replicas)
-    partial: dict[int, ItemResult] = {}
-    missing: dict[int, int] = {}
+    pending: dict[int, _PendingItem] = {}
     queue: list[_Unit] = []
 
-    def finish(result: ItemResult) -> None:
+    def settle(index: int) -> None:
+        """Hand item ``index`` on once its last piece is in and every segment encoded."""
+        item = pending[index]
+        if not item.closed or item.encoding:
+            return
+        del pending[index]
+        result = item.result
+        if result.error is not None:
+            result.segments = []  # an item fails as a whole
+        result.segments.sort(key=lambda s: s.segment)
         info = collector.add(result)
         if on_item is not None:
             on_item(result, info)
@@ -156,28 +196,29 @@ def run_local(
     def absorb(done: list[tuple[list[_Unit], list]]) -> None:
         for batch, outputs in done:
             for unit, out in zip(batch, outputs, strict=True):
-                result = partial[unit.index]
+                item = pending[unit.index]
                 if isinstance(out, str):
-                    result.error = result.error or out  # an item fails as a whole
+                    item.result.error = item.result.error or out
                 else:
                     seconds = media_seconds(fmt, unit.media)
-                    result.segments.append(SegmentCodes(unit.segment, unit.start, seconds, out))
-                missing[unit.index] -= 1
-                if missing[unit.index] == 0:
-                    del missing[unit.index], partial[unit.index]
-                    if result.error is not None:
-                        result.segments = []
-                    result.segments.sort(key=lambda s: s.segment)
-                    finish(result)
+                    item.result.segments.append(
+                        SegmentCodes(unit.segment, unit.start, seconds, out)
+                    )
+                item.encoding -= 1
+                settle(unit.index)
 
     for loaded in loader:
-        if loaded.error is not None or not loaded.segments:
-            finish(ItemResult(loaded.index, error=loaded.error or "no media to encode"))
-            continue
-        partial[loaded.index] = ItemResult(loaded.index)
-        missing[loaded.index] = len(loaded.segments)
-        for number, (start, media) in enumerate(loaded.segments):
+        item = pending.setdefault(loaded.index, _PendingItem(ItemResult(loaded.index)))
+        if loaded.error is not None:
+            item.result.error = item.result.error or loaded.error
+            waiting = len(queue)
+            queue = [u for u in queue if u.index != loaded.index]  # no use encoding them
+            item.encoding -= waiting - len(queue)
+        for number, (start, media) in enumerate(loaded.segments, loaded.first):
             queue.append(_Unit(loaded.index, number, start, media))
+            item.encoding += 1
+        item.closed = loaded.last
+        settle(loaded.index)
         while len(queue) >= batch_size:
             batch, queue = queue[:batch_size], queue[batch_size:]
             absorb(dispatcher.submit(batch))
@@ -186,4 +227,13 @@ def run_local(
     absorb(dispatcher.flush())
 
 
-__all__ = ["ItemLoader", "LoadedItem", "replicas_for", "run_local"]
+@dataclass
+class _PendingItem:
+    """An item whose pieces are still loading (``closed`` False) or encoding."""
+
+    result: ItemResult
+    encoding: int = 0  # segments queued or in a batch
+    closed: bool = False
+
+
+__all__ = ["ItemLoader", "LoadedPiece", "replicas_for", "run_local"]

@@ -29,11 +29,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from anytok.datasets.encoder import encode_media, media_seconds
 from anytok.datasets.plan import model_fingerprint
 from anytok.datasets.shards import ItemResult, SegmentCodes, ShardCollector, ShardInfo
-from anytok.datasets.sources import DatasetError, Item, SegmentPolicy, iter_segments
+from anytok.datasets.sources import (
+    DatasetError,
+    Item,
+    SegmentPolicy,
+    describe_error,
+    iter_segments,
+)
 from anytok.pipeline import InputFormat, input_format
 
 _MEDIA_NDIM = {"audio": 2, "image": 3, "video": 4}
@@ -94,21 +101,33 @@ def resolve_gpu(devices: Any) -> bool:
 
 
 class _Decode:
-    """Ray ``flat_map`` stage: one input row (an item) -> one row per segment."""
+    """Ray ``flat_map`` stage: one input row (an item) -> one row per segment, yielded as
+    they load (a long split item streams). Only an item's final row carries ``count``, its
+    number of rows (-1 on the others); a bad item ends with an error row."""
 
     def __init__(self, fmt: InputFormat, policy: SegmentPolicy) -> None:
         self.fmt, self.policy = fmt, policy
 
-    def __call__(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+    def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        index = row["index"]
         item = Item.from_dict(json.loads(row["item"]))
-        segments, error = iter_segments(self.fmt, self.policy, item)
-        if error is not None or not segments:
+        held: tuple[float, Tensor] | None = None  # the last row waits to learn it is last
+        number = 0
+        try:
+            for segment in iter_segments(self.fmt, self.policy, item):
+                if held is not None:
+                    yield _segment_row(index, number, -1, held[0], held[1].numpy(), "")
+                    number += 1
+                held = segment
+        except Exception as err:  # any exception is a bad item, as in the local engine
             empty = np.zeros((0,) * _MEDIA_NDIM[self.fmt.modality], dtype=np.float32)
-            return [_segment_row(row["index"], 0, 1, 0.0, empty, error or "no media to encode")]
-        return [
-            _segment_row(row["index"], n, len(segments), start, media.numpy(), "")
-            for n, (start, media) in enumerate(segments)
-        ]
+            yield _segment_row(index, number, number + 1, 0.0, empty, describe_error(err))
+            return
+        if held is None:
+            empty = np.zeros((0,) * _MEDIA_NDIM[self.fmt.modality], dtype=np.float32)
+            yield _segment_row(index, 0, 1, 0.0, empty, "no media to encode")
+            return
+        yield _segment_row(index, number, number + 1, held[0], held[1].numpy(), "")
 
 
 def _segment_row(
@@ -254,14 +273,15 @@ def _run(
         num_cpus=1,
     )
     partial: dict[int, ItemResult] = {}
-    remaining: dict[int, int] = {}
+    seen: dict[int, int] = {}  # rows of each item received
+    counts: dict[int, int] = {}  # rows each item has, once its final row is in
     for batch in _batches(dataset, model_ref):
         for j in range(len(batch["index"])):
             index = int(batch["index"][j])
-            if index not in partial:
-                partial[index] = ItemResult(index)
-                remaining[index] = int(batch["count"][j])
-            result = partial[index]
+            result = partial.setdefault(index, ItemResult(index))
+            seen[index] = seen.get(index, 0) + 1
+            if int(batch["count"][j]) > 0:
+                counts[index] = int(batch["count"][j])
             error = str(batch["error"][j])
             if error:
                 result.error = result.error or error
@@ -277,11 +297,10 @@ def _run(
                         codes,
                     )
                 )
-            remaining[index] -= 1
-            if remaining[index] == 0:
-                del partial[index], remaining[index]
+            if seen[index] == counts.get(index):
+                del partial[index], seen[index], counts[index]
                 if result.error is not None:
-                    result.segments = []
+                    result.segments = []  # an item fails as a whole
                 result.segments.sort(key=lambda s: s.segment)
                 info = collector.add(result)
                 if on_item is not None:

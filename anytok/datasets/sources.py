@@ -21,6 +21,7 @@ Ids must be unique: a duplicate is an error that names it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -30,6 +31,7 @@ import re
 import tarfile
 import tempfile
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +40,7 @@ from torch import Tensor
 
 from anytok.data.sources import MANIFEST_SUFFIXES, manifest_entries
 from anytok.media import MEDIA_EXTENSIONS, MediaError, find_media
-from anytok.pipeline import InputFormat, error_summary, load_input
+from anytok.pipeline import InputFormat, error_summary, iter_input, load_input
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 #: Metadata members of a tar sample larger than this are refused (a mislabelled media file).
@@ -490,33 +492,39 @@ def load_item(fmt: InputFormat, item: Item, max_steps: int | None = None) -> Ten
     """Load one item as the tokenizer expects it (see :func:`anytok.pipeline.load_input`,
     which ``max_steps`` goes to).
 
-    Tar members are written to a temporary file first: the media loaders (soundfile,
-    Pillow, PyAV) and their validation work on paths. A file whose path is not UTF-8 is read
-    through a temporary UTF-8 symlink (soundfile cannot open such a path).
-
     Raises:
         MediaError: naming the item's source and the problem.
     """
+    with _item_path(item) as path:
+        return load_input(fmt, path, max_steps)
+
+
+@contextlib.contextmanager
+def _item_path(item: Item) -> Iterator[Path]:
+    """A path the media loaders can open for ``item``; a MediaError raised inside names the
+    item's source, not that path.
+
+    Tar members are written to a temporary file first: the media loaders (soundfile,
+    Pillow, PyAV) and their validation work on paths. A file whose path is not UTF-8 is read
+    through a temporary UTF-8 symlink (soundfile cannot open such a path).
+    """
     if item.error is not None:
         raise MediaError(item.source, item.error)
-    if item.member is None:
-        if printable(item.path) == item.path:
-            return load_input(fmt, Path(item.path), max_steps)
-        with tempfile.TemporaryDirectory(prefix="anytok-link-") as folder:
-            link = Path(folder) / ("item" + printable(Path(item.path).suffix))
-            link.symlink_to(item.path)
-            try:
-                return load_input(fmt, link, max_steps)
-            except MediaError as err:  # name the item, not the link
-                raise MediaError(item.source, err.problem) from err
-    data = read_member(item)
-    suffix = printable("." + item.member.rsplit(".", 1)[-1])
-    with tempfile.NamedTemporaryFile(suffix=suffix, prefix="anytok-member-") as tmp:
-        tmp.write(data)
-        tmp.flush()
+    if item.member is None and printable(item.path) == item.path:
+        yield Path(item.path)  # its errors name the path, which is the source
+        return
+    with tempfile.TemporaryDirectory(prefix="anytok-item-") as folder:
+        if item.member is None:
+            path = Path(folder) / ("item" + printable(Path(item.path).suffix))
+            path.symlink_to(item.path)
+        else:
+            data = read_member(item)
+            path = Path(folder) / ("member" + printable("." + item.member.rsplit(".", 1)[-1]))
+            path.write_bytes(data)
+            del data
         try:
-            return load_input(fmt, Path(tmp.name), max_steps)
-        except MediaError as err:  # name the member, not the temporary file
+            yield path
+        except MediaError as err:  # name the item, not the temporary path
             raise MediaError(item.source, err.problem) from err
 
 
@@ -525,16 +533,54 @@ def describe_error(err: BaseException) -> str:
     return one_line(err.problem if isinstance(err, MediaError) else error_summary(err))
 
 
+#: ``--segment split`` reads audio in windows of about this many bytes (float32), a whole
+#: number of segments each; video is decoded one segment at a time.
+SPLIT_WINDOW_BYTES = 64 << 20
+
+
 def iter_segments(
     fmt: InputFormat, policy: SegmentPolicy, item: Item
+) -> Iterator[tuple[float, Tensor]]:
+    """An item's segments ``(start_seconds, media)`` (media without batch axis) as they load.
+
+    ``full`` / ``crop`` and images load once (a crop reads no further than it keeps).
+    ``split`` reads the item piece by piece (:func:`anytok.pipeline.iter_input`): audio
+    whose header states its length in windows of :data:`SPLIT_WINDOW_BYTES`, video in one
+    decoding pass, a segment at a time, so memory holds a piece, not the file, and
+    ``MediaLimits``' length limits bound a piece. The segments equal those of loading the
+    whole file and cutting it.
+
+    Raises:
+        Exception: whatever stops loading, when reading reaches it (a bad item may raise
+            after some segments): the item fails as a whole and callers drop what it gave.
+    """
+    with _item_path(item) as path:
+        if policy.mode != "split" or fmt.modality == "image":
+            yield from policy.apply(fmt, load_input(fmt, path, policy.max_steps(fmt)))
+            return
+        rate, step = policy._rate_and_step(fmt)
+        axis = -1 if fmt.modality == "audio" else 1
+        per_piece = 1
+        if fmt.modality == "audio":
+            per_piece = max(1, SPLIT_WINDOW_BYTES // (4 * (fmt.channels or 1) * step))
+        first = 0
+        for piece in iter_input(fmt, path, per_piece * step):
+            for offset in range(0, piece.shape[axis], step):
+                length = min(step, piece.shape[axis] - offset)
+                yield (first + offset) / rate, piece.narrow(axis, offset, length).contiguous()
+            first += piece.shape[axis]
+
+
+def load_segments(
+    fmt: InputFormat, policy: SegmentPolicy, item: Item
 ) -> tuple[list[tuple[float, Tensor]], str | None]:
-    """Load an item and cut it into segments; ``([], error)`` when it cannot be loaded.
+    """All of :func:`iter_segments` at once; ``([], error)`` when the item cannot be loaded.
 
     Any exception counts as a bad item (a decoder can fail in many ways on hostile input);
     the message says what it was.
     """
     try:
-        return policy.apply(fmt, load_item(fmt, item, policy.max_steps(fmt))), None
+        return list(iter_segments(fmt, policy, item)), None
     except Exception as err:
         return [], describe_error(err)
 
@@ -550,6 +596,7 @@ __all__ = [
     "iter_segments",
     "list_items",
     "load_item",
+    "load_segments",
     "printable",
     "read_member",
     "source_kind",

@@ -21,6 +21,7 @@ from anytok.media.audio import (
     FFMPEG_AUDIO_EXTENSIONS,
     AudioClip,
     audio_length,
+    iter_audio,
     load_audio,
     resample,
     save_audio,
@@ -28,7 +29,7 @@ from anytok.media.audio import (
 )
 from anytok.media.errors import DEFAULT_LIMITS, MediaError, MediaLimits, Modality
 from anytok.media.image import ImageData, load_image, resize_cover, save_image
-from anytok.media.video import VideoClip, load_video, save_video, video_duration
+from anytok.media.video import VideoClip, iter_video, load_video, save_video, video_duration
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -44,6 +45,8 @@ __all__ = [
     "VideoClip",
     "audio_length",
     "find_media",
+    "iter_audio",
+    "iter_video",
     "load_audio",
     "load_image",
     "load_media",

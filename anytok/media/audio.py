@@ -11,6 +11,7 @@ import math
 import os
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ __all__ = [
     "RESAMPLE_FILTER",
     "AudioClip",
     "audio_length",
+    "iter_audio",
     "load_audio",
     "resample",
     "save_audio",
@@ -308,7 +310,12 @@ def audio_length(path: str | os.PathLike[str], sample_rate: int | None = None) -
     file's rate), from the header alone; None when only decoding tells (FFmpeg formats, an
     MP3 without a length header) or the header cannot be read (:func:`load_audio` then
     names the problem)."""
-    p = Path(path)
+    header = _header_length(Path(path), sample_rate)
+    return None if header is None else header[0]
+
+
+def _header_length(p: Path, sample_rate: int | None) -> tuple[int, int] | None:
+    """``(samples, rate)`` of :func:`audio_length`, with the rate they count at."""
     if p.suffix.lower() in FFMPEG_AUDIO_EXTENSIONS:
         return None
     try:
@@ -318,7 +325,58 @@ def audio_length(path: str | os.PathLike[str], sample_rate: int | None = None) -
     if info.samplerate <= 0 or not _states_its_length(p, info.format):
         return None
     rate = info.samplerate if sample_rate is None else int(sample_rate)
-    return math.ceil(info.frames * rate / info.samplerate)
+    return math.ceil(info.frames * rate / info.samplerate), rate
+
+
+def iter_audio(
+    path: str | os.PathLike[str],
+    chunk_samples: int,
+    sample_rate: int | None = None,
+    channels: int | None = None,
+    limits: MediaLimits | None = None,
+) -> Iterator[Tensor]:
+    """Read a whole file as consecutive ``(channels, chunk_samples)`` float32 chunks (the
+    last may be shorter), joined equal to :func:`load_audio` with the same arguments (to
+    float rounding).
+
+    Files whose header states their length (WAV, FLAC, Ogg, AIFF, MP3 with a Xing / Info /
+    VBRI header ...) are read window by window (:func:`load_audio`'s ``offset`` /
+    ``duration``): memory holds one chunk and ``limits.max_audio_seconds`` bounds the
+    chunk, not the file, so recordings of any length stream. The others (FFmpeg formats,
+    MP3 without a length header) are decoded whole, under the limits, then cut. A problem
+    in the middle of the file (truncation, NaN) raises when the chunk reaching it is read:
+    a caller that keeps chunks must drop them when the iteration raises.
+
+    Raises:
+        MediaError: as :func:`load_audio`.
+        ValueError: ``chunk_samples`` < 1.
+    """
+    if chunk_samples < 1:
+        raise ValueError(f"chunk_samples must be >= 1, got {chunk_samples}")
+    p = check_file(path)  # now, not at the first next()
+    return _audio_chunks(p, chunk_samples, sample_rate, channels, limits)
+
+
+def _audio_chunks(
+    p: Path,
+    chunk_samples: int,
+    sample_rate: int | None,
+    channels: int | None,
+    limits: MediaLimits | None,
+) -> Iterator[Tensor]:
+    header = _header_length(p, sample_rate)
+    if header is None:
+        waveform = load_audio(p, sample_rate, channels, limits).waveform
+        for first in range(0, waveform.shape[1], chunk_samples):
+            yield waveform[:, first : first + chunk_samples].clone()  # not a view of it all
+        return
+    total, rate = header
+    if total == 0:  # load_audio names the problem
+        load_audio(p, sample_rate, channels, limits)
+    for first in range(0, total, chunk_samples):
+        yield load_audio(
+            p, sample_rate, channels, limits, offset=first / rate, duration=chunk_samples / rate
+        ).waveform
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from anytok.media.errors import (
 )
 from anytok.media.image import Size, from_uint8, resize_cover, to_uint8
 
-__all__ = ["VideoClip", "load_video", "save_video", "video_duration"]
+__all__ = ["VideoClip", "iter_video", "load_video", "save_video", "video_duration"]
 
 _TIE = 1e-6  # seconds: timestamps closer than this are equal when picking frames
 _ANIMATED_IMAGES = ("a GIF image", "a WebP image")  # FFmpeg decodes these as video
@@ -114,13 +114,91 @@ def load_video(
             frames (at or after ``start``), or exceeds ``limits``.
     """
     limits = limits or DEFAULT_LIMITS
-    if fps is not None and fps <= 0:
+    _check_video_args(fps, max_frames, start)
+    meta = _VideoMeta()
+    chunks = list(
+        _decode_frames(
+            check_file(path), fps, max_frames, start, size, limits, transform, None, meta
+        )
+    )
+    video = torch.cat(chunks, dim=1) if len(chunks) > 1 else chunks[0]  # (3, T, H, W)
+    return VideoClip(
+        video=video,
+        fps=float(fps) if fps is not None else (meta.src_fps or 25.0),
+        path=meta.path,
+        original_fps=meta.src_fps,
+        original_frames=meta.header_frames,
+        original_size=meta.size,
+    )
+
+
+def iter_video(
+    path: str | os.PathLike[str],
+    chunk_frames: int,
+    fps: float | None = None,
+    size: Size | None = None,
+    limits: MediaLimits | None = None,
+    transform: Callable[[Tensor], Tensor] | None = None,
+) -> Iterator[Tensor]:
+    """Read a whole video in one decoding pass as consecutive ``(3, t, H, W)`` float32
+    chunks of ``chunk_frames`` output frames (the last may be shorter): memory holds one
+    chunk, whatever the video's length.
+
+    The chunks joined are :func:`load_video`'s clip with the same ``fps`` / ``size`` /
+    ``transform``, frame for frame, except that ``limits.max_video_frames`` bounds
+    ``chunk_frames``, not the video. Errors come when decoding reaches them: a file found
+    truncated at its end raises after its last chunk, so a caller that keeps chunks must
+    drop them when the iteration raises.
+
+    Raises:
+        MediaError: as :func:`load_video`.
+        ValueError: ``chunk_frames`` < 1 or over ``limits.max_video_frames``, or ``fps``
+            is not positive.
+    """
+    limits = limits or DEFAULT_LIMITS
+    _check_video_args(fps, None, 0.0)
+    if not 1 <= chunk_frames <= limits.max_video_frames:
+        raise ValueError(
+            f"chunk_frames must be from 1 to MediaLimits.max_video_frames = "
+            f"{limits.max_video_frames}, got {chunk_frames}"
+        )
+    p = check_file(path)  # now, not at the first next()
+    return _decode_frames(p, fps, None, 0.0, size, limits, transform, chunk_frames, _VideoMeta())
+
+
+def _check_video_args(fps: float | None, max_frames: int | None, start: float) -> None:
+    if fps is not None and not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be at least 1, got {max_frames}")
     if start < 0:
         raise ValueError(f"start must be >= 0 seconds, got {start}")
-    p = check_file(path)
+
+
+@dataclass
+class _VideoMeta:
+    """What :func:`_decode_frames` learns of the file, for :class:`VideoClip`."""
+
+    path: Path | None = None
+    src_fps: float = 0.0
+    header_frames: int = 0
+    size: tuple[int, int] = (0, 0)  # (height, width) as displayed
+
+
+def _decode_frames(
+    p: Path,
+    fps: float | None,
+    max_frames: int | None,
+    start: float,
+    size: Size | None,
+    limits: MediaLimits,
+    transform: Callable[[Tensor], Tensor] | None,
+    chunk: int | None,
+    meta: _VideoMeta,
+) -> Iterator[Tensor]:
+    """The selected frames of ``p`` as float32 ``(3, t, H, W)`` chunks of ``chunk`` frames
+    (None: one chunk, bounded by ``limits.max_video_frames``); fills ``meta``."""
+    meta.path = p
     kind = sniff(p)
     if kind is None or kind[0] not in _ANIMATED_IMAGES:
         mismatch = wrong_modality(p, "video")
@@ -148,6 +226,7 @@ def load_video(
             rate = stream.guessed_rate or rate
         src_fps = float(rate) if rate else 0.0
         header_frames = int(stream.frames or 0)
+        meta.src_fps, meta.header_frames = src_fps, header_frames
         origin = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
         dt = 1.0 / (src_fps or 25.0)
         seek_origin = origin  # seeking goes by the demuxer's timestamps
@@ -156,9 +235,9 @@ def load_video(
         if first_time is not None:
             origin = first_time
             frames = _frames_from(container, stream, start, seek_origin, origin, dt)
-        selector = _FrameSelector(
-            p, start, fps, src_fps, max_frames, size, limits.max_video_frames, transform
-        )
+        # Streaming holds one chunk: the frame limit bounds the chunk, not the video.
+        limit = limits.max_video_frames if chunk is None else math.inf
+        selector = _FrameSelector(p, start, fps, src_fps, max_frames, size, limit, transform)
         decoded = 0
         reached_end = False
         first_t: float | None = None
@@ -181,7 +260,11 @@ def load_video(
                         t = last_t + dt
                 last_t = t
                 decoded += 1
-                if not selector.push(t, frame, width, height):
+                more = selector.push(t, frame, width, height)
+                while chunk is not None and len(selector.frames) >= chunk:
+                    yield _stack(selector.frames[:chunk])
+                    del selector.frames[:chunk]
+                if not more:
                     break
             else:
                 reached_end = True
@@ -213,21 +296,21 @@ def load_video(
             f"file is truncated: the header announces {header_frames} frames but only "
             f"{decoded} could be decoded",
         )
-    if not selector.frames:
+    if not selector.count:
         raise MediaError(p, f"has no video frames at or after start={start:g} s")
-    video = torch.stack(selector.frames, dim=1)  # (3, T, H, W)
-    if video.dtype == torch.uint8:
-        video = from_uint8(video)
     if _swaps_axes(selector.orient):
         width, height = height, width  # the size as displayed
-    return VideoClip(
-        video=video,
-        fps=float(fps) if fps is not None else (src_fps or 25.0),
-        path=p,
-        original_fps=src_fps,
-        original_frames=header_frames,
-        original_size=(height, width),
-    )
+    meta.size = (height, width)
+    while selector.frames:
+        step = len(selector.frames) if chunk is None else chunk
+        yield _stack(selector.frames[:step])
+        del selector.frames[:step]
+
+
+def _stack(frames: list[Tensor]) -> Tensor:
+    """Frames ``(3, H, W)`` (uint8, or float from a transform) as float32 ``(3, t, H, W)``."""
+    video = torch.stack(frames, dim=1)
+    return from_uint8(video) if video.dtype == torch.uint8 else video
 
 
 def video_duration(path: str | os.PathLike[str]) -> float | None:
@@ -270,7 +353,7 @@ class _FrameSelector:
         src_fps: float,
         max_frames: int | None,
         size: Size | None,
-        limit: int,
+        limit: float,
         transform: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         self.path = path
@@ -282,7 +365,8 @@ class _FrameSelector:
         self.max_frames = max_frames
         self.size = size
         self.limit = limit
-        self.frames: list[Tensor] = []
+        self.frames: list[Tensor] = []  # emitted and not yet taken by the caller
+        self.count = 0  # frames emitted
         self.orient: tuple[str, ...] = ()  # what displays the frames upright (_orientation)
         self.done = False
         self._prev: tuple[float, av.VideoFrame, int, int] | None = None
@@ -293,14 +377,14 @@ class _FrameSelector:
 
     def _target(self) -> float:
         assert self.fps is not None
-        return self.start + len(self.frames) / self.fps
+        return self.start + self.count / self.fps
 
     def _emit(self) -> bool:
         """Append the held frame; False once no more frames are wanted."""
-        if self.max_frames is not None and len(self.frames) >= self.max_frames:
+        if self.max_frames is not None and self.count >= self.max_frames:
             self.done = True
             return False
-        if len(self.frames) >= self.limit:
+        if self.count >= self.limit:
             rate = self.fps or 1.0 / self.src_dt
             raise MediaError(
                 self.path,
@@ -319,7 +403,8 @@ class _FrameSelector:
             if self.transform is not None:
                 self._prev_tensor = self.transform(self._prev_tensor)
         self.frames.append(self._prev_tensor)
-        if self.max_frames is not None and len(self.frames) >= self.max_frames:
+        self.count += 1
+        if self.max_frames is not None and self.count >= self.max_frames:
             self.done = True
             return False
         return True
