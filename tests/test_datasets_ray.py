@@ -61,3 +61,35 @@ def test_workers_with_other_weights_end_the_run_in_one_line(
     monkeypatch.setattr(job, "model_fingerprint", lambda model: "0" * 64)
     with pytest.raises(DatasetError, match="differ from the driver's; every node must see"):
         encode_dataset(src, tmp_path / "dst", folder, engine="ray", ray_num_cpus=2, progress=False)
+
+
+def test_split_items_stream_through_ray_as_through_the_local_engine(tmp_path: Path) -> None:
+    """Rows of a split item are yielded as they load, the count on the item's final row:
+    the driver reassembles items of many rows, and a broken file fails as a whole."""
+    pytest.importorskip("ray.data")
+    from anytok.datasets import iter_rows
+
+    src = tmp_path / "src"
+    good = make_dataset("audio", src, 3, seconds=0.45)[0]
+    (src / "broken.wav").write_bytes(good.read_bytes()[:2000])  # header promises more
+    folder = save_checkpoint(anytok.create_model("seanet_fsq_24khz", tiny=True), tmp_path / "c")
+    runs = {}
+    for engine in ("ray", "local"):
+        runs[engine] = encode_dataset(
+            src,
+            tmp_path / engine,
+            folder,
+            engine=engine,
+            segment="split",
+            segment_seconds=0.1,
+            batch_size=3,
+            progress=False,
+            **({"ray_num_cpus": 2} if engine == "ray" else {}),
+        )
+    assert runs["ray"].failed == runs["local"].failed == 1
+    assert runs["ray"].tokens == runs["local"].tokens > 0
+    rows = {
+        engine: [(r["id"], r["segment"], t.codes.tolist()) for r, t in iter_rows(tmp_path / engine)]
+        for engine in runs
+    }
+    assert rows["ray"] == rows["local"] and len(rows["ray"]) == 15

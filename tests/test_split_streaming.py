@@ -1,0 +1,287 @@
+"""Long items stream: ``iter_audio`` / ``iter_video`` read a file piece by piece and join to
+what ``load_audio`` / ``load_video`` return, and ``encode-dataset --segment split`` takes
+items in pieces, so files over the length limits split, and an item that breaks part-way
+fails as a whole while every other item is kept."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import anytok
+from anytok.checkpoint import save_checkpoint
+from anytok.datasets import encode_dataset, iter_rows, sources
+from anytok.datasets import local as local_engine
+from anytok.datasets.sources import Item, SegmentPolicy, iter_segments
+from anytok.media import MediaError, MediaLimits, iter_audio, iter_video, load_audio, load_video
+from anytok.media import audio as media_audio
+from anytok.pipeline import InputFormat, load_input
+
+AUDIO_MODEL = "seanet_fsq_24khz"
+
+
+def chirp(rate: int, seconds: float, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """``(samples, channels)`` float32: a chirp with a little noise, different per channel."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(round(rate * seconds)) / rate
+    waves = [
+        0.4 * np.sin(2 * np.pi * (150 + 400 * t + 90 * c) * t) + 0.05 * rng.standard_normal(t.size)
+        for c in range(channels)
+    ]
+    return np.stack(waves, axis=1).astype(np.float32)
+
+
+def write_flac(path: Path, rate: int, seconds: float, channels: int = 1, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, chirp(rate, seconds, channels, seed), rate, subtype="PCM_16")
+    return path
+
+
+def write_alac_m4a(path: Path, rate: int, seconds: float) -> Path:
+    """Lossless M4A: a format FFmpeg decodes and libsndfile does not (decoded whole)."""
+    pcm = (chirp(rate, seconds)[:, 0] * 32767).round().astype(np.int16)[None]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("alac", rate=rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(pcm, "s16p", "mono")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return path
+
+
+def counting_video(path: Path, frames: int, fps: float, size: int = 24) -> Path:
+    """Frame ``i`` is a flat gray of level ``20 + 8 * i``, over a gradient (so resizing and
+    cropping show)."""
+    levels = torch.tensor([20 + 8 * i for i in range(frames)], dtype=torch.float32)
+    ramp = torch.linspace(-0.2, 0.2, size).view(1, 1, 1, size)
+    video = (levels / 127.5 - 1.0).view(1, frames, 1, 1) + ramp
+    video = video.expand(3, frames, size + 8, size).clamp(-1, 1).contiguous()
+    return anytok.media.save_video(path, video, fps)
+
+
+# --------------------------------------------------------------------------- media
+
+
+@pytest.mark.parametrize(
+    ("name", "rate", "channels", "out_rate", "out_channels", "chunk"),
+    [
+        ("a.flac", 44100, 2, 24000, 1, 10_007),  # resampled and mixed down, odd chunks
+        ("b.wav", 24000, 1, None, None, 24000),  # read as stored
+        ("c.flac", 22050, 1, 48000, 2, 5_000),  # upsampled, duplicated to stereo
+    ],
+)
+def test_iter_audio_chunks_join_to_load_audio(
+    tmp_path: Path, name, rate, channels, out_rate, out_channels, chunk
+) -> None:
+    path = tmp_path / name
+    sf.write(path, chirp(rate, 2.3, channels), rate, subtype="PCM_16")
+    whole = load_audio(path, out_rate, out_channels).waveform
+    chunks = list(iter_audio(path, chunk, out_rate, out_channels))
+    assert [c.shape[1] for c in chunks[:-1]] == [chunk] * (len(chunks) - 1)
+    assert 0 < chunks[-1].shape[1] <= chunk and len(chunks) == math.ceil(whole.shape[1] / chunk)
+    assert all(c.dtype == torch.float32 and c.is_contiguous() for c in chunks)
+    torch.testing.assert_close(torch.cat(chunks, dim=1), whole, atol=1e-6, rtol=0)
+
+
+def test_iter_audio_decodes_ffmpeg_formats_whole_and_cuts_them(tmp_path: Path) -> None:
+    path = write_alac_m4a(tmp_path / "tone.m4a", 16000, 1.5)
+    whole = load_audio(path, 24000).waveform
+    chunks = list(iter_audio(path, 7000, 24000))
+    assert [c.shape[1] for c in chunks] == [7000] * 5 + [1000]
+    assert torch.equal(torch.cat(chunks, dim=1), whole)
+    assert chunks[0].untyped_storage().nbytes() == 7000 * 4  # not a view of the whole file
+
+
+def test_iter_audio_streams_a_file_over_the_length_limit(tmp_path: Path) -> None:
+    """``max_audio_seconds`` bounds what is held: a chunk, not the file."""
+    path = write_flac(tmp_path / "long.flac", 32000, 3.0)
+    short = MediaLimits(max_audio_seconds=1.0)
+    with pytest.raises(MediaError, match="too long"):
+        load_audio(path, 24000, limits=short)
+    chunks = list(iter_audio(path, 12000, 24000, limits=short))
+    whole = load_audio(path, 24000).waveform
+    torch.testing.assert_close(torch.cat(chunks, dim=1), whole, atol=1e-6, rtol=0)
+    with pytest.raises(MediaError, match="too long"):  # a chunk over the limit is refused
+        next(iter_audio(path, 48000, 24000, limits=short))
+
+
+def test_iter_audio_errors(tmp_path: Path) -> None:
+    path = write_flac(tmp_path / "x.flac", 16000, 2.0)
+    with pytest.raises(ValueError, match="chunk_samples must be >= 1, got 0"):
+        iter_audio(path, 0)
+    with pytest.raises(MediaError, match="missing.flac"):  # at the call, before any chunk
+        iter_audio(tmp_path / "missing.flac", 100)
+    # A FLAC cut short: the chunks before the cut come, the one reaching it raises.
+    data = path.read_bytes()
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    got = []
+    with pytest.raises(MediaError, match="cut.flac"):
+        for chunk in iter_audio(cut, 4000):
+            got.append(chunk)
+    assert 2 <= len(got) < 8
+
+
+@pytest.mark.parametrize(
+    ("fps", "size", "chunk"),
+    [(10.0, None, 3), (None, 16, 4), (10.0, (12, 20), 1), (50.0, None, 7)],
+)
+def test_iter_video_chunks_join_to_load_video(tmp_path: Path, fps, size, chunk) -> None:
+    """25 -> 10 fps puts every other target halfway between two frames (ties), 25 -> 50
+    shows each frame twice: one pass, so the chunks pick what the whole clip picks."""
+    path = counting_video(tmp_path / "count.mp4", 23, 25.0)
+    whole = load_video(path, fps=fps, size=size).video
+    chunks = list(iter_video(path, chunk, fps=fps, size=size))
+    assert [c.shape[1] for c in chunks[:-1]] == [chunk] * (len(chunks) - 1)
+    assert 0 < chunks[-1].shape[1] <= chunk and chunks[0].dtype == torch.float32
+    assert torch.equal(torch.cat(chunks, dim=1), whole)
+
+
+def test_iter_video_streams_past_the_frame_limit_and_takes_transforms(tmp_path: Path) -> None:
+    path = counting_video(tmp_path / "count.mp4", 12, 8.0)
+    few = MediaLimits(max_video_frames=5)
+    with pytest.raises(MediaError, match="too many frames"):
+        load_video(path, limits=few)
+    chunks = list(iter_video(path, 4, limits=few))
+    assert [c.shape[1] for c in chunks] == [4, 4, 4]
+    assert torch.equal(torch.cat(chunks, dim=1), load_video(path).video)
+    with pytest.raises(ValueError, match="chunk_frames must be from 1 to .* = 5, got 6"):
+        iter_video(path, 6, limits=few)
+    with pytest.raises(ValueError, match="fps must be positive"):
+        iter_video(path, 2, fps=0.0)
+
+    def corner(frame: torch.Tensor) -> torch.Tensor:
+        return frame[:, :8, :8]
+
+    cut = torch.cat(list(iter_video(path, 5, transform=corner)), dim=1)
+    assert torch.equal(cut, load_video(path, transform=corner).video)
+
+
+# --------------------------------------------------------------------------- segments
+
+
+def test_split_segments_equal_cutting_the_whole_file(tmp_path: Path, monkeypatch) -> None:
+    """Window by window (audio) and chunk by chunk (video), the segments and their starts
+    are those of loading everything and cutting it."""
+    monkeypatch.setattr(sources, "SPLIT_WINDOW_BYTES", 3 * 2400 * 4)  # 3 segments a window
+    audio = write_flac(tmp_path / "a.flac", 44100, 2.05, channels=2)
+    fmt = InputFormat("audio", sample_rate=24000, channels=1)
+    policy = SegmentPolicy("split", 0.1)
+    item = Item(id="a", source="a.flac", path=str(audio))
+    got = list(iter_segments(fmt, policy, item))
+    want = policy.apply(fmt, load_input(fmt, audio))
+    assert len(got) == len(want) == 21
+    for (start, media), (start_ref, media_ref) in zip(got, want, strict=True):
+        assert start == start_ref
+        torch.testing.assert_close(media, media_ref, atol=1e-6, rtol=0)
+
+    video = counting_video(tmp_path / "v.mp4", 17, 25.0)
+    for resize in ("cover_crop", "native"):
+        fmt = InputFormat("video", resolution=(16, 16), fps=10.0, resize=resize, multiple=8)
+        policy = SegmentPolicy("split", 0.3)
+        item = Item(id="v", source="v.mp4", path=str(video))
+        got = list(iter_segments(fmt, policy, item))
+        want = policy.apply(fmt, load_input(fmt, video))
+        assert [s for s, _ in got] == [s for s, _ in want] == pytest.approx([0.0, 0.3, 0.6])
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(got, want, strict=True))
+
+
+# --------------------------------------------------------------------------- dataset jobs
+
+
+@pytest.fixture(scope="module")
+def audio_ckpt(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt")
+    save_checkpoint(anytok.create_model(AUDIO_MODEL, tiny=True), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def long_folder(tmp_path_factory) -> Path:
+    """Two good FLACs at 44.1 kHz and one cut at 60 % (it breaks part-way through)."""
+    folder = tmp_path_factory.mktemp("long")
+    write_flac(folder / "a.flac", 44100, 1.3, seed=1)
+    write_flac(folder / "sub" / "b.flac", 44100, 0.9, channels=2, seed=2)
+    data = write_flac(folder / "c.flac", 44100, 1.6, seed=3).read_bytes()
+    (folder / "c.flac").write_bytes(data[: int(len(data) * 0.6)])
+    return folder
+
+
+def _codes_by_row(dst: Path) -> dict[tuple[str, int], torch.Tensor]:
+    return {(row["id"], row["segment"]): tokens.codes for row, tokens in iter_rows(dst)}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_split_jobs_stream_long_files_and_drop_a_broken_one_whole(
+    tmp_path: Path, monkeypatch, long_folder: Path, audio_ckpt: Path, workers: int
+) -> None:
+    """Windows of 2 segments, pieces of 3: files over the (lowered) 0.5 s length limit split
+    as they would whole, and the FLAC cut part-way through leaves no rows, only its error,
+    though segments of it were encoded before the cut was reached."""
+    reference = encode_dataset(
+        long_folder, tmp_path / "ref", str(audio_ckpt), segment="split", segment_seconds=0.2
+    )
+    assert reference.failed == 1
+    monkeypatch.setattr(sources, "SPLIT_WINDOW_BYTES", 2 * 4800 * 4)
+    monkeypatch.setattr(local_engine, "SPLIT_WINDOW_BYTES", 3 * 4800 * 4)
+    monkeypatch.setattr(media_audio, "DEFAULT_LIMITS", MediaLimits(max_audio_seconds=0.5))
+    full = encode_dataset(long_folder, tmp_path / "full", str(audio_ckpt), workers=workers)
+    assert full.failed == 3  # whole files are over the limit
+    dst = tmp_path / "split"
+    streamed = encode_dataset(
+        long_folder,
+        dst,
+        str(audio_ckpt),
+        segment="split",
+        segment_seconds=0.2,
+        workers=workers,
+        batch_size=2,
+    )
+    assert streamed.failed == 1 and streamed.tokens == reference.tokens > 0
+    rows = _codes_by_row(dst)
+    want = _codes_by_row(tmp_path / "ref")
+    assert sorted(rows) == sorted(want)
+    assert sorted(rows) == [("a.flac", n) for n in range(7)] + [("sub/b.flac", n) for n in range(5)]
+    assert all(torch.equal(rows[key], want[key]) for key in rows)
+    errors = [json.loads(line) for line in (dst / "errors.jsonl").read_text().splitlines()]
+    assert [e["id"] for e in errors] == ["c.flac"] and "truncated" in errors[0]["error"]
+
+
+def test_a_loader_hands_a_split_item_over_in_pieces(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(sources, "SPLIT_WINDOW_BYTES", 4800 * 4)
+    path = write_flac(tmp_path / "a.flac", 24000, 1.0)
+    fmt = InputFormat("audio", sample_rate=24000, channels=1)
+    items = [Item(id="a", source="a.flac", path=str(path))]
+    loader = local_engine.ItemLoader(
+        fmt, SegmentPolicy("split", 0.1), items, [0], piece_bytes=4 * 2400 * 4
+    )
+    pieces = list(loader)
+    assert [(p.first, len(p.segments), p.last, p.error) for p in pieces] == [
+        (0, 4, False, None),
+        (4, 4, False, None),
+        (8, 2, True, None),
+    ]
+    starts = [start for p in pieces for start, _ in p.segments]
+    assert starts == pytest.approx([n / 10 for n in range(10)])
+    # Cut at 60 %: two pieces come, then the error that ends the item.
+    data = write_flac(tmp_path / "b.flac", 24000, 1.0, seed=4).read_bytes()
+    (tmp_path / "b.flac").write_bytes(data[: int(len(data) * 0.6)])
+    items.append(Item(id="b", source="b.flac", path=str(tmp_path / "b.flac")))
+    loader = local_engine.ItemLoader(
+        fmt, SegmentPolicy("split", 0.1), items, [1], piece_bytes=2 * 2400 * 4
+    )
+    pieces = list(loader)
+    assert [(p.first, len(p.segments), p.last) for p in pieces] == [
+        (0, 2, False),
+        (2, 2, False),
+        (4, 0, True),
+    ]
+    assert "audio data cannot be decoded" in pieces[-1].error
