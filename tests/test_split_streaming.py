@@ -285,3 +285,23 @@ def test_a_loader_hands_a_split_item_over_in_pieces(tmp_path: Path, monkeypatch)
         (4, 0, True),
     ]
     assert "audio data cannot be decoded" in pieces[-1].error
+
+
+def test_split_streaming_benchmark_smoke(tmp_path: Path) -> None:
+    """benchmarks/split_streaming.py end to end: streamed and whole reads give the same
+    segments, and both tables are written."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "split_streaming.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "split_streaming.json").read_text())
+    assert [row["modality"] for row in report["rows"]] == ["audio", "video"]
+    assert all(row["same"] and row["stream"]["segments"] >= 2 for row in report["rows"])
+    assert "| streamed peak MiB |" in (tmp_path / "split_streaming.md").read_text()

@@ -535,7 +535,7 @@ def describe_error(err: BaseException) -> str:
 
 #: ``--segment split`` reads audio in windows of about this many bytes (float32), a whole
 #: number of segments each; video is decoded one segment at a time.
-SPLIT_WINDOW_BYTES = 64 << 20
+SPLIT_WINDOW_BYTES = 16 << 20
 
 
 def iter_segments(
