@@ -6,7 +6,8 @@ before), and a check that both give the same segments.
     python benchmarks/split_streaming.py --out benchmarks/results/split_streaming_cpu
     python benchmarks/split_streaming.py --smoke --out /tmp/ss      # seconds, for the tests
 
-Files are synthetic: a stereo 44.1 kHz FLAC read as 24 kHz mono in 30 s segments, and a
+Files are synthetic: a stereo 44.1 kHz FLAC and AAC M4A read as 24 kHz mono in 30 s
+segments (the FLAC by seeking window by window, the M4A in one decoding pass), and a
 1280x720 25 fps H.264 MP4 read at 8 fps, 256x256, in 17-frame segments. Each mode runs in a
 fresh process with one thread (as one loader worker); memory is the peak resident set it
 adds, sampled every millisecond. Results go to stdout as JSON and, with ``--out``, to
@@ -30,7 +31,8 @@ _MEASURE = """
 import hashlib, json, sys, threading, time, torch
 torch.set_num_threads(1)
 from anytok.datasets.sources import Item, SegmentPolicy, iter_segments
-from anytok.pipeline import InputFormat, load_input
+from anytok.pipeline import InputFormat, iter_input, load_input
+from pathlib import Path
 
 def rss_mib():
     with open("/proc/self/statm") as f:
@@ -43,7 +45,9 @@ else:
     fmt = InputFormat("video", resolution=(256, 256), fps=8.0)
     policy = SegmentPolicy("split", 17 / 8)
 item = Item(id="x", source="x", path=path)
-next(iter_segments(fmt, SegmentPolicy("crop", 0.5), item))  # decoders loaded before the baseline
+warm = iter_input(fmt, Path(path), 8)  # decoders loaded before the baseline, not the file
+next(warm)
+warm.close()
 peak, running = [rss_mib()], [True]
 def watch():
     while running[0]:
@@ -84,6 +88,30 @@ def write_audio(path: Path, minutes: float) -> Path:
             t = (first + np.arange(block)) / 44100
             tone = 0.3 * np.sin(2 * np.pi * 220 * t)
             f.write(np.stack([tone, -tone], 1) + 0.05 * rng.standard_normal((block, 2)))
+    return path
+
+
+def write_m4a(path: Path, minutes: float) -> Path:
+    """A stereo 44.1 kHz AAC M4A of the same tones (a format FFmpeg decodes and libsndfile
+    does not: streamed in one decoding pass), encoded block by block."""
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=44100)
+        stream.layout = "stereo"
+        block = 1024 * 400
+        for first in range(0, int(minutes * 60 * 44100), block):
+            t = (first + np.arange(block)) / 44100
+            tone = 0.3 * np.sin(2 * np.pi * 220 * t)
+            wave = np.stack([tone, -tone]) + 0.05 * rng.standard_normal((2, block))
+            frame = av.AudioFrame.from_ndarray(wave.astype(np.float32), "fltp", "stereo")
+            frame.sample_rate, frame.pts = 44100, first
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
     return path
 
 
@@ -149,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         rows.append(measure(write_audio(folder / "long.flac", args.audio_minutes), "audio"))
+        rows.append(measure(write_m4a(folder / "long.m4a", args.audio_minutes), "audio"))
         video = write_video(folder / "long.mp4", args.video_seconds, height, width)
         rows.append(measure(video, "video"))
     environment = {
@@ -168,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"{environment['processor']}, one thread, torch {environment['torch']}, a fresh "
             f"process per mode. Audio: a {args.audio_minutes:g}-minute stereo 44.1 kHz FLAC "
-            "read as 24 kHz mono in 30 s segments; video: a "
+            "and a stereo 44.1 kHz AAC M4A of the same length, read as 24 kHz mono in 30 s "
+            "segments; video: a "
             f"{args.video_seconds:g} s {width}x{height} 25 fps H.264 MP4 read at 8 fps, 256x256, "
             "in 17-frame segments. Memory: peak resident set added while reading.",
             "",
@@ -179,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             s, w = row["stream"], row["whole"]
             lines.append(
-                f"| {row['modality']} | {row['file_mib']:.1f} | {s['segments']} | "
+                f"| {row['modality']} {row['file']} | {row['file_mib']:.1f} | {s['segments']} | "
                 f"{s['peak_mib']:.0f} | {w['peak_mib']:.0f} | {s['seconds']:.2f} | "
                 f"{w['seconds']:.2f} | {'yes' if row['same'] else 'NO'} |"
             )

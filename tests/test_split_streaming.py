@@ -91,13 +91,46 @@ def test_iter_audio_chunks_join_to_load_audio(
     torch.testing.assert_close(torch.cat(chunks, dim=1), whole, atol=1e-6, rtol=0)
 
 
-def test_iter_audio_decodes_ffmpeg_formats_whole_and_cuts_them(tmp_path: Path) -> None:
+def test_iter_audio_streams_ffmpeg_formats_in_one_decoding_pass(tmp_path: Path) -> None:
+    """M4A has no length libsndfile can read: one decoding pass, each chunk resampled from
+    the samples its window needs; past the 1 s length limit too."""
     path = write_alac_m4a(tmp_path / "tone.m4a", 16000, 1.5)
     whole = load_audio(path, 24000).waveform
     chunks = list(iter_audio(path, 7000, 24000))
     assert [c.shape[1] for c in chunks] == [7000] * 5 + [1000]
-    assert torch.equal(torch.cat(chunks, dim=1), whole)
-    assert chunks[0].untyped_storage().nbytes() == 7000 * 4  # not a view of the whole file
+    torch.testing.assert_close(torch.cat(chunks, dim=1), whole, atol=1e-6, rtol=0)
+    # Each chunk holds its window and the filter's margin, not the file.
+    assert all(c.untyped_storage().nbytes() < 8000 * 4 for c in chunks)
+    short = MediaLimits(max_audio_seconds=1.0)
+    with pytest.raises(MediaError, match="too long"):
+        load_audio(path, 24000, limits=short)
+    streamed = torch.cat(list(iter_audio(path, 7000, 24000, limits=short)), dim=1)
+    torch.testing.assert_close(streamed, whole, atol=1e-6, rtol=0)
+    with pytest.raises(MediaError, match="too long"):  # a chunk over the limit is refused
+        next(iter_audio(path, 30000, 24000, limits=short))
+    same_rate = torch.cat(list(iter_audio(path, 999, channels=2)), dim=1)
+    assert torch.equal(same_rate, load_audio(path, channels=2).waveform)
+
+
+@pytest.mark.skipif("libmp3lame" not in av.codecs_available, reason="no MP3 encoder")
+def test_iter_audio_streams_an_mp3_without_a_length_header(tmp_path: Path) -> None:
+    """libsndfile only estimates such a file's length: it is read block by block, once."""
+    path = tmp_path / "vbr_no_xing.mp3"
+    rate = 48000
+    with av.open(str(path), "w", options={"write_xing": "0"}) as container:
+        stream = container.add_stream("libmp3lame", rate=rate, layout="mono")
+        stream.options = {"q": "2"}  # VBR: the estimate from the first frame is wrong
+        frame = av.AudioFrame.from_ndarray(chirp(rate, 2.0).T.copy(), "fltp", "mono")
+        frame.sample_rate = rate
+        resampler = av.AudioResampler(format=stream.format.name, layout="mono", rate=rate)
+        for out in [*resampler.resample(frame), *resampler.resample(None)]:
+            container.mux(stream.encode(out))
+        container.mux(stream.encode())
+    assert media_audio.audio_length(path) is None
+    whole = load_audio(path, 16000).waveform
+    chunks = list(iter_audio(path, 5000, 16000))
+    assert [c.shape[1] for c in chunks[:-1]] == [5000] * (len(chunks) - 1)
+    torch.testing.assert_close(torch.cat(chunks, dim=1), whole, atol=1e-6, rtol=0)
 
 
 def test_iter_audio_streams_a_file_over_the_length_limit(tmp_path: Path) -> None:
@@ -128,6 +161,15 @@ def test_iter_audio_errors(tmp_path: Path) -> None:
         for chunk in iter_audio(cut, 4000):
             got.append(chunk)
     assert 2 <= len(got) < 8
+    # What load_audio refuses, the stream refuses with the same message.
+    for bad in (counting_video(tmp_path / "v.mp4", 4, 8.0), tmp_path / "empty.m4a"):
+        if not bad.exists():
+            bad.write_bytes(b"\0" * 64)
+        with pytest.raises(MediaError) as want:
+            load_audio(bad, 16000)
+        with pytest.raises(MediaError) as got_err:
+            list(iter_audio(bad, 1000, 16000))
+        assert str(got_err.value) == str(want.value)
 
 
 @pytest.mark.parametrize(
@@ -235,6 +277,15 @@ def test_split_jobs_stream_long_files_and_drop_a_broken_one_whole(
     monkeypatch.setattr(media_audio, "DEFAULT_LIMITS", MediaLimits(max_audio_seconds=0.5))
     full = encode_dataset(long_folder, tmp_path / "full", str(audio_ckpt), workers=workers)
     assert full.failed == 3  # whole files are over the limit
+    seen = []  # the pieces loaded in this process (workers=0)
+    pieces = local_engine.ItemLoader.pieces
+
+    def spy(self, index):
+        for piece in pieces(self, index):
+            seen.append((index, piece.first, len(piece.segments), piece.last, piece.error))
+            yield piece
+
+    monkeypatch.setattr(local_engine.ItemLoader, "pieces", spy)
     dst = tmp_path / "split"
     streamed = encode_dataset(
         long_folder,
@@ -253,6 +304,14 @@ def test_split_jobs_stream_long_files_and_drop_a_broken_one_whole(
     assert all(torch.equal(rows[key], want[key]) for key in rows)
     errors = [json.loads(line) for line in (dst / "errors.jsonl").read_text().splitlines()]
     assert [e["id"] for e in errors] == ["c.flac"] and "truncated" in errors[0]["error"]
+    if workers == 0:  # a.flac: 7 segments in pieces of 3; c.flac: 3 segments, then the cut
+        assert [p for p in seen if p[0] == 0] == [
+            (0, 0, 3, False, None),
+            (0, 3, 3, False, None),
+            (0, 6, 1, True, None),
+        ]
+        broken = [p[1:4] for p in seen if p[0] == 1]
+        assert broken == [(0, 3, False), (3, 0, True)]
 
 
 def test_a_loader_hands_a_split_item_over_in_pieces(tmp_path: Path, monkeypatch) -> None:
@@ -302,6 +361,6 @@ def test_split_streaming_benchmark_smoke(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "split_streaming.json").read_text())
-    assert [row["modality"] for row in report["rows"]] == ["audio", "video"]
+    assert [row["file"] for row in report["rows"]] == ["long.flac", "long.m4a", "long.mp4"]
     assert all(row["same"] and row["stream"]["segments"] >= 2 for row in report["rows"])
     assert "| streamed peak MiB |" in (tmp_path / "split_streaming.md").read_text()

@@ -47,9 +47,9 @@ class LoadedPiece:
 
 class ItemLoader(IterableDataset):
     """Loads items ``indices`` of ``items`` (decode, resample, resize, cut into segments)
-    and yields them in pieces of about ``piece_bytes``: a long item split into segments
-    streams through a worker instead of being held whole. Each DataLoader worker takes
-    every ``num_workers``-th item."""
+    and yields them in pieces of about ``piece_bytes`` (None: ``SPLIT_WINDOW_BYTES``): a
+    long item split into segments streams through a worker instead of being held whole.
+    Each DataLoader worker takes every ``num_workers``-th item."""
 
     def __init__(
         self,
@@ -57,10 +57,10 @@ class ItemLoader(IterableDataset):
         policy: SegmentPolicy,
         items: Sequence[Item],
         indices: Sequence[int],
-        piece_bytes: int = SPLIT_WINDOW_BYTES,
+        piece_bytes: int | None = None,
     ) -> None:
         self.fmt, self.policy, self.items, self.indices = fmt, policy, items, indices
-        self.piece_bytes = piece_bytes
+        self.piece_bytes = SPLIT_WINDOW_BYTES if piece_bytes is None else piece_bytes
 
     def __iter__(self) -> Iterator[LoadedPiece]:
         worker = get_worker_info()

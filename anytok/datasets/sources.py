@@ -544,11 +544,10 @@ def iter_segments(
     """An item's segments ``(start_seconds, media)`` (media without batch axis) as they load.
 
     ``full`` / ``crop`` and images load once (a crop reads no further than it keeps).
-    ``split`` reads the item piece by piece (:func:`anytok.pipeline.iter_input`): audio
-    whose header states its length in windows of :data:`SPLIT_WINDOW_BYTES`, video in one
-    decoding pass, a segment at a time, so memory holds a piece, not the file, and
-    ``MediaLimits``' length limits bound a piece. The segments equal those of loading the
-    whole file and cutting it.
+    ``split`` reads the item piece by piece (:func:`anytok.pipeline.iter_input`): audio in
+    windows of :data:`SPLIT_WINDOW_BYTES`, video in one decoding pass, a segment at a time,
+    so memory holds a piece, not the file, and ``MediaLimits``' length limits bound a
+    piece. The segments equal those of loading the whole file and cutting it.
 
     Raises:
         Exception: whatever stops loading, when reading reaches it (a bad item may raise
@@ -571,21 +570,8 @@ def iter_segments(
             first += piece.shape[axis]
 
 
-def load_segments(
-    fmt: InputFormat, policy: SegmentPolicy, item: Item
-) -> tuple[list[tuple[float, Tensor]], str | None]:
-    """All of :func:`iter_segments` at once; ``([], error)`` when the item cannot be loaded.
-
-    Any exception counts as a bad item (a decoder can fail in many ways on hostile input);
-    the message says what it was.
-    """
-    try:
-        return list(iter_segments(fmt, policy, item)), None
-    except Exception as err:
-        return [], describe_error(err)
-
-
 __all__ = [
+    "SPLIT_WINDOW_BYTES",
     "TAR_SUFFIXES",
     "DatasetError",
     "Item",
@@ -596,7 +582,6 @@ __all__ = [
     "iter_segments",
     "list_items",
     "load_item",
-    "load_segments",
     "printable",
     "read_member",
     "source_kind",

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -261,7 +262,7 @@ def load_audio(
         decoded = _decode_with_ffmpeg(p, limits, mismatch, window)
     else:
         decoded = _decode_with_soundfile(p, limits, window)
-    data, file_rate, file_channels = decoded.data, decoded.rate, decoded.channels
+    file_rate, file_channels = decoded.rate, decoded.channels
     if decoded.total == 0:
         raise MediaError(p, "contains no audio samples (zero length)")
     if decoded.total < limits.min_audio_samples:
@@ -271,7 +272,7 @@ def load_audio(
             f"{limits.min_audio_samples}",
         )
     rate = int(sample_rate) if sample_rate is not None else file_rate
-    first, stop = window.samples(rate)
+    first = window.samples(rate)[0]
     out_total = math.ceil(decoded.total * rate / file_rate)
     if first >= out_total:
         raise MediaError(
@@ -280,7 +281,24 @@ def load_audio(
             f"({decoded.total / file_rate:g} s)",
         )
 
-    waveform = torch.from_numpy(data.T.copy())  # (C, S)
+    waveform = _window_waveform(p, decoded, window, rate, channels)
+    return AudioClip(
+        waveform=waveform,
+        sample_rate=rate,
+        path=p,
+        original_sample_rate=file_rate,
+        original_channels=file_channels,
+    )
+
+
+def _window_waveform(
+    p: Path, decoded: _Decoded, window: _Window, rate: int, channels: int | None
+) -> Tensor:
+    """``(C, S)`` float32 of ``window`` at ``rate`` from the file samples ``decoded`` (which
+    cover it with the resampling margin): NaN / Inf check, clamp, channel conversion,
+    resampling, cut."""
+    first, stop = window.samples(rate)
+    waveform = torch.from_numpy(decoded.data.T.copy())  # (C, S)
     _check_finite(p, waveform, decoded.start)
     # Integer PCM decodes into [-1, 1) already; float files may overshoot.
     waveform = waveform.clamp_(-1.0, 1.0)
@@ -289,20 +307,14 @@ def load_audio(
             waveform = to_channels(waveform, channels)
         except ValueError as err:
             raise MediaError(p, str(err)) from err
-    if rate != file_rate:
-        waveform = resample(waveform, file_rate, rate).clamp_(-1.0, 1.0)
+    if rate != decoded.rate:
+        waveform = resample(waveform, decoded.rate, rate).clamp_(-1.0, 1.0)
     # The decoded range starts at output sample ``decoded.start * rate / file_rate`` (an
     # integer: see _Window.read_range); keep the window.
-    skip = first - decoded.start * rate // file_rate
+    skip = first - decoded.start * rate // decoded.rate
     if skip or stop is not None:
         waveform = waveform[:, skip : None if stop is None else skip + stop - first]
-    return AudioClip(
-        waveform=waveform.contiguous(),
-        sample_rate=rate,
-        path=p,
-        original_sample_rate=file_rate,
-        original_channels=file_channels,
-    )
+    return waveform.contiguous()
 
 
 def audio_length(path: str | os.PathLike[str], sample_rate: int | None = None) -> int | None:
@@ -337,15 +349,15 @@ def iter_audio(
 ) -> Iterator[Tensor]:
     """Read a whole file as consecutive ``(channels, chunk_samples)`` float32 chunks (the
     last may be shorter), joined equal to :func:`load_audio` with the same arguments (to
-    float rounding).
+    float rounding). Memory holds about one chunk and ``limits.max_audio_seconds`` bounds
+    the chunk, not the file, so recordings of any length stream.
 
     Files whose header states their length (WAV, FLAC, Ogg, AIFF, MP3 with a Xing / Info /
     VBRI header ...) are read window by window (:func:`load_audio`'s ``offset`` /
-    ``duration``): memory holds one chunk and ``limits.max_audio_seconds`` bounds the
-    chunk, not the file, so recordings of any length stream. The others (FFmpeg formats,
-    MP3 without a length header) are decoded whole, under the limits, then cut. A problem
-    in the middle of the file (truncation, NaN) raises when the chunk reaching it is read:
-    a caller that keeps chunks must drop them when the iteration raises.
+    ``duration``); the others (FFmpeg formats, MP3 without a length header) in one
+    decoding pass, each chunk made from the samples its window needs. A problem in the
+    middle of the file (truncation, NaN) raises when the chunk reaching it is read: a
+    caller that keeps chunks must drop them when the iteration raises.
 
     Raises:
         MediaError: as :func:`load_audio`.
@@ -366,9 +378,7 @@ def _audio_chunks(
 ) -> Iterator[Tensor]:
     header = _header_length(p, sample_rate)
     if header is None:
-        waveform = load_audio(p, sample_rate, channels, limits).waveform
-        for first in range(0, waveform.shape[1], chunk_samples):
-            yield waveform[:, first : first + chunk_samples].clone()  # not a view of it all
+        yield from _sequential_chunks(p, chunk_samples, sample_rate, channels, limits)
         return
     total, rate = header
     if total == 0:  # load_audio names the problem
@@ -377,6 +387,97 @@ def _audio_chunks(
         yield load_audio(
             p, sample_rate, channels, limits, offset=first / rate, duration=chunk_samples / rate
         ).waveform
+
+
+def _sequential_chunks(
+    p: Path,
+    chunk_samples: int,
+    sample_rate: int | None,
+    channels: int | None,
+    limits: MediaLimits | None,
+) -> Iterator[Tensor]:
+    """:func:`iter_audio` of a file whose length only decoding tells (FFmpeg formats, MP3
+    without a length header): one decoding pass; each chunk is made from the file samples
+    its window needs (:meth:`_Window.read_range`), as :func:`load_audio` makes a window, and
+    what no later window needs is dropped."""
+    limits = limits or DEFAULT_LIMITS
+    blocks = _sequential_blocks(p, limits)
+    file_rate, file_channels = next(blocks)
+    rate = int(sample_rate) if sample_rate is not None else file_rate
+    _check_header(p, file_rate, file_channels, chunk_samples / rate, limits)  # a chunk's length
+    held = np.zeros((0, file_channels), np.float32)  # file samples from held_start
+    pending: list[np.ndarray] = []
+    held_start, ended, first = 0, False, 0
+    while True:
+        window = _Window(first / rate, chunk_samples / rate, sample_rate)
+        start, stop = window.read_range(file_rate)
+        assert stop is not None
+        have = held_start + len(held) + sum(len(b) for b in pending)
+        while not ended and have < stop:
+            block = next(blocks, None)
+            if block is None:
+                ended = True
+            else:
+                pending.append(block)
+                have += len(block)
+        if pending:
+            held = np.concatenate([held, *pending])
+            pending = []
+        total = held_start + len(held)  # the file's length once ended
+        if ended:
+            if total == 0:
+                raise MediaError(p, "contains no audio samples (zero length)")
+            if total < limits.min_audio_samples:
+                raise MediaError(
+                    p,
+                    f"too short: {total} samples, fewer than the minimum of "
+                    f"{limits.min_audio_samples}",
+                )
+            if first >= math.ceil(total * rate / file_rate):
+                return
+        start = min(start, total)
+        data = held[start - held_start : stop - held_start]
+        decoded = _Decoded(data, file_rate, file_channels, start, total)
+        yield _window_waveform(p, decoded, window, rate, channels)
+        first += chunk_samples
+        following = _Window(first / rate, chunk_samples / rate, sample_rate)
+        drop = max(0, min(following.read_range(file_rate)[0], total) - held_start)
+        held, held_start = held[drop:].copy(), held_start + drop
+
+
+def _sequential_blocks(p: Path, limits: MediaLimits) -> Iterator[Any]:
+    """The file's ``(rate, channels)``, then its samples as ``(S, C)`` float32 blocks in
+    order, with no bound on the length (a caller holds a chunk): FFmpeg formats through
+    PyAV, others (an MP3 without a length header) through libsndfile. Dispatches as
+    :func:`load_audio` does."""
+    mismatch = wrong_modality(p, "audio")
+    if mismatch is not None and not is_iso_bmff(p):
+        raise mismatch
+    if p.suffix.lower() in FFMPEG_AUDIO_EXTENSIONS or mismatch is not None:
+        return _ffmpeg_blocks(p, limits, mismatch, bounded=False)
+    try:
+        info = sf.info(_sf_path(p))
+    except (sf.SoundFileError, RuntimeError, OSError) as err:
+        if sniff(p) == _M4A:
+            return _ffmpeg_blocks(p, limits, None, bounded=False)
+        raise unreadable(p, "audio", _sf_detail(err)) from err
+    _check_header(p, info.samplerate, info.channels, 0.0, limits)
+    return _soundfile_blocks(p)
+
+
+def _soundfile_blocks(p: Path, block: int = 1 << 16) -> Iterator[Any]:
+    """:func:`_sequential_blocks` through libsndfile."""
+    try:
+        with sf.SoundFile(_sf_path(p)) as f:
+            yield f.samplerate, f.channels
+            while len(data := f.read(block, dtype="float32", always_2d=True)):
+                yield data
+    except (sf.SoundFileError, RuntimeError, OSError) as err:
+        raise MediaError(
+            p,
+            f"audio data cannot be decoded ({_sf_detail(err)}); the file is probably "
+            "truncated or corrupt",
+        ) from err
 
 
 @dataclass(frozen=True)
@@ -560,6 +661,24 @@ def _decode_with_ffmpeg(
     through FFmpeg (PyAV): the containers libsndfile does not read (M4A / AAC, WMA, Matroska
     audio). They are decoded from the start (AAC seeking is not sample-exact) and cut.
     ``no_audio`` is the error to raise when the file holds no audio stream."""
+    blocks = _ffmpeg_blocks(p, limits, no_audio, bounded=True)
+    rate, channels = next(blocks)
+    parts = list(blocks)
+    data = np.concatenate(parts) if parts else np.zeros((0, channels), np.float32)
+    total = data.shape[0]
+    start, stop = window.read_range(rate)
+    start = min(start, total)
+    data = data[start:stop]
+    return _Decoded(np.ascontiguousarray(data, dtype=np.float32), rate, channels, start, total)
+
+
+def _ffmpeg_blocks(
+    p: Path, limits: MediaLimits, no_audio: MediaError | None, bounded: bool
+) -> Iterator[Any]:
+    """The first audio stream's ``(rate, channels)``, then its samples as ``(S, C)``
+    float32 blocks in order (PyAV). ``bounded``: the stream's length is held to
+    ``limits.max_audio_seconds`` (by its header, and as it decodes, for a header that
+    understates it); otherwise a caller holds only part of it."""
     try:
         container = av.open(str(p))
     except FFMPEG_ERRORS as err:
@@ -574,16 +693,17 @@ def _decode_with_ffmpeg(
             if stream.duration and stream.time_base
             else (container.duration or 0) / av.time_base
         )
-        _check_header(p, rate, channels, seconds, limits)
-        max_samples = limits.max_audio_seconds * rate
+        _check_header(p, rate, channels, seconds if bounded else 0.0, limits)
+        yield rate, channels
+        max_samples = limits.max_audio_seconds * rate if bounded else math.inf
         resampler = av.AudioResampler(format="fltp")  # planar float32, same layout and rate
-        chunks: list[np.ndarray] = []
         total = 0
         try:
             for frame in itertools.chain(container.decode(stream), [None]):  # None: flush
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(channels, -1))
-                    total += chunks[-1].shape[1]
+                    block = out.to_ndarray().reshape(channels, -1)
+                    total += block.shape[1]
+                    yield block.T
                 if total > max_samples:  # a header that understated the length
                     _check_header(p, rate, channels, total / rate, limits)
         except FFMPEG_ERRORS as err:
@@ -592,12 +712,6 @@ def _decode_with_ffmpeg(
                 f"audio data cannot be decoded ({ffmpeg_detail(err)}); the file is probably "
                 "truncated or corrupt",
             ) from err
-    data = np.concatenate(chunks, axis=1).T if chunks else np.zeros((0, channels), np.float32)
-    total = data.shape[0]
-    start, stop = window.read_range(rate)
-    start = min(start, total)
-    data = data[start:stop]
-    return _Decoded(np.ascontiguousarray(data, dtype=np.float32), rate, channels, start, total)
 
 
 def save_audio(
