@@ -23,6 +23,7 @@ from anytok.codecs.base import AudioTokenizer, ImageTokenizer, Tokenizer, VideoT
 from anytok.codecs.long_audio import UnsupportedModelError
 from anytok.media import (
     MediaError,
+    audio_duration,
     find_media,
     iter_audio,
     iter_video,
@@ -33,6 +34,7 @@ from anytok.media import (
     save_audio,
     save_image,
     save_video,
+    video_duration,
     walk_files,
 )
 from anytok.tokens import Tokens
@@ -361,6 +363,61 @@ def encode_long_item(model: Tokenizer, item: Tensor, device: torch.device) -> To
     return None if tokens is None else tokens.to("cpu")[0]
 
 
+#: Pieces :func:`encode_long_file` reads a long file in (audio seconds / video frames).
+LONG_PIECE_SECONDS = 30.0
+LONG_PIECE_FRAMES = 32
+
+
+def header_seconds(model: Tokenizer, path: Path) -> float | None:
+    """Seconds of audio / video the file's header states (None: images, or the header
+    does not say): what routes a long file to :func:`encode_long_file` before decoding."""
+    if isinstance(model, AudioTokenizer):
+        return audio_duration(path)
+    if isinstance(model, VideoTokenizer):
+        return video_duration(path)
+    return None
+
+
+def encode_long_file(
+    model: Tokenizer, path: Path, device: torch.device
+) -> tuple[Tokens, float] | str | None:
+    """A long file's :class:`Tokens` (CPU, no batch axis) and media seconds, read piece by
+    piece (:func:`iter_input`) into the model's ``encode_long_stream``: memory holds a chunk
+    and its context, not the file, so the media limits bound a piece and files of any
+    length encode; the tokens are :func:`encode_long_item`'s of the whole file. A one-line
+    error when encoding fails; None when the model has no chunked path (nothing is read).
+
+    Raises:
+        MediaError: the file cannot be read (perhaps part-way through).
+    """
+    if not hasattr(model, "encode_long_stream"):
+        return None
+    fmt = input_format(model)
+    if fmt.modality == "audio":
+        assert fmt.sample_rate is not None
+        step = max(1, round(LONG_PIECE_SECONDS * fmt.sample_rate))
+    else:
+        step = LONG_PIECE_FRAMES
+    steps = [0]
+
+    def pieces() -> Iterator[Tensor]:
+        for piece in iter_input(fmt, path, step):
+            steps[0] += piece.shape[-1 if fmt.modality == "audio" else 1]
+            yield piece.unsqueeze(0)
+
+    try:
+        tokens = _run_chunked(model.encode_long_stream, pieces(), device)
+    except MediaError:
+        raise
+    except (RuntimeError, ValueError) as err:
+        return _encode_error(err)
+    if tokens is None:
+        return None
+    rate = fmt.sample_rate if fmt.modality == "audio" else fmt.fps
+    assert rate is not None
+    return tokens.to("cpu")[0], steps[0] / rate
+
+
 def _write_tokens(tokens: Tokens, target: Path, source: Path) -> ItemFailure | None:
     """Save ``tokens`` to ``target``; the failure to report for ``source`` if it cannot."""
     try:
@@ -387,8 +444,10 @@ def encode_files(
 
     Bad files are skipped and listed in the report; everything else is written.
     ``on_start`` receives the number of files found, ``on_item`` is called after each file
-    (for progress bars). Files longer than ``long_seconds`` (None: never) are encoded alone,
-    in bounded memory by :func:`encode_long_item` where the model has a chunked path.
+    (for progress bars). Files longer than ``long_seconds`` (None: never) are encoded alone
+    and in bounded memory where the model has a chunked path: those whose header says so
+    are read piece by piece (:func:`encode_long_file`; the media limits then bound a piece,
+    so files of any length encode), others loaded whole (:func:`encode_long_item`).
     """
     if fmt not in ("safetensors", "npz"):
         raise ValueError(f"format must be 'safetensors' or 'npz', got {fmt!r}")
@@ -421,7 +480,7 @@ def encode_files(
         if on_item:
             on_item(path, collision)
 
-    def finish(path: Path, item: Tensor, result: Tokens | str) -> None:
+    def finish(path: Path, seconds: float, result: Tokens | str) -> None:
         """Write one item's tokens, or report why it has none."""
         target = targets[path]
         failure = (
@@ -434,7 +493,7 @@ def encode_files(
         else:
             report.written.append(target)
             report.tokens += result.codes.numel()
-            report.media_seconds += media_seconds(model, item)
+            report.media_seconds += seconds
             report.items += 1
         if on_item:
             on_item(path, failure)
@@ -443,6 +502,13 @@ def encode_files(
         loaded: list[tuple[Path, Tensor]] = []
         for path in batch_paths:
             try:
+                seconds = None if long_seconds is None else header_seconds(model, path)
+                if seconds is not None and seconds > long_seconds:
+                    streamed = encode_long_file(model, path, device)
+                    if streamed is not None:  # else: no chunked path, loaded whole below
+                        result, seconds = (streamed, 0.0) if isinstance(streamed, str) else streamed
+                        finish(path, seconds, result)
+                        continue
                 loaded.append((path, load_for_model(model, path)))
             except MediaError as err:
                 failure = ItemFailure(path, err.problem)
@@ -457,7 +523,7 @@ def encode_files(
         for group in groups.values():
             results = encode_each(model, [item for _, item in group], device, long_seconds)
             for (path, item), result in zip(group, results):
-                finish(path, item, result)
+                finish(path, media_seconds(model, item), result)
     report.elapsed = time.perf_counter() - start
     return report
 

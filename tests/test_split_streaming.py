@@ -5,6 +5,7 @@ fails as a whole while every other item is kept."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -364,3 +365,172 @@ def test_split_streaming_benchmark_smoke(tmp_path: Path) -> None:
     assert [row["file"] for row in report["rows"]] == ["long.flac", "long.m4a", "long.mp4"]
     assert all(row["same"] and row["stream"]["segments"] >= 2 for row in report["rows"])
     assert "| streamed peak MiB |" in (tmp_path / "split_streaming.md").read_text()
+
+
+# --------------------------------------------------------------------------- long encodes
+
+
+def _ragged(x: torch.Tensor, axis: int, seed: int) -> list[torch.Tensor]:
+    """``x`` cut along ``axis`` into pieces of random sizes (1 to 40), empty ones included."""
+    rng = np.random.default_rng(seed)
+    cuts, at = [0], 0
+    while at < x.shape[axis]:
+        at = min(x.shape[axis], at + int(rng.integers(0, 41)))
+        cuts.append(at)
+    return [x.narrow(axis, a, b - a) for a, b in itertools.pairwise(cuts)]
+
+
+@pytest.mark.parametrize("name", ["encodec_24khz", "seanet_fsq_24khz", "dac_24khz"])
+def test_encode_long_stream_equals_encode_long(name: str) -> None:
+    """Causal models stream, non-causal ones take windows with context: pieces of any size
+    give exactly encode_long's codes of the whole signal, read only as far as needed."""
+    model = anytok.create_model(name, tiny=True, seed=0).eval()
+    hop = model.hop_length
+    audio = 0.4 * torch.randn(
+        1, model.channels, hop * 37 + 5, generator=torch.Generator().manual_seed(1)
+    )
+    chunk_seconds = 6 * hop / model.sample_rate
+    with torch.inference_mode():
+        whole = model.encode_long(audio, chunk_seconds=chunk_seconds)
+        pieces = _ragged(audio * 1, -1, seed=2)
+        read = []
+
+        def lazily():
+            for piece in pieces:
+                read.append(piece.shape[-1])
+                yield piece
+
+        streamed = model.encode_long_stream(lazily(), chunk_seconds=chunk_seconds)
+    assert streamed.codes.device.type == "cpu" and streamed.spec == whole.spec
+    assert torch.equal(streamed.codes, whole.codes)
+    assert sum(read) == audio.shape[-1]
+    with pytest.raises(ValueError, match="empty audio"):
+        model.encode_long_stream(iter([audio[..., :0]]))
+
+
+def test_encode_long_stream_holds_a_chunk_not_the_signal() -> None:
+    """The buffer never holds more than a window and a piece (non-causal: context each side)."""
+    from anytok.codecs import long_audio
+
+    model = anytok.create_model("dac_24khz", tiny=True, seed=0).eval()
+    hop = model.hop_length
+    audio = 0.4 * torch.randn(1, 1, hop * 400)
+    held = []
+    fill = long_audio.PieceBuffer.fill
+
+    def spy(self, upto):
+        fill(self, upto)
+        held.append(self.end - self.start)
+
+    chunk_seconds = 20 * hop / model.sample_rate
+    with pytest.MonkeyPatch.context() as patch, torch.inference_mode():
+        patch.setattr(long_audio.PieceBuffer, "fill", spy)
+        pieces = iter(audio.split(hop * 7, dim=-1))
+        streamed = model.encode_long_stream(pieces, chunk_seconds=chunk_seconds)
+    with torch.inference_mode():
+        assert torch.equal(
+            streamed.codes, model.encode_long(audio, chunk_seconds=chunk_seconds).codes
+        )
+    # A window is 20 frames and 15 of context each side: 50 hops, plus a piece of 7.
+    assert max(held) <= hop * (50 + 7) and len(held) == 21
+
+
+@pytest.mark.parametrize("name", ["cnn3d_fsq_4x8x8", "hierarchical"])
+def test_encode_long_stream_of_video_equals_one_pass(name: str) -> None:
+    model = anytok.create_model(name, tiny=True, seed=0).eval()
+    s = model.temporal_factor
+    context = getattr(model, "encoder_temporal_context", None) or model.encoder.temporal_context
+    frames = s * (context // s + 7) + 2  # not of the form 1 + k*s: the last frame repeats
+    video = torch.rand(1, 3, frames, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.inference_mode():
+        one = model.encode(video)
+        for chunk in (s, 3 * s):
+            streamed = model.encode_long_stream(
+                iter(_ragged(video, 2, seed=chunk)), chunk_frames=chunk
+            )
+            assert torch.equal(streamed.codes, one.codes) and streamed.lengths is None
+        with pytest.raises(ValueError, match="no video frames"):
+            model.encode_long_stream(iter([]))
+
+
+# --------------------------------------------------------------------------- encode_files
+
+
+def _codes(folder: Path) -> dict[str, torch.Tensor]:
+    from anytok.tokens import Tokens
+
+    return {
+        p.relative_to(folder).as_posix(): Tokens.load(p).codes
+        for p in sorted(folder.rglob("*.tokens.safetensors"))
+    }
+
+
+def test_encode_files_streams_files_whose_header_says_they_are_long(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Over ``long_seconds`` by the header, a file is read piece by piece into
+    encode_long_stream: the tokens of loading it whole, past the (lowered) length limit,
+    and a file cut part-way fails alone."""
+    from anytok import pipeline
+
+    model = anytok.create_model(AUDIO_MODEL, tiny=True, seed=0).eval()
+    src = tmp_path / "src"
+    write_flac(src / "long.flac", 44100, 2.6, seed=5)
+    write_alac_m4a(src / "long.m4a", 16000, 2.2)
+    write_flac(src / "short.flac", 24000, 0.3, seed=6)
+    cut = write_flac(src / "cut.flac", 24000, 2.0, seed=7)
+    cut.write_bytes(cut.read_bytes()[: int(cut.stat().st_size * 0.6)])
+    whole = pipeline.encode_files(model, [src], tmp_path / "whole", long_seconds=None)
+    assert [f.path.name for f in whole.failures] == ["cut.flac"]
+
+    monkeypatch.setattr(pipeline, "LONG_PIECE_SECONDS", 0.25)
+    monkeypatch.setattr(media_audio, "DEFAULT_LIMITS", MediaLimits(max_audio_seconds=1.0))
+    streamed_files = []
+    real = pipeline.encode_long_file
+    monkeypatch.setattr(
+        pipeline,
+        "encode_long_file",
+        lambda m, path, d: streamed_files.append(path.name) or real(m, path, d),
+    )
+    report = pipeline.encode_files(model, [src], tmp_path / "streamed", long_seconds=1.0)
+    assert sorted(streamed_files) == ["cut.flac", "long.flac", "long.m4a"]
+    assert [f.path.name for f in report.failures] == ["cut.flac"]
+    assert "truncated or corrupt" in report.failures[0].error
+    assert report.items == 3 and report.tokens == whole.tokens
+    assert report.media_seconds == pytest.approx(whole.media_seconds)
+    got, want = _codes(tmp_path / "streamed"), _codes(tmp_path / "whole")
+    assert sorted(got) == [
+        "long.flac.tokens.safetensors",
+        "long.m4a.tokens.safetensors",
+        "short.flac.tokens.safetensors",
+    ]
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_encode_files_streams_long_video_past_the_frame_limit(tmp_path: Path, monkeypatch) -> None:
+    from anytok import pipeline
+    from anytok.media import video as media_video
+
+    model = anytok.create_model("cnn3d_fsq_4x8x8", tiny=True, seed=0).eval()
+    path = counting_video(tmp_path / "long.mp4", 30, 10.0)
+    want = model.encode(pipeline.load_for_model(model, path).unsqueeze(0)).unbind()[0].codes
+    monkeypatch.setattr(pipeline, "LONG_PIECE_FRAMES", 5)
+    monkeypatch.setattr(media_video, "DEFAULT_LIMITS", MediaLimits(max_video_frames=8))
+    frames = round(30 / 10.0 * model.fps)
+    report = pipeline.encode_files(model, [path], tmp_path / "out", long_seconds=1.0)
+    assert report.ok and report.media_seconds == pytest.approx(frames / model.fps)
+    assert torch.equal(_codes(tmp_path / "out")["long.mp4.tokens.safetensors"], want)
+    # Without the streamed path the whole clip is over the limit.
+    report = pipeline.encode_files(model, [path], tmp_path / "whole", long_seconds=None)
+    assert "too many frames" in report.failures[0].error
+
+
+def test_a_model_without_a_chunked_path_loads_a_long_file_whole(tmp_path: Path) -> None:
+    from anytok import pipeline
+
+    model = anytok.create_model("snac_24khz", tiny=True, seed=0).eval()
+    path = write_flac(tmp_path / "a.flac", 24000, 1.2)
+    assert pipeline.encode_long_file(model, path, torch.device("cpu")) is None
+    report = pipeline.encode_files(model, [path], tmp_path / "out", long_seconds=0.5)
+    want = model.encode(pipeline.load_for_model(model, path).unsqueeze(0)).unbind()[0].codes
+    assert report.ok and torch.equal(_codes(tmp_path / "out")["a.flac.tokens.safetensors"], want)

@@ -11,6 +11,7 @@ import functools
 import inspect
 import math
 import os
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -518,6 +519,11 @@ class AudioTokenizer(Tokenizer):
         ``context_seconds``, ``lengths`` and ``encode``'s own keywords."""
         return long_audio.encode_long(self, audio, **kwargs)
 
+    def encode_long_stream(self, pieces: Iterable[Tensor], **kwargs: Any) -> Tokens:
+        """:func:`anytok.codecs.long_audio.encode_long_stream`: :meth:`encode_long` of audio
+        arriving as consecutive ``(batch, channels, n)`` pieces, in bounded memory."""
+        return long_audio.encode_long_stream(self, pieces, **kwargs)
+
     def decode_long(self, tokens: Tokens | Tensor, **kwargs: Any) -> Tensor:
         """:func:`anytok.codecs.long_audio.decode_long`."""
         _check_spec_of(self, tokens, "decode_long")
@@ -764,6 +770,14 @@ class VideoTokenizer(SpatialTiling, Tokenizer):
         from anytok.codecs import long_video
 
         return long_video.encode_long(self, video, **kwargs)
+
+    def encode_long_stream(self, pieces: Iterable[Tensor], **kwargs: Any) -> Tokens:
+        """:meth:`encode_long` of a clip arriving as consecutive ``(batch, 3, t, H, W)``
+        pieces, in bounded memory (:func:`anytok.codecs.long_video.encode_long_stream`:
+        ``chunk_frames``)."""
+        from anytok.codecs import long_video
+
+        return long_video.encode_long_stream(self, pieces, **kwargs)
 
     def decode_long(self, tokens: Tokens | Tensor, **kwargs: Any) -> Tensor:
         """Video from tokens of any length, chunk by chunk, equal to one pass

@@ -36,7 +36,7 @@ so a batch gives every item the tokens (and audio) it gets alone.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -525,31 +525,133 @@ def encode_long(
 
         codes = apply_per_length(encode_valid, padded, lengths, 1 / hop)
         return Tokens(codes, specs[0], ((lengths + hop - 1) // hop).to(codes.device))
+    return _encode_pieces(
+        model, [audio], audio.device, chunk_seconds, context_seconds, encode_kwargs
+    )
+
+
+def encode_long_stream(
+    model: AudioTokenizer,
+    pieces: Iterable[Tensor],
+    *,
+    chunk_seconds: float = 30.0,
+    context_seconds: float | None = None,
+    **encode_kwargs: Any,
+) -> Tokens:
+    """:func:`encode_long` of audio that arrives as consecutive pieces ``(batch, channels,
+    n)`` (any ``n``; :func:`anytok.media.iter_audio`'s chunks with a batch axis): the tokens
+    of their concatenation, on the CPU, while only a chunk and its context are held, so a
+    file of any length encodes in bounded memory. Pieces are read as the chunks need them.
+
+    Raises:
+        ValueError: the pieces hold no samples, or what ``encode`` refuses.
+        UnsupportedModelError: as :func:`encode_long`, before any piece is read.
+    """
+    checked = (model._check_media(p, 3, "audio piece (batch, channels, samples)") for p in pieces)
+    cpu = torch.device("cpu")
+    return _encode_pieces(model, checked, cpu, chunk_seconds, context_seconds, encode_kwargs)
+
+
+class PieceBuffer:
+    """Consecutive pieces of a signal along ``axis``, read from an iterator as far as asked
+    and dropped once passed: ``[start, end)`` (absolute positions) is held, ``ended`` once
+    the iterator is exhausted. One piece is used in place (no copy)."""
+
+    def __init__(self, pieces: Iterable[Tensor], axis: int) -> None:
+        self._pieces = iter(pieces)
+        self.axis = axis
+        self._held: list[Tensor] = []
+        self.start = self.end = 0
+        self.ended = False
+
+    def fill(self, upto: int) -> None:
+        """Read pieces until ``end >= upto`` or the iterator is exhausted."""
+        while not self.ended and self.end < upto:
+            piece = next(self._pieces, None)
+            if piece is None:
+                self.ended = True
+            elif piece.shape[self.axis]:
+                self._held.append(piece)
+                self.end += piece.shape[self.axis]
+
+    def slice(self, first: int, stop: int) -> Tensor:
+        """Positions ``[first, min(stop, end))``; ``first >= start``."""
+        assert first >= self.start, (first, self.start)
+        if len(self._held) > 1:
+            self._held = [torch.cat(self._held, dim=self.axis)]
+        stop = min(stop, self.end)
+        return self._held[0].narrow(self.axis, first - self.start, max(0, stop - first))
+
+    def drop(self, before: int) -> None:
+        """Forget positions before ``before``."""
+        before = min(before, self.end)
+        if before <= self.start:
+            return
+        self._held = [self.slice(before, self.end)]
+        self.start = before
+
+
+def _encode_pieces(
+    model: AudioTokenizer,
+    pieces: Iterable[Tensor],
+    out_device: torch.device,
+    chunk_seconds: float,
+    context_seconds: float | None,
+    encode_kwargs: dict[str, Any],
+) -> Tokens:
+    """:func:`encode_long`'s chunked pass over audio given as consecutive pieces: streams
+    for causal models; windows of ``chunk`` frames with context on each side otherwise,
+    each window formed once the pieces reach its end."""
     device, _ = _device_and_dtype(model)
     hop = model.hop_length
     chunk = _chunk_frames(model, chunk_seconds)
     _check_context_seconds(context_seconds)  # unused by a stream, but checked alike
+    audio = PieceBuffer(pieces, axis=-1)
     with torch.inference_mode():
         if is_streamable(model):
             with stream_encoder(model, **encode_kwargs) as stream:
-                parts = [
-                    stream(piece.to(device)).to(audio.device)
-                    for piece in audio.split(chunk * hop, dim=-1)
-                ]
-                parts.append(stream.flush().to(audio.device))
+                parts = []
+                while True:  # pieces of chunk * hop samples, as encode_long has always cut
+                    audio.fill(audio.start + chunk * hop)
+                    if audio.start == audio.end:
+                        break
+                    piece = audio.slice(audio.start, audio.start + chunk * hop)
+                    audio.drop(audio.start + piece.shape[-1])
+                    parts.append(stream(piece.to(device)).to(out_device))
+                if audio.end == 0:
+                    _refuse_empty(model)
+                parts.append(stream.flush().to(out_device))
             return Tokens(torch.cat(parts, dim=-1), stream.spec)
         context = receptive_field(model)["encoder"]
         left = _context_frames(model, context.left, context_seconds)
         right = _context_frames(model, context.right, context_seconds)
-        frames = math.ceil(audio.shape[-1] / hop)
         parts, spec = [], None
-        for start, end, w_start, w_end in _windows(frames, chunk, left, right):
-            window = audio[..., w_start * hop : w_end * hop].to(device)
+        start = 0  # first frame the next window keeps
+        while True:
+            audio.fill((start + chunk + right) * hop)
+            # Until the pieces end, they reach past this window: the frame count is larger.
+            frames = math.ceil(audio.end / hop) if audio.ended else math.inf
+            if start >= frames:
+                break
+            end = min(frames, start + chunk)
+            w_start, w_end = max(0, start - left), min(frames, end + right)
+            window = audio.slice(w_start * hop, w_end * hop).to(device)
             tokens = model.encode(window, **encode_kwargs)
             spec = tokens.spec
-            parts.append(tokens.codes[..., start - w_start : end - w_start].to(audio.device))
+            parts.append(tokens.codes[..., start - w_start : end - w_start].to(out_device))
+            start = int(end)
+            audio.drop(max(0, start - left) * hop)
+        if spec is None:
+            _refuse_empty(model)
         assert spec is not None
         return Tokens(torch.cat(parts, dim=-1), spec)
+
+
+def _refuse_empty(model: AudioTokenizer) -> None:
+    """Raise what ``encode`` raises for audio of 0 samples."""
+    _, dtype = _device_and_dtype(model)
+    model.pad_input(torch.zeros(1, model.channels, 0, dtype=dtype), None)
+    raise ValueError(f"{type(model).__name__}.encode: empty audio (0 samples)")
 
 
 def decode_long(
@@ -674,10 +776,12 @@ __all__ = [
     "AudioEncoderStream",
     "Context",
     "NoChunkedPathError",
+    "PieceBuffer",
     "UnsupportedModelError",
     "apply_per_length",
     "decode_long",
     "encode_long",
+    "encode_long_stream",
     "is_streamable",
     "mask_past_lengths",
     "measure_context",

@@ -19,12 +19,13 @@ valid latent frames. Memory is bounded by the chunk plus context, whatever the c
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from anytok.codecs.long_audio import UnsupportedModelError, _device_and_dtype
+from anytok.codecs.long_audio import PieceBuffer, UnsupportedModelError, _device_and_dtype
 from anytok.tokens import Tokens
 
 if TYPE_CHECKING:
@@ -86,6 +87,54 @@ def encode_long(
     return to_tokens(codes, model.spec, latent_lengths)
 
 
+def encode_long_stream(
+    model: VideoTokenizer, pieces: Iterable[Tensor], *, chunk_frames: int = 64
+) -> Tokens:
+    """:func:`encode_long` of a clip that arrives as consecutive pieces ``(batch, 3, t, H,
+    W)`` (any ``t``; :func:`anytok.media.iter_video`'s chunks with a batch axis): the tokens
+    of their concatenation, on the CPU, while only a chunk and its context are held, so a
+    video of any length encodes in bounded memory. Pieces are read as the chunks need them;
+    the last frame is repeated to whole latent frames, as ``encode`` pads.
+
+    Raises:
+        ValueError: the pieces hold no frames, or what ``encode`` refuses.
+        NoBoundedContextError: as :func:`encode_long`, before any piece is read.
+    """
+    s = model.temporal_factor
+    device, _ = _device_and_dtype(model)
+    context = math.ceil(_context(model, "encoder") / s)  # latent frames
+    per_chunk = max(1, chunk_frames // s)
+    checked = (
+        model._check_media(p, 5, "video piece (batch, 3, frames, height, width)") for p in pieces
+    )
+    video = PieceBuffer(checked, axis=2)
+    pieces_out: list[Tensor] = []
+    start = 0  # first latent frame this chunk keeps
+    while True:
+        wanted = start + per_chunk + (1 if start == 0 else 0)
+        video.fill(s * (wanted - 1) + 1)
+        if video.end == 0:
+            raise ValueError(f"{type(model).__name__}.encode: no video frames")
+        # Until the pieces end, they reach past this chunk: the latent count is larger.
+        latent_total = model.latent_frames(video.end) if video.ended else math.inf
+        if start >= latent_total:
+            break
+        stop = int(min(latent_total, wanted))
+        first = max(0, start - context)  # first latent frame the chunk computes
+        frames = video.slice(s * first, s * (stop - 1) + 1)
+        missing = s * (stop - 1) + 1 - s * first - frames.shape[2]
+        if missing > 0:  # past the last frame: repeat it, as pad_input does
+            frames = torch.cat([frames, frames[:, :, -1:].expand(-1, -1, missing, -1, -1)], 2)
+        with torch.inference_mode():
+            codes = model.encode(frames.to(device)).codes.cpu()
+        pieces_out.append(codes[:, :, start - first :])
+        start = stop
+        video.drop(s * max(0, start - context))
+    from anytok.codecs.base import to_tokens
+
+    return to_tokens(torch.cat(pieces_out, dim=2), model.spec, None)
+
+
 @torch.no_grad()
 def decode_long(
     model: VideoTokenizer, tokens: Tokens | Tensor, *, chunk_latents: int = 16
@@ -112,4 +161,4 @@ def decode_long(
     return torch.cat(pieces, dim=2)
 
 
-__all__ = ["NoBoundedContextError", "decode_long", "encode_long"]
+__all__ = ["NoBoundedContextError", "decode_long", "encode_long", "encode_long_stream"]

@@ -20,6 +20,7 @@ from typing import Any
 from anytok.media.audio import (
     FFMPEG_AUDIO_EXTENSIONS,
     AudioClip,
+    audio_duration,
     audio_length,
     iter_audio,
     load_audio,
@@ -43,6 +44,7 @@ __all__ = [
     "MediaLimits",
     "Modality",
     "VideoClip",
+    "audio_duration",
     "audio_length",
     "find_media",
     "iter_audio",

@@ -40,6 +40,7 @@ __all__ = [
     "FFMPEG_AUDIO_EXTENSIONS",
     "RESAMPLE_FILTER",
     "AudioClip",
+    "audio_duration",
     "audio_length",
     "iter_audio",
     "load_audio",
@@ -324,6 +325,29 @@ def audio_length(path: str | os.PathLike[str], sample_rate: int | None = None) -
     names the problem)."""
     header = _header_length(Path(path), sample_rate)
     return None if header is None else header[0]
+
+
+def audio_duration(path: str | os.PathLike[str]) -> float | None:
+    """Seconds of audio the header states: libsndfile's exact length where the format
+    states one, else FFmpeg's stream or container duration (an estimate, as for an MP3
+    without a length header); None when the header does not say or cannot be read."""
+    p = Path(path)
+    header = _header_length(p, None)
+    if header is not None:
+        return header[0] / header[1]
+    try:
+        container = av.open(str(p))
+    except FFMPEG_ERRORS:
+        return None
+    with container:
+        stream = next((s for s in container.streams if s.type == "audio"), None)
+        if stream is None:
+            return None
+        if stream.duration and stream.time_base:
+            return float(stream.duration * stream.time_base)
+        if container.duration:
+            return container.duration / av.time_base
+    return None
 
 
 def _header_length(p: Path, sample_rate: int | None) -> tuple[int, int] | None:

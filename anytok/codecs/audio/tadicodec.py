@@ -39,7 +39,7 @@ sees zeros past its end (the tokenizer is non-causal).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -346,6 +346,10 @@ class TaDiCodec(SamplingDefaults, AudioTokenizer):
             "tadicodec attends over whole utterances (global attention in encoder and decoder): "
             "encode utterances one by one with encode(); chunked long-audio encoding does not apply"
         )
+
+    def encode_long_stream(self, pieces: Iterable[Tensor], **kwargs: Any) -> Tokens:
+        """Refused, as :meth:`encode_long`."""
+        return self.encode_long(torch.zeros(0))
 
     def decode_long(self, tokens: Tokens | Tensor, **kwargs: Any) -> Tensor:
         """Refused: no chunked path (``anytok decode`` then decodes the file in one pass).
