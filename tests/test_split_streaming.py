@@ -534,3 +534,23 @@ def test_a_model_without_a_chunked_path_loads_a_long_file_whole(tmp_path: Path) 
     report = pipeline.encode_files(model, [path], tmp_path / "out", long_seconds=0.5)
     want = model.encode(pipeline.load_for_model(model, path).unsqueeze(0)).unbind()[0].codes
     assert report.ok and torch.equal(_codes(tmp_path / "out")["a.flac.tokens.safetensors"], want)
+
+
+def test_long_file_encode_benchmark_smoke(tmp_path: Path) -> None:
+    """benchmarks/long_file_encode.py end to end: streamed and whole encodes give the same
+    tokens, and the table is written."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "long_file_encode.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads((tmp_path / "long_file_encode.json").read_text())["row"]
+    assert row["same"] and row["stream"]["tokens"] == row["whole"]["tokens"] > 0
+    assert row["stream"]["media_seconds"] == pytest.approx(60.0, abs=0.01)
+    assert "| streamed (30 s pieces" in (tmp_path / "long_file_encode.md").read_text()
