@@ -305,31 +305,58 @@ def test_unknown_command_suggests_the_closest_and_lists_all(capsys) -> None:
 
 
 def test_long_files_go_through_encode_long_and_others_in_one_batch(tmp_path, tiny_audio_ckpt):
-    # Past long_seconds a file is encoded alone by encode_long (bounded memory, the tokens
-    # of one pass); a model without a chunked path (SNAC) encodes it in one pass instead,
-    # still alone: short files are never padded to a long one's length.
+    # Past long_seconds a file is encoded alone in bounded memory: read in pieces into
+    # encode_long_stream when its header states the length (the tokens of encode_long: one
+    # pass), loaded whole into encode_long when it does not; a model without a chunked path
+    # (SNAC) encodes it in one pass instead, still alone: short files are never padded to a
+    # long one's length.
+    from anytok import pipeline
     from anytok.pipeline import encode_files, load_for_model
 
     write_wav(tmp_path / "short.wav", 0.2)
     write_wav(tmp_path / "long.wav", 1.0)
     for model in (anytok.load(tiny_audio_ckpt), anytok.create_model("snac_24khz", tiny=True)):
         model.eval()
-        chunked: list[int] = []
+        for header_tells in (True, False):
+            chunked: list[tuple[str, int]] = []
 
-        def spy(audio, chunked=chunked, real_long=model.encode_long, **kwargs):
-            chunked.append(audio.shape[-1])
-            return real_long(audio, **kwargs)
+            def spy(audio, chunked=chunked, real=model.encode_long, **kwargs):
+                chunked.append(("whole", audio.shape[-1]))
+                return real(audio, **kwargs)
 
-        model.encode_long = spy
-        out = tmp_path / type(model).__name__
-        report = encode_files(model, [tmp_path], out, long_seconds=0.5)
-        assert report.ok and report.items == 2
-        assert chunked == [model.sample_rate]  # only the long file, alone
-        for name in ("short.wav", "long.wav"):
-            with torch.inference_mode():
-                direct = model.encode(load_for_model(model, tmp_path / name).unsqueeze(0))
-            written = anytok.Tokens.load(out / f"{name}.tokens.safetensors")
-            assert torch.equal(written.codes, direct.codes), (type(model).__name__, name)
+            def spy_stream(pieces, chunked=chunked, real=model.encode_long_stream, **kwargs):
+                read = [0]  # samples the model pulled from the file
+
+                def counted():
+                    for piece in pieces:
+                        read[0] += piece.shape[-1]
+                        yield piece
+
+                try:
+                    return real(counted(), **kwargs)
+                finally:
+                    chunked.append(("stream", read[0]))
+
+            model.encode_long, model.encode_long_stream = spy, spy_stream
+            out = tmp_path / f"{type(model).__name__}{header_tells}"
+            with pytest.MonkeyPatch.context() as patch:
+                if not header_tells:
+                    patch.setattr(pipeline, "header_seconds", lambda model, path: None)
+                report = encode_files(model, [tmp_path], out, long_seconds=0.5)
+            assert report.ok and report.items == 2
+            assert report.media_seconds == pytest.approx(1.2)
+            if header_tells and type(model).__name__ != "SNAC":
+                assert chunked == [("stream", model.sample_rate)]  # only the long file
+            elif header_tells:  # refused before reading a piece, then loaded whole
+                assert chunked == [("stream", 0), ("whole", model.sample_rate)]
+            else:
+                assert chunked == [("whole", model.sample_rate)]
+            for name in ("short.wav", "long.wav"):
+                with torch.inference_mode():
+                    direct = model.encode(load_for_model(model, tmp_path / name).unsqueeze(0))
+                written = anytok.Tokens.load(out / f"{name}.tokens.safetensors")
+                assert torch.equal(written.codes, direct.codes), (type(model).__name__, name)
+            del model.encode_long, model.encode_long_stream
     assert main(["encode", str(tmp_path), "-m", str(tiny_audio_ckpt), "-o", str(tmp_path / "c"),
                  "--long-seconds", "-1"]) == 0  # fmt: skip
 

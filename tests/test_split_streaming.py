@@ -554,3 +554,55 @@ def test_long_file_encode_benchmark_smoke(tmp_path: Path) -> None:
     assert row["same"] and row["stream"]["tokens"] == row["whole"]["tokens"] > 0
     assert row["stream"]["media_seconds"] == pytest.approx(60.0, abs=0.01)
     assert "| streamed (30 s pieces" in (tmp_path / "long_file_encode.md").read_text()
+
+
+def test_ray_rows_stream_and_reassemble_an_item_broken_part_way(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The Ray engine's decode stage and driver, without Ray: rows of a split item come as
+    they load, only the final one with the item's row count; a file cut part-way ends with
+    an error row after rows already sent, and the driver, fed rows in any order, completes
+    each item once all its rows are in (the broken one with no segments)."""
+    from anytok.datasets.ray_engine import _Decode, _ItemRows
+
+    monkeypatch.setattr(sources, "SPLIT_WINDOW_BYTES", 2 * 2400 * 4)
+    good = write_flac(tmp_path / "good.flac", 24000, 0.5)
+    data = write_flac(tmp_path / "cut.flac", 24000, 1.0, seed=4).read_bytes()
+    (tmp_path / "cut.flac").write_bytes(data[: int(len(data) * 0.6)])
+    fmt = InputFormat("audio", sample_rate=24000, channels=1)
+    decode = _Decode(fmt, SegmentPolicy("split", 0.1))
+    rows = []
+    for index, path in enumerate([good, tmp_path / "cut.flac"]):
+        item = Item(id=path.name, source=path.name, path=str(path))
+        rows += decode({"index": index, "item": json.dumps(item.to_dict())})
+    assert [(r["index"], r["segment"], r["count"], bool(r["error"])) for r in rows] == [
+        (0, 0, -1, False),
+        (0, 1, -1, False),
+        (0, 2, -1, False),
+        (0, 3, -1, False),
+        (0, 4, 5, False),
+        (1, 0, -1, False),
+        (1, 1, -1, False),
+        (1, 2, -1, False),
+        (1, 3, 4, True),  # the held-back segment 3 is never sent: the error takes its place
+    ]
+    # Encoded rows as the encoder stage returns them, in a shuffled order.
+    order = [8, 3, 0, 7, 4, 1, 2, 6, 5]
+    encoded = [rows[k] for k in order]
+    assembler = _ItemRows()
+    done = []
+    for row in encoded:
+        batch = {key: np.asarray([row[key]] if key != "codes" else [None], dtype=object)
+                 for key in ("index", "segment", "count", "start", "error")}  # fmt: skip
+        fake = np.zeros((1, 2), dtype=np.int64) + row["segment"]
+        batch["codes"] = np.empty(1, dtype=object)
+        batch["codes"][0] = fake.reshape(-1)
+        batch["shape"] = np.empty(1, dtype=object)
+        batch["shape"][0] = np.asarray(fake.shape)
+        batch["seconds"] = np.asarray([0.1])
+        done += [
+            (r.index, r.error is None, [s.segment for s in r.segments])
+            for r in assembler.add(batch)
+        ]
+    assert done == [(0, True, [0, 1, 2, 3, 4]), (1, False, [])]
+    assert not assembler.partial and not assembler.seen

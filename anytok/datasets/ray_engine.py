@@ -272,16 +272,33 @@ def _run(
         num_gpus=1 if use_gpu else 0,
         num_cpus=1,
     )
-    partial: dict[int, ItemResult] = {}
-    seen: dict[int, int] = {}  # rows of each item received
-    counts: dict[int, int] = {}  # rows each item has, once its final row is in
+    rows = _ItemRows()
     for batch in _batches(dataset, model_ref):
+        for result in rows.add(batch):
+            info = collector.add(result)
+            if on_item is not None:
+                on_item(result, info)
+
+
+class _ItemRows:
+    """Gathers encoded segment rows, in any order, into items: an item is complete once
+    as many of its rows are in as its final row's ``count`` says."""
+
+    def __init__(self) -> None:
+        self.partial: dict[int, ItemResult] = {}
+        self.seen: dict[int, int] = {}  # rows of each item received
+        self.counts: dict[int, int] = {}  # rows each item has, once its final row is in
+
+    def add(self, batch: dict[str, np.ndarray]) -> list[ItemResult]:
+        """Take one output batch; returns the items it completed (an item with an error
+        row has no segments: it fails as a whole)."""
+        done = []
         for j in range(len(batch["index"])):
             index = int(batch["index"][j])
-            result = partial.setdefault(index, ItemResult(index))
-            seen[index] = seen.get(index, 0) + 1
+            result = self.partial.setdefault(index, ItemResult(index))
+            self.seen[index] = self.seen.get(index, 0) + 1
             if int(batch["count"][j]) > 0:
-                counts[index] = int(batch["count"][j])
+                self.counts[index] = int(batch["count"][j])
             error = str(batch["error"][j])
             if error:
                 result.error = result.error or error
@@ -297,14 +314,13 @@ def _run(
                         codes,
                     )
                 )
-            if seen[index] == counts.get(index):
-                del partial[index], seen[index], counts[index]
+            if self.seen[index] == self.counts.get(index):
+                del self.partial[index], self.seen[index], self.counts[index]
                 if result.error is not None:
-                    result.segments = []  # an item fails as a whole
+                    result.segments = []
                 result.segments.sort(key=lambda s: s.segment)
-                info = collector.add(result)
-                if on_item is not None:
-                    on_item(result, info)
+                done.append(result)
+        return done
 
 
 def _batches(dataset: Any, model_ref: str) -> Iterator[dict[str, np.ndarray]]:

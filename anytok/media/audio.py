@@ -428,7 +428,6 @@ def _sequential_chunks(
     blocks = _sequential_blocks(p, limits)
     file_rate, file_channels = next(blocks)
     rate = int(sample_rate) if sample_rate is not None else file_rate
-    _check_header(p, file_rate, file_channels, chunk_samples / rate, limits)  # a chunk's length
     held = np.zeros((0, file_channels), np.float32)  # file samples from held_start
     pending: list[np.ndarray] = []
     held_start, ended, first = 0, False, 0
@@ -444,6 +443,8 @@ def _sequential_chunks(
             else:
                 pending.append(block)
                 have += len(block)
+                if have - start > limits.max_audio_seconds * file_rate:  # what a chunk holds
+                    _check_header(p, file_rate, file_channels, (have - start) / file_rate, limits)
         if pending:
             held = np.concatenate([held, *pending])
             pending = []
