@@ -17,29 +17,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from split_streaming import _cpu_name, write_audio  # a sibling script
+from cpu_bench import WATCH_PEAK_RSS, environment, save_report
+from split_streaming import write_audio
 
 # Runs in a fresh process: argv = path, out folder, mode ("stream" or "whole").
-_MEASURE = """
-import hashlib, json, sys, threading, time, torch
+_MEASURE = (
+    WATCH_PEAK_RSS
+    + """
+import hashlib, json, sys, time, torch
 torch.set_num_threads(1)
 from pathlib import Path
 import anytok
 from anytok import pipeline
 from anytok.tokens import Tokens
-
-def rss_mib():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
 
 path, out, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 model = anytok.create_model("seanet_fsq_24khz", tiny=True, seed=0).eval()
@@ -47,25 +42,18 @@ if mode == "whole":  # the header tells nothing: loaded whole, then encode_long
     pipeline.header_seconds = lambda model, path: None
 with torch.inference_mode():  # warm-up: kernels and decoders loaded before the baseline
     model.encode(torch.zeros(1, 1, 24000))
-peak, running = [rss_mib()], [True]
-def watch():
-    while running[0]:
-        peak[0] = max(peak[0], rss_mib())
-        time.sleep(0.001)
-before = rss_mib()
-watcher = threading.Thread(target=watch)
-watcher.start()
+start_peak()
 start = time.perf_counter()
 report = pipeline.encode_files(model, [path], out, long_seconds=60.0)
 elapsed = time.perf_counter() - start
-running[0] = False
-watcher.join()
+peak = stop_peak()
 assert report.ok, report.failures
 codes = Tokens.load(report.written[0]).codes
-print(json.dumps({"peak_mib": max(peak[0], rss_mib()) - before, "seconds": elapsed,
-                  "tokens": int(codes.numel()), "media_seconds": report.media_seconds,
+print(json.dumps({"peak_mib": peak, "seconds": elapsed, "tokens": int(codes.numel()),
+                  "media_seconds": report.media_seconds,
                   "digest": hashlib.sha256(codes.numpy().tobytes()).hexdigest()}))
 """
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,35 +78,25 @@ def main(argv: list[str] | None = None) -> int:
             )
             row[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
     row["same"] = row["stream"]["digest"] == row["whole"]["digest"]
-    environment = {
-        "machine": platform.machine(),
-        "processor": _cpu_name(),
-        "torch": torch.__version__,
-        "threads": 1,
-        "smoke": args.smoke,
-    }
-    report = {"environment": environment, "minutes": args.minutes, "row": row}
-    print(json.dumps(report, indent=2))
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "long_file_encode.json").write_text(json.dumps(report, indent=2) + "\n")
-        s, w = row["stream"], row["whole"]
-        lines = [
-            "# `anytok encode` of one long recording: streamed vs loaded whole",
-            "",
-            f"{environment['processor']}, one thread, torch {environment['torch']}, a fresh "
-            f"process per mode. A {args.minutes:g}-minute stereo 44.1 kHz FLAC "
-            f"({row['file_mib']:.1f} MiB), tiny untrained `seanet_fsq_24khz` (24 kHz mono), "
-            "`encode_files(..., long_seconds=60)`. Memory: peak resident set added.",
-            "",
-            "| mode | peak MiB | seconds | tokens | same tokens |",
-            "|---|---|---|---|---|",
-            f"| streamed (30 s pieces, `encode_long_stream`) | {s['peak_mib']:.0f} | "
-            f"{s['seconds']:.1f} | {s['tokens']} | {'yes' if row['same'] else 'NO'} |",
-            f"| loaded whole (`encode_long`) | {w['peak_mib']:.0f} | {w['seconds']:.1f} | "
-            f"{w['tokens']} | |",
-        ]
-        (args.out / "long_file_encode.md").write_text("\n".join(lines) + "\n")
+    env = environment(args.smoke)
+    report = {"environment": env, "minutes": args.minutes, "row": row}
+    s, w = row["stream"], row["whole"]
+    lines = [
+        "# `anytok encode` of one long recording: streamed vs loaded whole",
+        "",
+        f"{env['processor']}, one thread, torch {env['torch']}, a fresh "
+        f"process per mode. A {args.minutes:g}-minute stereo 44.1 kHz FLAC "
+        f"({row['file_mib']:.1f} MiB), tiny untrained `seanet_fsq_24khz` (24 kHz mono), "
+        "`encode_files(..., long_seconds=60)`. Memory: peak resident set added.",
+        "",
+        "| mode | peak MiB | seconds | tokens | same tokens |",
+        "|---|---|---|---|---|",
+        f"| streamed (30 s pieces, `encode_long_stream`) | {s['peak_mib']:.0f} | "
+        f"{s['seconds']:.1f} | {s['tokens']} | {'yes' if row['same'] else 'NO'} |",
+        f"| loaded whole (`encode_long`) | {w['peak_mib']:.0f} | {w['seconds']:.1f} | "
+        f"{w['tokens']} | |",
+    ]
+    save_report(args.out, "long_file_encode", report, lines)
     return 0
 
 

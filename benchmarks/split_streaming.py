@@ -18,25 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
+from cpu_bench import WATCH_PEAK_RSS, environment, save_report, write_h264
 
 # Runs in a fresh process: argv = path, modality, mode ("stream" or "whole").
-_MEASURE = """
-import hashlib, json, sys, threading, time, torch
+_MEASURE = (
+    WATCH_PEAK_RSS
+    + """
+import hashlib, json, sys, time, torch
 torch.set_num_threads(1)
+from pathlib import Path
 from anytok.datasets.sources import Item, SegmentPolicy, iter_segments
 from anytok.pipeline import InputFormat, iter_input, load_input
-from pathlib import Path
-
-def rss_mib():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
 
 path, modality, mode = sys.argv[1:4]
 if modality == "audio":
@@ -48,14 +45,7 @@ item = Item(id="x", source="x", path=path)
 warm = iter_input(fmt, Path(path), 8)  # decoders loaded before the baseline, not the file
 next(warm)
 warm.close()
-peak, running = [rss_mib()], [True]
-def watch():
-    while running[0]:
-        peak[0] = max(peak[0], rss_mib())
-        time.sleep(0.001)
-before = rss_mib()
-watcher = threading.Thread(target=watch)
-watcher.start()
+start_peak()
 start = time.perf_counter()
 digest, count = hashlib.sha256(), 0
 if mode == "stream":
@@ -68,11 +58,10 @@ for seconds, media in segments:  # each segment is handed on and dropped, as by 
     del media
 segments = None
 elapsed = time.perf_counter() - start
-running[0] = False
-watcher.join()
-print(json.dumps({"peak_mib": max(peak[0], rss_mib()) - before, "seconds": elapsed,
-                  "segments": count, "digest": digest.hexdigest()}))
+print(json.dumps({"peak_mib": stop_peak(), "seconds": elapsed, "segments": count,
+                  "digest": digest.hexdigest()}))
 """
+)
 
 
 def write_audio(path: Path, minutes: float) -> Path:
@@ -115,25 +104,6 @@ def write_m4a(path: Path, minutes: float) -> Path:
     return path
 
 
-def write_video(path: Path, seconds: float, height: int = 720, width: int = 1280) -> Path:
-    """An H.264 ``width x height`` 25 fps file written frame by frame."""
-    import av
-    import numpy as np
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        y, x = np.mgrid[0:height, 0:width]
-        for i in range(int(seconds * 25)):
-            rgb = np.stack([(x + 4 * i) % 256, (y + 2 * i) % 256, (x ^ y) % 256], -1)
-            frame = av.VideoFrame.from_ndarray(rgb.astype(np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return path
-
-
 def measure(path: Path, modality: str) -> dict:
     """Both modes of ``path`` in fresh processes; ``same`` when their segments agree."""
     out: dict = {"modality": modality, "file": path.name, "file_mib": path.stat().st_size / 2**20}
@@ -149,17 +119,6 @@ def measure(path: Path, modality: str) -> dict:
         out["stream"]["segments"] == out["whole"]["segments"]
     )
     return out
-
-
-def _cpu_name() -> str:
-    """The CPU's model name (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,42 +137,32 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         rows.append(measure(write_audio(folder / "long.flac", args.audio_minutes), "audio"))
         rows.append(measure(write_m4a(folder / "long.m4a", args.audio_minutes), "audio"))
-        video = write_video(folder / "long.mp4", args.video_seconds, height, width)
+        video = write_h264(folder / "long.mp4", args.video_seconds, height, width)
         rows.append(measure(video, "video"))
-    environment = {
-        "machine": platform.machine(),
-        "processor": _cpu_name(),
-        "torch": torch.__version__,
-        "threads": 1,
-        "smoke": args.smoke,
-    }
-    report = {"environment": environment, "rows": rows}
-    print(json.dumps(report, indent=2))
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "split_streaming.json").write_text(json.dumps(report, indent=2) + "\n")
-        lines = [
-            "# `--segment split` of one long file: streamed vs decoded whole",
-            "",
-            f"{environment['processor']}, one thread, torch {environment['torch']}, a fresh "
-            f"process per mode. Audio: a {args.audio_minutes:g}-minute stereo 44.1 kHz FLAC "
-            "and a stereo 44.1 kHz AAC M4A of the same length, read as 24 kHz mono in 30 s "
-            "segments; video: a "
-            f"{args.video_seconds:g} s {width}x{height} 25 fps H.264 MP4 read at 8 fps, 256x256, "
-            "in 17-frame segments. Memory: peak resident set added while reading.",
-            "",
-            "| file | MiB | segments | streamed peak MiB | whole peak MiB | streamed s | "
-            "whole s | same segments |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for row in rows:
-            s, w = row["stream"], row["whole"]
-            lines.append(
-                f"| {row['modality']} {row['file']} | {row['file_mib']:.1f} | {s['segments']} | "
-                f"{s['peak_mib']:.0f} | {w['peak_mib']:.0f} | {s['seconds']:.2f} | "
-                f"{w['seconds']:.2f} | {'yes' if row['same'] else 'NO'} |"
-            )
-        (args.out / "split_streaming.md").write_text("\n".join(lines) + "\n")
+    env = environment(args.smoke)
+    report = {"environment": env, "rows": rows}
+    lines = [
+        "# `--segment split` of one long file: streamed vs decoded whole",
+        "",
+        f"{env['processor']}, one thread, torch {env['torch']}, a fresh "
+        f"process per mode. Audio: a {args.audio_minutes:g}-minute stereo 44.1 kHz FLAC "
+        "and a stereo 44.1 kHz AAC M4A of the same length, read as 24 kHz mono in 30 s "
+        "segments; video: a "
+        f"{args.video_seconds:g} s {width}x{height} 25 fps H.264 MP4 read at 8 fps, 256x256, "
+        "in 17-frame segments. Memory: peak resident set added while reading.",
+        "",
+        "| file | MiB | segments | streamed peak MiB | whole peak MiB | streamed s | "
+        "whole s | same segments |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        s, w = row["stream"], row["whole"]
+        lines.append(
+            f"| {row['modality']} {row['file']} | {row['file_mib']:.1f} | {s['segments']} | "
+            f"{s['peak_mib']:.0f} | {w['peak_mib']:.0f} | {s['seconds']:.2f} | "
+            f"{w['seconds']:.2f} | {'yes' if row['same'] else 'NO'} |"
+        )
+    save_report(args.out, "split_streaming", report, lines)
     return 0
 
 

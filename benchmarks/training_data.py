@@ -16,8 +16,6 @@ Files are synthetic (noise FLAC at 44.1 kHz read at 24 kHz; a moving-ramp H.264 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import tempfile
 import time
@@ -26,6 +24,7 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+from cpu_bench import WATCH_PEAK_RSS, environment, save_report, write_h264
 
 
 def _median_seconds(load: Callable[[int], torch.Tensor], seeds: range) -> tuple[float, list]:
@@ -64,59 +63,34 @@ def measure(kind: str, path: Path, dataset, seeds: range) -> dict:
     }
 
 
-_PEAK_RSS = """
-import sys, threading, time, torch
+_PEAK_RSS = (
+    WATCH_PEAK_RSS
+    + """
+import sys, torch
 torch.set_num_threads(1)
 from pathlib import Path
 from anytok.data.datasets import Augment, VideoClips, _random_resized_crop
 from anytok.data.sources import MediaItem
 from anytok.media import load_video
 
-def rss_mib():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-
 path, mode = Path(sys.argv[1]), sys.argv[2]
 ds = VideoClips([MediaItem(path, path.name)], fps=8, frames=17, size=(256, 256))
 gen = torch.Generator().manual_seed(0)
 load_video(path, max_frames=1)  # decoder libraries loaded before the baseline
-peak, running = [rss_mib()], [True]
-def watch():
-    while running[0]:
-        peak[0] = max(peak[0], rss_mib())
-        time.sleep(0.001)
-before = rss_mib()
-watcher = threading.Thread(target=watch)
-watcher.start()
+start_peak()
 if mode == "frame":
     item = ds._cut_while_decoding(path, gen, Augment(), 0.0)
 else:
     clip = load_video(path, fps=8, max_frames=17).video.transpose(0, 1)
     item = _random_resized_crop(clip, (256, 256), gen, Augment()).transpose(0, 1)
-running[0] = False
-watcher.join()
-print(max(peak[0], rss_mib()) - before, tuple(item.shape))
+print(stop_peak(), tuple(item.shape))
 """
+)
 
 
 def write_hd_video(path: Path, seconds: float, height: int = 1080, width: int = 1920) -> Path:
-    """An H.264 ``width x height`` 25 fps file written frame by frame (a float clip of it
-    would not fit in memory)."""
-    import av
-    import numpy as np
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        y, x = np.mgrid[0:height, 0:width]
-        for i in range(int(seconds * 25)):
-            rgb = np.stack([(x + 4 * i) % 256, (y + 2 * i) % 256, (x ^ y) % 256], -1)
-            frame = av.VideoFrame.from_ndarray(rgb.astype(np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return path
+    """An H.264 ``width x height`` 25 fps file written frame by frame."""
+    return write_h264(path, seconds, height, width)
 
 
 def peak_memory(path: Path) -> dict:
@@ -135,17 +109,6 @@ def peak_memory(path: Path) -> dict:
         )
         out[f"{mode}_peak_mib"] = float(proc.stdout.split()[0])
     return out
-
-
-def _cpu_name() -> str:
-    """The CPU's model name (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,42 +146,32 @@ def main(argv: list[str] | None = None) -> int:
         hd = write_hd_video(folder / "hd.mp4", 0.4 if args.smoke else 3.0)
         memory = peak_memory(hd)
 
-    environment = {
-        "machine": platform.machine(),
-        "processor": _cpu_name(),
-        "torch": torch.__version__,
-        "threads": 1,
-        "smoke": args.smoke,
-    }
-    report = {"environment": environment, "rows": rows, "hd_clip_memory": memory}
-    print(json.dumps(report, indent=2))
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "training_data.json").write_text(json.dumps(report, indent=2) + "\n")
-        lines = [
-            "# One training item from a long file: crop only vs whole decode",
-            "",
-            f"{environment['processor']}, one thread, torch {environment['torch']}; "
-            f"median over {args.items} random crops. Audio: 1 s at 24 kHz from a "
-            f"{args.audio_minutes:g}-minute 44.1 kHz FLAC; video: 17 frames at 8 fps, "
-            f"128x128, from a {args.video_seconds:g} s 25 fps H.264 MP4.",
-            "",
-            "| item | file MiB | crop only ms | whole decode ms | speed-up | max abs diff |",
-            "|---|---|---|---|---|---|",
-        ]
-        for row in rows:
-            lines.append(
-                f"| {row['kind']} {tuple(row['item_shape'])} | {row['file_mib']:.1f} | "
-                f"{row['window_ms']:.1f} | {row['whole_ms']:.1f} | {row['speedup']:.1f}x | "
-                f"{row['max_abs_difference']:.2g} |"
-            )
-        lines += [
-            "",
-            "Peak resident memory added by one 17-frame 256x256 training clip (8 fps) of a "
-            "1920x1080 H.264 file, each frame cut as it decodes vs cut from the decoded clip: "
-            f"{memory['frame_peak_mib']:.0f} MiB vs {memory['clip_peak_mib']:.0f} MiB.",
-        ]
-        (args.out / "training_data.md").write_text("\n".join(lines) + "\n")
+    env = environment(args.smoke)
+    report = {"environment": env, "rows": rows, "hd_clip_memory": memory}
+    lines = [
+        "# One training item from a long file: crop only vs whole decode",
+        "",
+        f"{env['processor']}, one thread, torch {env['torch']}; "
+        f"median over {args.items} random crops. Audio: 1 s at 24 kHz from a "
+        f"{args.audio_minutes:g}-minute 44.1 kHz FLAC; video: 17 frames at 8 fps, "
+        f"128x128, from a {args.video_seconds:g} s 25 fps H.264 MP4.",
+        "",
+        "| item | file MiB | crop only ms | whole decode ms | speed-up | max abs diff |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['kind']} {tuple(row['item_shape'])} | {row['file_mib']:.1f} | "
+            f"{row['window_ms']:.1f} | {row['whole_ms']:.1f} | {row['speedup']:.1f}x | "
+            f"{row['max_abs_difference']:.2g} |"
+        )
+    lines += [
+        "",
+        "Peak resident memory added by one 17-frame 256x256 training clip (8 fps) of a "
+        "1920x1080 H.264 file, each frame cut as it decodes vs cut from the decoded clip: "
+        f"{memory['frame_peak_mib']:.0f} MiB vs {memory['clip_peak_mib']:.0f} MiB.",
+    ]
+    save_report(args.out, "training_data", report, lines)
     return 0
 
 

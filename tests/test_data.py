@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from bench_scripts import run_smoke
 from torch.utils.data import DataLoader
 
 from anytok.data import (
@@ -546,18 +547,7 @@ def test_tar_shard_is_refused_for_training(data_root: Path, tmp_path: Path) -> N
 def test_training_data_benchmark_smoke(tmp_path: Path) -> None:
     """benchmarks/training_data.py end to end: crop-only and whole-file reads give the same
     training items."""
-    import subprocess
-    import sys
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "training_data.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), "--smoke", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((tmp_path / "training_data.json").read_text())
+    report = run_smoke("training_data", tmp_path, timeout=300)
     rows, memory = report["rows"], report["hd_clip_memory"]
     assert 0 < memory["frame_peak_mib"] < memory["clip_peak_mib"]
     assert [r["kind"] for r in rows] == ["audio", "video"]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from bench_scripts import run_smoke
 
 import anytok
 from anytok.checkpoint import save_checkpoint
@@ -350,18 +351,7 @@ def test_a_loader_hands_a_split_item_over_in_pieces(tmp_path: Path, monkeypatch)
 def test_split_streaming_benchmark_smoke(tmp_path: Path) -> None:
     """benchmarks/split_streaming.py end to end: streamed and whole reads give the same
     segments, and both tables are written."""
-    import subprocess
-    import sys
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "split_streaming.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), "--smoke", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads((tmp_path / "split_streaming.json").read_text())
+    report = run_smoke("split_streaming", tmp_path)
     assert [row["file"] for row in report["rows"]] == ["long.flac", "long.m4a", "long.mp4"]
     assert all(row["same"] and row["stream"]["segments"] >= 2 for row in report["rows"])
     assert "| streamed peak MiB |" in (tmp_path / "split_streaming.md").read_text()
@@ -539,18 +529,7 @@ def test_a_model_without_a_chunked_path_loads_a_long_file_whole(tmp_path: Path) 
 def test_long_file_encode_benchmark_smoke(tmp_path: Path) -> None:
     """benchmarks/long_file_encode.py end to end: streamed and whole encodes give the same
     tokens, and the table is written."""
-    import subprocess
-    import sys
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "long_file_encode.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), "--smoke", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr
-    row = json.loads((tmp_path / "long_file_encode.json").read_text())["row"]
+    row = run_smoke("long_file_encode", tmp_path)["row"]
     assert row["same"] and row["stream"]["tokens"] == row["whole"]["tokens"] > 0
     assert row["stream"]["media_seconds"] == pytest.approx(60.0, abs=0.01)
     assert "| streamed (30 s pieces" in (tmp_path / "long_file_encode.md").read_text()

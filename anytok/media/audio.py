@@ -264,14 +264,7 @@ def load_audio(
     else:
         decoded = _decode_with_soundfile(p, limits, window)
     file_rate, file_channels = decoded.rate, decoded.channels
-    if decoded.total == 0:
-        raise MediaError(p, "contains no audio samples (zero length)")
-    if decoded.total < limits.min_audio_samples:
-        raise MediaError(
-            p,
-            f"too short: {decoded.total} samples, fewer than the minimum of "
-            f"{limits.min_audio_samples}",
-        )
+    _check_total(p, decoded.total, limits)
     rate = int(sample_rate) if sample_rate is not None else file_rate
     first = window.samples(rate)[0]
     out_total = math.ceil(decoded.total * rate / file_rate)
@@ -290,6 +283,16 @@ def load_audio(
         original_sample_rate=file_rate,
         original_channels=file_channels,
     )
+
+
+def _check_total(p: Path, total: int, limits: MediaLimits) -> None:
+    """Refuse a file of no samples, or fewer than ``limits.min_audio_samples``."""
+    if total == 0:
+        raise MediaError(p, "contains no audio samples (zero length)")
+    if total < limits.min_audio_samples:
+        raise MediaError(
+            p, f"too short: {total} samples, fewer than the minimum of {limits.min_audio_samples}"
+        )
 
 
 def _window_waveform(
@@ -400,30 +403,20 @@ def _audio_chunks(
     channels: int | None,
     limits: MediaLimits | None,
 ) -> Iterator[Tensor]:
+    """:func:`iter_audio`'s chunks: :func:`load_audio` windows where the header states the
+    length; otherwise (FFmpeg formats, MP3 without a length header) one decoding pass, each
+    chunk made from the file samples its window needs (:meth:`_Window.read_range`), as
+    :func:`load_audio` makes a window, and what no later window needs dropped."""
     header = _header_length(p, sample_rate)
-    if header is None:
-        yield from _sequential_chunks(p, chunk_samples, sample_rate, channels, limits)
+    if header is not None:
+        total, rate = header
+        if total == 0:  # load_audio names the problem
+            load_audio(p, sample_rate, channels, limits)
+        for first in range(0, total, chunk_samples):
+            yield load_audio(
+                p, sample_rate, channels, limits, offset=first / rate, duration=chunk_samples / rate
+            ).waveform
         return
-    total, rate = header
-    if total == 0:  # load_audio names the problem
-        load_audio(p, sample_rate, channels, limits)
-    for first in range(0, total, chunk_samples):
-        yield load_audio(
-            p, sample_rate, channels, limits, offset=first / rate, duration=chunk_samples / rate
-        ).waveform
-
-
-def _sequential_chunks(
-    p: Path,
-    chunk_samples: int,
-    sample_rate: int | None,
-    channels: int | None,
-    limits: MediaLimits | None,
-) -> Iterator[Tensor]:
-    """:func:`iter_audio` of a file whose length only decoding tells (FFmpeg formats, MP3
-    without a length header): one decoding pass; each chunk is made from the file samples
-    its window needs (:meth:`_Window.read_range`), as :func:`load_audio` makes a window, and
-    what no later window needs is dropped."""
     limits = limits or DEFAULT_LIMITS
     blocks = _sequential_blocks(p, limits)
     file_rate, file_channels = next(blocks)
@@ -450,14 +443,7 @@ def _sequential_chunks(
             pending = []
         total = held_start + len(held)  # the file's length once ended
         if ended:
-            if total == 0:
-                raise MediaError(p, "contains no audio samples (zero length)")
-            if total < limits.min_audio_samples:
-                raise MediaError(
-                    p,
-                    f"too short: {total} samples, fewer than the minimum of "
-                    f"{limits.min_audio_samples}",
-                )
+            _check_total(p, total, limits)
             if first >= math.ceil(total * rate / file_rate):
                 return
         start = min(start, total)
