@@ -585,3 +585,35 @@ def test_ray_rows_stream_and_reassemble_an_item_broken_part_way(
         ]
     assert done == [(0, True, [0, 1, 2, 3, 4]), (1, False, [])]
     assert not assembler.partial and not assembler.seen
+
+
+def test_an_ffmpeg_window_stops_decoding_at_its_end(tmp_path: Path, monkeypatch) -> None:
+    """M4A cannot seek sample-exactly, so a window decodes from the start, but it keeps
+    only the window and stops at its end (a 1 s crop of a long M4A no longer decodes all
+    of it); the length limit bounds the window."""
+    path = write_alac_m4a(tmp_path / "tone.m4a", 16000, 6.0)
+    whole = load_audio(path, 24000).waveform
+    pulled = []
+    real = media_audio._ffmpeg_blocks
+
+    def counting(*args, **kwargs):
+        for block in real(*args, **kwargs):
+            pulled.append(0 if isinstance(block, tuple) else len(block))
+            yield block
+
+    monkeypatch.setattr(media_audio, "_ffmpeg_blocks", counting)
+    for offset, duration in [(0.0, 0.5), (2.0, 1.0), (5.5, None), (4.9, 3.0)]:
+        pulled.clear()
+        got = load_audio(path, 24000, offset=offset, duration=duration).waveform
+        first = round(offset * 24000)
+        stop = None if duration is None else first + round(duration * 24000)
+        torch.testing.assert_close(got, whole[:, first:stop], atol=1e-6, rtol=0)
+        if duration is not None and offset + duration < 5:
+            assert sum(pulled) < 16000 * (offset + duration + 0.5)  # stopped near the end
+    short = MediaLimits(max_audio_seconds=2.0)
+    with pytest.raises(MediaError, match="too long"):
+        load_audio(path, 24000, limits=short)
+    window = load_audio(path, 24000, limits=short, offset=3.0, duration=1.5).waveform
+    torch.testing.assert_close(window, whole[:, 72000:108000], atol=1e-6, rtol=0)
+    with pytest.raises(MediaError, match="offset 7 s is at or past the end"):
+        load_audio(path, 24000, offset=7.0, duration=1.0)

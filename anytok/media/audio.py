@@ -238,8 +238,9 @@ def load_audio(
             A window holds the samples of the whole file's decode sliced there, to float
             rounding: libsndfile formats read only the window and the resampling filter's
             margin (training crops of hour-long files cost a window, not the file); FFmpeg
-            formats decode from the start. NaN/Inf checks cover the window, and for
-            libsndfile formats ``limits.max_audio_seconds`` bounds the window, not the file.
+            formats decode from the start, keep only the window and stop at its end. NaN/Inf
+            checks cover the window, and with a ``duration`` ``limits.max_audio_seconds``
+            bounds the window, not the file.
 
     Raises:
         MediaError: the file is missing, empty, truncated, corrupt, not audio, has no samples,
@@ -670,17 +671,31 @@ def _decode_with_ffmpeg(
 ) -> _Decoded:
     """The samples of ``window`` (with the resampling margin) of the first audio stream,
     through FFmpeg (PyAV): the containers libsndfile does not read (M4A / AAC, WMA, Matroska
-    audio). They are decoded from the start (AAC seeking is not sample-exact) and cut.
-    ``no_audio`` is the error to raise when the file holds no audio stream."""
-    blocks = _ffmpeg_blocks(p, limits, no_audio, bounded=True)
+    audio). They are decoded from the start (AAC seeking is not sample-exact), only the
+    window's samples are kept, and decoding stops at its end; ``limits.max_audio_seconds``
+    bounds the window. ``no_audio`` is the error to raise when the file holds no audio
+    stream."""
+    whole = window.duration is None
+    blocks = _ffmpeg_blocks(p, limits, no_audio, bounded=whole)
     rate, channels = next(blocks)
-    parts = list(blocks)
-    data = np.concatenate(parts) if parts else np.zeros((0, channels), np.float32)
-    total = data.shape[0]
+    if not whole:
+        assert window.duration is not None
+        _check_header(p, rate, channels, window.duration, limits)
     start, stop = window.read_range(rate)
-    start = min(start, total)
-    data = data[start:stop]
-    return _Decoded(np.ascontiguousarray(data, dtype=np.float32), rate, channels, start, total)
+    parts: list[np.ndarray] = []
+    position = 0  # file samples decoded so far
+    for block in blocks:
+        first = position
+        position += len(block)
+        if position > start:
+            parts.append(block[max(0, start - first) : None if stop is None else stop - first])
+        if stop is not None and position >= stop:  # more may follow: at least this many
+            blocks.close()
+            break
+    data = np.concatenate(parts) if parts else np.zeros((0, channels), np.float32)
+    return _Decoded(
+        np.ascontiguousarray(data, dtype=np.float32), rate, channels, min(start, position), position
+    )
 
 
 def _ffmpeg_blocks(
