@@ -617,3 +617,49 @@ def test_an_ffmpeg_window_stops_decoding_at_its_end(tmp_path: Path, monkeypatch)
     torch.testing.assert_close(window, whole[:, 72000:108000], atol=1e-6, rtol=0)
     with pytest.raises(MediaError, match="offset 7 s is at or past the end"):
         load_audio(path, 24000, offset=7.0, duration=1.0)
+
+
+def test_training_crops_of_a_file_without_a_stated_length_decode_up_to_the_crop(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """An M4A states no exact length: the header's estimate picks the crop, FFmpeg stops at
+    its end, and the crops are those of decoding the whole file; an estimate that overstates
+    the length falls back to the whole decode for a crop that comes back short."""
+    import torch.nn.functional as F
+
+    from anytok.data import datasets as datasets_module
+    from anytok.data.datasets import AudioSegments
+    from anytok.data.sources import MediaItem
+
+    path = write_alac_m4a(tmp_path / "tone.m4a", 16000, 4.0)
+    ds = AudioSegments([MediaItem(path, path.name)], 24000, 1, segment=2400)
+    pulled = []
+    real = media_audio._ffmpeg_blocks
+
+    def counting(*args, **kwargs):
+        for block in real(*args, **kwargs):
+            pulled.append(0 if isinstance(block, tuple) else len(block))
+            yield block
+
+    monkeypatch.setattr(media_audio, "_ffmpeg_blocks", counting)
+    windowed = [ds[(0, seed)]["media"] for seed in range(5)]
+    windowed_pulled = sum(pulled)
+    pulled.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(datasets_module, "audio_duration", lambda path: None)
+        whole = [ds[(0, seed)]["media"] for seed in range(5)]
+    assert windowed_pulled < 0.8 * sum(pulled)  # 5 crops decode less than 5 whole files
+    for a, b in zip(windowed, whole, strict=True):
+        assert a.shape == (1, 2400)
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert len({float(w.sum()) for w in windowed}) == 5  # different crops
+
+    # An estimate of 10 s for 4 s of audio: crops past the end come back short -> whole.
+    monkeypatch.setattr(datasets_module, "audio_duration", lambda path: 10.0)
+    signal = load_audio(path, 24000, 1).waveform
+    for seed in range(6):
+        crop = ds[(0, seed)]["media"]
+        assert crop.shape == (1, 2400)
+        match = F.conv1d(signal[None], crop[None]) / crop.square().sum()  # 1 where it fits
+        offset = int((match[0, 0] - 1).abs().argmin())
+        torch.testing.assert_close(crop, signal[:, offset : offset + 2400], atol=1e-6, rtol=0)

@@ -28,6 +28,7 @@ from torchvision.transforms.v2 import functional as TF
 from anytok.data.sources import MediaItem
 from anytok.media import (
     MediaError,
+    audio_duration,
     audio_length,
     load_audio,
     load_image,
@@ -208,30 +209,44 @@ class AudioSegments(MediaDataset):
         rate, segment = self.sample_rate, self.segment
         # The header's length picks the crop and only the crop is decoded (an hour-long
         # FLAC costs a segment, not the file): the same samples as cropping the whole
-        # decode (see load_audio). FFmpeg formats and header-less MP3s decode whole.
+        # decode (see load_audio). FFmpeg formats and header-less MP3s state no exact
+        # length: their header's estimate picks the crop (FFmpeg then decodes up to the
+        # crop's end, libsndfile seeks), and an estimate that overstates the length (a crop
+        # past the end comes back short) falls back to decoding the whole file.
         length = audio_length(item.path, rate)
-        whole = None
-        if length is None:
+        exact = length is not None
+        if not exact:
+            seconds = audio_duration(item.path)
+            length = None if seconds is None else math.floor(seconds * rate)
+        wave = None
+        if length is not None and length > 0:
+            start = self._start(length, gen, augment)
+            try:
+                wave = load_audio(
+                    item.path,
+                    sample_rate=rate,
+                    channels=self.channels,
+                    offset=start / rate,
+                    duration=segment / rate,
+                ).waveform
+            except MediaError:
+                if exact:
+                    raise
+            if not exact and wave is not None and wave.shape[-1] < min(segment, length - start):
+                wave = None
+        if wave is None:
             whole = load_audio(item.path, sample_rate=rate, channels=self.channels).waveform
-            length = whole.shape[-1]
-        extra = length - segment
-        start = (
-            _randint(gen, extra + 1) if extra > 0 and augment and self.augment.random_crop else 0
-        )
-        if whole is not None:
+            start = self._start(whole.shape[-1], gen, augment)
             wave = whole[:, start : start + segment]
-        else:
-            wave = load_audio(
-                item.path,
-                sample_rate=rate,
-                channels=self.channels,
-                offset=start / rate,
-                duration=segment / rate,
-            ).waveform
         low, high = self.augment.gain_db
         if augment and (low or high):
             wave = (wave * 10 ** (_uniform(gen, low, high) / 20)).clamp(-1, 1)
         return wave.contiguous()
+
+    def _start(self, length: int, gen: torch.Generator, augment: bool) -> int:
+        """First sample of the crop in ``length`` samples (random when augmenting)."""
+        extra = length - self.segment
+        return _randint(gen, extra + 1) if extra > 0 and augment and self.augment.random_crop else 0
 
 
 #: Above this many times the crop's pixels, the resized image is not built: the crop's box
