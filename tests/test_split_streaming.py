@@ -587,13 +587,10 @@ def test_ray_rows_stream_and_reassemble_an_item_broken_part_way(
     assert not assembler.partial and not assembler.seen
 
 
-def test_an_ffmpeg_window_stops_decoding_at_its_end(tmp_path: Path, monkeypatch) -> None:
-    """M4A cannot seek sample-exactly, so a window decodes from the start, but it keeps
-    only the window and stops at its end (a 1 s crop of a long M4A no longer decodes all
-    of it); the length limit bounds the window."""
-    path = write_alac_m4a(tmp_path / "tone.m4a", 16000, 6.0)
-    whole = load_audio(path, 24000).waveform
-    pulled = []
+@pytest.fixture
+def ffmpeg_samples_pulled(monkeypatch) -> list[int]:
+    """Samples FFmpeg decodes from now on, block by block (a spy on the decoder's blocks)."""
+    pulled: list[int] = []
     real = media_audio._ffmpeg_blocks
 
     def counting(*args, **kwargs):
@@ -602,14 +599,27 @@ def test_an_ffmpeg_window_stops_decoding_at_its_end(tmp_path: Path, monkeypatch)
             yield block
 
     monkeypatch.setattr(media_audio, "_ffmpeg_blocks", counting)
+    return pulled
+
+
+def test_an_ffmpeg_window_stops_decoding_at_its_end(
+    tmp_path: Path, ffmpeg_samples_pulled: list[int]
+) -> None:
+    """M4A cannot seek sample-exactly, so a window decodes from the start, but it keeps
+    only the window and stops at its end (a 1 s crop of a long M4A no longer decodes all
+    of it); the length limit bounds the window."""
+    path = write_alac_m4a(tmp_path / "tone.m4a", 16000, 6.0)
+    whole = load_audio(path, 24000).waveform
     for offset, duration in [(0.0, 0.5), (2.0, 1.0), (5.5, None), (4.9, 3.0)]:
-        pulled.clear()
+        ffmpeg_samples_pulled.clear()
         got = load_audio(path, 24000, offset=offset, duration=duration).waveform
         first = round(offset * 24000)
         stop = None if duration is None else first + round(duration * 24000)
         torch.testing.assert_close(got, whole[:, first:stop], atol=1e-6, rtol=0)
         if duration is not None and offset + duration < 5:
-            assert sum(pulled) < 16000 * (offset + duration + 0.5)  # stopped near the end
+            assert sum(ffmpeg_samples_pulled) < 16000 * (
+                offset + duration + 0.5
+            )  # stopped near the end
     short = MediaLimits(max_audio_seconds=2.0)
     with pytest.raises(MediaError, match="too long"):
         load_audio(path, 24000, limits=short)
@@ -620,7 +630,7 @@ def test_an_ffmpeg_window_stops_decoding_at_its_end(tmp_path: Path, monkeypatch)
 
 
 def test_training_crops_of_a_file_without_a_stated_length_decode_up_to_the_crop(
-    tmp_path: Path, monkeypatch
+    tmp_path: Path, monkeypatch, ffmpeg_samples_pulled: list[int]
 ) -> None:
     """An M4A states no exact length: the header's estimate picks the crop, FFmpeg stops at
     its end, and the crops are those of decoding the whole file; an estimate that overstates
@@ -633,22 +643,15 @@ def test_training_crops_of_a_file_without_a_stated_length_decode_up_to_the_crop(
 
     path = write_alac_m4a(tmp_path / "tone.m4a", 16000, 4.0)
     ds = AudioSegments([MediaItem(path, path.name)], 24000, 1, segment=2400)
-    pulled = []
-    real = media_audio._ffmpeg_blocks
-
-    def counting(*args, **kwargs):
-        for block in real(*args, **kwargs):
-            pulled.append(0 if isinstance(block, tuple) else len(block))
-            yield block
-
-    monkeypatch.setattr(media_audio, "_ffmpeg_blocks", counting)
     windowed = [ds[(0, seed)]["media"] for seed in range(5)]
-    windowed_pulled = sum(pulled)
-    pulled.clear()
+    windowed_pulled = sum(ffmpeg_samples_pulled)
+    ffmpeg_samples_pulled.clear()
     with monkeypatch.context() as patch:
         patch.setattr(datasets_module, "audio_duration", lambda path: None)
         whole = [ds[(0, seed)]["media"] for seed in range(5)]
-    assert windowed_pulled < 0.8 * sum(pulled)  # 5 crops decode less than 5 whole files
+    assert windowed_pulled < 0.8 * sum(
+        ffmpeg_samples_pulled
+    )  # 5 crops decode less than 5 whole files
     for a, b in zip(windowed, whole, strict=True):
         assert a.shape == (1, 2400)
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
