@@ -352,7 +352,7 @@ def test_split_streaming_benchmark_smoke(tmp_path: Path) -> None:
     """benchmarks/split_streaming.py end to end: streamed and whole reads give the same
     segments, and both tables are written."""
     report = run_smoke("split_streaming", tmp_path)
-    assert [row["file"] for row in report["rows"]] == ["long.flac", "long.m4a", "long.mp4"]
+    assert [row["file"] for row in report["rows"]] == ["long.flac", "long.mp4"]
     assert all(row["same"] and row["stream"]["segments"] >= 2 for row in report["rows"])
     assert "| streamed peak MiB |" in (tmp_path / "split_streaming.md").read_text()
 
