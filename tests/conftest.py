@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,3 +17,14 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def audio_ckpt(tmp_path_factory) -> Path:
+    """A saved tiny ``seanet_fsq_24khz`` (dataset jobs load tokenizers by path)."""
+    import anytok
+    from anytok.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("audio_ckpt")
+    save_checkpoint(anytok.create_model("seanet_fsq_24khz", tiny=True), path)
+    return path

@@ -57,13 +57,6 @@ CORRUPT = ("bad.wav", "empty.wav", "sub/truncated.wav", "image.flac")
 
 
 @pytest.fixture(scope="module")
-def audio_ckpt(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("audio_ckpt")
-    save_checkpoint(anytok.create_model(AUDIO_MODEL, tiny=True), path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def image_ckpt(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("image_ckpt")
     save_checkpoint(anytok.create_model(IMAGE_MODEL, tiny=True), path)

@@ -16,7 +16,6 @@ import pytest
 import soundfile as sf
 
 import anytok
-from anytok.checkpoint import save_checkpoint
 from anytok.data import ResumableSampler
 from anytok.datasets import DatasetError, encode_dataset, encode_dataset_from_cli, iter_rows
 from anytok.datasets.plan import items_digest
@@ -31,13 +30,6 @@ def _wav(path: Path, samples: int = 2400, seed: int = 0) -> bytes:
     wave = 0.3 * np.random.default_rng(seed).standard_normal(samples).astype(np.float32)
     sf.write(path, wave, SAMPLE_RATE)
     return path.read_bytes()
-
-
-@pytest.fixture(scope="module")
-def audio_ckpt(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("audio_ckpt")
-    save_checkpoint(anytok.create_model("seanet_fsq_24khz", tiny=True), path)
-    return path
 
 
 def test_folders_and_manifests_with_braces_are_not_tar_patterns(tmp_path: Path) -> None:

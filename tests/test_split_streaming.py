@@ -18,7 +18,6 @@ import torch
 from bench_scripts import run_smoke
 
 import anytok
-from anytok.checkpoint import save_checkpoint
 from anytok.datasets import encode_dataset, iter_rows, sources
 from anytok.datasets import local as local_engine
 from anytok.datasets.sources import Item, SegmentPolicy, iter_segments
@@ -239,13 +238,6 @@ def test_split_segments_equal_cutting_the_whole_file(tmp_path: Path, monkeypatch
 
 
 # --------------------------------------------------------------------------- dataset jobs
-
-
-@pytest.fixture(scope="module")
-def audio_ckpt(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt")
-    save_checkpoint(anytok.create_model(AUDIO_MODEL, tiny=True), path)
-    return path
 
 
 @pytest.fixture(scope="module")
