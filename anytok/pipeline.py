@@ -158,9 +158,7 @@ def load_input(fmt: InputFormat, path: Path, max_steps: int | None = None) -> Te
             # Each frame is resized as it is decoded: a full-size float copy of a 1080p clip
             # takes 25 MB a frame (7.5 GB for 10 s at 30 fps).
             return load_video(path, fps=fmt.fps, size=fmt.resolution, max_frames=max_steps).video
-        clip = load_video(path, fps=fmt.fps, max_frames=max_steps)
-        frames = clip.video.transpose(0, 1)  # (T, 3, H, W) for cropping frame by frame
-        return _fit(frames, fmt, path).transpose(0, 1).contiguous()
+        return _fit_clip(load_video(path, fps=fmt.fps, max_frames=max_steps).video, fmt, path)
     raise ValueError(f"unsupported modality {fmt.modality!r}")
 
 
@@ -178,9 +176,13 @@ def iter_input(fmt: InputFormat, path: Path, chunk_steps: int) -> Iterator[Tenso
     if fmt.modality == "video":
         if fmt.resize == "cover_crop":
             return iter_video(path, chunk_steps, fps=fmt.fps, size=fmt.resolution)
-        chunks = iter_video(path, chunk_steps, fps=fmt.fps)
-        return (_fit(c.transpose(0, 1), fmt, path).transpose(0, 1).contiguous() for c in chunks)
+        return (_fit_clip(c, fmt, path) for c in iter_video(path, chunk_steps, fps=fmt.fps))
     return iter([load_input(fmt, path)])
+
+
+def _fit_clip(video: Tensor, fmt: InputFormat, path: Path) -> Tensor:
+    """:func:`_fit` of a clip ``(3, T, H, W)``, frame by frame."""
+    return _fit(video.transpose(0, 1), fmt, path).transpose(0, 1).contiguous()
 
 
 def _fit(x: Tensor, fmt: InputFormat, path: Path) -> Tensor:
@@ -398,24 +400,18 @@ def encode_long_file(
         step = max(1, round(LONG_PIECE_SECONDS * fmt.sample_rate))
     else:
         step = LONG_PIECE_FRAMES
-    steps = [0]
+    seconds = [0.0]
 
     def pieces() -> Iterator[Tensor]:
         for piece in iter_input(fmt, path, step):
-            steps[0] += piece.shape[-1 if fmt.modality == "audio" else 1]
+            seconds[0] += media_seconds(model, piece)
             yield piece.unsqueeze(0)
 
-    try:
+    try:  # a MediaError is no ValueError: it reaches the caller
         tokens = _run_chunked(model.encode_long_stream, pieces(), device)
-    except MediaError:
-        raise
     except (RuntimeError, ValueError) as err:
         return _encode_error(err)
-    if tokens is None:
-        return None
-    rate = fmt.sample_rate if fmt.modality == "audio" else fmt.fps
-    assert rate is not None
-    return tokens.to("cpu")[0], steps[0] / rate
+    return None if tokens is None else (tokens.to("cpu")[0], seconds[0])
 
 
 def _write_tokens(tokens: Tokens, target: Path, source: Path) -> ItemFailure | None:

@@ -65,23 +65,8 @@ def encode_long(
     (rounded down to a multiple of the temporal factor, at least one): equal to
     ``model.encode(video, lengths)``, on ``video``'s device (which may be the CPU while the
     model is on a GPU: one chunk at a time is moved)."""
-    s = model.temporal_factor
-    device, _ = _device_and_dtype(model)
     padded, latent_lengths = model.pad_input(video, lengths)
-    total = padded.shape[2]
-    latent_total = int(model.latent_frames(total))
-    context = math.ceil(_context(model, "encoder") / s)  # latent frames
-    per_chunk = max(1, chunk_frames // s)
-    pieces: list[Tensor] = []
-    start = 0  # first latent frame this chunk keeps
-    while start < latent_total:
-        stop = min(latent_total, start + per_chunk + (1 if start == 0 else 0))
-        first = max(0, start - context)  # first latent frame the chunk computes
-        frames = padded[:, :, s * first : s * (stop - 1) + 1].to(device)
-        codes = model.encode(frames).codes.to(video.device)
-        pieces.append(codes[:, :, start - first :])
-        start = stop
-    codes = torch.cat(pieces, dim=2)
+    codes = _encode_chunks(model, [padded], chunk_frames, video.device)
     from anytok.codecs.base import to_tokens
 
     return to_tokens(codes, model.spec, latent_lengths)
@@ -100,15 +85,29 @@ def encode_long_stream(
         ValueError: the pieces hold no frames, or what ``encode`` refuses.
         NoBoundedContextError: as :func:`encode_long`, before any piece is read.
     """
+    checked = (
+        model._check_media(p, 5, "video piece (batch, 3, frames, height, width)") for p in pieces
+    )
+    with torch.inference_mode():
+        codes = _encode_chunks(model, checked, chunk_frames, torch.device("cpu"))
+    from anytok.codecs.base import to_tokens
+
+    return to_tokens(codes, model.spec, None)
+
+
+def _encode_chunks(
+    model: VideoTokenizer, pieces: Iterable[Tensor], chunk_frames: int, out_device: torch.device
+) -> Tensor:
+    """Codes of the clip the consecutive ``pieces`` form, chunk by chunk: each chunk starts
+    at a multiple of the temporal factor with the encoder's context before the latent
+    frames it keeps, and is formed once the pieces reach its end (past the last frame, the
+    last frame repeats, as ``pad_input`` does)."""
     s = model.temporal_factor
     device, _ = _device_and_dtype(model)
     context = math.ceil(_context(model, "encoder") / s)  # latent frames
     per_chunk = max(1, chunk_frames // s)
-    checked = (
-        model._check_media(p, 5, "video piece (batch, 3, frames, height, width)") for p in pieces
-    )
-    video = PieceBuffer(checked, axis=2)
-    pieces_out: list[Tensor] = []
+    video = PieceBuffer(pieces, axis=2)
+    kept: list[Tensor] = []
     start = 0  # first latent frame this chunk keeps
     while True:
         wanted = start + per_chunk + (1 if start == 0 else 0)
@@ -123,16 +122,13 @@ def encode_long_stream(
         first = max(0, start - context)  # first latent frame the chunk computes
         frames = video.slice(s * first, s * (stop - 1) + 1)
         missing = s * (stop - 1) + 1 - s * first - frames.shape[2]
-        if missing > 0:  # past the last frame: repeat it, as pad_input does
+        if missing > 0:
             frames = torch.cat([frames, frames[:, :, -1:].expand(-1, -1, missing, -1, -1)], 2)
-        with torch.inference_mode():
-            codes = model.encode(frames.to(device)).codes.cpu()
-        pieces_out.append(codes[:, :, start - first :])
+        codes = model.encode(frames.to(device)).codes.to(out_device)
+        kept.append(codes[:, :, start - first :])
         start = stop
         video.drop(s * max(0, start - context))
-    from anytok.codecs.base import to_tokens
-
-    return to_tokens(torch.cat(pieces_out, dim=2), model.spec, None)
+    return torch.cat(kept, dim=2)
 
 
 @torch.no_grad()

@@ -344,14 +344,21 @@ def audio_duration(path: str | os.PathLike[str]) -> float | None:
     except FFMPEG_ERRORS:
         return None
     with container:
-        stream = next((s for s in container.streams if s.type == "audio"), None)
-        if stream is None:
-            return None
-        if stream.duration and stream.time_base:
-            return float(stream.duration * stream.time_base)
-        if container.duration:
-            return container.duration / av.time_base
-    return None
+        stream = _first_audio_stream(container)
+        return None if stream is None else (_stream_seconds(container, stream) or None)
+
+
+def _first_audio_stream(container: Any) -> Any:
+    """The container's first audio stream, or None."""
+    return next((s for s in container.streams if s.type == "audio"), None)
+
+
+def _stream_seconds(container: Any, stream: Any) -> float:
+    """Seconds of ``stream`` its header states (the stream's duration, else the
+    container's; 0 when neither says)."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return (container.duration or 0) / av.time_base
 
 
 def _header_length(p: Path, sample_rate: int | None) -> tuple[int, int] | None:
@@ -710,16 +717,12 @@ def _ffmpeg_blocks(
     except FFMPEG_ERRORS as err:
         raise unreadable(p, "audio", ffmpeg_detail(err)) from err
     with container:
-        stream = next((s for s in container.streams if s.type == "audio"), None)
+        stream = _first_audio_stream(container)
         if stream is None:
             raise no_audio or MediaError(p, "holds no audio stream")
         rate, channels = int(stream.codec_context.sample_rate or 0), stream.channels
-        seconds = (
-            float(stream.duration * stream.time_base)
-            if stream.duration and stream.time_base
-            else (container.duration or 0) / av.time_base
-        )
-        _check_header(p, rate, channels, seconds if bounded else 0.0, limits)
+        seconds = _stream_seconds(container, stream) if bounded else 0.0
+        _check_header(p, rate, channels, seconds, limits)
         yield rate, channels
         max_samples = limits.max_audio_seconds * rate if bounded else math.inf
         resampler = av.AudioResampler(format="fltp")  # planar float32, same layout and rate
