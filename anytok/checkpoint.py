@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +126,15 @@ def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
 def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load ``state`` into ``model``; any missing or unexpected key, or a shape mismatch, is an
     error that lists them all."""
-    expected = model.state_dict()
+    check_state_matches(model.state_dict(), state, source)
+    model.load_state_dict(state, strict=True)
+
+
+def check_state_matches(
+    expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str
+) -> None:
+    """Raise a :class:`CheckpointError` listing every missing or unexpected key, shape
+    mismatch, and float-vs-integer mismatch of ``state`` against ``expected``."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     common = sorted(set(state) & set(expected))
@@ -153,7 +163,140 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
         raise CheckpointError(
             f"{source}: weights do not match the model:\n  " + "\n  ".join(problems)
         )
-    model.load_state_dict(state, strict=True)
+
+
+def build_loaded(
+    build: Callable[[], nn.Module],
+    state: dict[str, torch.Tensor],
+    source: str,
+    *,
+    droppable: Callable[[str], bool] | None = None,
+) -> nn.Module:
+    """``build()`` a model and load ``state`` into it strictly (see :func:`load_state_dict_strict`).
+
+    The model is first built with its parameters on the meta device, so no random
+    initialisation runs and no second copy of the weights is held: the checkpoint's tensors
+    become the parameters (cast to the model's float precision). A model that computes
+    something from its parameter values while it is built, or keeps a parameter outside the
+    state dict, cannot be built that way; it is built normally and the weights are copied in.
+    ``droppable(key)`` says which checkpoint keys the model may lack without an error.
+    Tied weights (saved once by ``save_model``) are tied again.
+    """
+    model = _build_without_init(build)
+    if model is not None:
+        _load_assigned(model, state, source, droppable)
+        if not _has_meta_tensors(model):
+            return model
+    model = build()  # the fallback: random initialisation, then a copy of the weights
+    own = model.state_dict()
+    state = _without_droppable(state, own, droppable)
+    # Empty tensors are skipped: they may all report the same data pointer.
+    saved_by_storage = {
+        value.data_ptr(): name for name, value in own.items() if name in state and value.numel()
+    }
+    for name, value in own.items():
+        if name not in state and value.numel() and value.data_ptr() in saved_by_storage:
+            state[name] = state[saved_by_storage[value.data_ptr()]]
+    load_state_dict_strict(model, state, source)
+    return model
+
+
+def _build_without_init(build: Callable[[], nn.Module]) -> nn.Module | None:
+    """``build()`` with every parameter on the meta device (buffers stay real, as the
+    model computes them), or ``None`` where the builder needs parameter values."""
+    try:
+        with _parameters_on_meta():
+            return build()
+    except Exception:  # any failure (.item() on meta, ...): the caller builds it normally,
+        return None  # where an error of the config itself surfaces as it always did
+
+
+@contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Register every new parameter on the meta device, so initialisers cost nothing.
+
+    Hand-written rather than accelerate's ``init_empty_weights``: that one wraps every
+    registered parameter anew, so a parameter assigned to a second module
+    (``out.weight = embed.weight``) stops being shared. Here a parameter already on meta is
+    registered as it is, and a moved one keeps its class, ``requires_grad`` and attributes.
+    Not thread-safe: it patches ``nn.Module.register_parameter`` while a model is built.
+    """
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and not param.is_meta:
+            moved = type(param)(param.data.to("meta"), requires_grad=param.requires_grad)
+            moved.__dict__.update(param.__dict__)
+            param = moved
+        register(module, name, param)
+
+    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+
+def _load_assigned(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    source: str,
+    droppable: Callable[[str], bool] | None,
+) -> None:
+    """Make ``state``'s tensors the model's parameters and buffers (cast to the model's
+    float dtypes), keeping every tie: names that shared one tensor share one again."""
+    own = model.state_dict(keep_vars=True)
+    state = _without_droppable(state, own, droppable)
+    aliases: dict[int, list[str]] = {}
+    for name, value in own.items():
+        aliases.setdefault(id(value), []).append(name)
+    groups = [names for names in aliases.values() if len(names) > 1]
+    for names in groups:  # a tie saved under one of its names serves all of them
+        saved = next((name for name in names if name in state), None)
+        for name in names:
+            if saved is not None and name not in state:
+                state[name] = state[saved]
+    check_state_matches(own, state, source)
+    cast = {}
+    for name, value in state.items():
+        want = own[name].dtype
+        cast[name] = value.to(want) if value.dtype != want and value.is_floating_point() else value
+    model.load_state_dict(cast, strict=True, assign=True)
+    for names in groups:
+        tensors = _owners(model, names)
+        (first_module, first_leaf, first_kind), *rest = tensors
+        shared = getattr(first_module, first_kind)[first_leaf]
+        for module, leaf, kind in rest:
+            getattr(module, kind)[leaf] = shared
+
+
+def _owners(model: nn.Module, names: list[str]) -> list[tuple[nn.Module, str, str]]:
+    """(module, attribute, ``"_parameters"`` or ``"_buffers"``) of each state-dict name."""
+    found = []
+    for name in names:
+        path, _, leaf = name.rpartition(".")
+        module = model.get_submodule(path)
+        found.append((module, leaf, "_parameters" if leaf in module._parameters else "_buffers"))
+    return found
+
+
+def _has_meta_tensors(model: nn.Module) -> bool:
+    """Whether a parameter, buffer or plain tensor attribute of any module is still meta."""
+    tensors = [*model.parameters(), *model.buffers()]
+    for module in model.modules():
+        tensors += [value for value in vars(module).values() if isinstance(value, torch.Tensor)]
+    return any(tensor.is_meta for tensor in tensors)
+
+
+def _without_droppable(
+    state: dict[str, torch.Tensor],
+    own: dict[str, torch.Tensor],
+    droppable: Callable[[str], bool] | None,
+) -> dict[str, torch.Tensor]:
+    """``state`` less the keys the model lacks that ``droppable`` lets go (a copy)."""
+    if droppable is None:
+        return dict(state)
+    return {k: v for k, v in state.items() if k in own or not droppable(k)}
 
 
 def _dtype_kind(dtype: torch.dtype) -> str:
@@ -212,27 +355,19 @@ def load_checkpoint(
             "(a typo, or a checkpoint of a newer version?); `anytok list` shows every name"
         ) from err
     try:
-        model = info.builder(**config["config"])
-    except (TypeError, ValueError, KeyError) as err:
-        raise CheckpointError(
-            f"{config_file}: cannot build {arch!r} from its 'config' ({type(err).__name__}: {err})"
-        ) from err
-    try:
         state = load_file(str(weights), device=device)
     except (SafetensorError, OSError) as err:
         raise CheckpointError(
             f"{weights}: cannot read safetensors file ({err}){_pickle_hint(weights)}"
         ) from err
-    # save_model drops tied duplicates; tie them back before the strict comparison.
-    # (Empty tensors are skipped: they may all report the same data pointer.)
-    own = model.state_dict()
-    saved_by_storage = {
-        value.data_ptr(): name for name, value in own.items() if name in state and value.numel()
-    }
-    for name, value in own.items():
-        if name not in state and value.numel() and value.data_ptr() in saved_by_storage:
-            state[name] = state[saved_by_storage[value.data_ptr()]]
-    load_state_dict_strict(model, state, str(weights))
+    try:
+        model = build_loaded(lambda: info.builder(**config["config"]), state, str(weights))
+    except (TypeError, ValueError, KeyError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(
+            f"{config_file}: cannot build {arch!r} from its 'config' ({type(err).__name__}: {err})"
+        ) from err
     attach_identity(
         model,
         info.name,

@@ -235,11 +235,16 @@ def create_model(name: str, *, tiny: bool = False, seed: int = 0, **overrides: A
     """
     info = get_arch(name)
     config = info.config(tiny=tiny, **overrides)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = info.builder(**config)
+    model = _build_seeded(info, config, seed)
     attach_identity(model, info.name, config, tag=UNTRAINED)
     return model
+
+
+def _build_seeded(info: ArchInfo, config: dict[str, Any], seed: int) -> nn.Module:
+    """``info.builder(**config)`` under a fixed seed, leaving the caller's RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return info.builder(**config)
 
 
 def attach_identity(
@@ -330,7 +335,7 @@ def import_checkpoint(info: ArchInfo, cfg: PretrainedCfg, directory: Path) -> nn
     project's weights, through the importer ``cfg`` names (strict: every key must match)."""
     from safetensors.torch import load_file
 
-    from anytok.checkpoint import load_state_dict_strict
+    from anytok.checkpoint import build_loaded
 
     if cfg.importer not in _IMPORTERS:
         raise UnknownModelError(
@@ -343,9 +348,11 @@ def import_checkpoint(info: ArchInfo, cfg: PretrainedCfg, directory: Path) -> nn
             f"{info.name}.{cfg.tag}: {directory} has no model.safetensors (the importer "
             f"{cfg.importer!r} reads safetensors only; pickled weights are never opened)"
         )
-    model = create_model(info.name)
     state = _IMPORTERS[cfg.importer](load_file(weights))
-    load_state_dict_strict(model, state, f"{weights} (converted by {cfg.importer!r})")
+    config = info.config()
+    source = f"{weights} (converted by {cfg.importer!r})"
+    model = build_loaded(lambda: _build_seeded(info, config, seed=0), state, source)
+    attach_identity(model, info.name, config, tag=cfg.tag)
     return model
 
 

@@ -204,6 +204,77 @@ def test_strict_loading_lists_missing_and_unexpected_keys(tmp_path) -> None:
     assert "unexpected keys: bogus.weight" in str(err.value)
 
 
+class _Tied(torch.nn.Module):
+    """An embedding tied to an output layer, a shared buffer, a frozen parameter, and a
+    buffer computed at build time (not in the state dict)."""
+
+    def __init__(self, needs_values: bool = False) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4)
+        self.out = torch.nn.Linear(4, 10, bias=False)
+        self.out.weight = self.embed.weight
+        self.norm = torch.nn.LayerNorm(4)
+        self.norm.weight.requires_grad_(False)
+        self.register_buffer("table", torch.arange(6.0))
+        self.norm.register_buffer("table", self.table)
+        self.register_buffer("window", torch.hann_window(8), persistent=False)
+        if needs_values:  # a builder that reads a parameter's value: no meta build
+            self.scale = float(self.norm.bias.detach().sum())
+
+
+@pytest.mark.parametrize("needs_values", [False, True], ids=["meta-build", "fallback"])
+def test_build_loaded_keeps_ties_frozen_flags_and_model_dtypes(tmp_path, needs_values) -> None:
+    from safetensors.torch import load_file, save_model
+
+    from anytok.checkpoint import build_loaded
+
+    torch.manual_seed(0)
+    source = _Tied()
+    with torch.no_grad():
+        source.table.add_(1.0)
+    save_model(source, str(tmp_path / "w.safetensors"))  # drops the tied duplicates
+    state = load_file(str(tmp_path / "w.safetensors"))
+    assert len(state) < len(source.state_dict())
+    state = {k: v.to(torch.bfloat16) for k, v in state.items()}  # a bf16 export
+    model = build_loaded(lambda: _Tied(needs_values), state, "w.safetensors")
+    assert model.out.weight is model.embed.weight and model.norm.table is model.table
+    assert not model.norm.weight.requires_grad and model.norm.bias.requires_grad
+    assert all(t.dtype == torch.float32 for t in model.state_dict().values())
+    for key, value in source.state_dict().items():
+        expected = value.to(torch.bfloat16).float()
+        torch.testing.assert_close(model.state_dict()[key], expected, rtol=0, atol=0)
+    torch.testing.assert_close(model.window, torch.hann_window(8))
+    del state["norm.bias"]
+    with pytest.raises(CheckpointError, match=r"(?s)w\.safetensors: .*missing keys: norm\.bias"):
+        build_loaded(lambda: _Tied(needs_values), state, "w.safetensors")
+
+
+def test_a_loaded_model_saved_over_its_own_checkpoint_still_runs(tmp_path) -> None:
+    """Loaded parameters are pages of the memory-mapped file; save_checkpoint replaces the
+    file by a rename (never rewriting it in place), so the live model keeps its weights."""
+    model = anytok.create_model("seanet_fsq_24khz", tiny=True).eval()
+    save_checkpoint(model, tmp_path)
+    loaded = load_checkpoint(tmp_path).eval()
+    with torch.no_grad():
+        next(loaded.parameters()).add_(1.0)  # copy-on-write: the file keeps the old value
+    save_checkpoint(loaded, tmp_path)
+    again = load_checkpoint(tmp_path)
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+    audio = torch.randn(1, 1, 2400)
+    with torch.inference_mode():
+        assert torch.equal(loaded.encode(audio).codes, again.eval().encode(audio).codes)
+
+
+def test_checkpoint_load_benchmark_smoke(tmp_path) -> None:
+    """benchmarks/checkpoint_load.py runs both loading paths and they give the same tokens."""
+    from bench_scripts import run_smoke
+
+    (row,) = run_smoke("checkpoint_load", tmp_path, timeout=300)["rows"]
+    assert row["same"] and row["assign"]["params"] == row["copy"]["params"] > 0
+    assert (tmp_path / "checkpoint_load.md").read_text().count("| dac_44khz |") == 1
+
+
 def test_checkpoint_errors_name_the_problem(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="no config.json"):
         load_checkpoint(tmp_path)

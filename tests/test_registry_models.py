@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import anytok
+from anytok import checkpoint
 from anytok.checkpoint import save_checkpoint
 from anytok.codecs import AudioTokenizer, ImageTokenizer, Tokenizer, VideoTokenizer
 from anytok.registry import get_arch
@@ -170,12 +171,32 @@ def test_training_step_backpropagates(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ARCHS)
-def test_save_load_gives_identical_tokens(name: str, tmp_path) -> None:
+def test_save_load_gives_identical_tokens(name: str, tmp_path, monkeypatch) -> None:
+    """Every family loads by the fast path (parameters built on the meta device, the saved
+    tensors assigned): the same weights, the same ties, nothing left on meta, same tokens."""
     model = tiny(name)
     media, lengths = sample_batch(model, batch=2, seed=3)
     save_checkpoint(model, tmp_path / "ckpt")
+    built_empty = []
+    build_without_init = checkpoint._build_without_init
+    monkeypatch.setattr(
+        checkpoint,
+        "_build_without_init",
+        lambda build: built_empty.append(build_without_init(build)) or built_empty[-1],
+    )
     loaded = anytok.load(tmp_path / "ckpt")
     assert type(loaded) is type(model)
+    assert built_empty == [loaded], "fell back to random initialisation + copy"
+    ours, theirs = model.state_dict(keep_vars=True), loaded.state_dict(keep_vars=True)
+    assert list(theirs) == list(ours)
+    for key, value in ours.items():
+        assert not theirs[key].is_meta and theirs[key].dtype == value.dtype, key
+        assert torch.equal(theirs[key], value), key
+        ties = [k for k in ours if ours[k] is value]
+        assert [k for k in theirs if theirs[k] is theirs[key]] == ties, key
+    assert [p.requires_grad for p in loaded.parameters()] == [
+        p.requires_grad for p in model.parameters()
+    ]
     with torch.inference_mode():
         a = model.encode(media, lengths)
         b = loaded.encode(media, lengths)

@@ -17,8 +17,8 @@ from anytok.checkpoint import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     CheckpointError,
+    build_loaded,
     load_checkpoint,
-    load_state_dict_strict,
     read_config,
     save_checkpoint,
 )
@@ -95,28 +95,29 @@ def _load_without_teachers(directory: Path) -> nn.Module:
     config, dropped = _teacherless(meta["config"])
     if not dropped:
         return load_checkpoint(directory)
+    cannot_build = f"{directory / CONFIG_NAME}: cannot build {meta['architecture']!r} without "
+    cannot_build += ", ".join(dropped)
     try:
         info = get_arch(meta["architecture"])
-        slim = info.builder(**config)
-    except (UnknownModelError, TypeError, ValueError, KeyError) as err:
-        raise CheckpointError(
-            f"{directory / CONFIG_NAME}: cannot build {meta['architecture']!r} without "
-            f"{', '.join(dropped)} ({type(err).__name__}: {err})"
-        ) from err
+    except UnknownModelError as err:
+        raise CheckpointError(f"{cannot_build} ({type(err).__name__}: {err})") from err
     file = directory / WEIGHTS_NAME
     try:
         saved = load_file(str(file))
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{file}: cannot read safetensors file ({err})") from err
-    own = slim.state_dict()
-    # only the teachers' projectors may go; any other surplus key still fails below
-    state = {k: v for k, v in saved.items() if k in own or not TEACHER_WEIGHTS.search(k)}
-    # save_model drops tied duplicates: tie them back, as load_checkpoint does
-    by_storage = {v.data_ptr(): k for k, v in own.items() if k in state and v.numel()}
-    for name, value in own.items():
-        if name not in state and value.numel() and value.data_ptr() in by_storage:
-            state[name] = state[by_storage[value.data_ptr()]]
-    load_state_dict_strict(slim, state, str(file))
+    try:
+        # only the teachers' projectors may go; any other surplus key still fails
+        slim = build_loaded(
+            lambda: info.builder(**config),
+            saved,
+            str(file),
+            droppable=lambda key: TEACHER_WEIGHTS.search(key) is not None,
+        )
+    except (TypeError, ValueError, KeyError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"{cannot_build} ({type(err).__name__}: {err})") from err
     attach_identity(slim, info.name, config, tag=meta.get("trained_from") or "local")
     return slim
 
