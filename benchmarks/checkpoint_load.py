@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cpu_bench import WATCH_PEAK_RSS, environment, save_report
+from cpu_bench import WATCH_PEAK_RSS, environment, markdown_table, save_report
 
 DEFAULT_ARCHS = ["flextok_d18_d28", "titok_l32", "dac_44khz", "encodec_24khz"]
 
@@ -118,18 +118,25 @@ def main(argv: list[str] | None = None) -> int:
         f"{report['environment']['processor']}, one thread, torch {report['environment']['torch']}"
         f"{', tiny configurations (smoke)' if args.smoke else ''}.",
         "",
-        "| arch | parameters | file MiB | assign s | copy s | load peak MiB, assign / copy "
-        "| resident after encode + decode MiB, assign / copy | same tokens |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    header = ["arch", "parameters", "file MiB", "assign s", "copy s"]
+    header += ["load peak MiB, assign / copy", "resident after encode + decode MiB, assign / copy"]
+    table = []
     for row in rows:
         a, c = row["assign"], row["copy"]
-        lines.append(
-            f"| {row['arch']} | {a['params'] / 1e6:.1f} M | {row['file_mib']:.0f} "
-            f"| {a['seconds']:.2f} | {c['seconds']:.2f} | {a['peak_mib']:.0f} / {c['peak_mib']:.0f} "
-            f"| {a['resident_mib']:.0f} / {c['resident_mib']:.0f} "
-            f"| {'yes' if row['same'] else 'NO'} |"
+        table.append(
+            [
+                row["arch"],
+                f"{a['params'] / 1e6:.1f} M",
+                f"{row['file_mib']:.0f}",
+                f"{a['seconds']:.2f}",
+                f"{c['seconds']:.2f}",
+                f"{a['peak_mib']:.0f} / {c['peak_mib']:.0f}",
+                f"{a['resident_mib']:.0f} / {c['resident_mib']:.0f}",
+                "yes" if row["same"] else "NO",
+            ]
         )
+    lines += markdown_table([*header, "same tokens"], table)
     save_report(args.out, "checkpoint_load", report, lines)
     return 0 if all(row["same"] for row in rows) else 1
 

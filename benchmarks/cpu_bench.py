@@ -62,6 +62,12 @@ def environment(smoke: bool) -> dict[str, Any]:
     }
 
 
+def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A Markdown table's lines: ``header``, the rule, then one line per row."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
 def save_report(out: Path | None, name: str, report: dict[str, Any], lines: list[str]) -> None:
     """Print ``report`` as JSON; with ``out``, write it to ``out/<name>.json`` and the
     Markdown ``lines`` to ``out/<name>.md``."""

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cpu_bench import WATCH_PEAK_RSS, environment, save_report, write_h264
+from cpu_bench import WATCH_PEAK_RSS, environment, markdown_table, save_report, write_h264
 
 # Runs in a fresh process: argv = path, modality, mode ("stream" or "whole").
 _MEASURE = (
@@ -152,17 +152,24 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.video_seconds:g} s {width}x{height} 25 fps H.264 MP4 read at 8 fps, 256x256, "
         "in 17-frame segments. Memory: peak resident set added while reading.",
         "",
-        "| file | MiB | segments | streamed peak MiB | whole peak MiB | streamed s | "
-        "whole s | same segments |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    header = ["file", "MiB", "segments", "streamed peak MiB", "whole peak MiB", "streamed s"]
+    table = []
     for row in rows:
         s, w = row["stream"], row["whole"]
-        lines.append(
-            f"| {row['modality']} {row['file']} | {row['file_mib']:.1f} | {s['segments']} | "
-            f"{s['peak_mib']:.0f} | {w['peak_mib']:.0f} | {s['seconds']:.2f} | "
-            f"{w['seconds']:.2f} | {'yes' if row['same'] else 'NO'} |"
+        table.append(
+            [
+                f"{row['modality']} {row['file']}",
+                f"{row['file_mib']:.1f}",
+                s["segments"],
+                f"{s['peak_mib']:.0f}",
+                f"{w['peak_mib']:.0f}",
+                f"{s['seconds']:.2f}",
+                f"{w['seconds']:.2f}",
+                "yes" if row["same"] else "NO",
+            ]
         )
+    lines += markdown_table([*header, "whole s", "same segments"], table)
     save_report(args.out, "split_streaming", report, lines)
     return 0
 
