@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -205,36 +206,64 @@ def _build_without_init(build: Callable[[], nn.Module]) -> nn.Module | None:
     """``build()`` with every parameter on the meta device (buffers stay real, as the
     model computes them), or ``None`` where the builder needs parameter values."""
     try:
-        with _parameters_on_meta():
+        with _META_PARAMETERS.active():
             return build()
     except Exception:  # any failure (.item() on meta, ...): the caller builds it normally,
         return None  # where an error of the config itself surfaces as it always did
 
 
-@contextmanager
-def _parameters_on_meta() -> Iterator[None]:
-    """Register every new parameter on the meta device, so initialisers cost nothing.
+class _MetaParameters:
+    """Registers the parameters a thread creates inside :meth:`active` on the meta device.
 
     Hand-written rather than accelerate's ``init_empty_weights``: that one wraps every
     registered parameter anew, so a parameter assigned to a second module
-    (``out.weight = embed.weight``) stops being shared. Here a parameter already on meta is
-    registered as it is, and a moved one keeps its class, ``requires_grad`` and attributes.
-    Not thread-safe: it patches ``nn.Module.register_parameter`` while a model is built.
+    (``out.weight = embed.weight``) stops being shared, and its patch of
+    ``nn.Module.register_parameter`` acts on every thread, so a model another thread builds
+    meanwhile gets meta parameters. Here a parameter already on meta is registered as it is,
+    a moved one keeps its class, ``requires_grad`` and attributes, and only threads inside
+    :meth:`active` are affected (the patch is installed while any thread is inside).
     """
-    register = nn.Module.register_parameter
 
-    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        if param is not None and not param.is_meta:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._original: Callable[..., None] | None = None
+        self._inside = threading.local()
+
+        def register_parameter(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+            self._register(module, name, param)
+
+        self._patched = register_parameter  # a function, so it binds to the module as a method
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        with self._lock:
+            if self._users == 0:
+                self._original = nn.Module.register_parameter
+                nn.Module.register_parameter = self._patched  # type: ignore[method-assign]
+            self._users += 1
+        depth = getattr(self._inside, "depth", 0)
+        self._inside.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._inside.depth = depth
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    nn.Module.register_parameter = self._original  # type: ignore[method-assign]
+
+    def _register(self, module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        inside = getattr(self._inside, "depth", 0) > 0
+        if inside and param is not None and not param.is_meta:
             moved = type(param)(param.data.to("meta"), requires_grad=param.requires_grad)
             moved.__dict__.update(param.__dict__)
             param = moved
-        register(module, name, param)
+        assert self._original is not None
+        self._original(module, name, param)
 
-    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+_META_PARAMETERS = _MetaParameters()
 
 
 def _load_assigned(

@@ -249,6 +249,32 @@ def test_build_loaded_keeps_ties_frozen_flags_and_model_dtypes(tmp_path, needs_v
         build_loaded(lambda: _Tied(needs_values), state, "w.safetensors")
 
 
+def test_meta_parameters_touch_only_the_loading_thread() -> None:
+    """While one thread builds a model on meta, a model another thread builds is real, and
+    nn.Module is restored once every loading thread is done."""
+    import threading
+
+    from anytok.checkpoint import _META_PARAMETERS
+
+    original = torch.nn.Module.register_parameter
+    inside, release, built = threading.Event(), threading.Event(), {}
+
+    def load_in_thread() -> None:
+        with _META_PARAMETERS.active():
+            inside.set()
+            release.wait(timeout=30)
+            built["loading"] = torch.nn.Linear(3, 4)
+
+    thread = threading.Thread(target=load_in_thread)
+    thread.start()
+    assert inside.wait(timeout=30)
+    built["other"] = torch.nn.Linear(3, 4)  # this thread, while the other is inside
+    release.set()
+    thread.join(timeout=30)
+    assert built["loading"].weight.is_meta and not built["other"].weight.is_meta
+    assert torch.nn.Module.register_parameter is original
+
+
 def test_a_loaded_model_saved_over_its_own_checkpoint_still_runs(tmp_path) -> None:
     """Loaded parameters are pages of the memory-mapped file; save_checkpoint replaces the
     file by a rename (never rewriting it in place), so the live model keeps its weights."""
