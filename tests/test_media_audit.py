@@ -22,6 +22,7 @@ from anytok.media import (
     MediaError,
     MediaLimits,
     audio_length,
+    iter_video,
     load_audio,
     load_image,
     load_video,
@@ -31,6 +32,7 @@ from anytok.media import (
     save_image,
 )
 from anytok.media.audio import RESAMPLE_FILTER, _resample_direct
+from anytok.media.video import VideoClip
 from anytok.pipeline import InputFormat, _fit, load_input
 
 
@@ -329,6 +331,46 @@ def test_rotated_video_is_turned_upright(tmp_path: Path) -> None:
     assert upside.video.shape == (3, 3, 32, 48)
     assert float(upside.video[1, 0, -4:].mean()) > 0.9  # top -> bottom
     assert load_video(portrait, size=(16, 16)).video.shape == (3, 3, 16, 16)
+
+
+def _left_band_video(path: Path, sar: Fraction) -> Path:
+    """3 frames of 48x32 stored pixels with sample aspect ratio ``sar``, the left quarter
+    (12 columns) green."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = sar
+        for _ in range(3):
+            array = np.zeros((32, 48, 3), np.uint8)
+            array[:, :12, 1] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def test_non_square_pixels_are_shown_as_a_player_shows_them(tmp_path: Path) -> None:
+    """An anamorphic stream (SAR 2:1) is read at its displayed size, 96x32 (FFmpeg's
+    scale=iw*sar:ih), so cover-and-crop sees the displayed picture."""
+    plain = load_video(_left_band_video(tmp_path / "plain.mp4", Fraction(1)))
+    wide_path = _left_band_video(tmp_path / "wide.mp4", Fraction(2))
+    with av.open(str(wide_path)) as container:
+        assert container.streams.video[0].sample_aspect_ratio == Fraction(2)
+    wide = load_video(wide_path)
+    assert plain.video.shape == (3, 3, 32, 48) and plain.original_size == (32, 48)
+    assert wide.video.shape == (3, 3, 32, 96) and wide.original_size == (32, 96)
+
+    def green_columns(clip: VideoClip) -> int:
+        return int((clip.video[1, 0, 16] > 0).sum())
+
+    assert green_columns(plain) == 12 and abs(green_columns(wide) - 24) <= 1
+    chunks = list(iter_video(wide_path, 2))
+    assert torch.equal(torch.cat(chunks, dim=1), wide.video)
+    # 16x16 cover-crops: the plain picture's crop keeps 2 green columns at its left edge;
+    # the displayed wide one (16x48 before the crop) has its green band outside the crop.
+    assert float(load_video(plain.path, size=16).video[1, 0, :, 0].mean()) > 0.5
+    assert float(load_video(wide_path, size=16).video[1, 0].max()) < -0.5
 
 
 def test_pipeline_resizes_video_frames_while_decoding(tmp_path: Path) -> None:

@@ -51,11 +51,10 @@ class VideoClip:
         original_fps: the file's own frame rate.
         original_frames: frames in the file's video stream as its header states (0 when the
             container does not say, e.g. Matroska).
-        original_size: ``(height, width)`` of the file's frames as stored, turned as its
-            display matrix asks (a portrait phone video gives ``(1920, 1080)``). Non-square
-            pixels (a sample aspect ratio other than 1:1, as on anamorphic DVD / HDV) are not
-            stretched: a 720x576 frame with SAR 16:11 stays 720 wide, not the 1047 it is
-            displayed at.
+        original_size: ``(height, width)`` of the file's frames as displayed: turned as its
+            display matrix asks (a portrait phone video gives ``(1920, 1080)``), and with
+            non-square pixels made square (a sample aspect ratio other than 1:1, as on
+            anamorphic DVD / HDV: a 720x576 frame with SAR 16:11 is 1047 wide).
     """
 
     video: Tensor
@@ -96,9 +95,9 @@ def load_video(
         size: ``(height, width)`` or an int for a square: each frame is resized to cover it
             and centre-cropped. None keeps the file's size. Frames are first turned upright
             (and mirrored) as the file's display matrix says (portrait phone videos, front
-            cameras), as FFmpeg's ``autorotate`` does. Non-square pixels are ignored: frames
-            keep their stored size and aspect (no SAR correction), so cover-and-crop sees the
-            stored picture, not the displayed one.
+            cameras), as FFmpeg's ``autorotate`` does, and non-square pixels are made
+            square (width times the sample aspect ratio, FFmpeg's ``scale=iw*sar:ih``), so
+            frames and cover-and-crop see the picture a player shows.
         limits: sanity limits; :data:`DEFAULT_LIMITS` when None.
         transform: called on each kept frame as it decodes, upright uint8 ``(3, H, W)``
             (after ``size``), in order, once per source frame; it returns a ``(3, h, w)``
@@ -245,7 +244,9 @@ def _decode_frames(
         try:
             for frame in frames:
                 if decoded == 0:
-                    width, height = frame.width, frame.height
+                    _check_frame_size(p, frame.width, frame.height, limits)
+                    # square pixels, as a player shows the frame (FFmpeg's scale=iw*sar:ih)
+                    width, height = _display_width(frame.width, stream), frame.height
                     _check_frame_size(p, width, height, limits)
                     selector.orient = _orientation(frame, stream)
                 if frame.time is None:
@@ -490,6 +491,16 @@ def _frames_from(
     with contextlib.suppress(*FFMPEG_ERRORS):
         container.seek(0)
     yield from container.decode(stream)
+
+
+def _display_width(width: int, stream: av.video.stream.VideoStream) -> int:
+    """The width a frame of ``width`` stored pixels is shown at: times the stream's sample
+    aspect ratio (anamorphic DVD / HDV store 16:9 pictures in 720 or 1440 columns of
+    non-square pixels); ``width`` itself when the file states none or 1:1."""
+    sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    if not sar or sar <= 0 or sar == 1:
+        return width
+    return max(1, round(width * sar))
 
 
 def _frame_tensor(
