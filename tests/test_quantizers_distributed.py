@@ -1,6 +1,7 @@
 """Two CPU ranks (gloo) train VQ-family quantizers on different data: every codebook statistic
-is all-reduced and every random choice (k-means seeds, revived codes, quantizer-dropout level
-counts) is made on rank 0 and broadcast, so both ranks must end with identical state."""
+is all-reduced and every random choice (k-means seeds and revived codes, drawn from every
+rank's rows; quantizer-dropout level counts) is made on rank 0 and broadcast, so both ranks
+must end with identical state."""
 
 from __future__ import annotations
 
@@ -182,8 +183,9 @@ def test_rank0_only_eval_forward_runs_no_collective() -> None:
 
 
 def _seed_sampling_worker(rank: int, port: int) -> None:
-    """k-means seeds are drawn from every rank's rows: rank 0 holding none (a batch of
-    padding) or few no longer leaves zero or repeated seeds."""
+    """k-means seeds and revived codes are drawn from every rank's rows: rank 0 holding
+    none (a batch of padding), only NaN, or few no longer leaves zero or repeated seeds, or
+    dead codes that no row replaces."""
     from anytok.quantizers.vq import sample_rows_synced
 
     _join_gloo(rank, port)
@@ -212,11 +214,35 @@ def _seed_sampling_worker(rank: int, port: int) -> None:
                 assert all(v >= 1000 for v in values)
             if name == "both":  # drawn from both ranks' rows
                 assert any(v < 1000 for v in values) and any(v >= 1000 for v in values)
+
+        # Dead-code revival draws from the same pool: 10 dead codes of 16.
+        revival_cases = {"rank 0 empty": (0, 5), "rank 0 all NaN": (4, 30), "both": (6, 9)}
+        for name, sizes in revival_cases.items():
+            vq = VectorQuantize(3, 16, threshold_ema_dead_code=1.0).train()
+            with torch.no_grad():
+                vq.embedding.fill_(-1.0)
+                vq.ema_cluster_size.copy_(torch.arange(16.0) >= 10)
+            x = rows(sizes[rank])
+            if rank == 0 and name == "rank 0 all NaN":
+                x[:] = float("nan")
+            replaced = int(vq.revive_dead_codes_(x))
+            finite = [sizes[1], sizes[1], sum(sizes)][list(revival_cases).index(name)]
+            assert replaced == min(10, finite), f"{name}: {replaced} codes revived"
+            _assert_same_on_all_ranks(f"{name}: codebook", vq.embedding)
+            _assert_same_on_all_ranks(f"{name}: counts", vq.ema_cluster_size)
+            revived = vq.embedding[:10][vq.embedding[:10, 0] != -1.0]
+            assert revived.shape[0] == replaced and bool(torch.isfinite(revived).all()), name
+            assert bool(vq.embedding[10:].eq(-1.0).all()), f"{name}: a live code was replaced"
+            values = revived[:, 0].tolist()
+            pool = {1000.0 * r + i for r in range(WORLD_SIZE) for i in range(sizes[r])}
+            assert set(values) <= pool and len(set(values)) == replaced, f"{name}: {values}"
+            if name != "both":  # rank 0 had no finite row: all from rank 1
+                assert all(v >= 1000 for v in values), name
     finally:
         dist.destroy_process_group()
 
 
 @needs_gloo
 @pytest.mark.timeout(DEADLINE_S + 60)
-def test_kmeans_seeds_come_from_every_ranks_rows() -> None:
+def test_kmeans_seeds_and_revivals_come_from_every_ranks_rows() -> None:
     spawn_ranks(_seed_sampling_worker, (free_port(),), WORLD_SIZE, DEADLINE_S)

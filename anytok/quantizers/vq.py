@@ -112,46 +112,60 @@ def relevel_metrics(metrics: dict[str, Tensor], level: int | str) -> dict[str, T
     return {f"{name.rsplit('/', 1)[0]}/{level}": value for name, value in metrics.items()}
 
 
-def _is_rank_zero() -> bool:
-    return not is_distributed() or dist.get_rank() == 0
-
-
 def _draw_revivals(dead: Tensor, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """Pair dead codes with distinct random rows of ``x (n, c)``, without a host sync.
+    """Pair dead codes with distinct random rows of ``x (n, c)``, without a host sync (one
+    process; :func:`_draw_revivals_synced` under torch.distributed).
 
     ``dead (k,)`` bool. Returns ``m = min(k, n)`` distinct slots: ``codes (m,)`` long,
     ``revived (m,)`` bool (the slots that hold a dead code and got a finite row) and
     ``rows (m, c)`` in ``dtype``, a distinct random row of ``x`` per slot, finite rows first.
     With ``n < k`` the slots are the dead codes in a uniformly random order, then live ones.
-    A row holding NaN or Inf never revives a code (its slot is not ``revived``). Non-zero
-    ranks of a distributed run draw nothing (``m = 0``): rank 0's draw is broadcast.
+    A row holding NaN or Inf never revives a code (its slot is not ``revived``).
     """
     k, n = dead.shape[0], x.shape[0]
-    if not _is_rank_zero():
-        n = 0
     m = min(k, n)
     if m == k:  # every code has a slot
         codes = torch.arange(k, device=dead.device)
     else:  # the m smallest of random keys, dead codes' keys below live ones'
         keys = torch.rand(k, device=dead.device).masked_fill_(~dead, 2.0)
         codes = keys.topk(m, largest=False, sorted=False).indices
-    finite = finite_rows(x[:n])  # no rows (and no random numbers) off rank 0
+    finite = finite_rows(x)
     pick = _random_rows_finite_first(finite, m)
     return codes, dead[codes] & finite[pick], x[pick].to(dtype)
 
 
-def _share_revivals(codes: Tensor, revived: Tensor, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Broadcast rank 0's revived ``codes`` and ``rows`` (only the slots that revive a code)."""
-    count = broadcast_(revived.sum().reshape(1))
-    num = int(count)  # the one host sync: the broadcasts below need its size
-    if _is_rank_zero():
-        codes, rows = codes[revived], rows[revived].contiguous()
-    else:
-        codes = codes.new_empty(num)
-        rows = rows.new_empty(num, rows.shape[-1])
-    broadcast_(codes)
-    broadcast_(rows)
-    return codes, torch.ones_like(codes, dtype=torch.bool), rows
+def _draw_revivals_synced(
+    dead: Tensor, x: Tensor, dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_draw_revivals` under torch.distributed: replacement rows come from every
+    rank's rows (as vector-quantize-pytorch's ``sample_vectors_distributed``), so a rank
+    holding few or no finite rows (a batch of padding on rank 0) no longer stops revival.
+
+    ``dead (k,)`` is the same on every rank (the EMA counts are all-reduced). One all-reduce
+    of the ranks' row counts and rank 0's dead count, read on the host (the one sync), sizes
+    the draw: ``r = min(dead codes, finite rows of all ranks)``. Rank 0 draws ``r`` dead codes
+    and ``r`` distinct finite rows of the pool and broadcasts them; each rank fills in its
+    rows and an all-reduce gives every rank the same ``(r, c)`` rows. Only revived rows move.
+    """
+    world, rank = dist.get_world_size(), dist.get_rank()
+    finite = finite_rows(x)
+    counts = torch.zeros(2 * world + 1, dtype=torch.int64, device=x.device)
+    counts[rank], counts[world + rank] = x.shape[0], finite.sum()
+    if rank == 0:
+        counts[-1] = dead.sum()
+    values = all_reduce_sum_(counts).tolist()
+    rows, finite_counts, num_dead = values[:world], values[world:-1], values[-1]
+    r = min(num_dead, sum(finite_counts))
+    drawn = torch.zeros(2, r, dtype=torch.int64, device=x.device)
+    if r == 0:
+        return drawn[0], drawn[0].bool(), x.new_zeros(0, x.shape[-1]).to(dtype)
+    if rank == 0:
+        keys = torch.rand(dead.shape[0], device=dead.device).masked_fill_(~dead, 2.0)
+        drawn[0] = keys.topk(r, largest=False, sorted=False).indices
+        drawn[1] = torch.randperm(sum(finite_counts), device=x.device)[:r]
+    broadcast_(drawn)
+    picked = _pool_rows(x, finite, rows, finite_counts, drawn[1])
+    return drawn[0], torch.ones(r, dtype=torch.bool, device=x.device), picked.to(dtype)
 
 
 def read_kmeans_flags_(layers: Sequence[VectorQuantize]) -> None:
@@ -214,18 +228,35 @@ def sample_rows_synced(x: Tensor, num: int) -> Tensor:
         else:
             ids.copy_(torch.randint(0, total_finite or total, (num,), device=x.device))
     broadcast_(ids)
+    return _pool_rows(x, finite, rows, finite_counts, ids)
+
+
+def _pool_rows(
+    x: Tensor, finite: Tensor, rows: list[int], finite_counts: list[int], ids: Tensor
+) -> Tensor:
+    """Rows ``ids (m,)`` of the pool of every rank's rows, the same ``(m, c)`` on every rank.
+
+    The pool numbers the finite rows rank by rank, then the others rank by rank (``rows`` and
+    ``finite_counts`` per rank, as every rank read them); each rank fills in the ids it holds
+    and an all-reduce sums. No host sync: the j-th finite (other) row of this rank is found
+    by a search in the running count of its finite (other) rows.
+    """
+    rank = dist.get_rank()
+    total_finite = sum(finite_counts)
     first_finite = sum(finite_counts[:rank])
     first_other = total_finite + sum(rows[:rank]) - first_finite
-    local = torch.cat([finite.nonzero()[:, 0], (~finite).nonzero()[:, 0]])
     starts = torch.tensor([first_finite, first_other], device=x.device)
     sizes = torch.tensor([finite_counts[rank], rows[rank] - finite_counts[rank]], device=x.device)
     in_other = (ids >= total_finite).long()
     offset = ids - starts[in_other]
     mine = (offset >= 0) & (offset < sizes[in_other])
-    position = offset + in_other * sizes[0]  # index into ``local``
-    out = x.new_zeros(num, x.shape[-1])
-    picked = position[mine]
-    out[mine] = x[local[picked]]
+    out = x.new_zeros(ids.shape[0], x.shape[-1])
+    n = x.shape[0]
+    if n > 0:
+        running = torch.stack([finite.cumsum(0), (~finite).cumsum(0)])  # (2, n)
+        local = torch.searchsorted(running, (offset + 1).clamp(min=1).expand(2, -1))
+        index = local.gather(0, in_other.unsqueeze(0))[0].clamp(max=n - 1)
+        out = torch.where(mine.unsqueeze(-1), x[index], out)
     return all_reduce_sum_(out)
 
 
@@ -353,7 +384,8 @@ class VectorQuantize(Quantizer):
         kmeans_iters: Lloyd iterations of that k-means.
         threshold_ema_dead_code: codes whose EMA count (expected hits per batch, summed
             over ranks, with ``decay``) falls below this are replaced by random vectors of the
-            current batch (drawn on rank 0 and broadcast); ``0`` turns revival off.
+            current batch (drawn by rank 0 from every rank's rows and broadcast); ``0`` turns
+            revival off.
         rotation_trick: rotation-trick gradients instead of straight-through.
         usage_window: batches over which :class:`CodeUsageTracker` reports usage metrics.
         memory_budget: bytes of one chunk of the distance search (see ``nearest_codeword``).
@@ -597,15 +629,17 @@ class VectorQuantize(Quantizer):
         fixed number of slots, ``min(k, n)``, not on a list of the dead codes, so a step with
         revival on (EnCodec: 32 codebooks) launches without a host sync.
 
-        Every rank sees the same EMA counts (all-reduced), hence the same dead codes; rank 0
-        draws the replacements and broadcasts the revived codes and rows only. Sizing that
-        broadcast reads the count on the host: one sync per codebook and step under
-        torch.distributed, traded for not moving ``min(k, n)`` rows every step.
+        Every rank sees the same EMA counts (all-reduced), hence the same dead codes; the
+        replacement rows are drawn from every rank's rows (:func:`_draw_revivals_synced`) and
+        only the revived codes and rows move. Sizing that draw reads one count on the host:
+        one sync per codebook and step under torch.distributed, traded for not moving
+        ``min(k, n)`` rows every step.
         """
         dead = self.ema_cluster_size < self.threshold_ema_dead_code
-        codes, revived, rows = _draw_revivals(dead, x, self.embedding.dtype)
         if is_distributed():
-            codes, revived, rows = _share_revivals(codes, revived, rows)
+            codes, revived, rows = _draw_revivals_synced(dead, x, self.embedding.dtype)
+        else:
+            codes, revived, rows = _draw_revivals(dead, x, self.embedding.dtype)
         threshold = float(self.threshold_ema_dead_code)
         take = revived.unsqueeze(-1)
         embedding = self.embedding.data
