@@ -177,7 +177,7 @@ def build_loaded(
 
     The model is first built with its parameters on the meta device, so no random
     initialisation runs and no second copy of the weights is held: the checkpoint's tensors
-    become the parameters (cast to the model's float precision). A model that computes
+    become the parameters (cast to the model's dtypes, as a copy would). A model that computes
     something from its parameter values while it is built, or keeps a parameter outside the
     state dict, cannot be built that way; it is built normally and the weights are copied in.
     ``droppable(key)`` says which checkpoint keys the model may lack without an error.
@@ -273,7 +273,7 @@ def _load_assigned(
     droppable: Callable[[str], bool] | None,
 ) -> None:
     """Make ``state``'s tensors the model's parameters and buffers (cast to the model's
-    float dtypes), keeping every tie: names that shared one tensor share one again."""
+    dtypes), keeping every tie: names that shared one tensor share one again."""
     own = model.state_dict(keep_vars=True)
     state = _without_droppable(state, own, droppable)
     aliases: dict[int, list[str]] = {}
@@ -286,10 +286,8 @@ def _load_assigned(
             if saved is not None and name not in state:
                 state[name] = state[saved]
     check_state_matches(own, state, source)
-    cast = {}
-    for name, value in state.items():
-        want = own[name].dtype
-        cast[name] = value.to(want) if value.dtype != want and value.is_floating_point() else value
+    # Kinds match (checked above); precisions are the model's, as a copy would make them.
+    cast = {name: value.to(own[name].dtype) for name, value in state.items()}
     model.load_state_dict(cast, strict=True, assign=True)
     for names in groups:
         tensors = _owners(model, names)

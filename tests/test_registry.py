@@ -205,8 +205,8 @@ def test_strict_loading_lists_missing_and_unexpected_keys(tmp_path) -> None:
 
 
 class _Tied(torch.nn.Module):
-    """An embedding tied to an output layer, a shared buffer, a frozen parameter, and a
-    buffer computed at build time (not in the state dict)."""
+    """An embedding tied to an output layer, a shared buffer, a frozen parameter, an int64
+    buffer, and a buffer computed at build time (not in the state dict)."""
 
     def __init__(self, needs_values: bool = False) -> None:
         super().__init__()
@@ -218,6 +218,7 @@ class _Tied(torch.nn.Module):
         self.register_buffer("table", torch.arange(6.0))
         self.norm.register_buffer("table", self.table)
         self.register_buffer("window", torch.hann_window(8), persistent=False)
+        self.register_buffer("steps", torch.tensor([3, 5]))  # int64
         if needs_values:  # a builder that reads a parameter's value: no meta build
             self.scale = float(self.norm.bias.detach().sum())
 
@@ -235,13 +236,15 @@ def test_build_loaded_keeps_ties_frozen_flags_and_model_dtypes(tmp_path, needs_v
     save_model(source, str(tmp_path / "w.safetensors"))  # drops the tied duplicates
     state = load_file(str(tmp_path / "w.safetensors"))
     assert len(state) < len(source.state_dict())
-    state = {k: v.to(torch.bfloat16) for k, v in state.items()}  # a bf16 export
+    # a bf16 export, whose writer kept its integers in int32
+    narrower = {True: torch.bfloat16, False: torch.int32}
+    state = {k: v.to(narrower[v.is_floating_point()]) for k, v in state.items()}
     model = build_loaded(lambda: _Tied(needs_values), state, "w.safetensors")
     assert model.out.weight is model.embed.weight and model.norm.table is model.table
     assert not model.norm.weight.requires_grad and model.norm.bias.requires_grad
-    assert all(t.dtype == torch.float32 for t in model.state_dict().values())
-    for key, value in source.state_dict().items():
-        expected = value.to(torch.bfloat16).float()
+    for key, value in source.state_dict().items():  # the model's dtypes, fp32 and int64
+        expected = value.to(narrower[value.is_floating_point()]).to(value.dtype)
+        assert model.state_dict()[key].dtype == value.dtype, key
         torch.testing.assert_close(model.state_dict()[key], expected, rtol=0, atol=0)
     torch.testing.assert_close(model.window, torch.hann_window(8))
     del state["norm.bias"]
