@@ -172,6 +172,7 @@ def build_loaded(
     source: str,
     *,
     droppable: Callable[[str], bool] | None = None,
+    cannot_build: str | None = None,
 ) -> nn.Module:
     """``build()`` a model and load ``state`` into it strictly (see :func:`load_state_dict_strict`).
 
@@ -181,14 +182,21 @@ def build_loaded(
     something from its parameter values while it is built, or keeps a parameter outside the
     state dict, cannot be built that way; it is built normally and the weights are copied in.
     ``droppable(key)`` says which checkpoint keys the model may lack without an error.
-    Tied weights (saved once by ``save_model``) are tied again.
+    Tied weights (saved once by ``save_model``) are tied again. With ``cannot_build``, a
+    builder's ``TypeError`` / ``ValueError`` / ``KeyError`` (arguments it refuses) becomes a
+    :class:`CheckpointError` with that prefix.
     """
     model = _build_without_init(build)
     if model is not None:
         _load_assigned(model, state, source, droppable)
         if not _has_meta_tensors(model):
             return model
-    model = build()  # the fallback: random initialisation, then a copy of the weights
+    try:
+        model = build()  # the fallback: random initialisation, then a copy of the weights
+    except (TypeError, ValueError, KeyError) as err:
+        if cannot_build is None:
+            raise
+        raise CheckpointError(f"{cannot_build} ({type(err).__name__}: {err})") from err
     own = model.state_dict()
     state = _without_droppable(state, own, droppable)
     # Empty tensors are skipped: they may all report the same data pointer.
@@ -334,6 +342,17 @@ def _dtype_kind(dtype: torch.dtype) -> str:
     return "float" if dtype.is_floating_point else "integer"
 
 
+def read_weights(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file ``path``; an unreadable file is a
+    :class:`CheckpointError` naming it (and saying so when it looks like a pickle)."""
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(
+            f"{path}: cannot read safetensors file ({err}){_pickle_hint(path)}"
+        ) from err
+
+
 def _pickle_hint(path: Path) -> str:
     """A hint when ``path`` starts like a ``torch.save`` file (a zip archive or a raw pickle)
     rather than safetensors (an 8-byte header length, then JSON)."""
@@ -381,20 +400,12 @@ def load_checkpoint(
             f"{config_file}: architecture {arch!r} is not registered in this anytok "
             "(a typo, or a checkpoint of a newer version?); `anytok list` shows every name"
         ) from err
-    try:
-        state = load_file(str(weights), device=device)
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(
-            f"{weights}: cannot read safetensors file ({err}){_pickle_hint(weights)}"
-        ) from err
-    try:
-        model = build_loaded(lambda: info.builder(**config["config"]), state, str(weights))
-    except (TypeError, ValueError, KeyError) as err:
-        if isinstance(err, CheckpointError):
-            raise
-        raise CheckpointError(
-            f"{config_file}: cannot build {arch!r} from its 'config' ({type(err).__name__}: {err})"
-        ) from err
+    model = build_loaded(
+        lambda: info.builder(**config["config"]),
+        read_weights(weights, device),
+        str(weights),
+        cannot_build=f"{config_file}: cannot build {arch!r} from its 'config'",
+    )
     attach_identity(
         model,
         info.name,

@@ -473,12 +473,12 @@ def _sequential_blocks(p: Path, limits: MediaLimits) -> Iterator[Any]:
     if mismatch is not None and not is_iso_bmff(p):
         raise mismatch
     if p.suffix.lower() in FFMPEG_AUDIO_EXTENSIONS or mismatch is not None:
-        return _ffmpeg_blocks(p, limits, mismatch, bounded=False)
+        return _ffmpeg_blocks(p, limits, mismatch, held=0.0)
     try:
         info = sf.info(_sf_path(p))
     except (sf.SoundFileError, RuntimeError, OSError) as err:
         if sniff(p) == _M4A:
-            return _ffmpeg_blocks(p, limits, None, bounded=False)
+            return _ffmpeg_blocks(p, limits, None, held=0.0)
         raise unreadable(p, "audio", _sf_detail(err)) from err
     _check_header(p, info.samplerate, info.channels, 0.0, limits)
     return _soundfile_blocks(p)
@@ -682,12 +682,8 @@ def _decode_with_ffmpeg(
     window's samples are kept, and decoding stops at its end; ``limits.max_audio_seconds``
     bounds the window. ``no_audio`` is the error to raise when the file holds no audio
     stream."""
-    whole = window.duration is None
-    blocks = _ffmpeg_blocks(p, limits, no_audio, bounded=whole)
+    blocks = _ffmpeg_blocks(p, limits, no_audio, held=window.duration)
     rate, channels = next(blocks)
-    if not whole:
-        assert window.duration is not None
-        _check_header(p, rate, channels, window.duration, limits)
     start, stop = window.read_range(rate)
     parts: list[np.ndarray] = []
     position = 0  # file samples decoded so far
@@ -706,12 +702,12 @@ def _decode_with_ffmpeg(
 
 
 def _ffmpeg_blocks(
-    p: Path, limits: MediaLimits, no_audio: MediaError | None, bounded: bool
+    p: Path, limits: MediaLimits, no_audio: MediaError | None, held: float | None
 ) -> Iterator[Any]:
     """The first audio stream's ``(rate, channels)``, then its samples as ``(S, C)``
-    float32 blocks in order (PyAV). ``bounded``: the stream's length is held to
-    ``limits.max_audio_seconds`` (by its header, and as it decodes, for a header that
-    understates it); otherwise a caller holds only part of it."""
+    float32 blocks in order (PyAV). ``held``: the seconds the caller keeps, checked against
+    ``limits.max_audio_seconds`` with the header; None: the whole stream, held to the limit
+    by its header and, for a header that understates it, as it decodes."""
     try:
         container = av.open(str(p))
     except FFMPEG_ERRORS as err:
@@ -721,10 +717,10 @@ def _ffmpeg_blocks(
         if stream is None:
             raise no_audio or MediaError(p, "holds no audio stream")
         rate, channels = int(stream.codec_context.sample_rate or 0), stream.channels
-        seconds = _stream_seconds(container, stream) if bounded else 0.0
+        seconds = _stream_seconds(container, stream) if held is None else held
         _check_header(p, rate, channels, seconds, limits)
         yield rate, channels
-        max_samples = limits.max_audio_seconds * rate if bounded else math.inf
+        max_samples = limits.max_audio_seconds * rate if held is None else math.inf
         resampler = av.AudioResampler(format="fltp")  # planar float32, same layout and rate
         total = 0
         try:

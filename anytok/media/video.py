@@ -247,7 +247,8 @@ def _decode_frames(
                     _check_frame_size(p, frame.width, frame.height, limits)
                     # square pixels, as a player shows the frame (FFmpeg's scale=iw*sar:ih)
                     width, height = _display_width(frame.width, stream), frame.height
-                    _check_frame_size(p, width, height, limits)
+                    if width != frame.width:
+                        _check_frame_size(p, width, height, limits)
                     selector.orient = _orientation(frame, stream)
                 if frame.time is None:
                     t = last_t + dt if decoded else 0.0

@@ -147,19 +147,13 @@ def _draw_revivals_synced(
     and ``r`` distinct finite rows of the pool and broadcasts them; each rank fills in its
     rows and an all-reduce gives every rank the same ``(r, c)`` rows. Only revived rows move.
     """
-    world, rank = dist.get_world_size(), dist.get_rank()
     finite = finite_rows(x)
-    counts = torch.zeros(2 * world + 1, dtype=torch.int64, device=x.device)
-    counts[rank], counts[world + rank] = x.shape[0], finite.sum()
-    if rank == 0:
-        counts[-1] = dead.sum()
-    values = all_reduce_sum_(counts).tolist()
-    rows, finite_counts, num_dead = values[:world], values[world:-1], values[-1]
+    rows, finite_counts, num_dead = _rank_row_counts(x, finite, rank0_extra=dead.sum())
     r = min(num_dead, sum(finite_counts))
     drawn = torch.zeros(2, r, dtype=torch.int64, device=x.device)
     if r == 0:
         return drawn[0], drawn[0].bool(), x.new_zeros(0, x.shape[-1]).to(dtype)
-    if rank == 0:
+    if dist.get_rank() == 0:
         keys = torch.rand(dead.shape[0], device=dead.device).masked_fill_(~dead, 2.0)
         drawn[0] = keys.topk(r, largest=False, sorted=False).indices
         drawn[1] = torch.randperm(sum(finite_counts), device=x.device)[:r]
@@ -211,16 +205,13 @@ def sample_rows_synced(x: Tensor, num: int) -> Tensor:
     """
     if not is_distributed():
         return _sample_rows_local(x, num)
-    world, rank = dist.get_world_size(), dist.get_rank()
     finite = finite_rows(x)
-    counts = torch.zeros(2, world, dtype=torch.int64, device=x.device)
-    counts[0, rank], counts[1, rank] = x.shape[0], finite.sum()
-    rows, finite_counts = all_reduce_sum_(counts).tolist()
+    rows, finite_counts, _ = _rank_row_counts(x, finite)
     total, total_finite = sum(rows), sum(finite_counts)
     # A pool of every rank's rows, finite ones first: [0, F) are the finite rows rank by
     # rank, [F, total) the others. Rank 0 draws ids in it and broadcasts them.
     ids = torch.zeros(num, dtype=torch.int64, device=x.device)
-    if rank == 0 and total > 0:
+    if dist.get_rank() == 0 and total > 0:
         if total >= num:
             finite_ids = torch.randperm(total_finite, device=x.device)
             other_ids = total_finite + torch.randperm(total - total_finite, device=x.device)
@@ -229,6 +220,20 @@ def sample_rows_synced(x: Tensor, num: int) -> Tensor:
             ids.copy_(torch.randint(0, total_finite or total, (num,), device=x.device))
     broadcast_(ids)
     return _pool_rows(x, finite, rows, finite_counts, ids)
+
+
+def _rank_row_counts(
+    x: Tensor, finite: Tensor, rank0_extra: Tensor | None = None
+) -> tuple[list[int], list[int], int]:
+    """Every rank's row count and finite-row count (``finite (n,)`` is this rank's mask),
+    and rank 0's ``rank0_extra`` count, from one all-reduce read on the host (the sync)."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    counts = torch.zeros(2 * world + 1, dtype=torch.int64, device=x.device)
+    counts[rank], counts[world + rank] = x.shape[0], finite.sum()
+    if rank == 0 and rank0_extra is not None:
+        counts[-1] = rank0_extra
+    values = all_reduce_sum_(counts).tolist()
+    return values[:world], values[world:-1], values[-1]
 
 
 def _pool_rows(

@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from anytok.checkpoint import (
@@ -20,6 +18,7 @@ from anytok.checkpoint import (
     build_loaded,
     load_checkpoint,
     read_config,
+    read_weights,
     save_checkpoint,
 )
 from anytok.registry import UnknownModelError, attach_identity, create_model, get_arch
@@ -102,22 +101,13 @@ def _load_without_teachers(directory: Path) -> nn.Module:
     except UnknownModelError as err:
         raise CheckpointError(f"{cannot_build} ({type(err).__name__}: {err})") from err
     file = directory / WEIGHTS_NAME
-    try:
-        saved = load_file(str(file))
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{file}: cannot read safetensors file ({err})") from err
-    try:
-        # only the teachers' projectors may go; any other surplus key still fails
-        slim = build_loaded(
-            lambda: info.builder(**config),
-            saved,
-            str(file),
-            droppable=lambda key: TEACHER_WEIGHTS.search(key) is not None,
-        )
-    except (TypeError, ValueError, KeyError) as err:
-        if isinstance(err, CheckpointError):
-            raise
-        raise CheckpointError(f"{cannot_build} ({type(err).__name__}: {err})") from err
+    slim = build_loaded(  # only the teachers' projectors may go; any other surplus key fails
+        lambda: info.builder(**config),
+        read_weights(file),
+        str(file),
+        droppable=lambda key: TEACHER_WEIGHTS.search(key) is not None,
+        cannot_build=cannot_build,
+    )
     attach_identity(slim, info.name, config, tag=meta.get("trained_from") or "local")
     return slim
 
