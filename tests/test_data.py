@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,47 @@ def test_audio_segments_decode_only_the_crop_and_match_the_whole_decode(
         assert a.shape == (1, 2400)
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     assert len({float(w.sum()) for w in windowed}) == 5  # different crops
+
+
+def test_audio_segments_seek_ffmpeg_files_to_the_crop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An M4A states no exact length: its header's estimate picks the crop and FFmpeg seeks
+    # to it (exact=False) instead of decoding up to it; MP4 places samples exactly, so the
+    # crops are those of cropping the whole decode.
+    import av
+
+    import anytok.data.datasets as datasets_module
+    import anytok.media.audio as audio_module
+
+    rng = np.random.default_rng(0)
+    pcm = rng.integers(-3000, 3000, (1, 16000 * 8), dtype=np.int16)
+    with av.open(str(tmp_path / "long.m4a"), "w") as container:
+        stream = container.add_stream("alac", rate=16000, layout="mono")
+        for first in range(0, pcm.shape[1], 4096):
+            frame = av.AudioFrame.from_ndarray(pcm[:, first : first + 4096].copy(), "s16p", "mono")
+            frame.sample_rate, frame.pts = 16000, first
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    starts: list[int] = []
+    seek = audio_module._audio_frames
+
+    def spy(container: Any, stream: Any, rate: int, start: int) -> Any:
+        first, frames = seek(container, stream, rate, start)
+        starts.append(first)
+        return first, frames
+
+    monkeypatch.setattr(audio_module, "_audio_frames", spy)
+    ds = AudioSegments(scan_sources(tmp_path, "audio"), 16000, 1, 4000)
+    sought = [ds[(0, seed)]["media"] for seed in range(4)]
+    assert max(starts) > 16000  # the crops were sought to, not decoded up to
+    monkeypatch.setattr(datasets_module, "audio_duration", lambda path: None)  # no estimate
+    whole = [ds[(0, seed)]["media"] for seed in range(4)]
+    for a, b in zip(sought, whole, strict=True):
+        assert a.shape == (1, 4000) and torch.equal(a, b)
+    assert len({float(w.sum()) for w in sought}) == 4  # different crops
 
 
 def test_image_and_video_crops(data_root: Path) -> None:
@@ -551,6 +593,13 @@ def test_training_data_benchmark_smoke(tmp_path: Path) -> None:
     report = run_smoke("training_data", tmp_path, timeout=300)
     rows, memory = report["rows"], report["hd_clip_memory"]
     assert 0 < memory["frame_peak_mib"] < memory["clip_peak_mib"]
-    assert [r["kind"] for r in rows] == ["audio", "video"]
-    assert all(r["max_abs_difference"] == 0 and r["window_ms"] > 0 for r in rows)
+    assert [(r["kind"], r["file"]) for r in rows] == [
+        ("audio", "long.flac"),
+        ("audio", "long.m4a"),
+        ("video", "long.mp4"),
+    ]
+    exact = [rows[0], rows[2]]
+    assert all(r["max_abs_difference"] == 0 and r["snr_db"] == math.inf for r in exact)
+    assert rows[1]["snr_db"] > 10  # AAC: aligned crops, other synthesized noise
+    assert all(r["window_ms"] > 0 for r in rows)
     assert "| crop only ms |" in (tmp_path / "training_data.md").read_text()

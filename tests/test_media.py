@@ -26,6 +26,7 @@ from anytok.media import (
     MediaLimits,
     VideoClip,
     find_media,
+    iter_audio,
     load_audio,
     load_image,
     load_media,
@@ -140,22 +141,31 @@ def test_audio_round_trip(tmp_path: Path, suffix: str) -> None:
     torch.testing.assert_close(clip.waveform, wave, atol=1 / 32768 + 1e-6, rtol=0)
 
 
-def write_with_ffmpeg(path: Path, wave: torch.Tensor, rate: int, codec: str) -> Path:
-    """``wave (channels, samples)`` in [-1, 1] as one audio stream of ``codec`` (PyAV)."""
+def write_with_ffmpeg(
+    path: Path, wave: torch.Tensor, rate: int, codec: str, frame_samples: int = 1 << 30
+) -> Path:
+    """``wave (channels, samples)`` in [-1, 1] as one audio stream of ``codec`` (PyAV), fed
+    in frames of ``frame_samples`` (PCM codecs make one packet of each)."""
     layout = {1: "mono", 2: "stereo"}[wave.shape[0]]
     pcm = (wave.numpy() * 32767).round().astype(np.int16)
+    sample_format = "s16p" if codec == "alac" else ("fltp" if codec == "aac" else "s16")
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=rate)
         stream.layout = layout
-        sample_format = "s16p" if codec == "alac" else ("fltp" if codec == "aac" else "s16")
-        if sample_format == "s16":
-            frame = av.AudioFrame.from_ndarray(pcm.T.reshape(1, -1).copy(), "s16", layout)
-        elif sample_format == "s16p":
-            frame = av.AudioFrame.from_ndarray(pcm, "s16p", layout)
-        else:
-            frame = av.AudioFrame.from_ndarray(wave.numpy().astype(np.float32), "fltp", layout)
-        frame.sample_rate = rate
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
+        for first in range(0, wave.shape[1], frame_samples):
+            part = slice(first, first + frame_samples)
+            if sample_format == "s16":
+                interleaved = pcm[:, part].T.reshape(1, -1).copy()
+                frame = av.AudioFrame.from_ndarray(interleaved, "s16", layout)
+            elif sample_format == "s16p":
+                frame = av.AudioFrame.from_ndarray(pcm[:, part].copy(), "s16p", layout)
+            else:
+                samples = wave[:, part].numpy().astype(np.float32)
+                frame = av.AudioFrame.from_ndarray(samples, "fltp", layout)
+            frame.sample_rate, frame.pts = rate, first
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
             container.mux(packet)
     return path
 
@@ -173,6 +183,73 @@ def test_ffmpeg_audio_containers_decode_exactly(tmp_path: Path, name: str, codec
     torch.testing.assert_close(clip.waveform, wave, atol=1 / 32767, rtol=0)
     assert load_audio(path, sample_rate=16000, channels=1).waveform.shape == (1, 8000)
     assert find_media(tmp_path, modality="audio") == [path]  # folder walks find them too
+
+
+def noise_wave(rate: int, seconds: float, channels: int = 2) -> torch.Tensor:
+    """Quantized noise (exact in 16-bit PCM): a window's place in it is unambiguous."""
+    gen = torch.Generator().manual_seed(0)
+    wave = (torch.rand(channels, int(rate * seconds), generator=gen) - 0.5).mul(32767).round()
+    return wave / 32767
+
+
+def first_sample_placed(path: Path, offset: float) -> int:
+    """File sample where :func:`load_audio` ``exact=False`` starts decoding for ``offset``."""
+    from anytok.media.audio import _audio_frames
+
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        rate = stream.codec_context.sample_rate
+        return _audio_frames(container, stream, rate, round(offset * rate))[0]
+
+
+@pytest.mark.parametrize("resample_to", [None, 24000])
+def test_inexact_windows_seek_mp4_to_the_sample(tmp_path: Path, resample_to: int | None) -> None:
+    # MP4 stamps audio in samples: a sought window (ALAC: a stateless codec) holds exactly
+    # the whole decode's samples, resampled or not, and the seek really happened.
+    wave = noise_wave(16000, 6.0)
+    path = write_with_ffmpeg(tmp_path / "long.m4a", wave, 16000, "alac")
+    whole = load_audio(path, sample_rate=resample_to).waveform
+    rate = resample_to or 16000
+    for offset in (0.2, 2.5, 4.75, 5.9):
+        window = load_audio(path, sample_rate=resample_to, offset=offset, duration=0.5, exact=False)
+        first = round(offset * rate)
+        assert torch.equal(window.waveform, whole[:, first : first + window.waveform.shape[1]])
+    assert window.waveform.shape[1] == round(0.1 * rate)  # the last one reaches the end
+    assert first_sample_placed(path, 0.2) == 0  # within the warm-up: from the start
+    assert 0 < first_sample_placed(path, 4.75) <= (4.75 - 0.5) * 16000
+    with pytest.raises(MediaError, match="offset 7 s is at or past the end"):
+        load_audio(path, offset=7.0, duration=0.5, exact=False)
+
+
+def test_inexact_windows_of_matroska_audio_are_within_a_millisecond(tmp_path: Path) -> None:
+    # Matroska stamps milliseconds: a sought window is the whole decode's shifted by less
+    # than one; raw ADTS has no index and is never sought.
+    wave = noise_wave(16000, 6.0)
+    path = write_with_ffmpeg(tmp_path / "long.mka", wave, 16000, "pcm_s16le", 1024)
+    whole = load_audio(path).waveform
+    window = load_audio(path, offset=4.0, duration=0.25, exact=False).waveform
+    shifts = [s for s in range(-16, 17) if torch.equal(window, whole[:, 64000 + s : 68000 + s])]
+    assert len(shifts) == 1 and abs(shifts[0]) <= 16  # a tick
+    assert 0 < first_sample_placed(path, 4.0) <= 3.5 * 16000
+    exact = load_audio(path, offset=4.0, duration=0.25).waveform
+    assert torch.equal(exact, whole[:, 64000:68000])
+    adts = write_with_ffmpeg(tmp_path / "tone.aac", sine(440, 16000, 3.0), 16000, "aac")
+    assert first_sample_placed(adts, 2.0) == 0
+
+
+@pytest.mark.parametrize("name", ["speech.webm", "speech.mkv"])
+def test_matroska_audio_under_video_names_is_read(tmp_path: Path, name: str) -> None:
+    # yt-dlp saves Opus audio as .webm: libsndfile refuses it, FFmpeg reads it, whole, in
+    # windows and chunk by chunk.
+    wave = sine(440, 48000, 2.0)
+    path = write_with_ffmpeg(tmp_path / name, wave, 48000, "libopus")
+    clip = load_audio(path)
+    assert clip.sample_rate == 48000 and clip.waveform.shape == (1, 96000)
+    assert peak_frequency(clip.waveform[0], 48000) == pytest.approx(440, abs=2)
+    window = load_audio(path, offset=1.0, duration=0.5).waveform
+    torch.testing.assert_close(window, clip.waveform[:, 48000:72000], atol=0, rtol=0)
+    chunks = list(iter_audio(path, 40000))
+    torch.testing.assert_close(torch.cat(chunks, 1), clip.waveform, atol=0, rtol=0)
 
 
 def test_aac_m4a_decodes_and_bad_m4a_files_are_named(tmp_path: Path) -> None:

@@ -210,9 +210,10 @@ class AudioSegments(MediaDataset):
         # The header's length picks the crop and only the crop is decoded (an hour-long
         # FLAC costs a segment, not the file): the same samples as cropping the whole
         # decode (see load_audio). FFmpeg formats and header-less MP3s state no exact
-        # length: their header's estimate picks the crop (FFmpeg then decodes up to the
-        # crop's end, libsndfile seeks), and an estimate that overstates the length (a crop
-        # past the end comes back short) falls back to decoding the whole file.
+        # length: their header's estimate picks the crop (FFmpeg seeks to it, exact=False:
+        # within a timestamp tick of the whole decode's; libsndfile seeks exactly), and an
+        # estimate that overstates the length (a crop past the end comes back short) falls
+        # back to decoding the whole file.
         length = audio_length(item.path, rate)
         exact = length is not None
         if not exact:
@@ -228,6 +229,7 @@ class AudioSegments(MediaDataset):
                     channels=self.channels,
                     offset=start / rate,
                     duration=segment / rate,
+                    exact=False,
                 ).waveform
             except MediaError:
                 if exact:

@@ -5,6 +5,7 @@ One file is a ``(channels, samples)`` float32 tensor in [-1, 1]; callers add the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -51,7 +52,9 @@ __all__ = [
 
 #: Audio files decoded by FFmpeg (PyAV) instead of libsndfile, which cannot read them.
 FFMPEG_AUDIO_EXTENSIONS = frozenset({".m4a", ".m4b", ".aac", ".mka", ".wma", ".weba"})
-_M4A = ("MP4 (M4A) audio", "audio")  # what errors.sniff calls an M4A file, whatever its name
+# What errors.sniff calls the files FFmpeg reads whatever their name: an M4A, and a
+# Matroska / WebM file (yt-dlp saves Opus audio as .webm).
+_FFMPEG_SNIFFED = (("MP4 (M4A) audio", "audio"), ("a Matroska/WebM file", None))
 
 
 @dataclass
@@ -221,6 +224,7 @@ def load_audio(
     *,
     offset: float = 0.0,
     duration: float | None = None,
+    exact: bool = True,
 ) -> AudioClip:
     """Read an audio file, or a window of it, as ``(channels, samples)`` float32 in [-1, 1].
 
@@ -238,9 +242,16 @@ def load_audio(
             A window holds the samples of the whole file's decode sliced there, to float
             rounding: libsndfile formats read only the window and the resampling filter's
             margin (training crops of hour-long files cost a window, not the file); FFmpeg
-            formats decode from the start, keep only the window and stop at its end. NaN/Inf
-            checks cover the window, and with a ``duration`` ``limits.max_audio_seconds``
-            bounds the window, not the file.
+            formats decode from the start (see ``exact``), keep only the window and stop at
+            its end. NaN/Inf checks cover the window, and with a ``duration``
+            ``limits.max_audio_seconds`` bounds the window, not the file.
+        exact: False lets FFmpeg formats seek to half a second before the window instead
+            of decoding from the start (MP4 / M4A / M4B, Matroska / WebM, ASF; not raw
+            ADTS ``.aac``): deep into a long file a window then costs itself, but it may
+            sit up to a timestamp tick off the whole decode's (none in MP4, under 1 ms in
+            Matroska / ASF) and codecs that synthesize noise from a running generator
+            (AAC's noise substitution, AC-3's dither) give other noise. Training crops use
+            it; libsndfile formats read only the window either way.
 
     Raises:
         MediaError: the file is missing, empty, truncated, corrupt, not audio, has no samples,
@@ -261,9 +272,9 @@ def load_audio(
     if mismatch is not None and not is_iso_bmff(p):
         raise mismatch
     if p.suffix.lower() in FFMPEG_AUDIO_EXTENSIONS or mismatch is not None:
-        decoded = _decode_with_ffmpeg(p, limits, mismatch, window)
+        decoded = _decode_with_ffmpeg(p, limits, mismatch, window, seek=not exact)
     else:
-        decoded = _decode_with_soundfile(p, limits, window)
+        decoded = _decode_with_soundfile(p, limits, window, seek=not exact)
     file_rate, file_channels = decoded.rate, decoded.channels
     _check_total(p, decoded.total, limits)
     rate = int(sample_rate) if sample_rate is not None else file_rate
@@ -427,7 +438,7 @@ def _audio_chunks(
         return
     limits = limits or DEFAULT_LIMITS
     blocks = _sequential_blocks(p, limits)
-    file_rate, file_channels = next(blocks)
+    file_rate, file_channels, _ = next(blocks)
     rate = int(sample_rate) if sample_rate is not None else file_rate
     held = np.zeros((0, file_channels), np.float32)  # file samples from held_start
     pending: list[np.ndarray] = []
@@ -465,7 +476,7 @@ def _audio_chunks(
 
 
 def _sequential_blocks(p: Path, limits: MediaLimits) -> Iterator[Any]:
-    """The file's ``(rate, channels)``, then its samples as ``(S, C)`` float32 blocks in
+    """The file's ``(rate, channels, 0)``, then its samples as ``(S, C)`` float32 blocks in
     order, with no bound on the length (a caller holds a chunk): FFmpeg formats through
     PyAV, others (an MP3 without a length header) through libsndfile. Dispatches as
     :func:`load_audio` does."""
@@ -477,7 +488,7 @@ def _sequential_blocks(p: Path, limits: MediaLimits) -> Iterator[Any]:
     try:
         info = sf.info(_sf_path(p))
     except (sf.SoundFileError, RuntimeError, OSError) as err:
-        if sniff(p) == _M4A:
+        if sniff(p) in _FFMPEG_SNIFFED:
             return _ffmpeg_blocks(p, limits, None, held=0.0)
         raise unreadable(p, "audio", _sf_detail(err)) from err
     _check_header(p, info.samplerate, info.channels, 0.0, limits)
@@ -488,7 +499,7 @@ def _soundfile_blocks(p: Path, block: int = 1 << 16) -> Iterator[Any]:
     """:func:`_sequential_blocks` through libsndfile."""
     try:
         with sf.SoundFile(_sf_path(p)) as f:
-            yield f.samplerate, f.channels
+            yield f.samplerate, f.channels, 0
             while len(data := f.read(block, dtype="float32", always_2d=True)):
                 yield data
     except (sf.SoundFileError, RuntimeError, OSError) as err:
@@ -568,15 +579,17 @@ def _check_header(p: Path, rate: int, channels: int, seconds: float, limits: Med
         )
 
 
-def _decode_with_soundfile(p: Path, limits: MediaLimits, window: _Window) -> _Decoded:
+def _decode_with_soundfile(
+    p: Path, limits: MediaLimits, window: _Window, seek: bool = False
+) -> _Decoded:
     """The samples of ``window`` (with the resampling margin) through libsndfile, which
-    also tells a truncated WAV / AIFF from a short one (an M4A file it cannot open goes to
-    FFmpeg)."""
+    also tells a truncated WAV / AIFF from a short one (an M4A or Matroska / WebM file it
+    cannot open goes to FFmpeg, ``seek`` as :func:`_decode_with_ffmpeg`)."""
     try:
         info = sf.info(_sf_path(p))
     except (sf.SoundFileError, RuntimeError, OSError) as err:
-        if sniff(p) == _M4A:  # an M4A under another name: only its failure pays the sniff
-            return _decode_with_ffmpeg(p, limits, None, window)
+        if sniff(p) in _FFMPEG_SNIFFED:  # under another name: only a failure pays the sniff
+            return _decode_with_ffmpeg(p, limits, None, window, seek)
         raise unreadable(p, "audio", _sf_detail(err)) from err
     seconds = info.frames / max(info.samplerate, 1)
     if window.duration is not None:  # only the window is decoded: it is what the limit bounds
@@ -674,19 +687,23 @@ def _mp3_has_length_header(p: Path) -> bool:
 
 
 def _decode_with_ffmpeg(
-    p: Path, limits: MediaLimits, no_audio: MediaError | None = None, window: _Window = _Window()
+    p: Path,
+    limits: MediaLimits,
+    no_audio: MediaError | None = None,
+    window: _Window = _Window(),
+    seek: bool = False,
 ) -> _Decoded:
     """The samples of ``window`` (with the resampling margin) of the first audio stream,
     through FFmpeg (PyAV): the containers libsndfile does not read (M4A / AAC, WMA, Matroska
-    audio). They are decoded from the start (AAC seeking is not sample-exact), only the
-    window's samples are kept, and decoding stops at its end; ``limits.max_audio_seconds``
-    bounds the window. ``no_audio`` is the error to raise when the file holds no audio
-    stream."""
-    blocks = _ffmpeg_blocks(p, limits, no_audio, held=window.duration)
-    rate, channels = next(blocks)
+    audio). Decoding starts at the start, or with ``seek`` just before the window where
+    the container allows (:func:`_audio_frames`); only the window's samples are kept, and
+    decoding stops at its end; ``limits.max_audio_seconds`` bounds the window. ``no_audio``
+    is the error to raise when the file holds no audio stream."""
+    sought = window if seek else None
+    blocks = _ffmpeg_blocks(p, limits, no_audio, held=window.duration, window=sought)
+    rate, channels, position = next(blocks)  # position: file samples before the first block
     start, stop = window.read_range(rate)
     parts: list[np.ndarray] = []
-    position = 0  # file samples decoded so far
     for block in blocks:
         first = position
         position += len(block)
@@ -702,12 +719,18 @@ def _decode_with_ffmpeg(
 
 
 def _ffmpeg_blocks(
-    p: Path, limits: MediaLimits, no_audio: MediaError | None, held: float | None
+    p: Path,
+    limits: MediaLimits,
+    no_audio: MediaError | None,
+    held: float | None,
+    window: _Window | None = None,
 ) -> Iterator[Any]:
-    """The first audio stream's ``(rate, channels)``, then its samples as ``(S, C)``
-    float32 blocks in order (PyAV). ``held``: the seconds the caller keeps, checked against
-    ``limits.max_audio_seconds`` with the header; None: the whole stream, held to the limit
-    by its header and, for a header that understates it, as it decodes."""
+    """The first audio stream's ``(rate, channels, first)``, then its samples as ``(S, C)``
+    float32 blocks in order from file sample ``first`` (PyAV): 0, or with a ``window`` a
+    sample at least :data:`_SEEK_WARMUP_SECONDS` before it when the file can be sought
+    exactly (:func:`_audio_frames`). ``held``: the seconds the caller keeps, checked
+    against ``limits.max_audio_seconds`` with the header; None: the whole stream, held to
+    the limit by its header and, for a header that understates it, as it decodes."""
     try:
         container = av.open(str(p))
     except FFMPEG_ERRORS as err:
@@ -719,12 +742,14 @@ def _ffmpeg_blocks(
         rate, channels = int(stream.codec_context.sample_rate or 0), stream.channels
         seconds = _stream_seconds(container, stream) if held is None else held
         _check_header(p, rate, channels, seconds, limits)
-        yield rate, channels
         max_samples = limits.max_audio_seconds * rate if held is None else math.inf
         resampler = av.AudioResampler(format="fltp")  # planar float32, same layout and rate
         total = 0
         try:
-            for frame in itertools.chain(container.decode(stream), [None]):  # None: flush
+            start = 0 if window is None else window.read_range(rate)[0]
+            first, frames = _audio_frames(container, stream, rate, start)
+            yield rate, channels, first
+            for frame in itertools.chain(frames, [None]):  # None: flush
                 for out in resampler.resample(frame):
                     block = out.to_ndarray().reshape(channels, -1)
                     total += block.shape[1]
@@ -737,6 +762,53 @@ def _ffmpeg_blocks(
                 f"audio data cannot be decoded ({ffmpeg_detail(err)}); the file is probably "
                 "truncated or corrupt",
             ) from err
+
+
+# Decoded audio before a sought window, dropped: a decoder starting mid-stream lacks its
+# predecessor's state (AAC's overlap-add needs the previous frame, Opus an 80 ms pre-roll).
+_SEEK_WARMUP_SECONDS = 0.5
+# Demuxers without an index: FFmpeg seeks them by byte estimates and their timestamps
+# after a seek are guesses (raw ADTS AAC, raw MP3 / AC-3 streams).
+_UNINDEXED_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3"})
+
+
+def _audio_frames(
+    container: av.container.InputContainer,
+    stream: av.audio.stream.AudioStream,
+    rate: int,
+    start: int,
+) -> tuple[int, Iterator[av.AudioFrame]]:
+    """``(first, frames)``: the stream's decoded frames from about file sample ``first``:
+    0, or for ``start`` past the warm-up in an indexed container, the frame FFmpeg seeks to
+    at least :data:`_SEEK_WARMUP_SECONDS` before ``start``.
+
+    A frame's timestamp less the stream's origin places its first sample: to the
+    timestamp's tick (a sample in MP4, 1 ms in Matroska / WebM / ASF). The origin is the
+    second frame's timestamp less the first frame's samples, where a whole decode's second
+    frame starts (the first is cut by the codec's priming: AAC's 1024 or 2112 samples,
+    Opus's pre-skip). A seek that fails or lands past the warm-up decodes from the start.
+    """
+    warmup = math.ceil(_SEEK_WARMUP_SECONDS * rate)
+    ticks = stream.time_base
+    if start <= 2 * warmup or not ticks or container.format.name in _UNINDEXED_AUDIO:
+        return 0, container.decode(stream)
+    frames = container.decode(stream)
+    head = list(itertools.islice(frames, 2))
+    if len(head) < 2 or head[1].pts is None:
+        return 0, itertools.chain(head, frames)
+    samples_per_tick = ticks * rate
+    origin = head[1].pts * samples_per_tick - head[0].samples  # in samples
+    with contextlib.suppress(*FFMPEG_ERRORS):
+        target = math.floor((start - warmup + origin) / samples_per_tick)
+        container.seek(target, stream=stream, backward=True)
+        frames = container.decode(stream)
+        landed = next(frames, None)
+        if landed is not None and landed.pts is not None:
+            first = round(landed.pts * samples_per_tick - origin)
+            if 0 <= first <= start - warmup:
+                return first, itertools.chain([landed], frames)
+    container.seek(0)  # from the start after all
+    return 0, container.decode(stream)
 
 
 def save_audio(
