@@ -30,6 +30,7 @@ from anytok.media import (
     load_audio,
     load_image,
     load_video,
+    other_media_note,
     resize_cover,
     save_audio,
     save_image,
@@ -461,7 +462,10 @@ def encode_files(
             jobs.append((path, root if root.is_dir() else None))
     if not jobs and not report.failures:
         report.failures.append(
-            ItemFailure(Path(", ".join(map(str, inputs))), f"no {model.modality} files found")
+            ItemFailure(
+                Path(", ".join(map(str, inputs))),
+                f"no {model.modality} files found{other_media_note(inputs, model.modality)}",
+            )
         )
     if on_start:
         on_start(len({path for path, _ in jobs}))  # a file named twice is encoded once

@@ -291,6 +291,43 @@ def test_one_item_failing_its_batch_loses_only_that_item(tmp_path, tiny_audio_ck
     assert report.items == 0 and report.failures[0].error.startswith("cannot write")
 
 
+def test_a_folder_of_webm_audio_is_explained_and_its_files_encode(
+    tiny_audio_ckpt: Path, tmp_path: Path
+) -> None:
+    # yt-dlp saves Opus audio as .webm, a video extension: a folder search for audio finds
+    # none and says what it found; the file named directly is encoded from its audio.
+    import av
+    import numpy as np
+
+    from anytok.pipeline import encode_files, load_for_model
+
+    model = anytok.load(tiny_audio_ckpt)
+    (tmp_path / "downloads").mkdir()
+    webm = tmp_path / "downloads" / "talk.webm"
+    with av.open(str(webm), "w") as container:
+        stream = container.add_stream("libopus", rate=48000, layout="mono")
+        tone = 0.3 * np.sin(np.arange(48000) * 2 * np.pi * 440 / 48000, dtype=np.float32)
+        for first in range(0, 48000, 960):
+            frame = av.AudioFrame.from_ndarray(tone[None, first : first + 960], "fltp", "mono")
+            frame.sample_rate, frame.pts = 48000, first
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    report = encode_files(model, [tmp_path / "downloads"], tmp_path / "out")
+    assert report.items == 0 and report.failures[0].error == (
+        "no audio files found (found 1 video file (.webm) instead: folders are searched by "
+        "extension; a video container holding audio is read when named directly or listed "
+        "in a JSONL manifest)"
+    )
+    report = encode_files(model, [webm], tmp_path / "out")
+    assert report.items == 1 and not report.failures
+    codes = anytok.Tokens.load(tmp_path / "out" / "talk.webm.tokens.safetensors").codes
+    with torch.inference_mode():
+        direct = model.encode(load_for_model(model, webm).unsqueeze(0)).codes
+    assert torch.equal(codes, direct)
+
+
 def test_unknown_command_suggests_the_closest_and_lists_all(capsys) -> None:
     assert main(["trian", "recipe.yaml"]) == 2
     err = capsys.readouterr().err

@@ -650,3 +650,19 @@ def test_a_codec_encoding_fewer_levels_by_default_keeps_its_items(tmp_path) -> N
         with torch.no_grad():
             expected = model.eval().encode(audio[None]).codes[0, :, : tokens.codes.shape[-1]]
         assert torch.equal(tokens.codes[0], expected)
+
+
+def test_a_folder_without_items_says_what_it_holds(tmp_path: Path) -> None:
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "talk.webm").write_bytes(b"x")
+    (tmp_path / "clips" / "cover.png").write_bytes(b"x")
+    with pytest.raises(
+        DatasetError,
+        match=r"clips: no audio items found \(found 1 image file \(\.png\); 1 video file "
+        r"\(\.webm\) instead: folders are searched by extension; a video container holding "
+        r"audio is read when named directly or listed in a JSONL manifest\)",
+    ):
+        list_items(tmp_path / "clips", "audio")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match=r"empty: no image items found$"):
+        list_items(tmp_path / "empty", "image")

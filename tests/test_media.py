@@ -32,6 +32,7 @@ from anytok.media import (
     load_media,
     load_video,
     modality_of,
+    other_media_note,
     resample,
     resize_cover,
     samples,
@@ -533,6 +534,24 @@ def test_find_media(tmp_path: Path) -> None:
     assert named[:2] == [tmp_path / "notes.txt", tmp_path / "b.wav"] and len(named) == 5
     with pytest.raises(MediaError, match="no such file"):
         find_media([tmp_path / "missing"])
+
+
+def test_other_media_note_says_what_a_fruitless_search_found(tmp_path: Path) -> None:
+    for rel in ["clips/a.webm", "clips/b.mp4", "pics/x.png", "pics/y.JPG", "notes.txt"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    assert other_media_note(tmp_path / "clips", "audio") == (
+        " (found 2 video files (.mp4, .webm) instead: folders are searched by extension; a "
+        "video container holding audio is read when named directly or listed in a JSONL "
+        "manifest)"
+    )
+    assert other_media_note([tmp_path / "pics"], "video") == (
+        " (found 2 image files (.jpg, .png) instead: a video tokenizer reads video files only)"
+    )
+    assert "1 image file (.png); 1 video file (.webm)" in other_media_note(
+        [tmp_path / "pics/x.png", tmp_path / "clips/a.webm"], "audio"
+    )
+    assert other_media_note([tmp_path / "notes.txt", tmp_path / "missing"], "audio") == ""
 
 
 # ---------------------------------------------------------------- bundled samples

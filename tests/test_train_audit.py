@@ -291,3 +291,13 @@ def test_no_decay_groups_follow_titok_and_keep_exempt_parameters_undecayed() -> 
     bad.no_decay = [""]
     with pytest.raises(ValueError, match="no_decay entries"):
         train_loop._optimizer(model.named_parameters(), bad)
+
+
+def test_training_on_other_media_says_what_the_folder_holds(tmp_path: Path) -> None:
+    make_dataset("image", tmp_path / "pictures", 2)
+    with pytest.raises(
+        RecipeError,
+        match=r"data\.train: no audio files in .* \(found 2 image files \(\.png\) instead: "
+        r"an audio tokenizer reads audio files only\)",
+    ):
+        train(SEANET, tmp_path / "run", overrides=quiet(tmp_path / "pictures", 1))

@@ -39,7 +39,7 @@ from typing import Any, Literal
 from torch import Tensor
 
 from anytok.data.sources import MANIFEST_SUFFIXES, manifest_entries
-from anytok.media import MEDIA_EXTENSIONS, MediaError, find_media
+from anytok.media import MEDIA_EXTENSIONS, MediaError, find_media, other_media_note
 from anytok.pipeline import InputFormat, error_summary, iter_input, load_input
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -193,7 +193,8 @@ def list_items(src: str | os.PathLike[str], modality: str) -> list[Item]:
                 'ids must be unique (give manifest lines distinct "id" values)'
             )
     if not items:
-        raise DatasetError(f"{src}: no {modality} items found")
+        note = other_media_note(Path(src), modality) if kind == "folder" else ""  # type: ignore[arg-type]
+        raise DatasetError(f"{src}: no {modality} items found{note}")
     return items
 
 

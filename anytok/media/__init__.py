@@ -54,6 +54,7 @@ __all__ = [
     "load_media",
     "load_video",
     "modality_of",
+    "other_media_note",
     "resample",
     "resize_cover",
     "save_audio",
@@ -194,3 +195,44 @@ def find_media(
                 seen.add(path)
                 found.append(path)
     return found
+
+
+# Video containers that often hold audio alone (yt-dlp's .webm Opus, screen-less .mp4):
+# load_audio reads their first audio stream.
+_AUDIO_CAPABLE_VIDEO = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm"})
+
+
+def other_media_note(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], modality: Modality
+) -> str:
+    """For a search of ``paths`` that found no ``modality`` files: what the folders hold
+    instead, as a parenthesis to append to the error ("" when they hold no media). Video
+    containers are named for audio searches: named directly or listed in a manifest,
+    their audio is read."""
+    try:
+        others = find_media(paths)
+    except MediaError:
+        return ""
+    by_modality: dict[str, set[str]] = {}
+    counts: dict[str, int] = {}
+    for path in others:
+        kind = modality_of(path)
+        if kind is None or kind == modality:
+            continue
+        by_modality.setdefault(kind, set()).add(path.suffix.lower())
+        counts[kind] = counts.get(kind, 0) + 1
+    if not counts:
+        return ""
+    found = "; ".join(
+        f"{counts[kind]} {kind} file{'s' * (counts[kind] != 1)} "
+        f"({', '.join(sorted(by_modality[kind]))})"
+        for kind in sorted(counts)
+    )
+    article = "an" if modality in ("audio", "image") else "a"
+    hint = f"{article} {modality} tokenizer reads {modality} files only"
+    if modality == "audio" and by_modality.get("video", set()) & _AUDIO_CAPABLE_VIDEO:
+        hint = (
+            "folders are searched by extension; a video container holding audio is read "
+            "when named directly or listed in a JSONL manifest"
+        )
+    return f" (found {found} instead: {hint})"

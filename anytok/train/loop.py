@@ -67,6 +67,7 @@ from anytok.decoders.gan import (
     feature_matching_loss,
     generator_loss,
 )
+from anytok.media import other_media_note
 from anytok.pipeline import OUTPUT_EXTENSION, autocast_for, save_media
 from anytok.registry import create_model
 from anytok.registry import load as load_model
@@ -894,9 +895,9 @@ def _datasets(cfg: DictConfig, model: Tokenizer) -> tuple[MediaDataset, MediaDat
             if val_items and data.val is None
             else ""
         )
-        raise RecipeError(
-            f"data.train: no {modality} files{held_out} in {data_sources(data.train)}"
-        )
+        sources = data_sources(data.train)
+        note = "" if held_out else other_media_note(sources, modality)
+        raise RecipeError(f"data.train: no {modality} files{held_out} in {sources}{note}")
     return build(items, augment), (build(val_items, augment) if val_items else None)
 
 
