@@ -118,23 +118,6 @@ print(stop_peak(), tuple(item.shape))
 )
 
 
-def write_aac(path: Path, wave: torch.Tensor, rate: int) -> Path:
-    """``wave (1, S)`` as AAC in an M4A, written 1024 samples at a time (PyAV)."""
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("aac", rate=rate, layout="mono")
-        for first in range(0, wave.shape[1], 1024):
-            part = wave[:, first : first + 1024].numpy().copy()
-            frame = av.AudioFrame.from_ndarray(part, format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = rate, first
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return path
-
-
 def write_hd_video(path: Path, seconds: float, height: int = 1080, width: int = 1920) -> Path:
     """An H.264 ``width x height`` 25 fps file written frame by frame."""
     return write_h264(path, seconds, height, width)
@@ -185,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(measure("audio", flac, audio, range(args.items)))
         seconds = torch.arange(samples) / 44100
         tone = 0.3 * torch.sin(2 * math.pi * (220 + 100 * torch.sin(seconds)) * seconds)
-        m4a = write_aac(folder / "long.m4a", tone + 0.02 * torch.randn(1, samples), 44100)
+        m4a = save_audio(folder / "long.m4a", tone + 0.02 * torch.randn(1, samples), 44100)
         audio = AudioSegments([MediaItem(m4a, m4a.name)], 24000, 1, segment=24000)
         rows.append(measure("audio", m4a, audio, range(args.items), sought_to=True))
 

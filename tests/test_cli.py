@@ -296,24 +296,13 @@ def test_a_folder_of_webm_audio_is_explained_and_its_files_encode(
 ) -> None:
     # yt-dlp saves Opus audio as .webm, a video extension: a folder search for audio finds
     # none and says what it found; the file named directly is encoded from its audio.
-    import av
-    import numpy as np
-
+    from anytok.media import save_audio
     from anytok.pipeline import encode_files, load_for_model
 
     model = anytok.load(tiny_audio_ckpt)
     (tmp_path / "downloads").mkdir()
-    webm = tmp_path / "downloads" / "talk.webm"
-    with av.open(str(webm), "w") as container:
-        stream = container.add_stream("libopus", rate=48000, layout="mono")
-        tone = 0.3 * np.sin(np.arange(48000) * 2 * np.pi * 440 / 48000, dtype=np.float32)
-        for first in range(0, 48000, 960):
-            frame = av.AudioFrame.from_ndarray(tone[None, first : first + 960], "fltp", "mono")
-            frame.sample_rate, frame.pts = 48000, first
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+    tone = 0.3 * torch.sin(torch.arange(48000) * 2 * torch.pi * 440 / 48000)
+    webm = save_audio(tmp_path / "talk.weba", tone, 48000).rename(tmp_path / "downloads/talk.webm")
     report = encode_files(model, [tmp_path / "downloads"], tmp_path / "out")
     assert report.items == 0 and report.failures[0].error == (
         "no audio files found (found 1 video file (.webm) instead: folders are searched by "

@@ -142,42 +142,17 @@ def test_audio_round_trip(tmp_path: Path, suffix: str) -> None:
     torch.testing.assert_close(clip.waveform, wave, atol=1 / 32768 + 1e-6, rtol=0)
 
 
-def write_with_ffmpeg(
-    path: Path, wave: torch.Tensor, rate: int, codec: str, frame_samples: int = 1 << 30
-) -> Path:
-    """``wave (channels, samples)`` in [-1, 1] as one audio stream of ``codec`` (PyAV), fed
-    in frames of ``frame_samples`` (PCM codecs make one packet of each)."""
-    layout = {1: "mono", 2: "stereo"}[wave.shape[0]]
-    pcm = (wave.numpy() * 32767).round().astype(np.int16)
-    sample_format = "s16p" if codec == "alac" else ("fltp" if codec == "aac" else "s16")
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=rate)
-        stream.layout = layout
-        for first in range(0, wave.shape[1], frame_samples):
-            part = slice(first, first + frame_samples)
-            if sample_format == "s16":
-                interleaved = pcm[:, part].T.reshape(1, -1).copy()
-                frame = av.AudioFrame.from_ndarray(interleaved, "s16", layout)
-            elif sample_format == "s16p":
-                frame = av.AudioFrame.from_ndarray(pcm[:, part].copy(), "s16p", layout)
-            else:
-                samples = wave[:, part].numpy().astype(np.float32)
-                frame = av.AudioFrame.from_ndarray(samples, "fltp", layout)
-            frame.sample_rate, frame.pts = rate, first
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return path
-
-
-@pytest.mark.parametrize(("name", "codec"), [("tone.m4a", "alac"), ("tone.mka", "pcm_s16le")])
+@pytest.mark.parametrize(("name", "codec"), [("tone.m4a", "ALAC"), ("tone.mka", "PCM_16")])
 def test_ffmpeg_audio_containers_decode_exactly(tmp_path: Path, name: str, codec: str) -> None:
     # Containers libsndfile cannot read go through FFmpeg; lossless codecs give the samples
     # back bit for bit, so the FFmpeg path is checked exactly, channels and rate included.
     wave = torch.round(sine(440, 22050, 0.5, channels=2) * 32767) / 32767
     wave[1] *= 0.5
-    path = write_with_ffmpeg(tmp_path / name, wave, 22050, codec)
+    path = save_audio(tmp_path / name, wave, 22050, subtype=codec)
+    with av.open(str(path)) as container:  # what FFmpeg itself finds in the file
+        stream = container.streams.audio[0]
+        assert stream.codec_context.name == {"ALAC": "alac", "PCM_16": "pcm_s16le"}[codec]
+        assert (stream.codec_context.sample_rate, stream.channels) == (22050, 2)
     clip = load_audio(path)
     assert clip.sample_rate == clip.original_sample_rate == 22050
     assert clip.original_channels == 2 and clip.waveform.shape == (2, 11025)
@@ -208,7 +183,7 @@ def test_inexact_windows_seek_mp4_to_the_sample(tmp_path: Path, resample_to: int
     # MP4 stamps audio in samples: a sought window (ALAC: a stateless codec) holds exactly
     # the whole decode's samples, resampled or not, and the seek really happened.
     wave = noise_wave(16000, 6.0)
-    path = write_with_ffmpeg(tmp_path / "long.m4a", wave, 16000, "alac")
+    path = save_audio(tmp_path / "long.m4a", wave, 16000, subtype="ALAC")
     whole = load_audio(path, sample_rate=resample_to).waveform
     rate = resample_to or 16000
     for offset in (0.2, 2.5, 4.75, 5.9):
@@ -226,7 +201,7 @@ def test_inexact_windows_of_matroska_audio_are_within_a_millisecond(tmp_path: Pa
     # Matroska stamps milliseconds: a sought window is the whole decode's shifted by less
     # than one; raw ADTS has no index and is never sought.
     wave = noise_wave(16000, 6.0)
-    path = write_with_ffmpeg(tmp_path / "long.mka", wave, 16000, "pcm_s16le", 1024)
+    path = save_audio(tmp_path / "long.mka", wave, 16000, subtype="PCM_16")
     whole = load_audio(path).waveform
     window = load_audio(path, offset=4.0, duration=0.25, exact=False).waveform
     shifts = [s for s in range(-16, 17) if torch.equal(window, whole[:, 64000 + s : 68000 + s])]
@@ -234,7 +209,7 @@ def test_inexact_windows_of_matroska_audio_are_within_a_millisecond(tmp_path: Pa
     assert 0 < first_sample_placed(path, 4.0) <= 3.5 * 16000
     exact = load_audio(path, offset=4.0, duration=0.25).waveform
     assert torch.equal(exact, whole[:, 64000:68000])
-    adts = write_with_ffmpeg(tmp_path / "tone.aac", sine(440, 16000, 3.0), 16000, "aac")
+    adts = save_audio(tmp_path / "tone.aac", sine(440, 16000, 3.0), 16000)
     assert first_sample_placed(adts, 2.0) == 0
 
 
@@ -243,7 +218,7 @@ def test_matroska_audio_under_video_names_is_read(tmp_path: Path, name: str) -> 
     # yt-dlp saves Opus audio as .webm: libsndfile refuses it, FFmpeg reads it, whole, in
     # windows and chunk by chunk.
     wave = sine(440, 48000, 2.0)
-    path = write_with_ffmpeg(tmp_path / name, wave, 48000, "libopus")
+    path = save_audio(tmp_path / "speech.weba", wave, 48000).rename(tmp_path / name)
     clip = load_audio(path)
     assert clip.sample_rate == 48000 and clip.waveform.shape == (1, 96000)
     assert peak_frequency(clip.waveform[0], 48000) == pytest.approx(440, abs=2)
@@ -257,7 +232,7 @@ def test_aac_m4a_decodes_and_bad_m4a_files_are_named(tmp_path: Path) -> None:
     # Lossy AAC: the tone comes back (encoder delay aside); an M4A named .wav is still read
     # by FFmpeg (libsndfile would refuse it), a truncated one is a MediaError.
     wave = sine(440, 48000, 1.0)
-    path = write_with_ffmpeg(tmp_path / "tone.m4a", wave, 48000, "aac")
+    path = save_audio(tmp_path / "tone.m4a", wave, 48000)
     clip = load_audio(path)
     assert clip.sample_rate == 48000 and clip.waveform.shape[0] == 1
     decoded, tone = clip.waveform[0].numpy(), wave[0, :24000].numpy()
@@ -274,6 +249,65 @@ def test_aac_m4a_decodes_and_bad_m4a_files_are_named(tmp_path: Path) -> None:
     text.write_text("not audio at all " * 8)
     with pytest.raises(MediaError, match="looks like a text file"):
         load_audio(text)
+
+
+@pytest.mark.parametrize(
+    ("name", "subtype", "codec", "lossless"),
+    [
+        ("a.m4a", None, "aac", False),
+        ("a.m4b", "ALAC", "alac", True),
+        ("a.aac", None, "aac", False),
+        ("a.mka", None, "flac", True),
+        ("b.mka", "pcm_16", "pcm_s16le", True),
+        ("c.mka", "OPUS", "opus", False),
+        ("a.weba", None, "opus", False),
+    ],
+)
+def test_save_audio_writes_ffmpeg_formats(
+    tmp_path: Path, name: str, subtype: str | None, codec: str, lossless: bool
+) -> None:
+    # M4A / M4B / ADTS / Matroska / WebM through FFmpeg: the codec asked for, read back
+    # exactly (16-bit) or, lossy, the same tone after the encoder's delay.
+    wave = torch.round(sine(440, 48000, 0.5, channels=2) * 32767) / 32767
+    wave[1] *= 0.5
+    path = save_audio(tmp_path / name, wave, 48000, subtype=subtype)
+    with av.open(str(path)) as container:
+        assert container.streams.audio[0].codec_context.name == codec
+    clip = load_audio(path)
+    assert clip.sample_rate == 48000 and clip.waveform.shape[0] == 2
+    if lossless:
+        torch.testing.assert_close(clip.waveform, wave, atol=1 / 32767, rtol=0)
+    else:  # AAC pads to whole frames (ADTS keeps its priming too): at least the input
+        decoded, tone = clip.waveform[0].numpy(), wave[0, :12000].numpy()
+        lag = max(range(0, 4096), key=lambda k: float(np.dot(decoded[k : k + 12000], tone)))
+        assert np.corrcoef(decoded[lag : lag + 12000], tone)[0, 1] > 0.99
+
+
+def test_save_audio_ffmpeg_errors_and_eight_channels(tmp_path: Path) -> None:
+    wave = sine(440, 44100, 0.1, channels=8)
+    with pytest.raises(
+        MediaError, match=r"x\.m4a: cannot write \.m4a as 'FLAC': the subtypes are AAC, ALAC"
+    ):
+        save_audio(tmp_path / "x.m4a", wave, 44100, subtype="FLAC")
+    with pytest.raises(
+        MediaError, match=r"Opus takes 8000, 12000, 16000, 24000, 48000 Hz only, not 44100"
+    ):
+        save_audio(tmp_path / "x.weba", wave, 44100)
+    with pytest.raises(MediaError, match="cannot write ALAC audio of 8 channels at 44100 Hz"):
+        save_audio(tmp_path / "x.m4b", wave, 44100, subtype="ALAC")
+    with pytest.raises(MediaError, match="1 to 8 channels here, not 9"):
+        save_audio(tmp_path / "y.mka", sine(440, 44100, 0.1, channels=9), 44100)
+    with pytest.raises(
+        MediaError, match=r"extensions are \.wav, .*\.m4a, \.m4b, \.aac, \.mka, \.weba"
+    ):
+        save_audio(tmp_path / "x.xyz", wave, 44100)
+    # 7.1 through FFmpeg: PyAV's to_ndarray of an 8-channel planar frame crashed the
+    # process; reading goes through interleaved frames.
+    quantized = torch.round(wave * 32767) / 32767
+    path = save_audio(tmp_path / "surround.mka", quantized, 44100)
+    torch.testing.assert_close(load_audio(path).waveform, quantized, atol=1 / 32767, rtol=0)
+    chunks = torch.cat(list(iter_audio(path, 1000)), 1)
+    assert torch.equal(chunks, load_audio(path).waveform)
 
 
 def test_audio_float_round_trip_is_exact_and_clipped(tmp_path: Path) -> None:

@@ -743,7 +743,9 @@ def _ffmpeg_blocks(
         seconds = _stream_seconds(container, stream) if held is None else held
         _check_header(p, rate, channels, seconds, limits)
         max_samples = limits.max_audio_seconds * rate if held is None else math.inf
-        resampler = av.AudioResampler(format="fltp")  # planar float32, same layout and rate
+        # Interleaved float32, same layout and rate. Not planar "fltp": PyAV's to_ndarray
+        # of an 8-channel planar frame crashes the process (PyAV 16, FFmpeg 8).
+        resampler = av.AudioResampler(format="flt")
         total = 0
         try:
             start = 0 if window is None else window.read_range(rate)[0]
@@ -751,9 +753,9 @@ def _ffmpeg_blocks(
             yield rate, channels, first
             for frame in itertools.chain(frames, [None]):  # None: flush
                 for out in resampler.resample(frame):
-                    block = out.to_ndarray().reshape(channels, -1)
-                    total += block.shape[1]
-                    yield block.T
+                    block = out.to_ndarray().reshape(-1, channels)  # (1, S * C) -> (S, C)
+                    total += block.shape[0]
+                    yield block
                 if total > max_samples:  # a header that understated the length
                     _check_header(p, rate, channels, total / rate, limits)
         except FFMPEG_ERRORS as err:
@@ -820,15 +822,16 @@ def save_audio(
     """Write ``(channels, samples)`` (or ``(samples,)`` for mono) as an audio file.
 
     The format follows the extension: ``.wav``, ``.flac``, ``.ogg`` (Vorbis), ``.opus``
-    (Opus in Ogg: 8, 12, 16, 24 or 48 kHz only), ``.mp3``, ``.aiff`` / ``.aif``, ``.au``,
-    ``.caf``, ``.w64``, ``.rf64`` (libsndfile); ``.m4a`` and the other FFmpeg-only formats
-    :func:`load_audio` reads are not written. ``subtype`` defaults to 16-bit PCM where the
-    format has it. Values are clipped to [-1, 1]
-    first, so loud samples saturate instead of wrapping around.
+    (Opus in Ogg), ``.mp3``, ``.aiff`` / ``.aif``, ``.au``, ``.caf``, ``.w64``, ``.rf64``
+    (libsndfile; ``subtype`` defaults to 16-bit PCM where the format has it); ``.m4a`` /
+    ``.m4b`` (``subtype`` ``"AAC"``, the default, or ``"ALAC"``), ``.aac`` (ADTS AAC),
+    ``.mka`` (``"FLAC"``, the default, ``"PCM_16"``, ``"OPUS"`` or ``"AAC"``) and ``.weba``
+    (WebM Opus) through FFmpeg (PyAV). Opus takes 8, 12, 16, 24 or 48 kHz only. Values are
+    clipped to [-1, 1] first, so loud samples saturate instead of wrapping around.
 
     Raises:
         ValueError: the waveform has the wrong shape or holds NaN/Inf.
-        MediaError: the extension is unknown or the file cannot be written.
+        MediaError: the extension or subtype is unknown, or the file cannot be written.
     """
     p = Path(path)
     wav = waveform.detach().to("cpu", torch.float32)
@@ -838,10 +841,16 @@ def save_audio(
         raise ValueError(f"save_audio expects (channels, samples), got {tuple(waveform.shape)}")
     if not torch.isfinite(wav).all():
         raise ValueError(f"refusing to write {p}: the waveform contains NaN or Inf")
+    data = wav.clamp(-1.0, 1.0).T.numpy()  # (S, C)
+    if p.suffix.lower() in _FFMPEG_WRITABLE:
+        _save_with_ffmpeg(p, data, int(sample_rate), subtype)
+        return p
     formats = sf.available_formats()
     fmt, default = _WRITABLE.get(p.suffix.lower(), (p.suffix.lstrip(".").upper(), None))
     if fmt not in formats:
-        writable = ", ".join(ext for ext, (f, _) in _WRITABLE.items() if f in formats)
+        writable = ", ".join(
+            [ext for ext, (f, _) in _WRITABLE.items() if f in formats] + list(_FFMPEG_WRITABLE)
+        )
         raise MediaError(
             p,
             f"cannot write audio with the extension {p.suffix or '(none)'!r}: the writable "
@@ -850,7 +859,6 @@ def save_audio(
     if subtype is None:
         subtype = default or ("PCM_16" if sf.check_format(fmt, "PCM_16") else None)
     try:
-        data = wav.clamp(-1.0, 1.0).T.numpy()
         sf.write(_sf_path(p), data, int(sample_rate), subtype=subtype, format=fmt)
     except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
         raise MediaError(p, f"cannot write audio ({_sf_detail(err)})") from err
@@ -875,6 +883,67 @@ _WRITABLE: dict[str, tuple[str, str | None]] = {
     ".w64": ("W64", None),
     ".rf64": ("RF64", None),
 }
+
+
+# Extensions save_audio writes through FFmpeg: (muxer, {subtype: (encoder, sample format)}),
+# the first subtype the default.
+# Frames go in interleaved ("s16": 16-bit, scaled as libsndfile scales PCM_16; "flt") and
+# PyAV converts them to the encoder's layout: its from_ndarray of 8 planar channels fails.
+_AAC = {"AAC": ("aac", "flt")}
+_OPUS = {"OPUS": ("libopus", "flt")}
+_FFMPEG_WRITABLE: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
+    ".m4a": ("ipod", {**_AAC, "ALAC": ("alac", "s16")}),
+    ".m4b": ("ipod", {**_AAC, "ALAC": ("alac", "s16")}),
+    ".aac": ("adts", _AAC),
+    ".mka": (
+        "matroska",
+        {"FLAC": ("flac", "s16"), "PCM_16": ("pcm_s16le", "s16"), **_OPUS, **_AAC},
+    ),
+    ".weba": ("webm", _OPUS),
+}
+_OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+# FFmpeg's default layout for each channel count.
+_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+
+
+def _save_with_ffmpeg(p: Path, data: np.ndarray, rate: int, subtype: str | None) -> None:
+    """Write ``(S, C)`` samples in [-1, 1] as :data:`_FFMPEG_WRITABLE` says (PyAV), in
+    frames of 4096 samples (PCM and FLAC packets stay small, so the file seeks finely)."""
+    muxer, encoders = _FFMPEG_WRITABLE[p.suffix.lower()]
+    name = (subtype or next(iter(encoders))).upper()
+    if name not in encoders:
+        raise MediaError(
+            p, f"cannot write {p.suffix} as {subtype!r}: the subtypes are {', '.join(encoders)}"
+        )
+    encoder, sample_format = encoders[name]
+    if encoder == "libopus" and rate not in _OPUS_RATES:
+        raise MediaError(
+            p,
+            f"Opus takes {', '.join(map(str, _OPUS_RATES))} Hz only, not {rate} Hz; resample first",
+        )
+    layout = _LAYOUTS.get(data.shape[1])
+    if layout is None:
+        raise MediaError(p, f"FFmpeg formats take 1 to 8 channels here, not {data.shape[1]}")
+    try:
+        with av.open(str(p), "w", format=muxer) as container:
+            stream = container.add_stream(encoder, rate=rate, layout=layout)
+            for first in range(0, len(data), 4096):
+                part = data[first : first + 4096]
+                if sample_format == "s16":
+                    part = np.round(part * 32767).astype(np.int16)
+                array = np.ascontiguousarray(part).reshape(1, -1)  # interleaved (1, S * C)
+                frame = av.AudioFrame.from_ndarray(array, format=sample_format, layout=layout)
+                frame.sample_rate, frame.pts = rate, first
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode(None):
+                container.mux(packet)
+    except FFMPEG_ERRORS as err:
+        raise MediaError(
+            p,
+            f"cannot write {name} audio of {data.shape[1]} channels at {rate} Hz "
+            f"({ffmpeg_detail(err)})",
+        ) from err
 
 
 def _check_finite(p: Path, waveform: Tensor, start: int = 0) -> None:
