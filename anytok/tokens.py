@@ -595,7 +595,7 @@ class Tokens:
                 )
             lengths = lengths.to(device=codes.device, dtype=torch.long)
             bad = (lengths < 0) | (lengths > codes.shape[2])
-            if bool(bad.any()):
+            if not lengths.is_meta and bool(bad.any()):  # meta tensors hold no values
                 item = _first_true(bad)[0]
                 raise ValueError(
                     f"Tokens: lengths[{item}] = {int(lengths[item])} outside [0, {codes.shape[2]}] "
@@ -837,9 +837,10 @@ class Tokens:
         time, rest = _resolve_shape(spec, shape, where)
         spatial = math.prod(rest)
         if pattern == "flatten":
+            first_code = None  # where each item's first code id is in the ids passed
             if not strict:
-                ids = _complete_flat(ids, vocab, add_special, spatial, where)
-            codes, n = _from_flat(ids, vocab, add_special, time, spatial, where)
+                ids, first_code = _complete_flat(ids, vocab, add_special, spatial, where)
+            codes, n = _from_flat(ids, vocab, add_special, time, spatial, where, first_code)
         else:
             if not strict:
                 ids = _complete_streams(ids, vocab, pattern, add_special, time, spatial, where)
@@ -1015,24 +1016,29 @@ def _flat_items(ids: Tensor | Sequence[Tensor], where: str) -> list[Tensor]:
 
 def _complete_flat(
     ids: Tensor | Sequence[Tensor], vocab: LMVocab, add_special: bool, spatial: int, where: str
-) -> list[Tensor]:
+) -> tuple[list[Tensor], list[int]]:
     """Generated flatten ids -> what :meth:`Tokens.to_lm_ids` writes (``strict=False``): each
     item cut at its first ``eos`` (or kept whole), ``bos`` optional, trailing ``pad`` and an
-    incomplete last time step dropped; ``bos`` / ``eos`` put back with ``add_special``."""
+    incomplete last time step dropped; ``bos`` / ``eos`` put back with ``add_special``. Also
+    where each item's first code id was in ``ids`` (1 after a ``bos``, else 0), so errors
+    name the caller's positions."""
     step = vocab.num_levels * spatial
-    items = []
+    items, first_code = [], []
     for seq in _flat_items(ids, where):
+        skipped = 0
         if seq.ndim == 1:
             if add_special:
                 ends = (seq == vocab.eos).nonzero()
                 seq = seq[: int(ends[0])] if ends.numel() else seq
-                seq = seq[1:] if seq.numel() and int(seq[0]) == vocab.bos else seq
+                skipped = int(seq.numel() > 0 and int(seq[0]) == vocab.bos)
+                seq = seq[skipped:]
             seq = _strip_trailing_pad(seq, vocab.pad)
             seq = seq[: seq.numel() - seq.numel() % step]
             if add_special:
                 seq = torch.cat([seq.new_full((1,), vocab.bos), seq, seq.new_full((1,), vocab.eos)])
         items.append(seq)  # not 1D: _from_flat names it
-    return items
+        first_code.append(skipped)
+    return items, first_code
 
 
 def _complete_streams(
@@ -1051,6 +1057,8 @@ def _complete_streams(
     :func:`_from_streams` still checks them (and ``bos``)."""
     ids = _int_ids(ids, where, "ids")
     levels, start = vocab.num_levels, int(add_special)
+    if ids.ndim == 3 and ids.shape[1] == levels and ids.shape[2] == 0 and not add_special:
+        ids = ids.new_full((ids.shape[0], levels, 1), vocab.pad)  # nothing generated: empty
     if ids.ndim != 3 or ids.shape[1] != levels or ids.shape[2] < max(start, 1):
         return ids  # _from_streams names the shape
     batch, _, width = ids.shape
@@ -1090,8 +1098,11 @@ def _from_flat(
     time: int | None,
     spatial: int,
     where: str,
+    first_code: Sequence[int] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Flatten inverse: codes ``(batch, levels, time * spatial)`` and valid positions ``(batch,)``."""
+    """Flatten inverse: codes ``(batch, levels, time * spatial)`` and valid positions
+    ``(batch,)``. ``first_code``: per item, where its first code id was in the caller's ids
+    (errors name positions there); None: right after ``bos`` when ``add_special``."""
     seqs = _flat_items(ids, where)
     levels, start = vocab.num_levels, int(add_special)
     device = seqs[0].device if seqs else torch.device("cpu")
@@ -1141,7 +1152,8 @@ def _from_flat(
     if bool(bad.any()):
         item, level, p = _first_true(bad)
         got = _bad_id(vocab, int(grid[item, level, p]), _level_range(vocab, level))
-        raise ValueError(f"{where}: item {item}, position {start + p * levels + level}: {got}")
+        offset = start if first_code is None else first_code[item]
+        raise ValueError(f"{where}: item {item}, position {offset + p * levels + level}: {got}")
     return torch.where(valid, grid - lo[None, :, None], 0), n
 
 

@@ -15,7 +15,7 @@ import torch
 from token_datasets import finished_token_dataset
 from torch.nn.utils.rnn import pad_sequence
 
-from anytok.datasets import iter_rows
+from anytok.datasets import DatasetError, iter_rows
 from anytok.datasets.export import (
     document_tokens,
     export_tokens,
@@ -571,3 +571,64 @@ def test_strict_modes_agree_on_ids_to_lm_ids_wrote() -> None:
         assert strict.positions_shape == ((3,) if pattern == "flatten" else (4,))
         shape = (strict.positions_shape[0],)
         assert Tokens.from_lm_ids(ids, spec, vocab, pattern, shape=shape, strict=False) == strict
+
+
+def test_lenient_flatten_errors_name_the_callers_positions() -> None:
+    # Without a leading bos the lenient decoder puts one back: positions in its errors
+    # still count in the ids the caller passed.
+    spec = TokenSpec("audio", (4, 8), ("time",))
+    vocab = LMVocab.from_spec(spec)  # level 0: [0, 4), level 1: [4, 12), bos 12, eos 13
+    for ids, item, position in (
+        ([torch.tensor([0, 4, 1, 99, 13])], 0, 3),
+        ([torch.tensor([12, 0, 4, 1, 99, 13])], 0, 4),
+        (torch.tensor([[12, 0, 4, 13, 14], [0, 4, 7, 5, 13]]), 1, 2),
+    ):
+        with pytest.raises(ValueError, match=f"item {item}, position {position}: id"):
+            Tokens.from_lm_ids(ids, spec, vocab, "flatten", strict=False)
+
+
+@pytest.mark.parametrize("pattern", ["parallel", "delay"])
+def test_lenient_streams_of_nothing_generated_are_empty_items(pattern: str) -> None:
+    spec = TokenSpec("audio", (4, 8), ("time",))
+    vocab = LMVocab.from_spec(spec)
+    ids = Tokens(torch.tensor([[[1, 2], [3, 4]]]), spec).to_lm_ids(
+        vocab, pattern, add_special=False
+    )
+    empty = ids[:, :, :0]
+    tokens = Tokens.from_lm_ids(empty, spec, vocab, pattern, add_special=False, strict=False)
+    assert tokens.codes.shape == (1, 2, 0)
+    padded = Tokens.from_lm_ids(
+        empty, spec, vocab, pattern, add_special=False, strict=False, shape=(2,)
+    )
+    assert padded.codes.shape == (1, 2, 2) and padded.lengths.tolist() == [0]
+    with pytest.raises(ValueError):  # strict decoding still refuses a stream of no width
+        Tokens.from_lm_ids(empty, spec, vocab, pattern, add_special=False, shape=(2,))
+
+
+def test_tokens_with_lengths_move_to_meta(tmp_path: Path) -> None:
+    spec = TokenSpec("audio", (4, 8), ("time",))
+    tokens = Tokens(torch.zeros(2, 2, 5, dtype=torch.long), spec, torch.tensor([5, 3]))
+    moved = tokens.to("meta")
+    assert moved.codes.is_meta and moved.lengths.is_meta and moved.lengths.shape == (2,)
+    path = tokens.save(tmp_path / "t.npz")
+    assert Tokens.load(path, device="meta").lengths.is_meta
+    with pytest.raises(ValueError, match=r"lengths\[1\] = 9 outside \[0, 5\]"):
+        Tokens(torch.zeros(2, 2, 5, dtype=torch.long), spec, torch.tensor([5, 9]))
+
+
+def test_export_of_codebooks_past_int64_says_what_fits(tmp_path: Path) -> None:
+    spec = TokenSpec("audio", (2**62, 2**62), ("time",))
+    rows = [np.array([[1, 2], [3, 4]], dtype=np.uint64)]
+    dataset = finished_token_dataset(tmp_path / "ds", spec, rows)
+    with pytest.raises(DatasetError, match=r"give ids past the int64 range .*--shared-levels"):
+        export_tokens(dataset, tmp_path / "out", offset=0)
+    assert export_tokens(dataset, tmp_path / "out2", shared_levels=True).vocab_size == 2**62 + 3
+    small = finished_token_dataset(
+        tmp_path / "small",
+        TokenSpec("audio", (8,), ("time",)),
+        [np.array([[1, 2]], dtype=np.uint64)],
+    )
+    with pytest.raises(
+        DatasetError, match=r"--offset 9223372036854775800: too large .*give a smaller offset"
+    ):
+        export_tokens(small, tmp_path / "out3", offset=2**63 - 8)

@@ -118,6 +118,29 @@ class ExportSummary:
     vocab_size: int
 
 
+def _overflow_advice(
+    spec: TokenSpec, offset: int, shared_levels: bool, dataset: str, err: ValueError
+) -> str:
+    """Why the LM ids of ``spec`` pass the int64 range, and what fits: a smaller offset,
+    ``--shared-levels``, or nothing (the codebooks alone are too large)."""
+
+    def fits(offset: int, shared: bool) -> bool:
+        try:
+            LMVocab.from_spec(spec, offset=offset, shared_levels=shared)
+        except ValueError:
+            return False
+        return True
+
+    if offset and fits(0, shared_levels):
+        return f"--offset {offset}: too large for the codebooks of {dataset} ({err}); give a smaller offset"
+    hint = (
+        "; --shared-levels (one id range for every level) fits"
+        if not shared_levels and fits(offset, True)
+        else ""
+    )
+    return f"{dataset}: its codebooks {spec.codebook_sizes} give ids past the int64 range ({err}){hint}"
+
+
 def export_tokens(
     dataset: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -155,8 +178,7 @@ def export_tokens(
         vocab = LMVocab.from_spec(spec, offset=offset, shared_levels=shared_levels)
     except ValueError as err:  # ids past int64
         raise DatasetError(
-            f"--offset {offset}: too large for the codebooks of {dataset} ({err}); "
-            "give a smaller offset"
+            _overflow_advice(spec, offset, shared_levels, str(dataset), err)
         ) from err
     dtype = id_dtype(vocab.size, layout)
     bin_path, idx_path, meta_path = export_files(out)
