@@ -251,6 +251,12 @@ def test_video_clips_seek_by_the_header_duration(
     clip = ds[(0, 3)]
     assert clip["media"].shape == (3, 5, 16, 16) and clip["bad_files"] == []
     assert calls[-2][0] > 60 / 25 and calls[-1] == (0.0, None)  # past the end, then whole
+    # Overstated by less than a clip: a start near the end gives fewer frames than asked,
+    # which also means the header lied, so the whole file decodes.
+    monkeypatch.setattr(datasets_module, "video_duration", lambda path: 2.6)  # 65 frames
+    del calls[:]
+    assert all(ds[(0, seed)]["media"].shape == (3, 5, 16, 16) for seed in range(60))
+    assert (0.0, None) in calls
 
 
 def test_video_clips_are_cut_frame_by_frame_as_cutting_the_clip(tmp_path: Path) -> None:

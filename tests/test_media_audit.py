@@ -30,6 +30,8 @@ from anytok.media import (
     resize_cover,
     save_audio,
     save_image,
+    save_video,
+    video_duration,
 )
 from anytok.media.audio import RESAMPLE_FILTER, _resample_direct
 from anytok.media.video import VideoClip
@@ -715,3 +717,69 @@ def test_decode_lists_token_files_inside_linked_folders_as_encode_finds_media(
     written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in report.written)
     assert written == ["a.png", "spk1/b.png"]
     assert [failure.path.name for failure in report.failures] == ["gone.png.tokens.safetensors"]
+
+
+@pytest.mark.parametrize(
+    ("codec", "suffix", "fmt"), [("mjpeg", ".avi", None), ("mpeg2video", ".ts", "mpegts")]
+)
+def test_a_start_halfway_between_frames_takes_the_earlier_one(
+    tmp_path: Path, codec: str, suffix: str, fmt: str | None
+) -> None:
+    # start=0.5 s at 25 fps is halfway between frames 12 and 13: the earlier wins, as in a
+    # decode from the start. AVI's seek rounded to frame 13 and it was taken.
+    if codec not in av.codecs_available:
+        pytest.skip(f"no {codec} encoder")
+    path = _coded_video(tmp_path / f"clip{suffix}", 40, codec=codec, fmt=fmt, gop=1)
+    whole = _coded_indices(load_video(path, fps=50).video)
+    assert _coded_indices(load_video(path, fps=50, start=0.5, max_frames=6).video) == whole[25:31]
+    assert _coded_indices(load_video(path, start=0.5, max_frames=3).video) == [12, 13, 14]
+
+
+def test_truncated_avi_is_named_truncated(tmp_path: Path) -> None:
+    # FFmpeg rebuilds a cut AVI's duration from the index entries present, so the duration
+    # disagreeing with the header's frame count is no edit list there.
+    path = _coded_video(tmp_path / "full.avi", 60, codec="mjpeg")
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(MediaError, match=r"cut\.avi: file is truncated: the header announces 60"):
+        load_video(cut)
+
+
+def test_start_in_a_raw_h264_stream_decodes_from_its_start(tmp_path: Path) -> None:
+    # A raw elementary stream cannot seek, and the failed seek left the demuxer at its end:
+    # "no video frames at or after start". The file is opened again and read from the start.
+    if "libx264" not in av.codecs_available:
+        pytest.skip("no H.264 encoder")
+    path = _coded_video(tmp_path / "raw.h264", 30, codec="libx264", fmt="h264")
+    assert _coded_indices(load_video(path).video) == list(range(30))
+    assert _coded_indices(load_video(path, start=0.2, max_frames=3).video) == [5, 6, 7]
+
+
+def test_matroska_video_duration_is_the_tracks_not_the_longer_audio(tmp_path: Path) -> None:
+    if "libx264" not in av.codecs_available:
+        pytest.skip("no H.264 encoder")
+    path = tmp_path / "talk.mkv"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 32, 16, "yuv420p"
+        audio = container.add_stream("aac", rate=16000, layout="mono")
+        for i in range(25):  # 1 s of video
+            frame = av.VideoFrame.from_ndarray(
+                np.full((16, 32, 3), 8 * i, np.uint8), format="rgb24"
+            )
+            frame.pts = i
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        for i in range(64):  # 4 s of audio
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), "fltp", "mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            container.mux(audio.encode(frame))
+        container.mux(audio.encode())
+    assert video_duration(path) == pytest.approx(1.0)
+
+
+def test_save_video_refuses_infinite_and_nan_fps(tmp_path: Path) -> None:
+    clip = torch.zeros(3, 2, 16, 16)
+    for fps in (float("inf"), float("nan"), 0.0):
+        with pytest.raises(ValueError, match="fps must be a positive finite number"):
+            save_video(tmp_path / "x.mp4", clip, fps)

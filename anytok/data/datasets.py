@@ -412,13 +412,18 @@ class VideoClips(MediaDataset):
             start = 0.0
             if available > self.frames:
                 start = _randint(gen, available - self.frames + 1) / self.fps
+            trusted = item.duration is not None or start == 0
             try:
-                return self._cut_while_decoding(item.path, gen, crop_augment, start)
+                clip = self._cut_while_decoding(item.path, gen, crop_augment, start)
             except MediaError:
-                if item.duration is not None or start == 0:
+                if trusted:
                     raise
-                # The header overstated the video (the start is past its end, so no frame
-                # decoded and nothing was drawn): decode it whole as without a duration.
+                clip = None
+            if clip is not None and (trusted or clip.shape[1] >= self.frames):
+                return clip
+            # The header overstated the video (an audio track longer than it): the start is
+            # past its end, or too near it for a whole clip. Decode it whole, as without a
+            # duration.
         if not random_start:  # the first frames
             return self._cut_while_decoding(item.path, gen, crop_augment, 0.0)
         video = load_video(item.path, fps=self.fps).video

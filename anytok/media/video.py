@@ -233,7 +233,7 @@ def _decode_frames(
         frames: Iterator[av.VideoFrame] = iter(())  # nothing decodes: read no further
         if first_time is not None:
             origin = first_time
-            frames = _frames_from(container, stream, start, seek_origin, origin, dt)
+            frames = _frames_from(p, container, stream, start, seek_origin, origin, dt)
         # Streaming holds one chunk: the frame limit bounds the chunk, not the video.
         limit = limits.max_video_frames if chunk is None else math.inf
         selector = _FrameSelector(p, start, fps, src_fps, max_frames, size, limit, transform)
@@ -282,8 +282,9 @@ def _decode_frames(
         # A stream-copy cut keeps the samples before its first keyframe and an edit list
         # hides them: the header counts them, the stream's duration does not. When the two
         # disagree the count is no promise of what decodes.
+        # (Not AVI: FFmpeg rebuilds a cut AVI's duration from the index entries present.)
         expected = header_frames
-        if header_frames and stream.duration and stream.time_base and src_fps:
+        if header_frames and stream.duration and stream.time_base and src_fps and not counted:
             by_duration = float(stream.duration * stream.time_base) * src_fps
             if abs(by_duration - header_frames) > max(2, header_frames // 100):
                 expected = 0
@@ -317,7 +318,8 @@ def _stack(frames: list[Tensor]) -> Tensor:
 
 def video_duration(path: str | os.PathLike[str]) -> float | None:
     """Seconds of the file's first video stream as its header states them (the stream's
-    duration, else its frame count over its rate, else the container's duration); None
+    duration, else its frame count over its rate, else the track's ``DURATION`` tag that
+    Matroska / WebM muxers write, else the container's duration); None
     when the header does not say or the file cannot be opened (:func:`load_video` then
     names the problem). A header can be wrong (an edit list, an audio track longer than
     the video): callers that seek by it must cope with a start past the last frame."""
@@ -334,9 +336,23 @@ def video_duration(path: str | os.PathLike[str]) -> float | None:
         rate = stream.average_rate or stream.guessed_rate
         if stream.frames and rate:
             return stream.frames / float(rate)
+        tagged = _tag_seconds(stream.metadata.get("DURATION") or "")
+        if tagged:
+            return tagged
         if container.duration:
             return container.duration / av.time_base
     return None
+
+
+def _tag_seconds(text: str) -> float | None:
+    """Seconds of a Matroska ``DURATION`` tag (``HH:MM:SS.fffffffff``); None when malformed."""
+    parts = text.strip().split(":")
+    try:
+        hours, minutes, seconds = (float(part) for part in parts)
+    except ValueError:  # not three numbers
+        return None
+    total = hours * 3600 + minutes * 60 + seconds
+    return total if math.isfinite(total) and total > 0 else None
 
 
 class _FrameSelector:
@@ -455,6 +471,7 @@ def _first_frame_time(
 
 
 def _frames_from(
+    path: Path,
     container: av.container.InputContainer,
     stream: av.video.stream.VideoStream,
     start: float,
@@ -469,7 +486,9 @@ def _frames_from(
     FFmpeg seeks to the keyframe before a timestamp, but some demuxers (MPEG-TS, which has no
     index) land after it, or past the last keyframe: when the first frame decoded is later
     than ``start`` or none decodes, the seek is repeated 1, 2, 4 ... seconds earlier, and
-    finally from the start of the file.
+    finally from the start of the file. A demuxer that cannot seek (a raw H.264 / HEVC
+    stream) may be left at its end by the failed seek: the file (``path``) is then opened
+    again and decoded from its start.
     """
     if start <= 0:
         yield from container.decode(stream)
@@ -479,19 +498,34 @@ def _frames_from(
         try:
             container.seek(int((start - back + seek_origin) * av.time_base), backward=True)
         except FFMPEG_ERRORS:  # not seekable: decode from the start and skip ahead
-            break
+            yield from _decode_again(path)
+            return
         frames = container.decode(stream)
         first = next(frames, None)
+        # Accepted only when no undecoded earlier frame could be picked for ``start``: one
+        # exactly half a frame later ties with the frame before it, which wins the tie.
         if first is not None and (
-            first.time is None or first.time - origin <= start + 0.5 * dt + _TIE
+            first.time is None or first.time - origin < start + 0.5 * dt - _TIE
         ):
             yield first
             yield from frames
             return
         back = max(1.0, 2 * back)
-    with contextlib.suppress(*FFMPEG_ERRORS):
+    try:
         container.seek(0)
+    except FFMPEG_ERRORS:
+        yield from _decode_again(path)
+        return
     yield from container.decode(stream)
+
+
+def _decode_again(path: Path) -> Iterator[av.VideoFrame]:
+    """The first video stream of ``path`` decoded from its start, in a container of its own
+    (closed when the iteration ends)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        yield from container.decode(stream)
 
 
 def _display_width(width: int, stream: av.video.stream.VideoStream) -> int:
@@ -620,6 +654,8 @@ def save_video(
         raise ValueError(f"save_video expects (3, T, H, W) with T >= 1, got {tuple(video.shape)}")
     if not torch.isfinite(video).all():
         raise ValueError(f"refusing to write {p}: the video contains NaN or Inf")
+    if not isinstance(fps, Fraction) and not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive finite number, got {fps}")
     rate = Fraction(fps).limit_denominator(1001) if not isinstance(fps, Fraction) else fps
     if rate <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
