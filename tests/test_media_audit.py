@@ -783,3 +783,25 @@ def test_save_video_refuses_infinite_and_nan_fps(tmp_path: Path) -> None:
     for fps in (float("inf"), float("nan"), 0.0):
         with pytest.raises(ValueError, match="fps must be a positive finite number"):
             save_video(tmp_path / "x.mp4", clip, fps)
+
+
+def test_avi_with_dropped_frames_keeps_its_gaps(tmp_path: Path) -> None:
+    # Capture tools drop frames in AVI (no chunk data for them): frames are placed by their
+    # packets' slots, not counted back to back, and the file is not called truncated.
+    slots = [0, 1, 2, 3, 4, 10, 11, 12, 13, 14, 20, 21, 22, 23, 24]
+    path = tmp_path / "dropped.avi"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 32, 16, "yuvj420p"
+        stream.codec_context.qscale = 2
+        for index, slot in enumerate(slots):
+            frame = av.VideoFrame.from_ndarray(
+                np.full((16, 32, 3), 20 + 3 * index, np.uint8), format="rgb24"
+            )
+            frame.pts = slot
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    assert _coded_indices(load_video(path).video) == list(range(15))
+    timed = [0, 1, 2, 3, 4, 4, 4, 4, 5, 5, 5, 6, 7, 8]  # nearest frame to each 1/25 s
+    assert _coded_indices(load_video(path, fps=25, max_frames=14).video) == timed
+    assert _coded_indices(load_video(path, start=0.4, max_frames=3).video) == [5, 6, 7]

@@ -230,10 +230,16 @@ def _decode_frames(
         dt = 1.0 / (src_fps or 25.0)
         seek_origin = origin  # seeking goes by the demuxer's timestamps
         first_time = _first_frame_time(container, stream) if counted else origin
+        # AVI: one timestamp tick per frame slot, so the slots of the packets read (a
+        # dropped frame leaves a gap) place the frames counted; else plain counting.
+        slots: list[int] = []
+        by_slot = bool(
+            counted and stream.time_base and abs(float(stream.time_base) * src_fps - 1) < 1e-3
+        )
         frames: Iterator[av.VideoFrame] = iter(())  # nothing decodes: read no further
         if first_time is not None:
             origin = first_time
-            frames = _frames_from(p, container, stream, start, seek_origin, origin, dt)
+            frames = _frames_from(p, container, stream, start, seek_origin, origin, dt, slots)
         # Streaming holds one chunk: the frame limit bounds the chunk, not the video.
         limit = limits.max_video_frames if chunk is None else math.inf
         selector = _FrameSelector(p, start, fps, src_fps, max_frames, size, limit, transform)
@@ -255,7 +261,7 @@ def _decode_frames(
                 elif counted:
                     if first_t is None:
                         first_t = float(frame.time) - origin
-                    t = first_t + decoded * dt
+                    t = first_t + (_slot(slots, decoded) if by_slot else decoded) * dt
                 else:
                     t = float(frame.time) - origin
                     if t <= last_t:  # timestamps out of presentation order: count frames
@@ -292,7 +298,10 @@ def _decode_frames(
         if start > 0:
             raise MediaError(p, f"has no video frames at or after start={start:g} s")
         raise MediaError(p, "contains no video frames (zero frames)")
-    missing = expected - decoded
+    present = decoded  # frames, or frame slots where an AVI dropped some
+    if by_slot and slots:
+        present = max(decoded, slots[-1] - slots[0] + 1)
+    missing = expected - present
     if reached_end and start == 0 and missing > max(2, expected // 100):
         raise MediaError(
             p,
@@ -478,10 +487,12 @@ def _frames_from(
     seek_origin: float,
     origin: float,
     dt: float,
+    slots: list[int],
 ) -> Iterator[av.VideoFrame]:
     """Decoded frames from a keyframe at or before ``start`` seconds (from the first frame
     when ``start`` is 0); ``start`` counts from ``seek_origin`` in the demuxer's timestamps
-    and from ``origin`` in the frames'.
+    and from ``origin`` in the frames'. ``slots`` receives the decode timestamps of the
+    packets read since the last seek (:func:`_decode_recording`).
 
     FFmpeg seeks to the keyframe before a timestamp, but some demuxers (MPEG-TS, which has no
     index) land after it, or past the last keyframe: when the first frame decoded is later
@@ -491,16 +502,16 @@ def _frames_from(
     again and decoded from its start.
     """
     if start <= 0:
-        yield from container.decode(stream)
+        yield from _decode_recording(container, stream, slots)
         return
     back = 0.0
     while start - back > 0:
         try:
             container.seek(int((start - back + seek_origin) * av.time_base), backward=True)
         except FFMPEG_ERRORS:  # not seekable: decode from the start and skip ahead
-            yield from _decode_again(path)
+            yield from _decode_again(path, slots)
             return
-        frames = container.decode(stream)
+        frames = _decode_recording(container, stream, slots)
         first = next(frames, None)
         # Accepted only when no undecoded earlier frame could be picked for ``start``: one
         # exactly half a frame later ties with the frame before it, which wins the tie.
@@ -514,18 +525,40 @@ def _frames_from(
     try:
         container.seek(0)
     except FFMPEG_ERRORS:
-        yield from _decode_again(path)
+        yield from _decode_again(path, slots)
         return
-    yield from container.decode(stream)
+    yield from _decode_recording(container, stream, slots)
 
 
-def _decode_again(path: Path) -> Iterator[av.VideoFrame]:
+def _decode_again(path: Path, slots: list[int]) -> Iterator[av.VideoFrame]:
     """The first video stream of ``path`` decoded from its start, in a container of its own
     (closed when the iteration ends)."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        yield from container.decode(stream)
+        yield from _decode_recording(container, stream, slots)
+
+
+def _decode_recording(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, slots: list[int]
+) -> Iterator[av.VideoFrame]:
+    """``container.decode(stream)``, recording in ``slots`` (emptied first) the decode
+    timestamp of every packet that holds data, in the order read."""
+    slots.clear()
+    for packet in container.demux(stream):
+        if packet.size and packet.dts is not None:
+            slots.append(int(packet.dts))
+        yield from packet.decode()
+
+
+def _slot(slots: list[int], index: int) -> int:
+    """Frame slots from the first packet's to the ``index``-th frame's (its packet's slot;
+    counted on from the last packet when more frames than packets came out)."""
+    if not slots:
+        return index
+    if index < len(slots):
+        return slots[index] - slots[0]
+    return slots[-1] - slots[0] + index - (len(slots) - 1)
 
 
 def _display_width(width: int, stream: av.video.stream.VideoStream) -> int:
