@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -188,7 +189,10 @@ def _print_failures(failures: Sequence, what: str) -> None:
         return
     err_console.print(f"[red]skipped {len(failures)} {what}:[/red]")
     for failure in failures:
-        err_console.print(f"  {failure.path}: {failure.error}", markup=False, highlight=False)
+        first, *rest = str(failure.error).splitlines() or [""]
+        err_console.print(f"  {failure.path}: {first}", markup=False, highlight=False)
+        for line in rest:  # a hint under its failure
+            err_console.print(f"    {line}", markup=False, highlight=False)
 
 
 def _finish_job(report, as_json: bool, summary: str, what: str) -> int:
@@ -216,7 +220,19 @@ def _long_seconds(value: float | None) -> float | None:
 
     if value is None:
         return LONG_ITEM_SECONDS
+    if math.isnan(value):
+        raise UserError("--long-seconds must be a number of seconds (-1: never), got nan")
     return None if value < 0 else value
+
+
+def _output_folder(path: str) -> None:
+    """``-o``: created and checked writable before any model loads or file is read."""
+    from anytok.pipeline import prepare_output_folder
+
+    try:
+        prepare_output_folder(path)
+    except ValueError as err:
+        raise UserError(f"-o/--output {err}") from err
 
 
 def _modality_of_inputs(inputs: Sequence[str]) -> str:
@@ -238,6 +254,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from anytok.pipeline import encode_files
     from anytok.registry import DEFAULT_MODELS
 
+    long_seconds = _long_seconds(args.long_seconds)
+    _output_folder(args.output)
     modality = args.modality or (None if args.model else _modality_of_inputs(args.inputs))
     name = args.model or DEFAULT_MODELS[modality]
     if not args.model:
@@ -251,7 +269,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
             args.output,
             batch_size=args.batch_size,
             fmt=args.format,
-            long_seconds=_long_seconds(args.long_seconds),
+            long_seconds=long_seconds,
             on_item=lambda _p, _f: progress.advance(task),
             on_start=lambda total: progress.update(task, total=total),
         )
@@ -275,6 +293,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
             cache[name] = _load_model(name, args.device)
         return cache[name]
 
+    long_seconds = _long_seconds(args.long_seconds)
+    _output_folder(args.output)
     with _progress() as progress:
         task = progress.add_task("decoding", total=None)
         report = decode_files(
@@ -283,7 +303,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
             model_for,
             on_item=lambda _p, _f: progress.advance(task),
             on_start=lambda total: progress.update(task, total=total),
-            long_seconds=_long_seconds(args.long_seconds),
+            long_seconds=long_seconds,
         )
     if not report.items and not report.failures:  # nothing was found to decode
         raise UserError(f"no token files (*.tokens.safetensors / *.tokens.npz) in {args.inputs}")
@@ -413,10 +433,15 @@ def _run_delegated(name: str, argv: list[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in DELEGATED:
+    lead = 0  # global --debug options before a delegated command
+    while lead < len(argv) and argv[lead] == "--debug":
+        lead += 1
+    if lead < len(argv) and argv[lead] in DELEGATED:
         try:
-            return _run_delegated(argv[0], argv[1:])
+            return _run_delegated(argv[lead], argv[lead + 1 :])
         except _user_errors() as err:
+            if lead:
+                raise
             err_console.print(f"[red]anytok: error:[/red] {escape(str(err))}", highlight=False)
             return EXIT_USAGE
     parser = build_parser()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -323,6 +324,29 @@ def _encode_batch(
     return [_encode_batch(model, [item], device)[0] for item in items]
 
 
+def prepare_output_folder(path: str | os.PathLike[str]) -> Path:
+    """Create the output folder ``path`` (and its parents) and check that files can be
+    written in it, before any work is done.
+
+    Raises:
+        ValueError: ``path`` is a file, cannot be created, or is not writable (the message
+            names it and the reason).
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder}: exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # no permission, a read-only filesystem, a file on the way
+        raise ValueError(f"{folder}: cannot create the output folder ({err.strerror})") from err
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"{folder}: cannot write into the output folder ({err.strerror})") from err
+    return folder
+
+
 def error_line(err: BaseException) -> str:
     """The first line of ``err``'s message, or its type's name when it has none."""
     lines = str(err).strip().splitlines()
@@ -540,7 +564,14 @@ def token_jobs(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, Pat
             found += [(p, path) for p in walk_files(path) if p.name.endswith(TOKEN_SUFFIXES)]
         else:
             found.append((path, None))
-    return found
+    seen: set[str] = set()  # a file named twice (or in two folders given) is decoded once
+    unique = []
+    for path, root in found:
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            unique.append((path, root))
+    return unique
 
 
 def media_path_for(
@@ -673,7 +704,7 @@ def decode_files(
         except (ValueError, RuntimeError, OSError, MediaError, UnknownModelError) as err:
             # (RuntimeError: out of memory too; UnknownModelError: a file naming a tokenizer
             # this install lacks must not stop the others)
-            failure = ItemFailure(path, error_line(err))
+            failure = ItemFailure(path, str(err).strip() or type(err).__name__)  # whole: hints
             report.failures.append(failure)
             if on_item:
                 on_item(path, failure)

@@ -413,6 +413,17 @@ def test_usage_errors_and_failed_tokenizers(checkpoints, speech_dir, tmp_path) -
     with pytest.raises(SystemExit) as exit_info:
         bench_from_cli(["-m", "x", str(speech_dir), "-o", str(out), "--sweep", "levels"])
     assert exit_info.value.code == 2
+    for rate in ("5", "nan"):
+        with pytest.raises(SystemExit) as exit_info:
+            bench_from_cli(["-m", "x", str(speech_dir), "-o", str(out), "--perturb", rate])
+        assert exit_info.value.code == 2
+    labels = tmp_path / "labels.json"
+    for text in ("5", '{"a": 1}', "not json"):
+        labels.write_text(text)
+        code = bench_from_cli(
+            ["-m", "x", str(speech_dir), "-o", str(out), "--asr-labels", str(labels)]
+        )
+        assert code == 2  # a usage error naming the file, not a traceback
     bad_weights = main(
         ["bench", "-m", str(checkpoints["cnn_fsq_256"]), str(speech_dir), "-o", str(out),
          "--lpips", str(tmp_path / "lpips.pth")]

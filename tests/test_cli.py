@@ -497,3 +497,84 @@ def test_info_of_an_arch_name_beside_a_folder_of_that_name(tmp_path, monkeypatch
     (tmp_path / AUDIO).mkdir()
     assert main(["info", AUDIO, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["name"] == f"{AUDIO}.untrained"
+
+
+def test_unusable_output_folders_and_bad_numbers_fail_before_any_work(
+    tmp_path: Path, tiny_audio_ckpt: Path, capsys, monkeypatch
+) -> None:
+    # Refused up front (exit 2), not after encoding / decoding every file.
+    import anytok.cli as cli
+
+    loads: list[str] = []
+    monkeypatch.setattr(cli, "_load_model", lambda name, device: loads.append(name))
+    write_wav(tmp_path / "a.wav", 0.2)
+    blocker = tmp_path / "afile"
+    blocker.write_text("a file where the output folder should be")
+    assert (
+        main(["encode", "-m", str(tiny_audio_ckpt), str(tmp_path / "a.wav"), "-o", str(blocker)])
+        == 2
+    )
+    assert f"-o/--output {blocker}: exists and is not a folder" in capsys.readouterr().err
+    assert main(["decode", str(tmp_path), "-o", str(blocker / "out")]) == 2
+    assert "cannot create the output folder" in capsys.readouterr().err
+    assert (
+        main(
+            ["encode", str(tmp_path / "a.wav"), "-o", str(tmp_path / "o"), "--long-seconds", "nan"]
+        )
+        == 2
+    )
+    assert "--long-seconds must be a number of seconds" in capsys.readouterr().err
+    assert loads == []  # no model was loaded for any of them
+
+
+def test_decode_names_a_file_twice_once_and_keeps_multi_line_reasons(
+    tmp_path: Path, tiny_audio_ckpt: Path, capsys, monkeypatch
+) -> None:
+    write_wav(tmp_path / "a.wav", 0.2)
+    assert (
+        main(
+            [
+                "encode",
+                "-m",
+                str(tiny_audio_ckpt),
+                str(tmp_path / "a.wav"),
+                "-o",
+                str(tmp_path / "t"),
+            ]
+        )
+        == 0
+    )
+    token_file = str(tmp_path / "t" / "a.wav.tokens.safetensors")
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "decode",
+                "-m",
+                str(tiny_audio_ckpt),
+                token_file,
+                token_file,
+                str(tmp_path / "t"),
+                "-o",
+                str(tmp_path / "d"),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["items"] == 1 and report["written"] == [str(tmp_path / "d" / "a.wav")]
+    # A per-file reason of several lines (the places searched, how to fix) is printed whole.
+    monkeypatch.setenv("ANYTOK_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = ["decode", "-m", "dac_44khz.descript", token_file, "-o", str(tmp_path / "d2")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "a.wav.tokens.safetensors: no weights found for checkpoint 'dac_44khz.descript'" in err
+    assert "\n    To fix:" in err
+
+
+def test_global_debug_option_reaches_delegated_commands(tmp_path: Path) -> None:
+    result = run_cli("--debug", "export", str(tmp_path / "no_run"), "-o", str(tmp_path / "x"))
+    assert result.returncode == 2, result.stderr
+    assert "no such run folder" in result.stderr and "invalid choice" not in result.stderr

@@ -666,3 +666,15 @@ def test_a_folder_without_items_says_what_it_holds(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match=r"empty: no image items found$"):
         list_items(tmp_path / "empty", "image")
+
+
+def test_segments_shorter_than_a_token_frame_are_refused(
+    tmp_path, audio_folder, audio_ckpt
+) -> None:
+    with pytest.raises(
+        DatasetError, match=r"--segment-seconds 1e-06 is shorter than one token frame"
+    ):
+        encode_dataset(
+            audio_folder, tmp_path / "ds", str(audio_ckpt), segment="split", segment_seconds=1e-6
+        )
+    assert not (tmp_path / "ds").exists()  # refused before anything is written

@@ -236,6 +236,9 @@ def test_cli_reports_mistakes_in_one_line(tmp_path: Path, capsys) -> None:
     assert "training data not found" in capsys.readouterr().err
     assert run_from_cli(["--help"]) == 0
     assert export_from_cli([str(tmp_path / "no-run"), str(tmp_path / "out")]) == 2
+    assert "no-run: no such run folder" in capsys.readouterr().err
+    (tmp_path / "empty-run").mkdir()
+    assert export_from_cli([str(tmp_path / "empty-run"), str(tmp_path / "out")]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
     for outs in ([], [str(tmp_path / "a"), "-o", str(tmp_path / "b")]):
         assert export_from_cli([str(tmp_path / "no-run"), *outs]) == 2

@@ -126,6 +126,20 @@ def _image_size(text: str | None, parser: argparse.ArgumentParser) -> tuple[int,
     return parts[0], parts[1]
 
 
+def _asr_labels(path: Path) -> tuple[str, ...]:
+    """``--asr-labels``: a JSON list of the ASR head's label strings (CTC vocabulary)."""
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--asr-labels {path}: not valid JSON ({err})") from err
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise ValueError(
+            f"--asr-labels {path}: must be a JSON list of label strings, got "
+            f"{type(labels).__name__}"
+        )
+    return tuple(labels)
+
+
 def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> BenchSettings:
     """Check the arguments and build :class:`BenchSettings` (usage errors exit with 2)."""
     if args.batch_size < 1:
@@ -143,6 +157,12 @@ def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
     blocker = next((p for p in (output, *output.parents) if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         parser.error(f"-o/--output {output}: {blocker} is a file, not a folder")
+    from anytok.pipeline import prepare_output_folder
+
+    try:
+        prepare_output_folder(output)  # created now: unwritable folders fail before the work
+    except ValueError as err:
+        parser.error(f"-o/--output {err}")
     sweeps: dict[str, list[Any]] = {}
     texts = list(args.sweep) + ([f"{LEVELS}={args.levels}"] if args.levels else [])
     texts += [f"{PERTURB}={args.perturb}"] if args.perturb else []
@@ -153,11 +173,15 @@ def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
             parser.error(str(err))
         if axis == LEVELS and not all(isinstance(v, int) and v >= 1 for v in values):
             parser.error(f"levels must be positive integers, got {values}")
+        if axis == PERTURB and not all(
+            isinstance(v, (int, float)) and 0 < v <= 1 for v in values
+        ):  # NaN fails the comparison too
+            parser.error(f"perturb rates must be in (0, 1], got {values}")
         sweeps.setdefault(axis, [])
         sweeps[axis] += [v for v in values if v not in sweeps[axis]]
     labels = None
     if args.asr_labels is not None:
-        labels = tuple(json.loads(args.asr_labels.read_text()))
+        labels = _asr_labels(args.asr_labels)
     weights = MetricModels(
         utmos=ModelWeights.parse(args.utmos) if args.utmos else None,
         speaker=ModelWeights.parse(args.speaker_model) if args.speaker_model else None,

@@ -173,7 +173,7 @@ class MediaDataset(Dataset, abc.ABC):
                 index = _randint(gen, len(self.items))
         raise DataError(
             f"{self.max_attempts} files in a row failed to load; the last ones:\n  "
-            + "\n  ".join(bad[-3:])
+            + "\n  ".join(list(dict.fromkeys(reversed(bad)))[:3][::-1])
             + "\nIs the data path right, and are these files of the right modality?"
         )
 

@@ -46,7 +46,7 @@ from anytok.datasets.shards import (
 )
 from anytok.datasets.sources import DatasetError, SegmentPolicy, list_items
 from anytok.devices import DeviceError, parse_device
-from anytok.pipeline import input_format
+from anytok.pipeline import input_format, prepare_output_folder
 
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_WORKERS = 2
@@ -268,6 +268,12 @@ def encode_dataset(
         run_devices = parse_devices(devices) if engine == "local" else [torch.device("cpu")]
         tokenizer = _load(model, run_devices[0])  # with Ray, the driver only fingerprints it
         fmt = input_format(tokenizer)
+        frame_rate = tokenizer.default_spec.frame_rate
+        if policy.mode != "full" and frame_rate and policy.seconds * frame_rate < 1:
+            raise DatasetError(
+                f"--segment-seconds {policy.seconds:g} is shorter than one token frame of "
+                f"{tokenizer.registry_name} ({1 / frame_rate:g} s)"
+            )
         items = list_items(src, tokenizer.modality)
         fingerprint = model_fingerprint(tokenizer)
         if engine == "ray":
@@ -295,9 +301,9 @@ def encode_dataset(
             src=os.fspath(src),
         )
         try:
-            dst.mkdir(parents=True, exist_ok=True)
-        except OSError as err:  # a file on the way, no permission, read-only filesystem
-            raise DatasetError(f"{dst}: cannot create the output folder ({err.strerror})") from err
+            prepare_output_folder(dst)
+        except ValueError as err:  # a file on the way, no permission, read-only filesystem
+            raise DatasetError(str(err)) from err
         stack.enter_context(folder_lock(dst))
         plan = prepare_plan(dst, plan)
         remove_stale_temps(dst)

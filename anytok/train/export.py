@@ -49,6 +49,8 @@ def export_run(
         ValueError: ``use_ema`` for a run trained without an EMA.
     """
     run = Path(run_dir).expanduser()
+    if checkpoint is None and not run.is_dir():
+        raise FileNotFoundError(f"{run}: no such run folder")
     source = Path(checkpoint).expanduser() if checkpoint is not None else latest_checkpoint(run)
     if source is None or not (source / "state.json").is_file():
         raise FileNotFoundError(
