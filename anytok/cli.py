@@ -230,7 +230,7 @@ def _output_folder(path: str) -> None:
     from anytok.pipeline import prepare_output_folder
 
     try:
-        prepare_output_folder(path)
+        prepare_output_folder(path, keep=False)
     except ValueError as err:
         raise UserError(f"-o/--output {err}") from err
 

@@ -324,9 +324,10 @@ def _encode_batch(
     return [_encode_batch(model, [item], device)[0] for item in items]
 
 
-def prepare_output_folder(path: str | os.PathLike[str]) -> Path:
+def prepare_output_folder(path: str | os.PathLike[str], keep: bool = True) -> Path:
     """Create the output folder ``path`` (and its parents) and check that files can be
-    written in it, before any work is done.
+    written in it, before any work is done. ``keep=False`` removes the folders it created
+    again (a check before other checks: a usage error leaves nothing behind).
 
     Raises:
         ValueError: ``path`` is a file, cannot be created, or is not writable (the message
@@ -335,15 +336,20 @@ def prepare_output_folder(path: str | os.PathLike[str]) -> Path:
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder}: exists and is not a folder")
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:  # no permission, a read-only filesystem, a file on the way
-        raise ValueError(f"{folder}: cannot create the output folder ({err.strerror})") from err
-    try:
         with tempfile.TemporaryFile(dir=folder):
             pass
-    except OSError as err:
-        raise ValueError(f"{folder}: cannot write into the output folder ({err.strerror})") from err
+    except OSError as err:  # no permission, a read-only filesystem, a file on the way
+        made = folder.is_dir()
+        what = "write into" if made else "create"
+        raise ValueError(f"{folder}: cannot {what} the output folder ({err.strerror})") from err
+    finally:
+        if not keep:
+            for made in created:  # deepest first
+                with contextlib.suppress(OSError):
+                    made.rmdir()
     return folder
 
 

@@ -160,7 +160,7 @@ def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
     from anytok.pipeline import prepare_output_folder
 
     try:
-        prepare_output_folder(output)  # created now: unwritable folders fail before the work
+        prepare_output_folder(output, keep=False)  # unwritable folders fail before the work
     except ValueError as err:
         parser.error(f"-o/--output {err}")
     sweeps: dict[str, list[Any]] = {}
