@@ -293,8 +293,8 @@ def test_save_audio_ffmpeg_errors_and_eight_channels(tmp_path: Path) -> None:
         MediaError, match=r"Opus takes 8000, 12000, 16000, 24000, 48000 Hz only, not 44100"
     ):
         save_audio(tmp_path / "x.weba", wave, 44100)
-    with pytest.raises(MediaError, match="cannot write ALAC audio of 8 channels at 44100 Hz"):
-        save_audio(tmp_path / "x.m4b", wave, 44100, subtype="ALAC")
+    with pytest.raises(MediaError, match="cannot write AAC audio of 2 channels at 1000 Hz"):
+        save_audio(tmp_path / "x.m4a", sine(100, 1000, 0.5, channels=2), 1000)
     with pytest.raises(MediaError, match="1 to 8 channels here, not 9"):
         save_audio(tmp_path / "y.mka", sine(440, 44100, 0.1, channels=9), 44100)
     with pytest.raises(
@@ -302,12 +302,25 @@ def test_save_audio_ffmpeg_errors_and_eight_channels(tmp_path: Path) -> None:
     ):
         save_audio(tmp_path / "x.xyz", wave, 44100)
     # 7.1 through FFmpeg: PyAV's to_ndarray of an 8-channel planar frame crashed the
-    # process; reading goes through interleaved frames.
+    # process; reading goes through interleaved frames. ALAC takes 7.1 as "7.1(wide)".
     quantized = torch.round(wave * 32767) / 32767
-    path = save_audio(tmp_path / "surround.mka", quantized, 44100)
-    torch.testing.assert_close(load_audio(path).waveform, quantized, atol=1 / 32767, rtol=0)
-    chunks = torch.cat(list(iter_audio(path, 1000)), 1)
-    assert torch.equal(chunks, load_audio(path).waveform)
+    for name, subtype in (("surround.mka", None), ("surround.m4a", "ALAC")):
+        path = save_audio(tmp_path / name, quantized, 44100, subtype=subtype)
+        torch.testing.assert_close(load_audio(path).waveform, quantized, atol=1 / 32767, rtol=0)
+        chunks = torch.cat(list(iter_audio(path, 1000)), 1)
+        assert torch.equal(chunks, load_audio(path).waveform)
+    for channels in (3, 4, 7):  # layouts ALAC and Opus take, not FFmpeg's defaults
+        three = sine(440, 48000, 0.1, channels=channels)
+        assert (
+            load_audio(
+                save_audio(tmp_path / f"{channels}.m4a", three, 48000, "ALAC")
+            ).waveform.shape[0]
+            == channels
+        )
+        assert (
+            load_audio(save_audio(tmp_path / f"{channels}.weba", three, 48000)).waveform.shape[0]
+            == channels
+        )
 
 
 def test_audio_float_round_trip_is_exact_and_clipped(tmp_path: Path) -> None:

@@ -902,8 +902,12 @@ _FFMPEG_WRITABLE: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
     ".weba": ("webm", _OPUS),
 }
 _OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
-# FFmpeg's default layout for each channel count.
+# FFmpeg's default layout for each channel count, and the encoders that take another.
 _LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+_ENCODER_LAYOUTS = {
+    "alac": {3: "3.0", 7: "6.1(back)", 8: "7.1(wide)"},
+    "libopus": {3: "3.0", 4: "quad"},
+}
 
 
 def _save_with_ffmpeg(p: Path, data: np.ndarray, rate: int, subtype: str | None) -> None:
@@ -921,7 +925,7 @@ def _save_with_ffmpeg(p: Path, data: np.ndarray, rate: int, subtype: str | None)
             p,
             f"Opus takes {', '.join(map(str, _OPUS_RATES))} Hz only, not {rate} Hz; resample first",
         )
-    layout = _LAYOUTS.get(data.shape[1])
+    layout = _ENCODER_LAYOUTS.get(encoder, {}).get(data.shape[1], _LAYOUTS.get(data.shape[1]))
     if layout is None:
         raise MediaError(p, f"FFmpeg formats take 1 to 8 channels here, not {data.shape[1]}")
     try:
