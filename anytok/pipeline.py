@@ -336,21 +336,26 @@ def prepare_output_folder(path: str | os.PathLike[str], keep: bool = True) -> Pa
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder}: exists and is not a folder")
-    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:  # no permission, a read-only filesystem, a file on the way
-        made = folder.is_dir()
-        what = "write into" if made else "create"
+        what = "write into" if folder.is_dir() else "create"
         raise ValueError(f"{folder}: cannot {what} the output folder ({err.strerror})") from err
     finally:
         if not keep:
-            for made in created:  # deepest first
+            for new_folder in created:
                 with contextlib.suppress(OSError):
-                    made.rmdir()
+                    new_folder.rmdir()
     return folder
+
+
+def error_text(err: BaseException) -> str:
+    """``err``'s whole message (a hint or the places searched may follow its first line),
+    or its type's name when it has none."""
+    return str(err).strip() or type(err).__name__
 
 
 def error_line(err: BaseException) -> str:
@@ -710,7 +715,7 @@ def decode_files(
         except (ValueError, RuntimeError, OSError, MediaError, UnknownModelError) as err:
             # (RuntimeError: out of memory too; UnknownModelError: a file naming a tokenizer
             # this install lacks must not stop the others)
-            failure = ItemFailure(path, str(err).strip() or type(err).__name__)  # whole: hints
+            failure = ItemFailure(path, error_text(err))
             report.failures.append(failure)
             if on_item:
                 on_item(path, failure)

@@ -56,10 +56,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _fail(err: BaseException) -> int:
-    """Print ``err`` whole (a hint or the places searched follow its first line)."""
+    from anytok.pipeline import error_text
+
     Console(stderr=True, soft_wrap=True).print(
-        f"[red]anytok: error:[/red] {escape(str(err).strip() or type(err).__name__)}",
-        highlight=False,
+        f"[red]anytok: error:[/red] {escape(error_text(err))}", highlight=False
     )
     return EXIT_USAGE
 
@@ -80,10 +80,11 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str], body, on_interrup
     except Exception as err:  # a crash (a killed loader worker ...): not "some items skipped"
         import traceback
 
+        from anytok.pipeline import error_text
+
         traceback.print_exc()
-        message = str(err).strip() or type(err).__name__
         Console(stderr=True, soft_wrap=True).print(
-            f"[red]{parser.prog}: failed:[/red] {escape(message)}{on_interrupt}",
+            f"[red]{parser.prog}: failed:[/red] {escape(error_text(err))}{on_interrupt}",
             highlight=False,
         )
         return EXIT_FAILED

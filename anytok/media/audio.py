@@ -726,9 +726,9 @@ def _ffmpeg_blocks(
     window: _Window | None = None,
 ) -> Iterator[Any]:
     """The first audio stream's ``(rate, channels, first)``, then its samples as ``(S, C)``
-    float32 blocks in order from file sample ``first`` (PyAV): 0, or with a ``window`` a
-    sample at least :data:`_SEEK_WARMUP_SECONDS` before it when the file can be sought
-    exactly (:func:`_audio_frames`). ``held``: the seconds the caller keeps, checked
+    float32 blocks in order from file sample ``first`` (PyAV): 0, or with a ``window``
+    where an indexed container was sought to, at least :data:`_SEEK_WARMUP_SECONDS` before
+    it and placed by timestamp (:func:`_audio_frames`). ``held``: the seconds the caller keeps, checked
     against ``limits.max_audio_seconds`` with the header; None: the whole stream, held to
     the limit by its header and, for a header that understates it, as it decodes."""
     try:
@@ -891,9 +891,10 @@ _WRITABLE: dict[str, tuple[str, str | None]] = {
 # PyAV converts them to the encoder's layout: its from_ndarray of 8 planar channels fails.
 _AAC = {"AAC": ("aac", "flt")}
 _OPUS = {"OPUS": ("libopus", "flt")}
+_MP4 = ("ipod", {**_AAC, "ALAC": ("alac", "s16")})
 _FFMPEG_WRITABLE: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
-    ".m4a": ("ipod", {**_AAC, "ALAC": ("alac", "s16")}),
-    ".m4b": ("ipod", {**_AAC, "ALAC": ("alac", "s16")}),
+    ".m4a": _MP4,
+    ".m4b": _MP4,
     ".aac": ("adts", _AAC),
     ".mka": (
         "matroska",

@@ -231,15 +231,17 @@ def _decode_frames(
         seek_origin = origin  # seeking goes by the demuxer's timestamps
         first_time = _first_frame_time(container, stream) if counted else origin
         # AVI: one timestamp tick per frame slot, so the slots of the packets read (a
-        # dropped frame leaves a gap) place the frames counted; else plain counting.
-        slots: list[int] = []
+        # dropped frame leaves a gap) place the frames counted; else plain counting. Only
+        # then are packets' slots recorded.
         by_slot = bool(
             counted and stream.time_base and abs(float(stream.time_base) * src_fps - 1) < 1e-3
         )
+        slots: list[int] = []
+        recorded = slots if by_slot else None
         frames: Iterator[av.VideoFrame] = iter(())  # nothing decodes: read no further
         if first_time is not None:
             origin = first_time
-            frames = _frames_from(p, container, stream, start, seek_origin, origin, dt, slots)
+            frames = _frames_from(p, container, stream, start, seek_origin, origin, dt, recorded)
         # Streaming holds one chunk: the frame limit bounds the chunk, not the video.
         limit = limits.max_video_frames if chunk is None else math.inf
         selector = _FrameSelector(p, start, fps, src_fps, max_frames, size, limit, transform)
@@ -487,12 +489,12 @@ def _frames_from(
     seek_origin: float,
     origin: float,
     dt: float,
-    slots: list[int],
+    slots: list[int] | None,
 ) -> Iterator[av.VideoFrame]:
     """Decoded frames from a keyframe at or before ``start`` seconds (from the first frame
     when ``start`` is 0); ``start`` counts from ``seek_origin`` in the demuxer's timestamps
-    and from ``origin`` in the frames'. ``slots`` receives the decode timestamps of the
-    packets read since the last seek (:func:`_decode_recording`).
+    and from ``origin`` in the frames'. ``slots``, when given, receives the decode timestamps
+    of the packets read since the last seek (:func:`_decode_recording`).
 
     FFmpeg seeks to the keyframe before a timestamp, but some demuxers (MPEG-TS, which has no
     index) land after it, or past the last keyframe: when the first frame decoded is later
@@ -530,7 +532,7 @@ def _frames_from(
     yield from _decode_recording(container, stream, slots)
 
 
-def _decode_again(path: Path, slots: list[int]) -> Iterator[av.VideoFrame]:
+def _decode_again(path: Path, slots: list[int] | None) -> Iterator[av.VideoFrame]:
     """The first video stream of ``path`` decoded from its start, in a container of its own
     (closed when the iteration ends)."""
     with av.open(str(path)) as container:
@@ -540,10 +542,15 @@ def _decode_again(path: Path, slots: list[int]) -> Iterator[av.VideoFrame]:
 
 
 def _decode_recording(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, slots: list[int]
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    slots: list[int] | None,
 ) -> Iterator[av.VideoFrame]:
-    """``container.decode(stream)``, recording in ``slots`` (emptied first) the decode
-    timestamp of every packet that holds data, in the order read."""
+    """``container.decode(stream)``, recording in ``slots`` (emptied first; None: nothing
+    recorded) the decode timestamp of every packet that holds data, in the order read."""
+    if slots is None:
+        yield from container.decode(stream)
+        return
     slots.clear()
     for packet in container.demux(stream):
         if packet.size and packet.dts is not None:
@@ -687,11 +694,11 @@ def save_video(
         raise ValueError(f"save_video expects (3, T, H, W) with T >= 1, got {tuple(video.shape)}")
     if not torch.isfinite(video).all():
         raise ValueError(f"refusing to write {p}: the video contains NaN or Inf")
-    if not isinstance(fps, Fraction) and not (math.isfinite(fps) and fps > 0):
+    rate = None
+    if math.isfinite(float(fps)) and fps > 0:  # NaN / inf before Fraction() refuses them
+        rate = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1001)
+    if not rate:  # also a tiny fps that rounds to 0
         raise ValueError(f"fps must be a positive finite number, got {fps}")
-    rate = Fraction(fps).limit_denominator(1001) if not isinstance(fps, Fraction) else fps
-    if rate <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
     frames = to_uint8(video.cpu()).permute(1, 2, 3, 0).numpy()  # (T, H, W, 3)
     _, h, w, _ = frames.shape
     frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
