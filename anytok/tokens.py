@@ -118,6 +118,11 @@ class TokenSpec:
             :attr:`Tokens.bits_per_item` ...) count each such code once; the codes and LM
             ids keep every stored position. Written to JSON only when set, so files without
             it (older ones) read as ``None``.
+        architecture: the registered architecture that produced the codes (``"dac_24khz"``),
+            ``None`` for a model built outside the registry. Two architectures can share
+            every other field (EnCodec and DAC at 24 kHz, VQGAN at stride 16 and 8) while
+            their codes mean different things, so decoders compare it where both set it.
+            Written to JSON only when set (older files read as ``None``).
 
     Lists are accepted for the tuple fields and stored as tuples; numbers are checked
     (codebook sizes in ``[2, 2**63]``, rates positive and finite).
@@ -134,6 +139,7 @@ class TokenSpec:
     name: str = ""
     resize: str | None = None
     code_repeats: tuple[tuple[int, ...], ...] | None = None
+    architecture: str | None = None
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
@@ -174,6 +180,10 @@ class TokenSpec:
             )
         if not isinstance(self.name, str):
             raise TypeError(f"TokenSpec: name must be a str, got {self.name!r}")
+        if self.architecture is not None and not isinstance(self.architecture, str):
+            raise TypeError(
+                f"TokenSpec: architecture must be a str or None, got {self.architecture!r}"
+            )
         set_ = object.__setattr__  # frozen dataclass: normalise in place
         set_(self, "codebook_sizes", sizes)
         set_(self, "layout", layout)
@@ -292,8 +302,11 @@ class TokenSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (tuples become lists); :meth:`from_dict` inverts it.
-        ``code_repeats`` appears only when set (files then read in versions without it)."""
+        ``code_repeats`` and ``architecture`` appear only when set (files then read in
+        versions without them)."""
         out = asdict(self)
+        if out["architecture"] is None:
+            del out["architecture"]
         for key in ("codebook_sizes", "layout", "resolution"):
             if out[key] is not None:
                 out[key] = list(out[key])
@@ -864,6 +877,11 @@ class Tokens:
         suffix = _suffix(path, "Tokens.save")
         if not path.parent.is_dir():
             raise FileNotFoundError(f"Tokens.save: folder {path.parent} of {path} does not exist")
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"Tokens.save: {path} is a folder; name the file to write inside it "
+                "(e.g. item.tokens.safetensors)"
+            )
         self._check_codes(f"Tokens.save({path})")
         codes = torch.where(self.valid_mask().unsqueeze(1), self.codes, 0)
         # C order: safetensors writes the raw buffer, and astype keeps a view's strides.
@@ -895,6 +913,11 @@ class Tokens:
         if not path.exists():  # before the extension: "nonexist" is missing, not misnamed
             raise FileNotFoundError(f"Tokens.load: no such file: {path}")
         suffix = _suffix(path, "Tokens.load")
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"Tokens.load: {path} is a folder, not a token file (Tokens.load reads one "
+                "file; `anytok decode FOLDER` decodes every token file in a folder)"
+            )
         if not path.is_file():
             raise FileNotFoundError(f"Tokens.load: no such file: {path}")
         try:

@@ -106,9 +106,12 @@ def _check_spec_of(model: Any, tokens: Tokens | Tensor, method: str) -> None:
 
 
 #: TokenSpec fields that say what codes mean beyond modality, layout and codebooks; compared
-#: where both specs set them (a hand-written spec may leave them None). ``name`` is not: a
-#: token file names its tokenizer by registry name, checkpoint path or Hub id.
-_SPEC_RATE_FIELDS = ("frame_rate", "sample_rate", "channels", "resolution", "fps")
+#: where both specs set them (a hand-written spec, an older file or a model built outside the
+#: registry may leave them None). ``name`` is not: a token file names its tokenizer by
+#: registry name, checkpoint path or Hub id.
+_SPEC_MEANING_FIELDS = (
+    "architecture", "frame_rate", "sample_rate", "channels", "resolution", "fps"
+)  # fmt: skip
 
 
 class Tokenizer(nn.Module, abc.ABC):
@@ -176,6 +179,12 @@ class Tokenizer(nn.Module, abc.ABC):
         return f"{arch}.{getattr(self, 'anytok_tag', 'untrained')}"
 
     @property
+    def architecture(self) -> str | None:
+        """The registered architecture this model was built as (``create_model`` / ``load``
+        record it), ``None`` for a model built by its class directly; token specs carry it."""
+        return getattr(self, "anytok_arch", None)
+
+    @property
     def decodes_level_prefix(self) -> bool:
         """Whether ``decode`` takes the codes of the first ``k`` levels alone (residual
         quantizers, whose ``encode`` has ``n_levels``)."""
@@ -188,9 +197,9 @@ class Tokenizer(nn.Module, abc.ABC):
     def check_token_spec(self, spec: TokenSpec, where: str = "decode") -> None:
         """Raise unless codes of ``spec`` are this tokenizer's: the same modality, layout and
         codebook sizes (or a leading prefix of the levels where
-        :attr:`decodes_level_prefix`), and the same ``frame_rate``, ``sample_rate``,
-        ``channels``, ``resolution`` and ``fps`` where both specs set them. ``name`` is not
-        compared (a checkpoint's tokens name its path or Hub id).
+        :attr:`decodes_level_prefix`), and the same ``architecture``, ``frame_rate``,
+        ``sample_rate``, ``channels``, ``resolution`` and ``fps`` where both specs set them.
+        ``name`` is not compared (a checkpoint's tokens name its path or Hub id).
 
         Raises:
             ValueError: naming each field that differs, with both values.
@@ -201,13 +210,7 @@ class Tokenizer(nn.Module, abc.ABC):
             for key in ("modality", "layout")
             if getattr(spec, key) != getattr(own, key)
         ]
-        sizes, own_sizes = spec.codebook_sizes, own.codebook_sizes
-        # (the signature check only when it matters: not on every decode of full codes)
-        prefix = len(sizes) < len(own_sizes) and self.decodes_level_prefix
-        if sizes != (own_sizes[: len(sizes)] if prefix else own_sizes):
-            which = "a leading prefix of " if self.decodes_level_prefix else ""
-            differ.append(f"codebook_sizes {sizes} vs {which}{own_sizes}")
-        for key in _SPEC_RATE_FIELDS:
+        for key in _SPEC_MEANING_FIELDS:
             theirs, ours = getattr(spec, key), getattr(own, key)
             if theirs is None or ours is None:
                 continue
@@ -218,6 +221,20 @@ class Tokenizer(nn.Module, abc.ABC):
             )
             if not same:
                 differ.append(f"{key} {theirs!r} vs {ours!r}")
+        sizes, own_sizes = spec.codebook_sizes, own.codebook_sizes
+        # (the signature check only when it matters: not on every decode of full codes)
+        prefix = len(sizes) < len(own_sizes) and self.decodes_level_prefix
+        if sizes != (own_sizes[: len(sizes)] if prefix else own_sizes):
+            if not differ and len(sizes) < len(own_sizes) and sizes == own_sizes[: len(sizes)]:
+                # the tokens are this model's own, cut to their first levels
+                raise ValueError(
+                    f"{where}: {own.name or type(self).__name__} decodes all "
+                    f"{len(own_sizes)} levels together; these tokens hold only the first "
+                    f"{len(sizes)} (codebook_sizes {sizes} of {own_sizes}). Decode tokens "
+                    "with every level"
+                )
+            which = "a leading prefix of " if self.decodes_level_prefix else ""
+            differ.append(f"codebook_sizes {sizes} vs {which}{own_sizes}")
         if differ:
             raise ValueError(
                 f"{where}: these tokens are not {own.name or type(self).__name__}'s "
@@ -226,10 +243,29 @@ class Tokenizer(nn.Module, abc.ABC):
             )
 
     @staticmethod
-    def codes_of(tokens: Tokens | Tensor) -> Tensor:
-        """The code tensor of ``tokens`` (accepts a bare ``(b, levels, *positions)`` tensor).
-        ``decode`` checks a :class:`Tokens`' spec before (:meth:`check_token_spec`)."""
-        return tokens.codes if isinstance(tokens, Tokens) else tokens
+    def codes_of(tokens: Tokens | Tensor | np.ndarray) -> Tensor:
+        """The code tensor of ``tokens`` (accepts bare ``(b, levels, *positions)`` codes, as a
+        tensor or a NumPy array). ``decode`` checks a :class:`Tokens`' spec before
+        (:meth:`check_token_spec`).
+
+        Raises:
+            TypeError: ``tokens`` is neither :class:`Tokens`, a tensor nor an array.
+        """
+        if isinstance(tokens, Tokens):
+            return tokens.codes
+        if isinstance(tokens, np.ndarray):
+            return torch.from_numpy(np.ascontiguousarray(tokens))
+        if not isinstance(tokens, Tensor):
+            raise TypeError(
+                "decode: expected Tokens or codes (batch, levels, *positions) as a tensor or "
+                f"NumPy array, got {type(tokens).__name__}"
+                + (
+                    "; load a token file with Tokens.load(path)"
+                    if isinstance(tokens, str | os.PathLike)
+                    else ""
+                )
+            )
+        return tokens
 
     def encode_file(self, path: str | os.PathLike[str], **encode_kwargs: Any) -> Tokens:
         """Encode one media file as ``anytok encode`` does: decoded, resampled, converted to
@@ -242,7 +278,7 @@ class Tokenizer(nn.Module, abc.ABC):
         """
         from anytok.pipeline import load_for_model  # the pipeline imports this module
 
-        media = load_for_model(self, Path(path))
+        media = load_for_model(self, Path(path).expanduser())
         device, _ = long_audio._device_and_dtype(self)
         return self.encode(media.unsqueeze(0).to(device), **encode_kwargs)
 
@@ -258,6 +294,12 @@ class Tokenizer(nn.Module, abc.ABC):
         """
         from anytok.pipeline import save_media  # the pipeline imports this module
 
+        path = Path(path).expanduser()
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"{type(self).__name__}.decode_file: {path} is a folder; name the file to "
+                "write, with its format's extension (.wav, .png, .mp4 ...)"
+            )
         if not isinstance(tokens, Tokens):
             tokens = Tokens.load(tokens)
         if len(tokens) != 1:
@@ -268,8 +310,8 @@ class Tokenizer(nn.Module, abc.ABC):
         device, _ = long_audio._device_and_dtype(self)
         with torch.inference_mode():
             media = self.decode(tokens[0].to(device))
-        save_media(self, media[0], Path(path))
-        return Path(path)
+        save_media(self, media[0], path)
+        return path
 
     def _check_media(self, media: Tensor, ndim: int, what: str) -> Tensor:
         """Check a media batch's type and rank; return it in the dtype of the weights.
@@ -369,6 +411,7 @@ class AudioTokenizer(Tokenizer):
             sample_rate=self.sample_rate,
             channels=self.channels,
             name=self.registry_name,
+            architecture=self.architecture,
         )
 
     def pad_input(self, audio: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -504,6 +547,15 @@ class AudioTokenizer(Tokenizer):
             raise ValueError(
                 f"{type(self).__name__}.decode: expected codes (batch, levels, time), got shape "
                 f"{tuple(codes.shape)}"
+            )
+        if codes.numel() and not torch.compiler.is_compiling() and bool((codes < 0).any()):
+            # A residual quantizer reads -1 as "level not run" (its training forward returns
+            # that); a codec's tokens never hold one, so here it is a caller's error (an LM's
+            # mask or pad id left in), not silence.
+            raise ValueError(
+                f"{type(self).__name__}.decode: codes must be >= 0, got {int(codes.min())}; "
+                "to decode fewer levels give the first k (tokens.codes[:, :k]); replace an "
+                "LM's pad or mask ids before decoding"
             )
         return codes
 
@@ -684,6 +736,7 @@ class ImageTokenizer(SpatialTiling, Tokenizer):
             layout=("height", "width"),
             resolution=tuple(self.resolution),
             name=self.registry_name,
+            architecture=self.architecture,
             resize=self.resize,
         )
 
@@ -728,6 +781,7 @@ class VideoTokenizer(SpatialTiling, Tokenizer):
             resolution=tuple(self.resolution),
             fps=self.fps,
             name=self.registry_name,
+            architecture=self.architecture,
             resize=self.resize,
         )
 

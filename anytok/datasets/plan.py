@@ -70,9 +70,11 @@ def model_fingerprint(model: nn.Module) -> str:
 
 def spec_without_name(spec_json: str) -> dict[str, Any]:
     """The spec as a dict minus ``name`` (the name says how the model was found, not what it
-    computes: ``ckpt/`` and ``./ckpt`` are the same tokenizer)."""
+    computes: ``ckpt/`` and ``./ckpt`` are the same tokenizer) and ``architecture`` (the
+    fingerprint covers it; plans written before specs carried it still verify)."""
     data = json.loads(spec_json)
     data.pop("name", None)
+    data.pop("architecture", None)
     return data
 
 

@@ -299,6 +299,7 @@ class FlexTok(ImageTokenizer):
             layout=("sequence",),
             resolution=self.resolution,
             name=self.registry_name,
+            architecture=self.architecture,
             resize=self.resize,
         )
 

@@ -222,6 +222,7 @@ class TiTok(ImageTokenizer):
             layout=("sequence",),
             resolution=self.resolution,
             name=self.registry_name,
+            architecture=self.architecture,
             resize=self.resize,
         )
 

@@ -204,25 +204,11 @@ class HierarchicalVideo(VideoTokenizer):
         fine = self.fine_quantizer.encode(self.to_fine(features).movedim(1, -1)).movedim(-1, 1)
         base = super().spec
         specs = {
-            "coarse": TokenSpec(
-                "video",
-                self.coarse_quantizer.codebook_sizes,
-                base.layout,
-                base.frame_rate,
-                resolution=base.resolution,
-                fps=base.fps,
-                name=base.name,
-                resize=base.resize,
+            "coarse": dataclasses.replace(
+                base, codebook_sizes=tuple(self.coarse_quantizer.codebook_sizes)
             ),
-            "fine": TokenSpec(
-                "video",
-                self.fine_quantizer.codebook_sizes,
-                base.layout,
-                base.frame_rate,
-                resolution=base.resolution,
-                fps=base.fps,
-                name=base.name,
-                resize=base.resize,
+            "fine": dataclasses.replace(
+                base, codebook_sizes=tuple(self.fine_quantizer.codebook_sizes)
             ),
         }
         return {

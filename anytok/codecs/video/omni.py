@@ -173,8 +173,21 @@ class OmniTokenizer(VideoTokenizer):
     @staticmethod
     def _as_video(media: Tensor) -> Tensor:
         """Images ``(b, 3, H, W)`` (tensor or NumPy) as one-frame videos; anything else as
-        given, for ``pad_input`` to check."""
-        return media[:, :, None] if getattr(media, "ndim", None) == 4 else media
+        given, for ``pad_input`` to check.
+
+        Raises:
+            ValueError: a 4-D input that is no image batch (an unbatched clip
+                ``(3, T, H, W)``: a 4-D input is read as images, so add the batch axis).
+        """
+        if getattr(media, "ndim", None) != 4:
+            return media
+        if media.shape[1] != 3:
+            raise ValueError(
+                "OmniTokenizer: expected video (batch, 3, frames, height, width) or images "
+                f"(batch, 3, height, width), got shape {tuple(media.shape)}; a 4-D input is "
+                "read as images, so give one clip as clip[None]"
+            )
+        return media[:, :, None]
 
     # ------------------------------------------------------------------ contract
 
