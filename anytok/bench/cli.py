@@ -247,7 +247,6 @@ def bench_from_cli(argv: list[str]) -> int:
     except (OSError, ValueError, DeviceError) as err:  # e.g. an unreadable --asr-labels file
         console.print(f"[red]anytok bench: error:[/red] {escape(str(err))}", highlight=False)
         return EXIT_USAGE
-    items: list[dict[str, Any]] = []
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -267,13 +266,13 @@ def bench_from_cli(argv: list[str]) -> int:
 
     try:
         with progress:
-            report = run_bench(settings, on_model=on_model, on_file=on_file, item_rows=items)
+            report = run_bench(settings, on_model=on_model, on_file=on_file)
     except (MetricWeightsError, BenchInputError) as err:
         console.print(f"[red]anytok bench: error:[/red] {escape(str(err))}", highlight=False)
         return EXIT_USAGE
-    written = write_reports(report, args.output, items=items, plots=not args.no_plots)
+    written = write_reports(report, args.output, plots=not args.no_plots)
     out.print(_summary_table(report))
-    plots = sum(1 for key in written if key.startswith(("rate_", "usage_")))
+    plots = sum(1 for path in written.values() if path.suffix == ".png")
     out.print(
         f"wrote {written['json']}, {written['markdown']} and {plots} plot(s) to {args.output}",
         markup=False,

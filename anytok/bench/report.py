@@ -8,6 +8,9 @@ Layout of a report folder::
                                  statistics, throughput; skipped files; notes
     rate_distortion_<mod>.png    metric against bitrate, one line per tokenizer across points
     usage_<model>.png            per level: code histogram and rank-frequency (Zipf) plot
+
+Writing a report first removes the files of these names that an earlier report left in the
+folder, so that it holds one run's report.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +268,31 @@ def _throughput_table(report: dict[str, Any]) -> list[str]:
     ]
 
 
+#: The files a report folder holds (:func:`write_reports`), as glob patterns.
+REPORT_FILES = ("report.json", "report.md", "items.jsonl", "rate_distortion_*.png", "usage_*.png")
+
+
+def remove_old_report(out: Path) -> list[Path]:
+    """Delete the files of an earlier report in ``out`` (the names and patterns of
+    :data:`REPORT_FILES`, nothing else); returns them."""
+    removed = []
+    for pattern in REPORT_FILES:
+        for path in sorted(out.glob(pattern)):
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def unique_stem(stem: str, taken: Set[str]) -> str:
+    """``stem``, or ``stem_2``, ``stem_3`` ... the first not in ``taken``."""
+    candidate, number = stem, 1
+    while candidate in taken:
+        number += 1
+        candidate = f"{stem}_{number}"
+    return candidate
+
+
 def write_reports(
     report: dict[str, Any],
     out_dir: str | os.PathLike[str],
@@ -272,13 +300,21 @@ def write_reports(
     items: list[dict[str, Any]] | None = None,
     plots: bool = True,
 ) -> dict[str, Path]:
-    """Write ``report.json``, ``items.jsonl``, plots and ``report.md`` into ``out_dir``.
+    """Write ``report.json``, ``items.jsonl``, plots and ``report.md`` into ``out_dir``,
+    after removing what an earlier report left there (:func:`remove_old_report`).
 
-    Returns the written paths by kind (``json``, ``markdown``, ``items``, and one entry per
-    plot).
+    ``items``: the rows of ``items.jsonl``; by default those :func:`run_bench` kept in the
+    report (none for a report without them: no ``items.jsonl``).
+
+    Returns the written paths by kind (``json``, ``markdown``, ``items``) and, for each plot,
+    by its file name without ``.png`` (``rate_distortion_audio``, ``usage_<model>``); two
+    models whose names make the same file name get ``usage_<model>_2.png`` ...
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_old_report(out)
+    if items is None:
+        items = report.get("_items")
     written: dict[str, Path] = {}
     plot_files: dict[str, list[str]] = {}
     if plots:
@@ -295,8 +331,8 @@ def write_reports(
         for model in _ok_models(report):
             histograms = model.get("_histograms")
             if model.get("token_stats") and histograms:
-                path = usage_plot(model, histograms, out / f"usage_{safe_name(model['label'])}.png")
-                written[f"usage_{model['label']}"] = path
+                stem = unique_stem(f"usage_{safe_name(model['label'])}", written.keys())
+                written[stem] = usage_plot(model, histograms, out / f"{stem}.png")
     written["json"] = write_json(out / "report.json", report)
     if items is not None:
         path = out / "items.jsonl"
@@ -310,4 +346,12 @@ def write_reports(
     return written
 
 
-__all__ = ["fmt", "markdown", "metric_columns", "safe_name", "write_reports"]
+__all__ = [
+    "REPORT_FILES",
+    "fmt",
+    "markdown",
+    "metric_columns",
+    "remove_old_report",
+    "safe_name",
+    "write_reports",
+]

@@ -3,8 +3,9 @@
 For each tokenizer: find the files of its modality, load them as it expects (resampled,
 resized), encode a batch, decode it at each :class:`~anytok.bench.sweeps.SweepPoint`, score
 every item against its input, count token statistics, then time encode / decode on one
-batch (:mod:`anytok.bench.throughput`). Bad files are skipped and listed; a tokenizer that
-fails is reported with its error and the run goes on.
+batch (:mod:`anytok.bench.throughput`). Bad files are skipped and listed, and so are the
+items of a batch that fails (an out-of-memory error on one long file); a tokenizer that
+fails to load, or on every batch, is reported with its error and the run goes on.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,14 +25,21 @@ from torch import Tensor
 
 from anytok.bench.environment import environment
 from anytok.bench.suite import METRICS, MetricModels, MetricSuite, load_transcripts
-from anytok.bench.sweeps import decode_at, plan_sweep
+from anytok.bench.sweeps import SweepPoint, decode_at, plan_sweep
 from anytok.bench.throughput import level_counts, measure_throughput
 from anytok.codecs.base import AudioTokenizer, ImageTokenizer, Tokenizer, VideoTokenizer
-from anytok.media import MediaError, find_media, load_image, load_video, resize_cover
+from anytok.media import (
+    MediaError,
+    find_media,
+    load_image,
+    load_video,
+    modality_of,
+    resize_cover,
+)
 from anytok.metrics.image import ssim, ssim_min_side
 from anytok.metrics.regions import Region, load_annotations, regions_for, score_regions
 from anytok.metrics.token_stats import TokenStatistics
-from anytok.pipeline import autocast_for, collate, input_format, load_input
+from anytok.pipeline import autocast_for, collate, error_line, input_format, load_input
 
 REPORT_FORMAT = "anytok.bench/1"
 
@@ -234,12 +242,52 @@ def _load_item(model: Tokenizer, path: Path, root: Path | None, settings: BenchS
     return Item(path, root, media.contiguous())
 
 
-def _files(data: Sequence[Path], modality: str) -> list[tuple[Path, Path | None]]:
+def _files(
+    data: Sequence[Path], modality: str, others: Collection[str] = ()
+) -> list[tuple[Path, Path | None]]:
+    """The files of ``modality`` among ``data``, each with the folder it was found in (None
+    for a file named directly), in order and each once (by real path), however often a
+    name, a folder or overlapping folders reach it.
+
+    A file named directly is kept whatever its extension (its loader says what is wrong with
+    it), unless the extension belongs to another modality in ``others``, the modalities the
+    run's other tokenizers handle: that file is theirs.
+    """
     found: list[tuple[Path, Path | None]] = []
+    seen: set[str] = set()
     for root in data:
+        folder = root if root.is_dir() else None
         for path in find_media([root], modality=modality):  # type: ignore[arg-type]
-            found.append((path, root if root.is_dir() else None))
+            if folder is None:
+                kind = modality_of(path)
+                if kind is not None and kind != modality and kind in others:
+                    continue
+            key = os.path.realpath(path)
+            if key not in seen:
+                seen.add(key)
+                found.append((path, folder))
     return found
+
+
+def declared_modality(name: str) -> str | None:
+    """The modality of tokenizer ``name`` from the registry or its checkpoint's
+    ``config.json``, without loading weights; None when that cannot be told (loading it
+    then says why)."""
+    from anytok.checkpoint import CONFIG_NAME, read_config
+    from anytok.registry import get_arch, is_checkpoint_path, is_offline, resolve
+
+    try:
+        if name.startswith("hf-hub:"):
+            from huggingface_hub import hf_hub_download
+
+            repo = name.removeprefix("hf-hub:")
+            config = hf_hub_download(repo, CONFIG_NAME, local_files_only=is_offline())
+            return get_arch(read_config(Path(config).parent)["architecture"]).modality
+        if is_checkpoint_path(name):
+            return get_arch(read_config(Path(name).expanduser())["architecture"]).modality
+        return resolve(name)[0].modality
+    except Exception:  # anytok.load reports the problem
+        return None
 
 
 def _good_items(
@@ -323,6 +371,106 @@ def _model_info(model: Tokenizer, name: str) -> dict[str, Any]:
     }
 
 
+@dataclass
+class PointOutcome:
+    """What one sweep point gave for one batch, kept until the whole batch succeeded."""
+
+    point: SweepPoint
+    decode_seconds: float
+    scored: list[tuple[dict[str, float], list[dict[str, Any]]]]
+    level_counts: list[list[int]]
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch gave: the informative codes of each item (token statistics) and the
+    outcome at every sweep point."""
+
+    codes: list[Tensor]
+    points: list[PointOutcome]
+
+
+def _measure_batch(
+    model: Tokenizer,
+    batch_items: Sequence[Item],
+    points: Sequence[SweepPoint],
+    suite: MetricSuite,
+    distributions: dict[SweepPoint, dict[str, Any]],
+    device: torch.device,
+    *,
+    reference_text: dict[Path, tuple[str | None, bool]],
+    annotations: dict[str, list[Region]] | None,
+    transcripts: dict[str, str] | None,
+) -> BatchOutcome:
+    """Encode a batch once, then decode and score it at every point.
+
+    Updates the dataset-level metrics in ``distributions`` (by point) as it goes: the
+    caller undoes that when the batch fails (:func:`_distribution_states`).
+    """
+    batch, lengths = collate([item.media for item in batch_items])
+    with torch.inference_mode(), autocast_for(device):
+        item_lengths = None if isinstance(model, ImageTokenizer) else lengths.to(device)
+        tokens = model.encode(batch.to(device), item_lengths)
+    token_lengths = _token_lengths(tokens.lengths, len(batch_items), tokens.codes.shape[2])
+    codes = [model.informative_codes(tokens.codes[i, :, :n]) for i, n in enumerate(token_lengths)]
+    if isinstance(model, AudioTokenizer) and suite.model("asr") is not None:
+        for item in batch_items:
+            given = _transcript(item.path, item.root, transcripts or {})
+            if given is not None:
+                reference_text[item.path] = (given, True)
+            else:  # dWER: the ASR of the input is the reference
+                heard = suite.transcribe(item.media[None], model.sample_rate)
+                reference_text[item.path] = (heard, False)
+    outcomes = []
+    for point in points:
+        with torch.inference_mode(), autocast_for(device):
+            start = time.perf_counter()
+            recon, point_codes = decode_at(model, tokens, point)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - start
+        recon = recon.float().cpu()
+        scored = _score_batch(model, suite, batch_items, recon, reference_text, annotations)
+        # Bits from the codes this point decoded (a prefix of levels or of positions), each
+        # level counted on its own grid (no stored repeats).
+        counts = level_counts(model, point_codes, token_lengths)
+        for metric in distributions[point].values():
+            _update_distribution(metric, batch_items, recon)
+        outcomes.append(PointOutcome(point, seconds, scored, counts))
+    return BatchOutcome(codes, outcomes)
+
+
+#: A dataset-level metric and copies of its accumulated state.
+SavedState = tuple[Any, dict[str, Any]]
+
+
+def _distribution_states(distributions: dict[SweepPoint, dict[str, Any]]) -> list[SavedState]:
+    """Copies of what the dataset-level metrics (``rfid`` / ``fvd``) have accumulated, to
+    put back with :func:`_restore_distributions` when a batch fails half-way."""
+    saved: list[SavedState] = []
+    for metrics in distributions.values():
+        for metric in metrics.values():
+            state = metric.metric.metric_state  # the torchmetrics accumulator
+            copies = {
+                key: value.clone() if isinstance(value, Tensor) else list(value)
+                for key, value in state.items()
+            }
+            saved.append((metric, copies))
+    return saved
+
+
+def _restore_distributions(saved: list[SavedState]) -> None:
+    """Put back the states :func:`_distribution_states` copied."""
+    for metric, copies in saved:
+        for key, value in copies.items():
+            setattr(metric.metric, key, value)
+
+
+def _batch_error(err: Exception, items: int) -> str:
+    """The skip reason of the items of a batch that failed with ``err``."""
+    return f"{type(err).__name__}: {error_line(err)} (its batch of {items} item(s) failed)"
+
+
 def bench_model(
     model: Tokenizer,
     name: str,
@@ -333,28 +481,41 @@ def bench_model(
     transcripts: dict[str, str] | None = None,
     on_file: ProgressCallback | None = None,
     item_rows: list[dict[str, Any]] | None = None,
+    other_modalities: Collection[str] = (),
 ) -> dict[str, Any]:
     """Benchmark one tokenizer; returns its section of the report.
 
     For each batch: encode once, count token statistics, then decode at every sweep point
     and score each item against its input. ``item_rows`` (when given) receives one row per
-    item and point with every score.
+    item and point with every score, once the tokenizer is done. ``other_modalities``: the
+    modalities of the run's other tokenizers (files named directly with their extensions
+    are left to them).
+
+    A batch that fails (out of memory on a long file ...) counts for nothing: its items are
+    listed as skipped with the error and the next batch goes on.
+
+    Raises:
+        Exception: the first batch's error when every batch failed (a bug in the tokenizer
+            shows as that error, not as every file skipped).
     """
     device = torch.device(settings.device)
     modality = model.modality
     suite.prepare(modality)
     if isinstance(model, (ImageTokenizer, VideoTokenizer)):
         _size_for(model, settings)  # a bad --image-size fails the tokenizer, not every file
-    files = _files(settings.data, modality)
-    points, notes = plan_sweep(model, settings.sweeps)
+    files = _files(settings.data, modality, other_modalities)
+    points, notes = plan_sweep(model, settings.sweeps, name)
     failures: list[dict[str, str]] = []
     # The levels encode gives (Mimi: 8 of 32), not every level the quantizer has.
     codebook_sizes = model.default_spec.codebook_sizes
     stats = TokenStatistics(codebook_sizes)
     log_sizes = [math.log2(k) for k in codebook_sizes]  # bits of a code per level
     acc = {point: PointAccumulator(suite.distribution_metrics(modality)) for point in points}
-    first_batch: list[Item] | None = None
+    distributions = {point: a.distributions for point, a in acc.items()}
+    first_batch: list[Item] | None = None  # the first batch that succeeded
+    first_error: Exception | None = None
     items = 0
+    rows: list[dict[str, Any]] = []
     reference_text: dict[Path, tuple[str | None, bool]] = {}
 
     def report_file(path: Path, error: str | None) -> None:
@@ -362,38 +523,37 @@ def bench_model(
             on_file(name, path, error)
 
     for batch_items in _good_items(model, files, settings, failures, report_file):
+        saved = _distribution_states(distributions)
+        try:
+            outcome = _measure_batch(
+                model,
+                batch_items,
+                points,
+                suite,
+                distributions,
+                device,
+                reference_text=reference_text,
+                annotations=annotations,
+                transcripts=transcripts,
+            )
+        except Exception as err:  # this batch's items are skipped; the others go on
+            _restore_distributions(saved)
+            first_error = first_error or err
+            reason = _batch_error(err, len(batch_items))
+            failures += [{"path": str(item.path), "error": reason} for item in batch_items]
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
         first_batch = first_batch or batch_items
         items += len(batch_items)
-        batch, lengths = collate([item.media for item in batch_items])
-        with torch.inference_mode(), autocast_for(device):
-            item_lengths = None if isinstance(model, ImageTokenizer) else lengths.to(device)
-            tokens = model.encode(batch.to(device), item_lengths)
-        token_lengths = _token_lengths(tokens.lengths, len(batch_items), tokens.codes.shape[2])
-        for i, n in enumerate(token_lengths):
-            stats.update(model.informative_codes(tokens.codes[i, :, :n]))
-        if isinstance(model, AudioTokenizer) and suite.model("asr") is not None:
-            for item in batch_items:
-                given = _transcript(item.path, item.root, transcripts or {})
-                if given is not None:
-                    reference_text[item.path] = (given, True)
-                else:  # dWER: the ASR of the input is the reference
-                    heard = suite.transcribe(item.media[None], model.sample_rate)
-                    reference_text[item.path] = (heard, False)
-        for point in points:
-            a = acc[point]
-            with torch.inference_mode(), autocast_for(device):
-                start = time.perf_counter()
-                recon, codes = decode_at(model, tokens, point)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                a.decode_seconds += time.perf_counter() - start
-            recon = recon.float().cpu()
-            # Bits from the codes this point decoded (a prefix of levels or of positions),
-            # each level counted on its own grid (no stored repeats).
-            scored = _score_batch(model, suite, batch_items, recon, reference_text, annotations)
-            counts_of_items = level_counts(model, codes, token_lengths)
-            for i, (item, (scores, region_rows)) in enumerate(zip(batch_items, scored)):
-                counts = counts_of_items[i]
+        for item_codes in outcome.codes:
+            stats.update(item_codes)
+        for result in outcome.points:
+            a = acc[result.point]
+            a.decode_seconds += result.decode_seconds
+            for item, (scores, region_rows), counts in zip(
+                batch_items, result.scored, result.level_counts
+            ):
                 a.add_item(
                     scores,
                     region_rows,
@@ -402,19 +562,18 @@ def bench_model(
                     amount=_media_amount(model, item),
                     pixels=float(math.prod(item.media.shape[1:])),
                 )
-                if item_rows is not None:
-                    item_rows.append(
-                        {
-                            "model": name,
-                            "point": point.label,
-                            "path": str(item.path),
-                            "scores": scores,
-                            "regions": region_rows,
-                        }
-                    )
-            for metric in a.distributions.values():
-                _update_distribution(metric, batch_items, recon)
+                rows.append(
+                    {
+                        "model": name,
+                        "point": result.point.label,
+                        "path": str(item.path),
+                        "scores": scores,
+                        "regions": region_rows,
+                    }
+                )
 
+    if first_error is not None and items == 0:
+        raise first_error
     if first_batch is None:
         notes.append(f"{name}: no {modality} items could be benchmarked")
     results = [
@@ -432,6 +591,16 @@ def bench_model(
         for point, a in acc.items()
     ]
     notes += _invalid_notes(name, acc)
+    throughput = None
+    if first_batch is not None:
+        try:
+            throughput = measure_throughput(model, first_batch, settings)
+        except Exception as err:  # the measured items stay in the report
+            notes.append(
+                f"{name}: throughput not measured: {type(err).__name__}: {error_line(err)}"
+            )
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     info = _model_info(model, name)
     info.update(
         {
@@ -440,14 +609,14 @@ def bench_model(
             "sweep_points": [p.label for p in points],
             "results": results,
             "token_stats": stats.summary() if items else None,
-            "throughput": (
-                measure_throughput(model, first_batch, settings) if first_batch else None
-            ),
+            "throughput": throughput,
             "notes": notes,
             # For the usage plots only: write_json leaves keys starting with "_" out.
             "_histograms": [level.histogram() for level in stats.levels],
         }
     )
+    if item_rows is not None:
+        item_rows += rows
     return info
 
 
@@ -574,11 +743,13 @@ def run_bench(
     item_rows: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Benchmark every tokenizer in ``settings``; returns the report (a JSON-able dict,
-    plus ``_histograms`` entries that :func:`anytok.bench.report.write_reports` uses for
-    plots and drops from the JSON).
+    plus ``_histograms`` entries and the ``_items`` rows that
+    :func:`anytok.bench.report.write_reports` uses for plots and ``items.jsonl`` and drops
+    from the JSON).
 
     ``on_model(name, files)`` is called before each tokenizer with its file count (for
-    progress bars); ``on_file`` after each file.
+    progress bars); ``on_file`` after each file; ``item_rows`` (when given) receives the
+    rows of ``items.jsonl`` too.
 
     Raises:
         MediaError: a data path does not exist.
@@ -601,14 +772,20 @@ def run_bench(
         raise BenchInputError(str(err)) from err
     started = time.time()
     sections = []
-    for name in settings.models:
+    rows: list[dict[str, Any]] = [] if item_rows is None else item_rows
+    # Which modalities the run covers, before any tokenizer reads a file: a file named
+    # directly goes to the tokenizers of its extension's modality when the run has one.
+    modalities = [declared_modality(name) for name in settings.models]
+    for index, name in enumerate(settings.models):
         try:
             model = anytok.load(name, device=device)
         except Exception as err:  # one bad name or checkpoint must not lose the others
             sections.append({"name": name, "error": f"{type(err).__name__}: {err}"})
             continue
+        modalities[index] = model.modality
+        others = {m for i, m in enumerate(modalities) if i != index and m is not None}
         if on_model is not None:
-            on_model(name, len(_files(settings.data, model.modality)))
+            on_model(name, len(_files(settings.data, model.modality, others)))
         # Outside the try: weights that do not fit their metric are the user's to fix.
         suite.prepare(model.modality)
         try:
@@ -620,7 +797,8 @@ def run_bench(
                 annotations=annotations,
                 transcripts=transcripts,
                 on_file=on_file,
-                item_rows=item_rows,
+                item_rows=rows,
+                other_modalities=others,
             )
         except Exception as err:  # a tokenizer bug is reported, the run goes on
             section = {"name": name, "error": f"{type(err).__name__}: {err}"}
@@ -644,6 +822,7 @@ def run_bench(
         "models": sections,
         "skipped": [{"path": p, "error": e} for p, e in skipped.items()],
         "notes": suite.notes + [n for s in sections for n in s.get("notes", [])],
+        "_items": rows,  # items.jsonl; write_json leaves it out of report.json
     }
 
 
@@ -682,6 +861,7 @@ __all__ = [
     "BenchSettings",
     "PointAccumulator",
     "bench_model",
+    "declared_modality",
     "json_safe",
     "run_bench",
     "summarize",

@@ -30,6 +30,10 @@ steps of diffusion decoders ...) by implementing the :class:`Sweepable` protocol
 The benchmark always evaluates the tokenizer as it is (the ``full`` point) and then every
 requested value of every axis the tokenizer supports; requests it does not support become
 notes in the report, not errors.
+
+Decoders whose ``decode`` takes a ``seed`` (SNAC adds noise in its decoder; diffusion
+decoders sample) are called with ``seed=DECODE_SEED`` (:func:`decode_options`), so two runs
+give the same numbers whatever the batch.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ from anytok.tokens import Tokens
 LEVELS = "levels"
 PERTURB = "perturb"
 PERTURB_SEED = 0
+#: The seed of every decode of a decoder that takes one (noise, samplers).
+DECODE_SEED = 0
 
 
 @runtime_checkable
@@ -107,16 +113,18 @@ def sweep_options(model: nn.Module) -> dict[str, list[Any]]:
 
 
 def plan_sweep(
-    model: nn.Module, requested: dict[str, list[Any]]
+    model: nn.Module, requested: dict[str, list[Any]], name: str | None = None
 ) -> tuple[list[SweepPoint], list[str]]:
     """The points to evaluate for ``model`` and notes on requests it cannot serve.
 
     ``full`` comes first; a requested value equal to the tokenizer as it is (the levels its
     ``encode`` gives) is not repeated, and more levels than that are skipped with a note.
+    The notes name the model ``name`` (the name it was given by), else its registry name.
     """
     options = sweep_options(model)
     points, notes = [FULL], []
-    name = getattr(model, "registry_name", type(model).__name__)
+    if name is None:
+        name = getattr(model, "registry_name", type(model).__name__)
     for axis, values in requested.items():
         if axis not in options:
             supported = ", ".join(sorted(options)) or "none"
@@ -142,10 +150,25 @@ def plan_sweep(
     return points, notes
 
 
+def decode_options(model: nn.Module, seed: int = DECODE_SEED) -> dict[str, Any]:
+    """Keyword arguments that make ``model.decode`` repeatable: ``{"seed": seed}`` when it
+    takes a ``seed`` (SNAC's decoder noise, samplers of diffusion decoders), else none."""
+    try:
+        parameters = inspect.signature(model.decode).parameters
+    except (AttributeError, TypeError, ValueError):
+        return {}
+    return {"seed": seed} if "seed" in parameters else {}
+
+
 def decode_at(model: nn.Module, tokens: Tokens, point: SweepPoint) -> tuple[Tensor, Tensor]:
-    """Decode ``tokens`` at ``point``: the media and the codes ``(b, levels, *positions)`` used."""
+    """Decode ``tokens`` at ``point``: the media and the codes ``(b, levels, *positions)`` used.
+
+    A decoder that takes a ``seed`` gets :data:`DECODE_SEED` (:func:`decode_options`); the
+    axes a tokenizer decodes itself (``sweep_decode``) follow its own seeding.
+    """
+    seeding = decode_options(model)
     if point.axis is None:
-        return model.decode(tokens), tokens.codes
+        return model.decode(tokens, **seeding), tokens.codes
     if point.axis == PERTURB:
         from anytok.regularizers import perturb_codes
 
@@ -154,7 +177,7 @@ def decode_at(model: nn.Module, tokens: Tokens, point: SweepPoint) -> tuple[Tens
             tokens.codes.cpu(), tokens.spec.codebook_sizes, float(point.value), generator
         ).to(tokens.codes.device)
         perturbed = Tokens(codes=noisy, spec=tokens.spec, lengths=tokens.lengths)
-        return model.decode(perturbed), tokens.codes
+        return model.decode(perturbed, **seeding), tokens.codes
     if point.axis == LEVELS and (
         not isinstance(model, Sweepable) or LEVELS not in model.sweep_options()
     ):
@@ -171,7 +194,8 @@ def decode_at(model: nn.Module, tokens: Tokens, point: SweepPoint) -> tuple[Tens
         spec = dataclasses.replace(
             tokens.spec, codebook_sizes=tuple(tokens.spec.codebook_sizes[:levels])
         )
-        return model.decode(Tokens(codes=codes, spec=spec, lengths=tokens.lengths)), codes
+        levels_tokens = Tokens(codes=codes, spec=spec, lengths=tokens.lengths)
+        return model.decode(levels_tokens, **seeding), codes
     return model.sweep_decode(tokens, point.axis, point.value)
 
 
@@ -198,11 +222,13 @@ def _number(text: str) -> Any:
 
 
 __all__ = [
+    "DECODE_SEED",
     "FULL",
     "LEVELS",
     "SweepPoint",
     "Sweepable",
     "decode_at",
+    "decode_options",
     "level_count",
     "parse_sweep",
     "plan_sweep",

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from anytok.bench.sweeps import decode_options
 from anytok.codecs.base import AudioTokenizer, ImageTokenizer, Tokenizer, VideoTokenizer
 from anytok.pipeline import autocast_for, collate
 
@@ -101,7 +102,10 @@ def measure_throughput(
         tokens = model.encode(batch, item_lengths)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    decode_times = _time(lambda: model.decode(tokens), device, settings.warmup, settings.repeats)
+    seeding = decode_options(model)  # the decode the metric pass ran
+    decode_times = _time(
+        lambda: model.decode(tokens, **seeding), device, settings.warmup, settings.repeats
+    )
     decode_peak = torch.cuda.max_memory_allocated(device) / _MIB if cuda else None
 
     # Valid tokens only (no padding past an item's length, no stored repeats), as the
