@@ -36,6 +36,7 @@ so a batch gives every item the tokens (and audio) it gets alone.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -372,6 +373,7 @@ class AudioDecoderStream:
         self._frames = 0  # code frames given so far
         self._samples = 0  # samples returned so far
         self._ends: Tensor | None = None  # (b,) valid samples per item; None: no end yet
+        self._weight_dtype = _device_and_dtype(model)[1]
 
     def __call__(self, codes: Tensor | Tokens) -> Tensor:
         lengths = codes.lengths if isinstance(codes, Tokens) else None
@@ -399,7 +401,17 @@ class AudioDecoderStream:
             return self._masked(self._decoder.flush(self._last))
 
     def _masked(self, audio: Tensor) -> Tensor:
-        """``audio (b, c, m)``, the stream's next ``m`` samples, zero past each item's end."""
+        """``audio (b, c, m)``, the stream's next ``m`` samples, zero past each item's end.
+
+        Runs under the decode autocast. An output of 0 samples skips the layers that cast (it
+        keeps the fp32 latent's dtype): it is given the dtype the samples have (autocast's, else
+        the weights'), so outputs concatenate to ``decode``'s dtype.
+        """
+        if audio.shape[-1] == 0:
+            device = audio.device.type
+            autocast = torch.is_autocast_enabled(device)
+            dtype = torch.get_autocast_dtype(device) if autocast else self._weight_dtype
+            audio = audio.to(dtype)
         start = self._samples
         self._samples += audio.shape[-1]
         if self._ends is None:
@@ -412,12 +424,39 @@ class AudioDecoderStream:
         return mask_past_lengths(audio, (self._ends - start).clamp(min=0))
 
 
+def _chunked_path_refusal(model: AudioTokenizer) -> UnsupportedModelError | None:
+    """Why :func:`encode_long` refuses ``model`` (``None`` if it has a chunked path), found
+    cheaply: ``encode_long`` of 0 samples raises a family's own refusal (TaDiCodec) before
+    anything else (else ``encode``'s ValueError), and the frame-per-hop check is one encoder
+    pass over 4 hops (SNAC). No receptive field is measured."""
+    _, dtype = _device_and_dtype(model)
+    try:
+        model.encode_long(torch.zeros(1, model.channels, 0, dtype=dtype))
+    except UnsupportedModelError as err:
+        return err
+    except ValueError:
+        pass  # 0 samples refused as encode refuses them: the shared chunked path
+    try:
+        _check_frame_per_hop(model)
+    except UnsupportedModelError as err:
+        return err
+    return None
+
+
 def _require_streamable(model: AudioTokenizer, what: str) -> None:
     name = type(model).__name__
     if not getattr(model, "causal", False):
+        refusal = _chunked_path_refusal(model)
+        advice = (
+            "use encode_long / decode_long for long audio"
+            if refusal is None
+            else f"it has no chunked path either (encode_long / decode_long raise "
+            f"{type(refusal).__name__}): encode / decode whole utterances with encode() / "
+            "decode()"
+        )
         raise ValueError(
             f"{name}.{what}: this model is not causal (its codes look ahead), so it cannot "
-            "stream; use encode_long / decode_long for long audio"
+            f"stream; {advice}"
         )
     check_streamable(model.encoder if what == "stream_encoder" else model.decoder)
 
@@ -451,10 +490,16 @@ def _windows(frames: int, chunk: int, left: int, right: int) -> Iterator[tuple[i
         yield start, end, max(0, start - left), min(frames, end + right)
 
 
+def _seconds(value: Any, what: str) -> float:
+    """``value`` (a real number: int, float, NumPy scalar; not bool, str, tensor) as float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a number of seconds, got {value!r}")
+    return float(value)
+
+
 def _check_context_seconds(context_seconds: float | None) -> None:
-    if context_seconds is not None and not (
-        context_seconds >= 0 and math.isfinite(context_seconds)  # NaN fails both
-    ):
+    seconds = None if context_seconds is None else _seconds(context_seconds, "context_seconds")
+    if seconds is not None and not (seconds >= 0 and math.isfinite(seconds)):  # NaN fails both
         raise ValueError(
             f"context_seconds must be >= 0 and finite (or None), got {context_seconds}"
         )
@@ -464,7 +509,9 @@ def _context_frames(model: AudioTokenizer, side: int | None, context_seconds: fl
     """Context in frames: the measured side (+1 frame of margin), or the fallback when
     unbounded; ``context_seconds`` may ask for more, never for less than measured."""
     _check_context_seconds(context_seconds)
-    asked = None if context_seconds is None else math.ceil(context_seconds * model.frame_rate)
+    asked = (
+        None if context_seconds is None else math.ceil(float(context_seconds) * model.frame_rate)
+    )
     if side is None:
         seconds = DEFAULT_UNBOUNDED_CONTEXT_SECONDS if context_seconds is None else None
         return asked if asked is not None else math.ceil(seconds * model.frame_rate)
@@ -472,9 +519,10 @@ def _context_frames(model: AudioTokenizer, side: int | None, context_seconds: fl
 
 
 def _chunk_frames(model: AudioTokenizer, chunk_seconds: float) -> int:
-    if not (chunk_seconds > 0 and math.isfinite(chunk_seconds)):  # NaN fails both
+    seconds = _seconds(chunk_seconds, "chunk_seconds")
+    if not (seconds > 0 and math.isfinite(seconds)):  # NaN fails both
         raise ValueError(f"chunk_seconds must be positive and finite, got {chunk_seconds}")
-    return max(1, round(chunk_seconds * model.frame_rate))
+    return max(1, round(seconds * model.frame_rate))
 
 
 def encode_long(
@@ -496,16 +544,24 @@ def encode_long(
         context_seconds: context on each side of a chunk where the receptive field is
             unbounded (default :data:`DEFAULT_UNBOUNDED_CONTEXT_SECONDS`); elsewhere the
             measured receptive field is used (a larger value here widens it).
-        lengths: valid samples per item; items are then encoded one by one.
+        lengths: valid samples per item; items are then encoded once per distinct length,
+            each on its own samples.
         **encode_kwargs: passed to ``encode`` (``n_levels``, ``bandwidth``).
 
     Returns:
-        :class:`Tokens` on ``audio``'s device, as ``model.encode(audio, lengths)`` returns.
+        :class:`Tokens` on ``audio``'s device, as ``model.encode(audio, lengths)`` returns
+        them: the same shape, spec and ``lengths`` (``None`` when every item fills the
+        frames), and the same codes (as the module docs say) at each item's valid positions.
+        Past an item's length the codes are 0, where ``encode`` holds the codes of its
+        padding: those positions carry no information (:class:`Tokens`), and neither
+        ``decode`` nor ``decode_long`` reads them.
     """
     audio = model._check_media(audio, 3, "audio (batch, channels, samples)")
     if audio.shape[-1] == 0:  # as encode does (it refuses empty audio), causal or not
         return model.encode(audio, lengths, **encode_kwargs)
     lengths = model._check_lengths(lengths, audio.shape[0], (0, audio.shape[-1]), "samples")
+    if lengths is not None and bool((lengths == audio.shape[-1]).all()):
+        lengths = None  # every item whole: one pass over the batch, as encode runs it
     if lengths is not None:
         # Once per distinct length, on whole hops (empty items keep no frame), as encode does.
         hop = model.hop_length
@@ -524,7 +580,10 @@ def encode_long(
             return tokens.codes
 
         codes = apply_per_length(encode_valid, padded, lengths, 1 / hop)
-        return Tokens(codes, specs[0], ((lengths + hop - 1) // hop).to(codes.device))
+        frames = torch.div(lengths + hop - 1, hop, rounding_mode="floor")
+        if lengths.device.type == "cpu" and bool((frames == codes.shape[-1]).all()):
+            return Tokens(codes, specs[0])  # encode's convention (to_tokens): None when full
+        return Tokens(codes, specs[0], frames.to(codes.device))
     return _encode_pieces(
         model, [audio], audio.device, chunk_seconds, context_seconds, encode_kwargs
     )
@@ -544,12 +603,37 @@ def encode_long_stream(
     file of any length encodes in bounded memory. Pieces are read as the chunks need them.
 
     Raises:
-        ValueError: the pieces hold no samples, or what ``encode`` refuses.
+        ValueError: the pieces hold no samples, pieces differ in batch size or channels, or
+            what ``encode`` refuses.
         UnsupportedModelError: as :func:`encode_long`, before any piece is read.
     """
-    checked = (model._check_media(p, 3, "audio piece (batch, channels, samples)") for p in pieces)
+    checked = consistent_pieces(
+        model, pieces, 3, "audio piece (batch, channels, samples)", "samples"
+    )
     cpu = torch.device("cpu")
     return _encode_pieces(model, checked, cpu, chunk_seconds, context_seconds, encode_kwargs)
+
+
+def consistent_pieces(
+    model: Any, pieces: Iterable[Tensor], ndim: int, what: str, unit: str
+) -> Iterator[Tensor]:
+    """``pieces`` checked as media of rank ``ndim`` (``model._check_media``, naming ``what``)
+    and alike on every axis but time (axis 2: ``unit``), as they are read: a piece whose
+    batch size, channels or frame size differs from the first non-empty piece's is refused
+    naming both shapes (``torch.cat`` would fail without saying why)."""
+    first: tuple[int, ...] | None = None
+    for index, piece in enumerate(pieces):
+        piece = model._check_media(piece, ndim, what)
+        if piece.shape[2]:  # empty pieces are skipped (PieceBuffer drops them)
+            if first is None:
+                first = tuple(piece.shape)
+            elif (*piece.shape[:2], *piece.shape[3:]) != (*first[:2], *first[3:]):
+                raise ValueError(
+                    f"{type(model).__name__}.encode_long_stream: piece {index} has shape "
+                    f"{tuple(piece.shape)}, the first {first}; consecutive pieces of one "
+                    f"signal may differ only in their {unit} (axis 2)"
+                )
+        yield piece
 
 
 class PieceBuffer:
@@ -746,7 +830,9 @@ def apply_per_length(
         return fn(x, None) if with_items else fn(x)
     lengths = lengths.to(x.device)
     if not bool(lengths.any()):
-        return (fn(x, None) if with_items else fn(x)).zero_()
+        # A fresh tensor: fn's result may be an inference tensor (encode_long / decode_long
+        # run under inference_mode) that cannot be written to outside that mode.
+        return torch.zeros_like(fn(x, None) if with_items else fn(x))
     out: Tensor | None = None
     for length in torch.unique(lengths).tolist():
         if length == 0:  # left as zeros: a model needs at least one step
@@ -779,6 +865,7 @@ __all__ = [
     "PieceBuffer",
     "UnsupportedModelError",
     "apply_per_length",
+    "consistent_pieces",
     "decode_long",
     "encode_long",
     "encode_long_stream",

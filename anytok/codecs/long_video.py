@@ -20,13 +20,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from anytok.codecs.long_audio import PieceBuffer, UnsupportedModelError, _device_and_dtype
-from anytok.tokens import Tokens
+from anytok.codecs.long_audio import (
+    PieceBuffer,
+    UnsupportedModelError,
+    _device_and_dtype,
+    consistent_pieces,
+)
+from anytok.tokens import Tokens, as_int
 
 if TYPE_CHECKING:
     from anytok.codecs.base import VideoTokenizer
@@ -54,6 +59,25 @@ def _context(model: object, what: str) -> int:
     return int(context)
 
 
+def _positive_int(value: Any, what: str) -> int:
+    """``value`` as a positive int; ``bool``, ``float`` (``4.0`` too) and ``str`` refused."""
+    number = as_int(value, what)
+    if number < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return number
+
+
+def check_latent_frames(model: object, codes: Tensor, what: str = "decode") -> None:
+    """Refuse video codes ``(b, levels, T, h, w)`` with ``T == 0``: a clip has at least one
+    frame, and its first latent frame is that frame alone (``decode`` gives ``1 + (T - 1)
+    * s`` frames)."""
+    if codes.ndim == 5 and codes.shape[2] == 0:
+        raise ValueError(
+            f"{type(model).__name__}.{what}: codes {tuple(codes.shape)} have 0 latent frames; "
+            "a clip has at least one (its first frame alone)"
+        )
+
+
 def encode_long(
     model: VideoTokenizer,
     video: Tensor,
@@ -62,9 +86,15 @@ def encode_long(
     lengths: Tensor | None = None,
 ) -> Tokens:
     """Tokens of ``video (b, 3, t, H, W)`` computed ``chunk_frames`` input frames at a time
-    (rounded down to a multiple of the temporal factor, at least one): equal to
+    (rounded down to a multiple of the temporal factor, at least one latent frame): equal to
     ``model.encode(video, lengths)``, on ``video``'s device (which may be the CPU while the
-    model is on a GPU: one chunk at a time is moved)."""
+    model is on a GPU: one chunk at a time is moved).
+
+    Raises:
+        TypeError / ValueError: ``chunk_frames`` is not a positive int (``bool`` and
+            ``float`` refused), or what ``encode`` refuses.
+    """
+    chunk_frames = _positive_int(chunk_frames, "encode_long: chunk_frames")
     padded, latent_lengths = model.pad_input(video, lengths)
     codes = _encode_chunks(model, [padded], chunk_frames, video.device)
     from anytok.codecs.base import to_tokens
@@ -82,11 +112,13 @@ def encode_long_stream(
     the last frame is repeated to whole latent frames, as ``encode`` pads.
 
     Raises:
-        ValueError: the pieces hold no frames, or what ``encode`` refuses.
+        ValueError: the pieces hold no frames, pieces differ in batch size or ``H x W``,
+            ``chunk_frames`` is not positive, or what ``encode`` refuses.
         NoBoundedContextError: as :func:`encode_long`, before any piece is read.
     """
-    checked = (
-        model._check_media(p, 5, "video piece (batch, 3, frames, height, width)") for p in pieces
+    chunk_frames = _positive_int(chunk_frames, "encode_long_stream: chunk_frames")
+    checked = consistent_pieces(
+        model, pieces, 5, "video piece (batch, 3, frames, height, width)", "frames"
     )
     with torch.inference_mode():
         codes = _encode_chunks(model, checked, chunk_frames, torch.device("cpu"))
@@ -135,15 +167,21 @@ def _encode_chunks(
 def decode_long(
     model: VideoTokenizer, tokens: Tokens | Tensor, *, chunk_latents: int = 16
 ) -> Tensor:
-    """Video from codes ``(b, levels, T, h, w)``, ``chunk_latents`` latent frames at a time:
-    equal to ``model.decode(tokens)``, on the codes' device (one chunk at a time is moved to
-    the model's)."""
+    """Video ``(b, 3, 1 + (T - 1) * s, H, W)`` from codes ``(b, levels, T, h, w)``,
+    ``chunk_latents`` latent frames at a time: equal to ``model.decode(tokens)``, on the
+    codes' device (one chunk at a time is moved to the model's).
+
+    Raises:
+        TypeError / ValueError: ``chunk_latents`` is not a positive int (``bool`` and
+            ``float`` refused), or the codes have 0 latent frames.
+    """
+    per_chunk = _positive_int(chunk_latents, "decode_long: chunk_latents")
     device, _ = _device_and_dtype(model)
     codes = model.codes_of(tokens)
+    check_latent_frames(model, codes, "decode_long")
     s = model.temporal_factor
     latent_total = codes.shape[2]
     context = _context(model, "decoder") + 1
-    per_chunk = max(1, chunk_latents)
     pieces: list[Tensor] = []
     start = 0
     while start < latent_total:
@@ -157,4 +195,10 @@ def decode_long(
     return torch.cat(pieces, dim=2)
 
 
-__all__ = ["NoBoundedContextError", "decode_long", "encode_long", "encode_long_stream"]
+__all__ = [
+    "NoBoundedContextError",
+    "check_latent_frames",
+    "decode_long",
+    "encode_long",
+    "encode_long_stream",
+]

@@ -20,6 +20,7 @@ from anytok.codecs.base import (
     quantize_channel_first,
     to_tokens,
 )
+from anytok.codecs.long_video import check_latent_frames
 from anytok.nn.causal3d import Decoder3d, Encoder3d
 from anytok.registry import register
 from anytok.tokens import Tokens
@@ -92,7 +93,9 @@ class CNN3DFSQ(VideoTokenizer):
 
     def decode(self, tokens: Tokens | Tensor) -> Tensor:
         """Codes ``(b, levels, 1 + k, h, w)`` -> video ``(b, 3, 1 + k*s_t, h*s, w*s)``."""
-        return self.decoder(decode_codes(self.quantizer, self.codes_of(tokens)))
+        codes = self.codes_of(tokens)
+        check_latent_frames(self, codes)
+        return self.decoder(decode_codes(self.quantizer, codes))
 
 
 register(

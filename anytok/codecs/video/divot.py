@@ -35,6 +35,7 @@ from anytok.codecs.base import (
     quantize_channel_first,
     to_tokens,
 )
+from anytok.codecs.long_video import check_latent_frames
 from anytok.decoders.diffusion import FlowDecoder, SamplingDefaults, checked_scheduler
 from anytok.nn.causal3d import Encoder3d
 from anytok.nn.transformer import patchify, sincos_grid_embedding, unpatchify
@@ -191,6 +192,7 @@ class DivotTokenizer(SamplingDefaults, VideoTokenizer):
         clip, so codes past an item's length would change its frames); later frames repeat its
         last frame."""
         codes = self.codes_of(tokens)
+        check_latent_frames(self, codes)
         step = self.spatial_factor // self.code_factor  # code positions per decoder patch
         if codes.ndim == 5 and (codes.shape[-2] % step or codes.shape[-1] % step):
             raise ValueError(

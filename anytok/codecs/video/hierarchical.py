@@ -40,6 +40,7 @@ from anytok.codecs.base import (
     quantize_channel_first,
     to_tokens,
 )
+from anytok.codecs.long_video import check_latent_frames
 from anytok.nn.causal3d import (
     CausalConv3d,
     Decoder3d,
@@ -233,6 +234,7 @@ class HierarchicalVideo(VideoTokenizer):
                 f"{type(self).__name__}.decode: expected codes (batch, 2, T, h, w) (or coarse-only "
                 f"(batch, 1, T, h/2, w/2)), got shape {tuple(codes.shape)}"
             )
+        check_latent_frames(self, codes)
         if codes.shape[1] == 1:  # a coarse-only tensor on its own grid
             if layers != "coarse":
                 raise ValueError("one code level given: decode it with layers='coarse'")

@@ -31,6 +31,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from anytok.codecs.base import TokenizerOutput, VideoTokenizer, build_quantizer, to_tokens
+from anytok.codecs.long_video import check_latent_frames
 from anytok.nn.transformer import TransformerBlock, init_weights, sincos_grid_embedding
 from anytok.registry import register
 from anytok.tokens import Tokens
@@ -215,6 +216,7 @@ class OmniTokenizer(VideoTokenizer):
     def decode(self, tokens: Tokens | Tensor) -> Tensor:
         """Codes ``(b, 1, T, h, w)`` -> video ``(b, 3, 1 + (T-1)*q, H, W)``."""
         codes = self.codes_of(tokens)
+        check_latent_frames(self, codes)
         return self._decode_latent(self.quantizer.decode(codes.movedim(1, -1)))
 
     def encode_image(self, images: Tensor) -> Tokens:
