@@ -242,21 +242,39 @@ def test_video_clips_seek_by_the_header_duration(
     seeked = [ds[(0, seed)]["media"] for seed in range(5)]
     assert all(max_frames == 5 for _, max_frames in calls) and max(s for s, _ in calls) > 0
     assert len({float(clip[0, 0].mean()) for clip in seeked}) > 1  # different starts
-    monkeypatch.setattr(datasets_module, "video_duration", lambda path: None)
+
+    def header_says(seconds: float | None) -> Any:
+        """``video_duration`` with this header; measuring from the packets is real."""
+        return lambda path, from_packets=False: (
+            video_duration(path, from_packets=True) if from_packets else seconds
+        )
+
+    monkeypatch.setattr(datasets_module, "video_duration", lambda path, from_packets=False: None)
+    del calls[:]
     whole = [ds[(0, seed)]["media"] for seed in range(5)]
-    assert calls[-1] == (0.0, None)  # no duration: the whole file decodes
+    # No duration, no timestamps: a pass counts the frames (dropping each), and the clip is
+    # cut as with a duration: the same clips, one full-size frame in memory.
+    assert all(max_frames == 5 for _, max_frames in calls)
     for a, b in zip(seeked, whole, strict=True):
         torch.testing.assert_close(a, b, atol=2e-2, rtol=0)
-    monkeypatch.setattr(datasets_module, "video_duration", lambda path: 100.0)
+    # No duration in the header (a WebM recorded to a stream): the packets say how long
+    # the video is, and the clip is sought as by the header.
+    monkeypatch.setattr(datasets_module, "video_duration", header_says(None))
+    del calls[:]
+    measured = [ds[(0, seed)]["media"] for seed in range(5)]
+    assert all(max_frames == 5 for _, max_frames in calls)
+    for a, b in zip(seeked, measured, strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    monkeypatch.setattr(datasets_module, "video_duration", header_says(100.0))
     clip = ds[(0, 3)]
     assert clip["media"].shape == (3, 5, 16, 16) and clip["bad_files"] == []
-    assert calls[-2][0] > 60 / 25 and calls[-1] == (0.0, None)  # past the end, then whole
+    assert calls[-2][0] > 60 / 25 and calls[-1][0] <= 55 / 25 and calls[-1][1] == 5
     # Overstated by less than a clip: a start near the end gives fewer frames than asked,
-    # which also means the header lied, so the whole file decodes.
-    monkeypatch.setattr(datasets_module, "video_duration", lambda path: 2.6)  # 65 frames
+    # which also means the header lied, so the clip is sought by the packets' duration.
+    monkeypatch.setattr(datasets_module, "video_duration", header_says(2.6))  # 65 frames
     del calls[:]
     assert all(ds[(0, seed)]["media"].shape == (3, 5, 16, 16) for seed in range(60))
-    assert (0.0, None) in calls
+    assert all(max_frames == 5 for _, max_frames in calls)  # never the whole file
 
 
 def test_video_clips_are_cut_frame_by_frame_as_cutting_the_clip(tmp_path: Path) -> None:

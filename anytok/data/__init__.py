@@ -28,6 +28,7 @@ from anytok.data.sources import (
     scan_sources,
     split_items,
     split_value,
+    without_files_of,
 )
 
 __all__ = [
@@ -48,4 +49,5 @@ __all__ = [
     "scan_sources",
     "split_items",
     "split_value",
+    "without_files_of",
 ]

@@ -30,6 +30,7 @@ from anytok.media import (
     MediaError,
     audio_duration,
     audio_length,
+    iter_video,
     load_audio,
     load_image,
     load_video,
@@ -380,7 +381,9 @@ class VideoClips(MediaDataset):
     The decoder seeks to a random start, so long videos cost only their clip: by the
     manifest's ``duration``, else by the duration the file's header states. When neither
     is known (or the header's overstates the video and the start lands past its end) the
-    file is decoded from its start and the clip drawn from what decoded.
+    duration is measured from the video packets (read, not decoded) and the clip sought by
+    it; a file without timestamps is decoded once to count its frames (each dropped as it
+    decodes), and the clip then cut as with a duration.
     """
 
     modality = "video"
@@ -399,39 +402,67 @@ class VideoClips(MediaDataset):
         self.size = (int(size[0]), int(size[1]))
 
     def load(self, item: MediaItem, gen: torch.Generator, augment: bool) -> Tensor:
-        random_start = augment and self.augment.random_crop
         crop_augment = self.augment if augment else None
-        duration = item.duration
-        if duration is None and random_start:
-            duration = video_duration(item.path)
-        if duration is not None and random_start:
-            # The frames a decode at self.fps yields (the tolerance keeps 2.3 s x 10 fps at
-            # 23, not 24); starts are whole frames, so a clip is the same whatever the seek
-            # precision, and drawn from the same positions as a decode from the start.
-            available = math.ceil(duration * self.fps - 1e-6)
-            start = 0.0
-            if available > self.frames:
-                start = _randint(gen, available - self.frames + 1) / self.fps
-            trusted = item.duration is not None or start == 0
-            try:
-                clip = self._cut_while_decoding(item.path, gen, crop_augment, start)
-            except MediaError:
-                if trusted:
-                    raise
-                clip = None
-            if clip is not None and (trusted or clip.shape[1] >= self.frames):
-                return clip
-            # The header overstated the video (an audio track longer than it): the start is
-            # past its end, or too near it for a whole clip. Decode it whole, as without a
-            # duration.
-        if not random_start:  # the first frames
+        if not (augment and self.augment.random_crop):  # the first frames
             return self._cut_while_decoding(item.path, gen, crop_augment, 0.0)
-        video = load_video(item.path, fps=self.fps).video
-        extra = video.shape[1] - self.frames
-        offset = _randint(gen, extra + 1) if extra > 0 else 0
-        frames = video[:, offset : offset + self.frames].transpose(0, 1)  # (T, 3, H, W)
-        frames = _random_resized_crop(frames, self.size, gen, crop_augment)  # one crop for all
-        return frames.transpose(0, 1).contiguous()
+        if item.duration is not None:  # the manifest's word
+            return self._clip_at_random_start(item.path, gen, crop_augment, item.duration, True)
+        header = video_duration(item.path)
+        if header is not None:
+            clip = self._clip_at_random_start(item.path, gen, crop_augment, header, False)
+            if clip is not None:
+                return clip
+        # The header says nothing (a WebM recorded to a stream), or it overstated the video
+        # (an audio track longer than it): the video packets say how long it is, read
+        # without decoding, so the clip still costs only itself.
+        measured = video_duration(item.path, from_packets=True)
+        if measured is not None:
+            clip = self._clip_at_random_start(item.path, gen, crop_augment, measured, False)
+            if clip is not None:
+                return clip
+        return self._clip_of_whole_decode(item.path, gen, crop_augment)
+
+    def _clip_at_random_start(
+        self,
+        path: Path,
+        gen: torch.Generator,
+        augment: Augment | None,
+        duration: float,
+        trusted: bool,
+    ) -> Tensor | None:
+        """A clip from a random start drawn for ``duration`` seconds; None when an untrusted
+        duration put the start past the video's end or too near it for a whole clip."""
+        # The frames a decode at self.fps yields (the tolerance keeps 2.3 s x 10 fps at 23,
+        # not 24); starts are whole frames, so a clip is the same whatever the seek
+        # precision, and drawn from the same positions as a decode from the start.
+        available = math.ceil(duration * self.fps - 1e-6)
+        start = 0.0
+        if available > self.frames:
+            start = _randint(gen, available - self.frames + 1) / self.fps
+        trusted = trusted or start == 0
+        try:
+            clip = self._cut_while_decoding(path, gen, augment, start)
+        except MediaError:
+            if trusted:
+                raise
+            return None
+        return clip if trusted or clip.shape[1] >= self.frames else None
+
+    def _clip_of_whole_decode(
+        self, path: Path, gen: torch.Generator, augment: Augment | None
+    ) -> Tensor:
+        """A clip drawn from the frames a decode from the start yields, for a file whose
+        duration nothing tells: one pass counts them (each frame dropped as it decodes),
+        then the clip is cut from its start as with a duration, so memory holds one
+        full-size frame and the draws are those of a seek."""
+        count = sum(
+            chunk.shape[1]
+            for chunk in iter_video(path, 256, fps=self.fps, transform=lambda f: f[:, :1, :1])
+        )
+        start = 0.0
+        if count > self.frames:
+            start = _randint(gen, count - self.frames + 1) / self.fps
+        return self._cut_while_decoding(path, gen, augment, start)
 
     def _cut_while_decoding(
         self, path: Path, gen: torch.Generator, augment: Augment | None, start: float

@@ -162,24 +162,43 @@ def _refuse_tar(path: Path, what: str) -> None:
         )
 
 
+class _RealPaths:
+    """Resolved paths of items' files, each folder resolved once (one ``lstat`` per file,
+    not one per path component)."""
+
+    def __init__(self) -> None:
+        self.folders: dict[str, str] = {}
+        self.cwd = os.getcwd()
+
+    def __call__(self, path: Path) -> str:
+        if os.path.islink(path):
+            return os.path.realpath(path)
+        folder, name = os.path.split(os.path.join(self.cwd, path))
+        if folder not in self.folders:
+            self.folders[folder] = os.path.realpath(folder)
+        return os.path.join(self.folders[folder], name)
+
+
 def _unique(items: list[MediaItem]) -> list[MediaItem]:
     """``items`` without repeats of a file (by resolved path), first occurrences in order."""
+    real_path = _RealPaths()
     seen: set[str] = set()
-    folders: dict[str, str] = {}  # resolved once per folder: one lstat per file, not per part
-    cwd = os.getcwd()
     unique = []
     for item in items:
-        if os.path.islink(item.path):
-            real = os.path.realpath(item.path)
-        else:
-            folder, name = os.path.split(os.path.join(cwd, item.path))
-            if folder not in folders:
-                folders[folder] = os.path.realpath(folder)
-            real = os.path.join(folders[folder], name)
+        real = real_path(item.path)
         if real not in seen:
             seen.add(real)
             unique.append(item)
     return unique
+
+
+def without_files_of(items: list[MediaItem], others: list[MediaItem]) -> list[MediaItem]:
+    """``items`` less those whose file (by resolved path) is one of ``others``' files: the
+    training items left when a validation set is given that shares files with them (a
+    validation folder inside the training folder)."""
+    real_path = _RealPaths()
+    taken = {real_path(item.path) for item in others}
+    return [item for item in items if real_path(item.path) not in taken]
 
 
 def split_value(key: str) -> float:
@@ -216,4 +235,5 @@ __all__ = [
     "scan_sources",
     "split_items",
     "split_value",
+    "without_files_of",
 ]

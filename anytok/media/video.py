@@ -327,13 +327,19 @@ def _stack(frames: list[Tensor]) -> Tensor:
     return from_uint8(video) if video.dtype == torch.uint8 else video
 
 
-def video_duration(path: str | os.PathLike[str]) -> float | None:
+def video_duration(path: str | os.PathLike[str], *, from_packets: bool = False) -> float | None:
     """Seconds of the file's first video stream as its header states them (the stream's
     duration, else its frame count over its rate, else the track's ``DURATION`` tag that
     Matroska / WebM muxers write, else the container's duration); None
     when the header does not say or the file cannot be opened (:func:`load_video` then
     names the problem). A header can be wrong (an edit list, an audio track longer than
-    the video): callers that seek by it must cope with a start past the last frame."""
+    the video): callers that seek by it must cope with a start past the last frame.
+
+    ``from_packets=True`` measures instead: the video packets are read (demuxed, not
+    decoded) from the first frame's timestamp to the end of the last, which costs a read of
+    the file but holds for files whose header says nothing (a WebM recorded to a stream, as
+    browsers' MediaRecorder writes them) or overstates the video; None without timestamps.
+    """
     try:
         container = av.open(str(path))
     except FFMPEG_ERRORS:
@@ -342,6 +348,11 @@ def video_duration(path: str | os.PathLike[str]) -> float | None:
         if not container.streams.video:
             return None
         stream = container.streams.video[0]
+        if from_packets:
+            try:
+                return _packet_seconds(container, stream)
+            except FFMPEG_ERRORS:  # damaged past some point: load_video names it
+                return None
         if stream.duration and stream.time_base:
             return float(stream.duration * stream.time_base)
         rate = stream.average_rate or stream.guessed_rate
@@ -353,6 +364,26 @@ def video_duration(path: str | os.PathLike[str]) -> float | None:
         if container.duration:
             return container.duration / av.time_base
     return None
+
+
+def _packet_seconds(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> float | None:
+    """Seconds from the first video packet's presentation time to the end of the last
+    (a packet without a duration lasts one frame at the stream's rate)."""
+    rate = stream.average_rate or stream.guessed_rate
+    frame_ticks = 1 / (float(rate) * float(stream.time_base)) if rate and stream.time_base else 0
+    first = end = None
+    for packet in container.demux(stream):
+        if packet.pts is None or packet.size == 0:  # a flush packet, or no timestamp
+            continue
+        packet_end = packet.pts + (packet.duration or frame_ticks)
+        first = packet.pts if first is None else min(first, packet.pts)
+        end = packet_end if end is None else max(end, packet_end)
+    if first is None or end is None or not stream.time_base:
+        return None
+    seconds = float((end - first) * stream.time_base)
+    return seconds if seconds > 0 else None
 
 
 def _tag_seconds(text: str) -> float | None:

@@ -60,6 +60,7 @@ from anytok.data import (
     collate,
     scan_sources,
     split_items,
+    without_files_of,
 )
 from anytok.decoders.gan import (
     build_discriminator,
@@ -261,7 +262,9 @@ def train(
         # ---- data
         # A bad value found building the datasets (a segment under one sample) names the
         # section; a manifest's own errors stay ManifestErrors.
-        train_set, val_set = _built("data", lambda: _datasets(cfg, model), keep=(ManifestError,))
+        train_set, val_set = _built(
+            "data", lambda: _datasets(cfg, model, logger.note), keep=(ManifestError,)
+        )
         if len(train_set) < tc.batch_size * info.world_size:
             raise RecipeError(
                 f"data.train has {len(train_set)} usable files, fewer than train.batch_size "
@@ -859,13 +862,24 @@ def _scheduler(
     return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
-def _datasets(cfg: DictConfig, model: Tokenizer) -> tuple[MediaDataset, MediaDataset | None]:
-    """Training and validation datasets cut the way the model expects."""
+def _datasets(
+    cfg: DictConfig, model: Tokenizer, note: Callable[[str], None] | None = None
+) -> tuple[MediaDataset, MediaDataset | None]:
+    """Training and validation datasets cut the way the model expects. Files of
+    ``data.val`` are left out of training (a validation folder inside the training one),
+    which ``note`` reports."""
     data = cfg.data
     modality = model.modality
     items = scan_sources(data_sources(data.train), modality)
     if data.val is not None:
         val_items = scan_sources(data_sources(data.val), modality)
+        trained = without_files_of(items, val_items)
+        if len(trained) < len(items) and note is not None:
+            note(
+                f"data.val: {len(items) - len(trained)} of its files are also reached by "
+                "data.train; they are left out of training"
+            )
+        items = trained
     elif data.val_fraction > 0:
         items, val_items = split_items(items, data.val_fraction)
     else:
