@@ -618,8 +618,16 @@ def _decode_with_soundfile(
     start, stop = window.read_range(info.samplerate)
     if exact_length:  # a window past the end reads nothing: load_audio names the offset
         start = min(start, info.frames)
+    # An MP3 frame may take its data from up to 511 bytes of earlier frames (the bit
+    # reservoir) and overlaps the previous one: decoding from a seek straight to ``start``
+    # loses both (samples off by up to 0.3 on a 22.05 kHz file), so the read starts
+    # _MP3_PRE_ROLL samples earlier and drops them.
+    pre_roll = min(start, _MP3_PRE_ROLL) if info.format == "MP3" else 0
     try:
-        data, _ = sf.read(_sf_path(p), dtype="float32", always_2d=True, start=start, stop=stop)
+        data, _ = sf.read(
+            _sf_path(p), dtype="float32", always_2d=True, start=start - pre_roll, stop=stop
+        )
+        data = data[pre_roll:]
     except (sf.SoundFileError, RuntimeError, OSError) as err:
         raise MediaError(
             p,
@@ -649,6 +657,11 @@ def _decode_with_soundfile(
     else:  # more may follow: the estimate, or at least what was read
         total = max(info.frames, stop)
     return _Decoded(data, info.samplerate, info.channels, start, total)
+
+
+#: Samples an MP3 window read starts early by: 24 frames at 22.05 kHz, 12 at 44.1 kHz, more
+#: than the 511-byte bit reservoir spans at any bitrate, plus the frame overlap.
+_MP3_PRE_ROLL = 12 * 1152
 
 
 def _states_its_length(p: Path, file_format: str) -> bool:
