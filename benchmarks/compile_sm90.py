@@ -227,14 +227,16 @@ def other_rows(smoke: bool = False) -> list[dict]:
         "list_ptr": "*i32", "counter_ptr": "*i32", "cand_ptr": "*i32", "count_ptr": "*i32",
         "idx_ptr": "*i64", **{n: "i32" for n in ("N", "K", "D", "s_xg", "s_xn", "s_cg", "s_ck")},
     }  # fmt: skip
-    consts = {
-        "s_xd": 1, "s_cd": 1, "M": ts.MAX_CANDIDATES, "UNIT_ROWS": True,  # cosine / dot: the
-        "BLOCK_K": 64, "BLOCK_D": 32,  # longer path, with the rows' unit-peak pass
-    }  # fmt: skip
-    res = _compile(ts._rerank_kernel, sig, consts, 4, 3)
-    rows.append({"kernel": "rerank", "case": "fp32", "D": 256, "tile": "64x32 w4", "stages": 3,
-                 **res})  # fmt: skip
-    print(json.dumps(rows[-1]), flush=True)
+    # UNIT_ROWS: cosine / dot (the rows' unit-peak pass, b + a<x, c>); euclidean ||x - c||^2
+    for unit_rows, case in ((True, "fp32 cos/dot"), (False, "fp32 euclid")):
+        consts = {
+            "s_xd": 1, "s_cd": 1, "M": ts.MAX_CANDIDATES, "UNIT_ROWS": unit_rows,
+            "BLOCK_K": 64, "BLOCK_D": 32,
+        }  # fmt: skip
+        res = _compile(ts._rerank_kernel, sig, consts, 4, 3)
+        rows.append({"kernel": "rerank", "case": case, "D": 256, "tile": "64x32 w4",
+                     "stages": 3, **res})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
     sig = {
         "src_ptr": "*fp32", "dst_ptr": "*fp16", "inv_ptr": "*fp32",
         **{n: "i32" for n in ("R", "D", "DP", "s_g", "s_r")},

@@ -283,6 +283,22 @@ def test_reference_errors() -> None:
         nearest_codeword(torch.randn(3, 4, 3), torch.randn(2, 5, 3))
     with pytest.raises(ValueError, match="no codewords"):
         nearest_codeword(x, torch.randn(0, 3))
+    # (these raised deep inside torch, or ranked integer / complex input silently)
+    with pytest.raises(ValueError, match="no codewords"):
+        nearest_codeword(torch.zeros(3, 0), torch.zeros(0, 0))  # rows of D = 0
+    assert nearest_codeword(torch.zeros(3, 0), torch.zeros(2, 0)).tolist() == [0, 0, 0]
+    with pytest.raises(TypeError, match=r"x must be a float tensor .* got torch.int64"):
+        nearest_codeword(x.long(), c)
+    with pytest.raises(TypeError, match=r"codebook must be a float tensor .* torch.complex64"):
+        nearest_codeword(x, c.to(torch.complex64))
+    with pytest.raises(TypeError, match="x must be a tensor, got list"):
+        nearest_codeword(x.tolist(), c)
+    with pytest.raises(ValueError, match="got a 0-d tensor"):
+        nearest_codeword(torch.tensor(1.0), c)
+    with pytest.raises(ValueError, match="x is on cpu but the codebook is on meta"):
+        nearest_codeword(x, c.to("meta"))
+    with pytest.raises(TypeError, match="memory_budget must be an int"):
+        nearest_codeword(x, c, memory_budget=None)
 
 
 def test_codeword_counts_and_sums() -> None:
@@ -551,6 +567,29 @@ def test_interp_cosine_of_tiny_vectors(magnitude: float) -> None:
         assert_same_argmin(got, x, c, "cosine")
 
 
+@interp_only
+@pytest.mark.parametrize(
+    ("offset", "spread", "dim"), [(1000.0, 0.05, 16), (100.0, 0.1, 16), (1.0, 0.001, 64)]
+)
+def test_interp_euclidean_far_from_the_origin(offset: float, spread: float, dim: int) -> None:
+    """Data far from the origin relative to its spread: the re-rank scored candidates as
+    ||c||^2 - 2<x, c> in fp32, whose rounding of ||c||^2 exceeds the gaps between codewords
+    (every row of the first case wrong, chosen distances up to 5.9x the best); it now scores
+    ||x - c||^2. Checked against fp64 distances with a tolerance of the distances' own
+    rounding, not of ||c||^2 (which assert_same_argmin allows for)."""
+    from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
+
+    g = torch.Generator().manual_seed(12)
+    x = offset + spread * torch.randn(2, 20, dim, generator=g)
+    c = offset + spread * torch.randn(2, 40, dim, generator=g)
+    distances = torch.cdist(x.double(), c.double()).square()  # (G, N, K) of the fp32 values
+    best = distances.amin(-1)
+    got = nearest_codeword_triton(x, c)  # two groups in one launch
+    chosen = distances.gather(-1, got[..., None])[..., 0]
+    assert bool((chosen <= best * (1 + 1e-5)).all()), float((chosen / best).max())
+    assert torch.equal(nearest_codeword_triton(x[0], c[0], stage="never"), got[0])
+
+
 def test_certificate_model() -> None:
     """The torch model of the certificate: operand values, formats and errors."""
     from anytok.quantizers.kernels.certificate import ambiguous_rows, scaled_fp16
@@ -808,10 +847,11 @@ def test_kernels_compile_for_sm90(tmp_path: Path) -> None:
     cache = {"TRITON_CACHE_DIR": str(tmp_path / "cache")}
     run_benchmark("compile_sm90.py", "--smoke", "--out", str(tmp_path), env=cache, timeout=600)
     rows = json.loads((tmp_path / "compile_sm90.json").read_text())
-    # 3 operand cases x (2 search, 1 split search, 1 candidate, 1 statistics) + merge, re-rank,
-    # staging
-    assert len(rows) == 18
+    # 3 operand cases x (2 search, 1 split search, 1 candidate, 1 statistics) + merge, re-rank
+    # (cosine / dot and euclidean), staging
+    assert len(rows) == 19
     assert {r["kernel"] for r in rows} >= {"search split", "merge_splits"}
+    assert {r["case"] for r in rows if r["kernel"] == "rerank"} == {"fp32 cos/dot", "fp32 euclid"}
     for row in rows:
         if row["kernel"] in ("search", "search split", "candidates"):
             assert row["pipelined"], row  # cp.async software pipelining

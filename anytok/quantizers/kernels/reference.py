@@ -37,8 +37,26 @@ _SLICE_ALIGN = 64
 
 
 def _check(x: Tensor, codebook: Tensor, metric: str) -> None:
+    """Raise a clear error for arguments the search cannot take, naming the argument."""
     if metric not in METRICS:
         raise ValueError(f"nearest_codeword: metric must be one of {METRICS}, got {metric!r}")
+    for name, value in (("x", x), ("codebook", codebook)):
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"nearest_codeword: {name} must be a tensor, got {type(value).__name__}"
+            )
+        if not value.is_floating_point():  # integer / bool / complex: no distances to rank
+            raise TypeError(
+                f"nearest_codeword: {name} must be a float tensor (fp32 / bf16 / fp16 / fp64), "
+                f"got {value.dtype}"
+            )
+    if x.ndim == 0:
+        raise ValueError("nearest_codeword: x must be (..., D) vectors, got a 0-d tensor")
+    if x.device != codebook.device:
+        raise ValueError(
+            f"nearest_codeword: x is on {x.device} but the codebook is on {codebook.device}; "
+            "move them to one device"
+        )
     if codebook.ndim not in (2, 3):
         raise ValueError(
             "nearest_codeword: codebook must be (K, D) or (G, K, D) for G groups, got "
@@ -54,7 +72,7 @@ def _check(x: Tensor, codebook: Tensor, metric: str) -> None:
             f"nearest_codeword: grouped codebook {tuple(codebook.shape)} needs x (G, ..., D) "
             f"with G={codebook.shape[0]}, got {tuple(x.shape)}"
         )
-    if codebook.shape[-2] == 0 and x.numel() > 0:
+    if codebook.shape[-2] == 0 and math.prod(x.shape[:-1]) > 0:  # rows, even of D = 0
         raise ValueError(f"nearest_codeword: the codebook has no codewords {tuple(codebook.shape)}")
 
 
@@ -127,6 +145,10 @@ def nearest_codeword_reference(
         and columns through other micro-kernels, so either can win; docs/kernels.md).
     """
     _check(x, codebook, metric)
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int):
+        raise TypeError(
+            f"nearest_codeword: memory_budget must be an int (bytes), got {memory_budget!r}"
+        )
     compute = torch.float64 if torch.float64 in (x.dtype, codebook.dtype) else torch.float32
     grouped = codebook.ndim == 3
     lead = x.shape[:-1]

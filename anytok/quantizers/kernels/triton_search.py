@@ -917,7 +917,9 @@ if HAS_TRITON:
         s_ck,
         s_cd,
         M: tl.constexpr,
-        UNIT_ROWS: tl.constexpr,  # cosine / dot: rescale each row's peak to [1, 2) first
+        # cosine / dot: rescale each row's peak to [1, 2) first and score b + a<x, c>;
+        # euclidean (False): score ||x - c||^2 in fp32
+        UNIT_ROWS: tl.constexpr,
         BLOCK_K: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
@@ -961,10 +963,17 @@ if HAS_TRITON:
                         mask=mask_m[:, None] & mask_d[None, :],
                         other=0.0,
                     ).to(tl.float32)
-                    acc += tl.sum(cv * xv[None, :], axis=1)
-                scale = tl.load(scale_ptr + g.to(tl.int64) * K + ks, mask=mask_m, other=0.0)
-                bias = tl.load(bias_ptr + g.to(tl.int64) * K + ks, mask=mask_m, other=0.0)
-                s = tl.where(mask_m, bias + scale * acc, float("inf"))
+                    if UNIT_ROWS:
+                        acc += tl.sum(cv * xv[None, :], axis=1)
+                    else:  # euclidean: the fp32 distance itself (see the scan below)
+                        diff = cv - xv[None, :]
+                        acc += tl.sum(diff * diff, axis=1)
+                if UNIT_ROWS:
+                    scale = tl.load(scale_ptr + g.to(tl.int64) * K + ks, mask=mask_m, other=0.0)
+                    bias = tl.load(bias_ptr + g.to(tl.int64) * K + ks, mask=mask_m, other=0.0)
+                    s = tl.where(mask_m, bias + scale * acc, float("inf"))
+                else:
+                    s = tl.where(mask_m, acc, float("inf"))
                 m = tl.min(s, axis=0)
                 best = tl.min(tl.where(mask_m & (s == m), ks, K), axis=0)
                 # An all-NaN row matches nothing above: keep the first-pass answer then.
@@ -988,11 +997,22 @@ if HAS_TRITON:
                             other=0.0,
                         )
                         xv = xv.to(tl.float32) * x_mult
-                        acc += tl.sum(cv.to(tl.float32) * xv[None, :], axis=1)
+                        if UNIT_ROWS:
+                            acc += tl.sum(cv.to(tl.float32) * xv[None, :], axis=1)
+                        else:
+                            # ||x - c||^2, not ||c||^2 - 2<x, c>: data far from the origin
+                            # relative to its spread (an offset of 1000, a spread of 0.05)
+                            # rounds the expanded score's ||c||^2 past the gaps between
+                            # codewords, while the differences stay exact.
+                            diff = cv.to(tl.float32) - xv[None, :]
+                            acc += tl.sum(diff * diff, axis=1)
                     cols = g.to(tl.int64) * K + offs_k
-                    scale = tl.load(scale_ptr + cols, mask=mask_k, other=0.0)
-                    bias = tl.load(bias_ptr + cols, mask=mask_k, other=float("inf"))
-                    s = bias + scale * acc
+                    if UNIT_ROWS:
+                        scale = tl.load(scale_ptr + cols, mask=mask_k, other=0.0)
+                        bias = tl.load(bias_ptr + cols, mask=mask_k, other=float("inf"))
+                        s = bias + scale * acc
+                    else:
+                        s = tl.where(mask_k, acc, float("inf"))
                     m, i = tl.min(s, axis=0, return_indices=True)
                     better = m < best_s  # strict: ties keep the earlier (lower) index
                     best_k = tl.where(better, k0 + i, best_k)
