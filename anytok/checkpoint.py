@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import tempfile
@@ -121,7 +122,54 @@ def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
             f"{path}: 'config' must be an object of arguments, got "
             f"{type(config['config']).__name__}"
         )
+    version = config.get("format", FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: 'format' must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {version} is newer than this anytok reads "
+            f"({FORMAT_VERSION}); upgrade anytok"
+        )
     return config
+
+
+def check_argument_types(
+    builder: Callable[..., Any], arguments: dict[str, Any], where: str
+) -> None:
+    """Refuse ``config.json`` arguments whose JSON type cannot be what the builder's default
+    is: a string or null for a flag (``"causal": "false"`` is truthy), a string for a number
+    (``"sample_rate": "24000"`` fails only at the first encode), a number for a string or a
+    list. Arguments without a default, or with ``None`` as default, are left to the builder;
+    a float where the default is an int is allowed (recipes set ``dropout: 0.1`` over ``0``).
+
+    Raises:
+        CheckpointError: naming ``where``, the argument, its value and the type expected.
+    """
+    try:
+        parameters = inspect.signature(builder).parameters
+    except (TypeError, ValueError):  # no signature to go by
+        return
+    for name, value in arguments.items():
+        parameter = parameters.get(name)
+        if parameter is None or parameter.default in (inspect.Parameter.empty, None):
+            continue
+        default = parameter.default
+        if isinstance(default, bool):
+            fits, expected = isinstance(value, bool), "true or false"
+        elif isinstance(default, int | float):
+            fits = value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+            expected = "a number"
+        elif isinstance(default, str):
+            fits, expected = value is None or isinstance(value, str), "a string"
+        elif isinstance(default, list | tuple):
+            fits, expected = value is None or isinstance(value, list | tuple), "a list"
+        else:
+            continue
+        if not fits:
+            raise CheckpointError(
+                f"{where}: argument {name!r} must be {expected} (its default is {default!r}), "
+                f"got {value!r}"
+            )
 
 
 def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -400,6 +448,7 @@ def load_checkpoint(
             f"{config_file}: architecture {arch!r} is not registered in this anytok "
             "(a typo, or a checkpoint of a newer version?); `anytok list` shows every name"
         ) from err
+    check_argument_types(info.builder, config["config"], str(config_file))
     model = build_loaded(
         lambda: info.builder(**config["config"]),
         read_weights(weights, device),

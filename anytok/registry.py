@@ -333,9 +333,7 @@ def find_weights(info: ArchInfo, cfg: PretrainedCfg) -> Path:
 def import_checkpoint(info: ArchInfo, cfg: PretrainedCfg, directory: Path) -> nn.Module:
     """Build ``info`` (default configuration) and load ``directory/model.safetensors``, another
     project's weights, through the importer ``cfg`` names (strict: every key must match)."""
-    from safetensors.torch import load_file
-
-    from anytok.checkpoint import build_loaded
+    from anytok.checkpoint import CheckpointError, build_loaded, read_weights
 
     if cfg.importer not in _IMPORTERS:
         raise UnknownModelError(
@@ -348,7 +346,17 @@ def import_checkpoint(info: ArchInfo, cfg: PretrainedCfg, directory: Path) -> nn
             f"{info.name}.{cfg.tag}: {directory} has no model.safetensors (the importer "
             f"{cfg.importer!r} reads safetensors only; pickled weights are never opened)"
         )
-    state = _IMPORTERS[cfg.importer](load_file(weights))
+    try:
+        state = _IMPORTERS[cfg.importer](read_weights(weights))
+    except (KeyError, ValueError) as err:  # a key or shape the converter does not know
+        if isinstance(err, CheckpointError):
+            raise
+        reason = err.args[0] if isinstance(err, KeyError) and err.args else err
+        raise CheckpointError(
+            f"{weights}: not {info.name}.{cfg.tag}'s published weights as the importer "
+            f"{cfg.importer!r} reads them ({reason}); delete the file to download it again, "
+            "or load another folder by path"
+        ) from err
     config = info.config()
     source = f"{weights} (converted by {cfg.importer!r})"
     model = build_loaded(lambda: _build_seeded(info, config, seed=0), state, source)
