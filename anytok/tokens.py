@@ -23,7 +23,7 @@ import math
 import operator
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -302,8 +302,9 @@ class TokenSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (tuples become lists); :meth:`from_dict` inverts it.
-        ``code_repeats`` and ``architecture`` appear only when set (files then read in
-        versions without them)."""
+        ``code_repeats`` and ``architecture`` appear only when set, so files without them
+        read in versions that predate them; a file that has them does not (``from_dict``
+        refuses unknown keys), and every registry model sets ``architecture``."""
         out = asdict(self)
         if out["architecture"] is None:
             del out["architecture"]
@@ -672,10 +673,16 @@ class Tokens:
         return mask.expand(self.batch_size, *self.positions_shape)
 
     def equal(self, other: Tokens) -> bool:
-        """Same spec, shape, valid lengths and codes at every valid position."""
+        """Same spec, shape, valid lengths and codes at every valid position. A spec without
+        an ``architecture`` (a file written before specs carried it) matches one with it, as
+        :meth:`~anytok.codecs.base.Tokenizer.check_token_spec` lets it decode."""
         if not isinstance(other, Tokens):
             raise TypeError(f"Tokens.equal: expected Tokens, got {type(other).__name__}")
-        if self.spec != other.spec or self.codes.shape != other.codes.shape:
+        mine, theirs = self.spec, other.spec
+        if None in (mine.architecture, theirs.architecture):
+            mine = replace(mine, architecture=None)
+            theirs = replace(theirs, architecture=None)
+        if mine != theirs or self.codes.shape != other.codes.shape:
             return False
         if not torch.equal(self.valid_lengths.cpu(), other.valid_lengths.cpu()):
             return False

@@ -152,3 +152,14 @@ def test_omni_names_an_unbatched_clip_as_given() -> None:
         model.encode(torch.zeros(3, 5, h, w))
     with torch.inference_mode():
         assert model.encode(torch.zeros(2, 3, h, w)).codes.shape[:3] == (2, 1, 1)  # images
+
+
+def test_tokens_of_a_file_without_the_architecture_equal_the_models(vqgans) -> None:
+    """Re-encoding and comparing with stored tokens must not fail on every file written
+    before specs carried the architecture; another architecture still differs."""
+    _, _, tokens = vqgans
+    old = Tokens(tokens.codes, dataclasses.replace(tokens.spec, architecture=None))
+    assert old == tokens and tokens == old
+    other = Tokens(tokens.codes, dataclasses.replace(tokens.spec, architecture="vqgan_f8"))
+    assert other != tokens
+    assert old.spec != tokens.spec  # TokenSpec == compares every field
