@@ -248,3 +248,19 @@ def test_a_report_replaces_the_files_of_an_earlier_one(checkpoints, media, tmp_p
     assert sorted(written) == ["items", "json", "markdown"]
     assert [row["path"] for row in read_items(out)] == [str(media / "audio" / "a0.wav")]
     assert "from an earlier run" not in (out / "report.md").read_text()
+
+
+def test_a_tokenizer_that_decodes_only_at_its_resolution_names_image_size(tmp_path) -> None:
+    """FlexTok encodes a 64 x 64 image but decodes at its own resolution; the bench said
+    only "psnr: shapes differ"."""
+
+    model = anytok.create_model("flextok_d12_d12", tiny=True)
+    folder = save_checkpoint(model, tmp_path / "flextok")
+    side = 2 * model.resolution[0]
+    save_image(tmp_path / "a.png", torch.rand(3, side, side) * 2 - 1)
+    settings = BenchSettings(
+        models=[str(folder)], data=[tmp_path / "a.png"], image_size=(side, side), repeats=1
+    )
+    (section,) = run_bench(settings)["models"]
+    assert "reconstructs only at its own resolution" in section["error"]
+    assert "--image-size" in section["error"]

@@ -430,6 +430,13 @@ def _measure_batch(
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - start
         recon = recon.float().cpu()
+        if not isinstance(model, AudioTokenizer) and recon.shape[-2:] != batch.shape[-2:]:
+            # (the metrics would say only "shapes differ")
+            raise ValueError(
+                f"{model.registry_name} decodes {recon.shape[-2]}x{recon.shape[-1]} from "
+                f"{batch.shape[-2]}x{batch.shape[-1]} inputs: it reconstructs only at its own "
+                f"resolution {tuple(model.resolution)}; leave --image-size out, or set it to that"
+            )
         scored = _score_batch(model, suite, batch_items, recon, reference_text, annotations)
         # Bits from the codes this point decoded (a prefix of levels or of positions), each
         # level counted on its own grid (no stored repeats).
