@@ -346,11 +346,10 @@ def import_checkpoint(info: ArchInfo, cfg: PretrainedCfg, directory: Path) -> nn
             f"{info.name}.{cfg.tag}: {directory} has no model.safetensors (the importer "
             f"{cfg.importer!r} reads safetensors only; pickled weights are never opened)"
         )
+    tensors = read_weights(weights)  # an unreadable file: a CheckpointError naming it
     try:
-        state = _IMPORTERS[cfg.importer](read_weights(weights))
+        state = _IMPORTERS[cfg.importer](tensors)
     except (KeyError, ValueError) as err:  # a key or shape the converter does not know
-        if isinstance(err, CheckpointError):
-            raise
         reason = err.args[0] if isinstance(err, KeyError) and err.args else err
         raise CheckpointError(
             f"{weights}: not {info.name}.{cfg.tag}'s published weights as the importer "

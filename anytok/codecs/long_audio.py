@@ -497,21 +497,21 @@ def _seconds(value: Any, what: str) -> float:
     return float(value)
 
 
-def _check_context_seconds(context_seconds: float | None) -> None:
+def _check_context_seconds(context_seconds: float | None) -> float | None:
+    """``context_seconds`` as a float (``None`` kept), checked: >= 0 and finite."""
     seconds = None if context_seconds is None else _seconds(context_seconds, "context_seconds")
     if seconds is not None and not (seconds >= 0 and math.isfinite(seconds)):  # NaN fails both
         raise ValueError(
             f"context_seconds must be >= 0 and finite (or None), got {context_seconds}"
         )
+    return seconds
 
 
 def _context_frames(model: AudioTokenizer, side: int | None, context_seconds: float | None) -> int:
     """Context in frames: the measured side (+1 frame of margin), or the fallback when
     unbounded; ``context_seconds`` may ask for more, never for less than measured."""
-    _check_context_seconds(context_seconds)
-    asked = (
-        None if context_seconds is None else math.ceil(float(context_seconds) * model.frame_rate)
-    )
+    given = _check_context_seconds(context_seconds)
+    asked = None if given is None else math.ceil(given * model.frame_rate)
     if side is None:
         seconds = DEFAULT_UNBOUNDED_CONTEXT_SECONDS if context_seconds is None else None
         return asked if asked is not None else math.ceil(seconds * model.frame_rate)
