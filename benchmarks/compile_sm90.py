@@ -36,14 +36,17 @@ CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuob
 
 # Operand cases: x and codebook operand pointer dtypes, operand dtype, flags. "fp32 auto" is
 # the default for fp32 inputs: the codebook staged as scaled fp16, x scaled in-kernel for
-# D <= 128 and staged above; "fp32 never" converts everything in registers.
+# D <= 128 and staged above; "fp32 never" converts everything in registers. Both are
+# euclidean, so centred on the codebook mean; "fp32 auto cos" is cosine / dot (not centred).
 CASES = {
     "bf16": dict(xo="bf16", co="bf16", lp=tl.bfloat16, X_SCALED=False, C_SCALED=False,
-                 C_STAGED=True),
+                 C_STAGED=True, CENTRED=False),
     "fp32 auto": dict(xo="fp32", co="fp16", lp=tl.float16, X_SCALED=True, C_SCALED=True,
-                      C_STAGED=True),
+                      C_STAGED=True, CENTRED=True),
+    "fp32 auto cos": dict(xo="fp32", co="fp16", lp=tl.float16, X_SCALED=True, C_SCALED=True,
+                          C_STAGED=True, CENTRED=False),
     "fp32 never": dict(xo="fp32", co="fp32", lp=tl.float16, X_SCALED=True, C_SCALED=True,
-                       C_STAGED=False),
+                       C_STAGED=False, CENTRED=True),
 }  # fmt: skip
 
 
@@ -120,6 +123,7 @@ def search_signature(case: dict) -> dict:
         "part_ptr": "*fp32",
         "part_idx_ptr": "*i32",
         "row_err_ptr": "*fp32",
+        "centre_ptr": "*fp32",
         **{name: "i32" for name in ("N", "K", "D", "DX", "DC")},
         **{name: "i32" for name in ("s_xg", "s_xn", "s_xog", "s_xon", "s_cog", "s_cok")},
         "gamma": "fp32",
@@ -137,8 +141,8 @@ def search_constexprs(case: dict, config: triton.Config, staged_x: bool, one_d: 
         "s_xd": 1, "s_xod": 1, "s_cod": 1, "LP": case["lp"],
         "X_EXACT": not case["X_SCALED"], "X_STAGED": staged_x,
         "X_SCALED": case["X_SCALED"], "C_STAGED": case["C_STAGED"],
-        "C_SCALED": case["C_SCALED"], "CERTIFY": True, "INTERPRET": False,
-        "BLOCK_N": kw["BLOCK_N"], "BLOCK_K": kw["BLOCK_K"], "BLOCK_D": kw["BLOCK_D"],
+        "C_SCALED": case["C_SCALED"], "CENTRED": case["CENTRED"], "CERTIFY": True,
+        "INTERPRET": False, "BLOCK_N": kw["BLOCK_N"], "BLOCK_K": kw["BLOCK_K"], "BLOCK_D": kw["BLOCK_D"],
         "ONE_D": one_d,
     }  # fmt: skip
 
@@ -150,7 +154,7 @@ def search_rows(smoke: bool = False) -> list[dict]:
     for case_name, case in CASES.items():
         for d in (64, 256) if smoke else (16, 32, 64, 128, 256):
             one_d = d <= 128
-            staged_x = case_name == "fp32 auto" and not one_d
+            staged_x = case_name.startswith("fp32 auto") and not one_d
             configs = [
                 c
                 for c in ts._search_configs()
@@ -183,14 +187,15 @@ def other_rows(smoke: bool = False) -> list[dict]:
                 "x_ptr": f"*{case['xo']}", "c_ptr": f"*{case['co']}", "scale_ptr": "*fp32",
                 "bias_ptr": "*fp32", "cmult_ptr": "*fp32", "list_ptr": "*i32",
                 "thr_ptr": "*fp32", "list_inv_ptr": "*fp32", "counter_ptr": "*i32",
-                "cand_ptr": "*i32", "count_ptr": "*i32",
+                "cand_ptr": "*i32", "count_ptr": "*i32", "centre_ptr": "*fp32",
                 **{n: "i32" for n in ("N", "K", "D", "DX", "DC", "s_xg", "s_xn", "s_cg", "s_ck")},
                 "N_BUCKET": "i32", "D_BUCKET": "i32", "K_BUCKET": "i32", "MAX_SPLITS": "i32",
             }  # fmt: skip
             consts = {
                 "s_xd": 1, "s_cd": 1, "M": ts.MAX_CANDIDATES, "LP": case["lp"],
                 "X_SCALED": case["X_SCALED"], "X_STAGED": False, "C_SCALED": case["C_SCALED"],
-                "C_STAGED": case["C_STAGED"], "INTERPRET": False, "BLOCK_D": 64,
+                "C_STAGED": case["C_STAGED"], "CENTRED": case["CENTRED"], "INTERPRET": False,
+                "BLOCK_D": 64,
                 "BLOCK_N": kw["BLOCK_N"], "BLOCK_K": kw["BLOCK_K"],
             }  # fmt: skip
             res = _compile(ts._candidates_kernel, sig, consts, config.num_warps, config.num_stages)
@@ -202,11 +207,13 @@ def other_rows(smoke: bool = False) -> list[dict]:
         sig = {
             "c_ptr": "*fp32" if case["C_SCALED"] else "*bf16", "co_ptr": f"*{case['co']}",
             "scale_ptr": "*fp32", "bias_ptr": "*fp32", "cmult_ptr": "*fp32", "lp_scale_ptr": "*fp32",
-            "maxes_ptr": "*fp32", **{n: "i32" for n in ("K", "D", "DC", "s_cg", "s_ck")},
+            "maxes_ptr": "*fp32", "centre_ptr": "*fp32",
+            **{n: "i32" for n in ("K", "D", "DC", "s_cg", "s_ck")},
         }  # fmt: skip
         consts = {
-            "s_cd": 1, "METRIC": 1, "LP": case["lp"], "C_STAGED": case["C_STAGED"]
-            and case["C_SCALED"], "C_SCALED": case["C_SCALED"], "BLOCK_K": 64, "BLOCK_D": 64,
+            "s_cd": 1, "METRIC": 0 if case["CENTRED"] else 1, "LP": case["lp"],
+            "C_STAGED": case["C_STAGED"] and case["C_SCALED"], "C_SCALED": case["C_SCALED"],
+            "CENTRED": case["CENTRED"], "BLOCK_K": 64, "BLOCK_D": 64,
         }  # fmt: skip
         res = _compile(ts._codeword_stats_kernel, sig, consts, 4, 3)
         rows.append({"kernel": "codeword_stats", "case": case_name, "D": 256, "tile": "64x64 w4",
@@ -238,14 +245,15 @@ def other_rows(smoke: bool = False) -> list[dict]:
                      "stages": 3, **res})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     sig = {
-        "src_ptr": "*fp32", "dst_ptr": "*fp16", "inv_ptr": "*fp32",
+        "src_ptr": "*fp32", "dst_ptr": "*fp16", "inv_ptr": "*fp32", "centre_ptr": "*fp32",
         **{n: "i32" for n in ("R", "D", "DP", "s_g", "s_r")},
     }  # fmt: skip
-    consts = {"s_d": 1, "LP": tl.float16, "BLOCK_R": 32, "BLOCK_D": 64}
-    res = _compile(ts._stage_scaled_kernel, sig, consts, 4, 3)
-    rows.append({"kernel": "stage_scaled", "case": "fp32", "D": 256, "tile": "32x64 w4",
-                 "stages": 3, **res})  # fmt: skip
-    print(json.dumps(rows[-1]), flush=True)
+    for centred, case in ((True, "fp32 euclid"), (False, "fp32 cos/dot")):
+        consts = {"s_d": 1, "LP": tl.float16, "CENTRED": centred, "BLOCK_R": 32, "BLOCK_D": 64}
+        res = _compile(ts._stage_scaled_kernel, sig, consts, 4, 3)
+        rows.append({"kernel": "stage_scaled", "case": case, "D": 256, "tile": "32x64 w4",
+                     "stages": 3, **res})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
     return rows
 
 

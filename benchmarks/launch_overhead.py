@@ -74,11 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         x, x, co, f32(g, k), f32(g, k), f32(g, 4), f32(g, k), f32(g, n),
         torch.empty(g, n, dtype=torch.long), torch.empty(g, n, dtype=i32), f32(g, n),
         f32(g, n), torch.empty(g, dtype=i32), torch.empty(g, n, dtype=i32), f32(g, n),
-        torch.empty(g, n, dtype=i32), f32(g, n), n, k, d, d, d, *x.stride(), *x.stride(),
+        torch.empty(g, n, dtype=i32), f32(g, n), f32(g, d), n, k, d, d, d, *x.stride(),
+        *x.stride(),
         *co.stride(), 1e-5, ts._rows_bucket(n), 128, 1024, 1,
     )  # fmt: skip
     flags = dict(X_EXACT=False, CERTIFY=True, INTERPRET=False, LP=tl.float16,
-                 X_SCALED=True, X_STAGED=False, C_SCALED=True, C_STAGED=True)  # fmt: skip
+                 X_SCALED=True, X_STAGED=False, C_SCALED=True, C_STAGED=True,
+                 CENTRED=True)  # fmt: skip
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return (triton.cdiv(n, meta["BLOCK_N"]), g, 1)

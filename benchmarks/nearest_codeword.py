@@ -23,6 +23,10 @@ rotated between calls so no run reads the previous run's cached rows):
 and prints a Markdown table (with ``torch.cuda.get_device_name()``) and writes
 ``nearest_codeword.json`` and ``nearest_codeword.md`` to ``--out``.
 
+``--cases`` measures several metrics and data offsets in one run (one table): ``cosine``,
+``euclidean@3`` (x and codebook shifted by 3 in every dimension: data far from the origin,
+which the euclidean search centres on the codebook mean), comma-separated.
+
 ``--smoke`` runs on the CPU with tiny sizes: the reference, ``torch.cdist``, and the Triton
 kernels under ``TRITON_INTERPRET=1`` (the script re-executes itself with that variable set,
 since it must be set before Triton is imported). It checks the script end to end, not speed.
@@ -125,12 +129,34 @@ def goal_checks(row: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def _case_label(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """`` cosine`` / `` euclidean@3`` when the run measured more than one case, else ``""``."""
+    if len({(r.get("metric"), r.get("offset", 0.0)) for r in rows}) < 2 and not row.get("offset"):
+        return ""
+    offset = row.get("offset", 0.0)
+    return f" {row.get('metric')}" + (f"@{offset:g}" if offset else "")
+
+
+def parse_cases(text: str) -> list[tuple[str, float]]:
+    """``"cosine,euclidean@3"`` -> ``[("cosine", 0.0), ("euclidean", 3.0)]``."""
+    cases = []
+    for item in (t.strip() for t in text.split(",")):
+        metric, _, offset = item.partition("@")
+        if metric not in ("euclidean", "cosine", "dot"):
+            raise SystemExit(f"--cases: {item!r}: the metric must be euclidean, cosine or dot")
+        try:
+            cases.append((metric, float(offset) if offset else 0.0))
+        except ValueError:
+            raise SystemExit(f"--cases: {item!r}: the offset after @ must be a number") from None
+    return cases
+
+
 def goals_markdown(rows: list[dict[str, Any]]) -> str:
     """The goal table (one column per row of the results) and this run's baselines against
     the issue's own H200 numbers."""
     if not rows:
         return ""
-    names = [f"{r['N']}x{r['D']}x{r['K']} {r['dtype']}" for r in rows]
+    names = [f"{r['N']}x{r['D']}x{r['K']} {r['dtype']}{_case_label(r, rows)}" for r in rows]
     checks = [goal_checks(r) for r in rows]
     lines = ["## Goals of #4", "", "| goal | " + " | ".join(names) + " |"]
     lines.append("|" + "---|" * (len(rows) + 1))
@@ -216,30 +242,40 @@ def count_mismatches(got: Any, x: Any, c: Any, metric: str) -> int:
 # --------------------------------------------------------------------------- CPU smoke
 
 
-def run_smoke(metric: str) -> tuple[list[dict[str, Any]], str]:
+def run_smoke(cases: list[tuple[str, float]]) -> tuple[list[dict[str, Any]], str]:
     import torch
 
     from anytok.quantizers.kernels import nearest_codeword_reference
     from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
 
     rows = []
-    for n, d, k in SMOKE:
-        g = torch.Generator().manual_seed(n + d + k)
-        x, c = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
-        got, stats = nearest_codeword_triton(x, c, metric=metric, return_stats=True)
-        rows.append(
-            {
-                "N": n,
-                "D": d,
-                "K": k,
-                "dtype": "float32",
-                "mismatches": count_mismatches(got, x, c, metric),
-                "ambiguous_fraction": stats.ambiguous_fraction,
-                "interpreter_ms": _ms_cpu(lambda x=x, c=c: nearest_codeword_triton(x, c), 1),
-                "reference_ms": _ms_cpu(lambda x=x, c=c: nearest_codeword_reference(x, c)),
-                "cdist_ms": _ms_cpu(lambda x=x, c=c: torch.cdist(x, c).argmin(-1)),
-            }
-        )
+    for metric, offset in cases:
+        for n, d, k in SMOKE:
+            g = torch.Generator().manual_seed(n + d + k)
+            x = torch.randn(n, d, generator=g) + offset
+            c = torch.randn(k, d, generator=g) + offset
+            got, stats = nearest_codeword_triton(x, c, metric=metric, return_stats=True)
+
+            def search(x: Any = x, c: Any = c, metric: str = metric) -> Any:
+                return nearest_codeword_triton(x, c, metric=metric)
+
+            rows.append(
+                {
+                    "N": n,
+                    "D": d,
+                    "K": k,
+                    "dtype": "float32",
+                    "metric": metric,
+                    "offset": offset,
+                    "mismatches": count_mismatches(got, x, c, metric),
+                    "ambiguous_fraction": stats.ambiguous_fraction,
+                    "interpreter_ms": _ms_cpu(search, 1),
+                    "reference_ms": _ms_cpu(
+                        lambda x=x, c=c, m=metric: nearest_codeword_reference(x, c, metric=m)
+                    ),
+                    "cdist_ms": _ms_cpu(lambda x=x, c=c: torch.cdist(x, c).argmin(-1)),
+                }
+            )
     return rows, f"CPU smoke ({platform.processor() or platform.machine()}, Triton interpreter)"
 
 
@@ -384,31 +420,34 @@ def _anytok_vq_module(d: int, k: int, codebook: Any, metric: str) -> Any | None:
 def run_gpu(
     sizes: list[tuple[int, int, int]],
     dtypes: list[str],
-    metric: str,
+    cases: list[tuple[str, float]],
     skip: set[str],
     report: Callable[[list[dict[str, Any]], str], None],
 ) -> tuple[list[dict[str, Any]], str]:
-    """Measure every size and dtype; ``report(rows, device)`` after each row, so a run cut
-    short (the device machine's 10-minute limit, Ctrl-C) keeps what it measured."""
+    """Measure every (metric, offset) case, size and dtype; ``report(rows, device)`` after
+    each row, so a run cut short (the device machine's 10-minute limit, Ctrl-C) keeps what
+    it measured."""
     import torch
 
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 baselines stay fp32
     device = torch.cuda.get_device_name()
     rows: list[dict[str, Any]] = []
-    modules: dict[tuple[int, int, int], dict[str, Any]] = {}  # fp32-module columns per size
+    modules: dict[tuple, dict[str, Any]] = {}  # fp32-module columns per size and case
     try:
-        for n, d, k in sizes:
-            for dtype_name in dtypes:
-                try:
-                    row = measure(n, d, k, dtype_name, metric, skip, modules)
-                except Exception as exc:  # one broken row must not lose the rows after it
-                    row = {"N": n, "D": d, "K": k, "dtype": dtype_name, "metric": metric}
-                    row["anytok_ms"] = _error_text(exc)
-                    traceback.print_exc()
-                rows.append(row)
-                print(json.dumps(rows[-1]), flush=True)
-                report(rows, device)
-                torch.cuda.empty_cache()
+        for metric, offset in cases:
+            for n, d, k in sizes:
+                for dtype_name in dtypes:
+                    try:
+                        row = measure(n, d, k, dtype_name, metric, skip, modules, offset)
+                    except Exception as exc:  # one broken row must not lose the rows after it
+                        row = {"N": n, "D": d, "K": k, "dtype": dtype_name, "metric": metric}
+                        row["offset"] = offset
+                        row["anytok_ms"] = _error_text(exc)
+                        traceback.print_exc()
+                    rows.append(row)
+                    print(json.dumps(rows[-1]), flush=True)
+                    report(rows, device)
+                    torch.cuda.empty_cache()
     except KeyboardInterrupt:
         print(f"interrupted after {len(rows)} row(s)", file=sys.stderr)
     return rows, device
@@ -421,11 +460,12 @@ def measure(
     dtype_name: str,
     metric: str,
     skip: set[str],
-    modules: dict[tuple[int, int, int], dict[str, Any]] | None = None,
+    modules: dict[tuple, dict[str, Any]] | None = None,
+    offset: float = 0.0,
 ) -> dict[str, Any]:
-    """Every column for one size and input dtype (GPU). The VQ modules' columns (fp32
-    modules whatever the input dtype) are measured once per size and shared through
-    ``modules`` with the size's other dtypes."""
+    """Every column for one size and input dtype (GPU), on N(0, 1) data plus ``offset`` in
+    every dimension. The VQ modules' columns (fp32 modules whatever the input dtype) are
+    measured once per size and case and shared through ``modules`` with its other dtypes."""
     import torch
 
     from anytok.quantizers.kernels import backend_for, nearest_codeword
@@ -433,10 +473,11 @@ def measure(
 
     dtype = getattr(torch, dtype_name)
     torch.manual_seed(0)
-    xs = [torch.randn(n, d, device="cuda").to(dtype) for _ in range(3)]
-    c = torch.randn(k, d, device="cuda").to(dtype)
+    xs = [(torch.randn(n, d, device="cuda") + offset).to(dtype) for _ in range(3)]
+    c = (torch.randn(k, d, device="cuda") + offset).to(dtype)
     nxt = _rotating(xs)
     row: dict[str, Any] = {"N": n, "D": d, "K": k, "dtype": dtype_name, "metric": metric}
+    row["offset"] = offset
     row["backend"] = backend_for(xs[0], c)
     flops = 2.0 * n * k * d
 
@@ -509,7 +550,7 @@ def measure(
 
     # vector-quantize-pytorch and anytok VectorQuantize (fp32 modules, as in a model): the
     # same work for every input dtype, so measured for the size's first dtype only.
-    shared = modules.get((n, d, k)) if modules is not None else None
+    shared = modules.get((n, d, k, metric, offset)) if modules is not None else None
     if shared is None:
         shared = {}
         xf = [t.float()[None] for t in xs]
@@ -520,7 +561,7 @@ def measure(
             shared.update(_time_anytok_vq(d, k, c.float(), metric, xf))
             torch.cuda.empty_cache()
         if modules is not None:
-            modules[(n, d, k)] = {**shared, "modules_from": dtype_name}
+            modules[(n, d, k, metric, offset)] = {**shared, "modules_from": dtype_name}
     row.update(shared)
 
     for name in ("vqp_eval", "compiled", "torch_bf16"):
@@ -597,10 +638,11 @@ def _fmt(v: Any) -> str:
 
 def markdown(rows: list[dict[str, Any]], device: str, smoke: bool) -> str:
     if smoke:
-        cols = ["N", "D", "K", "mismatches", "ambiguous_fraction", "interpreter_ms",
+        cols = ["N", "D", "K", "metric", "offset", "mismatches", "ambiguous_fraction",
+                "interpreter_ms",
                 "reference_ms", "cdist_ms"]  # fmt: skip
     else:
-        cols = ["N", "D", "K", "dtype", "anytok_ms", "anytok_host_us", "anytok_graph_ms",
+        cols = ["N", "D", "K", "dtype", "metric", "offset", "anytok_ms", "anytok_host_us", "anytok_graph_ms",
                 "graph_equal", "splits", "anytok_nosplit_ms", "anytok_nostage_ms",
                 "anytok_extra_gib", "anytok_nostage_extra_gib",
                 "anytok_tflops",
@@ -629,6 +671,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/nearest_codeword"))
     parser.add_argument("--smoke", action="store_true", help="tiny CPU run (interpreter)")
     parser.add_argument("--metric", default="euclidean", choices=["euclidean", "cosine", "dot"])
+    parser.add_argument(
+        "--cases",
+        default=None,
+        help="METRIC[@OFFSET],... measured in one run (default: --metric, offset 0)",
+    )
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated")
     parser.add_argument("--sizes", default=None, help="N,D,K;N,D,K... (default: the anchor sizes)")
     parser.add_argument(
@@ -637,16 +684,17 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated: nostage,nosplit,torch_bf16,compiled,vqp,anytok_train",
     )
     args = parser.parse_args(argv)
+    cases = parse_cases(args.cases) if args.cases else [(args.metric, 0.0)]
 
     def report(rows: list[dict[str, Any]], device: str) -> None:
         args.out.mkdir(parents=True, exist_ok=True)
-        meta = {"device": device, "smoke": args.smoke, "metric": args.metric, "rows": rows}
+        meta = {"device": device, "smoke": args.smoke, "cases": cases, "rows": rows}
         (args.out / "nearest_codeword.json").write_text(json.dumps(meta, indent=2) + "\n")
         (args.out / "nearest_codeword.md").write_text(markdown(rows, device, args.smoke))
 
     if args.smoke:
         _reexec_with_interpreter()
-        rows, device = run_smoke(args.metric)
+        rows, device = run_smoke(cases)
     else:
         import torch
 
@@ -658,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
             sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes.split(";")]
         skip = {s for s in args.skip.split(",") if s}
         dtypes = args.dtypes.split(",")
-        rows, device = run_gpu(sizes, dtypes, args.metric, skip, report)  # type: ignore[arg-type]
+        rows, device = run_gpu(sizes, dtypes, cases, skip, report)  # type: ignore[arg-type]
 
     report(rows, device)
     print(markdown(rows, device, args.smoke))

@@ -590,6 +590,71 @@ def test_interp_euclidean_far_from_the_origin(offset: float, spread: float, dim:
     assert torch.equal(nearest_codeword_triton(x[0], c[0], stage="never"), got[0])
 
 
+@interp_only
+@pytest.mark.parametrize(
+    ("xdt", "cdt"),
+    [
+        (torch.float32, torch.float32),
+        (torch.float16, torch.float32),
+        (torch.bfloat16, torch.float32),
+        (torch.float32, torch.float16),
+    ],
+)
+def test_interp_centred_search_certifies_offset_data(xdt: torch.dtype, cdt: torch.dtype) -> None:
+    """Euclidean searches with rounded operands subtract the codebook mean first, so data
+    with a common offset (30 here, 30x the spread) certifies as often as zero-mean data.
+    Uncentred, the operand rounding grows with the offset: every row (48 of 48, in every
+    case here) went to the re-rank, 16 to 48 of them as full fp32 scans of the codebook;
+    now 0-2 do, none as scans. Exact under every staging policy, with one and several D
+    chunks, and the CPU model counts the same rows."""
+    from anytok.quantizers.kernels.certificate import ambiguous_rows
+    from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
+
+    g = torch.Generator().manual_seed(21)
+    for dim in (16, 40):  # one D chunk (x kept in registers) and two (x re-read, or staged)
+        x = (30.0 + torch.randn(48, dim, generator=g)).to(xdt)
+        c = (30.0 + torch.randn(64, dim, generator=g)).to(cdt)
+        distances = torch.cdist(x.double(), c.double()).square()
+        best = distances.amin(-1)
+        model = int(ambiguous_rows(x, c).sum())
+        uncentred = int(ambiguous_rows(x, c, centred=False).sum())
+        assert uncentred >= 30, uncentred  # the inputs must defeat an uncentred search
+        for stage in ("auto", "always", "never"):
+            got, stats = nearest_codeword_triton(x, c, return_stats=True, stage=stage)
+            chosen = distances.gather(-1, got[:, None])[:, 0]
+            assert bool((chosen <= best * (1 + 1e-6)).all()), (dim, stage)
+            assert stats.ambiguous <= 6 and stats.full_scans == 0, (dim, stage, stats)
+            assert abs(stats.ambiguous - model) <= 2, (dim, stage, stats.ambiguous, model)
+
+
+@interp_only
+def test_interp_centring_keeps_exact_and_grouped_searches_apart() -> None:
+    """Two 16-bit inputs of one dtype are read exactly and never centred; a grouped search
+    centres each group on its own codebook's mean (one group offset, one not)."""
+    from anytok.quantizers.kernels.certificate import search_centre
+    from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
+
+    g = torch.Generator().manual_seed(22)
+    x = torch.randn(2, 40, 24, generator=g)
+    c = torch.randn(2, 50, 24, generator=g)
+    x[1] += 30.0
+    c[1] += 30.0
+    centre = search_centre(c.bfloat16(), torch.float32)  # bf16 codebook: only where offset
+    assert bool((centre[0] == 0).all()) and bool((centre[1] - 30).abs().max() < 1)
+    assert torch.equal(search_centre(c, torch.float32), c.mean(1))  # fp32: always
+    for xdt, cdt in ((torch.float32, torch.float32), (torch.float32, torch.bfloat16)):
+        xx, cc = x.to(xdt), c.to(cdt)
+        got, stats = nearest_codeword_triton(xx, cc, return_stats=True)
+        assert_same_argmin(got, xx, cc, rel=1e-6)
+        assert stats.ambiguous <= 8, stats
+    xb, cb = x.bfloat16(), c.bfloat16()  # exact operands: only accumulation error
+    assert_same_argmin(nearest_codeword_triton(xb, cb), xb, cb, rel=1e-6)
+    with pytest.raises(ValueError, match="only a euclidean search"):
+        from anytok.quantizers.kernels.certificate import ambiguous_rows
+
+        ambiguous_rows(xb[0], cb[0], centred=True)
+
+
 def test_certificate_model() -> None:
     """The torch model of the certificate: operand values, formats and errors."""
     from anytok.quantizers.kernels.certificate import ambiguous_rows, scaled_fp16
@@ -615,10 +680,14 @@ def test_certificate_model() -> None:
 
 
 def run_benchmark(
-    script: str, *args: str, env: dict[str, str] | None = None, timeout: int = 300
+    script: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: int = 300,
+    check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``benchmarks/<script>`` with ``args`` (without ``TRITON_INTERPRET`` unless ``env``
-    sets it) and assert that it exits 0."""
+    sets it) and, with ``check``, assert that it exits 0."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / script
     base = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", ENV_VAR)}
     proc = subprocess.run(
@@ -628,7 +697,7 @@ def run_benchmark(
         timeout=timeout,
         env={**base, **(env or {})},
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0 or not check, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
@@ -706,8 +775,15 @@ def test_benchmark_goal_checks() -> None:
 def test_certificate_rate_benchmark_smoke(tmp_path: Path) -> None:
     run_benchmark("certificate_rate.py", "--smoke", "--rows", "500", "--out", str(tmp_path))
     rows = json.loads((tmp_path / "certificate_rate.json").read_text())
-    assert len(rows) == 8 and all(0 <= r["fp16_scaled"] <= r["bf16"] <= 1 for r in rows)
+    assert len(rows) == 16 and all(0 <= r["fp16_scaled"] <= r["bf16"] <= 1 for r in rows)
     assert "| fp16 scaled (kernels) |" in (tmp_path / "certificate_rate.md").read_text()
+    for r in rows:  # centring: euclidean offset data certifies as zero-mean data does
+        if r["metric"] == "cosine":  # never centred
+            assert r["fp16_scaled"] == r["fp16_scaled_not_centred"], r
+        elif r["data"] in ("gaussian", "clustered"):  # zero-mean: about the same
+            assert abs(r["fp16_scaled"] - r["fp16_scaled_not_centred"]) <= 0.01, r
+        elif r["data"] == "offset10":
+            assert r["fp16_scaled"] * 10 < r["fp16_scaled_not_centred"], r
 
 
 @pytest.mark.skipif(INTERPRET, reason="CPU reference path; the interpreter run covers Triton")
@@ -829,7 +905,7 @@ def test_gpu_owed_kernels_stage_fits_one_device_call(tmp_path: Path) -> None:
         "benchmarks/nearest_codeword.py", "-m", "benchmarks/nearest_codeword.py",
         "benchmarks/residual_encode.py",
     ]  # fmt: skip
-    assert "--dtypes float32,bfloat16" in calls[0] and "--metric cosine" in calls[2]
+    assert "--dtypes float32,bfloat16" in calls[0] and "--cases cosine,euclidean@3" in calls[2]
     assert "-m gpu" in calls[1] and "tests/test_kernels.py" in calls[1]
     files = [p.relative_to(out) for p in out.rglob("*") if p.is_file()]
     assert 0 < len(files) <= 8 and all(len(p.parts) <= 3 for p in files), files
@@ -847,11 +923,14 @@ def test_kernels_compile_for_sm90(tmp_path: Path) -> None:
     cache = {"TRITON_CACHE_DIR": str(tmp_path / "cache")}
     run_benchmark("compile_sm90.py", "--smoke", "--out", str(tmp_path), env=cache, timeout=600)
     rows = json.loads((tmp_path / "compile_sm90.json").read_text())
-    # 3 operand cases x (2 search, 1 split search, 1 candidate, 1 statistics) + merge, re-rank
-    # (cosine / dot and euclidean), staging
-    assert len(rows) == 19
+    # 4 operand cases (bf16; fp32 euclidean, centred, staged and not; fp32 cosine) x (2
+    # search, 1 split search, 1 candidate, 1 statistics) + merge, re-rank and staging (each
+    # cosine / dot and euclidean)
+    assert len(rows) == 25
     assert {r["kernel"] for r in rows} >= {"search split", "merge_splits"}
-    assert {r["case"] for r in rows if r["kernel"] == "rerank"} == {"fp32 cos/dot", "fp32 euclid"}
+    for kernel in ("rerank", "stage_scaled"):
+        cases = {r["case"] for r in rows if r["kernel"] == kernel}
+        assert cases == {"fp32 cos/dot", "fp32 euclid"}, kernel
     for row in rows:
         if row["kernel"] in ("search", "search split", "candidates"):
             assert row["pipelined"], row  # cp.async software pipelining
@@ -1089,10 +1168,17 @@ def test_interp_residual_encode_compiles_to_one_fused_update_per_stage(
 def test_interp_benchmark_smoke(tmp_path: Path) -> None:
     """The benchmark script's CPU smoke mode (reference + interpreter, tiny sizes)."""
     run_benchmark(
-        "nearest_codeword.py", "--smoke", "--out", str(tmp_path), env={"TRITON_INTERPRET": "1"}
-    )
-    assert (tmp_path / "nearest_codeword.json").exists()
-    assert "| " in (tmp_path / "nearest_codeword.md").read_text()
+        "nearest_codeword.py", "--smoke", "--cases", "euclidean,cosine@2", "--out",
+        str(tmp_path), env={"TRITON_INTERPRET": "1"},
+    )  # fmt: skip
+    meta = json.loads((tmp_path / "nearest_codeword.json").read_text())
+    assert meta["cases"] == [["euclidean", 0.0], ["cosine", 2.0]]
+    cases = [(r["metric"], r["offset"]) for r in meta["rows"]]
+    assert cases == [("euclidean", 0.0)] * 3 + [("cosine", 2.0)] * 3
+    assert all(r["mismatches"] == 0 for r in meta["rows"])
+    assert "| cosine | 2 |" in (tmp_path / "nearest_codeword.md").read_text()
+    bad = run_benchmark("nearest_codeword.py", "--smoke", "--cases", "l2@1", check=False)
+    assert bad.returncode != 0 and "--cases: 'l2@1': the metric must be" in bad.stderr
 
 
 # --------------------------------------------------------------------------- Triton (GPU)
@@ -1215,6 +1301,28 @@ def test_gpu_certificate_model_matches_kernel() -> None:
         model = int(ambiguous_rows(x, c, metric).sum())
         # summation order differs (tensor cores vs torch): rows at the threshold may move
         assert abs(stats.ambiguous - model) <= max(5, model // 50), (stats.ambiguous, model)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("xdt", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d", [64, 256])
+def test_gpu_offset_data_is_centred(xdt: torch.dtype, d: int) -> None:
+    """Data with a common offset (3 in every dimension) certifies like zero-mean data once
+    centred, in x kept in registers (D = 64) and staged (D = 256), and stays exact; the
+    CPU model predicts the count."""
+    from anytok.quantizers.kernels.certificate import ambiguous_rows
+    from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
+
+    torch.manual_seed(0)
+    x = (torch.randn(20000, d, device="cuda") + 3).to(xdt)
+    c = torch.randn(4096, d, device="cuda") + 3
+    got, stats = nearest_codeword_triton(x, c, return_stats=True)
+    assert_same_argmin(got[:2048], x[:2048], c, rel=1e-6)
+    uncentred = int(ambiguous_rows(x, c, centred=False).sum())
+    model = int(ambiguous_rows(x, c).sum())
+    assert stats.ambiguous * 3 < uncentred, (stats.ambiguous, uncentred)
+    assert abs(stats.ambiguous - model) <= max(5, model // 50), (stats.ambiguous, model)
 
 
 @pytest.mark.gpu

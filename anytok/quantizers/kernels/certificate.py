@@ -15,12 +15,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from anytok.quantizers.kernels.reference import METRICS
+from anytok.quantizers.kernels.reference import METRICS, codebook_centre
 
 #: Operand formats: the inputs' own 16-bit dtype, bf16, or fp16 scaled per row by 2^e.
 OPERANDS = ("bf16", "fp16_scaled", "exact16")
 
 _U32 = 2.0**-24
+_SIXTEEN_BIT = (torch.bfloat16, torch.float16)
 #: The largest power of two the kernels scale a row up by (``_pow2_scales``): the search folds
 #: a row block's and a codeword's inverse scales into one factor, which two inverses of at
 #: least 2^-49 keep a normal fp32 number. Rows whose peak is below 2^-35 keep fewer bits.
@@ -75,19 +76,41 @@ def kernel_operand(dtype_x: torch.dtype, dtype_c: torch.dtype) -> str:
     return "exact16" if operand_dtype(dtype_x, dtype_c) == dtype_x == dtype_c else "fp16_scaled"
 
 
+def search_centre(codebook: Tensor, x_dtype: torch.dtype) -> Tensor:
+    """The point a euclidean search with rounded operands is centred on, fp32
+    ``(..., K, D) -> (..., D)``: the codebook mean (:func:`codebook_centre`).
+
+    A 16-bit input is exact as a scaled fp16 operand, but its centred values are not: for
+    such inputs the centre is used only where the mean's squared norm exceeds the
+    codebook's total variance (the offset outweighs the spread), and is 0 otherwise, which
+    leaves those operands exact (a non-finite mean or variance gives 0 too). Decided on the
+    device, per group: no host synchronisation.
+    """
+    if x_dtype not in _SIXTEEN_BIT and codebook.dtype not in _SIXTEEN_BIT:
+        return codebook_centre(codebook)
+    # one pass for both; the mean in the codebook's dtype is close enough to centre on (any
+    # centre gives the same argmin), and a non-finite mean or variance fails the comparison
+    spread, centre = torch.var_mean(codebook, dim=-2, correction=0)
+    centre = centre.float()
+    offset = centre.square().sum(-1, keepdim=True)
+    return torch.where(offset > spread.float().sum(-1, keepdim=True), centre, 0.0)
+
+
 def ambiguous_rows(
     x: Tensor,
     codebook: Tensor,
     metric: str = "euclidean",
     operand: str | None = None,
     chunk: int = 4096,
+    centred: bool | None = None,
 ) -> Tensor:
     """Rows of ``x`` ``(N, D)`` the kernels could not certify: bool ``(N,)``.
 
     ``codebook`` is ``(K, D)``; ``operand`` defaults to what the kernels pick for the dtypes.
-    Follows the kernel's bound term by term (see ``docs/kernels.md``); only the summation
-    order of the low-precision dot products differs, which moves rows whose gap sits right at
-    the threshold.
+    ``centred`` (default: as the kernels, for a euclidean search with rounded operands)
+    subtracts :func:`search_centre` from both sides first. Follows the kernel's bound term
+    by term (see ``docs/kernels.md``); only the summation order of the low-precision dot
+    products differs, which moves rows whose gap sits right at the threshold.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
@@ -96,9 +119,14 @@ def ambiguous_rows(
     if codebook.shape[0] < 2:
         return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     operand = operand or kernel_operand(x.dtype, codebook.dtype)
+    if centred is None:
+        centred = metric == "euclidean" and operand != "exact16"
+    elif centred and (metric != "euclidean" or operand == "exact16"):
+        raise ValueError("centred: only a euclidean search with rounded operands is centred")
+    centre = search_centre(codebook, x.dtype) if centred else None
     d = x.shape[1]
-    c = codebook.float()
-    ct = operand_values(codebook, operand)
+    c = codebook.float() if centre is None else codebook.float() - centre
+    ct = operand_values(c if centred else codebook, operand)
     c_norm = c.norm(dim=-1)
     if metric == "euclidean":
         a, b = torch.full_like(c_norm, -2.0), c_norm**2
@@ -114,10 +142,15 @@ def ambiguous_rows(
     out = []
     for start in range(0, x.shape[0], chunk):
         xf = x[start : start + chunk].float()
-        xt = operand_values(x[start : start + chunk], operand)
+        if centre is not None:
+            xf = xf - centre
+        xt = operand_values(xf if centred else x[start : start + chunk], operand)
         xt_norm, rx_norm = xt.norm(dim=-1), (xf - xt).norm(dim=-1)
         err = xt_norm * (p + gamma * t) + rx_norm * q
-        err = (err + 4 * _U32 * (big_b + (1 + gamma) * t * xt_norm)) * (1 + 2.0**-8)
+        err = err + 4 * _U32 * (big_b + (1 + gamma) * t * xt_norm)
+        if centred:  # the fp32 roundings of x - m and c - m
+            err = err + 2 * _U32 * (big_b + q * (xt_norm + rx_norm))
+        err = err * (1 + 2.0**-8)
         err = err + SUBNORMAL_SLACK
         scores = torch.addmm(b, xt, (ct * a[:, None]).T)
         best2 = scores.topk(2, dim=-1, largest=False).values

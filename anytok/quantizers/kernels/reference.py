@@ -121,6 +121,13 @@ def block_shape(
     return rows, max(1, min(k, width))
 
 
+def codebook_centre(codebook: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The point a euclidean search is centred on: the mean of the codebook's rows in
+    ``dtype``, ``(..., K, D) -> (..., D)``, with non-finite entries replaced by 0 (such
+    codewords keep their NaN rule)."""
+    return torch.nan_to_num(codebook.mean(-2, dtype=dtype), nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def nearest_codeword_reference(
     x: Tensor,
     codebook: Tensor,
@@ -179,8 +186,7 @@ def nearest_codeword_reference(
         # subtract it slice by slice, and each chunk of x subtracts it: no codebook-sized
         # temporary, so the memory bound holds. Non-finite means count as 0 (such codewords
         # keep their NaN rule).
-        centre = cb.mean(1, keepdim=True)
-        centre = torch.where(centre.isfinite(), centre, torch.zeros_like(centre))
+        centre = codebook_centre(cb, compute).unsqueeze(1)
         bias = _squared_norms(cb, memory_budget // element_bytes, centre)
     cbt = cb.transpose(1, 2)
     rows, width = block_shape(n, k, groups, dim, element_bytes, memory_budget)

@@ -11,6 +11,22 @@ minimise* per codeword ``k``::
 
 so the kernels only ever need the dot product plus two ``(K,)`` vectors ``a`` and ``b``.
 
+Centring: a euclidean search whose operands are rounded (scaled fp16, below: every dtype
+pair but two 16-bit inputs of one dtype) ranks ``x - m`` against ``c_k - m``, with ``m`` the
+codebook's mean (non-finite entries 0; for a 16-bit ``x`` or codebook, which scaled fp16
+holds exactly and ``x - m`` would not, ``m = 0`` unless the mean's squared norm exceeds the
+codebook's total variance: :func:`~anytok.quantizers.kernels.certificate.search_centre`).
+The argmin is the same, but the operand rounding,
+and with it the error bound ``E`` below, then scales with the data's spread around ``m``
+instead of its distance from the origin: with a common offset three times the spread,
+33-59% of the rows of the anchor sizes (fp32) were left to the re-rank, 4-12% when centred
+(as with no offset), and with an offset of ten nearly all
+(``benchmarks/results/certificate_rate_cpu``). ``m`` costs one
+reduction over the codebook; the statistics and staging kernels subtract it as they read,
+and so do the in-kernel conversions, so the default policy's inner loop is unchanged.
+Two 16-bit inputs of one dtype are not centred: they are read exactly, which ``x - m``
+would not be.
+
 Operands (:func:`operand_dtype`): when both inputs are bf16, or both fp16, the tensor cores
 read them as they are (exact). Otherwise (fp32, mixed) they read fp16 scaled per row by a
 power of two, ``lp(v) = fp16(v * 2^e) * 2^-e`` with ``max |v * 2^e|`` in ``[2^14, 2^15)``
@@ -79,6 +95,14 @@ The score ``s~ = fl(b + a d~)`` adds at most two fp32 roundings. With the per-gr
 below ``2^-8`` for ``D <= 2^15``.) Residual norms are *measured* from the actual
 conversions, so the bound holds whatever rounding mode ``lp`` uses.
 
+*Centred* searches bound the scores of ``x' = fl(x - m)`` against ``c' = fl(c - m)``, so
+every quantity above is of ``x'`` and ``c'`` (``b_k = ||c'_k||^2``). Each subtraction is one
+fp32 rounding, ``|x' - (x - m)| <= u32 |x'|`` entrywise and likewise for ``c'``, which moves
+``||x - c_k||^2`` minus a per-row constant by at most ``2 u32 (2 ||x'|| ||c'_k|| +
+||c'_k||^2)`` (second-order terms go into the ``1 + 2^-8``). With ``||x'|| <= ||x~|| +
+||r_x||`` the bound gains the term ``2 u32 (B + Q (||x~|| + ||r_x||))``. The re-rank scores
+the original ``x`` and ``c``, so the result is the same argmin either way.
+
 *Certificate.* Let ``i1`` be the low-precision argmin with score ``s~1`` and ``s~2`` the
 smallest low-precision score of any other codeword. If ``s~2 > s~1 + 2E`` then for every
 ``k != i1``: ``s_k >= s~_k - E >= s~2 - E > s~1 + E >= s_i1``, so ``i1`` is the exact argmin.
@@ -114,7 +138,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from anytok.quantizers.kernels.certificate import operand_dtype
+from anytok.quantizers.kernels.certificate import operand_dtype, search_centre
 from anytok.quantizers.kernels.reference import METRICS, _check
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs may lack it.
@@ -308,14 +332,34 @@ if HAS_TRITON:
         return mult, inv
 
     @triton.jit
-    def _row_maxabs(rows, row_mask, D, s_d, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-        """Largest ``|value|`` of each row, fp32 ``(BLOCK_R,)``; ``rows`` points at each row."""
+    def _load_rows(rows, row_mask, offs_d, D, s_d, centre, CENTRED: tl.constexpr):
+        """fp32 ``(R, BLOCK_D)`` chunk of strided rows; ``CENTRED``: minus the group's centre
+        ``centre`` (a pointer to ``D`` fp32 values), with masked entries kept at 0."""
+        mask = row_mask[:, None] & (offs_d[None, :] < D)
+        v = tl.load(rows[:, None] + offs_d[None, :] * s_d, mask=mask, other=0.0).to(tl.float32)
+        if CENTRED:
+            m = tl.load(centre + offs_d, mask=offs_d < D, other=0.0)
+            v = tl.where(mask, v - m[None, :], 0.0)
+        return v
+
+    @triton.jit
+    def _row_maxabs(
+        rows,
+        row_mask,
+        D,
+        s_d,
+        centre,
+        CENTRED: tl.constexpr,
+        BLOCK_R: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        """Largest ``|value|`` (of the centred value when ``CENTRED``) of each row, fp32
+        ``(BLOCK_R,)``; ``rows`` points at each row."""
         maxabs = tl.zeros((BLOCK_R,), dtype=tl.float32)
         for d0 in range(0, D, BLOCK_D):
             offs_d = d0 + tl.arange(0, BLOCK_D)
-            mask = row_mask[:, None] & (offs_d[None, :] < D)
-            v = tl.load(rows[:, None] + offs_d[None, :] * s_d, mask=mask, other=0.0)
-            maxabs = tl.maximum(maxabs, tl.max(tl.abs(v.to(tl.float32)), axis=1))
+            v = _load_rows(rows, row_mask, offs_d, D, s_d, centre, CENTRED)
+            maxabs = tl.maximum(maxabs, tl.max(tl.abs(v), axis=1))
         return maxabs
 
     @triton.jit
@@ -323,6 +367,7 @@ if HAS_TRITON:
         src_ptr,  # (G, R, D) any float dtype, strided
         dst_ptr,  # (G, R, DP) fp16 out, contiguous; columns D..DP are zero
         inv_ptr,  # (G, R) fp32 out: the power of two that undoes each row's scale
+        centre_ptr,  # (G, D) fp32: subtracted from every row first (CENTRED)
         R,
         D,
         DP,
@@ -330,25 +375,24 @@ if HAS_TRITON:
         s_r,
         s_d,
         LP: tl.constexpr,
+        CENTRED: tl.constexpr,
         BLOCK_R: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
-        """Scaled 16-bit copy: row ``r`` becomes ``lp(src[r] * 2^e_r)``, ``inv[r] = 2^-e_r``."""
+        """Scaled 16-bit copy: row ``r`` becomes ``lp(v_r * 2^e_r)``, ``inv[r] = 2^-e_r``, with
+        ``v_r = src[r]``, or ``fl(src[r] - centre)`` when ``CENTRED``."""
         pid = tl.program_id(0)
         g = tl.program_id(1)
         offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
         mask_r = offs_r < R
         rows_ptr = src_ptr + g.to(tl.int64) * s_g + offs_r.to(tl.int64) * s_r
-        mult, inv = _pow2_scales(_row_maxabs(rows_ptr, mask_r, D, s_d, BLOCK_R, BLOCK_D))
-        base = rows_ptr[:, None]
+        centre = centre_ptr + g.to(tl.int64) * D
+        maxabs = _row_maxabs(rows_ptr, mask_r, D, s_d, centre, CENTRED, BLOCK_R, BLOCK_D)
+        mult, inv = _pow2_scales(maxabs)
         rows = g.to(tl.int64) * R + offs_r.to(tl.int64)
         for d0 in range(0, DP, BLOCK_D):
             offs_d = d0 + tl.arange(0, BLOCK_D)
-            v = tl.load(
-                base + offs_d[None, :] * s_d,
-                mask=mask_r[:, None] & (offs_d[None, :] < D),
-                other=0.0,
-            ).to(tl.float32)
+            v = _load_rows(rows_ptr, mask_r, offs_d, D, s_d, centre, CENTRED)
             tl.store(
                 dst_ptr + rows[:, None] * DP + offs_d[None, :],
                 (v * mult[:, None]).to(LP),
@@ -365,6 +409,7 @@ if HAS_TRITON:
         cmult_ptr,  # (G, K) fp32 out (C_SCALED, not C_STAGED): 2^e for in-kernel conversion
         lp_scale_ptr,  # (G, K) fp32 out (C_SCALED): a_k * 2^-e, for the scaled GEMM
         maxes_ptr,  # (G, 4) fp32 in/out (zeroed): P, Q, T, B
+        centre_ptr,  # (G, D) fp32: subtracted from every codeword first (CENTRED)
         K,
         D,
         DC,  # row length of co (>= D)
@@ -375,23 +420,26 @@ if HAS_TRITON:
         LP: tl.constexpr,
         C_STAGED: tl.constexpr,
         C_SCALED: tl.constexpr,
+        CENTRED: tl.constexpr,
         BLOCK_K: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
         """One pass over the codebook: ``a``, ``b``, the bound's maxima and, for codebooks
         not already in the operand dtype, the per-codeword scales and (``C_STAGED``) the
-        scaled 16-bit copy the GEMM reads, so staging costs no launch of its own."""
+        scaled 16-bit copy the GEMM reads, so staging costs no launch of its own. With
+        ``CENTRED`` (euclidean) all of these describe the centred codewords ``fl(c - m)``."""
         pid = tl.program_id(0)
         g = tl.program_id(1)
         offs_k = pid * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        base = c_ptr + g.to(tl.int64) * s_cg + offs_k.to(tl.int64)[:, None] * s_ck
+        rows_ptr = c_ptr + g.to(tl.int64) * s_cg + offs_k.to(tl.int64) * s_ck
         base_o = co_ptr + (g.to(tl.int64) * K + offs_k.to(tl.int64))[:, None] * DC
+        centre = centre_ptr + g.to(tl.int64) * D
         cmult = tl.full((BLOCK_K,), 1.0, tl.float32)
         cinv = tl.full((BLOCK_K,), 1.0, tl.float32)
         if C_SCALED:
-            rows_ptr = c_ptr + g.to(tl.int64) * s_cg + offs_k.to(tl.int64) * s_ck
-            cmult, cinv = _pow2_scales(_row_maxabs(rows_ptr, mask_k, D, s_cd, BLOCK_K, BLOCK_D))
+            maxabs = _row_maxabs(rows_ptr, mask_k, D, s_cd, centre, CENTRED, BLOCK_K, BLOCK_D)
+            cmult, cinv = _pow2_scales(maxabs)
             if not C_STAGED:  # the search converts the codebook tiles itself
                 tl.store(cmult_ptr + g.to(tl.int64) * K + offs_k, cmult, mask=mask_k)
         c2 = tl.zeros((BLOCK_K,), dtype=tl.float32)  # ||c||^2
@@ -401,8 +449,7 @@ if HAS_TRITON:
         d_end = DC if C_STAGED else D
         for d0 in range(0, d_end, BLOCK_D):
             offs_d = d0 + tl.arange(0, BLOCK_D)
-            m = mask_k[:, None] & (offs_d[None, :] < D)
-            c = tl.load(base + offs_d[None, :] * s_cd, mask=m, other=0.0).to(tl.float32)
+            c = _load_rows(rows_ptr, mask_k, offs_d, D, s_cd, centre, CENTRED)
             c2 += tl.sum(c * c, axis=1)
             if C_SCALED:
                 # The operand exactly as the GEMM reads it (the copy written here, or the
@@ -443,6 +490,12 @@ if HAS_TRITON:
         tl.atomic_max(maxes_ptr + g * 4 + 3, tl.max(tl.where(mask_k, tl.abs(bias), zero), 0))
 
     @triton.jit
+    def _centre_columns(c, centre, offs_d, D, mask_k):
+        """``c - m`` for a transposed codebook tile ``(BLOCK_D, BLOCK_K)``, 0 where masked."""
+        m = tl.load(centre + offs_d, mask=offs_d < D, other=0.0)
+        return tl.where((offs_d[:, None] < D) & mask_k[None, :], c - m[:, None], 0.0)
+
+    @triton.jit
     def _lp_scores(
         x_rows,  # (BLOCK_N,) int64 element offsets of the rows
         x_lp,  # (BLOCK_N, BLOCK_D) rows in LP when ONE_D, else unused
@@ -465,12 +518,14 @@ if HAS_TRITON:
         scale_ptr,
         bias_ptr,
         cmult_ptr,
+        centre_ptr,  # (G, D) fp32: subtracted before in-kernel conversions (CENTRED)
         LP: tl.constexpr,
         ONE_D: tl.constexpr,
         X_SCALED: tl.constexpr,
         X_STAGED: tl.constexpr,
         C_SCALED: tl.constexpr,
         C_STAGED: tl.constexpr,
+        CENTRED: tl.constexpr,
         X_BLOCK: tl.constexpr,
         INTERPRET: tl.constexpr,
         BLOCK_N: tl.constexpr,
@@ -483,12 +538,14 @@ if HAS_TRITON:
         per column through ``a`` (``scale_ptr`` holds ``a_k * 2^-e_k``), per row on the
         accumulator unless the whole row block shares one scale (``X_BLOCK``: folded into
         ``a``, no per-element work). Columns past ``K`` score ``+inf`` (their bias loads as
-        inf, their codewords as 0).
+        inf, their codewords as 0). With ``CENTRED`` both operands are ``fl(v - m)`` (staged
+        copies already are; tiles converted here subtract ``m`` first).
         """
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
         cols = g.to(tl.int64) * K + offs_k
         c_cols = c_ptr + g.to(tl.int64) * s_cg + offs_k.to(tl.int64)[None, :] * s_ck
+        centre = centre_ptr + g.to(tl.int64) * D
         c_mult = tl.full((BLOCK_K,), 1.0, tl.float32)
         if C_SCALED and not C_STAGED:
             c_mult = tl.load(cmult_ptr + cols, mask=mask_k, other=1.0)
@@ -501,7 +558,10 @@ if HAS_TRITON:
                 other=0.0,
             )
             if C_SCALED and not C_STAGED:
-                c = c.to(tl.float32) * c_mult[None, :]
+                c = c.to(tl.float32)
+                if CENTRED:
+                    c = _centre_columns(c, centre, offs_d, D, mask_k)
+                c = c * c_mult[None, :]
             acc = _lp_dot(x_lp, c.to(LP), acc, INTERPRET)
         else:
             for d0 in range(0, D, BLOCK_D):
@@ -519,9 +579,18 @@ if HAS_TRITON:
                     other=0.0,
                 )
                 if X_SCALED and not X_STAGED:
-                    xs = xs.to(tl.float32) * x_mult[:, None]
+                    xs = xs.to(tl.float32)
+                    if CENTRED:
+                        m = tl.load(centre + offs_d, mask=offs_d < D, other=0.0)
+                        xs = tl.where(
+                            row_mask[:, None] & (offs_d[None, :] < D), xs - m[None, :], 0.0
+                        )
+                    xs = xs * x_mult[:, None]
                 if C_SCALED and not C_STAGED:
-                    c = c.to(tl.float32) * c_mult[None, :]
+                    c = c.to(tl.float32)
+                    if CENTRED:
+                        c = _centre_columns(c, centre, offs_d, D, mask_k)
+                    c = c * c_mult[None, :]
                 acc = _lp_dot(xs.to(LP), c.to(LP), acc, INTERPRET)
         scale = tl.load(scale_ptr + cols, mask=mask_k, other=0.0)
         bias = tl.load(bias_ptr + cols, mask=mask_k, other=float("inf"))
@@ -533,7 +602,7 @@ if HAS_TRITON:
         return bias[None, :] + scale[None, :] * acc
 
     @triton.jit
-    def _row_error(maxes_ptr, g, xt2, rx2, gamma):
+    def _row_error(maxes_ptr, g, xt2, rx2, gamma, CENTRED: tl.constexpr):
         """The per-row bound ``E_n`` of the module docstring, from the squared norms of
         ``lp(x)`` and of its residual and the group's maxima ``P, Q, T, B``."""
         p = tl.load(maxes_ptr + g * 4 + 0)
@@ -541,8 +610,11 @@ if HAS_TRITON:
         t = tl.load(maxes_ptr + g * 4 + 2)
         b = tl.load(maxes_ptr + g * 4 + 3)
         xt_n = tl.sqrt_rn(xt2)  # IEEE sqrt, subnormals kept (tl.sqrt flushes them on GPUs)
-        err = xt_n * (p + gamma * t) + tl.sqrt_rn(rx2) * q
+        rx_n = tl.sqrt_rn(rx2)
+        err = xt_n * (p + gamma * t) + rx_n * q
         err += 4.0 * 5.960464477539063e-08 * (b + (1.0 + gamma) * t * xt_n)  # 4 * 2^-24
+        if CENTRED:  # the fp32 roundings of x - m and c - m (module docstring)
+            err += 2.0 * 5.960464477539063e-08 * (b + q * (xt_n + rx_n))
         # + 2^-146: the epilogue's roundings when scores are subnormal (each at most 2^-150
         # absolute, which the relative terms above do not cover).
         return err * 1.00390625 + 1.1210387714598537e-44  # 1 + 2^-8, 2^-146
@@ -610,6 +682,7 @@ if HAS_TRITON:
         part_ptr,  # (S, G, N, 2) fp32 out when split: each slice's best and runner-up score
         part_idx_ptr,  # (S, G, N) int32 out when split: each slice's best index
         row_err_ptr,  # (2, G, N) fp32 out when split: the bound E and the row scale per row
+        centre_ptr,  # (G, D) fp32: the codebook mean, subtracted from x and c (CENTRED)
         N,
         K,
         D,
@@ -635,6 +708,7 @@ if HAS_TRITON:
         X_SCALED: tl.constexpr,
         C_STAGED: tl.constexpr,
         C_SCALED: tl.constexpr,
+        CENTRED: tl.constexpr,
         CERTIFY: tl.constexpr,  # False only in tests: skip steps 3-4 to expose raw lp argmin
         INTERPRET: tl.constexpr,
         BLOCK_N: tl.constexpr,
@@ -648,13 +722,14 @@ if HAS_TRITON:
         mask_n = offs_n < N
         x_rows = g.to(tl.int64) * s_xg + offs_n.to(tl.int64) * s_xn
         xo_rows = g.to(tl.int64) * s_xog + offs_n.to(tl.int64) * s_xon
+        centre = centre_ptr + g.to(tl.int64) * D
 
         # Prologue: ||lp(x)|| and ||x - lp(x)|| per row for the error bound. With one D chunk
         # the converted rows stay in registers for the whole K loop. Scaled rows (fp16
         # operands for non-16-bit inputs) are lp(x * 2^e): one 2^e for the whole row block
         # when converted here (X_BLOCK; it rounds exactly as per-row scales would, barring
         # fp16 subnormals 2^-28 below the block's largest entry), per row when staged.
-        # Every norm below is in true units.
+        # Every norm below is in true units, of fl(x - m) when CENTRED.
         x_mult = tl.full((BLOCK_N,), 1.0, tl.float32)
         x_inv = tl.full((BLOCK_N,), 1.0, tl.float32)
         x_inv_block = 1.0
@@ -662,7 +737,9 @@ if HAS_TRITON:
             if X_STAGED:
                 x_inv = tl.load(xinv_ptr + g.to(tl.int64) * N + offs_n, mask=mask_n, other=1.0)
             else:
-                maxabs = _row_maxabs(x_ptr + x_rows, mask_n, D, s_xd, BLOCK_N, BLOCK_D)
+                maxabs = _row_maxabs(
+                    x_ptr + x_rows, mask_n, D, s_xd, centre, CENTRED, BLOCK_N, BLOCK_D
+                )
                 mult, x_inv_block = _pow2_scales(tl.max(maxabs, axis=0))
                 x_mult = x_mult * mult
                 x_inv = x_inv * x_inv_block
@@ -671,11 +748,7 @@ if HAS_TRITON:
         x_lp = tl.zeros((BLOCK_N, BLOCK_D), dtype=LP)
         for d0 in range(0, D, BLOCK_D):
             offs_d = d0 + tl.arange(0, BLOCK_D)
-            xs = tl.load(
-                x_ptr + x_rows[:, None] + offs_d[None, :] * s_xd,
-                mask=mask_n[:, None] & (offs_d[None, :] < D),
-                other=0.0,
-            ).to(tl.float32)
+            xs = _load_rows(x_ptr + x_rows, mask_n, offs_d, D, s_xd, centre, CENTRED)
             if X_STAGED:  # the operand copy, so the residual matches what the GEMM reads
                 x_lp = tl.load(
                     xo_ptr + xo_rows[:, None] + offs_d[None, :] * s_xod,
@@ -708,9 +781,9 @@ if HAS_TRITON:
         for k0 in range(k_lo, k_hi, BLOCK_K):
             s = _lp_scores(
                 xo_rows, x_lp, x_mult, x_inv, x_inv_block, mask_n, co_ptr, g, k0, K, D, DX, DC,
-                s_cog, s_cok, s_cod, xo_ptr, s_xod, scale_ptr, bias_ptr, cmult_ptr,
-                LP, ONE_D, X_SCALED, X_STAGED, C_SCALED, C_STAGED, X_SCALED and not X_STAGED,
-                INTERPRET, BLOCK_N, BLOCK_K, BLOCK_D,
+                s_cog, s_cok, s_cod, xo_ptr, s_xod, scale_ptr, bias_ptr, cmult_ptr, centre_ptr,
+                LP, ONE_D, X_SCALED, X_STAGED, C_SCALED, C_STAGED, CENTRED,
+                X_SCALED and not X_STAGED, INTERPRET, BLOCK_N, BLOCK_K, BLOCK_D,
             )  # fmt: skip
             # Tile minimum (first index on ties, like torch.argmin) and the tile's runner-up:
             # the smallest score at any other column.
@@ -723,7 +796,7 @@ if HAS_TRITON:
 
         err = tl.zeros((BLOCK_N,), dtype=tl.float32)
         if CERTIFY:
-            err = _row_error(maxes_ptr, g, xt2, rx2, gamma)
+            err = _row_error(maxes_ptr, g, xt2, rx2, gamma, CENTRED)
         if SPLITS == 1:
             tl.store(idx_ptr + g.to(tl.int64) * N + offs_n, best_idx.to(tl.int64), mask=mask_n)
             if CERTIFY:
@@ -812,6 +885,7 @@ if HAS_TRITON:
         counter_ptr,
         cand_ptr,  # (G, N, M) int32 out, by list slot
         count_ptr,  # (G, N) int32 in/out, by list slot: zeroed by the search, atomic adds
+        centre_ptr,  # (G, D) fp32 (CENTRED)
         N,
         K,
         D,
@@ -833,6 +907,7 @@ if HAS_TRITON:
         X_STAGED: tl.constexpr,
         C_SCALED: tl.constexpr,
         C_STAGED: tl.constexpr,
+        CENTRED: tl.constexpr,
         INTERPRET: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_N: tl.constexpr,
@@ -878,8 +953,8 @@ if HAS_TRITON:
             for k0 in range(k_lo, k_hi, BLOCK_K):
                 s = _lp_scores(
                     x_rows, x_unused, x_mult, x_inv, 1.0, mask_s, c_ptr, g, k0, K, D, DX, DC,
-                    s_cg, s_ck, s_cd, x_ptr, s_xd, scale_ptr, bias_ptr, cmult_ptr,
-                    LP, False, X_SCALED, X_STAGED, C_SCALED, C_STAGED, False,
+                    s_cg, s_ck, s_cd, x_ptr, s_xd, scale_ptr, bias_ptr, cmult_ptr, centre_ptr,
+                    LP, False, X_SCALED, X_STAGED, C_SCALED, C_STAGED, CENTRED, False,
                     INTERPRET, BLOCK_N, BLOCK_K, BLOCK_D,
                 )  # fmt: skip
                 offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -1201,13 +1276,16 @@ def _operand_ready(t: Tensor, lp: torch.dtype) -> bool:
     return t.dtype == lp and t.stride(-1) == 1 and t.shape[-1] % 16 == 0
 
 
-def _stage(t: Tensor, lp: torch.dtype, scaled: bool) -> tuple[Tensor, Tensor | None]:
+def _stage(
+    t: Tensor, lp: torch.dtype, scaled: bool, centre: Tensor | None = None
+) -> tuple[Tensor, Tensor | None]:
     """A contiguous ``lp`` copy of ``(G, R, D)`` with rows zero-padded to a multiple of 16.
 
     Zero columns add nothing to any dot product; the padding makes every row 32-byte aligned
     and the column masks constant over 16 columns, which the loads need to vectorise. With
-    ``scaled`` row ``r`` holds ``lp(t[r] * 2^e_r)`` (one Triton pass, no fp32 temporary) and
-    the second result is ``2^-e_r``, shape ``(G, R)``; otherwise it is ``None``.
+    ``scaled`` row ``r`` holds ``lp(v_r * 2^e_r)`` (one Triton pass, no fp32 temporary),
+    ``v_r = t[r]`` or, given a ``(G, D)`` fp32 ``centre``, ``fl(t[r] - centre)``; the second
+    result is ``2^-e_r``, shape ``(G, R)``. Unscaled copies (no centre) return ``None``.
     """
     g, r, d = t.shape
     dp = -(-d // 16) * 16
@@ -1217,11 +1295,13 @@ def _stage(t: Tensor, lp: torch.dtype, scaled: bool) -> tuple[Tensor, Tensor | N
         if r:
             block_r = 16 if _INTERPRET else 32
             _stage_scaled_kernel[(triton.cdiv(r, block_r), g)](
-                t, out, inv, r, d, dp, *t.stride(),
+                t, out, inv, inv if centre is None else centre, r, d, dp, *t.stride(),
                 LP=tl.float16 if lp == torch.float16 else tl.bfloat16,
-                BLOCK_R=block_r, BLOCK_D=16 if _INTERPRET else 64,
+                CENTRED=centre is not None, BLOCK_R=block_r, BLOCK_D=16 if _INTERPRET else 64,
             )  # fmt: skip
         return out, inv
+    if centre is not None:
+        raise ValueError("_stage: only scaled copies are centred")
     if dp == d:
         return t.to(lp, memory_format=torch.contiguous_format), None
     out = torch.zeros(g, r, dp, dtype=lp, device=t.device)
@@ -1285,9 +1365,15 @@ def nearest_codeword_triton(
 
     lp_torch = operand_dtype(x.dtype, codebook.dtype)
     lp = tl.float16 if lp_torch == torch.float16 else tl.bfloat16
-    # Inputs that are not already the operand dtype are scaled per row / per codeword.
-    x_scaled = xs.dtype != lp_torch
-    c_scaled = cb.dtype != lp_torch
+    # Euclidean search with scaled fp16 operands (every case but two 16-bit inputs of one
+    # dtype, which are read exactly) subtracts the codebook mean m from both sides first: the
+    # same ranking, but the operand rounding and with it E scale with the data's spread
+    # instead of its distance from the origin (module docstring, "Centring").
+    centred = metric == "euclidean" and not (xs.dtype == cb.dtype == lp_torch)
+    # Inputs that are not already the operand dtype, and centred ones, are scaled per row /
+    # per codeword.
+    x_scaled = xs.dtype != lp_torch or centred
+    c_scaled = cb.dtype != lp_torch or centred
     metric_id = _METRIC_IDS[metric]
     gamma = d * 2.0**-23 + 2.0**-20  # see module docstring
     block_d = _d_block(d) if not _INTERPRET else 16
@@ -1306,6 +1392,10 @@ def nearest_codeword_triton(
     rows_list = torch.empty(groups, n, dtype=torch.int32, device=device)
     thr = torch.empty(groups, n, dtype=torch.float32, device=device)
     list_inv = torch.empty(groups, n if x_scaled else 1, dtype=torch.float32, device=device)
+    if centred:  # one or two reductions over the codebook, no copy
+        centre = search_centre(cb, xs.dtype)
+    else:  # never read
+        centre = scale
     # Candidate counts by list slot; the search zeroes the slots it fills.
     count = torch.empty(groups, n, dtype=torch.int32, device=device)
     if n_splits > 1:  # per-slice partial results for _merge_splits_kernel
@@ -1318,15 +1408,19 @@ def nearest_codeword_triton(
     # Staging: 16-bit copies of the GEMM operands (see stage_policy). Residuals are always
     # measured against the operand actually read, so staging never affects exactness.
     policy = stage_policy(stage)
-    stage_c = policy == "always" or (policy == "auto" and not _operand_ready(cb, lp_torch))
+    stage_c = policy == "always" or (
+        policy == "auto" and (c_scaled or not _operand_ready(cb, lp_torch))
+    )
     stage_x = policy == "always" or (
-        policy == "auto" and d > 128 and not _operand_ready(xs, lp_torch)
+        policy == "auto" and d > 128 and (x_scaled or not _operand_ready(xs, lp_torch))
     )
     if stage_c and c_scaled:  # written by the statistics kernel: no launch of its own
         co = torch.empty(groups, k, -(-d // 16) * 16, dtype=lp_torch, device=device)
     else:
         co = _stage(cb, lp_torch, scaled=False)[0] if stage_c else cb
-    xo, xinv = _stage(xs, lp_torch, x_scaled) if stage_x else (xs, None)
+    xo, xinv = (
+        _stage(xs, lp_torch, x_scaled, centre if centred else None) if stage_x else (xs, None)
+    )
     # Per-codeword multipliers, only when the search converts fp32 codebook tiles itself.
     cmult = torch.empty_like(scale) if c_scaled and not stage_c else scale  # else never read
     dc = co.shape[-1]
@@ -1336,13 +1430,14 @@ def nearest_codeword_triton(
     dx = xo.shape[-1]
     flags = dict(  # the kernels' shared constexpr arguments
         LP=lp, X_SCALED=x_scaled, X_STAGED=stage_x, C_SCALED=c_scaled, C_STAGED=stage_c,
+        CENTRED=centred,
     )  # fmt: skip
 
     stats_block = 16 if _INTERPRET else 64
     _codeword_stats_kernel[(triton.cdiv(k, stats_block), groups)](
-        cb, co, scale, bias, cmult, lp_scale, maxes, k, d, dc, *cb.stride(),
+        cb, co, scale, bias, cmult, lp_scale, maxes, centre, k, d, dc, *cb.stride(),
         METRIC=metric_id, LP=lp, C_STAGED=stage_c and c_scaled, C_SCALED=c_scaled,
-        BLOCK_K=stats_block, BLOCK_D=block_d if d <= 128 else 64,
+        CENTRED=centred, BLOCK_K=stats_block, BLOCK_D=block_d if d <= 128 else 64,
     )  # fmt: skip
     # Everything the autotuners key on: the size buckets and the tensor dtypes (the fp32
     # workspaces are fixed); the flags follow from those except on the bf16/fp16 staging
@@ -1356,10 +1451,10 @@ def nearest_codeword_triton(
         lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), groups, n_splits),
         lambda: _prune_search_configs(_search_kernel.configs, {"D": d})[0],
         xs, xo, co, lp_scale, bias, maxes, cmult, xinv, idx, rows_list, thr, list_inv, counter,
-        count, part, part_idx, row_err,
+        count, part, part_idx, row_err, centre,
         n, k, d, dx, dc, *xs.stride(), *xo.stride(), *co.stride(), gamma,
         n_bucket, d_bucket, k_bucket, n_splits,
-        X_EXACT=xs.dtype == lp_torch, CERTIFY=certify,
+        X_EXACT=not x_scaled, CERTIFY=certify,
         INTERPRET=_INTERPRET, **flags,
     )  # fmt: skip
     if n_splits > 1:
@@ -1379,7 +1474,7 @@ def nearest_codeword_triton(
             lambda meta: (min(triton.cdiv(n, meta["BLOCK_N"]) * MAX_SPLITS, 4 * sms), groups),
             lambda: _candidates_kernel.configs[0],
             xo, co, lp_scale, bias, cmult, rows_list, thr, list_inv, counter, cand, count,
-            n, k, d, dx, dc, *xo.stride(), *co.stride(), n_bucket, d_bucket, k_bucket,
+            centre, n, k, d, dx, dc, *xo.stride(), *co.stride(), n_bucket, d_bucket, k_bucket,
             MAX_SPLITS, M=m, INTERPRET=_INTERPRET, BLOCK_D=min(block_d, 64), **flags,
         )  # fmt: skip
         # Programs stride over the list slots; 64 x 32 fp32 tiles keep the full-scan fallback
