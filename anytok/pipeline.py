@@ -630,6 +630,25 @@ def numbered(path: Path, index: int) -> Path:
     return path.with_name(f"{path.stem}.{index}{path.suffix}")
 
 
+def check_media_path(model: Tokenizer, path: Path) -> None:
+    """Refuse, before any decoding, a ``path`` whose extension :func:`save_media` cannot
+    write in the model's modality (``out.mp3`` for a video tokenizer).
+
+    Raises:
+        MediaError: the writer has no format for the extension.
+    """
+    from anytok.media.audio import check_audio_extension
+    from anytok.media.image import check_image_extension
+    from anytok.media.video import check_video_extension
+
+    if isinstance(model, AudioTokenizer):
+        check_audio_extension(path)
+    elif isinstance(model, ImageTokenizer):
+        check_image_extension(path)
+    elif isinstance(model, VideoTokenizer):
+        check_video_extension(path)
+
+
 def save_media(model: Tokenizer, media: Tensor, path: Path) -> None:
     """Write one decoded item (no batch axis) in the model's modality."""
     path.parent.mkdir(parents=True, exist_ok=True)

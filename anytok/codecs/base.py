@@ -287,12 +287,15 @@ class Tokenizer(nn.Module, abc.ABC):
     ) -> Path:
         """Decode one item's tokens (or a token file) and write the media file ``path``
         (format from its extension: ``.wav`` / ``.flac``, ``.png``, ``.mp4`` ...) as
-        ``anytok decode`` does; returns the path.
+        ``anytok decode`` does; returns the path. Missing folders of ``path`` are created;
+        a file already there is replaced only once the new one is complete.
 
         Raises:
             ValueError: ``tokens`` holds more than one item (write ``tokens[i]`` each).
+            MediaError: the writer has no format for the extension in this modality
+                (checked before decoding), or the file cannot be written.
         """
-        from anytok.pipeline import save_media  # the pipeline imports this module
+        from anytok.pipeline import check_media_path, save_media  # it imports this module
 
         path = Path(path).expanduser()
         if path.is_dir():
@@ -300,6 +303,7 @@ class Tokenizer(nn.Module, abc.ABC):
                 f"{type(self).__name__}.decode_file: {path} is a folder; name the file to "
                 "write, with its format's extension (.wav, .png, .mp4 ...)"
             )
+        check_media_path(self, path)
         if not isinstance(tokens, Tokens):
             tokens = Tokens.load(tokens)
         if len(tokens) != 1:

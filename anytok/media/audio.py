@@ -29,9 +29,12 @@ from anytok.media.errors import (
     FFMPEG_ERRORS,
     MediaError,
     MediaLimits,
+    atomic_output,
     check_file,
     ffmpeg_detail,
+    float_media,
     is_iso_bmff,
+    output_path,
     sniff,
     unreadable,
     wrong_modality,
@@ -43,6 +46,7 @@ __all__ = [
     "AudioClip",
     "audio_duration",
     "audio_length",
+    "check_audio_extension",
     "iter_audio",
     "load_audio",
     "resample",
@@ -338,7 +342,7 @@ def audio_length(path: str | os.PathLike[str], sample_rate: int | None = None) -
     file's rate), from the header alone; None when only decoding tells (FFmpeg formats, an
     MP3 without a length header) or the header cannot be read (:func:`load_audio` then
     names the problem)."""
-    header = _header_length(Path(path), sample_rate)
+    header = _header_length(Path(path).expanduser(), sample_rate)
     return None if header is None else header[0]
 
 
@@ -346,7 +350,7 @@ def audio_duration(path: str | os.PathLike[str]) -> float | None:
     """Seconds of audio the header states: libsndfile's exact length where the format
     states one, else FFmpeg's stream or container duration (an estimate, as for an MP3
     without a length header); None when the header does not say or cannot be read."""
-    p = Path(path)
+    p = Path(path).expanduser()
     header = _header_length(p, None)
     if header is not None:
         return header[0] / header[1]
@@ -828,54 +832,123 @@ def _audio_frames(
 
 def save_audio(
     path: str | os.PathLike[str],
-    waveform: Tensor,
+    waveform: Tensor | np.ndarray,
     sample_rate: int,
     subtype: str | None = None,
 ) -> Path:
-    """Write ``(channels, samples)`` (or ``(samples,)`` for mono) as an audio file.
+    """Write ``(channels, samples)`` (or ``(samples,)`` for mono) float audio as a file.
 
     The format follows the extension: ``.wav``, ``.flac``, ``.ogg`` (Vorbis), ``.opus``
     (Opus in Ogg), ``.mp3``, ``.aiff`` / ``.aif``, ``.au``, ``.caf``, ``.w64``, ``.rf64``
     (libsndfile; ``subtype`` defaults to 16-bit PCM where the format has it); ``.m4a`` /
     ``.m4b`` (``subtype`` ``"AAC"``, the default, or ``"ALAC"``), ``.aac`` (ADTS AAC),
     ``.mka`` (``"FLAC"``, the default, ``"PCM_16"``, ``"OPUS"`` or ``"AAC"``) and ``.weba``
-    (WebM Opus) through FFmpeg (PyAV). Opus takes 8, 12, 16, 24 or 48 kHz only. Values are
-    clipped to [-1, 1] first, so loud samples saturate instead of wrapping around.
+    (WebM Opus) through FFmpeg (PyAV). Opus takes 8, 12, 16, 24 or 48 kHz only, Vorbis up
+    to 200 kHz. Values are clipped to [-1, 1] first, so loud samples saturate instead of
+    wrapping around. ``~`` is expanded; the file is written under a temporary name and
+    renamed, so a failed write leaves any previous file at ``path`` as it was.
 
     Raises:
-        ValueError: the waveform has the wrong shape or holds NaN/Inf.
-        MediaError: the extension or subtype is unknown, or the file cannot be written.
+        TypeError: the waveform is not a float tensor or array.
+        ValueError: the waveform has the wrong shape (no samples, or more channels than
+            :attr:`MediaLimits.max_audio_channels`, as a ``(samples, channels)`` array
+            has) or holds NaN/Inf, or ``sample_rate`` is not a whole number of Hz from 1 to
+            2**31 - 1.
+        MediaError: the extension or subtype is unknown, the folder does not exist, or the
+            file cannot be written.
     """
-    p = Path(path)
-    wav = waveform.detach().to("cpu", torch.float32)
+    p = output_path(path, "audio")
+    wav = float_media(waveform, p, "waveform", "int16 samples: x / 32768").to("cpu", torch.float32)
     if wav.ndim == 1:
         wav = wav.unsqueeze(0)
-    if wav.ndim != 2:
-        raise ValueError(f"save_audio expects (channels, samples), got {tuple(waveform.shape)}")
+    if wav.ndim != 2 or min(wav.shape) < 1:
+        raise ValueError(
+            f"save_audio expects (channels, samples) with at least one sample, got "
+            f"{tuple(waveform.shape)}"
+        )
+    if wav.shape[0] > DEFAULT_LIMITS.max_audio_channels:
+        raise ValueError(
+            f"refusing to write {p}: {wav.shape[0]} channels of {wav.shape[1]} samples "
+            f"(more than {DEFAULT_LIMITS.max_audio_channels}, which load_audio refuses); "
+            "save_audio takes (channels, samples): pass waveform.T for (samples, channels)"
+        )
+    rate = _sample_rate(p, sample_rate)
     if not torch.isfinite(wav).all():
         raise ValueError(f"refusing to write {p}: the waveform contains NaN or Inf")
+    fmt = check_audio_extension(p)
     data = wav.clamp(-1.0, 1.0).T.numpy()  # (S, C)
-    if p.suffix.lower() in _FFMPEG_WRITABLE:
-        _save_with_ffmpeg(p, data, int(sample_rate), subtype)
+    if fmt is None:
+        _save_with_ffmpeg(p, data, rate, subtype)
         return p
+    default = _WRITABLE.get(p.suffix.lower(), (fmt, None))[1]
+    if subtype is None:
+        subtype = default or ("PCM_16" if sf.check_format(fmt, "PCM_16") else None)
+    name = (subtype or sf.default_subtype(fmt) or fmt).upper()
+    if data.shape[1] > _SF_MAX_CHANNELS.get(fmt, data.shape[1]):  # libsndfile: "not recognised"
+        raise MediaError(
+            p,
+            f"{p.suffix} takes at most {_SF_MAX_CHANNELS[fmt]} channels, not {data.shape[1]}; "
+            "downmix first, or write .wav",
+        )
+    if name == "VORBIS" and rate > _VORBIS_MAX_RATE:  # libsndfile crashes the process
+        raise MediaError(
+            p, f"Vorbis takes up to {_VORBIS_MAX_RATE} Hz, not {rate} Hz; resample first"
+        )
+    try:
+        with atomic_output(p) as tmp:
+            sf.write(_sf_path(tmp), data, rate, subtype=subtype, format=fmt)
+    except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
+        raise MediaError(
+            p,
+            f"cannot write {name} audio of {data.shape[1]} channels at {rate} Hz "
+            f"({_sf_detail(err)})",
+        ) from err
+    return p
+
+
+def check_audio_extension(path: Path) -> str | None:
+    """The libsndfile format :func:`save_audio` writes ``path`` in (None: through FFmpeg).
+
+    Raises:
+        MediaError: it writes no audio with that extension.
+    """
+    if path.suffix.lower() in _FFMPEG_WRITABLE:
+        return None
     formats = sf.available_formats()
-    fmt, default = _WRITABLE.get(p.suffix.lower(), (p.suffix.lstrip(".").upper(), None))
+    fmt = _WRITABLE.get(path.suffix.lower(), (path.suffix.lstrip(".").upper(), None))[0]
     if fmt not in formats:
         writable = ", ".join(
             [ext for ext, (f, _) in _WRITABLE.items() if f in formats] + list(_FFMPEG_WRITABLE)
         )
         raise MediaError(
-            p,
-            f"cannot write audio with the extension {p.suffix or '(none)'!r}: the writable "
+            path,
+            f"cannot write audio with the extension {path.suffix or '(none)'!r}: the writable "
             f"extensions are {writable}",
         )
-    if subtype is None:
-        subtype = default or ("PCM_16" if sf.check_format(fmt, "PCM_16") else None)
+    return fmt
+
+
+#: Sample rates save_audio takes: a C ``int`` in libsndfile and FFmpeg.
+_MAX_RATE = 2**31 - 1
+#: Channel counts of the libsndfile formats that take only a few.
+_SF_MAX_CHANNELS = {"MP3": 2, "FLAC": 8}
+#: libvorbis has no encoder setup above this rate, and libsndfile 1.2 segfaults there.
+_VORBIS_MAX_RATE = 200_000
+
+
+def _sample_rate(p: Path, sample_rate: float) -> int:
+    """``sample_rate`` as an int, or ValueError naming ``p``: a whole number of Hz from 1 to
+    :data:`_MAX_RATE` (44100.0 is taken; 44100.5 is refused, not truncated)."""
     try:
-        sf.write(_sf_path(p), data, int(sample_rate), subtype=subtype, format=fmt)
-    except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
-        raise MediaError(p, f"cannot write audio ({_sf_detail(err)})") from err
-    return p
+        rate = float(sample_rate)
+    except (TypeError, ValueError):
+        rate = math.nan
+    if not (math.isfinite(rate) and rate.is_integer() and 1 <= rate <= _MAX_RATE):
+        raise ValueError(
+            f"refusing to write {p}: sample_rate must be a whole number of Hz from 1 to "
+            f"{_MAX_RATE}, got {sample_rate!r}"
+        )
+    return int(rate)
 
 
 # Extensions save_audio writes: (libsndfile format, default subtype or None for
@@ -943,7 +1016,7 @@ def _save_with_ffmpeg(p: Path, data: np.ndarray, rate: int, subtype: str | None)
     if layout is None:
         raise MediaError(p, f"FFmpeg formats take 1 to 8 channels here, not {data.shape[1]}")
     try:
-        with av.open(str(p), "w", format=muxer) as container:
+        with atomic_output(p) as tmp, av.open(str(tmp), "w", format=muxer) as container:
             stream = container.add_stream(encoder, rate=rate, layout=layout)
             for first in range(0, len(data), 4096):
                 part = data[first : first + 4096]
@@ -986,7 +1059,7 @@ def _sf_path(p: Path) -> str | bytes:
 def _sf_detail(err: BaseException) -> str:
     text = str(err).strip()
     # soundfile's messages repeat the path ("Error opening '/x/y.wav': ..."); keep the rest.
-    text = re.sub(r"^Error opening b?(['\"]).*?\1:\s*|^Error\s*:\s*", "", text)
+    text = re.sub(r"^(Error opening b?(['\"]).*?\2:\s*)?(Error\s*:\s*)?", "", text)
     return text.rstrip(".") or "soundfile does not recognise the format"
 
 

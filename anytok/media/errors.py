@@ -1,4 +1,4 @@
-"""Errors and limits shared by the media loaders.
+"""Errors and limits shared by the media loaders and writers.
 
 Every problem with an input file surfaces as a :class:`MediaError` that names the file and says
 what is wrong in words a person understands; a batch job records it and goes on.
@@ -6,12 +6,19 @@ what is wrong in words a person understands; a batch job records it and goes on.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import av
+import numpy as np
+import torch
+from torch import Tensor
 
 Modality = Literal["audio", "image", "video"]
 
@@ -21,9 +28,12 @@ __all__ = [
     "MediaError",
     "MediaLimits",
     "Modality",
+    "atomic_output",
     "check_file",
     "ffmpeg_detail",
+    "float_media",
     "is_iso_bmff",
+    "output_path",
     "sniff",
 ]
 
@@ -63,8 +73,9 @@ DEFAULT_LIMITS = MediaLimits()
 
 
 def check_file(path: str | os.PathLike[str]) -> Path:
-    """The path as a :class:`Path` if it names a non-empty regular file, else MediaError."""
-    p = Path(path)
+    """The path (``~`` expanded) as a :class:`Path` if it names a non-empty regular file,
+    else MediaError."""
+    p = Path(path).expanduser()
     try:
         st = p.stat()
     except FileNotFoundError as err:
@@ -209,3 +220,60 @@ def ffmpeg_detail(err: BaseException) -> str:
     if isinstance(err, av.error.FFmpegError):
         return err.strerror or type(err).__name__
     return str(err) or type(err).__name__
+
+
+def output_path(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` with ``~`` expanded, checked as a ``what`` file a writer may create.
+
+    Raises:
+        MediaError: ``path`` is a folder, or the folder it would go in does not exist.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise MediaError(p, f"is a folder; name the {what} file to write, with its extension")
+    if not p.parent.is_dir():
+        raise MediaError(p, f"cannot write {what}: the folder {p.parent} does not exist")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_output(p: Path) -> Iterator[Path]:
+    """A temporary name beside ``p`` (same folder, same extension, so that the encoder picks
+    the same format) for the block to write; renamed over ``p`` when the block succeeds,
+    deleted when it fails. A failed or interrupted write leaves ``p`` as it was: the previous
+    file, or none. A link is followed: its target is replaced, the link kept. A replaced
+    file keeps its permission bits (a new file gets the umask's, as any new file)."""
+    real = Path(os.path.realpath(p))
+    # process and thread in the name: two writers of one path never share a temporary
+    tmp = real.with_name(f".{real.name}.{os.getpid()}.{threading.get_ident()}.tmp{real.suffix}")
+    try:
+        yield tmp
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copymode(real, tmp)
+        os.replace(tmp, real)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def float_media(media: Tensor | np.ndarray, p: Path, what: str, hint: str) -> Tensor:
+    """``media`` (a tensor or a NumPy array) as a detached tensor, checked to be floating
+    point: integer media has no single scale (uint8 [0, 255]? int16 PCM?), so it is refused
+    with its dtype named and ``hint`` (how to scale it) instead of being clipped to [-1, 1]
+    as if it were float.
+
+    Raises:
+        TypeError: ``media`` is not a tensor or array, or not floating point.
+    """
+    if isinstance(media, np.ndarray):
+        media = torch.from_numpy(np.ascontiguousarray(media))
+    if not isinstance(media, Tensor):
+        raise TypeError(
+            f"cannot write {p}: expected the {what} as a tensor or NumPy array, "
+            f"got {type(media).__name__}"
+        )
+    if not media.is_floating_point():
+        raise TypeError(
+            f"cannot write {p}: expected a float {what} in [-1, 1], got {media.dtype}; "
+            f"scale it first ({hint})"
+        )
+    return media.detach()

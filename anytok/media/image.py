@@ -20,13 +20,17 @@ from anytok.media.errors import (
     DEFAULT_LIMITS,
     MediaError,
     MediaLimits,
+    atomic_output,
     check_file,
+    float_media,
+    output_path,
     unreadable,
     wrong_modality,
 )
 
 __all__ = [
     "ImageData",
+    "check_image_extension",
     "from_uint8",
     "load_image",
     "resize_cover",
@@ -159,28 +163,47 @@ def load_image(
     return ImageData(image=tensor.contiguous(), original_size=original, path=p)
 
 
-def save_image(path: str | os.PathLike[str], image: Tensor, quality: int = 95) -> Path:
+def save_image(path: str | os.PathLike[str], image: Tensor | np.ndarray, quality: int = 95) -> Path:
     """Write ``(3, H, W)`` (or ``(1, H, W)``) float in [-1, 1] as an image file.
 
     The format follows the extension (``.png``, ``.jpg``, ``.webp`` ...); values are clipped
-    to [-1, 1]; ``quality`` applies to lossy formats.
+    to [-1, 1]; ``quality`` applies to lossy formats. ``~`` is expanded; the file is written
+    under a temporary name and renamed, so a failed write leaves any previous file at
+    ``path`` as it was.
 
     Raises:
+        TypeError: the image is not a float tensor or array.
         ValueError: the tensor has the wrong shape or holds NaN/Inf.
-        MediaError: the extension is unknown or the file cannot be written.
+        MediaError: the extension is unknown, the folder does not exist, or the file cannot
+            be written.
     """
-    p = Path(path)
-    if image.ndim != 3 or image.shape[0] not in (1, 3):
+    p = output_path(path, "image")
+    image = float_media(image, p, "image", "uint8 pixels: from_uint8(x)")
+    if image.ndim != 3 or image.shape[0] not in (1, 3) or min(image.shape[1:]) < 1:
         raise ValueError(f"save_image expects (3, H, W), got {tuple(image.shape)}")
     if not torch.isfinite(image).all():
         raise ValueError(f"refusing to write {p}: the image contains NaN or Inf")
+    check_image_extension(p)
     array = to_uint8(image.cpu()).permute(1, 2, 0).numpy()
     pil = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     try:
-        pil.save(p, quality=quality)
+        with atomic_output(p) as tmp:
+            pil.save(tmp, quality=quality)
     except (OSError, ValueError, KeyError) as err:
-        raise MediaError(p, f"cannot write image ({err})") from err
+        detail = (err.strerror if isinstance(err, OSError) else None) or str(err)
+        raise MediaError(p, f"cannot write image ({detail})") from err
     return p
+
+
+def check_image_extension(path: Path) -> None:
+    """Refuse, with a MediaError, an extension :func:`save_image` cannot write."""
+    writable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+    if path.suffix.lower() not in writable:
+        raise MediaError(
+            path,
+            f"cannot write an image with the extension {path.suffix or '(none)'!r}: Pillow has "
+            "no writer for it (it writes .png, .jpg, .webp, .bmp, .tiff, .gif ...)",
+        )
 
 
 def _check_size(p: Path, width: int, height: int, limits: MediaLimits) -> None:

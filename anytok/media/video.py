@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import os
 import struct
 from collections.abc import Callable, Iterator
@@ -26,15 +27,27 @@ from anytok.media.errors import (
     FFMPEG_ERRORS,
     MediaError,
     MediaLimits,
+    atomic_output,
     check_file,
     ffmpeg_detail,
+    float_media,
+    output_path,
     sniff,
     unreadable,
     wrong_modality,
 )
 from anytok.media.image import Size, from_uint8, resize_cover, to_uint8
 
-__all__ = ["VideoClip", "iter_video", "load_video", "save_video", "video_duration"]
+__all__ = [
+    "MAX_WRITE_FPS",
+    "WRITABLE_VIDEO_EXTENSIONS",
+    "VideoClip",
+    "check_video_extension",
+    "iter_video",
+    "load_video",
+    "save_video",
+    "video_duration",
+]
 
 _TIE = 1e-6  # seconds: timestamps closer than this are equal when picking frames
 _ANIMATED_IMAGES = ("a GIF image", "a WebP image")  # FFmpeg decodes these as video
@@ -341,7 +354,7 @@ def video_duration(path: str | os.PathLike[str], *, from_packets: bool = False) 
     browsers' MediaRecorder writes them) or overstates the video; None without timestamps.
     """
     try:
-        container = av.open(str(path))
+        container = av.open(str(Path(path).expanduser()))
     except FFMPEG_ERRORS:
         return None
     with container:
@@ -705,43 +718,62 @@ def _check_frame_size(p: Path, width: int, height: int, limits: MediaLimits) -> 
 
 def save_video(
     path: str | os.PathLike[str],
-    video: Tensor,
+    video: Tensor | np.ndarray,
     fps: float | Fraction,
     crf: int = 17,
 ) -> Path:
-    """Write ``(3, T, H, W)`` float in [-1, 1] as an H.264 video (yuv420p).
+    """Write ``(3, T, H, W)`` float in [-1, 1] as a video (yuv420p).
 
-    The container follows the extension (``.mp4``, ``.mkv``, ``.mov``). Uses libx264 at
-    constant quality ``crf`` when FFmpeg has it, else MPEG-4 Part 2. yuv420p needs even
-    sizes: an odd height or width is padded by repeating the last row or column, so the file
-    is up to one pixel larger than the tensor.
+    The container follows the extension: ``.webm`` holds VP9 (libvpx-vp9, constant quality
+    ``crf`` on its 0-63 scale); the others of :data:`WRITABLE_VIDEO_EXTENSIONS` (``.mp4``,
+    ``.mkv``, ``.mov`` ...) hold H.264 (libx264 at constant quality ``crf``, 0-51) when
+    FFmpeg has it, else MPEG-4 Part 2. yuv420p needs even sizes: an odd height or width is
+    padded by repeating the last row or column, so the file is up to one pixel larger than
+    the tensor. ``~`` is expanded; the file is written under a temporary name and renamed,
+    so a failed write leaves any previous file at ``path`` as it was.
 
     Raises:
-        ValueError: the tensor has the wrong shape or holds NaN/Inf, or fps is not positive.
-        MediaError: the file cannot be written.
+        TypeError: the video is not a float tensor or array.
+        ValueError: the tensor has the wrong shape or holds NaN/Inf, or fps is not a
+            positive finite number of at most :data:`MAX_WRITE_FPS`.
+        MediaError: the extension is not writable, the folder does not exist, or the file
+            cannot be written.
     """
-    p = Path(path)
-    if video.ndim != 4 or video.shape[0] != 3 or video.shape[1] < 1:
-        raise ValueError(f"save_video expects (3, T, H, W) with T >= 1, got {tuple(video.shape)}")
+    p = output_path(path, "video")
+    video = float_media(video, p, "video", "uint8 pixels: x / 127.5 - 1")
+    if video.ndim != 4 or video.shape[0] != 3 or min(video.shape[1:]) < 1:
+        raise ValueError(
+            f"save_video expects (3, T, H, W) with T, H, W >= 1, got {tuple(video.shape)}"
+        )
     if not torch.isfinite(video).all():
         raise ValueError(f"refusing to write {p}: the video contains NaN or Inf")
     rate = None
-    if math.isfinite(float(fps)) and fps > 0:  # NaN / inf before Fraction() refuses them
-        rate = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1001)
+    if isinstance(fps, numbers.Real) and math.isfinite(fps) and 0 < fps <= MAX_WRITE_FPS:
+        # (NaN / inf before Fraction() refuses them)
+        rate = fps if isinstance(fps, Fraction) else Fraction(float(fps)).limit_denominator(1001)
     if not rate:  # also a tiny fps that rounds to 0
-        raise ValueError(f"fps must be a positive finite number, got {fps}")
+        raise ValueError(
+            f"refusing to write {p}: fps must be a positive finite number up to "
+            f"{MAX_WRITE_FPS}, got {fps!r}"
+        )
+    check_video_extension(p)
+    suffix = p.suffix.lower()
     frames = to_uint8(video.cpu()).permute(1, 2, 3, 0).numpy()  # (T, H, W, 3)
     _, h, w, _ = frames.shape
     frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    if suffix == ".webm":
+        codec, options = "libvpx-vp9", {"crf": str(crf), "b": "0"}
+    elif "libx264" in av.codecs_available:
+        codec, options = "libx264", {"crf": str(crf)}
+    else:
+        codec, options = "mpeg4", {}
     try:
-        with av.open(str(p), "w") as container:
+        with atomic_output(p) as tmp, av.open(str(tmp), "w") as container:
             stream = container.add_stream(codec, rate=rate)
             stream.width, stream.height = frames.shape[2], frames.shape[1]
             stream.pix_fmt = "yuv420p"
-            if codec == "libx264":
-                stream.options = {"crf": str(crf)}
-            else:
+            stream.options = options
+            if codec == "mpeg4":
                 stream.bit_rate = max(2_000_000, int(frames.shape[1] * frames.shape[2] * rate * 2))
             for i, array in enumerate(frames):
                 frame = av.VideoFrame.from_ndarray(array, format="rgb24")
@@ -749,5 +781,24 @@ def save_video(
                 container.mux(stream.encode(frame))
             container.mux(stream.encode())
     except FFMPEG_ERRORS as err:
-        raise MediaError(p, f"cannot write video ({ffmpeg_detail(err)})") from err
+        raise MediaError(p, f"cannot write {codec} video ({ffmpeg_detail(err)})") from err
     return p
+
+
+#: Frame rates save_video takes: FFmpeg keeps the time base as a C ``int`` fraction.
+MAX_WRITE_FPS = 1_000_000
+#: Extensions save_video writes (``.webm`` as VP9, the others as H.264).
+WRITABLE_VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".3gp"}
+    | {".mpg", ".mpeg", ".flv", ".wmv"}
+)
+
+
+def check_video_extension(path: Path) -> None:
+    """Refuse, with a MediaError, an extension :func:`save_video` cannot write."""
+    if path.suffix.lower() not in WRITABLE_VIDEO_EXTENSIONS:
+        raise MediaError(
+            path,
+            f"cannot write video with the extension {path.suffix or '(none)'!r}: the writable "
+            f"extensions are {', '.join(sorted(WRITABLE_VIDEO_EXTENSIONS))}",
+        )
