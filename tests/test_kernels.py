@@ -628,6 +628,35 @@ def test_interp_centred_search_certifies_offset_data(xdt: torch.dtype, cdt: torc
 
 
 @interp_only
+def test_interp_scores_that_overflow_fp32_are_reranked() -> None:
+    """Entries near fp32's limit: a squared norm overflows, the score of that codeword is
+    inf - inf = NaN and the bound E is inf. NaN scores failed every threshold test, so the
+    codeword that matches the row exactly was never a candidate (with at most 16 others,
+    no full scan recovered it): [1, 1, 3] for a row equal to codeword 0 with centring, whose
+    ||c - m||^2 overflows first; [0, 0] instead of [2, 1] at 3e38 before it. NaN scores are
+    now candidates; the fp32 distances themselves are finite here (the reference, which
+    ranks expanded scores, gets the 3e38 case wrong even in fp64). Found by fuzzing the
+    centred search (a NaN in a padding slot then appended past the list: masked too)."""
+    from anytok.quantizers.kernels.triton_search import nearest_codeword_triton
+
+    g = torch.Generator().manual_seed(0)
+    c128 = torch.full((10, 128), 1e18)
+    c128[0] = -1e18
+    c128 += 1e16 * torch.randn(10, 128, generator=g)
+    cases = [
+        (torch.stack([c128[0], c128[0] + 1e15, c128[3]]), c128),
+        (torch.tensor([[-1.2e19], [-1.1e19], [1.2e19]]), torch.tensor([[-1.2e19]] + [[1.2e19]] * 9)),
+        (torch.tensor([[3e38, 0.9], [3e38, 0.1]]), torch.tensor([[-3e38, 0.0], [3e38, 0.0], [3e38, 1.0]])),
+    ]  # fmt: skip
+    expected = [[0, 0, 3], [0, 0, 1], [2, 1]]
+    for (x, c), want in zip(cases, expected):
+        exact = (x.double()[:, None] - c.double()[None]).square().sum(-1)  # differences first
+        assert exact.argmin(-1).tolist() == want
+        for stage in ("auto", "never"):
+            assert nearest_codeword_triton(x, c, stage=stage).tolist() == want, (want, stage)
+
+
+@interp_only
 def test_interp_centring_keeps_exact_and_grouped_searches_apart() -> None:
     """Two 16-bit inputs of one dtype are read exactly and never centred; a grouped search
     centres each group on its own codebook's mean (one group offset, one not)."""

@@ -146,7 +146,7 @@ def ambiguous_rows(
             xf = xf - centre
         xt = operand_values(xf if centred else x[start : start + chunk], operand)
         xt_norm, rx_norm = xt.norm(dim=-1), (xf - xt).norm(dim=-1)
-        err = xt_norm * (p + gamma * t) + rx_norm * q
+        err = xt_norm * (p + gamma * t) + rx_norm * q + gamma * big_b
         err = err + 4 * _U32 * (big_b + (1 + gamma) * t * xt_norm)
         if centred:  # the fp32 roundings of x - m and c - m
             err = err + 2 * _U32 * (big_b + q * (xt_norm + rx_norm))

@@ -19,7 +19,7 @@ codebook's total variance: :func:`~anytok.quantizers.kernels.certificate.search_
 The argmin is the same, but the operand rounding,
 and with it the error bound ``E`` below, then scales with the data's spread around ``m``
 instead of its distance from the origin: with a common offset three times the spread,
-33-59% of the rows of the anchor sizes (fp32) were left to the re-rank, 4-12% when centred
+33-59% of the rows of the anchor sizes (fp32) were left to the re-rank, 4-13% when centred
 (as with no offset), and with an offset of ten nearly all
 (``benchmarks/results/certificate_rate_cpu``). ``m`` costs one
 reduction over the codebook; the statistics and staging kernels subtract it as they read,
@@ -87,10 +87,12 @@ The score ``s~ = fl(b + a d~)`` adds at most two fp32 roundings. With the per-gr
 ``P = max_k |a_k| ||r_c_k||``, ``Q = max_k |a_k| ||c_k||``, ``T = max_k |a_k| ||c~_k||`` and
 ``B = max_k |b_k|`` (step 1) this yields a per-row bound, valid for every ``k``::
 
-    |s~_k - s_k| <= E_n = (1 + 2^-8) * ( ||x~|| (P + gamma T) + ||r_x|| Q
+    |s~_k - s_k| <= E_n = (1 + 2^-8) * ( ||x~|| (P + gamma T) + ||r_x|| Q + gamma B
                                          + 4 u32 (B + (1 + gamma) T ||x~||) )
 
-(``4 u32`` covers the two epilogue roundings plus the rounding of ``s~ + 2E`` itself; the
+(``gamma B`` covers the fp32 sum of squares that computes ``b_k = ||c_k||^2``, in any
+order; it is what remains when ``x~`` is near 0, where every other term vanishes. ``4 u32``
+covers the two epilogue roundings plus the rounding of ``s~ + 2E`` itself; the
 ``1 + 2^-8`` factor absorbs the fp32 error of computing norms and ``E`` — ``D * u32`` is far
 below ``2^-8`` for ``D <= 2^15``.) Residual norms are *measured* from the actual
 conversions, so the bound holds whatever rounding mode ``lp`` uses.
@@ -117,7 +119,7 @@ which no fp32 implementation (the reference included) can order reliably.
 For bf16/fp16 inputs ``E`` is tiny (only ``gamma`` and ``u32`` terms), so almost every row is
 certified and steps 3-4 do no work. For fp32 inputs the fp16 operand rounding dominates
 ``E`` (about ``5e-4 |a| ||x|| ||c||``); on unstructured data (random Gaussians at the anchor
-sizes) 4-12% of rows stay ambiguous (29-67% with bf16 operands) and pay one more
+sizes) 4-13% of rows stay ambiguous (29-66% with bf16 operands) and pay one more
 low-precision pass over their rows only — ``nearest_codeword_triton(..., return_stats=True)``
 reports the fraction, :mod:`anytok.quantizers.kernels.certificate` predicts it on the CPU.
 
@@ -611,7 +613,7 @@ if HAS_TRITON:
         b = tl.load(maxes_ptr + g * 4 + 3)
         xt_n = tl.sqrt_rn(xt2)  # IEEE sqrt, subnormals kept (tl.sqrt flushes them on GPUs)
         rx_n = tl.sqrt_rn(rx2)
-        err = xt_n * (p + gamma * t) + rx_n * q
+        err = xt_n * (p + gamma * t) + rx_n * q + gamma * b  # gamma b: fp32 sums of ||c||^2
         err += 4.0 * 5.960464477539063e-08 * (b + (1.0 + gamma) * t * xt_n)  # 4 * 2^-24
         if CENTRED:  # the fp32 roundings of x - m and c - m (module docstring)
             err += 2.0 * 5.960464477539063e-08 * (b + q * (xt_n + rx_n))
@@ -958,9 +960,13 @@ if HAS_TRITON:
                     INTERPRET, BLOCK_N, BLOCK_K, BLOCK_D,
                 )  # fmt: skip
                 offs_k = k0 + tl.arange(0, BLOCK_K)
-                # Padding rows have thr = -inf; padding columns are masked explicitly because
-                # an infinite threshold (overflowing norms) would admit their +inf scores.
-                hit = ((s <= thr[:, None]) & (offs_k[None, :] < K)).to(tl.int32)
+                # A NaN score (inf - inf: a norm that overflows fp32, which also makes E and
+                # so the threshold inf) is a candidate: its exact distance may be the best.
+                # Padding slots and columns are masked explicitly: an infinite threshold
+                # would admit the +inf scores of padding columns, and padding slots (past
+                # the list, maybe past N) must never append.
+                valid = mask_s[:, None] & (offs_k[None, :] < K)
+                hit = (((s <= thr[:, None]) | (s != s)) & valid).to(tl.int32)
                 n_hit = tl.sum(hit, axis=1)
                 if tl.sum(n_hit, axis=0) > 0:  # rare after the first tiles
                     start = tl.atomic_add(count_ptr + at, n_hit, mask=n_hit > 0)
