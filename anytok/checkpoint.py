@@ -28,6 +28,19 @@ class CheckpointError(ValueError):
     """A checkpoint directory that cannot be loaded as it is."""
 
 
+def set_new_file_mode(path: str | os.PathLike[str]) -> None:
+    """Give ``path`` the permission bits a file made with ``open()`` gets (``0o666`` less the
+    umask). safetensors >= 0.8 and ``tempfile`` create their files as ``0o600``, which left
+    token files and checkpoints unreadable to the other users of a shared folder."""
+    try:  # Linux states it; elsewhere reading the umask means setting it (restored at once)
+        status = Path("/proc/self/status").read_text().splitlines()
+        umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o077)
+        os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def model_config(model: nn.Module) -> dict[str, Any]:
     """The ``config.json`` content of a model built through the registry."""
     arch = getattr(model, "anytok_arch", None)
@@ -84,6 +97,8 @@ def save_checkpoint(
         temporaries.append(weights_tmp)
         # save_model deduplicates tied tensors, which save_file would refuse.
         save_model(model, str(weights_tmp), metadata={"format": "pt", "anytok": "1"})
+        for tmp in temporaries:
+            set_new_file_mode(tmp)
         os.replace(weights_tmp, out / WEIGHTS_NAME)
         os.replace(temporaries[0], out / CONFIG_NAME)
     finally:
@@ -102,6 +117,8 @@ def _json_value(value: Any) -> Any:
 def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and check a checkpoint's ``config.json``."""
     path = Path(directory).expanduser() / CONFIG_NAME
+    if not path.parent.exists():
+        raise CheckpointError(f"{directory}: no such checkpoint directory")
     if not path.is_file():
         raise CheckpointError(f"{directory}: not a checkpoint directory (no {CONFIG_NAME})")
     try:

@@ -13,7 +13,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
@@ -45,6 +45,33 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         DeviceError,
         OSError,  # an output path that is a file, a full disk: one line, not a traceback
     )
+
+
+def unrecognized_arguments(parser: argparse.ArgumentParser, extras: Sequence[str]) -> NoReturn:
+    """argparse's "unrecognized arguments" error, from the (sub)command's own parser so that
+    its usage is shown, naming the closest option of each misspelt one (``--batchsize``:
+    ``--batch-size``). Exits with code 2."""
+    options = [o for action in parser._actions for o in action.option_strings]
+    guesses = []
+    for word in extras:
+        flag = word.split("=", 1)[0]
+        if flag.startswith("-") and flag not in options:
+            close = difflib.get_close_matches(flag.replace("_", "-"), options, n=1, cutoff=0.6)
+            guesses += [f"{close[0]} for {flag}"] if close else []
+    hint = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+    parser.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+
+
+def parse_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str], *, intermixed: bool = False
+) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` (or ``parse_intermixed_args``) that names the closest option
+    of a misspelt one (:func:`unrecognized_arguments`)."""
+    parse = parser.parse_known_intermixed_args if intermixed else parser.parse_known_args
+    args, extras = parse(list(argv))
+    if extras:
+        unrecognized_arguments(parser, extras)
+    return args
 
 
 def _progress() -> Progress:
@@ -307,7 +334,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
         )
     if not report.items and not report.failures:  # nothing was found to decode
         raise UserError(f"no token files (*.tokens.safetensors / *.tokens.npz) in {args.inputs}")
-    summary = f"decoded {report.items} file(s) to {args.output} in {report.elapsed:.1f} s"
+    summary = f"decoded {report.items} file(s) to {args.output}"
+    if report.media_seconds:
+        summary += f": {report.media_seconds:.1f} s of media"
+    summary += f" in {report.elapsed:.1f} s"
     return _finish_job(report, args.json, summary, "token file(s)")
 
 
@@ -330,6 +360,7 @@ def _version() -> str:
 def _add_job_options(p: argparse.ArgumentParser, long_help: str, long_function: str) -> None:
     """``--device``, ``--json`` and ``--long-seconds``, shared by encode and decode."""
     from anytok.devices import DEVICE_HELP
+    from anytok.pipeline import LONG_ITEM_SECONDS
 
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
@@ -337,7 +368,7 @@ def _add_job_options(p: argparse.ArgumentParser, long_help: str, long_function: 
         "--long-seconds",
         type=float,
         help=f"{long_help} of bounded memory ({long_function}; default "
-        "anytok.pipeline.LONG_ITEM_SECONDS; 0: every file, -1: never)",
+        f"{LONG_ITEM_SECONDS:g}; 0: every file, -1: never)",
     )
 
 
@@ -353,24 +384,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"anytok {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("list", help="list registered tokenizers")
-    p.add_argument("--modality", choices=["audio", "image", "video"])
+    def add_command(name: str, help_: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".")
+
+    p = add_command("list", "list registered tokenizers")
+    p.add_argument("--modality", choices=["audio", "image", "video"], help="only this modality")
     p.add_argument("--tags", action="store_true", help="list every arch.tag (with --json)")
     p.add_argument(
         "--recipes", action="store_true", help="list the shipped training recipes instead"
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("info", help="describe one tokenizer")
-    p.add_argument("name")
-    p.add_argument("--json", action="store_true")
+    p = add_command("info", "describe one tokenizer")
+    p.add_argument("name", help="arch, arch.tag, checkpoint dir or hf-hub:org/name")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("encode", help="encode media files or folders to token files")
+    p = add_command("encode", "encode media files or folders to token files")
     p.add_argument("inputs", nargs="+", help="files or folders (searched recursively)")
     p.add_argument(
-        "-m", "--model", help="tokenizer name, arch.tag, checkpoint dir or hf-hub:org/name"
+        "-m",
+        "--model",
+        help="tokenizer name, arch.tag, checkpoint dir or hf-hub:org/name (default: the "
+        "default tokenizer of the inputs' modality, see `anytok list`)",
     )
     p.add_argument(
         "--modality",
@@ -378,20 +415,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="use this modality's default tokenizer",
     )
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--format", choices=["safetensors", "npz"], default="safetensors")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--format",
+        choices=["safetensors", "npz"],
+        default="safetensors",
+        help="token file format (default: safetensors)",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="files per encoder call (default: 8)")
     _add_job_options(p, "files longer than this are encoded alone, in chunks", "encode_long")
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("decode", help="decode token files back to media")
+    p = add_command("decode", "decode token files back to media")
     p.add_argument("inputs", nargs="+", help="token files or folders")
     p.add_argument("-m", "--model", help="tokenizer (default: the one named in each token file)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     _add_job_options(p, "token files of more media than this are decoded in chunks", "decode_long")
     p.set_defaults(func=cmd_decode)
 
-    p = sub.add_parser("demo", help="encode and decode bundled samples with each default tokenizer")
-    p.add_argument("--out", default="demo_out")
+    p = add_command("demo", "encode and decode bundled samples with each default tokenizer")
+    p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:K")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -421,6 +463,14 @@ def _builtin_commands(parser: argparse.ArgumentParser) -> list[str]:
         if isinstance(action, argparse._SubParsersAction):
             return list(action.choices)
     return []
+
+
+def _subcommand_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of the built-in subcommand ``name`` (for its usage in errors)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    return parser
 
 
 def _run_delegated(name: str, argv: list[str]) -> int:
@@ -457,9 +507,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 highlight=False,
             )
             return EXIT_USAGE
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    command = _subcommand_parser(parser, args.command)
+    if extras:
+        unrecognized_arguments(command, extras)
     if getattr(args, "batch_size", 1) < 1:
-        parser.error("--batch-size must be >= 1")
+        command.error("--batch-size must be >= 1")
     try:
         if hasattr(args, "device"):  # checked before any model loads
             from anytok.devices import parse_device

@@ -742,6 +742,7 @@ def decode_files(
         report.written.extend(targets)
         report.items += 1
         report.tokens += sum(item.codes.numel() for item in items)
+        report.media_seconds += sum(token_seconds(item) for item in items)
         if on_item:
             on_item(path, None)
     report.elapsed = time.perf_counter() - start

@@ -19,8 +19,9 @@ says "untrained" plainly when it is used.
 from __future__ import annotations
 
 import copy
+import difflib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,12 +202,27 @@ def list_models(modality: str | None = None, *, tags: bool = False) -> list[str]
     return sorted(f"{a.name}.{t}" for a in archs for t in a.pretrained)
 
 
+def close_names(word: str, names: Iterable[str], limit: int = 5) -> list[str]:
+    """Names that ``word`` may have meant, best first: spelling (case and ``-``/``_`` ignored:
+    ``encdec_24khz``, ``DAC-44khz``), then names sharing its first ``_`` part (``seanet``)."""
+
+    def key(text: str) -> str:
+        return text.lower().replace("-", "_")
+
+    by_key = {key(n): n for n in sorted(names)}
+    spelled = difflib.get_close_matches(key(word), list(by_key), n=limit, cutoff=0.75)
+    close = [by_key[k] for k in spelled]
+    head = key(word).split("_")[0]
+    close += [n for k, n in by_key.items() if head and head in k and n not in close]
+    return close[:limit]
+
+
 def get_arch(name: str) -> ArchInfo:
     """The :class:`ArchInfo` of an architecture name (a ``.tag`` suffix is ignored)."""
     _ensure_families_imported()
     arch, _, _ = name.partition(".")
     if arch not in _ARCHS:
-        close = [n for n in _ARCHS if arch.split("_")[0] in n][:5]
+        close = close_names(arch, _ARCHS)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise UnknownModelError(
             f"unknown model {name!r}: not a registered architecture nor a checkpoint "

@@ -908,6 +908,9 @@ class Tokens:
                     np.savez(
                         f, **arrays, spec_json=np.array(spec_json), format=np.array(_FILE_FORMAT)
                     )
+            from anytok.checkpoint import set_new_file_mode
+
+            set_new_file_mode(tmp)  # safetensors writes 0o600
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from anytok.bench.report import fmt, metric_columns, write_reports
 from anytok.bench.runner import BenchInputError, BenchSettings, run_bench
 from anytok.bench.suite import MetricModels
 from anytok.bench.sweeps import LEVELS, PERTURB, parse_sweep
+from anytok.cli import parse_args
 from anytok.devices import DEVICE_HELP, DeviceError, parse_device
 from anytok.metrics.weights import MetricWeightsError, ModelWeights
 
@@ -48,9 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="tokenizer: name, arch.tag, checkpoint dir or hf-hub:org/name (repeat to compare)",
     )  # fmt: skip
     parser.add_argument("-o", "--output", required=True, type=Path, help="report folder")
-    parser.add_argument("--max-items", type=int, help="at most this many items per tokenizer")
     parser.add_argument(
-        "--batch-size", type=int, default=4, help="items per call, also the throughput batch"
+        "--max-items", type=int, help="at most this many items per tokenizer (default: all)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=4,
+        help="items per call, also the throughput batch (default: %(default)s)",
     )
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument(
@@ -65,13 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--sweep", action="append", default=[], metavar="AXIS=V1,V2",
         help="operating points a tokenizer offers (e.g. prefix=32,64 or steps=1,4); repeatable",
     )  # fmt: skip
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls for throughput")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed calls before timing (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed calls for throughput (default: %(default)s)"
+    )
     parser.add_argument(
         "--image-size",
         help="encode images / video frames at HxW (or one number) instead of the model's size",
     )
-    parser.add_argument("--max-seconds", type=float, help="crop audio / video items to this")
+    parser.add_argument(
+        "--max-seconds", type=float, help="crop audio / video items to this (default: no crop)"
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
     group = parser.add_argument_group(
@@ -238,7 +250,7 @@ def _summary_table(report: dict[str, Any]) -> Table:
 def bench_from_cli(argv: list[str]) -> int:
     """Entry point of ``anytok bench ARGS`` (wired by :mod:`anytok.cli`)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     console = Console(stderr=True, soft_wrap=True)
     out = Console(soft_wrap=True)
     try:

@@ -16,6 +16,7 @@ from typing import NoReturn
 from rich.console import Console
 from rich.markup import escape
 
+from anytok.cli import parse_args
 from anytok.datasets.sources import DatasetError
 
 EXIT_OK, EXIT_SKIPPED, EXIT_USAGE = 0, 1, 2
@@ -66,7 +67,7 @@ def _fail(err: BaseException) -> int:
 
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str], body, on_interrupt: str = "") -> int:
     try:
-        args = parser.parse_args(list(argv))
+        args = parse_args(parser, argv)
         return int(body(args))
     except SystemExit as done:  # --help
         return int(done.code or 0)
@@ -112,10 +113,16 @@ def encode_dataset_parser() -> argparse.ArgumentParser:
         help="tokenizer: arch[.tag], checkpoint dir, hf-hub:org/name",
     )
     p.add_argument(
-        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="segments per encoder call"
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="segments per encoder call (default: %(default)s)",
     )
     p.add_argument(
-        "--workers", type=int, default=DEFAULT_WORKERS, help="data-loading processes (local engine)"
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help="data-loading processes (local engine) (default: %(default)s)",
     )
     p.add_argument(
         "--device",
@@ -123,15 +130,26 @@ def encode_dataset_parser() -> argparse.ArgumentParser:
         help="auto (every visible GPU, else cpu), cpu, cuda, or a list cuda:0,cuda:1 "
         "(local: one replica each; ray: auto/cpu/cuda)",
     )
-    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="items per shard")
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        default=DEFAULT_SHARD_SIZE,
+        help="items per shard (default: %(default)s)",
+    )
     p.add_argument(
         "--segment",
         choices=["full", "crop", "split"],
         default="full",
-        help="audio/video time axis: whole file, first --segment-seconds, or consecutive segments",
+        help="audio/video time axis: whole file, first --segment-seconds, or consecutive "
+        "segments (default: %(default)s)",
     )
     p.add_argument("--segment-seconds", type=float, help="segment length for crop / split")
-    p.add_argument("--engine", choices=["local", "ray"], default="local")
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this machine's processes; ray: Ray Data (default: %(default)s)",
+    )
     p.add_argument("--address", help="Ray cluster address (default: start a local cluster)")
     p.add_argument("--actors", type=int, help="Ray encoder actors (default: one per GPU, or 1)")
     p.add_argument("--ray-num-cpus", type=int, help="CPUs of a local Ray cluster (default: all)")
@@ -225,10 +243,23 @@ def export_tokens_parser() -> argparse.ArgumentParser:
         help="path prefix of the files to write (OUT.bin, OUT.idx, OUT.json); "
         "a trailing .bin/.idx/.json is dropped",
     )
-    p.add_argument("--format", choices=["bin", "megatron"], default="bin")
-    p.add_argument("--pattern", choices=list(PATTERNS), default="flatten")
     p.add_argument(
-        "--offset", type=int, default=0, help="first code id (ids below are the LM's own)"
+        "--format",
+        choices=["bin", "megatron"],
+        default="bin",
+        help="bin: one flat nanoGPT-style file; megatron: .bin + .idx (default: %(default)s)",
+    )
+    p.add_argument(
+        "--pattern",
+        choices=list(PATTERNS),
+        default="flatten",
+        help="how levels interleave, as Tokens.to_lm_ids (default: %(default)s)",
+    )
+    p.add_argument(
+        "--offset",
+        type=int,
+        default=0,
+        help="first code id (ids below are the LM's own) (default: %(default)s)",
     )
     p.add_argument("--shared-levels", action="store_true", help="all levels share one id range")
     p.add_argument("--no-special", action="store_true", help="no bos / eos around each item")

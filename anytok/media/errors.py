@@ -180,10 +180,23 @@ _NOUNS: dict[Modality, str] = {"audio": "audio", "image": "an image", "video": "
 
 
 def wrong_modality(path: Path, modality: Modality) -> MediaError | None:
-    """A MediaError when the first bytes clearly belong to another modality, else None."""
+    """A MediaError when the first bytes clearly belong to another modality, else None.
+
+    A file whose extension agrees with its content (a real ``.png`` given to an audio
+    tokenizer) is an intact file of the wrong modality: the message says so, and which kind of
+    tokenizer takes it, rather than suspecting its extension."""
+    from anytok.media import modality_of
+
     kind = sniff(path)
     if kind is None or kind[1] is None or kind[1] == modality:
         return None
+    if modality_of(path) == kind[1]:
+        article = "an" if kind[1][0] in "aeiou" else "a"
+        return MediaError(
+            path,
+            f"is {kind[0]}, not {_NOUNS[modality]}: encode it with {article} {kind[1]} "
+            f"tokenizer (`anytok list --modality {kind[1]}`)",
+        )
     return MediaError(
         path,
         f"wrong extension or wrong file: the content looks like {kind[0]}, not {_NOUNS[modality]}",

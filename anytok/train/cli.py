@@ -7,6 +7,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from anytok.cli import parse_args
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -114,7 +116,7 @@ def parse_export_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("-o", "--out", dest="out_option", metavar="OUT_DIR", help="= out_dir")
     parser.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA")
     parser.add_argument("--checkpoint", help="a checkpoints/step_* folder (default: the newest)")
-    args = parser.parse_args(list(argv))
+    args = parse_args(parser, argv)
     if (args.out_dir is None) == (args.out_option is None):
         parser.error("give the destination folder once: OUT_DIR or -o OUT_DIR")
     args.out_dir = args.out_dir or args.out_option
@@ -124,7 +126,7 @@ def parse_export_args(argv: Sequence[str]) -> argparse.Namespace:
 def parse_train_args(argv: Sequence[str]) -> argparse.Namespace:
     """``anytok train``'s arguments; overrides may come before or after the options
     (``--run-dir r x=1``). argparse's ``SystemExit`` on a mistake."""
-    return _train_parser().parse_intermixed_args(list(argv))
+    return parse_args(_train_parser(), argv, intermixed=True)
 
 
 def export_from_cli(argv: Sequence[str]) -> int:

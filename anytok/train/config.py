@@ -11,6 +11,7 @@ interpolation (``${train.steps}``).
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import os
 from collections.abc import Sequence
@@ -221,8 +222,11 @@ def find_recipe(recipe: str | os.PathLike[str]) -> Path:
     matches = [n for n in names if n == name or n.split("/", 1)[1] == name]
     if len(matches) == 1:
         return BUNDLED_RECIPES / f"{matches[0]}.yaml"
+    short = {n.split("/", 1)[1]: n for n in names}
+    close = difflib.get_close_matches(name.rsplit("/", 1)[-1], list(short), n=3, cutoff=0.75)
+    hint = f"; did you mean {', '.join(short[c] for c in close)}?" if close else ""
     raise RecipeError(
-        f"recipe not found: {os.fspath(recipe)} is not a file nor a shipped recipe "
+        f"recipe not found: {os.fspath(recipe)} is not a file nor a shipped recipe{hint} "
         f"(shipped: {', '.join(names)})"
     )
 

@@ -680,7 +680,8 @@ def _check_run_dir(
     if moved:
         raise RecipeError(
             f"cannot resume {checkpoint} with another learning-rate schedule ({'; '.join(moved)}): "
-            "its schedulers keep the run's. Resume with the run's values, or start another "
+            "its schedulers keep the run's. Resume with the run's values (its resolved recipe: "
+            f"`anytok train {recipe_path} --run-dir {run_dir} --resume`), or start another "
             "--run-dir with model.init_from= an exported checkpoint of this run"
         )
 

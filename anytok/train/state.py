@@ -40,7 +40,7 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save, save_file, save_model
 from torch import Tensor, nn
 
-from anytok.checkpoint import WEIGHTS_NAME, CheckpointError, save_checkpoint
+from anytok.checkpoint import WEIGHTS_NAME, CheckpointError, save_checkpoint, set_new_file_mode
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -271,8 +271,10 @@ def save_training_checkpoint(
         buffers["ema"] = volatile_buffers(ema)
     if discriminator is not None:
         save_model(discriminator, str(tmp / "discriminator.safetensors"))
-    save_tree(tmp / "buffers.safetensors", buffers)
-    save_tree(tmp / "train_state.safetensors", dict(train_state))
+        set_new_file_mode(tmp / "discriminator.safetensors")  # safetensors writes 0o600
+    for name, tree in (("buffers", buffers), ("train_state", dict(train_state))):
+        save_tree(tmp / f"{name}.safetensors", tree)
+        set_new_file_mode(tmp / f"{name}.safetensors")
     for rank, data in rng_files.items():
         (tmp / f"rng_rank{rank}.safetensors").write_bytes(data)
     _write_json(tmp / "state.json", {**summary, "step": step, "saved_at": time.time()})
