@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import inspect
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -250,10 +251,41 @@ def create_model(name: str, *, tiny: bool = False, seed: int = 0, **overrides: A
     ``tiny=True`` applies the architecture's tiny test overrides.
     """
     info = get_arch(name)
+    check_argument_names(info, overrides)
     config = info.config(tiny=tiny, **overrides)
     model = _build_seeded(info, config, seed)
     attach_identity(model, info.name, config, tag=UNTRAINED)
     return model
+
+
+def check_argument_names(info: ArchInfo, arguments: Mapping[str, Any]) -> None:
+    """Refuse arguments the architecture's builder does not take, naming the close ones
+    (``n_filter``: ``n_filters``) and every name it takes, instead of the builder's bare
+    ``TypeError`` (``__init__() got an unexpected keyword argument``).
+
+    Raises:
+        TypeError: an argument is not a parameter of the builder.
+    """
+    try:
+        parameters = inspect.signature(info.builder).parameters
+    except (TypeError, ValueError):  # no signature to go by: the builder decides
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    names = [n for n, p in parameters.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    unknown = [a for a in arguments if a not in parameters]
+    if not unknown:
+        return
+    hints = [
+        f"{a} (did you mean {', '.join(c)}?)"
+        if (c := difflib.get_close_matches(a, names, n=3, cutoff=0.75))
+        else a
+        for a in unknown
+    ]
+    raise TypeError(
+        f"{info.name} takes no argument {'; '.join(hints)}; its arguments are "
+        f"{', '.join(sorted(names))}"
+    )
 
 
 def _build_seeded(info: ArchInfo, config: dict[str, Any], seed: int) -> nn.Module:

@@ -146,3 +146,13 @@ def test_the_decode_report_counts_the_media_it_wrote(tmp_path: Path) -> None:
         [tmp_path / "a.wav.tokens.safetensors"], tmp_path / "out", lambda _: model
     )
     assert report.ok and report.media_seconds == pytest.approx(0.2, abs=0.02)
+
+
+def test_a_misspelt_model_argument_names_the_close_one() -> None:
+    # create_model(..., n_filter=4) (or model.config.n_filter=4 in a recipe) raised the
+    # builder's bare "__init__() got an unexpected keyword argument 'n_filter'".
+    with pytest.raises(TypeError, match=r"no argument n_filter \(did you mean n_filters\?\)"):
+        anytok.create_model("seanet_fsq_24khz", tiny=True, n_filter=4)
+    with pytest.raises(TypeError, match="its arguments are causal, channels, dimension"):
+        anytok.create_model("seanet_fsq_24khz", tiny=True, zzz=1)
+    assert anytok.create_model("seanet_fsq_24khz", tiny=True, n_filters=4) is not None
