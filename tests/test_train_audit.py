@@ -189,11 +189,11 @@ def test_a_typo_in_a_free_form_setting_names_its_section_and_locks_nothing(
     make_dataset("audio", data, 6, seconds=0.2)
     run = tmp_path / "run"
     base = [*quiet(data, 1), "log.val_every=0"]
-    for override, section in [
-        ("model.config.n_filterz=8", "model.config"),
-        ("optimizer.kwargs={foo: 1}", "optimizer"),
-    ]:
-        with pytest.raises(RecipeError, match=rf"^{section}: .*unexpected keyword argument"):
+    for override, message in [
+        ("model.config.n_filterz=8", r"model.config: .*no argument n_filterz \(did you mean n_filters\?\)"),
+        ("optimizer.kwargs={foo: 1}", "optimizer: .*unexpected keyword argument"),
+    ]:  # fmt: skip
+        with pytest.raises(RecipeError, match=rf"^{message}"):
             train(SEANET, run, overrides=[*base, override], device="cpu")
     assert not (run / "recipe.yaml").exists()  # written only once the run is set up
     assert train(SEANET, run, overrides=base, device="cpu").step == 1
