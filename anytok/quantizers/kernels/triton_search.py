@@ -35,8 +35,9 @@ without its range limits. The scales are
 exact, so they only move where the accumulator is rescaled (per row and per column in the
 epilogue); ``benchmarks/certificate_rate.py`` shows 5-8x fewer uncertified rows than bf16.
 
-Pipeline (four launches, five when ``x`` is staged, one more when the codebook is split; no
-host synchronisation, never an N x K buffer):
+Pipeline (four launches, five when ``x`` is staged, one more when the codebook is split,
+plus the centre's small torch reductions when centred; no host synchronisation, never an
+N x K buffer):
 
 0. Staging (:func:`stage_policy`, default ``auto``): a 16-bit copy of the codebook, rows
    zero-padded to a multiple of 16, unless it already is one; for ``D > 128`` also of ``x``
