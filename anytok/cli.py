@@ -262,18 +262,30 @@ def _output_folder(path: str) -> None:
         raise UserError(f"-o/--output {err}") from err
 
 
+def _check_inputs_exist(inputs: Sequence[str]) -> None:
+    """Refuse a job none of whose inputs exist, before any model loads (a job with some
+    existing inputs runs them and reports the missing ones as skipped)."""
+    if not any(Path(p).expanduser().exists() for p in inputs):
+        raise UserError(f"no such file or folder: {', '.join(inputs)}")
+
+
 def _modality_of_inputs(inputs: Sequence[str]) -> str:
     """The one modality of the media among ``inputs`` (for the default tokenizer)."""
     from anytok.media import find_media, modality_of
 
-    existing = [p for p in inputs if Path(p).exists()]
+    existing = [p for p in inputs if Path(p).expanduser().exists()]
     found = {modality_of(p) for p in find_media(existing)} - {None} if existing else set()
     if len(found) == 1:
         return found.pop()
-    what = f"{' and '.join(sorted(found))} files" if found else "no media files"
+    if not found:  # naming a tokenizer would not help
+        raise UserError(
+            f"no media files in {', '.join(existing)}: encode takes audio, image and video "
+            "files by their extension (.wav, .flac, .png, .jpg, .mp4 ...), searching folders "
+            "recursively"
+        )
     raise UserError(
-        f"{what} in {', '.join(inputs)}: name a tokenizer with -m/--model or a modality with "
-        "--modality (see `anytok list`)"
+        f"{' and '.join(sorted(found))} files in {', '.join(inputs)}: name a tokenizer with "
+        "-m/--model or a modality with --modality (see `anytok list`)"
     )
 
 
@@ -282,6 +294,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from anytok.registry import DEFAULT_MODELS
 
     long_seconds = _long_seconds(args.long_seconds)
+    _check_inputs_exist(args.inputs)
     _output_folder(args.output)
     modality = args.modality or (None if args.model else _modality_of_inputs(args.inputs))
     name = args.model or DEFAULT_MODELS[modality]
@@ -321,6 +334,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
         return cache[name]
 
     long_seconds = _long_seconds(args.long_seconds)
+    _check_inputs_exist(args.inputs)
     _output_folder(args.output)
     with _progress() as progress:
         task = progress.add_task("decoding", total=None)

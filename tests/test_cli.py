@@ -147,11 +147,26 @@ def test_encode_all_good_exits_zero_and_npz(tmp_path, tiny_audio_ckpt) -> None:
     assert (out / "x.wav.tokens.npz").is_file()
 
 
-def test_encode_missing_input_reports_it(tmp_path, tiny_audio_ckpt) -> None:
-    code = main(
-        ["encode", str(tmp_path / "nope.wav"), "-m", str(tiny_audio_ckpt), "-o", str(tmp_path)]
-    )
-    assert code == 1
+def test_encode_missing_input_reports_it(tmp_path, tiny_audio_ckpt, capsys) -> None:
+    from anytok.media import save_audio
+
+    out, missing = tmp_path / "out", str(tmp_path / "nope.wav")
+    # No input exists: a usage error before any model loads (it had loaded the model, then
+    # reported the file as skipped; without -m it said to name a tokenizer).
+    for extra in (["-m", str(tiny_audio_ckpt)], []):
+        assert main(["encode", missing, *extra, "-o", str(out)]) == 2
+        assert f"no such file or folder: {missing}" in capsys.readouterr().err
+    assert main(["decode", str(tmp_path / "nope.tokens.safetensors"), "-o", str(out)]) == 2
+    # One of two exists: it is encoded and the missing one reported as skipped.
+    wav = save_audio(tmp_path / "x.wav", torch.zeros(1, 2400), 24000)
+    assert main(["encode", missing, str(wav), "-m", str(tiny_audio_ckpt), "-o", str(out)]) == 1
+    assert (out / "x.wav.tokens.safetensors").is_file()
+    assert "nope.wav: no such file or folder" in capsys.readouterr().err
+    # A folder without media says what encode looks for, not to name a tokenizer.
+    (tmp_path / "empty").mkdir()
+    assert main(["encode", str(tmp_path / "empty"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no media files in" in err and "by their extension" in err and "-m/--model" not in err
 
 
 def test_parse_device_reads_auto_and_names_missing_devices(monkeypatch) -> None:
