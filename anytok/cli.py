@@ -101,16 +101,27 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(list_models(args.modality, tags=True) if args.tags else names))
         return EXIT_OK
-    table = Table(title="anytok tokenizers")
-    for column in ("name", "modality", "tags", "description"):
-        table.add_column(column)
     defaults = set(DEFAULT_MODELS.values())
-    for name in names:
-        info = get_arch(name)
+    labels = [f"{name} (default)" if name in defaults else name for name in names]
+    infos = [get_arch(name) for name in names]
+    tag_texts = [", ".join(sorted(info.pretrained)) for info in infos]
+    # One line per tokenizer: names, modalities and tags are never cut (names are what users
+    # copy); descriptions are cut to what the terminal leaves (at 80 columns they wrapped to
+    # 5-7 lines each). 13 = the borders and padding of four columns.
+    name_width = max(map(len, labels), default=4)
+    tags_width = max(map(len, tag_texts), default=4)
+    rest = console.width - name_width - len("modality") - tags_width - 13
+    table = Table(
+        title="anytok tokenizers", caption="`anytok info NAME` describes one tokenizer in full"
+    )
+    table.add_column("name", no_wrap=True, min_width=name_width)
+    table.add_column("modality", no_wrap=True)
+    table.add_column("tags", no_wrap=True, min_width=min(tags_width, 30))
+    table.add_column("description", no_wrap=True, overflow="ellipsis", max_width=max(rest, 12))
+    for label, info in zip(labels, infos):
         tags = ", ".join(
             f"[bold]{t}[/bold]" if t == info.default_tag else t for t in sorted(info.pretrained)
         )
-        label = f"{name} (default)" if name in defaults else name
         table.add_row(label, info.modality, tags, info.description)
     console.print(table)
     return EXIT_OK

@@ -5,6 +5,7 @@ audio tokenizer), each answered with an error that says what to do."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -156,3 +157,19 @@ def test_a_misspelt_model_argument_names_the_close_one() -> None:
     with pytest.raises(TypeError, match="its arguments are causal, channels, dimension"):
         anytok.create_model("seanet_fsq_24khz", tiny=True, zzz=1)
     assert anytok.create_model("seanet_fsq_24khz", tiny=True, n_filters=4) is not None
+
+
+def test_list_gives_one_line_per_tokenizer_with_whole_names() -> None:
+    # At 80 columns descriptions wrapped to 5-7 lines per tokenizer and long names were cut
+    # ("causal3d_vidtok_4x8…"), the one thing users copy from the list.
+    env = {**os.environ, "COLUMNS": "80"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "anytok", "list"], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    names = anytok.list_models()
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("│")]
+    assert len(rows) == len(names)
+    for name, row in zip(names, rows):
+        assert row.split("│")[1].split()[0] == name
+    assert max(len(line) for line in proc.stdout.splitlines()) <= 80
