@@ -203,7 +203,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     table.add_column(style="bold")
     table.add_column()
     for key, value in details.items():
-        text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+        if value is None:  # not stated (the license of random weights, say); null in --json
+            text = "-"
+        else:
+            text = json.dumps(value) if isinstance(value, dict | list) else str(value)
         table.add_row(key, escape(text))
     console.print(table)
     return EXIT_OK

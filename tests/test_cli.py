@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,10 @@ def test_list_and_info(capsys) -> None:
     assert info["modality"] == "audio"
     assert info["token_spec"]["sample_rate"] > 0
     assert "untrained" in info["weights"]
+    assert info["license"] is None  # random weights: no license stated ...
+    assert main(["info", AUDIO]) == 0
+    table = capsys.readouterr().out
+    assert "None" not in table and re.search(r"license\s+│ -\s", table)  # ... not "None"
     assert main(["list", "--recipes", "--modality", "audio", "--json"]) == 0
     recipes = json.loads(capsys.readouterr().out)
     assert "audio/seanet_fsq_24khz_tiny" in recipes and all(r.startswith("audio/") for r in recipes)
