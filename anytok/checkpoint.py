@@ -19,6 +19,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 from torch import nn
 
+from anytok.files import set_new_file_mode
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
@@ -26,19 +28,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint directory that cannot be loaded as it is."""
-
-
-def set_new_file_mode(path: str | os.PathLike[str]) -> None:
-    """Give ``path`` the permission bits a file made with ``open()`` gets (``0o666`` less the
-    umask). safetensors >= 0.8 and ``tempfile`` create their files as ``0o600``, which left
-    token files and checkpoints unreadable to the other users of a shared folder."""
-    try:  # Linux states it; elsewhere reading the umask means setting it (restored at once)
-        status = Path("/proc/self/status").read_text().splitlines()
-        umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        umask = os.umask(0o077)
-        os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def model_config(model: nn.Module) -> dict[str, Any]:

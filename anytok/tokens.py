@@ -34,6 +34,8 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from anytok.files import atomic_output
+
 MODALITIES = ("audio", "image", "video")
 PATTERNS = ("flatten", "delay", "parallel")
 Pattern = Literal["flatten", "delay", "parallel"]
@@ -898,8 +900,7 @@ class Tokens:
             lengths = self.lengths.detach().cpu().contiguous().numpy()
             arrays["lengths"] = np.ascontiguousarray(lengths.astype(np.int64))
         spec_json = self.spec.to_json()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_output(path) as tmp:
             if suffix == ".safetensors":
                 meta = {"format": _FILE_FORMAT, "spec": spec_json}
                 safetensors.numpy.save_file(arrays, str(tmp), metadata=meta)
@@ -908,12 +909,6 @@ class Tokens:
                     np.savez(
                         f, **arrays, spec_json=np.array(spec_json), format=np.array(_FILE_FORMAT)
                     )
-            from anytok.checkpoint import set_new_file_mode
-
-            set_new_file_mode(tmp)  # safetensors writes 0o600
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod

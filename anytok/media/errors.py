@@ -6,11 +6,7 @@ what is wrong in words a person understands; a batch job records it and goes on.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,6 +15,8 @@ import av
 import numpy as np
 import torch
 from torch import Tensor
+
+from anytok.files import atomic_output
 
 Modality = Literal["audio", "image", "video"]
 
@@ -247,25 +245,6 @@ def output_path(path: str | os.PathLike[str], what: str) -> Path:
     if not p.parent.is_dir():
         raise MediaError(p, f"cannot write {what}: the folder {p.parent} does not exist")
     return p
-
-
-@contextlib.contextmanager
-def atomic_output(p: Path) -> Iterator[Path]:
-    """A temporary name beside ``p`` (same folder, same extension, so that the encoder picks
-    the same format) for the block to write; renamed over ``p`` when the block succeeds,
-    deleted when it fails. A failed or interrupted write leaves ``p`` as it was: the previous
-    file, or none. A link is followed: its target is replaced, the link kept. A replaced
-    file keeps its permission bits (a new file gets the umask's, as any new file)."""
-    real = Path(os.path.realpath(p))
-    # process and thread in the name: two writers of one path never share a temporary
-    tmp = real.with_name(f".{real.name}.{os.getpid()}.{threading.get_ident()}.tmp{real.suffix}")
-    try:
-        yield tmp
-        with contextlib.suppress(FileNotFoundError):
-            shutil.copymode(real, tmp)
-        os.replace(tmp, real)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def float_media(media: Tensor | np.ndarray, p: Path, what: str, hint: str) -> Tensor:

@@ -40,7 +40,8 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save, save_file, save_model
 from torch import Tensor, nn
 
-from anytok.checkpoint import WEIGHTS_NAME, CheckpointError, save_checkpoint, set_new_file_mode
+from anytok.checkpoint import WEIGHTS_NAME, CheckpointError, save_checkpoint
+from anytok.files import set_new_file_mode
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
